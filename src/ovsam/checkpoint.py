@@ -1,0 +1,85 @@
+"""Strict, safe checkpoint loading shared by every model family.
+
+All checkpoints are read with ``torch.load(..., weights_only=True)``: no pickled code is
+executed. Loading is strict: a missing or unexpected key is a :class:`CheckpointError`
+that names the keys, so a checkpoint for the wrong model is reported plainly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ovsam.errors import CheckpointError
+
+_NESTED_KEYS = ("state_dict", "model", "module")
+_MAX_KEYS_IN_MESSAGE = 12
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a tensor state dict from ``path`` (``.pt``/``.pth``/``.bin`` or ``.safetensors``).
+
+    A dict wrapping the weights under ``state_dict``, ``model`` or ``module`` is unwrapped.
+    Raises :class:`CheckpointError` when the file is missing, unreadable or not a state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: object = load_file(str(path), device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any reader failure means a bad file
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}"
+        ) from exc
+    for key in _NESTED_KEYS:
+        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
+            obj = obj[key]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    return dict(obj)
+
+
+def _format_keys(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_MAX_KEYS_IN_MESSAGE])
+    more = len(keys) - _MAX_KEYS_IN_MESSAGE
+    return shown + (f", ... (+{more} more)" if more > 0 else "")
+
+
+def load_state_dict_strict(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint"
+) -> int:
+    """Load ``state_dict`` into ``model`` requiring an exact key and shape match.
+
+    Returns the number of tensors loaded. Raises :class:`CheckpointError` naming the
+    missing keys, unexpected keys and shape mismatches (``source`` names the file).
+    """
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    mismatched = sorted(
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(expected) & set(state_dict)
+        if tuple(state_dict[k].shape) != tuple(expected[k].shape)
+    )
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys: {_format_keys(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys: {_format_keys(unexpected)}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatches: {_format_keys(mismatched)}")
+    if problems:
+        raise CheckpointError(
+            f"{source} does not fit {type(model).__name__} (wrong checkpoint for this model?): "
+            + "; ".join(problems)
+        )
+    model.load_state_dict(state_dict, strict=True)
+    return len(state_dict)

@@ -1,0 +1,60 @@
+"""Entry point of the ``ovsam`` command.
+
+Each sub-command lives in its own module exposing ``add_parser(subparsers)`` (which must
+import nothing heavy) and ``run(args) -> int``. Errors that ovsam raises on purpose
+(:class:`~ovsam.errors.OVSamError`) are printed as one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from ovsam.errors import OVSamError
+
+# sub-command name -> module implementing it
+COMMAND_MODULES: dict[str, str] = {
+    "segment": "ovsam.cli.segment_cmd",
+    "demo": "ovsam.cli.demo_cmd",
+    "download": "ovsam.cli.download_cmd",
+    "models": "ovsam.cli.models_cmd",
+    "serve": "ovsam.cli.serve_cmd",
+    "train": "ovsam.cli.train_cmd",
+    "eval": "ovsam.cli.eval_cmd",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with every available sub-command registered."""
+    parser = argparse.ArgumentParser(
+        prog="ovsam", description="Segment and name any object you point at."
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module_name in COMMAND_MODULES.values():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run the chosen sub-command; return the process exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except OVSamError as exc:
+        print(f"ovsam {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

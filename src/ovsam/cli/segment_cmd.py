@@ -1,0 +1,67 @@
+"""``ovsam segment IMAGE --box X0 Y0 X1 Y1 | --point X Y ... --out DIR``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DEFAULT_MODEL = "mobilesam"
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model``, ``--checkpoint`` and ``--device`` shared by commands that run a model."""
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL, help="registered model name (ovsam models)"
+    )
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="checkpoint file or registered weights name (default: the model's)",
+    )
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "segment",
+        help="segment the object at a box or points",
+        description="Segment the object marked by a box and/or points; write mask.png, "
+        "overlay.png and result.json into --out.",
+    )
+    parser.add_argument("image", type=Path, help="image file (PNG, JPEG, ...)")
+    parser.add_argument(
+        "--box", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"), help="XYXY pixels"
+    )
+    parser.add_argument(
+        "--point", nargs=2, type=float, action="append", default=[], metavar=("X", "Y"),
+        help="a point on the object (repeatable)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--negative", nargs=2, type=float, action="append", default=[], metavar=("X", "Y"),
+        help="a point NOT on the object (repeatable)",
+    )  # fmt: skip
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    add_model_arguments(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ovsam.errors import InputError
+    from ovsam.segment_job import segment_image
+
+    if args.box is None and not args.point and not args.negative:
+        raise InputError("give a prompt: --box X0 Y0 X1 Y1 and/or --point X Y")
+    paths, summary = segment_image(
+        args.image,
+        out_dir=args.out,
+        box=args.box,
+        points=args.point,
+        negatives=args.negative,
+        model_name=args.model,
+        checkpoint=args.checkpoint,
+        device=args.device,
+    )
+    print(summary)
+    for kind, path in paths.items():
+        print(f"{kind:8s} {path}")
+    return 0

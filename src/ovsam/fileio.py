@@ -1,0 +1,54 @@
+"""Atomic file writes: results are never left half-written.
+
+Data is written to a temporary file in the destination folder, flushed and renamed over the
+target in one step (``os.replace``), so a reader sees either the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+
+@contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; on success rename it over ``target``.
+
+    On an exception the temporary file is removed and ``target`` is left untouched.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write(target: str | Path, writer: Callable[[IO[bytes]], Any]) -> Path:
+    """Call ``writer(binary_file)`` on a temporary file and atomically move it to ``target``."""
+    with atomic_path(target) as tmp:
+        with open(tmp, "wb") as fh:
+            writer(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+    return Path(target)
+
+
+def atomic_write_bytes(target: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``target`` atomically."""
+    return atomic_write(target, lambda fh: fh.write(data))
+
+
+def atomic_write_json(target: str | Path, obj: Any) -> Path:
+    """Serialise ``obj`` as indented UTF-8 JSON and write it to ``target`` atomically."""
+    text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+    return atomic_write_bytes(target, text.encode("utf-8"))

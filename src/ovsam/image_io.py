@@ -1,0 +1,81 @@
+"""Reading images from files or bytes into ``HxWx3`` uint8 RGB arrays, with clear errors.
+
+Grayscale, palette, RGBA (alpha composited on white), CMYK and 16-bit images are converted;
+EXIF orientation is applied. Corrupt or non-image data raises :class:`InputError`.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ovsam.errors import InputError
+
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+def _to_uint8_rgb(img: Image.Image) -> np.ndarray:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) * (255.0 / (hi - lo))
+        gray = np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
+    return np.asarray(img.convert("RGB"))
+
+
+def load_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Load an image as an ``HxWx3`` uint8 RGB array.
+
+    ``source`` is a file path or the encoded bytes of an image file. Raises
+    :class:`InputError` when the file is missing, is not an image, is truncated, or has
+    more than ``max_pixels`` pixels.
+    """
+    what = "image data" if isinstance(source, bytes) else f"image file {source}"
+    if not isinstance(source, bytes) and not Path(source).is_file():
+        raise InputError(f"image file not found: {source}")
+    try:
+        fh = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
+        with fh, Image.open(fh) as img:
+            width, height = img.size
+            if width < 1 or height < 1:
+                raise InputError(f"{what} has an empty size {width}x{height}")
+            if width * height > max_pixels:
+                raise InputError(
+                    f"{what} is {width}x{height} = {width * height} pixels, "
+                    f"more than the limit of {max_pixels}"
+                )
+            img.load()
+            return np.ascontiguousarray(_to_uint8_rgb(ImageOps.exif_transpose(img)))
+    except InputError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        raise InputError(f"{what} is not a readable image: {exc}") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{what} is corrupt or truncated: {exc}") from exc
+
+
+def check_image_array(image: np.ndarray) -> np.ndarray:
+    """Validate an in-memory image and return it as ``HxWx3`` uint8 RGB.
+
+    Accepts ``HxW`` grayscale and ``HxWx4`` RGBA (alpha dropped) uint8 arrays and converts
+    them; anything else raises :class:`InputError` naming the problem.
+    """
+    if not isinstance(image, np.ndarray):
+        raise InputError(f"image must be a numpy array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise InputError(f"image must be uint8 (0..255), got dtype {image.dtype}")
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise InputError(f"image must be HxWx3 RGB, got shape {tuple(image.shape)}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise InputError(f"image is empty: shape {tuple(image.shape)}")
+    return np.ascontiguousarray(image[:, :, :3])

@@ -1,0 +1,92 @@
+"""Writing a segmentation result to disk: mask PNG, overlay PNG and a JSON record.
+
+All three files are written atomically (``ovsam.fileio``): an interrupted run never leaves a
+half-written result behind.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ovsam.fileio import atomic_write_bytes, atomic_write_json
+from ovsam.masks import encode_rle, mask_to_bbox_xywh
+from ovsam.visualize import overlay
+
+
+@dataclass
+class Prompt:
+    """The prompt a mask answers, in original-image pixels (points XY, box XYXY)."""
+
+    points: list[tuple[float, float]] = field(default_factory=list)
+    point_labels: list[int] = field(default_factory=list)
+    box: tuple[float, float, float, float] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict of the prompt."""
+        return {
+            "points": [[float(x), float(y)] for x, y in self.points],
+            "point_labels": [int(v) for v in self.point_labels],
+            "box_xyxy": None if self.box is None else [float(v) for v in self.box],
+        }
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """Encode an HxW (gray) or HxWx3 (RGB) uint8 array as PNG bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def mask_record(mask: np.ndarray, score: float) -> dict[str, Any]:
+    """COCO-style description of one mask: RLE, XYWH bbox, area and predicted IoU."""
+    return {
+        "segmentation": encode_rle(mask),
+        "bbox": mask_to_bbox_xywh(mask),
+        "area": int(np.count_nonzero(mask)),
+        "predicted_iou": float(score),
+    }
+
+
+def write_result(
+    out_dir: str | Path,
+    image: np.ndarray,
+    mask: np.ndarray,
+    score: float,
+    prompt: Prompt,
+    *,
+    extra: dict[str, Any] | None = None,
+    caption: str | None = None,
+) -> dict[str, Path]:
+    """Write ``mask.png`` (0/255, image size), ``overlay.png`` and ``result.json`` to ``out_dir``.
+
+    ``image`` HxWx3 uint8 RGB; ``mask`` HxW bool. ``extra`` entries (model name, labels...)
+    are merged into the JSON; ``caption`` is drawn on the overlay. Returns the paths.
+    """
+    out = Path(out_dir)
+    paths = {"mask": out / "mask.png", "overlay": out / "overlay.png", "json": out / "result.json"}
+    atomic_write_bytes(paths["mask"], png_bytes(np.where(mask, 255, 0).astype(np.uint8)))
+    picture = overlay(
+        image,
+        [mask],
+        labels=[caption] if caption else None,
+        points=np.asarray(prompt.points, dtype=np.float64).reshape(-1, 2)
+        if prompt.points
+        else None,
+        point_labels=np.asarray(prompt.point_labels) if prompt.points else None,
+        boxes=None if prompt.box is None else np.asarray(prompt.box)[None],
+    )
+    atomic_write_bytes(paths["overlay"], png_bytes(picture))
+    record = {
+        "image_size": {"height": int(image.shape[0]), "width": int(image.shape[1])},
+        "prompt": prompt.to_json(),
+        **mask_record(mask, score),
+        **(extra or {}),
+    }
+    atomic_write_json(paths["json"], record)
+    return paths

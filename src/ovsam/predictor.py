@@ -1,0 +1,319 @@
+"""SAM-style promptable predictor: embed an image once, then answer many prompts cheaply.
+
+Two tiers, as in segment-anything:
+
+* numpy tier — :meth:`SamPredictor.set_image` takes an ``HxWx3`` uint8 RGB array and
+  :meth:`SamPredictor.predict` takes prompts in original-image pixels (points ``Nx2`` XY,
+  labels ``N`` with 1 = foreground / 0 = background, one box ``XYXY``, a ``1x256x256``
+  low-res logit mask from an earlier call). Inputs are validated; bad ones raise
+  :class:`~ovsam.errors.InputError` naming the problem.
+* tensor tier — :meth:`SamPredictor.predict_torch` takes batched prompts already mapped into
+  the model's 1024-pixel input frame (``self.transform``) and returns tensors.
+
+The embedding of the current image can be exported and re-loaded (:class:`ImageState`), so
+a server can keep many embedded images in a cache and switch between them for free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from ovsam.errors import InputError, NotReadyError
+from ovsam.image_io import check_image_array
+from ovsam.transforms import ResizeLongestSide
+
+LOW_RES = 256
+
+
+@dataclass
+class ImageState:
+    """Everything the predictor keeps about the current image.
+
+    ``features``: ``1x256x64x64`` image embedding. ``original_size``: ``(H, W)`` of the image
+    the user gave. ``input_size``: ``(h, w)`` after resizing the longest side to 1024.
+    ``extras``: model-specific tensors (e.g. CLIP feature maps for recognition).
+    """
+
+    features: torch.Tensor
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def nbytes(self) -> int:
+        """Memory held by the state's tensors, in bytes."""
+        tensors = [self.features, *self.extras.values()]
+        return sum(t.element_size() * t.nelement() for t in tensors)
+
+
+def _finite_array(name: str, value: object, shape_hint: str) -> np.ndarray:
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{name} must be numeric ({shape_hint}): {exc}") from exc
+    if not np.all(np.isfinite(arr)):
+        raise InputError(f"{name} contains NaN or infinite values")
+    return arr
+
+
+class SamPredictor:
+    """Predict masks for prompts on one image with a SAM-family model.
+
+    ``model`` must expose ``image_encoder`` (with ``img_size``), ``prompt_encoder``,
+    ``mask_decoder``, ``preprocess``, ``postprocess_masks`` and ``mask_threshold``.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.transform = ResizeLongestSide(model.image_encoder.img_size)
+        self._state: ImageState | None = None
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model's parameters."""
+        return next(self.model.parameters()).device
+
+    # ---------------------------------------------------------------- image state
+    @property
+    def is_image_set(self) -> bool:
+        """Whether an image has been embedded (``set_image``) or loaded (``load_state``)."""
+        return self._state is not None
+
+    def _require_state(self) -> ImageState:
+        if self._state is None:
+            raise NotReadyError("no image is set: call set_image(image) before predicting")
+        return self._state
+
+    @property
+    def original_size(self) -> tuple[int, int]:
+        """``(H, W)`` of the current image."""
+        return self._require_state().original_size
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """``(h, w)`` of the current image inside the model's 1024 frame."""
+        return self._require_state().input_size
+
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        """Embed an ``HxWx3`` uint8 image (``image_format`` "RGB" or "BGR")."""
+        if image_format not in ("RGB", "BGR"):
+            raise InputError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+        image = check_image_array(image)
+        if image_format == "BGR":
+            image = np.ascontiguousarray(image[:, :, ::-1])
+        resized = self.transform.apply_image(image)
+        tensor = torch.from_numpy(resized).to(self.device).permute(2, 0, 1)[None].float()
+        self.set_torch_image(tensor, (image.shape[0], image.shape[1]))
+
+    @torch.inference_mode()
+    def set_torch_image(
+        self, transformed_image: torch.Tensor, original_size: tuple[int, int]
+    ) -> None:
+        """Embed a ``1x3xhxw`` float image (0..255) already resized by ``self.transform``."""
+        if transformed_image.ndim != 4 or transformed_image.shape[:2] != (1, 3):
+            raise InputError(
+                f"expected a 1x3xHxW image tensor, got {tuple(transformed_image.shape)}"
+            )
+        if max(transformed_image.shape[2:]) != self.transform.target_length:
+            raise InputError(
+                f"the longest image side must be {self.transform.target_length}, "
+                f"got {tuple(transformed_image.shape[2:])}"
+            )
+        input_size = (int(transformed_image.shape[2]), int(transformed_image.shape[3]))
+        self._state = self._encode(
+            self.model.preprocess(transformed_image), original_size, input_size
+        )
+
+    def _encode(
+        self, input_image: torch.Tensor, original_size: tuple[int, int], input_size: tuple[int, int]
+    ) -> ImageState:
+        """Run the image encoder on a normalised, padded ``1x3x1024x1024`` batch."""
+        features = self.model.image_encoder(input_image)
+        return ImageState(features, (int(original_size[0]), int(original_size[1])), input_size)
+
+    def get_image_embedding(self) -> torch.Tensor:
+        """The current ``1x256x64x64`` image embedding."""
+        return self._require_state().features
+
+    def export_state(self) -> ImageState:
+        """The current image's state, to keep in a cache and restore with ``load_state``."""
+        return self._require_state()
+
+    def load_state(self, state: ImageState) -> None:
+        """Make ``state`` (from ``export_state``) the current image without re-encoding."""
+        self._state = state
+
+    def reset_image(self) -> None:
+        """Forget the current image."""
+        self._state = None
+
+    # ---------------------------------------------------------------- validation
+    def _check_points(
+        self, point_coords: object, point_labels: object
+    ) -> tuple[np.ndarray, np.ndarray]:
+        coords = _finite_array("point_coords", point_coords, "Nx2 XY pixels")
+        if coords.ndim != 2 or coords.shape[1] != 2 or coords.shape[0] == 0:
+            raise InputError(f"point_coords must have shape Nx2 (XY pixels), got {coords.shape}")
+        if point_labels is None:
+            raise InputError(
+                "point_labels are required with point_coords (1 = object, 0 = background)"
+            )
+        labels = _finite_array("point_labels", point_labels, "N values of 0 or 1")
+        if labels.shape != (coords.shape[0],):
+            raise InputError(
+                f"point_labels must have shape ({coords.shape[0]},), got {labels.shape}"
+            )
+        if not np.all(np.isin(labels, (0, 1))):
+            raise InputError("point_labels must be 1 (object) or 0 (background)")
+        height, width = self.original_size
+        outside = (
+            (coords[:, 0] < 0)
+            | (coords[:, 0] > width)
+            | (coords[:, 1] < 0)
+            | (coords[:, 1] > height)
+        )
+        if np.any(outside):
+            x, y = coords[np.argmax(outside)]
+            raise InputError(f"point ({x:g}, {y:g}) lies outside the {width}x{height} image")
+        return coords, labels
+
+    def clip_boxes(self, boxes: object) -> np.ndarray:
+        """Validate ``Nx4`` XYXY pixel boxes and clip them to the image.
+
+        Raises :class:`InputError` for NaN, inverted boxes (x1 < x0 or y1 < y0), boxes that
+        lie entirely outside the image, and boxes with zero area after clipping.
+        """
+        arr = _finite_array("box", boxes, "XYXY pixels")
+        arr = arr.reshape(1, 4) if arr.shape == (4,) else arr
+        if arr.ndim != 2 or arr.shape[1] != 4 or arr.shape[0] == 0:
+            raise InputError(f"box must be XYXY with shape (4,) or Nx4, got {np.shape(boxes)}")
+        height, width = self.original_size
+        for x0, y0, x1, y1 in arr:
+            name = f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g})"
+            if x1 < x0 or y1 < y0:
+                raise InputError(f"{name} is inverted: expected x0 <= x1 and y0 <= y1 (XYXY)")
+            if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
+                raise InputError(f"{name} lies entirely outside the {width}x{height} image")
+        clipped = arr.copy()
+        clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, width)
+        clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, height)
+        empty = (clipped[:, 2] - clipped[:, 0] < 1) | (clipped[:, 3] - clipped[:, 1] < 1)
+        if np.any(empty):
+            x0, y0, x1, y1 = arr[np.argmax(empty)]
+            raise InputError(f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) has zero area inside the image")
+        return clipped.astype(np.float32)
+
+    @staticmethod
+    def _check_mask_input(mask_input: object) -> np.ndarray:
+        arr = _finite_array("mask_input", mask_input, f"1x{LOW_RES}x{LOW_RES} logits")
+        if arr.shape != (1, LOW_RES, LOW_RES):
+            raise InputError(
+                f"mask_input must be 1x{LOW_RES}x{LOW_RES} low-res logits (from a previous "
+                f"predict), got shape {arr.shape}"
+            )
+        return arr.astype(np.float32)
+
+    # ---------------------------------------------------------------- prediction
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Predict masks for one set of prompts, in original-image pixels.
+
+        Returns ``(masks CxHxW bool, scores C float32, low_res_logits Cx256x256 float32)``
+        with C = 3 when ``multimask_output`` else 1. ``return_logits`` returns mask logits
+        instead of booleans. Feed ``low_res_logits[i][None]`` back as ``mask_input`` to refine.
+        """
+        self._require_state()
+        if point_coords is None and box is None and mask_input is None:
+            raise InputError("give at least one prompt: points, a box or a mask_input")
+        coords_t = labels_t = box_t = mask_t = None
+        if point_coords is not None:
+            coords, labels = self._check_points(point_coords, point_labels)
+            coords_t = torch.as_tensor(self.transform.apply_coords(coords, self.original_size))[
+                None
+            ]
+            labels_t = torch.as_tensor(labels, dtype=torch.int64)[None]
+        elif point_labels is not None:
+            raise InputError("point_labels were given without point_coords")
+        if box is not None:
+            boxes = self.clip_boxes(box)
+            if boxes.shape[0] != 1:
+                raise InputError("predict takes one box; use predict_boxes for many")
+            box_t = torch.as_tensor(self.transform.apply_boxes(boxes, self.original_size))
+        if mask_input is not None:
+            mask_t = torch.as_tensor(self._check_mask_input(mask_input))[None]
+        masks, scores, low_res = self.predict_torch(
+            coords_t, labels_t, box_t, mask_t, multimask_output, return_logits
+        )
+        return (
+            masks[0].cpu().numpy(),
+            scores[0].float().cpu().numpy(),
+            low_res[0].float().cpu().numpy(),
+        )
+
+    def predict_boxes(
+        self, boxes: np.ndarray, multimask_output: bool = False, batch_size: int = 64
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Predict one mask set per box for ``Nx4`` XYXY pixel boxes, in batches.
+
+        Returns ``(masks NxCxHxW bool, scores NxC, low_res_logits NxCx256x256)``.
+        """
+        self._require_state()
+        clipped = torch.as_tensor(
+            self.transform.apply_boxes(self.clip_boxes(boxes), self.original_size)
+        )
+        outputs = [
+            self.predict_torch(None, None, chunk, None, multimask_output)
+            for chunk in clipped.split(batch_size)
+        ]
+        masks, scores, low_res = (torch.cat(parts) for parts in zip(*outputs, strict=True))
+        return masks.cpu().numpy(), scores.float().cpu().numpy(), low_res.float().cpu().numpy()
+
+    @torch.inference_mode()
+    def predict_torch(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Batched prediction on prompts already in the model's 1024-pixel input frame.
+
+        ``point_coords`` ``BxNx2`` XY and ``point_labels`` ``BxN``; ``boxes`` ``Bx4`` XYXY;
+        ``mask_input`` ``Bx1x256x256`` logits. Returns ``(masks BxCxHxW, iou_predictions BxC,
+        low_res_logits BxCx256x256)``; masks are booleans unless ``return_logits``.
+        """
+        state = self._require_state()
+        device = self.device
+        points = None
+        if point_coords is not None:
+            if point_labels is None:
+                raise InputError("point_labels are required with point_coords")
+            points = (point_coords.to(device, torch.float32), point_labels.to(device))
+        sparse, dense = self.model.prompt_encoder(
+            points=points,
+            boxes=None if boxes is None else boxes.to(device, torch.float32),
+            masks=None if mask_input is None else mask_input.to(device, torch.float32),
+        )
+        low_res, iou = self.model.mask_decoder(
+            image_embeddings=state.features,
+            image_pe=self.model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask_output,
+        )
+        masks = self.model.postprocess_masks(low_res, state.input_size, state.original_size)
+        if not return_logits:
+            masks = masks > self.model.mask_threshold
+        return masks, iou, low_res

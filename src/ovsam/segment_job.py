@@ -1,0 +1,65 @@
+"""One prompted segmentation from a file to an output folder (used by the CLI and demo)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ovsam.build import build_model
+from ovsam.image_io import load_image
+from ovsam.outputs import Prompt, write_result
+from ovsam.predictor import SamPredictor
+
+
+def choose_multimask(num_points: int, has_box: bool) -> bool:
+    """SAM's rule: ask for three candidates only for a lone point (ambiguous prompt)."""
+    return num_points == 1 and not has_box
+
+
+def segment_image(
+    image_path: str | Path,
+    *,
+    out_dir: str | Path,
+    box: Sequence[float] | None = None,
+    points: Sequence[Sequence[float]] = (),
+    negatives: Sequence[Sequence[float]] = (),
+    model_name: str = "mobilesam",
+    checkpoint: str | Path | None = None,
+    device: str = "cpu",
+) -> tuple[dict[str, Path], str]:
+    """Segment the object marked by ``box`` (XYXY) and/or ``points`` / ``negatives`` (XY).
+
+    For a box the single-mask output is used; for a lone point the best of the three
+    candidates. Writes the outputs of :func:`ovsam.outputs.write_result`; returns their
+    paths and a one-line summary.
+    """
+    image = load_image(image_path)
+    model = build_model(model_name, checkpoint=checkpoint).to(device)
+    predictor = SamPredictor(model)
+    predictor.set_image(image)
+    all_points = [*points, *negatives]
+    labels = [1] * len(points) + [0] * len(negatives)
+    masks, scores, _ = predictor.predict(
+        point_coords=np.asarray(all_points, dtype=np.float64) if all_points else None,
+        point_labels=np.asarray(labels) if all_points else None,
+        box=None if box is None else np.asarray(box, dtype=np.float64),
+        multimask_output=choose_multimask(len(all_points), box is not None),
+    )
+    best = int(np.argmax(scores))
+    prompt = Prompt(
+        points=[(float(x), float(y)) for x, y in all_points],
+        point_labels=labels,
+        box=None if box is None else tuple(float(v) for v in box),
+    )
+    paths = write_result(
+        out_dir, image, masks[best], float(scores[best]), prompt,
+        extra={"model": model_name, "image": str(image_path)},
+    )  # fmt: skip
+    area = int(masks[best].sum())
+    summary = (
+        f"mask: {area} pixels ({100.0 * area / masks[best].size:.1f}% of the image), "
+        f"predicted IoU {scores[best]:.3f}"
+    )
+    return paths, summary

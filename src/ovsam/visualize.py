@@ -1,0 +1,94 @@
+"""Overlay pictures a person can look at: the image, tinted masks, outlines, prompts, labels."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (30, 144, 255),
+    (255, 99, 71),
+    (50, 205, 50),
+    (255, 215, 0),
+    (186, 85, 211),
+    (0, 206, 209),
+    (255, 140, 0),
+    (199, 21, 133),
+)
+POSITIVE = (0, 220, 0)
+NEGATIVE = (230, 0, 0)
+
+
+def mask_outline(mask: np.ndarray, width: int = 2) -> np.ndarray:
+    """Pixels of ``mask`` (HxW bool) within ``width`` pixels of its boundary."""
+    mask = np.asarray(mask, dtype=bool)
+    inner = mask.copy()
+    for _ in range(width):
+        shrunk = inner.copy()
+        shrunk[1:, :] &= inner[:-1, :]
+        shrunk[:-1, :] &= inner[1:, :]
+        shrunk[:, 1:] &= inner[:, :-1]
+        shrunk[:, :-1] &= inner[:, 1:]
+        inner = shrunk
+    return mask & ~inner
+
+
+def overlay(
+    image: np.ndarray,
+    masks: Sequence[np.ndarray] | np.ndarray,
+    *,
+    labels: Sequence[str | None] | None = None,
+    points: np.ndarray | None = None,
+    point_labels: np.ndarray | None = None,
+    boxes: np.ndarray | None = None,
+    alpha: float = 0.45,
+) -> np.ndarray:
+    """Draw masks (tinted, outlined), prompt marks and label captions onto a copy of ``image``.
+
+    ``image``: HxWx3 uint8 RGB. ``masks``: K masks of HxW bool. ``labels``: K captions (or
+    None). ``points``: Nx2 XY pixels with ``point_labels`` N (1 green ring, 0 red cross).
+    ``boxes``: Mx4 XYXY pixels. Returns an HxWx3 uint8 RGB picture.
+    """
+    canvas = image.astype(np.float32).copy()
+    for index, mask in enumerate(masks):
+        mask = np.asarray(mask, dtype=bool)
+        color = np.array(PALETTE[index % len(PALETTE)], dtype=np.float32)
+        canvas[mask] = canvas[mask] * (1 - alpha) + color * alpha
+        canvas[mask_outline(mask)] = color
+    picture = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(picture)
+    size = max(image.shape[:2])
+    radius = max(3, size // 120)
+    line = max(2, size // 400)
+    if boxes is not None:
+        for x0, y0, x1, y1 in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
+            draw.rectangle((x0, y0, x1, y1), outline=(255, 255, 255), width=line + 1)
+            draw.rectangle((x0, y0, x1, y1), outline=(20, 20, 20), width=max(1, line - 1))
+    if points is not None:
+        kinds = np.ones(len(points)) if point_labels is None else np.asarray(point_labels)
+        for (x, y), kind in zip(np.asarray(points, dtype=np.float64), kinds, strict=True):
+            ring = (x - radius, y - radius, x + radius, y + radius)
+            if kind == 1:
+                draw.ellipse(ring, fill=POSITIVE, outline=(255, 255, 255), width=line)
+            else:
+                draw.line(
+                    (x - radius, y - radius, x + radius, y + radius), fill=NEGATIVE, width=line + 1
+                )
+                draw.line(
+                    (x - radius, y + radius, x + radius, y - radius), fill=NEGATIVE, width=line + 1
+                )
+    if labels:
+        font = ImageFont.load_default(size=max(12, size // 40))
+        for index, (mask, text) in enumerate(zip(masks, labels, strict=True)):
+            ys, xs = np.nonzero(np.asarray(mask, dtype=bool))
+            if not text or ys.size == 0:
+                continue
+            anchor = (int(xs.min()), max(0, int(ys.min()) - font.size - 6))
+            left, top, right, bottom = draw.textbbox(anchor, text, font=font)
+            draw.rectangle(
+                (left - 3, top - 3, right + 3, bottom + 3), fill=PALETTE[index % len(PALETTE)]
+            )
+            draw.text(anchor, text, fill=(255, 255, 255), font=font)
+    return np.asarray(picture)
