@@ -25,7 +25,17 @@ TARGET = Path(__file__).resolve().parents[1] / "src" / "ovsam" / "assets" / "cof
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", tmp, PACKAGE],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "-d",
+                tmp,
+                PACKAGE,
+            ],
             check=True,
         )
         wheel = next(Path(tmp).glob("*.whl"))

@@ -1,0 +1,178 @@
+"""The ``ovsam`` command line: segment, demo, download, models, and its error reporting."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ovsam.assets import SAMPLE_BOX, SAMPLE_PHOTO
+from ovsam.cli.main import main
+from ovsam.masks import decode_rle, mask_iou
+from synthetic_scenes import make_scene
+
+
+@pytest.fixture(scope="module")
+def scene_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
+    image, shapes = make_scene(0)
+    path = tmp_path_factory.mktemp("scene") / "scene.png"
+    Image.fromarray(image).save(path)
+    return path, shapes
+
+
+def test_segment_box_writes_mask_overlay_and_json(
+    scene_file: tuple[Path, list],
+    tmp_path: Path,
+    mobilesam_checkpoint: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    path, shapes = scene_file
+    disc = shapes[0]
+    box = [str(v) for v in disc.box]
+    code = main(
+        [
+            "segment",
+            str(path),
+            "--box",
+            *box,
+            "--out",
+            str(tmp_path),
+            "--checkpoint",
+            str(mobilesam_checkpoint),
+        ]
+    )
+    assert code == 0
+    assert "predicted IoU" in capsys.readouterr().out
+    mask = np.asarray(Image.open(tmp_path / "mask.png"))
+    assert mask.shape == disc.mask.shape and set(np.unique(mask)) <= {0, 255}
+    assert mask_iou(mask == 255, disc.mask) >= 0.95
+    overlay = np.asarray(Image.open(tmp_path / "overlay.png"))
+    assert overlay.shape == (*disc.mask.shape, 3)
+    record = json.loads((tmp_path / "result.json").read_text())
+    assert np.array_equal(decode_rle(record["segmentation"]), mask == 255)
+    assert record["area"] == int((mask == 255).sum())
+    x, y, w, h = record["bbox"]
+    assert abs(x - disc.box[0]) <= 3 and abs(x + w - disc.box[2]) <= 3
+    assert record["prompt"]["box_xyxy"] == [float(v) for v in disc.box]
+    assert 0.0 < record["predicted_iou"] <= 1.5
+    assert record["image_size"] == {"height": 360, "width": 480}
+
+
+def test_segment_single_point_uses_best_of_three(
+    scene_file: tuple[Path, list], tmp_path: Path, mobilesam_checkpoint: Path
+) -> None:
+    path, shapes = scene_file
+    rect = shapes[1]
+    x, y = (str(v) for v in rect.inner_point)
+    assert (
+        main(
+            [
+                "segment",
+                str(path),
+                "--point",
+                x,
+                y,
+                "--out",
+                str(tmp_path),
+                "--checkpoint",
+                str(mobilesam_checkpoint),
+            ]
+        )
+        == 0
+    )
+    mask = np.asarray(Image.open(tmp_path / "mask.png")) == 255
+    assert mask_iou(mask, rect.mask) >= 0.95
+    record = json.loads((tmp_path / "result.json").read_text())
+    assert record["prompt"]["points"] == [[float(x), float(y)]] and record["prompt"][
+        "point_labels"
+    ] == [1]
+
+
+@pytest.mark.parametrize(
+    ("argv_tail", "message"),
+    [
+        (["--box", "10", "10", "5", "50"], "is inverted"),
+        (["--point", "9999", "5"], "outside the 480x360 image"),
+        ([], "give a prompt"),
+    ],
+)
+def test_segment_errors_are_one_line(
+    scene_file: tuple[Path, list], tmp_path: Path, capsys: pytest.CaptureFixture,
+    mobilesam_checkpoint: Path, argv_tail: list[str], message: str,
+) -> None:  # fmt: skip
+    path, _ = scene_file
+    argv = [
+        "segment",
+        str(path),
+        "--out",
+        str(tmp_path),
+        "--checkpoint",
+        str(mobilesam_checkpoint),
+        *argv_tail,
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ovsam segment: error:") and message in err and "Traceback" not in err
+    assert not (tmp_path / "mask.png").exists()
+
+
+def test_corrupt_image_and_wrong_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff garbage")
+    assert main(["segment", str(bad), "--box", "1", "1", "5", "5", "--out", str(tmp_path)]) == 2
+    assert "corrupt or truncated" in capsys.readouterr().err
+    wrong = tmp_path / "wrong.pt"
+    import torch
+
+    torch.save({"something.weight": torch.zeros(3)}, wrong)
+    argv = [
+        "segment",
+        str(SAMPLE_PHOTO),
+        "--box",
+        "1",
+        "1",
+        "5",
+        "5",
+        "--out",
+        str(tmp_path),
+        "--checkpoint",
+        str(wrong),
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "missing keys" in err and "unexpected keys: something.weight" in err
+
+
+def test_demo_entry_point_segments_the_cup(tmp_path: Path, mobilesam_checkpoint: Path) -> None:
+    exe = Path(sys.executable).with_name("ovsam")
+    done = subprocess.run(
+        [str(exe), "demo", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert str((tmp_path / "overlay.png").resolve()) in done.stdout
+    mask = np.asarray(Image.open(tmp_path / "mask.png")) == 255
+    x0, y0, x1, y1 = (int(v) for v in SAMPLE_BOX)
+    inside = mask[y0:y1, x0:x1].sum()
+    assert inside >= 0.97 * mask.sum()  # the mask lies inside the box
+    assert inside >= 0.5 * (x1 - x0) * (y1 - y0)  # and fills most of it (the cup is large)
+
+
+def test_download_list_and_models(
+    capsys: pytest.CaptureFixture, mobilesam_checkpoint: Path
+) -> None:
+    assert main(["download", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "mobile_sam" in out and "sam_vit_h_4b8939" in out
+    assert main(["models"]) == 0
+    assert "mobilesam" in capsys.readouterr().out
+    assert main(["download", "no_such_weights"]) == 2
+    assert "unknown weights 'no_such_weights'" in capsys.readouterr().err

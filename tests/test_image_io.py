@@ -1,0 +1,72 @@
+"""Image loading: conversions and clear errors for bad files."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ovsam.assets import SAMPLE_PHOTO
+from ovsam.errors import InputError
+from ovsam.image_io import check_image_array, load_image
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_sample_photo_loads_as_rgb_uint8() -> None:
+    image = load_image(SAMPLE_PHOTO)
+    assert image.shape == (400, 600, 3) and image.dtype == np.uint8
+
+
+def test_grayscale_is_replicated_to_three_channels() -> None:
+    gray = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    out = load_image(_png(Image.fromarray(gray, mode="L")))
+    assert out.shape == (3, 4, 3)
+    assert np.array_equal(out[:, :, 0], gray) and np.array_equal(out[:, :, 2], gray)
+
+
+def test_rgba_is_composited_on_white() -> None:
+    rgba = np.zeros((2, 2, 4), dtype=np.uint8)
+    rgba[0, 0] = (255, 0, 0, 255)  # opaque red stays red
+    rgba[1, 1] = (0, 0, 255, 0)  # fully transparent becomes white
+    out = load_image(_png(Image.fromarray(rgba, mode="RGBA")))
+    assert out[0, 0].tolist() == [255, 0, 0]
+    assert out[1, 1].tolist() == [255, 255, 255]
+
+
+def test_sixteen_bit_is_rescaled_to_full_range() -> None:
+    data = np.array([[0, 1000], [2000, 4000]], dtype=np.uint16)
+    out = load_image(_png(Image.fromarray(data)))
+    assert out[:, :, 0].tolist() == [[0, 64], [128, 255]]
+
+
+def test_corrupt_and_non_image_data_are_named(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="not a readable image"):
+        load_image(b"this is not an image")
+    truncated = tmp_path / "cut.jpg"
+    truncated.write_bytes(SAMPLE_PHOTO.read_bytes()[:5000])
+    with pytest.raises(InputError, match="corrupt or truncated"):
+        load_image(truncated)
+    with pytest.raises(InputError, match="image file not found"):
+        load_image(tmp_path / "missing.png")
+
+
+def test_pixel_limit() -> None:
+    with pytest.raises(InputError, match="600x400 = 240000 pixels, more than the limit of 1000"):
+        load_image(SAMPLE_PHOTO, max_pixels=1000)
+
+
+def test_array_checks() -> None:
+    assert check_image_array(np.zeros((2, 3), np.uint8)).shape == (2, 3, 3)
+    assert check_image_array(np.zeros((2, 3, 4), np.uint8)).shape == (2, 3, 3)
+    with pytest.raises(InputError, match="uint8"):
+        check_image_array(np.zeros((2, 3, 3), np.float32))
+    with pytest.raises(InputError, match="HxWx3"):
+        check_image_array(np.zeros((2, 3, 5), np.uint8))

