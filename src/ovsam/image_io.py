@@ -56,8 +56,12 @@ def load_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXE
             return np.ascontiguousarray(_to_uint8_rgb(ImageOps.exif_transpose(img)))
     except InputError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
-        raise InputError(f"{what} is not a readable image: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise InputError(
+            f"{what} is not a readable image (unknown format or corrupt header)"
+        ) from exc
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"{what} is too large to decode safely: {exc}") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"{what} is corrupt or truncated: {exc}") from exc
 

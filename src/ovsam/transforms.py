@@ -33,7 +33,7 @@ class ResizeLongestSide:
     def apply_image(self, image: np.ndarray) -> np.ndarray:
         """Resize an ``HxWx3`` uint8 array with PIL's bilinear filter (as SAM does)."""
         h, w = preprocess_shape(image.shape[0], image.shape[1], self.target_length)
-        return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
+        return np.array(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
 
     def _scale(self, original_size: tuple[int, int]) -> tuple[float, float]:
         old_h, old_w = original_size
