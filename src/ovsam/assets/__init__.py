@@ -7,4 +7,4 @@ from pathlib import Path
 ASSETS_DIR = Path(__file__).resolve().parent
 SAMPLE_PHOTO = ASSETS_DIR / "coffee.jpg"
 # XYXY pixels of the cup (with its handle and spoon) in SAMPLE_PHOTO
-SAMPLE_BOX: tuple[float, float, float, float] = (170.0, 15.0, 415.0, 310.0)
+SAMPLE_BOX: tuple[float, float, float, float] = (170.0, 15.0, 425.0, 330.0)
