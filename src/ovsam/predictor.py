@@ -294,6 +294,27 @@ class SamPredictor:
         ``mask_input`` ``Bx1x256x256`` logits. Returns ``(masks BxCxHxW, iou_predictions BxC,
         low_res_logits BxCx256x256)``; masks are booleans unless ``return_logits``.
         """
+        low_res, iou = self.decode_low_res(
+            point_coords, point_labels, boxes, mask_input, multimask_output
+        )
+        masks = self.upscale_masks(low_res)
+        if not return_logits:
+            masks = masks > self.model.mask_threshold
+        return masks, iou, low_res
+
+    @torch.inference_mode()
+    def decode_low_res(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt encoder + mask decoder only: ``(low_res_logits BxCx256x256, iou BxC)``.
+
+        Same inputs as :meth:`predict_torch`; use :meth:`upscale_masks` for full size.
+        """
         state = self._require_state()
         device = self.device
         points = None
@@ -306,14 +327,16 @@ class SamPredictor:
             boxes=None if boxes is None else boxes.to(device, torch.float32),
             masks=None if mask_input is None else mask_input.to(device, torch.float32),
         )
-        low_res, iou = self.model.mask_decoder(
+        return self.model.mask_decoder(
             image_embeddings=state.features,
             image_pe=self.model.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask_output,
         )
-        masks = self.model.postprocess_masks(low_res, state.input_size, state.original_size)
-        if not return_logits:
-            masks = masks > self.model.mask_threshold
-        return masks, iou, low_res
+
+    @torch.inference_mode()
+    def upscale_masks(self, low_res: torch.Tensor) -> torch.Tensor:
+        """``BxCx256x256`` low-res logits -> ``BxCxHxW`` logits at the original image size."""
+        state = self._require_state()
+        return self.model.postprocess_masks(low_res, state.input_size, state.original_size)

@@ -17,6 +17,7 @@ from ovsam.errors import OVSamError
 # sub-command name -> module implementing it
 COMMAND_MODULES: dict[str, str] = {
     "segment": "ovsam.cli.segment_cmd",
+    "everything": "ovsam.cli.everything_cmd",
     "demo": "ovsam.cli.demo_cmd",
     "download": "ovsam.cli.download_cmd",
     "models": "ovsam.cli.models_cmd",

@@ -1,0 +1,49 @@
+"""Segment-everything: grid prompting, filtering and NMS."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ovsam.automatic import AutomaticMaskGenerator, mask_nms, point_grid, stability_scores
+from ovsam.masks import decode_rle, mask_iou
+from ovsam.predictor import SamPredictor
+from synthetic_scenes import make_scene
+
+
+def test_point_grid_is_cell_centred() -> None:
+    grid = point_grid(2)
+    assert grid.tolist() == [[0.25, 0.25], [0.75, 0.25], [0.25, 0.75], [0.75, 0.75]]
+
+
+def test_stability_score_known_values() -> None:
+    logits = torch.tensor([[[-2.0, -0.5, 0.5, 2.0]], [[-3.0, -3.0, -3.0, -3.0]]])
+    # mask 0: >1 has 1 pixel, >-1 has 3 pixels -> 1/3; mask 1 empty at both levels -> 1
+    assert stability_scores(logits, 0.0, 1.0).tolist() == pytest.approx([1 / 3, 1.0])
+
+
+def test_mask_nms_keeps_best_of_duplicates_despite_stray_pixels() -> None:
+    masks = torch.zeros(3, 40, 40, dtype=torch.bool)
+    masks[0, 8:20, 8:20] = True
+    masks[1, 8:20, 8:20] = True
+    masks[1, 36, 0] = True  # a stray pixel makes the boxes differ, not the masks
+    masks[2, 24:36, 24:36] = True
+    scores = torch.tensor([0.8, 0.9, 0.5])
+    assert mask_nms(masks, scores, 0.7).tolist() == [1, 2]
+
+
+def test_everything_finds_each_shape_once(mobilesam_model: torch.nn.Module) -> None:
+    image, shapes = make_scene(0)
+    generator = AutomaticMaskGenerator(SamPredictor(mobilesam_model), points_per_side=8)
+    records = generator.generate(image)
+    assert records == sorted(records, key=lambda r: -r["area"])
+    for shape in shapes:
+        matches = [mask_iou(r["segmentation"], shape.mask) for r in records]
+        assert max(matches) >= 0.95, shape.name
+        assert sum(m > 0.9 for m in matches) == 1, f"{shape.name} found more than once"
+    for record in records:
+        assert np.array_equal(decode_rle(record["rle"]), record["segmentation"])
+        assert record["predicted_iou"] > 0.88 and record["stability_score"] >= 0.95
+        x, y = record["point_coords"]
+        assert 0 <= x <= 480 and 0 <= y <= 360
