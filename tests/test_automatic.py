@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from ovsam.automatic import AutomaticMaskGenerator, mask_nms, point_grid, stability_scores
+from ovsam.cli.main import main
 from ovsam.masks import decode_rle, mask_iou
 from ovsam.predictor import SamPredictor
 from synthetic_scenes import make_scene
@@ -47,3 +52,24 @@ def test_everything_finds_each_shape_once(mobilesam_model: torch.nn.Module) -> N
         assert record["predicted_iou"] > 0.88 and record["stability_score"] >= 0.95
         x, y = record["point_coords"]
         assert 0 <= x <= 480 and 0 <= y <= 360
+
+
+def test_everything_cli_on_a_folder_resumes_and_reports_bad_files(
+    tmp_path: Path, mobilesam_checkpoint: Path, capsys: pytest.CaptureFixture
+) -> None:
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    image, shapes = make_scene(1, 120, 160)
+    Image.fromarray(image).save(folder / "a.png")
+    (folder / "b.jpg").write_bytes(b"not a jpeg")
+    argv = ["everything", str(folder), "--out", str(tmp_path / "out"), "--points-per-side", "4"]
+    argv += ["--checkpoint", str(mobilesam_checkpoint)]
+    assert main(argv) == 1  # one unreadable image
+    out = capsys.readouterr().out
+    assert "b.jpg is not a readable image" in out
+    record = json.loads((tmp_path / "out" / "a" / "masks.json").read_text())
+    assert record["image_size"] == {"height": 120, "width": 160} and record["masks"]
+    stamp = (tmp_path / "out" / "a" / "masks.json").stat().st_mtime_ns
+    main(argv)  # a second run skips the finished image
+    assert (tmp_path / "out" / "a" / "masks.json").stat().st_mtime_ns == stamp
