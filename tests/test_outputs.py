@@ -1,0 +1,68 @@
+"""Result files: atomic writes, overlay content, JSON record."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ovsam.fileio import atomic_write
+from ovsam.outputs import Prompt, write_result
+from ovsam.visualize import mask_outline, overlay
+
+
+def _scene() -> tuple[np.ndarray, np.ndarray]:
+    image = np.full((40, 60, 3), 100, dtype=np.uint8)
+    mask = np.zeros((40, 60), dtype=bool)
+    mask[10:30, 20:50] = True
+    return image, mask
+
+
+def test_write_result_files(tmp_path: Path) -> None:
+    image, mask = _scene()
+    prompt = Prompt(points=[(30.0, 20.0), (2.0, 2.0)], point_labels=[1, 0], box=(20, 10, 50, 30))
+    paths = write_result(
+        tmp_path, image, mask, 0.9, prompt, extra={"model": "m"}, caption="cup 0.8"
+    )
+    saved = np.asarray(Image.open(paths["mask"]))
+    assert saved.dtype == np.uint8 and saved.shape == (40, 60)
+    assert np.array_equal(saved == 255, mask) and set(np.unique(saved)) == {0, 255}
+    record = json.loads(paths["json"].read_text())
+    assert record["area"] == 600 and record["bbox"] == [20, 10, 30, 20]
+    assert record["prompt"] == {
+        "points": [[30.0, 20.0], [2.0, 2.0]],
+        "point_labels": [1, 0],
+        "box_xyxy": [20.0, 10.0, 50.0, 30.0],
+    }
+    assert record["model"] == "m" and record["predicted_iou"] == pytest.approx(0.9)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.png", "overlay.png", "result.json"]
+
+
+def test_failed_write_keeps_previous_file(tmp_path: Path) -> None:
+    target = tmp_path / "result.json"
+    target.write_text("old")
+
+    def broken(fh: object) -> None:
+        fh.write(b"partial")  # type: ignore[attr-defined]
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write(target, broken)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
+
+
+def test_overlay_tints_mask_draws_outline_and_prompts() -> None:
+    image, mask = _scene()
+    picture = overlay(image, [mask], points=np.array([[5.0, 5.0]]), point_labels=np.array([1]))
+    assert picture.shape == image.shape and picture.dtype == np.uint8
+    assert np.array_equal(picture[0, 59], image[0, 59])  # far from everything: untouched
+    inner = picture[20, 35].astype(int)
+    assert not np.array_equal(inner, image[20, 35])  # tinted
+    assert tuple(picture[10, 35]) == (30, 144, 255)  # outline in the first palette colour
+    assert tuple(picture[5, 5]) == (0, 220, 0)  # positive point mark
+    outline = mask_outline(mask, width=1)
+    assert outline.sum() == 2 * (20 + 30) - 4 and not outline[20, 35]
