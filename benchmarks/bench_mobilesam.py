@@ -1,0 +1,116 @@
+"""CPU latency of our MobileSAM next to the upstream MobileSAM code, same weights, same run.
+
+Upstream = PyPI ``mobilesam-mirror==1.0.0`` (imported through ``tests/upstream_mobilesam.py``).
+Measured: image encoder on a 1x3x1024x1024 input, and prompt encoder + mask decoder for one
+point (3 masks), one box (1 mask) and a batch of 16 boxes (1 mask each; cost per prompt).
+Runs of ours and upstream are interleaved so that load from other processes hits both alike;
+figures are medians of ``--runs`` warm runs. Usage::
+
+    .venv/bin/python benchmarks/bench_mobilesam.py [--runs 5] [--checkpoint mobile_sam.pt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from ovsam.build import build_model  # noqa: E402
+from ovsam.transforms import ResizeLongestSide  # noqa: E402
+from ovsam.weights import resolve_weights  # noqa: E402
+from upstream_mobilesam import INSTALL_HINT, build_upstream_mobilesam, decode  # noqa: E402
+
+ASSET = Path(__file__).resolve().parents[1] / "src" / "ovsam" / "assets" / "coffee.jpg"
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleaved_medians(
+    ours: Callable[[], object], upstream: Callable[[], object], runs: int, warmup: int = 1
+) -> tuple[float, float]:
+    """Median seconds of ``ours`` and ``upstream``, alternating calls after ``warmup`` each."""
+    for _ in range(warmup):
+        ours()
+        upstream()
+    a, b = [], []
+    for _ in range(runs):
+        a.append(_timed(ours))
+        b.append(_timed(upstream))
+    return statistics.median(a), statistics.median(b)
+
+
+def load_average() -> str:
+    """The 1-minute load average (other processes share these cores)."""
+    return f"{os.getloadavg()[0]:.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--checkpoint", default="mobile_sam")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(os.cpu_count() or 1)
+    checkpoint = resolve_weights(args.checkpoint)
+    try:
+        upstream = build_upstream_mobilesam(checkpoint)
+    except ImportError:
+        print(f"upstream MobileSAM is not installed: {INSTALL_HINT}")
+        return 1
+    ours = build_model("mobilesam", checkpoint)
+
+    image = np.asarray(Image.open(ASSET).convert("RGB"))
+    resized = ResizeLongestSide(1024).apply_image(image)
+    x = torch.from_numpy(resized).permute(2, 0, 1)[None].float()
+    generator = torch.Generator().manual_seed(0)
+    corners = torch.rand(16, 2, 2, generator=generator) * torch.tensor(resized.shape[1::-1])
+    boxes = torch.cat([corners.min(1).values, corners.max(1).values], dim=1)
+    point = (corners[:1, :1], torch.ones(1, 1, dtype=torch.long))
+
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{os.cpu_count()} CPUs, load average at start {load_average()}"
+    )
+    print(f"{'stage':34s} {'ours ms':>9s} {'upstream ms':>12s} {'ratio':>7s}")
+    with torch.inference_mode():
+        inputs = ours.preprocess(x), upstream.preprocess(x)
+        enc = interleaved_medians(
+            lambda: ours.image_encoder(inputs[0]),
+            lambda: upstream.image_encoder(inputs[1]),
+            args.runs,
+        )
+        rows = [("image encoder (1024x1024)", 1, *enc)]
+        embedding = ours.image_encoder(inputs[0])
+        cases = [
+            ("decoder, 1 point, 3 masks", 1, {"points": point}, True),
+            ("decoder, 1 box, 1 mask", 1, {"boxes": boxes[:1]}, False),
+            ("decoder, 16 boxes, per prompt", 16, {"boxes": boxes}, False),
+        ]
+        for label, count, prompt, multimask in cases:
+            dec = interleaved_medians(
+                lambda p=prompt, m=multimask: decode(ours, embedding, m, **p),
+                lambda p=prompt, m=multimask: decode(upstream, embedding, m, **p),
+                args.runs,
+            )
+            rows.append((label, count, *dec))
+    for label, count, a, b in rows:
+        print(f"{label:34s} {1e3 * a / count:9.1f} {1e3 * b / count:12.1f} {a / b:7.2f}")
+    print(f"median of {args.runs} warm runs each; load average at end {load_average()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,189 @@
+"""Model builders and a small registry.
+
+``build_model(name, checkpoint=None, *, pretrained=True)`` builds a registered model, loads
+weights strictly and returns it in eval mode. Built in: ``mobilesam`` (alias ``vit_t``),
+``sam_vit_b`` / ``sam_vit_l`` / ``sam_vit_h`` (aliases ``vit_b`` / ``vit_l`` / ``vit_h``).
+
+Other packages add models without editing this file::
+
+    from ovsam.build import register_model
+    register_model("ovsam_coco", build_ovsam_coco, default_weights="ovsam_coco", aliases=())
+
+``ovsam.ov`` registers its ``ovsam_*`` models when imported; ``build_model`` imports it on
+demand when asked for an unknown name starting with ``ovsam``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from ovsam.checkpoint import load_state_dict_strict, read_state_dict
+from ovsam.errors import InputError
+from ovsam.modeling.image_encoder import ImageEncoderViT
+from ovsam.modeling.mask_decoder import MaskDecoder
+from ovsam.modeling.prompt_encoder import PromptEncoder
+from ovsam.modeling.sam import Sam
+from ovsam.modeling.tiny_vit import TinyViT
+from ovsam.modeling.transformer import TwoWayTransformer
+
+PROMPT_EMBED_DIM = 256
+IMAGE_SIZE = 1024
+PATCH_SIZE = 16
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: ``builder()`` returns it randomly initialised."""
+
+    name: str
+    builder: Callable[[], nn.Module]
+    default_weights: str | None
+    aliases: tuple[str, ...]
+
+
+_MODELS: dict[str, ModelEntry] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register_model(
+    name: str,
+    builder: Callable[[], nn.Module],
+    default_weights: str | None,
+    aliases: tuple[str, ...] | list[str] = (),
+) -> ModelEntry:
+    """Register ``builder`` under ``name`` (and ``aliases``).
+
+    ``default_weights`` is an ``ovsam.weights`` name used when ``build_model`` gets no
+    checkpoint and ``pretrained`` is true. Registering a taken name or alias is a
+    ``ValueError`` unless it is the same entry again (re-import).
+    """
+    entry = ModelEntry(name, builder, default_weights, tuple(aliases))
+    for key in (name, *entry.aliases):
+        owner = _ALIASES.get(key)
+        if owner is not None and _MODELS[owner] != entry:
+            raise ValueError(f"model name {key!r} is already registered (by {owner!r})")
+    _MODELS[name] = entry
+    for key in (name, *entry.aliases):
+        _ALIASES[key] = name
+    return entry
+
+
+def list_models() -> list[str]:
+    """Canonical names of the registered models, in registration order."""
+    return list(_MODELS)
+
+
+def get_model_entry(name: str) -> ModelEntry:
+    """The entry registered under ``name`` or one of its aliases (``InputError`` if none)."""
+    if name not in _ALIASES and name.startswith("ovsam"):
+        importlib.import_module("ovsam.ov")  # registers the ovsam_* models
+    if name not in _ALIASES:
+        raise InputError(f"unknown model {name!r}; available models: {', '.join(list_models())}")
+    return _MODELS[_ALIASES[name]]
+
+
+def build_model(
+    name: str,
+    checkpoint: str | Path | None = None,
+    *,
+    pretrained: bool = True,
+    fuse: bool = True,
+) -> nn.Module:
+    """Build model ``name`` in eval mode.
+
+    ``checkpoint``: a local file or a registered weights name (``ovsam.weights``); without
+    one, the model's default weights are fetched when ``pretrained``, else it stays randomly
+    initialised. Loading is strict (``CheckpointError`` names missing/unexpected keys).
+    ``fuse`` then calls the model's ``fuse_for_inference()`` if it has one (``Sam``: fold
+    BatchNorms into convs); pass ``fuse=False`` to keep the official ``state_dict`` keys,
+    e.g. for training or re-saving.
+    """
+    entry = get_model_entry(name)
+    model = entry.builder()
+    weights = (
+        checkpoint if checkpoint is not None else (entry.default_weights if pretrained else None)
+    )
+    if weights is not None:
+        from ovsam.weights import resolve_weights
+
+        path = resolve_weights(weights)
+        load_state_dict_strict(model, read_state_dict(path), source=str(path))
+    model.eval()
+    fuse_for_inference = getattr(model, "fuse_for_inference", None)
+    if fuse and callable(fuse_for_inference):
+        fuse_for_inference()
+    return model
+
+
+def _sam(image_encoder: nn.Module) -> Sam:
+    grid = IMAGE_SIZE // PATCH_SIZE
+    return Sam(
+        image_encoder=image_encoder,
+        prompt_encoder=PromptEncoder(
+            embed_dim=PROMPT_EMBED_DIM,
+            image_embedding_size=(grid, grid),
+            input_image_size=(IMAGE_SIZE, IMAGE_SIZE),
+            mask_in_chans=16,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(
+                depth=2, embedding_dim=PROMPT_EMBED_DIM, mlp_dim=2048, num_heads=8
+            ),
+            transformer_dim=PROMPT_EMBED_DIM,
+            iou_head_depth=3,
+            iou_head_hidden_dim=256,
+        ),
+    )
+
+
+def build_sam_vit(
+    embed_dim: int, depth: int, num_heads: int, global_attn_indexes: tuple[int, ...]
+) -> Sam:
+    """Randomly initialised SAM with a ViT image encoder of the given size."""
+    return _sam(
+        ImageEncoderViT(
+            img_size=IMAGE_SIZE,
+            patch_size=PATCH_SIZE,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=4.0,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=global_attn_indexes,
+            window_size=14,
+            out_chans=PROMPT_EMBED_DIM,
+        )
+    )
+
+
+def build_mobilesam() -> Sam:
+    """Randomly initialised MobileSAM (TinyViT ``vit_t`` image encoder)."""
+    return _sam(TinyViT(img_size=IMAGE_SIZE, out_chans=PROMPT_EMBED_DIM))
+
+
+register_model("mobilesam", build_mobilesam, "mobile_sam", aliases=("vit_t",))
+register_model(
+    "sam_vit_b",
+    lambda: build_sam_vit(768, 12, 12, (2, 5, 8, 11)),
+    "sam_vit_b_01ec64",
+    aliases=("vit_b",),
+)
+register_model(
+    "sam_vit_l",
+    lambda: build_sam_vit(1024, 24, 16, (5, 11, 17, 23)),
+    "sam_vit_l_0b3195",
+    aliases=("vit_l",),
+)
+register_model(
+    "sam_vit_h",
+    lambda: build_sam_vit(1280, 32, 16, (7, 15, 23, 31)),
+    "sam_vit_h_4b8939",
+    aliases=("vit_h",),
+)

@@ -1,0 +1,61 @@
+"""Small building blocks shared by the SAM-family modules (official key names kept)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class MLPBlock(nn.Module):
+    """Two-layer feed-forward block ``lin1 -> act -> lin2`` acting on the last dimension."""
+
+    def __init__(self, embedding_dim: int, mlp_dim: int, act: type[nn.Module] = nn.GELU) -> None:
+        super().__init__()
+        self.lin1 = nn.Linear(embedding_dim, mlp_dim)
+        self.lin2 = nn.Linear(mlp_dim, embedding_dim)
+        self.act = act()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``...xC -> ...xC``."""
+        return self.lin2(self.act(self.lin1(x)))
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channel dimension of a ``BxCxHxW`` tensor (SAM's ``LayerNorm2d``)."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``BxCxHxW -> BxCxHxW``, each pixel normalised over its C channels."""
+        # Channels-last layer_norm is one fused kernel; the permutes are views.
+        y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
+        return y.permute(0, 3, 1, 2)
+
+
+class DerivedTensorCache:
+    """Caches a tensor computed from ``source`` while autograd is off.
+
+    The cached value is recomputed when ``source`` changes in place (``load_state_dict``
+    bumps its version), moves, or changes dtype; with autograd on it is always recomputed
+    so gradients flow.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple[object, ...] | None = None
+        self._value: torch.Tensor | None = None
+
+    def get(self, source: torch.Tensor, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``compute()``, reused while ``source`` is unchanged and gradients are off."""
+        if torch.is_grad_enabled():
+            return compute()
+        key = (source._version, source.data_ptr(), source.device, source.dtype)
+        if self._value is None or self._key != key:
+            self._value, self._key = compute(), key
+        return self._value

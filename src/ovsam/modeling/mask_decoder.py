@@ -1,0 +1,258 @@
+"""SAM's mask decoder, split so that variants reuse the trunk.
+
+:class:`TwoWayMaskDecoder` holds what every SAM-style decoder shares: the two-way
+transformer, ``mask_tokens``, the ``output_upscaling`` convolutions and one hypernetwork MLP
+per mask token, with :meth:`TwoWayMaskDecoder.run_transformer` and
+:meth:`TwoWayMaskDecoder.predict_mask_logits`. :class:`MaskDecoder` is SAM's decoder (IoU
+token + 4 mask tokens + IoU head). OV-SAM's decoder (one mask token, no IoU head, a label
+token prepended) subclasses :class:`TwoWayMaskDecoder` with ``num_mask_tokens=1``.
+Key names equal ``segment_anything.modeling.mask_decoder``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ovsam.modeling.common import LayerNorm2d
+
+
+class MLP(nn.Module):
+    """``num_layers`` linear layers with ReLU between them (``layers.N`` keys)."""
+
+    def __init__(
+        self,
+        input_dim: int,
+        hidden_dim: int,
+        output_dim: int,
+        num_layers: int,
+        sigmoid_output: bool = False,
+    ) -> None:
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1)
+        self.layers = nn.ModuleList(
+            nn.Linear(n, k) for n, k in zip(dims, dims[1:] + [output_dim], strict=True)
+        )
+        self.sigmoid_output = sigmoid_output
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``...xinput_dim -> ...xoutput_dim``."""
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return torch.sigmoid(x) if self.sigmoid_output else x
+
+
+# Tokens (x prompts) upscaled per tile in ``predict_mask_logits``: ~4 MB of features.
+_TILE_TOKENS = 2048
+# Prompts decoded together by ``MaskDecoder.forward`` (see ``prompt_chunks``).
+PROMPTS_PER_CHUNK = 2
+
+
+def prompt_chunks(batch: int, chunk: int = PROMPTS_PER_CHUNK) -> list[slice]:
+    """Slices of ``range(batch)`` of at most ``chunk`` prompts.
+
+    Decoding a few prompts at a time keeps each prompt's 4096x256 image tokens in cache;
+    per-prompt results do not depend on the chunking.
+    """
+    return [slice(i, min(batch, i + chunk)) for i in range(0, batch, chunk)]
+
+
+def prompt_rows(x: Tensor, rows: slice) -> Tensor:
+    """``x[rows]``, or ``x`` itself when it has batch 1 (shared by all prompts)."""
+    return x if x.shape[0] == 1 else x[rows]
+
+
+def _share_broadcast_batch(x: Tensor) -> Tensor:
+    """``x[:1]`` when every batch entry is the same memory (an ``expand``-ed view), else ``x``."""
+    return x[:1] if x.shape[0] > 1 and x.stride(0) == 0 else x
+
+
+class TwoWayMaskDecoder(nn.Module):
+    """Shared trunk of SAM-style decoders: transformer, upscaling and hypernetwork MLPs."""
+
+    def __init__(
+        self,
+        *,
+        transformer_dim: int,
+        transformer: nn.Module,
+        num_mask_tokens: int,
+        activation: type[nn.Module] = nn.GELU,
+    ) -> None:
+        super().__init__()
+        self.transformer_dim = transformer_dim
+        self.transformer = transformer
+        self.num_mask_tokens = num_mask_tokens
+        self.mask_tokens = nn.Embedding(num_mask_tokens, transformer_dim)
+        self.output_upscaling = nn.Sequential(
+            nn.ConvTranspose2d(transformer_dim, transformer_dim // 4, kernel_size=2, stride=2),
+            LayerNorm2d(transformer_dim // 4),
+            activation(),
+            nn.ConvTranspose2d(transformer_dim // 4, transformer_dim // 8, kernel_size=2, stride=2),
+            activation(),
+        )
+        self.output_hypernetworks_mlps = nn.ModuleList(
+            MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3)
+            for _ in range(num_mask_tokens)
+        )
+
+    def run_transformer(
+        self,
+        output_tokens: Tensor,
+        image_embeddings: Tensor,
+        image_pe: Tensor,
+        sparse_prompt_embeddings: Tensor,
+        dense_prompt_embeddings: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """Two-way attention between ``[output_tokens, prompts]`` and the image.
+
+        ``output_tokens`` ``KxC`` (learned tokens, same for every prompt),
+        ``image_embeddings`` ``1xCxhxw`` (shared by all prompts) or ``BxCxhxw``,
+        ``image_pe`` ``1xCxhxw``, ``sparse_prompt_embeddings`` ``BxNxC``,
+        ``dense_prompt_embeddings`` ``BxCxhxw`` (or an expanded ``1xCxhxw``).
+        Returns ``(hs Bx(K+N)xC, src BxCxhxw)``.
+        """
+        batch = sparse_prompt_embeddings.shape[0]
+        tokens = torch.cat(
+            (output_tokens.unsqueeze(0).expand(batch, -1, -1), sparse_prompt_embeddings), dim=1
+        )
+        src = _share_broadcast_batch(image_embeddings) + _share_broadcast_batch(
+            dense_prompt_embeddings
+        )
+        _, c, h, w = src.shape
+        hs, keys = self.transformer(src, image_pe, tokens)
+        src = keys.transpose(1, 2).reshape(-1, c, h, w).expand(batch, -1, -1, -1)
+        return hs, src
+
+    def predict_mask_logits(
+        self, mask_tokens_out: Tensor, src: Tensor, token_indices: Sequence[int]
+    ) -> Tensor:
+        """Masks from transformer outputs.
+
+        ``mask_tokens_out`` ``BxMxC`` (outputs of the mask tokens listed in
+        ``token_indices``, in that order), ``src`` ``BxCxhxw``. Returns ``BxMx4hx4w`` logits:
+        ``hypernetwork(token) . output_upscaling(src)`` per pixel.
+        """
+        hyper_in = torch.stack(
+            [
+                self.output_hypernetworks_mlps[t](mask_tokens_out[:, i, :])
+                for i, t in enumerate(token_indices)
+            ],
+            dim=2,
+        )  # B x C/8 x M
+        b, c, h, w = src.shape
+        tokens = src.flatten(2).transpose(1, 2)  # B x hw x C
+        rows = max(1, _TILE_TOKENS // (b * w))
+        tiles = [
+            self._upscaled_masks(tokens[:, r * w : (r + rows) * w], hyper_in)
+            for r in range(0, h, rows)
+        ]
+        masks = torch.cat(tiles, dim=1).view(b, h, w, 2, 2, 2, 2, -1)
+        return masks.permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(b, -1, 4 * h, 4 * w)
+
+    def _upscaled_masks(self, tokens: Tensor, hyper_in: Tensor) -> Tensor:
+        """``output_upscaling`` on ``BxTxC`` tokens as two GEMMs, dotted with ``hyper_in``.
+
+        Each token becomes 4x4 output pixels ordered ``(i1, j1, i2, j2)`` (row offset
+        ``2*i1 + i2``, column offset ``2*j1 + j2``). Returns ``Bx(T*16)xM``. Works on a tile of
+        tokens at a time so that the 32-channel upscaled features stay in cache.
+        """
+        up1, norm, act1, up2, act2 = self.output_upscaling
+        w1 = up1.weight.permute(0, 2, 3, 1).reshape(up1.in_channels, -1)
+        x = torch.addmm(up1.bias.repeat(4), tokens.reshape(-1, tokens.shape[-1]), w1)
+        x = act1(
+            F.layer_norm(
+                x.view(-1, up1.out_channels), norm.weight.shape, norm.weight, norm.bias, norm.eps
+            )
+        )
+        w2 = up2.weight.permute(0, 2, 3, 1).reshape(up2.in_channels, -1)
+        x = act2(torch.addmm(up2.bias.repeat(4), x, w2))
+        b = hyper_in.shape[0]
+        return torch.bmm(x.view(b, -1, up2.out_channels), hyper_in)
+
+
+class MaskDecoder(TwoWayMaskDecoder):
+    """SAM's mask decoder: IoU token + ``num_multimask_outputs + 1`` mask tokens + IoU head."""
+
+    def __init__(
+        self,
+        *,
+        transformer_dim: int,
+        transformer: nn.Module,
+        num_multimask_outputs: int = 3,
+        activation: type[nn.Module] = nn.GELU,
+        iou_head_depth: int = 3,
+        iou_head_hidden_dim: int = 256,
+    ) -> None:
+        super().__init__(
+            transformer_dim=transformer_dim,
+            transformer=transformer,
+            num_mask_tokens=num_multimask_outputs + 1,
+            activation=activation,
+        )
+        self.num_multimask_outputs = num_multimask_outputs
+        self.iou_token = nn.Embedding(1, transformer_dim)
+        self.iou_prediction_head = MLP(
+            transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth
+        )
+
+    def forward(
+        self,
+        image_embeddings: Tensor,
+        image_pe: Tensor,
+        sparse_prompt_embeddings: Tensor,
+        dense_prompt_embeddings: Tensor,
+        multimask_output: bool,
+    ) -> tuple[Tensor, Tensor]:
+        """Predict masks for B prompts.
+
+        ``image_embeddings`` ``1x256x64x64`` (shared) or ``Bx256x64x64``, ``image_pe``
+        ``1x256x64x64``, ``sparse_prompt_embeddings`` ``BxNx256``,
+        ``dense_prompt_embeddings`` ``Bx256x64x64``. Returns ``(masks Bx(3|1)x256x256
+        logits, iou_pred Bx(3|1))``: masks 1..3 when ``multimask_output`` else mask 0.
+        """
+        indices = range(1, self.num_mask_tokens) if multimask_output else range(1)
+        if sparse_prompt_embeddings.shape[0] == 0:
+            h, w = image_embeddings.shape[-2:]
+            empty = sparse_prompt_embeddings.new_zeros((0, len(indices)))
+            return empty.new_zeros((0, len(indices), 4 * h, 4 * w)), empty
+        outputs = [
+            self.predict_masks(
+                prompt_rows(image_embeddings, rows),
+                image_pe,
+                sparse_prompt_embeddings[rows],
+                prompt_rows(dense_prompt_embeddings, rows),
+                token_indices=indices,
+            )
+            for rows in prompt_chunks(sparse_prompt_embeddings.shape[0])
+        ]
+        if len(outputs) == 1:
+            return outputs[0]
+        return torch.cat([m for m, _ in outputs]), torch.cat([i for _, i in outputs])
+
+    def predict_masks(
+        self,
+        image_embeddings: Tensor,
+        image_pe: Tensor,
+        sparse_prompt_embeddings: Tensor,
+        dense_prompt_embeddings: Tensor,
+        token_indices: Sequence[int] | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Masks and IoU predictions for the mask tokens in ``token_indices`` (default all)."""
+        indices = list(range(self.num_mask_tokens) if token_indices is None else token_indices)
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        hs, src = self.run_transformer(
+            output_tokens,
+            image_embeddings,
+            image_pe,
+            sparse_prompt_embeddings,
+            dense_prompt_embeddings,
+        )
+        mask_tokens_out = hs[:, [1 + i for i in indices], :]
+        masks = self.predict_mask_logits(mask_tokens_out, src, indices)
+        iou_pred = self.iou_prediction_head(hs[:, 0, :])[:, indices]
+        return masks, iou_pred
