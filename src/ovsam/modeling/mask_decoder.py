@@ -146,7 +146,7 @@ class TwoWayMaskDecoder(nn.Module):
         )  # B x C/8 x M
         b, c, h, w = src.shape
         tokens = src.flatten(2).transpose(1, 2)  # B x hw x C
-        rows = max(1, _TILE_TOKENS // (b * w))
+        rows = max(1, _TILE_TOKENS // max(1, b * w))
         tiles = [
             self._upscaled_masks(tokens[:, r * w : (r + rows) * w], hyper_in)
             for r in range(0, h, rows)
@@ -157,7 +157,8 @@ class TwoWayMaskDecoder(nn.Module):
     def _upscaled_masks(self, tokens: Tensor, hyper_in: Tensor) -> Tensor:
         """``output_upscaling`` on ``BxTxC`` tokens as two GEMMs, dotted with ``hyper_in``.
 
-        Each token becomes 4x4 output pixels ordered ``(i1, j1, i2, j2)`` (row offset
+        SAM's upscaling is two 2x2 stride-2 transposed convs, i.e. per-pixel linear maps:
+        each token becomes 4x4 output pixels ordered ``(i1, j1, i2, j2)`` (row offset
         ``2*i1 + i2``, column offset ``2*j1 + j2``). Returns ``Bx(T*16)xM``. Works on a tile of
         tokens at a time so that the 32-channel upscaled features stay in cache.
         """
