@@ -17,6 +17,10 @@ from ovsam.errors import InputError
 DEFAULT_MAX_PIXELS = 100_000_000
 
 
+class ImageTooLargeError(InputError):
+    """The image has more pixels than allowed (or than PIL will safely decode)."""
+
+
 def _to_uint8_rgb(img: Image.Image) -> np.ndarray:
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
@@ -48,7 +52,7 @@ def load_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXE
             if width < 1 or height < 1:
                 raise InputError(f"{what} has an empty size {width}x{height}")
             if width * height > max_pixels:
-                raise InputError(
+                raise ImageTooLargeError(
                     f"{what} is {width}x{height} = {width * height} pixels, "
                     f"more than the limit of {max_pixels}"
                 )
@@ -56,12 +60,12 @@ def load_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXE
             return np.ascontiguousarray(_to_uint8_rgb(ImageOps.exif_transpose(img)))
     except InputError:
         raise
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"{what} is too large to decode safely: {exc}") from exc
     except UnidentifiedImageError as exc:
         raise InputError(
             f"{what} is not a readable image (unknown format or corrupt header)"
         ) from exc
-    except Image.DecompressionBombError as exc:
-        raise InputError(f"{what} is too large to decode safely: {exc}") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"{what} is corrupt or truncated: {exc}") from exc
 

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Install what the browser test needs: Debian's chromium and Playwright's Python package
+# (which drives the system browser; no browser download). Idempotent; best effort without root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "chromium is not installed and cannot be installed here: browser tests will be skipped" >&2
+  fi
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check "playwright>=1.40"

@@ -1,0 +1,1 @@
+"""HTTP API and web page for interactive segmentation (``ovsam serve``; needs the [serve] extra)."""

@@ -1,0 +1,266 @@
+"""The FastAPI application: versioned JSON API under ``/v1`` and the web page at ``/``.
+
+Model work runs in FastAPI's thread pool (endpoints are plain ``def``), never on the event
+loop; the :class:`~ovsam.serve.engine.SegmentationEngine` serialises access to the one model.
+Every error is JSON ``{"error": {"code", "message"}}`` with a 4xx status naming the problem.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from ovsam.assets import SAMPLE_PHOTO
+from ovsam.errors import InputError, NotReadyError
+from ovsam.image_io import ImageTooLargeError, load_image
+from ovsam.masks import encode_rle, mask_to_bbox_xywh
+from ovsam.outputs import png_bytes
+from ovsam.serve.engine import SegmentationEngine
+from ovsam.serve.schemas import (
+    ErrorResponse,
+    Health,
+    ImageInfo,
+    Label,
+    PredictRequest,
+    PredictResponse,
+    Recognition,
+    VocabularyIn,
+    VocabularyInfo,
+)
+from ovsam.serve.settings import ServeSettings
+from ovsam.serve.store import ImageStore, StoredImage
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 422)}
+
+
+class ApiError(Exception):
+    """An error answered with ``status`` and a JSON body ``{"error": {code, message}}``."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def _readable_validation(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+class Vocabularies:
+    """Custom vocabularies typed by users (kept in memory, bounded in size)."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        self._custom: dict[str, list[str]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, name: str, names: list[str]) -> list[str]:
+        cleaned = list(dict.fromkeys(n.strip() for n in names if n.strip()))
+        if not cleaned:
+            raise ApiError(400, "empty_vocabulary", "vocabulary is empty: give at least one name")
+        if len(cleaned) > self.settings.max_vocabulary:
+            raise ApiError(
+                413, "vocabulary_too_large",
+                f"vocabulary has {len(cleaned)} names, more than the limit of "
+                f"{self.settings.max_vocabulary}",
+            )  # fmt: skip
+        long = next((n for n in cleaned if len(n) > self.settings.max_name_chars), None)
+        if long is not None:
+            raise ApiError(
+                400, "name_too_long",
+                f"class name of {len(long)} characters exceeds {self.settings.max_name_chars}",
+            )  # fmt: skip
+        with self._lock:
+            self._custom[name] = cleaned
+        return cleaned
+
+    def get(self, name: str) -> list[str]:
+        with self._lock:
+            names = self._custom.get(name)
+        if names is None:
+            raise ApiError(404, "unknown_vocabulary", f"unknown vocabulary {name!r}")
+        return names
+
+    def list(self) -> list[VocabularyInfo]:
+        with self._lock:
+            return [
+                VocabularyInfo(name=k, size=len(v), builtin=False) for k, v in self._custom.items()
+            ]
+
+
+def create_app(
+    settings: ServeSettings, engine_factory: Callable[[ServeSettings], SegmentationEngine]
+) -> FastAPI:
+    """Build the app; ``engine_factory(settings)`` is called once, at start-up."""
+    app = FastAPI(
+        title="ovsam", version="1", description="Segment and name any object you point at."
+    )
+    engine = engine_factory(settings)
+    store = ImageStore(settings.cache_images, settings.cache_bytes, settings.masks_per_image)
+    vocabularies = Vocabularies(settings)
+    app.state.engine, app.state.store, app.state.vocabularies = engine, store, vocabularies
+
+    @app.exception_handler(ApiError)
+    def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.code, exc.message)
+
+    @app.exception_handler(InputError)
+    def _input_error(_: Request, exc: InputError) -> JSONResponse:
+        return _error(400, "invalid_input", str(exc))
+
+    @app.exception_handler(NotReadyError)
+    def _not_ready(_: Request, exc: NotReadyError) -> JSONResponse:
+        return _error(409, "not_ready", str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, "invalid_request", _readable_validation(exc))
+
+    def recognition() -> Recognition:
+        return Recognition(available=engine.recognizer.available, message=engine.recognizer.message)
+
+    def stored(image_id: str) -> StoredImage:
+        item = store.get(image_id)
+        if item is None:
+            raise ApiError(
+                404, "unknown_image",
+                f"unknown image id {image_id!r} (never uploaded, or evicted from the cache)",
+            )  # fmt: skip
+        return item
+
+    def register(data: bytes, name: str) -> ImageInfo:
+        try:
+            image = load_image(data, max_pixels=settings.max_pixels)
+        except ImageTooLargeError as exc:
+            raise ApiError(413, "too_many_pixels", str(exc)) from exc
+        except InputError as exc:
+            raise ApiError(400, "bad_image", str(exc)) from exc
+        state, elapsed = engine.embed(image)
+        item = store.add(name, state)
+        return ImageInfo(image_id=item.image_id, name=name, width=item.width, height=item.height,
+                         embedding_ms=round(elapsed, 1))  # fmt: skip
+
+    @app.get("/v1/health", response_model=Health)
+    def health() -> Health:
+        return Health(
+            status="ok", model=engine.model_name, weights=settings.checkpoint or "default",
+            recognition=recognition(), cached_images=len(store),
+            cache_capacity=settings.cache_images, cache_bytes=store.total_bytes(),
+        )  # fmt: skip
+
+    @app.post("/v1/images", response_model=ImageInfo, status_code=201, responses=ERRORS)
+    def upload_image(file: UploadFile) -> ImageInfo:
+        """Upload an image (multipart field ``file``); it is embedded once and cached."""
+        content_type = (file.content_type or "").split(";")[0].strip().lower()
+        if content_type not in settings.accepted_types:
+            raise ApiError(
+                415, "unsupported_media_type",
+                f"content type {content_type or 'none'!r} is not accepted; send one of "
+                f"{', '.join(settings.accepted_types)}",
+            )  # fmt: skip
+        data = file.file.read(settings.max_upload_bytes + 1)
+        if len(data) > settings.max_upload_bytes:
+            raise ApiError(
+                413, "upload_too_large",
+                f"upload is larger than the limit of {settings.max_upload_bytes} bytes",
+            )  # fmt: skip
+        return register(data, file.filename or "upload")
+
+    @app.post("/v1/images/sample", response_model=ImageInfo, status_code=201)
+    def upload_sample() -> ImageInfo:
+        """Embed the sample photo shipped with ovsam (a coffee cup)."""
+        return register(SAMPLE_PHOTO.read_bytes(), SAMPLE_PHOTO.name)
+
+    @app.get("/v1/images/{image_id}", response_model=ImageInfo, responses=ERRORS)
+    def image_info(image_id: str) -> ImageInfo:
+        item = stored(image_id)
+        return ImageInfo(
+            image_id=item.image_id, name=item.name, width=item.width, height=item.height
+        )
+
+    @app.delete("/v1/images/{image_id}", status_code=204, responses=ERRORS)
+    def delete_image(image_id: str) -> None:
+        if not store.delete(image_id):
+            raise ApiError(404, "unknown_image", f"unknown image id {image_id!r}")
+
+    @app.post("/v1/images/{image_id}/predict", response_model=PredictResponse, responses=ERRORS)
+    def predict(image_id: str, body: PredictRequest) -> PredictResponse:
+        """Segment the object at points (+/-) and/or a box; optionally refine a previous mask."""
+        item = stored(image_id)
+        if len(body.points) > settings.max_points:
+            raise ApiError(400, "too_many_points",
+                           f"too many points: {len(body.points)} > {settings.max_points}")  # fmt: skip
+        if len(body.labels) != len(body.points):
+            raise ApiError(400, "invalid_input",
+                           f"{len(body.points)} points but {len(body.labels)} labels")  # fmt: skip
+        mask_input = None
+        if body.mask_id is not None:
+            mask_input = item.masks.get(body.mask_id)
+            if mask_input is None:
+                raise ApiError(
+                    404, "unknown_mask", f"unknown mask id {body.mask_id!r} for this image"
+                )
+        names = vocabularies.get(body.vocabulary) if body.vocabulary else None
+        result = engine.predict(
+            item.state,
+            np.asarray(body.points, dtype=np.float64) if body.points else None,
+            np.asarray(body.labels) if body.points else None,
+            None if body.box is None else np.asarray(body.box, dtype=np.float64),
+            mask_input, names, body.top_k,
+        )  # fmt: skip
+        mask_id = store.remember_mask(item, result.low_res)
+        encoded = base64.b64encode(png_bytes(np.where(result.mask, 255, 0).astype(np.uint8)))
+        return PredictResponse(
+            mask_id=mask_id, score=result.score, area=int(result.mask.sum()),
+            bbox=mask_to_bbox_xywh(result.mask), width=item.width, height=item.height,
+            mask_png=encoded.decode("ascii") if body.format == "png" else None,
+            mask_rle=encode_rle(result.mask) if body.format == "rle" else None,
+            labels=[Label(name=n, score=s) for n, s in result.labels],
+            recognition=recognition(), elapsed_ms=round(result.elapsed_ms, 1),
+        )  # fmt: skip
+
+    @app.get("/v1/vocabularies", response_model=list[VocabularyInfo])
+    def list_vocabularies() -> list[VocabularyInfo]:
+        return vocabularies.list()
+
+    @app.post("/v1/vocabularies", response_model=VocabularyInfo, status_code=201, responses=ERRORS)
+    def add_vocabulary(body: VocabularyIn) -> VocabularyInfo:
+        """Add (or replace) a custom vocabulary of class names typed by the user."""
+        cleaned = vocabularies.add(body.name, body.names)
+        return VocabularyInfo(name=body.name, size=len(cleaned), builtin=False)
+
+    @app.get("/v1/sample.jpg", include_in_schema=False)
+    def sample_photo() -> FileResponse:
+        return FileResponse(SAMPLE_PHOTO, media_type="image/jpeg")
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def default_engine(settings: ServeSettings) -> SegmentationEngine:
+    """The real engine: ``settings.model`` with its weights, on CPU."""
+    from ovsam.build import build_model
+    from ovsam.predictor import SamPredictor
+
+    model = build_model(settings.model, checkpoint=settings.checkpoint)
+    return SegmentationEngine(SamPredictor(model), settings.model)

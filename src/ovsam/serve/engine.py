@@ -1,0 +1,108 @@
+"""One model shared by all requests: serialised inference plus an optional recognizer hook."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from ovsam.predictor import ImageState, SamPredictor
+from ovsam.segment_job import choose_multimask
+
+NO_RECOGNITION = (
+    "recognition weights are missing: no CLIP / Open-Vocabulary SAM checkpoint is loaded, so "
+    "masks come without class labels"
+)
+
+
+class Recognizer(Protocol):
+    """Names masks against a vocabulary (implemented by the Open-Vocabulary SAM side)."""
+
+    available: bool
+    message: str
+
+    def label(
+        self, state: ImageState, mask: np.ndarray, vocabulary: list[str], top_k: int
+    ) -> list[tuple[str, float]]:
+        """Top-k ``(name, probability)`` for an ``HxW`` bool mask on the embedded image."""
+
+
+class MissingRecognizer:
+    """The recognizer used when no recognition weights are present: it says so."""
+
+    available = False
+    message = NO_RECOGNITION
+
+    def label(
+        self, state: ImageState, mask: np.ndarray, vocabulary: list[str], top_k: int
+    ) -> list[tuple[str, float]]:
+        return []
+
+
+@dataclass
+class Prediction:
+    """The answer to one prompt: best mask, its score and low-res logits, and labels."""
+
+    mask: np.ndarray
+    score: float
+    low_res: np.ndarray
+    labels: list[tuple[str, float]]
+    elapsed_ms: float
+
+
+class SegmentationEngine:
+    """Thread-safe access to one :class:`SamPredictor` (requests are served one at a time)."""
+
+    def __init__(
+        self, predictor: SamPredictor, model_name: str, recognizer: Recognizer | None = None
+    ) -> None:
+        self.predictor = predictor
+        self.model_name = model_name
+        self.recognizer: Recognizer = recognizer or MissingRecognizer()
+        self._lock = threading.Lock()
+
+    def embed(self, image: np.ndarray) -> tuple[ImageState, float]:
+        """Embed an ``HxWx3`` uint8 image; returns its state and the time taken (ms)."""
+        start = time.perf_counter()
+        with self._lock:
+            self.predictor.set_image(image)
+            state = self.predictor.export_state()
+            self.predictor.reset_image()
+        return state, (time.perf_counter() - start) * 1000
+
+    def predict(
+        self,
+        state: ImageState,
+        points: np.ndarray | None,
+        labels: np.ndarray | None,
+        box: np.ndarray | None,
+        mask_input: np.ndarray | None,
+        vocabulary: list[str] | None,
+        top_k: int,
+    ) -> Prediction:
+        """Decode one prompt on ``state`` (SAM's multimask rule) and label the best mask."""
+        start = time.perf_counter()
+        multimask = choose_multimask(0 if points is None else len(points), box is not None)
+        with self._lock:
+            self.predictor.load_state(state)
+            try:
+                masks, scores, low_res = self.predictor.predict(
+                    point_coords=points,
+                    point_labels=labels,
+                    box=box,
+                    mask_input=mask_input,
+                    multimask_output=multimask and mask_input is None,
+                )
+            finally:
+                self.predictor.reset_image()
+            best = int(np.argmax(scores))
+            names = (
+                self.recognizer.label(state, masks[best], vocabulary, top_k) if vocabulary else []
+            )
+        return Prediction(
+            masks[best], float(scores[best]), low_res[best][None], names,
+            (time.perf_counter() - start) * 1000,
+        )  # fmt: skip

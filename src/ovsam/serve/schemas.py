@@ -1,0 +1,79 @@
+"""Request and response bodies of the HTTP API (pydantic models, shown in the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class ImageInfo(BaseModel):
+    image_id: str
+    name: str
+    width: int
+    height: int
+    embedding_ms: float | None = None
+
+
+class PredictRequest(BaseModel):
+    points: list[tuple[float, float]] = Field(default_factory=list, description="XY pixels")
+    labels: list[int] = Field(default_factory=list, description="1 = object, 0 = background")
+    box: tuple[float, float, float, float] | None = Field(None, description="XYXY pixels")
+    mask_id: str | None = Field(None, description="refine the mask returned under this id")
+    vocabulary: str | None = Field(None, description="vocabulary name for labels")
+    top_k: int = Field(5, ge=1, le=50)
+    format: Literal["png", "rle"] = "png"
+
+
+class Label(BaseModel):
+    name: str
+    score: float
+
+
+class Recognition(BaseModel):
+    available: bool
+    message: str
+
+
+class PredictResponse(BaseModel):
+    mask_id: str
+    score: float
+    area: int
+    bbox: list[int] = Field(description="XYWH pixels")
+    width: int
+    height: int
+    mask_png: str | None = Field(None, description="base64 PNG, 0/255, image size")
+    mask_rle: dict | None = Field(None, description="COCO compressed RLE")
+    labels: list[Label]
+    recognition: Recognition
+    elapsed_ms: float
+
+
+class VocabularyIn(BaseModel):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    names: list[str]
+
+
+class VocabularyInfo(BaseModel):
+    name: str
+    size: int
+    builtin: bool
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    model: str
+    weights: str
+    recognition: Recognition
+    cached_images: int
+    cache_capacity: int
+    cache_bytes: int

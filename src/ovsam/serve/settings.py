@@ -1,0 +1,31 @@
+"""Limits and options of the HTTP server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+ACCEPTED_TYPES = ("image/png", "image/jpeg", "image/webp", "image/bmp", "image/tiff", "image/gif")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Server limits. Every violation is answered with a 4xx JSON error naming the limit.
+
+    ``cache_images`` / ``cache_bytes`` bound the LRU store of embedded images (an embedding
+    of MobileSAM is 4 MiB); ``max_points`` bounds the clicks of one request;
+    ``max_vocabulary`` the names of a custom vocabulary.
+    """
+
+    model: str = "mobilesam"
+    checkpoint: str | None = None
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    accepted_types: tuple[str, ...] = ACCEPTED_TYPES
+    max_points: int = 64
+    max_vocabulary: int = 25_000
+    max_name_chars: int = 200
+    cache_images: int = 16
+    cache_bytes: int = 512 * 1024 * 1024
+    masks_per_image: int = 32
+    top_k: int = 5
+    extra: dict[str, str] = field(default_factory=dict)

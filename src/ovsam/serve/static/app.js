@@ -1,0 +1,253 @@
+// ovsam web page: upload once, then every click or box costs only the mask decoder.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const imageCanvas = $("image");
+const overlayCanvas = $("overlay");
+const MASK_COLOR = [30, 144, 255];
+
+const state = {
+  imageId: null, width: 0, height: 0, scale: 1, picture: null,
+  prompts: [],        // history of {kind: "point", x, y, label} | {kind: "box", box}
+  result: null,       // last PredictResponse
+  drag: null,         // {x0, y0, x1, y1} while dragging
+  busy: false, pending: false,
+};
+
+function setStatus(text, isError = false) {
+  $("status").textContent = text;
+  $("status").classList.toggle("error", isError);
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, options);
+  if (response.status === 204) return null;
+  const body = await response.json();
+  if (!response.ok) throw new Error(body.error ? body.error.message : response.statusText);
+  return body;
+}
+
+function toImageCoords(event) {
+  const rect = overlayCanvas.getBoundingClientRect();
+  return [(event.clientX - rect.left) / state.scale, (event.clientY - rect.top) / state.scale];
+}
+
+function currentPrompt() {
+  const points = [], labels = [];
+  let box = null;
+  for (const p of state.prompts) {
+    if (p.kind === "point") { points.push([p.x, p.y]); labels.push(p.label); }
+    else box = p.box;
+  }
+  return { points, labels, box };
+}
+
+async function loadPicture(file) {
+  const url = file ? URL.createObjectURL(file) : "/v1/sample.jpg";
+  const img = new Image();
+  img.src = url;
+  await img.decode();
+  return img;
+}
+
+function layout() {
+  const stage = $("stage");
+  const maxWidth = stage.clientWidth || 800;
+  state.scale = Math.min(1, maxWidth / state.width, 720 / state.height);
+  for (const canvas of [imageCanvas, overlayCanvas]) {
+    canvas.width = Math.round(state.width * state.scale);
+    canvas.height = Math.round(state.height * state.scale);
+  }
+  stage.style.height = `${imageCanvas.height}px`;
+  const ctx = imageCanvas.getContext("2d");
+  ctx.drawImage(state.picture, 0, 0, imageCanvas.width, imageCanvas.height);
+  $("hint").hidden = true;
+}
+
+async function startImage(file) {
+  setStatus("Embedding image…");
+  state.prompts = []; state.result = null; state.imageId = null;
+  try {
+    let info;
+    if (file) {
+      const form = new FormData();
+      form.append("file", file, file.name);
+      info = await api("/v1/images", { method: "POST", body: form });
+    } else {
+      info = await api("/v1/images/sample", { method: "POST" });
+    }
+    state.picture = await loadPicture(file);
+    Object.assign(state, { imageId: info.image_id, width: info.width, height: info.height });
+    layout();
+    draw();
+    setStatus(`Ready: ${info.width}×${info.height}, embedded in ${Math.round(info.embedding_ms)} ms`);
+  } catch (err) {
+    setStatus(err.message, true);
+  }
+}
+
+async function predict() {
+  if (!state.imageId) return;
+  if (state.busy) { state.pending = true; return; }
+  const { points, labels, box } = currentPrompt();
+  if (!points.length && !box) { state.result = null; draw(); showResult(); return; }
+  state.busy = true;
+  try {
+    const body = { points, labels, box, top_k: 5 };
+    const vocabulary = $("vocabulary").value;
+    if (vocabulary) body.vocabulary = vocabulary;
+    if (state.result && points.length > 1) body.mask_id = state.result.mask_id;
+    state.result = await api(`/v1/images/${state.imageId}/predict`, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+    });
+    state.result.maskImage = await maskToImage(state.result.mask_png);
+    setStatus(`Mask in ${Math.round(state.result.elapsed_ms)} ms`);
+  } catch (err) {
+    state.prompts.pop();
+    setStatus(err.message, true);
+  } finally {
+    state.busy = false;
+  }
+  draw();
+  showResult();
+  if (state.pending) { state.pending = false; predict(); }
+}
+
+async function maskToImage(pngBase64) {
+  const img = new Image();
+  img.src = `data:image/png;base64,${pngBase64}`;
+  await img.decode();
+  const canvas = document.createElement("canvas");
+  canvas.width = img.width; canvas.height = img.height;
+  const ctx = canvas.getContext("2d");
+  ctx.drawImage(img, 0, 0);
+  const pixels = ctx.getImageData(0, 0, img.width, img.height);
+  for (let i = 0; i < pixels.data.length; i += 4) {
+    const on = pixels.data[i] > 127;
+    pixels.data[i] = MASK_COLOR[0]; pixels.data[i + 1] = MASK_COLOR[1]; pixels.data[i + 2] = MASK_COLOR[2];
+    pixels.data[i + 3] = on ? 120 : 0;
+  }
+  ctx.putImageData(pixels, 0, 0);
+  return canvas;
+}
+
+function draw() {
+  const ctx = overlayCanvas.getContext("2d");
+  ctx.clearRect(0, 0, overlayCanvas.width, overlayCanvas.height);
+  if (state.result && state.result.maskImage) {
+    ctx.drawImage(state.result.maskImage, 0, 0, overlayCanvas.width, overlayCanvas.height);
+  }
+  const s = state.scale;
+  const boxes = state.prompts.filter((p) => p.kind === "box").map((p) => p.box);
+  if (state.drag) boxes.push([state.drag.x0, state.drag.y0, state.drag.x1, state.drag.y1]);
+  ctx.lineWidth = 2;
+  for (const [x0, y0, x1, y1] of boxes) {
+    ctx.strokeStyle = "#fff";
+    ctx.strokeRect(x0 * s, y0 * s, (x1 - x0) * s, (y1 - y0) * s);
+  }
+  for (const p of state.prompts.filter((q) => q.kind === "point")) {
+    ctx.beginPath();
+    ctx.arc(p.x * s, p.y * s, 5, 0, 2 * Math.PI);
+    ctx.fillStyle = p.label === 1 ? "#00c800" : "#e00000";
+    ctx.fill();
+    ctx.strokeStyle = "#fff";
+    ctx.stroke();
+  }
+  if (state.result && state.result.labels.length) {
+    const [x, y] = state.result.bbox;
+    const text = `${state.result.labels[0].name} ${state.result.labels[0].score.toFixed(2)}`;
+    ctx.font = "bold 14px system-ui";
+    ctx.fillStyle = "rgb(30,144,255)";
+    ctx.fillRect(x * s, Math.max(0, y * s - 20), ctx.measureText(text).width + 8, 20);
+    ctx.fillStyle = "#fff";
+    ctx.fillText(text, x * s + 4, Math.max(14, y * s - 5));
+  }
+}
+
+function showResult() {
+  const r = state.result;
+  $("undo").disabled = !state.prompts.length;
+  $("clear").disabled = !state.prompts.length;
+  $("labels").replaceChildren();
+  for (const link of [$("download-png"), $("download-json")]) link.classList.toggle("disabled", !r);
+  if (!r) { $("score").textContent = "No mask yet."; return; }
+  $("score").textContent = `score ${r.score.toFixed(3)} · area ${r.area} px · box ${r.bbox.join(", ")}`;
+  $("recognition").textContent = r.recognition.available ? "" : r.recognition.message;
+  for (const label of r.labels) {
+    const li = document.createElement("li");
+    li.textContent = `${label.name} — ${label.score.toFixed(3)}`;
+    $("labels").append(li);
+  }
+  $("download-png").href = `data:image/png;base64,${r.mask_png}`;
+  const record = { image_id: state.imageId, prompt: currentPrompt(), score: r.score, area: r.area, bbox: r.bbox, labels: r.labels };
+  $("download-json").href = URL.createObjectURL(new Blob([JSON.stringify(record, null, 2)], { type: "application/json" }));
+}
+
+overlayCanvas.addEventListener("contextmenu", (e) => e.preventDefault());
+overlayCanvas.addEventListener("mousedown", (e) => {
+  if (!state.imageId) return;
+  const [x, y] = toImageCoords(e);
+  state.drag = { x0: x, y0: y, x1: x, y1: y, button: e.button, shift: e.shiftKey };
+});
+overlayCanvas.addEventListener("mousemove", (e) => {
+  if (!state.drag) return;
+  [state.drag.x1, state.drag.y1] = toImageCoords(e);
+  draw();
+});
+window.addEventListener("mouseup", (e) => {
+  const d = state.drag;
+  if (!d) return;
+  state.drag = null;
+  const clamp = (v, hi) => Math.max(0, Math.min(hi, v));
+  const moved = Math.hypot(d.x1 - d.x0, d.y1 - d.y0) * state.scale > 5;
+  if (moved) {
+    const box = [Math.min(d.x0, d.x1), Math.min(d.y0, d.y1), Math.max(d.x0, d.x1), Math.max(d.y0, d.y1)];
+    state.prompts = state.prompts.filter((p) => p.kind !== "box");
+    state.prompts.push({ kind: "box", box: [clamp(box[0], state.width), clamp(box[1], state.height), clamp(box[2], state.width), clamp(box[3], state.height)] });
+  } else {
+    const negative = d.button === 2 || d.shift;
+    state.prompts.push({ kind: "point", x: clamp(d.x0, state.width), y: clamp(d.y0, state.height), label: negative ? 0 : 1 });
+  }
+  draw();
+  predict();
+});
+
+$("file").addEventListener("change", (e) => { if (e.target.files[0]) startImage(e.target.files[0]); });
+$("sample").addEventListener("click", () => startImage(null));
+$("undo").addEventListener("click", () => { state.prompts.pop(); state.result = null; predict(); draw(); showResult(); });
+$("clear").addEventListener("click", () => { state.prompts = []; state.result = null; draw(); showResult(); });
+$("vocabulary").addEventListener("change", () => predict());
+$("add-vocabulary").addEventListener("click", async () => {
+  const names = $("custom-names").value.split(/\n/).map((s) => s.trim()).filter(Boolean);
+  try {
+    const info = await api("/v1/vocabularies", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ name: "custom", names }),
+    });
+    await refreshVocabularies(info.name);
+    setStatus(`Vocabulary "${info.name}" with ${info.size} names`);
+    predict();
+  } catch (err) {
+    setStatus(err.message, true);
+  }
+});
+
+async function refreshVocabularies(selected) {
+  const list = await api("/v1/vocabularies");
+  const select = $("vocabulary");
+  select.replaceChildren(new Option("(none)", ""));
+  for (const v of list) select.append(new Option(`${v.name} (${v.size})`, v.name));
+  if (selected) select.value = selected;
+}
+
+async function init() {
+  try {
+    const health = await api("/v1/health");
+    $("recognition").textContent = health.recognition.available ? "" : health.recognition.message;
+    await refreshVocabularies();
+    setStatus(`Model ${health.model} ready. Upload an image or use the sample photo.`);
+  } catch (err) {
+    setStatus(`Server not reachable: ${err.message}`, true);
+  }
+}
+init();
