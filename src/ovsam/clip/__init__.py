@@ -1,0 +1,1 @@
+"""CLIP side of ovsam: tokenizer, text-embedding banks and zero-shot region classification."""

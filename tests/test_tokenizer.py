@@ -1,0 +1,56 @@
+"""CLIP tokenizer: exact parity with OpenAI's reference implementation."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ovsam.clip.tokenizer import CONTEXT_LENGTH, get_tokenizer, tokenize
+
+GOLDEN = json.loads((Path(__file__).parent / "data" / "tokenizer_golden.json").read_text("utf-8"))
+
+
+def test_golden_fixture_is_large_enough() -> None:
+    assert len(GOLDEN) >= 50
+
+
+@pytest.mark.parametrize("case", GOLDEN, ids=[f"s{i}" for i in range(len(GOLDEN))])
+def test_ids_equal_reference_fixture(case: dict) -> None:
+    assert get_tokenizer().encode(case["text"]) == case["ids"]
+
+
+def test_live_parity_with_reference_tokenizer() -> None:
+    spec = importlib.util.find_spec("clip")
+    if spec is None or spec.origin is None:
+        pytest.skip("clip-anytorch (reference tokenizer) is not installed")
+    path = Path(spec.origin).parent / "simple_tokenizer.py"
+    module_spec = importlib.util.spec_from_file_location("clip_reference_tokenizer", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)  # type: ignore[union-attr]
+    reference = module.SimpleTokenizer(str(path.parent / "bpe_simple_vocab_16e6.txt.gz"))
+    extra = ["a photo of a {} in the wild", "Zürich's Hauptbahnhof", "x" * 300, "1,000,000 ducks"]
+    for text in [case["text"] for case in GOLDEN] + extra:
+        assert get_tokenizer().encode(text) == reference.encode(text), text
+
+
+def test_framing_padding_and_truncation() -> None:
+    tok = get_tokenizer()
+    assert tok.vocab_size == 49408 and (tok.sot_id, tok.eot_id) == (49406, 49407)
+    ids = tokenize(["a photo of a cat.", ""])
+    assert ids.shape == (2, CONTEXT_LENGTH) and ids.dtype == torch.long
+    body = tok.encode("a photo of a cat.")
+    assert ids[0, : len(body) + 2].tolist() == [49406, *body, 49407]
+    assert ids[0, len(body) + 2 :].eq(0).all()
+    assert ids[1, :3].tolist() == [49406, 49407, 0]
+    long = tokenize("word " * 200)
+    assert long.shape == (1, 77) and long[0, -1].item() == 49407 and long[0].ne(0).all()
+
+
+def test_decode_round_trip() -> None:
+    tok = get_tokenizer()
+    assert tok.decode(tok.encode("A Photo of a hot-dog!")) == "a photo of a hot - dog !"
+    assert tok.decode(tokenize("café")[0].tolist()) == "café"
