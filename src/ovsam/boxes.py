@@ -1,0 +1,44 @@
+"""Validation of user-given boxes (XYXY pixels) shared by the predictor and region classifiers."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ovsam.errors import InputError
+
+
+def finite_array(name: str, value: object, shape_hint: str) -> np.ndarray:
+    """``value`` as a float64 array; :class:`InputError` if not numeric, NaN or infinite."""
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{name} must be numeric ({shape_hint}): {exc}") from exc
+    if not np.all(np.isfinite(arr)):
+        raise InputError(f"{name} contains NaN or infinite values")
+    return arr
+
+
+def clip_boxes_to_image(boxes: object, height: int, width: int) -> np.ndarray:
+    """Validate ``Nx4`` (or ``4``) XYXY pixel boxes and clip them to a ``height x width`` image.
+
+    Raises :class:`InputError` for NaN, inverted boxes (x1 < x0 or y1 < y0), boxes that lie
+    entirely outside the image, and boxes with zero area after clipping. Returns ``Nx4`` float32.
+    """
+    arr = finite_array("box", boxes, "XYXY pixels")
+    arr = arr.reshape(1, 4) if arr.shape == (4,) else arr
+    if arr.ndim != 2 or arr.shape[1] != 4 or arr.shape[0] == 0:
+        raise InputError(f"box must be XYXY with shape (4,) or Nx4, got {np.shape(boxes)}")
+    for x0, y0, x1, y1 in arr:
+        name = f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g})"
+        if x1 < x0 or y1 < y0:
+            raise InputError(f"{name} is inverted: expected x0 <= x1 and y0 <= y1 (XYXY)")
+        if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
+            raise InputError(f"{name} lies entirely outside the {width}x{height} image")
+    clipped = arr.copy()
+    clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, width)
+    clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, height)
+    empty = (clipped[:, 2] - clipped[:, 0] < 1) | (clipped[:, 3] - clipped[:, 1] < 1)
+    if np.any(empty):
+        x0, y0, x1, y1 = arr[np.argmax(empty)]
+        raise InputError(f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) has zero area inside the image")
+    return clipped.astype(np.float32)

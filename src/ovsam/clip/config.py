@@ -1,0 +1,136 @@
+"""Architecture configs of the CLIP models and their registry (open_clip's model names).
+
+A :class:`CLIPConfig` says everything needed to build a randomly initialised CLIP whose
+state-dict keys and shapes are those of the official checkpoints: OpenAI's layout for the
+ResNet (``RN*``) and ViT towers, open_clip's ``visual.trunk`` / ``visual.head`` layout for the
+ConvNeXt towers (timm ConvNeXt trunk + linear or MLP projection head).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from ovsam.errors import InputError
+
+VisionKind = Literal["resnet", "vit", "convnext"]
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """Image tower. ``layers``: blocks per stage (ResNet/ConvNeXt) or depth (ViT, one entry).
+
+    ``width``: ResNet base width (stage i has ``width * 2**i * 4`` channels), ViT width, or
+    unused for ConvNeXt, whose per-stage channels are ``dims``. ``head``: ConvNeXt projection
+    (``"linear"`` or ``"mlp"``). ``norm_eps``: ConvNeXt LayerNorm epsilon.
+    """
+
+    kind: VisionKind
+    image_size: int
+    layers: tuple[int, ...]
+    width: int = 0
+    patch_size: int | None = None
+    dims: tuple[int, ...] = ()
+    head: Literal["linear", "mlp"] = "linear"
+    norm_eps: float = 1e-6
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """Causal text transformer over CLIP BPE tokens (EOT-pooled)."""
+
+    width: int
+    heads: int
+    layers: int
+    context_length: int = 77
+    vocab_size: int = 49408
+
+
+@dataclass(frozen=True)
+class CLIPConfig:
+    """A whole CLIP: joint embedding width, both towers, and the activation flavour.
+
+    ``quick_gelu`` is True for OpenAI's releases (``x * sigmoid(1.702 x)``) and False for the
+    open_clip models trained with exact GELU.
+    """
+
+    embed_dim: int
+    vision: VisionConfig
+    text: TextConfig
+    quick_gelu: bool = False
+
+
+def _resnet(embed: int, size: int, layers: tuple[int, ...], width: int, text: tuple) -> CLIPConfig:
+    return CLIPConfig(embed, VisionConfig("resnet", size, layers, width), TextConfig(*text), True)
+
+
+def _vit(embed: int, size: int, depth: int, width: int, patch: int, text: tuple) -> CLIPConfig:
+    vision = VisionConfig("vit", size, (depth,), width, patch)
+    return CLIPConfig(embed, vision, TextConfig(*text), True)
+
+
+CONVNEXT_TRUNKS = {
+    "convnext_base": ((3, 3, 27, 3), (128, 256, 512, 1024), 1e-6),
+    "convnext_large": ((3, 3, 27, 3), (192, 384, 768, 1536), 1e-6),
+    "convnext_xxlarge": ((3, 4, 30, 3), (384, 768, 1536, 3072), 1e-5),
+}
+
+
+def _convnext(embed: int, trunk: str, size: int, head: str, text: tuple) -> CLIPConfig:
+    depths, dims, eps = CONVNEXT_TRUNKS[trunk]
+    vision = VisionConfig("convnext", size, depths, dims=dims, head=head, norm_eps=eps)  # type: ignore[arg-type]
+    return CLIPConfig(embed, vision, TextConfig(*text), False)
+
+
+CLIP_CONFIGS: dict[str, CLIPConfig] = {
+    "RN50": _resnet(1024, 224, (3, 4, 6, 3), 64, (512, 8, 12)),
+    "RN101": _resnet(512, 224, (3, 4, 23, 3), 64, (512, 8, 12)),
+    "RN50x4": _resnet(640, 288, (4, 6, 10, 6), 80, (640, 10, 12)),
+    "RN50x16": _resnet(768, 384, (6, 8, 18, 8), 96, (768, 12, 12)),
+    "RN50x64": _resnet(1024, 448, (3, 15, 36, 10), 128, (1024, 16, 12)),
+    "ViT-B-32": _vit(512, 224, 12, 768, 32, (512, 8, 12)),
+    "ViT-B-16": _vit(512, 224, 12, 768, 16, (512, 8, 12)),
+    "ViT-L-14": _vit(768, 224, 24, 1024, 14, (768, 12, 12)),
+    "ViT-L-14-336": _vit(768, 336, 24, 1024, 14, (768, 12, 12)),
+    "convnext_base": _convnext(512, "convnext_base", 224, "linear", (512, 8, 12)),
+    "convnext_base_w": _convnext(640, "convnext_base", 256, "linear", (640, 10, 12)),
+    "convnext_base_w_320": _convnext(640, "convnext_base", 320, "linear", (640, 10, 12)),
+    "convnext_large_d": _convnext(768, "convnext_large", 256, "mlp", (768, 12, 16)),
+    "convnext_large_d_320": _convnext(768, "convnext_large", 320, "mlp", (768, 12, 16)),
+    "convnext_xxlarge": _convnext(1024, "convnext_xxlarge", 256, "linear", (1024, 16, 24)),
+    "convnext_xxlarge_320": _convnext(1024, "convnext_xxlarge", 320, "linear", (1024, 16, 24)),
+}
+# OpenAI's own spellings of the same architectures
+_ALIASES = {"ViT-B/32": "ViT-B-32", "ViT-B/16": "ViT-B-16", "ViT-L/14": "ViT-L-14"}
+_ALIASES["ViT-L/14@336px"] = "ViT-L-14-336"
+
+
+def list_clip_models() -> list[str]:
+    """Registered CLIP architecture names (open_clip spelling)."""
+    return list(CLIP_CONFIGS)
+
+
+def canonical_name(name: str) -> str:
+    """open_clip spelling of ``name`` (OpenAI's ``ViT-L/14@336px`` → ``ViT-L-14-336``)."""
+    base = name.removesuffix("-quickgelu")
+    return _ALIASES.get(base, base)
+
+
+def registered_name_of(config: CLIPConfig) -> str | None:
+    """The registered architecture equal to ``config`` up to image size and activation."""
+    for name, known in CLIP_CONFIGS.items():
+        same_vision = replace(known.vision, image_size=config.vision.image_size) == config.vision
+        if same_vision and (known.embed_dim, known.text) == (config.embed_dim, config.text):
+            return name
+    return None
+
+
+def get_clip_config(name: str, quick_gelu: bool | None = None) -> CLIPConfig:
+    """The config registered as ``name`` (a ``-quickgelu`` suffix forces QuickGELU)."""
+    config = CLIP_CONFIGS.get(canonical_name(name))
+    if config is None:
+        known = ", ".join(CLIP_CONFIGS)
+        raise InputError(f"unknown CLIP model {name!r}; registered: {known}")
+    if name.endswith("-quickgelu"):
+        quick_gelu = True
+    return config if quick_gelu is None else replace(config, quick_gelu=quick_gelu)

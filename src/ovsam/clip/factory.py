@@ -1,0 +1,149 @@
+"""Create CLIP models by name (open_clip style) or straight from a checkpoint file.
+
+``create_model("RN50x16", pretrained="openai")`` builds the registered architecture and loads
+the registered weights; ``pretrained`` may also be a file path. ``load_clip(path)`` infers the
+architecture from the checkpoint itself (OpenAI's rules, extended to open_clip's ConvNeXt
+layout). Accepted files: OpenAI TorchScript ``.pt`` archives (read without running code),
+plain state dicts (``.pt``/``.pth``/``.bin``) and ``.safetensors``. Loading is strict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from ovsam.checkpoint import load_state_dict_strict, read_state_dict
+from ovsam.clip.config import (
+    CONVNEXT_TRUNKS,
+    CLIPConfig,
+    TextConfig,
+    VisionConfig,
+    canonical_name,
+    get_clip_config,
+    registered_name_of,
+)
+from ovsam.clip.model import CLIP
+from ovsam.clip.pretrained import pretrained_weights_name
+from ovsam.clip.torchscript_reader import is_torchscript_archive, read_torchscript_tensors
+from ovsam.errors import CheckpointError
+from ovsam.weights import resolve_weights
+
+# tensor attributes of OpenAI's TorchScript models that are not weights
+_NON_WEIGHTS = ("attn_mask", "input_resolution", "context_length", "vocab_size")
+
+
+def read_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """CLIP weights from any accepted file, as float32 tensors keyed in OpenAI/open_clip layout.
+
+    A ``module.`` prefix (DDP) and the non-weight attributes of OpenAI's archives are removed.
+    """
+    if is_torchscript_archive(path):
+        state = read_torchscript_tensors(path)
+    else:
+        state = read_state_dict(path)
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    return {
+        k: v.float() if v.is_floating_point() else v
+        for k, v in state.items()
+        if k.rsplit(".", 1)[-1] not in _NON_WEIGHTS
+    }
+
+
+def _count_children(state: Mapping[str, torch.Tensor], prefix: str) -> int:
+    depth = prefix.count(".")
+    return len({k.split(".")[depth] for k in state if k.startswith(prefix)})
+
+
+def infer_clip_config(
+    state: Mapping[str, torch.Tensor], quick_gelu: bool | None = None
+) -> CLIPConfig:
+    """The architecture of a CLIP state dict (OpenAI's inference rules + ConvNeXt).
+
+    ``quick_gelu`` cannot be read from weights: it defaults to True for the ResNet/ViT layouts
+    (OpenAI's releases) and False for ConvNeXt (open_clip's).
+    """
+    try:
+        if "visual.proj" in state:
+            width = state["visual.conv1.weight"].shape[0]
+            patch = state["visual.conv1.weight"].shape[-1]
+            grid = round((state["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+            depth = _count_children(state, "visual.transformer.resblocks.")
+            vision = VisionConfig("vit", patch * grid, (depth,), width, patch)
+        elif "visual.trunk.stem.0.weight" in state:
+            depths = tuple(
+                _count_children(state, f"visual.trunk.stages.{i}.blocks.") for i in range(4)
+            )
+            dims = tuple(
+                state[f"visual.trunk.stages.{i}.blocks.0.conv_dw.weight"].shape[0] for i in range(4)
+            )
+            eps = next(
+                (e for d, m, e in CONVNEXT_TRUNKS.values() if (d, m) == (depths, dims)), 1e-6
+            )
+            head = "mlp" if "visual.head.mlp.fc1.weight" in state else "linear"
+            vision = VisionConfig("convnext", 224, depths, dims=dims, head=head, norm_eps=eps)
+        else:
+            layers = tuple(_count_children(state, f"visual.layer{i}.") for i in range(1, 5))
+            width = state["visual.layer1.0.conv1.weight"].shape[0]
+            grid = round((state["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
+            vision = VisionConfig("resnet", grid * 32, layers, width)
+        text_width = state["ln_final.weight"].shape[0]
+        text = TextConfig(
+            width=text_width,
+            heads=text_width // 64,
+            layers=_count_children(state, "transformer.resblocks."),
+            context_length=state["positional_embedding"].shape[0],
+            vocab_size=state["token_embedding.weight"].shape[0],
+        )
+        embed_dim = state["text_projection"].shape[1]
+    except KeyError as exc:
+        raise CheckpointError(f"not a CLIP state dict: key {exc} is missing") from exc
+    if quick_gelu is None:
+        quick_gelu = vision.kind != "convnext"
+    return CLIPConfig(embed_dim, vision, text, quick_gelu)
+
+
+def load_clip_weights(model: CLIP, path: str | Path) -> CLIP:
+    """Load a checkpoint file into ``model`` strictly (names every missing/unexpected key)."""
+    load_state_dict_strict(model, read_clip_state_dict(path), source=str(path))
+    return model.eval()
+
+
+def load_clip(path: str | Path, quick_gelu: bool | None = None) -> CLIP:
+    """Build the CLIP a checkpoint file describes and load it (see :func:`infer_clip_config`)."""
+    state = read_clip_state_dict(path)
+    config = infer_clip_config(state, quick_gelu)
+    match = registered_name_of(config)
+    if config.vision.kind == "convnext" and match is not None:
+        # ConvNeXt weights do not encode the training resolution: take the registered one
+        config = replace(config, vision=get_clip_config(match).vision)
+    model = CLIP(config)
+    load_state_dict_strict(model, state, source=str(path))
+    return model.eval()
+
+
+def create_model(
+    name: str,
+    pretrained: str | Path | None = None,
+    *,
+    quick_gelu: bool | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> CLIP:
+    """Build the registered CLIP ``name``; load ``pretrained`` (a tag such as ``"openai"`` or a
+    checkpoint path) strictly. Without ``pretrained`` the weights are random (for tests)."""
+    if pretrained == "openai" and quick_gelu is None:
+        quick_gelu = True
+    model = CLIP(get_clip_config(name, quick_gelu))
+    if pretrained is not None:
+        if Path(pretrained).is_file():
+            path = Path(pretrained)
+        else:
+            arch = canonical_name(name)
+            path = resolve_weights(
+                pretrained_weights_name(arch, str(pretrained)), progress=progress
+            )
+        load_clip_weights(model, path)
+    return model.to(device).eval()

@@ -1,0 +1,185 @@
+"""Text-embedding banks: class names x prompt templates → one L2-normalised vector per name.
+
+``build_text_bank(model, classes, templates)`` embeds every synonym of every class with every
+template (``"a photo of a {}."`` ...), averages the template embeddings of each synonym and
+L2-normalises the mean (the ViLD / OpenAI prompt ensemble). A class scores the maximum cosine
+over its synonyms, as the official OV-SAM classifier does.
+
+Banks are built in batches of synonyms (memory stays bounded for ImageNet-21k's ~21K names;
+token tensors are cut to the longest prompt of each batch, which the causal mask and EOT pooling
+make exact) and cached under ``<cache dir>/text_banks/<key>.safetensors``, where the key hashes
+the model architecture, the weights' identity, the names and the templates: any change rebuilds,
+and concurrent writers are safe (each writes a temporary file and renames it into place).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ovsam.clip.model import CLIP
+from ovsam.clip.tokenizer import tokenize
+from ovsam.errors import InputError
+from ovsam.fileio import atomic_path
+from ovsam.weights import cache_dir
+
+ClassNames = Sequence[str | Sequence[str]]
+BANK_FORMAT = "ovsam-text-bank-1"
+
+
+@dataclass(frozen=True)
+class TextBank:
+    """``embeddings``: ``TxD`` unit vectors, one per synonym; ``class_index``: ``T`` class ids."""
+
+    names: tuple[str, ...]
+    embeddings: torch.Tensor
+    class_index: torch.Tensor
+    key: str
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def dim(self) -> int:
+        return self.embeddings.shape[1]
+
+    def similarity(self, regions: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity ``NxC`` of ``NxD`` region embeddings (normalised here) with each
+        class: the maximum over the class's synonyms."""
+        if regions.shape[-1] != self.dim:
+            raise InputError(
+                f"region embeddings have {regions.shape[-1]} dims but the text bank has {self.dim}"
+            )
+        bank = self.embeddings.to(regions.device, regions.dtype)
+        per_synonym = F.normalize(regions, dim=-1) @ bank.T
+        out = per_synonym.new_full((regions.shape[0], len(self.names)), float("-inf"))
+        index = self.class_index.to(regions.device).expand_as(per_synonym)
+        return out.scatter_reduce(1, index, per_synonym, reduce="amax")
+
+
+def _synonym_lists(classes: ClassNames) -> list[tuple[str, ...]]:
+    synonyms = getattr(classes, "synonyms", None)
+    raw = synonyms if synonyms is not None else classes
+    lists = [(item,) if isinstance(item, str) else tuple(item) for item in raw]
+    if not lists:
+        raise InputError("vocabulary is empty: give at least one class name")
+    for i, names in enumerate(lists):
+        if not names or not all(isinstance(n, str) and n.strip() for n in names):
+            raise InputError(f"class {i} has an empty name")
+    return lists
+
+
+def _check_templates(templates: Sequence[str]) -> tuple[str, ...]:
+    templates = tuple(templates)
+    if not templates:
+        raise InputError("no prompt templates given")
+    bad = [t for t in templates if t.count("{}") != 1]
+    if bad:
+        raise InputError(f"each template needs exactly one '{{}}' placeholder: {bad[0]!r}")
+    return templates
+
+
+def text_tower_fingerprint(model: CLIP) -> str:
+    """sha256 over the text tower's parameters (identifies weights with no known file hash)."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        if not name.startswith("visual."):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def bank_key(
+    model: CLIP, weights_id: str, synonyms: Sequence[Sequence[str]], templates: Sequence[str]
+) -> str:
+    """Cache key: sha256 of (format, architecture, weights id, names, templates)."""
+    payload = json.dumps(
+        [BANK_FORMAT, repr(model.config), weights_id, [list(s) for s in synonyms], list(templates)]
+    )
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+@torch.inference_mode()
+def encode_prompts(model: CLIP, texts: Sequence[str]) -> torch.Tensor:
+    """``NxD`` normalised embeddings of ``texts`` (token tensors trimmed to the longest)."""
+    tokens = tokenize(list(texts), model.config.text.context_length)
+    length = int(tokens.ne(0).sum(dim=1).max())
+    device = next(model.parameters()).device
+    return model.encode_text(tokens[:, :length].to(device), normalize=True).float().cpu()
+
+
+def _embed_synonyms(
+    model: CLIP, names: Sequence[str], templates: Sequence[str], batch_texts: int, progress: bool
+) -> torch.Tensor:
+    per_batch = max(1, batch_texts // len(templates))
+    out = torch.empty(len(names), model.embed_dim)
+    bar = tqdm(total=len(names), unit="name", desc="text bank", disable=not progress)
+    for start in range(0, len(names), per_batch):
+        chunk = names[start : start + per_batch]
+        texts = [template.format(name) for name in chunk for template in templates]
+        emb = encode_prompts(model, texts).view(len(chunk), len(templates), -1)
+        out[start : start + len(chunk)] = F.normalize(emb.mean(dim=1), dim=-1)
+        bar.update(len(chunk))
+    bar.close()
+    return out
+
+
+def _read_cached(path: Path, key: str, names: tuple[str, ...]) -> TextBank | None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            if meta.get("key") != key or tuple(json.loads(meta.get("names", "[]"))) != names:
+                return None
+            return TextBank(names, fh.get_tensor("embeddings"), fh.get_tensor("class_index"), key)
+    except Exception:  # noqa: BLE001 - an unreadable cache file is rebuilt, not fatal
+        return None
+
+
+def build_text_bank(
+    model: CLIP,
+    classes: ClassNames,
+    templates: Sequence[str] = ("a photo of a {}.",),
+    *,
+    weights_id: str | None = None,
+    batch_texts: int = 512,
+    cache: bool | Path = True,
+    progress: bool = True,
+) -> TextBank:
+    """Embed ``classes`` (names, synonym lists, or a vocabulary with ``.synonyms``).
+
+    ``weights_id`` names the weights in the cache key (e.g. the checkpoint's sha256); by
+    default the text tower's parameters are hashed. ``cache``: True for the default cache
+    directory, a directory path, or False to skip the cache. ``batch_texts`` bounds the number
+    of prompts encoded at once.
+    """
+    synonyms = _synonym_lists(classes)
+    templates = _check_templates(templates)
+    display = tuple(s[0].strip() for s in synonyms)
+    key = bank_key(model, weights_id or text_tower_fingerprint(model), synonyms, templates)
+    path = None
+    if cache:
+        folder = cache_dir() / "text_banks" if cache is True else Path(cache)
+        path = folder / f"{key}.safetensors"
+        if path.is_file() and (hit := _read_cached(path, key, display)) is not None:
+            return hit
+    flat = [name.strip() for names in synonyms for name in names]
+    class_index = torch.tensor([i for i, names in enumerate(synonyms) for _ in names])
+    embeddings = _embed_synonyms(model, flat, templates, batch_texts, progress)
+    bank = TextBank(display, embeddings, class_index, key)
+    if path is not None:
+        from safetensors.torch import save_file
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"key": key, "names": json.dumps(display, ensure_ascii=False), "format": BANK_FORMAT}
+        with atomic_path(path) as tmp:
+            save_file({"embeddings": embeddings, "class_index": class_index}, str(tmp), meta)
+    return bank

@@ -1,0 +1,233 @@
+"""CLIP towers: architectures, official key layouts, checkpoint formats, parity with OpenAI."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from clip_reference import INSTALL_HINT, build_reference, reference_module
+from ovsam.clip.config import CLIP_CONFIGS, CLIPConfig, VisionConfig, get_clip_config
+from ovsam.clip.factory import create_model, infer_clip_config, load_clip, read_clip_state_dict
+from ovsam.clip.model import CLIP
+from ovsam.clip.pretrained import list_pretrained, pretrained_weights_name
+from ovsam.clip.tokenizer import tokenize
+from ovsam.errors import CheckpointError, InputError
+from ovsam.weights import get_weights_spec
+
+# open_clip docs/model_profile.csv: (total, image, text) parameters in millions
+OPEN_CLIP_PARAMS_M = {
+    "RN50": (102.01, 38.32, 63.69),
+    "RN101": (119.69, 56.26, 63.43),
+    "RN50x4": (178.3, 87.14, 91.16),
+    "RN50x16": (290.98, 167.33, 123.65),
+    "RN50x64": (623.26, 420.38, 202.88),
+    "ViT-B-32": (151.28, 87.85, 63.43),
+    "ViT-B-16": (149.62, 86.19, 63.43),
+    "ViT-L-14": (427.62, 303.97, 123.65),
+    "ViT-L-14-336": (427.94, 304.29, 123.65),
+    "convnext_base": (151.52, 88.09, 63.43),
+    "convnext_base_w": (179.39, 88.22, 91.16),
+    "convnext_base_w_320": (179.39, 88.22, 91.16),
+    "convnext_large_d": (351.77, 199.77, 152.0),
+    "convnext_large_d_320": (351.77, 199.77, 152.0),
+    "convnext_xxlarge": (1200.58, 846.54, 354.03),
+    "convnext_xxlarge_320": (1200.58, 846.54, 354.03),
+}
+# models small enough to build, save and reload for real in the default suite
+FAST = {"RN50", "RN101", "ViT-B-32", "ViT-B-16", "convnext_base"}
+ALL = [pytest.param(n, marks=() if n in FAST else pytest.mark.slow) for n in CLIP_CONFIGS]
+
+
+def test_registry_covers_the_required_architectures() -> None:
+    assert set(CLIP_CONFIGS) == set(OPEN_CLIP_PARAMS_M)
+
+
+@pytest.mark.parametrize("name", list(CLIP_CONFIGS))
+def test_parameter_counts_match_open_clip(name: str) -> None:
+    with torch.device("meta"):
+        model = CLIP(get_clip_config(name))
+    image = sum(p.numel() for p in model.visual.parameters()) / 1e6
+    total = sum(p.numel() for p in model.parameters()) / 1e6
+    assert (round(total, 2), round(image, 2), round(total - image, 2)) == OPEN_CLIP_PARAMS_M[name]
+
+
+@pytest.mark.parametrize(
+    "name", [n for n, c in CLIP_CONFIGS.items() if c.vision.kind != "convnext"]
+)
+def test_state_dict_layout_equals_openai_reference(name: str) -> None:
+    module = reference_module()
+    if module is None:
+        pytest.skip(f"reference CLIP code missing: {INSTALL_HINT}")
+    config = get_clip_config(name)
+    with torch.device("meta"):
+        ours = {k: tuple(v.shape) for k, v in CLIP(config).state_dict().items()}
+        theirs = {
+            k: tuple(v.shape) for k, v in build_reference(module, config).state_dict().items()
+        }
+    assert ours == theirs
+
+
+def test_convnext_layout_is_open_clip_timm() -> None:
+    with torch.device("meta"):
+        base = CLIP(get_clip_config("convnext_base_w")).state_dict()
+        large = CLIP(get_clip_config("convnext_large_d_320")).state_dict()
+    assert base["visual.trunk.stem.0.weight"].shape == (128, 3, 4, 4)
+    assert base["visual.trunk.stages.1.downsample.1.weight"].shape == (256, 128, 2, 2)
+    assert base["visual.trunk.stages.2.blocks.26.mlp.fc2.weight"].shape == (512, 2048)
+    assert base["visual.trunk.stages.3.blocks.2.gamma"].shape == (1024,)
+    assert base["visual.trunk.head.norm.weight"].shape == (1024,)
+    assert base["visual.head.proj.weight"].shape == (640, 1024)
+    assert (
+        "visual.head.proj.bias" not in base
+        and "visual.trunk.stages.0.downsample.0.weight" not in base
+    )
+    assert large["visual.head.mlp.fc1.weight"].shape == (1536, 1536)
+    assert large["visual.head.mlp.fc2.weight"].shape == (768, 1536)
+    assert "visual.head.mlp.fc2.bias" not in large and "visual.head.mlp.fc1.bias" in large
+
+
+def _probe_size(config: CLIPConfig) -> int:
+    return 2 * max(config.vision.patch_size or 32, 32) if config.vision.kind == "vit" else 64
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_round_trip_through_official_layout_and_shapes(name: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    config = get_clip_config(name)
+    model = CLIP(config).eval()
+    state = model.state_dict()
+    if config.vision.kind == "convnext":  # open_clip's safetensors
+        path = tmp_path / "open_clip_model.safetensors"
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:  # a plain OpenAI-layout state dict
+        path = tmp_path / "clip.pt"
+        torch.save(state, path)
+    inferred = infer_clip_config(read_clip_state_dict(path))
+    if config.vision.kind == "convnext":  # the training resolution is not in the weights
+        inferred = replace(
+            inferred, vision=replace(inferred.vision, image_size=config.vision.image_size)
+        )
+    assert inferred == config
+    loaded = create_model(name, pretrained=path)
+    size = _probe_size(config)
+    images = torch.randn(2, 3, size, size)
+    tokens = tokenize(["a photo of a cat", "a dog"])
+    with torch.inference_mode():
+        emb, loaded_emb = model.encode_image(images), loaded.encode_image(images)
+        text = loaded.encode_text(tokens)
+        maps = loaded.image_features(images)
+    assert emb.shape == (2, config.embed_dim) and text.shape == (2, config.embed_dim)
+    torch.testing.assert_close(loaded_emb, emb)
+    strides = loaded.visual.stage_strides
+    assert [m.shape for m in maps] == [
+        (2, c, size // s, size // s)
+        for c, s in zip(loaded.visual.stage_channels, strides, strict=True)
+    ]
+
+
+@pytest.mark.parametrize("name", ["RN50", "ViT-B-32"])
+def test_outputs_equal_openai_reference(name: str) -> None:
+    module = reference_module()
+    if module is None:
+        pytest.skip(f"reference CLIP code missing: {INSTALL_HINT}")
+    torch.manual_seed(1)
+    config = get_clip_config(name)
+    ours = CLIP(config).eval()
+    for p in ours.visual.modules():  # non-trivial batch-norm statistics
+        if isinstance(p, torch.nn.BatchNorm2d):
+            p.running_mean.uniform_(-0.1, 0.1)
+            p.running_var.uniform_(0.5, 1.5)
+    theirs = build_reference(module, config).eval()
+    theirs.load_state_dict(ours.state_dict())
+    images = torch.randn(2, 3, config.vision.image_size, config.vision.image_size)
+    tokens = tokenize(["a photo of a cat.", "Zürich at night, 東京"])
+    with torch.inference_mode():
+        torch.testing.assert_close(
+            ours.encode_image(images), theirs.encode_image(images), rtol=1e-4, atol=1e-4
+        )
+        torch.testing.assert_close(
+            ours.encode_text(tokens), theirs.encode_text(tokens), rtol=1e-4, atol=1e-4
+        )
+
+
+TINY = CLIPConfig(
+    64,
+    VisionConfig("resnet", 64, (1, 1, 1, 1), 16),
+    replace(get_clip_config("RN50").text, width=64, heads=1, layers=1),
+    True,
+)
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning")
+def test_openai_torchscript_archive_is_read_without_running_code(tmp_path: Path) -> None:
+    module = reference_module()
+    if module is None:
+        pytest.skip(f"reference CLIP code missing: {INSTALL_HINT}")
+    torch.manual_seed(2)
+    reference = build_reference(module, TINY).eval()
+    images, tokens = torch.randn(1, 3, 64, 64), tokenize("a photo of a dog")
+    traced = torch.jit.trace(reference, (images, tokens), check_trace=False)
+    path = tmp_path / "RN-tiny.pt"
+    torch.jit.save(traced.half(), str(path))  # OpenAI ships fp16 archives
+    state = read_clip_state_dict(path)
+    assert set(state) == set(reference.state_dict())
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+    model = load_clip(path)
+    assert model.config == TINY
+    with torch.inference_mode():
+        expected = reference.half().float().encode_text(tokens)
+        torch.testing.assert_close(model.encode_text(tokens), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_torchscript_archive_with_foreign_globals_is_refused(tmp_path: Path) -> None:
+    class Evil:
+        def __reduce__(self):  # noqa: ANN204
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pt"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("evil/data.pkl", pickle.dumps(Evil(), protocol=2))
+        zf.writestr("evil/constants.pkl", pickle.dumps((), protocol=2))
+    with pytest.raises(CheckpointError, match=r"refers to __builtin__\.print.*refusing"):
+        read_clip_state_dict(path)
+
+
+def test_wrong_checkpoint_names_the_keys(tmp_path: Path) -> None:
+    path = tmp_path / "tiny.pt"
+    torch.save(CLIP(TINY).state_dict(), path)
+    with pytest.raises(CheckpointError, match="missing keys: .*visual"):
+        create_model("ViT-B-32", pretrained=path)
+    torch.save({"foo": torch.zeros(1)}, path)
+    with pytest.raises(CheckpointError, match="not a CLIP state dict"):
+        load_clip(path)
+
+
+def test_text_embedding_is_causal_and_pooled_at_eot() -> None:
+    torch.manual_seed(3)
+    model = CLIP(TINY).eval()
+    tokens = tokenize(["a red car", "a red car"])
+    tokens[1, 6] = 1234  # after EOT (position 4): must not change anything
+    with torch.inference_mode():
+        emb = model.encode_text(tokens, normalize=True)
+    torch.testing.assert_close(emb[0], emb[1])
+    assert torch.allclose(emb.norm(dim=-1), torch.ones(2))
+    assert infer_clip_config(model.state_dict()) == TINY
+
+
+def test_names_tags_and_registered_weights() -> None:
+    assert get_clip_config("ViT-L/14@336px") == get_clip_config("ViT-L-14-336")
+    assert get_clip_config("RN50x16-quickgelu").quick_gelu
+    assert not get_clip_config("convnext_base_w").quick_gelu
+    with pytest.raises(InputError, match="unknown CLIP model 'RN42'"):
+        get_clip_config("RN42")
+    with pytest.raises(InputError, match="known tags: openai"):
+        create_model("RN50x16", pretrained="laion2b")
+    spec = get_weights_spec(pretrained_weights_name("RN50x16", "openai"))
+    assert spec.sha256 is not None and spec.sha256 in spec.sources[0].describe()
+    assert ("convnext_large_d_320", "laion2b_s29b_b131k_ft_soup") in list_pretrained()

@@ -1,0 +1,185 @@
+"""Text-embedding banks (ensembles, synonyms, cache) and zero-shot region classification."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import ovsam.clip.text_bank as text_bank
+from ovsam.clip.config import CLIPConfig, VisionConfig, get_clip_config
+from ovsam.clip.model import CLIP
+from ovsam.clip.region_classifier import classify_regions, crop_regions
+from ovsam.clip.text_bank import build_text_bank
+from ovsam.clip.tokenizer import tokenize
+from ovsam.errors import InputError
+
+TINY = CLIPConfig(
+    32,
+    VisionConfig("vit", 64, (2,), 64, 16),
+    replace(get_clip_config("RN50").text, width=64, heads=1, layers=2),
+    True,
+)
+TEMPLATES = ("a photo of a {}.", "there is a {} in the scene")
+
+
+@pytest.fixture()
+def model() -> CLIP:
+    torch.manual_seed(0)
+    return CLIP(TINY).eval()
+
+
+def _reference_embedding(model: CLIP, name: str, templates: tuple[str, ...]) -> torch.Tensor:
+    with torch.inference_mode():  # full 77-token sequences, no trimming
+        emb = model.encode_text(tokenize([t.format(name) for t in templates]), normalize=True)
+    return F.normalize(emb.mean(dim=0), dim=-1)
+
+
+def test_bank_is_the_normalised_template_ensemble(model: CLIP, tmp_path: Path) -> None:
+    bank = build_text_bank(
+        model, ["cat", ("dog", "puppy")], TEMPLATES, cache=tmp_path, progress=False
+    )
+    assert bank.names == ("cat", "dog") and len(bank) == 2
+    assert bank.embeddings.shape == (3, 32) and bank.class_index.tolist() == [0, 1, 1]
+    for row, name in enumerate(["cat", "dog", "puppy"]):
+        torch.testing.assert_close(
+            bank.embeddings[row], _reference_embedding(model, name, TEMPLATES), atol=1e-5, rtol=1e-5
+        )
+    # a region equal to a synonym's embedding scores cosine 1 for its class
+    sims = bank.similarity(bank.embeddings[2:3] * 3.0)
+    assert sims.argmax().item() == 1 and sims[0, 1].item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_cache_hit_and_rebuild_on_any_change(
+    model: CLIP, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    real = text_bank.encode_prompts
+
+    def counting(m: CLIP, texts: list[str]) -> torch.Tensor:
+        calls.append(len(texts))
+        return real(m, texts)
+
+    monkeypatch.setattr(text_bank, "encode_prompts", counting)
+    first = build_text_bank(model, ["cat", "dog"], TEMPLATES, cache=tmp_path, progress=False)
+    assert calls and len(list(tmp_path.glob("*.safetensors"))) == 1
+    calls.clear()
+    hit = build_text_bank(model, ["cat", "dog"], TEMPLATES, cache=tmp_path, progress=False)
+    assert calls == [] and hit.key == first.key
+    torch.testing.assert_close(hit.embeddings, first.embeddings)
+    keys = {first.key}
+    for names, templates in ((["cat", "cow"], TEMPLATES), (["cat", "dog"], TEMPLATES[:1])):
+        calls.clear()
+        keys.add(build_text_bank(model, names, templates, cache=tmp_path, progress=False).key)
+        assert calls
+    with torch.no_grad():
+        model.ln_final.bias.add_(0.01)  # other weights, same architecture
+    calls.clear()
+    keys.add(build_text_bank(model, ["cat", "dog"], TEMPLATES, cache=tmp_path, progress=False).key)
+    assert calls and len(keys) == 4
+    assert (
+        build_text_bank(
+            model, ["cat", "dog"], TEMPLATES, weights_id="sha-x", cache=tmp_path, progress=False
+        ).key
+        not in keys
+    )
+
+
+def test_batches_are_bounded_and_concurrent_writers_are_safe(
+    model: CLIP, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sizes: list[int] = []
+    real = text_bank.encode_prompts
+    monkeypatch.setattr(
+        text_bank, "encode_prompts", lambda m, t: (sizes.append(len(t)), real(m, t))[1]
+    )
+    names = [f"thing {i}" for i in range(50)]
+    banks = []
+    threads = [
+        threading.Thread(
+            target=lambda: banks.append(
+                build_text_bank(
+                    model, names, TEMPLATES, batch_texts=16, cache=tmp_path, progress=False
+                )
+            )
+        )
+        for _ in range(3)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(banks) == 3 and max(sizes) <= 16
+    assert [p.name for p in tmp_path.iterdir()] == [f"{banks[0].key}.safetensors"]
+    reread = build_text_bank(model, names, TEMPLATES, cache=tmp_path, progress=False)
+    torch.testing.assert_close(reread.embeddings, banks[0].embeddings)
+
+
+def test_bank_input_errors(model: CLIP) -> None:
+    with pytest.raises(InputError, match="vocabulary is empty"):
+        build_text_bank(model, [], cache=False)
+    with pytest.raises(InputError, match="exactly one '\\{\\}' placeholder"):
+        build_text_bank(model, ["cat"], ["a photo"], cache=False)
+    with pytest.raises(InputError, match="class 1 has an empty name"):
+        build_text_bank(model, ["cat", " "], cache=False)
+
+
+def _scene() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    boxes = np.array([[10, 10, 60, 50], [70, 20, 150, 110], [0, 80, 40, 120]], dtype=np.float32)
+    masks = np.zeros((3, 120, 160), dtype=bool)
+    masks[0, 15:45, 15:55] = True
+    masks[1, 30:100, 80:140] = True
+    masks[2, 90:120, 0:30] = True
+    return image, boxes, masks
+
+
+def test_region_whose_embedding_is_a_class_text_ranks_first(model: CLIP) -> None:
+    image, boxes, masks = _scene()
+    with torch.inference_mode():
+        crops = crop_regions(image, boxes, 64, masks)
+        regions = model.encode_image(crops, normalize=True)
+    # a bank whose class k *is* region k's embedding (plus distractors)
+    bank = text_bank.TextBank(
+        ("a", "b", "c", "d"),
+        F.normalize(torch.cat([regions, torch.randn(1, 32)]), dim=-1),
+        torch.arange(4),
+        "test",
+    )
+    labels = classify_regions(model, image, bank, boxes=boxes, masks=masks, top_k=2, batch_size=2)
+    assert labels.top_indices[:, 0].tolist() == [0, 1, 2]
+    assert labels.probs.shape == (3, 4) and torch.allclose(labels.probs.sum(-1), torch.ones(3))
+    assert [top[0][0] for top in labels.top_k()] == ["a", "b", "c"] and len(labels.top_k()[0]) == 2
+    # boxes derived from the masks give the same crops as the masks' tight boxes
+    tight = classify_regions(model, image, bank, masks=masks, top_k=1)
+    assert tight.top_indices.shape == (3, 1)
+
+
+def test_mask_background_blanks_pixels_outside_the_mask() -> None:
+    image, boxes, masks = _scene()
+    plain = crop_regions(image, boxes[:1], 64)
+    blanked = crop_regions(image, boxes[:1], 64, masks[:1])
+    corner = blanked[0, :, 10, 3]  # in the box, outside the mask: mean colour (~0 normalised)
+    assert corner.abs().max().item() < 0.02 and plain[0, :, 10, 3].abs().max().item() > 0.02
+
+
+def test_region_input_errors(model: CLIP) -> None:
+    image, boxes, masks = _scene()
+    bank = build_text_bank(model, ["cat"], cache=False, progress=False)
+    with pytest.raises(InputError, match="lies entirely outside the 160x120 image"):
+        classify_regions(model, image, bank, boxes=[[200, 10, 250, 50]])
+    empty = masks.copy()
+    empty[1] = False
+    with pytest.raises(InputError, match="mask 1 is empty"):
+        classify_regions(model, image, bank, masks=empty)
+    with pytest.raises(InputError, match="give boxes or masks"):
+        classify_regions(model, image, bank)
+    other = text_bank.TextBank(("x",), torch.ones(1, 8), torch.zeros(1, dtype=torch.long), "k")
+    with pytest.raises(InputError, match="text bank has 8 dims but the CLIP model embeds 32"):
+        classify_regions(model, image, other, boxes=boxes)
