@@ -1,0 +1,27 @@
+"""Class vocabularies (built-in COCO / LVIS / ImageNet lists, user lists) and prompt templates."""
+
+from ovsam.vocab.vocabulary import (
+    BUILTIN_VOCABULARIES,
+    Vocabulary,
+    builtin_vocabulary,
+    load_vocabulary,
+    lvis_frequencies_from_annotations,
+    lvis_vocabulary_from_annotations,
+    prompt_templates,
+    split_synonyms,
+    vocabulary_from_file,
+    vocabulary_from_names,
+)
+
+__all__ = [
+    "BUILTIN_VOCABULARIES",
+    "Vocabulary",
+    "builtin_vocabulary",
+    "load_vocabulary",
+    "lvis_frequencies_from_annotations",
+    "lvis_vocabulary_from_annotations",
+    "prompt_templates",
+    "split_synonyms",
+    "vocabulary_from_file",
+    "vocabulary_from_names",
+]

@@ -1,0 +1,247 @@
+"""Class vocabularies: the built-in lists, user lists (text files or Python lists), synonyms.
+
+A :class:`Vocabulary` is an ordered tuple of classes; each class has a display name and one or
+more synonyms (the text bank scores a class by its best synonym). Built-in lists live in
+``ovsam/vocab/data`` (provenance and licences in the README there):
+
+========================  =======  =====================================================
+name                      classes  what
+========================  =======  =====================================================
+``coco``                  80       COCO 2017 (category ids 1..90 kept in ``info``)
+``coco_base``             48       OV-COCO seen classes (the OVR-CNN split)
+``coco_novel``            17       OV-COCO unseen classes
+``coco_ov``               65       base + novel (the OV-COCO evaluation vocabulary)
+``lvis``                  1,203    LVIS v1 with synonyms and frequency r/c/f (337/461/405)
+``lvis_base``             866      LVIS common + frequent (seen in OV-LVIS training)
+``lvis_rare``             337      LVIS rare (novel in OV-LVIS)
+``imagenet1k``            1,000    ImageNet-1k, open_clip's clean names
+``imagenet21k``           21,843   ImageNet-21k (fall 2011) synsets, WordNet lemmas
+========================  =======  =====================================================
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from ovsam.errors import InputError
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+MAX_CLASSES = 50_000
+TEMPLATE_KINDS = ("vild", "openai", "simple", "none")
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Ordered classes: ``classes[i]`` is the display name, ``synonyms[i]`` all its names
+    (first = display name), ``info[i]`` dataset metadata (``id``, ``split``, ``frequency``,
+    ``wnid`` where known)."""
+
+    name: str
+    classes: tuple[str, ...]
+    synonyms: tuple[tuple[str, ...], ...]
+    info: tuple[Mapping[str, Any], ...]
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+    def index(self, name: str) -> int:
+        """Position of the class whose display name is ``name``."""
+        try:
+            return self.classes.index(name)
+        except ValueError:
+            raise InputError(f"{name!r} is not a class of vocabulary {self.name!r}") from None
+
+    def subset(self, keep: Callable[[Mapping[str, Any]], bool], name: str) -> Vocabulary:
+        """The classes whose ``info`` satisfies ``keep``, in order."""
+        rows = [i for i, info in enumerate(self.info) if keep(info)]
+        return Vocabulary(
+            name,
+            tuple(self.classes[i] for i in rows),
+            tuple(self.synonyms[i] for i in rows),
+            tuple(self.info[i] for i in rows),
+        )
+
+    def fingerprint(self) -> str:
+        """sha256 over names and synonyms (changes whenever any name changes)."""
+        payload = json.dumps([self.classes, self.synonyms], ensure_ascii=False)
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def split_synonyms(name: str) -> tuple[str, ...]:
+    """The official OV-SAM rule (``tools/gen_cls.py``): split at ``_or_``, ``/`` and ``,``;
+    underscores become spaces; strip; lower case; duplicates dropped."""
+    parts = name.replace("_or_", ",").replace("/", ",").split(",")
+    cleaned = (p.replace("_", " ").strip().lower() for p in parts)
+    return tuple(dict.fromkeys(p for p in cleaned if p))
+
+
+def _from_rows(name: str, rows: Sequence[Mapping[str, Any]]) -> Vocabulary:
+    synonyms = []
+    for row in rows:
+        names = [row["name"].replace("_", " ")] + [s.replace("_", " ") for s in row["synonyms"]]
+        synonyms.append(tuple(dict.fromkeys(n.strip() for n in names if n.strip())))
+    info = tuple({k: v for k, v in row.items() if k not in ("name", "synonyms")} for row in rows)
+    return Vocabulary(name, tuple(s[0] for s in synonyms), tuple(synonyms), info)
+
+
+def _read_data(file: str) -> dict[str, Any]:
+    path = DATA_DIR / file
+    raw = gzip.decompress(path.read_bytes()) if file.endswith(".gz") else path.read_bytes()
+    return json.loads(raw)
+
+
+_SUBSETS: dict[str, tuple[str, Callable[[Mapping[str, Any]], bool]]] = {
+    "coco_base": ("coco", lambda info: info["split"] == "base"),
+    "coco_novel": ("coco", lambda info: info["split"] == "novel"),
+    "coco_ov": ("coco", lambda info: info["split"] != "none"),
+    "lvis_base": ("lvis", lambda info: info["frequency"] != "r"),
+    "lvis_rare": ("lvis", lambda info: info["frequency"] == "r"),
+}
+_FILES = {
+    "coco": "coco.json",
+    "lvis": "lvis.json",
+    "imagenet1k": "imagenet1k.json",
+    "imagenet21k": "imagenet21k.json.gz",
+}
+BUILTIN_VOCABULARIES = (*_FILES, *_SUBSETS)
+
+
+@cache
+def builtin_vocabulary(name: str) -> Vocabulary:
+    """A built-in vocabulary by name (see the module docstring)."""
+    if name in _SUBSETS:
+        parent, keep = _SUBSETS[name]
+        return builtin_vocabulary(parent).subset(keep, name)
+    if name not in _FILES:
+        known = ", ".join(BUILTIN_VOCABULARIES)
+        raise InputError(f"unknown vocabulary {name!r}; built in: {known}, or a text file")
+    return _from_rows(name, _read_data(_FILES[name])["classes"])
+
+
+def vocabulary_from_names(
+    entries: Sequence[str],
+    name: str = "custom",
+    max_classes: int = MAX_CLASSES,
+    where: str = "entry",
+    positions: Sequence[int] | None = None,
+) -> Vocabulary:
+    """A vocabulary from class strings; commas separate synonyms (``"cat, kitty"``).
+
+    Raises :class:`InputError` for an empty list, an empty entry, a duplicate class, or more
+    than ``max_classes`` classes. Messages cite ``where`` numbers (``positions``, default 1..N).
+    """
+    if isinstance(entries, str):
+        entries = [entries]
+    classes: list[tuple[str, ...]] = []
+    seen: dict[str, int] = {}
+    numbers = positions if positions is not None else range(1, len(entries) + 1)
+    for position, entry in zip(numbers, entries, strict=True):
+        if not isinstance(entry, str):
+            raise InputError(
+                f"class names must be strings, got {type(entry).__name__} at {where} {position}"
+            )
+        names = tuple(dict.fromkeys(p.strip() for p in entry.split(",") if p.strip()))
+        if not names:
+            raise InputError(f"{where} {position} is an empty class name")
+        key = names[0].lower()
+        if key in seen:
+            raise InputError(
+                f"duplicate class name {names[0]!r} ({where}s {seen[key]} and {position})"
+            )
+        seen[key] = position
+        classes.append(names)
+    if not classes:
+        raise InputError("vocabulary is empty: give at least one class name")
+    if len(classes) > max_classes:
+        raise InputError(f"vocabulary has {len(classes)} classes; the limit is {max_classes}")
+    return Vocabulary(
+        name, tuple(c[0] for c in classes), tuple(classes), tuple({} for _ in classes)
+    )
+
+
+def vocabulary_from_file(path: str | Path, max_classes: int = MAX_CLASSES) -> Vocabulary:
+    """One class per line (commas separate synonyms); blank lines and ``#`` comments skipped."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read vocabulary file {path}: {exc}") from exc
+    numbered = [
+        (i, line)
+        for i, line in enumerate(lines, start=1)
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    return vocabulary_from_names(
+        [line for _, line in numbered], path.stem, max_classes, "line", [i for i, _ in numbered]
+    )
+
+
+def load_vocabulary(
+    spec: str | Path | Sequence[str] | Vocabulary, max_classes: int = MAX_CLASSES
+) -> Vocabulary:
+    """A :class:`Vocabulary` from a built-in name, a text file path, or a list of names."""
+    if isinstance(spec, Vocabulary):
+        return spec
+    if isinstance(spec, Path) or (
+        isinstance(spec, str) and spec not in BUILTIN_VOCABULARIES and Path(spec).is_file()
+    ):
+        return vocabulary_from_file(spec, max_classes)
+    if isinstance(spec, str):
+        return builtin_vocabulary(spec)
+    return vocabulary_from_names(list(spec), max_classes=max_classes)
+
+
+def _lvis_categories(annotations: str | Path | Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    if not isinstance(annotations, Mapping):
+        try:
+            annotations = json.loads(Path(annotations).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read LVIS annotations {annotations}: {exc}") from exc
+    categories = annotations.get("categories") if isinstance(annotations, Mapping) else None
+    if not categories:
+        raise InputError("LVIS annotations have no 'categories'")
+    missing = [k for k in ("id", "name", "frequency") if k not in categories[0]]
+    if missing:
+        raise InputError(f"LVIS categories lack the field(s) {', '.join(missing)}")
+    return sorted(categories, key=lambda c: c["id"])
+
+
+def lvis_vocabulary_from_annotations(annotations: str | Path | Mapping[str, Any]) -> Vocabulary:
+    """The vocabulary (names, synonyms, ids, r/c/f) in an LVIS annotation file's ``categories``."""
+    rows = [
+        {
+            "name": c["name"],
+            "synonyms": c.get("synonyms", []),
+            "id": c["id"],
+            "frequency": c["frequency"],
+        }
+        for c in _lvis_categories(annotations)
+    ]
+    return _from_rows("lvis", rows)
+
+
+def lvis_frequencies_from_annotations(
+    annotations: str | Path | Mapping[str, Any],
+) -> dict[int, str]:
+    """``{category_id: "r" | "c" | "f"}`` from an LVIS annotation file (the OV-LVIS split)."""
+    return {c["id"]: c["frequency"] for c in _lvis_categories(annotations)}
+
+
+@cache
+def prompt_templates(kind: str = "vild") -> tuple[str, ...]:
+    """Prompt ensembles: ``vild`` (14, the official OV-SAM bank), ``openai`` (80, CLIP's
+    ImageNet ensemble), ``simple`` (7), ``none`` (the bare name)."""
+    if kind == "none":
+        return ("{}",)
+    if kind not in TEMPLATE_KINDS:
+        raise InputError(
+            f"unknown template set {kind!r}; choose one of {', '.join(TEMPLATE_KINDS)}"
+        )
+    return tuple(_read_data("templates.json")["templates"][kind])
