@@ -44,6 +44,7 @@ class ModelEntry:
     builder: Callable[[], nn.Module]
     default_weights: str | None
     aliases: tuple[str, ...]
+    load_pretrained: Callable[[nn.Module], object] | None = None
 
 
 _MODELS: dict[str, ModelEntry] = {}
@@ -55,6 +56,7 @@ def register_model(
     builder: Callable[[], nn.Module],
     default_weights: str | None,
     aliases: tuple[str, ...] | list[str] = (),
+    load_pretrained: Callable[[nn.Module], object] | None = None,
 ) -> ModelEntry:
     """Register ``builder`` under ``name`` (and ``aliases``).
 
@@ -62,7 +64,7 @@ def register_model(
     checkpoint and ``pretrained`` is true. Registering a taken name or alias is a
     ``ValueError`` unless it is the same entry again (re-import).
     """
-    entry = ModelEntry(name, builder, default_weights, tuple(aliases))
+    entry = ModelEntry(name, builder, default_weights, tuple(aliases), load_pretrained)
     for key in (name, *entry.aliases):
         owner = _ALIASES.get(key)
         if owner is not None and _MODELS[owner] != entry:
@@ -96,6 +98,7 @@ def build_model(
 ) -> nn.Module:
     """Build model ``name`` in eval mode.
 
+    ``name`` may also be the path of a self-describing ovsam checkpoint (``save_ovsam``).
     ``checkpoint``: a local file or a registered weights name (``ovsam.weights``); without
     one, the model's default weights are fetched when ``pretrained``, else it stays randomly
     initialised. Loading is strict (``CheckpointError`` names missing/unexpected keys).
@@ -103,12 +106,18 @@ def build_model(
     BatchNorms into convs); pass ``fuse=False`` to keep the official ``state_dict`` keys,
     e.g. for training or re-saving.
     """
+    if Path(name).suffix == ".safetensors" and Path(name).is_file():
+        from ovsam.ov.checkpoints import load_ovsam
+
+        return load_ovsam(name)
     entry = get_model_entry(name)
     model = entry.builder()
     weights = (
         checkpoint if checkpoint is not None else (entry.default_weights if pretrained else None)
     )
-    if weights is not None:
+    if weights is None and checkpoint is None and pretrained and entry.load_pretrained:
+        entry.load_pretrained(model)
+    elif weights is not None:
         from ovsam.weights import resolve_weights
 
         path = resolve_weights(weights)

@@ -45,7 +45,8 @@ class RegionLabels:
         ]
 
 
-def _mask_boxes(masks: np.ndarray) -> np.ndarray:
+def mask_boxes_xyxy(masks: np.ndarray) -> np.ndarray:
+    """Tight ``Nx4`` XYXY pixel boxes (``x_max + 1``) of ``NxHxW`` masks; empty → InputError."""
     boxes = []
     for i, mask in enumerate(masks):
         ys, xs = np.nonzero(mask)
@@ -124,7 +125,7 @@ def classify_regions(
     if boxes is None:
         if masks is None:
             raise InputError("give boxes or masks to recognise")
-        boxes = _mask_boxes(masks)
+        boxes = mask_boxes_xyxy(masks)
     boxes = clip_boxes_to_image(boxes, height, width)
     if masks is not None and len(masks) != len(boxes):
         raise InputError(f"{len(boxes)} boxes but {len(masks)} masks")

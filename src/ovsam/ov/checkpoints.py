@@ -1,0 +1,164 @@
+"""OV-SAM weights: the official release (four files, key-mapped) and our one-file format.
+
+Official files (Hugging Face repo ``HarborYuan/ovsam_models``; no sha256 is published, loading
+is strict instead):
+
+===================================  ==================================  ====================
+file                                 keys                                goes to
+===================================  ==================================  ====================
+``sam2clip_vith_rn50x16.pth``        ``neck_student.*``                  ``image_encoder.neck``
+``clip2sam_{coco,lvis}_rn50x16.pth`` ``fpn_neck.*``, ``mask_decoder.*``  same names
+OpenAI ``RN50x16.pt``                ``visual.*`` (TorchScript archive)  ``image_encoder.backbone``
+SAM ``sam_vit_h_4b8939.pth``         ``prompt_encoder.*`` (others unused) ``prompt_encoder``
+===================================  ==================================  ====================
+
+Our format is one ``.safetensors`` file holding every tensor under our key names plus the
+:class:`~ovsam.ov.model.OVSamConfig` as JSON metadata, so ``load_ovsam(path)`` (and
+``ovsam.build_model(path)``) need nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from ovsam.checkpoint import load_state_dict_strict, read_state_dict
+from ovsam.clip.factory import read_clip_state_dict
+from ovsam.clip.pretrained import pretrained_weights_name
+from ovsam.errors import CheckpointError, WeightsUnavailableError
+from ovsam.fileio import atomic_path
+from ovsam.ov.model import OVSam, OVSamConfig, build_ovsam
+from ovsam.weights import UrlSource, WeightsSpec, register_weights, resolve_weights
+
+FORMAT = "ovsam-checkpoint-1"
+_HF = "https://huggingface.co/HarborYuan/ovsam_models/resolve/main/"
+
+
+def _register(name: str, file: str, description: str) -> str:
+    return register_weights(
+        WeightsSpec(
+            name=name,
+            filename=file,
+            sha256=None,
+            size=None,
+            sources=(UrlSource(_HF + file),),
+            license="Apache-2.0",
+            description=description,
+        )
+    ).name
+
+
+SAM2CLIP = _register(
+    "ovsam_sam2clip_vith_rn50x16",
+    "sam2clip_vith_rn50x16.pth",
+    "OV-SAM SAM2CLIP adapter (RN50x16 student of SAM ViT-H)",
+)
+CLIP2SAM = {
+    "coco": _register(
+        "ovsam_clip2sam_coco_rn50x16",
+        "clip2sam_coco_rn50x16.pth",
+        "OV-SAM CLIP2SAM decoder + FPN trained on COCO base classes",
+    ),
+    "lvis": _register(
+        "ovsam_clip2sam_lvis_rn50x16",
+        "clip2sam_lvis_rn50x16.pth",
+        "OV-SAM CLIP2SAM decoder + FPN trained on LVIS base classes",
+    ),
+}
+SAM_VIT_H = "sam_vit_h_4b8939"
+
+
+def _take(
+    state: Mapping[str, torch.Tensor], prefix: str, new_prefix: str
+) -> dict[str, torch.Tensor]:
+    return {new_prefix + k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def official_state_dict(
+    sam2clip: str | Path, clip2sam: str | Path, clip: str | Path, sam: str | Path
+) -> dict[str, torch.Tensor]:
+    """Our state dict assembled from the four official files (see the module docstring)."""
+    adapter = read_state_dict(sam2clip)
+    decoder = read_state_dict(clip2sam)
+    state = _take(adapter, "neck_student.", "image_encoder.neck.")
+    if not state:
+        raise CheckpointError(f"{sam2clip} has no 'neck_student.*' keys: not a SAM2CLIP checkpoint")
+    head = _take(decoder, "fpn_neck.", "fpn_neck.") | _take(
+        decoder, "mask_decoder.", "mask_decoder."
+    )
+    if not head:
+        raise CheckpointError(
+            f"{clip2sam} has no 'fpn_neck.*'/'mask_decoder.*' keys: not a CLIP2SAM checkpoint"
+        )
+    state |= head
+    state |= _take(read_clip_state_dict(clip), "visual.", "image_encoder.backbone.")
+    state |= _take(read_state_dict(sam), "prompt_encoder.", "prompt_encoder.")
+    return state
+
+
+def load_official_ovsam(model: OVSam, dataset: str = "coco", progress: bool = True) -> OVSam:
+    """Fetch (cache, verify) the four official files for ``dataset`` and load them strictly.
+
+    Raises :class:`~ovsam.errors.WeightsUnavailableError` naming each file and every source
+    tried when one cannot be had (e.g. offline).
+    """
+    names = [
+        SAM2CLIP,
+        CLIP2SAM[dataset],
+        pretrained_weights_name(model.config.clip_model, "openai"),
+        SAM_VIT_H,
+    ]
+    try:
+        files = [resolve_weights(name, progress=progress) for name in names]
+    except WeightsUnavailableError as exc:
+        raise WeightsUnavailableError(
+            f"OV-SAM needs four checkpoints: {', '.join(names)}; fetch them with "
+            f"'ovsam download NAME'; each can also be placed in the cache by hand as below.\n{exc}"
+        ) from exc
+    load_state_dict_strict(
+        model, official_state_dict(*files), source=", ".join(str(f) for f in files)
+    )
+    return model.eval()
+
+
+def save_ovsam(model: OVSam, path: str | Path) -> Path:
+    """Write ``model`` (weights + config) as one safetensors file, atomically."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = {"format": FORMAT, "config": json.dumps(model.config.to_dict())}
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), meta)
+    return path
+
+
+def is_ovsam_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a safetensors file written by :func:`save_ovsam`."""
+    if Path(path).suffix != ".safetensors" or not Path(path).is_file():
+        return False
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return (fh.metadata() or {}).get("format") == FORMAT
+    except Exception:  # noqa: BLE001 - unreadable: not ours
+        return False
+
+
+def load_ovsam(path: str | Path) -> OVSam:
+    """Build and strictly load an OV-SAM saved by :func:`save_ovsam`."""
+    from safetensors import safe_open
+
+    if not is_ovsam_checkpoint(path):
+        raise CheckpointError(
+            f"{path} is not an ovsam checkpoint (safetensors with format {FORMAT!r})"
+        )
+    with safe_open(str(path), framework="pt") as fh:
+        config = OVSamConfig(**json.loads((fh.metadata() or {})["config"]))
+    model = build_ovsam(config)
+    load_state_dict_strict(model, read_state_dict(path), source=str(path))
+    return model.eval()

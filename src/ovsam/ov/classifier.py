@@ -1,0 +1,100 @@
+"""Class probabilities of OV-SAM: CLIP2SAM and frozen-CLIP logits fused geometrically.
+
+Both branches score a region embedding against the text bank: ``exp(logit_scale)`` x cosine,
+with a trailing all-zero "background" class (cosine 0). Each is softmaxed over the C classes +
+background, then fused per class as ``p = p_head^(1-a) * p_clip^a`` with ``a = alpha_seen`` for
+classes seen in training and background, ``alpha_unseen`` for the others (0 where the mask is
+empty: head only), and renormalised (the official ``open_voc_inference`` takes the argmax of
+the same quantity). The label is the best non-background class.
+
+**Unknown.** A prediction is reported as ``"unknown"`` when its best probability is below
+``unknown_threshold``. :func:`calibrate_unknown_threshold` sets it from a labelled validation set:
+the lowest score at which the top-1 precision of the predictions kept reaches a target.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ovsam.clip.text_bank import TextBank
+from ovsam.errors import InputError
+
+UNKNOWN = "unknown"
+
+
+def bank_logits(embeddings: Tensor, bank: TextBank, logit_scale: float) -> Tensor:
+    """``Bx(C+1)`` logits: scaled cosine to each class, then the zero background logit."""
+    cos = bank.similarity(embeddings.float())
+    return torch.cat([cos, cos.new_zeros((cos.shape[0], 1))], dim=1) * float(np.exp(logit_scale))
+
+
+def fused_probabilities(
+    head_logits: Tensor,
+    clip_logits: Tensor,
+    seen: Tensor,
+    alpha_seen: float,
+    alpha_unseen: float,
+    valid: Tensor | None = None,
+) -> Tensor:
+    """``Bx(C+1)`` probabilities from both branches' ``Bx(C+1)`` logits (see module docstring).
+
+    ``seen``: ``C`` booleans; ``valid``: ``B`` booleans (False → the head alone decides).
+    """
+    p_head, p_clip = head_logits.softmax(-1), clip_logits.softmax(-1)
+    seen_bg = torch.cat([seen.to(torch.bool), seen.new_ones(1, dtype=torch.bool)])
+    alpha = torch.where(seen_bg, alpha_seen, alpha_unseen).to(p_head.dtype).expand_as(p_head)
+    if valid is not None:
+        alpha = alpha * valid.to(alpha.dtype)[:, None]
+    log_fused = (1 - alpha) * p_head.clamp_min(1e-30).log() + alpha * p_clip.clamp_min(1e-30).log()
+    return log_fused.softmax(-1)
+
+
+@dataclass(frozen=True)
+class Labels:
+    """Per region: ``top`` = ``[(name, probability), ...]`` best first over the vocabulary,
+    ``label`` = best name or ``"unknown"``, ``background`` = probability of "no object"."""
+
+    top: list[tuple[str, float]]
+    label: str
+    background: float
+
+
+def top_labels(
+    probs: Tensor, names: Sequence[str], top_k: int, unknown_threshold: float = 0.0
+) -> list[Labels]:
+    """Turn ``Bx(C+1)`` probabilities into :class:`Labels` (background excluded from top-k)."""
+    if top_k < 1:
+        raise InputError(f"top_k must be >= 1, got {top_k}")
+    classes = probs[:, :-1]
+    scores, indices = classes.topk(min(top_k, classes.shape[1]), dim=-1)
+    out = []
+    for row in range(probs.shape[0]):
+        top = [
+            (names[i], float(s))
+            for i, s in zip(indices[row].tolist(), scores[row].tolist(), strict=True)
+        ]
+        label = top[0][0] if top[0][1] >= unknown_threshold else UNKNOWN
+        out.append(Labels(top, label, float(probs[row, -1])))
+    return out
+
+
+def calibrate_unknown_threshold(
+    scores: Sequence[float], correct: Sequence[bool], target_precision: float = 0.9
+) -> float:
+    """Lowest top-1 score whose kept predictions (score >= it) reach ``target_precision``.
+
+    ``scores``: best probability per validation region; ``correct``: whether its top-1 label
+    was right. Returns 1.0 (everything unknown) if no threshold reaches the target.
+    """
+    s, c = np.asarray(scores, dtype=np.float64), np.asarray(correct, dtype=bool)
+    if s.shape != c.shape or s.size == 0:
+        raise InputError("scores and correct must be non-empty and of equal length")
+    order = np.argsort(-s)
+    precision = np.cumsum(c[order]) / np.arange(1, s.size + 1)
+    ok = np.nonzero(precision >= target_precision)[0]
+    return float(s[order][ok[-1]]) if ok.size else 1.0

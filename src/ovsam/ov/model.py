@@ -1,0 +1,132 @@
+"""Open-Vocabulary SAM: one CLIP image tower feeding SAM's prompt pipeline and CLIP recognition.
+
+``OVSam`` is a :class:`~ovsam.modeling.sam.Sam` (same preprocessing, SAM's pixel
+normalisation, resize-longest-side 1024 + padding, mask post-processing), whose image encoder is
+the frozen CLIP tower + :class:`~ovsam.ov.sam2clip.SAM2CLIPAdapter` and whose mask decoder is
+:class:`~ovsam.ov.clip2sam.CLIP2SAMHead`; ``fpn_neck`` turns the CLIP stages into the pyramid the
+head pools regions from. Key layout (our checkpoints): ``image_encoder.backbone.*`` (CLIP visual,
+OpenAI names), ``image_encoder.neck.*``, ``fpn_neck.*``, ``prompt_encoder.*`` (SAM's),
+``mask_decoder.*`` (the official ``OVSAMHead`` names).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ovsam.clip.config import get_clip_config
+from ovsam.clip.model import build_vision_tower
+from ovsam.modeling.prompt_encoder import PromptEncoder
+from ovsam.modeling.sam import Sam
+from ovsam.ov.clip2sam import FPN, CLIP2SAMHead
+from ovsam.ov.roi_align import roi_align
+from ovsam.ov.sam2clip import SAM2CLIPAdapter
+
+IMAGE_SIZE = 1024
+PROMPT_DIM = 256
+
+
+@dataclass(frozen=True)
+class OVSamConfig:
+    """Architecture and recognition settings (stored inside our checkpoints).
+
+    ``roi_size``: RoIAlign output of the head (12 in the COCO configs, 7 for LVIS / the demo).
+    ``alpha_seen`` / ``alpha_unseen``: weight of the frozen-CLIP probability in the geometric
+    fusion for classes seen in training (and background) / unseen ones. ``logit_scale``:
+    log of the cosine multiplier (4.6052 → x100). ``seen_vocabulary``: the built-in vocabulary
+    the decoder was trained on (decides which names count as seen).
+    """
+
+    clip_model: str = "RN50x16"
+    roi_size: int = 12
+    alpha_seen: float = 0.1
+    alpha_unseen: float = 0.9
+    logit_scale: float = 4.6052
+    seen_vocabulary: str = "coco_base"
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class OVSamImageEncoder(nn.Module):
+    """CLIP tower + SAM2CLIP adapter: ``Bx3x1024x1024`` (SAM-normalised) → ``Bx256x64x64``."""
+
+    img_size = IMAGE_SIZE
+
+    def __init__(self, backbone: nn.Module, neck: SAM2CLIPAdapter) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.neck = neck
+
+    def forward_all(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """The SAM embedding and the four CLIP stage maps."""
+        stages = self.backbone.forward_features(images)
+        return self.neck(stages), stages
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.forward_all(images)[0]
+
+
+class OVSam(Sam):
+    """Open-Vocabulary SAM (sub-modules injected; see :func:`build_ovsam` for the official one)."""
+
+    def __init__(
+        self,
+        config: OVSamConfig,
+        image_encoder: OVSamImageEncoder,
+        fpn_neck: FPN,
+        prompt_encoder: PromptEncoder,
+        mask_decoder: CLIP2SAMHead,
+    ) -> None:
+        super().__init__(image_encoder, prompt_encoder, mask_decoder)  # type: ignore[arg-type]
+        self.config = config
+        self.fpn_neck = fpn_neck
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.image_encoder.backbone
+
+    def encode(self, images: Tensor) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        """``(embedding Bx256x64x64, CLIP stages, FPN levels)`` of preprocessed images."""
+        embedding, stages = self.image_encoder.forward_all(images)
+        return embedding, stages, self.fpn_neck(stages)
+
+    def head_region_embeddings(self, fpn_levels: list[Tensor], boxes: Tensor) -> Tensor:
+        """CLIP2SAM region embeddings ``BxD`` for ``Bx4`` XYXY boxes in the 1024 frame."""
+        return self.mask_decoder.region_embeddings(fpn_levels, boxes)
+
+    def clip_region_embeddings(self, last_stage: Tensor, boxes: Tensor) -> Tensor:
+        """Frozen-CLIP embeddings ``BxD``: RoIAlign of the stride-32 map at the attention
+        pool's native grid, then the pool (the official ``open_voc_inference``)."""
+        side = self.backbone.image_size // 32
+        rois = torch.cat([boxes.new_zeros((boxes.shape[0], 1)), boxes], dim=1)
+        return self.backbone.pool(roi_align(last_stage, rois, side, 1 / 32))
+
+    def fuse_for_inference(self) -> OVSam:
+        """Nothing to fold (the CLIP tower keeps its BatchNorms); returns ``self``."""
+        return self.eval()
+
+
+def build_ovsam(config: OVSamConfig | None = None) -> OVSam:
+    """The official architecture (CLIP ``config.clip_model`` + adapter + FPN + head), random."""
+    config = config or OVSamConfig()
+    clip_config = get_clip_config(config.clip_model)
+    backbone = build_vision_tower(clip_config)
+    channels = backbone.stage_channels
+    grid = IMAGE_SIZE // 16
+    return OVSam(
+        config,
+        OVSamImageEncoder(
+            backbone, SAM2CLIPAdapter(in_channels=channels, strides=backbone.stage_strides)
+        ),
+        FPN(channels, PROMPT_DIM),
+        PromptEncoder(
+            embed_dim=PROMPT_DIM,
+            image_embedding_size=(grid, grid),
+            input_image_size=(IMAGE_SIZE, IMAGE_SIZE),
+            mask_in_chans=16,
+        ),
+        CLIP2SAMHead(PROMPT_DIM, clip_config.embed_dim, config.roi_size),
+    ).eval()

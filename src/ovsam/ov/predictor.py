@@ -1,0 +1,175 @@
+"""``OVSamPredictor``: SAM's predictor plus a label for every mask.
+
+::
+
+    predictor = OVSamPredictor(build_model("ovsam_coco"), text_model=clip_rn50x16)
+    predictor.set_image(image)                 # CLIP tower + adapter + FPN, once per image
+    predictor.set_vocabulary("lvis")           # or a text file, or ["cat, kitty", "mug"]
+    masks, scores, low_res, labels = predictor.predict(box=np.array([x0, y0, x1, y1]))
+    labels[0].top                              # [("mug", 0.83), ("cup", 0.11), ...]
+
+Masks and prompts follow :class:`~ovsam.predictor.SamPredictor` (pixels, XYXY, one mask per
+prompt: the official decoder has a single mask token, so ``multimask_output`` is ignored, and
+its score is the mask's stability, as it has no IoU head). Labels come from
+:mod:`ovsam.ov.classifier`: the CLIP2SAM region (box of the predicted mask) and the frozen-CLIP
+region (the prompt box when one is given, else the mask's box) fused per class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ovsam.clip.model import CLIP
+from ovsam.clip.region_classifier import mask_boxes_xyxy
+from ovsam.clip.text_bank import TextBank, build_text_bank
+from ovsam.errors import InputError, NotReadyError
+from ovsam.ov.classifier import Labels, bank_logits, fused_probabilities, top_labels
+from ovsam.ov.model import OVSam
+from ovsam.predictor import ImageState, SamPredictor
+from ovsam.vocab import Vocabulary, load_vocabulary, prompt_templates
+
+FPN_KEYS = ("fpn0", "fpn1", "fpn2", "fpn3")
+
+
+class OVSamPredictor(SamPredictor):
+    """Segment and name objects with an :class:`~ovsam.ov.model.OVSam` model.
+
+    ``text_model`` (a CLIP with the same joint space, e.g. OpenAI RN50x16) embeds vocabularies;
+    without it, give banks directly with :meth:`set_text_bank`. ``top_k`` labels are returned
+    per mask; a best probability below ``unknown_threshold`` is reported as ``"unknown"``.
+    """
+
+    def __init__(
+        self,
+        model: OVSam,
+        text_model: CLIP | None = None,
+        templates: str | Sequence[str] = "vild",
+        top_k: int = 5,
+        unknown_threshold: float = 0.0,
+    ) -> None:
+        super().__init__(model)
+        self.model: OVSam = model
+        self.text_model = text_model
+        self.templates = (
+            prompt_templates(templates) if isinstance(templates, str) else tuple(templates)
+        )
+        self.top_k = top_k
+        self.unknown_threshold = unknown_threshold
+        self.bank: TextBank | None = None
+        self._seen: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ image + vocabulary
+    def _encode(
+        self, input_image: torch.Tensor, original_size: tuple[int, int], input_size: tuple[int, int]
+    ) -> ImageState:
+        embedding, stages, fpn = self.model.encode(input_image)
+        extras = dict(zip(FPN_KEYS, fpn, strict=True)) | {"clip_last": stages[-1]}
+        return ImageState(
+            embedding, (int(original_size[0]), int(original_size[1])), input_size, extras
+        )
+
+    def set_vocabulary(
+        self, vocabulary: str | Path | Sequence[str] | Vocabulary, progress: bool = True
+    ) -> TextBank:
+        """Embed a vocabulary (built-in name, text file, list of names) with ``text_model``."""
+        vocab = load_vocabulary(vocabulary)
+        if self.text_model is None:
+            raise NotReadyError(
+                "no text model: pass text_model=ovsam.clip.create_model('RN50x16', pretrained='openai') "
+                "or call set_text_bank(bank)"
+            )
+        bank = build_text_bank(self.text_model, vocab, self.templates, progress=progress)
+        return self.set_text_bank(bank)
+
+    def set_text_bank(self, bank: TextBank) -> TextBank:
+        """Use a prebuilt bank; classes named like the model's training classes count as seen."""
+        dim = self.model.mask_decoder.roi_conv[0].conv.out_channels
+        if bank.dim != dim:
+            raise InputError(f"text bank has {bank.dim} dims; this OV-SAM embeds regions in {dim}")
+        seen_names = {n.lower() for n in load_vocabulary(self.model.config.seen_vocabulary).classes}
+        self._seen = torch.tensor([n.lower() in seen_names for n in bank.names])
+        self.bank = bank
+        return bank
+
+    # ------------------------------------------------------------------ recognition
+    def _require_bank(self) -> TextBank:
+        if self.bank is None:
+            raise NotReadyError(
+                "no vocabulary is set: call set_vocabulary(...) before predicting labels"
+            )
+        return self.bank
+
+    @torch.inference_mode()
+    def classify_boxes(self, head_boxes: torch.Tensor, clip_boxes: torch.Tensor) -> list[Labels]:
+        """Labels for regions given as ``Bx4`` XYXY boxes in the 1024 input frame: ``head_boxes``
+        pool the FPN (CLIP2SAM), ``clip_boxes`` the frozen CLIP map."""
+        bank, state = self._require_bank(), self._require_state()
+        config = self.model.config
+        fpn = [state.extras[k] for k in FPN_KEYS]
+        head = self.model.head_region_embeddings(fpn, head_boxes.to(self.device))
+        clip = self.model.clip_region_embeddings(
+            state.extras["clip_last"], clip_boxes.to(self.device)
+        )
+        valid = (head_boxes[:, 2] > head_boxes[:, 0]) & (head_boxes[:, 3] > head_boxes[:, 1])
+        probs = fused_probabilities(
+            bank_logits(head, bank, config.logit_scale),
+            bank_logits(clip, bank, config.logit_scale),
+            self._seen,
+            config.alpha_seen,
+            config.alpha_unseen,
+            valid.to(self.device),
+        )
+        return top_labels(probs.cpu(), bank.names, self.top_k, self.unknown_threshold)
+
+    def _labels_for(self, low_res: np.ndarray, prompt_boxes: np.ndarray | None) -> list[Labels]:
+        head_boxes = self.model.mask_decoder.mask_boxes(torch.as_tensor(low_res))
+        clip_boxes = (
+            head_boxes
+            if prompt_boxes is None
+            else torch.as_tensor(prompt_boxes, dtype=torch.float32)
+        )
+        return self.classify_boxes(head_boxes, clip_boxes)
+
+    def predict(  # type: ignore[override]
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = False,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Labels]]:
+        """SAM's ``predict`` (``1xHxW`` masks, ``1`` score, ``1x256x256`` logits) + ``[Labels]``."""
+        self._require_bank()
+        masks, scores, low_res = super().predict(
+            point_coords, point_labels, box, mask_input, False, return_logits
+        )
+        prompt_box = None
+        if box is not None:
+            prompt_box = self.transform.apply_boxes(self.clip_boxes(box), self.original_size)
+        return masks, scores, low_res, self._labels_for(low_res[None], prompt_box)
+
+    def predict_boxes(  # type: ignore[override]
+        self, boxes: np.ndarray, multimask_output: bool = False, batch_size: int = 64
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Labels]]:
+        """One mask + labels per ``Nx4`` XYXY pixel box (``NxHxW``-shaped outputs)."""
+        self._require_bank()
+        masks, scores, low_res = super().predict_boxes(boxes, False, batch_size)
+        frame = self.transform.apply_boxes(self.clip_boxes(boxes), self.original_size)
+        return masks, scores, low_res, self._labels_for(low_res[:, 0:1], frame)
+
+    def recognize_masks(self, masks: np.ndarray) -> list[Labels]:
+        """Labels for masks the user already has (``NxHxW`` bool at the image's size)."""
+        self._require_bank()
+        masks = np.asarray(masks, dtype=bool)
+        if masks.ndim != 3 or masks.shape[1:] != self.original_size:
+            raise InputError(
+                f"masks must be NxHxW with HxW = {self.original_size}, got {masks.shape}"
+            )
+        boxes = mask_boxes_xyxy(masks)
+        frame = torch.as_tensor(self.transform.apply_boxes(boxes, self.original_size)).float()
+        return self.classify_boxes(frame, frame)

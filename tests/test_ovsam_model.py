@@ -1,0 +1,222 @@
+"""Open-Vocabulary SAM: official architecture, checkpoint layouts, recognition maths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ovsam.assets import SAMPLE_BOX, SAMPLE_PHOTO
+from ovsam.build import build_model
+from ovsam.clip.text_bank import TextBank
+from ovsam.errors import CheckpointError, InputError, NotReadyError
+from ovsam.image_io import load_image
+from ovsam.ov import build_ovsam, save_ovsam
+from ovsam.ov.checkpoints import official_state_dict
+from ovsam.ov.classifier import calibrate_unknown_threshold, fused_probabilities, top_labels
+from ovsam.ov.predictor import OVSamPredictor
+from ovsam_fixtures import small_ovsam
+
+
+def test_official_architecture_sizes_and_key_names() -> None:
+    with torch.device("meta"):
+        model = build_ovsam()
+    state = model.state_dict()
+
+    def params(module: torch.nn.Module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
+    assert params(model) == 304_046_908  # the paper: 304M
+    assert params(model.image_encoder.backbone) == 167_328_912
+    assert params(model.image_encoder.neck) == 128_844_768
+    expected = {
+        "image_encoder.neck.pos_embed": (1, 64, 64, 1280),
+        "image_encoder.neck.level_encoding.weight": (4, 1280),
+        "image_encoder.neck.patch_embeds.0.projection.weight": (1280, 384, 4, 4),
+        "image_encoder.neck.patch_embeds.2.projection.weight": (1280, 1536, 1, 1),
+        "image_encoder.neck.patch_embeds.3.projection.weight": (3072, 1280, 2, 2),
+        "image_encoder.neck.blocks.0.attn.rel_pos_h": (27, 80),
+        "image_encoder.neck.blocks.4.attn.rel_pos_h": (127, 80),
+        "image_encoder.neck.neck.2.weight": (256, 256, 3, 3),
+        "fpn_neck.lateral_convs.3.conv.weight": (256, 3072, 1, 1),
+        "fpn_neck.fpn_convs.0.conv.bias": (256,),
+        "mask_decoder.mask_decoder.mask_tokens.weight": (1, 256),
+        "mask_decoder.mask_decoder.output_hypernetworks_mlps.0.layers.2.weight": (32, 256),
+        "mask_decoder.label_token.weight": (1, 256),
+        "mask_decoder.label_mlp.layers.2.weight": (768, 256),
+        "mask_decoder.roi_conv.0.conv.weight": (768, 256, 1, 1),
+        "image_encoder.backbone.attnpool.positional_embedding": (145, 3072),
+    }
+    assert {k: tuple(state[k].shape) for k in expected} == expected
+    assert not [k for k in state if "iou" in k]
+
+
+def test_forward_shapes_on_a_real_photo() -> None:
+    model = small_ovsam()
+    predictor = OVSamPredictor(model, top_k=3)
+    image = load_image(SAMPLE_PHOTO)
+    predictor.set_image(image)
+    state = predictor.export_state()
+    assert state.features.shape == (1, 256, 64, 64)
+    assert [state.extras[f"fpn{i}"].shape[-1] for i in range(4)] == [256, 128, 64, 32]
+    assert state.extras["clip_last"].shape == (1, 2048, 32, 32)
+    bank = TextBank(("cup", "cat"), F.normalize(torch.randn(2, 1024), dim=-1), torch.arange(2), "k")
+    predictor.set_text_bank(bank)
+    masks, scores, low_res, labels = predictor.predict(box=np.array(SAMPLE_BOX))
+    assert masks.shape == (1, 400, 600) and scores.shape == (1,) and low_res.shape == (1, 256, 256)
+    assert len(labels) == 1 and len(labels[0].top) == 2 and labels[0].label in ("cup", "cat")
+    probs = sum(p for _, p in labels[0].top) + labels[0].background
+    assert probs == pytest.approx(1.0, abs=1e-5)
+    boxes = np.array([[10, 10, 200, 200], SAMPLE_BOX])
+    masks, scores, low_res, labels = predictor.predict_boxes(boxes)
+    assert masks.shape == (2, 1, 400, 600) and len(labels) == 2
+
+
+def _region_embeddings(
+    predictor: OVSamPredictor, box: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    _, _, low_res, _ = predictor.predict(box=box)
+    head_box = predictor.model.mask_decoder.mask_boxes(torch.as_tensor(low_res)[None])
+    frame = torch.as_tensor(
+        predictor.transform.apply_boxes(box[None], predictor.original_size)
+    ).float()
+    state = predictor.export_state()
+    with torch.inference_mode():
+        head = predictor.model.head_region_embeddings(
+            [state.extras[f"fpn{i}"] for i in range(4)], head_box
+        )
+        clip = predictor.model.clip_region_embeddings(state.extras["clip_last"], frame)
+    return head[0], clip[0], head_box
+
+
+def test_region_equal_to_a_class_embedding_ranks_that_class_first() -> None:
+    predictor = OVSamPredictor(small_ovsam(1), top_k=5)
+    image = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    predictor.set_image(image)
+    box = np.array([100.0, 80.0, 420.0, 400.0])
+    predictor.set_text_bank(
+        TextBank(("zebra", "cat"), F.normalize(torch.randn(2, 1024), dim=-1), torch.arange(2), "k")
+    )
+    head, clip, head_box = _region_embeddings(predictor, box)
+    assert head_box[0, 2] > head_box[0, 0], "the random decoder must predict a non-empty mask"
+    names = (
+        "zebra",
+        "person",
+        "cat",
+        "car",
+        "dog",
+    )  # zebra/person/car seen (COCO base); cat/dog novel
+    distractors = F.normalize(torch.randn(3, 1024), dim=-1)
+    # seen class = the CLIP2SAM region embedding: the head (weight 0.9) decides
+    bank = torch.cat(
+        [
+            F.normalize(head[None], dim=-1),
+            distractors[:1],
+            F.normalize(clip[None] * -1, dim=-1),
+            distractors[1:],
+        ]
+    )
+    predictor.set_text_bank(TextBank(names, bank, torch.arange(5), "seen"))
+    assert predictor.predict(box=box)[3][0].label == "zebra"
+    # novel class = the frozen-CLIP region embedding: CLIP (weight 0.9) decides
+    bank = torch.cat(
+        [
+            F.normalize(clip[None] * -1, dim=-1),
+            distractors[:1],
+            F.normalize(clip[None], dim=-1),
+            distractors[1:],
+        ]
+    )
+    predictor.set_text_bank(TextBank(names, bank, torch.arange(5), "novel"))
+    top = predictor.predict(box=box)[3][0].top
+    assert top[0][0] == "cat" and top[0][1] > 0.5
+
+
+def test_fusion_formula_and_background() -> None:
+    head = torch.tensor([[2.0, 0.0, 1.0, 0.0]])  # 3 classes + background
+    clip = torch.tensor([[0.0, 3.0, 0.0, 0.0]])
+    seen = torch.tensor([True, False, True])
+    probs = fused_probabilities(head, clip, seen, 0.1, 0.9)
+    ph, pc = head.softmax(-1), clip.softmax(-1)
+    alpha = torch.tensor([0.1, 0.9, 0.1, 0.1])
+    manual = ph ** (1 - alpha) * pc**alpha
+    torch.testing.assert_close(probs, manual / manual.sum())
+    head_only = fused_probabilities(head, clip, seen, 0.1, 0.9, valid=torch.tensor([False]))
+    torch.testing.assert_close(head_only, ph)
+    labels = top_labels(probs, ("a", "b", "c"), top_k=2, unknown_threshold=0.99)
+    assert labels[0].label == "unknown" and len(labels[0].top) == 2
+    assert labels[0].background == pytest.approx(float(probs[0, -1]))
+
+
+def test_unknown_threshold_calibration_known_answer() -> None:
+    scores = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]
+    correct = [True, True, True, False, True, False]
+    assert calibrate_unknown_threshold(scores, correct, 1.0) == pytest.approx(0.7)
+    assert calibrate_unknown_threshold(scores, correct, 0.8) == pytest.approx(0.5)
+    assert calibrate_unknown_threshold(scores, [False] * 6, 0.5) == 1.0
+    with pytest.raises(InputError, match="equal length"):
+        calibrate_unknown_threshold([0.1], [True, False])
+
+
+def test_official_files_map_to_our_keys_and_load_strictly(tmp_path: Path) -> None:
+    model = small_ovsam(2)
+    ours = model.state_dict()
+
+    def pick(prefix: str, new: str) -> dict[str, torch.Tensor]:
+        return {new + k[len(prefix) :]: v for k, v in ours.items() if k.startswith(prefix)}
+
+    files = {
+        "sam2clip": pick("image_encoder.neck.", "neck_student."),
+        "clip2sam": pick("fpn_neck.", "fpn_neck.") | pick("mask_decoder.", "mask_decoder."),
+        "clip": pick("image_encoder.backbone.", "visual.") | {"text_projection": torch.zeros(2, 2)},
+        "sam": pick("prompt_encoder.", "prompt_encoder.")
+        | {"image_encoder.pos_embed": torch.zeros(1)},
+    }
+    paths = {}
+    for name, state in files.items():
+        paths[name] = tmp_path / f"{name}.pth"
+        torch.save({"state_dict": state} if name != "clip" else state, paths[name])
+    mapped = official_state_dict(paths["sam2clip"], paths["clip2sam"], paths["clip"], paths["sam"])
+    fresh = small_ovsam(3)
+    fresh.load_state_dict(mapped, strict=True)
+    for key in (
+        "image_encoder.neck.pos_embed",
+        "mask_decoder.label_mlp.layers.0.weight",
+        "fpn_neck.lateral_convs.0.conv.weight",
+    ):
+        torch.testing.assert_close(fresh.state_dict()[key], ours[key])
+    with pytest.raises(CheckpointError, match="no 'neck_student"):
+        official_state_dict(paths["clip2sam"], paths["clip2sam"], paths["clip"], paths["sam"])
+
+
+def test_own_checkpoint_is_self_describing(tmp_path: Path) -> None:
+    model = small_ovsam(4)
+    path = save_ovsam(model, tmp_path / "mine.safetensors")
+    with pytest.raises(CheckpointError, match="missing keys"):
+        build_model(str(path))  # small adapter is not the config's default architecture
+    official_like = build_ovsam()
+    path = save_ovsam(official_like, tmp_path / "official.safetensors")
+    loaded = build_model(str(path))
+    assert loaded.config == official_like.config
+    torch.testing.assert_close(
+        loaded.state_dict()["mask_decoder.label_token.weight"],
+        official_like.state_dict()["mask_decoder.label_token.weight"],
+    )
+
+
+def test_predictor_errors() -> None:
+    predictor = OVSamPredictor(small_ovsam(5))
+    with pytest.raises(NotReadyError, match="no text model"):
+        predictor.set_vocabulary("coco")
+    with pytest.raises(
+        InputError, match="text bank has 8 dims; this OV-SAM embeds regions in 1024"
+    ):
+        predictor.set_text_bank(
+            TextBank(("a",), torch.ones(1, 8), torch.zeros(1, dtype=torch.long), "k")
+        )
+    predictor.set_image(np.zeros((64, 64, 3), dtype=np.uint8))
+    with pytest.raises(NotReadyError, match="no vocabulary is set"):
+        predictor.predict(box=np.array([0, 0, 32, 32]))
