@@ -11,6 +11,7 @@ from ovsam.build import build_model
 from ovsam.image_io import load_image
 from ovsam.outputs import Prompt, write_result
 from ovsam.predictor import SamPredictor
+from ovsam.recognizers import LabelOptions, build_labeled_predictor
 
 
 def choose_multimask(num_points: int, has_box: bool) -> bool:
@@ -28,38 +29,58 @@ def segment_image(
     model_name: str = "mobilesam",
     checkpoint: str | Path | None = None,
     device: str = "cpu",
+    label_options: LabelOptions | None = None,
 ) -> tuple[dict[str, Path], str]:
     """Segment the object marked by ``box`` (XYXY) and/or ``points`` / ``negatives`` (XY).
 
     For a box the single-mask output is used; for a lone point the best of the three
     candidates. Writes the outputs of :func:`ovsam.outputs.write_result`; returns their
-    paths and a one-line summary.
+    paths and a one-line summary. With ``label_options`` the mask is also named (top-k labels
+    in the JSON, the best on the overlay; see :mod:`ovsam.recognizers`).
     """
     image = load_image(image_path)
-    model = build_model(model_name, checkpoint=checkpoint).to(device)
-    predictor = SamPredictor(model)
+    if label_options is None:
+        predictor = SamPredictor(build_model(model_name, checkpoint=checkpoint).to(device))
+    else:
+        predictor = build_labeled_predictor(label_options, model_name, checkpoint, device)
     predictor.set_image(image)
     all_points = [*points, *negatives]
     labels = [1] * len(points) + [0] * len(negatives)
-    masks, scores, _ = predictor.predict(
+    masks, scores, _, *recognized = predictor.predict(
         point_coords=np.asarray(all_points, dtype=np.float64) if all_points else None,
         point_labels=np.asarray(labels) if all_points else None,
         box=None if box is None else np.asarray(box, dtype=np.float64),
         multimask_output=choose_multimask(len(all_points), box is not None),
     )
     best = int(np.argmax(scores))
+    extra: dict[str, object] = {"model": model_name, "image": str(image_path)}
+    caption = None
+    if label_options is not None:
+        named = recognized[0][best]
+        caption = f"{named.label} {named.top[0][1]:.2f}"
+        if label_options.random_weights:
+            caption += " (random weights)"
+        extra |= {
+            "label": named.label,
+            "labels": [{"name": n, "score": round(p, 6)} for n, p in named.top],
+            "recognizer": label_options.recognizer,
+            "recognition_weights": label_options.describe_weights(),
+            "vocabulary": str(label_options.vocabulary),
+        }
     prompt = Prompt(
         points=[(float(x), float(y)) for x, y in all_points],
         point_labels=labels,
         box=None if box is None else tuple(float(v) for v in box),
     )
     paths = write_result(
-        out_dir, image, masks[best], float(scores[best]), prompt,
-        extra={"model": model_name, "image": str(image_path)},
-    )  # fmt: skip
+        out_dir, image, masks[best], float(scores[best]), prompt, extra=extra, caption=caption
+    )
     area = int(masks[best].sum())
     summary = (
         f"mask: {area} pixels ({100.0 * area / masks[best].size:.1f}% of the image), "
         f"predicted IoU {scores[best]:.3f}"
     )
+    if caption is not None:
+        tops = ", ".join(f"{n} {p:.2f}" for n, p in named.top)
+        summary += f"\nlabel: {extra['label']} (top: {tops}) [{label_options.describe_weights()}]"
     return paths, summary

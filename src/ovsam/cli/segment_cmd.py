@@ -42,7 +42,49 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     add_model_arguments(parser)
+    add_label_arguments(parser)
     parser.set_defaults(run=run)
+
+
+def add_label_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options that name the mask (recognition)."""
+    from ovsam.recognizers import RECOGNIZERS
+
+    group = parser.add_argument_group("labels (recognition)")
+    group.add_argument("--labels", action="store_true", help="name the mask as well")
+    group.add_argument(
+        "--vocab", default=None,
+        help="coco | lvis | imagenet1k | imagenet21k | FILE (one class per line) | 'cat; dog, puppy; mug' (classes split at ';' or ','); implies --labels",
+    )  # fmt: skip
+    group.add_argument("--top-k", type=int, default=5, help="labels reported per mask")
+    group.add_argument("--recognizer", choices=RECOGNIZERS, default="image-crop")
+    group.add_argument("--clip", default="RN50x16", help="CLIP architecture for recognition")
+    group.add_argument(
+        "--clip-weights", default="openai", help="pretrained tag (openai, ...) or checkpoint file"
+    )
+    group.add_argument("--templates", default="vild", choices=["vild", "openai", "simple", "none"])
+    group.add_argument(
+        "--random-recognition", action="store_true",
+        help="test the pipeline with random recognition weights (labels are meaningless)",
+    )  # fmt: skip
+
+
+def label_options(args: argparse.Namespace):  # noqa: ANN201 - LabelOptions | None
+    """:class:`~ovsam.recognizers.LabelOptions` from the parsed flags (None without labels)."""
+    from ovsam.recognizers import LabelOptions
+    from ovsam.vocab import parse_vocabulary_argument
+
+    if not args.labels and args.vocab is None:
+        return None
+    return LabelOptions(
+        vocabulary=parse_vocabulary_argument(args.vocab or "coco"),
+        top_k=args.top_k,
+        recognizer=args.recognizer,
+        clip_model=args.clip,
+        clip_weights=args.clip_weights,
+        random_weights=args.random_recognition,
+        templates=args.templates,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         model_name=args.model,
         checkpoint=args.checkpoint,
         device=args.device,
+        label_options=label_options(args),
     )
     print(summary)
     for kind, path in paths.items():

@@ -198,6 +198,24 @@ def load_vocabulary(
     return vocabulary_from_names(list(spec), max_classes=max_classes)
 
 
+def parse_vocabulary_argument(text: str) -> str | Path | list[str]:
+    """A command-line vocabulary: a built-in name, an existing file, or inline classes split at
+    ``;`` (then commas separate synonyms) or, without ``;``, at commas."""
+    text = text.strip()
+    if text in BUILTIN_VOCABULARIES:
+        return text
+    if Path(text).is_file():
+        return Path(text)
+    if ";" in text:
+        return [part for part in text.split(";") if part.strip()]
+    if "," in text:
+        return [part for part in text.split(",") if part.strip()]
+    known = ", ".join(BUILTIN_VOCABULARIES)
+    raise InputError(
+        f"vocabulary {text!r} is neither built in ({known}), nor a file, nor a list like 'cat; dog; mug'"
+    )
+
+
 def _lvis_categories(annotations: str | Path | Mapping[str, Any]) -> list[Mapping[str, Any]]:
     if not isinstance(annotations, Mapping):
         try:
