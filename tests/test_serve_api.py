@@ -221,9 +221,13 @@ def test_vocabularies(engine: SegmentationEngine) -> None:
         "/v1/vocabularies", json={"name": "kitchen", "names": ["cup, mug", " spoon ", "cup, mug"]}
     )
     assert r.status_code == 201 and r.json() == {"name": "kitchen", "size": 2, "builtin": False}
-    assert client.get("/v1/vocabularies").json() == [
-        {"name": "kitchen", "size": 2, "builtin": False}
-    ]
+    listed = client.get("/v1/vocabularies").json()
+    assert listed[-1] == {"name": "kitchen", "size": 2, "builtin": False}
+    assert {"name": "lvis", "size": 1203, "builtin": True} in listed
+    assert {"name": "imagenet21k", "size": 21843, "builtin": True} in listed
+    assert error_of(client.post("/v1/vocabularies", json={"name": "coco", "names": ["x"]})) == (
+        409, "builtin_vocabulary", "'coco' is a built-in vocabulary: choose another name"
+    )  # fmt: skip
     assert error_of(client.post("/v1/vocabularies", json={"name": "e", "names": [" ", ""]})) == (
         400, "empty_vocabulary", "vocabulary is empty: give at least one name"
     )  # fmt: skip
@@ -274,3 +278,34 @@ def test_concurrent_requests_get_consistent_answers(
     assert all(status == 200 for status, _ in answers)
     for i, (_, area) in enumerate(answers):
         assert area == answers[i % 3][1]
+
+
+def test_labels_from_a_clip_recognizer(engine: SegmentationEngine) -> None:
+    from dataclasses import replace
+
+    from ovsam.clip.config import CLIPConfig, VisionConfig, get_clip_config
+    from ovsam.clip.model import CLIP
+    from ovsam.serve.recognition import ClipRecognizer
+
+    torch.manual_seed(0)
+    text = replace(get_clip_config("RN50").text, width=64, heads=1, layers=1)
+    clip = CLIP(CLIPConfig(32, VisionConfig("vit", 64, (2,), 64, 16), text, True))
+    labelled = SegmentationEngine(
+        engine.predictor, engine.model_name, ClipRecognizer(clip, "tiny test CLIP", "none")
+    )
+    client = make_client(labelled)
+    health = client.get("/v1/health").json()
+    assert health["recognition"] == {
+        "available": True,
+        "message": "recognition: tiny test CLIP, Image-Crop (CLIP on the masked crop)",
+    }
+    image, shapes = make_scene(0)
+    r = client.post("/v1/images", files={"file": ("scene.png", png(image), "image/png")})
+    image_id = r.json()["image_id"]
+    client.post(
+        "/v1/vocabularies", json={"name": "shapes", "names": ["disc", "square", "triangle"]}
+    )
+    body = {"box": list(shapes[0].box), "vocabulary": "shapes", "top_k": 2}
+    labels = client.post(f"/v1/images/{image_id}/predict", json=body).json()["labels"]
+    assert len(labels) == 2 and {lab["name"] for lab in labels} <= {"disc", "square", "triangle"}
+    assert labels[0]["score"] >= labels[1]["score"] > 0

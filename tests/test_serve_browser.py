@@ -12,6 +12,8 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -34,15 +36,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def server_url(mobilesam_model: torch.nn.Module) -> Iterator[str]:
+@contextmanager
+def running_server(engine: object) -> Iterator[str]:
+    """Serve ``engine`` on a free loopback port in a thread; yields the base URL."""
     uvicorn = pytest.importorskip("uvicorn")
-    from ovsam.predictor import SamPredictor
     from ovsam.serve.app import create_app
-    from ovsam.serve.engine import SegmentationEngine
     from ovsam.serve.settings import ServeSettings
 
-    engine = SegmentationEngine(SamPredictor(mobilesam_model), "mobilesam")
     app = create_app(ServeSettings(), lambda _: engine)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -53,9 +53,69 @@ def server_url(mobilesam_model: torch.nn.Module) -> Iterator[str]:
         if time.monotonic() > deadline:
             raise RuntimeError("server did not start")
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server_url(mobilesam_model: torch.nn.Module) -> Iterator[str]:
+    from ovsam.predictor import SamPredictor
+    from ovsam.serve.engine import SegmentationEngine
+
+    with running_server(SegmentationEngine(SamPredictor(mobilesam_model), "mobilesam")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def labelled_server_url(mobilesam_model: torch.nn.Module) -> Iterator[str]:
+    """The same server with a (tiny, random) CLIP recognizer: labels appear in the page."""
+    from ovsam.clip.config import CLIPConfig, VisionConfig, get_clip_config
+    from ovsam.clip.model import CLIP
+    from ovsam.predictor import SamPredictor
+    from ovsam.serve.engine import SegmentationEngine
+    from ovsam.serve.recognition import ClipRecognizer
+
+    torch.manual_seed(0)
+    text = replace(get_clip_config("RN50").text, width=64, heads=1, layers=1)
+    clip = CLIP(CLIPConfig(32, VisionConfig("vit", 64, (2,), 64, 16), text, True))
+    recognizer = ClipRecognizer(clip, "tiny random test CLIP", templates="none")
+    with running_server(
+        SegmentationEngine(SamPredictor(mobilesam_model), "mobilesam", recognizer)
+    ) as url:
+        yield url
+
+
+def drag_box_on_sample(page: object, server_url: str, vocabulary: str | None = None) -> float:
+    """Open the page, upload the sample photo, (choose a vocabulary), drag SAMPLE_BOX; returns
+    the fraction of the canvas tinted by the mask overlay."""
+    page.goto(server_url + "/")
+    page.wait_for_function("document.getElementById('status').textContent.includes('ready')")
+    if vocabulary:
+        page.select_option("#vocabulary", vocabulary)
+    page.set_input_files("#file", str(SAMPLE_PHOTO))
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('Ready')")
+    canvas = page.locator("#overlay").bounding_box()
+    assert canvas is not None and canvas["width"] > 100
+    scale = canvas["width"] / 600
+    x0, y0, x1, y1 = SAMPLE_BOX
+    page.mouse.move(canvas["x"] + x0 * scale, canvas["y"] + y0 * scale)
+    page.mouse.down()
+    page.mouse.move(canvas["x"] + (x0 + x1) / 2 * scale, canvas["y"] + (y0 + y1) / 2 * scale)
+    page.mouse.move(canvas["x"] + x1 * scale, canvas["y"] + y1 * scale)
+    page.mouse.up()
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('Mask in')")
+    return page.evaluate(
+        """() => {
+          const c = document.getElementById('overlay');
+          const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+          let n = 0;
+          for (let i = 0; i < d.length; i += 4) if (d[i + 3] === 120) n++;
+          return n / (c.width * c.height);
+        }"""
+    )
 
 
 def test_drag_a_box_and_see_the_mask(server_url: str, tmp_path: Path) -> None:
@@ -66,37 +126,7 @@ def test_drag_a_box_and_see_the_mask(server_url: str, tmp_path: Path) -> None:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 800})
-            page.goto(server_url + "/")
-            page.wait_for_function(
-                "document.getElementById('status').textContent.includes('ready')"
-            )
-            page.set_input_files("#file", str(SAMPLE_PHOTO))
-            page.wait_for_function(
-                "document.getElementById('status').textContent.startsWith('Ready')"
-            )
-            canvas = page.locator("#overlay").bounding_box()
-            assert canvas is not None and canvas["width"] > 100
-            scale = canvas["width"] / 600
-            x0, y0, x1, y1 = SAMPLE_BOX
-            page.mouse.move(canvas["x"] + x0 * scale, canvas["y"] + y0 * scale)
-            page.mouse.down()
-            page.mouse.move(
-                canvas["x"] + (x0 + x1) / 2 * scale, canvas["y"] + (y0 + y1) / 2 * scale
-            )
-            page.mouse.move(canvas["x"] + x1 * scale, canvas["y"] + y1 * scale)
-            page.mouse.up()
-            page.wait_for_function(
-                "document.getElementById('status').textContent.startsWith('Mask in')"
-            )
-            tinted = page.evaluate(
-                """() => {
-                  const c = document.getElementById('overlay');
-                  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-                  let n = 0;
-                  for (let i = 0; i < d.length; i += 4) if (d[i + 3] === 120) n++;
-                  return n / (c.width * c.height);
-                }"""
-            )
+            tinted = drag_box_on_sample(page, server_url)
             score = page.locator("#score").inner_text()
             note = page.locator("#recognition").inner_text()
             ARTIFACTS.mkdir(exist_ok=True)
@@ -106,3 +136,25 @@ def test_drag_a_box_and_see_the_mask(server_url: str, tmp_path: Path) -> None:
     assert 0.1 < tinted < 0.4, tinted  # the cup covers roughly a fifth of the photo
     assert score.startswith("score 0.") and "area" in score
     assert "recognition weights are missing" in note
+
+
+def test_labels_and_scores_appear_with_a_recognizer(labelled_server_url: str) -> None:
+    if CHROMIUM is None:
+        pytest.skip("Debian chromium is not installed (scripts/install_browser_test_deps.sh)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 800})
+            tinted = drag_box_on_sample(page, labelled_server_url, vocabulary="coco")
+            page.wait_for_function("document.getElementById('labels').children.length > 0")
+            labels = page.locator("#labels").inner_text()
+            note = page.locator("#recognition").inner_text()
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "serve_browser_labels.png"))
+        finally:
+            browser.close()
+    assert 0.1 < tinted < 0.4, tinted
+    rows = [row for row in labels.splitlines() if row.strip()]
+    assert len(rows) == 5 and all(any(ch.isdigit() for ch in row) for row in rows), labels
+    assert "tiny random test CLIP" in note and "missing" not in note

@@ -19,6 +19,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="registered model name")
     parser.add_argument("--checkpoint", default=None, help="checkpoint file or weights name")
     parser.add_argument("--cache-size", type=int, default=16, help="embedded images kept (LRU)")
+    parser.add_argument("--labels", action="store_true", help="name masks with CLIP (downloads it)")
+    parser.add_argument("--clip", default="RN50x16", help="CLIP architecture for labels")
+    parser.add_argument(
+        "--clip-weights", default="openai", help="pretrained tag or checkpoint file"
+    )
+    parser.add_argument(
+        "--random-recognition", action="store_true",
+        help="label with random CLIP weights (testing only: labels are meaningless)",
+    )  # fmt: skip
     parser.set_defaults(run=run)
 
 
@@ -36,7 +45,13 @@ def run(args: argparse.Namespace) -> int:
             "pip install 'ovsam[serve]'"
         ) from exc
     settings = ServeSettings(
-        model=args.model, checkpoint=args.checkpoint, cache_images=args.cache_size
+        model=args.model,
+        checkpoint=args.checkpoint,
+        cache_images=args.cache_size,
+        labels=args.labels,
+        random_recognition=args.random_recognition,
+        clip_model=args.clip,
+        clip_weights=args.clip_weights,
     )
     app = create_app(settings, default_engine)
     print(f"ovsam: serving {args.model} on http://{args.host}:{args.port}/ (API docs at /docs)")

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 from fastapi import FastAPI, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -23,7 +24,7 @@ from ovsam.errors import InputError, NotReadyError
 from ovsam.image_io import ImageTooLargeError, load_image
 from ovsam.masks import encode_rle, mask_to_bbox_xywh
 from ovsam.outputs import png_bytes
-from ovsam.serve.engine import SegmentationEngine
+from ovsam.serve.engine import NO_RECOGNITION, MissingRecognizer, Recognizer, SegmentationEngine
 from ovsam.serve.schemas import (
     ErrorResponse,
     Health,
@@ -37,6 +38,7 @@ from ovsam.serve.schemas import (
 )
 from ovsam.serve.settings import ServeSettings
 from ovsam.serve.store import ImageStore, StoredImage
+from ovsam.vocab import BUILTIN_VOCABULARIES, builtin_vocabulary
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 422)}
@@ -71,6 +73,10 @@ class Vocabularies:
         self._lock = threading.Lock()
 
     def add(self, name: str, names: list[str]) -> list[str]:
+        if name in BUILTIN_VOCABULARIES:
+            raise ApiError(
+                409, "builtin_vocabulary", f"{name!r} is a built-in vocabulary: choose another name"
+            )
         cleaned = list(dict.fromkeys(n.strip() for n in names if n.strip()))
         if not cleaned:
             raise ApiError(400, "empty_vocabulary", "vocabulary is empty: give at least one name")
@@ -93,13 +99,19 @@ class Vocabularies:
     def get(self, name: str) -> list[str]:
         with self._lock:
             names = self._custom.get(name)
+        if names is None and name in BUILTIN_VOCABULARIES:
+            names = list(builtin_vocabulary(name).classes)
         if names is None:
             raise ApiError(404, "unknown_vocabulary", f"unknown vocabulary {name!r}")
         return names
 
     def list(self) -> list[VocabularyInfo]:
+        builtins = [
+            VocabularyInfo(name=n, size=len(builtin_vocabulary(n)), builtin=True)
+            for n in BUILTIN_VOCABULARIES
+        ]
         with self._lock:
-            return [
+            return builtins + [
                 VocabularyInfo(name=k, size=len(v), builtin=False) for k, v in self._custom.items()
             ]
 
@@ -263,4 +275,33 @@ def default_engine(settings: ServeSettings) -> SegmentationEngine:
     from ovsam.predictor import SamPredictor
 
     model = build_model(settings.model, checkpoint=settings.checkpoint)
-    return SegmentationEngine(SamPredictor(model), settings.model)
+    return SegmentationEngine(SamPredictor(model), settings.model, default_recognizer(settings))
+
+
+def default_recognizer(settings: ServeSettings) -> Recognizer:
+    """CLIP Image-Crop labels when asked for (``settings.labels``) and the weights load;
+    otherwise a :class:`MissingRecognizer` whose message says exactly what to do."""
+    from ovsam.clip.factory import create_model
+    from ovsam.errors import WeightsUnavailableError
+    from ovsam.serve.recognition import ClipRecognizer
+
+    weights = f"clip_{settings.clip_model}_openai"
+    if settings.random_recognition:
+        torch.manual_seed(0)
+        clip = create_model(settings.clip_model)
+        return ClipRecognizer(
+            clip, f"random CLIP {settings.clip_model} weights: labels are meaningless"
+        )
+    if not settings.labels:
+        return MissingRecognizer(
+            f"{NO_RECOGNITION}; start with 'ovsam serve --labels' to load CLIP {settings.clip_model} "
+            f"({weights}, downloaded on first use)"
+        )
+    try:
+        clip = create_model(settings.clip_model, pretrained=settings.clip_weights)
+    except WeightsUnavailableError as exc:
+        return MissingRecognizer(
+            f"{NO_RECOGNITION}: {exc}".splitlines()[0]
+            + f" (get it with 'ovsam download {weights}')"
+        )
+    return ClipRecognizer(clip, f"CLIP {settings.clip_model} ({settings.clip_weights})")

@@ -13,7 +13,9 @@ class ServeSettings:
 
     ``cache_images`` / ``cache_bytes`` bound the LRU store of embedded images (an embedding
     of MobileSAM is 4 MiB); ``max_points`` bounds the clicks of one request;
-    ``max_vocabulary`` the names of a custom vocabulary.
+    ``max_vocabulary`` the names of a custom vocabulary. ``labels`` loads CLIP
+    ``clip_model`` / ``clip_weights`` for recognition; ``random_recognition`` uses random weights
+    (testing only).
     """
 
     model: str = "mobilesam"
@@ -28,4 +30,8 @@ class ServeSettings:
     cache_bytes: int = 512 * 1024 * 1024
     masks_per_image: int = 32
     top_k: int = 5
+    labels: bool = False
+    random_recognition: bool = False
+    clip_model: str = "RN50x16"
+    clip_weights: str = "openai"
     extra: dict[str, str] = field(default_factory=dict)

@@ -243,7 +243,7 @@ async function refreshVocabularies(selected) {
 async function init() {
   try {
     const health = await api("/v1/health");
-    $("recognition").textContent = health.recognition.available ? "" : health.recognition.message;
+    $("recognition").textContent = health.recognition.message;
     await refreshVocabularies();
     setStatus(`Model ${health.model} ready. Upload an image or use the sample photo.`);
   } catch (err) {

@@ -1,0 +1,67 @@
+"""A real recognizer for the server: CLIP Image-Crop labels for each predicted mask.
+
+Text banks are built once per vocabulary (and cached on disk by
+:func:`~ovsam.clip.text_bank.build_text_bank`); the uploaded pixels are kept in the image's
+state (``extras["pixels"]``) so a mask can be cropped later without re-upload.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+from ovsam.clip.model import CLIP
+from ovsam.clip.region_classifier import classify_regions
+from ovsam.clip.text_bank import TextBank, build_text_bank
+from ovsam.predictor import ImageState
+from ovsam.vocab import prompt_templates
+
+PIXELS = "pixels"
+
+
+class ClipRecognizer:
+    """Names masks with CLIP (the paper's Image-Crop baseline); ``note`` describes the weights."""
+
+    available = True
+    needs_pixels = True
+
+    def __init__(self, clip: CLIP, note: str, templates: str = "vild", banks_kept: int = 4) -> None:
+        self.clip = clip.eval()
+        self.message = f"recognition: {note}, Image-Crop (CLIP on the masked crop)"
+        self.templates = prompt_templates(templates)
+        self._banks: OrderedDict[tuple[str, ...], TextBank] = OrderedDict()
+        self._banks_kept = banks_kept
+        self._lock = threading.Lock()
+
+    def bank(self, vocabulary: list[str]) -> TextBank:
+        """The (LRU-kept) text bank of ``vocabulary``."""
+        key = tuple(vocabulary)
+        with self._lock:
+            if key in self._banks:
+                self._banks.move_to_end(key)
+                return self._banks[key]
+        bank = build_text_bank(self.clip, [[n] for n in vocabulary], self.templates, progress=False)
+        with self._lock:
+            self._banks[key] = bank
+            while len(self._banks) > self._banks_kept:
+                self._banks.popitem(last=False)
+        return bank
+
+    def label(
+        self, state: ImageState, mask: np.ndarray, vocabulary: list[str], top_k: int
+    ) -> list[tuple[str, float]]:
+        if not mask.any():
+            return []
+        pixels = state.extras[PIXELS].numpy()
+        labels = classify_regions(
+            self.clip, pixels, self.bank(vocabulary), masks=mask[None], top_k=top_k
+        )
+        return labels.top_k()[0]
+
+
+def pixels_tensor(image: np.ndarray) -> torch.Tensor:
+    """The image kept in an :class:`ImageState` for later crops (uint8, shared memory)."""
+    return torch.from_numpy(np.ascontiguousarray(image))
