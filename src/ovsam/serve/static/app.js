@@ -172,7 +172,7 @@ function showResult() {
   for (const link of [$("download-png"), $("download-json")]) link.classList.toggle("disabled", !r);
   if (!r) { $("score").textContent = "No mask yet."; return; }
   $("score").textContent = `score ${r.score.toFixed(3)} · area ${r.area} px · box ${r.bbox.join(", ")}`;
-  $("recognition").textContent = r.recognition.available ? "" : r.recognition.message;
+  $("recognition").textContent = r.recognition.message;
   for (const label of r.labels) {
     const li = document.createElement("li");
     li.textContent = `${label.name} — ${label.score.toFixed(3)}`;
