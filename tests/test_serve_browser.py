@@ -118,42 +118,43 @@ def drag_box_on_sample(page: object, server_url: str, vocabulary: str | None = N
     )
 
 
-def test_drag_a_box_and_see_the_mask(server_url: str, tmp_path: Path) -> None:
+@contextmanager
+def browser_page() -> Iterator[object]:
+    """A 1200x800 page in headless Debian Chromium (skips cleanly when either is missing)."""
     if CHROMIUM is None:
         pytest.skip("Debian chromium is not installed (scripts/install_browser_test_deps.sh)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1200, "height": 800})
-            tinted = drag_box_on_sample(page, server_url)
-            score = page.locator("#score").inner_text()
-            note = page.locator("#recognition").inner_text()
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "serve_browser.png"))
+            yield browser.new_page(viewport={"width": 1200, "height": 800})
         finally:
             browser.close()
+
+
+def screenshot(page: object, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / name))
+
+
+def test_drag_a_box_and_see_the_mask(server_url: str) -> None:
+    with browser_page() as page:
+        tinted = drag_box_on_sample(page, server_url)
+        score = page.locator("#score").inner_text()
+        note = page.locator("#recognition").inner_text()
+        screenshot(page, "serve_browser.png")
     assert 0.1 < tinted < 0.4, tinted  # the cup covers roughly a fifth of the photo
     assert score.startswith("score 0.") and "area" in score
     assert "recognition weights are missing" in note
 
 
 def test_labels_and_scores_appear_with_a_recognizer(labelled_server_url: str) -> None:
-    if CHROMIUM is None:
-        pytest.skip("Debian chromium is not installed (scripts/install_browser_test_deps.sh)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 800})
-            tinted = drag_box_on_sample(page, labelled_server_url, vocabulary="coco")
-            page.wait_for_function("document.getElementById('labels').children.length > 0")
-            labels = page.locator("#labels").inner_text()
-            note = page.locator("#recognition").inner_text()
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "serve_browser_labels.png"))
-        finally:
-            browser.close()
+    with browser_page() as page:
+        tinted = drag_box_on_sample(page, labelled_server_url, vocabulary="coco")
+        page.wait_for_function("document.getElementById('labels').children.length > 0")
+        labels = page.locator("#labels").inner_text()
+        note = page.locator("#recognition").inner_text()
+        screenshot(page, "serve_browser_labels.png")
     assert 0.1 < tinted < 0.4, tinted
     rows = [row for row in labels.splitlines() if row.strip()]
     assert len(rows) == 5 and all(any(ch.isdigit() for ch in row) for row in rows), labels

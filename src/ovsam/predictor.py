@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ovsam.boxes import clip_boxes_to_image, finite_array
 from ovsam.errors import InputError, NotReadyError
 from ovsam.image_io import check_image_array
 from ovsam.transforms import ResizeLongestSide
@@ -47,16 +48,6 @@ class ImageState:
         """Memory held by the state's tensors, in bytes."""
         tensors = [self.features, *self.extras.values()]
         return sum(t.element_size() * t.nelement() for t in tensors)
-
-
-def _finite_array(name: str, value: object, shape_hint: str) -> np.ndarray:
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"{name} must be numeric ({shape_hint}): {exc}") from exc
-    if not np.all(np.isfinite(arr)):
-        raise InputError(f"{name} contains NaN or infinite values")
-    return arr
 
 
 class SamPredictor:
@@ -154,14 +145,14 @@ class SamPredictor:
     def _check_points(
         self, point_coords: object, point_labels: object
     ) -> tuple[np.ndarray, np.ndarray]:
-        coords = _finite_array("point_coords", point_coords, "Nx2 XY pixels")
+        coords = finite_array("point_coords", point_coords, "Nx2 XY pixels")
         if coords.ndim != 2 or coords.shape[1] != 2 or coords.shape[0] == 0:
             raise InputError(f"point_coords must have shape Nx2 (XY pixels), got {coords.shape}")
         if point_labels is None:
             raise InputError(
                 "point_labels are required with point_coords (1 = object, 0 = background)"
             )
-        labels = _finite_array("point_labels", point_labels, "N values of 0 or 1")
+        labels = finite_array("point_labels", point_labels, "N values of 0 or 1")
         if labels.shape != (coords.shape[0],):
             raise InputError(
                 f"point_labels must have shape ({coords.shape[0]},), got {labels.shape}"
@@ -186,29 +177,12 @@ class SamPredictor:
         Raises :class:`InputError` for NaN, inverted boxes (x1 < x0 or y1 < y0), boxes that
         lie entirely outside the image, and boxes with zero area after clipping.
         """
-        arr = _finite_array("box", boxes, "XYXY pixels")
-        arr = arr.reshape(1, 4) if arr.shape == (4,) else arr
-        if arr.ndim != 2 or arr.shape[1] != 4 or arr.shape[0] == 0:
-            raise InputError(f"box must be XYXY with shape (4,) or Nx4, got {np.shape(boxes)}")
         height, width = self.original_size
-        for x0, y0, x1, y1 in arr:
-            name = f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g})"
-            if x1 < x0 or y1 < y0:
-                raise InputError(f"{name} is inverted: expected x0 <= x1 and y0 <= y1 (XYXY)")
-            if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
-                raise InputError(f"{name} lies entirely outside the {width}x{height} image")
-        clipped = arr.copy()
-        clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, width)
-        clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, height)
-        empty = (clipped[:, 2] - clipped[:, 0] < 1) | (clipped[:, 3] - clipped[:, 1] < 1)
-        if np.any(empty):
-            x0, y0, x1, y1 = arr[np.argmax(empty)]
-            raise InputError(f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) has zero area inside the image")
-        return clipped.astype(np.float32)
+        return clip_boxes_to_image(boxes, height, width)
 
     @staticmethod
     def _check_mask_input(mask_input: object) -> np.ndarray:
-        arr = _finite_array("mask_input", mask_input, f"1x{LOW_RES}x{LOW_RES} logits")
+        arr = finite_array("mask_input", mask_input, f"1x{LOW_RES}x{LOW_RES} logits")
         if arr.shape != (1, LOW_RES, LOW_RES):
             raise InputError(
                 f"mask_input must be 1x{LOW_RES}x{LOW_RES} low-res logits (from a previous "

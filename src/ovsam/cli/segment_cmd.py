@@ -46,6 +46,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
+def add_clip_arguments(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
+    """``--clip``, ``--clip-weights`` and ``--random-recognition`` (segment and serve)."""
+    group.add_argument("--clip", default="RN50x16", help="CLIP architecture for recognition")
+    group.add_argument(
+        "--clip-weights", default="openai", help="pretrained tag (openai, ...) or checkpoint file"
+    )
+    group.add_argument(
+        "--random-recognition", action="store_true",
+        help="test the pipeline with random recognition weights (labels are meaningless)",
+    )  # fmt: skip
+
+
 def add_label_arguments(parser: argparse.ArgumentParser) -> None:
     """Options that name the mask (recognition)."""
     from ovsam.recognizers import RECOGNIZERS
@@ -54,19 +66,13 @@ def add_label_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--labels", action="store_true", help="name the mask as well")
     group.add_argument(
         "--vocab", default=None,
-        help="coco | lvis | imagenet1k | imagenet21k | FILE (one class per line) | 'cat; dog, puppy; mug' (classes split at ';' or ','); implies --labels",
+        help="coco | lvis | imagenet1k | imagenet21k | FILE (one class per line) | "
+        "'cat; dog, puppy; mug' (classes split at ';' or ','); implies --labels",
     )  # fmt: skip
     group.add_argument("--top-k", type=int, default=5, help="labels reported per mask")
     group.add_argument("--recognizer", choices=RECOGNIZERS, default="image-crop")
-    group.add_argument("--clip", default="RN50x16", help="CLIP architecture for recognition")
-    group.add_argument(
-        "--clip-weights", default="openai", help="pretrained tag (openai, ...) or checkpoint file"
-    )
     group.add_argument("--templates", default="vild", choices=["vild", "openai", "simple", "none"])
-    group.add_argument(
-        "--random-recognition", action="store_true",
-        help="test the pipeline with random recognition weights (labels are meaningless)",
-    )  # fmt: skip
+    add_clip_arguments(group)
 
 
 def label_options(args: argparse.Namespace):  # noqa: ANN201 - LabelOptions | None

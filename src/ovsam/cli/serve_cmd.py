@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ovsam.cli.segment_cmd import DEFAULT_MODEL
+from ovsam.cli.segment_cmd import DEFAULT_MODEL, add_clip_arguments
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -20,14 +20,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", default=None, help="checkpoint file or weights name")
     parser.add_argument("--cache-size", type=int, default=16, help="embedded images kept (LRU)")
     parser.add_argument("--labels", action="store_true", help="name masks with CLIP (downloads it)")
-    parser.add_argument("--clip", default="RN50x16", help="CLIP architecture for labels")
-    parser.add_argument(
-        "--clip-weights", default="openai", help="pretrained tag or checkpoint file"
-    )
-    parser.add_argument(
-        "--random-recognition", action="store_true",
-        help="label with random CLIP weights (testing only: labels are meaningless)",
-    )  # fmt: skip
+    add_clip_arguments(parser)
     parser.set_defaults(run=run)
 
 

@@ -63,5 +63,5 @@ class ClipRecognizer:
 
 
 def pixels_tensor(image: np.ndarray) -> torch.Tensor:
-    """The image kept in an :class:`ImageState` for later crops (uint8, shared memory)."""
-    return torch.from_numpy(np.ascontiguousarray(image))
+    """The image kept in an :class:`ImageState` for later crops (a uint8 copy)."""
+    return torch.from_numpy(np.array(image, dtype=np.uint8, copy=True))
