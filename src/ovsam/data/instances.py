@@ -1,0 +1,135 @@
+"""COCO- and LVIS-format instance datasets (polygons and RLE) and SA-1B-style image folders.
+
+``InstanceDataset(annotations, image_root)`` reads a COCO ``instances_*.json`` or an LVIS v1
+file (category ``frequency`` kept; LVIS images are located by the last part of ``coco_url``
+when there is no ``file_name``). Item ``i`` is an :class:`Instances`: the ``HxWx3`` uint8 RGB
+image, ``Nx4`` XYXY pixel boxes, ``NxHxW`` bool masks and the category id / name of each
+instance (crowd and empty annotations skipped). ``category_filter`` keeps only some categories
+(e.g. the 65 of OV-COCO).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ovsam.errors import InputError
+from ovsam.image_io import load_image
+from ovsam.masks import decode_rle
+
+
+@dataclass
+class Instances:
+    """One image and its instances (``boxes`` XYXY pixels, ``masks`` ``NxHxW`` bool)."""
+
+    image_id: int
+    image: np.ndarray
+    boxes: np.ndarray
+    masks: np.ndarray
+    category_ids: list[int]
+    names: list[str]
+
+
+def polygons_to_mask(polygons: list[list[float]], height: int, width: int) -> np.ndarray:
+    """Rasterise COCO polygons (``[x0, y0, x1, y1, ...]`` lists) into an ``HxW`` bool mask."""
+    canvas = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(canvas)
+    for polygon in polygons:
+        if len(polygon) >= 6:
+            draw.polygon([(polygon[i], polygon[i + 1]) for i in range(0, len(polygon), 2)], fill=1)
+    return np.asarray(canvas, dtype=bool)
+
+
+def annotation_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
+    """The mask of a COCO ``segmentation`` field: polygons, RLE or uncompressed RLE."""
+    if isinstance(segmentation, list):
+        return polygons_to_mask(segmentation, height, width)
+    if isinstance(segmentation, Mapping):
+        return decode_rle(dict(segmentation))
+    raise InputError(f"unsupported segmentation of type {type(segmentation).__name__}")
+
+
+class InstanceDataset:
+    """COCO / LVIS instances with masks (see the module docstring)."""
+
+    def __init__(
+        self,
+        annotations: str | Path | Mapping[str, Any],
+        image_root: str | Path,
+        category_filter: Callable[[Mapping[str, Any]], bool] | None = None,
+    ) -> None:
+        data = annotations if isinstance(annotations, Mapping) else _read_json(Path(annotations))
+        for key in ("images", "annotations", "categories"):
+            if key not in data:
+                raise InputError(f"annotation file has no {key!r}: not COCO / LVIS instances")
+        self.image_root = Path(image_root)
+        self.categories = {
+            c["id"]: c for c in data["categories"] if category_filter is None or category_filter(c)
+        }
+        by_image: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
+        for ann in data["annotations"]:
+            if ann["category_id"] in self.categories and not ann.get("iscrowd", 0):
+                by_image[ann["image_id"]].append(ann)
+        self.images = [img for img in data["images"] if by_image.get(img["id"])]
+        self._annotations = by_image
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def image_path(self, index: int) -> Path:
+        info = self.images[index]
+        name = info.get("file_name") or str(info.get("coco_url", "")).rsplit("/", 1)[-1]
+        return self.image_root / name
+
+    def __getitem__(self, index: int) -> Instances:
+        info = self.images[index]
+        image = load_image(self.image_path(index))
+        height, width = image.shape[:2]
+        boxes, masks, ids = [], [], []
+        for ann in self._annotations[info["id"]]:
+            mask = annotation_mask(ann["segmentation"], height, width)
+            ys, xs = np.nonzero(mask)
+            if xs.size == 0:
+                continue
+            boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+            masks.append(mask)
+            ids.append(int(ann["category_id"]))
+        return Instances(
+            int(info["id"]),
+            image,
+            np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+            np.asarray(masks, dtype=bool).reshape(-1, height, width),
+            ids,
+            [self.categories[i]["name"] for i in ids],
+        )
+
+
+class ImageFolder:
+    """SA-1B-style folder of images (no labels needed): sorted ``*.jpg/*.jpeg/*.png`` files."""
+
+    SUFFIXES = (".jpg", ".jpeg", ".png")
+
+    def __init__(self, root: str | Path) -> None:
+        self.paths = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in self.SUFFIXES)
+        if not self.paths:
+            raise InputError(f"no images (*.jpg, *.jpeg, *.png) under {root}")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return load_image(self.paths[index])
+
+
+def _read_json(path: Path) -> Mapping[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read annotations {path}: {exc}") from exc

@@ -1,0 +1,144 @@
+"""The paper's evaluation protocol: known answers, splits, prompts, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ovsam.data.instances import InstanceDataset, polygons_to_mask
+from ovsam.data.prompts import center_points, large_scale_jitter, random_points
+from ovsam.evaluation.metrics import summarize
+from ovsam.evaluation.runner import coco_ov_splits, evaluate_rank, lvis_splits, write_report
+from tiny_coco import write_tiny_coco
+
+
+class Oracle:
+    """Predicts the ground truth (masks looked up by prompt), optionally one wrong label."""
+
+    def __init__(self, dataset: InstanceDataset, wrong: tuple[int, str] | None = None) -> None:
+        self.items = [dataset[i] for i in range(len(dataset))]
+        self.wrong = wrong
+
+    def _item(self, image: np.ndarray):  # noqa: ANN202
+        return next(it for it in self.items if np.array_equal(it.image, image))
+
+    def predict_instances(
+        self, image: np.ndarray, boxes: np.ndarray | None, points: np.ndarray | None
+    ) -> tuple[np.ndarray, list[str]]:
+        item = self._item(image)
+        names = list(item.names)
+        if self.wrong is not None and self.wrong[0] == item.image_id:
+            names[0] = self.wrong[1]
+        if points is not None:  # the centre point must fall inside its own mask
+            assert all(item.masks[i, int(y), int(x)] for i, (x, y) in enumerate(points))
+        return item.masks, names
+
+
+@pytest.fixture()
+def coco(tmp_path: Path) -> InstanceDataset:
+    path = write_tiny_coco(tmp_path / "coco", images=4)
+    splits = coco_ov_splits()
+    return InstanceDataset(path, tmp_path / "coco" / "images", lambda c: splits[c["id"]] != "none")
+
+
+def test_dataset_reads_polygons_and_rle_and_filters_the_ov_split(coco: InstanceDataset) -> None:
+    assert set(c["name"] for c in coco.categories.values()) == {"person", "car", "cat", "cup"}
+    item = coco[0]
+    assert item.image.shape == (96, 128, 3) and item.masks.shape[1:] == (96, 128)
+    assert (
+        len(item.names) == len(item.boxes) == len(item.masks) and "traffic light" not in item.names
+    )
+    for box, mask in zip(item.boxes, item.masks, strict=True):
+        ys, xs = np.nonzero(mask)
+        assert box.tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+
+
+def test_ground_truth_predictions_score_100(coco: InstanceDataset, tmp_path: Path) -> None:
+    records = evaluate_rank(Oracle(coco), coco, coco_ov_splits(), tmp_path / "out")
+    metrics = write_report(tmp_path / "out", "oracle")
+    assert metrics["IoU"] == pytest.approx(100.0) and metrics["Acc"] == 100.0
+    assert metrics["IoU_b"] == pytest.approx(100.0) and metrics["IoU_n"] == pytest.approx(100.0)
+    assert metrics["instances"] == len(records) == metrics["instances_b"] + metrics["instances_n"]
+    names = {r.category: r.split for r in records}
+    assert {n: s for n, s in names.items()} == {
+        k: v
+        for k, v in {"person": "base", "car": "base", "cat": "novel", "cup": "novel"}.items()
+        if k in names
+    }
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert table.splitlines()[2].startswith("| oracle | 100.0 | 100.0 | 100.0 |")
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["method"] == "oracle"
+
+
+def test_one_wrong_label_drops_accuracy_by_exactly_one_instance(
+    coco: InstanceDataset, tmp_path: Path
+) -> None:
+    first = coco[0]
+    records = evaluate_rank(
+        Oracle(coco, wrong=(first.image_id, "zebra")), coco, coco_ov_splits(), tmp_path
+    )
+    metrics = summarize(records)
+    n = metrics["instances"]
+    assert metrics["Acc"] == pytest.approx(100.0 * (n - 1) / n)
+    assert metrics["IoU"] == pytest.approx(100.0)
+    split = coco_ov_splits()[first.category_ids[0]]
+    key, count = (
+        ("Acc_b", metrics["instances_b"]) if split == "base" else ("Acc_n", metrics["instances_n"])
+    )
+    assert metrics[key] == pytest.approx(100.0 * (count - 1) / count)
+
+
+def test_point_prompts_and_resume(coco: InstanceDataset, tmp_path: Path) -> None:
+    oracle = Oracle(coco)
+    evaluate_rank(oracle, coco, coco_ov_splits(), tmp_path, prompt="point", limit=2)
+    lines = (tmp_path / "records.rank0.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    (tmp_path / "records.rank0.jsonl").write_text(
+        "\n".join(lines) + '\n{"image_id": 9, "rec', encoding="utf-8"
+    )
+    calls: list[int] = []
+    original = oracle.predict_instances
+
+    def counting(image: np.ndarray, boxes: object, points: object) -> tuple[np.ndarray, list[str]]:
+        calls.append(1)
+        return original(image, boxes, points)
+
+    oracle.predict_instances = counting  # type: ignore[method-assign]
+    records = evaluate_rank(oracle, coco, coco_ov_splits(), tmp_path, prompt="point")
+    assert (
+        len(calls) == 2 and len({r.image_id for r in records}) == 4
+    )  # only the 2 missing images ran
+
+
+def test_ranks_partition_the_images(coco: InstanceDataset, tmp_path: Path) -> None:
+    ids = [
+        {
+            r.image_id
+            for r in evaluate_rank(Oracle(coco), coco, coco_ov_splits(), tmp_path, rank=k, world=2)
+        }
+        for k in range(2)
+    ]
+    assert not ids[0] & ids[1] and len(ids[0] | ids[1]) == 4
+    assert write_report(tmp_path, "oracle", world=2)["Acc"] == 100.0
+
+
+def test_lvis_novel_classes_are_the_rare_ones() -> None:
+    cats = [{"id": 1, "frequency": "r"}, {"id": 2, "frequency": "c"}, {"id": 3, "frequency": "f"}]
+    assert lvis_splits(cats) == {1: "novel", 2: "base", 3: "base"}
+
+
+def test_prompt_helpers() -> None:
+    mask = np.zeros((1, 20, 30), dtype=bool)
+    mask[0, 2:18, 3:13] = True
+    x, y = center_points(mask)[0]
+    assert 7 <= x <= 9 and 9 <= y <= 11
+    rng = np.random.default_rng(0)
+    px, py = random_points(mask, rng)[0]
+    assert mask[0, int(py), int(px)]
+    image = np.full((20, 30, 3), 200, dtype=np.uint8)
+    out_img, out_mask = large_scale_jitter(image, mask, rng, size=64, scale_range=(1.0, 1.0))
+    assert out_img.shape == (64, 64, 3) and out_mask.shape == (1, 64, 64) and out_mask.any()
+    assert polygons_to_mask([[1, 1, 5, 1, 5, 4, 1, 4]], 6, 8).sum() == 20
