@@ -16,6 +16,7 @@ import torch
 
 from ovsam.build import build_model
 from ovsam.errors import WeightsUnavailableError
+from ovsam.vocab import Vocabulary
 
 RECOGNIZERS = ("image-crop", "feature-crop", "ovsam")
 RANDOM_NOTE = "random recognition weights (testing only): labels are meaningless"
@@ -31,7 +32,7 @@ class LabelOptions:
     file or names), ``top_k``, the CLIP architecture + weights (registered tag such as
     ``"openai"`` or a file) for the baselines and the text bank, ``random_weights`` opt-in, prompt ``templates`` (vild/openai/simple/none)."""
 
-    vocabulary: str | Path | list[str] = "coco"
+    vocabulary: str | Path | list[str] | Vocabulary = "coco"
     top_k: int = 5
     recognizer: str = "image-crop"
     clip_model: str = "RN50x16"

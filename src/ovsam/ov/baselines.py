@@ -128,6 +128,17 @@ class CropBaselinePredictor(SamPredictor):
         binary = masks > self.model.mask_threshold if return_logits else masks
         return masks, scores, low_res, self.recognize_masks(self._non_empty(binary, box))
 
+    def predict_boxes(  # type: ignore[override]
+        self, boxes: np.ndarray, multimask_output: bool = False, batch_size: int = 64
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Labels]]:
+        """SAM's ``predict_boxes`` plus labels of each box's first mask."""
+        masks, scores, low_res = super().predict_boxes(boxes, multimask_output, batch_size)
+        clipped = self.clip_boxes(boxes)
+        first = np.stack(
+            [self._non_empty(m[:1], b)[0] for m, b in zip(masks, clipped, strict=True)]
+        )
+        return masks, scores, low_res, self.recognize_masks(first)
+
     def _non_empty(self, masks: np.ndarray, box: np.ndarray | None) -> np.ndarray:
         """Replace empty masks by the prompt's box (or the whole image) so each gets a label."""
         fixed = masks.copy()
