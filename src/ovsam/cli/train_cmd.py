@@ -1,0 +1,63 @@
+"""``ovsam train TASK --data DIR --out RUN [--set FIELD=VALUE ...]`` (run under ``torchrun``).
+
+Single process: ``ovsam train sam2clip --data images/ --out runs/a``. Several processes /
+machines: ``torchrun --nproc_per_node 8 -m ovsam train sam2clip ...`` (see the README).
+Re-running the same command resumes from the newest checkpoint in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+TASKS = ("sam2clip",)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train the SAM2CLIP adapter (distillation from a SAM image encoder)",
+        description="Train with the configuration in ovsam.train.config.TrainConfig; fields are "
+        "overridden with --set FIELD=VALUE and the result is saved as RUN/config.json.",
+    )
+    parser.add_argument("task", choices=TASKS)
+    parser.add_argument(
+        "--data", type=Path, required=True, help="image folder (or COCO image root)"
+    )
+    parser.add_argument("--annotations", type=Path, default=None, help="COCO/LVIS json (optional)")
+    parser.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, logs)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=VALUE", help="config override"
+    )
+    parser.add_argument(
+        "--stop-after", type=int, default=None, help="stop after this step (testing)"
+    )
+    parser.add_argument("--device", default="auto", help="auto (cuda if available) or cpu")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from ovsam.distributed import init_distributed, shutdown
+    from ovsam.train.config import TrainConfig, apply_overrides, load_config
+    from ovsam.train.engine import Trainer
+    from ovsam.train.sam2clip_task import Sam2ClipTask
+
+    info = init_distributed(args.device)
+    base = load_config(args.out) if (args.out / "config.json").is_file() else TrainConfig()
+    config = replace(
+        base,
+        task=args.task,
+        data=str(args.data),
+        annotations=str(args.annotations or ""),
+        out=str(args.out),
+    )
+    config = apply_overrides(config, args.set)
+    task = Sam2ClipTask(config, info.device)
+    rows = Trainer(config, task, info).train(stop_after=args.stop_after)
+    if info.is_main and rows:
+        last = rows[-1]
+        print(f"step {last['step']}: loss {last['loss']:.6g} -> {args.out}")
+    shutdown()
+    return 0

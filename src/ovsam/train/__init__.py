@@ -1,0 +1,1 @@
+"""Training: SAM2CLIP distillation and CLIP2SAM training on one ``torchrun``-based engine."""

@@ -1,0 +1,204 @@
+"""The training loop shared by every task: DDP, accumulation, bf16, checkpoints, exact resume.
+
+A *task* owns the frozen parts, the data and the loss; the engine owns the trainable module
+(wrapped in ``DistributedDataParallel`` when ``torchrun`` started several processes), the
+AdamW optimizer, the warm-up + cosine schedule, gradient accumulation and clipping, bf16 autocast
+on GPU, logs (``log.jsonl`` and, when ``tensorboard`` is installed, ``tb/``), progress bars on
+rank 0 and checkpoints every ``checkpoint_every`` steps (``checkpoints/step_N.pt`` written
+atomically, ``latest.json`` pointing at the newest).
+
+Resume is exact: a checkpoint holds the trainable weights, optimizer and scheduler state, the
+step, and the torch RNG state; data order and augmentation are pure functions of
+``(seed, step, rank)``, so the steps replayed after a restart see the same batches.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from ovsam.distributed import DistInfo, barrier
+from ovsam.fileio import atomic_path, atomic_write_json
+from ovsam.train.config import TrainConfig, save_config
+
+
+class Task(Protocol):
+    """What the engine trains: ``trainable`` (a module), ``num_items`` and ``loss``."""
+
+    trainable: nn.Module
+    num_items: int
+
+    def loss(
+        self, module: nn.Module, items: list[int], rng: np.random.Generator
+    ) -> dict[str, torch.Tensor]:
+        """Losses of one micro-batch (``items`` are dataset indices); key ``loss`` is optimised."""
+
+
+def batch_items(
+    config: TrainConfig, step: int, micro: int, rank: int, world: int, num_items: int
+) -> list[int]:
+    """Dataset indices of one micro-batch: epoch-wise permutations seeded by ``config.seed``,
+    shared by all ranks and split between them (a pure function of the arguments)."""
+    per_step = config.batch_size * world
+    start = ((step * config.grad_accum + micro) * per_step) + rank * config.batch_size
+    out = []
+    for position in range(start, start + config.batch_size):
+        epoch, offset = divmod(position, num_items)
+        order = np.random.default_rng([config.seed, epoch]).permutation(num_items)
+        out.append(int(order[offset]))
+    return out
+
+
+def lr_factor(config: TrainConfig, step: int) -> float:
+    """Linear warm-up then cosine decay to zero at ``config.steps``."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    span = max(1, config.steps - config.warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - config.warmup_steps) / span)))
+
+
+class Trainer:
+    """Runs ``task`` under ``config`` in this process (one rank of a ``torchrun`` job)."""
+
+    def __init__(self, config: TrainConfig, task: Task, info: DistInfo) -> None:
+        self.config, self.task, self.info = config, task, info
+        self.run_dir = Path(config.out)
+        self.module = task.trainable.to(info.device)
+        self.wrapped: nn.Module = self.module
+        if info.world > 1:
+            ids = [info.device.index] if info.device.type == "cuda" else None
+            self.wrapped = DistributedDataParallel(self.module, device_ids=ids)
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(config, s)
+        )
+        self.step = 0
+        self._writer = None
+
+    # ------------------------------------------------------------------ checkpoints
+    def _latest(self) -> Path | None:
+        pointer = self.run_dir / "checkpoints" / "latest.json"
+        if not pointer.is_file():
+            return None
+        return self.run_dir / "checkpoints" / json.loads(pointer.read_text())["file"]
+
+    def save(self) -> Path:
+        path = self.run_dir / "checkpoints" / f"step_{self.step}.pt"
+        if self.info.is_main:
+            state = {
+                "step": self.step,
+                "model": self.module.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+            }
+            with atomic_path(path) as tmp:
+                torch.save(state, tmp)
+            atomic_write_json(path.parent / "latest.json", {"file": path.name, "step": self.step})
+        barrier()
+        return path
+
+    def resume(self) -> bool:
+        """Load the newest checkpoint of the run, if any; returns whether one was found."""
+        path = self._latest()
+        if path is None:
+            return False
+        state = torch.load(path, map_location=self.info.device, weights_only=True)
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        self.step = int(state["step"])
+        return True
+
+    # ------------------------------------------------------------------ logging
+    def _log(self, row: dict[str, float]) -> None:
+        if not self.info.is_main:
+            return
+        with (self.run_dir / "log.jsonl").open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if self._writer is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(str(self.run_dir / "tb"))
+            except ImportError:  # tensorboard is the optional [train] extra
+                self._writer = False
+        if self._writer:
+            for key, value in row.items():
+                if key != "step":
+                    self._writer.add_scalar(key, value, int(row["step"]))
+
+    def _mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
+        if self.info.world == 1:
+            return values
+        tensor = torch.tensor(list(values.values()), dtype=torch.float64, device=self.info.device)
+        dist.all_reduce(tensor)
+        return dict(zip(values, (tensor / self.info.world).tolist(), strict=True))
+
+    # ------------------------------------------------------------------ loop
+    def train(self, stop_after: int | None = None) -> list[dict[str, float]]:
+        """Train to ``config.steps`` (resuming if possible); ``stop_after`` ends the process's
+        work after that global step, as an interruption would. Returns the logged rows."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.info.is_main:
+            save_config(self.config, self.run_dir)
+        self.resume()
+        config, rows = self.config, []
+        use_bf16 = config.bf16 and self.info.device.type == "cuda"
+        bar = tqdm(
+            total=config.steps, initial=self.step, desc=config.task, disable=not self.info.is_main
+        )
+        while self.step < config.steps:
+            start = time.perf_counter()
+            totals: dict[str, float] = {}
+            for micro in range(config.grad_accum):
+                items = batch_items(
+                    config, self.step, micro, self.info.rank, self.info.world, self.task.num_items
+                )
+                rng = np.random.default_rng([config.seed, self.step, micro, self.info.rank])
+                last = micro == config.grad_accum - 1
+                sync = nullcontext() if last or self.info.world == 1 else self.wrapped.no_sync()
+                autocast = (
+                    torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
+                )
+                with sync, autocast:
+                    losses = self.task.loss(self.wrapped, items, rng)
+                    (losses["loss"] / config.grad_accum).backward()
+                for key, value in losses.items():
+                    totals[key] = totals.get(key, 0.0) + float(value.detach()) / config.grad_accum
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.module.parameters(), config.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            row = {
+                "step": self.step,
+                **self._mean_over_ranks(totals),
+                "lr": self.scheduler.get_last_lr()[0],
+            }
+            row["seconds"] = time.perf_counter() - start
+            rows.append(row)
+            if self.step % config.log_every == 0 or self.step == config.steps:
+                self._log(row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.4g}")
+            if self.step % config.checkpoint_every == 0 or self.step == config.steps:
+                self.save()
+            if stop_after is not None and self.step >= stop_after:
+                break
+        bar.close()
+        return rows

@@ -1,0 +1,95 @@
+"""SAM2CLIP distillation: a frozen SAM image encoder teaches the adapter on frozen CLIP stages.
+
+Images (an SA-1B-style folder, or the images of a COCO/LVIS file) are resized so the long side
+is 1024 and padded, SAM-normalised, and fed to both sides: the teacher's ``256x64x64``
+embedding (cached on disk under ``RUN/teacher_features`` on first use) is the target of the
+student = CLIP tower stages → :class:`~ovsam.ov.sam2clip.SAM2CLIPAdapter`; the loss is the MSE.
+The adapter's ``pos_embed`` buffer stays zero unless the teacher is a SAM ViT (then it is copied
+from the teacher, as the official code copies SAM ViT-H's).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ovsam.build import build_model
+from ovsam.clip.factory import create_model
+from ovsam.data.instances import ImageFolder, InstanceDataset
+from ovsam.fileio import atomic_path
+from ovsam.ov.sam2clip import SAM2CLIPAdapter
+from ovsam.train.config import TrainConfig
+from ovsam.transforms import ResizeLongestSide
+
+
+class Sam2ClipTask:
+    """The distillation task (see the module docstring)."""
+
+    def __init__(self, config: TrainConfig, device: torch.device) -> None:
+        self.config, self.device = config, device
+        if config.annotations:
+            self.images: ImageFolder | InstanceDataset = InstanceDataset(
+                config.annotations, config.data
+            )
+        else:
+            self.images = ImageFolder(config.data)
+        self.num_items = len(self.images)
+        self.teacher = (
+            build_model(config.teacher, config.teacher_checkpoint or None).to(device).eval()
+        )
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        if config.random_clip:
+            torch.manual_seed(config.seed)
+        clip = create_model(
+            config.clip_model, pretrained=None if config.random_clip else config.clip_weights
+        )
+        self.student = clip.visual.to(device).eval()
+        for p in self.student.parameters():
+            p.requires_grad_(False)
+        torch.manual_seed(config.seed)
+        self.trainable = SAM2CLIPAdapter(
+            self.student.stage_channels,
+            self.student.stage_strides,
+            embed_dim=config.adapter_dim,
+            depth=config.adapter_depth,
+            num_heads=config.adapter_heads,
+        )
+        pos = getattr(self.teacher.image_encoder, "pos_embed", None)
+        if isinstance(pos, torch.Tensor) and pos.shape == self.trainable.pos_embed.shape:
+            self.trainable.pos_embed.copy_(pos.detach())
+        self.transform = ResizeLongestSide(1024)
+        self.cache = Path(config.out) / "teacher_features"
+
+    def _image(self, index: int) -> np.ndarray:
+        item = self.images[index]
+        return item if isinstance(item, np.ndarray) else item.image
+
+    @torch.no_grad()
+    def inputs(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAM-normalised ``1x3x1024x1024`` input and the teacher embedding (cached)."""
+        resized = self.transform.apply_image(self._image(index))
+        pixels = torch.from_numpy(resized).permute(2, 0, 1)[None].float().to(self.device)
+        x = self.teacher.preprocess(pixels)
+        path = self.cache / f"{index}.pt"
+        if self.config.cache_teacher and path.is_file():
+            target = torch.load(path, map_location=self.device, weights_only=True)
+        else:
+            target = self.teacher.image_encoder(x)
+            if self.config.cache_teacher:
+                with atomic_path(path) as tmp:
+                    torch.save(target.cpu(), tmp)
+        return x, target
+
+    def loss(
+        self, module: nn.Module, items: list[int], rng: np.random.Generator
+    ) -> dict[str, torch.Tensor]:
+        xs, targets = zip(*(self.inputs(i) for i in items), strict=True)
+        with torch.no_grad():
+            stages = self.student.forward_features(torch.cat(xs))
+        prediction = module(stages)
+        return {"loss": F.mse_loss(prediction.float(), torch.cat(targets).float())}
