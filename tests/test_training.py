@@ -87,3 +87,34 @@ def test_config_overrides() -> None:
         apply_overrides(config, ["nope=1"])
     with pytest.raises(InputError, match="expected int"):
         apply_overrides(config, ["steps=many"])
+
+
+def test_clip2sam_head_learns_masks_and_classes(tmp_path: Path, mobilesam_checkpoint: Path) -> None:
+    import torch
+
+    from ovsam.distributed import DistInfo
+    from ovsam.train.clip2sam_task import Clip2SamTask
+    from ovsam.train.engine import Trainer
+
+    data = tmp_path / "data"
+    write_tiny_coco(data, images=1)
+    overrides = [o for o in OVERRIDES if not o.startswith(("steps", "lr"))]
+    overrides += ["steps=6", "lr=1e-3", "vocabulary=dataset", "lsj=false", "task=clip2sam"]
+    config = apply_overrides(
+        TrainConfig(
+            data=str(data / "images"),
+            annotations=str(data / "instances.json"),
+            out=str(tmp_path / "run"),
+        ),
+        overrides,
+    )
+    task = Clip2SamTask(config, torch.device("cpu"))
+    trainable = {n for n, p in task.trainable.named_parameters() if p.requires_grad}
+    assert any(n.startswith("fpn_neck.") for n in trainable) and any(
+        n.startswith("mask_decoder.roi_conv") for n in trainable
+    )
+    assert not any(p.requires_grad for p in task.adapter.parameters())
+    rows = Trainer(config, task, DistInfo(0, 1, 0, torch.device("cpu"))).train()
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    assert rows[-1]["loss"] < rows[0]["loss"] and rows[-1]["ce"] < rows[0]["ce"]
+    assert all(r["loss"] == r["loss"] for r in rows)

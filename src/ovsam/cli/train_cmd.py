@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-TASKS = ("sam2clip",)
+TASKS = ("sam2clip", "clip2sam")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
-        help="train the SAM2CLIP adapter (distillation from a SAM image encoder)",
+        help="train the SAM2CLIP adapter (distillation) or the CLIP2SAM head",
         description="Train with the configuration in ovsam.train.config.TrainConfig; fields are "
         "overridden with --set FIELD=VALUE and the result is saved as RUN/config.json.",
     )
@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from ovsam.distributed import init_distributed, shutdown
+    from ovsam.train.clip2sam_task import Clip2SamTask
     from ovsam.train.config import TrainConfig, apply_overrides, load_config
     from ovsam.train.engine import Trainer
     from ovsam.train.sam2clip_task import Sam2ClipTask
@@ -54,7 +55,11 @@ def run(args: argparse.Namespace) -> int:
         out=str(args.out),
     )
     config = apply_overrides(config, args.set)
-    task = Sam2ClipTask(config, info.device)
+    if config.task == "clip2sam" and not config.annotations:
+        from ovsam.errors import InputError
+
+        raise InputError("clip2sam training needs --annotations (COCO / LVIS instances)")
+    task = (Sam2ClipTask if config.task == "sam2clip" else Clip2SamTask)(config, info.device)
     rows = Trainer(config, task, info).train(stop_after=args.stop_after)
     if info.is_main and rows:
         last = rows[-1]

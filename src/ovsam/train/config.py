@@ -43,6 +43,7 @@ class TrainConfig:
     adapter_dim: int = 1280
     adapter_depth: int = 5
     adapter_heads: int = 16
+    adapter_checkpoint: str = ""
     cache_teacher: bool = True
     lsj: bool = True
     prompts_per_image: int = 40

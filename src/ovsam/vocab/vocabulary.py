@@ -58,11 +58,32 @@ class Vocabulary:
         except ValueError:
             raise InputError(f"{name!r} is not a class of vocabulary {self.name!r}") from None
 
-    def subset(self, keep: Callable[[Mapping[str, Any]], bool], name: str) -> Vocabulary:
-        """The classes whose ``info`` satisfies ``keep``, in order."""
-        rows = [i for i, info in enumerate(self.info) if keep(info)]
+    @property
+    def metadata(self) -> tuple[Mapping[str, Any], ...]:
+        """Alias of :attr:`info`: per-class dataset metadata (``id``, ``split``, ...)."""
+        return self.info
+
+    def subset(
+        self,
+        keep: Sequence[int] | Callable[[Mapping[str, Any]], bool],
+        name: str | None = None,
+    ) -> Vocabulary:
+        """The classes at the positions ``keep`` (in that order), or, when ``keep`` is a
+        callable, those whose ``info`` satisfies it (in vocabulary order)."""
+        if callable(keep):
+            rows = [i for i, info in enumerate(self.info) if keep(info)]
+        else:
+            rows = [int(i) for i in keep]
+            bad = [i for i in rows if not -len(self) <= i < len(self)]
+            if bad:
+                raise InputError(
+                    f"class index {bad[0]} is out of range for vocabulary {self.name!r} "
+                    f"({len(self)} classes)"
+                )
+            if len(set(r % len(self) for r in rows)) != len(rows):
+                raise InputError(f"subset of {self.name!r} repeats a class index")
         return Vocabulary(
-            name,
+            name if name is not None else f"{self.name}_subset",
             tuple(self.classes[i] for i in rows),
             tuple(self.synonyms[i] for i in rows),
             tuple(self.info[i] for i in rows),
@@ -134,8 +155,8 @@ def vocabulary_from_names(
 ) -> Vocabulary:
     """A vocabulary from class strings; commas separate synonyms (``"cat, kitty"``).
 
-    Raises :class:`InputError` for an empty list, an empty entry, a duplicate class, or more
-    than ``max_classes`` classes. Messages cite ``where`` numbers (``positions``, default 1..N).
+    Raises :class:`InputError` for an empty list, an empty entry, a duplicate class (display
+    names compared case-insensitively), or more than ``max_classes`` classes. Messages cite ``where`` numbers (``positions``, default 1..N).
     """
     if isinstance(entries, str):
         entries = [entries]
@@ -186,7 +207,10 @@ def vocabulary_from_file(path: str | Path, max_classes: int = MAX_CLASSES) -> Vo
 def load_vocabulary(
     spec: str | Path | Sequence[str] | Vocabulary, max_classes: int = MAX_CLASSES
 ) -> Vocabulary:
-    """A :class:`Vocabulary` from a built-in name, a text file path, or a list of names."""
+    """A :class:`Vocabulary` from a built-in name (:data:`BUILTIN_VOCABULARIES`, cached), a
+    text file path (see :func:`vocabulary_from_file`), or a list of names (commas inside an
+    entry separate synonyms). ``max_classes`` bounds user vocabularies; empty or duplicate
+    classes raise :class:`InputError`."""
     if isinstance(spec, Vocabulary):
         return spec
     if isinstance(spec, Path) or (
@@ -194,6 +218,10 @@ def load_vocabulary(
     ):
         return vocabulary_from_file(spec, max_classes)
     if isinstance(spec, str):
+        if spec not in BUILTIN_VOCABULARIES and (
+            spec.endswith((".txt", ".csv", ".names")) or "/" in spec or "\\" in spec
+        ):
+            raise InputError(f"vocabulary file {spec} does not exist")
         return builtin_vocabulary(spec)
     return vocabulary_from_names(list(spec), max_classes=max_classes)
 

@@ -1,0 +1,199 @@
+"""CLIP2SAM training: the decoder head and FPN learn masks and classes on frozen features.
+
+Frozen: the CLIP tower and SAM2CLIP adapter (``adapter_checkpoint`` = a ``sam2clip`` run's
+checkpoint) and SAM's prompt encoder (taken from ``teacher``, whose mask decoder also initialises
+the head's, as the official code starts from SAM's). Trained: the CLIP2SAM head + FPN.
+
+Per image (large-scale jitter to 1024² when ``lsj``): up to ``prompts_per_image`` instances of
+the training vocabulary (``vocabulary``: e.g. ``coco_base``; ``dataset`` = all categories) are
+prompted, the first half by their ground-truth box, the rest by a random point inside the mask.
+Losses, weighted as the official configs (2 / 5 / 5): cross-entropy of the region embedding
+(pooled with the ground-truth box) against the text bank + a background class (weight 0.1),
+binary cross-entropy and dice between the 256² mask logits and the ground truth. (The official
+code samples 12,544 uncertain points for the mask losses; here they are dense at 256².)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ovsam.build import build_model
+from ovsam.clip.factory import create_model
+from ovsam.clip.text_bank import build_text_bank
+from ovsam.data.instances import InstanceDataset
+from ovsam.data.prompts import large_scale_jitter, random_points
+from ovsam.ov.classifier import bank_logits
+from ovsam.ov.clip2sam import FPN, CLIP2SAMHead
+from ovsam.ov.model import OVSamConfig
+from ovsam.ov.sam2clip import SAM2CLIPAdapter
+from ovsam.train.config import TrainConfig
+from ovsam.transforms import ResizeLongestSide
+from ovsam.vocab import load_vocabulary, prompt_templates
+
+LOSS_WEIGHTS = {"ce": 2.0, "bce": 5.0, "dice": 5.0}
+BACKGROUND_WEIGHT = 0.1
+
+
+class Clip2SamTrainable(nn.Module):
+    """The trained parts: ``fpn_neck`` and ``mask_decoder`` (the CLIP2SAM head)."""
+
+    def __init__(self, fpn_neck: FPN, mask_decoder: CLIP2SAMHead) -> None:
+        super().__init__()
+        self.fpn_neck, self.mask_decoder = fpn_neck, mask_decoder
+
+    def forward(
+        self,
+        embedding: Tensor,
+        stages: list[Tensor],
+        pe: Tensor,
+        sparse: Tensor,
+        dense: Tensor,
+        boxes: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """``(mask logits Px1x256x256, region embeddings PxD)`` for P prompts."""
+        masks, _ = self.mask_decoder(embedding, pe, sparse, dense)
+        return masks, self.mask_decoder.region_embeddings(self.fpn_neck(stages), boxes)
+
+
+def dice_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    probs = logits.sigmoid().flatten(1)
+    targets = targets.flatten(1)
+    return (1 - (2 * (probs * targets).sum(1) + 1) / (probs.sum(1) + targets.sum(1) + 1)).mean()
+
+
+class Clip2SamTask:
+    """The CLIP2SAM task (see the module docstring)."""
+
+    def __init__(self, config: TrainConfig, device: torch.device) -> None:
+        self.config, self.device = config, device
+        self.dataset = InstanceDataset(config.annotations, config.data)
+        vocab = (
+            load_vocabulary([c["name"] for c in self.dataset.categories.values()])
+            if config.vocabulary == "dataset"
+            else load_vocabulary(config.vocabulary)
+        )
+        self.class_of = {name.lower(): i for i, name in enumerate(vocab.classes)}
+        self.num_items = len(self.dataset)
+        if config.random_clip:
+            torch.manual_seed(config.seed)
+        clip = create_model(
+            config.clip_model, pretrained=None if config.random_clip else config.clip_weights
+        )
+        self.bank = build_text_bank(clip, vocab, prompt_templates("vild"), progress=False)
+        self.backbone = clip.visual.to(device).eval()
+        self.adapter = SAM2CLIPAdapter(
+            self.backbone.stage_channels, self.backbone.stage_strides,
+            embed_dim=config.adapter_dim, depth=config.adapter_depth, num_heads=config.adapter_heads,
+        ).to(device).eval()  # fmt: skip
+        if config.adapter_checkpoint:
+            state = torch.load(config.adapter_checkpoint, map_location=device, weights_only=True)
+            self.adapter.load_state_dict(state.get("model", state))
+        sam = build_model(config.teacher, config.teacher_checkpoint or None).to(device).eval()
+        self.prompt_encoder = sam.prompt_encoder
+        for module in (self.backbone, self.adapter, self.prompt_encoder):
+            module.requires_grad_(False)
+        torch.manual_seed(config.seed)
+        head = CLIP2SAMHead(256, clip.embed_dim, OVSamConfig().roi_size)
+        init = {k: v for k, v in sam.mask_decoder.state_dict().items() if not k.startswith("iou")}
+        init["mask_tokens.weight"] = init["mask_tokens.weight"][:1]
+        init = {
+            k: v
+            for k, v in init.items()
+            if not k.startswith("output_hypernetworks_mlps.")
+            or k.startswith("output_hypernetworks_mlps.0.")
+        }
+        head.mask_decoder.load_state_dict(init)
+        self.trainable = Clip2SamTrainable(FPN(self.backbone.stage_channels), head)
+        self.logit_scale = OVSamConfig().logit_scale
+        self.pixel_mean, self.pixel_std = sam.pixel_mean, sam.pixel_std
+        self.transform = ResizeLongestSide(1024)
+
+    def _prepare(
+        self, index: int, rng: np.random.Generator
+    ) -> tuple[Tensor, np.ndarray, list[int]] | None:
+        item = self.dataset[index]
+        keep = [i for i, n in enumerate(item.names) if n.lower() in self.class_of]
+        if not keep:
+            return None
+        masks = item.masks[keep]
+        if self.config.lsj:
+            image, masks = large_scale_jitter(item.image, masks, rng)
+        else:
+            image = self.transform.apply_image(item.image)
+            masks = np.stack(
+                [self.transform.apply_image(m.astype(np.uint8) * 255) > 127 for m in masks]
+            )
+        visible = masks.reshape(len(masks), -1).any(1)
+        if not visible.any():
+            return None
+        labels = [
+            self.class_of[item.names[k].lower()] for k, v in zip(keep, visible, strict=True) if v
+        ]
+        pixels = torch.from_numpy(image).permute(2, 0, 1).float().to(self.device)
+        pixels = (pixels - self.pixel_mean) / self.pixel_std
+        pixels = F.pad(pixels, (0, 1024 - pixels.shape[2], 0, 1024 - pixels.shape[1]))
+        return pixels[None], masks[visible], labels
+
+    def loss(
+        self, module: nn.Module, items: list[int], rng: np.random.Generator
+    ) -> dict[str, Tensor]:
+        parts: dict[str, Tensor] = {}
+        for index in items:
+            prepared = self._prepare(index, rng)
+            if prepared is None:
+                continue
+            for key, value in self._image_losses(module, *prepared, rng).items():
+                parts[key] = parts.get(key, 0) + value / len(items)
+        if not parts:  # no trainable instance in this batch: a zero loss that keeps DDP in step
+            zero = sum(p.sum() for p in module.parameters()) * 0.0
+            return {"loss": zero}
+        parts["loss"] = sum(LOSS_WEIGHTS[k] * parts[k] for k in LOSS_WEIGHTS)
+        return parts
+
+    def _image_losses(
+        self,
+        module: nn.Module,
+        x: Tensor,
+        masks: np.ndarray,
+        labels: list[int],
+        rng: np.random.Generator,
+    ) -> dict[str, Tensor]:
+        order = rng.permutation(len(masks))[: self.config.prompts_per_image]
+        masks, labels = masks[order], [labels[i] for i in order]
+        boxes = torch.tensor(
+            [
+                [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+                for ys, xs in (np.nonzero(m) for m in masks)
+            ],
+            dtype=torch.float32,
+            device=self.device,
+        )
+        half = (len(masks) + 1) // 2
+        points = torch.as_tensor(random_points(masks[half:], rng), device=self.device)
+        with torch.no_grad():
+            stages = self.backbone.forward_features(x)
+            embedding = self.adapter(stages)
+            pe = self.prompt_encoder.get_dense_pe()
+            sparse, dense = self.prompt_encoder(points=None, boxes=boxes[:half], masks=None)
+            if len(points):  # a point gets SAM's "not a point" pad: two tokens, like a box
+                ones = torch.ones(len(points), 1, device=self.device)
+                sparse_p, dense_p = self.prompt_encoder(
+                    points=(points[:, None], ones), boxes=None, masks=None
+                )
+                sparse, dense = torch.cat([sparse, sparse_p]), torch.cat([dense, dense_p])
+        logits, regions = module(embedding, stages, pe, sparse, dense, boxes)
+        target = torch.as_tensor(masks, device=self.device)[:, None].float()
+        target = F.interpolate(target, size=logits.shape[-2:], mode="area")
+        class_logits = bank_logits(regions.float(), self.bank, self.logit_scale)
+        weight = torch.ones(class_logits.shape[1], device=self.device)
+        weight[-1] = BACKGROUND_WEIGHT
+        return {
+            "ce": F.cross_entropy(
+                class_logits, torch.tensor(labels, device=self.device), weight=weight
+            ),
+            "bce": F.binary_cross_entropy_with_logits(logits.float(), target),
+            "dice": dice_loss(logits.float(), target),
+        }
