@@ -34,6 +34,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--templates", default="vild", choices=["vild", "openai", "simple", "none"])
     parser.add_argument("--limit", type=int, default=None, help="first N images only")
     parser.add_argument("--method", default=None, help="row name in the table")
+    parser.add_argument(
+        "--detections", type=Path, default=None,
+        help="COCO results file of a detector: also report mask AP of masks prompted by its boxes",
+    )  # fmt: skip
     add_model_arguments(parser)
     add_clip_arguments(parser)
     parser.set_defaults(run=run)
@@ -94,5 +98,16 @@ def run(args: argparse.Namespace) -> int:
         metrics = write_report(args.out, method, info.world)
         print((args.out / "table.md").read_text(encoding="utf-8"), end="")
         print(f"instances: {metrics['instances']} -> {args.out / 'metrics.json'}")
+        if args.detections is not None:
+            from ovsam.evaluation.mask_ap import mask_ap, segment_detections
+
+            adapter = LabeledPredictorAdapter(predictor)
+            detections = json.loads(args.detections.read_text(encoding="utf-8"))
+            results = segment_detections(
+                lambda image, boxes: adapter.predict_instances(image, boxes, None)[0],
+                data, args.images, detections,
+            )  # fmt: skip
+            stats = mask_ap(args.annotations, results, args.out)
+            print("mask AP: " + ", ".join(f"{k} {v:.1f}" for k, v in stats.items()))
     shutdown()
     return 0

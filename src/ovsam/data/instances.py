@@ -38,7 +38,24 @@ class Instances:
 
 
 def polygons_to_mask(polygons: list[list[float]], height: int, width: int) -> np.ndarray:
-    """Rasterise COCO polygons (``[x0, y0, x1, y1, ...]`` lists) into an ``HxW`` bool mask."""
+    """Rasterise COCO polygons (``[x0, y0, x1, y1, ...]`` lists) into an ``HxW`` bool mask.
+
+    With pycocotools installed (the ``[coco]`` extra) its rasteriser is used, so ground truth is
+    pixel-identical to what ``COCOeval`` sees; otherwise PIL fills the polygons (edges may
+    differ by a pixel).
+    """
+    try:
+        from pycocotools import mask as coco_mask
+    except ImportError:
+        return _pil_polygons(polygons, height, width)
+    valid = [list(map(float, poly)) for poly in polygons if len(poly) >= 6]
+    if not valid:
+        return np.zeros((height, width), dtype=bool)
+    rles = coco_mask.frPyObjects(valid, height, width)
+    return coco_mask.decode(coco_mask.merge(rles)).astype(bool)
+
+
+def _pil_polygons(polygons: list[list[float]], height: int, width: int) -> np.ndarray:
     canvas = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(canvas)
     for polygon in polygons:
