@@ -31,10 +31,12 @@ class Recognizer(Protocol):
 
 
 class MissingRecognizer:
-    """The recognizer used when no recognition weights are present: it says so."""
+    """The recognizer used when no recognition weights are present: it says so (``message``)."""
 
     available = False
-    message = NO_RECOGNITION
+
+    def __init__(self, message: str = NO_RECOGNITION) -> None:
+        self.message = message
 
     def label(
         self, state: ImageState, mask: np.ndarray, vocabulary: list[str], top_k: int
