@@ -172,7 +172,11 @@ def test_download_list_and_models(
     assert main(["download", "--list"]) == 0
     out = capsys.readouterr().out
     assert "mobile_sam" in out and "sam_vit_h_4b8939" in out
+    assert (
+        "clip_RN50x16_openai" in out and "ovsam_sam2clip_vith_rn50x16" in out
+    )  # recognition weights
     assert main(["models"]) == 0
-    assert "mobilesam" in capsys.readouterr().out
+    models = capsys.readouterr().out
+    assert "mobilesam" in models and "ovsam_coco" in models and "ovsam_lvis" in models
     assert main(["download", "no_such_weights"]) == 2
     assert "unknown weights 'no_such_weights'" in capsys.readouterr().err

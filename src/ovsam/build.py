@@ -76,7 +76,8 @@ def register_model(
 
 
 def list_models() -> list[str]:
-    """Canonical names of the registered models, in registration order."""
+    """Canonical names of the registered models (``ovsam_*`` included), in registration order."""
+    importlib.import_module("ovsam.ov")  # registers the ovsam_* models
     return list(_MODELS)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib
 import os
 import shutil
 import subprocess
@@ -162,8 +163,19 @@ def register_weights(spec: WeightsSpec) -> WeightsSpec:
     return spec
 
 
+# modules that register more weights when imported (CLIP releases, OV-SAM releases)
+_REGISTERING_MODULES = ("ovsam.clip.pretrained", "ovsam.ov.checkpoints")
+
+
+def _register_all() -> None:
+    for module in _REGISTERING_MODULES:
+        importlib.import_module(module)
+
+
 def get_weights_spec(name: str) -> WeightsSpec:
     """Return the registered spec called ``name``; raise :class:`WeightsUnavailableError`."""
+    if name not in _REGISTRY:
+        _register_all()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -175,6 +187,7 @@ def get_weights_spec(name: str) -> WeightsSpec:
 
 def list_weights() -> list[str]:
     """Names of all registered checkpoints (aliases excluded), sorted."""
+    _register_all()
     return sorted({spec.name for spec in _REGISTRY.values()})
 
 
