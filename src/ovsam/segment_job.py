@@ -76,9 +76,11 @@ def segment_image(
         out_dir, image, masks[best], float(scores[best]), prompt, extra=extra, caption=caption
     )
     area = int(masks[best].sum())
+    ovsam_decoder = label_options is not None and label_options.recognizer == "ovsam"
+    quality = "mask stability" if ovsam_decoder else "predicted IoU"  # OV-SAM has no IoU head
     summary = (
         f"mask: {area} pixels ({100.0 * area / masks[best].size:.1f}% of the image), "
-        f"predicted IoU {scores[best]:.3f}"
+        f"{quality} {scores[best]:.3f}"
     )
     if caption is not None:
         tops = ", ".join(f"{n} {p:.2f}" for n, p in named.top)
