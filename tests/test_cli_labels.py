@@ -67,3 +67,16 @@ def test_vocab_argument_errors(
         main(_argv(tmp_path, mobilesam_checkpoint, "--vocab", "cooc", "--random-recognition")) == 2
     )
     assert "vocabulary 'cooc' is neither built in" in capsys.readouterr().err
+
+
+def test_everything_with_labels(
+    tmp_path: Path, mobilesam_checkpoint: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv = ["everything", str(SAMPLE_PHOTO), "--out", str(tmp_path), "--checkpoint", str(mobilesam_checkpoint),
+            "--points-per-side", "8", "--vocab", "cup; saucer; spoon", "--random-recognition",
+            "--clip", "RN50", "--templates", "none", "--top-k", "2"]  # fmt: skip
+    assert main(argv) == 0
+    record = json.loads((tmp_path / "masks.json").read_text())
+    assert record["masks"] and "meaningless" in record["recognition_weights"]
+    for mask in record["masks"]:
+        assert mask["label"] in ("cup", "saucer", "spoon") and len(mask["labels"]) == 2

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ovsam.cli.segment_cmd import add_model_arguments
+from ovsam.cli.segment_cmd import add_label_arguments, add_model_arguments, label_options
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -31,6 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--min-area", type=int, default=0, help="drop masks smaller than this (pixels)"
     )
     add_model_arguments(parser)
+    add_label_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -49,6 +50,7 @@ def list_jobs(source: Path, out: Path) -> list[tuple[Path, Path]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
     from tqdm import tqdm
 
     from ovsam.automatic import AutomaticMaskGenerator
@@ -58,10 +60,17 @@ def run(args: argparse.Namespace) -> int:
     from ovsam.image_io import load_image
     from ovsam.outputs import png_bytes
     from ovsam.predictor import SamPredictor
+    from ovsam.recognizers import build_labeled_predictor
     from ovsam.visualize import overlay
 
     jobs = list_jobs(args.image, args.out)
-    predictor = SamPredictor(build_model(args.model, checkpoint=args.checkpoint).to(args.device))
+    options = label_options(args)
+    if options is None:
+        predictor = SamPredictor(
+            build_model(args.model, checkpoint=args.checkpoint).to(args.device)
+        )
+    else:
+        predictor = build_labeled_predictor(options, args.model, args.checkpoint, args.device)
     generator = AutomaticMaskGenerator(
         predictor,
         points_per_side=args.points_per_side,
@@ -83,13 +92,23 @@ def run(args: argparse.Namespace) -> int:
             continue
         records = generator.generate(image)
         segments = [r["segmentation"] for r in records]
-        atomic_write_bytes(out / "overlay.png", png_bytes(overlay(image, segments)))
+        captions = None
+        if options is not None and records:
+            named = predictor.recognize_masks(np.stack(segments))
+            for record, labels in zip(records, named, strict=True):
+                record["label"] = labels.label
+                record["labels"] = [{"name": n, "score": round(p, 6)} for n, p in labels.top]
+            captions = [f"{labels.label} {labels.top[0][1]:.2f}" for labels in named]
+        atomic_write_bytes(
+            out / "overlay.png", png_bytes(overlay(image, segments, labels=captions))
+        )
         atomic_write_json(
             out / "masks.json",
             {
                 "image": str(image_path),
                 "image_size": {"height": int(image.shape[0]), "width": int(image.shape[1])},
                 "masks": [{k: v for k, v in r.items() if k != "segmentation"} for r in records],
+                "recognition_weights": None if options is None else options.describe_weights(),
             },
         )
         print(f"{image_path}: {len(records)} masks -> {out}")
