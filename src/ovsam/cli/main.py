@@ -24,23 +24,18 @@ COMMAND_MODULES: dict[str, str] = {
     "serve": "ovsam.cli.serve_cmd",
     "train": "ovsam.cli.train_cmd",
     "eval": "ovsam.cli.eval_cmd",
+    "export-onnx": "ovsam.cli.export_cmd",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Build the top-level parser with every available sub-command registered."""
+    """Build the top-level parser with every sub-command registered."""
     parser = argparse.ArgumentParser(
         prog="ovsam", description="Segment and name any object you point at."
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in COMMAND_MODULES.values():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        module.add_parser(subparsers)
+        importlib.import_module(module_name).add_parser(subparsers)
     return parser
 
 

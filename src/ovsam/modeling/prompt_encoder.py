@@ -92,7 +92,11 @@ class PromptEncoder(nn.Module):
         )
 
     def _embed_points(self, points: Tensor, labels: Tensor, pad: bool) -> Tensor:
-        """``BxNx2`` XY + ``BxN`` labels -> ``Bx(N+pad)xC``; a padding point is appended if asked."""
+        """``BxNx2`` XY + ``BxN`` labels -> ``Bx(N+pad)xC``; a padding point is appended if asked.
+
+        Labels: -1 padding, 0 background, 1 object, 2 / 3 top-left / bottom-right box corner
+        (SAM's ONNX convention; :meth:`_embed_boxes` gives the same embedding for a box).
+        """
         points = points.to(torch.float32) + 0.5  # centre of the pixel
         if pad:
             points = torch.cat([points, points.new_zeros(points.shape[0], 1, 2)], dim=1)
@@ -100,12 +104,11 @@ class PromptEncoder(nn.Module):
         embedding = self.pe_layer.forward_with_coords(points, self.input_image_size)
         labels = labels[..., None]
         embedding = torch.where(labels == -1, self.not_a_point_embed.weight, embedding)
-        embedding = embedding + torch.where(
-            labels == 0, self.point_embeddings[0].weight, embedding.new_zeros(())
-        )
-        return embedding + torch.where(
-            labels == 1, self.point_embeddings[1].weight, embedding.new_zeros(())
-        )
+        for kind, learned in enumerate(self.point_embeddings):  # 0/1 points, 2/3 box corners
+            embedding = embedding + torch.where(
+                labels == kind, learned.weight, embedding.new_zeros(())
+            )
+        return embedding
 
     def _embed_boxes(self, boxes: Tensor) -> Tensor:
         """``Bx4`` XYXY -> ``Bx2xC`` (top-left and bottom-right corner embeddings)."""

@@ -1,0 +1,41 @@
+"""``ovsam export-onnx --out decoder.onnx``: the prompt decoder as an ONNX graph ([onnx] extra)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ovsam.cli.segment_cmd import add_model_arguments
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "export-onnx",
+        help="export the prompt decoder to ONNX (for browsers / ONNX Runtime)",
+        description="Export prompt encoder + mask decoder of a SAM-family model to ONNX "
+        "(inputs as segment-anything's ONNX model) and check it against torch.",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="output .onnx file")
+    parser.add_argument("--opset", type=int, default=17)
+    add_model_arguments(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ovsam.build import build_model
+    from ovsam.errors import OVSamError
+
+    try:
+        import onnx  # noqa: F401
+    except ImportError as exc:
+        raise OVSamError("ONNX export needs the [onnx] extra: pip install 'ovsam[onnx]'") from exc
+    from ovsam.export_onnx import export_decoder_onnx, onnx_parity
+
+    model = build_model(args.model, checkpoint=args.checkpoint)
+    path = export_decoder_onnx(model, args.out, args.opset)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    try:
+        print(f"ONNX Runtime vs torch: max abs difference {onnx_parity(model, path):.2e}")
+    except ImportError:
+        print("onnxruntime is not installed: parity not checked")
+    return 0

@@ -1,0 +1,99 @@
+"""ONNX export of the prompt decoder (prompt encoder + mask decoder), as SAM's web demos use it.
+
+The image encoder runs once per image (in Python, or on a server); the exported decoder then
+answers clicks anywhere ONNX Runtime runs (a browser with onnxruntime-web, C++, mobile).
+Inputs and outputs follow segment-anything's ONNX model:
+
+=====================  ==================  ==============================================
+input                  shape               meaning
+=====================  ==================  ==============================================
+``image_embeddings``   1x256x64x64         ``SamPredictor.get_image_embedding()``
+``point_coords``       1xNx2 (N dynamic)   XY in the 1024 input frame (``transform.apply_coords``)
+``point_labels``       1xN                 1 object, 0 background, 2/3 box top-left/bottom-right,
+                                           -1 padding (add one when there is no box)
+``mask_input``         1x1x256x256         low-res logits of an earlier answer (or zeros)
+``has_mask_input``     1                   1.0 when ``mask_input`` is used, else 0.0
+=====================  ==================  ==============================================
+
+Outputs: ``low_res_masks`` 1x4x256x256 logits (mask 0 = single-mask output, 1..3 = the three
+multimask candidates) and ``iou_predictions`` 1x4. Upscale as ``Sam.postprocess_masks`` does.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ovsam.fileio import atomic_path
+
+INPUT_NAMES = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input")
+OUTPUT_NAMES = ("low_res_masks", "iou_predictions")
+
+
+class PromptDecoderForOnnx(nn.Module):
+    """The exported graph: SAM-family ``model``'s prompt encoder + mask decoder (all tokens)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.prompt_encoder = model.prompt_encoder
+        self.mask_decoder = model.mask_decoder
+
+    def forward(
+        self,
+        image_embeddings: Tensor,
+        point_coords: Tensor,
+        point_labels: Tensor,
+        mask_input: Tensor,
+        has_mask_input: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        pe = self.prompt_encoder
+        sparse = pe._embed_points(point_coords, point_labels, pad=False)
+        no_mask = pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        dense = pe.mask_downscaling(mask_input) * has_mask_input + no_mask * (1 - has_mask_input)
+        return self.mask_decoder.predict_masks(image_embeddings, pe.get_dense_pe(), sparse, dense)
+
+
+def example_inputs(points: int = 3) -> tuple[Tensor, ...]:
+    """Inputs of the right shapes and dtypes (float32) for tracing or checking."""
+    coords = torch.rand(1, points, 2) * 1024
+    labels = torch.tensor([[1.0] + [0.0] * (points - 2) + [-1.0]])
+    return torch.randn(1, 256, 64, 64), coords, labels, torch.zeros(1, 1, 256, 256), torch.zeros(1)
+
+
+@torch.no_grad()
+def export_decoder_onnx(model: nn.Module, path: str | Path, opset: int = 17) -> Path:
+    """Write ``model``'s prompt decoder to ``path`` (atomically); the point axis is dynamic."""
+    module = PromptDecoderForOnnx(model).eval()
+    path = Path(path)
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        # tracing notes that shape-dependent Python branches become constants: intended here
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            module,
+            example_inputs(),
+            str(tmp),
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes={"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
+            opset_version=opset,
+            dynamo=False,
+        )
+    return path
+
+
+@torch.no_grad()
+def onnx_parity(model: nn.Module, path: str | Path, points: int = 5) -> float:
+    """Largest absolute difference between ONNX Runtime and torch on random inputs."""
+    import onnxruntime
+
+    inputs = example_inputs(points)
+    expected = PromptDecoderForOnnx(model).eval()(*inputs)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {k: v.numpy() for k, v in zip(INPUT_NAMES, inputs, strict=True)})
+    return max(
+        float(abs(torch.from_numpy(g) - e).max()) for g, e in zip(got, expected, strict=True)
+    )

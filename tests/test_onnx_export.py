@@ -1,0 +1,63 @@
+"""ONNX export of the real MobileSAM prompt decoder: ONNX Runtime equals torch and the predictor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ovsam.assets import SAMPLE_BOX, SAMPLE_PHOTO
+from ovsam.export_onnx import INPUT_NAMES, export_decoder_onnx, onnx_parity
+from ovsam.image_io import load_image
+from ovsam.predictor import SamPredictor
+
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+
+@pytest.fixture(scope="module")
+def onnx_path(mobilesam_model: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_decoder_onnx(mobilesam_model, tmp_path_factory.mktemp("onnx") / "decoder.onnx")
+
+
+@pytest.mark.parametrize("points", [2, 6])
+def test_onnx_runtime_equals_torch(
+    mobilesam_model: torch.nn.Module, onnx_path: Path, points: int
+) -> None:
+    assert onnx_parity(mobilesam_model, onnx_path, points) < 1e-3
+
+
+def test_box_and_refinement_match_the_predictor(
+    mobilesam_model: torch.nn.Module, onnx_path: Path
+) -> None:
+    predictor = SamPredictor(mobilesam_model)
+    predictor.set_image(load_image(SAMPLE_PHOTO))
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    frame = predictor.transform.apply_boxes(np.array([SAMPLE_BOX]), predictor.original_size)
+    embedding = predictor.get_image_embedding().numpy()
+    feeds = dict(zip(INPUT_NAMES, [
+        embedding, frame.reshape(1, 2, 2).astype(np.float32), np.array([[2.0, 3.0]], np.float32),
+        np.zeros((1, 1, 256, 256), np.float32), np.zeros(1, np.float32),
+    ], strict=True))  # fmt: skip
+    low_res, iou = session.run(None, feeds)
+    _, scores, expected = predictor.predict(box=np.array(SAMPLE_BOX), multimask_output=False)
+    np.testing.assert_allclose(low_res[0, :1], expected, atol=2e-3)
+    assert iou[0, 0] == pytest.approx(scores[0], abs=1e-4)
+    # refinement: the previous low-res mask as input, plus a background click
+    click = predictor.transform.apply_coords(np.array([[40.0, 40.0]]), predictor.original_size)
+    feeds["point_coords"] = np.concatenate([frame.reshape(1, 2, 2), click[None]], axis=1).astype(
+        np.float32
+    )
+    feeds["point_labels"] = np.array([[2.0, 3.0, 0.0]], np.float32)
+    feeds["mask_input"], feeds["has_mask_input"] = (
+        expected[None].astype(np.float32),
+        np.ones(1, np.float32),
+    )
+    refined = session.run(None, feeds)[0]
+    _, _, again = predictor.predict(
+        point_coords=np.array([[40.0, 40.0]]), point_labels=np.array([0]), box=np.array(SAMPLE_BOX),
+        mask_input=expected, multimask_output=False,
+    )  # fmt: skip
+    np.testing.assert_allclose(refined[0, :1], again, atol=2e-3)
