@@ -2,7 +2,9 @@
 
 Upstream = PyPI ``mobilesam-mirror==1.0.0`` (imported through ``tests/upstream_mobilesam.py``).
 Measured: image encoder on a 1x3x1024x1024 input, and prompt encoder + mask decoder for one
-point (3 masks), one box (1 mask) and a batch of 16 boxes (1 mask each; cost per prompt).
+point (3 masks), one box (1 mask) and a batch of 16 boxes (1 mask each; cost per prompt),
+each with our plain decoder and with the per-image token cache the predictor uses
+(``ovsam.modeling.image_token_cache``; its build, once per image, is timed too).
 Runs of ours and upstream are interleaved so that load from other processes hits both alike;
 figures are medians of ``--runs`` warm runs. Usage::
 
@@ -26,6 +28,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from ovsam.build import build_model  # noqa: E402
+from ovsam.modeling.image_token_cache import ImageTokenCache  # noqa: E402
 from ovsam.transforms import ResizeLongestSide  # noqa: E402
 from ovsam.weights import resolve_weights  # noqa: E402
 from upstream_mobilesam import INSTALL_HINT, build_upstream_mobilesam, decode  # noqa: E402
@@ -51,6 +54,26 @@ def interleaved_medians(
         a.append(_timed(ours))
         b.append(_timed(upstream))
     return statistics.median(a), statistics.median(b)
+
+
+def build_cache(model: torch.nn.Module, embedding: torch.Tensor) -> ImageTokenCache:
+    """Our decoder's per-image token cache, as ``SamPredictor`` builds it."""
+    dense = model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+    return model.mask_decoder.build_image_cache(
+        embedding, model.prompt_encoder.get_dense_pe(), dense
+    )
+
+
+def decode_cached(
+    model: torch.nn.Module,
+    cache: ImageTokenCache,
+    multimask: bool,
+    points: tuple[torch.Tensor, torch.Tensor] | None = None,
+    boxes: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt encoder + our decoder on the cached image (same prompts as ``decode``)."""
+    sparse, _ = model.prompt_encoder(points=points, boxes=boxes, masks=None)
+    return model.mask_decoder.forward_cached(cache, sparse, multimask)
 
 
 def load_average() -> str:
@@ -84,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{os.cpu_count()} CPUs, load average at start {load_average()}"
     )
-    print(f"{'stage':34s} {'ours ms':>9s} {'upstream ms':>12s} {'ratio':>7s}")
+    print(f"{'stage':43s} {'ours ms':>9s} {'upstream ms':>12s} {'ratio':>7s}")
     with torch.inference_mode():
         inputs = ours.preprocess(x), upstream.preprocess(x)
         enc = interleaved_medians(
@@ -94,20 +117,31 @@ def main(argv: list[str] | None = None) -> int:
         )
         rows = [("image encoder (1024x1024)", 1, *enc)]
         embedding = ours.image_encoder(inputs[0])
+        cache = build_cache(ours, embedding)
+        build = interleaved_medians(
+            lambda: build_cache(ours, embedding),
+            lambda: decode(upstream, embedding, False, boxes=boxes[:1]),
+            args.runs,
+        )
+        rows.append(("token cache build (once per image)", 1, *build))
         cases = [
             ("decoder, 1 point, 3 masks", 1, {"points": point}, True),
             ("decoder, 1 box, 1 mask", 1, {"boxes": boxes[:1]}, False),
             ("decoder, 16 boxes, per prompt", 16, {"boxes": boxes}, False),
         ]
         for label, count, prompt, multimask in cases:
-            dec = interleaved_medians(
-                lambda p=prompt, m=multimask: decode(ours, embedding, m, **p),
-                lambda p=prompt, m=multimask: decode(upstream, embedding, m, **p),
-                args.runs,
-            )
-            rows.append((label, count, *dec))
+            for suffix, ours_decode in (
+                ("", lambda p, m: decode(ours, embedding, m, **p)),
+                (" [cached]", lambda p, m: decode_cached(ours, cache, m, **p)),
+            ):
+                dec = interleaved_medians(
+                    lambda p=prompt, m=multimask, f=ours_decode: f(p, m),
+                    lambda p=prompt, m=multimask: decode(upstream, embedding, m, **p),
+                    args.runs,
+                )
+                rows.append((label + suffix, count, *dec))
     for label, count, a, b in rows:
-        print(f"{label:34s} {1e3 * a / count:9.1f} {1e3 * b / count:12.1f} {a / b:7.2f}")
+        print(f"{label:43s} {1e3 * a / count:9.1f} {1e3 * b / count:12.1f} {a / b:7.2f}")
     print(f"median of {args.runs} warm runs each; load average at end {load_average()}")
     return 0
 

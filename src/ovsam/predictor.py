@@ -25,6 +25,7 @@ from torch import nn
 from ovsam.boxes import clip_boxes_to_image, finite_array
 from ovsam.errors import InputError, NotReadyError
 from ovsam.image_io import check_image_array
+from ovsam.modeling.image_token_cache import ImageTokenCache
 from ovsam.transforms import ResizeLongestSide
 
 LOW_RES = 256
@@ -55,12 +56,20 @@ class SamPredictor:
 
     ``model`` must expose ``image_encoder`` (with ``img_size``), ``prompt_encoder``,
     ``mask_decoder``, ``preprocess``, ``postprocess_masks`` and ``mask_threshold``.
+
+    With ``cache_image_tokens`` (default) and a decoder that offers ``forward_cached``, the
+    decoder's prompt-independent image work is done once per image, on the first prompt
+    without a mask input (~30 MB kept for the current image; see
+    :mod:`ovsam.modeling.image_token_cache`); every later prompt costs less. Results equal
+    the plain decoder's up to fp32 rounding.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, cache_image_tokens: bool = True) -> None:
         self.model = model
         self.transform = ResizeLongestSide(model.image_encoder.img_size)
         self._state: ImageState | None = None
+        self.cache_image_tokens = cache_image_tokens
+        self._token_cache: tuple[ImageState, ImageTokenCache] | None = None
 
     @property
     def device(self) -> torch.device:
@@ -140,6 +149,20 @@ class SamPredictor:
     def reset_image(self) -> None:
         """Forget the current image."""
         self._state = None
+        self._token_cache = None
+
+    def _image_token_cache(self, state: ImageState) -> ImageTokenCache | None:
+        """The decoder's per-image cache for ``state``, built on first use (None: not used)."""
+        decoder = self.model.mask_decoder
+        if not self.cache_image_tokens or not hasattr(decoder, "forward_cached"):
+            return None
+        if self._token_cache is None or self._token_cache[0] is not state:
+            self._token_cache = None  # free the old image's cache before building
+            prompt_encoder = self.model.prompt_encoder
+            dense = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+            cache = decoder.build_image_cache(state.features, prompt_encoder.get_dense_pe(), dense)
+            self._token_cache = (state, cache)
+        return self._token_cache[1]
 
     # ---------------------------------------------------------------- validation
     def _check_points(
@@ -301,6 +324,9 @@ class SamPredictor:
             boxes=None if boxes is None else boxes.to(device, torch.float32),
             masks=None if mask_input is None else mask_input.to(device, torch.float32),
         )
+        cache = None if mask_input is not None else self._image_token_cache(state)
+        if cache is not None:
+            return self.model.mask_decoder.forward_cached(cache, sparse, multimask_output)
         return self.model.mask_decoder(
             image_embeddings=state.features,
             image_pe=self.model.prompt_encoder.get_dense_pe(),

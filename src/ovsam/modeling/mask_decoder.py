@@ -11,13 +11,18 @@ Key names equal ``segment_anything.modeling.mask_decoder``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ovsam.modeling.common import LayerNorm2d
+from ovsam.modeling.image_token_cache import (
+    ImageTokenCache,
+    build_image_token_cache,
+    run_transformer_cached,
+)
 
 
 class MLP(nn.Module):
@@ -51,6 +56,8 @@ class MLP(nn.Module):
 _TILE_TOKENS = 2048
 # Prompts decoded together by ``MaskDecoder.forward`` (see ``prompt_chunks``).
 PROMPTS_PER_CHUNK = 2
+# Prompts decoded together by ``MaskDecoder.forward_cached``.
+CACHED_PROMPTS_PER_CHUNK = 1
 
 
 def prompt_chunks(batch: int, chunk: int = PROMPTS_PER_CHUNK) -> list[slice]:
@@ -70,6 +77,12 @@ def prompt_rows(x: Tensor, rows: slice) -> Tensor:
 def _share_broadcast_batch(x: Tensor) -> Tensor:
     """``x[:1]`` when every batch entry is the same memory (an ``expand``-ed view), else ``x``."""
     return x[:1] if x.shape[0] > 1 and x.stride(0) == 0 else x
+
+
+def _empty_outputs(like: Tensor, masks: int, grid: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """``(0xMx4hx4w masks, 0xM scores)`` for an empty prompt batch."""
+    empty = like.new_zeros((0, masks))
+    return empty.new_zeros((0, masks, 4 * grid[0], 4 * grid[1])), empty
 
 
 class TwoWayMaskDecoder(nn.Module):
@@ -128,6 +141,67 @@ class TwoWayMaskDecoder(nn.Module):
         src = keys.transpose(1, 2).reshape(-1, c, h, w).expand(batch, -1, -1, -1)
         return hs, src
 
+    def build_image_cache(
+        self, image_embeddings: Tensor, image_pe: Tensor, dense_embedding: Tensor
+    ) -> ImageTokenCache:
+        """Precompute the prompt-independent image side (see ``forward_cached``).
+
+        ``image_embeddings`` / ``image_pe`` ``1xCxhxw``; ``dense_embedding`` the ``no_mask``
+        dense prompt (``1xCxhxw`` or broadcastable).
+        """
+        return build_image_token_cache(self, image_embeddings, image_pe, dense_embedding)
+
+    def decode_cached(
+        self,
+        cache: ImageTokenCache,
+        output_tokens: Tensor,
+        sparse_prompt_embeddings: Tensor,
+        query_rows: Sequence[int],
+        token_indices: Sequence[int],
+    ) -> tuple[Tensor, Tensor]:
+        """Transformer + masks for B prompts on the image behind ``cache``.
+
+        ``output_tokens`` ``KxC``; ``query_rows`` the tokens whose outputs are needed, the
+        mask tokens ``token_indices`` last and in that order. Returns ``(hs
+        Bxlen(query_rows)xC, masks Bxlen(token_indices)x4hx4w logits)``.
+        """
+        batch = sparse_prompt_embeddings.shape[0]
+        h, w = cache.grid_size
+        if batch == 0:
+            hs = output_tokens.new_zeros((0, len(query_rows), output_tokens.shape[-1]))
+            return hs, _empty_outputs(hs, len(token_indices), (h, w))[0]
+        outputs = []
+        for rows in prompt_chunks(batch, CACHED_PROMPTS_PER_CHUNK):
+            prompts = sparse_prompt_embeddings[rows]
+            hs, keys = run_transformer_cached(self, cache, output_tokens, prompts, query_rows)
+            mask_tokens_out = hs[:, len(query_rows) - len(token_indices) :]
+            masks = self.masks_from_first_upscale(
+                keys.linear(cache.levels[-1]["upscale"]),
+                self.hypernetwork_inputs(mask_tokens_out, token_indices),
+                (prompts.shape[0], h, w),
+            )
+            outputs.append((hs, masks))
+        return torch.cat([o[0] for o in outputs]), torch.cat([o[1] for o in outputs])
+
+    def hypernetwork_inputs(self, mask_tokens_out: Tensor, token_indices: Sequence[int]) -> Tensor:
+        """``BxMxC`` outputs of the mask tokens in ``token_indices`` -> ``BxC/8xM`` weights."""
+        return torch.stack(
+            [
+                self.output_hypernetworks_mlps[t](mask_tokens_out[:, i, :])
+                for i, t in enumerate(token_indices)
+            ],
+            dim=2,
+        )
+
+    def first_upscale_map(self) -> tuple[Tensor, Tensor]:
+        """The first 2x2 stride-2 transposed conv as a per-token linear map.
+
+        Returns ``(weight Cx4C', bias 4C')`` (C' = C/4); outputs are ordered ``(i, j, c')``
+        with ``(i, j)`` the row/column offset of the output pixel.
+        """
+        up1 = self.output_upscaling[0]
+        return up1.weight.permute(0, 2, 3, 1).reshape(up1.in_channels, -1), up1.bias.repeat(4)
+
     def predict_mask_logits(
         self, mask_tokens_out: Tensor, src: Tensor, token_indices: Sequence[int]
     ) -> Tensor:
@@ -137,37 +211,49 @@ class TwoWayMaskDecoder(nn.Module):
         ``token_indices``, in that order), ``src`` ``BxCxhxw``. Returns ``BxMx4hx4w`` logits:
         ``hypernetwork(token) . output_upscaling(src)`` per pixel.
         """
-        hyper_in = torch.stack(
-            [
-                self.output_hypernetworks_mlps[t](mask_tokens_out[:, i, :])
-                for i, t in enumerate(token_indices)
-            ],
-            dim=2,
-        )  # B x C/8 x M
         b, c, h, w = src.shape
         tokens = src.flatten(2).transpose(1, 2)  # B x hw x C
+        weight, bias = self.first_upscale_map()
+        return self.masks_from_first_upscale(
+            lambda rows: torch.addmm(bias, tokens[:, rows].reshape(-1, c), weight),
+            self.hypernetwork_inputs(mask_tokens_out, token_indices),
+            (b, h, w),
+        )
+
+    def masks_from_first_upscale(
+        self,
+        first_upscale: Callable[[slice], Tensor],
+        hyper_in: Tensor,
+        size: tuple[int, int, int],
+    ) -> Tensor:
+        """The rest of ``output_upscaling`` and the hypernetwork dot product, tile by tile.
+
+        ``first_upscale(rows)`` gives the first transposed conv of the token rows ``rows``
+        of a ``(B, h, w)`` token grid as ``(B*n)x4C'`` or ``Bxnx4C'``; ``hyper_in``
+        ``BxC/8xM``. Returns ``BxMx4hx4w`` logits.
+        """
+        b, h, w = size
         rows = max(1, _TILE_TOKENS // max(1, b * w))
         tiles = [
-            self._upscaled_masks(tokens[:, r * w : (r + rows) * w], hyper_in)
+            self._upscaled_masks(first_upscale(slice(r * w, (r + rows) * w)), hyper_in)
             for r in range(0, h, rows)
         ]
         masks = torch.cat(tiles, dim=1).view(b, h, w, 2, 2, 2, 2, -1)
         return masks.permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(b, -1, 4 * h, 4 * w)
 
-    def _upscaled_masks(self, tokens: Tensor, hyper_in: Tensor) -> Tensor:
-        """``output_upscaling`` on ``BxTxC`` tokens as two GEMMs, dotted with ``hyper_in``.
+    def _upscaled_masks(self, x: Tensor, hyper_in: Tensor) -> Tensor:
+        """Second half of ``output_upscaling`` on first-conv outputs, dotted with ``hyper_in``.
 
         SAM's upscaling is two 2x2 stride-2 transposed convs, i.e. per-pixel linear maps:
         each token becomes 4x4 output pixels ordered ``(i1, j1, i2, j2)`` (row offset
-        ``2*i1 + i2``, column offset ``2*j1 + j2``). Returns ``Bx(T*16)xM``. Works on a tile of
-        tokens at a time so that the 32-channel upscaled features stay in cache.
+        ``2*i1 + i2``, column offset ``2*j1 + j2``). ``x`` holds ``B*T`` tokens' first-conv
+        outputs (``4C'`` each). Returns ``Bx(T*16)xM``. Works on a tile of tokens at a time so
+        that the 32-channel upscaled features stay in cache.
         """
         up1, norm, act1, up2, act2 = self.output_upscaling
-        w1 = up1.weight.permute(0, 2, 3, 1).reshape(up1.in_channels, -1)
-        x = torch.addmm(up1.bias.repeat(4), tokens.reshape(-1, tokens.shape[-1]), w1)
         x = act1(
             F.layer_norm(
-                x.view(-1, up1.out_channels), norm.weight.shape, norm.weight, norm.bias, norm.eps
+                x.reshape(-1, up1.out_channels), norm.weight.shape, norm.weight, norm.bias, norm.eps
             )
         )
         w2 = up2.weight.permute(0, 2, 3, 1).reshape(up2.in_channels, -1)
@@ -218,9 +304,9 @@ class MaskDecoder(TwoWayMaskDecoder):
         """
         indices = range(1, self.num_mask_tokens) if multimask_output else range(1)
         if sparse_prompt_embeddings.shape[0] == 0:
-            h, w = image_embeddings.shape[-2:]
-            empty = sparse_prompt_embeddings.new_zeros((0, len(indices)))
-            return empty.new_zeros((0, len(indices), 4 * h, 4 * w)), empty
+            return _empty_outputs(
+                sparse_prompt_embeddings, len(indices), image_embeddings.shape[-2:]
+            )
         outputs = [
             self.predict_masks(
                 prompt_rows(image_embeddings, rows),
@@ -234,6 +320,22 @@ class MaskDecoder(TwoWayMaskDecoder):
         if len(outputs) == 1:
             return outputs[0]
         return torch.cat([m for m, _ in outputs]), torch.cat([i for _, i in outputs])
+
+    def forward_cached(
+        self, cache: ImageTokenCache, sparse_prompt_embeddings: Tensor, multimask_output: bool
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`forward` for prompts without a mask prompt on the image behind ``cache``.
+
+        ``cache`` from :meth:`build_image_cache` (with the ``no_mask`` dense embedding);
+        ``sparse_prompt_embeddings`` ``BxNx256``. Same outputs as :meth:`forward` up to fp32
+        rounding, with the prompt-independent image work done once per image.
+        """
+        indices = list(range(1, self.num_mask_tokens) if multimask_output else range(1))
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        hs, masks = self.decode_cached(
+            cache, output_tokens, sparse_prompt_embeddings, [0] + [1 + i for i in indices], indices
+        )
+        return masks, self.iou_prediction_head(hs[:, 0, :])[:, indices]
 
     def predict_masks(
         self,

@@ -99,13 +99,7 @@ class TwoWayAttentionBlock(nn.Module):
         self, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor
     ) -> tuple[Tensor, Tensor]:
         """``queries BxTxC``, ``keys B'xNxC`` (B' = 1 or B) -> ``(BxTxC, BxNxC)``."""
-        if self.skip_first_layer_pe:
-            queries = self.self_attn(q=queries, k=queries, v=queries)
-        else:
-            q = queries + query_pe
-            queries = queries + self.self_attn(q=q, k=q, v=queries)
-        queries = self.norm1(queries)
-
+        queries = self.token_self_attention(queries, query_pe)
         k = keys + key_pe
         queries = self.norm2(
             queries + self.cross_attn_token_to_image(q=queries + query_pe, k=k, v=keys)
@@ -115,6 +109,15 @@ class TwoWayAttentionBlock(nn.Module):
         attn_out = self.cross_attn_image_to_token(q=k, k=queries + query_pe, v=queries)
         keys = self.norm4(attn_out.add_(keys))  # residual added in place: no new 4096xC buffer
         return queries, keys
+
+    def token_self_attention(self, queries: Tensor, query_pe: Tensor) -> Tensor:
+        """The block's first step: self-attention among the ``BxTxC`` tokens, then ``norm1``."""
+        if self.skip_first_layer_pe:
+            queries = self.self_attn(q=queries, k=queries, v=queries)
+        else:
+            q = queries + query_pe
+            queries = queries + self.self_attn(q=q, k=q, v=queries)
+        return self.norm1(queries)
 
 
 class Attention(nn.Module):

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ovsam.automatic import stability_scores
+from ovsam.modeling.image_token_cache import ImageTokenCache
 from ovsam.modeling.mask_decoder import MLP, TwoWayMaskDecoder
 from ovsam.modeling.transformer import TwoWayTransformer
 from ovsam.ov.roi_align import masks_to_boxes, multi_level_roi_align
@@ -109,6 +110,22 @@ class CLIP2SAMHead(nn.Module):
             tokens, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
         )
         masks = self.mask_decoder.predict_mask_logits(hs[:, 1:2], src, [0])
+        return masks, stability_scores(masks, 0.0, 1.0)[:, None]
+
+    def build_image_cache(
+        self, image_embeddings: Tensor, image_pe: Tensor, dense_embedding: Tensor
+    ) -> ImageTokenCache:
+        """The decoder's prompt-independent image side, once per image (``forward_cached``)."""
+        return self.mask_decoder.build_image_cache(image_embeddings, image_pe, dense_embedding)
+
+    def forward_cached(
+        self, cache: ImageTokenCache, sparse_prompt_embeddings: Tensor, multimask_output: bool
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`forward` without a mask prompt, on the image behind ``cache``."""
+        tokens = torch.cat([self.label_token.weight, self.mask_decoder.mask_tokens.weight])
+        _, masks = self.mask_decoder.decode_cached(
+            cache, tokens, sparse_prompt_embeddings, [1], [0]
+        )
         return masks, stability_scores(masks, 0.0, 1.0)[:, None]
 
     def region_embeddings(self, fpn_features: Sequence[Tensor], boxes: Tensor) -> Tensor:

@@ -1,0 +1,135 @@
+"""The per-image decoder cache gives the plain decoder's outputs (exact algebra, fp32 rounding)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ovsam.modeling.image_token_cache import build_image_token_cache
+from ovsam.modeling.mask_decoder import MaskDecoder
+from ovsam.modeling.transformer import TwoWayTransformer
+from ovsam.predictor import SamPredictor
+from ovsam_fixtures import small_ovsam
+
+ASSET = "src/ovsam/assets/coffee.jpg"
+
+
+def _random_decoder(depth: int, seed: int = 0) -> MaskDecoder:
+    """A small SAM decoder with every parameter random (LayerNorm gains far from 1 too)."""
+    torch.manual_seed(seed)
+    transformer = TwoWayTransformer(depth=depth, embedding_dim=64, num_heads=4, mlp_dim=96)
+    decoder = MaskDecoder(transformer_dim=64, transformer=transformer, iou_head_hidden_dim=32)
+    for name, p in decoder.named_parameters():
+        if "norm" in name and name.endswith("weight"):
+            torch.nn.init.uniform_(p, 0.5, 1.5)
+        else:
+            torch.nn.init.normal_(p, std=0.2)
+    return decoder.eval()
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+@pytest.mark.parametrize("multimask", [True, False])
+def test_cached_decoder_equals_plain_decoder(depth: int, multimask: bool) -> None:
+    decoder = _random_decoder(depth)
+    image, pe = torch.randn(1, 64, 12, 10), torch.randn(1, 64, 12, 10)
+    no_mask = torch.randn(1, 64, 1, 1)
+    sparse = torch.randn(5, 3, 64)
+    with torch.inference_mode():
+        cache = build_image_token_cache(decoder, image, pe, no_mask)
+        masks, iou = decoder.forward_cached(cache, sparse, multimask)
+        plain = decoder(image, pe, sparse, no_mask.expand(5, -1, 12, 10), multimask)
+        empty = decoder.forward_cached(cache, sparse[:0], multimask)
+    count = 3 if multimask else 1
+    assert masks.shape == (5, count, 48, 40) and iou.shape == (5, count)
+    scale = plain[0].abs().max()
+    assert (masks - plain[0]).abs().max() < 1e-4 * scale
+    assert torch.allclose(iou, plain[1], atol=1e-4)
+    assert empty[0].shape == (0, count, 48, 40) and empty[1].shape == (0, count)
+    # the cache holds level-0 keys/values/queries, ..., and the upscaling map
+    assert [sorted(level) for level in cache.levels[:-1]] == [["i2t_q", "t2i_k", "t2i_v"]] * depth
+    assert sorted(cache.levels[-1]) == ["final_k", "final_v", "upscale"]
+    assert cache.nbytes() > 0
+
+
+def test_cache_is_not_a_copy_of_one_prompt() -> None:
+    """Different prompts get different masks from one cache (the cache is prompt-independent)."""
+    decoder = _random_decoder(2)
+    image, pe, no_mask = torch.randn(1, 64, 8, 8), torch.randn(1, 64, 8, 8), torch.zeros(1)
+    with torch.inference_mode():
+        cache = build_image_token_cache(decoder, image, pe, no_mask)
+        first, _ = decoder.forward_cached(cache, torch.randn(1, 2, 64), False)
+        second, _ = decoder.forward_cached(cache, torch.randn(1, 2, 64), False)
+    assert (first - second).abs().max() > 1e-2
+
+
+def test_ovsam_head_cached_equals_plain() -> None:
+    model = small_ovsam(seed=1)
+    head = model.mask_decoder
+    for p in head.mask_decoder.parameters():  # official init leaves LayerNorms at 1/0
+        torch.nn.init.normal_(p, std=0.1)
+    image, pe = torch.randn(1, 256, 64, 64), model.prompt_encoder.get_dense_pe()
+    boxes = torch.tensor([[10.0, 20.0, 500.0, 700.0], [300.0, 100.0, 900.0, 400.0]])
+    with torch.inference_mode():
+        sparse, dense = model.prompt_encoder(points=None, boxes=boxes, masks=None)
+        cache = head.build_image_cache(image, pe, dense[:1])
+        masks, quality = head.forward_cached(cache, sparse, False)
+        plain_masks, plain_quality = head(image, pe, sparse, dense)
+    assert masks.shape == plain_masks.shape == (2, 1, 256, 256)
+    assert (masks - plain_masks).abs().max() < 1e-4 * plain_masks.abs().max()
+    assert torch.allclose(quality, plain_quality, atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def predictors(mobilesam_model: torch.nn.Module) -> tuple[SamPredictor, SamPredictor]:
+    cached, plain = SamPredictor(mobilesam_model), SamPredictor(mobilesam_model, False)
+    cached.set_image(np.asarray(Image.open(ASSET).convert("RGB")))
+    plain.load_state(cached.export_state())
+    return cached, plain
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        {"box": np.array([60, 40, 420, 330])},
+        {"point_coords": np.array([[300, 200]]), "point_labels": np.array([1])},
+        {
+            "point_coords": np.array([[300, 200], [100, 50]]),
+            "point_labels": np.array([1, 0]),
+            "box": np.array([50, 20, 600, 400]),
+        },
+    ],
+)
+def test_real_weights_cached_predictor_equals_plain(
+    predictors: tuple[SamPredictor, SamPredictor], prompt: dict
+) -> None:
+    cached, plain = predictors
+    for multimask in (True, False):
+        masks, scores, logits = cached.predict(**prompt, multimask_output=multimask)
+        ref_masks, ref_scores, ref_logits = plain.predict(**prompt, multimask_output=multimask)
+        assert np.mean(masks == ref_masks) > 0.9999
+        np.testing.assert_allclose(scores, ref_scores, atol=1e-4)
+        np.testing.assert_allclose(logits, ref_logits, atol=2e-3 * np.abs(ref_logits).max())
+    assert cached._token_cache is not None and plain._token_cache is None
+
+
+def test_cache_follows_the_image_and_skips_mask_prompts(
+    predictors: tuple[SamPredictor, SamPredictor],
+) -> None:
+    cached, plain = predictors
+    box = np.array([60, 40, 420, 330])
+    _, _, logits = cached.predict(box=box, multimask_output=False)
+    first_cache = cached._token_cache[1]
+    refined = cached.predict(box=box, mask_input=logits, multimask_output=False)
+    reference = plain.predict(box=box, mask_input=logits, multimask_output=False)
+    np.testing.assert_array_equal(refined[2], reference[2])  # plain path: bit-identical
+    assert cached._token_cache[1] is first_cache
+    state = cached.export_state()
+    flipped = np.ascontiguousarray(np.asarray(Image.open(ASSET).convert("RGB"))[:, ::-1])
+    cached.set_image(flipped)
+    cached.predict(box=box, multimask_output=False)
+    assert cached._token_cache[1] is not first_cache
+    cached.reset_image()
+    assert cached._token_cache is None
+    cached.load_state(state)
