@@ -111,25 +111,32 @@ def test_real_weights_cached_predictor_equals_plain(
         assert np.mean(masks == ref_masks) > 0.9999
         np.testing.assert_allclose(scores, ref_scores, atol=1e-4)
         np.testing.assert_allclose(logits, ref_logits, atol=2e-3 * np.abs(ref_logits).max())
-    assert cached._token_cache is not None and plain._token_cache is None
+    assert cached.export_state().decoder_cache is not None
 
 
-def test_cache_follows_the_image_and_skips_mask_prompts(
-    predictors: tuple[SamPredictor, SamPredictor],
+def test_cache_lives_with_the_image_state_and_skips_mask_prompts(
+    mobilesam_model: torch.nn.Module,
 ) -> None:
-    cached, plain = predictors
+    cached, plain = SamPredictor(mobilesam_model), SamPredictor(mobilesam_model, False)
+    image = np.asarray(Image.open(ASSET).convert("RGB"))
+    cached.set_image(image)
+    state = cached.export_state()
+    size = state.nbytes()
+    assert state.decoder_cache is None  # built on the first prompt, not by set_image
     box = np.array([60, 40, 420, 330])
     _, _, logits = cached.predict(box=box, multimask_output=False)
-    first_cache = cached._token_cache[1]
+    first_cache = state.decoder_cache
+    assert first_cache is not None and state.nbytes() == size + first_cache.nbytes()
+    plain.load_state(state)
     refined = cached.predict(box=box, mask_input=logits, multimask_output=False)
     reference = plain.predict(box=box, mask_input=logits, multimask_output=False)
-    np.testing.assert_array_equal(refined[2], reference[2])  # plain path: bit-identical
-    assert cached._token_cache[1] is first_cache
-    state = cached.export_state()
-    flipped = np.ascontiguousarray(np.asarray(Image.open(ASSET).convert("RGB"))[:, ::-1])
-    cached.set_image(flipped)
-    cached.predict(box=box, multimask_output=False)
-    assert cached._token_cache[1] is not first_cache
+    np.testing.assert_array_equal(refined[2], reference[2])  # mask prompts: the plain path
+    cached.set_image(np.ascontiguousarray(image[:, ::-1]))
+    flipped = cached.predict(box=box, multimask_output=False)
+    assert cached.export_state().decoder_cache is not first_cache
     cached.reset_image()
-    assert cached._token_cache is None
-    cached.load_state(state)
+    cached.load_state(state)  # a restored state brings its cache along
+    again = cached.predict(box=box, multimask_output=False)
+    assert state.decoder_cache is first_cache
+    np.testing.assert_array_equal(again[2], logits)  # same cache, same prompt
+    assert not np.array_equal(flipped[0], again[0])

@@ -38,17 +38,21 @@ class ImageState:
     ``features``: ``1x256x64x64`` image embedding. ``original_size``: ``(H, W)`` of the image
     the user gave. ``input_size``: ``(h, w)`` after resizing the longest side to 1024.
     ``extras``: model-specific tensors (e.g. CLIP feature maps for recognition).
+    ``decoder_cache``: the mask decoder's per-image precomputation, filled by the predictor
+    on the first prompt (kept with the state, so a restored state decodes fast at once).
     """
 
     features: torch.Tensor
     original_size: tuple[int, int]
     input_size: tuple[int, int]
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    decoder_cache: ImageTokenCache | None = None
 
     def nbytes(self) -> int:
         """Memory held by the state's tensors, in bytes."""
         tensors = [self.features, *self.extras.values()]
-        return sum(t.element_size() * t.nelement() for t in tensors)
+        cache = 0 if self.decoder_cache is None else self.decoder_cache.nbytes()
+        return cache + sum(t.element_size() * t.nelement() for t in tensors)
 
 
 class SamPredictor:
@@ -59,9 +63,9 @@ class SamPredictor:
 
     With ``cache_image_tokens`` (default) and a decoder that offers ``forward_cached``, the
     decoder's prompt-independent image work is done once per image, on the first prompt
-    without a mask input (~30 MB kept for the current image; see
-    :mod:`ovsam.modeling.image_token_cache`); every later prompt costs less. Results equal
-    the plain decoder's up to fp32 rounding.
+    without a mask input, and kept in the image's :class:`ImageState` (~30 MB for SAM's
+    decoder; see :mod:`ovsam.modeling.image_token_cache`); every later prompt costs less.
+    Results equal the plain decoder's up to fp32 rounding.
     """
 
     def __init__(self, model: nn.Module, cache_image_tokens: bool = True) -> None:
@@ -69,7 +73,6 @@ class SamPredictor:
         self.transform = ResizeLongestSide(model.image_encoder.img_size)
         self._state: ImageState | None = None
         self.cache_image_tokens = cache_image_tokens
-        self._token_cache: tuple[ImageState, ImageTokenCache] | None = None
 
     @property
     def device(self) -> torch.device:
@@ -149,20 +152,19 @@ class SamPredictor:
     def reset_image(self) -> None:
         """Forget the current image."""
         self._state = None
-        self._token_cache = None
 
     def _image_token_cache(self, state: ImageState) -> ImageTokenCache | None:
         """The decoder's per-image cache for ``state``, built on first use (None: not used)."""
         decoder = self.model.mask_decoder
         if not self.cache_image_tokens or not hasattr(decoder, "forward_cached"):
             return None
-        if self._token_cache is None or self._token_cache[0] is not state:
-            self._token_cache = None  # free the old image's cache before building
+        if state.decoder_cache is None:
             prompt_encoder = self.model.prompt_encoder
             dense = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
-            cache = decoder.build_image_cache(state.features, prompt_encoder.get_dense_pe(), dense)
-            self._token_cache = (state, cache)
-        return self._token_cache[1]
+            state.decoder_cache = decoder.build_image_cache(
+                state.features, prompt_encoder.get_dense_pe(), dense
+            )
+        return state.decoder_cache
 
     # ---------------------------------------------------------------- validation
     def _check_points(

@@ -157,8 +157,9 @@ class FactoredTokens:
 
     ``residual`` ``B'xNxC``: the tokens written out, plus the ``out_proj`` bias of the next
     image-to-token attention (B' = 1 while all prompts share them; None after the last
-    one); ``shared`` when it belongs to the cache. ``scale`` ``BxN`` (None = ones), ``left`` ``BxNxr``, ``right`` ``BxrxC``
-    (None = rank 0).
+    one); ``shared`` when it belongs to the cache. ``scale`` ``BxN`` (None = ones),
+    ``left`` ``BxNxr``, ``right`` ``BxrxC`` (None = rank 0); once set, the last column of
+    ``left`` is all ones.
     """
 
     residual: Tensor | None
@@ -203,14 +204,16 @@ class FactoredTokens:
         return out + proj.bias.view(num_heads, 1, -1)
 
     def linear(self, proj: Projection) -> Callable[[slice], Tensor]:
-        """``rows -> W keys_i + b`` for the token rows ``rows`` (``B x n x C'``)."""
+        """``rows -> W keys_i + b`` for the token rows ``rows`` (``B x n x C'``).
+
+        The bias rides on the last factor, whose ``left`` column is all ones.
+        """
         right = self.right @ proj.weight.T
+        right[:, -1] += proj.bias
 
         def rows_out(rows: slice) -> Tensor:
-            out = proj.scaled[rows].expand(right.shape[0], -1, -1)
-            if self.scale is not None:
-                out = out * self.scale[:, rows, None]
-            return torch.baddbmm(out, self.left[:, rows], right).add_(proj.bias)
+            out = torch.mul(proj.scaled[rows], self.scale[:, rows, None])
+            return out.baddbmm_(self.left[:, rows], right)
 
         return rows_out
 

@@ -12,7 +12,8 @@ class ServeSettings:
     """Server limits. Every violation is answered with a 4xx JSON error naming the limit.
 
     ``cache_images`` / ``cache_bytes`` bound the LRU store of embedded images (an embedding
-    of MobileSAM is 4 MiB); ``max_points`` bounds the clicks of one request;
+    of MobileSAM is 4 MiB, plus 30 MiB of decoder precomputation once the image has had a
+    prompt, which makes every later click faster); ``max_points`` bounds the clicks of one request;
     ``max_vocabulary`` the names of a custom vocabulary. ``labels`` loads CLIP
     ``clip_model`` / ``clip_weights`` for recognition; ``random_recognition`` uses random weights
     (testing only).
@@ -27,7 +28,7 @@ class ServeSettings:
     max_vocabulary: int = 25_000
     max_name_chars: int = 200
     cache_images: int = 16
-    cache_bytes: int = 512 * 1024 * 1024
+    cache_bytes: int = 1024 * 1024 * 1024
     masks_per_image: int = 32
     top_k: int = 5
     labels: bool = False
