@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -140,3 +142,33 @@ def test_cache_lives_with_the_image_state_and_skips_mask_prompts(
     assert state.decoder_cache is first_cache
     np.testing.assert_array_equal(again[2], logits)  # same cache, same prompt
     assert not np.array_equal(flipped[0], again[0])
+
+
+def test_cache_is_rebuilt_for_other_decoder_weights(mobilesam_model: torch.nn.Module) -> None:
+    """A state restored into a predictor whose decoder differs never uses a stale cache."""
+    predictor = SamPredictor(mobilesam_model)
+    predictor.set_image(np.asarray(Image.open(ASSET).convert("RGB"))[:200, :300])
+    box = np.array([20, 20, 200, 150])
+    predictor.predict(box=box, multimask_output=False)
+    state = predictor.export_state()
+    original = state.decoder_cache
+    other = copy.deepcopy(mobilesam_model)
+    with torch.no_grad():
+        other.mask_decoder.output_upscaling[0].bias.add_(0.5)
+    changed, plain = SamPredictor(other), SamPredictor(other, cache_image_tokens=False)
+    changed.load_state(state)
+    plain.load_state(state)
+    masks, _, logits = changed.predict(box=box, multimask_output=False)
+    assert state.decoder_cache is not original
+    reference = plain.predict(box=box, multimask_output=False)
+    np.testing.assert_allclose(logits, reference[2], atol=2e-3 * np.abs(reference[2]).max())
+    rebuilt = state.decoder_cache
+    changed.predict(box=box, multimask_output=False)
+    assert state.decoder_cache is rebuilt  # same weights: reused
+    with torch.no_grad():  # in-place edits of the same model are noticed too
+        other.mask_decoder.output_upscaling[0].bias.sub_(0.5)
+    _, _, restored = changed.predict(box=box, multimask_output=False)
+    assert state.decoder_cache is not rebuilt
+    np.testing.assert_allclose(
+        restored, predictor.predict(box=box, multimask_output=False)[2], atol=1e-4
+    )

@@ -25,7 +25,7 @@ from torch import nn
 from ovsam.boxes import clip_boxes_to_image, finite_array
 from ovsam.errors import InputError, NotReadyError
 from ovsam.image_io import check_image_array
-from ovsam.modeling.image_token_cache import ImageTokenCache
+from ovsam.modeling.image_token_cache import ImageTokenCache, weights_key
 from ovsam.transforms import ResizeLongestSide
 
 LOW_RES = 256
@@ -158,12 +158,14 @@ class SamPredictor:
         decoder = self.model.mask_decoder
         if not self.cache_image_tokens or not hasattr(decoder, "forward_cached"):
             return None
-        if state.decoder_cache is None:
-            prompt_encoder = self.model.prompt_encoder
+        prompt_encoder = self.model.prompt_encoder
+        source = weights_key(prompt_encoder, decoder)
+        if state.decoder_cache is None or state.decoder_cache.source != source:
+            state.decoder_cache = None  # built for other weights: free it first
             dense = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
-            state.decoder_cache = decoder.build_image_cache(
-                state.features, prompt_encoder.get_dense_pe(), dense
-            )
+            cache = decoder.build_image_cache(state.features, prompt_encoder.get_dense_pe(), dense)
+            cache.source = source
+            state.decoder_cache = cache
         return state.decoder_cache
 
     # ---------------------------------------------------------------- validation

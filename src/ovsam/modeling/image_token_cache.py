@@ -52,12 +52,14 @@ class ImageTokenCache:
     ``out_proj`` bias; ``levels[l]`` maps names to :class:`Projection`: for
     ``l < depth`` ``t2i_k``, ``t2i_v`` (token-to-image keys/values of block l) and ``i2t_q``
     (image-to-token queries of block l); for ``l == depth`` ``final_k``, ``final_v`` and
-    ``upscale`` (the first transposed convolution as a ``4C/4 x C`` map).
+    ``upscale`` (the first transposed convolution as a ``4C/4 x C`` map). ``source``
+    identifies the weights it was built from (see :func:`weights_key`).
     """
 
     residual: Tensor
     levels: list[dict[str, Projection]]
     grid_size: tuple[int, int]
+    source: tuple[object, ...] = ()
 
     def nbytes(self) -> int:
         """Memory held, in bytes."""
@@ -105,6 +107,14 @@ def _laid_out(x: Tensor, layout: str, num_heads: int) -> Tensor:
     heads = x.view(x.shape[0], num_heads, -1)
     order = (1, 2, 0) if layout == _SCORES else (1, 0, 2)
     return heads.permute(order).contiguous()
+
+
+def weights_key(*modules: nn.Module) -> tuple[object, ...]:
+    """Identifies the current weights of ``modules``: changes when any parameter is replaced,
+    moved or modified in place (``load_state_dict`` bumps versions)."""
+    return tuple(
+        (id(m), tuple((p.data_ptr(), p._version) for p in m.parameters())) for m in modules
+    )
 
 
 @torch.inference_mode()
