@@ -172,3 +172,22 @@ def test_cache_is_rebuilt_for_other_decoder_weights(mobilesam_model: torch.nn.Mo
     np.testing.assert_allclose(
         restored, predictor.predict(box=box, multimask_output=False)[2], atol=1e-4
     )
+
+
+@pytest.mark.gpu
+def test_cached_decoder_on_cuda_equals_cpu(mobilesam_model: torch.nn.Module) -> None:
+    decoder = copy.deepcopy(mobilesam_model.mask_decoder)
+    prompt = copy.deepcopy(mobilesam_model.prompt_encoder)
+    image = torch.randn(1, 256, 64, 64)
+    boxes = torch.tensor([[100.0, 200.0, 500.0, 700.0], [0.0, 0.0, 1000.0, 900.0]])
+    outputs = []
+    for device in ("cpu", "cuda"):
+        decoder.to(device)
+        prompt.to(device)
+        with torch.inference_mode():
+            sparse, dense = prompt(points=None, boxes=boxes.to(device), masks=None)
+            cache = decoder.build_image_cache(image.to(device), prompt.get_dense_pe(), dense[:1])
+            outputs.append([t.cpu() for t in decoder.forward_cached(cache, sparse, True)])
+    (cpu_masks, cpu_iou), (gpu_masks, gpu_iou) = outputs
+    assert (gpu_masks - cpu_masks).abs().max() < 1e-3 * cpu_masks.abs().max()
+    assert torch.allclose(gpu_iou, cpu_iou, atol=1e-3)
