@@ -58,9 +58,9 @@ def interleaved_medians(
 
 def build_cache(model: torch.nn.Module, embedding: torch.Tensor) -> ImageTokenCache:
     """Our decoder's per-image token cache, as ``SamPredictor`` builds it."""
-    dense = model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+    prompt_encoder = model.prompt_encoder
     return model.mask_decoder.build_image_cache(
-        embedding, model.prompt_encoder.get_dense_pe(), dense
+        embedding, prompt_encoder.get_dense_pe(), prompt_encoder.no_mask_dense()
     )
 
 

@@ -51,7 +51,7 @@ class PromptDecoderForOnnx(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         pe = self.prompt_encoder
         sparse = pe._embed_points(point_coords, point_labels, pad=False)
-        no_mask = pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        no_mask = pe.no_mask_dense()
         dense = pe.mask_downscaling(mask_input) * has_mask_input + no_mask * (1 - has_mask_input)
         return self.mask_decoder.predict_masks(image_embeddings, pe.get_dense_pe(), sparse, dense)
 

@@ -25,6 +25,7 @@ from torch import nn
 from ovsam.boxes import clip_boxes_to_image, finite_array
 from ovsam.errors import InputError, NotReadyError
 from ovsam.image_io import check_image_array
+from ovsam.modeling.common import tensors_nbytes
 from ovsam.modeling.image_token_cache import ImageTokenCache, weights_key
 from ovsam.transforms import ResizeLongestSide
 
@@ -50,9 +51,8 @@ class ImageState:
 
     def nbytes(self) -> int:
         """Memory held by the state's tensors, in bytes."""
-        tensors = [self.features, *self.extras.values()]
         cache = 0 if self.decoder_cache is None else self.decoder_cache.nbytes()
-        return cache + sum(t.element_size() * t.nelement() for t in tensors)
+        return cache + tensors_nbytes([self.features, *self.extras.values()])
 
 
 class SamPredictor:
@@ -162,8 +162,9 @@ class SamPredictor:
         source = weights_key(prompt_encoder, decoder)
         if state.decoder_cache is None or state.decoder_cache.source != source:
             state.decoder_cache = None  # built for other weights: free it first
-            dense = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
-            cache = decoder.build_image_cache(state.features, prompt_encoder.get_dense_pe(), dense)
+            cache = decoder.build_image_cache(
+                state.features, prompt_encoder.get_dense_pe(), prompt_encoder.no_mask_dense()
+            )
             cache.source = source
             state.decoder_cache = cache
         return state.decoder_cache

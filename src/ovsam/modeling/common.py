@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+
+def tensors_nbytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Memory held by ``tensors``, in bytes."""
+    return sum(t.element_size() * t.nelement() for t in tensors)
 
 
 class MLPBlock(nn.Module):

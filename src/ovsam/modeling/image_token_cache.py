@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ovsam.modeling.common import tensors_nbytes
+
 
 @dataclass
 class Projection:
@@ -70,7 +72,7 @@ class ImageTokenCache:
             for t in (p.scaled, p.fixed)
             if t is not None
         ]
-        return sum(t.element_size() * t.nelement() for t in tensors)
+        return tensors_nbytes(tensors)
 
 
 # How a precomputed ``NxC'`` product is laid out (see :class:`Projection`).
@@ -107,6 +109,13 @@ def _laid_out(x: Tensor, layout: str, num_heads: int) -> Tensor:
     heads = x.view(x.shape[0], num_heads, -1)
     order = (1, 2, 0) if layout == _SCORES else (1, 0, 2)
     return heads.permute(order).contiguous()
+
+
+def _out_bias(transformer: nn.Module, index: int) -> Tensor | None:
+    """``out_proj`` bias of block ``index``'s image-to-token attention (None past the end)."""
+    if index >= transformer.depth:
+        return None
+    return transformer.layers[index].cross_attn_image_to_token.out_proj.bias
 
 
 def weights_key(*modules: nn.Module) -> tuple[object, ...]:
@@ -157,7 +166,7 @@ def build_image_token_cache(
         if level < transformer.depth:
             channel_scale = channel_scale * transformer.layers[level].norm4.weight
     grid = (int(image_embeddings.shape[-2]), int(image_embeddings.shape[-1]))
-    residual = tokens + transformer.layers[0].cross_attn_image_to_token.out_proj.bias
+    residual = tokens + _out_bias(transformer, 0)
     return ImageTokenCache(residual[None], levels, grid)
 
 
@@ -300,13 +309,6 @@ def image_to_token(
     return FactoredTokens(
         residual if next_bias is not None else None, False, scale, left, torch.cat(rights, 1)
     )
-
-
-def _out_bias(transformer: nn.Module, index: int) -> Tensor | None:
-    """``out_proj`` bias of block ``index``'s image-to-token attention (None past the end)."""
-    if index >= transformer.depth:
-        return None
-    return transformer.layers[index].cross_attn_image_to_token.out_proj.bias
 
 
 def run_transformer_cached(

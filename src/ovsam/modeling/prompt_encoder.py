@@ -117,6 +117,10 @@ class PromptEncoder(nn.Module):
         corner_types = torch.cat([self.point_embeddings[2].weight, self.point_embeddings[3].weight])
         return corners + corner_types
 
+    def no_mask_dense(self) -> Tensor:
+        """The dense embedding of "no mask prompt": ``1xCx1x1``, broadcast over the grid."""
+        return self.no_mask_embed.weight.reshape(1, -1, 1, 1)
+
     def forward(
         self,
         points: tuple[Tensor, Tensor] | None,
@@ -144,5 +148,5 @@ class PromptEncoder(nn.Module):
         if masks is not None:
             dense = self.mask_downscaling(masks)
         else:
-            dense = weight.reshape(1, -1, 1, 1).expand(batch, -1, *self.image_embedding_size)
+            dense = self.no_mask_dense().expand(batch, -1, *self.image_embedding_size)
         return sparse, dense
