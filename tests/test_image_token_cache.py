@@ -116,6 +116,37 @@ def test_real_weights_cached_predictor_equals_plain(
     assert cached.export_state().decoder_cache is not None
 
 
+def test_real_weights_batched_cached_boxes_equal_single_and_plain(
+    predictors: tuple[SamPredictor, SamPredictor],
+) -> None:
+    """Five boxes decoded together (chunks of 2, 2, 1) give each box's lone result."""
+    cached, plain = predictors
+    boxes = torch.tensor(
+        [
+            [60, 40, 420, 330],
+            [0, 0, 200, 150],
+            [300, 100, 640, 420],
+            [10, 200, 90, 300],
+            [5, 5, 9, 9],
+        ]
+    )
+    boxes = cached.transform.apply_boxes_torch(boxes.float(), cached.original_size)
+    masks, scores, logits = cached.predict_torch(None, None, boxes, multimask_output=False)
+    ref_masks, ref_scores, ref_logits = plain.predict_torch(
+        None, None, boxes, multimask_output=False
+    )
+    assert masks.shape[0] == scores.shape[0] == logits.shape[0] == 5
+    for i in range(5):
+        one_masks, one_scores, one_logits = cached.predict_torch(
+            None, None, boxes[i : i + 1], multimask_output=False
+        )
+        assert torch.allclose(one_logits[0], logits[i], atol=1e-3)
+        assert torch.allclose(one_scores[0], scores[i], atol=1e-5)
+    assert (masks == ref_masks).float().mean() > 0.9999
+    assert torch.allclose(scores, ref_scores, atol=1e-4)
+    assert (logits - ref_logits).abs().max() < 2e-3 * ref_logits.abs().max()
+
+
 def test_cache_lives_with_the_image_state_and_skips_mask_prompts(
     mobilesam_model: torch.nn.Module,
 ) -> None:

@@ -177,8 +177,8 @@ class FactoredTokens:
     ``residual`` ``B'xNxC``: the tokens written out, plus the ``out_proj`` bias of the next
     image-to-token attention (B' = 1 while all prompts share them; None after the last
     one); ``shared`` when it belongs to the cache. ``scale`` ``BxN`` (None = ones),
-    ``left`` ``BxNxr``, ``right`` ``BxrxC`` (None = rank 0); once set, the last column of
-    ``left`` is all ones.
+    ``left`` ``BxrxN`` (stored transposed: every factor is written as one contiguous row),
+    ``right`` ``BxrxC`` (None = rank 0); once set, the last row of ``left`` is all ones.
     """
 
     residual: Tensor | None
@@ -195,46 +195,73 @@ class FactoredTokens:
     def scores(self, proj: Projection, queries: Tensor) -> Tensor:
         """``queries . (W keys_i)`` per head: ``queries`` ``BxHxTxd`` -> ``BxHxTxN``.
 
-        ``proj.scaled`` / ``proj.fixed`` are laid out ``H x d x N`` for this product.
+        ``proj.scaled`` / ``proj.fixed`` are laid out ``H x d x N`` for this product and read
+        once for all B prompts.
         """
         b, num_heads, t, _ = queries.shape
-        out = queries @ proj.scaled
+        stacked = _stack_heads(queries)
+        out = _unstack_heads(torch.bmm(stacked, proj.scaled), b)
         if self.scale is not None:
-            out *= self.scale[:, None, None, :]
+            out = torch.mul(out, self.scale[:, None, None, :], out=out.new_empty(out.shape))
+        else:
+            out = out.contiguous()
         if proj.fixed is not None:
-            out += queries @ proj.fixed
+            out += _unstack_heads(torch.bmm(stacked, proj.fixed), b)
         if self.left is not None:
             coef = torch.einsum("bhtd,brhd->bhtr", queries, self._right_mapped(proj, num_heads))
-            low_rank = coef.reshape(b, num_heads * t, -1) @ self.left.transpose(1, 2)
-            out += low_rank.view(out.shape)
+            out.view(b, num_heads * t, -1).baddbmm_(coef.reshape(b, num_heads * t, -1), self.left)
         return out
 
     def weighted_sum(self, proj: Projection, weights: Tensor) -> Tensor:
         """``sum_i weights_i (W keys_i + b)`` per head, rows of ``weights`` summing to 1.
 
-        ``weights`` ``BxHxTxN`` -> ``BxHxTxd``; ``proj.scaled`` is laid out ``H x N x d``.
+        ``weights`` ``BxHxTxN`` -> ``BxHxTxd``; ``proj.scaled`` is laid out ``H x N x d``
+        and read once for all B prompts.
         """
         b, num_heads, t, n = weights.shape
-        scaled = weights if self.scale is None else weights * self.scale[:, None, None, :]
-        out = scaled @ proj.scaled
+        stacked = _stack_heads(weights, self.scale)
+        out = _unstack_heads(torch.bmm(stacked, proj.scaled), b)
         if self.left is not None:
-            coef = (weights.view(b, num_heads * t, n) @ self.left).view(b, num_heads, t, -1)
-            out += torch.einsum("bhtr,brhd->bhtd", coef, self._right_mapped(proj, num_heads))
+            coef = weights.view(b, num_heads * t, n) @ self.left.transpose(1, 2)
+            coef = coef.view(b, num_heads, t, -1)
+            out = out + torch.einsum("bhtr,brhd->bhtd", coef, self._right_mapped(proj, num_heads))
         return out + proj.bias.view(num_heads, 1, -1)
 
     def linear(self, proj: Projection) -> Callable[[slice], Tensor]:
         """``rows -> W keys_i + b`` for the token rows ``rows`` (``B x n x C'``).
 
-        The bias rides on the last factor, whose ``left`` column is all ones.
+        The bias rides on the last factor, whose ``left`` row is all ones.
         """
         right = self.right @ proj.weight.T
         right[:, -1] += proj.bias
 
         def rows_out(rows: slice) -> Tensor:
             out = torch.mul(proj.scaled[rows], self.scale[:, rows, None])
-            return out.baddbmm_(self.left[:, rows], right)
+            return out.baddbmm_(self.left[:, :, rows].transpose(1, 2), right)
 
         return rows_out
+
+
+def _stack_heads(x: Tensor, scale: Tensor | None = None) -> Tensor:
+    """``BxHxTxK`` (times ``scale`` ``BxK`` along K when given) -> ``Hx(B*T)xK``.
+
+    One product per head then covers every prompt; a copy only for B > 1 or a scale.
+    """
+    b, num_heads, t, k = x.shape
+    if b == 1 and scale is None:
+        return x[0]
+    out = x.new_empty(num_heads, b, t, k)
+    if scale is None:
+        out.copy_(x.transpose(0, 1))
+    else:
+        torch.mul(x.transpose(0, 1), scale[:, None, :], out=out)
+    return out.view(num_heads, b * t, k)
+
+
+def _unstack_heads(x: Tensor, b: int) -> Tensor:
+    """``Hx(B*T)xM`` -> a ``BxHxTxM`` view."""
+    num_heads, bt, m = x.shape
+    return x.view(num_heads, b, bt // b, m).transpose(0, 1)
 
 
 def _heads(x: Tensor, num_heads: int) -> Tensor:
@@ -278,9 +305,9 @@ def image_to_token(
     k = _heads(attention.k_proj(tokens[0]) * head_dim**-0.5, num_heads)
     attn = torch.softmax(keys.scores(query_proj, k), dim=2)  # over the T tokens
     b, _, t, n = attn.shape
-    v = attention.v_proj(tokens[1]).view(b, t, num_heads, head_dim)
-    w_out = attention.out_proj.weight.view(-1, num_heads, head_dim)
-    values = torch.einsum("bthd,chd->bhtc", v, w_out).reshape(b, num_heads * t, -1)
+    v = _heads(attention.v_proj(tokens[1]), num_heads)  # B x H x T x d
+    w_out = attention.out_proj.weight.view(-1, num_heads, head_dim).permute(1, 2, 0)
+    values = (v @ w_out).reshape(b, num_heads * t, -1)  # rows (head, token) of out_proj
     weights = attn.view(b, num_heads * t, n).transpose(1, 2)  # B x N x HT
     if keys.shared:  # the cache's tokens: never written to
         x = torch.baddbmm(keys.residual, weights, values)
@@ -291,20 +318,21 @@ def image_to_token(
         x, norm.normalized_shape, gain, shift if next_bias is None else shift + next_bias, norm.eps
     )
     # New factors: keys' = diag(inv_std) (keys + weights @ values + b_out) G - ...
-    rank = 0 if keys.left is None else keys.left.shape[-1]
-    left = x.new_empty(b, n, rank + num_heads * t + 3)
+    rank = 0 if keys.left is None else keys.left.shape[1]
+    inv_std_row = inv_std.view(b, 1, n)
+    left = x.new_empty(b, rank + num_heads * t + 3, n)
     if keys.left is not None:
-        torch.mul(keys.left, inv_std, out=left[..., :rank])
-    torch.mul(weights, inv_std, out=left[..., rank:-3])
-    left[..., -3:-2] = inv_std
-    torch.mul(inv_std, mean, out=left[..., -2:-1]).neg_()
-    left[..., -1] = 1.0
+        torch.mul(keys.left, inv_std_row, out=left[:, :rank])
+    torch.mul(attn.view(b, num_heads * t, n), inv_std_row, out=left[:, rank:-3])
+    left[:, -3:-2] = inv_std_row
+    torch.mul(inv_std_row, mean.view(b, 1, n), out=left[:, -2:-1]).neg_()
+    left[:, -1] = 1.0
     rights = [values * gain] + [
         v.expand(b, 1, -1) for v in (attention.out_proj.bias * gain, gain, shift)
     ]
     if keys.right is not None:
         rights.insert(0, keys.right * gain)
-    inv_std = inv_std[..., 0]
+    inv_std = inv_std.view(b, n)
     scale = inv_std if keys.scale is None else keys.scale * inv_std
     return FactoredTokens(
         residual if next_bias is not None else None, False, scale, left, torch.cat(rights, 1)

@@ -57,7 +57,7 @@ _TILE_TOKENS = 2048
 # Prompts decoded together by ``MaskDecoder.forward`` (see ``prompt_chunks``).
 PROMPTS_PER_CHUNK = 2
 # Prompts decoded together by ``MaskDecoder.forward_cached``.
-CACHED_PROMPTS_PER_CHUNK = 1
+CACHED_PROMPTS_PER_CHUNK = 2
 
 
 def prompt_chunks(batch: int, chunk: int = PROMPTS_PER_CHUNK) -> list[slice]:
@@ -77,6 +77,14 @@ def prompt_rows(x: Tensor, rows: slice) -> Tensor:
 def _share_broadcast_batch(x: Tensor) -> Tensor:
     """``x[:1]`` when every batch entry is the same memory (an ``expand``-ed view), else ``x``."""
     return x[:1] if x.shape[0] > 1 and x.stride(0) == 0 else x
+
+
+def _per_pixel_map(conv: nn.ConvTranspose2d) -> tuple[Tensor, Tensor]:
+    """A 2x2 stride-2 transposed conv as a per-pixel linear map ``(weight Cx4C', bias 4C')``.
+
+    Outputs are ordered ``(i, j, c')`` with ``(i, j)`` the row/column offset of the output pixel.
+    """
+    return conv.weight.permute(0, 2, 3, 1).reshape(conv.in_channels, -1), conv.bias.repeat(4)
 
 
 def _empty_outputs(like: Tensor, masks: int, grid: Sequence[int]) -> tuple[Tensor, Tensor]:
@@ -194,13 +202,9 @@ class TwoWayMaskDecoder(nn.Module):
         )
 
     def first_upscale_map(self) -> tuple[Tensor, Tensor]:
-        """The first 2x2 stride-2 transposed conv as a per-token linear map.
-
-        Returns ``(weight Cx4C', bias 4C')`` (C' = C/4); outputs are ordered ``(i, j, c')``
-        with ``(i, j)`` the row/column offset of the output pixel.
-        """
-        up1 = self.output_upscaling[0]
-        return up1.weight.permute(0, 2, 3, 1).reshape(up1.in_channels, -1), up1.bias.repeat(4)
+        """The first transposed conv as a per-token ``(weight Cx4C', bias 4C')`` map, C' = C/4
+        (see :func:`_per_pixel_map`)."""
+        return _per_pixel_map(self.output_upscaling[0])
 
     def predict_mask_logits(
         self, mask_tokens_out: Tensor, src: Tensor, token_indices: Sequence[int]
@@ -234,21 +238,23 @@ class TwoWayMaskDecoder(nn.Module):
         """
         b, h, w = size
         rows = max(1, _TILE_TOKENS // max(1, b * w))
+        second = _per_pixel_map(self.output_upscaling[3])
         tiles = [
-            self._upscaled_masks(first_upscale(slice(r * w, (r + rows) * w)), hyper_in)
+            self._upscaled_masks(first_upscale(slice(r * w, (r + rows) * w)), hyper_in, second)
             for r in range(0, h, rows)
         ]
         masks = torch.cat(tiles, dim=1).view(b, h, w, 2, 2, 2, 2, -1)
         return masks.permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(b, -1, 4 * h, 4 * w)
 
-    def _upscaled_masks(self, x: Tensor, hyper_in: Tensor) -> Tensor:
+    def _upscaled_masks(self, x: Tensor, hyper_in: Tensor, second: tuple[Tensor, Tensor]) -> Tensor:
         """Second half of ``output_upscaling`` on first-conv outputs, dotted with ``hyper_in``.
 
         SAM's upscaling is two 2x2 stride-2 transposed convs, i.e. per-pixel linear maps:
         each token becomes 4x4 output pixels ordered ``(i1, j1, i2, j2)`` (row offset
         ``2*i1 + i2``, column offset ``2*j1 + j2``). ``x`` holds ``B*T`` tokens' first-conv
-        outputs (``4C'`` each). Returns ``Bx(T*16)xM``. Works on a tile of tokens at a time so
-        that the 32-channel upscaled features stay in cache.
+        outputs (``4C'`` each); ``second`` the second transposed conv as ``(weight C'x4C'',
+        bias 4C'')``. Returns ``Bx(T*16)xM``. Works on a tile of tokens at a time so that the
+        32-channel upscaled features stay in cache.
         """
         up1, norm, act1, up2, act2 = self.output_upscaling
         x = act1(
@@ -256,8 +262,7 @@ class TwoWayMaskDecoder(nn.Module):
                 x.reshape(-1, up1.out_channels), norm.weight.shape, norm.weight, norm.bias, norm.eps
             )
         )
-        w2 = up2.weight.permute(0, 2, 3, 1).reshape(up2.in_channels, -1)
-        x = act2(torch.addmm(up2.bias.repeat(4), x, w2))
+        x = act2(torch.addmm(second[1], x, second[0]))
         b = hyper_in.shape[0]
         return torch.bmm(x.view(b, -1, up2.out_channels), hyper_in)
 
