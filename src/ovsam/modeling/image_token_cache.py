@@ -8,12 +8,13 @@ and channels. After ``l`` blocks the tokens therefore are exactly::
 
     keys_l = diag(s) (k0 * E_l) + L @ R        E_l = product of the norm4 weights so far
 
-with per-row scales ``s`` (N), ``L`` (``Nxr``) and ``R`` (``rxC``), r = l * (heads*T + 3).
+with per-row scales ``s`` (N), ``L`` (``Nxr``) and ``R`` (``rxC``), r = l * (heads*(T-1) + 3)
+(each head's attention weights sum to 1 over the T tokens, which saves one factor per head).
 A linear map W of ``keys_l`` is then ``s * ((k0 * E_l) W^T) + L (R W^T)``: the ``NxCxC'``
 product is prompt-independent and kept in an :class:`ImageTokenCache`, built once per image;
 per prompt only the rank-r part is left. The attention logits and values of both
 cross-attention directions and the first upscaling convolution (a per-pixel linear map) use
-it; LayerNorm statistics come from explicitly updated tokens (one ``Nx(heads*T)xC`` product
+it; LayerNorm statistics come from explicitly updated tokens (one ``Nx(heads*(T-1))xC`` product
 per block). Exact algebra, fp32 rounding aside; used without autograd and without a mask
 prompt (a mask prompt changes ``k0`` per prompt).
 """
@@ -307,12 +308,19 @@ def image_to_token(
     b, _, t, n = attn.shape
     v = _heads(attention.v_proj(tokens[1]), num_heads)  # B x H x T x d
     w_out = attention.out_proj.weight.view(-1, num_heads, head_dim).permute(1, 2, 0)
-    values = (v @ w_out).reshape(b, num_heads * t, -1)  # rows (head, token) of out_proj
-    weights = attn.view(b, num_heads * t, n).transpose(1, 2)  # B x N x HT
+    values = v @ w_out  # B x H x T x C: out_proj of each (head, token) value
+    # Each head's weights sum to 1 over the T tokens, so weights @ values equals
+    # sum over t < T-1 of w_t (values_t - values_{T-1}), plus sum_h values_{h,T-1}:
+    # one factor fewer per head.
+    last = values[:, :, -1:]
+    rank_values = (values[:, :, :-1] - last).reshape(b, num_heads * (t - 1), -1)
+    rank_weights = attn[:, :, :-1].reshape(b, num_heads * (t - 1), n)
+    last = last.sum(1)  # B x 1 x C
     if keys.shared:  # the cache's tokens: never written to
-        x = torch.baddbmm(keys.residual, weights, values)
+        x = torch.baddbmm(keys.residual + last, rank_weights.transpose(1, 2), rank_values)
     else:
-        x = keys.residual.baddbmm_(weights, values)
+        x = keys.residual.add_(last).baddbmm_(rank_weights.transpose(1, 2), rank_values)
+    bias = attention.out_proj.bias + last
     gain, shift = norm.weight, norm.bias
     residual, mean, inv_std = torch.native_layer_norm(
         x, norm.normalized_shape, gain, shift if next_bias is None else shift + next_bias, norm.eps
@@ -320,16 +328,14 @@ def image_to_token(
     # New factors: keys' = diag(inv_std) (keys + weights @ values + b_out) G - ...
     rank = 0 if keys.left is None else keys.left.shape[1]
     inv_std_row = inv_std.view(b, 1, n)
-    left = x.new_empty(b, rank + num_heads * t + 3, n)
+    left = x.new_empty(b, rank + rank_weights.shape[1] + 3, n)
     if keys.left is not None:
         torch.mul(keys.left, inv_std_row, out=left[:, :rank])
-    torch.mul(attn.view(b, num_heads * t, n), inv_std_row, out=left[:, rank:-3])
+    torch.mul(rank_weights, inv_std_row, out=left[:, rank:-3])
     left[:, -3:-2] = inv_std_row
     torch.mul(inv_std_row, mean.view(b, 1, n), out=left[:, -2:-1]).neg_()
     left[:, -1] = 1.0
-    rights = [values * gain] + [
-        v.expand(b, 1, -1) for v in (attention.out_proj.bias * gain, gain, shift)
-    ]
+    rights = [rank_values * gain, bias * gain] + [v.expand(b, 1, -1) for v in (gain, shift)]
     if keys.right is not None:
         rights.insert(0, keys.right * gain)
     inv_std = inv_std.view(b, n)
