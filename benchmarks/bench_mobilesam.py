@@ -4,7 +4,8 @@ Upstream = PyPI ``mobilesam-mirror==1.0.0`` (imported through ``tests/upstream_m
 Measured: image encoder on a 1x3x1024x1024 input, and prompt encoder + mask decoder for one
 point (3 masks), one box (1 mask) and a batch of 16 boxes (1 mask each; cost per prompt),
 each with our plain decoder and with the per-image token cache the predictor uses
-(``ovsam.modeling.image_token_cache``; its build, once per image, is timed too).
+(``ovsam.modeling.image_token_cache``; its build, once per image, is timed too; batches go
+to ``torch.get_num_threads()`` parallel prompt workers, ``ovsam.modeling.prompt_workers``).
 Runs of ours and upstream are interleaved so that load from other processes hits both alike;
 figures are medians of ``--runs`` warm runs. Usage::
 

@@ -23,6 +23,7 @@ from ovsam.modeling.image_token_cache import (
     build_image_token_cache,
     run_transformer_cached,
 )
+from ovsam.modeling.prompt_workers import map_prompt_chunks, prompt_workers
 
 
 class MLP(nn.Module):
@@ -56,7 +57,8 @@ class MLP(nn.Module):
 _TILE_TOKENS = 2048
 # Prompts decoded together by ``MaskDecoder.forward`` (see ``prompt_chunks``).
 PROMPTS_PER_CHUNK = 2
-# Prompts decoded together by ``MaskDecoder.forward_cached``.
+# Prompts decoded together by ``TwoWayMaskDecoder.decode_cached`` (fewer when that leaves
+# a parallel worker idle; see ``ovsam.modeling.prompt_workers``).
 CACHED_PROMPTS_PER_CHUNK = 2
 
 
@@ -178,8 +180,8 @@ class TwoWayMaskDecoder(nn.Module):
         if batch == 0:
             hs = output_tokens.new_zeros((0, len(query_rows), output_tokens.shape[-1]))
             return hs, _empty_outputs(hs, len(token_indices), (h, w))[0]
-        outputs = []
-        for rows in prompt_chunks(batch, CACHED_PROMPTS_PER_CHUNK):
+
+        def decode(rows: slice) -> tuple[Tensor, Tensor]:
             prompts = sparse_prompt_embeddings[rows]
             hs, keys = run_transformer_cached(self, cache, output_tokens, prompts, query_rows)
             mask_tokens_out = hs[:, len(query_rows) - len(token_indices) :]
@@ -188,7 +190,11 @@ class TwoWayMaskDecoder(nn.Module):
                 self.hypernetwork_inputs(mask_tokens_out, token_indices),
                 (prompts.shape[0], h, w),
             )
-            outputs.append((hs, masks))
+            return hs, masks
+
+        workers = prompt_workers(output_tokens.device)
+        chunk = min(CACHED_PROMPTS_PER_CHUNK, -(-batch // workers))
+        outputs = map_prompt_chunks(decode, prompt_chunks(batch, chunk), workers)
         return torch.cat([o[0] for o in outputs]), torch.cat([o[1] for o in outputs])
 
     def hypernetwork_inputs(self, mask_tokens_out: Tensor, token_indices: Sequence[int]) -> Tensor:

@@ -1,0 +1,80 @@
+"""Parallel prompt workers: same results as a serial loop, caller's thread count and modes kept."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from ovsam.modeling.prompt_workers import map_prompt_chunks, prompt_workers
+
+
+def _thread_and_modes(rows: slice) -> tuple[str, int, bool, bool, int]:
+    return (
+        threading.current_thread().name,
+        rows.start,
+        torch.is_inference_mode_enabled(),
+        torch.is_grad_enabled(),
+        torch.get_num_threads(),
+    )
+
+
+def test_chunks_run_on_single_threaded_workers_in_order() -> None:
+    threads = torch.get_num_threads()
+    chunks = [slice(i, i + 1) for i in range(6)]
+    with torch.inference_mode():
+        results = map_prompt_chunks(_thread_and_modes, chunks, workers=2)
+    assert [r[1] for r in results] == list(range(6))
+    assert all(r[0].startswith("ovsam-prompts") for r in results)
+    assert all(r[2] and not r[3] and r[4] == 1 for r in results)
+    assert torch.get_num_threads() == threads
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_workers_take_the_callers_grad_mode(grad: bool) -> None:
+    with torch.set_grad_enabled(grad):
+        results = map_prompt_chunks(_thread_and_modes, [slice(0, 1), slice(1, 2)], workers=2)
+    assert [(r[2], r[3]) for r in results] == [(False, grad)] * 2
+
+
+def test_serial_when_one_worker_or_one_chunk() -> None:
+    here = threading.current_thread().name
+    assert map_prompt_chunks(_thread_and_modes, [slice(0, 1), slice(1, 2)], 1)[0][0] == here
+    assert map_prompt_chunks(_thread_and_modes, [slice(0, 1)], 4)[0][0] == here
+
+
+def test_worker_count_follows_device_and_nesting() -> None:
+    assert prompt_workers(torch.device("cpu")) == torch.get_num_threads()
+    assert prompt_workers(torch.device("cuda")) == 1
+    nested = map_prompt_chunks(
+        lambda rows: prompt_workers(torch.device("cpu")), [slice(0, 1), slice(1, 2)], 2
+    )
+    assert nested == [1, 1]
+
+
+def test_parallel_cached_decode_equals_serial_bit_for_bit(
+    mobilesam_model: torch.nn.Module,
+) -> None:
+    decoder, prompt_encoder = mobilesam_model.mask_decoder, mobilesam_model.prompt_encoder
+    generator = torch.Generator().manual_seed(0)
+    corners = torch.rand(7, 2, 2, generator=generator) * 1024
+    boxes = torch.cat([corners.min(1).values, corners.max(1).values], dim=1)
+    threads = torch.get_num_threads()
+    with torch.inference_mode():
+        embedding = torch.randn(1, 256, 64, 64, generator=generator)
+        cache = decoder.build_image_cache(
+            embedding, prompt_encoder.get_dense_pe(), prompt_encoder.no_mask_dense()
+        )
+        sparse, _ = prompt_encoder(points=None, boxes=boxes, masks=None)
+        tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight])
+        args = (cache, tokens, sparse, [0, 2, 3, 4], [1, 2, 3])
+        torch.set_num_threads(2)
+        parallel = decoder.decode_cached(*args)  # 4 chunks of 2 prompts on 2 workers
+        torch.set_num_threads(1)
+        try:
+            serial = decoder.decode_cached(*args)  # the same chunks, one after another
+        finally:
+            torch.set_num_threads(threads)
+    assert parallel[1].shape == (7, 3, 256, 256)
+    assert torch.equal(parallel[0], serial[0]) and torch.equal(parallel[1], serial[1])
