@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 
 import pytest
@@ -78,3 +80,22 @@ def test_parallel_cached_decode_equals_serial_bit_for_bit(
             torch.set_num_threads(threads)
     assert parallel[1].shape == (7, 3, 256, 256)
     assert torch.equal(parallel[0], serial[0]) and torch.equal(parallel[1], serial[1])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_workers_start_afresh_in_a_forked_child() -> None:
+    """After fork the parent's worker threads are gone; the child must not wait on them."""
+    both = threading.Barrier(2, timeout=10)  # the parent's pool starts both of its threads
+    map_prompt_chunks(lambda rows: both.wait(), [slice(0, 1), slice(1, 2)], 2)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: decode on fresh workers, report, exit without pytest's cleanup
+        signal.alarm(30)  # a hang on the parent's dead workers ends the child instead
+        try:
+            names = [r[0] for r in map_prompt_chunks(_thread_and_modes, [slice(0, 1)] * 2, 2)]
+            os.write(write, b"ok" if all(n.startswith("ovsam-prompts") for n in names) else b"no")
+        finally:
+            os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    assert os.read(read, 2) == b"ok" and status == 0

@@ -11,6 +11,7 @@ Each chunk's arithmetic is unchanged, so results equal a serial loop bit for bit
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,17 @@ Result = TypeVar("Result")
 _pools: dict[int, ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
 _worker = threading.local()
+
+
+def _forget_pools_after_fork() -> None:
+    """A forked child has none of the parent's threads: start its pools afresh."""
+    global _pools_lock
+    _pools.clear()
+    _pools_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pools_after_fork)
 
 
 def _start_worker() -> None:
