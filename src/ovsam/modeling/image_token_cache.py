@@ -311,16 +311,17 @@ def image_to_token(
     values = v @ w_out  # B x H x T x C: out_proj of each (head, token) value
     # Each head's weights sum to 1 over the T tokens, so weights @ values equals
     # sum over t < T-1 of w_t (values_t - values_{T-1}), plus sum_h values_{h,T-1}:
-    # one factor fewer per head.
+    # one factor fewer per head. That sum rides on a last row of ones.
+    kept = num_heads * (t - 1)
+    rank_weights = attn.new_empty(b, kept + 1, n)
+    rank_weights[:, :kept].view(b, num_heads, t - 1, n).copy_(attn[:, :, :-1])
+    rank_weights[:, kept] = 1.0
     last = values[:, :, -1:]
-    rank_values = (values[:, :, :-1] - last).reshape(b, num_heads * (t - 1), -1)
-    rank_weights = attn[:, :, :-1].reshape(b, num_heads * (t - 1), n)
-    last = last.sum(1)  # B x 1 x C
+    rank_values = torch.cat([(values[:, :, :-1] - last).reshape(b, kept, -1), last.sum(1)], dim=1)
     if keys.shared:  # the cache's tokens: never written to
-        x = torch.baddbmm(keys.residual + last, rank_weights.transpose(1, 2), rank_values)
+        x = torch.baddbmm(keys.residual, rank_weights.transpose(1, 2), rank_values)
     else:
-        x = keys.residual.add_(last).baddbmm_(rank_weights.transpose(1, 2), rank_values)
-    bias = attention.out_proj.bias + last
+        x = keys.residual.baddbmm_(rank_weights.transpose(1, 2), rank_values)
     gain, shift = norm.weight, norm.bias
     residual, mean, inv_std = torch.native_layer_norm(
         x, norm.normalized_shape, gain, shift if next_bias is None else shift + next_bias, norm.eps
@@ -328,14 +329,14 @@ def image_to_token(
     # New factors: keys' = diag(inv_std) (keys + weights @ values + b_out) G - ...
     rank = 0 if keys.left is None else keys.left.shape[1]
     inv_std_row = inv_std.view(b, 1, n)
-    left = x.new_empty(b, rank + rank_weights.shape[1] + 3, n)
+    left = x.new_empty(b, rank + kept + 3, n)
     if keys.left is not None:
         torch.mul(keys.left, inv_std_row, out=left[:, :rank])
-    torch.mul(rank_weights, inv_std_row, out=left[:, rank:-3])
-    left[:, -3:-2] = inv_std_row
+    torch.mul(rank_weights, inv_std_row, out=left[:, rank:-2])  # last row: inv_std
     torch.mul(inv_std_row, mean.view(b, 1, n), out=left[:, -2:-1]).neg_()
     left[:, -1] = 1.0
-    rights = [rank_values * gain, bias * gain] + [v.expand(b, 1, -1) for v in (gain, shift)]
+    rank_values[:, kept] += attention.out_proj.bias  # pairs with inv_std, like b_out
+    rights = [rank_values * gain] + [v.expand(b, 1, -1) for v in (gain, shift)]
     if keys.right is not None:
         rights.insert(0, keys.right * gain)
     inv_std = inv_std.view(b, n)
