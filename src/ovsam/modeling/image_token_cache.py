@@ -202,7 +202,7 @@ class FactoredTokens:
         b, num_heads, t, _ = queries.shape
         stacked = _stack_heads(queries)
         out = _unstack_heads(torch.bmm(stacked, proj.scaled), b)
-        if self.scale is not None:
+        if self.scale is not None:  # written contiguous (B > 1 makes ``out`` a permuted view)
             out = torch.mul(out, self.scale[:, None, None, :], out=out.new_empty(out.shape))
         else:
             out = out.contiguous()

@@ -82,7 +82,7 @@ def map_prompt_chunks(
 
     threads = torch.get_num_threads()
     try:
-        return list(_pool(min(workers, len(chunks))).map(run, chunks))
+        return list(_pool(workers).map(run, chunks))  # threads start only as needed
     finally:
         # a new worker's set_num_threads(1) also lowers the count new threads start with
         torch.set_num_threads(threads)
