@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -179,3 +181,36 @@ def test_mobilesam_checkpoint_into_vit_b_is_refused(mobilesam_checkpoint: Path) 
     assert "171 missing keys: image_encoder.blocks.0.attn.proj.bias" in message
     assert "296 unexpected keys: image_encoder.head.bias" in message
     assert "image_encoder.neck.0.weight: checkpoint (256, 320, 1, 1) vs model (256, 768" in message
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"not a checkpoint at all", r"not a PyTorch checkpoint, or a corrupt one \(Unsupported"),
+        (None, r"it pickles Python objects besides tensors \(Unsupported global: GLOBAL argp"),
+    ],
+)
+def test_unreadable_checkpoint_names_the_reason_without_unsafe_advice(
+    tmp_path: Path, content: bytes | None, expected: str
+) -> None:
+    path = tmp_path / "model.pt"
+    if content is None:
+        torch.save({"args": argparse.Namespace(lr=1.0), "model": {"w": torch.zeros(2)}}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(
+        CheckpointError, match=f"cannot read checkpoint {re.escape(str(path))}: {expected}"
+    ) as err:
+        build_model("mobilesam", checkpoint=path)
+    assert "weights_only` set to `False`" not in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_truncated_checkpoint_is_reported_as_corrupt(tmp_path: Path) -> None:
+    whole, cut = tmp_path / "whole.pt", tmp_path / "cut.pt"
+    torch.save({"w": torch.zeros(1000)}, whole)
+    cut.write_bytes(whole.read_bytes()[:2000])
+    with pytest.raises(
+        CheckpointError, match="cannot read checkpoint .*cut.pt: RuntimeError: .*zip"
+    ):
+        build_model("mobilesam", checkpoint=cut)

@@ -17,6 +17,8 @@ from ovsam.errors import CheckpointError
 
 _NESTED_KEYS = ("state_dict", "model", "module")
 _MAX_KEYS_IN_MESSAGE = 12
+# torch.load(weights_only=True) puts the reason after this in its UnpicklingError.
+_WEIGHTS_ONLY_MARKER = "WeightsUnpickler error:"
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -36,15 +38,33 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any reader failure means a bad file
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise CheckpointError(f"cannot read checkpoint {path}: {_read_failure(exc)}") from exc
     for key in _NESTED_KEYS:
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} does not hold a state dict of tensors")
     return dict(obj)
+
+
+def _read_failure(exc: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in one line.
+
+    torch's own text advises ``weights_only=False``, which would run the file's pickled code;
+    that advice is dropped and the reason kept.
+    """
+    text = str(exc)
+    detail = text.partition(_WEIGHTS_ONLY_MARKER)[2].strip()
+    if not detail:
+        return f"{type(exc).__name__}: {text.strip().splitlines()[0] if text.strip() else ''}"
+    reason = detail.splitlines()[0].split(" was not an allowed global")[0].strip()
+    if reason.startswith("Unsupported global"):
+        return (
+            f"it pickles Python objects besides tensors ({reason}); only plain state dicts "
+            "are read, safely (weights_only=True): save one with "
+            "torch.save(model.state_dict(), path)"
+        )
+    return f"not a PyTorch checkpoint, or a corrupt one ({reason})"
 
 
 def _format_keys(keys: list[str]) -> str:
