@@ -118,3 +118,33 @@ def test_clip2sam_head_learns_masks_and_classes(tmp_path: Path, mobilesam_checkp
     assert [r["step"] for r in rows] == list(range(1, 7))
     assert rows[-1]["loss"] < rows[0]["loss"] and rows[-1]["ce"] < rows[0]["ce"]
     assert all(r["loss"] == r["loss"] for r in rows)
+
+
+def test_clip2sam_loads_a_sam2clip_checkpoint_strictly(
+    tmp_path: Path, mobilesam_checkpoint: Path
+) -> None:
+    import torch
+
+    from ovsam.errors import CheckpointError
+    from ovsam.train.clip2sam_task import Clip2SamTask
+
+    data = tmp_path / "data"
+    write_tiny_coco(data, images=1)
+    overrides = [o for o in OVERRIDES if not o.startswith("steps")] + ["vocabulary=dataset"]
+    config = apply_overrides(
+        TrainConfig(data=str(data / "images"), annotations=str(data / "instances.json")),
+        overrides,
+    )
+    first = Clip2SamTask(config, torch.device("cpu"))
+    trained = {k: torch.randn_like(v) for k, v in first.adapter.state_dict().items()}
+    saved = tmp_path / "step_4.pt"  # the layout ``Trainer.save`` writes
+    torch.save({"model": trained, "optimizer": {"state": {}}, "step": 4}, saved)
+    task = Clip2SamTask(
+        apply_overrides(config, [f"adapter_checkpoint={saved}"]), torch.device("cpu")
+    )
+    loaded = task.adapter.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in trained.items())
+    del trained[next(iter(trained))]
+    torch.save({"model": trained}, saved)
+    with pytest.raises(CheckpointError, match=f"{saved} does not fit SAM2CLIPAdapter.*1 missing"):
+        Clip2SamTask(apply_overrides(config, [f"adapter_checkpoint={saved}"]), torch.device("cpu"))

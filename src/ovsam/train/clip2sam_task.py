@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ovsam.build import build_model
+from ovsam.checkpoint import load_state_dict_strict, read_state_dict
 from ovsam.clip.factory import create_model
 from ovsam.clip.text_bank import build_text_bank
 from ovsam.data.instances import InstanceDataset
@@ -89,8 +90,8 @@ class Clip2SamTask:
             embed_dim=config.adapter_dim, depth=config.adapter_depth, num_heads=config.adapter_heads,
         ).to(device).eval()  # fmt: skip
         if config.adapter_checkpoint:
-            state = torch.load(config.adapter_checkpoint, map_location=device, weights_only=True)
-            self.adapter.load_state_dict(state.get("model", state))
+            path = config.adapter_checkpoint
+            load_state_dict_strict(self.adapter, read_state_dict(path), source=str(path))
         sam = build_model(config.teacher, config.teacher_checkpoint or None).to(device).eval()
         self.prompt_encoder = sam.prompt_encoder
         for module in (self.backbone, self.adapter, self.prompt_encoder):
