@@ -10,7 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from ovsam.automatic import AutomaticMaskGenerator, mask_nms, point_grid, stability_scores
+from ovsam.automatic import (
+    AutomaticMaskGenerator,
+    mask_nms,
+    nms_stride,
+    point_grid,
+    stability_scores,
+)
 from ovsam.cli.main import main
 from ovsam.masks import decode_rle, mask_iou
 from ovsam.predictor import SamPredictor
@@ -73,3 +79,25 @@ def test_everything_cli_on_a_folder_resumes_and_reports_bad_files(
     stamp = (tmp_path / "out" / "a" / "masks.json").stat().st_mtime_ns
     main(argv)  # a second run skips the finished image
     assert (tmp_path / "out" / "a" / "masks.json").stat().st_mtime_ns == stamp
+
+
+def test_everything_on_a_large_photo_holds_few_full_size_masks(
+    mobilesam_model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image, shapes = make_scene(2)
+    big = image.repeat(5, axis=0).repeat(5, axis=1)  # 1800x2400, 4.3 MP
+    assert (nms_stride(big.shape[:2]), nms_stride(image.shape[:2])) == (10, 4)
+    predictor = SamPredictor(mobilesam_model)
+    generator = AutomaticMaskGenerator(predictor, points_per_side=5)
+    reference = generator.generate(big)
+    monkeypatch.setattr("ovsam.predictor.UPSCALE_BUDGET", 3 * (1024**2 + big[..., 0].size))
+    sizes = []
+    upscale = predictor.upscale_masks
+    monkeypatch.setattr(predictor, "upscale_masks", lambda x: sizes.append(len(x)) or upscale(x))
+    records = generator.generate()
+    assert max(sizes) == 3 and sum(sizes) > 3 * len(records)
+    assert [r["rle"] for r in records] == [r["rle"] for r in reference]
+    assert [r["predicted_iou"] for r in records] == [r["predicted_iou"] for r in reference]
+    for shape in shapes:
+        truth = shape.mask.repeat(5, axis=0).repeat(5, axis=1)
+        assert max(mask_iou(r["segmentation"], truth) for r in records) >= 0.95, shape.name

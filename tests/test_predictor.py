@@ -161,3 +161,22 @@ def test_bgr_input_equals_rgb(predictor: SamPredictor) -> None:
     rgb = predictor.get_image_embedding().clone()
     predictor.set_image(np.ascontiguousarray(image[:, :, ::-1]), image_format="BGR")
     assert torch.equal(rgb, predictor.get_image_embedding())
+
+
+def test_binary_masks_are_upscaled_a_few_at_a_time(
+    predictor: SamPredictor, scenes: list[tuple], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, shapes, state = scenes[0]
+    predictor.load_state(state)
+    height, width = shapes[0].mask.shape
+    assert predictor.masks_per_upscale() == (1 << 26) // (1024**2 + height * width)
+    monkeypatch.setattr("ovsam.predictor.UPSCALE_BUDGET", 2 * (1024**2 + height * width))
+    assert predictor.masks_per_upscale() == 2
+    sizes = []
+    upscale = predictor.upscale_masks
+    monkeypatch.setattr(predictor, "upscale_masks", lambda x: sizes.append(len(x)) or upscale(x))
+    boxes = np.stack([s.box for s in shapes])
+    masks, _, low_res = predictor.predict_boxes(boxes, multimask_output=True)
+    assert sizes == [2, 2, 2, 2, 1]  # 3 boxes x 3 masks
+    expected = upscale(torch.from_numpy(low_res)) > predictor.model.mask_threshold
+    assert masks.dtype == bool and np.array_equal(masks, expected.numpy())

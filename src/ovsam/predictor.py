@@ -30,6 +30,9 @@ from ovsam.modeling.image_token_cache import ImageTokenCache, weights_key
 from ovsam.transforms import ResizeLongestSide
 
 LOW_RES = 256
+# Float32 elements mask upscaling may hold at once (256 MB): masks are upscaled a few at a
+# time, so that a batch of prompts on a large photo never holds every mask's logits at once.
+UPSCALE_BUDGET = 1 << 26
 
 
 @dataclass
@@ -299,9 +302,7 @@ class SamPredictor:
         low_res, iou = self.decode_low_res(
             point_coords, point_labels, boxes, mask_input, multimask_output
         )
-        masks = self.upscale_masks(low_res)
-        if not return_logits:
-            masks = masks > self.model.mask_threshold
+        masks = self.upscale_masks(low_res) if return_logits else self.binary_masks(low_res)
         return masks, iou, low_res
 
     @torch.inference_mode()
@@ -345,3 +346,23 @@ class SamPredictor:
         """``BxCx256x256`` low-res logits -> ``BxCxHxW`` logits at the original image size."""
         state = self._require_state()
         return self.model.postprocess_masks(low_res, state.input_size, state.original_size)
+
+    def masks_per_upscale(self) -> int:
+        """How many masks :meth:`upscale_masks` may take at once within ``UPSCALE_BUDGET``
+        (each holds a square intermediate of the model's input size and its original-size
+        logits)."""
+        height, width = self._require_state().original_size
+        return max(1, UPSCALE_BUDGET // (self.transform.target_length**2 + height * width))
+
+    @torch.inference_mode()
+    def binary_masks(self, low_res: torch.Tensor) -> torch.Tensor:
+        """``BxCx256x256`` low-res logits -> ``BxCxHxW`` bool masks at the original size
+        (logits above ``mask_threshold``), upscaled :meth:`masks_per_upscale` at a time."""
+        flat = low_res.flatten(0, 1)[:, None]
+        size = self._require_state().original_size
+        out = torch.empty((len(flat), *size), dtype=torch.bool, device=low_res.device)
+        step = self.masks_per_upscale()
+        for start in range(0, len(flat), step):
+            rows = slice(start, start + step)
+            torch.gt(self.upscale_masks(flat[rows])[:, 0], self.model.mask_threshold, out=out[rows])
+        return out.view(*low_res.shape[:2], *size)
