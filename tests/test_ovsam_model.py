@@ -220,3 +220,25 @@ def test_predictor_errors() -> None:
     predictor.set_image(np.zeros((64, 64, 3), dtype=np.uint8))
     with pytest.raises(NotReadyError, match="no vocabulary is set"):
         predictor.predict(box=np.array([0, 0, 32, 32]))
+
+
+def test_segment_everything_with_ovsam_single_mask_token() -> None:
+    from ovsam.automatic import AutomaticMaskGenerator, point_grid
+    from ovsam.masks import mask_iou
+
+    predictor = OVSamPredictor(small_ovsam(), top_k=1)
+    predictor.set_text_bank(TextBank(("cup",), torch.ones(1, 1024) / 32, torch.arange(1), "k"))
+    image = load_image(SAMPLE_PHOTO)
+    generator = AutomaticMaskGenerator(
+        predictor, points_per_side=3, pred_iou_thresh=-1.0, stability_score_thresh=0.0
+    )
+    records = generator.generate(image)  # one candidate per click, not SAM's three
+    grid = (point_grid(3) * np.array([600, 400])).tolist()
+    assert records
+    for record in records:
+        assert record["point_coords"] in grid
+        masks, scores, _, _ = predictor.predict(
+            point_coords=np.array([record["point_coords"]]), point_labels=np.array([1])
+        )
+        assert mask_iou(masks[0], record["segmentation"]) > 0.99
+        assert scores[0] == pytest.approx(record["predicted_iou"], abs=1e-4)

@@ -152,7 +152,8 @@ class AutomaticMaskGenerator:
         return sorted(records, key=lambda r: -r["area"])
 
     def _candidates(self, points: np.ndarray, stride: int) -> Candidates:
-        """Decode ``Nx2`` XY pixel clicks (three candidates each) and filter them.
+        """Decode ``Nx2`` XY pixel clicks (each gives the model's multimask candidates) and
+        filter them.
 
         Candidates under ``pred_iou_thresh`` are dropped at low resolution, before the
         costly upscaling; the rest are upscaled :meth:`SamPredictor.masks_per_upscale` at a
@@ -163,10 +164,12 @@ class AutomaticMaskGenerator:
         coords_t = torch.as_tensor(coords, dtype=torch.float32)[:, None, :]
         labels_t = torch.ones(len(points), 1, dtype=torch.int64)
         low_res, iou = predictor.decode_low_res(coords_t, labels_t, multimask_output=True)
+        per_click = low_res.shape[1]  # 3 candidates (SAM), 1 (OV-SAM's single mask token)
         low_res, iou = low_res.flatten(0, 1), iou.flatten(0, 1).float().cpu()
         confident = iou > self.pred_iou_thresh
         low_res, iou = low_res[confident.to(low_res.device)], iou[confident]
-        clicks = torch.as_tensor(points, dtype=torch.float32).repeat_interleave(3, 0)[confident]
+        clicks = torch.as_tensor(points).repeat_interleave(per_click, 0)
+        clicks = clicks[confident]
         height, width = predictor.original_size
         keep = torch.zeros(len(iou), dtype=torch.bool)
         stability = torch.zeros(len(iou))
