@@ -67,6 +67,8 @@ def test_vocab_argument_errors(
         main(_argv(tmp_path, mobilesam_checkpoint, "--vocab", "cooc", "--random-recognition")) == 2
     )
     assert "vocabulary 'cooc' is neither built in" in capsys.readouterr().err
+    assert main(_argv(tmp_path, mobilesam_checkpoint, "--vocab", "", "--random-recognition")) == 2
+    assert "vocabulary is empty" in capsys.readouterr().err  # not silently COCO
 
 
 def test_everything_with_labels(

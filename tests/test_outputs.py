@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ovsam.fileio import atomic_write
+from ovsam.fileio import atomic_write, atomic_write_bytes
 from ovsam.outputs import Prompt, write_result
 from ovsam.visualize import mask_outline, overlay
 
@@ -53,6 +53,22 @@ def test_failed_write_keeps_previous_file(tmp_path: Path) -> None:
         atomic_write(target, broken)
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
+
+
+def test_atomic_writes_get_umask_permissions_and_keep_existing_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    import ovsam.fileio as fileio
+
+    assert fileio._UMASK == fileio._umask()
+    monkeypatch.setattr(fileio, "_UMASK", 0o027)
+    new = atomic_write_bytes(tmp_path / "new.json", b"{}")
+    assert new.stat().st_mode & 0o777 == 0o640  # as open() with umask 027, not mkstemp's 0600
+    os.chmod(new, 0o604)
+    atomic_write_bytes(new, b"[]")
+    assert new.stat().st_mode & 0o777 == 0o604 and new.read_bytes() == b"[]"
 
 
 def test_overlay_tints_mask_draws_outline_and_prompts() -> None:

@@ -125,8 +125,10 @@ def test_vocabulary_errors(tmp_path: Path) -> None:
         load_vocabulary([])
     path = tmp_path / "dup.txt"
     path.write_text("cat\n# comment\ndog\nCat, kitty\n", encoding="utf-8")
-    with pytest.raises(InputError, match="duplicate class name 'Cat' \\(lines 1 and 4\\)"):
+    with pytest.raises(InputError, match="duplicate class name 'Cat' \\(line 1 and line 4\\)"):
         load_vocabulary(path)
+    with pytest.raises(InputError, match="'cat' \\(entry 1 and entry 2\\)"):
+        load_vocabulary(["cat", "cat"])
     with pytest.raises(InputError, match="entry 2 is an empty class name"):
         load_vocabulary(["cat", " , "])
     with pytest.raises(InputError, match="unknown vocabulary 'cooc'"):
@@ -188,3 +190,23 @@ def test_missing_vocabulary_file(tmp_path: Path) -> None:
         load_vocabulary(str(tmp_path / "nope.txt"))
     with pytest.raises(InputError, match="cannot read vocabulary file"):
         load_vocabulary(tmp_path / "nope.txt")
+
+
+def test_vocabulary_file_with_byte_order_mark(tmp_path: Path) -> None:
+    path = tmp_path / "bom.txt"
+    path.write_text("cup\nsaucer\n", encoding="utf-8-sig")  # as Windows Notepad saves it
+    assert load_vocabulary(path).classes == ("cup", "saucer")
+
+
+def test_command_line_vocabulary_argument() -> None:
+    from ovsam.vocab import parse_vocabulary_argument
+
+    assert parse_vocabulary_argument(" coco ") == "coco"
+    assert parse_vocabulary_argument("cup; saucer, plate") == ["cup", " saucer, plate"]
+    assert parse_vocabulary_argument("cup;") == ["cup"]
+    with pytest.raises(InputError, match="vocabulary is empty"):
+        parse_vocabulary_argument("  ")
+    with pytest.raises(
+        InputError, match="nor a list like 'cat; dog; mug' \\(a single class: 'cup;'\\)"
+    ):
+        parse_vocabulary_argument("cup")

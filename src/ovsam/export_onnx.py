@@ -27,8 +27,11 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ovsam.errors import InputError, OVSamError
 from ovsam.fileio import atomic_path
 
+# The attention layers export as an ONNX op that opset 14 introduced.
+MIN_OPSET = 14
 INPUT_NAMES = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input")
 OUTPUT_NAMES = ("low_res_masks", "iou_predictions")
 
@@ -65,23 +68,33 @@ def example_inputs(points: int = 3) -> tuple[Tensor, ...]:
 
 @torch.no_grad()
 def export_decoder_onnx(model: nn.Module, path: str | Path, opset: int = 17) -> Path:
-    """Write ``model``'s prompt decoder to ``path`` (atomically); the point axis is dynamic."""
+    """Write ``model``'s prompt decoder to ``path`` (atomically); the point axis is dynamic.
+
+    Raises :class:`InputError` for an opset under :data:`MIN_OPSET` and :class:`OVSamError`
+    when torch cannot export at ``opset`` (e.g. one newer than it knows).
+    """
+    if opset < MIN_OPSET:
+        raise InputError(f"ONNX opset {opset} is too old: the decoder needs {MIN_OPSET} or newer")
     module = PromptDecoderForOnnx(model).eval()
     path = Path(path)
     with atomic_path(path) as tmp, warnings.catch_warnings():
         # tracing notes that shape-dependent Python branches become constants: intended here
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            module,
-            example_inputs(),
-            str(tmp),
-            input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES),
-            dynamic_axes={"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
-            opset_version=opset,
-            dynamo=False,
-        )
+        try:
+            torch.onnx.export(
+                module,
+                example_inputs(),
+                str(tmp),
+                input_names=list(INPUT_NAMES),
+                output_names=list(OUTPUT_NAMES),
+                dynamic_axes={"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
+                opset_version=opset,
+                dynamo=False,
+            )
+        except RuntimeError as exc:  # torch.onnx's errors, e.g. an opset it does not know
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise OVSamError(f"ONNX export at opset {opset} failed: {reason}") from exc
     return path
 
 

@@ -2,6 +2,7 @@
 
 Data is written to a temporary file in the destination folder, flushed and renamed over the
 target in one step (``os.replace``), so a reader sees either the old file or the new one.
+The file gets the permissions a plain ``open`` would give (an existing file keeps its own).
 """
 
 from __future__ import annotations
@@ -15,6 +16,26 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def _umask() -> int:
+    """The process umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Read once, at import, rather than racing other threads at every write.
+_UMASK = _umask()
+
+
+def _new_file_mode(target: Path) -> int:
+    """Permission bits for a new ``target``: an existing file's own, else ``0666 & ~umask``
+    (what ``open`` would give)."""
+    try:
+        return target.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        return 0o666 & ~_UMASK
+
+
 @contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success rename it over ``target``.
@@ -24,6 +45,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.fchmod(fd, _new_file_mode(target))  # mkstemp makes 0600 files
     os.close(fd)
     tmp = Path(tmp_name)
     try:

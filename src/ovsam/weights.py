@@ -180,8 +180,9 @@ def get_weights_spec(name: str) -> WeightsSpec:
         return _REGISTRY[name]
     except KeyError:
         known = ", ".join(list_weights())
+        what = "a local file, not registered weights" if Path(name).is_file() else "no such file"
         raise WeightsUnavailableError(
-            f"unknown weights {name!r} and no such file; registered weights: {known}"
+            f"unknown weights {name!r} ({what}); registered weights: {known}"
         ) from None
 
 

@@ -29,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.names:
         raise InputError("name the weights to download (ovsam download --list shows them)")
-    for name in args.names:
+    for name in args.names:  # every name checked before anything is fetched
         get_weights_spec(name)
+    for name in args.names:
         print(resolve_weights(name, progress=not args.quiet))
     return 0

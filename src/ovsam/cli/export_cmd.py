@@ -16,8 +16,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "(inputs as segment-anything's ONNX model) and check it against torch.",
     )
     parser.add_argument("--out", type=Path, required=True, help="output .onnx file")
-    parser.add_argument("--opset", type=int, default=17)
-    add_model_arguments(parser)
+    parser.add_argument(
+        "--opset", type=int, default=17, help="ONNX opset, 14 or newer (default 17)"
+    )
+    add_model_arguments(parser, device=False)  # exported and checked on the CPU
     parser.set_defaults(run=run)
 
 

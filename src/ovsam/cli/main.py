@@ -2,7 +2,9 @@
 
 Each sub-command lives in its own module exposing ``add_parser(subparsers)`` (which must
 import nothing heavy) and ``run(args) -> int``. Errors that ovsam raises on purpose
-(:class:`~ovsam.errors.OVSamError`) are printed as one line and exit with status 2.
+(:class:`~ovsam.errors.OVSamError`), a bad ``--device`` or ``--out`` (checked before the
+command runs, :mod:`ovsam.cli.preflight`) and file-system errors are printed as one line and
+exit with status 2.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from ovsam.cli.preflight import preflight
 from ovsam.errors import OVSamError
 
 # sub-command name -> module implementing it
@@ -43,6 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen sub-command; return the process exit status."""
     args = build_parser().parse_args(argv)
     try:
+        preflight(args)
         return int(args.run(args) or 0)
     except OVSamError as exc:
         print(f"ovsam {args.command}: error: {exc}", file=sys.stderr)
@@ -53,6 +57,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into e.g. `head`, which closed early
         sys.stdout = None  # type: ignore[assignment] - suppress the flush error at exit
         return 141
+    except OSError as exc:  # the file system refused (disk full, permissions, a path clash)
+        print(f"ovsam {args.command}: error: {_os_error_line(exc)}", file=sys.stderr)
+        return 2
+
+
+def _os_error_line(exc: OSError) -> str:
+    """``strerror: filename`` of an :class:`OSError`, as one line."""
+    if exc.strerror and exc.filename is not None:
+        return f"{exc.strerror}: {exc.filename}"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ from pathlib import Path
 DEFAULT_MODEL = "mobilesam"
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--model``, ``--checkpoint`` and ``--device`` shared by commands that run a model."""
+def add_model_arguments(parser: argparse.ArgumentParser, device: bool = True) -> None:
+    """``--model``, ``--checkpoint`` and (with ``device``) ``--device``, shared by commands that
+    run a model."""
     parser.add_argument(
         "--model", default=DEFAULT_MODEL, help="registered model name (ovsam models)"
     )
@@ -18,7 +19,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="checkpoint file or registered weights name (default: the model's)",
     )
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    if device:
+        parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -83,7 +85,7 @@ def label_options(args: argparse.Namespace):  # noqa: ANN201 - LabelOptions | No
     if not args.labels and args.vocab is None:
         return None
     return LabelOptions(
-        vocabulary=parse_vocabulary_argument(args.vocab or "coco"),
+        vocabulary=parse_vocabulary_argument("coco" if args.vocab is None else args.vocab),
         top_k=args.top_k,
         recognizer=args.recognizer,
         clip_model=args.clip,

@@ -174,7 +174,7 @@ def vocabulary_from_names(
         key = names[0].lower()
         if key in seen:
             raise InputError(
-                f"duplicate class name {names[0]!r} ({where}s {seen[key]} and {position})"
+                f"duplicate class name {names[0]!r} ({where} {seen[key]} and {where} {position})"
             )
         seen[key] = position
         classes.append(names)
@@ -191,7 +191,7 @@ def vocabulary_from_file(path: str | Path, max_classes: int = MAX_CLASSES) -> Vo
     """One class per line (commas separate synonyms); blank lines and ``#`` comments skipped."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: drop a BOM
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read vocabulary file {path}: {exc}") from exc
     numbered = [
@@ -230,6 +230,8 @@ def parse_vocabulary_argument(text: str) -> str | Path | list[str]:
     """A command-line vocabulary: a built-in name, an existing file, or inline classes split at
     ``;`` (then commas separate synonyms) or, without ``;``, at commas."""
     text = text.strip()
+    if not text:
+        raise InputError("vocabulary is empty: give a built-in name, a file or 'cat; dog; mug'")
     if text in BUILTIN_VOCABULARIES:
         return text
     if Path(text).is_file():
@@ -240,7 +242,8 @@ def parse_vocabulary_argument(text: str) -> str | Path | list[str]:
         return [part for part in text.split(",") if part.strip()]
     known = ", ".join(BUILTIN_VOCABULARIES)
     raise InputError(
-        f"vocabulary {text!r} is neither built in ({known}), nor a file, nor a list like 'cat; dog; mug'"
+        f"vocabulary {text!r} is neither built in ({known}), nor a file, nor a list like "
+        f"'cat; dog; mug' (a single class: '{text};')"
     )
 
 

@@ -1,0 +1,67 @@
+"""Checks of a command's ``--device`` and ``--out`` before any model is loaded.
+
+A bad device or an output path that cannot be written is reported in one line (exit 2)
+at once, rather than as a traceback after minutes of work. Nothing is created here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from ovsam.errors import InputError
+
+# Commands whose ``--out`` is a file; for the others it is a folder.
+FILE_OUTPUT_COMMANDS = frozenset({"export-onnx"})
+
+
+def check_device(name: str) -> None:
+    """Raise :class:`InputError` unless ``name`` is a torch device usable here (or ``auto``)."""
+    if name == "auto":
+        return
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise InputError(f"unknown device {name!r} (expected cpu, cuda, cuda:N or mps)") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA" if torch.version.cuda is None else "no GPU found"
+            raise InputError(f"device {name!r}: CUDA is not available ({why}); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InputError(f"device {name!r}: only {torch.cuda.device_count()} GPU(s) here")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"device {name!r}: MPS is not available; use --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"device {name!r} is not supported (expected cpu, cuda or mps)")
+
+
+def check_output(path: Path, is_file: bool) -> None:
+    """Raise :class:`InputError` when ``path`` cannot become the output folder (or file).
+
+    Checks that ``path`` is not a file where a folder is wanted (or the reverse), that no
+    part of its parent is a file, and that its nearest existing folder is writable.
+    """
+    what = "output file" if is_file else "output folder"
+    if path.exists() and path.is_dir() == is_file:
+        kind = "a folder" if is_file else "a file"
+        raise InputError(f"{what} {path} is {kind}")
+    parent = path.parent if is_file or not path.exists() else path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"cannot create {what} {path}: {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"cannot create {what} {path}: {parent} is not writable")
+
+
+def preflight(args: argparse.Namespace) -> None:
+    """Check the parsed ``--device`` and ``--out`` of any command that has them."""
+    device = getattr(args, "device", None)
+    if isinstance(device, str):
+        check_device(device)
+    out = getattr(args, "out", None)
+    if isinstance(out, Path):
+        check_output(out, args.command in FILE_OUTPUT_COMMANDS)

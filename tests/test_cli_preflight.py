@@ -1,0 +1,89 @@
+"""Bad ``--device`` / ``--out`` and file-system errors: one line, exit 2, before any work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ovsam.assets import SAMPLE_BOX, SAMPLE_PHOTO
+from ovsam.cli.main import main
+from ovsam.errors import InputError, OVSamError
+from ovsam.export_onnx import export_decoder_onnx
+
+
+def _segment(out: Path, *extra: str) -> list[str]:
+    box = [str(v) for v in SAMPLE_BOX]
+    return ["segment", str(SAMPLE_PHOTO), "--box", *box, "--out", str(out), *extra]
+
+
+def _error(capsys: pytest.CaptureFixture) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ("foo", "unknown device 'foo' (expected cpu, cuda, cuda:N or mps)"),
+        ("cuda", "device 'cuda': CUDA is not available"),
+        ("cuda:7", "device 'cuda:7': "),
+        ("meta", "device 'meta' is not supported"),
+    ],
+)
+def test_bad_device_is_refused_before_loading(
+    tmp_path: Path, capsys: pytest.CaptureFixture, device: str, message: str
+) -> None:
+    if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has that GPU")
+    for argv in (
+        _segment(tmp_path / "out", "--device", device),
+        [
+            "eval",
+            "no.json",
+            "--images",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "e"),
+            "--device",
+            device,
+        ],
+    ):
+        assert main(argv) == 2
+        assert message in _error(capsys)
+    assert not any(tmp_path.iterdir())
+
+
+def test_output_paths_that_cannot_be_written(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    a_file = tmp_path / "taken"
+    a_file.write_text("x")
+    assert main(_segment(a_file)) == 2
+    assert f"output folder {a_file} is a file" in _error(capsys)
+    assert main(_segment(a_file / "sub" / "dir")) == 2
+    assert f"cannot create output folder {a_file / 'sub' / 'dir'}: {a_file} is a file" in _error(
+        capsys
+    )
+    assert main(["export-onnx", "--out", str(tmp_path)]) == 2
+    assert f"output file {tmp_path} is a folder" in _error(capsys)
+    assert main(["export-onnx", "--out", str(a_file / "decoder.onnx")]) == 2
+    assert "is a file" in _error(capsys)
+    assert a_file.read_text() == "x"
+
+
+def test_file_system_errors_while_writing_are_one_line(
+    tmp_path: Path, mobilesam_checkpoint: Path, capsys: pytest.CaptureFixture
+) -> None:
+    (tmp_path / "mask.png").mkdir()  # a folder where the mask file goes
+    assert main(_segment(tmp_path, "--checkpoint", str(mobilesam_checkpoint))) == 2
+    assert "Is a directory: " in _error(capsys)
+
+
+@pytest.mark.filterwarnings("ignore:Exporting to ONNX opset version 99")
+def test_export_onnx_opset_errors(mobilesam_model: torch.nn.Module, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="ONNX opset 13 is too old: the decoder needs 14 or newer"):
+        export_decoder_onnx(mobilesam_model, tmp_path / "d.onnx", opset=13)
+    with pytest.raises(OVSamError, match="ONNX export at opset 99 failed: .*99"):
+        export_decoder_onnx(mobilesam_model, tmp_path / "d.onnx", opset=99)
+    assert not any(tmp_path.iterdir())  # nothing half-written
