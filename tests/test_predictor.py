@@ -180,3 +180,11 @@ def test_binary_masks_are_upscaled_a_few_at_a_time(
     assert sizes == [2, 2, 2, 2, 1]  # 3 boxes x 3 masks
     expected = upscale(torch.from_numpy(low_res)) > predictor.model.mask_threshold
     assert masks.dtype == bool and np.array_equal(masks, expected.numpy())
+
+
+def test_extreme_aspect_ratio_strip(predictor: SamPredictor) -> None:
+    strip = np.zeros((2, 5000, 3), dtype=np.uint8)  # 1024/5000*2 rounds to 0 rows in SAM
+    strip[:, 1000:2000] = 255
+    predictor.set_image(strip)
+    masks, scores, _ = predictor.predict(box=np.array([900, 0, 2100, 2]), multimask_output=False)
+    assert masks.shape == (1, 2, 5000) and np.isfinite(scores).all()

@@ -12,6 +12,8 @@ def test_preprocess_shape_rounds_like_sam() -> None:
     assert preprocess_shape(400, 600, 1024) == (683, 1024)
     assert preprocess_shape(300, 451, 1024) == (681, 1024)
     assert preprocess_shape(1024, 512, 1024) == (1024, 512)
+    assert preprocess_shape(1, 20000, 1024) == (1, 1024)  # SAM's rounding would give 0
+    assert preprocess_shape(20000, 3, 1024) == (1024, 1)
 
 
 def test_coords_and_boxes_scale_per_axis() -> None:

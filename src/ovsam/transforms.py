@@ -14,9 +14,10 @@ from PIL import Image
 
 
 def preprocess_shape(old_h: int, old_w: int, long_side: int) -> tuple[int, int]:
-    """Size ``(h, w)`` after scaling so the longest side is ``long_side`` (rounded)."""
+    """Size ``(h, w)`` after scaling so the longest side is ``long_side`` (rounded as SAM
+    does, but never below 1 pixel: a 20000x1 strip keeps a 1-pixel side)."""
     scale = long_side / max(old_h, old_w)
-    return int(old_h * scale + 0.5), int(old_w * scale + 0.5)
+    return max(1, int(old_h * scale + 0.5)), max(1, int(old_w * scale + 0.5))
 
 
 class ResizeLongestSide:

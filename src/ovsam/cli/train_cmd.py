@@ -2,7 +2,8 @@
 
 Single process: ``ovsam train sam2clip --data images/ --out runs/a``. Several processes /
 machines: ``torchrun --nproc_per_node 8 -m ovsam train sam2clip ...`` (see the README).
-Re-running the same command resumes from the newest checkpoint in ``--out``.
+Re-running the same command resumes from the newest checkpoint in ``--out``; settings that
+change what the run trains must stay the same (see :func:`ovsam.train.config.check_resume`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-TASKS = ("sam2clip", "clip2sam")
+from ovsam.errors import InputError
+from ovsam.train.config import TASKS, TrainConfig
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -36,33 +38,52 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def _config(args: argparse.Namespace) -> TrainConfig:
+    """The run's configuration: ``RUN/config.json`` (if any) + the command line, checked."""
     from dataclasses import replace
 
-    from ovsam.distributed import init_distributed, shutdown
-    from ovsam.train.clip2sam_task import Clip2SamTask
-    from ovsam.train.config import TrainConfig, apply_overrides, load_config
-    from ovsam.train.engine import Trainer
-    from ovsam.train.sam2clip_task import Sam2ClipTask
+    from ovsam.train.config import apply_overrides, check_resume, load_config, validate_config
 
-    info = init_distributed(args.device)
-    base = load_config(args.out) if (args.out / "config.json").is_file() else TrainConfig()
+    saved = load_config(args.out) if (args.out / "config.json").is_file() else None
     config = replace(
-        base,
+        saved or TrainConfig(),
         task=args.task,
         data=str(args.data),
         annotations=str(args.annotations or ""),
         out=str(args.out),
     )
     config = apply_overrides(config, args.set)
+    if config.task != args.task:
+        raise InputError(
+            f"--set task={config.task} contradicts `train {args.task}`: the subcommand is the task"
+        )
+    validate_config(config)
     if config.task == "clip2sam" and not config.annotations:
-        from ovsam.errors import InputError
-
         raise InputError("clip2sam training needs --annotations (COCO / LVIS instances)")
-    task = (Sam2ClipTask if config.task == "sam2clip" else Clip2SamTask)(config, info.device)
-    rows = Trainer(config, task, info).train(stop_after=args.stop_after)
+    if args.stop_after is not None and args.stop_after < 1:
+        raise InputError(f"--stop-after {args.stop_after}: expected a positive step")
+    if saved is not None:
+        check_resume(saved, config, args.out)
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    from ovsam.distributed import init_distributed, shutdown
+    from ovsam.train.clip2sam_task import Clip2SamTask
+    from ovsam.train.engine import Trainer
+    from ovsam.train.sam2clip_task import Sam2ClipTask
+
+    config = _config(args)
+    info = init_distributed(args.device)
+    try:
+        task = (Sam2ClipTask if config.task == "sam2clip" else Clip2SamTask)(config, info.device)
+        trainer = Trainer(config, task, info)
+        rows = trainer.train(stop_after=args.stop_after)
+    finally:
+        shutdown()
     if info.is_main and rows:
         last = rows[-1]
         print(f"step {last['step']}: loss {last['loss']:.6g} -> {args.out}")
-    shutdown()
+    elif info.is_main:
+        print(f"{args.out} already finished at step {trainer.step}; raise --set steps=N to go on")
     return 0

@@ -2,18 +2,32 @@
 
 ``ovsam train sam2clip --data DIR --out RUN --set steps=200 --set lr=2e-4`` builds a
 :class:`TrainConfig`, applies each ``--set field=value`` (converted to the field's type) and
-writes ``RUN/config.json``; resuming reads that file back.
+writes ``RUN/config.json``; resuming reads that file back. :func:`validate_config` rejects
+values no run can use, and :func:`check_resume` refuses to continue a run with settings that
+change what it trains (only the fields in :data:`RESUMABLE` may differ).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from ovsam.errors import InputError
 from ovsam.fileio import atomic_write_json
+
+TASKS = ("sam2clip", "clip2sam")
+# fields that may differ when a run is resumed: they change neither the model, the data nor
+# the optimisation already done (learning-rate and optimizer settings are restored from the
+# checkpoint, so changing them would be silently ignored)
+RESUMABLE = frozenset({"out", "steps", "log_every", "checkpoint_every"})
+_PATHS = frozenset({"data", "annotations", "teacher_checkpoint", "adapter_checkpoint"})
+_POSITIVE = (
+    "steps", "batch_size", "grad_accum", "checkpoint_every", "log_every",
+    "adapter_dim", "adapter_depth", "adapter_heads", "prompts_per_image",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -88,3 +102,48 @@ def load_config(run_dir: Path) -> TrainConfig:
         return TrainConfig(**json.loads((run_dir / "config.json").read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError) as exc:
         raise InputError(f"cannot read {run_dir / 'config.json'}: {exc}") from exc
+
+
+def validate_config(config: TrainConfig) -> None:
+    """Raise :class:`InputError` naming the first setting no run can use."""
+    if config.task not in TASKS:
+        raise InputError(f"task={config.task!r}: expected one of {', '.join(TASKS)}")
+    for name in _POSITIVE:
+        if getattr(config, name) < 1:
+            raise InputError(f"{name}={getattr(config, name)}: expected a positive integer")
+    for name in ("warmup_steps", "seed"):
+        if getattr(config, name) < 0:
+            raise InputError(f"{name}={getattr(config, name)}: expected an integer >= 0")
+    if not (math.isfinite(config.lr) and config.lr > 0):
+        raise InputError(f"lr={config.lr}: expected a finite number > 0")
+    for name in ("weight_decay", "grad_clip"):
+        if not (math.isfinite(getattr(config, name)) and getattr(config, name) >= 0):
+            raise InputError(f"{name}={getattr(config, name)}: expected a finite number >= 0")
+    if config.adapter_dim % config.adapter_heads:
+        raise InputError(
+            f"adapter_dim={config.adapter_dim} is not divisible by "
+            f"adapter_heads={config.adapter_heads}"
+        )
+
+
+def _same(name: str, saved: Any, new: Any) -> bool:
+    if name in _PATHS and saved and new:  # the same file or folder, however it is spelt
+        return saved == new or Path(saved).resolve() == Path(new).resolve()
+    return saved == new
+
+
+def check_resume(saved: TrainConfig, config: TrainConfig, run_dir: Path) -> None:
+    """Raise :class:`InputError` when ``config`` would change what the run in ``run_dir``
+    (saved with ``saved``) trains: every field outside :data:`RESUMABLE` must be the same."""
+    differ = [
+        f"{f.name} ({getattr(saved, f.name)!r} -> {getattr(config, f.name)!r})"
+        for f in fields(config)
+        if f.name not in RESUMABLE
+        and not _same(f.name, getattr(saved, f.name), getattr(config, f.name))
+    ]
+    if differ:
+        allowed = ", ".join(sorted(RESUMABLE - {"out"}))
+        raise InputError(
+            f"{run_dir} holds a {saved.task} run with other settings: {'; '.join(differ)}; "
+            f"only {allowed} may change on resume; use a new --out for a different run"
+        )

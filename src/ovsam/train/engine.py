@@ -9,7 +9,9 @@ atomically, ``latest.json`` pointing at the newest).
 
 Resume is exact: a checkpoint holds the trainable weights, optimizer and scheduler state, the
 step, and the torch RNG state; data order and augmentation are pure functions of
-``(seed, step, rank)``, so the steps replayed after a restart see the same batches.
+``(seed, step, rank)``, so the steps replayed after a restart see the same batches (their old
+``log.jsonl`` rows are dropped). A damaged or unfitting checkpoint is a
+:class:`~ovsam.errors.CheckpointError` naming the file.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from ovsam.checkpoint import load_state_dict_strict
 from ovsam.distributed import DistInfo, barrier
-from ovsam.fileio import atomic_path, atomic_write_json
+from ovsam.errors import CheckpointError
+from ovsam.fileio import atomic_path, atomic_write_bytes, atomic_write_json
 from ovsam.train.config import TrainConfig, save_config
 
 
@@ -68,6 +72,11 @@ def lr_factor(config: TrainConfig, step: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - config.warmup_steps) / span)))
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
+
+
 class Trainer:
     """Runs ``task`` under ``config`` in this process (one rank of a ``torchrun`` job)."""
 
@@ -92,7 +101,17 @@ class Trainer:
         pointer = self.run_dir / "checkpoints" / "latest.json"
         if not pointer.is_file():
             return None
-        return self.run_dir / "checkpoints" / json.loads(pointer.read_text())["file"]
+        try:
+            name = json.loads(pointer.read_text(encoding="utf-8"))["file"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(
+                f"{pointer} is damaged ({_first_line(exc)}); fix or delete it to resume "
+                "from an older checkpoint"
+            ) from exc
+        path = pointer.parent / str(name)
+        if not path.is_file():
+            raise CheckpointError(f"{pointer} names {path}, which does not exist")
+        return path
 
     def save(self) -> Path:
         path = self.run_dir / "checkpoints" / f"step_{self.step}.pt"
@@ -115,12 +134,24 @@ class Trainer:
         path = self._latest()
         if path is None:
             return False
-        state = torch.load(path, map_location=self.info.device, weights_only=True)
-        self.module.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"].cpu())
-        self.step = int(state["step"])
+        try:
+            state = torch.load(path, map_location=self.info.device, weights_only=True)
+            model, step, rng = state["model"], int(state["step"]), state["torch_rng"].cpu()
+        except Exception as exc:  # noqa: BLE001 - any reader failure means a damaged file
+            raise CheckpointError(
+                f"cannot resume from {path} ({_first_line(exc)}); delete it and point "
+                "latest.json at an older step_N.pt, or use a new --out"
+            ) from exc
+        load_state_dict_strict(self.module, model, source=str(path))
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (KeyError, ValueError, TypeError) as exc:
+            raise CheckpointError(
+                f"{path}: optimizer state does not fit this run ({_first_line(exc)})"
+            ) from exc
+        torch.set_rng_state(rng)
+        self.step = step
         return True
 
     # ------------------------------------------------------------------ logging
@@ -141,6 +172,22 @@ class Trainer:
                 if key != "step":
                     self._writer.add_scalar(key, value, int(row["step"]))
 
+    def _trim_log(self) -> None:
+        """Drop the rows of steps after ``self.step`` (they are about to be trained again)."""
+        path = self.run_dir / "log.jsonl"
+        if not self.info.is_main or not path.is_file():
+            return
+        lines = path.read_text(encoding="utf-8").splitlines()
+        kept = []
+        for line in lines:
+            try:
+                if json.loads(line)["step"] <= self.step:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):  # a row cut short by an interruption
+                continue
+        if len(kept) < len(lines):
+            atomic_write_bytes(path, "".join(f"{line}\n" for line in kept).encode("utf-8"))
+
     def _mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
         if self.info.world == 1:
             return values
@@ -153,14 +200,14 @@ class Trainer:
         """Train to ``config.steps`` (resuming if possible); ``stop_after`` ends the process's
         work after that global step, as an interruption would. Returns the logged rows."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.resume()  # before saving the config: a checkpoint that does not fit changes nothing
         if self.info.is_main:
             save_config(self.config, self.run_dir)
-        self.resume()
+        self._trim_log()
         config, rows = self.config, []
         use_bf16 = config.bf16 and self.info.device.type == "cuda"
-        bar = tqdm(
-            total=config.steps, initial=self.step, desc=config.task, disable=not self.info.is_main
-        )
+        quiet = not self.info.is_main or self.step >= config.steps  # no bar for a finished run
+        bar = tqdm(total=config.steps, initial=self.step, desc=config.task, disable=quiet)
         while self.step < config.steps:
             start = time.perf_counter()
             totals: dict[str, float] = {}

@@ -1,0 +1,160 @@
+"""``ovsam train`` refuses bad settings, mismatched resumes and damaged run state in one line.
+
+The CLI runs in-process with a tiny stand-in task (a stack of ``adapter_depth`` linear layers of
+width ``adapter_dim``), so the engine, config checks and checkpoints are the real ones.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ovsam.cli.main import main
+from ovsam.errors import InputError
+from ovsam.train.config import TrainConfig, check_resume
+
+Train = Callable[..., tuple[int, str, str]]
+TINY = ["adapter_dim=4", "adapter_heads=2", "adapter_depth=1", "log_every=1", "checkpoint_every=2"]
+
+
+class TinyTask:
+    """Stands in for both tasks: ``loss`` is the squared output on random inputs."""
+
+    num_items = 4
+
+    def __init__(self, config: TrainConfig, device: torch.device) -> None:
+        torch.manual_seed(config.seed)
+        width = config.adapter_dim
+        self.trainable = nn.Sequential(
+            *[nn.Linear(width, width) for _ in range(config.adapter_depth)]
+        )
+
+    def loss(
+        self, module: nn.Module, items: list[int], rng: np.random.Generator
+    ) -> dict[str, torch.Tensor]:
+        x = torch.from_numpy(rng.standard_normal((len(items), 4))).float()
+        return {"loss": module(x).pow(2).mean()}
+
+
+@pytest.fixture()
+def train(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Train:
+    """``train(*sets, task=..., extra=[...]) -> (exit status, stdout, stderr)`` on ``tmp_path/run``."""
+    monkeypatch.setattr("ovsam.train.sam2clip_task.Sam2ClipTask", TinyTask)
+    monkeypatch.setattr("ovsam.train.clip2sam_task.Clip2SamTask", TinyTask)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+
+    def run(
+        *sets: str, task: str = "sam2clip", extra: tuple[str, ...] = ()
+    ) -> tuple[int, str, str]:
+        capsys.readouterr()
+        argv = ["train", task, "--data", str(tmp_path / "images"), "--out", str(tmp_path / "run")]
+        argv += ["--device", "cpu", *extra, *[f"--set={s}" for s in sets]]
+        code = main(argv)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def one_line_error(err: str) -> str:
+    assert err.count("\n") == 1 and err.startswith("ovsam train: error: "), err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("batch_size=0", "batch_size=0: expected a positive integer"),
+        ("grad_accum=0", "grad_accum=0: expected a positive integer"),
+        ("checkpoint_every=0", "checkpoint_every=0: expected a positive integer"),
+        ("log_every=0", "log_every=0: expected a positive integer"),
+        ("steps=0", "steps=0: expected a positive integer"),
+        ("steps=-1", "steps=-1: expected a positive integer"),
+        ("lr=nan", "lr=nan: expected a finite number > 0"),
+        ("lr=0", "lr=0.0: expected a finite number > 0"),
+        ("adapter_heads=3", "adapter_dim=4 is not divisible by adapter_heads=3"),
+        ("task=bogus", "--set task=bogus contradicts `train sam2clip`"),
+        ("task=clip2sam", "--set task=clip2sam contradicts `train sam2clip`"),
+    ],
+)
+def test_bad_settings_are_refused_before_training(
+    train: Train, tmp_path: Path, setting: str, message: str
+) -> None:
+    code, _, err = train(*TINY, setting)
+    assert code == 2 and message in one_line_error(err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_keeps_the_run_and_refuses_other_settings(train: Train, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert train(*TINY, "steps=3")[0] == 0
+    saved = (run / "config.json").read_text()
+    code, _, err = train("adapter_dim=8", "adapter_heads=2")
+    assert code == 2 and "adapter_dim (4 -> 8)" in one_line_error(err) and "new --out" in err
+    code, _, err = train(task="clip2sam", extra=("--annotations", str(tmp_path / "a.json")))
+    assert code == 2 and "task ('sam2clip' -> 'clip2sam')" in one_line_error(err)
+    assert (run / "config.json").read_text() == saved  # refused runs change nothing
+    code, out, err = train()
+    assert (code, err) == (0, "")
+    assert out == f"{run} already finished at step 3; raise --set steps=N to go on\n"
+    assert train("steps=5", "log_every=2")[0] == 0  # safe to change on resume
+    assert json.loads((run / "checkpoints" / "latest.json").read_text())["step"] == 5
+    assert json.loads((run / "config.json").read_text())["steps"] == 5
+
+
+def test_resume_drops_log_rows_of_replayed_steps(train: Train, tmp_path: Path) -> None:
+    assert train(*TINY, "steps=4", extra=("--stop-after", "3"))[0] == 0  # last checkpoint: 2
+    assert train()[0] == 0
+    log = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(row)["step"] for row in log] == [1, 2, 3, 4]
+
+
+def test_a_checkpoint_that_does_not_fit_is_a_checkpoint_error(train: Train, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert train(*TINY, "steps=2")[0] == 0
+    (run / "config.json").unlink()
+    code, _, err = train(*TINY, "steps=4", "adapter_depth=2")
+    assert code == 2
+    assert f"{run / 'checkpoints' / 'step_2.pt'} does not fit Sequential" in one_line_error(err)
+    assert "2 missing keys: 1.bias, 1.weight" in err
+    assert not (run / "config.json").exists()  # not overwritten with the refused settings
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda ckpt: (ckpt / "latest.json").write_text("{not json"), "latest.json is damaged"),
+        (lambda ckpt: (ckpt / "step_2.pt").unlink(), "step_2.pt, which does not exist"),
+        (
+            lambda ckpt: (ckpt / "step_2.pt").write_bytes((ckpt / "step_2.pt").read_bytes()[:300]),
+            "cannot resume from",
+        ),
+    ],
+    ids=["corrupt-pointer", "missing-checkpoint", "truncated-checkpoint"],
+)
+def test_damaged_run_state_is_a_one_line_error(
+    train: Train, tmp_path: Path, damage: Callable[[Path], object], message: str
+) -> None:
+    assert train(*TINY, "steps=2")[0] == 0
+    damage(tmp_path / "run" / "checkpoints")
+    code, _, err = train("steps=4")
+    assert code == 2 and message in one_line_error(err)
+    assert str(tmp_path / "run" / "checkpoints") in err
+
+
+def test_check_resume_compares_paths_by_location(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    saved = TrainConfig(data="images", out="run")
+    check_resume(saved, TrainConfig(data=str(tmp_path / "images"), out="elsewhere"), tmp_path)
+    with pytest.raises(InputError, match=r"data \('images' -> 'other'\); lr"):
+        check_resume(saved, TrainConfig(data="other", lr=1.0, out="run"), tmp_path)
