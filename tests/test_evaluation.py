@@ -11,8 +11,16 @@ import pytest
 
 from ovsam.data.instances import InstanceDataset, polygons_to_mask
 from ovsam.data.prompts import center_points, large_scale_jitter, random_points
+from ovsam.errors import InputError
 from ovsam.evaluation.metrics import summarize
-from ovsam.evaluation.runner import coco_ov_splits, evaluate_rank, lvis_splits, write_report
+from ovsam.evaluation.runner import (
+    check_settings,
+    coco_ov_splits,
+    evaluate_rank,
+    lvis_splits,
+    selected_indices,
+    write_report,
+)
 from tiny_coco import write_tiny_coco
 
 
@@ -59,7 +67,7 @@ def test_dataset_reads_polygons_and_rle_and_filters_the_ov_split(coco: InstanceD
 
 def test_ground_truth_predictions_score_100(coco: InstanceDataset, tmp_path: Path) -> None:
     records = evaluate_rank(Oracle(coco), coco, coco_ov_splits(), tmp_path / "out")
-    metrics = write_report(tmp_path / "out", "oracle")
+    metrics = write_report(tmp_path / "out", "oracle", [img["id"] for img in coco.images])
     assert metrics["IoU"] == pytest.approx(100.0) and metrics["Acc"] == 100.0
     assert metrics["IoU_b"] == pytest.approx(100.0) and metrics["IoU_n"] == pytest.approx(100.0)
     assert metrics["instances"] == len(records) == metrics["instances_b"] + metrics["instances_n"]
@@ -123,12 +131,42 @@ def test_ranks_partition_the_images(coco: InstanceDataset, tmp_path: Path) -> No
         for k in range(2)
     ]
     assert not ids[0] & ids[1] and len(ids[0] | ids[1]) == 4
-    assert write_report(tmp_path, "oracle", world=2)["Acc"] == 100.0
+    every = [img["id"] for img in coco.images]
+    metrics = write_report(tmp_path, "oracle", every)
+    assert metrics["Acc"] == 100.0 and metrics["images"] == 4
+    # resumed on one rank: rank 0 redoes rank 1's images, each image still counts once
+    evaluate_rank(Oracle(coco), coco, coco_ov_splits(), tmp_path)
+    assert write_report(tmp_path, "oracle", every) == metrics
+
+
+def test_a_cut_last_line_is_removed_before_appending(coco: InstanceDataset, tmp_path: Path) -> None:
+    evaluate_rank(Oracle(coco), coco, coco_ov_splits(), tmp_path, limit=1)
+    path = tmp_path / "records.rank0.jsonl"
+    path.write_text(path.read_text() + '{"image_id": 2, "records": [{"ima')
+    records = evaluate_rank(Oracle(coco), coco, coco_ov_splits(), tmp_path, limit=3)
+    lines = path.read_text().splitlines()
+    assert [json.loads(line)["image_id"] for line in lines] == [1, 2, 3]
+    metrics = write_report(tmp_path, "oracle", [1, 2, 3])
+    assert metrics["images"] == 3 and metrics["instances"] == len(records)
+    assert write_report(tmp_path, "oracle", [1])["images"] == 1  # only the selected images
+
+
+def test_settings_are_recorded_then_enforced(tmp_path: Path) -> None:
+    settings = {"prompt": "box", "model": "mobilesam", "checkpoint": None}
+    assert check_settings(tmp_path, settings) is False
+    assert json.loads((tmp_path / "settings.json").read_text()) == settings
+    assert check_settings(tmp_path, settings) is False
+    with pytest.raises(InputError, match=r"prompt 'box' -> 'point'\): use a new --out"):
+        check_settings(tmp_path, {**settings, "prompt": "point"})
+    with pytest.raises(InputError, match="limit must be at least 1"):
+        selected_indices([], 0)  # type: ignore[arg-type]
 
 
 def test_lvis_novel_classes_are_the_rare_ones() -> None:
     cats = [{"id": 1, "frequency": "r"}, {"id": 2, "frequency": "c"}, {"id": 3, "frequency": "f"}]
     assert lvis_splits(cats) == {1: "novel", 2: "base", 3: "base"}
+    with pytest.raises(InputError, match=r"no LVIS 'frequency' field \(category id 4\)"):
+        lvis_splits([*cats, {"id": 4, "name": "cat"}])
 
 
 def test_prompt_helpers() -> None:
@@ -148,7 +186,7 @@ def test_prompt_helpers() -> None:
 
 def test_mask_ap_of_perfect_masks_is_100(tmp_path: Path) -> None:
     pytest.importorskip("pycocotools")
-    from ovsam.evaluation.mask_ap import mask_ap, segment_detections
+    from ovsam.evaluation.mask_ap import format_stats, mask_ap, segment_detections
 
     path = write_tiny_coco(tmp_path / "coco", images=3)
     data = json.loads(path.read_text())
@@ -173,9 +211,10 @@ def test_mask_ap_of_perfect_masks_is_100(tmp_path: Path) -> None:
     assert len(results) == len(detections)
     stats = mask_ap(path, results, tmp_path / "out")
     assert stats["AP"] == pytest.approx(100.0) and stats["AP50"] == pytest.approx(100.0)
-    assert json.loads((tmp_path / "out" / "mask_ap.json").read_text())["AP75"] == pytest.approx(
-        100.0
-    )
+    saved = json.loads((tmp_path / "out" / "mask_ap.json").read_text())
+    assert saved["AP75"] == pytest.approx(100.0)
+    assert stats["APl"] is None and saved["APl"] is None  # no large object: COCOeval's -1
+    assert format_stats(stats).endswith("APm 100.0, APl n/a")
     shifted = [dict(r, category_id=1 if r["category_id"] != 1 else 3) for r in results]
     assert mask_ap(path, shifted, tmp_path / "out2")["AP"] < 50.0
 

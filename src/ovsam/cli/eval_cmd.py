@@ -1,12 +1,15 @@
 """``ovsam eval ANNOTATIONS --images DIR --out DIR``: the paper's protocol (IoU_b / IoU_n / Acc).
 
 Run under ``torchrun --nproc_per_node N`` to spread images over processes; re-running the same
-command resumes an interrupted evaluation.
+command resumes an interrupted evaluation (``--out/settings.json`` records what the records
+depend on; resuming with other settings is refused).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import sys
 from pathlib import Path
 
 from ovsam.cli.segment_cmd import add_clip_arguments, add_model_arguments
@@ -44,22 +47,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
-    from ovsam.data.instances import InstanceDataset
+    from ovsam.data.instances import InstanceDataset, read_annotations
     from ovsam.distributed import barrier, init_distributed, shutdown
     from ovsam.evaluation.runner import (
         LabeledPredictorAdapter,
+        check_settings,
         coco_ov_splits,
         evaluate_rank,
         lvis_splits,
+        selected_indices,
         write_report,
     )
     from ovsam.recognizers import LabelOptions, build_labeled_predictor
     from ovsam.vocab import Vocabulary
 
-    info = init_distributed(args.device)
-    data = json.loads(args.annotations.read_text(encoding="utf-8"))
+    data = read_annotations(args.annotations)
     if args.split == "coco-ov":
         splits = coco_ov_splits()
         dataset = InstanceDataset(
@@ -68,6 +70,26 @@ def run(args: argparse.Namespace) -> int:
     else:
         splits = lvis_splits(data["categories"]) if args.split == "lvis" else {}
         dataset = InstanceDataset(data, args.images)
+    selected = [int(dataset.images[i]["id"]) for i in selected_indices(dataset, args.limit)]
+    detections = None
+    if args.detections is not None:  # checked now rather than after the evaluation
+        from ovsam.evaluation.mask_ap import read_detections
+
+        detections = read_detections(args.detections, data)
+    info = init_distributed(args.device)
+    legacy = check_settings(args.out, _settings(args))
+    if legacy and info.is_main:
+        print(
+            f"warning: {args.out} has records but no settings.json (an older ovsam): "
+            "assuming they were made with these settings",
+            file=sys.stderr,
+        )
+    if dataset.unknown_category_annotations and info.is_main:
+        print(
+            f"warning: {dataset.unknown_category_annotations} annotations of {args.annotations} "
+            "have a category_id not among its categories; they are ignored",
+            file=sys.stderr,
+        )
     categories = sorted(dataset.categories.values(), key=lambda c: c["id"])
     synonyms = tuple(tuple(dict.fromkeys([c["name"], *c.get("synonyms", [])])) for c in categories)
     vocabulary = Vocabulary(
@@ -95,19 +117,41 @@ def run(args: argparse.Namespace) -> int:
     barrier()
     if info.is_main:
         method = args.method or f"{args.recognizer} ({args.model}, {options.describe_weights()})"
-        metrics = write_report(args.out, method, info.world)
+        metrics = write_report(args.out, method, selected)
         print((args.out / "table.md").read_text(encoding="utf-8"), end="")
-        print(f"instances: {metrics['instances']} -> {args.out / 'metrics.json'}")
-        if args.detections is not None:
-            from ovsam.evaluation.mask_ap import mask_ap, segment_detections
+        skipped = f", {metrics['images_skipped']} without usable instances skipped"
+        print(
+            f"instances: {metrics['instances']} in {metrics['images']} images"
+            f"{skipped if metrics['images_skipped'] else ''} -> {args.out / 'metrics.json'}"
+        )
+        if detections is not None:
+            from ovsam.evaluation.mask_ap import format_stats, mask_ap, segment_detections
 
             adapter = LabeledPredictorAdapter(predictor)
-            detections = json.loads(args.detections.read_text(encoding="utf-8"))
             results = segment_detections(
                 lambda image, boxes: adapter.predict_instances(image, boxes, None)[0],
                 data, args.images, detections,
             )  # fmt: skip
             stats = mask_ap(args.annotations, results, args.out)
-            print("mask AP: " + ", ".join(f"{k} {v:.1f}" for k, v in stats.items()))
+            print("mask AP: " + format_stats(stats))
     shutdown()
     return 0
+
+
+def _settings(args: argparse.Namespace) -> dict[str, str | bool | None]:
+    """What determines the records (not ``--method``, ``--limit``, ``--device``): resuming into
+    an ``--out`` made with other settings is refused."""
+    digest = hashlib.sha256(args.annotations.read_bytes()).hexdigest()
+    return {
+        "annotations_sha256": digest,
+        "images": str(args.images.resolve()),
+        "split": args.split,
+        "prompt": args.prompt,
+        "recognizer": args.recognizer,
+        "templates": args.templates,
+        "model": args.model,
+        "checkpoint": args.checkpoint,
+        "clip": args.clip,
+        "clip_weights": str(args.clip_weights),
+        "random_recognition": args.random_recognition,
+    }

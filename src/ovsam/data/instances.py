@@ -5,7 +5,8 @@ file (category ``frequency`` kept; LVIS images are located by the last part of `
 when there is no ``file_name``). Item ``i`` is an :class:`Instances`: the ``HxWx3`` uint8 RGB
 image, ``Nx4`` XYXY pixel boxes, ``NxHxW`` bool masks and the category id / name of each
 instance (crowd and empty annotations skipped). ``category_filter`` keeps only some categories
-(e.g. the 65 of OV-COCO).
+(e.g. the 65 of OV-COCO). :func:`read_annotations` reads and checks such a file: a missing,
+malformed or incomplete one is an :class:`InputError` naming the file and the entry.
 """
 
 from __future__ import annotations
@@ -82,16 +83,21 @@ class InstanceDataset:
         image_root: str | Path,
         category_filter: Callable[[Mapping[str, Any]], bool] | None = None,
     ) -> None:
-        data = annotations if isinstance(annotations, Mapping) else _read_json(Path(annotations))
-        for key in ("images", "annotations", "categories"):
-            if key not in data:
-                raise InputError(f"annotation file has no {key!r}: not COCO / LVIS instances")
+        if isinstance(annotations, Mapping):
+            data = annotations
+            check_annotations(data, "annotations")
+        else:
+            data = read_annotations(annotations)
         self.image_root = Path(image_root)
         self.categories = {
             c["id"]: c for c in data["categories"] if category_filter is None or category_filter(c)
         }
+        known = {c["id"] for c in data["categories"]}
+        #: annotations whose ``category_id`` is not among the file's categories (ignored)
+        self.unknown_category_annotations = 0
         by_image: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
         for ann in data["annotations"]:
+            self.unknown_category_annotations += ann["category_id"] not in known
             if ann["category_id"] in self.categories and not ann.get("iscrowd", 0):
                 by_image[ann["image_id"]].append(ann)
         self.images = [img for img in data["images"] if by_image.get(img["id"])]
@@ -145,8 +151,42 @@ class ImageFolder:
         return load_image(self.paths[index])
 
 
-def _read_json(path: Path) -> Mapping[str, Any]:
+def read_annotations(path: str | Path) -> dict[str, Any]:
+    """The COCO / LVIS file at ``path`` (a JSON object with ``images``, ``annotations`` and
+    ``categories``); :class:`InputError` naming the file when it is missing or not one."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read annotations {path}: {exc}") from exc
+        raw = Path(path).read_bytes()
+        data = json.loads(raw)
+    except OSError as exc:
+        raise InputError(f"cannot read annotations {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        if not raw.strip():
+            raise InputError(f"annotation file {path} is empty") from exc
+        raise InputError(f"annotation file {path} is not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise InputError(
+            f"annotation file {path} holds a JSON {type(data).__name__}, not a COCO / LVIS object"
+        )
+    check_annotations(data, f"annotation file {path}")
+    return data
+
+
+_FIELDS = {  # list -> (singular, fields the dataset reads)
+    "images": ("image", ("id",)),
+    "categories": ("category", ("id", "name")),
+    "annotations": ("annotation", ("image_id", "category_id", "segmentation")),
+}
+
+
+def check_annotations(data: Mapping[str, Any], source: str) -> None:
+    """:class:`InputError` naming ``source`` and the first entry that lacks a field read here."""
+    for key, (singular, fields) in _FIELDS.items():
+        if not isinstance(data.get(key), list):
+            raise InputError(f"{source} has no {key!r} list: not COCO / LVIS instances")
+        for index, entry in enumerate(data[key]):
+            if not isinstance(entry, Mapping):
+                raise InputError(f"{source}: {key}[{index}] is not a JSON object")
+            for field in fields:
+                if field not in entry:
+                    what = f"{singular} id {entry['id']}" if "id" in entry else f"{key}[{index}]"
+                    raise InputError(f"{source}: {what} has no {field!r}")

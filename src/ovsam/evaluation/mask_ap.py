@@ -4,6 +4,8 @@
 from any detector. Every box is segmented (the detector's class and score are kept) and the
 masks are written as COCO ``segm`` results (``segm_results.json``) and evaluated with
 ``COCOeval(iouType="segm")`` against the annotation file. Needs the ``[coco]`` extra.
+:func:`read_detections` checks the file before any work; a statistic without ground truth
+(e.g. ``APl`` when no object is large, COCOeval's -1) is reported as None.
 """
 
 from __future__ import annotations
@@ -16,12 +18,66 @@ from typing import Any
 
 import numpy as np
 
-from ovsam.errors import OVSamError
+from ovsam.errors import InputError, OVSamError
 from ovsam.fileio import atomic_write_json
 from ovsam.image_io import load_image
 from ovsam.masks import encode_rle
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+DETECTION_FIELDS = frozenset({"image_id", "category_id", "bbox", "score"})
+
+
+def _coco_tools() -> tuple[Any, Any]:
+    """pycocotools' ``COCO`` and ``COCOeval`` (an :class:`OVSamError` without the extra)."""
+    try:
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    except ImportError as exc:
+        raise OVSamError("mask AP needs pycocotools: pip install 'ovsam[coco]'") from exc
+    return COCO, COCOeval
+
+
+def read_detections(path: str | Path, annotations: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The detections of the COCO results file ``path``, checked against ``annotations``
+    (known ``image_id``, a 4-number ``bbox``, numeric ``score``); also checks that pycocotools
+    is installed and that the ground truth has the ``area`` COCOeval reads. Any problem is an
+    :class:`InputError` naming the file and the detection."""
+    _coco_tools()
+    try:
+        detections = json.loads(Path(path).read_bytes())
+    except OSError as exc:
+        raise InputError(f"cannot read detections {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise InputError(f"detections file {path} is not valid JSON ({exc})") from exc
+    if not isinstance(detections, list) or not detections:
+        raise InputError(f"detections file {path} must be a non-empty JSON list of detections")
+    images = {img["id"] for img in annotations["images"]}
+    for index, det in enumerate(detections):
+        where = f"detections file {path}: detection {index}"
+        if not isinstance(det, dict) or not DETECTION_FIELDS <= set(det):
+            raise InputError(f"{where} needs image_id, category_id, bbox and score")
+        if not isinstance(det["category_id"], int):
+            raise InputError(f"{where}: category_id must be an integer")
+        if det["image_id"] not in images:
+            raise InputError(f"{where}: image_id {det['image_id']!r} is not in the annotation file")
+        bbox, score = det["bbox"], det["score"]
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+            raise InputError(f"{where}: bbox must be [x, y, width, height], got {bbox!r}")
+        if not _is_number(score):
+            raise InputError(f"{where}: score must be a number, got {score!r}")
+    for ann in annotations["annotations"]:
+        if "area" not in ann:
+            raise InputError(f"annotation id {ann.get('id')} has no 'area' (needed for mask AP)")
+    return detections
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def format_stats(stats: Mapping[str, float | None]) -> str:
+    """``AP 41.2, ..., APl n/a`` for the terminal."""
+    return ", ".join(f"{k} {'n/a' if v is None else f'{v:.1f}'}" for k, v in stats.items())
 
 
 def segment_detections(
@@ -60,13 +116,10 @@ def segment_detections(
 
 def mask_ap(
     annotations_path: str | Path, results: list[dict[str, Any]], out_dir: str | Path
-) -> dict[str, float]:
-    """Run ``COCOeval`` (segm) on ``results``; write them and the stats (in %) to ``out_dir``."""
-    try:
-        from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval
-    except ImportError as exc:
-        raise OVSamError("mask AP needs pycocotools: pip install 'ovsam[coco]'") from exc
+) -> dict[str, float | None]:
+    """Run ``COCOeval`` (segm) on ``results``; write them and the stats (in %, None where
+    COCOeval has no data) to ``out_dir``."""
+    COCO, COCOeval = _coco_tools()  # noqa: N806 - pycocotools' class names
     out = Path(out_dir)
     atomic_write_json(out / "segm_results.json", results)
     gt = COCO(str(annotations_path))
@@ -77,6 +130,9 @@ def mask_ap(
     evaluator.evaluate()
     evaluator.accumulate()
     evaluator.summarize()
-    stats = {name: float(v) * 100 for name, v in zip(STAT_NAMES, evaluator.stats[:6], strict=True)}
+    stats = {
+        name: None if v < 0 else float(v) * 100
+        for name, v in zip(STAT_NAMES, evaluator.stats[:6], strict=True)
+    }
     atomic_write_json(out / "mask_ap.json", stats)
     return stats

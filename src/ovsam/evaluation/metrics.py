@@ -8,7 +8,7 @@ base / novel classes, ``Acc`` the mean score (also per split).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -58,13 +58,14 @@ def records_for_image(
     ]
 
 
-def summarize(records: Iterable[InstanceRecord]) -> dict[str, float | int]:
-    """``{"IoU", "IoU_b", "IoU_n", "Acc", "Acc_b", "Acc_n", "instances", ...}`` in percent."""
+def summarize(records: Iterable[InstanceRecord]) -> dict[str, float | int | None]:
+    """``{"IoU", "IoU_b", "IoU_n", "Acc", "Acc_b", "Acc_n", "instances", ...}`` in percent;
+    a mean over no instances (e.g. no novel class in the split) is None."""
     records = list(records)
-    out: dict[str, float | int] = {"instances": len(records)}
+    out: dict[str, float | int | None] = {"instances": len(records)}
 
-    def mean(values: list[float]) -> float:
-        return float(np.mean(values)) * 100 if values else float("nan")
+    def mean(values: list[float]) -> float | None:
+        return float(np.mean(values)) * 100 if values else None
 
     out["IoU"] = mean([r.iou for r in records])
     out["Acc"] = mean([float(r.correct) for r in records])
@@ -76,11 +77,15 @@ def summarize(records: Iterable[InstanceRecord]) -> dict[str, float | int]:
     return out
 
 
-def markdown_table(rows: dict[str, dict[str, float | int]]) -> str:
+def percent(value: float | int | None) -> str:
+    """``12.3``, or ``n/a`` for a metric without data (None)."""
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def markdown_table(rows: Mapping[str, Mapping[str, float | int | None]]) -> str:
     """The paper's table shape: method | IoU_b | IoU_n | Acc (plus IoU and instance count)."""
     lines = ["| method | IoU_b | IoU_n | Acc | IoU | instances |", "|---|---|---|---|---|---|"]
     for method, m in rows.items():
-        lines.append(
-            f"| {method} | {m['IoU_b']:.1f} | {m['IoU_n']:.1f} | {m['Acc']:.1f} | {m['IoU']:.1f} | {m['instances']} |"
-        )
+        cells = [percent(m[key]) for key in ("IoU_b", "IoU_n", "Acc", "IoU")]
+        lines.append(f"| {method} | {' | '.join(cells)} | {m['instances']} |")
     return "\n".join(lines) + "\n"

@@ -2,27 +2,31 @@
 
 Each rank takes images ``rank, rank + world, ...``, prompts every ground-truth instance with its
 box (or its centre point), and appends one JSON line per finished image to
-``out/records.rank{R}.jsonl`` (so an interrupted run resumes where it stopped). Rank 0 then
-merges all ranks' records and writes ``metrics.json`` and ``table.md`` atomically.
+``out/records.rank{R}.jsonl`` (so an interrupted run resumes where it stopped; a line cut by the
+interruption is dropped and its image redone). ``out/settings.json`` holds the settings the
+records were made with; resuming with others is refused. Rank 0 then merges the records of the
+selected images and writes ``metrics.json`` and ``table.md`` atomically.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
 from tqdm import tqdm
 
-from ovsam.data.instances import InstanceDataset
+from ovsam.data.instances import InstanceDataset, Instances
 from ovsam.data.prompts import box_prompts, center_points
+from ovsam.errors import InputError
 from ovsam.evaluation.metrics import InstanceRecord, markdown_table, records_for_image, summarize
 from ovsam.fileio import atomic_write_bytes, atomic_write_json
 from ovsam.vocab import builtin_vocabulary
 
 PromptKind = Literal["box", "point"]
+SETTINGS_FILE = "settings.json"
 
 
 class InstancePredictor(Protocol):
@@ -66,18 +70,79 @@ def coco_ov_splits() -> dict[int, str]:
 
 def lvis_splits(categories: list[Mapping[str, Any]]) -> dict[int, str]:
     """LVIS category id → ``novel`` for rare classes, ``base`` otherwise (read from the file)."""
+    for category in categories:
+        if "frequency" not in category:
+            raise InputError(
+                f"the annotation file has no LVIS 'frequency' field (category id {category['id']}):"
+                " --split lvis needs an LVIS v1 file"
+            )
     return {int(c["id"]): "novel" if c["frequency"] == "r" else "base" for c in categories}
 
 
-def _done_images(path: Path) -> dict[int, list[InstanceRecord]]:
+def check_settings(out_dir: str | Path, settings: Mapping[str, str | bool | None]) -> bool:
+    """Record the ``settings`` that determine the records in ``out_dir/settings.json``, or
+    check them against those of an earlier run there: resuming with other settings (prompt,
+    model, split, ...) would mix incompatible records, so it is an :class:`InputError`.
+
+    Returns True when ``out_dir`` held records but no settings (written by an older ovsam):
+    they are assumed to match and the settings are recorded (the caller warns)."""
+    out = Path(out_dir)
+    has_records = any(out.glob("records.rank*.jsonl"))
+    path = out / SETTINGS_FILE
+    if not path.is_file():
+        atomic_write_json(path, dict(settings))
+        return has_records
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {path} ({exc}): use a new --out") from exc
+    if not isinstance(saved, dict):
+        raise InputError(f"{path} is not a JSON object of settings: use a new --out")
+    changed = [
+        f"{key} {saved.get(key)!r} -> {settings.get(key)!r}"
+        for key in sorted(set(saved) | set(settings))
+        if saved.get(key) != settings.get(key)
+    ]
+    if changed:
+        raise InputError(
+            f"{out} holds records of an evaluation with other settings ({'; '.join(changed)}):"
+            " use a new --out"
+        )
+    return False
+
+
+def selected_indices(dataset: InstanceDataset, limit: int | None = None) -> list[int]:
+    """Indices of the images evaluated: the first ``limit`` (all without one)."""
+    if limit is not None and limit < 1:
+        raise InputError(f"--limit must be at least 1, got {limit}")
+    return list(range(len(dataset)))[:limit]
+
+
+def _parse_line(line: str) -> tuple[int, list[InstanceRecord]] | None:
+    """``(image_id, records)`` of one JSON line, None for an unreadable one."""
+    try:
+        row = json.loads(line)
+        return int(row["image_id"]), [InstanceRecord(**r) for r in row["records"]]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _done_images(path: Path, repair: bool = False) -> dict[int, list[InstanceRecord]]:
+    """Records per finished image in ``path``. A line cut by an interruption (or otherwise
+    unreadable) is skipped, so its image is redone; with ``repair`` such lines are also removed
+    from the file (atomically), so that the next record appended starts a line of its own."""
     done: dict[int, list[InstanceRecord]] = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:  # a line cut by an interruption: that image is redone
-                continue
-            done[int(row["image_id"])] = [InstanceRecord(**r) for r in row["records"]]
+    if not path.is_file():
+        return done
+    *lines, cut = path.read_text(encoding="utf-8", errors="replace").split("\n")
+    kept = []
+    for line in lines:
+        parsed = _parse_line(line)
+        if parsed is not None:
+            done[parsed[0]] = parsed[1]
+            kept.append(line + "\n")
+    if repair and (cut or len(kept) != len(lines)):
+        atomic_write_bytes(path, "".join(kept).encode("utf-8"))
     return done
 
 
@@ -91,48 +156,61 @@ def evaluate_rank(
     world: int = 1,
     limit: int | None = None,
 ) -> list[InstanceRecord]:
-    """Evaluate this rank's share of ``dataset``; returns its records (resuming from disk)."""
+    """Evaluate this rank's share of the first ``limit`` images of ``dataset``; returns its
+    records (resuming from disk). An image left without usable instances (all empty masks) is
+    logged with no records and not prompted."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"records.rank{rank}.jsonl"
-    done = _done_images(path)
-    indices = list(range(len(dataset)))[:limit][rank::world]
-    records = [r for rows in done.values() for r in rows]
+    done = _done_images(path, repair=True)
+    indices = selected_indices(dataset, limit)[rank::world]
+    records: list[InstanceRecord] = []
     with path.open("a", encoding="utf-8") as log:
         for index in tqdm(indices, desc=f"eval rank {rank}", disable=rank != 0):
-            if int(dataset.images[index]["id"]) in done:
-                continue
-            item = dataset[index]
-            boxes = box_prompts(item.boxes) if prompt == "box" else None
-            points = center_points(item.masks) if prompt == "point" else None
-            masks, names = predictor.predict_instances(item.image, boxes, points)
-            rows = records_for_image(
-                item.image_id,
-                masks,
-                item.masks,
-                names,
-                item.names,
-                [splits.get(c, "base") for c in item.category_ids],
-            )
-            log.write(
-                json.dumps({"image_id": item.image_id, "records": [r.to_json() for r in rows]})
-                + "\n"
-            )
-            log.flush()
-            records.extend(rows)
+            image_id = int(dataset.images[index]["id"])
+            if image_id not in done:
+                done[image_id] = _evaluate_image(predictor, dataset[index], splits, prompt)
+                row = {"image_id": image_id, "records": [r.to_json() for r in done[image_id]]}
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+            records.extend(done[image_id])
     return records
 
 
-def write_report(out_dir: str | Path, method: str, world: int = 1) -> dict[str, float | int]:
-    """Merge every rank's records and write ``metrics.json`` and ``table.md`` (atomically)."""
+def _evaluate_image(
+    predictor: InstancePredictor, item: Instances, splits: Mapping[int, str], prompt: PromptKind
+) -> list[InstanceRecord]:
+    """The records of one image's instances (none, unprompted, when it has none)."""
+    if not item.category_ids:
+        return []
+    boxes = box_prompts(item.boxes) if prompt == "box" else None
+    points = center_points(item.masks) if prompt == "point" else None
+    masks, names = predictor.predict_instances(item.image, boxes, points)
+    return records_for_image(
+        item.image_id,
+        masks,
+        item.masks,
+        names,
+        item.names,
+        [splits.get(c, "base") for c in item.category_ids],
+    )
+
+
+def write_report(
+    out_dir: str | Path, method: str, image_ids: Iterable[int]
+) -> dict[str, float | int | None]:
+    """Merge every rank's records of ``image_ids`` and write ``metrics.json`` and ``table.md``
+    (atomically). ``images_skipped``: images without usable instances."""
     out = Path(out_dir)
-    records = [
-        r
-        for rank in range(world)
-        for rows in _done_images(out / f"records.rank{rank}.jsonl").values()
-        for r in rows
-    ]
-    metrics = summarize(records)
+    done: dict[int, list[InstanceRecord]] = {}
+    for path in sorted(out.glob("records.rank*.jsonl")):  # also those of an earlier, larger world
+        done.update(_done_images(path))
+    rows = [done[i] for i in image_ids if i in done]
+    metrics = {
+        **summarize(r for records in rows for r in records),
+        "images": len(rows),
+        "images_skipped": sum(not records for records in rows),
+    }
     atomic_write_json(out / "metrics.json", {"method": method, **metrics})
     atomic_write_bytes(out / "table.md", markdown_table({method: metrics}).encode("utf-8"))
     return metrics

@@ -1,0 +1,274 @@
+"""``ovsam eval`` on real tiny COCO files: resume, settings, --limit, empty splits and bad input.
+
+The model is replaced by a fast stand-in (each box prompt gives its filled box, each point a
+9x9 square, every label "person"), so the numbers are known without MobileSAM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import ovsam.recognizers
+from ovsam.cli.main import main
+from ovsam.errors import InputError
+from tiny_coco import write_tiny_coco
+
+
+class BoxFiller:
+    """Stands in for a labelled predictor: a box prompt's mask is the filled box."""
+
+    def set_image(self, image: np.ndarray) -> None:
+        self.shape = image.shape[:2]
+
+    def _label(self) -> SimpleNamespace:
+        return SimpleNamespace(top=[("person", 1.0)])
+
+    def predict_boxes(self, boxes: np.ndarray, multimask_output: bool = False) -> tuple:
+        if len(boxes) == 0:  # as the real predictor
+            raise InputError(f"box must be XYXY with shape (4,) or Nx4, got {boxes.shape}")
+        masks = np.zeros((len(boxes), 1, *self.shape), dtype=bool)
+        for mask, (x0, y0, x1, y1) in zip(masks, boxes.astype(int), strict=True):
+            mask[0, y0:y1, x0:x1] = True
+        return masks, None, None, [self._label() for _ in boxes]
+
+    def predict(self, point_coords: np.ndarray, point_labels: np.ndarray, **_: object) -> tuple:
+        x, y = point_coords[0].astype(int)
+        mask = np.zeros((1, *self.shape), dtype=bool)
+        mask[0, max(y - 4, 0) : y + 5, max(x - 4, 0) : x + 5] = True
+        return mask, np.ones(1), None, [self._label()]
+
+
+@pytest.fixture()
+def built(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Replace the model by :class:`BoxFiller`; lists the models built (to check none was)."""
+    calls: list[str] = []
+
+    def build(options: object, model: str, checkpoint: object, device: str) -> BoxFiller:
+        calls.append(model)
+        return BoxFiller()
+
+    monkeypatch.setattr(ovsam.recognizers, "build_labeled_predictor", build)
+    return calls
+
+
+@pytest.fixture()
+def tiny(tmp_path: Path) -> Path:
+    return write_tiny_coco(tmp_path / "coco", images=4)
+
+
+def run_eval(
+    annotations: Path, out: Path, *extra: str, images: Path | None = None
+) -> tuple[int, str, str]:
+    """``ovsam eval`` in-process; returns ``(status, stdout, stderr)``."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    folder = images or annotations.parent / "images"
+    argv = ["eval", str(annotations), "--images", str(folder), "--out", str(out),
+            "--random-recognition", "--templates", "none", *extra]  # fmt: skip
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        status = main(argv)
+    return status, stdout.getvalue(), stderr.getvalue()
+
+
+def strict_json(path: Path) -> dict:
+    """Parse ``path`` as standard JSON (NaN / Infinity are not JSON)."""
+
+    def reject(name: str) -> None:
+        raise ValueError(f"{name} in {path}")
+
+    return json.loads(path.read_text(), parse_constant=reject)
+
+
+def test_resume_after_a_cut_line_keeps_every_image(tiny: Path, tmp_path: Path, built: list) -> None:
+    assert run_eval(tiny, tmp_path / "full")[0] == 0
+    full = strict_json(tmp_path / "full" / "metrics.json")
+    lines = (tmp_path / "full" / "records.rank0.jsonl").read_text().splitlines(keepends=True)
+    for name, with_settings in (("old", False), ("new", True)):  # an older ovsam's folder / ours
+        out = tmp_path / name
+        out.mkdir()
+        if with_settings:
+            (out / "settings.json").write_text((tmp_path / "full" / "settings.json").read_text())
+        (out / "records.rank0.jsonl").write_text(lines[0] + lines[1][:60])
+        assert run_eval(tiny, out)[0] == 0
+        assert strict_json(out / "metrics.json") == full  # image 2 redone, none lost
+        rows = (out / "records.rank0.jsonl").read_text().splitlines()
+        assert [json.loads(row)["image_id"] for row in rows] == [1, 2, 3, 4]
+
+
+def test_resume_with_other_settings_is_refused(tiny: Path, tmp_path: Path, built: list) -> None:
+    out = tmp_path / "out"
+    assert run_eval(tiny, out)[0] == 0
+    before = (out / "metrics.json").read_text()
+    status, stdout, stderr = run_eval(tiny, out, "--prompt", "point", "--method", "pointrun")
+    assert status == 2 and stdout == "" and len(stderr.splitlines()) == 1
+    assert "prompt 'box' -> 'point'" in stderr and "use a new --out" in stderr
+    assert (out / "metrics.json").read_text() == before
+    status, _, stderr = run_eval(tiny, out, "--clip", "RN50")
+    assert status == 2 and "clip 'RN50x16' -> 'RN50'" in stderr
+    # --method only names the row: renaming it reuses the records
+    status, stdout, _ = run_eval(tiny, out, "--method", "renamed")
+    assert status == 0 and "| renamed |" in stdout and built == ["mobilesam"] * 2
+
+
+def test_point_prompts_in_a_new_folder_give_other_numbers(
+    tiny: Path, tmp_path: Path, built: list
+) -> None:
+    run_eval(tiny, tmp_path / "box")
+    assert run_eval(tiny, tmp_path / "point", "--prompt", "point")[0] == 0
+    box = strict_json(tmp_path / "box" / "metrics.json")
+    point = strict_json(tmp_path / "point" / "metrics.json")
+    assert point["instances"] == box["instances"] and point["IoU"] < box["IoU"] - 10
+
+
+def test_limit_selects_exactly_the_images_reported(tiny: Path, tmp_path: Path, built: list) -> None:
+    out = tmp_path / "out"
+    assert run_eval(tiny, out)[0] == 0
+    first = json.loads((out / "records.rank0.jsonl").read_text().splitlines()[0])
+    status, stdout, _ = run_eval(tiny, out, "--limit", "1")
+    metrics = strict_json(out / "metrics.json")
+    assert status == 0 and metrics["instances"] == len(first["records"])
+    assert metrics["images"] == 1
+    assert f"instances: {len(first['records'])} in 1 images" in stdout
+
+
+@pytest.mark.parametrize("limit", ["0", "-2"])
+def test_limit_below_one_is_refused(tiny: Path, tmp_path: Path, built: list, limit: str) -> None:
+    status, _, stderr = run_eval(tiny, tmp_path / "out", "--limit", limit)
+    assert status == 2 and "--limit must be at least 1" in stderr and not built
+
+
+def test_empty_novel_split_is_null_not_nan(tiny: Path, tmp_path: Path, built: list) -> None:
+    out = tmp_path / "out"
+    assert run_eval(tiny, out, "--split", "all")[0] == 0
+    metrics = strict_json(out / "metrics.json")
+    assert metrics["instances_n"] == 0 and metrics["IoU_n"] is None and metrics["Acc_n"] is None
+    assert metrics["IoU_b"] > 50 and metrics["instances_b"] == metrics["instances"]
+    row = (out / "table.md").read_text().splitlines()[2].split(" | ")
+    assert row[2] == "n/a" and row[1] != "n/a"
+
+
+def test_image_without_usable_instances_is_skipped(tiny: Path, tmp_path: Path, built: list) -> None:
+    data = json.loads(tiny.read_text())
+    full = run_eval(tiny, tmp_path / "full")[0], strict_json(tmp_path / "full" / "metrics.json")
+    dropped = 0
+    for ann in data["annotations"]:
+        if ann["image_id"] == 2 and ann["category_id"] != 10:  # 10 is outside OV-COCO
+            dropped += 1
+            ann["segmentation"] = [[5, 5, 9, 5, 9, 5]] if dropped == 1 else [[]]
+    path = tmp_path / "coco" / "degenerate.json"
+    path.write_text(json.dumps(data))
+    status, stdout, stderr = run_eval(path, tmp_path / "out")
+    metrics = strict_json(tmp_path / "out" / "metrics.json")
+    assert status == 0 and full[0] == 0 and dropped >= 1, stderr
+    assert metrics["images"] == 4 and metrics["images_skipped"] == 1
+    assert 0 < metrics["instances"] == full[1]["instances"] - dropped
+    assert "1 without usable instances skipped" in stdout
+
+
+def test_unknown_categories_are_counted_in_one_warning(
+    tiny: Path, tmp_path: Path, built: list
+) -> None:
+    data = json.loads(tiny.read_text())
+    data["annotations"][0]["category_id"] = 999
+    data["annotations"][1]["category_id"] = 998
+    path = tmp_path / "coco" / "unknown.json"
+    path.write_text(json.dumps(data))
+    status, _, stderr = run_eval(path, tmp_path / "out")
+    assert status == 0 and stderr.count("warning") == 1
+    assert "2 annotations" in stderr and "category_id not among its categories" in stderr
+
+
+def test_records_of_an_older_ovsam_are_resumed_with_a_warning(
+    tiny: Path, tmp_path: Path, built: list
+) -> None:
+    run_eval(tiny, tmp_path / "full")
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "records.rank0.jsonl").write_text(
+        (tmp_path / "full" / "records.rank0.jsonl").read_text()
+    )
+    status, _, stderr = run_eval(tiny, out)
+    assert status == 0 and "no settings.json" in stderr
+    assert (out / "settings.json").read_text() == (tmp_path / "full" / "settings.json").read_text()
+
+
+def bad_annotations(tiny: Path, case: str) -> Path:
+    """An annotation file broken in one way."""
+    data = json.loads(tiny.read_text())
+    path = tiny.parent / f"{case}.json"
+    if case == "empty":
+        path.write_text("")
+    elif case == "corrupt":
+        path.write_text(tiny.read_text()[:100])
+    elif case == "list":
+        path.write_text("[]")
+    elif case in ("segmentation", "category_id"):
+        del data["annotations"][2][case]
+        path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("case", "extra", "message"),
+    [
+        ("missing", (), "cannot read annotations {path}: No such file or directory"),
+        ("empty", (), "annotation file {path} is empty"),
+        ("corrupt", (), "annotation file {path} is not valid JSON"),
+        ("list", (), "annotation file {path} holds a JSON list, not a COCO / LVIS object"),
+        ("segmentation", (), "annotation file {path}: annotation id 3 has no 'segmentation'"),
+        ("category_id", (), "annotation file {path}: annotation id 3 has no 'category_id'"),
+        ("good", ("--split", "lvis"), "no LVIS 'frequency' field"),
+    ],
+)
+def test_bad_annotations_are_one_line_errors(
+    tiny: Path, tmp_path: Path, built: list, case: str, extra: tuple, message: str
+) -> None:
+    path = tiny if case == "good" else bad_annotations(tiny, case)
+    status, _, stderr = run_eval(path, tmp_path / "out", *extra, images=tiny.parent / "images")
+    assert status == 2 and not built
+    assert stderr.startswith("ovsam eval: error: ") and len(stderr.splitlines()) == 1
+    assert message.format(path=path) in stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "cannot read detections {path}: No such file or directory"),
+        ('[{"image_id": 1', "detections file {path} is not valid JSON"),
+        ("{}", "must be a non-empty JSON list"),
+        ('[{"image_id": 555, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 1}]',
+         "detection 0: image_id 555 is not in the annotation file"),
+        ('[{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3], "score": 1}]',
+         "detection 0: bbox must be [x, y, width, height]"),
+    ],
+)  # fmt: skip
+def test_bad_detections_are_refused_before_the_evaluation(
+    tiny: Path, tmp_path: Path, built: list, content: str | None, message: str
+) -> None:
+    path = tmp_path / "dets.json"
+    if content is not None:
+        path.write_text(content)
+    status, _, stderr = run_eval(tiny, tmp_path / "out", "--detections", str(path))
+    assert status == 2 and not built and not (tmp_path / "out").exists()
+    assert len(stderr.splitlines()) == 1 and message.format(path=path) in stderr
+
+
+def test_mask_ap_without_large_objects_reports_n_a(tiny: Path, tmp_path: Path, built: list) -> None:
+    data = json.loads(tiny.read_text())
+    dets = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1}
+        for a in data["annotations"]
+    ]
+    (tmp_path / "dets.json").write_text(json.dumps(dets))
+    status, stdout, _ = run_eval(
+        tiny, tmp_path / "out", "--detections", str(tmp_path / "dets.json")
+    )
+    stats = strict_json(tmp_path / "out" / "mask_ap.json")
+    assert status == 0 and stats["APl"] is None and stats["AP50"] > 50
+    assert "APl n/a" in stdout and "-100.0" not in stdout
