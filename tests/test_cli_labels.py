@@ -82,3 +82,13 @@ def test_everything_with_labels(
     assert record["masks"] and "meaningless" in record["recognition_weights"]
     for mask in record["masks"]:
         assert mask["label"] in ("cup", "saucer", "spoon") and len(mask["labels"]) == 2
+
+
+def test_result_names_the_model_that_segmented() -> None:
+    from ovsam.recognizers import LabelOptions, segmentation_model_name
+
+    assert segmentation_model_name(None, "mobilesam") == "mobilesam"
+    assert segmentation_model_name(LabelOptions(), "sam_vit_b") == "sam_vit_b"
+    ovsam = LabelOptions(recognizer="ovsam")
+    assert segmentation_model_name(ovsam, "mobilesam") == "ovsam_coco"  # not "mobilesam"
+    assert segmentation_model_name(ovsam, "ovsam_lvis") == "ovsam_lvis"

@@ -54,6 +54,14 @@ def _missing(what: str, exc: Exception) -> RecognitionWeightsMissing:
     )
 
 
+def segmentation_model_name(options: LabelOptions | None, sam_model: str) -> str:
+    """The registered model that segments: ``sam_model``, except that the ``ovsam``
+    recognizer needs an OV-SAM model (``ovsam_coco`` unless ``sam_model`` is one)."""
+    if options is None or options.recognizer != "ovsam" or sam_model.startswith("ovsam"):
+        return sam_model
+    return "ovsam_coco"
+
+
 def build_labeled_predictor(
     options: LabelOptions,
     sam_model: str = "mobilesam",
@@ -84,7 +92,7 @@ def build_labeled_predictor(
     if options.recognizer == "ovsam":
         from ovsam.ov.predictor import OVSamPredictor
 
-        name = sam_model if sam_model.startswith("ovsam") else "ovsam_coco"
+        name = segmentation_model_name(options, sam_model)
         try:
             model = build_model(name, checkpoint, pretrained=not options.random_weights)
         except WeightsUnavailableError as exc:

@@ -11,7 +11,7 @@ from ovsam.build import build_model
 from ovsam.image_io import load_image
 from ovsam.outputs import Prompt, write_result
 from ovsam.predictor import SamPredictor
-from ovsam.recognizers import LabelOptions, build_labeled_predictor
+from ovsam.recognizers import LabelOptions, build_labeled_predictor, segmentation_model_name
 
 
 def choose_multimask(num_points: int, has_box: bool) -> bool:
@@ -53,7 +53,8 @@ def segment_image(
         multimask_output=choose_multimask(len(all_points), box is not None),
     )
     best = int(np.argmax(scores))
-    extra: dict[str, object] = {"model": model_name, "image": str(image_path)}
+    model = segmentation_model_name(label_options, model_name)
+    extra: dict[str, object] = {"model": model, "image": str(image_path)}
     caption = None
     if label_options is not None:
         named = recognized[0][best]
