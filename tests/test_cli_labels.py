@@ -69,6 +69,8 @@ def test_vocab_argument_errors(
     assert "vocabulary 'cooc' is neither built in" in capsys.readouterr().err
     assert main(_argv(tmp_path, mobilesam_checkpoint, "--vocab", "", "--random-recognition")) == 2
     assert "vocabulary is empty" in capsys.readouterr().err  # not silently COCO
+    assert main(_argv(tmp_path, mobilesam_checkpoint, "--vocab", "coco", "--top-k", "0")) == 2
+    assert "--top-k must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_everything_with_labels(

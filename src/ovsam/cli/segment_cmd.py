@@ -79,11 +79,14 @@ def add_label_arguments(parser: argparse.ArgumentParser) -> None:
 
 def label_options(args: argparse.Namespace):  # noqa: ANN201 - LabelOptions | None
     """:class:`~ovsam.recognizers.LabelOptions` from the parsed flags (None without labels)."""
+    from ovsam.errors import InputError
     from ovsam.recognizers import LabelOptions
     from ovsam.vocab import parse_vocabulary_argument
 
     if not args.labels and args.vocab is None:
         return None
+    if args.top_k < 1:  # checked before any model is loaded
+        raise InputError(f"--top-k must be at least 1, got {args.top_k}")
     return LabelOptions(
         vocabulary=parse_vocabulary_argument("coco" if args.vocab is None else args.vocab),
         top_k=args.top_k,
