@@ -47,6 +47,13 @@ def test_sixteen_bit_is_rescaled_to_full_range() -> None:
     assert out[:, :, 0].tolist() == [[0, 64], [128, 255]]
 
 
+def test_float_image_with_nan_is_rescaled_with_nan_as_zero(tmp_path: Path) -> None:
+    data = np.array([[np.nan, 1.0], [2.0, 3.0]], dtype=np.float32)
+    path = tmp_path / "depth.tiff"
+    Image.fromarray(data, mode="F").save(path)
+    assert load_image(path)[:, :, 0].tolist() == [[0, 85], [170, 255]]
+
+
 def test_corrupt_and_non_image_data_are_named(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="not a readable image"):
         load_image(b"this is not an image")

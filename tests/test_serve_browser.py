@@ -159,3 +159,72 @@ def test_labels_and_scores_appear_with_a_recognizer(labelled_server_url: str) ->
     rows = [row for row in labels.splitlines() if row.strip()]
     assert len(rows) == 5 and all(any(ch.isdigit() for ch in row) for row in rows), labels
     assert "tiny random test CLIP" in note and "missing" not in note
+
+
+def wait_idle(page: object) -> None:
+    page.wait_for_function("state.result && !state.busy && !state.pending")
+
+
+def test_tiff_is_refused_in_the_page_before_upload(server_url: str, tmp_path: Path) -> None:
+    from PIL import Image
+
+    tiff = tmp_path / "scan.tiff"
+    Image.new("RGB", (32, 24), (200, 10, 10)).save(tiff)
+    with browser_page() as page:
+        uploads: list[str] = []
+        page.on("request", lambda r: uploads.append(r.url) if r.method == "POST" else None)
+        page.goto(server_url + "/")
+        page.wait_for_function("document.getElementById('status').textContent.includes('ready')")
+        page.set_input_files("#file", str(tiff))
+        page.wait_for_function("document.getElementById('status').classList.contains('error')")
+        status = page.locator("#status").inner_text()
+    assert "cannot show TIFF images" in status and "PNG or JPEG" in status
+    assert uploads == []
+
+
+def click_twice_in_the_box(page: object, server_url: str) -> dict:
+    """Box, then two object clicks (the second refines the first's mask); returns the canvas."""
+    drag_box_on_sample(page, server_url)
+    canvas = page.locator("#overlay").bounding_box()
+    scale = canvas["width"] / 600
+    x0, y0, x1, y1 = SAMPLE_BOX
+    for dx in (0, 10):
+        page.mouse.click(
+            canvas["x"] + ((x0 + x1) / 2 + dx) * scale, canvas["y"] + (y0 + y1) / 2 * scale
+        )
+        wait_idle(page)
+    return canvas
+
+
+def test_vocabulary_change_does_not_feed_the_mask_back(server_url: str) -> None:
+    with browser_page() as page:
+        bodies: list[dict] = []
+        page.on(
+            "request",
+            lambda r: bodies.append(r.post_data_json) if r.url.endswith("/predict") else None,
+        )
+        click_twice_in_the_box(page, server_url)
+        assert "mask_id" in bodies[-1]
+        before = page.evaluate("JSON.stringify(state.prompts)")
+        with page.expect_response(lambda r: r.url.endswith("/predict")):
+            page.select_option("#vocabulary", "coco")
+        wait_idle(page)
+        after = page.evaluate("JSON.stringify(state.prompts)")
+    assert bodies[-1]["vocabulary"] == "coco" and "mask_id" not in bodies[-1]
+    assert after == before
+
+
+def test_a_failed_box_restores_the_previous_prompts(server_url: str) -> None:
+    with browser_page() as page:
+        canvas = click_twice_in_the_box(page, server_url)
+        before = page.evaluate("JSON.stringify(state.prompts)")
+        error = {"error": {"code": "invalid_input", "message": "injected failure"}}
+        page.route("**/predict", lambda route: route.fulfill(status=400, json=error))
+        page.mouse.move(canvas["x"] + 5, canvas["y"] + 5)
+        page.mouse.down()
+        page.mouse.move(canvas["x"] + 60, canvas["y"] + 60)
+        page.mouse.up()
+        page.wait_for_function("document.getElementById('status').textContent.includes('injected')")
+        wait_idle(page)
+        after = page.evaluate("JSON.stringify(state.prompts)")
+    assert after == before  # the earlier box and both clicks are back, nothing else is lost

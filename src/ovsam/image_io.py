@@ -23,10 +23,18 @@ class ImageTooLargeError(InputError):
 
 def _to_uint8_rgb(img: Image.Image) -> np.ndarray:
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
+        # one float32 copy, scaled in place (16-bit values are exact in float32; float64
+        # copies of a 36 MP image took over 500 MB)
+        arr = np.array(img, dtype=np.float32)
+        arr[~np.isfinite(arr)] = 0.0
         lo, hi = float(arr.min()), float(arr.max())
-        scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) * (255.0 / (hi - lo))
-        gray = np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+        if hi <= lo:
+            arr[:] = 0.0
+        else:
+            arr -= lo
+            arr *= 255.0 / (hi - lo)
+            np.rint(arr, out=arr)
+        gray = np.clip(arr, 0, 255, out=arr).astype(np.uint8)
         return np.repeat(gray[:, :, None], 3, axis=2)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")

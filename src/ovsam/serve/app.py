@@ -2,29 +2,30 @@
 
 Model work runs in FastAPI's thread pool (endpoints are plain ``def``), never on the event
 loop; the :class:`~ovsam.serve.engine.SegmentationEngine` serialises access to the one model.
-Every error is JSON ``{"error": {"code", "message"}}`` with a 4xx status naming the problem.
+Every error is JSON ``{"error": {"code", "message"}}`` with a 4xx status naming the problem
+(:mod:`ovsam.serve.http_errors`); an unexpected failure is a 500 ``internal_error``.
 """
 
 from __future__ import annotations
 
 import base64
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-from fastapi import FastAPI, Request, UploadFile
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi import FastAPI, UploadFile
+from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.types import Scope
 
 from ovsam.assets import SAMPLE_PHOTO
-from ovsam.errors import InputError, NotReadyError
+from ovsam.errors import InputError
 from ovsam.image_io import ImageTooLargeError, load_image
 from ovsam.masks import encode_rle, mask_to_bbox_xywh
 from ovsam.outputs import png_bytes
 from ovsam.serve.engine import NO_RECOGNITION, MissingRecognizer, Recognizer, SegmentationEngine
+from ovsam.serve.http_errors import ApiError, GuardMiddleware, install_error_handlers
 from ovsam.serve.schemas import (
     ErrorResponse,
     Health,
@@ -38,82 +39,12 @@ from ovsam.serve.schemas import (
 )
 from ovsam.serve.settings import ServeSettings
 from ovsam.serve.store import ImageStore, StoredImage
-from ovsam.vocab import BUILTIN_VOCABULARIES, builtin_vocabulary
+from ovsam.serve.vocabularies import Vocabularies
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 422)}
-
-
-class ApiError(Exception):
-    """An error answered with ``status`` and a JSON body ``{"error": {code, message}}``."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
-
-
-def _readable_validation(exc: RequestValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-        parts.append(f"{where}: {err.get('msg', 'invalid')}")
-    return "; ".join(parts)
-
-
-class Vocabularies:
-    """Custom vocabularies typed by users (kept in memory, bounded in size)."""
-
-    def __init__(self, settings: ServeSettings) -> None:
-        self.settings = settings
-        self._custom: dict[str, list[str]] = {}
-        self._lock = threading.Lock()
-
-    def add(self, name: str, names: list[str]) -> list[str]:
-        if name in BUILTIN_VOCABULARIES:
-            raise ApiError(
-                409, "builtin_vocabulary", f"{name!r} is a built-in vocabulary: choose another name"
-            )
-        cleaned = list(dict.fromkeys(n.strip() for n in names if n.strip()))
-        if not cleaned:
-            raise ApiError(400, "empty_vocabulary", "vocabulary is empty: give at least one name")
-        if len(cleaned) > self.settings.max_vocabulary:
-            raise ApiError(
-                413, "vocabulary_too_large",
-                f"vocabulary has {len(cleaned)} names, more than the limit of "
-                f"{self.settings.max_vocabulary}",
-            )  # fmt: skip
-        long = next((n for n in cleaned if len(n) > self.settings.max_name_chars), None)
-        if long is not None:
-            raise ApiError(
-                400, "name_too_long",
-                f"class name of {len(long)} characters exceeds {self.settings.max_name_chars}",
-            )  # fmt: skip
-        with self._lock:
-            self._custom[name] = cleaned
-        return cleaned
-
-    def get(self, name: str) -> list[str]:
-        with self._lock:
-            names = self._custom.get(name)
-        if names is None and name in BUILTIN_VOCABULARIES:
-            names = list(builtin_vocabulary(name).classes)
-        if names is None:
-            raise ApiError(404, "unknown_vocabulary", f"unknown vocabulary {name!r}")
-        return names
-
-    def list(self) -> list[VocabularyInfo]:
-        builtins = [
-            VocabularyInfo(name=n, size=len(builtin_vocabulary(n)), builtin=True)
-            for n in BUILTIN_VOCABULARIES
-        ]
-        with self._lock:
-            return builtins + [
-                VocabularyInfo(name=k, size=len(v), builtin=False) for k, v in self._custom.items()
-            ]
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 409, 413, 415, 422)}
+MULTIPART_OVERHEAD = 64 * 1024
+"""Bytes allowed on top of ``max_upload_bytes`` for the multipart envelope of an upload."""
 
 
 def create_app(
@@ -128,21 +59,32 @@ def create_app(
     vocabularies = Vocabularies(settings)
     app.state.engine, app.state.store, app.state.vocabularies = engine, store, vocabularies
 
-    @app.exception_handler(ApiError)
-    def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return _error(exc.status, exc.code, exc.message)
+    def too_many_points(kind: str) -> Callable[[int], ApiError]:
+        return lambda n: ApiError(
+            400, "too_many_points", f"too many {kind}: {n} > {settings.max_points}"
+        )
 
-    @app.exception_handler(InputError)
-    def _input_error(_: Request, exc: InputError) -> JSONResponse:
-        return _error(400, "invalid_input", str(exc))
+    install_error_handlers(
+        app,
+        {"points": too_many_points("points"), "labels": too_many_points("labels"),
+         "names": vocabularies.too_large},
+    )  # fmt: skip
 
-    @app.exception_handler(NotReadyError)
-    def _not_ready(_: Request, exc: NotReadyError) -> JSONResponse:
-        return _error(409, "not_ready", str(exc))
+    def upload_too_large() -> ApiError:
+        return ApiError(
+            413, "upload_too_large",
+            f"upload is larger than the limit of {settings.max_upload_bytes} bytes",
+        )  # fmt: skip
 
-    @app.exception_handler(RequestValidationError)
-    def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error(422, "invalid_request", _readable_validation(exc))
+    def body_limit(scope: Scope) -> tuple[int, ApiError]:
+        if scope["method"] == "POST" and scope["path"] == "/v1/images":
+            return settings.max_upload_bytes + MULTIPART_OVERHEAD, upload_too_large()
+        return settings.max_body_bytes, ApiError(
+            413, "body_too_large",
+            f"request body is larger than the limit of {settings.max_body_bytes} bytes",
+        )  # fmt: skip
+
+    app.add_middleware(GuardMiddleware, limit_for=body_limit)
 
     def recognition() -> Recognition:
         return Recognition(available=engine.recognizer.available, message=engine.recognizer.message)
@@ -188,10 +130,7 @@ def create_app(
             )  # fmt: skip
         data = file.file.read(settings.max_upload_bytes + 1)
         if len(data) > settings.max_upload_bytes:
-            raise ApiError(
-                413, "upload_too_large",
-                f"upload is larger than the limit of {settings.max_upload_bytes} bytes",
-            )  # fmt: skip
+            raise upload_too_large()
         return register(data, file.filename or "upload")
 
     @app.post("/v1/images/sample", response_model=ImageInfo, status_code=201)
@@ -216,8 +155,7 @@ def create_app(
         """Segment the object at points (+/-) and/or a box; optionally refine a previous mask."""
         item = stored(image_id)
         if len(body.points) > settings.max_points:
-            raise ApiError(400, "too_many_points",
-                           f"too many points: {len(body.points)} > {settings.max_points}")  # fmt: skip
+            raise too_many_points("points")(len(body.points))
         if len(body.labels) != len(body.points):
             raise ApiError(400, "invalid_input",
                            f"{len(body.points)} points but {len(body.labels)} labels")  # fmt: skip
@@ -256,6 +194,11 @@ def create_app(
         """Add (or replace) a custom vocabulary of class names typed by the user."""
         cleaned = vocabularies.add(body.name, body.names)
         return VocabularyInfo(name=body.name, size=len(cleaned), builtin=False)
+
+    @app.delete("/v1/vocabularies/{name}", status_code=204, responses=ERRORS)
+    def delete_vocabulary(name: str) -> None:
+        """Forget a custom vocabulary (built-in ones cannot be deleted)."""
+        vocabularies.delete(name)
 
     @app.get("/v1/sample.jpg", include_in_schema=False)
     def sample_photo() -> FileResponse:

@@ -24,6 +24,9 @@ class Recognizer(Protocol):
     available: bool
     message: str
 
+    def prepare(self, vocabulary: list[str]) -> None:
+        """Build what ``vocabulary`` needs (e.g. its text bank); runs outside the model lock."""
+
     def label(
         self, state: ImageState, mask: np.ndarray, vocabulary: list[str], top_k: int
     ) -> list[tuple[str, float]]:
@@ -37,6 +40,9 @@ class MissingRecognizer:
 
     def __init__(self, message: str = NO_RECOGNITION) -> None:
         self.message = message
+
+    def prepare(self, vocabulary: list[str]) -> None:
+        return None
 
     def label(
         self, state: ImageState, mask: np.ndarray, vocabulary: list[str], top_k: int
@@ -89,8 +95,13 @@ class SegmentationEngine:
         vocabulary: list[str] | None,
         top_k: int,
     ) -> Prediction:
-        """Decode one prompt on ``state`` (SAM's multimask rule) and label the best mask."""
+        """Decode one prompt on ``state`` (SAM's multimask rule) and label the best mask.
+
+        The vocabulary is prepared before the model lock is taken, so building a large text
+        bank never holds up other users' prompts."""
         start = time.perf_counter()
+        if vocabulary:
+            self.recognizer.prepare(vocabulary)
         multimask = choose_multimask(0 if points is None else len(points), box is not None)
         with self._lock:
             self.predictor.load_state(state)

@@ -34,21 +34,37 @@ class ClipRecognizer:
         self.templates = prompt_templates(templates)
         self._banks: OrderedDict[tuple[str, ...], TextBank] = OrderedDict()
         self._banks_kept = banks_kept
+        self._building: dict[tuple[str, ...], threading.Lock] = {}
         self._lock = threading.Lock()
 
     def bank(self, vocabulary: list[str]) -> TextBank:
-        """The (LRU-kept) text bank of ``vocabulary``."""
+        """The (LRU-kept) text bank of ``vocabulary``, built at most once at a time: a second
+        request for the same vocabulary waits for the first one's bank."""
         key = tuple(vocabulary)
         with self._lock:
             if key in self._banks:
                 self._banks.move_to_end(key)
                 return self._banks[key]
-        bank = build_text_bank(self.clip, [[n] for n in vocabulary], self.templates, progress=False)
-        with self._lock:
-            self._banks[key] = bank
-            while len(self._banks) > self._banks_kept:
-                self._banks.popitem(last=False)
+            building = self._building.setdefault(key, threading.Lock())
+        with building:
+            with self._lock:
+                if key in self._banks:
+                    return self._banks[key]
+            try:
+                bank = build_text_bank(
+                    self.clip, [[n] for n in vocabulary], self.templates, progress=False
+                )
+                with self._lock:
+                    self._banks[key] = bank
+                    while len(self._banks) > self._banks_kept:
+                        self._banks.popitem(last=False)
+            finally:
+                with self._lock:
+                    self._building.pop(key, None)
         return bank
+
+    def prepare(self, vocabulary: list[str]) -> None:
+        self.bank(vocabulary)
 
     def label(
         self, state: ImageState, mask: np.ndarray, vocabulary: list[str], top_k: int

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictInt
+
+MAX_POINTS = 1024
+"""Schema bound on points and labels of one prompt (``ServeSettings.max_points`` is lower)."""
+MAX_NAMES = 100_000
+"""Schema bound on the names of a posted vocabulary (``ServeSettings.max_vocabulary`` is lower)."""
 
 
 class ErrorBody(BaseModel):
@@ -25,8 +30,12 @@ class ImageInfo(BaseModel):
 
 
 class PredictRequest(BaseModel):
-    points: list[tuple[float, float]] = Field(default_factory=list, description="XY pixels")
-    labels: list[int] = Field(default_factory=list, description="1 = object, 0 = background")
+    points: list[tuple[float, float]] = Field(
+        default_factory=list, max_length=MAX_POINTS, description="XY pixels"
+    )
+    labels: list[StrictInt] = Field(
+        default_factory=list, max_length=MAX_POINTS, description="1 = object, 0 = background"
+    )
     box: tuple[float, float, float, float] | None = Field(None, description="XYXY pixels")
     mask_id: str | None = Field(None, description="refine the mask returned under this id")
     vocabulary: str | None = Field(None, description="vocabulary name for labels")
@@ -60,7 +69,7 @@ class PredictResponse(BaseModel):
 
 class VocabularyIn(BaseModel):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-    names: list[str]
+    names: list[str] = Field(max_length=MAX_NAMES)
 
 
 class VocabularyInfo(BaseModel):

@@ -9,7 +9,7 @@ const MASK_COLOR = [30, 144, 255];
 const state = {
   imageId: null, width: 0, height: 0, scale: 1, picture: null,
   prompts: [],        // history of {kind: "point", x, y, label} | {kind: "box", box}
-  result: null,       // last PredictResponse
+  result: null,       // last PredictResponse (+ maskImage, and the prompts it answers)
   drag: null,         // {x0, y0, x1, y1} while dragging
   busy: false, pending: false,
 };
@@ -32,10 +32,10 @@ function toImageCoords(event) {
   return [(event.clientX - rect.left) / state.scale, (event.clientY - rect.top) / state.scale];
 }
 
-function currentPrompt() {
+function promptOf(prompts) {
   const points = [], labels = [];
   let box = null;
-  for (const p of state.prompts) {
+  for (const p of prompts) {
     if (p.kind === "point") { points.push([p.x, p.y]); labels.push(p.label); }
     else box = p.box;
   }
@@ -64,7 +64,22 @@ function layout() {
   $("hint").hidden = true;
 }
 
+// The page must draw the image itself, so one the browser cannot decode (TIFF in most
+// browsers) is refused before it is uploaded.
+function cannotShow(file) {
+  const tiff = /tiff/i.test(file.type) || /\.tiff?$/i.test(file.name);
+  const what = tiff ? "TIFF images" : `this image (${file.name})`;
+  return `This browser cannot show ${what}: convert it to PNG or JPEG and upload that.`;
+}
+
 async function startImage(file) {
+  let picture;
+  try {
+    picture = await loadPicture(file);
+  } catch {
+    setStatus(file ? cannotShow(file) : "The sample photo could not be shown.", true);
+    return;
+  }
   setStatus("Embedding image…");
   state.prompts = []; state.result = null; state.imageId = null;
   try {
@@ -76,7 +91,7 @@ async function startImage(file) {
     } else {
       info = await api("/v1/images/sample", { method: "POST" });
     }
-    state.picture = await loadPicture(file);
+    state.picture = picture;
     Object.assign(state, { imageId: info.image_id, width: info.width, height: info.height });
     layout();
     draw();
@@ -89,21 +104,31 @@ async function startImage(file) {
 async function predict() {
   if (!state.imageId) return;
   if (state.busy) { state.pending = true; return; }
-  const { points, labels, box } = currentPrompt();
+  const prompts = state.prompts.slice();
+  const { points, labels, box } = promptOf(prompts);
   if (!points.length && !box) { state.result = null; draw(); showResult(); return; }
   state.busy = true;
   try {
     const body = { points, labels, box, top_k: 5 };
     const vocabulary = $("vocabulary").value;
     if (vocabulary) body.vocabulary = vocabulary;
-    if (state.result && points.length > 1) body.mask_id = state.result.mask_id;
-    state.result = await api(`/v1/images/${state.imageId}/predict`, {
+    // Refine the mask on screen only when these prompts add clicks to the ones that made it;
+    // re-running the same prompts (e.g. another vocabulary) must not feed the mask back.
+    if (points.length > 1 && state.result && extendsPrompts(state.result.prompts, prompts)) {
+      body.mask_id = state.result.mask_id;
+    }
+    const result = await api(`/v1/images/${state.imageId}/predict`, {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
     });
-    state.result.maskImage = await maskToImage(state.result.mask_png);
-    setStatus(`Mask in ${Math.round(state.result.elapsed_ms)} ms`);
+    result.maskImage = await maskToImage(result.mask_png);
+    result.prompts = prompts;
+    state.result = result;
+    setStatus(`Mask in ${Math.round(result.elapsed_ms)} ms`);
   } catch (err) {
-    state.prompts.pop();
+    // Back to exactly the prompts of the mask on screen: the failed change (and any change
+    // queued behind it) is undone, earlier prompts such as a previous box are kept.
+    state.prompts = state.result ? state.result.prompts.slice() : [];
+    state.pending = false;
     setStatus(err.message, true);
   } finally {
     state.busy = false;
@@ -111,6 +136,10 @@ async function predict() {
   draw();
   showResult();
   if (state.pending) { state.pending = false; predict(); }
+}
+
+function extendsPrompts(base, prompts) {
+  return base.length < prompts.length && base.every((p, i) => p === prompts[i]);
 }
 
 async function maskToImage(pngBase64) {
@@ -179,7 +208,7 @@ function showResult() {
     $("labels").append(li);
   }
   $("download-png").href = `data:image/png;base64,${r.mask_png}`;
-  const record = { image_id: state.imageId, prompt: currentPrompt(), score: r.score, area: r.area, bbox: r.bbox, labels: r.labels };
+  const record = { image_id: state.imageId, prompt: promptOf(r.prompts), score: r.score, area: r.area, bbox: r.bbox, labels: r.labels };
   $("download-json").href = URL.createObjectURL(new Blob([JSON.stringify(record, null, 2)], { type: "application/json" }));
 }
 
@@ -214,7 +243,7 @@ window.addEventListener("mouseup", (e) => {
 
 $("file").addEventListener("change", (e) => { if (e.target.files[0]) startImage(e.target.files[0]); });
 $("sample").addEventListener("click", () => startImage(null));
-$("undo").addEventListener("click", () => { state.prompts.pop(); state.result = null; predict(); draw(); showResult(); });
+$("undo").addEventListener("click", () => { state.prompts.pop(); predict(); draw(); showResult(); });
 $("clear").addEventListener("click", () => { state.prompts = []; state.result = null; draw(); showResult(); });
 $("vocabulary").addEventListener("change", () => predict());
 $("add-vocabulary").addEventListener("click", async () => {

@@ -1,0 +1,145 @@
+"""Every error of the HTTP API as JSON ``{"error": {"code", "message"}}``.
+
+Covers the API's own errors (:class:`ApiError`), Starlette's (unknown route, wrong method,
+malformed multipart), request validation, oversized bodies (rejected from ``Content-Length``
+before they are read, or as soon as a streamed body passes the limit) and unexpected
+exceptions (500 ``internal_error``; the traceback goes to the server log, not the client).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ovsam.errors import InputError, NotReadyError
+
+LOG = logging.getLogger("ovsam.serve")
+STATUS_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+}
+INTERNAL_MESSAGE = "internal server error (the details are in the server log)"
+
+
+class ApiError(HTTPException):
+    """An error answered with ``status`` and a JSON body ``{"error": {code, message}}``."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(status, message)
+        self.status, self.code, self.message = status, code, message
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """The JSON error envelope."""
+    body = {"error": {"code": code, "message": message}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+TooLong = Callable[[int], ApiError]
+
+
+def validation_error(exc: RequestValidationError, limits: dict[str, TooLong]) -> ApiError:
+    """A readable :class:`ApiError` for a request that failed schema validation.
+
+    ``limits`` maps a body field to the error (given the list's length) its ``too_long``
+    failure is answered with: a list over its schema bound gets the API's own error code."""
+    parts = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        if err.get("type") == "json_invalid":
+            return ApiError(422, "invalid_request", "request body is not valid JSON")
+        if not loc and isinstance(err.get("input"), bytes):
+            return ApiError(
+                415, "unsupported_media_type",
+                "request body must be JSON: send it with Content-Type: application/json",
+            )  # fmt: skip
+        if err.get("type") == "too_long" and loc and loc[0] in limits:
+            return limits[loc[0]](int(err.get("ctx", {}).get("actual_length", 0)))
+        parts.append(f"{'.'.join(loc) or 'body'}: {err.get('msg', 'invalid')}")
+    return ApiError(422, "invalid_request", "; ".join(parts))
+
+
+def install_error_handlers(app: FastAPI, limits: dict[str, TooLong]) -> None:
+    """Answer every error raised inside ``app`` with the JSON envelope."""
+
+    @app.exception_handler(StarletteHTTPException)
+    def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = getattr(exc, "code", None) or STATUS_CODES.get(exc.status_code, "http_error")
+        message = str(exc.detail)
+        if exc.status_code in (404, 405) and not isinstance(exc, ApiError):
+            message = f"{message}: {request.method} {request.url.path}"
+        return error_response(exc.status_code, code, message, exc.headers)
+
+    @app.exception_handler(InputError)
+    def _input_error(_: Request, exc: InputError) -> JSONResponse:
+        return error_response(400, "invalid_input", str(exc))
+
+    @app.exception_handler(NotReadyError)
+    def _not_ready(_: Request, exc: NotReadyError) -> JSONResponse:
+        return error_response(409, "not_ready", str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        error = validation_error(exc, limits)
+        return error_response(error.status, error.code, error.message)
+
+
+class GuardMiddleware:
+    """Rejects bodies over ``limit_for(scope)`` early and turns crashes into ``internal_error``.
+
+    ``limit_for`` gives ``(max_bytes, error)`` for a request. A declared ``Content-Length``
+    over the limit is answered at once, without reading the body; a body without one is
+    counted as it arrives and stopped when it passes the limit.
+    """
+
+    def __init__(self, app: ASGIApp, limit_for: Callable[[Scope], tuple[int, ApiError]]) -> None:
+        self.app = app
+        self.limit_for = limit_for
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit, error = self.limit_for(scope)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            await error_response(error.status, error.code, error.message)(scope, receive, send)
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise ApiError(error.status, error.code, error.message)
+            return message
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracked_send)
+        except Exception as exc:
+            if started:
+                raise
+            if isinstance(exc, ApiError):
+                response = error_response(exc.status, exc.code, exc.message)
+            else:
+                LOG.exception("unexpected error in %s %s", scope["method"], scope["path"])
+                response = error_response(500, "internal_error", INTERNAL_MESSAGE)
+            await response(scope, receive, send)

@@ -1,0 +1,170 @@
+"""HTTP API errors outside the endpoints: unknown routes, crashes, oversized or malformed bodies.
+
+Each answer must be the documented envelope ``{"error": {"code", "message"}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("fastapi")
+from fastapi import FastAPI  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+
+from ovsam.predictor import SamPredictor  # noqa: E402
+from ovsam.serve.app import create_app  # noqa: E402
+from ovsam.serve.engine import SegmentationEngine  # noqa: E402
+from ovsam.serve.schemas import MAX_NAMES, MAX_POINTS  # noqa: E402
+from ovsam.serve.settings import ServeSettings  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def engine(mobilesam_model: torch.nn.Module) -> SegmentationEngine:
+    return SegmentationEngine(SamPredictor(mobilesam_model), "mobilesam")
+
+
+@pytest.fixture(scope="module")
+def client(engine: SegmentationEngine) -> TestClient:
+    return TestClient(create_app(ServeSettings(), lambda _: engine))
+
+
+def envelope(response: object) -> tuple[int, str, str]:
+    body = response.json()  # type: ignore[attr-defined]
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    return response.status_code, body["error"]["code"], body["error"]["message"]  # type: ignore[attr-defined]
+
+
+def tiny_png() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_unknown_route_and_wrong_method(client: TestClient) -> None:
+    assert envelope(client.get("/v1/nope")) == (404, "not_found", "Not Found: GET /v1/nope")
+    assert envelope(client.get("/static/nope.js"))[:2] == (404, "not_found")
+    r = client.put("/v1/health")
+    assert envelope(r) == (405, "method_not_allowed", "Method Not Allowed: PUT /v1/health")
+    assert r.headers["allow"] == "GET"
+
+
+def test_malformed_multipart(client: TestClient) -> None:
+    r = client.post(
+        "/v1/images",
+        content=b"garbage",
+        headers={"content-type": "multipart/form-data; boundary=xx"},
+    )
+    status, code, message = envelope(r)
+    assert (status, code) == (400, "bad_request") and "multipart" in message
+
+
+def test_unexpected_exception_is_a_500_envelope_without_traceback(
+    engine: SegmentationEngine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = SegmentationEngine(engine.predictor, engine.model_name)
+
+    def crash(image: np.ndarray) -> None:
+        raise RuntimeError("secret detail")
+
+    monkeypatch.setattr(broken, "embed", crash)
+    client = TestClient(create_app(ServeSettings(), lambda _: broken))
+    with caplog.at_level(logging.ERROR, logger="ovsam.serve"):
+        r = client.post("/v1/images", files={"file": ("a.png", tiny_png(), "image/png")})
+    status, code, message = envelope(r)
+    assert (status, code) == (500, "internal_error")
+    assert "secret" not in message and "Traceback" not in r.text
+    logged = [rec for rec in caplog.records if rec.name == "ovsam.serve"]
+    assert logged and logged[0].exc_info is not None
+    assert "secret detail" in str(logged[0].exc_info[1])
+
+
+def call_asgi(
+    app: FastAPI, path: str, headers: list[tuple[bytes, bytes]], chunk: bytes, chunks: int
+) -> tuple[int, bytes, int]:
+    """POST ``chunks`` copies of ``chunk`` to ``app``; returns status, body and how many chunks
+    the app pulled before answering."""
+    pulled = 0
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        nonlocal pulled
+        if pulled == chunks:
+            return {"type": "http.disconnect"}
+        pulled += 1
+        return {"type": "http.request", "body": chunk, "more_body": pulled < chunks}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
+        "query_string": b"", "headers": headers, "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }  # fmt: skip
+    asyncio.run(app(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], body, pulled
+
+
+def test_oversized_upload_is_refused_before_reading_the_body(engine: SegmentationEngine) -> None:
+    app = create_app(ServeSettings(max_upload_bytes=1000), lambda _: engine)
+    headers = [
+        (b"content-type", b"multipart/form-data; boundary=xx"),
+        (b"content-length", str(300 * 1024 * 1024).encode()),
+    ]
+    status, body, pulled = call_asgi(app, "/v1/images", headers, bytes(1 << 20), 300)
+    assert status == 413 and b'"upload_too_large"' in body and pulled == 0
+
+
+def test_streamed_body_is_stopped_at_the_limit(engine: SegmentationEngine) -> None:
+    app = create_app(ServeSettings(max_body_bytes=100_000), lambda _: engine)
+    headers = [(b"content-type", b"application/json")]  # chunked: no content-length
+    status, body, pulled = call_asgi(app, "/v1/vocabularies", headers, b" " * 65536, 1000)
+    assert status == 413 and b'"body_too_large"' in body and pulled == 2
+    json_limit = TestClient(app).post("/v1/images/x/predict", json={"names": ["a" * 200_000]})
+    assert envelope(json_limit) == (
+        413, "body_too_large", "request body is larger than the limit of 100000 bytes"
+    )  # fmt: skip
+
+
+def test_huge_lists_fail_in_the_schema_with_the_documented_codes(client: TestClient) -> None:
+    # the schema bound answers before the (unknown) image is even looked up
+    n = MAX_POINTS + 1
+    r = client.post("/v1/images/unknown/predict", json={"points": [[1, 1]] * n, "labels": [1] * n})
+    assert envelope(r) == (400, "too_many_points", f"too many points: {n} > 64")
+    r = client.post("/v1/images/unknown/predict", json={"labels": [1] * n})
+    assert envelope(r) == (400, "too_many_points", f"too many labels: {n} > 64")
+    r = client.post("/v1/vocabularies", json={"name": "v", "names": ["a"] * (MAX_NAMES + 1)})
+    assert envelope(r) == (
+        413, "vocabulary_too_large",
+        f"vocabulary has {MAX_NAMES + 1} names, more than the limit of 25000",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type", "status", "code", "message"),
+    [
+        (b'{"box": [1, 2', "application/json", 422, "invalid_request",
+         "request body is not valid JSON"),
+        (b'{"box": [1, 2, 3, 4]}', "text/plain", 415, "unsupported_media_type",
+         "request body must be JSON: send it with Content-Type: application/json"),
+        (b'{"points": [[1, 1]], "labels": [true]}', "application/json", 422, "invalid_request",
+         "labels.0: Input should be a valid integer"),
+    ],
+)  # fmt: skip
+def test_malformed_json_bodies(
+    client: TestClient, content: bytes, content_type: str, status: int, code: str, message: str
+) -> None:
+    r = client.post(
+        "/v1/images/unknown/predict", content=content, headers={"content-type": content_type}
+    )
+    assert envelope(r) == (status, code, message)

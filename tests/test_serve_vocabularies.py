@@ -1,0 +1,118 @@
+"""Vocabularies on the server: bounded custom vocabularies, deletion, and text banks that are
+built without holding up other users' prompts."""
+
+from __future__ import annotations
+
+import io
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+import pytest
+import torch
+from PIL import Image
+
+from synthetic_scenes import make_scene
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+import ovsam.serve.recognition as recognition  # noqa: E402
+from ovsam.predictor import SamPredictor  # noqa: E402
+from ovsam.serve.app import create_app  # noqa: E402
+from ovsam.serve.engine import SegmentationEngine  # noqa: E402
+from ovsam.serve.settings import ServeSettings  # noqa: E402
+
+
+def tiny_clip() -> torch.nn.Module:
+    from ovsam.clip.config import CLIPConfig, VisionConfig, get_clip_config
+    from ovsam.clip.model import CLIP
+
+    torch.manual_seed(0)
+    text = replace(get_clip_config("RN50").text, width=64, heads=1, layers=1)
+    return CLIP(CLIPConfig(32, VisionConfig("vit", 64, (2,), 64, 16), text, True))
+
+
+@pytest.fixture(scope="module")
+def labelled(mobilesam_model: torch.nn.Module) -> SegmentationEngine:
+    recognizer = recognition.ClipRecognizer(tiny_clip(), "tiny test CLIP", "none")
+    return SegmentationEngine(SamPredictor(mobilesam_model), "mobilesam", recognizer)
+
+
+def upload_scene(client: TestClient) -> tuple[str, list[float]]:
+    image, shapes = make_scene(0)
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    r = client.post("/v1/images", files={"file": ("scene.png", buf.getvalue(), "image/png")})
+    assert r.status_code == 201, r.text
+    return r.json()["image_id"], [float(v) for v in shapes[0].box]
+
+
+def test_plain_prompts_proceed_while_a_text_bank_is_built(
+    labelled: SegmentationEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_build = recognition.build_text_bank
+    started, release = threading.Event(), threading.Event()
+    builds: list[int] = []
+
+    def slow_build(*args: object, **kwargs: object) -> object:
+        builds.append(1)
+        started.set()
+        release.wait(120)
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(recognition, "build_text_bank", slow_build)
+    client = TestClient(create_app(ServeSettings(), lambda _: labelled))
+    image_id, box = upload_scene(client)
+    client.post("/v1/vocabularies", json={"name": "big", "names": ["disc", "square", "cup"]})
+
+    def ask(body: dict) -> tuple[int, list]:
+        r = client.post(f"/v1/images/{image_id}/predict", json=body)
+        return r.status_code, r.json().get("labels", [])
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        try:
+            named = [pool.submit(ask, {"box": box, "vocabulary": "big"}) for _ in range(2)]
+            assert started.wait(60), "the bank build never started"
+            plain = pool.submit(ask, {"box": box})
+            assert plain.result(timeout=60) == (200, [])  # TimeoutError: blocked behind the bank
+            assert not release.is_set()
+        finally:
+            release.set()
+        answers = [future.result(timeout=120) for future in named]
+    assert [status for status, _ in answers] == [200, 200]
+    assert all(len(labels) == 3 for _, labels in answers)
+    assert len(builds) == 1  # the second request waited for the first one's bank
+
+
+def test_custom_vocabularies_are_capped_least_recently_used_first(
+    labelled: SegmentationEngine,
+) -> None:
+    client = TestClient(create_app(ServeSettings(max_custom_vocabularies=2), lambda _: labelled))
+    image_id, box = upload_scene(client)
+    for name in ("a", "b"):
+        assert (
+            client.post("/v1/vocabularies", json={"name": name, "names": [name]}).status_code == 201
+        )
+    used = client.post(f"/v1/images/{image_id}/predict", json={"box": box, "vocabulary": "a"})
+    assert used.status_code == 200  # "a" is now more recently used than "b"
+    client.post("/v1/vocabularies", json={"name": "c", "names": ["c"]})
+    custom = [v["name"] for v in client.get("/v1/vocabularies").json() if not v["builtin"]]
+    assert custom == ["a", "c"]
+
+
+def test_delete_a_custom_vocabulary(labelled: SegmentationEngine) -> None:
+    client = TestClient(create_app(ServeSettings(), lambda _: labelled))
+    client.post("/v1/vocabularies", json={"name": "mine", "names": ["cup"]})
+    assert client.delete("/v1/vocabularies/mine").status_code == 204
+    assert all(v["name"] != "mine" for v in client.get("/v1/vocabularies").json())
+    r = client.delete("/v1/vocabularies/mine")
+    assert (r.status_code, r.json()["error"]["code"]) == (404, "unknown_vocabulary")
+    r = client.delete("/v1/vocabularies/coco")
+    assert r.json() == {
+        "error": {
+            "code": "builtin_vocabulary",
+            "message": "'coco' is a built-in vocabulary: it cannot be deleted",
+        }
+    }
+    assert r.status_code == 409
