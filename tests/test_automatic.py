@@ -101,3 +101,20 @@ def test_everything_on_a_large_photo_holds_few_full_size_masks(
     for shape in shapes:
         truth = shape.mask.repeat(5, axis=0).repeat(5, axis=1)
         assert max(mask_iou(r["segmentation"], truth) for r in records) >= 0.95, shape.name
+
+
+def test_masks_smaller_than_a_cell_are_deduplicated_and_min_area_is_inclusive(
+    mobilesam_model: torch.nn.Module,
+) -> None:
+    rng = np.random.default_rng(0)
+    tiny = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    tiny[2:6, 2:6] = 255
+    generator = AutomaticMaskGenerator(SamPredictor(mobilesam_model), points_per_side=12)
+    records = generator.generate(tiny)
+    masks = [r["segmentation"].tobytes() for r in records]
+    assert records and len(set(masks)) == len(masks)  # no copies of a 2-pixel mask
+    smallest = min(r["area"] for r in records)
+    generator.min_mask_area = smallest  # "drops masks smaller than that": keeps this one
+    assert min(r["area"] for r in generator.generate()) == smallest
+    generator.min_mask_area = smallest + 1
+    assert min(r["area"] for r in generator.generate()) > smallest

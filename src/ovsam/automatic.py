@@ -39,13 +39,26 @@ def stability_scores(logits: torch.Tensor, threshold: float, offset: float) -> t
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 
+def cell_masks(masks: torch.Tensor, stride: int) -> torch.Tensor:
+    """``KxHxW`` bool -> ``Kx ceil(H/stride) x ceil(W/stride)``: True where any pixel of the
+    ``stride x stride`` cell is (a mask smaller than a cell still shows)."""
+    if stride == 1:
+        return masks
+    k, h, w = masks.shape
+    rows, cols = -(-h // stride), -(-w // stride)
+    padded = masks.new_zeros((k, rows * stride, cols * stride))
+    padded[:, :h, :w] = masks
+    return padded.view(k, rows, stride, cols, stride).any(dim=4).any(dim=2)
+
+
 def mask_iou_matrix(masks: torch.Tensor, stride: int = 4) -> torch.Tensor:
-    """Pairwise IoU (``KxK``) of ``KxHxW`` boolean masks, measured on every ``stride``-th pixel.
+    """Pairwise IoU (``KxK``) of ``KxHxW`` boolean masks, measured on ``stride x stride``
+    cells (see :func:`cell_masks`).
 
     Mask IoU (not box IoU) is used so that a stray pixel far from an object cannot stop two
     copies of the same mask from being recognised as duplicates.
     """
-    flat = masks[:, ::stride, ::stride].flatten(1).float()
+    flat = cell_masks(masks, stride).flatten(1).float()
     inter = flat @ flat.T
     area = flat.sum(1)
     return inter / (area[:, None] + area[None, :] - inter).clamp(min=1.0)
@@ -56,7 +69,7 @@ def mask_nms(
 ) -> torch.Tensor:
     """Indices of masks kept by greedy NMS on mask IoU (highest score first), in score order.
 
-    IoU is measured on every ``stride``-th pixel of the ``KxHxW`` boolean ``masks``.
+    IoU is measured on ``stride x stride`` cells of the ``KxHxW`` boolean ``masks``.
     """
     order = torch.argsort(scores, descending=True)
     ious = mask_iou_matrix(masks[order], stride)
@@ -71,8 +84,8 @@ def mask_nms(
 
 
 def nms_stride(size: tuple[int, int]) -> int:
-    """Pixel stride of duplicate removal for an ``(H, W)`` image: every 4th pixel, or fewer so
-    that a mask is compared on at most about 256 points along its long side."""
+    """Cell size of duplicate removal for an ``(H, W)`` image: 4 pixels, or more so that a
+    mask is compared on at most about 256 cells along its long side."""
     return max(4, -(-max(size) // 256))
 
 
@@ -82,7 +95,7 @@ class Candidates:
 
     Kept small whatever the image size: ``low_res`` ``Kx256x256`` logits on the model's
     device (the full-size mask is upscaled again for the masks that survive); on the CPU
-    ``thumbs`` ``KxH'xW'`` bool, the masks on every ``stride``-th pixel (for NMS), ``iou`` and
+    ``thumbs`` ``KxH'xW'`` bool, the masks on ``stride x stride`` cells (for NMS), ``iou`` and
     ``stability`` ``K``, ``clicks`` ``Kx2`` XY pixels.
     """
 
@@ -106,8 +119,8 @@ class AutomaticMaskGenerator:
 
     Defaults are SAM's (``points_per_side=32``, ``pred_iou_thresh=0.88``,
     ``stability_score_thresh=0.95``); duplicates are removed by mask IoU > ``nms_thresh``
-    (0.7), measured on every :func:`nms_stride`-th pixel. ``min_mask_area`` drops masks
-    smaller than that many pixels. Memory does not grow with the image beyond the returned
+    (0.7), measured on cells of :func:`nms_stride` pixels. ``min_mask_area`` drops masks
+    smaller than that many pixels (empty masks are always dropped). Memory does not grow with the image beyond the returned
     masks: candidates are kept at low resolution until duplicate removal.
     """
 
@@ -184,9 +197,10 @@ class AutomaticMaskGenerator:
             masks = logits > predictor.model.mask_threshold
             del logits
             kept = stability[rows] >= self.stability_score_thresh
-            kept &= masks.flatten(1).sum(1, dtype=torch.int32).cpu() > max(self.min_mask_area, 0)
+            area = masks.flatten(1).sum(1, dtype=torch.int32).cpu()
+            kept &= area >= max(self.min_mask_area, 1)
             keep[rows] = kept
-            thumbs.append(masks[kept.to(masks.device)][:, ::stride, ::stride].cpu())
+            thumbs.append(cell_masks(masks[kept.to(masks.device)], stride).cpu())
         return Candidates(
             low_res[keep.to(low_res.device)],
             torch.cat(thumbs),
