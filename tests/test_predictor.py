@@ -188,3 +188,16 @@ def test_extreme_aspect_ratio_strip(predictor: SamPredictor) -> None:
     predictor.set_image(strip)
     masks, scores, _ = predictor.predict(box=np.array([900, 0, 2100, 2]), multimask_output=False)
     assert masks.shape == (1, 2, 5000) and np.isfinite(scores).all()
+
+
+def test_predict_boxes_batch_size_and_empty_batches(
+    predictor: SamPredictor, scenes: list[tuple]
+) -> None:
+    _, shapes, state = scenes[0]
+    predictor.load_state(state)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(InputError, match="batch_size must be a positive integer"):
+            predictor.predict_boxes(shapes[0].box[None], batch_size=bad)
+    masks, scores, low_res = predictor.predict_boxes(np.zeros((0, 4)), multimask_output=True)
+    assert masks.shape == (0, 3, *shapes[0].mask.shape) and masks.dtype == bool
+    assert scores.shape == (0, 3) and low_res.shape == (0, 3, 256, 256)

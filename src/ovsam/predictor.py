@@ -270,12 +270,17 @@ class SamPredictor:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Predict one mask set per box for ``Nx4`` XYXY pixel boxes, in batches.
 
-        Returns ``(masks NxCxHxW bool, scores NxC, low_res_logits NxCx256x256)``.
+        Returns ``(masks NxCxHxW bool, scores NxC, low_res_logits NxCx256x256)``; N may be 0.
         """
         self._require_state()
-        clipped = torch.as_tensor(
-            self.transform.apply_boxes(self.clip_boxes(boxes), self.original_size)
-        )
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if np.shape(boxes) == (0, 4):
+            clipped = torch.zeros((0, 4))
+        else:
+            clipped = torch.as_tensor(
+                self.transform.apply_boxes(self.clip_boxes(boxes), self.original_size)
+            )
         outputs = [
             self.predict_torch(None, None, chunk, None, multimask_output)
             for chunk in clipped.split(batch_size)
