@@ -201,3 +201,23 @@ def test_predict_boxes_batch_size_and_empty_batches(
     masks, scores, low_res = predictor.predict_boxes(np.zeros((0, 4)), multimask_output=True)
     assert masks.shape == (0, 3, *shapes[0].mask.shape) and masks.dtype == bool
     assert scores.shape == (0, 3) and low_res.shape == (0, 3, 256, 256)
+
+
+def test_load_state_refuses_other_encoders_and_non_states(
+    predictor: SamPredictor, scenes: list[tuple]
+) -> None:
+    from ovsam.build import build_model
+
+    _, shapes, state = scenes[0]
+    predictor.load_state(state)
+    same = SamPredictor(predictor.model)  # another predictor on the same model: fine
+    same.load_state(state)
+    box = shapes[0].box
+    assert np.array_equal(same.predict(box=box)[0], predictor.predict(box=box)[0])
+    other = SamPredictor(build_model("mobilesam", pretrained=False))
+    with pytest.raises(InputError, match="computed by another image encoder"):
+        other.load_state(state)
+    with pytest.raises(
+        InputError, match="load_state takes the ImageState of export_state, got dict"
+    ):
+        other.load_state({"features": state.features})

@@ -44,6 +44,8 @@ class ImageState:
     ``extras``: model-specific tensors (e.g. CLIP feature maps for recognition).
     ``decoder_cache``: the mask decoder's per-image precomputation, filled by the predictor
     on the first prompt (kept with the state, so a restored state decodes fast at once).
+    ``encoder``: a fingerprint of the image encoder that made ``features`` (see
+    :meth:`SamPredictor.load_state`).
     """
 
     features: torch.Tensor
@@ -51,6 +53,7 @@ class ImageState:
     input_size: tuple[int, int]
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     decoder_cache: ImageTokenCache | None = None
+    encoder: tuple[object, ...] = ()
 
     def nbytes(self) -> int:
         """Memory held by the state's tensors, in bytes."""
@@ -129,9 +132,15 @@ class SamPredictor:
                 f"got {tuple(transformed_image.shape[2:])}"
             )
         input_size = (int(transformed_image.shape[2]), int(transformed_image.shape[3]))
-        self._state = self._encode(
-            self.model.preprocess(transformed_image), original_size, input_size
-        )
+        state = self._encode(self.model.preprocess(transformed_image), original_size, input_size)
+        state.encoder = self._encoder_fingerprint()
+        self._state = state
+
+    def _encoder_fingerprint(self) -> tuple[object, ...]:
+        """Cheap identity of the image encoder's weights: class, size and a few values."""
+        params = list(self.model.image_encoder.parameters())
+        probe = tuple(round(float(p.detach().flatten()[:64].double().sum()), 6) for p in params[:2])
+        return type(self.model.image_encoder).__name__, sum(p.numel() for p in params), probe
 
     def _encode(
         self, input_image: torch.Tensor, original_size: tuple[int, int], input_size: tuple[int, int]
@@ -149,7 +158,20 @@ class SamPredictor:
         return self._require_state()
 
     def load_state(self, state: ImageState) -> None:
-        """Make ``state`` (from ``export_state``) the current image without re-encoding."""
+        """Make ``state`` (from ``export_state``) the current image without re-encoding.
+
+        Raises :class:`InputError` for anything but an :class:`ImageState`, or for a state
+        whose embedding another image encoder (another model or other weights) computed.
+        """
+        if not isinstance(state, ImageState):
+            raise InputError(
+                f"load_state takes the ImageState of export_state, got {type(state).__name__}"
+            )
+        if state.encoder and state.encoder != self._encoder_fingerprint():
+            raise InputError(
+                "this image state was computed by another image encoder (another model or "
+                "other weights): call set_image instead"
+            )
         self._state = state
 
     def reset_image(self) -> None:
