@@ -27,6 +27,7 @@ from ovsam.errors import InputError, NotReadyError
 from ovsam.image_io import check_image_array
 from ovsam.modeling.common import tensors_nbytes
 from ovsam.modeling.image_token_cache import ImageTokenCache, weights_key
+from ovsam.prompt_tensors import check_prompt_tensors
 from ovsam.transforms import ResizeLongestSide
 
 LOW_RES = 256
@@ -346,11 +347,10 @@ class SamPredictor:
         Same inputs as :meth:`predict_torch`; use :meth:`upscale_masks` for full size.
         """
         state = self._require_state()
+        check_prompt_tensors(point_coords, point_labels, boxes, mask_input, LOW_RES)
         device = self.device
         points = None
         if point_coords is not None:
-            if point_labels is None:
-                raise InputError("point_labels are required with point_coords")
             points = (point_coords.to(device, torch.float32), point_labels.to(device))
         sparse, dense = self.model.prompt_encoder(
             points=points,

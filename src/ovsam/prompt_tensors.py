@@ -1,0 +1,70 @@
+"""Checks of the tensor tier's batched prompts (``SamPredictor.predict_torch``).
+
+The numpy tier validates each prompt in pixels; the tensor tier takes prompts already in the
+model's input frame, batched, and is checked here for type, shape and batch agreement, so that a
+wrong tensor is an :class:`InputError` naming it rather than an error deep inside torch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ovsam.errors import InputError
+
+# SAM's point labels: -1 padding, 0 background, 1 object, 2/3 box corners.
+POINT_LABELS = (-1, 0, 1, 2, 3)
+
+
+def _tensor(name: str, value: object, ndim: int, layout: str) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise InputError(
+            f"{name} must be a torch.Tensor ({layout}) in predict_torch, got "
+            f"{type(value).__name__} (predict takes numpy arrays)"
+        )
+    if value.ndim != ndim:
+        raise InputError(f"{name} must be {layout}, got shape {tuple(value.shape)}")
+    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        raise InputError(f"{name} contains NaN or infinite values")
+    return value
+
+
+def check_prompt_tensors(
+    point_coords: object, point_labels: object, boxes: object, mask_input: object, low_res: int
+) -> int:
+    """Raise :class:`InputError` unless the prompts form one batch; returns its size B.
+
+    ``point_coords`` ``BxNx2``, ``point_labels`` ``BxN`` (values in :data:`POINT_LABELS`),
+    ``boxes`` ``Bx4``, ``mask_input`` ``Bx1x{low_res}x{low_res}``; any may be None, not all.
+    """
+    batches = {}
+    if point_coords is not None or point_labels is not None:
+        if point_coords is None or point_labels is None:
+            raise InputError("point_coords and point_labels go together")
+        coords = _tensor("point_coords", point_coords, 3, "BxNx2")
+        labels = _tensor("point_labels", point_labels, 2, "BxN")
+        if coords.shape[-1] != 2 or labels.shape != coords.shape[:2]:
+            raise InputError(
+                f"point_coords BxNx2 and point_labels BxN disagree: {tuple(coords.shape)} "
+                f"and {tuple(labels.shape)}"
+            )
+        if not bool(torch.isin(labels, torch.tensor(POINT_LABELS, device=labels.device)).all()):
+            raise InputError(f"point_labels must be in {POINT_LABELS}")
+        batches["point_coords"] = coords.shape[0]
+    if boxes is not None:
+        box = _tensor("boxes", boxes, 2, "Bx4")
+        if box.shape[1] != 4:
+            raise InputError(f"boxes must be Bx4 (XYXY), got shape {tuple(box.shape)}")
+        batches["boxes"] = box.shape[0]
+    if mask_input is not None:
+        mask = _tensor("mask_input", mask_input, 4, f"Bx1x{low_res}x{low_res}")
+        if tuple(mask.shape[1:]) != (1, low_res, low_res):
+            raise InputError(
+                f"mask_input must be Bx1x{low_res}x{low_res}, got shape {tuple(mask.shape)}"
+            )
+        batches["mask_input"] = mask.shape[0]
+    if not batches:
+        raise InputError("give at least one prompt: points, boxes or a mask_input")
+    if len(set(batches.values())) > 1:
+        sizes = ", ".join(f"{k} {v}" for k, v in batches.items())
+        raise InputError(f"prompts must have the same batch size, got {sizes}")
+    return next(iter(batches.values()))

@@ -1,0 +1,49 @@
+"""The tensor tier's prompt checks: wrong tensors are named, right ones pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ovsam.errors import InputError
+from ovsam.prompt_tensors import check_prompt_tensors
+
+COORDS, LABELS = torch.rand(2, 3, 2) * 1024, torch.ones(2, 3, dtype=torch.long)
+BOXES, MASKS = torch.tensor([[0.0, 0, 10, 10], [5, 5, 20, 20]]), torch.zeros(2, 1, 256, 256)
+
+
+def test_consistent_batches_pass() -> None:
+    assert check_prompt_tensors(COORDS, LABELS, BOXES, MASKS, 256) == 2
+    assert check_prompt_tensors(COORDS.double(), LABELS.float(), None, None, 256) == 2
+    assert check_prompt_tensors(None, None, torch.zeros(0, 4), None, 256) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((None, None, None, None), "give at least one prompt"),
+        ((COORDS, None, None, None), "point_coords and point_labels go together"),
+        ((COORDS[0], LABELS[0], None, None), r"point_coords must be BxNx2, got shape \(3, 2\)"),
+        ((COORDS, LABELS[:, :2], None, None), "point_coords BxNx2 and point_labels BxN disagree"),
+        ((COORDS, LABELS * 5, None, None), r"point_labels must be in \(-1, 0, 1, 2, 3\)"),
+        ((COORDS.numpy(), LABELS, None, None), "must be a torch.Tensor .* got ndarray"),
+        ((None, None, BOXES[0], None), r"boxes must be Bx4, got shape \(4,\)"),
+        ((None, None, torch.full((1, 4), float("nan")), None), "boxes contains NaN"),
+        ((None, None, None, MASKS[:, 0]), r"mask_input must be Bx1x256x256, got shape"),
+        ((None, None, None, torch.zeros(2, 1, 128, 128)), "mask_input must be Bx1x256x256"),
+        ((COORDS, LABELS, BOXES[:1], None), "same batch size, got point_coords 2, boxes 1"),
+    ],
+)
+def test_wrong_prompts_are_named(args: tuple, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        check_prompt_tensors(*args, 256)
+
+
+def test_predict_torch_checks_before_decoding(mobilesam_model: torch.nn.Module) -> None:
+    from ovsam.predictor import SamPredictor
+
+    predictor = SamPredictor(mobilesam_model)
+    predictor.set_image(np.zeros((64, 64, 3), dtype=np.uint8))
+    with pytest.raises(InputError, match=r"boxes must be Bx4, got shape \(4,\)"):
+        predictor.predict_torch(None, None, torch.tensor([1.0, 2, 30, 40]))
