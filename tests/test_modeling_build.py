@@ -214,3 +214,14 @@ def test_truncated_checkpoint_is_reported_as_corrupt(tmp_path: Path) -> None:
         CheckpointError, match="cannot read checkpoint .*cut.pt: RuntimeError: .*zip"
     ):
         build_model("mobilesam", checkpoint=cut)
+
+
+def test_wrong_argument_types_are_named() -> None:
+    with pytest.raises(InputError, match="model name must be a string"):
+        build_model(None)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="checkpoint must be a file path .* got dict"):
+        build_model("mobilesam", checkpoint={"w": torch.zeros(1)})  # type: ignore[arg-type]
+    from ovsam.predictor import SamPredictor
+
+    with pytest.raises(InputError, match="SamPredictor needs a SAM-family model"):
+        SamPredictor("mobilesam")  # type: ignore[arg-type]

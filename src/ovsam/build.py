@@ -107,6 +107,14 @@ def build_model(
     BatchNorms into convs); pass ``fuse=False`` to keep the official ``state_dict`` keys,
     e.g. for training or re-saving.
     """
+    if not isinstance(name, (str, Path)):
+        raise InputError(f"model name must be a string (see list_models()), got {name!r}")
+    if checkpoint is not None and not isinstance(checkpoint, (str, Path)):
+        raise InputError(
+            "checkpoint must be a file path or a registered weights name, got "
+            f"{type(checkpoint).__name__} (for a state dict: build with pretrained=False, "
+            "then model.load_state_dict)"
+        )
     if Path(name).suffix == ".safetensors" and Path(name).is_file():
         from ovsam.ov.checkpoints import load_ovsam
 

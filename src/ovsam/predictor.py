@@ -76,6 +76,10 @@ class SamPredictor:
     """
 
     def __init__(self, model: nn.Module, cache_image_tokens: bool = True) -> None:
+        if not all(hasattr(model, a) for a in ("image_encoder", "prompt_encoder", "mask_decoder")):
+            raise InputError(
+                f"SamPredictor needs a SAM-family model (build_model(...)), got {model!r:.80}"
+            )
         self.model = model
         self.transform = ResizeLongestSide(model.image_encoder.img_size)
         self._state: ImageState | None = None
