@@ -18,6 +18,7 @@ from ovsam.automatic import (
     stability_scores,
 )
 from ovsam.cli.main import main
+from ovsam.errors import InputError
 from ovsam.masks import decode_rle, mask_iou
 from ovsam.predictor import SamPredictor
 from synthetic_scenes import make_scene
@@ -118,3 +119,20 @@ def test_masks_smaller_than_a_cell_are_deduplicated_and_min_area_is_inclusive(
     assert min(r["area"] for r in generator.generate()) == smallest
     generator.min_mask_area = smallest + 1
     assert min(r["area"] for r in generator.generate()) > smallest
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"points_per_side": 2.5}, "must be at least 1, got points_per_side=2.5"),
+        ({"points_per_batch": 0}, "must be at least 1, got points_per_batch=0"),
+        ({"nms_thresh": 2.0}, r"nms_thresh=2.0: expected a finite number in \[0.0, 1.0\]"),
+        ({"pred_iou_thresh": float("nan")}, "pred_iou_thresh=nan: expected a finite number$"),
+        ({"stability_score_offset": -5.0}, "stability_score_offset=-5.0: .* >= 0.0"),
+        ({"min_mask_area": -1}, "min_mask_area=-1: expected a finite number >= 0"),
+    ],
+)
+def test_meaningless_settings_are_refused(setting: dict, message: str) -> None:
+    generator = AutomaticMaskGenerator(object(), **setting)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match=message):
+        generator.generate()  # refused before the predictor is touched

@@ -9,6 +9,7 @@ are removed with non-maximum suppression on mask IoU ranked by predicted IoU.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -140,8 +141,7 @@ class AutomaticMaskGenerator:
         ``segmentation`` (HxW bool), ``rle`` (COCO RLE), ``area``, ``bbox`` (XYWH),
         ``predicted_iou``, ``stability_score`` and ``point_coords`` (the click, XY pixels).
         """
-        if self.points_per_side < 1 or self.points_per_batch < 1:
-            raise InputError("points_per_side and points_per_batch must be at least 1")
+        self._check_settings()
         if image is not None:
             self.predictor.set_image(image)
         size = self.predictor.original_size
@@ -163,6 +163,27 @@ class AutomaticMaskGenerator:
                 for mask, i in zip(masks, rows.tolist(), strict=True)
             ]
         return sorted(records, key=lambda r: -r["area"])
+
+    def _check_settings(self) -> None:
+        """Raise :class:`InputError` naming the first setting no run can use."""
+        for name in ("points_per_side", "points_per_batch"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"points_per_side and points_per_batch must be at least 1, "
+                                 f"got {name}={value!r}")  # fmt: skip
+        for name, low, high in (
+            ("pred_iou_thresh", -math.inf, math.inf),
+            ("stability_score_thresh", 0.0, 1.0),
+            ("stability_score_offset", 0.0, math.inf),
+            ("nms_thresh", 0.0, 1.0),
+            ("min_mask_area", 0, math.inf),
+        ):
+            value = getattr(self, name)
+            if not (
+                isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high
+            ):
+                bounds = f" in [{low}, {high}]" if high < math.inf else f" >= {low}" * (low > -1)
+                raise InputError(f"{name}={value!r}: expected a finite number{bounds}")
 
     def _candidates(self, points: np.ndarray, stride: int) -> Candidates:
         """Decode ``Nx2`` XY pixel clicks (each gives the model's multimask candidates) and
