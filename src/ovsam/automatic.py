@@ -121,8 +121,9 @@ class AutomaticMaskGenerator:
     Defaults are SAM's (``points_per_side=32``, ``pred_iou_thresh=0.88``,
     ``stability_score_thresh=0.95``); duplicates are removed by mask IoU > ``nms_thresh``
     (0.7), measured on cells of :func:`nms_stride` pixels. ``min_mask_area`` drops masks
-    smaller than that many pixels (empty masks are always dropped). Memory does not grow with the image beyond the returned
-    masks: candidates are kept at low resolution until duplicate removal.
+    smaller than that many pixels (empty masks are always dropped). Memory does not grow with
+    the image beyond the returned masks: candidates are kept at low resolution until duplicate
+    removal.
     """
 
     predictor: SamPredictor

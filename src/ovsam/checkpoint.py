@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ovsam.errors import CheckpointError
+from ovsam.errors import CheckpointError, first_line
 
 _NESTED_KEYS = ("state_dict", "model", "module")
 _MAX_KEYS_IN_MESSAGE = 12
@@ -56,7 +56,7 @@ def _read_failure(exc: Exception) -> str:
     text = str(exc)
     detail = text.partition(_WEIGHTS_ONLY_MARKER)[2].strip()
     if not detail:
-        return f"{type(exc).__name__}: {text.strip().splitlines()[0] if text.strip() else ''}"
+        return f"{type(exc).__name__}: {first_line(exc)}"
     reason = detail.splitlines()[0].split(" was not an allowed global")[0].strip()
     if reason.startswith("Unsupported global"):
         return (

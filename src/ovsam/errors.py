@@ -8,6 +8,13 @@ is an :class:`OVSamError` subclass with a message that names the problem, so cal
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message, stripped ('' for an empty message): enough to say
+    why a library call failed without its multi-line advice or traceback."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""
+
+
 class OVSamError(Exception):
     """Base class of every error ovsam raises on purpose."""
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ovsam.errors import InputError, OVSamError
+from ovsam.errors import InputError, OVSamError, first_line
 from ovsam.fileio import atomic_path
 
 # The attention layers export as an ONNX op that opset 14 introduced.
@@ -93,7 +93,7 @@ def export_decoder_onnx(model: nn.Module, path: str | Path, opset: int = 17) -> 
                 dynamo=False,
             )
         except RuntimeError as exc:  # torch.onnx's errors, e.g. an opset it does not know
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = first_line(exc) or type(exc).__name__
             raise OVSamError(f"ONNX export at opset {opset} failed: {reason}") from exc
     return path
 

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from ovsam.cli.preflight import preflight
-from ovsam.errors import OVSamError
+from ovsam.errors import OVSamError, first_line
 
 # sub-command name -> module implementing it
 COMMAND_MODULES: dict[str, str] = {
@@ -66,7 +66,7 @@ def _os_error_line(exc: OSError) -> str:
     """``strerror: filename`` of an :class:`OSError`, as one line."""
     if exc.strerror and exc.filename is not None:
         return f"{exc.strerror}: {exc.filename}"
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return first_line(exc) or type(exc).__name__
 
 
 if __name__ == "__main__":

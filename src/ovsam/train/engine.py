@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from ovsam.checkpoint import load_state_dict_strict
 from ovsam.distributed import DistInfo, barrier
-from ovsam.errors import CheckpointError
+from ovsam.errors import CheckpointError, first_line
 from ovsam.fileio import atomic_path, atomic_write_bytes, atomic_write_json
 from ovsam.train.config import TrainConfig, save_config
 
@@ -73,8 +73,7 @@ def lr_factor(config: TrainConfig, step: int) -> float:
 
 
 def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
+    return f"{type(exc).__name__}: {first_line(exc)}"
 
 
 class Trainer:
