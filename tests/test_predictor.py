@@ -137,6 +137,12 @@ def test_predict_before_set_image_is_a_clear_error(mobilesam_model: torch.nn.Mod
         ),
         ({"point_coords": np.array([10, 10]), "point_labels": np.array([1])}, "Nx2"),
         ({"mask_input": np.zeros((256, 256))}, "1x256x256"),
+        ({"mask_input": np.zeros((1, 256, 256), bool)}, "mask_input must be real .* boolean"),
+        ({"box": np.array([10, 10, 20, 60]) + 1j}, "box must be real numbers .* complex"),
+        (
+            {"point_coords": np.array([[True, False]]), "point_labels": np.array([1])},
+            "point_coords must be real numbers .* boolean",
+        ),
     ],
 )
 def test_bad_prompts_are_named(
@@ -145,6 +151,18 @@ def test_bad_prompts_are_named(
     predictor.load_state(scenes[0][2])
     with pytest.raises(InputError, match=message):
         predictor.predict(**kwargs)
+
+
+def test_boolean_point_labels_mean_object_and_background(
+    predictor: SamPredictor, scenes: list[tuple]
+) -> None:
+    _, shapes, state = scenes[0]
+    predictor.load_state(state)
+    points = np.stack([shapes[0].inner_point, shapes[1].inner_point])
+    as_ints = predictor.predict(point_coords=points, point_labels=np.array([1, 0]))
+    as_bools = predictor.predict(point_coords=points, point_labels=np.array([True, False]))
+    for a, b in zip(as_ints, as_bools, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_box_partly_outside_is_clipped(predictor: SamPredictor, scenes: list[tuple]) -> None:

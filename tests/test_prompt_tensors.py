@@ -33,6 +33,10 @@ def test_consistent_batches_pass() -> None:
         ((None, None, None, MASKS[:, 0]), r"mask_input must be Bx1x256x256, got shape"),
         ((None, None, None, torch.zeros(2, 1, 128, 128)), "mask_input must be Bx1x256x256"),
         ((COORDS, LABELS, BOXES[:1], None), "same batch size, got point_coords 2, boxes 1"),
+        ((None, None, None, MASKS.bool()), r"mask_input must be real .* torch.bool"),
+        ((None, None, BOXES.to(torch.complex64), None), r"boxes must be real .* torch.complex64"),
+        ((COORDS > 5, LABELS, None, None), r"point_coords must be real .* torch.bool"),
+        ((COORDS, LABELS.bool(), None, None), r"point_labels must be real .* torch.bool"),
     ],
 )
 def test_wrong_prompts_are_named(args: tuple, message: str) -> None:

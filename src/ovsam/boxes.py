@@ -7,10 +7,21 @@ import numpy as np
 from ovsam.errors import InputError
 
 
-def finite_array(name: str, value: object, shape_hint: str) -> np.ndarray:
-    """``value`` as a float64 array; :class:`InputError` if not numeric, NaN or infinite."""
+def finite_array(name: str, value: object, shape_hint: str, allow_bool: bool = False) -> np.ndarray:
+    """``value`` as a float64 array; :class:`InputError` if not real numbers, NaN or infinite.
+
+    Complex values are refused (their imaginary part would be dropped silently), and so are
+    booleans unless ``allow_bool`` (a boolean mask is not logits, nor a coordinate).
+    """
     try:
-        arr = np.asarray(value, dtype=np.float64)
+        raw = np.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{name} must be numeric ({shape_hint}): {exc}") from exc
+    if raw.dtype.kind == "c" or (raw.dtype.kind == "b" and not allow_bool):
+        kinds = "complex" if raw.dtype.kind == "c" else "boolean"
+        raise InputError(f"{name} must be real numbers ({shape_hint}), got {kinds} values")
+    try:
+        arr = raw.astype(np.float64)
     except (TypeError, ValueError) as exc:
         raise InputError(f"{name} must be numeric ({shape_hint}): {exc}") from exc
     if not np.all(np.isfinite(arr)):

@@ -210,7 +210,7 @@ class SamPredictor:
             raise InputError(
                 "point_labels are required with point_coords (1 = object, 0 = background)"
             )
-        labels = finite_array("point_labels", point_labels, "N values of 0 or 1")
+        labels = finite_array("point_labels", point_labels, "N values of 0 or 1", allow_bool=True)
         if labels.shape != (coords.shape[0],):
             raise InputError(
                 f"point_labels must have shape ({coords.shape[0]},), got {labels.shape}"

@@ -21,6 +21,8 @@ def _tensor(name: str, value: object, ndim: int, layout: str) -> torch.Tensor:
             f"{name} must be a torch.Tensor ({layout}) in predict_torch, got "
             f"{type(value).__name__} (predict takes numpy arrays)"
         )
+    if value.is_complex() or value.dtype == torch.bool:
+        raise InputError(f"{name} must be real numbers ({layout}), got {value.dtype}")
     if value.ndim != ndim:
         raise InputError(f"{name} must be {layout}, got shape {tuple(value.shape)}")
     if value.is_floating_point() and not bool(torch.isfinite(value).all()):
