@@ -5,9 +5,34 @@ from __future__ import annotations
 import argparse
 
 from ovsam.cli.segment_cmd import DEFAULT_MODEL, add_clip_arguments
+from ovsam.errors import InputError
+from ovsam.serve.settings import MIB, LimitError, ServeSettings
+
+# ServeSettings limit -> (option, bytes per unit of the option or 1, help). The option's
+# default is the field's default; ServeSettings checks the value (LimitError).
+LIMIT_OPTIONS: dict[str, tuple[str, int, str]] = {
+    "max_upload_bytes": ("--max-upload-mb", MIB, "largest uploaded image file, in MiB"),
+    "max_body_bytes": ("--max-body-mb", MIB, "largest JSON request body, in MiB"),
+    "max_pixels": ("--max-pixels", 1, "largest image (width x height pixels)"),
+    "max_points": ("--max-points", 1, "points (clicks) in one request"),
+    "max_vocabulary": ("--max-vocabulary", 1, "class names in one custom vocabulary"),
+    "max_name_chars": ("--max-name-chars", 1, "characters in one class name"),
+    "max_custom_vocabularies": (
+        "--max-custom-vocabularies", 1, "custom vocabularies kept (least recently used dropped)"
+    ),
+    "cache_images": ("--cache-size", 1, "embedded images kept (LRU)"),
+    "cache_bytes": ("--cache-mb", MIB, "memory for embedded images (LRU), in MiB"),
+    "masks_per_image": ("--masks-per-image", 1, "previous masks kept per image for refinement"),
+}  # fmt: skip
+
+
+def _dest(option: str) -> str:
+    """The attribute of the parsed namespace that holds ``option``."""
+    return option.removeprefix("--").replace("-", "_")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``ovsam serve`` and its options."""
     parser = subparsers.add_parser(
         "serve",
         help="start the web page and HTTP API",
@@ -18,34 +43,58 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="registered model name")
     parser.add_argument("--checkpoint", default=None, help="checkpoint file or weights name")
-    parser.add_argument("--cache-size", type=int, default=16, help="embedded images kept (LRU)")
     parser.add_argument("--labels", action="store_true", help="name masks with CLIP (downloads it)")
     add_clip_arguments(parser)
+    limits = parser.add_argument_group("limits")
+    for name, (option, unit, text) in LIMIT_OPTIONS.items():
+        default = getattr(ServeSettings, name) // unit
+        limits.add_argument(
+            option, type=int, default=default, metavar="MIB" if unit == MIB else "N",
+            help=f"{text} (default {default})",
+        )  # fmt: skip
     parser.set_defaults(run=run)
 
 
+def build_settings(args: argparse.Namespace) -> ServeSettings:
+    """The :class:`ServeSettings` of the parsed options; a limit out of range is an
+    :class:`InputError` naming its option, in the option's unit."""
+    limits = {
+        name: getattr(args, _dest(opt)) * unit for name, (opt, unit, _) in LIMIT_OPTIONS.items()
+    }
+    try:
+        return ServeSettings(
+            model=args.model,
+            checkpoint=args.checkpoint,
+            labels=args.labels,
+            random_recognition=args.random_recognition,
+            clip_model=args.clip,
+            clip_weights=args.clip_weights,
+            **limits,
+        )
+    except LimitError as exc:
+        option, unit, _ = LIMIT_OPTIONS[exc.name]
+        low, high = -(-exc.low // unit), exc.high // unit
+        suffix = " (MiB)" if unit == MIB else ""
+        raise InputError(
+            f"{option} must be an integer from {low} to {high}{suffix}, "
+            f"got {getattr(args, _dest(option))}"
+        ) from exc
+
+
 def run(args: argparse.Namespace) -> int:
+    """Check the options, build the app (loading the model) and serve it until interrupted."""
     from ovsam.errors import OVSamError
 
     try:
         import uvicorn
 
         from ovsam.serve.app import create_app, default_engine
-        from ovsam.serve.settings import ServeSettings
     except ImportError as exc:
         raise OVSamError(
             f"the web server needs the [serve] extra ({exc.name} is missing): "
             "pip install 'ovsam[serve]'"
         ) from exc
-    settings = ServeSettings(
-        model=args.model,
-        checkpoint=args.checkpoint,
-        cache_images=args.cache_size,
-        labels=args.labels,
-        random_recognition=args.random_recognition,
-        clip_model=args.clip,
-        clip_weights=args.clip_weights,
-    )
+    settings = build_settings(args)
     app = create_app(settings, default_engine)
     print(f"ovsam: serving {args.model} on http://{args.host}:{args.port}/ (API docs at /docs)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

@@ -4,7 +4,48 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ovsam.errors import InputError
+
 ACCEPTED_TYPES = ("image/png", "image/jpeg", "image/webp", "image/bmp", "image/tiff", "image/gif")
+MIB = 1024 * 1024
+MAX_REQUEST_BYTES = 2048 * MIB
+"""Highest ``max_upload_bytes`` / ``max_body_bytes``: a request is held in memory whole."""
+MAX_PIXELS_LIMIT = 1_000_000_000
+"""Highest ``max_pixels``: a gigapixel RGB image decodes to 3 GB."""
+
+
+class LimitError(InputError):
+    """A :class:`ServeSettings` limit that is not an integer in its range.
+
+    ``name`` is the field, ``value`` what was given and ``low`` / ``high`` the inclusive range,
+    so a caller such as the CLI can restate the problem in terms of its own option.
+    """
+
+    def __init__(self, name: str, value: object, low: int, high: int) -> None:
+        super().__init__(f"{name} must be an integer from {low} to {high}, got {value!r}")
+        self.name, self.value, self.low, self.high = name, value, low, high
+
+
+def limit_ranges() -> dict[str, tuple[int, int]]:
+    """The inclusive range ``(low, high)`` allowed for each numeric limit of :class:`ServeSettings`.
+
+    Needs pydantic (the schema bounds live in :mod:`ovsam.serve.schemas`), hence imported here
+    rather than with this module, which the CLI parser imports for its defaults.
+    """
+    from ovsam.serve.schemas import MAX_NAMES, MAX_POINTS
+
+    return {
+        "max_upload_bytes": (1, MAX_REQUEST_BYTES),
+        "max_body_bytes": (1, MAX_REQUEST_BYTES),
+        "max_pixels": (1, MAX_PIXELS_LIMIT),
+        "max_points": (1, MAX_POINTS),
+        "max_vocabulary": (1, MAX_NAMES),
+        "max_name_chars": (1, 10_000),
+        "max_custom_vocabularies": (1, 1_000),
+        "cache_images": (1, 10_000),
+        "cache_bytes": (1, 1024 * 1024 * MIB),
+        "masks_per_image": (1, 1_000),
+    }
 
 
 @dataclass(frozen=True)
@@ -21,24 +62,33 @@ class ServeSettings:
     read. ``labels`` loads CLIP
     ``clip_model`` / ``clip_weights`` for recognition; ``random_recognition`` uses random weights
     (testing only).
+
+    Each limit must be an integer in its range (:func:`limit_ranges`); otherwise construction
+    raises :class:`LimitError` naming the field.
     """
 
     model: str = "mobilesam"
     checkpoint: str | None = None
-    max_upload_bytes: int = 20 * 1024 * 1024
+    max_upload_bytes: int = 20 * MIB
     max_pixels: int = 40_000_000
     accepted_types: tuple[str, ...] = ACCEPTED_TYPES
     max_points: int = 64
     max_vocabulary: int = 25_000
     max_name_chars: int = 200
     max_custom_vocabularies: int = 16
-    max_body_bytes: int = 8 * 1024 * 1024
+    max_body_bytes: int = 8 * MIB
     cache_images: int = 16
-    cache_bytes: int = 1024 * 1024 * 1024
+    cache_bytes: int = 1024 * MIB
     masks_per_image: int = 32
-    top_k: int = 5
     labels: bool = False
     random_recognition: bool = False
     clip_model: str = "RN50x16"
     clip_weights: str = "openai"
     extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Refuse a limit that is not an integer in its range (booleans included)."""
+        for name, (low, high) in limit_ranges().items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise LimitError(name, value, low, high)

@@ -1,0 +1,148 @@
+"""``ovsam serve`` limit options: they reach the app's settings, bad values exit 2 before any
+model is loaded, ``--help`` lists them; and :class:`ServeSettings` itself refuses bad limits."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+from fastapi import FastAPI  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+
+import ovsam.serve.app as serve_app  # noqa: E402
+from ovsam.cli.main import build_parser, main  # noqa: E402
+from ovsam.cli.serve_cmd import build_settings  # noqa: E402
+from ovsam.errors import InputError  # noqa: E402
+from ovsam.serve.schemas import MAX_NAMES, MAX_POINTS  # noqa: E402
+from ovsam.serve.settings import LimitError, ServeSettings  # noqa: E402
+
+MIB = 1024 * 1024
+LIMIT_FLAGS = {
+    "--max-upload-mb": "20",
+    "--max-body-mb": "8",
+    "--max-pixels": "40000000",
+    "--max-points": "64",
+    "--max-vocabulary": "25000",
+    "--max-name-chars": "200",
+    "--max-custom-vocabularies": "16",
+    "--cache-size": "16",
+    "--cache-mb": "1024",
+    "--masks-per-image": "32",
+}
+
+
+class Captured:
+    """What ``ovsam serve`` handed to the engine factory and to ``uvicorn.run``."""
+
+    def __init__(self) -> None:
+        self.settings: ServeSettings | None = None
+        self.app: FastAPI | None = None
+
+
+@pytest.fixture
+def captured(monkeypatch: pytest.MonkeyPatch) -> Captured:
+    """Replace the model loading and uvicorn by recorders (nothing is loaded or served)."""
+    seen = Captured()
+
+    def engine(settings: ServeSettings) -> object:
+        seen.settings = settings
+        return object()
+
+    def serve(app: FastAPI, **_: object) -> None:
+        seen.app = app
+
+    monkeypatch.setattr(serve_app, "default_engine", engine)
+    monkeypatch.setattr("uvicorn.run", serve)
+    return seen
+
+
+def test_help_lists_limit_flags_with_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for flag, default in LIMIT_FLAGS.items():
+        assert flag in text
+        assert f"(default {default})" in text, flag
+
+
+def test_flags_reach_the_served_app(captured: Captured) -> None:
+    argv = ["serve", "--max-upload-mb", "3", "--max-body-mb", "2", "--max-pixels", "5000",
+            "--max-points", "7", "--max-vocabulary", "9", "--max-name-chars", "11",
+            "--max-custom-vocabularies", "4", "--cache-size", "5", "--cache-mb", "6",
+            "--masks-per-image", "8"]  # fmt: skip
+    assert main(argv) == 0
+    settings, app = captured.settings, captured.app
+    assert settings is not None and app is not None
+    assert (settings.max_upload_bytes, settings.max_body_bytes) == (3 * MIB, 2 * MIB)
+    assert (settings.max_pixels, settings.max_points) == (5000, 7)
+    assert (settings.max_vocabulary, settings.max_name_chars) == (9, 11)
+    assert settings.max_custom_vocabularies == 4
+    store = app.state.store
+    assert (store.max_images, store.max_bytes, store.masks_per_image) == (5, 6 * MIB, 8)
+    assert app.state.vocabularies.settings is settings
+    # the served app enforces them
+    client = TestClient(app)
+    r = client.post("/v1/vocabularies", content=b" " * (2 * MIB + 1))
+    assert r.status_code == 413 and str(2 * MIB) in r.json()["error"]["message"]
+    r = client.post("/v1/images", files={"file": ("a.png", b"x" * (4 * MIB), "image/png")})
+    assert r.status_code == 413 and str(3 * MIB) in r.json()["error"]["message"]
+
+
+def test_defaults_are_the_settings_defaults() -> None:
+    args = build_parser().parse_args(["serve"])
+    assert build_settings(args) == ServeSettings()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [
+        ("--max-upload-mb", "0", "from 1 to 2048 (MiB), got 0"),
+        ("--max-body-mb", "99999999", "from 1 to 2048 (MiB), got 99999999"),
+        ("--max-pixels", "-5", "got -5"),
+        ("--max-points", str(MAX_POINTS + 1), f"from 1 to {MAX_POINTS}, got {MAX_POINTS + 1}"),
+        ("--max-vocabulary", str(MAX_NAMES + 1), f"from 1 to {MAX_NAMES}"),
+        ("--max-name-chars", "0", "got 0"),
+        ("--max-custom-vocabularies", "0", "got 0"),
+        ("--cache-size", "0", "got 0"),
+        ("--cache-mb", "-1", "(MiB), got -1"),
+        ("--masks-per-image", "0", "got 0"),
+    ],
+)
+def test_bad_limit_exits_2_naming_the_flag(
+    captured: Captured, capsys: pytest.CaptureFixture[str], flag: str, value: str, expected: str
+) -> None:
+    assert main(["serve", flag, value]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"ovsam serve: error: {flag} must be"), err
+    assert expected in err
+    assert captured.settings is None and captured.app is None  # refused before loading a model
+
+
+def test_non_integer_limit_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--max-points", "1.5"])
+    assert exit_info.value.code == 2
+    assert "argument --max-points: invalid int value: '1.5'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("max_points", 0), ("max_points", MAX_POINTS + 1), ("max_vocabulary", MAX_NAMES + 1),
+     ("max_upload_bytes", -1), ("max_body_bytes", 0), ("max_pixels", 2.5),
+     ("cache_images", True), ("cache_bytes", 0), ("max_custom_vocabularies", 0),
+     ("masks_per_image", "3"), ("max_name_chars", 0)],
+)  # fmt: skip
+def test_settings_refuse_bad_limits(name: str, value: object) -> None:
+    with pytest.raises(LimitError, match=f"^{name} must be an integer from 1 to ") as info:
+        ServeSettings(**{name: value})  # type: ignore[arg-type]
+    assert isinstance(info.value, InputError) and isinstance(info.value, ValueError)
+    assert info.value.name == name
+
+
+def test_settings_bounds_are_inclusive() -> None:
+    top = ServeSettings(max_points=MAX_POINTS, max_vocabulary=MAX_NAMES, max_custom_vocabularies=1)
+    assert (top.max_points, top.max_vocabulary) == (MAX_POINTS, MAX_NAMES)
+    with pytest.raises(LimitError, match=f"from 1 to {MAX_POINTS}, got {MAX_POINTS + 1}$"):
+        ServeSettings(max_points=MAX_POINTS + 1)
