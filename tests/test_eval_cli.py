@@ -134,7 +134,7 @@ def test_limit_selects_exactly_the_images_reported(tiny: Path, tmp_path: Path, b
     metrics = strict_json(out / "metrics.json")
     assert status == 0 and metrics["instances"] == len(first["records"])
     assert metrics["images"] == 1
-    assert f"instances: {len(first['records'])} in 1 images" in stdout
+    assert f"instances: {len(first['records'])} in 1 of 1 images ->" in stdout
 
 
 @pytest.mark.parametrize("limit", ["0", "-2"])
@@ -167,8 +167,49 @@ def test_image_without_usable_instances_is_skipped(tiny: Path, tmp_path: Path, b
     metrics = strict_json(tmp_path / "out" / "metrics.json")
     assert status == 0 and full[0] == 0 and dropped >= 1, stderr
     assert metrics["images"] == 4 and metrics["images_skipped"] == 1
+    assert metrics["images_skipped_empty_masks"] == 1 and metrics["instances_skipped"] == dropped
     assert 0 < metrics["instances"] == full[1]["instances"] - dropped
-    assert "1 without usable instances skipped" in stdout
+    assert "skipped images: 1 (1 with only empty masks)" in stdout
+    assert f"skipped annotations with an empty mask: {dropped}" in stdout
+
+
+def test_crowd_only_and_unannotated_images_are_counted_as_skipped(
+    tmp_path: Path, built: list
+) -> None:
+    path = write_tiny_coco(tmp_path / "coco", images=4, crowd=(2,), unannotated=(3,))
+    status, stdout, stderr = run_eval(path, tmp_path / "out")
+    metrics = strict_json(tmp_path / "out" / "metrics.json")
+    assert status == 0 and "warning" not in stderr, stderr
+    assert (metrics["images"], metrics["images_evaluated"], metrics["images_skipped"]) == (4, 2, 2)
+    assert metrics["images_skipped_only_crowd"] == metrics["images_skipped_no_annotations"] == 1
+    assert metrics["images_missing"] == metrics["instances_skipped"] == 0
+    assert (
+        f"instances: {metrics['instances']} in 2 of 4 images; skipped images: 2 (1 without"
+        " annotations, 1 with only crowd annotations) -> "
+    ) in stdout
+    records = (tmp_path / "out" / "records.rank0.jsonl").read_text().splitlines()
+    assert [json.loads(row)["image_id"] for row in records] == [1, 4]
+    # resumed after a cut line and limited to the first 2 images of the file: 1 and the crowd one
+    (tmp_path / "out" / "records.rank0.jsonl").write_text(records[0] + "\n" + records[1][:30])
+    assert run_eval(path, tmp_path / "out")[0] == 0
+    assert strict_json(tmp_path / "out" / "metrics.json") == metrics
+    status, stdout, _ = run_eval(path, tmp_path / "out", "--limit", "2")
+    limited = strict_json(tmp_path / "out" / "metrics.json")
+    assert status == 0 and (limited["images"], limited["images_evaluated"]) == (2, 1)
+    assert limited["images_skipped"] == limited["images_skipped_only_crowd"] == 1
+    assert "in 1 of 2 images; skipped images: 1 (1 with only crowd annotations)" in stdout
+
+
+def test_annotations_of_unlisted_images_are_counted_in_one_warning(
+    tiny: Path, tmp_path: Path, built: list
+) -> None:
+    data = json.loads(tiny.read_text())
+    data["annotations"][0]["image_id"] = 77
+    path = tmp_path / "coco" / "orphan.json"
+    path.write_text(json.dumps(data))
+    status, _, stderr = run_eval(path, tmp_path / "out")
+    assert status == 0 and stderr.count("warning") == 1
+    assert "1 annotations" in stderr and "image_id not among its images" in stderr
 
 
 def test_unknown_categories_are_counted_in_one_warning(

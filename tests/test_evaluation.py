@@ -9,16 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ovsam.data.instances import InstanceDataset, polygons_to_mask
+from ovsam.data.instances import InstanceDataset, polygons_to_mask, read_annotations
 from ovsam.data.prompts import center_points, large_scale_jitter, random_points
 from ovsam.errors import InputError
+from ovsam.evaluation.accounting import select_images, summary_line
 from ovsam.evaluation.metrics import summarize
 from ovsam.evaluation.runner import (
     check_settings,
     coco_ov_splits,
     evaluate_rank,
     lvis_splits,
-    selected_indices,
     write_report,
 )
 from tiny_coco import write_tiny_coco
@@ -46,11 +46,20 @@ class Oracle:
         return item.masks, names
 
 
-@pytest.fixture()
-def coco(tmp_path: Path) -> InstanceDataset:
-    path = write_tiny_coco(tmp_path / "coco", images=4)
+def ov_dataset(data: dict, images: Path) -> InstanceDataset:
+    """The OV-COCO classes of ``data`` (as ``ovsam eval --split coco-ov``)."""
     splits = coco_ov_splits()
-    return InstanceDataset(path, tmp_path / "coco" / "images", lambda c: splits[c["id"]] != "none")
+    return InstanceDataset(data, images, lambda c: splits[c["id"]] != "none")
+
+
+@pytest.fixture()
+def annotations(tmp_path: Path) -> dict:
+    return read_annotations(write_tiny_coco(tmp_path / "coco", images=4))
+
+
+@pytest.fixture()
+def coco(annotations: dict, tmp_path: Path) -> InstanceDataset:
+    return ov_dataset(annotations, tmp_path / "coco" / "images")
 
 
 def test_dataset_reads_polygons_and_rle_and_filters_the_ov_split(coco: InstanceDataset) -> None:
@@ -65,9 +74,11 @@ def test_dataset_reads_polygons_and_rle_and_filters_the_ov_split(coco: InstanceD
         assert box.tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
 
 
-def test_ground_truth_predictions_score_100(coco: InstanceDataset, tmp_path: Path) -> None:
+def test_ground_truth_predictions_score_100(
+    annotations: dict, coco: InstanceDataset, tmp_path: Path
+) -> None:
     records = evaluate_rank(Oracle(coco), coco, coco_ov_splits(), tmp_path / "out")
-    metrics = write_report(tmp_path / "out", "oracle", [img["id"] for img in coco.images])
+    metrics = write_report(tmp_path / "out", "oracle", select_images(annotations, coco))
     assert metrics["IoU"] == pytest.approx(100.0) and metrics["Acc"] == 100.0
     assert metrics["IoU_b"] == pytest.approx(100.0) and metrics["IoU_n"] == pytest.approx(100.0)
     assert metrics["instances"] == len(records) == metrics["instances_b"] + metrics["instances_n"]
@@ -102,7 +113,7 @@ def test_one_wrong_label_drops_accuracy_by_exactly_one_instance(
 
 def test_point_prompts_and_resume(coco: InstanceDataset, tmp_path: Path) -> None:
     oracle = Oracle(coco)
-    evaluate_rank(oracle, coco, coco_ov_splits(), tmp_path, prompt="point", limit=2)
+    evaluate_rank(oracle, coco, coco_ov_splits(), tmp_path, prompt="point", indices=range(2))
     lines = (tmp_path / "records.rank0.jsonl").read_text().splitlines()
     assert len(lines) == 2
     (tmp_path / "records.rank0.jsonl").write_text(
@@ -122,7 +133,9 @@ def test_point_prompts_and_resume(coco: InstanceDataset, tmp_path: Path) -> None
     )  # only the 2 missing images ran
 
 
-def test_ranks_partition_the_images(coco: InstanceDataset, tmp_path: Path) -> None:
+def test_ranks_partition_the_images(
+    annotations: dict, coco: InstanceDataset, tmp_path: Path
+) -> None:
     ids = [
         {
             r.image_id
@@ -131,7 +144,7 @@ def test_ranks_partition_the_images(coco: InstanceDataset, tmp_path: Path) -> No
         for k in range(2)
     ]
     assert not ids[0] & ids[1] and len(ids[0] | ids[1]) == 4
-    every = [img["id"] for img in coco.images]
+    every = select_images(annotations, coco)
     metrics = write_report(tmp_path, "oracle", every)
     assert metrics["Acc"] == 100.0 and metrics["images"] == 4
     # resumed on one rank: rank 0 redoes rank 1's images, each image still counts once
@@ -139,19 +152,91 @@ def test_ranks_partition_the_images(coco: InstanceDataset, tmp_path: Path) -> No
     assert write_report(tmp_path, "oracle", every) == metrics
 
 
-def test_a_cut_last_line_is_removed_before_appending(coco: InstanceDataset, tmp_path: Path) -> None:
-    evaluate_rank(Oracle(coco), coco, coco_ov_splits(), tmp_path, limit=1)
+def test_a_cut_last_line_is_removed_before_appending(
+    annotations: dict, coco: InstanceDataset, tmp_path: Path
+) -> None:
+    evaluate_rank(Oracle(coco), coco, coco_ov_splits(), tmp_path, indices=[0])
     path = tmp_path / "records.rank0.jsonl"
     path.write_text(path.read_text() + '{"image_id": 2, "records": [{"ima')
-    records = evaluate_rank(Oracle(coco), coco, coco_ov_splits(), tmp_path, limit=3)
+    records = evaluate_rank(Oracle(coco), coco, coco_ov_splits(), tmp_path, indices=range(3))
     lines = path.read_text().splitlines()
     assert [json.loads(line)["image_id"] for line in lines] == [1, 2, 3]
-    metrics = write_report(tmp_path, "oracle", [1, 2, 3])
+    metrics = write_report(tmp_path, "oracle", select_images(annotations, coco, 3))
     assert metrics["images"] == 3 and metrics["instances"] == len(records)
-    assert write_report(tmp_path, "oracle", [1])["images"] == 1  # only the selected images
+    only_first = write_report(tmp_path, "oracle", select_images(annotations, coco, 1))
+    assert only_first["images"] == only_first["images_evaluated"] == 1  # only the selected ones
 
 
-def test_settings_are_recorded_then_enforced(tmp_path: Path) -> None:
+def mixed_coco(root: Path) -> dict:
+    """Six images: 1 and 6 evaluated (one annotation of 6 has an empty mask), 2 only crowds,
+    3 only empty masks, 4 no annotation, 5 only traffic lights (outside OV-COCO); and one
+    annotation of an image the file does not list."""
+    data = read_annotations(write_tiny_coco(root, images=6, crowd=(2,), unannotated=(4,)))
+    for ann in data["annotations"]:
+        if ann["image_id"] == 3:
+            ann.update(category_id=1, segmentation=[[]])
+        elif ann["image_id"] == 5:
+            ann["category_id"] = 10
+    empty = next(ann for ann in data["annotations"] if ann["image_id"] == 6)
+    empty.update(category_id=1, segmentation=[[]])
+    data["annotations"].append({**empty, "id": 999, "image_id": 99})
+    return data
+
+
+MIXED_COUNTS = {
+    "images": 6,
+    "images_evaluated": 2,
+    "images_skipped": 4,
+    "images_skipped_no_annotations": 1,
+    "images_skipped_only_crowd": 1,
+    "images_skipped_only_other_classes": 1,
+    "images_skipped_empty_masks": 1,
+    "images_missing": 0,
+    "instances": 4,
+    "instances_skipped": 4,
+}
+
+
+def test_every_image_is_evaluated_or_skipped_with_its_reason(tmp_path: Path) -> None:
+    data = mixed_coco(tmp_path / "coco")
+    dataset = ov_dataset(data, tmp_path / "coco" / "images")
+    selection = select_images(data, dataset)
+    assert selection.image_ids == (1, 2, 3, 4, 5, 6) and selection.orphan_annotations == 1
+    assert selection.skipped == {2: "only_crowd", 4: "no_annotations", 5: "only_other_classes"}
+    evaluate_rank(Oracle(dataset), dataset, coco_ov_splits(), tmp_path, indices=selection.indices)
+    metrics = write_report(tmp_path, "oracle", selection)
+    assert {key: metrics[key] for key in MIXED_COUNTS} == MIXED_COUNTS
+    assert metrics["IoU"] == pytest.approx(100.0)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"method": "oracle", **metrics}
+    assert summary_line(metrics) == (
+        "instances: 4 in 2 of 6 images; skipped images: 4 (1 without annotations, 1 with only"
+        " crowd annotations, 1 with only classes outside the split, 1 with only empty masks);"
+        " skipped annotations with an empty mask: 4"
+    )
+
+
+def test_resumed_split_and_limited_runs_account_for_every_image(tmp_path: Path) -> None:
+    data = mixed_coco(tmp_path / "coco")
+    dataset = ov_dataset(data, tmp_path / "coco" / "images")
+    selection = select_images(data, dataset)
+    splits = coco_ov_splits()
+    evaluate_rank(Oracle(dataset), dataset, splits, tmp_path, 0, world=2, indices=selection.indices)
+    half = write_report(tmp_path, "oracle", selection)  # image 3 (rank 1) has no records yet
+    assert (half["images_missing"], half["images_skipped"], half["images_evaluated"]) == (1, 3, 2)
+    assert "images without records (not evaluated): 1" in summary_line(half)
+    path = tmp_path / "records.rank0.jsonl"
+    path.write_text(path.read_text()[:-20])  # image 6's line cut: redone on resume
+    evaluate_rank(Oracle(dataset), dataset, splits, tmp_path, indices=selection.indices)
+    metrics = write_report(tmp_path, "oracle", selection)
+    assert {key: metrics[key] for key in MIXED_COUNTS} == MIXED_COUNTS
+    first3 = write_report(tmp_path, "oracle", select_images(data, dataset, limit=3))
+    assert (first3["images"], first3["images_evaluated"], first3["images_skipped"]) == (3, 1, 2)
+    assert first3["images_skipped_only_crowd"] == first3["images_skipped_empty_masks"] == 1
+
+
+def test_settings_are_recorded_then_enforced(
+    annotations: dict, coco: InstanceDataset, tmp_path: Path
+) -> None:
     settings = {"prompt": "box", "model": "mobilesam", "checkpoint": None}
     assert check_settings(tmp_path, settings) is False
     assert json.loads((tmp_path / "settings.json").read_text()) == settings
@@ -159,7 +244,7 @@ def test_settings_are_recorded_then_enforced(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"prompt 'box' -> 'point'\): use a new --out"):
         check_settings(tmp_path, {**settings, "prompt": "point"})
     with pytest.raises(InputError, match="limit must be at least 1"):
-        selected_indices([], 0)  # type: ignore[arg-type]
+        select_images(annotations, coco, 0)
 
 
 def test_lvis_novel_classes_are_the_rare_ones() -> None:

@@ -2,7 +2,8 @@
 
 Rectangles are annotated as polygons, discs as compressed RLE, so both readers are exercised.
 Classes: person (id 1, OV-COCO base), car (3, base), cat (17, novel), cup (47, novel) and
-traffic light (10, outside the OV split).
+traffic light (10, outside the OV split). Images listed in ``crowd`` have only crowd
+annotations (``iscrowd`` 1), those in ``unannotated`` none (their shapes are still drawn).
 """
 
 from __future__ import annotations
@@ -25,7 +26,12 @@ CATEGORIES = [
 
 
 def write_tiny_coco(
-    root: Path, images: int = 4, size: tuple[int, int] = (96, 128), seed: int = 0
+    root: Path,
+    images: int = 4,
+    size: tuple[int, int] = (96, 128),
+    seed: int = 0,
+    crowd: tuple[int, ...] = (),
+    unannotated: tuple[int, ...] = (),
 ) -> Path:
     """Write ``root/images/*.png`` and ``root/instances.json``; returns the annotation path."""
     rng = np.random.default_rng(seed)
@@ -51,9 +57,11 @@ def write_tiny_coco(
                 ImageDraw.Draw(mask_img).ellipse([x0, y0, x1 - 1, y1 - 1], fill=1)
                 segmentation = encode_rle(np.asarray(mask_img, dtype=bool))
             area = int(np.asarray(mask_img).sum())
+            if image_id in unannotated:
+                continue
             data["annotations"].append(
                 {"id": ann_id, "image_id": image_id, "category_id": int(category["id"]), "segmentation": segmentation,
-                 "area": area, "bbox": [x0, y0, x1 - x0, y1 - y0], "iscrowd": 0}
+                 "area": area, "bbox": [x0, y0, x1 - x0, y1 - y0], "iscrowd": int(image_id in crowd)}
             )  # fmt: skip
             ann_id += 1
         name = f"{image_id:06d}.png"

@@ -35,7 +35,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--recognizer", choices=["image-crop", "feature-crop", "ovsam"], default="image-crop"
     )
     parser.add_argument("--templates", default="vild", choices=["vild", "openai", "simple", "none"])
-    parser.add_argument("--limit", type=int, default=None, help="first N images only")
+    parser.add_argument(
+        "--limit", type=int, default=None,
+        help="first N images of the file only (those skipped, e.g. crowd-only, count)",
+    )  # fmt: skip
     parser.add_argument("--method", default=None, help="row name in the table")
     parser.add_argument(
         "--detections", type=Path, default=None,
@@ -49,13 +52,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ovsam.data.instances import InstanceDataset, read_annotations
     from ovsam.distributed import barrier, init_distributed, shutdown
+    from ovsam.evaluation.accounting import select_images, summary_line
     from ovsam.evaluation.runner import (
         LabeledPredictorAdapter,
         check_settings,
         coco_ov_splits,
         evaluate_rank,
         lvis_splits,
-        selected_indices,
         write_report,
     )
     from ovsam.recognizers import LabelOptions, build_labeled_predictor
@@ -70,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         splits = lvis_splits(data["categories"]) if args.split == "lvis" else {}
         dataset = InstanceDataset(data, args.images)
-    selected = [int(dataset.images[i]["id"]) for i in selected_indices(dataset, args.limit)]
+    selection = select_images(data, dataset, args.limit)
     detections = None
     if args.detections is not None:  # checked now rather than after the evaluation
         from ovsam.evaluation.mask_ap import read_detections
@@ -88,6 +91,12 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"warning: {dataset.unknown_category_annotations} annotations of {args.annotations} "
             "have a category_id not among its categories; they are ignored",
+            file=sys.stderr,
+        )
+    if selection.orphan_annotations and info.is_main:
+        print(
+            f"warning: {selection.orphan_annotations} annotations of {args.annotations} "
+            "have an image_id not among its images; they are ignored",
             file=sys.stderr,
         )
     categories = sorted(dataset.categories.values(), key=lambda c: c["id"])
@@ -112,18 +121,14 @@ def run(args: argparse.Namespace) -> int:
         args.prompt,
         info.rank,
         info.world,
-        args.limit,
+        selection.indices,
     )
     barrier()
     if info.is_main:
         method = args.method or f"{args.recognizer} ({args.model}, {options.describe_weights()})"
-        metrics = write_report(args.out, method, selected)
+        metrics = write_report(args.out, method, selection)
         print((args.out / "table.md").read_text(encoding="utf-8"), end="")
-        skipped = f", {metrics['images_skipped']} without usable instances skipped"
-        print(
-            f"instances: {metrics['instances']} in {metrics['images']} images"
-            f"{skipped if metrics['images_skipped'] else ''} -> {args.out / 'metrics.json'}"
-        )
+        print(f"{summary_line(metrics)} -> {args.out / 'metrics.json'}")
         if detections is not None:
             from ovsam.evaluation.mask_ap import format_stats, mask_ap, segment_detections
 

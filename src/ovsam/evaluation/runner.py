@@ -5,13 +5,14 @@ box (or its centre point), and appends one JSON line per finished image to
 ``out/records.rank{R}.jsonl`` (so an interrupted run resumes where it stopped; a line cut by the
 interruption is dropped and its image redone). ``out/settings.json`` holds the settings the
 records were made with; resuming with others is refused. Rank 0 then merges the records of the
-selected images and writes ``metrics.json`` and ``table.md`` atomically.
+selected images (:mod:`ovsam.evaluation.accounting`: every image of the selection is evaluated
+or counted as skipped, with its reason) and writes ``metrics.json`` and ``table.md`` atomically.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -21,6 +22,7 @@ from tqdm import tqdm
 from ovsam.data.instances import InstanceDataset, Instances
 from ovsam.data.prompts import box_prompts, center_points
 from ovsam.errors import InputError
+from ovsam.evaluation.accounting import Selection, account
 from ovsam.evaluation.metrics import InstanceRecord, markdown_table, records_for_image, summarize
 from ovsam.fileio import atomic_write_bytes, atomic_write_json
 from ovsam.vocab import builtin_vocabulary
@@ -111,13 +113,6 @@ def check_settings(out_dir: str | Path, settings: Mapping[str, str | bool | None
     return False
 
 
-def selected_indices(dataset: InstanceDataset, limit: int | None = None) -> list[int]:
-    """Indices of the images evaluated: the first ``limit`` (all without one)."""
-    if limit is not None and limit < 1:
-        raise InputError(f"--limit must be at least 1, got {limit}")
-    return list(range(len(dataset)))[:limit]
-
-
 def _parse_line(line: str) -> tuple[int, list[InstanceRecord]] | None:
     """``(image_id, records)`` of one JSON line, None for an unreadable one."""
     try:
@@ -154,19 +149,20 @@ def evaluate_rank(
     prompt: PromptKind = "box",
     rank: int = 0,
     world: int = 1,
-    limit: int | None = None,
+    indices: Sequence[int] | None = None,
 ) -> list[InstanceRecord]:
-    """Evaluate this rank's share of the first ``limit`` images of ``dataset``; returns its
+    """Evaluate this rank's share of the images ``indices`` of ``dataset`` (all by default, else
+    :attr:`Selection.indices <ovsam.evaluation.accounting.Selection.indices>`); returns its
     records (resuming from disk). An image left without usable instances (all empty masks) is
     logged with no records and not prompted."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"records.rank{rank}.jsonl"
     done = _done_images(path, repair=True)
-    indices = selected_indices(dataset, limit)[rank::world]
+    share = list(range(len(dataset)) if indices is None else indices)[rank::world]
     records: list[InstanceRecord] = []
     with path.open("a", encoding="utf-8") as log:
-        for index in tqdm(indices, desc=f"eval rank {rank}", disable=rank != 0):
+        for index in tqdm(share, desc=f"eval rank {rank}", disable=rank != 0):
             image_id = int(dataset.images[index]["id"])
             if image_id not in done:
                 done[image_id] = _evaluate_image(predictor, dataset[index], splits, prompt)
@@ -197,19 +193,20 @@ def _evaluate_image(
 
 
 def write_report(
-    out_dir: str | Path, method: str, image_ids: Iterable[int]
+    out_dir: str | Path, method: str, selection: Selection
 ) -> dict[str, float | int | None]:
-    """Merge every rank's records of ``image_ids`` and write ``metrics.json`` and ``table.md``
-    (atomically). ``images_skipped``: images without usable instances."""
+    """Merge every rank's records of the images of ``selection`` and write ``metrics.json`` and
+    ``table.md`` (atomically): the metrics and the image / instance counts of
+    :func:`~ovsam.evaluation.accounting.account` (every selected image evaluated, skipped with
+    its reason, or missing)."""
     out = Path(out_dir)
     done: dict[int, list[InstanceRecord]] = {}
     for path in sorted(out.glob("records.rank*.jsonl")):  # also those of an earlier, larger world
         done.update(_done_images(path))
-    rows = [done[i] for i in image_ids if i in done]
+    done = {i: done[i] for i in selection.usable if i in done}
     metrics = {
-        **summarize(r for records in rows for r in records),
-        "images": len(rows),
-        "images_skipped": sum(not records for records in rows),
+        **summarize(r for records in done.values() for r in records),
+        **account(selection, done),
     }
     atomic_write_json(out / "metrics.json", {"method": method, **metrics})
     atomic_write_bytes(out / "table.md", markdown_table({method: metrics}).encode("utf-8"))
