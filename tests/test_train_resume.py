@@ -7,6 +7,8 @@ width ``adapter_dim``), so the engine, config checks and checkpoints are the rea
 from __future__ import annotations
 
 import json
+import sys
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,9 +26,11 @@ TINY = ["adapter_dim=4", "adapter_heads=2", "adapter_depth=1", "log_every=1", "c
 
 
 class TinyTask:
-    """Stands in for both tasks: ``loss`` is the squared output on random inputs."""
+    """Stands in for both tasks: ``loss`` is the squared output on random inputs, plus ``offset``
+    (a constant: it changes the logged values, not the training)."""
 
     num_items = 4
+    offset = 0.0
 
     def __init__(self, config: TrainConfig, device: torch.device) -> None:
         torch.manual_seed(config.seed)
@@ -39,7 +43,53 @@ class TinyTask:
         self, module: nn.Module, items: list[int], rng: np.random.Generator
     ) -> dict[str, torch.Tensor]:
         x = torch.from_numpy(rng.standard_normal((len(items), 4))).float()
-        return {"loss": module(x).pow(2).mean()}
+        return {"loss": module(x).pow(2).mean() + self.offset}
+
+
+class EventFile:
+    """What one ``SummaryWriter`` of the fake ``torch.utils.tensorboard`` wrote."""
+
+    def __init__(self, log_dir: str, purge_step: int | None = None) -> None:
+        self.log_dir, self.purge_step, self.closed = log_dir, purge_step, False
+        self.events: list[tuple[str, int, float]] = []
+
+    def add_scalar(self, tag: str, scalar_value: float, global_step: int) -> None:
+        self.events.append((tag, global_step, scalar_value))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def tensorboard_view(files: list[EventFile], tag: str) -> list[tuple[int, float]]:
+    """``(step, value)`` of ``tag`` as TensorBoard shows it: the files in order, each one's
+    ``purge_step`` first hiding the events read so far at or after that step."""
+    shown: list[tuple[str, int, float]] = []
+    for file in files:
+        if file.purge_step is not None:
+            shown = [event for event in shown if event[1] < file.purge_step]
+        shown += file.events
+    return [(step, value) for name, step, value in shown if name == tag]
+
+
+@pytest.fixture()
+def event_files(monkeypatch: pytest.MonkeyPatch) -> list[EventFile]:
+    """Installs a fake ``torch.utils.tensorboard`` (``tensorboard`` is an optional extra);
+    returns the event files its writers open, in order."""
+    files: list[EventFile] = []
+
+    def summary_writer(log_dir: str, purge_step: int | None = None) -> EventFile:
+        files.append(EventFile(log_dir, purge_step))
+        return files[-1]
+
+    module = types.ModuleType("torch.utils.tensorboard")
+    module.SummaryWriter = summary_writer  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", module)
+    return files
+
+
+def log_rows(run: Path) -> list[dict[str, float]]:
+    """The rows of ``run``'s ``log.jsonl``."""
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture()
@@ -110,11 +160,42 @@ def test_resume_keeps_the_run_and_refuses_other_settings(train: Train, tmp_path:
     assert json.loads((run / "config.json").read_text())["steps"] == 5
 
 
-def test_resume_drops_log_rows_of_replayed_steps(train: Train, tmp_path: Path) -> None:
-    assert train(*TINY, "steps=4", extra=("--stop-after", "3"))[0] == 0  # last checkpoint: 2
+@pytest.mark.parametrize(("stop_after", "kept"), [(3, 2), (1, 0)], ids=["checkpoint", "none"])
+def test_a_resumed_run_logs_each_step_once_with_the_values_it_kept(
+    train: Train,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    event_files: list[EventFile],
+    stop_after: int,
+    kept: int,
+) -> None:
+    run = tmp_path / "run"
+    assert train(*TINY, "steps=4", extra=("--stop-after", str(stop_after)))[0] == 0
+    interrupted = {row["step"]: row["loss"] for row in log_rows(run)}
+    assert sorted(interrupted) == list(range(1, stop_after + 1))
+    monkeypatch.setattr(TinyTask, "offset", 100.0)  # the resumed process logs other values
+    assert train()[0] == 0  # resumes from step ``kept`` (its last checkpoint)
+    rows = log_rows(run)
+    assert [row["step"] for row in rows] == [1, 2, 3, 4]
+    for row in rows:
+        if row["step"] <= kept:  # the checkpointed state is the interrupted process's
+            assert row["loss"] == interrupted[row["step"]]
+        else:  # replayed or new: the resumed process's
+            assert row["loss"] >= 100
+            if row["step"] in interrupted:  # a replay is exact: only the offset differs
+                assert row["loss"] == pytest.approx(interrupted[row["step"]] + 100)
+    for tag in ("loss", "lr", "seconds"):
+        assert tensorboard_view(event_files, tag) == [(row["step"], row[tag]) for row in rows]
+    assert [file.purge_step for file in event_files] == [1, kept + 1]
+    assert all(file.closed and file.log_dir == str(run / "tb") for file in event_files)
+
+
+def test_a_log_row_without_its_newline_is_kept_apart(train: Train, tmp_path: Path) -> None:
+    log = tmp_path / "run" / "log.jsonl"
+    assert train(*TINY, "steps=4", extra=("--stop-after", "2"))[0] == 0  # checkpoint: 2
+    log.write_text(log.read_text().rstrip("\n"))  # interrupted between a row and its newline
     assert train()[0] == 0
-    log = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
-    assert [json.loads(row)["step"] for row in log] == [1, 2, 3, 4]
+    assert [row["step"] for row in log_rows(tmp_path / "run")] == [1, 2, 3, 4]
 
 
 def test_a_checkpoint_that_does_not_fit_is_a_checkpoint_error(train: Train, tmp_path: Path) -> None:

@@ -9,8 +9,10 @@ atomically, ``latest.json`` pointing at the newest).
 
 Resume is exact: a checkpoint holds the trainable weights, optimizer and scheduler state, the
 step, and the torch RNG state; data order and augmentation are pure functions of
-``(seed, step, rank)``, so the steps replayed after a restart see the same batches (their old
-``log.jsonl`` rows are dropped). A damaged or unfitting checkpoint is a
+``(seed, step, rank)``, so the steps replayed after a restart see the same batches. What an
+interrupted process logged after its last checkpoint is dropped (``log.jsonl`` rows trimmed,
+TensorBoard events purged through the writer's ``purge_step``): each step is logged once, with
+the values of the process whose state the run kept. A damaged or unfitting checkpoint is a
 :class:`~ovsam.errors.CheckpointError` naming the file.
 """
 
@@ -72,6 +74,16 @@ def lr_factor(config: TrainConfig, step: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - config.warmup_steps) / span)))
 
 
+class ScalarWriter(Protocol):
+    """The part of ``torch.utils.tensorboard.SummaryWriter`` the engine uses."""
+
+    def add_scalar(self, tag: str, scalar_value: float, global_step: int) -> None:
+        """Record ``scalar_value`` of ``tag`` at ``global_step``."""
+
+    def close(self) -> None:
+        """Flush pending events to disk and close the event file."""
+
+
 def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first_line(exc)}"
 
@@ -93,7 +105,9 @@ class Trainer:
             self.optimizer, lambda s: lr_factor(config, s)
         )
         self.step = 0
-        self._writer = None
+        self._logged_from = 1  # first step this process may log; earlier steps' logs are kept
+        self._writer: ScalarWriter | None = None
+        self._no_tensorboard = False
 
     # ------------------------------------------------------------------ checkpoints
     def _latest(self) -> Path | None:
@@ -159,24 +173,41 @@ class Trainer:
             return
         with (self.run_dir / "log.jsonl").open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
-        if self._writer is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._writer = SummaryWriter(str(self.run_dir / "tb"))
-            except ImportError:  # tensorboard is the optional [train] extra
-                self._writer = False
-        if self._writer:
+        writer = self._tensorboard()
+        if writer is not None:
             for key, value in row.items():
                 if key != "step":
-                    self._writer.add_scalar(key, value, int(row["step"]))
+                    writer.add_scalar(key, value, int(row["step"]))
 
-    def _trim_log(self) -> None:
-        """Drop the rows of steps after ``self.step`` (they are about to be trained again)."""
+    def _tensorboard(self) -> ScalarWriter | None:
+        """The run's TensorBoard writer (``tb/``), opened on first use; ``None`` without
+        ``tensorboard``. Its ``purge_step`` makes TensorBoard discard the events of earlier event
+        files from ``self._logged_from`` on: those steps are trained and logged again now."""
+        if self._writer is None and not self._no_tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is the optional [train] extra
+                self._no_tensorboard = True
+                return None
+            self._writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self._logged_from)
+        return self._writer
+
+    def _close_tensorboard(self) -> None:
+        """Flush and close the TensorBoard writer (its queued events are lost otherwise)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def _rewind_logs(self) -> None:
+        """Forget what earlier processes logged after ``self.step`` (it is about to be trained
+        again): drop those ``log.jsonl`` rows now, and purge those TensorBoard events from the
+        writer this process opens. The rows up to ``self.step`` are kept: that state is theirs."""
+        self._logged_from = self.step + 1
         path = self.run_dir / "log.jsonl"
         if not self.info.is_main or not path.is_file():
             return
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
+        lines = text.splitlines()
         kept = []
         for line in lines:
             try:
@@ -184,7 +215,7 @@ class Trainer:
                     kept.append(line)
             except (ValueError, KeyError, TypeError):  # a row cut short by an interruption
                 continue
-        if len(kept) < len(lines):
+        if len(kept) < len(lines) or not text.endswith("\n"):  # an append starts a new line
             atomic_write_bytes(path, "".join(f"{line}\n" for line in kept).encode("utf-8"))
 
     def _mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
@@ -195,6 +226,37 @@ class Trainer:
         return dict(zip(values, (tensor / self.info.world).tolist(), strict=True))
 
     # ------------------------------------------------------------------ loop
+    def _train_step(self, use_bf16: bool) -> dict[str, float]:
+        """One optimizer step (``grad_accum`` micro-batches); returns its row for the logs."""
+        config, start = self.config, time.perf_counter()
+        totals: dict[str, float] = {}
+        for micro in range(config.grad_accum):
+            items = batch_items(
+                config, self.step, micro, self.info.rank, self.info.world, self.task.num_items
+            )
+            rng = np.random.default_rng([config.seed, self.step, micro, self.info.rank])
+            last = micro == config.grad_accum - 1
+            sync = nullcontext() if last or self.info.world == 1 else self.wrapped.no_sync()
+            autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
+            with sync, autocast:
+                losses = self.task.loss(self.wrapped, items, rng)
+                (losses["loss"] / config.grad_accum).backward()
+            for key, value in losses.items():
+                totals[key] = totals.get(key, 0.0) + float(value.detach()) / config.grad_accum
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.module.parameters(), config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        row = {
+            "step": self.step,
+            **self._mean_over_ranks(totals),
+            "lr": self.scheduler.get_last_lr()[0],
+        }
+        row["seconds"] = time.perf_counter() - start
+        return row
+
     def train(self, stop_after: int | None = None) -> list[dict[str, float]]:
         """Train to ``config.steps`` (resuming if possible); ``stop_after`` ends the process's
         work after that global step, as an interruption would. Returns the logged rows."""
@@ -202,49 +264,24 @@ class Trainer:
         self.resume()  # before saving the config: a checkpoint that does not fit changes nothing
         if self.info.is_main:
             save_config(self.config, self.run_dir)
-        self._trim_log()
+        self._rewind_logs()
         config, rows = self.config, []
         use_bf16 = config.bf16 and self.info.device.type == "cuda"
         quiet = not self.info.is_main or self.step >= config.steps  # no bar for a finished run
         bar = tqdm(total=config.steps, initial=self.step, desc=config.task, disable=quiet)
-        while self.step < config.steps:
-            start = time.perf_counter()
-            totals: dict[str, float] = {}
-            for micro in range(config.grad_accum):
-                items = batch_items(
-                    config, self.step, micro, self.info.rank, self.info.world, self.task.num_items
-                )
-                rng = np.random.default_rng([config.seed, self.step, micro, self.info.rank])
-                last = micro == config.grad_accum - 1
-                sync = nullcontext() if last or self.info.world == 1 else self.wrapped.no_sync()
-                autocast = (
-                    torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
-                )
-                with sync, autocast:
-                    losses = self.task.loss(self.wrapped, items, rng)
-                    (losses["loss"] / config.grad_accum).backward()
-                for key, value in losses.items():
-                    totals[key] = totals.get(key, 0.0) + float(value.detach()) / config.grad_accum
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.module.parameters(), config.grad_clip)
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.step += 1
-            row = {
-                "step": self.step,
-                **self._mean_over_ranks(totals),
-                "lr": self.scheduler.get_last_lr()[0],
-            }
-            row["seconds"] = time.perf_counter() - start
-            rows.append(row)
-            if self.step % config.log_every == 0 or self.step == config.steps:
-                self._log(row)
-            bar.update(1)
-            bar.set_postfix(loss=f"{row['loss']:.4g}")
-            if self.step % config.checkpoint_every == 0 or self.step == config.steps:
-                self.save()
-            if stop_after is not None and self.step >= stop_after:
-                break
-        bar.close()
+        try:
+            while self.step < config.steps:
+                row = self._train_step(use_bf16)
+                rows.append(row)
+                if self.step % config.log_every == 0 or self.step == config.steps:
+                    self._log(row)
+                bar.update(1)
+                bar.set_postfix(loss=f"{row['loss']:.4g}")
+                if self.step % config.checkpoint_every == 0 or self.step == config.steps:
+                    self.save()
+                if stop_after is not None and self.step >= stop_after:
+                    break
+        finally:
+            bar.close()
+            self._close_tensorboard()
         return rows
