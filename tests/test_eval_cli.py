@@ -252,6 +252,12 @@ def bad_annotations(tiny: Path, case: str) -> Path:
     elif case in ("segmentation", "category_id"):
         del data["annotations"][2][case]
         path.write_text(json.dumps(data))
+    elif case == "list_id":
+        data["categories"][0]["id"] = [1]
+        path.write_text(json.dumps(data))
+    elif case == "duplicate":
+        data["images"].append(dict(data["images"][1]))
+        path.write_text(json.dumps(data))
     return path
 
 
@@ -264,6 +270,8 @@ def bad_annotations(tiny: Path, case: str) -> Path:
         ("list", (), "annotation file {path} holds a JSON list, not a COCO / LVIS object"),
         ("segmentation", (), "annotation file {path}: annotation id 3 has no 'segmentation'"),
         ("category_id", (), "annotation file {path}: annotation id 3 has no 'category_id'"),
+        ("list_id", (), "annotation file {path}: category id [1] is not an integer"),
+        ("duplicate", (), "annotation file {path}: image id 2 appears more than once"),
         ("good", ("--split", "lvis"), "no LVIS 'frequency' field"),
     ],
 )

@@ -179,7 +179,8 @@ _FIELDS = {  # list -> (singular, fields the dataset reads)
 
 
 def check_annotations(data: Mapping[str, Any], source: str) -> None:
-    """:class:`InputError` naming ``source`` and the first entry that lacks a field read here."""
+    """:class:`InputError` naming ``source`` and the first entry that lacks a field read here,
+    or the first image or category id given twice."""
     for key, (singular, fields) in _FIELDS.items():
         if not isinstance(data.get(key), list):
             raise InputError(f"{source} has no {key!r} list: not COCO / LVIS instances")
@@ -190,3 +191,15 @@ def check_annotations(data: Mapping[str, Any], source: str) -> None:
                 if field not in entry:
                     what = f"{singular} id {entry['id']}" if "id" in entry else f"{key}[{index}]"
                     raise InputError(f"{source}: {what} has no {field!r}")
+    for key in ("images", "categories"):
+        seen: set[object] = set()
+        for entry in data[key]:
+            if isinstance(entry["id"], bool) or not isinstance(entry["id"], int | str):
+                raise InputError(
+                    f"{source}: {_FIELDS[key][0]} id {entry['id']!r} is not an integer"
+                )
+            if entry["id"] in seen:
+                raise InputError(
+                    f"{source}: {_FIELDS[key][0]} id {entry['id']} appears more than once"
+                )
+            seen.add(entry["id"])
