@@ -41,10 +41,24 @@ def test_rgba_is_composited_on_white() -> None:
     assert out[1, 1].tolist() == [255, 255, 255]
 
 
-def test_sixteen_bit_is_rescaled_to_full_range() -> None:
-    data = np.array([[0, 1000], [2000, 4000]], dtype=np.uint16)
-    out = load_image(_png(Image.fromarray(data)))
-    assert out[:, :, 0].tolist() == [[0, 64], [128, 255]]
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ([[0, 1000], [2000, 65535]], [[0, 4], [8, 255]]),  # a fixed scale, 65535 -> 255
+        ([[65535, 65535], [65535, 65535]], [[255, 255], [255, 255]]),  # white stays white
+        ([[7710, 51400], [56540, 0]], [[30, 200], [220, 0]]),  # not stretched to 0..255
+    ],
+)
+def test_sixteen_bit_is_scaled_by_a_fixed_factor(values: list, expected: list) -> None:
+    out = load_image(_png(Image.fromarray(np.array(values, dtype=np.uint16))))
+    assert out[:, :, 0].tolist() == expected
+
+
+def test_float_image_in_unit_range_is_scaled_by_255(tmp_path: Path) -> None:
+    data = np.array([[0.0, 0.5], [1.0, 1.0]], dtype=np.float32)
+    path = tmp_path / "unit.tiff"
+    Image.fromarray(data, mode="F").save(path)
+    assert load_image(path)[:, :, 0].tolist() == [[0, 128], [255, 255]]
 
 
 def test_float_image_with_nan_is_rescaled_with_nan_as_zero(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """Reading images from files or bytes into ``HxWx3`` uint8 RGB arrays, with clear errors.
 
-Grayscale, palette, RGBA (alpha composited on white), CMYK and 16-bit images are converted;
-EXIF orientation is applied. Corrupt or non-image data raises :class:`InputError`.
+Grayscale, palette, RGBA (alpha composited on white), CMYK, 16-bit and float images are
+converted (16-bit by a fixed scale, 65535 -> 255; see :func:`_gray_to_uint8`); EXIF
+orientation is applied. Corrupt or non-image data raises :class:`InputError`.
 """
 
 from __future__ import annotations
@@ -21,20 +22,34 @@ class ImageTooLargeError(InputError):
     """The image has more pixels than allowed (or than PIL will safely decode)."""
 
 
+def _gray_to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
+    """A float32 ``HxW`` copy of a PIL ``mode`` ``I;16*`` / ``I`` / ``F`` image -> uint8.
+
+    Fixed scales where the range is known, so that equal values always give equal pixels:
+    16-bit values (and 32-bit integers within 0..65535) are divided by 257 (65535 -> 255),
+    floats within 0..1 multiplied by 255. Other data (depth maps, signed or wider integers)
+    is stretched from its minimum to its maximum. NaN and infinities count as 0. In place.
+    """
+    arr[~np.isfinite(arr)] = 0.0
+    lo, hi = float(arr.min()), float(arr.max())
+    if mode.startswith("I;16") or (mode == "I" and lo >= 0 and hi <= 65535):
+        arr *= 1 / 257
+    elif mode == "F" and lo >= 0 and hi <= 1:
+        arr *= 255
+    elif hi > lo:
+        arr -= lo
+        arr *= 255 / (hi - lo)
+    else:
+        arr[:] = 0.0
+    np.rint(arr, out=arr)
+    return np.clip(arr, 0, 255, out=arr).astype(np.uint8)
+
+
 def _to_uint8_rgb(img: Image.Image) -> np.ndarray:
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # one float32 copy, scaled in place (16-bit values are exact in float32; float64
         # copies of a 36 MP image took over 500 MB)
-        arr = np.array(img, dtype=np.float32)
-        arr[~np.isfinite(arr)] = 0.0
-        lo, hi = float(arr.min()), float(arr.max())
-        if hi <= lo:
-            arr[:] = 0.0
-        else:
-            arr -= lo
-            arr *= 255.0 / (hi - lo)
-            np.rint(arr, out=arr)
-        gray = np.clip(arr, 0, 255, out=arr).astype(np.uint8)
+        gray = _gray_to_uint8(np.array(img, dtype=np.float32), img.mode)
         return np.repeat(gray[:, :, None], 3, axis=2)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
