@@ -80,10 +80,24 @@ def test_file_system_errors_while_writing_are_one_line(
     assert "Is a directory: " in _error(capsys)
 
 
-@pytest.mark.filterwarnings("ignore:Exporting to ONNX opset version 99")
 def test_export_onnx_opset_errors(mobilesam_model: torch.nn.Module, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="ONNX opset 13 is too old: the decoder needs 14 or newer"):
         export_decoder_onnx(mobilesam_model, tmp_path / "d.onnx", opset=13)
-    with pytest.raises(OVSamError, match="ONNX export at opset 99 failed: .*99"):
-        export_decoder_onnx(mobilesam_model, tmp_path / "d.onnx", opset=99)
+    with pytest.raises(
+        InputError, match=r"ONNX opset 21 is newer than torch .* \(opsets 14 to 20\)"
+    ):
+        export_decoder_onnx(mobilesam_model, tmp_path / "d.onnx", opset=21)
+    assert not (tmp_path / "d.onnx").exists()
     assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_export_onnx_failure_inside_torch_is_one_error_and_no_file(
+    mobilesam_model: torch.nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing_export(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("Unsupported: ONNX export of operator foo\nlong IR dump ...")
+
+    monkeypatch.setattr(torch.onnx, "export", failing_export)
+    with pytest.raises(OVSamError, match=r"^ONNX export at opset 17 failed: Unsupported: .* foo$"):
+        export_decoder_onnx(mobilesam_model, tmp_path / "d.onnx")
+    assert not any(tmp_path.iterdir())

@@ -32,6 +32,8 @@ from ovsam.fileio import atomic_path
 
 # The attention layers export as an ONNX op that opset 14 introduced.
 MIN_OPSET = 14
+# The newest opset torch's TorchScript exporter (used here) writes.
+MAX_OPSET: int = getattr(torch.onnx._constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20)
 INPUT_NAMES = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input")
 OUTPUT_NAMES = ("low_res_masks", "iou_predictions")
 
@@ -70,11 +72,16 @@ def example_inputs(points: int = 3) -> tuple[Tensor, ...]:
 def export_decoder_onnx(model: nn.Module, path: str | Path, opset: int = 17) -> Path:
     """Write ``model``'s prompt decoder to ``path`` (atomically); the point axis is dynamic.
 
-    Raises :class:`InputError` for an opset under :data:`MIN_OPSET` and :class:`OVSamError`
-    when torch cannot export at ``opset`` (e.g. one newer than it knows).
+    Raises :class:`InputError` for an opset outside :data:`MIN_OPSET`..:data:`MAX_OPSET` and
+    :class:`OVSamError` when torch's export fails.
     """
     if opset < MIN_OPSET:
         raise InputError(f"ONNX opset {opset} is too old: the decoder needs {MIN_OPSET} or newer")
+    if opset > MAX_OPSET:
+        raise InputError(
+            f"ONNX opset {opset} is newer than torch {torch.__version__} exports "
+            f"(opsets {MIN_OPSET} to {MAX_OPSET})"
+        )
     module = PromptDecoderForOnnx(model).eval()
     path = Path(path)
     with atomic_path(path) as tmp, warnings.catch_warnings():

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ovsam.cli.segment_cmd import add_model_arguments
+from ovsam.export_onnx import MAX_OPSET, MIN_OPSET
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -17,7 +18,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", type=Path, required=True, help="output .onnx file")
     parser.add_argument(
-        "--opset", type=int, default=17, help="ONNX opset, 14 or newer (default 17)"
+        "--opset",
+        type=int,
+        default=17,
+        help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET} (default 17)",
     )
     add_model_arguments(parser, device=False)  # exported and checked on the CPU
     parser.set_defaults(run=run)
