@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pytest
 
-import ovsam.clip.factory as clip_factory
+import ovsam.recognizers as recognizers
+import ovsam.segment_job as segment_job
+import ovsam.weights as weights
 from ovsam.assets import SAMPLE_BOX, SAMPLE_PHOTO
 from ovsam.cli.main import main
 from ovsam.errors import WeightsUnavailableError
+from ovsam_fixtures import small_ovsam
 
 BOX = [str(v) for v in SAMPLE_BOX]
 
@@ -29,21 +32,80 @@ def _argv(out: Path, checkpoint: Path, *extra: str) -> list[str]:
     ]
 
 
-def test_labels_without_weights_say_what_to_download(
-    tmp_path: Path,
-    mobilesam_checkpoint: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture,
-) -> None:
-    def offline(name: str, **_: object) -> Path:
-        raise WeightsUnavailableError(f"could not obtain weights {name!r} from any source")
+@pytest.fixture()
+def offline(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """No weights can be downloaded; returns the names asked for."""
+    asked: list[str] = []
 
-    monkeypatch.setattr(clip_factory, "resolve_weights", offline)
+    def fail(spec: weights.WeightsSpec, **_: object) -> Path:
+        asked.append(spec.name)
+        raise WeightsUnavailableError(
+            f"could not obtain weights {spec.name!r} from any source (URLError: offline); "
+            "download it yourself"
+        )
+
+    monkeypatch.setattr(weights, "download_weights", fail)
+    return asked
+
+
+def test_labels_without_weights_say_what_to_download(
+    tmp_path: Path, mobilesam_checkpoint: Path, offline: list[str], capsys: pytest.CaptureFixture
+) -> None:
     assert main(_argv(tmp_path / "out", mobilesam_checkpoint, "--vocab", "coco")) == 2
     err = capsys.readouterr().err
-    assert "no recognition weights: clip_RN50x16_openai could not be loaded" in err
-    assert "ovsam download clip_RN50x16_openai" in err and "--random-recognition" in err
-    assert not (tmp_path / "out").exists()
+    assert len(err.strip().splitlines()) == 1, err  # one line, like every CLI error
+    assert "no recognition weights: clip_RN50x16_openai could not be obtained" in err
+    assert "'ovsam download clip_RN50x16_openai'" in err and "--random-recognition" in err
+    assert offline == ["clip_RN50x16_openai"] and not (tmp_path / "out").exists()
+
+
+def test_ovsam_without_weights_names_every_missing_file(
+    tmp_path: Path, offline: list[str], capsys: pytest.CaptureFixture
+) -> None:
+    argv = ["segment", str(SAMPLE_PHOTO), "--box", *BOX, "--out", str(tmp_path / "out"),
+            "--vocab", "coco", "--recognizer", "ovsam", "--model", "ovsam_coco"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    files = ["clip_RN50x16_openai", "ovsam_sam2clip_vith_rn50x16",
+             "ovsam_clip2sam_coco_rn50x16", "sam_vit_h_4b8939"]  # fmt: skip
+    assert offline == files  # every file is tried, not just the first
+    assert f"no recognition weights: {', '.join(files)} could not be obtained" in err
+    assert f"'ovsam download {' '.join(files)}'" in err and "--random-recognition" in err
+
+
+def test_ovsam_random_recognition_says_masks_are_random_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    built: list[tuple[str, bool]] = []
+
+    def small_model(name: str, checkpoint: object = None, pretrained: bool = True) -> object:
+        built.append((name, pretrained))
+        return small_ovsam()  # CLIP RN50 joint space, random like the real one would be
+
+    captions: list[str | None] = []
+    write_result = segment_job.write_result
+
+    def spy(*args: object, caption: str | None = None, **kwargs: object) -> object:
+        captions.append(caption)
+        return write_result(*args, caption=caption, **kwargs)
+
+    monkeypatch.setattr(recognizers, "build_model", small_model)
+    monkeypatch.setattr(segment_job, "write_result", spy)
+    argv = ["segment", str(SAMPLE_PHOTO), "--box", *BOX, "--out", str(tmp_path),
+            "--vocab", " cup ; saucer ;spoon", "--recognizer", "ovsam", "--model", "ovsam_coco",
+            "--random-recognition", "--clip", "RN50", "--templates", "none"]  # fmt: skip
+    assert main(argv) == 0
+    assert built == [("ovsam_coco", False)]
+    out = capsys.readouterr().out
+    note = "random OV-SAM and CLIP weights (testing only): masks and labels are meaningless"
+    assert note in out and "stability score " in out
+    assert "mask stability" not in out and "predicted IoU" not in out
+    record = json.loads((tmp_path / "result.json").read_text())
+    assert record["recognition_weights"] == note
+    assert record["predicted_iou"] is None and isinstance(record["stability_score"], float)
+    assert record["vocabulary"] == ["cup", "saucer", "spoon"]  # a JSON list, stripped
+    assert captions[0] is not None and captions[0].endswith("(random weights: mask and label)")
 
 
 def test_labels_end_to_end_with_random_recognition_opt_in(
@@ -53,10 +115,16 @@ def test_labels_end_to_end_with_random_recognition_opt_in(
     argv += ["--random-recognition", "--templates", "none", "--clip", "RN50", "--top-k", "2"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "label: " in out and "labels are meaningless" in out
+    assert "label: " in out and "labels are meaningless" in out and "masks" not in out
+    assert "predicted IoU " in out
     record = json.loads((tmp_path / "result.json").read_text())
     assert record["label"] in ("cup", "saucer", "spoon") and len(record["labels"]) == 2
-    assert record["recognizer"] == "image-crop" and "meaningless" in record["recognition_weights"]
+    assert record["recognition_weights"] == recognizers.RANDOM_NOTE
+    assert record["recognizer"] == "image-crop" and record["predicted_iou"] > 0.5
+    assert (
+        record["vocabulary"] == ["cup", "saucer, plate", "spoon"]
+        and "stability_score" not in record
+    )
     assert record["area"] > 30_000  # segmentation itself is the real MobileSAM's
 
 
@@ -94,3 +162,19 @@ def test_result_names_the_model_that_segmented() -> None:
     ovsam = LabelOptions(recognizer="ovsam")
     assert segmentation_model_name(ovsam, "mobilesam") == "ovsam_coco"  # not "mobilesam"
     assert segmentation_model_name(ovsam, "ovsam_lvis") == "ovsam_lvis"
+
+
+def test_result_vocabulary_and_weights_notes() -> None:
+    from ovsam.recognizers import RANDOM_MODEL_NOTE, RANDOM_NOTE, LabelOptions
+    from ovsam.vocab import load_vocabulary
+
+    assert LabelOptions(vocabulary="coco").describe_vocabulary() == "coco"
+    assert LabelOptions(vocabulary=load_vocabulary("lvis")).describe_vocabulary() == "lvis"
+    custom = load_vocabulary(["cup , mug", " saucer"])
+    assert LabelOptions(vocabulary=custom).describe_vocabulary() == ["cup, mug", "saucer"]
+    assert LabelOptions(vocabulary=Path("my.txt")).describe_vocabulary() == "my.txt"
+    crop, ovsam = LabelOptions(random_weights=True), LabelOptions("coco", recognizer="ovsam")
+    assert crop.describe_weights() == RANDOM_NOTE and crop.caption_note() == " (random weights)"
+    assert ovsam.describe_weights() == "CLIP RN50x16 (openai)" and ovsam.caption_note() == ""
+    random_ovsam = LabelOptions(recognizer="ovsam", random_weights=True)
+    assert random_ovsam.describe_weights() == RANDOM_MODEL_NOTE

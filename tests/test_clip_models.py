@@ -231,3 +231,15 @@ def test_names_tags_and_registered_weights() -> None:
     spec = get_weights_spec(pretrained_weights_name("RN50x16", "openai"))
     assert spec.sha256 is not None and spec.sha256 in spec.sources[0].describe()
     assert ("convnext_large_d_320", "laion2b_s29b_b131k_ft_soup") in list_pretrained()
+
+
+def test_random_weights_are_flagged_until_weights_are_loaded(tmp_path: Path) -> None:
+    assert create_model("RN50").random_weights  # no pretrained: random, and it says so
+    torch.manual_seed(0)
+    model = CLIP(TINY)
+    assert model.random_weights
+    torch.save(model.state_dict(), tmp_path / "tiny.pt")
+    assert not load_clip(tmp_path / "tiny.pt").random_weights
+    copy = CLIP(TINY)
+    copy.load_state_dict(model.state_dict())
+    assert not copy.random_weights and model.random_weights  # per instance

@@ -26,6 +26,8 @@ TINY = CLIPConfig(
     True,
 )
 NAMES = ["cup", "saucer", "spoon", "table"]
+# these tests use a random CLIP on purpose (the warning itself is tested below)
+pytestmark = pytest.mark.filterwarnings("ignore:CLIP model has random weights")
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +95,26 @@ def test_feature_crop_region_equal_to_a_class_ranks_first(mobilesam_model, clip:
 def test_unknown_baseline_kind(mobilesam_model, clip: CLIP) -> None:
     with pytest.raises(InputError, match="unknown baseline 'pixel-crop'"):
         CropBaselinePredictor(mobilesam_model, clip, "pixel-crop")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", ["image-crop", "feature-crop"])
+def test_random_clip_warns_once_and_marks_every_label(mobilesam_model, kind: str) -> None:
+    import warnings
+
+    torch.manual_seed(1)
+    clip = CLIP(TINY)  # no weights loaded, as create_model(name) without pretrained
+    with pytest.warns(UserWarning) as caught:
+        predictor = CropBaselinePredictor(mobilesam_model, clip, kind, templates="none")
+    assert [str(w.message) for w in caught] == [
+        "CLIP model has random weights: labels are meaningless"
+    ]
+    predictor.set_image(load_image(SAMPLE_PHOTO))
+    predictor.set_vocabulary(NAMES, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once: not per prediction, not when opted in
+        labels = predictor.predict(box=np.array(SAMPLE_BOX), multimask_output=False)[3]
+        assert predictor.random_weights and labels[0].random_weights
+        CropBaselinePredictor(mobilesam_model, clip, kind, allow_random_weights=True)
+    clip.load_state_dict(clip.state_dict())  # weights loaded: the labels are no longer marked
+    labels = predictor.recognize_masks(np.ones((1, 400, 600), dtype=bool))
+    assert not predictor.random_weights and not labels[0].random_weights

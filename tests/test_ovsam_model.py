@@ -20,6 +20,9 @@ from ovsam.ov.classifier import calibrate_unknown_threshold, fused_probabilities
 from ovsam.ov.predictor import OVSamPredictor
 from ovsam_fixtures import small_ovsam
 
+# these tests use random models on purpose (the warning itself is tested below)
+pytestmark = pytest.mark.filterwarnings("ignore:OVSam model has random weights")
+
 
 def test_official_architecture_sizes_and_key_names() -> None:
     with torch.device("meta"):
@@ -201,10 +204,52 @@ def test_own_checkpoint_is_self_describing(tmp_path: Path) -> None:
     path = save_ovsam(official_like, tmp_path / "official.safetensors")
     loaded = build_model(str(path))
     assert loaded.config == official_like.config
+    assert official_like.random_weights and not loaded.random_weights
     torch.testing.assert_close(
         loaded.state_dict()["mask_decoder.label_token.weight"],
         official_like.state_dict()["mask_decoder.label_token.weight"],
     )
+
+
+def test_random_weights_warn_once_and_mark_every_label() -> None:
+    import warnings
+
+    model = small_ovsam(3)
+    with pytest.warns(UserWarning) as caught:
+        predictor = OVSamPredictor(model, top_k=2)
+    assert [str(w.message) for w in caught] == [
+        "OVSam model has random weights: labels are meaningless"
+    ]
+    predictor.set_text_bank(TextBank(("cup", "cat"), torch.ones(2, 1024), torch.arange(2), "k"))
+    predictor.set_image(np.zeros((64, 64, 3), dtype=np.uint8))
+    box = np.array([8, 8, 40, 40])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no further warning per prediction
+        assert predictor.random_weights and predictor.predict(box=box)[3][0].random_weights
+        OVSamPredictor(model, allow_random_weights=True)  # opted in (--random-recognition)
+    model.load_state_dict(model.state_dict())  # weights loaded: no longer random
+    assert not predictor.random_weights and not predictor.predict(box=box)[3][0].random_weights
+
+
+def test_missing_official_files_are_all_named_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ovsam.weights as weights
+    from ovsam.errors import WeightsUnavailableError
+    from ovsam.ov import load_official_ovsam, official_weights
+
+    def offline(spec: weights.WeightsSpec, **_: object) -> Path:
+        raise WeightsUnavailableError(f"could not obtain weights {spec.name!r}")
+
+    monkeypatch.setattr(weights, "download_weights", offline)
+    files = ["ovsam_sam2clip_vith_rn50x16", "ovsam_clip2sam_lvis_rn50x16", "clip_RN50_openai",
+             "sam_vit_h_4b8939"]  # fmt: skip
+    with pytest.raises(WeightsUnavailableError) as info:
+        load_official_ovsam(small_ovsam(), dataset="lvis", progress=False)
+    assert str(info.value) == (
+        f"OV-SAM weights missing: {', '.join(files)} could not be obtained; "
+        f"get them with 'ovsam download {' '.join(files)}'"
+    )
+    assert official_weights("ovsam_coco_rn50x16")[1] == "ovsam_clip2sam_coco_rn50x16"
+    assert official_weights("mobilesam") == []
 
 
 def test_predictor_errors() -> None:

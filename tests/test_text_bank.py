@@ -129,6 +129,30 @@ def test_bank_input_errors(model: CLIP) -> None:
         build_text_bank(model, ["cat", " "], cache=False)
 
 
+def test_names_too_long_for_the_context_are_refused(model: CLIP) -> None:
+    stem = "very " * 68  # one token each
+    names = [stem + "red mug", stem + "blue mug"]  # would be cut to the same prompts
+    with pytest.raises(InputError) as info:
+        build_text_bank(model, names, TEMPLATES, cache=False, progress=False)
+    message = str(info.value)
+    assert "class name 'very very very very very very very ve...' is too long" in message
+    assert "70 tokens, 78 in the prompt 'there is a {} in the scene'" in message
+    assert "CLIP's text context holds 77" in message
+    fits = "very " * 74 + "mug"  # 75 tokens + start/end: exactly the context
+    assert len(build_text_bank(model, [fits], ["{}"], cache=False, progress=False)) == 1
+    with pytest.raises(InputError, match="76 tokens, 78 in the prompt '\\{\\}'"):
+        build_text_bank(model, ["very " + fits], ["{}"], cache=False, progress=False)
+
+
+def test_builtin_vocabularies_fit_the_context() -> None:
+    from ovsam.vocab import builtin_vocabulary, prompt_templates
+
+    longest = prompt_templates("openai")  # its longest template is the longest of all sets
+    for name in ("coco", "lvis", "imagenet1k", "imagenet21k"):
+        synonyms = builtin_vocabulary(name).synonyms
+        text_bank.check_context([n for s in synonyms for n in s], longest, 77)
+
+
 def _scene() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)

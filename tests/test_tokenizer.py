@@ -54,3 +54,10 @@ def test_decode_round_trip() -> None:
     tok = get_tokenizer()
     assert tok.decode(tok.encode("A Photo of a hot-dog!")) == "a photo of a hot - dog !"
     assert tok.decode(tokenize("café")[0].tolist()) == "café"
+
+
+def test_count_includes_start_and_end_and_sees_past_the_context() -> None:
+    tok = get_tokenizer()
+    assert tok.count("a photo of a cat.") == len(tok.encode("a photo of a cat.")) + 2 == 8
+    assert tok.count("") == 2
+    assert tok.count("word " * 200) == 202  # what tokenize() would cut to 77

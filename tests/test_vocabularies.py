@@ -137,6 +137,17 @@ def test_vocabulary_errors(tmp_path: Path) -> None:
         load_vocabulary(["a", "b", "c"], max_classes=2)
 
 
+def test_a_synonym_repeated_on_another_line_is_a_duplicate(tmp_path: Path) -> None:
+    path = tmp_path / "cups.txt"
+    path.write_text("cup, mug\n# comment\n\nMug\n", encoding="utf-8")
+    with pytest.raises(InputError, match="duplicate class name 'Mug' \\(line 1 and line 4\\)"):
+        load_vocabulary(path)
+    with pytest.raises(InputError, match="duplicate class name 'kitty' \\(entry 1 and entry 2"):
+        load_vocabulary(["cat, kitty", "dog, kitty"])
+    same_line = load_vocabulary(["cup, Cup, mug", "saucer"])  # one line repeating is harmless
+    assert same_line.classes == ("cup", "saucer")
+
+
 def test_templates_and_synonym_rule() -> None:
     assert len(prompt_templates("vild")) == 14 and prompt_templates("vild")[0] == "a photo of a {}."
     assert (
@@ -202,8 +213,15 @@ def test_command_line_vocabulary_argument() -> None:
     from ovsam.vocab import parse_vocabulary_argument
 
     assert parse_vocabulary_argument(" coco ") == "coco"
-    assert parse_vocabulary_argument("cup; saucer, plate") == ["cup", " saucer, plate"]
+    assert parse_vocabulary_argument("cup; saucer, plate") == ["cup", "saucer, plate"]
+    assert parse_vocabulary_argument("cup; mug ;saucer ") == ["cup", "mug", "saucer"]
+    assert parse_vocabulary_argument(" cup , mug") == ["cup", "mug"]
     assert parse_vocabulary_argument("cup;") == ["cup"]
+    for text, position in (("cup; ; mug", 2), ("; cup", 1), ("cup;;", 2), ("cup,,mug", 2)):
+        with pytest.raises(InputError, match=f"vocabulary entry {position} is an empty class"):
+            parse_vocabulary_argument(text)
+    with pytest.raises(InputError, match="'mug' \\(vocabulary entry 1 and vocabulary entry 2"):
+        parse_vocabulary_argument("cup, mug; mug")
     with pytest.raises(InputError, match="vocabulary is empty"):
         parse_vocabulary_argument("  ")
     with pytest.raises(

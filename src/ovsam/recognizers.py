@@ -1,10 +1,12 @@
 """Build a labelled predictor for the CLI / server: OV-SAM or a SAM + CLIP crop baseline.
 
-Recognition needs CLIP weights, which cannot be downloaded everywhere. :func:`build_labeled_predictor`
-fetches them through the weights registry and, when they are missing, raises
-:class:`RecognitionWeightsMissing` saying exactly which file to get and how. Random recognition
-weights are used only when the caller opts in (``random_weights=True``), for testing the
-pipeline; their labels are meaningless and every output says so.
+Recognition needs CLIP weights (and, for ``ovsam``, the official OV-SAM files), which cannot
+be downloaded everywhere. :func:`build_labeled_predictor` fetches them through the weights
+registry and, when some are missing, raises :class:`RecognitionWeightsMissing`: one line naming
+every missing file and the one ``ovsam download`` command that gets them. Random weights are
+used only when the caller opts in (``random_weights=True``), for testing the pipeline; their
+labels (and, with ``ovsam``, whose whole model is then random, the masks) are meaningless and
+every output says so.
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ import torch
 
 from ovsam.build import build_model
 from ovsam.errors import WeightsUnavailableError
-from ovsam.vocab import Vocabulary
+from ovsam.vocab import BUILTIN_VOCABULARIES, Vocabulary
 
 RECOGNIZERS = ("image-crop", "feature-crop", "ovsam")
 RANDOM_NOTE = "random recognition weights (testing only): labels are meaningless"
+RANDOM_MODEL_NOTE = (
+    "random OV-SAM and CLIP weights (testing only): masks and labels are meaningless"
+)
 
 
 class RecognitionWeightsMissing(WeightsUnavailableError):
@@ -41,17 +46,51 @@ class LabelOptions:
     templates: str = "vild"
 
     def describe_weights(self) -> str:
+        """The weights that name (with ``ovsam``: also segment) the masks, or the note that
+        they are random and which outputs are therefore meaningless."""
+        if not self.random_weights:
+            return f"CLIP {self.clip_model} ({self.clip_weights})"
+        return RANDOM_MODEL_NOTE if self.recognizer == "ovsam" else RANDOM_NOTE
+
+    def caption_note(self) -> str:
+        """What a caption appends: which of its outputs come from random weights ('' if none)."""
+        if not self.random_weights:
+            return ""
         return (
-            RANDOM_NOTE if self.random_weights else f"CLIP {self.clip_model} ({self.clip_weights})"
+            " (random weights: mask and label)"
+            if self.recognizer == "ovsam"
+            else " (random weights)"
         )
 
+    def describe_vocabulary(self) -> str | list[str]:
+        """The vocabulary for a JSON record: a built-in name or file path as given, else the
+        stripped class entries (``"saucer, plate"`` keeps its synonyms)."""
+        vocabulary = self.vocabulary
+        if isinstance(vocabulary, Vocabulary):
+            if vocabulary.name in BUILTIN_VOCABULARIES:
+                return vocabulary.name
+            return [", ".join(names) for names in vocabulary.synonyms]
+        if isinstance(vocabulary, (str, Path)):
+            return str(vocabulary)
+        return [entry.strip() for entry in vocabulary]
 
-def _missing(what: str, exc: Exception) -> RecognitionWeightsMissing:
-    return RecognitionWeightsMissing(
-        f"no recognition weights: {what} could not be loaded.\n{exc}\n"
-        f"Get them with 'ovsam download {what}' (or pass a local file), or add "
-        "--random-recognition to test the pipeline with random weights (labels meaningless)."
-    )
+
+def required_weights(
+    options: LabelOptions, sam_model: str = "mobilesam", checkpoint: str | Path | None = None
+) -> list[str]:
+    """The registered weights :func:`build_labeled_predictor` needs (none with random weights;
+    local files are not listed)."""
+    from ovsam.clip.pretrained import pretrained_weights_name
+    from ovsam.ov import official_weights
+
+    if options.random_weights:
+        return []
+    names: list[str] = []
+    if not Path(str(options.clip_weights)).is_file():
+        names.append(pretrained_weights_name(options.clip_model, str(options.clip_weights)))
+    if options.recognizer == "ovsam" and checkpoint is None:
+        names += official_weights(segmentation_model_name(options, sam_model))
+    return list(dict.fromkeys(names))
 
 
 def segmentation_model_name(options: LabelOptions | None, sam_model: str) -> str:
@@ -70,35 +109,36 @@ def build_labeled_predictor(
 ):  # noqa: ANN201 - OVSamPredictor | CropBaselinePredictor
     """A predictor whose ``predict`` returns ``(masks, scores, low_res, labels)``."""
     from ovsam.clip.factory import create_model
-    from ovsam.clip.pretrained import pretrained_weights_name
     from ovsam.errors import InputError
+    from ovsam.ov.checkpoints import WeightsMissing, resolve_all
 
     if options.recognizer not in RECOGNIZERS:
         raise InputError(
             f"unknown recognizer {options.recognizer!r}; choose one of {', '.join(RECOGNIZERS)}"
         )
-    pretrained = None if options.random_weights else options.clip_weights
-    clip_name = (
-        str(options.clip_weights)
-        if Path(str(options.clip_weights)).is_file()
-        else pretrained_weights_name(options.clip_model, str(options.clip_weights))
-    )
-    if options.random_weights:
-        torch.manual_seed(0)  # reproducible (meaningless) labels
     try:
-        clip = create_model(options.clip_model, pretrained=pretrained, device=device)
-    except WeightsUnavailableError as exc:
-        raise _missing(clip_name, exc) from exc
+        resolve_all(required_weights(options, sam_model, checkpoint))
+    except WeightsMissing as exc:
+        raise RecognitionWeightsMissing(
+            f"no recognition weights: {', '.join(exc.missing)} could not be obtained; get them "
+            f"with 'ovsam download {' '.join(exc.missing)}' (or pass local files), or add "
+            "--random-recognition to test the pipeline with random weights"
+        ) from exc
+    random = options.random_weights
+    if random:
+        torch.manual_seed(0)  # reproducible (meaningless) labels
+    pretrained = None if random else options.clip_weights
+    clip = create_model(options.clip_model, pretrained=pretrained, device=device)
     if options.recognizer == "ovsam":
         from ovsam.ov.predictor import OVSamPredictor
 
         name = segmentation_model_name(options, sam_model)
-        try:
-            model = build_model(name, checkpoint, pretrained=not options.random_weights)
-        except WeightsUnavailableError as exc:
-            raise _missing(name, exc) from exc
         predictor = OVSamPredictor(
-            model.to(device), text_model=clip, templates=options.templates, top_k=options.top_k
+            build_model(name, checkpoint, pretrained=not random).to(device),
+            text_model=clip,
+            templates=options.templates,
+            top_k=options.top_k,
+            allow_random_weights=random,
         )
     else:
         from ovsam.ov.baselines import CropBaselinePredictor
@@ -110,6 +150,7 @@ def build_labeled_predictor(
             options.recognizer,
             templates=options.templates,
             top_k=options.top_k,  # type: ignore[arg-type]
+            allow_random_weights=random,
         )
     predictor.set_vocabulary(options.vocabulary)
     return predictor

@@ -13,6 +13,10 @@ from ovsam.outputs import Prompt, write_result
 from ovsam.predictor import SamPredictor
 from ovsam.recognizers import LabelOptions, build_labeled_predictor, segmentation_model_name
 
+# how each mask score is named (result.json key -> terminal): SAM's IoU head, or the stability
+# score of decoders without one (OV-SAM's CLIP2SAM head: ``score_name = "stability_score"``)
+SCORE_WORDS = {"predicted_iou": "predicted IoU", "stability_score": "stability score"}
+
 
 def choose_multimask(num_points: int, has_box: bool) -> bool:
     """SAM's rule: ask for three candidates only for a lone point (ambiguous prompt)."""
@@ -36,7 +40,9 @@ def segment_image(
     For a box the single-mask output is used; for a lone point the best of the three
     candidates. Writes the outputs of :func:`ovsam.outputs.write_result`; returns their
     paths and a one-line summary. With ``label_options`` the mask is also named (top-k labels
-    in the JSON, the best on the overlay; see :mod:`ovsam.recognizers`).
+    in the JSON, the best on the overlay; see :mod:`ovsam.recognizers`). A decoder without an
+    IoU head (OV-SAM) scores masks by stability: the JSON then has ``"predicted_iou": null`` and
+    ``"stability_score"``, and the summary says "stability score".
     """
     image = load_image(image_path)
     if label_options is None:
@@ -55,18 +61,19 @@ def segment_image(
     best = int(np.argmax(scores))
     model = segmentation_model_name(label_options, model_name)
     extra: dict[str, object] = {"model": model, "image": str(image_path)}
+    score_name = getattr(predictor.model.mask_decoder, "score_name", "predicted_iou")
+    if score_name != "predicted_iou":
+        extra |= {"predicted_iou": None, score_name: float(scores[best])}
     caption = None
     if label_options is not None:
         named = recognized[0][best]
-        caption = f"{named.label} {named.top[0][1]:.2f}"
-        if label_options.random_weights:
-            caption += " (random weights)"
+        caption = f"{named.label} {named.top[0][1]:.2f}{label_options.caption_note()}"
         extra |= {
             "label": named.label,
             "labels": [{"name": n, "score": round(p, 6)} for n, p in named.top],
             "recognizer": label_options.recognizer,
             "recognition_weights": label_options.describe_weights(),
-            "vocabulary": str(label_options.vocabulary),
+            "vocabulary": label_options.describe_vocabulary(),
         }
     prompt = Prompt(
         points=[(float(x), float(y)) for x, y in all_points],
@@ -77,11 +84,9 @@ def segment_image(
         out_dir, image, masks[best], float(scores[best]), prompt, extra=extra, caption=caption
     )
     area = int(masks[best].sum())
-    ovsam_decoder = label_options is not None and label_options.recognizer == "ovsam"
-    quality = "mask stability" if ovsam_decoder else "predicted IoU"  # OV-SAM has no IoU head
     summary = (
         f"mask: {area} pixels ({100.0 * area / masks[best].size:.1f}% of the image), "
-        f"{quality} {scores[best]:.3f}"
+        f"{SCORE_WORDS[score_name]} {scores[best]:.3f}"
     )
     if caption is not None:
         tops = ", ".join(f"{n} {p:.2f}" for n, p in named.top)

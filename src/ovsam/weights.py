@@ -6,7 +6,7 @@ verified local file, downloading on first use into :func:`cache_dir` (``~/.cache
 ``$OVSAM_CACHE_DIR``). Downloads go to a temporary file and are renamed into place only after
 the size and sha256 check passes, so a truncated or corrupt download is never kept; the next
 source is tried instead. When every source fails, one :class:`WeightsUnavailableError` lists
-each source and why it failed. A path to an existing local file is always accepted as is.
+each source and why it failed, in one line. A path to an existing local file is always accepted as is.
 """
 
 from __future__ import annotations
@@ -266,14 +266,15 @@ def download_weights(
                     if problem is not None:
                         raise OSError(f"integrity check failed: {problem}")
             except Exception as exc:  # noqa: BLE001 - every failure moves on to the next source
-                failures.append(f"  - {source.describe()}: {type(exc).__name__}: {exc}")
+                why = " ".join(str(exc).split())  # one line
+                failures.append(f"{source.describe()}: {type(exc).__name__}: {why}")
                 continue
             target.with_name(target.name + ".verified").write_text(_stamp(target))
             return target
-    tried = "\n".join(failures) or "  (no sources registered)"
+    tried = "; ".join(failures) or "no sources registered"
     raise WeightsUnavailableError(
-        f"could not obtain weights {spec.name!r} from any source:\n{tried}\n"
-        f"Download {spec.filename} yourself and pass its path, or place it at {target}."
+        f"could not obtain weights {spec.name!r} from any source ({tried}); "
+        f"download {spec.filename} yourself and pass its path, or place it at {target}"
     )
 
 

@@ -133,7 +133,8 @@ def create_model(
     progress: bool = True,
 ) -> CLIP:
     """Build the registered CLIP ``name``; load ``pretrained`` (a tag such as ``"openai"`` or a
-    checkpoint path) strictly. Without ``pretrained`` the weights are random (for tests)."""
+    checkpoint path) strictly. Without ``pretrained`` the weights are random (for tests) and
+    ``model.random_weights`` is True: labelled predictors then warn and mark their labels."""
     if pretrained == "openai" and quick_gelu is None:
         quick_gelu = True
     model = CLIP(get_clip_config(name, quick_gelu))

@@ -9,6 +9,8 @@ The module tree (and so every state-dict key) is OpenAI's: ``visual.*`` (see
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -45,9 +47,26 @@ def build_vision_tower(config: CLIPConfig) -> ModifiedResNet | VisionTransformer
     return ConvNeXtTower(v.layers, v.dims, config.embed_dim, v.head, v.image_size, v.norm_eps)
 
 
-class CLIP(nn.Module):
+class RandomWeightsFlag(nn.Module):
+    """Mixin: ``random_weights`` is True (random initialisation) until ``load_state_dict`` loads
+    weights, which every loader ends with. Labelled predictors check it (see
+    :func:`ovsam.ov.classifier.check_random_weights`): labels from random weights are meaningless.
+    """
+
+    random_weights: bool = True
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:  # noqa: ANN401 - torch's _IncompatibleKeys
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self.random_weights = False
+        return result
+
+
+class CLIP(RandomWeightsFlag):
     """Contrastive image/text model. Images: ``Bx3xHxW`` normalised with ``CLIP_MEAN/STD``;
-    text: ``BxL`` token ids from :mod:`ovsam.clip.tokenizer` (EOT = highest id, pooled)."""
+    text: ``BxL`` token ids from :mod:`ovsam.clip.tokenizer` (EOT = highest id, pooled).
+    ``random_weights`` stays True until weights are loaded (:class:`RandomWeightsFlag`)."""
 
     def __init__(self, config: CLIPConfig) -> None:
         super().__init__()

@@ -10,6 +10,8 @@ token tensors are cut to the longest prompt of each batch, which the causal mask
 make exact) and cached under ``<cache dir>/text_banks/<key>.safetensors``, where the key hashes
 the model architecture, the weights' identity, the names and the templates: any change rebuilds,
 and concurrent writers are safe (each writes a temporary file and renames it into place).
+A name too long for CLIP's 77-token context in the longest template is refused (the tokenizer
+would cut it silently).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ovsam.clip.model import CLIP
-from ovsam.clip.tokenizer import tokenize
+from ovsam.clip.tokenizer import get_tokenizer, tokenize
 from ovsam.errors import InputError
 from ovsam.fileio import atomic_path
 from ovsam.weights import cache_dir
@@ -84,6 +86,22 @@ def _check_templates(templates: Sequence[str]) -> tuple[str, ...]:
     if bad:
         raise InputError(f"each template needs exactly one '{{}}' placeholder: {bad[0]!r}")
     return templates
+
+
+def check_context(names: Sequence[str], templates: Sequence[str], context_length: int) -> None:
+    """Refuse (:class:`InputError`) a name whose prompt in the longest template does not fit
+    CLIP's text context: the tokenizer would cut it, so names that differ only at the end
+    would get the same embedding. (The built-in vocabularies need at most 24 tokens of 77.)"""
+    tokenizer = get_tokenizer()
+    longest = max(templates, key=lambda template: tokenizer.count(template.format("")))
+    for name in names:
+        count = tokenizer.count(longest.format(name))
+        if count > context_length:
+            short = name if len(name) <= 40 else f"{name[:37]}..."
+            raise InputError(
+                f"class name {short!r} is too long: {len(tokenizer.encode(name))} tokens, "
+                f"{count} in the prompt {longest!r}; CLIP's text context holds {context_length}"
+            )
 
 
 def text_tower_fingerprint(model: CLIP) -> str:
@@ -172,6 +190,7 @@ def build_text_bank(
         if path.is_file() and (hit := _read_cached(path, key, display)) is not None:
             return hit
     flat = [name.strip() for names in synonyms for name in names]
+    check_context(flat, templates, model.config.text.context_length)
     class_index = torch.tensor([i for i, names in enumerate(synonyms) for _ in names])
     embeddings = _embed_synonyms(model, flat, templates, batch_texts, progress)
     bank = TextBank(display, embeddings, class_index, key)

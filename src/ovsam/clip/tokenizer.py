@@ -122,6 +122,10 @@ class Tokenizer:
             ids.extend(self.encoder[p] for p in self._merge(mapped))
         return ids
 
+    def count(self, text: str) -> int:
+        """Tokens of ``text`` framed by start/end (cut by ``__call__`` above the context)."""
+        return len(self.encode(text)) + 2
+
     def decode(self, ids: Sequence[int]) -> str:
         """Text of token ids (start/end/padding ids are dropped; word ends become spaces)."""
         chars = "".join(self.decoder[i] for i in ids if i not in (0, self.sot_id, self.eot_id))

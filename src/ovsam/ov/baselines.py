@@ -25,7 +25,7 @@ from ovsam.clip.model import CLIP, CLIP_MEAN, CLIP_STD
 from ovsam.clip.region_classifier import classify_regions, mask_boxes_xyxy
 from ovsam.clip.text_bank import TextBank, build_text_bank
 from ovsam.errors import InputError, NotReadyError
-from ovsam.ov.classifier import Labels, top_labels
+from ovsam.ov.classifier import Labels, check_random_weights, top_labels
 from ovsam.ov.roi_align import roi_align
 from ovsam.predictor import ImageState, SamPredictor
 from ovsam.vocab import Vocabulary, load_vocabulary, prompt_templates
@@ -34,7 +34,10 @@ BaselineKind = Literal["image-crop", "feature-crop"]
 
 
 class CropBaselinePredictor(SamPredictor):
-    """SAM masks + CLIP labels; ``predict`` returns SAM's outputs plus ``[Labels]`` per mask."""
+    """SAM masks + CLIP labels; ``predict`` returns SAM's outputs plus ``[Labels]`` per mask.
+
+    A CLIP with random weights warns (unless ``allow_random_weights``, for tests) and marks
+    every :class:`Labels` (``random_weights``)."""
 
     def __init__(
         self,
@@ -44,17 +47,24 @@ class CropBaselinePredictor(SamPredictor):
         templates: str | Sequence[str] = "vild",
         top_k: int = 5,
         unknown_threshold: float = 0.0,
+        allow_random_weights: bool = False,
     ) -> None:
         if kind not in ("image-crop", "feature-crop"):
             raise InputError(f"unknown baseline {kind!r}: choose image-crop or feature-crop")
         super().__init__(sam)
         self.clip, self.kind, self.top_k = clip.eval(), kind, top_k
+        check_random_weights(clip, allow=allow_random_weights)
         self.templates = (
             prompt_templates(templates) if isinstance(templates, str) else tuple(templates)
         )
         self.unknown_threshold = unknown_threshold
         self.bank: TextBank | None = None
         self._image: np.ndarray | None = None
+
+    @property
+    def random_weights(self) -> bool:
+        """True while the CLIP has random weights (its labels are meaningless)."""
+        return check_random_weights(self.clip, allow=True)
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
         super().set_image(image, image_format)
@@ -110,7 +120,13 @@ class CropBaselinePredictor(SamPredictor):
                 -1
             )
         with_background = torch.cat([probs, probs.new_zeros((len(probs), 1))], dim=1)
-        return top_labels(with_background, self.bank.names, self.top_k, self.unknown_threshold)
+        return top_labels(
+            with_background,
+            self.bank.names,
+            self.top_k,
+            self.unknown_threshold,
+            self.random_weights,
+        )
 
     def predict(  # type: ignore[override]
         self,

@@ -20,7 +20,7 @@ Our format is one ``.safetensors`` file holding every tensor under our key names
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -71,6 +71,38 @@ CLIP2SAM = {
 SAM_VIT_H = "sam_vit_h_4b8939"
 
 
+class WeightsMissing(WeightsUnavailableError):
+    """Registered weights that could not be obtained; ``missing`` names every one."""
+
+    def __init__(self, what: str, missing: Sequence[str]) -> None:
+        self.missing = tuple(missing)
+        names = ", ".join(self.missing)
+        super().__init__(
+            f"{what}: {names} could not be obtained; get them with "
+            f"'ovsam download {' '.join(self.missing)}'"
+        )
+
+
+def resolve_all(names: Sequence[str], what: str = "weights", progress: bool = True) -> list[Path]:
+    """Local files of the registered weights ``names`` (fetched into the cache on first use);
+    :class:`WeightsMissing` (one line, ``what`` first) names every one that cannot be had."""
+    files: list[Path] = []
+    missing: list[str] = []
+    for name in names:
+        try:
+            files.append(resolve_weights(name, progress=progress))
+        except WeightsUnavailableError:
+            missing.append(name)
+    if missing:
+        raise WeightsMissing(what, missing)
+    return files
+
+
+def official_weights_names(dataset: str = "coco", clip_model: str = "RN50x16") -> list[str]:
+    """The registered weights the official OV-SAM of ``dataset`` (coco, lvis) is built from."""
+    return [SAM2CLIP, CLIP2SAM[dataset], pretrained_weights_name(clip_model, "openai"), SAM_VIT_H]
+
+
 def _take(
     state: Mapping[str, torch.Tensor], prefix: str, new_prefix: str
 ) -> dict[str, torch.Tensor]:
@@ -102,22 +134,11 @@ def official_state_dict(
 def load_official_ovsam(model: OVSam, dataset: str = "coco", progress: bool = True) -> OVSam:
     """Fetch (cache, verify) the four official files for ``dataset`` and load them strictly.
 
-    Raises :class:`~ovsam.errors.WeightsUnavailableError` naming each file and every source
-    tried when one cannot be had (e.g. offline).
+    Raises :class:`WeightsMissing` naming every file that cannot be had (e.g. offline) and
+    the one ``ovsam download`` command that fetches them.
     """
-    names = [
-        SAM2CLIP,
-        CLIP2SAM[dataset],
-        pretrained_weights_name(model.config.clip_model, "openai"),
-        SAM_VIT_H,
-    ]
-    try:
-        files = [resolve_weights(name, progress=progress) for name in names]
-    except WeightsUnavailableError as exc:
-        raise WeightsUnavailableError(
-            f"OV-SAM needs four checkpoints: {', '.join(names)}; fetch them with "
-            f"'ovsam download NAME'; each can also be placed in the cache by hand as below.\n{exc}"
-        ) from exc
+    names = official_weights_names(dataset, model.config.clip_model)
+    files = resolve_all(names, "OV-SAM weights missing", progress)
     load_state_dict_strict(
         model, official_state_dict(*files), source=", ".join(str(f) for f in files)
     )

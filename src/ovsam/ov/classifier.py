@@ -14,17 +14,19 @@ the lowest score at which the top-1 precision of the predictions kept reaches a 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ovsam.clip.text_bank import TextBank
 from ovsam.errors import InputError
 
 UNKNOWN = "unknown"
+RANDOM_WEIGHTS_WARNING = "{} model has random weights: labels are meaningless"
 
 
 def bank_logits(embeddings: Tensor, bank: TextBank, logit_scale: float) -> Tensor:
@@ -54,20 +56,37 @@ def fused_probabilities(
     return log_fused.softmax(-1)
 
 
+def check_random_weights(*models: nn.Module | None, allow: bool = False) -> bool:
+    """Whether any of ``models`` still has random weights (``random_weights``, see
+    :class:`~ovsam.clip.model.RandomWeightsFlag`); if so, and the caller did not ``allow`` it
+    (opt-in for tests, like ``--random-recognition``), a :class:`UserWarning` says so."""
+    random = [type(m).__name__ for m in models if getattr(m, "random_weights", False)]
+    if random and not allow:
+        warnings.warn(RANDOM_WEIGHTS_WARNING.format("/".join(random)), UserWarning, stacklevel=3)
+    return bool(random)
+
+
 @dataclass(frozen=True)
 class Labels:
     """Per region: ``top`` = ``[(name, probability), ...]`` best first over the vocabulary,
-    ``label`` = best name or ``"unknown"``, ``background`` = probability of "no object"."""
+    ``label`` = best name or ``"unknown"``, ``background`` = probability of "no object";
+    ``random_weights``: True when they come from random weights (meaningless)."""
 
     top: list[tuple[str, float]]
     label: str
     background: float
+    random_weights: bool = False
 
 
 def top_labels(
-    probs: Tensor, names: Sequence[str], top_k: int, unknown_threshold: float = 0.0
+    probs: Tensor,
+    names: Sequence[str],
+    top_k: int,
+    unknown_threshold: float = 0.0,
+    random_weights: bool = False,
 ) -> list[Labels]:
-    """Turn ``Bx(C+1)`` probabilities into :class:`Labels` (background excluded from top-k)."""
+    """Turn ``Bx(C+1)`` probabilities into :class:`Labels` (background excluded from top-k;
+    ``random_weights`` marks every one)."""
     if top_k < 1:
         raise InputError(f"top_k must be >= 1, got {top_k}")
     classes = probs[:, :-1]
@@ -79,7 +98,7 @@ def top_labels(
             for i, s in zip(indices[row].tolist(), scores[row].tolist(), strict=True)
         ]
         label = top[0][0] if top[0][1] >= unknown_threshold else UNKNOWN
-        out.append(Labels(top, label, float(probs[row, -1])))
+        out.append(Labels(top, label, float(probs[row, -1]), random_weights))
     return out
 
 

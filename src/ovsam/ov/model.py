@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ovsam.clip.config import get_clip_config
-from ovsam.clip.model import build_vision_tower
+from ovsam.clip.model import RandomWeightsFlag, build_vision_tower
 from ovsam.modeling.prompt_encoder import PromptEncoder
 from ovsam.modeling.sam import Sam
 from ovsam.ov.clip2sam import FPN, CLIP2SAMHead
@@ -69,8 +69,10 @@ class OVSamImageEncoder(nn.Module):
         return self.forward_all(images)[0]
 
 
-class OVSam(Sam):
-    """Open-Vocabulary SAM (sub-modules injected; see :func:`build_ovsam` for the official one)."""
+class OVSam(RandomWeightsFlag, Sam):
+    """Open-Vocabulary SAM (sub-modules injected; see :func:`build_ovsam` for the official one).
+
+    ``random_weights`` stays True until weights are loaded (:class:`RandomWeightsFlag`)."""
 
     def __init__(
         self,

@@ -27,7 +27,13 @@ from ovsam.clip.model import CLIP
 from ovsam.clip.region_classifier import mask_boxes_xyxy
 from ovsam.clip.text_bank import TextBank, build_text_bank
 from ovsam.errors import InputError, NotReadyError
-from ovsam.ov.classifier import Labels, bank_logits, fused_probabilities, top_labels
+from ovsam.ov.classifier import (
+    Labels,
+    bank_logits,
+    check_random_weights,
+    fused_probabilities,
+    top_labels,
+)
 from ovsam.ov.model import OVSam
 from ovsam.predictor import ImageState, SamPredictor
 from ovsam.vocab import Vocabulary, load_vocabulary, prompt_templates
@@ -41,6 +47,8 @@ class OVSamPredictor(SamPredictor):
     ``text_model`` (a CLIP with the same joint space, e.g. OpenAI RN50x16) embeds vocabularies;
     without it, give banks directly with :meth:`set_text_bank`. ``top_k`` labels are returned
     per mask; a best probability below ``unknown_threshold`` is reported as ``"unknown"``.
+    A model or text model with random weights warns (unless ``allow_random_weights``, for
+    tests) and marks every :class:`Labels` (``random_weights``).
     """
 
     def __init__(
@@ -50,6 +58,7 @@ class OVSamPredictor(SamPredictor):
         templates: str | Sequence[str] = "vild",
         top_k: int = 5,
         unknown_threshold: float = 0.0,
+        allow_random_weights: bool = False,
     ) -> None:
         super().__init__(model)
         self.model: OVSam = model
@@ -61,6 +70,12 @@ class OVSamPredictor(SamPredictor):
         self.unknown_threshold = unknown_threshold
         self.bank: TextBank | None = None
         self._seen: torch.Tensor | None = None
+        check_random_weights(model, text_model, allow=allow_random_weights)
+
+    @property
+    def random_weights(self) -> bool:
+        """True while the model or the text model has random weights (labels meaningless)."""
+        return check_random_weights(self.model, self.text_model, allow=True)
 
     # ------------------------------------------------------------------ image + vocabulary
     def _encode(
@@ -123,7 +138,9 @@ class OVSamPredictor(SamPredictor):
             config.alpha_unseen,
             valid.to(self.device),
         )
-        return top_labels(probs.cpu(), bank.names, self.top_k, self.unknown_threshold)
+        return top_labels(
+            probs.cpu(), bank.names, self.top_k, self.unknown_threshold, self.random_weights
+        )
 
     def _labels_for(self, low_res: np.ndarray, prompt_boxes: np.ndarray | None) -> list[Labels]:
         head_boxes = self.model.mask_decoder.mask_boxes(torch.as_tensor(low_res))

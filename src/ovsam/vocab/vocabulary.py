@@ -155,8 +155,10 @@ def vocabulary_from_names(
 ) -> Vocabulary:
     """A vocabulary from class strings; commas separate synonyms (``"cat, kitty"``).
 
-    Raises :class:`InputError` for an empty list, an empty entry, a duplicate class (display
-    names compared case-insensitively), or more than ``max_classes`` classes. Messages cite ``where`` numbers (``positions``, default 1..N).
+    Raises :class:`InputError` for an empty list, an empty entry, a name given in two entries
+    (display names and synonyms alike, compared case-insensitively: ``"cup, mug"`` then
+    ``"mug"``), or more than ``max_classes`` classes. Messages cite ``where`` numbers
+    (``positions``, default 1..N).
     """
     if isinstance(entries, str):
         entries = [entries]
@@ -171,12 +173,12 @@ def vocabulary_from_names(
         names = tuple(dict.fromkeys(p.strip() for p in entry.split(",") if p.strip()))
         if not names:
             raise InputError(f"{where} {position} is an empty class name")
-        key = names[0].lower()
-        if key in seen:
-            raise InputError(
-                f"duplicate class name {names[0]!r} ({where} {seen[key]} and {where} {position})"
-            )
-        seen[key] = position
+        for synonym in names:
+            first = seen.setdefault(synonym.lower(), position)
+            if first != position:
+                raise InputError(
+                    f"duplicate class name {synonym!r} ({where} {first} and {where} {position})"
+                )
         classes.append(names)
     if not classes:
         raise InputError("vocabulary is empty: give at least one class name")
@@ -228,7 +230,9 @@ def load_vocabulary(
 
 def parse_vocabulary_argument(text: str) -> str | Path | list[str]:
     """A command-line vocabulary: a built-in name, an existing file, or inline classes split at
-    ``;`` (then commas separate synonyms) or, without ``;``, at commas."""
+    ``;`` (then commas separate synonyms) or, without ``;``, at commas. Inline classes are
+    stripped and checked at once (:func:`vocabulary_from_names`: an empty class between two
+    separators or a repeated name is refused); one trailing separator is allowed (``'cup;'``)."""
     text = text.strip()
     if not text:
         raise InputError("vocabulary is empty: give a built-in name, a file or 'cat; dog; mug'")
@@ -236,10 +240,13 @@ def parse_vocabulary_argument(text: str) -> str | Path | list[str]:
         return text
     if Path(text).is_file():
         return Path(text)
-    if ";" in text:
-        return [part for part in text.split(";") if part.strip()]
-    if "," in text:
-        return [part for part in text.split(",") if part.strip()]
+    for separator in (";", ","):
+        if separator in text:
+            parts = [part.strip() for part in text.split(separator)]
+            if len(parts) > 1 and not parts[-1]:
+                parts.pop()  # 'cup;' is one class
+            vocabulary_from_names(parts, where="vocabulary entry")
+            return parts
     known = ", ".join(BUILTIN_VOCABULARIES)
     raise InputError(
         f"vocabulary {text!r} is neither built in ({known}), nor a file, nor a list like "
