@@ -75,11 +75,11 @@ def test_everything_cli_on_a_folder_resumes_and_reports_bad_files(
     assert main(argv) == 1  # one unreadable image
     out = capsys.readouterr().out
     assert "b.jpg is not a readable image" in out
-    record = json.loads((tmp_path / "out" / "a" / "masks.json").read_text())
+    record = json.loads((tmp_path / "out" / "a.png" / "masks.json").read_text())
     assert record["image_size"] == {"height": 120, "width": 160} and record["masks"]
-    stamp = (tmp_path / "out" / "a" / "masks.json").stat().st_mtime_ns
+    stamp = (tmp_path / "out" / "a.png" / "masks.json").stat().st_mtime_ns
     main(argv)  # a second run skips the finished image
-    assert (tmp_path / "out" / "a" / "masks.json").stat().st_mtime_ns == stamp
+    assert (tmp_path / "out" / "a.png" / "masks.json").stat().st_mtime_ns == stamp
 
 
 def test_everything_on_a_large_photo_holds_few_full_size_masks(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,6 +20,7 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
 )
 POSITIVE = (0, 220, 0)
 NEGATIVE = (230, 0, 0)
+CAPTION_PAD = 3  # background pixels around a caption's text
 
 
 def mask_outline(mask: np.ndarray, width: int = 2) -> np.ndarray:
@@ -33,6 +35,21 @@ def mask_outline(mask: np.ndarray, width: int = 2) -> np.ndarray:
         shrunk[:, :-1] &= inner[:, 1:]
         inner = shrunk
     return mask & ~inner
+
+
+def caption_shift(
+    box: tuple[float, float, float, float], size: tuple[int, int], pad: int = CAPTION_PAD
+) -> tuple[int, int]:
+    """How far ``(dx, dy)`` to move a caption so that its text box ``(left, top, right,
+    bottom)`` plus ``pad`` pixels of background stays inside an image of ``size`` (width,
+    height): left when it sticks out on the right, down when above the top (right or up at
+    the other edges); ``(0, 0)`` for a caption that fits. A caption wider (taller) than the
+    image keeps its left (top) end inside."""
+    left, top, right, bottom = box
+    width, height = size  # the last pixel inside is (width - 1, height - 1)
+    dx = max(math.floor(min(0, width - 1 - pad - right)), math.ceil(pad - left))
+    dy = max(math.floor(min(0, height - 1 - pad - bottom)), math.ceil(pad - top))
+    return dx, dy
 
 
 def overlay(
@@ -85,10 +102,13 @@ def overlay(
             ys, xs = np.nonzero(np.asarray(mask, dtype=bool))
             if not text or ys.size == 0:
                 continue
-            anchor = (int(xs.min()), max(0, int(ys.min()) - font.size - 6))
+            x, y = int(xs.min()), max(0, int(ys.min()) - font.size - 6)
+            dx, dy = caption_shift(draw.textbbox((x, y), text, font=font), picture.size)
+            anchor = (x + dx, y + dy)
             left, top, right, bottom = draw.textbbox(anchor, text, font=font)
             draw.rectangle(
-                (left - 3, top - 3, right + 3, bottom + 3), fill=PALETTE[index % len(PALETTE)]
+                (left - CAPTION_PAD, top - CAPTION_PAD, right + CAPTION_PAD, bottom + CAPTION_PAD),
+                fill=PALETTE[index % len(PALETTE)],
             )
             draw.text(anchor, text, fill=(255, 255, 255), font=font)
     return np.asarray(picture)

@@ -1,18 +1,26 @@
 """``ovsam everything IMAGE|FOLDER --out DIR``: segment every object (grid of clicks + NMS).
 
-For a folder, every image in it is processed with the model loaded once; each image's results
-go to ``DIR/<image stem>/`` and images whose ``masks.json`` already exists are skipped, so an
-interrupted batch job resumes where it stopped.
+For a folder, every image directly in it is processed with the model loaded once; each
+image's results go to ``DIR/<image file name>/`` (``a.png`` -> ``DIR/a.png/``). A re-run with
+the same settings skips the images already done, so an interrupted batch job resumes where it
+stopped; a re-run with other settings is refused unless ``--overwrite`` is given (layout and
+resume rules: :mod:`ovsam.cli.everything_jobs`).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ovsam.cli.segment_cmd import add_label_arguments, add_model_arguments, label_options
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ovsam.automatic import AutomaticMaskGenerator
+    from ovsam.recognizers import LabelOptions
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -20,7 +28,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "everything",
         help="segment every object in an image or a folder of images",
         description="Prompt a grid of points, keep confident and stable masks, remove duplicates; "
-        "write overlay.png and masks.json (COCO RLE per mask) into --out (per image for a folder).",
+        "write overlay.png and masks.json (COCO RLE per mask) into --out, or, for a folder, "
+        "into --out/<image file name>/ per image (subfolders are not searched; their number is "
+        "printed). --out/settings.json records the settings: a re-run with the same settings "
+        "skips the images already done, one with other settings is refused unless --overwrite.",
     )
     parser.add_argument("image", type=Path, help="image file or folder of images")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
@@ -30,31 +41,81 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--min-area", type=int, default=0, help="drop masks smaller than this (pixels)"
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="recompute every image, replacing results in --out made with other settings "
+        "(default: skip the images done with the same settings, refuse other settings)",
+    )
     add_model_arguments(parser)
     add_label_arguments(parser)
     parser.set_defaults(run=run)
 
 
-def list_jobs(source: Path, out: Path) -> list[tuple[Path, Path]]:
-    """``(image, output folder)`` pairs for a file or every image file in a folder."""
-    from ovsam.errors import InputError
+def run_settings(args: argparse.Namespace, options: LabelOptions | None) -> dict[str, Any]:
+    """What determines the results (not ``--device``): recorded in ``settings.json`` and in
+    every ``masks.json``; resuming with other settings is refused."""
+    vocabulary = None if options is None else options.vocabulary
+    digest = None
+    if isinstance(vocabulary, Path):  # a vocabulary file: its content counts, not its name
+        digest = hashlib.sha256(vocabulary.read_bytes()).hexdigest()
+    return {
+        "command": "everything",
+        "model": args.model,
+        "checkpoint": None if args.checkpoint is None else str(args.checkpoint),
+        "points_per_side": args.points_per_side,
+        "pred_iou_thresh": args.pred_iou_thresh,
+        "stability_thresh": args.stability_thresh,
+        "min_area": args.min_area,
+        "vocabulary": None if options is None else options.describe_vocabulary(),
+        "vocabulary_sha256": digest,
+        "top_k": None if options is None else options.top_k,
+        "recognizer": None if options is None else options.recognizer,
+        "templates": None if options is None else options.templates,
+        "clip": None if options is None else options.clip_model,
+        "clip_weights": None if options is None else str(options.clip_weights),
+        "random_recognition": None if options is None else options.random_weights,
+    }
 
-    if source.is_file():
-        return [(source, out)]
-    if not source.is_dir():
-        raise InputError(f"no such image file or folder: {source}")
-    images = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not images:
-        raise InputError(f"folder {source} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return [(image, out / image.stem) for image in images]
+
+def _plural(count: int, noun: str) -> str:
+    """``"1 image"`` / ``"2 images"``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def segment_everything(
+    image: np.ndarray,
+    generator: AutomaticMaskGenerator,
+    predictor: Any,
+    options: LabelOptions | None,
+) -> tuple[list[dict[str, Any]], list[str] | None]:
+    """The generator's mask records of ``image`` (named when ``options``) and their overlay
+    captions (None without labels)."""
+    import numpy as np
+
+    records = generator.generate(image)
+    if options is None or not records:
+        return records, None
+    named = predictor.recognize_masks(np.stack([r["segmentation"] for r in records]))
+    for record, labels in zip(records, named, strict=True):
+        record["label"] = labels.label
+        record["labels"] = [{"name": n, "score": round(p, 6)} for n, p in labels.top]
+    note = options.caption_note()  # " (random weights)" with random weights, as in segment
+    return records, [f"{labels.label} {labels.top[0][1]:.2f}{note}" for labels in named]
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
     from tqdm import tqdm
 
     from ovsam.automatic import AutomaticMaskGenerator
     from ovsam.build import build_model
+    from ovsam.cli.everything_jobs import (
+        RESULT_FILE,
+        SETTINGS_FILE,
+        finished_jobs,
+        list_jobs,
+        subfolder_count,
+    )
     from ovsam.errors import InputError
     from ovsam.fileio import atomic_write_bytes, atomic_write_json
     from ovsam.image_io import load_image
@@ -65,11 +126,24 @@ def run(args: argparse.Namespace) -> int:
 
     jobs = list_jobs(args.image, args.out)
     options = label_options(args)
+    settings = run_settings(args, options)
+    done = finished_jobs(jobs, args.out, settings, args.overwrite)
+    if args.image.is_dir() and (subfolders := subfolder_count(args.image, args.out)):
+        print(
+            f"{_plural(subfolders, 'subfolder')} of {args.image} not searched: only the images "
+            "directly in it are processed"
+        )
+    if done:
+        print(f"{_plural(len(done), 'image')} already done, skipped")
+    todo = [job for job in jobs if job not in done]
+    if not todo:
+        return 0
     if options is None:
         predictor = SamPredictor(
             build_model(args.model, checkpoint=args.checkpoint).to(args.device)
         )
     else:
+        print(f"labels ({options.recognizer}): {options.describe_weights()}")
         predictor = build_labeled_predictor(options, args.model, args.checkpoint, args.device)
     generator = AutomaticMaskGenerator(
         predictor,
@@ -79,9 +153,8 @@ def run(args: argparse.Namespace) -> int:
         min_mask_area=args.min_area,
     )
     failures = 0
-    for image_path, out in tqdm(jobs, desc="images", disable=len(jobs) == 1):
-        if len(jobs) > 1 and (out / "masks.json").is_file():
-            continue
+    settings_written = False
+    for image_path, out in tqdm(todo, desc="images", disable=len(todo) == 1):
         try:
             image = load_image(image_path)
         except InputError as exc:
@@ -90,25 +163,24 @@ def run(args: argparse.Namespace) -> int:
             print(f"skipped: {exc}")
             failures += 1
             continue
-        records = generator.generate(image)
+        records, captions = segment_everything(image, generator, predictor, options)
+        if not settings_written:  # first result: from now on --out holds these settings' work
+            atomic_write_json(args.out / SETTINGS_FILE, settings)
+            settings_written = True
         segments = [r["segmentation"] for r in records]
-        captions = None
-        if options is not None and records:
-            named = predictor.recognize_masks(np.stack(segments))
-            for record, labels in zip(records, named, strict=True):
-                record["label"] = labels.label
-                record["labels"] = [{"name": n, "score": round(p, 6)} for n, p in labels.top]
-            captions = [f"{labels.label} {labels.top[0][1]:.2f}" for labels in named]
         atomic_write_bytes(
             out / "overlay.png", png_bytes(overlay(image, segments, labels=captions))
         )
         atomic_write_json(
-            out / "masks.json",
+            out / RESULT_FILE,
             {
                 "image": str(image_path),
                 "image_size": {"height": int(image.shape[0]), "width": int(image.shape[1])},
                 "masks": [{k: v for k, v in r.items() if k != "segmentation"} for r in records],
+                "recognizer": None if options is None else options.recognizer,
                 "recognition_weights": None if options is None else options.describe_weights(),
+                "vocabulary": None if options is None else options.describe_vocabulary(),
+                "settings": settings,
             },
         )
         print(f"{image_path}: {len(records)} masks -> {out}")

@@ -1,0 +1,139 @@
+"""The images ``ovsam everything`` works on, where their results go, and what is already done.
+
+Layout: a single image's results go straight into ``--out``; for a folder, each image's go to
+``--out/<file name>/`` (``photos/a.png`` -> ``out/a.png/``), so ``a.png`` and ``a.jpg`` get
+folders of their own. Two images whose names differ only in case (``a.png``, ``A.PNG``) would
+share a folder on a case-insensitive file system (macOS, Windows): such a folder is refused
+with the clashing names. Only the images directly in the folder are processed; subfolders
+are counted, not searched.
+
+Resuming: ``--out/settings.json`` records the settings the results were made with, and each
+``masks.json`` its own. A run with other settings than those recorded (or over results
+without recorded settings, made by an older ovsam) is refused unless ``--overwrite`` is
+given; otherwise an image is skipped when its ``masks.json`` was made with these settings
+(so an interrupted ``--overwrite`` run resumes too).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ovsam.errors import InputError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+SETTINGS_FILE = "settings.json"
+RESULT_FILE = "masks.json"
+OVERWRITE_HINT = "choose another --out, or pass --overwrite to recompute every image"
+
+Job = tuple[Path, Path]  # (image file, its output folder)
+Settings = Mapping[str, Any]
+
+
+def list_jobs(source: Path, out: Path) -> list[Job]:
+    """``(image, output folder)`` pairs for an image file (``out`` itself) or for every image
+    file directly in a folder (``out / image.name``), sorted by name.
+
+    Raises :class:`InputError` for a missing source, a folder without images, ``out`` equal to
+    the input folder, an output folder that is a file, or names that differ only in case."""
+    if source.is_file():
+        return [(source, out)]
+    if not source.is_dir():
+        raise InputError(f"no such image file or folder: {source}")
+    if out.resolve() == source.resolve():
+        raise InputError(
+            f"--out must not be the input folder {source}: each image's results go to a folder "
+            "named after its file"
+        )
+    images = sorted(
+        p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    )
+    if not images:
+        raise InputError(f"folder {source} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    by_folded: dict[str, list[str]] = {}
+    for image in images:
+        by_folded.setdefault(image.name.casefold(), []).append(image.name)
+    clashes = ["/".join(names) for names in by_folded.values() if len(names) > 1]
+    if clashes:
+        raise InputError(
+            f"images in {source} whose names differ only in case would share an output folder "
+            f"on a case-insensitive file system: {'; '.join(clashes)} (rename them)"
+        )
+    jobs = [(image, out / image.name) for image in images]
+    for _, folder in jobs:
+        if folder.exists() and not folder.is_dir():
+            raise InputError(f"output folder {folder} is a file")
+    return jobs
+
+
+def subfolder_count(source: Path, out: Path) -> int:
+    """How many subfolders of the input folder ``source`` are not searched (``out`` aside)."""
+    if not source.is_dir():
+        return 0
+    target = out.resolve()
+    return sum(1 for p in source.iterdir() if p.is_dir() and p.resolve() != target)
+
+
+def _read_json(path: Path) -> Any:
+    """The JSON value in ``path`` (raises ``OSError`` / ``ValueError``)."""
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def settings_changes(saved: Settings, settings: Settings) -> str:
+    """``"key old -> new; ..."`` for every setting that differs between two runs."""
+    return "; ".join(
+        f"{key} {saved.get(key)!r} -> {settings.get(key)!r}"
+        for key in sorted(set(saved) | set(settings))
+        if saved.get(key) != settings.get(key)
+    )
+
+
+def result_settings(folder: Path) -> Settings | None:
+    """The settings recorded in ``folder/masks.json``; None when there is no readable result
+    (missing or unreadable: redone) and ``{}`` for a result without settings (older ovsam)."""
+    try:
+        result = _read_json(folder / RESULT_FILE)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(result, dict):
+        return None
+    saved = result.get("settings")
+    return saved if isinstance(saved, dict) else {}
+
+
+def finished_jobs(jobs: Sequence[Job], out: Path, settings: Settings, overwrite: bool) -> list[Job]:
+    """The jobs whose ``masks.json`` was made with ``settings`` (to skip; none with
+    ``overwrite``), after refusing to resume over results made with other settings.
+
+    Raises :class:`InputError` (one line) when ``out/settings.json`` records other settings
+    or is unreadable, or, without it, when a job's ``masks.json`` was made with other (or
+    unrecorded) settings; ``overwrite`` allows both."""
+    if overwrite:
+        return []
+    path = out / SETTINGS_FILE
+    recorded = path.is_file()
+    if recorded:
+        try:
+            saved = _read_json(path)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read {path} ({exc}): {OVERWRITE_HINT}") from exc
+        if not isinstance(saved, dict):
+            raise InputError(f"{path} is not a JSON object of settings: {OVERWRITE_HINT}")
+        if saved != dict(settings):
+            raise InputError(
+                f"{out} holds results made with other settings "
+                f"({settings_changes(saved, settings)}): {OVERWRITE_HINT}"
+            )
+    done = []
+    for job in jobs:
+        saved = result_settings(job[1])
+        if saved == dict(settings):
+            done.append(job)
+        elif saved is not None and not recorded:
+            why = settings_changes(saved, settings) if saved else "not recorded: an older ovsam"
+            raise InputError(
+                f"{job[1] / RESULT_FILE} was made with other settings ({why}): {OVERWRITE_HINT}"
+            )
+    return done  # the others (failed, or left by an interrupted --overwrite run) are redone
