@@ -100,7 +100,9 @@ def build_model(
     """Build model ``name`` in eval mode.
 
     ``name`` may also be the path of a self-describing ovsam checkpoint (``save_ovsam``).
-    ``checkpoint``: a local file or a registered weights name (``ovsam.weights``); without
+    ``checkpoint``: a registered weights name (``ovsam.weights``; a registered name always
+    means those weights, even if a file of that name exists: write ``./name`` for the file)
+    or a checkpoint path (missing, empty or folder paths are a ``CheckpointError``); without
     one, the model's default weights are fetched when ``pretrained``, else it stays randomly
     initialised. Loading is strict (``CheckpointError`` names missing/unexpected keys).
     ``fuse`` then calls the model's ``fuse_for_inference()`` if it has one (``Sam``: fold

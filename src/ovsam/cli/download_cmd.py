@@ -1,8 +1,11 @@
-"""``ovsam download NAME``: fetch registered weights into the cache and verify them."""
+"""``ovsam download NAME... | --list [NAME...] | NAME --from FILE``: fetch registered weights
+into the cache and verify them."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -10,27 +13,52 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "download",
         help="download registered weights into the cache",
         description="Fetch weights (official URL first, then mirrors), verify size and sha256, "
-        "and store them in the cache ($OVSAM_CACHE_DIR or ~/.cache/ovsam).",
+        "and store them in the cache ($OVSAM_CACHE_DIR or ~/.cache/ovsam). Weights already "
+        "cached are hashed again and fetched again if they fail. Every name is tried; the "
+        "failures are reported at the end (exit status 2).",
     )
     parser.add_argument("names", nargs="*", help="weights names (see --list)")
-    parser.add_argument("--list", action="store_true", help="list registered weights and exit")
+    parser.add_argument(
+        "--list", action="store_true", help="list the registered weights (or only NAMEs) and exit"
+    )
+    parser.add_argument(
+        "--from",
+        dest="from_file",
+        type=Path,
+        metavar="FILE",
+        help="add a file you downloaded yourself as NAME's weights (verified, then copied)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ovsam.errors import InputError
-    from ovsam.registry_info import describe_weights
-    from ovsam.weights import get_weights_spec, resolve_weights
+    """List, copy in (``--from``) or fetch the named weights; 2 if any of them failed."""
+    from ovsam.errors import InputError, OVSamError
+    from ovsam.registry_info import describe_weights, weights_specs
+    from ovsam.weights import copy_into_cache, download_weights
 
     if args.list:
-        for line in describe_weights():
+        if args.from_file is not None:
+            raise InputError("--list and --from cannot be combined")
+        for line in describe_weights(args.names or None):
             print(line)
         return 0
     if not args.names:
         raise InputError("name the weights to download (ovsam download --list shows them)")
-    for name in args.names:  # every name checked before anything is fetched
-        get_weights_spec(name)
-    for name in args.names:
-        print(resolve_weights(name, progress=not args.quiet))
-    return 0
+    specs = weights_specs(args.names)  # every name checked before anything is fetched
+    progress = not args.quiet
+    if args.from_file is not None:
+        if len(specs) != 1:
+            raise InputError("--from FILE adds one weights file: name exactly one")
+        print(copy_into_cache(specs[0], args.from_file, progress=progress))
+        return 0
+    failures: dict[str, None] = {}  # ordered, without repeats (e.g. an unwritable cache)
+    for spec in specs:
+        try:
+            print(download_weights(spec, progress=progress, verify=True), flush=True)
+        except OVSamError as exc:
+            failures[f"ovsam download: error: {exc}"] = None
+    for line in failures:
+        print(line, file=sys.stderr)
+    return 2 if failures else 0

@@ -45,7 +45,7 @@ def _register(name: str, file: str, description: str) -> str:
             sha256=None,
             size=None,
             sources=(UrlSource(_HF + file),),
-            license="Apache-2.0",
+            license="NTU S-Lab License 1.0 (non-commercial)",
             description=description,
         )
     ).name

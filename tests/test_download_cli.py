@@ -1,0 +1,177 @@
+"""``ovsam download`` / ``ovsam models`` / ``--checkpoint``: cache use, listing, one-line errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from ovsam.assets import SAMPLE_BOX, SAMPLE_PHOTO
+from ovsam.cli.main import main
+from ovsam.weights import UrlSource, WeightsSpec
+from weights_helpers import PAYLOAD, file_source, forbid_cache_writes, register, toy_spec
+
+
+@pytest.fixture()
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty cache in ``tmp_path/cache`` (``$OVSAM_CACHE_DIR``); the test runs in tmp_path."""
+    monkeypatch.setenv("OVSAM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "cache"
+
+
+def _toy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str = "toy") -> WeightsSpec:
+    spec = toy_spec((file_source(tmp_path / f"{name}-source.bin", PAYLOAD),), name=name)
+    register(monkeypatch, spec)
+    return spec
+
+
+def _one_line(err: str) -> str:
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err.strip()
+
+
+def test_every_name_is_tried_and_all_failures_reported(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    bad_a = toy_spec((UrlSource((tmp_path / "gone-a").as_uri()),), name="bad_a")
+    bad_b = toy_spec((UrlSource((tmp_path / "gone-b").as_uri()),), name="bad_b")
+    register(monkeypatch, bad_a, bad_b)
+    _toy(tmp_path, monkeypatch)
+    assert main(["download", "bad_a", "toy", "bad_b", "--quiet"]) == 2
+    out, err = capsys.readouterr()
+    assert out.strip() == str(cache / "weights" / "toy.bin")
+    lines = err.strip().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("ovsam download: error: could not obtain weights 'bad_a'")
+    assert lines[1].startswith("ovsam download: error: could not obtain weights 'bad_b'")
+    assert "'ovsam download bad_b --from FILE'" in lines[1]
+
+
+def test_download_rehashes_the_cached_file(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    _toy(tmp_path, monkeypatch)
+    assert main(["download", "toy", "--quiet"]) == 0
+    cached = cache / "weights" / "toy.bin"
+    stat = cached.stat()
+    cached.write_bytes(b"Q" * len(PAYLOAD))  # same size and mtime: the stamp still matches
+    os.utime(cached, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    capsys.readouterr()
+    assert main(["download", "toy"]) == 0
+    assert cached.read_bytes() == PAYLOAD
+    assert "failed its check (sha256 " in capsys.readouterr().err
+
+
+def test_registered_name_is_not_shadowed_by_a_local_file(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    _toy(tmp_path, monkeypatch)
+    (tmp_path / "toy").write_bytes(b"junk")
+    assert main(["download", "toy", "--quiet"]) == 0
+    assert capsys.readouterr().out.strip() == str(cache / "weights" / "toy.bin")
+
+
+def test_read_only_cache(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    _toy(tmp_path, monkeypatch)
+    assert main(["download", "toy", "--quiet"]) == 0
+    _toy(tmp_path, monkeypatch, "cold")
+    capsys.readouterr()
+    forbid_cache_writes(monkeypatch)
+    assert main(["download", "toy"]) == 0  # present and verified: no write needed
+    assert main(["download", "cold", "--quiet"]) == 2
+    assert _one_line(capsys.readouterr().err) == (
+        f"ovsam download: error: cache folder {cache / 'weights'} is not writable: "
+        "set OVSAM_CACHE_DIR to a writable folder"
+    )
+
+
+def test_relative_cache_dir_is_refused(
+    cache: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setenv("OVSAM_CACHE_DIR", "relcache")
+    assert main(["download", "mobile_sam"]) == 2
+    assert _one_line(capsys.readouterr().err) == (
+        "ovsam download: error: OVSAM_CACHE_DIR must be an absolute path, got 'relcache'"
+    )
+
+
+def test_from_copies_a_verified_file_into_the_cache(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    spec = toy_spec((), name="toy")  # no source at all: --from is the only way in
+    register(monkeypatch, spec)
+    (tmp_path / "mine.bin").write_bytes(PAYLOAD[:-1] + b"!")
+    assert main(["download", "toy", "--from", "mine.bin"]) == 2
+    assert "mine.bin is not toy: sha256" in _one_line(capsys.readouterr().err)
+    assert main(["download", "toy", "--from", "nothing.bin"]) == 2
+    assert "nothing.bin is not found" in _one_line(capsys.readouterr().err)
+    (tmp_path / "mine.bin").write_bytes(PAYLOAD)
+    assert main(["download", "toy", "--from", "mine.bin"]) == 0
+    assert capsys.readouterr().out.strip() == str(cache / "weights" / "toy.bin")
+    assert main(["download", "toy", "--quiet"]) == 0  # cached now, no source needed
+    for argv in (["toy", "mobile_sam", "--from", "mine.bin"], ["--list", "--from", "mine.bin"]):
+        assert main(["download", *argv]) == 2
+        _one_line(capsys.readouterr().err)
+
+
+def test_listing_shows_status_size_and_licence(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    (cache / "weights").mkdir(parents=True)
+    (cache / "weights" / "mobile_sam.pt").write_bytes(os.urandom(100))
+    assert main(["download", "--list", "mobile_sam", "vit_t", "ovsam_clip2sam_coco_rn50x16"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["name", "status", "size", "licence", "description"]
+    assert lines[1].split()[:5] == ["mobile_sam", "wrong", "size", "40.7", "MB"]
+    assert len(lines) == 3  # vit_t is mobile_sam's alias: listed once
+    assert "NTU S-Lab License 1.0 (non-commercial)" in lines[2]
+    # columns as wide as their content, two spaces apart
+    assert lines[0].index("status") == len("ovsam_clip2sam_coco_rn50x16") + 2
+    assert lines[0].index("size") == lines[0].index("status") + len("not downloaded") + 2
+    assert main(["download", "--list", "nope"]) == 2
+    assert "unknown weights 'nope'" in _one_line(capsys.readouterr().err)
+
+
+def test_models_shows_cached_only_for_a_verified_file(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    spec = _toy(tmp_path, monkeypatch)
+    (cache / "weights").mkdir(parents=True)
+    (cache / "weights" / spec.filename).write_bytes(b"Z" * len(PAYLOAD))
+
+    def toy_row() -> list[str]:
+        assert main(["models"]) == 0
+        rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+        return next(row for row in rows if row[0] == "toy")
+
+    assert toy_row() == ["toy", "cached", "(unverified)", "0.0", "MB"]  # right size, not hashed
+    assert main(["download", "toy", "--quiet"]) == 0  # hashed: wrong bytes, fetched again
+    capsys.readouterr()
+    assert toy_row() == ["toy", "cached", "0.0", "MB"]
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (None, "checkpoint file not found: {path}"),
+        (lambda p: p.mkdir(), "checkpoint {path} is a folder"),
+        (lambda p: p.write_bytes(b""), "checkpoint {path} is empty"),
+        (lambda p: p.write_text("hello"), "checkpoint {path} is not a PyTorch checkpoint ("),
+    ],
+)
+def test_checkpoint_option_errors_are_one_line(
+    cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture, make: object, expected: str
+) -> None:
+    path = tmp_path / "x.pt"
+    if make is not None:
+        make(path)  # type: ignore[operator]
+    box = [str(v) for v in SAMPLE_BOX]
+    argv = ["segment", str(SAMPLE_PHOTO), "--box", *box, "--out", "out", "--checkpoint", str(path)]
+    assert main(argv) == 2
+    assert _one_line(capsys.readouterr().err).startswith(
+        "ovsam segment: error: " + expected.format(path=path)
+    )
