@@ -15,7 +15,7 @@ from clip_reference import INSTALL_HINT, build_reference, reference_module
 from ovsam.clip.config import CLIP_CONFIGS, CLIPConfig, VisionConfig, get_clip_config
 from ovsam.clip.factory import create_model, infer_clip_config, load_clip, read_clip_state_dict
 from ovsam.clip.model import CLIP
-from ovsam.clip.pretrained import list_pretrained, pretrained_weights_name
+from ovsam.clip.pretrained import clip_weights_file, list_pretrained, pretrained_weights_name
 from ovsam.clip.tokenizer import tokenize
 from ovsam.errors import CheckpointError, InputError
 from ovsam.weights import get_weights_spec
@@ -243,3 +243,20 @@ def test_random_weights_are_flagged_until_weights_are_loaded(tmp_path: Path) -> 
     copy = CLIP(TINY)
     copy.load_state_dict(model.state_dict())
     assert not copy.random_weights and model.random_weights  # per instance
+
+
+def test_a_registered_tag_wins_over_a_file_of_the_same_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("openai").write_text("junk")  # a stray file named like the tag
+    Path("mine").write_text("junk")
+    assert clip_weights_file("RN50", "openai") is None  # the registered weights
+    assert clip_weights_file("RN50", Path("openai")) == Path("openai")  # a Path is a file
+    assert clip_weights_file("RN50", "mine") == Path("mine")  # an existing file
+    assert clip_weights_file("RN50", "dl/clip.pt") == Path("dl/clip.pt")  # looks like a path
+    assert clip_weights_file("RN50", "laion") is None  # an unknown tag, named as such:
+    with pytest.raises(InputError, match="no pretrained weights 'laion' for CLIP RN50; known tags"):
+        create_model("RN50", pretrained="laion")
+    with pytest.raises(CheckpointError, match="checkpoint file not found: dl/clip.pt"):
+        create_model("RN50", pretrained="dl/clip.pt")

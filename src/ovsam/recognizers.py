@@ -80,13 +80,13 @@ def required_weights(
 ) -> list[str]:
     """The registered weights :func:`build_labeled_predictor` needs (none with random weights;
     local files are not listed)."""
-    from ovsam.clip.pretrained import pretrained_weights_name
+    from ovsam.clip.pretrained import clip_weights_file, pretrained_weights_name
     from ovsam.ov import official_weights
 
     if options.random_weights:
         return []
     names: list[str] = []
-    if not Path(str(options.clip_weights)).is_file():
+    if clip_weights_file(options.clip_model, options.clip_weights) is None:
         names.append(pretrained_weights_name(options.clip_model, str(options.clip_weights)))
     if options.recognizer == "ovsam" and checkpoint is None:
         names += official_weights(segmentation_model_name(options, sam_model))

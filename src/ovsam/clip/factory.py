@@ -26,7 +26,7 @@ from ovsam.clip.config import (
     registered_name_of,
 )
 from ovsam.clip.model import CLIP
-from ovsam.clip.pretrained import pretrained_weights_name
+from ovsam.clip.pretrained import clip_weights_file, pretrained_weights_name
 from ovsam.clip.torchscript_reader import is_torchscript_archive, read_torchscript_tensors
 from ovsam.errors import CheckpointError
 from ovsam.weights import resolve_weights
@@ -139,12 +139,9 @@ def create_model(
         quick_gelu = True
     model = CLIP(get_clip_config(name, quick_gelu))
     if pretrained is not None:
-        if Path(pretrained).is_file():
-            path = Path(pretrained)
-        else:
-            arch = canonical_name(name)
-            path = resolve_weights(
-                pretrained_weights_name(arch, str(pretrained)), progress=progress
-            )
+        arch = canonical_name(name)
+        path = clip_weights_file(arch, pretrained) or resolve_weights(
+            pretrained_weights_name(arch, str(pretrained)), progress=progress
+        )
         load_clip_weights(model, path)
     return model.to(device).eval()

@@ -9,6 +9,8 @@ strictly, which rejects a truncated or wrong file).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ovsam.errors import InputError
 from ovsam.weights import UrlSource, WeightsSpec, register_weights
 
@@ -77,6 +79,19 @@ for (_arch, _tag), _repo in _LAION.items():
 def list_pretrained(arch: str | None = None) -> list[tuple[str, str]]:
     """Registered ``(architecture, tag)`` pairs, optionally for one architecture."""
     return [key for key in PRETRAINED if arch is None or key[0] == arch]
+
+
+def clip_weights_file(arch: str, weights: str | Path) -> Path | None:
+    """The local file that ``weights`` names for CLIP ``arch``, or None when it names registered
+    weights. A registered tag wins over a file of the same name; a ``Path`` is always a file;
+    any other string is a file when it exists or looks like a path (a folder separator or a
+    file suffix), else a tag (an unknown one: :func:`pretrained_weights_name` lists the known)."""
+    if isinstance(weights, Path):
+        return weights
+    if (arch, weights) in PRETRAINED:
+        return None
+    path = Path(weights)
+    return path if path.is_file() or "/" in weights or path.suffix else None
 
 
 def pretrained_weights_name(arch: str, tag: str) -> str:
