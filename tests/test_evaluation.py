@@ -241,6 +241,14 @@ def test_settings_are_recorded_then_enforced(
     assert check_settings(tmp_path, settings) is False
     assert json.loads((tmp_path / "settings.json").read_text()) == settings
     assert check_settings(tmp_path, settings) is False
+    # no records yet (a run that failed before its first image): other settings replace them
+    assert check_settings(tmp_path, {**settings, "prompt": "point"}) is False
+    assert json.loads((tmp_path / "settings.json").read_text())["prompt"] == "point"
+    check_settings(tmp_path, settings)
+    (tmp_path / "records.rank0.jsonl").write_text("")  # opened, nothing recorded yet
+    assert check_settings(tmp_path, {**settings, "model": "other"}) is False
+    check_settings(tmp_path, settings)
+    (tmp_path / "records.rank0.jsonl").write_text('{"image_id": 1, "records": []}\n')
     with pytest.raises(InputError, match=r"prompt 'box' -> 'point'\): use a new --out"):
         check_settings(tmp_path, {**settings, "prompt": "point"})
     with pytest.raises(InputError, match="limit must be at least 1"):
@@ -335,5 +343,22 @@ def test_eval_command_end_to_end(
     assert (
         metrics["method"] == "mobilesam+random-clip" and metrics["IoU"] > 85.0
     )  # real MobileSAM masks
-    assert "| mobilesam+random-clip |" in out and "mask AP: AP " in out
+    assert "| mobilesam+random-clip |" in out and "Average Precision" not in out
+    assert "mask AP (2 images, 4 classes, 4 detections): AP " in out
     assert json.loads((tmp_path / "out" / "mask_ap.json").read_text())["AP50"] > 80.0
+
+
+def test_an_rle_of_another_size_than_its_image_is_a_one_line_error(
+    annotations: dict, tmp_path: Path
+) -> None:
+    from ovsam.masks import encode_rle
+
+    ann = annotations["annotations"][0]
+    ann["segmentation"] = encode_rle(np.ones((10, 10), bool))
+    dataset = InstanceDataset(annotations, tmp_path / "coco" / "images")
+    index = next(i for i, img in enumerate(dataset.images) if img["id"] == ann["image_id"])
+    with pytest.raises(InputError) as caught:
+        dataset[index]
+    message = str(caught.value)
+    assert f"annotation id {ann['id']} (image id {ann['image_id']})" in message
+    assert "mask is 10x10 but the image is 96x128" in message and "\n" not in message

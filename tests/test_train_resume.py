@@ -239,3 +239,62 @@ def test_check_resume_compares_paths_by_location(
     check_resume(saved, TrainConfig(data=str(tmp_path / "images"), out="elsewhere"), tmp_path)
     with pytest.raises(InputError, match=r"data \('images' -> 'other'\); lr"):
         check_resume(saved, TrainConfig(data="other", lr=1.0, out="run"), tmp_path)
+
+
+def test_a_resumed_run_keeps_its_paths_from_another_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("ovsam.train.sam2clip_task.Sam2ClipTask", TinyTask)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    sets = [f"--set={s}" for s in (*TINY, "steps=2")]
+    assert main(["train", "sam2clip", "--data", "images", "--out", "run", *sets]) == 0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (saved["data"], saved["out"]) == (str(tmp_path / "images"), str(tmp_path / "run"))
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    argv = ["train", "sam2clip", "--data", "../images", "--out", "../run", "--set=steps=3"]
+    capsys.readouterr()
+    assert main(argv) == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "run" / "checkpoints" / "latest.json").read_text())["step"] == 3
+
+
+def test_fewer_steps_than_done_are_refused_and_the_config_kept(
+    train: Train, tmp_path: Path
+) -> None:
+    assert train(*TINY, "steps=4")[0] == 0
+    saved = (tmp_path / "run" / "config.json").read_text()
+    code, _, err = train("steps=3")
+    assert code == 2 and "already at step 4: steps=3" in one_line_error(err)
+    assert (tmp_path / "run" / "config.json").read_text() == saved
+
+
+def test_the_logged_lr_is_the_one_the_step_used(train: Train, tmp_path: Path) -> None:
+    from ovsam.train.engine import lr_factor
+
+    assert train(*TINY, "steps=4", "lr=0.1", "warmup_steps=1")[0] == 0
+    config = TrainConfig(steps=4, lr=0.1, warmup_steps=1)
+    rows = log_rows(tmp_path / "run")
+    assert [row["lr"] for row in rows] == pytest.approx(
+        [0.1 * lr_factor(config, step) for step in range(4)]
+    )
+    assert rows[0]["lr"] == pytest.approx(0.1)  # warm-up of 1 step: the first is at full rate
+
+
+def test_config_json_records_versions_and_world_size(train: Train, tmp_path: Path) -> None:
+    import ovsam
+
+    assert train(*TINY, "steps=2")[0] == 0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["environment"] == {
+        "ovsam": ovsam.__version__,
+        "torch": torch.__version__,
+        "world_size": 1,
+    }
+    assert train("steps=3")[0] == 0  # informational: a resume reads the config back
+
+
+def test_clip2sam_says_once_that_its_clip_is_random(train: Train, tmp_path: Path) -> None:
+    annotations = ("--annotations", str(tmp_path / "a.json"))
+    code, _, err = train(*TINY, "steps=1", "random_clip=true", task="clip2sam", extra=annotations)
+    assert code == 0 and err.count("random_clip=true (testing mode)") == 1

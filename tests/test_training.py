@@ -12,7 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from torch import nn
 
 from ovsam.errors import InputError
 from ovsam.train.config import TrainConfig, apply_overrides
@@ -149,3 +152,104 @@ def test_clip2sam_loads_a_sam2clip_checkpoint_strictly(
     torch.save({"model": trained}, saved)
     with pytest.raises(CheckpointError, match=f"{saved} does not fit SAM2CLIPAdapter.*1 missing"):
         Clip2SamTask(apply_overrides(config, [f"adapter_checkpoint={saved}"]), torch.device("cpu"))
+
+
+class TwoBranches(nn.Module):
+    """Two linear branches; ``forward`` uses only the one it is told to."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList([nn.Linear(2, 1), nn.Linear(2, 1)])
+
+    def forward(self, x: torch.Tensor, which: int) -> torch.Tensor:
+        return self.branches[which](x)
+
+
+class AlternatingTask:
+    """A task whose micro-batches each use one of two branches, as CLIP2SAM pools each region
+    from one FPN level: under DDP the other branch's parameters get no gradient."""
+
+    num_items = 4
+    find_unused_parameters = True
+
+    def __init__(self) -> None:
+        torch.manual_seed(0)
+        self.trainable = TwoBranches()
+
+    def loss(
+        self, module: nn.Module, items: list[int], rng: np.random.Generator
+    ) -> dict[str, torch.Tensor]:
+        x = torch.ones(1, 2) * (items[0] + 1)
+        return {"loss": module(x, items[0] % 2).pow(2).mean()}
+
+
+def _alternating_rank(rank: int, port: int, out: str) -> None:
+    """One of two gloo ranks training :class:`AlternatingTask` for 3 steps."""
+    import torch.distributed as dist
+
+    from ovsam.distributed import DistInfo
+    from ovsam.train.engine import Trainer
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        config = TrainConfig(out=out, steps=3, log_every=1, checkpoint_every=3)
+        rows = Trainer(
+            config, AlternatingTask(), DistInfo(rank, 2, rank, torch.device("cpu"))
+        ).train()
+        assert [row["step"] for row in rows] == [1, 2, 3]
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_trains_a_task_that_leaves_parameters_unused(tmp_path: Path) -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from ovsam.train.clip2sam_task import Clip2SamTask
+
+    assert Clip2SamTask.find_unused_parameters  # its FPN levels are used a region at a time
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_alternating_rank, args=(port, str(tmp_path / "run")), nprocs=2, join=True)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2, 3]
+
+
+def test_clip2sam_refuses_a_vocabulary_without_instances(tmp_path: Path) -> None:
+    from ovsam.train.clip2sam_task import Clip2SamTask
+
+    data = tmp_path / "data"
+    write_tiny_coco(data, images=1)  # person, car, traffic light, cat, cup: none is LVIS-rare
+    config = TrainConfig(
+        task="clip2sam",
+        data=str(data / "images"),
+        annotations=str(data / "instances.json"),
+        vocabulary="lvis_rare",
+    )
+    with pytest.raises(InputError, match="no instance of a class of vocabulary='lvis_rare'"):
+        Clip2SamTask(config, torch.device("cpu"))
+
+
+def test_clip2sam_says_when_its_adapter_is_not_trained() -> None:
+    from ovsam.train.clip2sam_task import startup_notice
+
+    assert "random_clip=true (testing mode)" in str(startup_notice(TrainConfig(random_clip=True)))
+    assert "no adapter_checkpoint" in str(startup_notice(TrainConfig()))
+    assert startup_notice(TrainConfig(adapter_checkpoint="a.pt")) is None
+
+
+def test_large_scale_jitter_takes_a_read_only_image() -> None:
+    import warnings
+
+    from ovsam.data.prompts import large_scale_jitter
+
+    image = np.zeros((8, 6, 3), np.uint8)
+    masks = np.ones((1, 8, 6), bool)
+    image.flags.writeable = masks.flags.writeable = False  # as PIL-backed arrays are
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out, out_masks = large_scale_jitter(image, masks, np.random.default_rng(0), size=16)
+    assert out.shape == (16, 16, 3) and out_masks.shape == (1, 16, 16)

@@ -10,9 +10,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ovsam.cli.segment_cmd import add_clip_arguments, add_model_arguments
+
+if TYPE_CHECKING:
+    from ovsam.data.instances import InstanceDataset
+    from ovsam.recognizers import LabelOptions
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -55,18 +61,18 @@ def run(args: argparse.Namespace) -> int:
     from ovsam.evaluation.accounting import select_images, summary_line
     from ovsam.evaluation.runner import (
         LabeledPredictorAdapter,
+        check_image_files,
         check_settings,
         coco_ov_splits,
         evaluate_rank,
         lvis_splits,
         write_report,
     )
-    from ovsam.recognizers import LabelOptions, build_labeled_predictor
-    from ovsam.vocab import Vocabulary
+    from ovsam.recognizers import build_labeled_predictor, segmentation_model_name
 
     data = read_annotations(args.annotations)
     if args.split == "coco-ov":
-        splits = coco_ov_splits()
+        splits = coco_ov_splits(data["categories"])
         dataset = InstanceDataset(
             data, args.images, lambda c: splits.get(c["id"], "none") != "none"
         )
@@ -76,42 +82,24 @@ def run(args: argparse.Namespace) -> int:
     selection = select_images(data, dataset, args.limit)
     detections = None
     if args.detections is not None:  # checked now rather than after the evaluation
-        from ovsam.evaluation.mask_ap import read_detections
+        from ovsam.evaluation.mask_ap import read_detections, select_detections
 
-        detections = read_detections(args.detections, data)
+        detections = select_detections(
+            read_detections(args.detections, data), selection.image_ids, dataset.categories
+        )
+    check_image_files(args.images, _image_paths(data, dataset, selection.indices, detections))
+    options = _label_options(args, dataset)
+    model = segmentation_model_name(options, args.model)
     info = init_distributed(args.device)
-    legacy = check_settings(args.out, _settings(args))
+    legacy = check_settings(args.out, _settings(args, model))
     if legacy and info.is_main:
         print(
             f"warning: {args.out} has records but no settings.json (an older ovsam): "
             "assuming they were made with these settings",
             file=sys.stderr,
         )
-    if dataset.unknown_category_annotations and info.is_main:
-        print(
-            f"warning: {dataset.unknown_category_annotations} annotations of {args.annotations} "
-            "have a category_id not among its categories; they are ignored",
-            file=sys.stderr,
-        )
-    if selection.orphan_annotations and info.is_main:
-        print(
-            f"warning: {selection.orphan_annotations} annotations of {args.annotations} "
-            "have an image_id not among its images; they are ignored",
-            file=sys.stderr,
-        )
-    categories = sorted(dataset.categories.values(), key=lambda c: c["id"])
-    synonyms = tuple(tuple(dict.fromkeys([c["name"], *c.get("synonyms", [])])) for c in categories)
-    vocabulary = Vocabulary(
-        args.split, tuple(c["name"] for c in categories), synonyms, tuple({} for _ in categories)
-    )
-    options = LabelOptions(
-        vocabulary=vocabulary,
-        recognizer=args.recognizer,
-        clip_model=args.clip,
-        clip_weights=args.clip_weights,
-        random_weights=args.random_recognition,
-        templates=args.templates,
-    )
+    if info.is_main:
+        _warn_ignored(args, dataset, selection.orphan_annotations)
     predictor = build_labeled_predictor(options, args.model, args.checkpoint, str(info.device))
     evaluate_rank(
         LabeledPredictorAdapter(predictor),
@@ -125,8 +113,11 @@ def run(args: argparse.Namespace) -> int:
     )
     barrier()
     if info.is_main:
-        method = args.method or f"{args.recognizer} ({args.model}, {options.describe_weights()})"
-        metrics = write_report(args.out, method, selection)
+        from ovsam import __version__
+
+        method = args.method or f"{args.recognizer} ({model}, {options.describe_weights()})"
+        about = {"prompt": args.prompt, "split": args.split, "model": model, "ovsam": __version__}
+        metrics = write_report(args.out, method, selection, about)
         print((args.out / "table.md").read_text(encoding="utf-8"), end="")
         print(f"{summary_line(metrics)} -> {args.out / 'metrics.json'}")
         if detections is not None:
@@ -137,15 +128,75 @@ def run(args: argparse.Namespace) -> int:
                 lambda image, boxes: adapter.predict_instances(image, boxes, None)[0],
                 data, args.images, detections,
             )  # fmt: skip
-            stats = mask_ap(args.annotations, results, args.out)
-            print("mask AP: " + format_stats(stats))
+            stats = mask_ap(
+                args.annotations, results, args.out, selection.image_ids, dataset.categories
+            )
+            print(
+                f"mask AP ({len(selection.image_ids)} images, {len(dataset.categories)} classes, "
+                f"{len(detections)} detections): {format_stats(stats)}"
+            )
     shutdown()
     return 0
 
 
-def _settings(args: argparse.Namespace) -> dict[str, str | bool | None]:
+def _image_paths(
+    data: dict[str, Any],
+    dataset: InstanceDataset,
+    indices: Sequence[int],
+    detections: list[dict[str, Any]] | None,
+) -> list[Path]:
+    """The image files the evaluation reads: those prompted, and those of the detections
+    (``data``: the annotation file)."""
+    from ovsam.data.instances import image_file_name
+
+    paths = [dataset.image_path(index) for index in indices]
+    if detections:
+        infos = {img["id"]: img for img in data["images"]}
+        with_detections = dict.fromkeys(d["image_id"] for d in detections)
+        paths += [dataset.image_root / image_file_name(infos[i]) for i in with_detections]
+    return paths
+
+
+def _label_options(args: argparse.Namespace, dataset: InstanceDataset) -> LabelOptions:
+    """How masks are named: the recognizer over the evaluated classes (and their synonyms)."""
+    from ovsam.recognizers import LabelOptions
+    from ovsam.vocab import Vocabulary
+
+    categories = sorted(dataset.categories.values(), key=lambda c: c["id"])
+    synonyms = tuple(tuple(dict.fromkeys([c["name"], *c.get("synonyms", [])])) for c in categories)
+    vocabulary = Vocabulary(
+        args.split, tuple(c["name"] for c in categories), synonyms, tuple({} for _ in categories)
+    )
+    return LabelOptions(
+        vocabulary=vocabulary,
+        recognizer=args.recognizer,
+        clip_model=args.clip,
+        clip_weights=args.clip_weights,
+        random_weights=args.random_recognition,
+        templates=args.templates,
+    )
+
+
+def _warn_ignored(args: argparse.Namespace, dataset: InstanceDataset, orphans: int) -> None:
+    """One warning line per kind of annotation the evaluation ignores."""
+    if dataset.unknown_category_annotations:
+        print(
+            f"warning: {dataset.unknown_category_annotations} annotations of {args.annotations} "
+            "have a category_id not among its categories; they are ignored",
+            file=sys.stderr,
+        )
+    if orphans:
+        print(
+            f"warning: {orphans} annotations of {args.annotations} "
+            "have an image_id not among its images; they are ignored",
+            file=sys.stderr,
+        )
+
+
+def _settings(args: argparse.Namespace, model: str) -> dict[str, str | bool | None]:
     """What determines the records (not ``--method``, ``--limit``, ``--device``): resuming into
-    an ``--out`` made with other settings is refused."""
+    an ``--out`` made with other settings is refused. ``model`` is the model that segments
+    (``ovsam_coco`` for ``--recognizer ovsam`` with a SAM ``--model``)."""
     digest = hashlib.sha256(args.annotations.read_bytes()).hexdigest()
     return {
         "annotations_sha256": digest,
@@ -154,7 +205,7 @@ def _settings(args: argparse.Namespace) -> dict[str, str | bool | None]:
         "prompt": args.prompt,
         "recognizer": args.recognizer,
         "templates": args.templates,
-        "model": args.model,
+        "model": model,
         "checkpoint": args.checkpoint,
         "clip": args.clip,
         "clip_weights": str(args.clip_weights),

@@ -9,6 +9,7 @@ change what the run trains must stay the same (see :func:`ovsam.train.config.che
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ovsam.errors import InputError
@@ -42,7 +43,13 @@ def _config(args: argparse.Namespace) -> TrainConfig:
     """The run's configuration: ``RUN/config.json`` (if any) + the command line, checked."""
     from dataclasses import replace
 
-    from ovsam.train.config import apply_overrides, check_resume, load_config, validate_config
+    from ovsam.train.config import (
+        absolute_paths,
+        apply_overrides,
+        check_resume,
+        load_config,
+        validate_config,
+    )
 
     saved = load_config(args.out) if (args.out / "config.json").is_file() else None
     config = replace(
@@ -52,7 +59,7 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         annotations=str(args.annotations or ""),
         out=str(args.out),
     )
-    config = apply_overrides(config, args.set)
+    config = absolute_paths(apply_overrides(config, args.set))
     if config.task != args.task:
         raise InputError(
             f"--set task={config.task} contradicts `train {args.task}`: the subcommand is the task"
@@ -69,12 +76,15 @@ def _config(args: argparse.Namespace) -> TrainConfig:
 
 def run(args: argparse.Namespace) -> int:
     from ovsam.distributed import init_distributed, shutdown
-    from ovsam.train.clip2sam_task import Clip2SamTask
+    from ovsam.train.clip2sam_task import Clip2SamTask, startup_notice
     from ovsam.train.engine import Trainer
     from ovsam.train.sam2clip_task import Sam2ClipTask
 
     config = _config(args)
     info = init_distributed(args.device)
+    notice = startup_notice(config) if config.task == "clip2sam" else None
+    if notice and info.is_main:
+        print(notice, file=sys.stderr)
     try:
         task = (Sam2ClipTask if config.task == "sam2clip" else Clip2SamTask)(config, info.device)
         trainer = Trainer(config, task, info)

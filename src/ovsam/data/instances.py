@@ -74,6 +74,11 @@ def annotation_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
     raise InputError(f"unsupported segmentation of type {type(segmentation).__name__}")
 
 
+def image_file_name(info: Mapping[str, Any]) -> str:
+    """The file of an ``images`` entry: ``file_name``, else the last part of LVIS' ``coco_url``."""
+    return str(info.get("file_name") or str(info.get("coco_url", "")).rsplit("/", 1)[-1])
+
+
 class InstanceDataset:
     """COCO / LVIS instances with masks (see the module docstring)."""
 
@@ -106,10 +111,16 @@ class InstanceDataset:
     def __len__(self) -> int:
         return len(self.images)
 
+    def annotated_names(self) -> set[str]:
+        """Names of the categories with at least one (non-crowd) instance in the dataset."""
+        return {
+            str(self.categories[ann["category_id"]]["name"])
+            for anns in self._annotations.values()
+            for ann in anns
+        }
+
     def image_path(self, index: int) -> Path:
-        info = self.images[index]
-        name = info.get("file_name") or str(info.get("coco_url", "")).rsplit("/", 1)[-1]
-        return self.image_root / name
+        return self.image_root / image_file_name(self.images[index])
 
     def __getitem__(self, index: int) -> Instances:
         info = self.images[index]
@@ -118,6 +129,11 @@ class InstanceDataset:
         boxes, masks, ids = [], [], []
         for ann in self._annotations[info["id"]]:
             mask = annotation_mask(ann["segmentation"], height, width)
+            if mask.shape != (height, width):
+                raise InputError(
+                    f"annotation id {ann.get('id')} (image id {info['id']}): its mask is "
+                    f"{mask.shape[0]}x{mask.shape[1]} but the image is {height}x{width} (HxW)"
+                )
             ys, xs = np.nonzero(mask)
             if xs.size == 0:
                 continue

@@ -60,15 +60,12 @@ def large_scale_jitter(
     factor = size * rng.uniform(*scale_range) / max(height, width)
     new_h, new_w = max(1, round(height * factor)), max(1, round(width * factor))
     img = F.interpolate(
-        torch.from_numpy(image).permute(2, 0, 1)[None].float(),
+        torch.tensor(image).permute(2, 0, 1)[None].float(),  # a copy: ``image`` may be read-only
         (new_h, new_w),
         mode="bilinear",
         align_corners=False,
     )
-    msk = (
-        F.interpolate(torch.from_numpy(masks).float()[None], (new_h, new_w), mode="nearest")[0]
-        > 0.5
-    )
+    msk = F.interpolate(torch.tensor(masks).float()[None], (new_h, new_w), mode="nearest")[0] > 0.5
     top = int(rng.integers(0, max(new_h - size, 0) + 1))
     left = int(rng.integers(0, max(new_w - size, 0) + 1))
     img, msk = (

@@ -3,21 +3,25 @@
 ``detections``: a COCO results file (``[{"image_id", "category_id", "bbox" XYWH, "score"}]``)
 from any detector. Every box is segmented (the detector's class and score are kept) and the
 masks are written as COCO ``segm`` results (``segm_results.json``) and evaluated with
-``COCOeval(iouType="segm")`` against the annotation file. Needs the ``[coco]`` extra.
+``COCOeval(iouType="segm")`` against the annotation file, restricted to the evaluated images and
+classes (:func:`select_detections`). Needs the ``[coco]`` extra.
 :func:`read_detections` checks the file before any work; a statistic without ground truth
 (e.g. ``APl`` when no object is large, COCOeval's -1) is reported as None.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ovsam.data.instances import image_file_name
 from ovsam.errors import InputError, OVSamError
 from ovsam.fileio import atomic_write_json
 from ovsam.image_io import load_image
@@ -90,10 +94,7 @@ def segment_detections(
     by_image: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
     for det in detections:
         by_image[int(det["image_id"])].append(det)
-    files = {
-        int(img["id"]): img.get("file_name") or str(img["coco_url"]).rsplit("/", 1)[-1]
-        for img in annotations["images"]
-    }
+    files = {int(img["id"]): image_file_name(img) for img in annotations["images"]}
     results = []
     for image_id, dets in by_image.items():
         image = load_image(Path(image_root) / files[image_id])
@@ -114,22 +115,42 @@ def segment_detections(
     return results
 
 
+def select_detections(
+    detections: list[dict[str, Any]], image_ids: Collection[int], category_ids: Collection[int]
+) -> list[dict[str, Any]]:
+    """The detections on the evaluated images of the evaluated classes (``--limit`` and
+    ``--split`` apply to mask AP too)."""
+    images, categories = set(image_ids), set(category_ids)
+    return [d for d in detections if d["image_id"] in images and d["category_id"] in categories]
+
+
 def mask_ap(
-    annotations_path: str | Path, results: list[dict[str, Any]], out_dir: str | Path
+    annotations_path: str | Path,
+    results: list[dict[str, Any]],
+    out_dir: str | Path,
+    image_ids: Collection[int] | None = None,
+    category_ids: Collection[int] | None = None,
 ) -> dict[str, float | None]:
-    """Run ``COCOeval`` (segm) on ``results``; write them and the stats (in %, None where
-    COCOeval has no data) to ``out_dir``."""
+    """Run ``COCOeval`` (segm) on ``results``, over ``image_ids`` and ``category_ids`` only when
+    given (else every image and class of the file); write the results and the stats (in %, None
+    where COCOeval has no data) to ``out_dir``. pycocotools' own printing is swallowed: the
+    caller reports the stats (:func:`format_stats`)."""
     COCO, COCOeval = _coco_tools()  # noqa: N806 - pycocotools' class names
     out = Path(out_dir)
     atomic_write_json(out / "segm_results.json", results)
-    gt = COCO(str(annotations_path))
-    dt = gt.loadRes(json.loads((out / "segm_results.json").read_text())) if results else None
-    if dt is None:
-        raise OVSamError("no detections to evaluate")
-    evaluator = COCOeval(gt, dt, iouType="segm")
-    evaluator.evaluate()
-    evaluator.accumulate()
-    evaluator.summarize()
+    if not results:
+        raise OVSamError("no detections to evaluate (on the selected images and classes)")
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(annotations_path))
+        dt = gt.loadRes(json.loads((out / "segm_results.json").read_text()))
+        evaluator = COCOeval(gt, dt, iouType="segm")
+        if image_ids is not None:
+            evaluator.params.imgIds = sorted(image_ids)
+        if category_ids is not None:
+            evaluator.params.catIds = sorted(category_ids)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
     stats = {
         name: None if v < 0 else float(v) * 100
         for name, v in zip(STAT_NAMES, evaluator.stats[:6], strict=True)

@@ -12,7 +12,7 @@ or counted as skipped, with its reason) and writes ``metrics.json`` and ``table.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -64,10 +64,31 @@ class LabeledPredictorAdapter:
         return np.asarray(masks_out), names
 
 
-def coco_ov_splits() -> dict[int, str]:
-    """COCO category id → ``base`` / ``novel`` / ``none`` (the OV-COCO 48/17 split)."""
+def coco_ov_splits(categories: Sequence[Mapping[str, Any]] | None = None) -> dict[int, str]:
+    """COCO category id → ``base`` / ``novel`` / ``none`` (the OV-COCO 48/17 split).
+
+    The split is defined on COCO's category ids, so the ``categories`` of the evaluated file, if
+    given, must use them: a category whose id is COCO's id of another name, or whose (COCO) name
+    has another id, is an :class:`InputError` (it would silently swap base and novel)."""
     coco = builtin_vocabulary("coco")
-    return {int(info["id"]): str(info["split"]) for info in coco.info}
+    splits = {int(info["id"]): str(info["split"]) for info in coco.info}
+    name_of = {
+        int(info["id"]): name.lower() for info, name in zip(coco.info, coco.classes, strict=True)
+    }
+    id_of = {name: id_ for id_, name in name_of.items()}
+    for category in categories or ():
+        name, id_ = str(category["name"]).lower(), category["id"]
+        clashes = []
+        if name_of.get(id_, name) != name:
+            clashes.append(f"COCO's id {id_} is {name_of[id_]!r}")
+        if id_of.get(name, id_) != id_:
+            clashes.append(f"COCO's {name!r} is id {id_of[name]}")
+        if clashes:
+            raise InputError(
+                f"category {category['name']!r} has id {id_}, but {' and '.join(clashes)}: "
+                "--split coco-ov needs COCO's category ids (or use --split all)"
+            )
+    return splits
 
 
 def lvis_splits(categories: list[Mapping[str, Any]]) -> dict[int, str]:
@@ -84,14 +105,16 @@ def lvis_splits(categories: list[Mapping[str, Any]]) -> dict[int, str]:
 def check_settings(out_dir: str | Path, settings: Mapping[str, str | bool | None]) -> bool:
     """Record the ``settings`` that determine the records in ``out_dir/settings.json``, or
     check them against those of an earlier run there: resuming with other settings (prompt,
-    model, split, ...) would mix incompatible records, so it is an :class:`InputError`.
+    model, split, ...) would mix incompatible records, so it is an :class:`InputError`. While
+    ``out_dir`` holds no records (an earlier run failed before its first image), the settings
+    are simply replaced.
 
     Returns True when ``out_dir`` held records but no settings (written by an older ovsam):
     they are assumed to match and the settings are recorded (the caller warns)."""
     out = Path(out_dir)
-    has_records = any(out.glob("records.rank*.jsonl"))
+    has_records = any(path.stat().st_size for path in out.glob("records.rank*.jsonl"))
     path = out / SETTINGS_FILE
-    if not path.is_file():
+    if not path.is_file() or not has_records:  # no records yet: any settings may start them
         atomic_write_json(path, dict(settings))
         return has_records
     try:
@@ -111,6 +134,18 @@ def check_settings(out_dir: str | Path, settings: Mapping[str, str | bool | None
             " use a new --out"
         )
     return False
+
+
+def check_image_files(image_root: str | Path, paths: Iterable[Path]) -> None:
+    """:class:`InputError` (one line) when ``image_root`` is no folder or any of ``paths`` (the
+    images an evaluation will read) is missing, naming the first missing ones."""
+    root = Path(image_root)
+    if not root.is_dir():
+        raise InputError(f"image folder {root} does not exist")
+    missing = [str(path) for path in dict.fromkeys(paths) if not path.is_file()]
+    if missing:
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise InputError(f"{len(missing)} image file(s) of the evaluation are missing: {shown}")
 
 
 def _parse_line(line: str) -> tuple[int, list[InstanceRecord]] | None:
@@ -193,12 +228,16 @@ def _evaluate_image(
 
 
 def write_report(
-    out_dir: str | Path, method: str, selection: Selection
+    out_dir: str | Path,
+    method: str,
+    selection: Selection,
+    about: Mapping[str, str | None] | None = None,
 ) -> dict[str, float | int | None]:
     """Merge every rank's records of the images of ``selection`` and write ``metrics.json`` and
     ``table.md`` (atomically): the metrics and the image / instance counts of
     :func:`~ovsam.evaluation.accounting.account` (every selected image evaluated, skipped with
-    its reason, or missing)."""
+    its reason, or missing), and ``about`` the run (prompt, split, model, ovsam version, ...:
+    fields of ``metrics.json`` and a line under the table)."""
     out = Path(out_dir)
     done: dict[int, list[InstanceRecord]] = {}
     for path in sorted(out.glob("records.rank*.jsonl")):  # also those of an earlier, larger world
@@ -208,6 +247,10 @@ def write_report(
         **summarize(r for records in done.values() for r in records),
         **account(selection, done),
     }
-    atomic_write_json(out / "metrics.json", {"method": method, **metrics})
-    atomic_write_bytes(out / "table.md", markdown_table({method: metrics}).encode("utf-8"))
+    about = dict(about or {})
+    atomic_write_json(out / "metrics.json", {"method": method, **about, **metrics})
+    table = markdown_table({method: metrics})
+    if about:
+        table += "\n" + "; ".join(f"{key}: {value}" for key, value in about.items()) + "\n"
+    atomic_write_bytes(out / "table.md", table.encode("utf-8"))
     return metrics

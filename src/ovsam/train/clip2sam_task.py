@@ -26,6 +26,7 @@ from ovsam.clip.factory import create_model
 from ovsam.clip.text_bank import build_text_bank
 from ovsam.data.instances import InstanceDataset
 from ovsam.data.prompts import large_scale_jitter, random_points
+from ovsam.errors import InputError
 from ovsam.ov.classifier import bank_logits
 from ovsam.ov.clip2sam import FPN, CLIP2SAMHead
 from ovsam.ov.model import OVSamConfig
@@ -65,8 +66,28 @@ def dice_loss(logits: Tensor, targets: Tensor) -> Tensor:
     return (1 - (2 * (probs * targets).sum(1) + 1) / (probs.sum(1) + targets.sum(1) + 1)).mean()
 
 
+def startup_notice(config: TrainConfig) -> str | None:
+    """One line on what the head will learn from, when that is not a trained SAM2CLIP adapter:
+    a note for ``random_clip`` (testing mode: everything frozen is random anyway), a warning
+    without ``adapter_checkpoint`` (the head then learns from a random adapter's features)."""
+    if config.random_clip:
+        return (
+            "note: random_clip=true (testing mode): CLIP and the SAM2CLIP adapter are random, "
+            "so the head learns nothing meaningful"
+        )
+    if not config.adapter_checkpoint:
+        return (
+            "warning: no adapter_checkpoint: the head learns from a random SAM2CLIP adapter; "
+            "pass --set adapter_checkpoint=RUN/checkpoints/step_N.pt of a sam2clip run"
+        )
+    return None
+
+
 class Clip2SamTask:
     """The CLIP2SAM task (see the module docstring)."""
+
+    #: each region is pooled from one FPN level, so a step may leave other levels without grads
+    find_unused_parameters = True
 
     def __init__(self, config: TrainConfig, device: torch.device) -> None:
         self.config, self.device = config, device
@@ -77,6 +98,11 @@ class Clip2SamTask:
             else load_vocabulary(config.vocabulary)
         )
         self.class_of = {name.lower(): i for i, name in enumerate(vocab.classes)}
+        if not any(name.lower() in self.class_of for name in self.dataset.annotated_names()):
+            raise InputError(
+                f"{config.annotations} has no instance of a class of vocabulary="
+                f"{config.vocabulary!r}: nothing to train on (vocabulary=dataset uses its own)"
+            )
         self.num_items = len(self.dataset)
         if config.random_clip:
             torch.manual_seed(config.seed)

@@ -23,6 +23,8 @@ TASKS = ("sam2clip", "clip2sam")
 # the optimisation already done (learning-rate and optimizer settings are restored from the
 # checkpoint, so changing them would be silently ignored)
 RESUMABLE = frozenset({"out", "steps", "log_every", "checkpoint_every"})
+#: key of ``config.json`` holding the versions and world size of the run's last process
+ENVIRONMENT = "environment"
 _PATHS = frozenset({"data", "annotations", "teacher_checkpoint", "adapter_checkpoint"})
 _POSITIVE = (
     "steps", "batch_size", "grad_accum", "checkpoint_every", "log_every",
@@ -93,14 +95,34 @@ def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
     return replace(config, **changes)
 
 
-def save_config(config: TrainConfig, run_dir: Path) -> None:
-    atomic_write_json(run_dir / "config.json", config.to_json())
+def absolute_paths(config: TrainConfig) -> TrainConfig:
+    """``config`` with its file and folder settings (and ``out``) made absolute: a run resumed
+    from another working directory then names the same files."""
+    names = sorted(_PATHS | {"out"})
+    return replace(
+        config, **{n: str(Path(getattr(config, n)).resolve()) for n in names if getattr(config, n)}
+    )
+
+
+def save_config(config: TrainConfig, run_dir: Path, world_size: int = 1) -> None:
+    """Write ``run_dir/config.json``: the config, plus under :data:`ENVIRONMENT` the ovsam and
+    torch versions and the world size of the process writing it (informational: not read back,
+    so not part of the resume comparison)."""
+    import torch
+
+    from ovsam import __version__
+
+    environment = {"ovsam": __version__, "torch": torch.__version__, "world_size": world_size}
+    atomic_write_json(run_dir / "config.json", {**config.to_json(), ENVIRONMENT: environment})
 
 
 def load_config(run_dir: Path) -> TrainConfig:
+    """The config saved by :func:`save_config` (its :data:`ENVIRONMENT` entry left out)."""
     try:
-        return TrainConfig(**json.loads((run_dir / "config.json").read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError) as exc:
+        saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        saved.pop(ENVIRONMENT, None)
+        return TrainConfig(**saved)
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
         raise InputError(f"cannot read {run_dir / 'config.json'}: {exc}") from exc
 
 

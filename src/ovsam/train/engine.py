@@ -34,13 +34,17 @@ from tqdm import tqdm
 
 from ovsam.checkpoint import load_state_dict_strict
 from ovsam.distributed import DistInfo, barrier
-from ovsam.errors import CheckpointError, first_line
+from ovsam.errors import CheckpointError, InputError, first_line
 from ovsam.fileio import atomic_path, atomic_write_bytes, atomic_write_json
 from ovsam.train.config import TrainConfig, save_config
 
 
 class Task(Protocol):
-    """What the engine trains: ``trainable`` (a module), ``num_items`` and ``loss``."""
+    """What the engine trains: ``trainable`` (a module), ``num_items`` and ``loss``.
+
+    A task whose steps leave some trainable parameters without a gradient (CLIP2SAM pools each
+    region from one FPN level only) sets ``find_unused_parameters = True``: DDP then looks for
+    them after each backward instead of waiting forever for their reduction."""
 
     trainable: nn.Module
     num_items: int
@@ -98,7 +102,11 @@ class Trainer:
         self.wrapped: nn.Module = self.module
         if info.world > 1:
             ids = [info.device.index] if info.device.type == "cuda" else None
-            self.wrapped = DistributedDataParallel(self.module, device_ids=ids)
+            self.wrapped = DistributedDataParallel(
+                self.module,
+                device_ids=ids,
+                find_unused_parameters=bool(getattr(task, "find_unused_parameters", False)),
+            )
         params = [p for p in self.module.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -245,15 +253,12 @@ class Trainer:
                 totals[key] = totals.get(key, 0.0) + float(value.detach()) / config.grad_accum
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.module.parameters(), config.grad_clip)
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses, not the next one's
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        row = {
-            "step": self.step,
-            **self._mean_over_ranks(totals),
-            "lr": self.scheduler.get_last_lr()[0],
-        }
+        row = {"step": self.step, **self._mean_over_ranks(totals), "lr": lr}
         row["seconds"] = time.perf_counter() - start
         return row
 
@@ -262,8 +267,13 @@ class Trainer:
         work after that global step, as an interruption would. Returns the logged rows."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.resume()  # before saving the config: a checkpoint that does not fit changes nothing
+        if self.step > self.config.steps:  # the config would no longer describe the checkpoints
+            raise InputError(
+                f"{self.run_dir} is already at step {self.step}: steps={self.config.steps} would "
+                f"end it before that; use --set steps={self.step} or more, or a new --out"
+            )
         if self.info.is_main:
-            save_config(self.config, self.run_dir)
+            save_config(self.config, self.run_dir, world_size=self.info.world)
         self._rewind_logs()
         config, rows = self.config, []
         use_bf16 = config.bf16 and self.info.device.type == "cuda"
