@@ -99,7 +99,8 @@ def build_model(
 ) -> nn.Module:
     """Build model ``name`` in eval mode.
 
-    ``name`` may also be the path of a self-describing ovsam checkpoint (``save_ovsam``).
+    ``name`` may also be the path of a self-describing ovsam checkpoint (``save_ovsam``); such
+    a file given as the ``checkpoint`` of an OV-SAM model is loaded the same way.
     ``checkpoint``: a registered weights name (``ovsam.weights``; a registered name always
     means those weights, even if a file of that name exists: write ``./name`` for the file)
     or a checkpoint path (missing, empty or folder paths are a ``CheckpointError``); without
@@ -122,6 +123,11 @@ def build_model(
 
         return load_ovsam(name)
     entry = get_model_entry(name)
+    if entry.name.startswith("ovsam") and checkpoint is not None:
+        from ovsam.ov.checkpoints import is_ovsam_checkpoint, load_ovsam
+
+        if is_ovsam_checkpoint(checkpoint):  # it describes its own architecture (e.g. exported)
+            return load_ovsam(checkpoint)
     model = entry.builder()
     weights = (
         checkpoint if checkpoint is not None else (entry.default_weights if pretrained else None)

@@ -4,6 +4,8 @@ Single process: ``ovsam train sam2clip --data images/ --out runs/a``. Several pr
 machines: ``torchrun --nproc_per_node 8 -m ovsam train sam2clip ...`` (see the README).
 Re-running the same command resumes from the newest checkpoint in ``--out``; settings that
 change what the run trains must stay the same (see :func:`ovsam.train.config.check_resume`).
+``ovsam train export RUN --out model.safetensors [--step N]`` writes a clip2sam run as one
+model file (:mod:`ovsam.train.export`).
 """
 
 from __future__ import annotations
@@ -19,11 +21,35 @@ from ovsam.train.config import TASKS, TrainConfig
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
-        help="train the SAM2CLIP adapter (distillation) or the CLIP2SAM head",
+        help="train the SAM2CLIP adapter (distillation) or the CLIP2SAM head; export a model",
         description="Train with the configuration in ovsam.train.config.TrainConfig; fields are "
-        "overridden with --set FIELD=VALUE and the result is saved as RUN/config.json.",
+        "overridden with --set FIELD=VALUE and the result is saved as RUN/config.json. "
+        "`train export` turns a finished clip2sam run into one model file.",
     )
-    parser.add_argument("task", choices=TASKS)
+    tasks = parser.add_subparsers(dest="task", metavar="TASK", required=True)
+    for task in TASKS:
+        _add_task_parser(tasks, task)
+    export = tasks.add_parser(
+        "export",
+        help="write a clip2sam run as one OV-SAM .safetensors (build_model / eval accept it)",
+        description="Assemble the OV-SAM a clip2sam run trained (its head, the adapter, CLIP "
+        "and prompt encoder its config.json names) into one self-describing file.",
+    )
+    export.add_argument("run_dir", type=Path, metavar="RUN", help="clip2sam run folder")
+    export.add_argument(
+        "--out",
+        dest="model_out",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="model file (.safetensors)",
+    )
+    export.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    export.set_defaults(run=run_export)
+
+
+def _add_task_parser(tasks: argparse._SubParsersAction, task: str) -> None:
+    parser = tasks.add_parser(task, help=f"train {task} (see ovsam.train.{task}_task)")
     parser.add_argument(
         "--data", type=Path, required=True, help="image folder (or COCO image root)"
     )
@@ -96,4 +122,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"step {last['step']}: loss {last['loss']:.6g} -> {args.out}")
     elif info.is_main:
         print(f"{args.out} already finished at step {trainer.step}; raise --set steps=N to go on")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """``ovsam train export RUN --out FILE [--step N]``."""
+    from ovsam.cli.preflight import check_output
+    from ovsam.train.export import export_ovsam
+
+    check_output(args.model_out, is_file=True)
+    path = export_ovsam(args.run_dir, args.model_out, step=args.step)
+    print(f"{args.run_dir} -> {path}")
     return 0

@@ -28,7 +28,7 @@ import torch
 from ovsam.checkpoint import load_state_dict_strict, read_state_dict
 from ovsam.clip.factory import read_clip_state_dict
 from ovsam.clip.pretrained import pretrained_weights_name
-from ovsam.errors import CheckpointError, WeightsUnavailableError
+from ovsam.errors import CheckpointError, WeightsUnavailableError, first_line
 from ovsam.fileio import atomic_path
 from ovsam.ov.model import OVSam, OVSamConfig, build_ovsam
 from ovsam.weights import UrlSource, WeightsSpec, register_weights, resolve_weights
@@ -71,30 +71,43 @@ CLIP2SAM = {
 SAM_VIT_H = "sam_vit_h_4b8939"
 
 
-class WeightsMissing(WeightsUnavailableError):
-    """Registered weights that could not be obtained; ``missing`` names every one."""
+#: how :func:`~ovsam.weights.resolve_weights` begins a plain "every source failed" message
+_ALL_SOURCES_FAILED = "could not obtain weights"
 
-    def __init__(self, what: str, missing: Sequence[str]) -> None:
+
+class WeightsMissing(WeightsUnavailableError):
+    """Registered weights that could not be obtained; ``missing`` names every one, ``reason``
+    is the first line of the first failure that was more than "every source failed" (e.g.
+    an unwritable cache folder), or ''."""
+
+    def __init__(self, what: str, missing: Sequence[str], reason: str = "") -> None:
         self.missing = tuple(missing)
+        self.reason = reason
         names = ", ".join(self.missing)
+        why = f" ({reason})" if reason else ""
         super().__init__(
-            f"{what}: {names} could not be obtained; get them with "
+            f"{what}: {names} could not be obtained{why}; get them with "
             f"'ovsam download {' '.join(self.missing)}'"
         )
 
 
 def resolve_all(names: Sequence[str], what: str = "weights", progress: bool = True) -> list[Path]:
     """Local files of the registered weights ``names`` (fetched into the cache on first use);
-    :class:`WeightsMissing` (one line, ``what`` first) names every one that cannot be had."""
+    :class:`WeightsMissing` (one line, ``what`` first) names every one that cannot be had,
+    with the first reason that is not a plain "all sources failed"."""
     files: list[Path] = []
     missing: list[str] = []
+    reasons: list[str] = []
     for name in names:
         try:
             files.append(resolve_weights(name, progress=progress))
-        except WeightsUnavailableError:
+        except WeightsUnavailableError as exc:
             missing.append(name)
+            line = first_line(exc)
+            if line and not line.startswith(_ALL_SOURCES_FAILED):
+                reasons.append(line)
     if missing:
-        raise WeightsMissing(what, missing)
+        raise WeightsMissing(what, missing, reasons[0] if reasons else "")
     return files
 
 
@@ -103,9 +116,10 @@ def official_weights_names(dataset: str = "coco", clip_model: str = "RN50x16") -
     return [SAM2CLIP, CLIP2SAM[dataset], pretrained_weights_name(clip_model, "openai"), SAM_VIT_H]
 
 
-def _take(
+def take_prefix(
     state: Mapping[str, torch.Tensor], prefix: str, new_prefix: str
 ) -> dict[str, torch.Tensor]:
+    """The entries of ``state`` under ``prefix``, renamed to start with ``new_prefix``."""
     return {new_prefix + k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
@@ -115,10 +129,10 @@ def official_state_dict(
     """Our state dict assembled from the four official files (see the module docstring)."""
     adapter = read_state_dict(sam2clip)
     decoder = read_state_dict(clip2sam)
-    state = _take(adapter, "neck_student.", "image_encoder.neck.")
+    state = take_prefix(adapter, "neck_student.", "image_encoder.neck.")
     if not state:
         raise CheckpointError(f"{sam2clip} has no 'neck_student.*' keys: not a SAM2CLIP checkpoint")
-    head = _take(decoder, "fpn_neck.", "fpn_neck.") | _take(
+    head = take_prefix(decoder, "fpn_neck.", "fpn_neck.") | take_prefix(
         decoder, "mask_decoder.", "mask_decoder."
     )
     if not head:
@@ -126,8 +140,8 @@ def official_state_dict(
             f"{clip2sam} has no 'fpn_neck.*'/'mask_decoder.*' keys: not a CLIP2SAM checkpoint"
         )
     state |= head
-    state |= _take(read_clip_state_dict(clip), "visual.", "image_encoder.backbone.")
-    state |= _take(read_state_dict(sam), "prompt_encoder.", "prompt_encoder.")
+    state |= take_prefix(read_clip_state_dict(clip), "visual.", "image_encoder.backbone.")
+    state |= take_prefix(read_state_dict(sam), "prompt_encoder.", "prompt_encoder.")
     return state
 
 

@@ -36,7 +36,9 @@ class OVSamConfig:
     ``alpha_seen`` / ``alpha_unseen``: weight of the frozen-CLIP probability in the geometric
     fusion for classes seen in training (and background) / unseen ones. ``logit_scale``:
     log of the cosine multiplier (4.6052 → x100). ``seen_vocabulary``: the built-in vocabulary
-    the decoder was trained on (decides which names count as seen).
+    the decoder was trained on, or its class names (decides which names count as seen).
+    ``adapter_dim`` / ``adapter_depth`` / ``adapter_heads``: width, blocks and attention heads
+    of the SAM2CLIP adapter (defaults: the official ones; files saved without them load so).
     """
 
     clip_model: str = "RN50x16"
@@ -44,7 +46,14 @@ class OVSamConfig:
     alpha_seen: float = 0.1
     alpha_unseen: float = 0.9
     logit_scale: float = 4.6052
-    seen_vocabulary: str = "coco_base"
+    seen_vocabulary: str | tuple[str, ...] = "coco_base"
+    adapter_dim: int = 1280
+    adapter_depth: int = 5
+    adapter_heads: int = 16
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.seen_vocabulary, str):  # class names (a list once read from JSON)
+            object.__setattr__(self, "seen_vocabulary", tuple(self.seen_vocabulary))
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -112,7 +121,8 @@ class OVSam(RandomWeightsFlag, Sam):
 
 
 def build_ovsam(config: OVSamConfig | None = None) -> OVSam:
-    """The official architecture (CLIP ``config.clip_model`` + adapter + FPN + head), random."""
+    """The architecture ``config`` describes (default: the official one): CLIP
+    ``config.clip_model`` + adapter of the config's size + FPN + head, random."""
     config = config or OVSamConfig()
     clip_config = get_clip_config(config.clip_model)
     backbone = build_vision_tower(clip_config)
@@ -121,7 +131,14 @@ def build_ovsam(config: OVSamConfig | None = None) -> OVSam:
     return OVSam(
         config,
         OVSamImageEncoder(
-            backbone, SAM2CLIPAdapter(in_channels=channels, strides=backbone.stage_strides)
+            backbone,
+            SAM2CLIPAdapter(
+                in_channels=channels,
+                strides=backbone.stage_strides,
+                embed_dim=config.adapter_dim,
+                depth=config.adapter_depth,
+                num_heads=config.adapter_heads,
+            ),
         ),
         FPN(channels, PROMPT_DIM),
         PromptEncoder(

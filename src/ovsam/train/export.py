@@ -1,0 +1,175 @@
+"""Turn a finished ``clip2sam`` run into one self-describing OV-SAM file.
+
+``ovsam train export RUN --out model.safetensors [--step N]`` assembles the state dict of
+:class:`~ovsam.ov.model.OVSam` from what the run names in ``RUN/config.json`` and writes it with
+:func:`~ovsam.ov.checkpoints.save_ovsam`, so ``ovsam.build_model(path)`` and
+``ovsam eval --recognizer ovsam --checkpoint path`` need nothing else:
+
+=============================================  ==============================
+from                                           goes to
+=============================================  ==============================
+``adapter_checkpoint`` (a sam2clip step)       ``image_encoder.neck.*``
+the clip2sam checkpoint (``step_N.pt``)        ``fpn_neck.*``, ``mask_decoder.*``
+CLIP ``clip_model`` / ``clip_weights``         ``image_encoder.backbone.*``
+the ``teacher`` SAM                            ``prompt_encoder.*``
+``vocabulary``                                 ``OVSamConfig.seen_vocabulary``
+=============================================  ==============================
+
+The adapter's size is read from its tensors and recorded in the config. A ``random_clip`` run
+is refused (its CLIP weights are not saved), as is a run without ``adapter_checkpoint`` (its
+random adapter is not saved either).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from ovsam.checkpoint import load_state_dict_strict, read_state_dict
+from ovsam.errors import CheckpointError, InputError
+from ovsam.ov.checkpoints import save_ovsam, take_prefix
+from ovsam.ov.model import OVSam, OVSamConfig, build_ovsam
+from ovsam.train.config import TrainConfig, load_config
+from ovsam.vocab import BUILTIN_VOCABULARIES, load_vocabulary
+
+_HEAD = ("fpn_neck.", "mask_decoder.")
+
+
+def run_checkpoint(run: str | Path, step: int | None = None) -> tuple[Path, Path]:
+    """``(run folder, checkpoint)`` of ``run``: a run folder (its ``latest.json``, or
+    ``checkpoints/step_{step}.pt``) or a ``RUN/checkpoints/step_N.pt`` file itself."""
+    run = Path(run)
+    if run.is_file():
+        if step is not None:
+            raise InputError(f"--step {step} goes with a run folder, not the file {run}")
+        return run.parent.parent, run
+    if not run.is_dir():
+        raise InputError(f"{run} does not exist (expected a clip2sam run folder)")
+    folder = run / "checkpoints"
+    if step is None:
+        pointer = folder / "latest.json"
+        try:
+            name = str(json.loads(pointer.read_text(encoding="utf-8"))["file"])
+        except FileNotFoundError:
+            raise InputError(f"{run} has no checkpoint ({pointer} is missing)") from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{pointer} is damaged ({exc}); use --step N") from exc
+        path = folder / name
+    else:
+        path = folder / f"step_{step}.pt"
+    if not path.is_file():
+        steps = sorted(
+            int(m[1]) for p in folder.glob("step_*.pt") if (m := re.match(r"step_(\d+)", p.stem))
+        )
+        raise InputError(f"{path} does not exist (steps saved: {steps or 'none'})")
+    return run, path
+
+
+def adapter_sizes(state: dict[str, torch.Tensor]) -> tuple[int, int, int]:
+    """``(dim, depth, heads)`` of a SAM2CLIP adapter state dict (heads from the width of the
+    relative-position tables, which is the head width)."""
+    try:
+        dim = int(state["level_encoding.weight"].shape[1])
+        depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+        heads = dim // int(state["blocks.0.attn.rel_pos_h"].shape[1])
+    except (KeyError, ValueError, IndexError) as exc:
+        raise CheckpointError(f"not a SAM2CLIP adapter state dict (no {exc})") from exc
+    return dim, depth, heads
+
+
+def seen_vocabulary(config: TrainConfig) -> str | tuple[str, ...]:
+    """What the head was trained on: a built-in vocabulary's name, else its class names (those
+    of the annotation file for ``vocabulary=dataset``)."""
+    if config.vocabulary in BUILTIN_VOCABULARIES:
+        return config.vocabulary
+    if config.vocabulary != "dataset":
+        return load_vocabulary(config.vocabulary).classes
+    try:
+        categories = json.loads(Path(config.annotations).read_text(encoding="utf-8"))["categories"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(
+            f"vocabulary=dataset: cannot read the class names of {config.annotations} ({exc})"
+        ) from exc
+    return load_vocabulary([str(c["name"]) for c in categories]).classes
+
+
+def _adapter(config: TrainConfig) -> tuple[dict[str, torch.Tensor], tuple[int, int, int]]:
+    """The run's adapter weights (``image_encoder.neck.*``) and their size, checked."""
+    state = read_state_dict(config.adapter_checkpoint)
+    if any(k.startswith(_HEAD) for k in state):
+        raise InputError(
+            f"adapter_checkpoint {config.adapter_checkpoint} is a clip2sam checkpoint, not a "
+            "sam2clip one"
+        )
+    sizes = adapter_sizes(state)
+    expected = (config.adapter_dim, config.adapter_depth, config.adapter_heads)
+    if sizes != expected:
+        raise InputError(
+            f"adapter_checkpoint {config.adapter_checkpoint} has dim/depth/heads "
+            f"{'/'.join(map(str, sizes))} but the run says {'/'.join(map(str, expected))}"
+        )
+    return take_prefix(state, "", "image_encoder.neck."), sizes
+
+
+def _frozen_parts(config: TrainConfig) -> dict[str, torch.Tensor]:
+    """The CLIP visual tower and the teacher's prompt encoder, as the run loaded them."""
+    from ovsam.build import build_model
+    from ovsam.clip.factory import create_model
+
+    clip = create_model(config.clip_model, pretrained=config.clip_weights, progress=False)
+    teacher = build_model(config.teacher, config.teacher_checkpoint or None, fuse=False)
+    return take_prefix(clip.state_dict(), "visual.", "image_encoder.backbone.") | take_prefix(
+        teacher.state_dict(), "prompt_encoder.", "prompt_encoder."
+    )
+
+
+def export_model(run: str | Path, step: int | None = None) -> OVSam:
+    """The OV-SAM a clip2sam run (folder or checkpoint file, see :func:`run_checkpoint`)
+    trained, with its weights loaded strictly; one-line errors for runs that cannot be."""
+    run_dir, checkpoint = run_checkpoint(run, step)
+    if not (run_dir / "config.json").is_file():
+        raise InputError(f"{run_dir} has no config.json: not a training run folder")
+    config = load_config(run_dir)
+    if config.task != "clip2sam":
+        raise InputError(
+            f"{run_dir} is a {config.task} run: export the clip2sam run trained with "
+            f"--set adapter_checkpoint={checkpoint}"
+        )
+    if config.random_clip:
+        raise InputError(
+            f"{run_dir} was trained with random_clip=true: its CLIP weights are not saved, "
+            "so it cannot be exported"
+        )
+    if not config.adapter_checkpoint:
+        raise InputError(
+            f"{run_dir} was trained without adapter_checkpoint: its random SAM2CLIP adapter "
+            "is not saved, so it cannot be exported"
+        )
+    head = read_state_dict(checkpoint)
+    if not any(k.startswith(_HEAD) for k in head):
+        raise InputError(f"{checkpoint} has no fpn_neck/mask_decoder weights: not clip2sam")
+    state, (dim, depth, heads) = _adapter(config)
+    state |= {k: v for k, v in head.items() if k.startswith(_HEAD)} | _frozen_parts(config)
+    model = build_ovsam(
+        OVSamConfig(
+            clip_model=config.clip_model,
+            seen_vocabulary=seen_vocabulary(config),
+            adapter_dim=dim,
+            adapter_depth=depth,
+            adapter_heads=heads,
+        )
+    )
+    load_state_dict_strict(model, state, source=f"{checkpoint} + the files its run names")
+    return model.eval()
+
+
+def export_ovsam(run: str | Path, out_path: str | Path, step: int | None = None) -> Path:
+    """Write the OV-SAM trained by the clip2sam ``run`` (see :func:`export_model`) to
+    ``out_path`` (``.safetensors``) with :func:`~ovsam.ov.checkpoints.save_ovsam`."""
+    out_path = Path(out_path)
+    if out_path.suffix != ".safetensors":
+        raise InputError(f"--out {out_path}: the file name must end in .safetensors")
+    return save_ovsam(export_model(run, step), out_path)

@@ -1,0 +1,147 @@
+"""``ovsam train export``: a tiny sam2clip + clip2sam run becomes one loadable OV-SAM file.
+
+CLIP: a random RN50 saved to a file and named with ``--set clip_weights=FILE`` (a "real",
+non-``random_clip`` run); adapter 64 wide, 1 block, 2 heads; one step of each task on the tiny
+COCO of ``tiny_coco``; teacher: the real MobileSAM.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ovsam.build import build_model
+from ovsam.checkpoint import read_state_dict
+from ovsam.cli.main import main
+from ovsam.clip.factory import create_model
+from ovsam.errors import InputError, WeightsUnavailableError
+from ovsam.ov.model import OVSam, OVSamConfig
+from ovsam.ov.predictor import OVSamPredictor
+from ovsam.train.export import export_model
+from tiny_coco import write_tiny_coco
+
+SMALL = ["steps=1", "clip_model=RN50", "adapter_dim=64", "adapter_depth=1", "adapter_heads=2",
+         "log_every=1", "checkpoint_every=1", "bf16=false"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, mobilesam_checkpoint: Path) -> dict[str, Path]:
+    """A finished sam2clip run, the clip2sam run on its adapter, and the CLIP file."""
+    root = tmp_path_factory.mktemp("export")
+    data = root / "data"
+    write_tiny_coco(data, images=1)
+    torch.manual_seed(0)
+    clip_file = root / "clip_rn50.pt"
+    torch.save(create_model("RN50").state_dict(), clip_file)
+    common = ["--data", str(data / "images"), "--annotations", str(data / "instances.json"),
+              "--device", "cpu"]  # fmt: skip
+    sets = [*SMALL, f"clip_weights={clip_file}", f"teacher_checkpoint={mobilesam_checkpoint}"]
+    adapter_run, head_run = root / "sam2clip", root / "clip2sam"
+    argv = ["train", "sam2clip", *common, "--out", str(adapter_run)]
+    assert main([*argv, *[f"--set={s}" for s in sets]]) == 0
+    adapter = adapter_run / "checkpoints" / "step_1.pt"
+    sets += [f"adapter_checkpoint={adapter}", "vocabulary=dataset", "lsj=false",
+             "prompts_per_image=2"]  # fmt: skip
+    argv = ["train", "clip2sam", *common, "--out", str(head_run)]
+    assert main([*argv, *[f"--set={s}" for s in sets]]) == 0
+    return {"sam2clip": adapter_run, "clip2sam": head_run, "clip": clip_file, "root": root}
+
+
+def test_export_loads_with_the_trained_weights_and_predicts(
+    runs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = runs["root"] / "model.safetensors"
+    assert main(["train", "export", str(runs["clip2sam"]), "--out", str(out)]) == 0
+    assert str(out) in capsys.readouterr().out
+    model = build_model(str(out))
+    assert isinstance(model, OVSam) and not model.random_weights
+    config = model.config
+    assert (config.clip_model, config.adapter_dim, config.adapter_depth) == ("RN50", 64, 1)
+    assert config.adapter_heads == 2 and "person" in config.seen_vocabulary
+    state = model.state_dict()
+    adapter = read_state_dict(runs["sam2clip"] / "checkpoints" / "step_1.pt")
+    head = read_state_dict(runs["clip2sam"] / "checkpoints" / "step_1.pt")
+    assert adapter and head
+    for key, value in adapter.items():
+        torch.testing.assert_close(state[f"image_encoder.neck.{key}"], value, rtol=0, atol=0)
+    for key, value in head.items():
+        torch.testing.assert_close(state[key], value, rtol=0, atol=0)
+    clip = create_model("RN50", pretrained=runs["clip"])
+    torch.testing.assert_close(
+        state["image_encoder.backbone.conv1.weight"], clip.visual.conv1.weight, rtol=0, atol=0
+    )
+    # what `ovsam eval --recognizer ovsam --checkpoint FILE` builds: the file's own architecture
+    assert build_model("ovsam_coco", str(out)).config == config
+    predictor = OVSamPredictor(model, text_model=clip)
+    predictor.set_vocabulary(["person", "car", "cup"], progress=False)
+    predictor.set_image(np.full((96, 128, 3), 90, dtype=np.uint8))
+    masks, scores, low_res, labels = predictor.predict(box=np.array([4, 8, 60, 70]))
+    assert masks.shape == (1, 96, 128) and scores.shape == (1,) and low_res.shape[-2:] == (256, 256)
+    assert len(labels) == 1 and not labels[0].random_weights
+    # a checkpoint file names its run as well
+    assert export_model(runs["clip2sam"] / "checkpoints" / "step_1.pt").config == config
+
+
+def _copy_run(runs: dict[str, Path], name: str, **changes: object) -> Path:
+    """The clip2sam run copied to ``name`` with ``changes`` made to its config.json."""
+    run = runs["root"] / name
+    shutil.copytree(runs["clip2sam"], run, ignore=shutil.ignore_patterns("tb"))
+    config = json.loads((run / "config.json").read_text()) | changes
+    (run / "config.json").write_text(json.dumps(config))
+    return run
+
+
+def test_export_errors_are_one_line(
+    runs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = str(runs["root"] / "bad.safetensors")
+    cases = {
+        str(runs["sam2clip"]): "is a sam2clip run: export the clip2sam run",
+        str(runs["root"] / "nope"): "does not exist (expected a clip2sam run folder)",
+        str(_copy_run(runs, "random", random_clip=True)): "its CLIP weights are not saved",
+        str(_copy_run(runs, "wide", adapter_dim=128)): "has dim/depth/heads 64/1/2 but the run",
+        str(_copy_run(runs, "noadapter", adapter_checkpoint="")): "random SAM2CLIP adapter",
+    }
+    for run, message in cases.items():
+        assert main(["train", "export", run, "--out", out]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert main(["train", "export", str(runs["clip2sam"]), "--out", out, "--step", "9"]) == 2
+    assert "step_9.pt does not exist (steps saved: [1])" in capsys.readouterr().err
+    with pytest.raises(InputError, match="must end in .safetensors"):
+        from ovsam.train.export import export_ovsam
+
+        export_ovsam(runs["clip2sam"], runs["root"] / "model.pt")
+    assert not Path(out).exists()
+
+
+def test_config_adapter_fields_round_trip_and_old_configs_load() -> None:
+    official = OVSamConfig()
+    assert (official.adapter_dim, official.adapter_depth, official.adapter_heads) == (1280, 5, 16)
+    again = OVSamConfig(**json.loads(json.dumps(official.to_dict())))
+    assert again == official
+    old = {"clip_model": "RN50x16", "roi_size": 7, "alpha_seen": 0.1, "alpha_unseen": 0.9,
+           "logit_scale": 4.6052, "seen_vocabulary": "lvis_base"}  # fmt: skip
+    assert OVSamConfig(**old) == OVSamConfig(roi_size=7, seen_vocabulary="lvis_base")
+    names = OVSamConfig(seen_vocabulary=("person", "car"), adapter_dim=64)
+    assert OVSamConfig(**json.loads(json.dumps(names.to_dict()))) == names
+
+
+def test_resolve_all_keeps_the_real_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ovsam.ov.checkpoints as checkpoints
+
+    def unwritable(name: str, progress: bool = True) -> Path:
+        raise WeightsUnavailableError(f"cache folder /ro is not writable: set X\n({name})")
+
+    monkeypatch.setattr(checkpoints, "resolve_weights", unwritable)
+    with pytest.raises(WeightsUnavailableError) as info:
+        checkpoints.resolve_all(["a", "b"], "OV-SAM weights missing")
+    assert str(info.value) == (
+        "OV-SAM weights missing: a, b could not be obtained (cache folder /ro is not writable: "
+        "set X); get them with 'ovsam download a b'"
+    )
