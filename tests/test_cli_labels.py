@@ -59,6 +59,22 @@ def test_labels_without_weights_say_what_to_download(
     assert offline == ["clip_RN50x16_openai"] and not (tmp_path / "out").exists()
 
 
+def test_labels_with_an_unwritable_cache_say_so(
+    tmp_path: Path, mobilesam_checkpoint: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:  # fmt: skip
+    def fail(spec: weights.WeightsSpec, **_: object) -> Path:
+        raise WeightsUnavailableError("cache folder /ro/weights is not writable: set X")
+
+    monkeypatch.setattr(weights, "download_weights", fail)
+    assert main(_argv(tmp_path / "out", mobilesam_checkpoint, "--vocab", "coco")) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert (
+        "clip_RN50x16_openai could not be obtained (cache folder /ro/weights is not writable" in err
+    )
+
+
 def test_ovsam_without_weights_names_every_missing_file(
     tmp_path: Path, offline: list[str], capsys: pytest.CaptureFixture
 ) -> None:

@@ -19,7 +19,7 @@ from torch import nn
 
 from ovsam.cli.main import main
 from ovsam.errors import InputError
-from ovsam.train.config import TrainConfig, check_resume
+from ovsam.train.config import TrainConfig, absolute_paths, check_resume
 
 Train = Callable[..., tuple[int, str, str]]
 TINY = ["adapter_dim=4", "adapter_heads=2", "adapter_depth=1", "log_every=1", "checkpoint_every=2"]
@@ -239,6 +239,22 @@ def test_check_resume_compares_paths_by_location(
     check_resume(saved, TrainConfig(data=str(tmp_path / "images"), out="elsewhere"), tmp_path)
     with pytest.raises(InputError, match=r"data \('images' -> 'other'\); lr"):
         check_resume(saved, TrainConfig(data="other", lr=1.0, out="run"), tmp_path)
+
+
+def test_absolute_paths_keep_registered_names_and_tags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    named = absolute_paths(
+        TrainConfig(data="images", teacher_checkpoint="sam_vit_h_4b8939", clip_weights="openai")
+    )
+    assert named.data == str(tmp_path / "images")
+    assert (named.teacher_checkpoint, named.clip_weights) == ("sam_vit_h_4b8939", "openai")
+    files = absolute_paths(
+        TrainConfig(data="images", teacher_checkpoint="t.pt", clip_weights="w/clip.pt")
+    )
+    assert files.teacher_checkpoint == str(tmp_path / "t.pt")
+    assert files.clip_weights == str(tmp_path / "w" / "clip.pt")
 
 
 def test_a_resumed_run_keeps_its_paths_from_another_directory(

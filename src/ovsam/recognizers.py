@@ -119,8 +119,9 @@ def build_labeled_predictor(
     try:
         resolve_all(required_weights(options, sam_model, checkpoint))
     except WeightsMissing as exc:
+        why = f" ({exc.reason})" if exc.reason else ""
         raise RecognitionWeightsMissing(
-            f"no recognition weights: {', '.join(exc.missing)} could not be obtained; get them "
+            f"no recognition weights: {', '.join(exc.missing)} could not be obtained{why}; get them "
             f"with 'ovsam download {' '.join(exc.missing)}' (or pass local files), or add "
             "--random-recognition to test the pipeline with random weights"
         ) from exc

@@ -95,13 +95,28 @@ def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
     return replace(config, **changes)
 
 
+def _absolute(config: TrainConfig, name: str) -> str:
+    """Setting ``name`` of ``config`` with a file or folder made absolute; registered weights
+    names (``teacher_checkpoint=sam_vit_h_4b8939``) and CLIP tags (``clip_weights=openai``)
+    are kept as they are."""
+    from ovsam.clip.pretrained import clip_weights_file
+    from ovsam.weights import find_weights_spec
+
+    value = getattr(config, name)
+    if name == "clip_weights":
+        path = clip_weights_file(config.clip_model, value)
+        return value if path is None else str(path.resolve())
+    if name.endswith("_checkpoint") and find_weights_spec(value) is not None:
+        return value
+    return str(Path(value).resolve())
+
+
 def absolute_paths(config: TrainConfig) -> TrainConfig:
-    """``config`` with its file and folder settings (and ``out``) made absolute: a run resumed
-    from another working directory then names the same files."""
-    names = sorted(_PATHS | {"out"})
-    return replace(
-        config, **{n: str(Path(getattr(config, n)).resolve()) for n in names if getattr(config, n)}
-    )
+    """``config`` with its file and folder settings (``out``, and ``clip_weights`` when it is a
+    file) made absolute: a run resumed from another working directory, or exported from one,
+    then names the same files."""
+    names = sorted(_PATHS | {"out", "clip_weights"})
+    return replace(config, **{n: _absolute(config, n) for n in names if getattr(config, n)})
 
 
 def save_config(config: TrainConfig, run_dir: Path, world_size: int = 1) -> None:
