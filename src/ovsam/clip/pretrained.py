@@ -84,14 +84,17 @@ def list_pretrained(arch: str | None = None) -> list[tuple[str, str]]:
 def clip_weights_file(arch: str, weights: str | Path) -> Path | None:
     """The local file that ``weights`` names for CLIP ``arch``, or None when it names registered
     weights. A registered tag wins over a file of the same name; a ``Path`` is always a file;
-    any other string is a file when it exists or looks like a path (a folder separator or a
-    file suffix), else a tag (an unknown one: :func:`pretrained_weights_name` lists the known)."""
+    any other string is a file when it exists or looks like a path by the rule ``--checkpoint``
+    uses (:func:`ovsam.checkpoint.looks_like_path`), else a tag (an unknown one:
+    :func:`pretrained_weights_name` lists the known)."""
     if isinstance(weights, Path):
         return weights
     if (arch, weights) in PRETRAINED:
         return None
+    from ovsam.checkpoint import looks_like_path  # imports torch: only when a path is possible
+
     path = Path(weights)
-    return path if path.is_file() or "/" in weights or path.suffix else None
+    return path if path.is_file() or looks_like_path(weights) else None
 
 
 def pretrained_weights_name(arch: str, tag: str) -> str:
