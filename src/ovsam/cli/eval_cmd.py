@@ -179,18 +179,16 @@ def _label_options(args: argparse.Namespace, dataset: InstanceDataset) -> LabelO
 
 def _warn_ignored(args: argparse.Namespace, dataset: InstanceDataset, orphans: int) -> None:
     """One warning line per kind of annotation the evaluation ignores."""
-    if dataset.unknown_category_annotations:
-        print(
-            f"warning: {dataset.unknown_category_annotations} annotations of {args.annotations} "
-            "have a category_id not among its categories; they are ignored",
-            file=sys.stderr,
-        )
-    if orphans:
-        print(
-            f"warning: {orphans} annotations of {args.annotations} "
-            "have an image_id not among its images; they are ignored",
-            file=sys.stderr,
-        )
+    ignored = {
+        "a category_id not among its categories": dataset.unknown_category_annotations,
+        "an image_id not among its images": orphans,
+    }
+    for why, count in ignored.items():
+        if count:
+            print(
+                f"warning: {count} annotations of {args.annotations} have {why}; they are ignored",
+                file=sys.stderr,
+            )
 
 
 def _settings(args: argparse.Namespace, model: str) -> dict[str, str | bool | None]:

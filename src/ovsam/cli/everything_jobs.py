@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ovsam.errors import InputError
+from ovsam.run_settings import read_settings, settings_changes
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 SETTINGS_FILE = "settings.json"
@@ -76,25 +77,11 @@ def subfolder_count(source: Path, out: Path) -> int:
     return sum(1 for p in source.iterdir() if p.is_dir() and p.resolve() != target)
 
 
-def _read_json(path: Path) -> Any:
-    """The JSON value in ``path`` (raises ``OSError`` / ``ValueError``)."""
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def settings_changes(saved: Settings, settings: Settings) -> str:
-    """``"key old -> new; ..."`` for every setting that differs between two runs."""
-    return "; ".join(
-        f"{key} {saved.get(key)!r} -> {settings.get(key)!r}"
-        for key in sorted(set(saved) | set(settings))
-        if saved.get(key) != settings.get(key)
-    )
-
-
 def result_settings(folder: Path) -> Settings | None:
     """The settings recorded in ``folder/masks.json``; None when there is no readable result
     (missing or unreadable: redone) and ``{}`` for a result without settings (older ovsam)."""
     try:
-        result = _read_json(folder / RESULT_FILE)
+        result = json.loads((folder / RESULT_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(result, dict):
@@ -115,12 +102,7 @@ def finished_jobs(jobs: Sequence[Job], out: Path, settings: Settings, overwrite:
     path = out / SETTINGS_FILE
     recorded = path.is_file()
     if recorded:
-        try:
-            saved = _read_json(path)
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot read {path} ({exc}): {OVERWRITE_HINT}") from exc
-        if not isinstance(saved, dict):
-            raise InputError(f"{path} is not a JSON object of settings: {OVERWRITE_HINT}")
+        saved = read_settings(path, OVERWRITE_HINT)
         if saved != dict(settings):
             raise InputError(
                 f"{out} holds results made with other settings "

@@ -25,6 +25,7 @@ from ovsam.errors import InputError
 from ovsam.evaluation.accounting import Selection, account
 from ovsam.evaluation.metrics import InstanceRecord, markdown_table, records_for_image, summarize
 from ovsam.fileio import atomic_write_bytes, atomic_write_json
+from ovsam.run_settings import read_settings, settings_changes
 from ovsam.vocab import builtin_vocabulary
 
 PromptKind = Literal["box", "point"]
@@ -117,21 +118,10 @@ def check_settings(out_dir: str | Path, settings: Mapping[str, str | bool | None
     if not path.is_file() or not has_records:  # no records yet: any settings may start them
         atomic_write_json(path, dict(settings))
         return has_records
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read {path} ({exc}): use a new --out") from exc
-    if not isinstance(saved, dict):
-        raise InputError(f"{path} is not a JSON object of settings: use a new --out")
-    changed = [
-        f"{key} {saved.get(key)!r} -> {settings.get(key)!r}"
-        for key in sorted(set(saved) | set(settings))
-        if saved.get(key) != settings.get(key)
-    ]
+    changed = settings_changes(read_settings(path, "use a new --out"), settings)
     if changed:
         raise InputError(
-            f"{out} holds records of an evaluation with other settings ({'; '.join(changed)}):"
-            " use a new --out"
+            f"{out} holds records of an evaluation with other settings ({changed}): use a new --out"
         )
     return False
 
