@@ -75,6 +75,16 @@ class LabelOptions:
         return [entry.strip() for entry in vocabulary]
 
 
+def recognition_record(options: LabelOptions | None) -> dict[str, object]:
+    """The ``recognizer``, ``recognition_weights`` and ``vocabulary`` keys of a result JSON
+    (``segment``'s ``result.json``, ``everything``'s ``masks.json``); None without labels."""
+    return {
+        "recognizer": None if options is None else options.recognizer,
+        "recognition_weights": None if options is None else options.describe_weights(),
+        "vocabulary": None if options is None else options.describe_vocabulary(),
+    }
+
+
 def required_weights(
     options: LabelOptions, sam_model: str = "mobilesam", checkpoint: str | Path | None = None
 ) -> list[str]:

@@ -11,7 +11,12 @@ from ovsam.build import build_model
 from ovsam.image_io import load_image
 from ovsam.outputs import Prompt, write_result
 from ovsam.predictor import SamPredictor
-from ovsam.recognizers import LabelOptions, build_labeled_predictor, segmentation_model_name
+from ovsam.recognizers import (
+    LabelOptions,
+    build_labeled_predictor,
+    recognition_record,
+    segmentation_model_name,
+)
 
 # how each mask score is named (result.json key -> terminal): SAM's IoU head, or the stability
 # score of decoders without one (OV-SAM's CLIP2SAM head: ``score_name = "stability_score"``)
@@ -71,9 +76,7 @@ def segment_image(
         extra |= {
             "label": named.label,
             "labels": [{"name": n, "score": round(p, 6)} for n, p in named.top],
-            "recognizer": label_options.recognizer,
-            "recognition_weights": label_options.describe_weights(),
-            "vocabulary": label_options.describe_vocabulary(),
+            **recognition_record(label_options),
         }
     prompt = Prompt(
         points=[(float(x), float(y)) for x, y in all_points],

@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     from ovsam.image_io import load_image
     from ovsam.outputs import png_bytes
     from ovsam.predictor import SamPredictor
-    from ovsam.recognizers import build_labeled_predictor
+    from ovsam.recognizers import build_labeled_predictor, recognition_record
     from ovsam.visualize import overlay
 
     jobs = list_jobs(args.image, args.out)
@@ -177,9 +177,7 @@ def run(args: argparse.Namespace) -> int:
                 "image": str(image_path),
                 "image_size": {"height": int(image.shape[0]), "width": int(image.shape[1])},
                 "masks": [{k: v for k, v in r.items() if k != "segmentation"} for r in records],
-                "recognizer": None if options is None else options.recognizer,
-                "recognition_weights": None if options is None else options.describe_weights(),
-                "vocabulary": None if options is None else options.describe_vocabulary(),
+                **recognition_record(options),
                 "settings": settings,
             },
         )
