@@ -78,6 +78,20 @@ def lr_factor(config: TrainConfig, step: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - config.warmup_steps) / span)))
 
 
+def latest_checkpoint(run_dir: Path, damaged_hint: str) -> Path | None:
+    """The checkpoint ``run_dir/checkpoints/latest.json`` names (whether or not it exists), or
+    None without that file; a damaged one is a :class:`CheckpointError` ending with
+    ``damaged_hint`` (what the user can do)."""
+    pointer = run_dir / "checkpoints" / "latest.json"
+    if not pointer.is_file():
+        return None
+    try:
+        name = json.loads(pointer.read_text(encoding="utf-8"))["file"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{pointer} is damaged ({_first_line(exc)}); {damaged_hint}") from exc
+    return pointer.parent / str(name)
+
+
 class ScalarWriter(Protocol):
     """The part of ``torch.utils.tensorboard.SummaryWriter`` the engine uses."""
 
@@ -119,19 +133,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def _latest(self) -> Path | None:
-        pointer = self.run_dir / "checkpoints" / "latest.json"
-        if not pointer.is_file():
-            return None
-        try:
-            name = json.loads(pointer.read_text(encoding="utf-8"))["file"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        path = latest_checkpoint(
+            self.run_dir, "fix or delete it to resume from an older checkpoint"
+        )
+        if path is not None and not path.is_file():
             raise CheckpointError(
-                f"{pointer} is damaged ({_first_line(exc)}); fix or delete it to resume "
-                "from an older checkpoint"
-            ) from exc
-        path = pointer.parent / str(name)
-        if not path.is_file():
-            raise CheckpointError(f"{pointer} names {path}, which does not exist")
+                f"{path.parent / 'latest.json'} names {path}, which does not exist"
+            )
         return path
 
     def save(self) -> Path:

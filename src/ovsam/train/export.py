@@ -33,6 +33,7 @@ from ovsam.errors import CheckpointError, InputError
 from ovsam.ov.checkpoints import save_ovsam, take_prefix
 from ovsam.ov.model import OVSam, OVSamConfig, build_ovsam
 from ovsam.train.config import TrainConfig, load_config
+from ovsam.train.engine import latest_checkpoint
 from ovsam.vocab import BUILTIN_VOCABULARIES, load_vocabulary
 
 _HEAD = ("fpn_neck.", "mask_decoder.")
@@ -50,14 +51,10 @@ def run_checkpoint(run: str | Path, step: int | None = None) -> tuple[Path, Path
         raise InputError(f"{run} does not exist (expected a clip2sam run folder)")
     folder = run / "checkpoints"
     if step is None:
-        pointer = folder / "latest.json"
-        try:
-            name = str(json.loads(pointer.read_text(encoding="utf-8"))["file"])
-        except FileNotFoundError:
-            raise InputError(f"{run} has no checkpoint ({pointer} is missing)") from None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"{pointer} is damaged ({exc}); use --step N") from exc
-        path = folder / name
+        latest = latest_checkpoint(run, "use --step N")
+        if latest is None:
+            raise InputError(f"{run} has no checkpoint ({folder / 'latest.json'} is missing)")
+        path = latest
     else:
         path = folder / f"step_{step}.pt"
     if not path.is_file():
