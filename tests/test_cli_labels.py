@@ -194,3 +194,30 @@ def test_result_vocabulary_and_weights_notes() -> None:
     assert ovsam.describe_weights() == "CLIP RN50x16 (openai)" and ovsam.caption_note() == ""
     random_ovsam = LabelOptions(recognizer="ovsam", random_weights=True)
     assert random_ovsam.describe_weights() == RANDOM_MODEL_NOTE
+
+
+@pytest.mark.parametrize(
+    ("extra", "note", "caption"),
+    [
+        ([], "RANDOM_MODEL_NOTE", " (random weights: mask and label)"),
+        (["--checkpoint", "mine.safetensors"], "RANDOM_NOTE", " (random weights)"),
+    ],
+)
+def test_random_ovsam_notes_follow_the_checkpoint(
+    extra: list[str], note: str, caption: str
+) -> None:
+    """A random OV-SAM model has random masks; one loaded from --checkpoint has real masks,
+    and only the CLIP text side (the labels) is random."""
+    from ovsam import recognizers
+    from ovsam.cli.main import build_parser
+    from ovsam.cli.segment_cmd import label_options
+
+    argv = ["segment", "x.jpg", "--box", "1", "1", "5", "5", "--out", "o", "--labels"]
+    argv += ["--recognizer", "ovsam"]
+    args = build_parser().parse_args([*argv, "--random-recognition", *extra])
+    options = label_options(args)
+    assert options.describe_weights() == getattr(recognizers, note)
+    assert options.caption_note() == caption
+    assert recognizers.recognition_record(options)["recognition_weights"] == getattr(
+        recognizers, note
+    )

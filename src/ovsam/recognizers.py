@@ -35,7 +35,10 @@ class RecognitionWeightsMissing(WeightsUnavailableError):
 class LabelOptions:
     """How masks get names: ``recognizer`` (see ``RECOGNIZERS``), ``vocabulary`` (built-in name,
     file or names), ``top_k``, the CLIP architecture + weights (registered tag such as
-    ``"openai"`` or a file) for the baselines and the text bank, ``random_weights`` opt-in, prompt ``templates`` (vild/openai/simple/none)."""
+    ``"openai"`` or a file) for the baselines and the text bank, ``random_weights`` opt-in,
+    prompt ``templates`` (vild/openai/simple/none). ``checkpoint_given``: the segmenting model
+    loads a checkpoint the caller named, so with ``random_weights`` and the ``ovsam``
+    recognizer only the CLIP text side is random (its masks are real)."""
 
     vocabulary: str | Path | list[str] | Vocabulary = "coco"
     top_k: int = 5
@@ -44,23 +47,25 @@ class LabelOptions:
     clip_weights: str | Path = "openai"
     random_weights: bool = False
     templates: str = "vild"
+    checkpoint_given: bool = False
+
+    @property
+    def random_masks(self) -> bool:
+        """Whether the masks, too, come from random weights (a random OV-SAM model)."""
+        return self.random_weights and self.recognizer == "ovsam" and not self.checkpoint_given
 
     def describe_weights(self) -> str:
         """The weights that name (with ``ovsam``: also segment) the masks, or the note that
         they are random and which outputs are therefore meaningless."""
         if not self.random_weights:
             return f"CLIP {self.clip_model} ({self.clip_weights})"
-        return RANDOM_MODEL_NOTE if self.recognizer == "ovsam" else RANDOM_NOTE
+        return RANDOM_MODEL_NOTE if self.random_masks else RANDOM_NOTE
 
     def caption_note(self) -> str:
         """What a caption appends: which of its outputs come from random weights ('' if none)."""
         if not self.random_weights:
             return ""
-        return (
-            " (random weights: mask and label)"
-            if self.recognizer == "ovsam"
-            else " (random weights)"
-        )
+        return " (random weights: mask and label)" if self.random_masks else " (random weights)"
 
     def describe_vocabulary(self) -> str | list[str]:
         """The vocabulary for a JSON record: a built-in name or file path as given, else the

@@ -174,6 +174,7 @@ def _label_options(args: argparse.Namespace, dataset: InstanceDataset) -> LabelO
         clip_weights=args.clip_weights,
         random_weights=args.random_recognition,
         templates=args.templates,
+        checkpoint_given=args.checkpoint is not None,
     )
 
 

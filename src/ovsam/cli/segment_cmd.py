@@ -95,6 +95,7 @@ def label_options(args: argparse.Namespace):  # noqa: ANN201 - LabelOptions | No
         clip_weights=args.clip_weights,
         random_weights=args.random_recognition,
         templates=args.templates,
+        checkpoint_given=args.checkpoint is not None,
     )
 
 
