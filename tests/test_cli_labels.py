@@ -221,3 +221,19 @@ def test_random_ovsam_notes_follow_the_checkpoint(
     assert recognizers.recognition_record(options)["recognition_weights"] == getattr(
         recognizers, note
     )
+
+
+def test_ovsam_refuses_a_clip_it_was_not_trained_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """An OV-SAM trained with CLIP RN50 would match regions against class names embedded by
+    another CLIP (here the default RN50x16): refused, naming the --clip to pass."""
+    monkeypatch.setattr(recognizers, "build_model", lambda *_, **__: small_ovsam())
+    argv = ["segment", str(SAMPLE_PHOTO), "--box", *BOX, "--out", str(tmp_path),
+            "--vocab", "cup; saucer", "--recognizer", "ovsam", "--model", "ovsam_coco",
+            "--random-recognition"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "ovsam_coco was trained with CLIP RN50, but the class names would be embedded " in err
+    assert "with CLIP RN50x16: pass --clip RN50" in err and "Traceback" not in err
+    assert not (tmp_path / "result.json").exists()

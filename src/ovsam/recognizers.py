@@ -123,7 +123,6 @@ def build_labeled_predictor(
     device: str = "cpu",
 ):  # noqa: ANN201 - OVSamPredictor | CropBaselinePredictor
     """A predictor whose ``predict`` returns ``(masks, scores, low_res, labels)``."""
-    from ovsam.clip.factory import create_model
     from ovsam.errors import InputError
     from ovsam.ov.checkpoints import WeightsMissing, resolve_all
 
@@ -143,15 +142,15 @@ def build_labeled_predictor(
     random = options.random_weights
     if random:
         torch.manual_seed(0)  # reproducible (meaningless) labels
-    pretrained = None if random else options.clip_weights
-    clip = create_model(options.clip_model, pretrained=pretrained, device=device)
     if options.recognizer == "ovsam":
         from ovsam.ov.predictor import OVSamPredictor
 
         name = segmentation_model_name(options, sam_model)
+        model = build_model(name, checkpoint, pretrained=not random).to(device)
+        _check_text_model(model.config.clip_model, options.clip_model, checkpoint or name)
         predictor = OVSamPredictor(
-            build_model(name, checkpoint, pretrained=not random).to(device),
-            text_model=clip,
+            model,
+            text_model=_text_model(options, device),
             templates=options.templates,
             top_k=options.top_k,
             allow_random_weights=random,
@@ -162,7 +161,7 @@ def build_labeled_predictor(
         sam = build_model(sam_model, checkpoint).to(device)
         predictor = CropBaselinePredictor(
             sam,
-            clip,
+            _text_model(options, device),
             options.recognizer,
             templates=options.templates,
             top_k=options.top_k,  # type: ignore[arg-type]
@@ -170,3 +169,24 @@ def build_labeled_predictor(
         )
     predictor.set_vocabulary(options.vocabulary)
     return predictor
+
+
+def _text_model(options: LabelOptions, device: str) -> torch.nn.Module:
+    """The CLIP model that embeds class names (random with ``options.random_weights``)."""
+    from ovsam.clip.factory import create_model
+
+    pretrained = None if options.random_weights else options.clip_weights
+    return create_model(options.clip_model, pretrained=pretrained, device=device)
+
+
+def _check_text_model(trained_with: str, chosen: str, model: str | Path) -> None:
+    """An OV-SAM model matches class names embedded by the CLIP it was trained with only:
+    another architecture is an :class:`~ovsam.errors.InputError` naming the one to pass."""
+    from ovsam.clip.config import canonical_name
+    from ovsam.errors import InputError
+
+    if canonical_name(trained_with) != canonical_name(chosen):
+        raise InputError(
+            f"{model} was trained with CLIP {trained_with}, but the class names would be "
+            f"embedded with CLIP {chosen}: pass --clip {trained_with}"
+        )
