@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 from ovsam.errors import InputError
 from ovsam.image_io import load_image
@@ -42,27 +41,43 @@ def polygons_to_mask(polygons: list[list[float]], height: int, width: int) -> np
     """Rasterise COCO polygons (``[x0, y0, x1, y1, ...]`` lists) into an ``HxW`` bool mask.
 
     With pycocotools installed (the ``[coco]`` extra) its rasteriser is used, so ground truth is
-    pixel-identical to what ``COCOeval`` sees; otherwise PIL fills the polygons (edges may
-    differ by a pixel).
+    pixel-identical to what ``COCOeval`` sees; otherwise :func:`fill_polygons` (pixel centres
+    inside; the same pixels for axis-aligned polygons, a few edge pixels apart on slanted edges).
     """
+    valid = [list(map(float, poly)) for poly in polygons if len(poly) >= 6]
     try:
         from pycocotools import mask as coco_mask
     except ImportError:
-        return _pil_polygons(polygons, height, width)
-    valid = [list(map(float, poly)) for poly in polygons if len(poly) >= 6]
+        return fill_polygons(valid, height, width)
     if not valid:
         return np.zeros((height, width), dtype=bool)
     rles = coco_mask.frPyObjects(valid, height, width)
     return coco_mask.decode(coco_mask.merge(rles)).astype(bool)
 
 
-def _pil_polygons(polygons: list[list[float]], height: int, width: int) -> np.ndarray:
-    canvas = Image.new("L", (width, height), 0)
-    draw = ImageDraw.Draw(canvas)
+def fill_polygons(polygons: list[list[float]], height: int, width: int) -> np.ndarray:
+    """``HxW`` bool mask of the pixels whose centre ``(x + 0.5, y + 0.5)`` lies inside any of
+    ``polygons`` (``[x0, y0, x1, y1, ...]`` in pixels, even-odd rule per polygon).
+
+    A box polygon ``x0 y0 x1 y0 x1 y1 x0 y1`` with integer corners fills exactly the
+    ``(x1 - x0) x (y1 - y0)`` pixels of ``[x0, x1) x [y0, y1)``, as pycocotools does.
+    """
+    mask = np.zeros((height, width + 1), dtype=np.int32)
+    centres = np.arange(height) + 0.5
     for polygon in polygons:
-        if len(polygon) >= 6:
-            draw.polygon([(polygon[i], polygon[i + 1]) for i in range(0, len(polygon), 2)], fill=1)
-    return np.asarray(canvas, dtype=bool)
+        xy = np.asarray(polygon, dtype=np.float64).reshape(-1, 2)
+        (x0, y0), (x1, y1) = xy.T, np.roll(xy, -1, axis=0).T
+        low, high = np.minimum(y0, y1), np.maximum(y0, y1)
+        crosses = (centres[:, None] >= low) & (centres[:, None] < high)  # rows x edges
+        slope = np.divide(x1 - x0, y1 - y0, out=np.zeros_like(x0), where=y1 != y0)
+        xs = np.where(crosses, x0 + (centres[:, None] - y0) * slope, np.inf)
+        xs.sort(axis=1)  # per row: entering, leaving, entering, ... (inf = no crossing)
+        count = crosses.sum(1)
+        rows, index = np.nonzero(np.arange(xs.shape[1])[None, :] < count[:, None])
+        # first pixel column whose centre is at or right of each crossing
+        cols = np.clip(np.ceil(xs[rows, index] - 0.5), 0, width).astype(np.int64)
+        np.add.at(mask, (rows, cols), np.where(index % 2 == 0, 1, -1))
+    return np.cumsum(mask, axis=1)[:, :width] > 0
 
 
 def annotation_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
