@@ -180,3 +180,17 @@ def test_download_list_and_models(
     assert "mobilesam" in models and "ovsam_coco" in models and "ovsam_lvis" in models
     assert main(["download", "no_such_weights"]) == 2
     assert "unknown weights 'no_such_weights'" in capsys.readouterr().err
+
+
+def test_building_the_parser_imports_no_torch() -> None:
+    """``ovsam --help`` stays fast: registering the sub-commands imports neither torch nor the
+    models (checked in a fresh interpreter, as this one has imported torch already)."""
+    code = (
+        "import sys; import ovsam.cli.main as m; m.build_parser(); "
+        "print(sorted(n for n in ('torch', 'ovsam.build') if n in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import ovsam.build
 import ovsam.recognizers as recognizers
 import ovsam.segment_job as segment_job
 import ovsam.weights as weights
@@ -106,7 +107,7 @@ def test_ovsam_random_recognition_says_masks_are_random_too(
         captions.append(caption)
         return write_result(*args, caption=caption, **kwargs)
 
-    monkeypatch.setattr(recognizers, "build_model", small_model)
+    monkeypatch.setattr(ovsam.build, "build_model", small_model)
     monkeypatch.setattr(segment_job, "write_result", spy)
     argv = ["segment", str(SAMPLE_PHOTO), "--box", *BOX, "--out", str(tmp_path),
             "--vocab", " cup ; saucer ;spoon", "--recognizer", "ovsam", "--model", "ovsam_coco",
@@ -228,7 +229,7 @@ def test_ovsam_refuses_a_clip_it_was_not_trained_with(
 ) -> None:
     """An OV-SAM trained with CLIP RN50 would match regions against class names embedded by
     another CLIP (here the default RN50x16): refused, naming the --clip to pass."""
-    monkeypatch.setattr(recognizers, "build_model", lambda *_, **__: small_ovsam())
+    monkeypatch.setattr(ovsam.build, "build_model", lambda *_, **__: small_ovsam())
     argv = ["segment", str(SAMPLE_PHOTO), "--box", *BOX, "--out", str(tmp_path),
             "--vocab", "cup; saucer", "--recognizer", "ovsam", "--model", "ovsam_coco",
             "--random-recognition"]  # fmt: skip

@@ -3,6 +3,8 @@ model is loaded, ``--help`` lists them; and :class:`ServeSettings` itself refuse
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 pytest.importorskip("fastapi")
@@ -125,6 +127,46 @@ def test_non_integer_limit_is_a_usage_error(capsys: pytest.CaptureFixture[str]) 
         main(["serve", "--max-points", "1.5"])
     assert exit_info.value.code == 2
     assert "argument --max-points: invalid int value: '1.5'" in capsys.readouterr().err
+
+
+def test_fastapi_refusing_uploads_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """FastAPI raises a RuntimeError when the app declares its upload route without a usable
+    python-multipart: one line naming it and the extra, exit 2; other RuntimeErrors propagate."""
+
+    def refuse(*_: object) -> FastAPI:
+        raise RuntimeError(
+            'Form data requires "python-multipart" to be installed. \n'
+            'You can install "python-multipart" with: \n\npip install python-multipart\n'
+        )
+
+    monkeypatch.setattr(serve_app, "create_app", refuse)
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("ovsam serve: error: the web server needs the [serve] extra (FastAPI: ")
+    assert '"python-multipart"' in err and err.endswith("pip install 'ovsam[serve]'\n")
+
+    def fail(*_: object) -> FastAPI:
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(serve_app, "create_app", fail)
+    with pytest.raises(RuntimeError, match="CUDA out of memory"):
+        main(["serve"])
+
+
+def test_missing_multipart_is_refused_before_the_model_loads(
+    captured: Captured, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for module in ("python_multipart", "multipart"):  # neither is importable
+        monkeypatch.setitem(sys.modules, module, None)
+    assert main(["serve"]) == 2
+    assert capsys.readouterr().err == (
+        "ovsam serve: error: the web server needs the [serve] extra (python-multipart is "
+        "missing): pip install 'ovsam[serve]'\n"
+    )
+    assert captured.settings is None and captured.app is None
 
 
 @pytest.mark.parametrize(

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from ovsam.build import build_model
 from ovsam.errors import WeightsUnavailableError
 from ovsam.vocab import BUILTIN_VOCABULARIES, Vocabulary
+
+if TYPE_CHECKING:  # torch and the models load on first use: the CLI parser imports this module
+    import torch
 
 RECOGNIZERS = ("image-crop", "feature-crop", "ovsam")
 RANDOM_NOTE = "random recognition weights (testing only): labels are meaningless"
@@ -123,6 +124,9 @@ def build_labeled_predictor(
     device: str = "cpu",
 ):  # noqa: ANN201 - OVSamPredictor | CropBaselinePredictor
     """A predictor whose ``predict`` returns ``(masks, scores, low_res, labels)``."""
+    import torch
+
+    from ovsam.build import build_model
     from ovsam.errors import InputError
     from ovsam.ov.checkpoints import WeightsMissing, resolve_all
 

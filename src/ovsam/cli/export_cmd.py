@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from ovsam.cli.segment_cmd import add_model_arguments
-from ovsam.export_onnx import MAX_OPSET, MIN_OPSET
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -21,7 +20,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--opset",
         type=int,
         default=17,
-        help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET} (default 17)",
+        help="ONNX opset (default 17); one older than the decoder needs or newer than the "
+        "installed torch exports is refused, naming the opsets it can write",
     )
     add_model_arguments(parser, device=False)  # exported and checked on the CPU
     parser.set_defaults(run=run)

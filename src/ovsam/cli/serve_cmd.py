@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ovsam.cli.segment_cmd import DEFAULT_MODEL, add_clip_arguments
-from ovsam.errors import InputError
+from ovsam.errors import InputError, OVSamError, first_line
 from ovsam.serve.settings import MIB, LimitError, ServeSettings
 
 # ServeSettings limit -> (option, bytes per unit of the option or 1, help). The option's
@@ -83,19 +83,37 @@ def build_settings(args: argparse.Namespace) -> ServeSettings:
 
 def run(args: argparse.Namespace) -> int:
     """Check the options, build the app (loading the model) and serve it until interrupted."""
-    from ovsam.errors import OVSamError
-
     try:
         import uvicorn
 
         from ovsam.serve.app import create_app, default_engine
     except ImportError as exc:
-        raise OVSamError(
-            f"the web server needs the [serve] extra ({exc.name} is missing): "
-            "pip install 'ovsam[serve]'"
-        ) from exc
+        raise _needs_serve_extra(f"{exc.name} is missing") from exc
+    if not _multipart_installed():  # checked before the model loads
+        raise _needs_serve_extra("python-multipart is missing")
     settings = build_settings(args)
-    app = create_app(settings, default_engine)
+    try:
+        app = create_app(settings, default_engine)
+    except RuntimeError as exc:  # FastAPI refuses upload routes without a usable python-multipart
+        if "python-multipart" not in str(exc):
+            raise
+        raise _needs_serve_extra(f"FastAPI: {first_line(exc)}") from exc
     print(f"ovsam: serving {args.model} on http://{args.host}:{args.port}/ (API docs at /docs)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def _multipart_installed() -> bool:
+    """Whether python-multipart (``python_multipart``; ``multipart`` before its 0.0.13), which
+    FastAPI needs for image uploads, is importable. Without it FastAPI fails only once the app
+    declares its routes, after the model has loaded, and logs a multi-line error first."""
+    from importlib.util import find_spec
+
+    return find_spec("python_multipart") is not None or find_spec("multipart") is not None
+
+
+def _needs_serve_extra(reason: str) -> OVSamError:
+    """The one-line error for a missing or unusable part of the ``[serve]`` extra."""
+    return OVSamError(
+        f"the web server needs the [serve] extra ({reason}): pip install 'ovsam[serve]'"
+    )
