@@ -124,15 +124,33 @@ def test_masks_smaller_than_a_cell_are_deduplicated_and_min_area_is_inclusive(
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
-        ({"points_per_side": 2.5}, "must be at least 1, got points_per_side=2.5"),
-        ({"points_per_batch": 0}, "must be at least 1, got points_per_batch=0"),
+        ({"points_per_side": 2.5}, "points_per_side=2.5: expected an integer >= 1"),
+        ({"points_per_side": True}, "points_per_side=True: expected an integer >= 1"),
+        ({"points_per_batch": 0}, "points_per_batch=0: expected an integer >= 1"),
         ({"nms_thresh": 2.0}, r"nms_thresh=2.0: expected a finite number in \[0.0, 1.0\]"),
+        ({"nms_thresh": True}, r"nms_thresh=True: expected a finite number in \[0.0, 1.0\]"),
         ({"pred_iou_thresh": float("nan")}, "pred_iou_thresh=nan: expected a finite number$"),
         ({"stability_score_offset": -5.0}, "stability_score_offset=-5.0: .* >= 0.0"),
-        ({"min_mask_area": -1}, "min_mask_area=-1: expected a finite number >= 0"),
+        ({"min_mask_area": -1}, "min_mask_area=-1: expected an integer >= 0"),
+        ({"min_mask_area": 2.5}, "min_mask_area=2.5: expected an integer >= 0"),  # pixel count
     ],
 )
 def test_meaningless_settings_are_refused(setting: dict, message: str) -> None:
     generator = AutomaticMaskGenerator(object(), **setting)  # type: ignore[arg-type]
     with pytest.raises(InputError, match=message):
         generator.generate()  # refused before the predictor is touched
+
+
+def test_numpy_numbers_are_settings_like_python_ones(mobilesam_model: torch.nn.Module) -> None:
+    image, _ = make_scene(2, 60, 80)
+    predictor = SamPredictor(mobilesam_model)
+    plain = AutomaticMaskGenerator(predictor, points_per_side=3, min_mask_area=4).generate(image)
+    numpy_settings = AutomaticMaskGenerator(
+        predictor,
+        points_per_side=np.int64(3),
+        points_per_batch=np.int32(64),
+        min_mask_area=np.uint8(4),
+        nms_thresh=np.float32(0.7),
+        stability_score_thresh=np.float64(0.95),
+    ).generate()
+    assert plain and [r["rle"] for r in numpy_settings] == [r["rle"] for r in plain]

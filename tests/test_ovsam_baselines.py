@@ -118,3 +118,124 @@ def test_random_clip_warns_once_and_marks_every_label(mobilesam_model, kind: str
     clip.load_state_dict(clip.state_dict())  # weights loaded: the labels are no longer marked
     labels = predictor.recognize_masks(np.ones((1, 400, 600), dtype=bool))
     assert not predictor.random_weights and not labels[0].random_weights
+
+
+@pytest.mark.parametrize("kind", ["image-crop", "feature-crop"])
+def test_clip_sees_the_rgb_pixels_sam_embeds(mobilesam_model, clip: CLIP, kind: str) -> None:
+    """BGRA (OpenCV's IMREAD_UNCHANGED) and greyscale images: SAM and CLIP get the same RGB."""
+    predictor = CropBaselinePredictor(mobilesam_model, clip, kind, templates="none", top_k=4)
+    predictor.set_vocabulary(NAMES, progress=False)
+    image = load_image(SAMPLE_PHOTO)
+    mask = np.zeros(image.shape[:2], dtype=bool)
+    mask[50:300, 200:400] = True
+
+    def labels_of(picture: np.ndarray, image_format: str = "RGB") -> list:
+        predictor.set_image(picture, image_format)
+        return predictor.recognize_masks(mask[None])[0].top
+
+    alpha = np.zeros((*image.shape[:2], 1), np.uint8)
+    bgra = np.concatenate([image[:, :, ::-1], alpha], axis=2)
+    assert labels_of(bgra, "BGR") == labels_of(image)
+    grey = image[:, :, 1].copy()
+    assert labels_of(grey, "BGR") == labels_of(np.repeat(grey[:, :, None], 3, axis=2))
+
+
+def test_failed_set_image_keeps_the_previous_image(mobilesam_model, clip: CLIP) -> None:
+    predictor = CropBaselinePredictor(mobilesam_model, clip, templates="none", top_k=4)
+    predictor.set_vocabulary(NAMES, progress=False)
+    image = load_image(SAMPLE_PHOTO)
+    predictor.set_image(image)
+    embedding = predictor.get_image_embedding()
+    before = predictor.predict(box=np.array(SAMPLE_BOX), multimask_output=False)
+    for bad in (image.astype(np.float32), image[:, :, :2], np.zeros((0, 600, 3), np.uint8)):
+        with pytest.raises(InputError):
+            predictor.set_image(bad, "BGR")
+        assert predictor.get_image_embedding() is embedding
+        after = predictor.predict(box=np.array(SAMPLE_BOX), multimask_output=False)
+        assert after[3][0].top == before[3][0].top
+
+
+def test_a_restored_state_is_cropped_from_its_own_pixels(mobilesam_model, clip: CLIP) -> None:
+    from ovsam.predictor import SamPredictor
+
+    predictor = CropBaselinePredictor(mobilesam_model, clip, templates="none", top_k=4)
+    predictor.set_vocabulary(NAMES, progress=False)
+    image = load_image(SAMPLE_PHOTO).copy()
+    mask = np.zeros((1, *image.shape[:2]), dtype=bool)
+    mask[:, 50:300, 200:400] = True
+    predictor.set_image(image)
+    first, state = predictor.recognize_masks(mask), predictor.export_state()
+    image[:] = 0  # the caller reuses its buffer (a video frame): the state kept a copy
+    predictor.set_image(load_image(SAMPLE_PHOTO)[::-1])  # another picture of the same size
+    assert predictor.recognize_masks(mask) != first
+    predictor.load_state(state)
+    assert predictor.recognize_masks(mask) == first
+    plain = SamPredictor(mobilesam_model)
+    plain.set_image(image)
+    predictor.load_state(plain.export_state())
+    with pytest.raises(NotReadyError, match="image-crop baseline needs the image's 'pixels'"):
+        predictor.recognize_masks(mask)
+
+
+@pytest.mark.parametrize("kind", ["image-crop", "feature-crop"])
+def test_no_masks_and_no_boxes_give_no_labels(mobilesam_model, clip: CLIP, kind: str) -> None:
+    predictor = CropBaselinePredictor(mobilesam_model, clip, kind, templates="none")
+    predictor.set_image(load_image(SAMPLE_PHOTO))
+    predictor.set_vocabulary(NAMES, progress=False)
+    assert predictor.recognize_masks(np.zeros((0, 400, 600), dtype=bool)) == []
+    with pytest.raises(InputError, match=r"masks must be NxHxW with HxW = \(400, 600\)"):
+        predictor.recognize_masks(np.ones((1, 40, 60), dtype=bool))
+    for empty in (np.zeros((0, 4)), []):
+        for multimask, masks_per_box in ((False, 1), (True, 3)):
+            masks, scores, low_res, labels = predictor.predict_boxes(empty, multimask)
+            assert masks.shape == (0, masks_per_box, 400, 600) and masks.dtype == bool
+            assert scores.shape == (0, masks_per_box) and labels == []
+            assert low_res.shape == (0, masks_per_box, 256, 256)
+    boxes = np.array([SAMPLE_BOX, [0, 0, 100, 80]])
+    masks, scores, low_res, labels = predictor.predict_boxes(boxes)
+    assert masks.shape == (2, 1, 400, 600) and scores.shape == (2, 1) and len(labels) == 2
+    assert labels == predictor.recognize_masks(masks[:, 0])
+
+
+def test_empty_masks_are_labelled_by_their_box() -> None:
+    masks = np.zeros((3, 6, 8), dtype=bool)
+    masks[1, 2, 3] = True
+    fixed = CropBaselinePredictor._non_empty(
+        masks, np.array([[1, 2, 4, 5], [0, 0, 8, 6], [7, 5, 8, 6]])
+    )
+    assert fixed[0].sum() == 9 and fixed[0, 2:5, 1:4].all()
+    assert np.array_equal(fixed[1], masks[1]) and fixed[2].sum() == 1 and fixed[2, 5, 7]
+    assert CropBaselinePredictor._non_empty(masks, None)[0].all()
+    full = masks[1:2]
+    assert CropBaselinePredictor._non_empty(full, None) is full  # none empty: no copy
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"top_k": 0}, "top_k must be an integer >= 1, got 0"),
+        ({"top_k": 2.5}, "top_k must be an integer >= 1, got 2.5"),
+        ({"top_k": True}, "top_k must be an integer >= 1, got True"),
+        ({"unknown_threshold": 1.5}, r"unknown_threshold must be a probability in \[0, 1\]"),
+        ({"unknown_threshold": float("nan")}, "unknown_threshold must be a probability"),
+        ({"templates": []}, "no prompt templates given"),
+        ({"templates": ["a photo"]}, "each template needs exactly one '{}' placeholder"),
+        ({"templates": ["a {}", 3]}, "templates must be a template set's name or a list of str"),
+        ({"templates": "nope"}, "unknown template set 'nope'"),
+    ],
+)
+def test_settings_are_checked_when_built(
+    mobilesam_model, clip: CLIP, setting: dict, message: str
+) -> None:
+    with pytest.raises(InputError, match=message):
+        CropBaselinePredictor(mobilesam_model, clip, **setting)
+    predictor = CropBaselinePredictor(mobilesam_model, clip, top_k=np.int64(2))
+    assert predictor.top_k == 2 and type(predictor.top_k) is int
+
+
+def test_roi_align_takes_numpy_integer_sizes() -> None:
+    features = torch.randn(1, 3, 16, 16)
+    rois = torch.tensor([[0.0, 8, 8, 120, 100]])
+    expected = roi_align(features, rois, 4, 1 / 8)
+    assert torch.equal(roi_align(features, rois, np.int64(4), 1 / 8), expected)
+    assert torch.equal(roi_align(features, rois, (np.int32(4), 4), 1 / 8), expected)

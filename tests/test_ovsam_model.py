@@ -287,3 +287,36 @@ def test_segment_everything_with_ovsam_single_mask_token() -> None:
         )
         assert mask_iou(masks[0], record["segmentation"]) > 0.99
         assert scores[0] == pytest.approx(record["predicted_iou"], abs=1e-4)
+
+
+def test_no_masks_and_no_boxes_give_no_labels() -> None:
+    predictor = OVSamPredictor(small_ovsam(6), top_k=2)
+    predictor.set_text_bank(TextBank(("cup", "cat"), torch.ones(2, 1024), torch.arange(2), "k"))
+    predictor.set_image(np.zeros((48, 64, 3), dtype=np.uint8))
+    assert predictor.recognize_masks(np.zeros((0, 48, 64), dtype=bool)) == []
+    for empty in (np.zeros((0, 4)), np.array([]), []):
+        masks, scores, low_res, labels = predictor.predict_boxes(empty, multimask_output=True)
+        assert masks.shape == (0, 1, 48, 64) and masks.dtype == bool and labels == []
+        assert scores.shape == (0, 1) and low_res.shape == (0, 1, 256, 256)
+    masks, scores, low_res, labels = predictor.predict_boxes(np.array([[4, 4, 40, 30]] * 3))
+    assert masks.shape == (3, 1, 48, 64) and scores.shape == (3, 1)  # as documented
+    assert low_res.shape == (3, 1, 256, 256) and len(labels) == 3
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"top_k": 0}, "top_k must be an integer >= 1, got 0"),
+        ({"top_k": -2}, "top_k must be an integer >= 1, got -2"),
+        ({"unknown_threshold": -0.1}, r"unknown_threshold must be a probability in \[0, 1\]"),
+        ({"unknown_threshold": "0.5"}, "unknown_threshold must be a probability"),
+        ({"templates": ("a {} and a {}",)}, "each template needs exactly one '{}' placeholder"),
+        ({"templates": 7}, "templates must be a template set's name or a list of strings, got 7"),
+    ],
+)
+def test_settings_are_checked_when_built(setting: dict, message: str) -> None:
+    model = small_ovsam(7)
+    with pytest.raises(InputError, match=message):
+        OVSamPredictor(model, **setting)
+    predictor = OVSamPredictor(model, top_k=np.int32(3), unknown_threshold=np.float32(0.25))
+    assert (predictor.top_k, predictor.unknown_threshold) == (3, 0.25)

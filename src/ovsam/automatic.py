@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
@@ -120,10 +121,10 @@ class AutomaticMaskGenerator:
 
     Defaults are SAM's (``points_per_side=32``, ``pred_iou_thresh=0.88``,
     ``stability_score_thresh=0.95``); duplicates are removed by mask IoU > ``nms_thresh``
-    (0.7), measured on cells of :func:`nms_stride` pixels. ``min_mask_area`` drops masks
-    smaller than that many pixels (empty masks are always dropped). Memory does not grow with
-    the image beyond the returned masks: candidates are kept at low resolution until duplicate
-    removal.
+    (0.7), measured on cells of :func:`nms_stride` pixels. ``min_mask_area`` (an integer)
+    drops masks smaller than that many pixels (empty masks are always dropped). Memory does
+    not grow with the image beyond the returned masks: candidates are kept at low resolution
+    until duplicate removal.
     """
 
     predictor: SamPredictor
@@ -166,22 +167,23 @@ class AutomaticMaskGenerator:
         return sorted(records, key=lambda r: -r["area"])
 
     def _check_settings(self) -> None:
-        """Raise :class:`InputError` naming the first setting no run can use."""
-        for name in ("points_per_side", "points_per_batch"):
+        """Raise :class:`InputError` naming the first setting no run can use.
+
+        Counts (``min_mask_area`` is a pixel count) must be integers, thresholds real numbers
+        (Python's or numpy's; booleans are refused)."""
+        for name, least in (("points_per_side", 1), ("points_per_batch", 1), ("min_mask_area", 0)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(f"points_per_side and points_per_batch must be at least 1, "
-                                 f"got {name}={value!r}")  # fmt: skip
+            if isinstance(value, bool) or not isinstance(value, Integral) or value < least:
+                raise InputError(f"{name}={value!r}: expected an integer >= {least}")
         for name, low, high in (
             ("pred_iou_thresh", -math.inf, math.inf),
             ("stability_score_thresh", 0.0, 1.0),
             ("stability_score_offset", 0.0, math.inf),
             ("nms_thresh", 0.0, 1.0),
-            ("min_mask_area", 0, math.inf),
         ):
             value = getattr(self, name)
-            if not (
-                isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high
+            if isinstance(value, bool) or not (
+                isinstance(value, Real) and math.isfinite(value) and low <= value <= high
             ):
                 bounds = f" in [{low}, {high}]" if high < math.inf else f" >= {low}" * (low > -1)
                 raise InputError(f"{name}={value!r}: expected a finite number{bounds}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from numbers import Real
+
 import numpy as np
 
 from ovsam.errors import InputError
@@ -11,12 +13,23 @@ def finite_array(name: str, value: object, shape_hint: str, allow_bool: bool = F
     """``value`` as a float64 array; :class:`InputError` if not real numbers, NaN or infinite.
 
     Complex values are refused (their imaginary part would be dropped silently), and so are
-    booleans unless ``allow_bool`` (a boolean mask is not logits, nor a coordinate).
+    booleans unless ``allow_bool`` (a boolean mask is not logits, nor a coordinate), text
+    (even "12") and anything else that is not a number (such as None in an object array,
+    which numpy would turn into NaN).
     """
     try:
         raw = np.asarray(value)
     except (TypeError, ValueError) as exc:
         raise InputError(f"{name} must be numeric ({shape_hint}): {exc}") from exc
+    if raw.dtype.kind == "O":
+        boolean = (bool, np.bool_) if not allow_bool else ()
+        bad = [v for v in raw.flat if not isinstance(v, Real) or isinstance(v, boolean)]
+        if bad:
+            raise InputError(f"{name} must be numeric ({shape_hint}): {bad[0]!r} is not a number")
+        raw = raw.astype(np.float64)
+    elif raw.dtype.kind not in "biufc":
+        kind = "text" if raw.dtype.kind in "US" else f"{raw.dtype} values"
+        raise InputError(f"{name} must be numeric ({shape_hint}), got {kind}")
     if raw.dtype.kind == "c" or (raw.dtype.kind == "b" and not allow_bool):
         kinds = "complex" if raw.dtype.kind == "c" else "boolean"
         raise InputError(f"{name} must be real numbers ({shape_hint}), got {kinds} values")
@@ -29,16 +42,21 @@ def finite_array(name: str, value: object, shape_hint: str, allow_bool: bool = F
     return arr
 
 
-def clip_boxes_to_image(boxes: object, height: int, width: int) -> np.ndarray:
+def clip_boxes_to_image(
+    boxes: object, height: int, width: int, allow_empty: bool = False
+) -> np.ndarray:
     """Validate ``Nx4`` (or ``4``) XYXY pixel boxes and clip them to a ``height x width`` image.
 
     Raises :class:`InputError` for NaN, inverted boxes (x1 < x0 or y1 < y0), boxes that lie
     entirely outside the image, and boxes with zero area after clipping. Returns ``Nx4`` float32.
+    With ``allow_empty`` (a batch of boxes), N may be 0: ``0x4``, or ``[]`` (shape ``(0,)``).
     """
     arr = finite_array("box", boxes, "XYXY pixels")
-    arr = arr.reshape(1, 4) if arr.shape == (4,) else arr
-    if arr.ndim != 2 or arr.shape[1] != 4 or arr.shape[0] == 0:
-        raise InputError(f"box must be XYXY with shape (4,) or Nx4, got {np.shape(boxes)}")
+    if arr.shape == (4,) or (allow_empty and arr.shape == (0,)):
+        arr = arr.reshape(-1, 4)
+    if arr.ndim != 2 or arr.shape[1] != 4 or (arr.shape[0] == 0 and not allow_empty):
+        shapes = "(4,) or Nx4" + " (N >= 0)" * allow_empty
+        raise InputError(f"box must be XYXY with shape {shapes}, got {np.shape(boxes)}")
     for x0, y0, x1, y1 in arr:
         name = f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g})"
         if x1 < x0 or y1 < y0:

@@ -17,16 +17,17 @@ a server can keep many embedded images in a cache and switch between them for fr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from numbers import Integral
 
 import numpy as np
 import torch
 from torch import nn
 
-from ovsam.boxes import clip_boxes_to_image, finite_array
+from ovsam.boxes import clip_boxes_to_image
 from ovsam.errors import InputError, NotReadyError
-from ovsam.image_io import check_image_array
 from ovsam.modeling.common import tensors_nbytes
 from ovsam.modeling.image_token_cache import ImageTokenCache, weights_key
+from ovsam.prompt_arrays import check_mask_input, check_points, rgb_image
 from ovsam.prompt_tensors import check_prompt_tensors
 from ovsam.transforms import ResizeLongestSide
 
@@ -112,12 +113,11 @@ class SamPredictor:
         return self._require_state().input_size
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
-        """Embed an ``HxWx3`` uint8 image (``image_format`` "RGB" or "BGR")."""
-        if image_format not in ("RGB", "BGR"):
-            raise InputError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
-        image = check_image_array(image)
-        if image_format == "BGR":
-            image = np.ascontiguousarray(image[:, :, ::-1])
+        """Embed an ``HxWx3`` uint8 image (``image_format`` "RGB" or "BGR"; ``HxWx4`` and
+        greyscale ``HxW`` are converted, see :func:`~ovsam.prompt_arrays.rgb_image`).
+
+        On any error the previous image stays set."""
+        image = rgb_image(image, image_format)
         resized = self.transform.apply_image(image)
         tensor = torch.from_numpy(resized).to(self.device).permute(2, 0, 1)[None].float()
         self.set_torch_image(tensor, (image.shape[0], image.shape[1]))
@@ -200,53 +200,15 @@ class SamPredictor:
         return state.decoder_cache
 
     # ---------------------------------------------------------------- validation
-    def _check_points(
-        self, point_coords: object, point_labels: object
-    ) -> tuple[np.ndarray, np.ndarray]:
-        coords = finite_array("point_coords", point_coords, "Nx2 XY pixels")
-        if coords.ndim != 2 or coords.shape[1] != 2 or coords.shape[0] == 0:
-            raise InputError(f"point_coords must have shape Nx2 (XY pixels), got {coords.shape}")
-        if point_labels is None:
-            raise InputError(
-                "point_labels are required with point_coords (1 = object, 0 = background)"
-            )
-        labels = finite_array("point_labels", point_labels, "N values of 0 or 1", allow_bool=True)
-        if labels.shape != (coords.shape[0],):
-            raise InputError(
-                f"point_labels must have shape ({coords.shape[0]},), got {labels.shape}"
-            )
-        if not np.all(np.isin(labels, (0, 1))):
-            raise InputError("point_labels must be 1 (object) or 0 (background)")
-        height, width = self.original_size
-        outside = (
-            (coords[:, 0] < 0)
-            | (coords[:, 0] > width)
-            | (coords[:, 1] < 0)
-            | (coords[:, 1] > height)
-        )
-        if np.any(outside):
-            x, y = coords[np.argmax(outside)]
-            raise InputError(f"point ({x:g}, {y:g}) lies outside the {width}x{height} image")
-        return coords, labels
-
-    def clip_boxes(self, boxes: object) -> np.ndarray:
-        """Validate ``Nx4`` XYXY pixel boxes and clip them to the image.
+    def clip_boxes(self, boxes: object, allow_empty: bool = False) -> np.ndarray:
+        """Validate ``Nx4`` XYXY pixel boxes and clip them to the image (``Nx4`` float32).
 
         Raises :class:`InputError` for NaN, inverted boxes (x1 < x0 or y1 < y0), boxes that
-        lie entirely outside the image, and boxes with zero area after clipping.
+        lie entirely outside the image, and boxes with zero area after clipping; for no box
+        unless ``allow_empty`` (then ``0x4`` and ``[]`` give a ``0x4`` array).
         """
         height, width = self.original_size
-        return clip_boxes_to_image(boxes, height, width)
-
-    @staticmethod
-    def _check_mask_input(mask_input: object) -> np.ndarray:
-        arr = finite_array("mask_input", mask_input, f"1x{LOW_RES}x{LOW_RES} logits")
-        if arr.shape != (1, LOW_RES, LOW_RES):
-            raise InputError(
-                f"mask_input must be 1x{LOW_RES}x{LOW_RES} low-res logits (from a previous "
-                f"predict), got shape {arr.shape}"
-            )
-        return arr.astype(np.float32)
+        return clip_boxes_to_image(boxes, height, width, allow_empty)
 
     # ---------------------------------------------------------------- prediction
     def predict(
@@ -269,7 +231,7 @@ class SamPredictor:
             raise InputError("give at least one prompt: points, a box or a mask_input")
         coords_t = labels_t = box_t = mask_t = None
         if point_coords is not None:
-            coords, labels = self._check_points(point_coords, point_labels)
+            coords, labels = check_points(point_coords, point_labels, self.original_size)
             coords_t = torch.as_tensor(self.transform.apply_coords(coords, self.original_size))[
                 None
             ]
@@ -282,7 +244,7 @@ class SamPredictor:
                 raise InputError("predict takes one box; use predict_boxes for many")
             box_t = torch.as_tensor(self.transform.apply_boxes(boxes, self.original_size))
         if mask_input is not None:
-            mask_t = torch.as_tensor(self._check_mask_input(mask_input))[None]
+            mask_t = torch.as_tensor(check_mask_input(mask_input, LOW_RES))[None]
         masks, scores, low_res = self.predict_torch(
             coords_t, labels_t, box_t, mask_t, multimask_output, return_logits
         )
@@ -295,24 +257,24 @@ class SamPredictor:
     def predict_boxes(
         self, boxes: np.ndarray, multimask_output: bool = False, batch_size: int = 64
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Predict one mask set per box for ``Nx4`` XYXY pixel boxes, in batches.
+        """Predict one mask set per box for ``Nx4`` XYXY pixel boxes (N may be 0: ``0x4`` or
+        ``[]``), decoded ``batch_size`` boxes at a time.
 
-        Returns ``(masks NxCxHxW bool, scores NxC, low_res_logits NxCx256x256)``; N may be 0.
+        Returns ``(masks NxCxHxW bool, scores NxC float32, low_res_logits NxCx256x256
+        float32)``, C as :meth:`predict`. The full-size masks are written straight into the
+        returned array (the only copy on the CPU), :meth:`masks_per_upscale` at a time.
         """
         self._require_state()
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if np.shape(boxes) == (0, 4):
-            clipped = torch.zeros((0, 4))
-        else:
-            clipped = torch.as_tensor(
-                self.transform.apply_boxes(self.clip_boxes(boxes), self.original_size)
-            )
-        outputs = [
-            self.predict_torch(None, None, chunk, None, multimask_output)
-            for chunk in clipped.split(batch_size)
+        clipped = self.clip_boxes(boxes, allow_empty=True)
+        frame = torch.as_tensor(self.transform.apply_boxes(clipped, self.original_size))
+        decoded = [
+            self.decode_low_res(None, None, chunk, None, multimask_output)
+            for chunk in frame.split(int(batch_size))
         ]
-        masks, scores, low_res = (torch.cat(parts) for parts in zip(*outputs, strict=True))
+        low_res, scores = (torch.cat(parts) for parts in zip(*decoded, strict=True))
+        masks = self.binary_masks(low_res)
         return masks.cpu().numpy(), scores.float().cpu().numpy(), low_res.float().cpu().numpy()
 
     @torch.inference_mode()

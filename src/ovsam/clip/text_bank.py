@@ -78,7 +78,7 @@ def _synonym_lists(classes: ClassNames) -> list[tuple[str, ...]]:
     return lists
 
 
-def _check_templates(templates: Sequence[str]) -> tuple[str, ...]:
+def check_templates(templates: Sequence[str]) -> tuple[str, ...]:
     templates = tuple(templates)
     if not templates:
         raise InputError("no prompt templates given")
@@ -180,7 +180,7 @@ def build_text_bank(
     of prompts encoded at once.
     """
     synonyms = _synonym_lists(classes)
-    templates = _check_templates(templates)
+    templates = check_templates(templates)
     display = tuple(s[0].strip() for s in synonyms)
     key = bank_key(model, weights_id or text_tower_fingerprint(model), synonyms, templates)
     path = None

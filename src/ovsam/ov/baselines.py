@@ -9,7 +9,9 @@ separate CLIP (text bank from the same CLIP):
   (CLIP-normalised); each mask's box pools its stride-32 map (RoIAlign at the pooling grid, stride 32 for ResNets)
   and the tower's pooling head embeds it.
 
-Probabilities are a softmax over the vocabulary (no background class).
+Probabilities are a softmax over the vocabulary (no background class). The image's RGB pixels
+(the very ones SAM embeds) are kept in its :class:`~ovsam.predictor.ImageState`, so that a state
+restored with ``load_state`` crops its own image.
 """
 
 from __future__ import annotations
@@ -26,18 +28,22 @@ from ovsam.clip.region_classifier import classify_regions, mask_boxes_xyxy
 from ovsam.clip.text_bank import TextBank, build_text_bank
 from ovsam.errors import InputError, NotReadyError
 from ovsam.ov.classifier import Labels, check_random_weights, top_labels
+from ovsam.ov.label_settings import check_label_settings
 from ovsam.ov.roi_align import roi_align
 from ovsam.predictor import ImageState, SamPredictor
-from ovsam.vocab import Vocabulary, load_vocabulary, prompt_templates
+from ovsam.prompt_arrays import check_masks, rgb_image
+from ovsam.vocab import Vocabulary, load_vocabulary
 
 BaselineKind = Literal["image-crop", "feature-crop"]
+PIXELS = "pixels"  # ImageState.extras key of the image (HxWx3 uint8 RGB, on the CPU)
 
 
 class CropBaselinePredictor(SamPredictor):
     """SAM masks + CLIP labels; ``predict`` returns SAM's outputs plus ``[Labels]`` per mask.
 
     A CLIP with random weights warns (unless ``allow_random_weights``, for tests) and marks
-    every :class:`Labels` (``random_weights``)."""
+    every :class:`Labels` (``random_weights``). Settings no prediction can use raise
+    :class:`InputError` here (see :func:`~ovsam.ov.label_settings.check_label_settings`)."""
 
     def __init__(
         self,
@@ -51,15 +57,14 @@ class CropBaselinePredictor(SamPredictor):
     ) -> None:
         if kind not in ("image-crop", "feature-crop"):
             raise InputError(f"unknown baseline {kind!r}: choose image-crop or feature-crop")
+        settings = check_label_settings(templates, top_k, unknown_threshold)
         super().__init__(sam)
-        self.clip, self.kind, self.top_k = clip.eval(), kind, top_k
+        self.clip, self.kind = clip.eval(), kind
         check_random_weights(clip, allow=allow_random_weights)
-        self.templates = (
-            prompt_templates(templates) if isinstance(templates, str) else tuple(templates)
-        )
-        self.unknown_threshold = unknown_threshold
+        self.templates = settings.templates
+        self.top_k = settings.top_k
+        self.unknown_threshold = settings.unknown_threshold
         self.bank: TextBank | None = None
-        self._image: np.ndarray | None = None
 
     @property
     def random_weights(self) -> bool:
@@ -67,8 +72,11 @@ class CropBaselinePredictor(SamPredictor):
         return check_random_weights(self.clip, allow=True)
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
-        super().set_image(image, image_format)
-        self._image = np.ascontiguousarray(image if image_format == "RGB" else image[:, :, ::-1])
+        """SAM's ``set_image``; a copy of the RGB pixels SAM embeds is kept in the image's
+        state (``extras["pixels"]``) for the CLIP crops. On any error the previous image stays."""
+        rgb = rgb_image(image, image_format)
+        super().set_image(rgb)
+        self._require_state().extras[PIXELS] = torch.from_numpy(np.array(rgb, copy=True))
 
     def _encode(
         self, input_image: torch.Tensor, original_size: tuple[int, int], input_size: tuple[int, int]
@@ -96,17 +104,24 @@ class CropBaselinePredictor(SamPredictor):
 
     @torch.inference_mode()
     def recognize_masks(self, masks: np.ndarray) -> list[Labels]:
-        """Labels for ``NxHxW`` boolean masks of the current image."""
+        """Labels for ``NxHxW`` boolean masks of the current image (N may be 0: no labels)."""
         if self.bank is None:
             raise NotReadyError(
                 "no vocabulary is set: call set_vocabulary(...) before predicting labels"
             )
         state = self._require_state()
-        if self._image is None or self._image.shape[:2] != state.original_size:
-            raise NotReadyError("the crop baselines need set_image (not load_state) for the pixels")
-        masks = np.asarray(masks, dtype=bool)
+        needed = PIXELS if self.kind == "image-crop" else "clip_last"
+        if needed not in state.extras:
+            raise NotReadyError(
+                f"the {self.kind} baseline needs the image's {needed!r}: call set_image on this "
+                "predictor (a state made by another predictor, or by set_torch_image, may lack it)"
+            )
+        masks = check_masks(masks, state.original_size)
+        if len(masks) == 0:
+            return []
         if self.kind == "image-crop":
-            probs = classify_regions(self.clip, self._image, self.bank, masks=masks, top_k=1).probs
+            pixels = state.extras[PIXELS].numpy()
+            probs = classify_regions(self.clip, pixels, self.bank, masks=masks, top_k=1).probs
         else:
             boxes = torch.as_tensor(
                 self.transform.apply_boxes(mask_boxes_xyxy(masks), state.original_size)
@@ -142,27 +157,31 @@ class CropBaselinePredictor(SamPredictor):
             point_coords, point_labels, box, mask_input, multimask_output, return_logits
         )
         binary = masks > self.model.mask_threshold if return_logits else masks
-        return masks, scores, low_res, self.recognize_masks(self._non_empty(binary, box))
+        boxes = None if box is None else np.repeat(self.clip_boxes(box), len(binary), axis=0)
+        return masks, scores, low_res, self.recognize_masks(self._non_empty(binary, boxes))
 
     def predict_boxes(  # type: ignore[override]
         self, boxes: np.ndarray, multimask_output: bool = False, batch_size: int = 64
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Labels]]:
-        """SAM's ``predict_boxes`` plus labels of each box's first mask."""
+        """SAM's ``predict_boxes`` (N may be 0) plus the labels of each box's first mask:
+        ``(masks NxCxHxW bool, scores NxC float32, low_res_logits NxCx256x256 float32,
+        N Labels)``."""
         masks, scores, low_res = super().predict_boxes(boxes, multimask_output, batch_size)
-        clipped = self.clip_boxes(boxes)
-        first = np.stack(
-            [self._non_empty(m[:1], b)[0] for m, b in zip(masks, clipped, strict=True)]
-        )
+        first = self._non_empty(masks[:, 0], self.clip_boxes(boxes, allow_empty=True))
         return masks, scores, low_res, self.recognize_masks(first)
 
-    def _non_empty(self, masks: np.ndarray, box: np.ndarray | None) -> np.ndarray:
-        """Replace empty masks by the prompt's box (or the whole image) so each gets a label."""
+    @staticmethod
+    def _non_empty(masks: np.ndarray, boxes: np.ndarray | None) -> np.ndarray:
+        """``NxHxW`` masks with each empty one replaced by its prompt's box (``boxes`` ``Nx4``
+        clipped pixels) or, without boxes, the whole image, so that each gets a label.
+
+        ``masks`` itself when none is empty (no copy of full-size masks)."""
+        empty = np.flatnonzero(~masks.any(axis=(1, 2)))
+        if len(empty) == 0:
+            return masks
         fixed = masks.copy()
         height, width = fixed.shape[-2:]
-        x0, y0, x1, y1 = 0, 0, width, height
-        if box is not None:
-            x0, y0, x1, y1 = (int(v) for v in self.clip_boxes(box)[0])
-        for mask in fixed:
-            if not mask.any():
-                mask[y0 : max(y1, y0 + 1), x0 : max(x1, x0 + 1)] = True
+        for i in empty:
+            x0, y0, x1, y1 = (0, 0, width, height) if boxes is None else boxes[i].astype(int)
+            fixed[i, y0 : max(y1, y0 + 1), x0 : max(x1, x0 + 1)] = True
         return fixed

@@ -34,9 +34,11 @@ from ovsam.ov.classifier import (
     fused_probabilities,
     top_labels,
 )
+from ovsam.ov.label_settings import check_label_settings
 from ovsam.ov.model import OVSam
 from ovsam.predictor import ImageState, SamPredictor
-from ovsam.vocab import Vocabulary, load_vocabulary, prompt_templates
+from ovsam.prompt_arrays import check_masks
+from ovsam.vocab import Vocabulary, load_vocabulary
 
 FPN_KEYS = ("fpn0", "fpn1", "fpn2", "fpn3")
 
@@ -48,7 +50,8 @@ class OVSamPredictor(SamPredictor):
     without it, give banks directly with :meth:`set_text_bank`. ``top_k`` labels are returned
     per mask; a best probability below ``unknown_threshold`` is reported as ``"unknown"``.
     A model or text model with random weights warns (unless ``allow_random_weights``, for
-    tests) and marks every :class:`Labels` (``random_weights``).
+    tests) and marks every :class:`Labels` (``random_weights``). Settings no prediction can
+    use raise :class:`InputError` here (see :func:`~ovsam.ov.label_settings.check_label_settings`).
     """
 
     def __init__(
@@ -60,14 +63,13 @@ class OVSamPredictor(SamPredictor):
         unknown_threshold: float = 0.0,
         allow_random_weights: bool = False,
     ) -> None:
+        settings = check_label_settings(templates, top_k, unknown_threshold)
         super().__init__(model)
         self.model: OVSam = model
         self.text_model = text_model
-        self.templates = (
-            prompt_templates(templates) if isinstance(templates, str) else tuple(templates)
-        )
-        self.top_k = top_k
-        self.unknown_threshold = unknown_threshold
+        self.templates = settings.templates
+        self.top_k = settings.top_k
+        self.unknown_threshold = settings.unknown_threshold
         self.bank: TextBank | None = None
         self._seen: torch.Tensor | None = None
         check_random_weights(model, text_model, allow=allow_random_weights)
@@ -121,8 +123,10 @@ class OVSamPredictor(SamPredictor):
     @torch.inference_mode()
     def classify_boxes(self, head_boxes: torch.Tensor, clip_boxes: torch.Tensor) -> list[Labels]:
         """Labels for regions given as ``Bx4`` XYXY boxes in the 1024 input frame: ``head_boxes``
-        pool the FPN (CLIP2SAM), ``clip_boxes`` the frozen CLIP map."""
+        pool the FPN (CLIP2SAM), ``clip_boxes`` the frozen CLIP map. B may be 0 (no labels)."""
         bank, state = self._require_bank(), self._require_state()
+        if len(head_boxes) == 0:
+            return []
         config = self.model.config
         fpn = [state.extras[k] for k in FPN_KEYS]
         head = self.model.head_region_embeddings(fpn, head_boxes.to(self.device))
@@ -173,20 +177,19 @@ class OVSamPredictor(SamPredictor):
     def predict_boxes(  # type: ignore[override]
         self, boxes: np.ndarray, multimask_output: bool = False, batch_size: int = 64
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Labels]]:
-        """One mask + labels per ``Nx4`` XYXY pixel box (``NxHxW``-shaped outputs)."""
+        """One mask + labels per ``Nx4`` XYXY pixel box (N may be 0; ``multimask_output`` is
+        ignored): ``(masks Nx1xHxW bool, scores Nx1 float32, low_res_logits Nx1x256x256
+        float32, N Labels)``."""
         self._require_bank()
         masks, scores, low_res = super().predict_boxes(boxes, False, batch_size)
-        frame = self.transform.apply_boxes(self.clip_boxes(boxes), self.original_size)
+        clipped = self.clip_boxes(boxes, allow_empty=True)
+        frame = self.transform.apply_boxes(clipped, self.original_size)
         return masks, scores, low_res, self._labels_for(low_res[:, 0:1], frame)
 
     def recognize_masks(self, masks: np.ndarray) -> list[Labels]:
-        """Labels for masks the user already has (``NxHxW`` bool at the image's size)."""
+        """Labels for masks the user already has (``NxHxW`` bool at the image's size; N may be
+        0, giving no labels)."""
         self._require_bank()
-        masks = np.asarray(masks, dtype=bool)
-        if masks.ndim != 3 or masks.shape[1:] != self.original_size:
-            raise InputError(
-                f"masks must be NxHxW with HxW = {self.original_size}, got {masks.shape}"
-            )
-        boxes = mask_boxes_xyxy(masks)
+        boxes = mask_boxes_xyxy(check_masks(masks, self.original_size)).reshape(-1, 4)
         frame = torch.as_tensor(self.transform.apply_boxes(boxes, self.original_size)).float()
         return self.classify_boxes(frame, frame)

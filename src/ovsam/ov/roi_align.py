@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from numbers import Integral
 
 import torch
 from torch import Tensor
@@ -50,7 +51,8 @@ def roi_align(
 ) -> Tensor:
     """Pool ``rois`` (``Kx5``: batch index, x1, y1, x2, y2 in input pixels) from ``features``
     (``BxCxHxW``) into ``KxCxhxw`` (``output_size``), as mmcv's aligned RoIAlign."""
-    out_h, out_w = (output_size, output_size) if isinstance(output_size, int) else output_size
+    size = (output_size, output_size) if isinstance(output_size, Integral) else output_size
+    out_h, out_w = (int(side) for side in size)
     pooled = []
     for roi in rois.to(features.dtype):
         feature = features[int(roi[0])]

@@ -1,0 +1,51 @@
+"""Settings of the labelled predictors (OV-SAM and the crop baselines), checked when built.
+
+Checking them in the constructor means a wrong setting is an :class:`InputError` at once, not
+after the first image has been embedded and its masks decoded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from numbers import Integral, Real
+
+from ovsam.clip.text_bank import check_templates
+from ovsam.errors import InputError
+from ovsam.vocab import prompt_templates
+
+
+@dataclass(frozen=True)
+class LabelSettings:
+    """``templates``: prompt templates, each with one ``{}``; ``top_k`` (>= 1) labels per mask;
+    a best probability below ``unknown_threshold`` (in [0, 1]) is reported as unknown."""
+
+    templates: tuple[str, ...]
+    top_k: int
+    unknown_threshold: float
+
+
+def check_label_settings(
+    templates: str | Sequence[str], top_k: int, unknown_threshold: float
+) -> LabelSettings:
+    """The settings with a named template set (``"vild"``...) expanded, as plain Python values;
+    :class:`InputError` naming the first one no prediction can use."""
+    if isinstance(top_k, bool) or not isinstance(top_k, Integral) or top_k < 1:
+        raise InputError(f"top_k must be an integer >= 1, got {top_k!r}")
+    if (
+        isinstance(unknown_threshold, bool)
+        or not isinstance(unknown_threshold, Real)
+        or not 0.0 <= unknown_threshold <= 1.0
+    ):
+        raise InputError(
+            f"unknown_threshold must be a probability in [0, 1], got {unknown_threshold!r}"
+        )
+    if isinstance(templates, str):
+        names = prompt_templates(templates)
+    elif isinstance(templates, Sequence) and all(isinstance(t, str) for t in templates):
+        names = check_templates(templates)
+    else:
+        raise InputError(
+            f"templates must be a template set's name or a list of strings, got {templates!r:.80}"
+        )
+    return LabelSettings(names, int(top_k), float(unknown_threshold))
