@@ -38,6 +38,12 @@ BaselineKind = Literal["image-crop", "feature-crop"]
 PIXELS = "pixels"  # ImageState.extras key of the image (HxWx3 uint8 RGB, on the CPU)
 
 
+def pixels_tensor(image: np.ndarray) -> torch.Tensor:
+    """``image`` as kept under ``extras[PIXELS]`` for later crops: a uint8 copy, so that a
+    reused frame buffer cannot change it."""
+    return torch.from_numpy(np.array(image, dtype=np.uint8, copy=True))
+
+
 class CropBaselinePredictor(SamPredictor):
     """SAM masks + CLIP labels; ``predict`` returns SAM's outputs plus ``[Labels]`` per mask.
 
@@ -76,7 +82,7 @@ class CropBaselinePredictor(SamPredictor):
         state (``extras["pixels"]``) for the CLIP crops. On any error the previous image stays."""
         rgb = rgb_image(image, image_format)
         super().set_image(rgb)
-        self._require_state().extras[PIXELS] = torch.from_numpy(np.array(rgb, copy=True))
+        self._require_state().extras[PIXELS] = pixels_tensor(rgb)
 
     def _encode(
         self, input_image: torch.Tensor, original_size: tuple[int, int], input_size: tuple[int, int]

@@ -80,7 +80,7 @@ class SegmentationEngine:
             state = self.predictor.export_state()
             self.predictor.reset_image()
         if getattr(self.recognizer, "needs_pixels", False):
-            from ovsam.serve.recognition import PIXELS, pixels_tensor
+            from ovsam.ov.baselines import PIXELS, pixels_tensor
 
             state.extras[PIXELS] = pixels_tensor(image)
         return state, (time.perf_counter() - start) * 1000

@@ -11,15 +11,13 @@ import threading
 from collections import OrderedDict
 
 import numpy as np
-import torch
 
 from ovsam.clip.model import CLIP
 from ovsam.clip.region_classifier import classify_regions
 from ovsam.clip.text_bank import TextBank, build_text_bank
+from ovsam.ov.baselines import PIXELS
 from ovsam.predictor import ImageState
 from ovsam.vocab import prompt_templates
-
-PIXELS = "pixels"
 
 
 class ClipRecognizer:
@@ -76,8 +74,3 @@ class ClipRecognizer:
             self.clip, pixels, self.bank(vocabulary), masks=mask[None], top_k=top_k
         )
         return labels.top_k()[0]
-
-
-def pixels_tensor(image: np.ndarray) -> torch.Tensor:
-    """The image kept in an :class:`ImageState` for later crops (a uint8 copy)."""
-    return torch.from_numpy(np.array(image, dtype=np.uint8, copy=True))
