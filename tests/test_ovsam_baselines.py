@@ -38,15 +38,22 @@ def clip() -> CLIP:
 
 @pytest.mark.parametrize("kind", ["image-crop", "feature-crop"])
 def test_baselines_segment_for_real_and_label_every_mask(
-    mobilesam_model, clip: CLIP, kind: str
+    mobilesam_model, clip: CLIP, kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     predictor = CropBaselinePredictor(mobilesam_model, clip, kind, templates="none", top_k=3)
     image = load_image(SAMPLE_PHOTO)
     predictor.set_image(image)
+    decoded: list[object] = []
+    decode = predictor.decode_low_res
+    monkeypatch.setattr(predictor, "decode_low_res", lambda *a: decoded.append(a) or decode(*a))
     with pytest.raises(NotReadyError, match="no vocabulary"):
         predictor.predict(box=np.array(SAMPLE_BOX), multimask_output=False)
+    with pytest.raises(NotReadyError, match="no vocabulary"):
+        predictor.predict_boxes(np.array([SAMPLE_BOX]))
+    assert decoded == []  # refused before any mask was decoded
     predictor.set_vocabulary(NAMES, progress=False)
     masks, scores, _, labels = predictor.predict(box=np.array(SAMPLE_BOX), multimask_output=False)
+    assert len(decoded) == 1
     x0, y0, x1, y1 = SAMPLE_BOX
     inside = masks[0, int(y0) : int(y1), int(x0) : int(x1)].sum()
     assert masks[0].sum() > 30_000 and inside / masks[0].sum() > 0.95  # the real cup

@@ -183,6 +183,10 @@ def test_region_whose_embedding_is_a_class_text_ranks_first(model: CLIP) -> None
     # boxes derived from the masks give the same crops as the masks' tight boxes
     tight = classify_regions(model, image, bank, masks=masks, top_k=1)
     assert tight.top_indices.shape == (3, 1)
+    for regions in ({"boxes": np.zeros((0, 4))}, {"masks": masks[:0]}, {"boxes": []}):
+        none = classify_regions(model, image, bank, top_k=2, **regions)
+        assert none.probs.shape == (0, 4) and none.top_indices.shape == (0, 2)
+        assert none.top_k() == []
 
 
 def test_mask_background_blanks_pixels_outside_the_mask() -> None:

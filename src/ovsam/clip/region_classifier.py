@@ -111,7 +111,8 @@ def classify_regions(
 ) -> RegionLabels:
     """Recognise regions of ``image`` (``HxWx3`` uint8 RGB) given as ``boxes`` (``Nx4`` XYXY
     pixels) and/or ``masks`` (``NxHxW`` bool; their bounding boxes are used when no boxes are
-    given). ``mask_background`` blanks pixels outside the masks. Returns :class:`RegionLabels`."""
+    given; N may be 0). ``mask_background`` blanks pixels outside the masks. Returns
+    :class:`RegionLabels`."""
     image = check_image_array(image)
     height, width = image.shape[:2]
     if model.embed_dim != bank.dim:
@@ -119,14 +120,14 @@ def classify_regions(
             f"text bank has {bank.dim} dims but the CLIP model embeds {model.embed_dim}"
         )
     if masks is not None:
-        masks = np.asarray(masks).astype(bool)
+        masks = np.asarray(masks, dtype=bool)  # no copy of boolean masks
         if masks.ndim != 3 or masks.shape[1:] != (height, width):
             raise InputError(f"masks must be NxHxW with HxW = {height}x{width}, got {masks.shape}")
     if boxes is None:
         if masks is None:
             raise InputError("give boxes or masks to recognise")
         boxes = mask_boxes_xyxy(masks)
-    boxes = clip_boxes_to_image(boxes, height, width)
+    boxes = clip_boxes_to_image(boxes, height, width, allow_empty=True)
     if masks is not None and len(masks) != len(boxes):
         raise InputError(f"{len(boxes)} boxes but {len(masks)} masks")
     if top_k < 1:
@@ -134,7 +135,7 @@ def classify_regions(
     size = model.visual.image_size
     device = next(model.parameters()).device
     blank = masks if mask_background else None
-    embeddings = []
+    embeddings = [torch.zeros((0, model.embed_dim))]  # no regions: no labels
     for start in range(0, len(boxes), batch_size):
         sub_masks = None if blank is None else blank[start : start + batch_size]
         crops = crop_regions(image, boxes[start : start + batch_size], size, sub_masks, expand)

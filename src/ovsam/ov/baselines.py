@@ -28,7 +28,7 @@ from ovsam.clip.region_classifier import classify_regions, mask_boxes_xyxy
 from ovsam.clip.text_bank import TextBank, build_text_bank
 from ovsam.errors import InputError, NotReadyError
 from ovsam.ov.classifier import Labels, check_random_weights, top_labels
-from ovsam.ov.label_settings import check_label_settings
+from ovsam.ov.label_settings import check_label_settings, require_bank
 from ovsam.ov.roi_align import roi_align
 from ovsam.predictor import ImageState, SamPredictor
 from ovsam.prompt_arrays import check_masks, rgb_image
@@ -111,11 +111,7 @@ class CropBaselinePredictor(SamPredictor):
     @torch.inference_mode()
     def recognize_masks(self, masks: np.ndarray) -> list[Labels]:
         """Labels for ``NxHxW`` boolean masks of the current image (N may be 0: no labels)."""
-        if self.bank is None:
-            raise NotReadyError(
-                "no vocabulary is set: call set_vocabulary(...) before predicting labels"
-            )
-        state = self._require_state()
+        bank, state = require_bank(self.bank), self._require_state()
         needed = PIXELS if self.kind == "image-crop" else "clip_last"
         if needed not in state.extras:
             raise NotReadyError(
@@ -127,7 +123,7 @@ class CropBaselinePredictor(SamPredictor):
             return []
         if self.kind == "image-crop":
             pixels = state.extras[PIXELS].numpy()
-            probs = classify_regions(self.clip, pixels, self.bank, masks=masks, top_k=1).probs
+            probs = classify_regions(self.clip, pixels, bank, masks=masks, top_k=1).probs
         else:
             boxes = torch.as_tensor(
                 self.transform.apply_boxes(mask_boxes_xyxy(masks), state.original_size)
@@ -137,13 +133,11 @@ class CropBaselinePredictor(SamPredictor):
             side = self.clip.visual.image_size // stride
             pooled = roi_align(state.extras["clip_last"], rois, side, 1 / stride)
             emb = self.clip.visual.pool(pooled).float().cpu()
-            probs = (self.clip.logit_scale.exp().float().cpu() * self.bank.similarity(emb)).softmax(
-                -1
-            )
+            probs = (self.clip.logit_scale.exp().float().cpu() * bank.similarity(emb)).softmax(-1)
         with_background = torch.cat([probs, probs.new_zeros((len(probs), 1))], dim=1)
         return top_labels(
             with_background,
-            self.bank.names,
+            bank.names,
             self.top_k,
             self.unknown_threshold,
             self.random_weights,
@@ -159,6 +153,7 @@ class CropBaselinePredictor(SamPredictor):
         return_logits: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Labels]]:
         """SAM's ``predict`` plus labels of each returned mask (empty masks: the box's)."""
+        require_bank(self.bank)
         masks, scores, low_res = super().predict(
             point_coords, point_labels, box, mask_input, multimask_output, return_logits
         )
@@ -172,6 +167,7 @@ class CropBaselinePredictor(SamPredictor):
         """SAM's ``predict_boxes`` (N may be 0) plus the labels of each box's first mask:
         ``(masks NxCxHxW bool, scores NxC float32, low_res_logits NxCx256x256 float32,
         N Labels)``."""
+        require_bank(self.bank)
         masks, scores, low_res = super().predict_boxes(boxes, multimask_output, batch_size)
         first = self._non_empty(masks[:, 0], self.clip_boxes(boxes, allow_empty=True))
         return masks, scores, low_res, self.recognize_masks(first)

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from numbers import Integral, Real
 
-from ovsam.clip.text_bank import check_templates
-from ovsam.errors import InputError
+from ovsam.clip.text_bank import TextBank, check_templates
+from ovsam.errors import InputError, NotReadyError
 from ovsam.vocab import prompt_templates
 
 
@@ -49,3 +49,13 @@ def check_label_settings(
             f"templates must be a template set's name or a list of strings, got {templates!r:.80}"
         )
     return LabelSettings(names, int(top_k), float(unknown_threshold))
+
+
+def require_bank(bank: TextBank | None) -> TextBank:
+    """``bank``, or :class:`NotReadyError` when no vocabulary has been set yet (checked before
+    any mask is decoded, so that nothing is computed in vain)."""
+    if bank is None:
+        raise NotReadyError(
+            "no vocabulary is set: call set_vocabulary(...) before predicting labels"
+        )
+    return bank

@@ -34,7 +34,7 @@ from ovsam.ov.classifier import (
     fused_probabilities,
     top_labels,
 )
-from ovsam.ov.label_settings import check_label_settings
+from ovsam.ov.label_settings import check_label_settings, require_bank
 from ovsam.ov.model import OVSam
 from ovsam.predictor import ImageState, SamPredictor
 from ovsam.prompt_arrays import check_masks
@@ -114,11 +114,7 @@ class OVSamPredictor(SamPredictor):
 
     # ------------------------------------------------------------------ recognition
     def _require_bank(self) -> TextBank:
-        if self.bank is None:
-            raise NotReadyError(
-                "no vocabulary is set: call set_vocabulary(...) before predicting labels"
-            )
-        return self.bank
+        return require_bank(self.bank)
 
     @torch.inference_mode()
     def classify_boxes(self, head_boxes: torch.Tensor, clip_boxes: torch.Tensor) -> list[Labels]:
