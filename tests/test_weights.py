@@ -322,13 +322,13 @@ def test_copy_into_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     mine = tmp_path / "mine.bin"
     mine.write_bytes(PAYLOAD)
     locked: list[Path] = []
-    real_lock = weights._cache_lock
+    real_lock = weights.cache_lock
 
     def recording_lock(target: Path, progress: bool) -> object:
         locked.append(target)
         return real_lock(target, progress)
 
-    monkeypatch.setattr(weights, "_cache_lock", recording_lock)
+    monkeypatch.setattr(weights, "cache_lock", recording_lock)
     out = copy_into_cache(spec, str(mine), cache_dir_override=tmp_path / "cache")  # a str
     assert out.read_bytes() == PAYLOAD and locked == [out]
     assert cache_status(spec, tmp_path / "cache") == "cached"

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import ovsam.weights as weights
+import ovsam.weights_cache as weights_cache
 from ovsam.weights import UrlSource, WeightsSpec
 
 PAYLOAD = b"weights-bytes " * 1000
@@ -51,5 +52,5 @@ def forbid_cache_writes(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_write(self: Path, *_: object, **__: object) -> int:
         raise PermissionError(errno.EACCES, "Permission denied", str(self))
 
-    monkeypatch.setattr(weights, "open", no_lock, raising=False)
+    monkeypatch.setattr(weights_cache, "open", no_lock, raising=False)
     monkeypatch.setattr(Path, "write_text", no_write)

