@@ -129,7 +129,11 @@ def test_masks_smaller_than_a_cell_are_deduplicated_and_min_area_is_inclusive(
         ({"points_per_batch": 0}, "points_per_batch=0: expected an integer >= 1"),
         ({"nms_thresh": 2.0}, r"nms_thresh=2.0: expected a finite number in \[0.0, 1.0\]"),
         ({"nms_thresh": True}, r"nms_thresh=True: expected a finite number in \[0.0, 1.0\]"),
-        ({"pred_iou_thresh": float("nan")}, "pred_iou_thresh=nan: expected a finite number$"),
+        (
+            {"pred_iou_thresh": float("nan")},
+            r"pred_iou_thresh=nan: expected a finite number <= 1\.0$",
+        ),
+        ({"pred_iou_thresh": 88}, r"pred_iou_thresh=88: expected a finite number <= 1\.0$"),
         ({"stability_score_offset": -5.0}, "stability_score_offset=-5.0: .* >= 0.0"),
         ({"min_mask_area": -1}, "min_mask_area=-1: expected an integer >= 0"),
         ({"min_mask_area": 2.5}, "min_mask_area=2.5: expected an integer >= 0"),  # pixel count

@@ -124,7 +124,8 @@ class AutomaticMaskGenerator:
     (0.7), measured on cells of :func:`nms_stride` pixels. ``min_mask_area`` (an integer)
     drops masks smaller than that many pixels (empty masks are always dropped). Memory does
     not grow with the image beyond the returned masks: candidates are kept at low resolution
-    until duplicate removal.
+    until duplicate removal. ``pred_iou_thresh`` is at most 1 (predicted IoUs lie in about
+    [0, 1]; a negative one keeps every candidate); the other thresholds lie in [0, 1].
     """
 
     predictor: SamPredictor
@@ -176,7 +177,7 @@ class AutomaticMaskGenerator:
             if isinstance(value, bool) or not isinstance(value, Integral) or value < least:
                 raise InputError(f"{name}={value!r}: expected an integer >= {least}")
         for name, low, high in (
-            ("pred_iou_thresh", -math.inf, math.inf),
+            ("pred_iou_thresh", -math.inf, 1.0),  # predicted IoUs: ~[0, 1]; negative keeps all
             ("stability_score_thresh", 0.0, 1.0),
             ("stability_score_offset", 0.0, math.inf),
             ("nms_thresh", 0.0, 1.0),
@@ -185,7 +186,10 @@ class AutomaticMaskGenerator:
             if isinstance(value, bool) or not (
                 isinstance(value, Real) and math.isfinite(value) and low <= value <= high
             ):
-                bounds = f" in [{low}, {high}]" if high < math.inf else f" >= {low}" * (low > -1)
+                if high == math.inf:
+                    bounds = f" >= {low}" * (low > -math.inf)
+                else:
+                    bounds = f" <= {high}" if low == -math.inf else f" in [{low}, {high}]"
                 raise InputError(f"{name}={value!r}: expected a finite number{bounds}")
 
     def _candidates(self, points: np.ndarray, stride: int) -> Candidates:
