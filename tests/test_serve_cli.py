@@ -4,6 +4,7 @@ model is loaded, ``--help`` lists them; and :class:`ServeSettings` itself refuse
 from __future__ import annotations
 
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -16,6 +17,7 @@ import ovsam.serve.app as serve_app  # noqa: E402
 from ovsam.cli.main import build_parser, main  # noqa: E402
 from ovsam.cli.serve_cmd import build_settings  # noqa: E402
 from ovsam.errors import InputError  # noqa: E402
+from ovsam.serve.engine import MissingRecognizer  # noqa: E402
 from ovsam.serve.schemas import MAX_NAMES, MAX_POINTS  # noqa: E402
 from ovsam.serve.settings import LimitError, ServeSettings  # noqa: E402
 
@@ -49,7 +51,7 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> Captured:
 
     def engine(settings: ServeSettings) -> object:
         seen.settings = settings
-        return object()
+        return SimpleNamespace(recognizer=MissingRecognizer("no recognition weights: none here"))
 
     def serve(app: FastAPI, **_: object) -> None:
         seen.app = app
@@ -90,6 +92,16 @@ def test_flags_reach_the_served_app(captured: Captured) -> None:
     assert r.status_code == 413 and str(2 * MIB) in r.json()["error"]["message"]
     r = client.post("/v1/images", files={"file": ("a.png", b"x" * (4 * MIB), "image/png")})
     assert r.status_code == 413 and str(3 * MIB) in r.json()["error"]["message"]
+
+
+def test_the_terminal_says_whether_masks_get_labels(
+    captured: Captured, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without recognition weights the page still segments; the terminal says why there are
+    no labels (not only ``/v1/health``)."""
+    assert main(["serve", "--labels"]) == 0
+    out = capsys.readouterr().out
+    assert "ovsam: no labels: no recognition weights: none here\n" in out
 
 
 def test_defaults_are_the_settings_defaults() -> None:

@@ -99,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
             raise
         raise _needs_serve_extra(f"FastAPI: {first_line(exc)}") from exc
     print(f"ovsam: serving {args.model} on http://{args.host}:{args.port}/ (API docs at /docs)")
+    recognizer = app.state.engine.recognizer
+    print(f"ovsam: {'labels' if recognizer.available else 'no labels'}: {recognizer.message}")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
