@@ -34,13 +34,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument(
         "--split", choices=["coco-ov", "lvis", "all"], default="coco-ov",
-        help="base/novel split: OV-COCO 48/17 (other classes skipped), LVIS rare = novel, or all base",
+        help="base/novel split: OV-COCO 48/17 (other classes skipped), LVIS rare = novel, or all "
+        "base (default coco-ov)",
     )  # fmt: skip
-    parser.add_argument("--prompt", choices=["box", "point"], default="box")
+    parser.add_argument(
+        "--prompt",
+        choices=["box", "point"],
+        default="box",
+        help="ground-truth prompt (default box)",
+    )
     parser.add_argument(
         "--recognizer", choices=["image-crop", "feature-crop", "ovsam"], default="image-crop"
     )
-    parser.add_argument("--templates", default="vild", choices=["vild", "openai", "simple", "none"])
+    parser.add_argument(
+        "--templates", default="vild", choices=["vild", "openai", "simple", "none"],
+        help="prompt templates for class names (default vild: 14)",
+    )  # fmt: skip
     parser.add_argument(
         "--limit", type=int, default=None,
         help="first N images of the file only (those skipped, e.g. crowd-only, count)",

@@ -36,10 +36,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("image", type=Path, help="image file or folder of images")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--points-per-side", type=int, default=32, help="grid size (default 32)")
-    parser.add_argument("--pred-iou-thresh", type=float, default=0.88)
-    parser.add_argument("--stability-thresh", type=float, default=0.95)
     parser.add_argument(
-        "--min-area", type=int, default=0, help="drop masks smaller than this (pixels)"
+        "--pred-iou-thresh", type=float, default=0.88, help="keep masks scored above (default 0.88)"
+    )
+    parser.add_argument(
+        "--stability-thresh", type=float, default=0.95,
+        help="keep masks at least this stable (default 0.95)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--min-area",
+        type=int,
+        default=0,
+        help="drop masks smaller than this many pixels (default 0)",
     )
     parser.add_argument(
         "--overwrite",

@@ -71,9 +71,12 @@ def add_label_arguments(parser: argparse.ArgumentParser) -> None:
         help="coco | lvis | imagenet1k | imagenet21k | FILE (one class per line) | "
         "'cat; dog, puppy; mug' (classes split at ';' or ','); implies --labels",
     )  # fmt: skip
-    group.add_argument("--top-k", type=int, default=5, help="labels reported per mask")
+    group.add_argument("--top-k", type=int, default=5, help="labels reported per mask (default 5)")
     group.add_argument("--recognizer", choices=RECOGNIZERS, default="image-crop")
-    group.add_argument("--templates", default="vild", choices=["vild", "openai", "simple", "none"])
+    group.add_argument(
+        "--templates", default="vild", choices=["vild", "openai", "simple", "none"],
+        help="prompt templates for class names (default vild: 14; simple/none are faster)",
+    )  # fmt: skip
     add_clip_arguments(group)
 
 

@@ -40,7 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "(OpenAPI at /docs). Binds to loopback unless --host says otherwise.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=int, default=8000, help="(default 8000)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="registered model name")
     parser.add_argument("--checkpoint", default=None, help="checkpoint file or weights name")
     parser.add_argument("--labels", action="store_true", help="name masks with CLIP (downloads it)")
