@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ovsam.cli.segment_cmd import add_clip_arguments, add_model_arguments
+from ovsam.cli.segment_cmd import add_clip_arguments, add_model_arguments, recognition_options
 
 if TYPE_CHECKING:
     from ovsam.data.instances import InstanceDataset
@@ -168,7 +168,6 @@ def _image_paths(
 
 def _label_options(args: argparse.Namespace, dataset: InstanceDataset) -> LabelOptions:
     """How masks are named: the recognizer over the evaluated classes (and their synonyms)."""
-    from ovsam.recognizers import LabelOptions
     from ovsam.vocab import Vocabulary
 
     categories = sorted(dataset.categories.values(), key=lambda c: c["id"])
@@ -176,15 +175,7 @@ def _label_options(args: argparse.Namespace, dataset: InstanceDataset) -> LabelO
     vocabulary = Vocabulary(
         args.split, tuple(c["name"] for c in categories), synonyms, tuple({} for _ in categories)
     )
-    return LabelOptions(
-        vocabulary=vocabulary,
-        recognizer=args.recognizer,
-        clip_model=args.clip,
-        clip_weights=args.clip_weights,
-        random_weights=args.random_recognition,
-        templates=args.templates,
-        checkpoint_given=args.checkpoint is not None,
-    )
+    return recognition_options(args, vocabulary)
 
 
 def _warn_ignored(args: argparse.Namespace, dataset: InstanceDataset, orphans: int) -> None:

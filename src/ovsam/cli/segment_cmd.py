@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the parser must import nothing heavy (see ovsam.cli.main)
+    from ovsam.recognizers import LabelOptions
+    from ovsam.vocab import Vocabulary
 
 DEFAULT_MODEL = "mobilesam"
 
@@ -80,19 +85,30 @@ def add_label_arguments(parser: argparse.ArgumentParser) -> None:
     add_clip_arguments(group)
 
 
-def label_options(args: argparse.Namespace):  # noqa: ANN201 - LabelOptions | None
+def label_options(args: argparse.Namespace) -> LabelOptions | None:
     """:class:`~ovsam.recognizers.LabelOptions` from the parsed flags (None without labels)."""
     from ovsam.errors import InputError
-    from ovsam.recognizers import LabelOptions
     from ovsam.vocab import parse_vocabulary_argument
 
     if not args.labels and args.vocab is None:
         return None
     if args.top_k < 1:  # checked before any model is loaded
         raise InputError(f"--top-k must be at least 1, got {args.top_k}")
+    vocabulary = parse_vocabulary_argument("coco" if args.vocab is None else args.vocab)
+    return recognition_options(args, vocabulary, top_k=args.top_k)
+
+
+def recognition_options(
+    args: argparse.Namespace, vocabulary: str | Path | list[str] | Vocabulary, top_k: int = 5
+) -> LabelOptions:
+    """:class:`~ovsam.recognizers.LabelOptions` naming masks from ``vocabulary`` with the
+    recognition flags (``--recognizer``, ``--templates``, :func:`add_clip_arguments`) and
+    ``--checkpoint`` (segment, everything and eval)."""
+    from ovsam.recognizers import LabelOptions
+
     return LabelOptions(
-        vocabulary=parse_vocabulary_argument("coco" if args.vocab is None else args.vocab),
-        top_k=args.top_k,
+        vocabulary=vocabulary,
+        top_k=top_k,
         recognizer=args.recognizer,
         clip_model=args.clip,
         clip_weights=args.clip_weights,
