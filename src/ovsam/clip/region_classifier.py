@@ -21,6 +21,7 @@ from ovsam.clip.model import CLIP, CLIP_MEAN, CLIP_STD
 from ovsam.clip.text_bank import TextBank
 from ovsam.errors import InputError
 from ovsam.image_io import check_image_array
+from ovsam.prompt_arrays import check_masks
 
 _MEAN_RGB = tuple(round(255 * m) for m in CLIP_MEAN)
 
@@ -120,9 +121,7 @@ def classify_regions(
             f"text bank has {bank.dim} dims but the CLIP model embeds {model.embed_dim}"
         )
     if masks is not None:
-        masks = np.asarray(masks, dtype=bool)  # no copy of boolean masks
-        if masks.ndim != 3 or masks.shape[1:] != (height, width):
-            raise InputError(f"masks must be NxHxW with HxW = {height}x{width}, got {masks.shape}")
+        masks = check_masks(masks, (height, width))
     if boxes is None:
         if masks is None:
             raise InputError("give boxes or masks to recognise")
