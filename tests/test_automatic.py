@@ -57,7 +57,7 @@ def test_everything_finds_each_shape_once(mobilesam_model: torch.nn.Module) -> N
     for record in records:
         assert np.array_equal(decode_rle(record["rle"]), record["segmentation"])
         assert record["predicted_iou"] > 0.88 and record["stability_score"] >= 0.95
-        x, y = record["point_coords"]
+        ((x, y),) = record["point_coords"]  # SAM's [[x, y]]
         assert 0 <= x <= 480 and 0 <= y <= 360
 
 

@@ -142,7 +142,9 @@ class AutomaticMaskGenerator:
 
         Returns one dict per mask, sorted by area (largest first), with SAM's fields:
         ``segmentation`` (HxW bool), ``rle`` (COCO RLE), ``area``, ``bbox`` (XYWH),
-        ``predicted_iou``, ``stability_score`` and ``point_coords`` (the click, XY pixels).
+        ``predicted_iou``, ``stability_score`` and ``point_coords`` (``[[x, y]]``: the click in
+        XY pixels, nested as in SAM so that ``np.array(record["point_coords"])`` is a ``1x2``
+        ``point_coords`` for :meth:`SamPredictor.predict`).
         """
         self._check_settings()
         if image is not None:
@@ -249,5 +251,5 @@ class AutomaticMaskGenerator:
             "bbox": mask_to_bbox_xywh(array),
             "predicted_iou": float(iou),
             "stability_score": float(stability),
-            "point_coords": [float(click[0]), float(click[1])],
+            "point_coords": [[float(click[0]), float(click[1])]],
         }
