@@ -110,6 +110,12 @@ def test_resume_only_with_the_same_settings_else_refuse_or_overwrite(
     assert _everything(folder, out, mobilesam_checkpoint, "--min-area", "5") == 0
     assert capsys.readouterr().out == "2 images already done, skipped\n"
 
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings.pop("masks_format") == 2  # results of the [x, y] layout had none
+    (out / "settings.json").write_text(json.dumps(settings))
+    assert _everything(folder, out, mobilesam_checkpoint, "--min-area", "5") == 2
+    assert "(masks_format None -> 2)" in capsys.readouterr().err
+
 
 def test_an_interrupted_overwrite_redoes_the_images_left_with_old_settings(
     folder: Path, tmp_path: Path, mobilesam_checkpoint: Path, capsys: pytest.CaptureFixture

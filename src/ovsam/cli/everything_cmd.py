@@ -60,6 +60,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
+# Layout of the records in ``masks.json``: 2 since ``point_coords`` is SAM's ``[[x, y]]``
+# (it was ``[x, y]``). A folder of older results is refused on resume like other settings.
+MASKS_FORMAT = 2
+
+
 def run_settings(args: argparse.Namespace, options: LabelOptions | None) -> dict[str, Any]:
     """What determines the results (not ``--device``): recorded in ``settings.json`` and in
     every ``masks.json``; resuming with other settings is refused."""
@@ -69,6 +74,7 @@ def run_settings(args: argparse.Namespace, options: LabelOptions | None) -> dict
         digest = hashlib.sha256(vocabulary.read_bytes()).hexdigest()
     return {
         "command": "everything",
+        "masks_format": MASKS_FORMAT,
         "model": args.model,
         "checkpoint": None if args.checkpoint is None else str(args.checkpoint),
         "points_per_side": args.points_per_side,
