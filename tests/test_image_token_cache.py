@@ -222,3 +222,20 @@ def test_cached_decoder_on_cuda_equals_cpu(mobilesam_model: torch.nn.Module) -> 
     (cpu_masks, cpu_iou), (gpu_masks, gpu_iou) = outputs
     assert (gpu_masks - cpu_masks).abs().max() < 1e-3 * cpu_masks.abs().max()
     assert torch.allclose(gpu_iou, cpu_iou, atol=1e-3)
+
+
+def test_cache_is_rebuilt_when_a_prompt_encoder_buffer_changes(
+    mobilesam_model: torch.nn.Module,
+) -> None:
+    """The cache folds in the positional encoding, made from a buffer (not a parameter)."""
+    model = copy.deepcopy(mobilesam_model)
+    cached, plain = SamPredictor(model), SamPredictor(model, cache_image_tokens=False)
+    cached.set_image(np.asarray(Image.open(ASSET).convert("RGB"))[:200, :300])
+    plain.load_state(cached.export_state())
+    click = {"point_coords": np.array([[48, 32]]), "point_labels": np.array([1])}
+    before = cached.predict(**click)[2]
+    with torch.no_grad():
+        model.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.mul_(1.1)
+    ours, reference = cached.predict(**click)[2], plain.predict(**click)[2]
+    assert np.abs(reference - before).max() > 1.0  # the change matters
+    np.testing.assert_allclose(ours, reference, atol=2e-3 * np.abs(reference).max())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -275,6 +276,12 @@ def test_load_state_refuses_other_encoders_and_non_states(
     other = SamPredictor(build_model("mobilesam", pretrained=False))
     with pytest.raises(InputError, match="computed by another image encoder"):
         other.load_state(state)
+    twin = copy.deepcopy(predictor.model)  # equal weights in another model object: fine
+    SamPredictor(twin).load_state(state)
+    with torch.no_grad():
+        twin.image_encoder.neck[3].bias.add_(0.5)  # one late bias of the encoder: refused
+    with pytest.raises(InputError, match="computed by another image encoder"):
+        SamPredictor(twin).load_state(state)
     with pytest.raises(
         InputError, match="load_state takes the ImageState of export_state, got dict"
     ):

@@ -25,8 +25,8 @@ from torch import nn
 
 from ovsam.boxes import clip_boxes_to_image
 from ovsam.errors import InputError, NotReadyError
-from ovsam.modeling.common import tensors_nbytes
-from ovsam.modeling.image_token_cache import ImageTokenCache, weights_key
+from ovsam.modeling.common import tensors_nbytes, weights_checksum, weights_key
+from ovsam.modeling.image_token_cache import ImageTokenCache
 from ovsam.prompt_arrays import check_mask_input, check_points, rgb_image
 from ovsam.prompt_tensors import check_prompt_tensors
 from ovsam.transforms import ResizeLongestSide
@@ -46,8 +46,9 @@ class ImageState:
     ``extras``: model-specific tensors (e.g. CLIP feature maps for recognition).
     ``decoder_cache``: the mask decoder's per-image precomputation, filled by the predictor
     on the first prompt (kept with the state, so a restored state decodes fast at once).
-    ``encoder``: a fingerprint of the image encoder that made ``features`` (see
-    :meth:`SamPredictor.load_state`).
+    ``encoder``: the :func:`~ovsam.modeling.common.weights_key` of the image encoder that
+    made ``features``; ``encoder_checksum``: its weights' values (filled by
+    :meth:`SamPredictor.export_state`; see :meth:`SamPredictor.load_state`).
     """
 
     features: torch.Tensor
@@ -56,6 +57,7 @@ class ImageState:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     decoder_cache: ImageTokenCache | None = None
     encoder: tuple[object, ...] = ()
+    encoder_checksum: tuple[object, ...] | None = None
 
     def nbytes(self) -> int:
         """Memory held by the state's tensors, in bytes."""
@@ -84,6 +86,7 @@ class SamPredictor:
         self.model = model
         self.transform = ResizeLongestSide(model.image_encoder.img_size)
         self._state: ImageState | None = None
+        self._checksum: tuple[tuple[object, ...], tuple[object, ...]] = ((), ())
         self.cache_image_tokens = cache_image_tokens
 
     @property
@@ -138,14 +141,16 @@ class SamPredictor:
             )
         input_size = (int(transformed_image.shape[2]), int(transformed_image.shape[3]))
         state = self._encode(self.model.preprocess(transformed_image), original_size, input_size)
-        state.encoder = self._encoder_fingerprint()
+        state.encoder = weights_key(self.model.image_encoder)
         self._state = state
 
-    def _encoder_fingerprint(self) -> tuple[object, ...]:
-        """Cheap identity of the image encoder's weights: class, size and a few values."""
-        params = list(self.model.image_encoder.parameters())
-        probe = tuple(round(float(p.detach().flatten()[:64].double().sum()), 6) for p in params[:2])
-        return type(self.model.image_encoder).__name__, sum(p.numel() for p in params), probe
+    def _encoder_checksum(self) -> tuple[object, ...]:
+        """The image encoder's :func:`~ovsam.modeling.common.weights_checksum`, computed again
+        only when :func:`~ovsam.modeling.common.weights_key` says the weights changed."""
+        key = weights_key(self.model.image_encoder)
+        if self._checksum[0] != key:
+            self._checksum = (key, weights_checksum(self.model.image_encoder))
+        return self._checksum[1]
 
     def _encode(
         self, input_image: torch.Tensor, original_size: tuple[int, int], input_size: tuple[int, int]
@@ -159,8 +164,17 @@ class SamPredictor:
         return self._require_state().features
 
     def export_state(self) -> ImageState:
-        """The current image's state, to keep in a cache and restore with ``load_state``."""
-        return self._require_state()
+        """The current image's state, to keep in a cache and restore with ``load_state``.
+
+        The first export after the weights change also checksums the image encoder's
+        weights (about 0.1 s for MobileSAM), so that another predictor with equal weights can
+        load the state."""
+        state = self._require_state()
+        if state.encoder_checksum is None and state.encoder == weights_key(
+            self.model.image_encoder
+        ):
+            state.encoder_checksum = self._encoder_checksum()
+        return state
 
     def load_state(self, state: ImageState) -> None:
         """Make ``state`` (from ``export_state``) the current image without re-encoding.
@@ -172,7 +186,11 @@ class SamPredictor:
             raise InputError(
                 f"load_state takes the ImageState of export_state, got {type(state).__name__}"
             )
-        if state.encoder and state.encoder != self._encoder_fingerprint():
+        if (
+            state.encoder
+            and state.encoder != weights_key(self.model.image_encoder)
+            and state.encoder_checksum != self._encoder_checksum()
+        ):
             raise InputError(
                 "this image state was computed by another image encoder (another model or "
                 "other weights): call set_image instead"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from itertools import chain
 
 import torch
 from torch import nn
@@ -12,6 +13,34 @@ from torch.nn import functional as F
 def tensors_nbytes(tensors: Iterable[torch.Tensor]) -> int:
     """Memory held by ``tensors``, in bytes."""
     return sum(t.element_size() * t.nelement() for t in tensors)
+
+
+def weights_key(*modules: nn.Module) -> tuple[object, ...]:
+    """Identifies the current weights of ``modules`` (these objects, their tensors' storage
+    and versions): changes when any parameter or buffer (such as the prompt encoder's
+    positional-encoding matrix) is replaced, moved or modified in place (``load_state_dict``
+    bumps versions). Cheap; use :func:`weights_checksum` to compare weights by value."""
+    return tuple(
+        (id(m), tuple((t.data_ptr(), t._version) for t in chain(m.parameters(), m.buffers())))
+        for m in modules
+    )
+
+
+@torch.no_grad()
+def weights_checksum(module: nn.Module) -> tuple[object, ...]:
+    """A checksum of the values of ``module``'s parameters and buffers: per tensor its shape,
+    sum and position-weighted sum (float64, 12 significant digits, so that the reduction
+    order does not matter). Equal for equal weights, in any copy of the module; a change of
+    any value beyond that precision, or a permutation of values, gives another one. Reads
+    every weight once (about 0.1 s for MobileSAM's image encoder on 2 CPU cores)."""
+    sums = []
+    for t in chain(module.parameters(), module.buffers()):
+        flat = t.detach().flatten().double()
+        ramp = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device)
+        sums.append(torch.stack([flat.sum(), flat @ ramp]))
+    values = torch.stack(sums).cpu().tolist() if sums else []
+    shapes = [tuple(t.shape) for t in chain(module.parameters(), module.buffers())]
+    return type(module).__name__, tuple(shapes), tuple(f"{a:.12g}/{b:.12g}" for a, b in values)
 
 
 class MLPBlock(nn.Module):

@@ -56,7 +56,7 @@ class ImageTokenCache:
     ``l < depth`` ``t2i_k``, ``t2i_v`` (token-to-image keys/values of block l) and ``i2t_q``
     (image-to-token queries of block l); for ``l == depth`` ``final_k``, ``final_v`` and
     ``upscale`` (the first transposed convolution as a ``4C/4 x C`` map). ``source``
-    identifies the weights it was built from (see :func:`weights_key`).
+    identifies the weights it was built from (see :func:`~ovsam.modeling.common.weights_key`).
     """
 
     residual: Tensor
@@ -117,14 +117,6 @@ def _out_bias(transformer: nn.Module, index: int) -> Tensor | None:
     if index >= transformer.depth:
         return None
     return transformer.layers[index].cross_attn_image_to_token.out_proj.bias
-
-
-def weights_key(*modules: nn.Module) -> tuple[object, ...]:
-    """Identifies the current weights of ``modules``: changes when any parameter is replaced,
-    moved or modified in place (``load_state_dict`` bumps versions)."""
-    return tuple(
-        (id(m), tuple((p.data_ptr(), p._version) for p in m.parameters())) for m in modules
-    )
 
 
 @torch.inference_mode()
