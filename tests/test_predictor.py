@@ -11,7 +11,7 @@ import torch
 
 from ovsam.errors import InputError, NotReadyError
 from ovsam.masks import mask_iou
-from ovsam.predictor import SamPredictor
+from ovsam.predictor import ImageState, SamPredictor
 from synthetic_scenes import make_scene
 
 
@@ -124,7 +124,8 @@ def test_predict_before_set_image_is_a_clear_error(mobilesam_model: torch.nn.Mod
         ({}, "give at least one prompt"),
         ({"box": np.array([50, 50, 10, 60])}, "is inverted"),
         ({"box": np.array([500, 10, 600, 60])}, "entirely outside the 480x360 image"),
-        ({"box": np.array([10, 10, 10, 60])}, "zero area"),
+        ({"box": np.array([10, 10, 10, 60])}, "less than 1 pixel wide or high inside the image"),
+        ({"box": np.array([10, 10, 10.5, 60])}, r"box \(10, 10, 10.5, 60\) is less than 1 pixel"),
         ({"box": np.array([10, np.nan, 20, 60])}, "NaN"),
         ({"box": np.array([1, 2, 3])}, "shape"),
         ({"box": np.zeros((0, 4))}, r"shape \(4,\) or Nx4, got \(0, 4\)"),  # predict: one box
@@ -286,3 +287,27 @@ def test_load_state_refuses_other_encoders_and_non_states(
         InputError, match="load_state takes the ImageState of export_state, got dict"
     ):
         other.load_state({"features": state.features})
+
+
+def test_a_float64_model_predicts_like_the_float32_one(
+    predictor: SamPredictor, scenes: list[tuple]
+) -> None:
+    """``model.double()`` works on every path (the mask prompt, too, takes the weights' dtype)."""
+    image, shapes, state = scenes[0]
+    predictor.load_state(state)
+    box = shapes[0].box
+    reference = predictor.predict(box=box, multimask_output=False)
+    refined = predictor.predict(box=box, mask_input=reference[2], multimask_output=False)
+    double = copy.deepcopy(predictor.model).double()
+    with pytest.raises(InputError, match="computed by another image encoder"):
+        SamPredictor(double).load_state(state)  # float32 features: refused
+    features = state.features.double()  # as the float64 encoder gives them, to ~1e-6
+    for cached in (True, False):
+        ours = SamPredictor(double, cache_image_tokens=cached)
+        ours.load_state(ImageState(features, state.original_size, state.input_size))
+        masks, scores, logits = ours.predict(box=box, multimask_output=False)
+        assert mask_iou(masks[0], reference[0][0]) > 0.999
+        np.testing.assert_allclose(scores, reference[1], atol=1e-4)
+        np.testing.assert_allclose(logits, reference[2], atol=1e-3 * np.abs(logits).max())
+        again = ours.predict(box=box, mask_input=logits, multimask_output=False)
+        assert mask_iou(again[0][0], refined[0][0]) > 0.999

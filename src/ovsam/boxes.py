@@ -48,7 +48,7 @@ def clip_boxes_to_image(
     """Validate ``Nx4`` (or ``4``) XYXY pixel boxes and clip them to a ``height x width`` image.
 
     Raises :class:`InputError` for NaN, inverted boxes (x1 < x0 or y1 < y0), boxes that lie
-    entirely outside the image, and boxes with zero area after clipping. Returns ``Nx4`` float32.
+    entirely outside the image, and boxes less than 1 pixel wide or high after clipping. Returns ``Nx4`` float32.
     With ``allow_empty`` (a batch of boxes), N may be 0: ``0x4``, or ``[]`` (shape ``(0,)``).
     """
     arr = finite_array("box", boxes, "XYXY pixels")
@@ -69,5 +69,8 @@ def clip_boxes_to_image(
     empty = (clipped[:, 2] - clipped[:, 0] < 1) | (clipped[:, 3] - clipped[:, 1] < 1)
     if np.any(empty):
         x0, y0, x1, y1 = arr[np.argmax(empty)]
-        raise InputError(f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) has zero area inside the image")
+        raise InputError(
+            f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) is less than 1 pixel wide or high inside "
+            "the image"
+        )
     return clipped.astype(np.float32)

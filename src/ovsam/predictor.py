@@ -222,7 +222,7 @@ class SamPredictor:
         """Validate ``Nx4`` XYXY pixel boxes and clip them to the image (``Nx4`` float32).
 
         Raises :class:`InputError` for NaN, inverted boxes (x1 < x0 or y1 < y0), boxes that
-        lie entirely outside the image, and boxes with zero area after clipping; for no box
+        lie entirely outside the image, and boxes less than 1 pixel wide or high after clipping; for no box
         unless ``allow_empty`` (then ``0x4`` and ``[]`` give a ``0x4`` array).
         """
         height, width = self.original_size
@@ -339,7 +339,7 @@ class SamPredictor:
         sparse, dense = self.model.prompt_encoder(
             points=points,
             boxes=None if boxes is None else boxes.to(device, torch.float32),
-            masks=None if mask_input is None else mask_input.to(device, torch.float32),
+            masks=None if mask_input is None else mask_input.to(device, self._weights_dtype()),
         )
         cache = None if mask_input is not None else self._image_token_cache(state)
         if cache is not None:
@@ -351,6 +351,11 @@ class SamPredictor:
             dense_prompt_embeddings=dense,
             multimask_output=multimask_output,
         )
+
+    def _weights_dtype(self) -> torch.dtype:
+        """The floating dtype of the prompt encoder's weights (float32 unless the model was
+        converted, e.g. with ``model.double()``)."""
+        return self.model.prompt_encoder.no_mask_embed.weight.dtype
 
     @torch.inference_mode()
     def upscale_masks(self, low_res: torch.Tensor) -> torch.Tensor:

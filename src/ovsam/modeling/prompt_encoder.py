@@ -34,15 +34,15 @@ class PositionEmbeddingRandom(nn.Module):
     def forward(self, size: tuple[int, int]) -> Tensor:
         """Encoding of the pixel centres of an ``h x w`` grid: ``(2F)xhxw``."""
         h, w = size
-        device = self.positional_encoding_gaussian_matrix.device
-        y = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h
-        x = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w
+        matrix = self.positional_encoding_gaussian_matrix
+        y = (torch.arange(h, device=matrix.device, dtype=matrix.dtype) + 0.5) / h
+        x = (torch.arange(w, device=matrix.device, dtype=matrix.dtype) + 0.5) / w
         grid = torch.stack([x[None, :].expand(h, w), y[:, None].expand(h, w)], dim=-1)
         return self._pe_encoding(grid).permute(2, 0, 1)
 
     def forward_with_coords(self, coords_input: Tensor, image_size: tuple[int, int]) -> Tensor:
         """``BxNx2`` XY pixel coordinates in an ``image_size`` (H, W) frame -> ``BxNx(2F)``."""
-        coords = coords_input.to(torch.float32)
+        coords = coords_input.to(self.positional_encoding_gaussian_matrix.dtype)
         scale = coords.new_tensor([1.0 / image_size[1], 1.0 / image_size[0]])
         return self._pe_encoding(coords * scale)
 
