@@ -17,6 +17,8 @@ def test_consistent_batches_pass() -> None:
     assert check_prompt_tensors(COORDS, LABELS, BOXES, MASKS, 256) == 2
     assert check_prompt_tensors(COORDS.double(), LABELS.float(), None, None, 256) == 2
     assert check_prompt_tensors(None, None, torch.zeros(0, 4), None, 256) == 0
+    assert check_prompt_tensors(None, None, BOXES, MASKS[:1], 256) == 2  # one shared mask
+    assert check_prompt_tensors(None, None, None, MASKS[:1], 256) == 1
 
 
 @pytest.mark.parametrize(
@@ -33,6 +35,7 @@ def test_consistent_batches_pass() -> None:
         ((None, None, None, MASKS[:, 0]), r"mask_input must be Bx1x256x256, got shape"),
         ((None, None, None, torch.zeros(2, 1, 128, 128)), "mask_input must be Bx1x256x256"),
         ((COORDS, LABELS, BOXES[:1], None), "same batch size, got point_coords 2, boxes 1"),
+        ((COORDS, LABELS, None, MASKS.repeat(2, 1, 1, 1)), "point_coords 2, mask_input 4"),
         ((None, None, None, MASKS.bool()), r"mask_input must be real .* torch.bool"),
         ((None, None, BOXES.to(torch.complex64), None), r"boxes must be real .* torch.complex64"),
         ((COORDS > 5, LABELS, None, None), r"point_coords must be real .* torch.bool"),
@@ -51,3 +54,18 @@ def test_predict_torch_checks_before_decoding(mobilesam_model: torch.nn.Module) 
     predictor.set_image(np.zeros((64, 64, 3), dtype=np.uint8))
     with pytest.raises(InputError, match=r"boxes must be Bx4, got shape \(4,\)"):
         predictor.predict_torch(None, None, torch.tensor([1.0, 2, 30, 40]))
+
+
+def test_one_mask_input_goes_with_every_prompt(mobilesam_model: torch.nn.Module) -> None:
+    """As in segment-anything, a ``1x1x256x256`` mask_input is shared by a batch of prompts."""
+    from ovsam.predictor import SamPredictor
+
+    predictor = SamPredictor(mobilesam_model)
+    predictor.set_image(np.full((64, 96, 3), 90, dtype=np.uint8))
+    boxes = torch.tensor([[0.0, 0, 500, 300], [200, 100, 900, 600], [10, 10, 100, 100]])
+    mask = torch.randn(1, 1, 256, 256, generator=torch.Generator().manual_seed(0)) * 5
+    shared = predictor.predict_torch(None, None, boxes, mask, multimask_output=False)
+    each = predictor.predict_torch(None, None, boxes, mask.expand(3, -1, -1, -1), False)
+    assert shared[0].shape == (3, 1, 64, 96)
+    for ours, reference in zip(shared, each, strict=True):
+        assert torch.equal(ours, reference)

@@ -36,7 +36,8 @@ def check_prompt_tensors(
     """Raise :class:`InputError` unless the prompts form one batch; returns its size B.
 
     ``point_coords`` ``BxNx2``, ``point_labels`` ``BxN`` (values in :data:`POINT_LABELS`),
-    ``boxes`` ``Bx4``, ``mask_input`` ``Bx1x{low_res}x{low_res}``; any may be None, not all.
+    ``boxes`` ``Bx4``, ``mask_input`` ``Bx1x{low_res}x{low_res}`` (or ``1x1x...``: one mask
+    shared by all B prompts, as segment-anything broadcasts it); any may be None, not all.
     """
     batches = {}
     if point_coords is not None or point_labels is not None:
@@ -63,7 +64,8 @@ def check_prompt_tensors(
             raise InputError(
                 f"mask_input must be Bx1x{low_res}x{low_res}, got shape {tuple(mask.shape)}"
             )
-        batches["mask_input"] = mask.shape[0]
+        if mask.shape[0] != 1 or not batches:  # one mask goes with any batch
+            batches["mask_input"] = mask.shape[0]
     if not batches:
         raise InputError("give at least one prompt: points, boxes or a mask_input")
     if len(set(batches.values())) > 1:
