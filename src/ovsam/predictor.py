@@ -307,8 +307,11 @@ class SamPredictor:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Batched prediction on prompts already in the model's 1024-pixel input frame.
 
-        ``point_coords`` ``BxNx2`` XY and ``point_labels`` ``BxN``; ``boxes`` ``Bx4`` XYXY;
-        ``mask_input`` ``Bx1x256x256`` logits. Returns ``(masks BxCxHxW, iou_predictions BxC,
+        ``point_coords`` ``BxNx2`` XY and ``point_labels`` ``BxN`` (1 object, 0 background,
+        -1 padding; 2 and 3 are a box's top-left and bottom-right corners, as in
+        segment-anything's ONNX model, where its PyTorch prompt encoder adds no label
+        embedding); ``boxes`` ``Bx4`` XYXY; ``mask_input`` ``Bx1x256x256`` logits (or one
+        ``1x1x256x256`` for all B). Returns ``(masks BxCxHxW, iou_predictions BxC,
         low_res_logits BxCx256x256)``; masks are booleans unless ``return_logits``.
         """
         low_res, iou = self.decode_low_res(
