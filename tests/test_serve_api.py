@@ -7,6 +7,7 @@ import io
 import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +25,12 @@ from ovsam.predictor import SamPredictor  # noqa: E402
 from ovsam.serve.app import create_app  # noqa: E402
 from ovsam.serve.engine import NO_RECOGNITION, SegmentationEngine  # noqa: E402
 from ovsam.serve.settings import ServeSettings  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def private_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Text banks built by a test go to its own cache folder, not the user's."""
+    monkeypatch.setenv("OVSAM_CACHE_DIR", str(tmp_path / "cache"))
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +73,11 @@ def decode_png(b64: str) -> np.ndarray:
 def test_health_reports_model_and_missing_recognition(client: TestClient) -> None:
     body = client.get("/v1/health").json()
     assert body["status"] == "ok" and body["model"] == "mobilesam"
-    assert body["recognition"] == {"available": False, "message": NO_RECOGNITION}
+    assert body["recognition"] == {
+        "available": False, "message": NO_RECOGNITION, "random_weights": False
+    }  # fmt: skip
+    head = client.head("/v1/health")
+    assert head.status_code == 200 and head.content == b""
 
 
 def test_openapi_schema_lists_versioned_routes(client: TestClient) -> None:
@@ -128,10 +139,36 @@ def png_header_only(width: int, height: int) -> bytes:
     return signature + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
+SVG = b'<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"/>'
+
+
+@pytest.mark.parametrize("content_type", [None, "application/octet-stream", "image/x-ms-bmp"])
+@pytest.mark.parametrize("kind", ["WEBP", "BMP", "TIFF"])
+def test_untyped_uploads_are_decoded(
+    client: TestClient, kind: str, content_type: str | None
+) -> None:
+    """curl, ``requests`` and browsers send .webp/.bmp/.tif as octet-stream or with no type."""
+    buf = io.BytesIO()
+    Image.fromarray(make_scene(1, 48, 64)[0]).save(buf, format=kind)
+    part = ("x", buf.getvalue()) if content_type is None else ("x", buf.getvalue(), content_type)
+    r = client.post("/v1/images", files={"file": part})
+    assert r.status_code == 201, r.text
+    assert (r.json()["width"], r.json()["height"]) == (64, 48)
+
+
 @pytest.mark.parametrize(
     ("payload", "content_type", "status", "code", "message"),
     [
         (b"definitely not an image", "image/png", 400, "bad_image", "not a readable image"),
+        (b"plain bytes", "application/octet-stream", 400, "bad_image", "not a readable image"),
+        (SVG, "application/octet-stream", 400, "bad_image", "not a readable image"),
+        (
+            SVG,
+            "image/svg+xml",
+            415,
+            "unsupported_media_type",
+            "content type 'image/svg+xml' is not accepted: send a raster image",
+        ),
         (
             b"hello",
             "text/plain",
@@ -187,7 +224,26 @@ def test_upload_byte_and_pixel_limits(engine: SegmentationEngine) -> None:
         ),
         ({"points": [[1, 1]], "labels": []}, 400, "invalid_input", "1 points but 0 labels"),
         ({}, 400, "invalid_input", "give at least one prompt"),
-        ({"box": [1, 2, 3]}, 422, "invalid_request", "box"),
+        ({"box": [1, 2, 3]}, 422, "invalid_request", "box: expected 4 values (X0, Y0, X1, Y1)"),
+        ({"box": [1, 2, 3, 4, 5]}, 422, "invalid_request", "box: expected 4 values"),
+        (
+            {"points": [[290, 120, 4]], "labels": [1]},
+            422,
+            "invalid_request",
+            "points.0: expected 2 values (X, Y)",
+        ),
+        (
+            {"points": [[1, 1], [290]], "labels": [1, 1]},
+            422,
+            "invalid_request",
+            "points.1: expected 2 values (X, Y)",
+        ),
+        (
+            {"points": [290, 120], "labels": [1]},
+            422,
+            "invalid_request",
+            "points.0: expected 2 values (X, Y); points.1: expected 2 values (X, Y)",
+        ),
         ({"points": [["a", 1]], "labels": [1]}, 422, "invalid_request", "points"),
         ({"box": [1, 1, 50, 50], "mask_id": "nope"}, 404, "unknown_mask", "unknown mask id 'nope'"),
         (
@@ -291,14 +347,18 @@ def test_labels_from_a_clip_recognizer(engine: SegmentationEngine) -> None:
     text = replace(get_clip_config("RN50").text, width=64, heads=1, layers=1)
     clip = CLIP(CLIPConfig(32, VisionConfig("vit", 64, (2,), 64, 16), text, True))
     labelled = SegmentationEngine(
-        engine.predictor, engine.model_name, ClipRecognizer(clip, "tiny test CLIP", "none")
+        engine.predictor,
+        engine.model_name,
+        ClipRecognizer(clip, "tiny test CLIP", "none", random_weights=True),
     )
     client = make_client(labelled)
     health = client.get("/v1/health").json()
-    assert health["recognition"] == {
+    recognition = {
         "available": True,
         "message": "recognition: tiny test CLIP, Image-Crop (CLIP on the masked crop)",
+        "random_weights": True,
     }
+    assert health["recognition"] == recognition
     image, shapes = make_scene(0)
     r = client.post("/v1/images", files={"file": ("scene.png", png(image), "image/png")})
     image_id = r.json()["image_id"]
@@ -306,7 +366,9 @@ def test_labels_from_a_clip_recognizer(engine: SegmentationEngine) -> None:
         "/v1/vocabularies", json={"name": "shapes", "names": ["disc", "square", "triangle"]}
     )
     body = {"box": list(shapes[0].box), "vocabulary": "shapes", "top_k": 2}
-    labels = client.post(f"/v1/images/{image_id}/predict", json=body).json()["labels"]
+    answer = client.post(f"/v1/images/{image_id}/predict", json=body).json()
+    assert answer["recognition"] == recognition  # the labels are machine-readably random
+    labels = answer["labels"]
     assert len(labels) == 2 and {lab["name"] for lab in labels} <= {"disc", "square", "triangle"}
     assert labels[0]["score"] >= labels[1]["score"] > 0
 
@@ -328,3 +390,4 @@ def test_default_recognizer_says_how_to_get_labels(monkeypatch: pytest.MonkeyPat
     assert not missing.available and "ovsam download clip_RN50x16_openai" in missing.message
     random = default_recognizer(ServeSettings(random_recognition=True, clip_model="RN50"))
     assert isinstance(random, ClipRecognizer) and "labels are meaningless" in random.message
+    assert random.random_weights and not off.random_weights and not missing.random_weights

@@ -30,6 +30,12 @@ CHROMIUM_ARGS = [
 ]  # fmt: skip
 
 
+@pytest.fixture(autouse=True)
+def private_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Text banks the served page builds go to the test's own cache folder, not the user's."""
+    monkeypatch.setenv("OVSAM_CACHE_DIR", str(tmp_path / "cache"))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -88,15 +94,18 @@ def labelled_server_url(mobilesam_model: torch.nn.Module) -> Iterator[str]:
         yield url
 
 
-def drag_box_on_sample(page: object, server_url: str, vocabulary: str | None = None) -> float:
-    """Open the page, upload the sample photo, (choose a vocabulary), drag SAMPLE_BOX; returns
-    the fraction of the canvas tinted by the mask overlay."""
+def open_page(page: object, server_url: str) -> None:
     page.goto(server_url + "/")
     page.wait_for_function("document.getElementById('status').textContent.includes('ready')")
-    if vocabulary:
-        page.select_option("#vocabulary", vocabulary)
-    page.set_input_files("#file", str(SAMPLE_PHOTO))
+
+
+def upload_sample(page: object, path: Path = SAMPLE_PHOTO) -> None:
+    page.set_input_files("#file", str(path))
     page.wait_for_function("document.getElementById('status').textContent.startsWith('Ready')")
+
+
+def drag_box(page: object) -> None:
+    """Drag SAMPLE_BOX on the sample photo (the answer is not awaited)."""
     canvas = page.locator("#overlay").bounding_box()
     assert canvas is not None and canvas["width"] > 100
     scale = canvas["width"] / 600
@@ -106,16 +115,36 @@ def drag_box_on_sample(page: object, server_url: str, vocabulary: str | None = N
     page.mouse.move(canvas["x"] + (x0 + x1) / 2 * scale, canvas["y"] + (y0 + y1) / 2 * scale)
     page.mouse.move(canvas["x"] + x1 * scale, canvas["y"] + y1 * scale)
     page.mouse.up()
+
+
+def wait_mask(page: object) -> None:
     page.wait_for_function("document.getElementById('status').textContent.startsWith('Mask in')")
+
+
+def tinted(page: object) -> float:
+    """The fraction of the canvas tinted by the mask overlay."""
     return page.evaluate(
         """() => {
           const c = document.getElementById('overlay');
+          if (!c.width || !c.height) return 0;
           const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
           let n = 0;
           for (let i = 0; i < d.length; i += 4) if (d[i + 3] === 120) n++;
           return n / (c.width * c.height);
         }"""
     )
+
+
+def drag_box_on_sample(page: object, server_url: str, vocabulary: str | None = None) -> float:
+    """Open the page, upload the sample photo, (choose a vocabulary), drag SAMPLE_BOX; returns
+    the fraction of the canvas tinted by the mask overlay."""
+    open_page(page, server_url)
+    if vocabulary:
+        page.select_option("#vocabulary", vocabulary)
+    upload_sample(page)
+    drag_box(page)
+    wait_mask(page)
+    return tinted(page)
 
 
 @contextmanager
@@ -228,3 +257,92 @@ def test_a_failed_box_restores_the_previous_prompts(server_url: str) -> None:
         wait_idle(page)
         after = page.evaluate("JSON.stringify(state.prompts)")
     assert after == before  # the earlier box and both clicks are back, nothing else is lost
+
+
+@pytest.mark.parametrize("change", ["clear", "new image"])
+def test_an_answer_after_clear_or_a_new_image_is_dropped(
+    server_url: str, change: str, tmp_path: Path
+) -> None:
+    """The answer to a click made before Clear (or before another image was loaded) arrives
+    late: it must not bring the old mask back (or stretch it over the new image)."""
+    from PIL import Image
+
+    other = tmp_path / "other.png"
+    Image.new("RGB", (300, 200), (40, 120, 40)).save(other)
+    with browser_page() as page:
+        drag_box_on_sample(page, server_url)
+        held: list = []
+        page.route("**/predict", lambda route: held.append(route))  # answer held back
+        canvas = page.locator("#overlay").bounding_box()
+        page.mouse.click(canvas["x"] + canvas["width"] / 2, canvas["y"] + canvas["height"] / 2)
+        while not held:
+            page.wait_for_timeout(20)
+        if change == "clear":
+            page.click("#clear")
+        else:
+            upload_sample(page, other)
+        held[0].continue_()
+        page.wait_for_function("!state.busy")
+        page.wait_for_timeout(100)
+        assert page.evaluate("[state.result, state.prompts.length]") == [None, 0]
+        assert tinted(page) == 0
+
+
+def test_typed_names_are_the_pages_own_and_come_back_after_eviction(server_url: str) -> None:
+    """Typed names go to a vocabulary named for this page (not a shared "custom"); when the
+    server has dropped it (LRU), the page posts the names again and the click succeeds."""
+    from urllib.request import Request, urlopen
+
+    with browser_page() as page:
+        posts: list[str] = []
+        page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+        open_page(page, server_url)
+        upload_sample(page)
+        page.fill("#custom-names", "cup, mug\nsaucer")
+        page.click("#add-vocabulary")
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('Vocab')")
+        name = page.evaluate("CUSTOM_VOCABULARY")
+        assert name.startswith("custom-") and page.input_value("#vocabulary") == name
+        assert "with 2 names" in page.locator("#status").inner_text()  # commas: synonyms
+        urlopen(Request(f"{server_url}/v1/vocabularies/{name}", method="DELETE"))  # evicted
+        posts.clear()
+        drag_box(page)
+        wait_mask(page)
+        page.reload()
+        page.wait_for_function("document.getElementById('status').textContent.includes('ready')")
+        other = page.evaluate("CUSTOM_VOCABULARY")
+    paths = [url.removeprefix(server_url) for url in posts]
+    assert paths[1:] == ["/v1/vocabularies", paths[0]] and paths[0].endswith("/predict")
+    assert other.startswith("custom-") and other != name
+
+
+def test_a_failed_upload_clears_the_old_image(server_url: str) -> None:
+    with browser_page() as page:
+        drag_box_on_sample(page, server_url)
+        error = {"error": {"code": "bad_image", "message": "injected upload failure"}}
+        page.route("**/v1/images", lambda route: route.fulfill(status=400, json=error))
+        page.set_input_files("#file", str(SAMPLE_PHOTO))
+        page.wait_for_function("document.getElementById('status').classList.contains('error')")
+        status = page.locator("#status").inner_text()
+        left = page.evaluate(
+            "[state.imageId, state.prompts.length, state.result, "
+            "document.getElementById('image').width, document.getElementById('hint').hidden]"
+        )
+    assert "injected upload failure" in status
+    assert left == [None, 0, None, 0, False]  # no image, prompts or mask left to click on
+
+
+def test_an_error_page_that_is_not_json_shows_its_status(server_url: str) -> None:
+    with browser_page() as page:
+        open_page(page, server_url)
+        upload_sample(page)
+        page.route(
+            "**/predict",
+            lambda route: route.fulfill(
+                status=502, body="<html><body>Bad gateway</body></html>", content_type="text/html"
+            ),
+        )
+        drag_box(page)
+        page.wait_for_function("document.getElementById('status').classList.contains('error')")
+        status = page.locator("#status").inner_text()
+    assert status.startswith("502") and "not JSON" in status, status

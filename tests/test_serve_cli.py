@@ -3,13 +3,14 @@ model is loaded, ``--help`` lists them; and :class:`ServeSettings` itself refuse
 
 from __future__ import annotations
 
+import socket
 import sys
 from types import SimpleNamespace
 
 import pytest
 
 pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
+uvicorn = pytest.importorskip("uvicorn")
 from fastapi import FastAPI  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
@@ -37,11 +38,12 @@ LIMIT_FLAGS = {
 
 
 class Captured:
-    """What ``ovsam serve`` handed to the engine factory and to ``uvicorn.run``."""
+    """What ``ovsam serve`` handed to the engine factory and to uvicorn (app, bound port)."""
 
     def __init__(self) -> None:
         self.settings: ServeSettings | None = None
         self.app: FastAPI | None = None
+        self.port: int | None = None
 
 
 @pytest.fixture
@@ -53,11 +55,12 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> Captured:
         seen.settings = settings
         return SimpleNamespace(recognizer=MissingRecognizer("no recognition weights: none here"))
 
-    def serve(app: FastAPI, **_: object) -> None:
-        seen.app = app
+    def serve(server: uvicorn.Server, sockets: list[socket.socket]) -> None:
+        seen.app = server.config.app
+        seen.port = sockets[0].getsockname()[1]
 
     monkeypatch.setattr(serve_app, "default_engine", engine)
-    monkeypatch.setattr("uvicorn.run", serve)
+    monkeypatch.setattr(uvicorn.Server, "run", serve)
     return seen
 
 
@@ -72,7 +75,7 @@ def test_help_lists_limit_flags_with_defaults(capsys: pytest.CaptureFixture[str]
 
 
 def test_flags_reach_the_served_app(captured: Captured) -> None:
-    argv = ["serve", "--max-upload-mb", "3", "--max-body-mb", "2", "--max-pixels", "5000",
+    argv = ["serve", "--port", "0", "--max-upload-mb", "3", "--max-body-mb", "2", "--max-pixels", "5000",
             "--max-points", "7", "--max-vocabulary", "9", "--max-name-chars", "11",
             "--max-custom-vocabularies", "4", "--cache-size", "5", "--cache-mb", "6",
             "--masks-per-image", "8"]  # fmt: skip
@@ -99,7 +102,7 @@ def test_the_terminal_says_whether_masks_get_labels(
 ) -> None:
     """Without recognition weights the page still segments; the terminal says why there are
     no labels (not only ``/v1/health``)."""
-    assert main(["serve", "--labels"]) == 0
+    assert main(["serve", "--port", "0", "--labels"]) == 0
     out = capsys.readouterr().out
     assert "ovsam: no labels: no recognition weights: none here\n" in out
 
@@ -154,7 +157,7 @@ def test_fastapi_refusing_uploads_is_one_line(
         )
 
     monkeypatch.setattr(serve_app, "create_app", refuse)
-    assert main(["serve"]) == 2
+    assert main(["serve", "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert err.startswith("ovsam serve: error: the web server needs the [serve] extra (FastAPI: ")
@@ -165,7 +168,7 @@ def test_fastapi_refusing_uploads_is_one_line(
 
     monkeypatch.setattr(serve_app, "create_app", fail)
     with pytest.raises(RuntimeError, match="CUDA out of memory"):
-        main(["serve"])
+        main(["serve", "--port", "0"])
 
 
 def test_missing_multipart_is_refused_before_the_model_loads(
@@ -200,3 +203,40 @@ def test_settings_bounds_are_inclusive() -> None:
     assert (top.max_points, top.max_vocabulary) == (MAX_POINTS, MAX_NAMES)
     with pytest.raises(LimitError, match=f"from 1 to {MAX_POINTS}, got {MAX_POINTS + 1}$"):
         ServeSettings(max_points=MAX_POINTS + 1)
+
+
+@pytest.mark.parametrize("port", ["70000", "-1", "65536"])
+def test_port_out_of_range_is_a_usage_error(
+    captured: Captured, capsys: pytest.CaptureFixture[str], port: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--port", port])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        f"argument --port: must be from 0 to 65535, got {port}\n" in err and "Traceback" not in err
+    )
+    assert captured.settings is None
+
+
+def test_busy_port_is_one_line_before_the_model_loads(
+    captured: Captured, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--port", str(port)]) == 2
+    out, err = capsys.readouterr()
+    assert "serving" not in out
+    assert err.startswith(f"ovsam serve: error: cannot listen on 127.0.0.1:{port}: ")
+    assert err.count("\n") == 1 and "in use" in err, err
+    assert captured.settings is None and captured.app is None  # refused before loading a model
+
+
+def test_port_0_serves_on_a_free_port_and_says_which(
+    captured: Captured, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve", "--port", "0"]) == 0
+    assert captured.port is not None and captured.port > 0
+    assert f"on http://127.0.0.1:{captured.port}/ " in capsys.readouterr().out

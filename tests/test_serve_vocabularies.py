@@ -7,6 +7,7 @@ import io
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +23,12 @@ from ovsam.predictor import SamPredictor  # noqa: E402
 from ovsam.serve.app import create_app  # noqa: E402
 from ovsam.serve.engine import SegmentationEngine  # noqa: E402
 from ovsam.serve.settings import ServeSettings  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def private_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Text banks built by a test go to its own cache folder, not the user's."""
+    monkeypatch.setenv("OVSAM_CACHE_DIR", str(tmp_path / "cache"))
 
 
 def tiny_clip() -> torch.nn.Module:
@@ -116,3 +123,47 @@ def test_delete_a_custom_vocabulary(labelled: SegmentationEngine) -> None:
         }
     }
     assert r.status_code == 409
+
+
+def test_commas_separate_synonyms_as_on_the_command_line(labelled: SegmentationEngine) -> None:
+    """``"saucer, plate"`` is one class labelled ``saucer`` (the CLI's reading), not a class
+    named ``"saucer, plate"``; a name in two classes is refused as the CLI refuses it."""
+    from ovsam.vocab import load_vocabulary
+
+    client = TestClient(create_app(ServeSettings(), lambda _: labelled))
+    image_id, box = upload_scene(client)
+    r = client.post("/v1/vocabularies", json={"name": "table", "names": ["cup", "saucer, plate"]})
+    assert r.status_code == 201 and r.json()["size"] == 2
+    body = {"box": box, "vocabulary": "table", "top_k": 2}
+    labels = client.post(f"/v1/images/{image_id}/predict", json=body).json()["labels"]
+    expected = load_vocabulary(["cup", "saucer, plate"])
+    assert {label["name"] for label in labels} == set(expected.classes) == {"cup", "saucer"}
+    bank = labelled.recognizer.bank(expected)  # type: ignore[attr-defined]
+    assert bank.names == ("cup", "saucer") and len(bank.embeddings) == 3  # "plate" is embedded
+    r = client.post("/v1/vocabularies", json={"name": "twice", "names": ["cup, mug", "", "Mug"]})
+    assert (r.status_code, r.json()["error"]) == (400, {
+        "code": "invalid_vocabulary",
+        "message": "duplicate class name 'Mug' (name 1 and name 3)",
+    })  # fmt: skip
+
+
+def test_names_too_long_for_clip_are_refused_when_posted(labelled: SegmentationEngine) -> None:
+    client = TestClient(create_app(ServeSettings(), lambda _: labelled))
+    r = client.post("/v1/vocabularies", json={"name": "tea", "names": ["cup", "🍵" * 60]})
+    error = r.json()["error"]
+    assert (r.status_code, error["code"]) == (400, "name_too_long"), r.text
+    assert "CLIP's text context holds 77" in error["message"]
+    assert all(v["name"] != "tea" for v in client.get("/v1/vocabularies").json())
+
+
+@pytest.mark.parametrize(("name", "status"), [(".", 422), ("..", 422), ("...", 422),
+                                              (".hidden", 201), ("v1.2", 201), ("a-b_c", 201)])  # fmt: skip
+def test_vocabulary_names_of_only_dots_are_refused(
+    labelled: SegmentationEngine, name: str, status: int
+) -> None:
+    """``.`` and ``..`` are path segments: no client could delete such a vocabulary."""
+    client = TestClient(create_app(ServeSettings(), lambda _: labelled))
+    r = client.post("/v1/vocabularies", json={"name": name, "names": ["cup"]})
+    assert r.status_code == status, r.text
+    if status == 422:
+        assert r.json()["error"]["message"].startswith("name: String should match pattern")

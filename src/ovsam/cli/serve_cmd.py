@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import socket
 
 from ovsam.cli.segment_cmd import DEFAULT_MODEL, add_clip_arguments
 from ovsam.errors import InputError, OVSamError, first_line
@@ -40,7 +41,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "(OpenAPI at /docs). Binds to loopback unless --host says otherwise.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="(default 8000)")
+    parser.add_argument(
+        "--port", type=port_number, default=8000, help="(default 8000; 0 = any free port)"
+    )
     parser.add_argument("--model", default=DEFAULT_MODEL, help="registered model name")
     parser.add_argument("--checkpoint", default=None, help="checkpoint file or weights name")
     parser.add_argument("--labels", action="store_true", help="name masks with CLIP (downloads it)")
@@ -92,17 +95,50 @@ def run(args: argparse.Namespace) -> int:
     if not _multipart_installed():  # checked before the model loads
         raise _needs_serve_extra("python-multipart is missing")
     settings = build_settings(args)
-    try:
-        app = create_app(settings, default_engine)
-    except RuntimeError as exc:  # FastAPI refuses upload routes without a usable python-multipart
-        if "python-multipart" not in str(exc):
-            raise
-        raise _needs_serve_extra(f"FastAPI: {first_line(exc)}") from exc
-    print(f"ovsam: serving {args.model} on http://{args.host}:{args.port}/ (API docs at /docs)")
-    recognizer = app.state.engine.recognizer
-    print(f"ovsam: {'labels' if recognizer.available else 'no labels'}: {recognizer.message}")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    with bind(args.host, args.port) as sock:  # before the model loads: a busy port fails fast
+        try:
+            app = create_app(settings, default_engine)
+        except RuntimeError as exc:  # FastAPI refuses upload routes without python-multipart
+            if "python-multipart" not in str(exc):
+                raise
+            raise _needs_serve_extra(f"FastAPI: {first_line(exc)}") from exc
+        port = sock.getsockname()[1]
+        print(f"ovsam: serving {args.model} on http://{args.host}:{port}/ (API docs at /docs)")
+        recognizer = app.state.engine.recognizer
+        print(f"ovsam: {'labels' if recognizer.available else 'no labels'}: {recognizer.message}")
+        config = uvicorn.Config(app, host=args.host, port=port, log_level="warning")
+        uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+def port_number(text: str) -> int:
+    """``--port``: an integer from 0 (any free port) to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 65535, got {port}")
+    return port
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host``:``port`` (not yet listening), for uvicorn to serve on;
+    an address that cannot be bound (in use, not local, unknown host) is an
+    :class:`InputError` in one line."""
+    sock: socket.socket | None = None
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        sock.bind(address)
+    except OSError as exc:
+        if sock is not None:
+            sock.close()
+        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    return sock
 
 
 def _multipart_installed() -> bool:

@@ -45,6 +45,16 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 409, 413, 415, 422)}
 MULTIPART_OVERHEAD = 64 * 1024
 """Bytes allowed on top of ``max_upload_bytes`` for the multipart envelope of an upload."""
+UNTYPED = ("", "application/octet-stream")
+"""Declared content types that say nothing about the file (curl, ``requests``, browsers)."""
+
+
+def may_be_raster_image(content_type: str) -> bool:
+    """Whether an upload declared as ``content_type`` (lower case, no parameters) should be
+    decoded: an untyped part or an ``image/*`` type other than SVG (a vector format)."""
+    return content_type in UNTYPED or (
+        content_type.startswith("image/") and not content_type.startswith("image/svg")
+    )
 
 
 def create_app(
@@ -56,7 +66,7 @@ def create_app(
     )
     engine = engine_factory(settings)
     store = ImageStore(settings.cache_images, settings.cache_bytes, settings.masks_per_image)
-    vocabularies = Vocabularies(settings)
+    vocabularies = Vocabularies(settings, engine.recognizer.check)
     app.state.engine, app.state.store, app.state.vocabularies = engine, store, vocabularies
 
     def too_many_points(kind: str) -> Callable[[int], ApiError]:
@@ -87,7 +97,11 @@ def create_app(
     app.add_middleware(GuardMiddleware, limit_for=body_limit)
 
     def recognition() -> Recognition:
-        return Recognition(available=engine.recognizer.available, message=engine.recognizer.message)
+        recognizer = engine.recognizer
+        return Recognition(
+            available=recognizer.available, message=recognizer.message,
+            random_weights=recognizer.random_weights,
+        )  # fmt: skip
 
     def stored(image_id: str) -> StoredImage:
         item = store.get(image_id)
@@ -112,21 +126,28 @@ def create_app(
 
     @app.get("/v1/health", response_model=Health)
     def health() -> Health:
+        """Model, recognition and cache status (``HEAD`` answers the status alone)."""
         return Health(
             status="ok", model=engine.model_name, weights=settings.checkpoint or "default",
             recognition=recognition(), cached_images=len(store),
             cache_capacity=settings.cache_images, cache_bytes=store.total_bytes(),
         )  # fmt: skip
 
+    app.add_api_route("/v1/health", health, methods=["HEAD"], include_in_schema=False)
+
     @app.post("/v1/images", response_model=ImageInfo, status_code=201, responses=ERRORS)
     def upload_image(file: UploadFile) -> ImageInfo:
-        """Upload an image (multipart field ``file``); it is embedded once and cached."""
+        """Upload an image (multipart field ``file``); it is embedded once and cached.
+
+        The file's bytes decide whether it is an image: a part declared as a raster image
+        type, as ``application/octet-stream`` or without a type is decoded (unreadable data is
+        a 400 ``bad_image``); any other declared type is a 415."""
         content_type = (file.content_type or "").split(";")[0].strip().lower()
-        if content_type not in settings.accepted_types:
+        if not may_be_raster_image(content_type):
             raise ApiError(
                 415, "unsupported_media_type",
-                f"content type {content_type or 'none'!r} is not accepted; send one of "
-                f"{', '.join(settings.accepted_types)}",
+                f"content type {content_type!r} is not accepted: send a raster image "
+                "(PNG, JPEG, WebP, BMP, TIFF or GIF)",
             )  # fmt: skip
         data = file.file.read(settings.max_upload_bytes + 1)
         if len(data) > settings.max_upload_bytes:
@@ -192,8 +213,8 @@ def create_app(
     @app.post("/v1/vocabularies", response_model=VocabularyInfo, status_code=201, responses=ERRORS)
     def add_vocabulary(body: VocabularyIn) -> VocabularyInfo:
         """Add (or replace) a custom vocabulary of class names typed by the user."""
-        cleaned = vocabularies.add(body.name, body.names)
-        return VocabularyInfo(name=body.name, size=len(cleaned), builtin=False)
+        vocabulary = vocabularies.add(body.name, body.names)
+        return VocabularyInfo(name=body.name, size=len(vocabulary), builtin=False)
 
     @app.delete("/v1/vocabularies/{name}", status_code=204, responses=ERRORS)
     def delete_vocabulary(name: str) -> None:
@@ -233,8 +254,9 @@ def default_recognizer(settings: ServeSettings) -> Recognizer:
         torch.manual_seed(0)
         clip = create_model(settings.clip_model)
         return ClipRecognizer(
-            clip, f"random CLIP {settings.clip_model} weights: labels are meaningless"
-        )
+            clip, f"random CLIP {settings.clip_model} weights: labels are meaningless",
+            random_weights=True,
+        )  # fmt: skip
     if not settings.labels:
         return MissingRecognizer(
             f"{NO_RECOGNITION}; start with 'ovsam serve --labels' to load CLIP {settings.clip_model} "

@@ -11,6 +11,7 @@ import numpy as np
 
 from ovsam.predictor import ImageState, SamPredictor
 from ovsam.segment_job import choose_multimask
+from ovsam.vocab import Vocabulary
 
 NO_RECOGNITION = (
     "recognition weights are missing: no CLIP / Open-Vocabulary SAM checkpoint is loaded, so "
@@ -19,16 +20,23 @@ NO_RECOGNITION = (
 
 
 class Recognizer(Protocol):
-    """Names masks against a vocabulary (implemented by the Open-Vocabulary SAM side)."""
+    """Names masks against a vocabulary (implemented by the Open-Vocabulary SAM side).
+
+    ``random_weights`` is true when the labels come from random weights (testing only)."""
 
     available: bool
     message: str
+    random_weights: bool
 
-    def prepare(self, vocabulary: list[str]) -> None:
+    def check(self, vocabulary: Vocabulary) -> None:
+        """Raise :class:`~ovsam.errors.InputError` if ``vocabulary`` cannot be used (e.g. a name
+        longer than the text encoder's context); called when a vocabulary is posted."""
+
+    def prepare(self, vocabulary: Vocabulary) -> None:
         """Build what ``vocabulary`` needs (e.g. its text bank); runs outside the model lock."""
 
     def label(
-        self, state: ImageState, mask: np.ndarray, vocabulary: list[str], top_k: int
+        self, state: ImageState, mask: np.ndarray, vocabulary: Vocabulary, top_k: int
     ) -> list[tuple[str, float]]:
         """Top-k ``(name, probability)`` for an ``HxW`` bool mask on the embedded image."""
 
@@ -37,15 +45,19 @@ class MissingRecognizer:
     """The recognizer used when no recognition weights are present: it says so (``message``)."""
 
     available = False
+    random_weights = False
 
     def __init__(self, message: str = NO_RECOGNITION) -> None:
         self.message = message
 
-    def prepare(self, vocabulary: list[str]) -> None:
+    def check(self, vocabulary: Vocabulary) -> None:
+        return None
+
+    def prepare(self, vocabulary: Vocabulary) -> None:
         return None
 
     def label(
-        self, state: ImageState, mask: np.ndarray, vocabulary: list[str], top_k: int
+        self, state: ImageState, mask: np.ndarray, vocabulary: Vocabulary, top_k: int
     ) -> list[tuple[str, float]]:
         return []
 
@@ -92,7 +104,7 @@ class SegmentationEngine:
         labels: np.ndarray | None,
         box: np.ndarray | None,
         mask_input: np.ndarray | None,
-        vocabulary: list[str] | None,
+        vocabulary: Vocabulary | None,
         top_k: int,
     ) -> Prediction:
         """Decode one prompt on ``state`` (SAM's multimask rule) and label the best mask.

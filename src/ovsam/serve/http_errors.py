@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ovsam.errors import InputError, NotReadyError
+from ovsam.serve.schemas import COORDINATE_SHAPES
 
 LOG = logging.getLogger("ovsam.serve")
 STATUS_CODES = {
@@ -49,11 +50,28 @@ def error_response(
 TooLong = Callable[[int], ApiError]
 
 
+def _shape_message(err: dict, loc: list[str]) -> str | None:
+    """``"points.0: expected 2 values (X, Y)"`` for a point or box of the wrong shape (too
+    many values, too few, or not a list), else None."""
+    kind = err.get("type")
+    if kind == "missing" and len(loc) > 1 and loc[-1].isdigit():
+        where = loc[:-1]  # the value after the last one given is missing
+    elif kind == "tuple_type" or (
+        kind == "too_long" and err.get("ctx", {}).get("field_type") == "Tuple"
+    ):
+        where = loc
+    else:
+        return None
+    shape = COORDINATE_SHAPES.get(loc[0]) if loc else None
+    return f"{'.'.join(where)}: expected {shape}" if shape else None
+
+
 def validation_error(exc: RequestValidationError, limits: dict[str, TooLong]) -> ApiError:
     """A readable :class:`ApiError` for a request that failed schema validation.
 
     ``limits`` maps a body field to the error (given the list's length) its ``too_long``
-    failure is answered with: a list over its schema bound gets the API's own error code."""
+    failure is answered with: a top-level list over its schema bound gets the API's own error
+    code; a wrong-length item inside it (``points.0``) is a 422 naming the item."""
     parts = []
     for err in exc.errors():
         loc = [str(p) for p in err.get("loc", ()) if p != "body"]
@@ -64,10 +82,12 @@ def validation_error(exc: RequestValidationError, limits: dict[str, TooLong]) ->
                 415, "unsupported_media_type",
                 "request body must be JSON: send it with Content-Type: application/json",
             )  # fmt: skip
-        if err.get("type") == "too_long" and loc and loc[0] in limits:
+        if err.get("type") == "too_long" and len(loc) == 1 and loc[0] in limits:
             return limits[loc[0]](int(err.get("ctx", {}).get("actual_length", 0)))
-        parts.append(f"{'.'.join(loc) or 'body'}: {err.get('msg', 'invalid')}")
-    return ApiError(422, "invalid_request", "; ".join(parts))
+        parts.append(
+            _shape_message(err, loc) or f"{'.'.join(loc) or 'body'}: {err.get('msg', 'invalid')}"
+        )
+    return ApiError(422, "invalid_request", "; ".join(dict.fromkeys(parts)))
 
 
 def install_error_handlers(app: FastAPI, limits: dict[str, TooLong]) -> None:

@@ -10,6 +10,10 @@ MAX_POINTS = 1024
 """Schema bound on points and labels of one prompt (``ServeSettings.max_points`` is lower)."""
 MAX_NAMES = 100_000
 """Schema bound on the names of a posted vocabulary (``ServeSettings.max_vocabulary`` is lower)."""
+COORDINATE_SHAPES = {"points": "2 values (X, Y)", "box": "4 values (X0, Y0, X1, Y1)"}
+"""What one point / the box of a prompt must hold (named in the error of a wrong shape)."""
+VOCABULARY_NAME = r"^[A-Za-z0-9_.-]*[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
+"""Letters, digits, ``_ . -`` and not only dots (``.`` and ``..`` would be path segments)."""
 
 
 class ErrorBody(BaseModel):
@@ -44,13 +48,20 @@ class PredictRequest(BaseModel):
 
 
 class Label(BaseModel):
-    name: str
+    name: str = Field(description="the class's display name (its first synonym)")
     score: float
 
 
 class Recognition(BaseModel):
-    available: bool
-    message: str
+    """Whether masks get labels, and from what."""
+
+    available: bool = Field(description="masks are named when a vocabulary is given")
+    message: str = Field(description="the recognizer and its weights, or how to get labels")
+    random_weights: bool = Field(
+        False,
+        description="the recognizer runs on random weights (ovsam serve --random-recognition, "
+        "for testing): labels are returned but meaningless",
+    )
 
 
 class PredictResponse(BaseModel):
@@ -62,14 +73,18 @@ class PredictResponse(BaseModel):
     height: int
     mask_png: str | None = Field(None, description="base64 PNG, 0/255, image size")
     mask_rle: dict | None = Field(None, description="COCO compressed RLE")
-    labels: list[Label]
+    labels: list[Label] = Field(description="top-k; random when recognition.random_weights")
     recognition: Recognition
     elapsed_ms: float
 
 
 class VocabularyIn(BaseModel):
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-    names: list[str] = Field(max_length=MAX_NAMES)
+    name: str = Field(min_length=1, max_length=64, pattern=VOCABULARY_NAME)
+    names: list[str] = Field(
+        max_length=MAX_NAMES,
+        description="one class per entry; commas separate synonyms ('cup, mug'), the first "
+        "is the label (as in the CLI)",
+    )
 
 
 class VocabularyInfo(BaseModel):

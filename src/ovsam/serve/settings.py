@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 
 from ovsam.errors import InputError
 
-ACCEPTED_TYPES = ("image/png", "image/jpeg", "image/webp", "image/bmp", "image/tiff", "image/gif")
 MIB = 1024 * 1024
 MAX_REQUEST_BYTES = 2048 * MIB
 """Highest ``max_upload_bytes`` / ``max_body_bytes``: a request is held in memory whole."""
@@ -71,7 +70,6 @@ class ServeSettings:
     checkpoint: str | None = None
     max_upload_bytes: int = 20 * MIB
     max_pixels: int = 40_000_000
-    accepted_types: tuple[str, ...] = ACCEPTED_TYPES
     max_points: int = 64
     max_vocabulary: int = 25_000
     max_name_chars: int = 200

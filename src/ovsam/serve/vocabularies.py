@@ -1,23 +1,41 @@
-"""Custom vocabularies typed by users: kept in memory, bounded in size and number."""
+"""Custom vocabularies typed by users: kept in memory, bounded in size and number.
+
+Posted names are read as the command line and :func:`ovsam.vocab.load_vocabulary` read them:
+one class per entry, commas separate synonyms (``"saucer, plate"`` is one class labelled
+``saucer``), a name in two classes is refused.
+"""
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 
+from ovsam.errors import InputError
 from ovsam.serve.http_errors import ApiError
 from ovsam.serve.schemas import VocabularyInfo
 from ovsam.serve.settings import ServeSettings
-from ovsam.vocab import BUILTIN_VOCABULARIES, builtin_vocabulary
+from ovsam.vocab import BUILTIN_VOCABULARIES, Vocabulary, builtin_vocabulary, vocabulary_from_names
+
+
+def unknown_vocabulary(name: str) -> ApiError:
+    """The 404 for a vocabulary the server does not hold (any more)."""
+    return ApiError(
+        404, "unknown_vocabulary",
+        f"unknown vocabulary {name!r} (never added, deleted, or dropped as the least recently "
+        "used custom vocabulary: post its names again)",
+    )  # fmt: skip
 
 
 class Vocabularies:
     """Built-in vocabularies plus at most ``settings.max_custom_vocabularies`` custom ones; adding
-    one more evicts the least recently used custom vocabulary."""
+    one more evicts the least recently used custom vocabulary. ``check`` vets a new vocabulary
+    before it is kept (the recognizer's check that every name fits its text encoder)."""
 
-    def __init__(self, settings: ServeSettings) -> None:
+    def __init__(self, settings: ServeSettings, check: Callable[[Vocabulary], None]) -> None:
         self.settings = settings
-        self._custom: OrderedDict[str, list[str]] = OrderedDict()
+        self.check = check
+        self._custom: OrderedDict[str, Vocabulary] = OrderedDict()
         self._lock = threading.Lock()
 
     def too_large(self, size: int) -> ApiError:
@@ -27,41 +45,55 @@ class Vocabularies:
             f"vocabulary has {size} names, more than the limit of {self.settings.max_vocabulary}",
         )  # fmt: skip
 
-    def add(self, name: str, names: list[str]) -> list[str]:
-        """Add (or replace) ``name``; returns its cleaned, de-duplicated names."""
+    def add(self, name: str, names: list[str]) -> Vocabulary:
+        """Add (or replace) ``name`` from ``names`` (blank and repeated entries are dropped);
+        returns the parsed vocabulary."""
         if name in BUILTIN_VOCABULARIES:
             raise ApiError(
                 409, "builtin_vocabulary", f"{name!r} is a built-in vocabulary: choose another name"
             )
-        cleaned = list(dict.fromkeys(n.strip() for n in names if n.strip()))
-        if not cleaned:
+        entries: dict[str, int] = {}  # stripped entry -> its first position (1-based)
+        for position, entry in enumerate(names, start=1):
+            if entry.strip():
+                entries.setdefault(entry.strip(), position)
+        if not entries:
             raise ApiError(400, "empty_vocabulary", "vocabulary is empty: give at least one name")
-        if len(cleaned) > self.settings.max_vocabulary:
-            raise self.too_large(len(cleaned))
-        long = next((n for n in cleaned if len(n) > self.settings.max_name_chars), None)
+        if len(entries) > self.settings.max_vocabulary:
+            raise self.too_large(len(entries))
+        long = next((n for n in entries if len(n) > self.settings.max_name_chars), None)
         if long is not None:
             raise ApiError(
                 400, "name_too_long",
                 f"class name of {len(long)} characters exceeds {self.settings.max_name_chars}",
             )  # fmt: skip
+        try:
+            vocabulary = vocabulary_from_names(
+                list(entries), name, self.settings.max_vocabulary, "name", list(entries.values())
+            )
+        except InputError as exc:
+            raise ApiError(400, "invalid_vocabulary", str(exc)) from exc
+        try:
+            self.check(vocabulary)
+        except InputError as exc:
+            raise ApiError(400, "name_too_long", str(exc)) from exc
         with self._lock:
-            self._custom[name] = cleaned
+            self._custom[name] = vocabulary
             self._custom.move_to_end(name)
             while len(self._custom) > self.settings.max_custom_vocabularies:
                 self._custom.popitem(last=False)
-        return cleaned
+        return vocabulary
 
-    def get(self, name: str) -> list[str]:
-        """The names of vocabulary ``name`` (a custom one is marked as recently used)."""
+    def get(self, name: str) -> Vocabulary:
+        """Vocabulary ``name`` (a custom one is marked as recently used)."""
         with self._lock:
-            names = self._custom.get(name)
-            if names is not None:
+            vocabulary = self._custom.get(name)
+            if vocabulary is not None:
                 self._custom.move_to_end(name)
-        if names is None and name in BUILTIN_VOCABULARIES:
-            names = list(builtin_vocabulary(name).classes)
-        if names is None:
-            raise ApiError(404, "unknown_vocabulary", f"unknown vocabulary {name!r}")
-        return names
+        if vocabulary is None and name in BUILTIN_VOCABULARIES:
+            vocabulary = builtin_vocabulary(name)
+        if vocabulary is None:
+            raise unknown_vocabulary(name)
+        return vocabulary
 
     def delete(self, name: str) -> None:
         """Forget the custom vocabulary ``name``."""
@@ -73,7 +105,7 @@ class Vocabularies:
             )
         with self._lock:
             if self._custom.pop(name, None) is None:
-                raise ApiError(404, "unknown_vocabulary", f"unknown vocabulary {name!r}")
+                raise unknown_vocabulary(name)
 
     def list(self) -> list[VocabularyInfo]:
         """Built-in vocabularies first, then the custom ones (least recently used first)."""

@@ -5,6 +5,8 @@ const $ = (id) => document.getElementById(id);
 const imageCanvas = $("image");
 const overlayCanvas = $("overlay");
 const MASK_COLOR = [30, 144, 255];
+// Typed names are saved under a name of this page's own, so two users do not overwrite each other.
+const CUSTOM_VOCABULARY = `custom-${Math.random().toString(36).slice(2, 10)}`;
 
 const state = {
   imageId: null, width: 0, height: 0, scale: 1, picture: null,
@@ -12,6 +14,8 @@ const state = {
   result: null,       // last PredictResponse (+ maskImage, and the prompts it answers)
   drag: null,         // {x0, y0, x1, y1} while dragging
   busy: false, pending: false,
+  generation: 0,      // bumped by Clear and by a new image: older answers are dropped
+  customNames: null,  // the names last saved as CUSTOM_VOCABULARY (re-posted if evicted)
 };
 
 function setStatus(text, isError = false) {
@@ -19,12 +23,23 @@ function setStatus(text, isError = false) {
   $("status").classList.toggle("error", isError);
 }
 
+// The JSON answer; an error carries the API's `code` and a message (the status line when the
+// body is not the API's JSON, e.g. a proxy's HTML error page).
 async function api(path, options = {}) {
   const response = await fetch(path, options);
   if (response.status === 204) return null;
-  const body = await response.json();
-  if (!response.ok) throw new Error(body.error ? body.error.message : response.statusText);
-  return body;
+  const body = await response.json().catch(() => null);
+  if (response.ok && body !== null) return body;
+  const error = body && body.error;
+  const failure = new Error(error ? error.message
+    : `${response.status} ${response.statusText || "error"}: the server's answer is not JSON`);
+  failure.code = error ? error.code : null;
+  throw failure;
+}
+
+function newGeneration() {
+  state.generation += 1;
+  state.prompts = []; state.result = null;
 }
 
 function toImageCoords(event) {
@@ -81,7 +96,8 @@ async function startImage(file) {
     return;
   }
   setStatus("Embedding image…");
-  state.prompts = []; state.result = null; state.imageId = null;
+  newGeneration();
+  state.imageId = null;
   try {
     let info;
     if (file) {
@@ -97,20 +113,33 @@ async function startImage(file) {
     draw();
     setStatus(`Ready: ${info.width}×${info.height}, embedded in ${Math.round(info.embedding_ms)} ms`);
   } catch (err) {
-    setStatus(err.message, true);
+    clearPicture();
+    setStatus(`Upload failed: ${err.message}`, true);
   }
 }
 
-async function predict() {
+// No image on the page (after a failed upload): its prompts and mask went with it.
+function clearPicture() {
+  state.picture = null;
+  for (const canvas of [imageCanvas, overlayCanvas]) canvas.width = canvas.height = 0;
+  $("stage").style.height = "";
+  $("hint").hidden = false;
+  showResult();
+}
+
+async function predict(retried = false) {
   if (!state.imageId) return;
   if (state.busy) { state.pending = true; return; }
+  const ticket = { imageId: state.imageId, generation: state.generation };
+  const isStale = () => ticket.imageId !== state.imageId || ticket.generation !== state.generation;
   const prompts = state.prompts.slice();
   const { points, labels, box } = promptOf(prompts);
   if (!points.length && !box) { state.result = null; draw(); showResult(); return; }
   state.busy = true;
+  let stale = false, retry = false;
+  const vocabulary = $("vocabulary").value;
   try {
     const body = { points, labels, box, top_k: 5 };
-    const vocabulary = $("vocabulary").value;
     if (vocabulary) body.vocabulary = vocabulary;
     // Refine the mask on screen only when these prompts add clicks to the ones that made it;
     // re-running the same prompts (e.g. another vocabulary) must not feed the mask back.
@@ -121,21 +150,54 @@ async function predict() {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
     });
     result.maskImage = await maskToImage(result.mask_png);
-    result.prompts = prompts;
-    state.result = result;
-    setStatus(`Mask in ${Math.round(result.elapsed_ms)} ms`);
+    stale = isStale();  // Clear or a new image meanwhile: this answer is for prompts now gone
+    if (!stale) {
+      result.prompts = prompts;
+      state.result = result;
+      setStatus(`Mask in ${Math.round(result.elapsed_ms)} ms`);
+    }
   } catch (err) {
-    // Back to exactly the prompts of the mask on screen: the failed change (and any change
-    // queued behind it) is undone, earlier prompts such as a previous box are kept.
-    state.prompts = state.result ? state.result.prompts.slice() : [];
-    state.pending = false;
-    setStatus(err.message, true);
+    stale = isStale();
+    if (!stale && !retried && err.code === "unknown_vocabulary") {
+      retry = await restoreVocabulary(vocabulary);
+    }
+    if (!stale && !retry) {
+      // Back to exactly the prompts of the mask on screen: the failed change (and any change
+      // queued behind it) is undone, earlier prompts such as a previous box are kept.
+      state.prompts = state.result ? state.result.prompts.slice() : [];
+      state.pending = false;
+      setStatus(err.message, true);
+    }
   } finally {
     state.busy = false;
   }
-  draw();
-  showResult();
+  if (retry) { predict(true); return; }
+  if (!stale) { draw(); showResult(); }
   if (state.pending) { state.pending = false; predict(); }
+}
+
+// A vocabulary the server no longer holds (custom ones are dropped least recently used first):
+// this page's own names are saved again (true: ask again); otherwise the list is refreshed.
+async function restoreVocabulary(name) {
+  try {
+    if (name === CUSTOM_VOCABULARY && state.customNames) {
+      await saveNames(state.customNames);
+      return true;
+    }
+    await refreshVocabularies();
+  } catch {
+    // the error of the prediction is shown
+  }
+  return false;
+}
+
+async function saveNames(names) {
+  const info = await api("/v1/vocabularies", {
+    method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ name: CUSTOM_VOCABULARY, names }),
+  });
+  state.customNames = names;
+  return info;
 }
 
 function extendsPrompts(base, prompts) {
@@ -241,18 +303,20 @@ window.addEventListener("mouseup", (e) => {
   predict();
 });
 
-$("file").addEventListener("change", (e) => { if (e.target.files[0]) startImage(e.target.files[0]); });
+$("file").addEventListener("change", (e) => {
+  const file = e.target.files[0];
+  e.target.value = "";  // choosing the same file again (e.g. after a failed upload) still loads it
+  if (file) startImage(file);
+});
 $("sample").addEventListener("click", () => startImage(null));
 $("undo").addEventListener("click", () => { state.prompts.pop(); predict(); draw(); showResult(); });
-$("clear").addEventListener("click", () => { state.prompts = []; state.result = null; draw(); showResult(); });
+$("clear").addEventListener("click", () => { newGeneration(); draw(); showResult(); });
 $("vocabulary").addEventListener("change", () => predict());
 $("add-vocabulary").addEventListener("click", async () => {
+  // One class per line; commas separate synonyms ("cup, mug"), the first is the label.
   const names = $("custom-names").value.split(/\n/).map((s) => s.trim()).filter(Boolean);
   try {
-    const info = await api("/v1/vocabularies", {
-      method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ name: "custom", names }),
-    });
+    const info = await saveNames(names);
     await refreshVocabularies(info.name);
     setStatus(`Vocabulary "${info.name}" with ${info.size} names`);
     predict();
@@ -266,7 +330,7 @@ async function refreshVocabularies(selected) {
   const select = $("vocabulary");
   select.replaceChildren(new Option("(none)", ""));
   for (const v of list) select.append(new Option(`${v.name} (${v.size})`, v.name));
-  if (selected) select.value = selected;
+  select.value = selected && list.some((v) => v.name === selected) ? selected : "";
 }
 
 async function init() {
