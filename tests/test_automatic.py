@@ -92,11 +92,14 @@ def test_everything_on_a_large_photo_holds_few_full_size_masks(
     generator = AutomaticMaskGenerator(predictor, points_per_side=5)
     reference = generator.generate(big)
     monkeypatch.setattr("ovsam.predictor.UPSCALE_BUDGET", 3 * (1024**2 + big[..., 0].size))
-    sizes = []
+    sizes, full = [], []
+    frame = predictor.frame_logits
+    monkeypatch.setattr(predictor, "frame_logits", lambda x: sizes.append(len(x)) or frame(x))
     upscale = predictor.upscale_masks
-    monkeypatch.setattr(predictor, "upscale_masks", lambda x: sizes.append(len(x)) or upscale(x))
+    monkeypatch.setattr(predictor, "upscale_masks", lambda x: full.append(len(x)) or upscale(x))
     records = generator.generate()
-    assert max(sizes) == 3 and sum(sizes) > 3 * len(records)
+    assert max(sizes) == 3 and sum(sizes) > 3 * len(records)  # candidates: 3 at a time
+    assert max(full) <= 3 and sum(full) == len(records)  # full-size logits: the records' only
     assert [r["rle"] for r in records] == [r["rle"] for r in reference]
     assert [r["predicted_iou"] for r in records] == [r["predicted_iou"] for r in reference]
     for shape in shapes:

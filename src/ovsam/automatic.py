@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ovsam.errors import InputError
+from ovsam.mask_statistics import mask_statistics
 from ovsam.masks import encode_rle, mask_to_bbox_xywh
 from ovsam.predictor import SamPredictor
 
@@ -199,8 +200,9 @@ class AutomaticMaskGenerator:
         filter them.
 
         Candidates under ``pred_iou_thresh`` are dropped at low resolution, before the
-        costly upscaling; the rest are upscaled :meth:`SamPredictor.masks_per_upscale` at a
-        time, so that memory stays bounded on large photos.
+        costly upscaling; the rest are measured at full size (:mod:`ovsam.mask_statistics`,
+        without holding full-size logits) :meth:`SamPredictor.masks_per_upscale` at a time,
+        so that memory stays bounded on large photos.
         """
         predictor = self.predictor
         coords = predictor.transform.apply_coords(points, predictor.original_size)
@@ -220,17 +222,18 @@ class AutomaticMaskGenerator:
         step = predictor.masks_per_upscale()
         for start in range(0, len(iou), step):
             rows = slice(start, start + step)
-            logits = predictor.upscale_masks(low_res[rows][:, None])[:, 0]
-            stability[rows] = stability_scores(
-                logits, predictor.model.mask_threshold, self.stability_score_offset
-            ).cpu()
-            masks = logits > predictor.model.mask_threshold
-            del logits
+            measured = mask_statistics(
+                predictor.frame_logits(low_res[rows][:, None])[:, 0],
+                predictor.original_size,
+                predictor.model.mask_threshold,
+                self.stability_score_offset,
+                stride,
+            )
+            stability[rows] = measured.stability.cpu()
             kept = stability[rows] >= self.stability_score_thresh
-            area = masks.flatten(1).sum(1, dtype=torch.int32).cpu()
-            kept &= area >= max(self.min_mask_area, 1)
+            kept &= measured.area.cpu() >= max(self.min_mask_area, 1)
             keep[rows] = kept
-            thumbs.append(cell_masks(masks[kept.to(masks.device)], stride).cpu())
+            thumbs.append(measured.cells[kept.to(measured.cells.device)].cpu())
         return Candidates(
             low_res[keep.to(low_res.device)],
             torch.cat(thumbs),

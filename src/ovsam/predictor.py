@@ -366,6 +366,12 @@ class SamPredictor:
         state = self._require_state()
         return self.model.postprocess_masks(low_res, state.input_size, state.original_size)
 
+    @torch.inference_mode()
+    def frame_logits(self, low_res: torch.Tensor) -> torch.Tensor:
+        """``BxCx256x256`` low-res logits -> ``BxCxhxw`` logits on the resized image in the
+        model's input frame (:meth:`upscale_masks` before its last upscale)."""
+        return self.model.masks_in_input_frame(low_res, self._require_state().input_size)
+
     def masks_per_upscale(self) -> int:
         """How many masks :meth:`upscale_masks` may take at once within ``UPSCALE_BUDGET``
         (each holds a square intermediate of the model's input size and its original-size

@@ -69,11 +69,17 @@ class Sam(nn.Module):
         ``masks`` ``BxCx256x256``; ``input_size`` (h, w) of the resized image before padding;
         ``original_size`` (H, W). Returns ``BxCxHxW`` logits (bilinear, as SAM).
         """
+        masks = self.masks_in_input_frame(masks, input_size)
+        return F.interpolate(masks, tuple(original_size), mode="bilinear", align_corners=False)
+
+    def masks_in_input_frame(self, masks: Tensor, input_size: tuple[int, int]) -> Tensor:
+        """``BxCx256x256`` low-resolution logits -> ``BxCxhxw`` logits on the resized image
+        inside the model's square input frame (``input_size`` (h, w); the padding cut off):
+        the first step of :meth:`postprocess_masks`."""
         masks = F.interpolate(
             masks, (self.img_size, self.img_size), mode="bilinear", align_corners=False
         )
-        masks = masks[..., : input_size[0], : input_size[1]]
-        return F.interpolate(masks, tuple(original_size), mode="bilinear", align_corners=False)
+        return masks[..., : input_size[0], : input_size[1]]
 
     def fuse_for_inference(self) -> Sam:
         """Fold BatchNorms into convs (TinyViT) for faster inference; returns ``self``.

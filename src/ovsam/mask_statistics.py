@@ -1,0 +1,138 @@
+"""What the automatic mask generator measures on full-size masks, without holding them.
+
+SAM's generator filters each candidate by its stability score and area, and removes
+duplicates on a coarse copy of its mask, all measured on the logits upscaled (bilinear) to the
+original image size. At 12 MP those are 48 MB of logits per candidate, and writing them out
+and reading them back for every statistic made the filters memory-bound. Here the last
+upscale (model input frame -> original size) is computed as two products with the
+interpolation matrices of ``F.interpolate(..., mode="bilinear", align_corners=False)``
+(horizontal for all rows, then vertical a band of rows at a time), and every statistic is
+taken while its band is in cache. (Originals no larger than the frame are interpolated
+whole.) The logits equal ``postprocess_masks``' up to fp32
+rounding. The final masks of the kept candidates are upscaled the ordinary way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+BAND_ELEMENTS = 1 << 19
+"""Logits per band on the CPU (2 MB of float32, kept in cache); other devices take all rows
+of a batch at once."""
+COLUMN_BLOCK = 512
+"""Output columns per product of the horizontal pass (each reads a narrow span of columns)."""
+
+
+@dataclass
+class MaskStatistics:
+    """Per candidate of a batch of K: ``stability`` (float32: IoU of the masks at threshold
+    + offset and threshold - offset, 1 where both are empty), ``area`` (int64: pixels above
+    the threshold) and ``cells`` (``KxH'xW'`` bool, H' = ceil(H / stride): True where any
+    pixel of the ``stride x stride`` cell is above the threshold)."""
+
+    stability: Tensor
+    area: Tensor
+    cells: Tensor
+
+
+def interpolation_matrix(size_in: int, size_out: int, device: torch.device) -> Tensor:
+    """``size_out x size_in`` float32: bilinear interpolation along one axis with the weights
+    of ``F.interpolate(..., align_corners=False)``: source position ``(i + 0.5) * scale -
+    0.5`` clamped at 0, ``scale = size_in / size_out`` in float32 and the position rounded
+    once (as PyTorch's fused multiply-add does); two taps, weights summing to 1."""
+    scale = torch.tensor(size_in, dtype=torch.float32) / size_out
+    exact = (torch.arange(size_out, dtype=torch.float64) + 0.5) * scale.double() - 0.5
+    source = exact.float().clamp(min=0)
+    first = source.long()  # source >= 0: truncation is floor
+    second = torch.where(first < size_in - 1, first + 1, first)
+    weight = source - first
+    matrix = torch.zeros((size_out, size_in))
+    rows = torch.arange(size_out)
+    matrix.index_put_((rows, first), 1 - weight, accumulate=True)
+    matrix.index_put_((rows, second), weight, accumulate=True)
+    return matrix.to(device)
+
+
+def _source_span(matrix: Tensor) -> slice:
+    """The columns of ``matrix`` (an interpolation block) that hold nonzero weights."""
+    used = matrix.ne(0).any(dim=0).nonzero()
+    return slice(int(used[0]), int(used[-1]) + 1)
+
+
+def _upscale_columns(frame_logits: Tensor, width: int) -> Tensor:
+    """``Kxhxw`` -> ``Kxhxwidth``: the horizontal half of the bilinear upscale."""
+    k, h, w = frame_logits.shape
+    matrix = interpolation_matrix(w, width, frame_logits.device)
+    out = frame_logits.new_empty((k, h, width))
+    for start in range(0, width, COLUMN_BLOCK):
+        block = matrix[start : start + COLUMN_BLOCK]
+        span = _source_span(block)
+        columns = slice(start, start + block.shape[0])
+        torch.matmul(frame_logits[:, :, span], block[:, span].T, out=out[:, :, columns])
+    return out
+
+
+def _band_logits(frame_logits: Tensor, size: tuple[int, int], band: int) -> Callable[[int], Tensor]:
+    """``start -> Kx(rows)xW`` logits of output rows ``start : start + band`` at ``size``.
+
+    An upscale (the original is larger than the input frame) is done as products with
+    interpolation matrices, band by band; a downscale, whose output is at most the frame's
+    size, by ``F.interpolate`` at once (the products would read every source column).
+    """
+    k, h, w = frame_logits.shape
+    height, width = size
+    if height * width <= h * w:
+        full = F.interpolate(frame_logits[:, None], size, mode="bilinear", align_corners=False)
+        return lambda start: full[:, 0, start : start + band]
+    across = _upscale_columns(frame_logits, width)
+    down = interpolation_matrix(h, height, frame_logits.device)
+
+    def rows_at(start: int) -> Tensor:
+        rows = down[start : start + band]
+        span = _source_span(rows)
+        return torch.matmul(rows[:, span], across[:, span])
+
+    return rows_at
+
+
+def mask_statistics(
+    frame_logits: Tensor, size: tuple[int, int], threshold: float, offset: float, stride: int
+) -> MaskStatistics:
+    """Statistics of the masks that ``Kxhxw`` logits give at the original size ``(H, W)``.
+
+    ``frame_logits`` are the low-res logits upscaled to the model's input frame and cropped
+    to the resized image (``Sam.masks_in_input_frame``); the statistics are those of
+    ``logits > threshold`` (and of ``threshold +/- offset`` for stability) after the last
+    bilinear upscale to ``size``. Bands are ``stride``-row aligned, so each cell lies in one.
+    """
+    k = frame_logits.shape[0]
+    height, width = size
+    device = frame_logits.device
+    band = height
+    if device.type == "cpu":
+        band = max(1, BAND_ELEMENTS // max(1, k * width * stride)) * stride
+    band_logits = _band_logits(frame_logits, size, band)
+    cell_cols = -(-width // stride)
+    counts = torch.zeros((3, k), dtype=torch.int32, device=device)
+    cells = []
+    padded = torch.zeros((k, band, cell_cols * stride), dtype=torch.bool, device=device)
+    for start in range(0, height, band):
+        logits = band_logits(start)
+        for i, level in enumerate((threshold + offset, threshold - offset)):
+            counts[i] += (logits > level).sum((1, 2), dtype=torch.int32)
+        above = logits > threshold
+        counts[2] += above.sum((1, 2), dtype=torch.int32)
+        n = logits.shape[1]
+        block = padded[:, : -(-n // stride) * stride]
+        block[:, :n, :width] = above
+        block[:, n:] = False
+        cells.append(block.view(k, -1, stride, cell_cols, stride).any(dim=4).any(dim=2))
+    inter, union, area = counts.long()
+    ratio = inter.float() / union.clamp(min=1).float()
+    stability = torch.where(union > 0, ratio, torch.ones_like(ratio))
+    return MaskStatistics(stability, area, torch.cat(cells, dim=1))

@@ -1,0 +1,44 @@
+"""Band-wise full-size mask statistics equal those of the full-size logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from ovsam import mask_statistics as module
+from ovsam.automatic import cell_masks, stability_scores
+from ovsam.mask_statistics import interpolation_matrix, mask_statistics
+
+
+@pytest.mark.parametrize("sizes", [(5, 9, 17), (8, 3, 1), (40, 4, 41), (2, 1024, 7)])
+def test_interpolation_matrix_equals_f_interpolate(sizes: tuple[int, int, int]) -> None:
+    rows, size_in, size_out = sizes
+    x = torch.randn(rows, size_in, generator=torch.Generator().manual_seed(size_in))
+    reference = F.interpolate(x[None], size_out, mode="linear", align_corners=False)[0]
+    weights = F.interpolate(torch.eye(size_in)[None], size_out, mode="linear")[0]  # its taps
+    assert torch.equal(interpolation_matrix(size_in, size_out, x.device).T, weights)
+    ours = x @ interpolation_matrix(size_in, size_out, x.device).T
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("frame", "size", "stride"),
+    [((96, 128), (300, 400), 4), ((128, 85), (1001, 666), 4), ((64, 64), (37, 53), 4),
+     ((3, 128), (7, 2000), 8), ((128, 96), (130, 97), 16)],
+)  # fmt: skip
+def test_statistics_equal_those_of_full_size_logits(
+    frame: tuple[int, int], size: tuple[int, int], stride: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(module, "BAND_ELEMENTS", 5000)  # many bands, a short last one
+    generator = torch.Generator().manual_seed(sum(size))
+    low = torch.randn(3, 1, 16, 16, generator=generator) * 4
+    logits = F.interpolate(low, frame, mode="bilinear", align_corners=False)[:, 0]
+    logits[2] = -5.0  # an empty mask: stability 1, area 0
+    full = F.interpolate(logits[:, None], size, mode="bilinear", align_corners=False)[:, 0]
+    ours = mask_statistics(logits, size, 0.0, 1.0, stride)
+    masks = full > 0
+    assert ours.area.tolist() == masks.flatten(1).sum(1).tolist()
+    assert ours.area[2] == 0 and ours.stability[2] == 1.0
+    assert torch.equal(ours.cells, cell_masks(masks, stride))
+    torch.testing.assert_close(ours.stability, stability_scores(full, 0.0, 1.0), rtol=0, atol=1e-6)
