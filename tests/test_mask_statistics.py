@@ -27,12 +27,21 @@ def test_interpolation_matrix_equals_f_interpolate(sizes: tuple[int, int, int]) 
     [((96, 128), (300, 400), 4), ((128, 85), (1001, 666), 4), ((64, 64), (37, 53), 4),
      ((3, 128), (7, 2000), 8), ((128, 96), (130, 97), 16)],
 )  # fmt: skip
+@pytest.mark.parametrize(
+    ("band_elements", "dtype"),
+    [(5000, torch.float32), (1 << 40, torch.float32), (5000, torch.float64)],
+)  # many bands and a short last one; one band (as off the CPU) of any height; float64 logits
 def test_statistics_equal_those_of_full_size_logits(
-    frame: tuple[int, int], size: tuple[int, int], stride: int, monkeypatch: pytest.MonkeyPatch
+    frame: tuple[int, int],
+    size: tuple[int, int],
+    stride: int,
+    band_elements: int,
+    dtype: torch.dtype,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(module, "BAND_ELEMENTS", 5000)  # many bands, a short last one
+    monkeypatch.setattr(module, "BAND_ELEMENTS", band_elements)
     generator = torch.Generator().manual_seed(sum(size))
-    low = torch.randn(3, 1, 16, 16, generator=generator) * 4
+    low = torch.randn(3, 1, 16, 16, generator=generator, dtype=dtype) * 4
     logits = F.interpolate(low, frame, mode="bilinear", align_corners=False)[:, 0]
     logits[2] = -5.0  # an empty mask: stability 1, area 0
     full = F.interpolate(logits[:, None], size, mode="bilinear", align_corners=False)[:, 0]

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ovsam.errors import InputError
-from ovsam.mask_statistics import mask_statistics
+from ovsam.mask_statistics import cell_masks, mask_statistics
 from ovsam.masks import encode_rle, mask_to_bbox_xywh
 from ovsam.predictor import SamPredictor
 
@@ -40,18 +40,6 @@ def stability_scores(logits: torch.Tensor, threshold: float, offset: float) -> t
     inter = (flat > threshold + offset).sum(1, dtype=torch.int32).float()  # int32: 1.7x faster
     union = (flat > threshold - offset).sum(1, dtype=torch.int32).float()
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
-
-
-def cell_masks(masks: torch.Tensor, stride: int) -> torch.Tensor:
-    """``KxHxW`` bool -> ``Kx ceil(H/stride) x ceil(W/stride)``: True where any pixel of the
-    ``stride x stride`` cell is (a mask smaller than a cell still shows)."""
-    if stride == 1:
-        return masks
-    k, h, w = masks.shape
-    rows, cols = -(-h // stride), -(-w // stride)
-    padded = masks.new_zeros((k, rows * stride, cols * stride))
-    padded[:, :h, :w] = masks
-    return padded.view(k, rows, stride, cols, stride).any(dim=4).any(dim=2)
 
 
 def mask_iou_matrix(masks: torch.Tensor, stride: int = 4) -> torch.Tensor:

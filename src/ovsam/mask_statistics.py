@@ -40,22 +40,41 @@ class MaskStatistics:
     cells: Tensor
 
 
-def interpolation_matrix(size_in: int, size_out: int, device: torch.device) -> Tensor:
-    """``size_out x size_in`` float32: bilinear interpolation along one axis with the weights
+def cell_masks(masks: torch.Tensor, stride: int) -> torch.Tensor:
+    """``KxHxW`` bool -> ``Kx ceil(H/stride) x ceil(W/stride)``: True where any pixel of the
+    ``stride x stride`` cell is (a mask smaller than a cell still shows)."""
+    if stride == 1:
+        return masks
+    k, h, w = masks.shape
+    rows, cols = -(-h // stride), -(-w // stride)
+    padded = masks.new_zeros((k, rows * stride, cols * stride))
+    padded[:, :h, :w] = masks
+    return padded.view(k, rows, stride, cols, stride).any(dim=4).any(dim=2)
+
+
+def interpolation_matrix(
+    size_in: int, size_out: int, device: torch.device, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """``size_out x size_in`` (``dtype``): bilinear interpolation along one axis with the weights
     of ``F.interpolate(..., align_corners=False)``: source position ``(i + 0.5) * scale -
-    0.5`` clamped at 0, ``scale = size_in / size_out`` in float32 and the position rounded
-    once (as PyTorch's fused multiply-add does); two taps, weights summing to 1."""
-    scale = torch.tensor(size_in, dtype=torch.float32) / size_out
-    exact = (torch.arange(size_out, dtype=torch.float64) + 0.5) * scale.double() - 0.5
-    source = exact.float().clamp(min=0)
+    0.5`` clamped at 0, ``scale = size_in / size_out``; two taps, weights summing to 1.
+    Computed as PyTorch does for ``dtype``: in float64 for float64, else with a float32
+    scale and the position rounded to float32 once (its fused multiply-add)."""
+    centres = torch.arange(size_out, dtype=torch.float64) + 0.5
+    if dtype == torch.float64:
+        source = centres * (size_in / size_out) - 0.5
+    else:
+        scale = float(torch.tensor(size_in, dtype=torch.float32) / size_out)
+        source = (centres * scale - 0.5).float()  # exact product, one rounding
+    source = source.clamp(min=0)
     first = source.long()  # source >= 0: truncation is floor
     second = torch.where(first < size_in - 1, first + 1, first)
     weight = source - first
-    matrix = torch.zeros((size_out, size_in))
+    matrix = torch.zeros((size_out, size_in), dtype=source.dtype)
     rows = torch.arange(size_out)
     matrix.index_put_((rows, first), 1 - weight, accumulate=True)
     matrix.index_put_((rows, second), weight, accumulate=True)
-    return matrix.to(device)
+    return matrix.to(device, dtype)
 
 
 def _source_span(matrix: Tensor) -> slice:
@@ -67,7 +86,7 @@ def _source_span(matrix: Tensor) -> slice:
 def _upscale_columns(frame_logits: Tensor, width: int) -> Tensor:
     """``Kxhxw`` -> ``Kxhxwidth``: the horizontal half of the bilinear upscale."""
     k, h, w = frame_logits.shape
-    matrix = interpolation_matrix(w, width, frame_logits.device)
+    matrix = interpolation_matrix(w, width, frame_logits.device, frame_logits.dtype)
     out = frame_logits.new_empty((k, h, width))
     for start in range(0, width, COLUMN_BLOCK):
         block = matrix[start : start + COLUMN_BLOCK]
@@ -90,7 +109,7 @@ def _band_logits(frame_logits: Tensor, size: tuple[int, int], band: int) -> Call
         full = F.interpolate(frame_logits[:, None], size, mode="bilinear", align_corners=False)
         return lambda start: full[:, 0, start : start + band]
     across = _upscale_columns(frame_logits, width)
-    down = interpolation_matrix(h, height, frame_logits.device)
+    down = interpolation_matrix(h, height, frame_logits.device, frame_logits.dtype)
 
     def rows_at(start: int) -> Tensor:
         rows = down[start : start + band]
@@ -108,30 +127,27 @@ def mask_statistics(
     ``frame_logits`` are the low-res logits upscaled to the model's input frame and cropped
     to the resized image (``Sam.masks_in_input_frame``); the statistics are those of
     ``logits > threshold`` (and of ``threshold +/- offset`` for stability) after the last
-    bilinear upscale to ``size``. Bands are ``stride``-row aligned, so each cell lies in one.
+    bilinear upscale to ``size``. Bands are ``stride``-row aligned, so each cell lies in one
+    (off the CPU the whole image is one band).
     """
     k = frame_logits.shape[0]
     height, width = size
     device = frame_logits.device
-    band = height
+    # float32 at least (as F.interpolate computes half precision), float64 kept
+    frame_logits = frame_logits.to(torch.promote_types(frame_logits.dtype, torch.float32))
+    band = height  # off the CPU: one band
     if device.type == "cpu":
         band = max(1, BAND_ELEMENTS // max(1, k * width * stride)) * stride
     band_logits = _band_logits(frame_logits, size, band)
-    cell_cols = -(-width // stride)
     counts = torch.zeros((3, k), dtype=torch.int32, device=device)
     cells = []
-    padded = torch.zeros((k, band, cell_cols * stride), dtype=torch.bool, device=device)
     for start in range(0, height, band):
         logits = band_logits(start)
         for i, level in enumerate((threshold + offset, threshold - offset)):
             counts[i] += (logits > level).sum((1, 2), dtype=torch.int32)
         above = logits > threshold
         counts[2] += above.sum((1, 2), dtype=torch.int32)
-        n = logits.shape[1]
-        block = padded[:, : -(-n // stride) * stride]
-        block[:, :n, :width] = above
-        block[:, n:] = False
-        cells.append(block.view(k, -1, stride, cell_cols, stride).any(dim=4).any(dim=2))
+        cells.append(cell_masks(above, stride))
     inter, union, area = counts.long()
     ratio = inter.float() / union.clamp(min=1).float()
     stability = torch.where(union > 0, ratio, torch.ones_like(ratio))
