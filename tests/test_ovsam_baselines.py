@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 
 import numpy as np
@@ -246,3 +247,18 @@ def test_roi_align_takes_numpy_integer_sizes() -> None:
     expected = roi_align(features, rois, 4, 1 / 8)
     assert torch.equal(roi_align(features, rois, np.int64(4), 1 / 8), expected)
     assert torch.equal(roi_align(features, rois, (np.int32(4), 4), 1 / 8), expected)
+
+
+def test_feature_crop_states_carry_the_clip_that_made_their_feature_map(
+    mobilesam_model, clip: CLIP
+) -> None:
+    first = CropBaselinePredictor(mobilesam_model, clip, "feature-crop", templates="none")
+    first.set_image(np.full((64, 96, 3), 120, dtype=np.uint8))
+    state = first.export_state()
+    other = copy.deepcopy(clip)
+    CropBaselinePredictor(mobilesam_model, other, "feature-crop").load_state(state)  # equal
+    with torch.no_grad():
+        next(other.visual.parameters()).mul_(-3)
+    CropBaselinePredictor(mobilesam_model, other, "image-crop").load_state(state)  # no CLIP map
+    with pytest.raises(InputError, match="computed by another clip visual"):
+        CropBaselinePredictor(mobilesam_model, other, "feature-crop").load_state(state)

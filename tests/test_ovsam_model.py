@@ -78,6 +78,22 @@ def test_forward_shapes_on_a_real_photo() -> None:
     assert masks.shape == (2, 1, 400, 600) and len(labels) == 2
 
 
+def test_states_carry_the_fpn_neck_that_made_their_pyramid() -> None:
+    """OV-SAM models may share the image encoder and differ in the FPN neck (coco vs lvis):
+    a state is accepted only where both match."""
+    first = OVSamPredictor(small_ovsam())
+    first.set_image(np.full((64, 96, 3), 120, dtype=np.uint8))
+    state = first.export_state()
+    twin = OVSamPredictor(small_ovsam())  # equal weights, other objects
+    twin.load_state(state)
+    other = small_ovsam()
+    with torch.no_grad():
+        for parameter in other.fpn_neck.parameters():
+            parameter.mul_(-3)
+    with pytest.raises(InputError, match="computed by another fpn neck"):
+        OVSamPredictor(other).load_state(state)
+
+
 def _region_embeddings(
     predictor: OVSamPredictor, box: np.ndarray
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -46,9 +46,10 @@ class ImageState:
     ``extras``: model-specific tensors (e.g. CLIP feature maps for recognition).
     ``decoder_cache``: the mask decoder's per-image precomputation, filled by the predictor
     on the first prompt (kept with the state, so a restored state decodes fast at once).
-    ``encoder``: the :func:`~ovsam.modeling.common.weights_key` of the image encoder that
-    made ``features``; ``encoder_checksum``: its weights' values (filled by
-    :meth:`SamPredictor.export_state`; see :meth:`SamPredictor.load_state`).
+    ``encoder``: the :func:`~ovsam.modeling.common.weights_key` of each module that made
+    ``features`` and ``extras`` (by name: ``image_encoder``, and e.g. OV-SAM's ``fpn_neck``);
+    ``encoder_checksum``: their weights' values (filled by :meth:`SamPredictor.export_state`;
+    see :meth:`SamPredictor.load_state`).
     """
 
     features: torch.Tensor
@@ -56,8 +57,8 @@ class ImageState:
     input_size: tuple[int, int]
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     decoder_cache: ImageTokenCache | None = None
-    encoder: tuple[object, ...] = ()
-    encoder_checksum: tuple[object, ...] | None = None
+    encoder: dict[str, tuple[object, ...]] = field(default_factory=dict)
+    encoder_checksum: dict[str, tuple[object, ...]] | None = None
 
     def nbytes(self) -> int:
         """Memory held by the state's tensors, in bytes."""
@@ -86,7 +87,7 @@ class SamPredictor:
         self.model = model
         self.transform = ResizeLongestSide(model.image_encoder.img_size)
         self._state: ImageState | None = None
-        self._checksum: tuple[tuple[object, ...], tuple[object, ...]] = ((), ())
+        self._checksums: dict[str, tuple[tuple[object, ...], tuple[object, ...]]] = {}
         self.cache_image_tokens = cache_image_tokens
 
     @property
@@ -141,16 +142,25 @@ class SamPredictor:
             )
         input_size = (int(transformed_image.shape[2]), int(transformed_image.shape[3]))
         state = self._encode(self.model.preprocess(transformed_image), original_size, input_size)
-        state.encoder = weights_key(self.model.image_encoder)
+        state.encoder = self._state_keys()
         self._state = state
 
-    def _encoder_checksum(self) -> tuple[object, ...]:
-        """The image encoder's :func:`~ovsam.modeling.common.weights_checksum`, computed again
-        only when :func:`~ovsam.modeling.common.weights_key` says the weights changed."""
-        key = weights_key(self.model.image_encoder)
-        if self._checksum[0] != key:
-            self._checksum = (key, weights_checksum(self.model.image_encoder))
-        return self._checksum[1]
+    def _state_modules(self) -> dict[str, nn.Module]:
+        """The modules whose outputs an :class:`ImageState` holds, by name (subclasses that
+        keep more in ``extras`` add theirs)."""
+        return {"image_encoder": self.model.image_encoder}
+
+    def _state_keys(self) -> dict[str, tuple[object, ...]]:
+        return {name: weights_key(m) for name, m in self._state_modules().items()}
+
+    def _checksum(self, name: str) -> tuple[object, ...]:
+        """:func:`~ovsam.modeling.common.weights_checksum` of state module ``name``, computed
+        again only when :func:`~ovsam.modeling.common.weights_key` says its weights changed."""
+        module = self._state_modules()[name]
+        key = weights_key(module)
+        if name not in self._checksums or self._checksums[name][0] != key:
+            self._checksums[name] = (key, weights_checksum(module))
+        return self._checksums[name][1]
 
     def _encode(
         self, input_image: torch.Tensor, original_size: tuple[int, int], input_size: tuple[int, int]
@@ -166,35 +176,32 @@ class SamPredictor:
     def export_state(self) -> ImageState:
         """The current image's state, to keep in a cache and restore with ``load_state``.
 
-        The first export after the weights change also checksums the image encoder's
-        weights (about 0.1 s for MobileSAM), so that another predictor with equal weights can
-        load the state."""
+        The first export after the weights change also checksums the weights of the modules
+        that made the state (about 0.1 s for MobileSAM's image encoder), so that another
+        predictor with equal weights can load it."""
         state = self._require_state()
-        if state.encoder_checksum is None and state.encoder == weights_key(
-            self.model.image_encoder
-        ):
-            state.encoder_checksum = self._encoder_checksum()
+        if state.encoder_checksum is None and state.encoder == self._state_keys():
+            state.encoder_checksum = {name: self._checksum(name) for name in state.encoder}
         return state
 
     def load_state(self, state: ImageState) -> None:
         """Make ``state`` (from ``export_state``) the current image without re-encoding.
 
         Raises :class:`InputError` for anything but an :class:`ImageState`, or for a state
-        whose embedding another image encoder (another model or other weights) computed.
+        whose features or extras a module with other weights (another model, or weights
+        changed since) computed; modules the state or this predictor lacks are not compared.
         """
         if not isinstance(state, ImageState):
             raise InputError(
                 f"load_state takes the ImageState of export_state, got {type(state).__name__}"
             )
-        if (
-            state.encoder
-            and state.encoder != weights_key(self.model.image_encoder)
-            and state.encoder_checksum != self._encoder_checksum()
-        ):
-            raise InputError(
-                "this image state was computed by another image encoder (another model or "
-                "other weights): call set_image instead"
-            )
+        current, saved = self._state_keys(), state.encoder_checksum or {}
+        for name in current.keys() & state.encoder.keys():
+            if state.encoder[name] != current[name] and saved.get(name) != self._checksum(name):
+                raise InputError(
+                    f"this image state was computed by another {name.replace('_', ' ')} "
+                    "(another model or other weights): call set_image instead"
+                )
         self._state = state
 
     def reset_image(self) -> None:

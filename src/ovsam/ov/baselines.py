@@ -22,6 +22,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from torch import nn
 
 from ovsam.clip.model import CLIP, CLIP_MEAN, CLIP_STD
 from ovsam.clip.region_classifier import classify_regions, mask_boxes_xyxy
@@ -83,6 +84,13 @@ class CropBaselinePredictor(SamPredictor):
         rgb = rgb_image(image, image_format)
         super().set_image(rgb)
         self._require_state().extras[PIXELS] = pixels_tensor(rgb)
+
+    def _state_modules(self) -> dict[str, nn.Module]:
+        """With ``feature-crop``, also CLIP's image tower (its feature map is in ``extras``)."""
+        modules = super()._state_modules()
+        return (
+            modules | {"clip_visual": self.clip.visual} if self.kind == "feature-crop" else modules
+        )
 
     def _encode(
         self, input_image: torch.Tensor, original_size: tuple[int, int], input_size: tuple[int, int]

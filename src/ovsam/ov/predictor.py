@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from ovsam.clip.model import CLIP
 from ovsam.clip.region_classifier import mask_boxes_xyxy
@@ -80,6 +81,10 @@ class OVSamPredictor(SamPredictor):
         return check_random_weights(self.model, self.text_model, allow=True)
 
     # ------------------------------------------------------------------ image + vocabulary
+    def _state_modules(self) -> dict[str, nn.Module]:
+        """The image encoder and the FPN neck (whose pyramid ``extras`` holds)."""
+        return super()._state_modules() | {"fpn_neck": self.model.fpn_neck}
+
     def _encode(
         self, input_image: torch.Tensor, original_size: tuple[int, int], input_size: tuple[int, int]
     ) -> ImageState:
