@@ -234,6 +234,16 @@ def test_busy_port_is_one_line_before_the_model_loads(
     assert captured.settings is None and captured.app is None  # refused before loading a model
 
 
+def test_a_port_held_by_a_server_still_loading_is_busy() -> None:
+    """Two ``ovsam serve`` starting together: the second fails at once, not after its model."""
+    from ovsam.cli.serve_cmd import bind
+    from ovsam.errors import InputError
+
+    with bind("127.0.0.1", 0) as first:
+        with pytest.raises(InputError, match="cannot listen on 127.0.0.1:.*in use"):
+            bind("127.0.0.1", first.getsockname()[1])
+
+
 def test_port_0_serves_on_a_free_port_and_says_which(
     captured: Captured, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -145,6 +145,9 @@ def test_commas_separate_synonyms_as_on_the_command_line(labelled: SegmentationE
         "code": "invalid_vocabulary",
         "message": "duplicate class name 'Mug' (name 1 and name 3)",
     })  # fmt: skip
+    spaced = ["cup,mug", " cup ,  mug", "x" * 150 + ", " + "y" * 150]  # one class, repeated
+    r = client.post("/v1/vocabularies", json={"name": "spaced", "names": spaced})
+    assert (r.status_code, r.json()["size"]) == (201, 2)  # each synonym within the 200 chars
 
 
 def test_names_too_long_for_clip_are_refused_when_posted(labelled: SegmentationEngine) -> None:

@@ -123,7 +123,7 @@ def port_number(text: str) -> int:
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``host``:``port`` (not yet listening), for uvicorn to serve on;
+    """A TCP socket listening on ``host``:``port`` (connections wait until uvicorn serves);
     an address that cannot be bound (in use, not local, unknown host) is an
     :class:`InputError` in one line."""
     sock: socket.socket | None = None
@@ -134,6 +134,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
         sock.bind(address)
+        sock.listen()  # a second server starting meanwhile fails at its bind, not after loading
     except OSError as exc:
         if sock is not None:
             sock.close()

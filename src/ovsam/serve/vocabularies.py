@@ -46,21 +46,24 @@ class Vocabularies:
         )  # fmt: skip
 
     def add(self, name: str, names: list[str]) -> Vocabulary:
-        """Add (or replace) ``name`` from ``names`` (blank and repeated entries are dropped);
-        returns the parsed vocabulary."""
+        """Add (or replace) ``name`` from ``names`` (blank entries are dropped, and repeated
+        ones: the same synonyms, however spaced); returns the parsed vocabulary. The length
+        limit applies to each name, synonyms one by one."""
         if name in BUILTIN_VOCABULARIES:
             raise ApiError(
                 409, "builtin_vocabulary", f"{name!r} is a built-in vocabulary: choose another name"
             )
-        entries: dict[str, int] = {}  # stripped entry -> its first position (1-based)
+        entries: dict[str, int] = {}  # synonyms joined by ", " -> first position (1-based)
         for position, entry in enumerate(names, start=1):
-            if entry.strip():
-                entries.setdefault(entry.strip(), position)
+            synonyms = ", ".join(part.strip() for part in entry.split(",") if part.strip())
+            if synonyms:
+                entries.setdefault(synonyms, position)
         if not entries:
             raise ApiError(400, "empty_vocabulary", "vocabulary is empty: give at least one name")
         if len(entries) > self.settings.max_vocabulary:
             raise self.too_large(len(entries))
-        long = next((n for n in entries if len(n) > self.settings.max_name_chars), None)
+        synonyms = (n for entry in entries for n in entry.split(", "))
+        long = next((n for n in synonyms if len(n) > self.settings.max_name_chars), None)
         if long is not None:
             raise ApiError(
                 400, "name_too_long",
