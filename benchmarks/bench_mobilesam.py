@@ -4,12 +4,13 @@ Upstream = PyPI ``mobilesam-mirror==1.0.0`` (imported through ``tests/upstream_m
 Measured: image encoder on a 1x3x1024x1024 input, and prompt encoder + mask decoder for one
 point (3 masks), one box (1 mask) and a batch of 16 boxes (1 mask each; cost per prompt),
 each with our plain decoder and with the per-image token cache the predictor uses
-(``ovsam.modeling.image_token_cache``; its build, once per image, is timed too; batches go
-to ``torch.get_num_threads()`` parallel prompt workers, ``ovsam.modeling.prompt_workers``).
+(``ovsam.modeling.image_token_cache``; its build, once per image, is timed too: upstream has
+no such stage, so that row shows no upstream figure; batches go to ``torch.get_num_threads()``
+parallel prompt workers, ``ovsam.modeling.prompt_workers``).
 Runs of ours and upstream are interleaved so that load from other processes hits both alike;
 figures are medians of ``--runs`` warm runs. Usage::
 
-    .venv/bin/python benchmarks/bench_mobilesam.py [--runs 5] [--checkpoint mobile_sam.pt]
+    .venv/bin/python benchmarks/bench_mobilesam.py [--runs 5] [--checkpoint mobile_sam]
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from _common import load_average, median_seconds, positive_int, run_main, timed
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -37,12 +38,6 @@ from upstream_mobilesam import INSTALL_HINT, build_upstream_mobilesam, decode  #
 ASSET = Path(__file__).resolve().parents[1] / "src" / "ovsam" / "assets" / "coffee.jpg"
 
 
-def _timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def interleaved_medians(
     ours: Callable[[], object], upstream: Callable[[], object], runs: int, warmup: int = 1
 ) -> tuple[float, float]:
@@ -52,8 +47,8 @@ def interleaved_medians(
         upstream()
     a, b = [], []
     for _ in range(runs):
-        a.append(_timed(ours))
-        b.append(_timed(upstream))
+        a.append(timed(ours))
+        b.append(timed(upstream))
     return statistics.median(a), statistics.median(b)
 
 
@@ -77,15 +72,16 @@ def decode_cached(
     return model.mask_decoder.forward_cached(cache, sparse, multimask)
 
 
-def load_average() -> str:
-    """The 1-minute load average (other processes share these cores)."""
-    return f"{os.getloadavg()[0]:.2f}"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--checkpoint", default="mobile_sam")
+    parser.add_argument(
+        "--runs", type=positive_int, default=5,
+        help="timed runs per stage, after one warm-up (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--checkpoint", default="mobile_sam",
+        help="MobileSAM checkpoint file or registered weights name (default %(default)s)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     torch.set_num_threads(os.cpu_count() or 1)
     checkpoint = resolve_weights(args.checkpoint)
@@ -116,15 +112,11 @@ def main(argv: list[str] | None = None) -> int:
             lambda: upstream.image_encoder(inputs[1]),
             args.runs,
         )
-        rows = [("image encoder (1024x1024)", 1, *enc)]
+        rows: list[tuple[str, int, float, float | None]] = [("image encoder (1024x1024)", 1, *enc)]
         embedding = ours.image_encoder(inputs[0])
         cache = build_cache(ours, embedding)
-        build = interleaved_medians(
-            lambda: build_cache(ours, embedding),
-            lambda: decode(upstream, embedding, False, boxes=boxes[:1]),
-            args.runs,
-        )
-        rows.append(("token cache build (once per image)", 1, *build))
+        build = median_seconds(lambda: build_cache(ours, embedding), args.runs)
+        rows.append(("token cache build (once per image)", 1, build, None))
         cases = [
             ("decoder, 1 point, 3 masks", 1, {"points": point}, True),
             ("decoder, 1 box, 1 mask", 1, {"boxes": boxes[:1]}, False),
@@ -142,10 +134,13 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 rows.append((label + suffix, count, *dec))
     for label, count, a, b in rows:
-        print(f"{label:43s} {1e3 * a / count:9.1f} {1e3 * b / count:12.1f} {a / b:7.2f}")
+        if b is None:  # upstream has no such stage
+            print(f"{label:43s} {1e3 * a / count:9.1f} {'—':>12s} {'—':>7s}")
+        else:
+            print(f"{label:43s} {1e3 * a / count:9.1f} {1e3 * b / count:12.1f} {a / b:7.2f}")
     print(f"median of {args.runs} warm runs each; load average at end {load_average()}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_main(main)

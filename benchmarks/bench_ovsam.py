@@ -10,22 +10,20 @@ shapes, no compute) for one 1024² image and one box prompt; GMACs = GFLOPs / 2 
   (region features cropped from its stride-32 map, attention-pooled);
 - Image-Crop: SAM ViT-H encoder + decoder, and CLIP RN50x16 on the 384² crop of the region.
 
-CPU latency (random weights; timing does not depend on values): OV-SAM image encoding, and per
-prompt the decoder + recognition with a 1,203-class (LVIS) and a 21,843-class (ImageNet-21k)
-bank. Usage: ``.venv/bin/python benchmarks/bench_ovsam.py [--no-latency] [--runs 3]``
+CPU latency (random weights; timing does not depend on values; medians of ``--runs`` runs after
+a warm-up): OV-SAM image encoding, and per prompt the decoder + recognition with a 1,203-class
+(LVIS) and a 21,843-class (ImageNet-21k) bank. Usage: ``.venv/bin/python benchmarks/bench_ovsam.py [--no-latency] [--runs 3]``
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
-import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _common import load_average, median_seconds, positive_int, run_main
 from torch.utils.flop_counter import FlopCounterMode
 
 from ovsam.build import get_model_entry
@@ -121,34 +119,37 @@ def latency(runs: int) -> None:
     torch.manual_seed(0)
     predictor = OVSamPredictor(build_ovsam())
     image = np.random.default_rng(0).integers(0, 255, (768, 1024, 3), dtype=np.uint8)
-    start = time.perf_counter()
-    predictor.set_image(image)
+    encoding = median_seconds(lambda: predictor.set_image(image), runs)
     print(
-        f"\nCPU ({torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}): OV-SAM image encoding {time.perf_counter() - start:.1f} s"
+        f"\nCPU ({torch.get_num_threads()} threads, load {load_average()}, median of {runs} runs): "
+        f"OV-SAM image encoding {encoding:.1f} s"
     )
     box = np.array([200.0, 150.0, 700.0, 600.0])
     for name in ("lvis", "imagenet21k"):
         predictor.set_text_bank(random_bank(name, 768))
-        predictor.predict(box=box)
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            predictor.predict(box=box)
-            times.append(time.perf_counter() - start)
+        decode = median_seconds(lambda: predictor.predict(box=box), runs)
         print(
-            f"decode + recognise one box, {len(predictor.bank):>6}-class bank: {statistics.median(times) * 1e3:.0f} ms"
+            f"decode + recognise one box, {len(predictor.bank):>6}-class bank: {decode * 1e3:.0f} ms"
         )
+    print(f"load average at end {load_average()}")
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--no-latency", action="store_true")
+    parser.add_argument(
+        "--runs", type=positive_int, default=3,
+        help="timed latency runs, median reported (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-latency", action="store_true",
+        help="count FLOPs only, skip the CPU latency (default: latency measured)",
+    )  # fmt: skip
     args = parser.parse_args()
     count_flops()
     if not args.no_latency:
         latency(args.runs)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

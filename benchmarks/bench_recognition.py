@@ -3,8 +3,9 @@
 For the official OV-SAM CLIP tower (RN50x16, random weights: timing does not depend on the
 values) it prints
 - text-encoding throughput (names/s) with one template and with the 14-template ViLD ensemble,
-  measured on a sample of each vocabulary, and the resulting time to build the full bank of
-  COCO (80), LVIS (1,203) and ImageNet-21k (21,843) classes (``--full`` builds them for real);
+  measured on a sample of each vocabulary (median of ``--runs`` passes after a warm-up batch),
+  and the resulting time to build the full bank of COCO (80), LVIS (1,203) and ImageNet-21k
+  (21,843) classes (``--full`` builds them for real);
 - recognition cost per region: Image-Crop (crop + encode at 384² + compare) and the bank
   comparison alone, for banks of 80, 1,203 and 21,843 classes.
 Usage::
@@ -15,14 +16,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _common import load_average, median_seconds, positive_int, run_main
 
 from ovsam.assets import SAMPLE_BOX, SAMPLE_PHOTO
 from ovsam.clip.factory import create_model
@@ -34,16 +33,6 @@ from ovsam.vocab import load_vocabulary, prompt_templates
 BANKS = ("coco", "lvis", "imagenet21k")
 
 
-def median_seconds(fn: Callable[[], object], runs: int) -> float:
-    fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def random_bank(vocab_name: str, dim: int) -> TextBank:
     vocab = load_vocabulary(vocab_name)
     index = torch.tensor([i for i, names in enumerate(vocab.synonyms) for _ in names])
@@ -51,8 +40,11 @@ def random_bank(vocab_name: str, dim: int) -> TextBank:
     return TextBank(vocab.classes, emb, index, f"random-{vocab_name}")
 
 
-def text_throughput(model: torch.nn.Module, sample: int, batch: int) -> None:
-    print(f"\ntext encoding ({sample} names sampled per vocabulary, batches of {batch} prompts)")
+def text_throughput(model: torch.nn.Module, sample: int, batch: int, runs: int) -> None:
+    print(
+        f"\ntext encoding ({sample} names sampled per vocabulary, batches of {batch} prompts, "
+        f"median of {runs} runs)"
+    )
     print(
         f"{'vocabulary':<12} {'classes':>8} {'names/s (1 tpl)':>16} {'synonyms':>9} {'full bank 1 tpl':>16} {'full bank 14 tpl':>17}"
     )
@@ -62,10 +54,13 @@ def text_throughput(model: torch.nn.Module, sample: int, batch: int) -> None:
         picks = rng.choice(len(vocab), size=min(sample, len(vocab)), replace=False)
         names = [vocab.classes[i] for i in picks]
         prompts = [f"a photo of a {n}." for n in names]
-        start = time.perf_counter()
-        for i in range(0, len(prompts), batch):
-            encode_prompts(model, prompts[i : i + batch])
-        rate = len(prompts) / (time.perf_counter() - start)
+        encode_prompts(model, prompts[:batch])  # warm-up batch
+
+        def encode_all(p: list[str] = prompts) -> None:
+            for i in range(0, len(p), batch):
+                encode_prompts(model, p[i : i + batch])
+
+        rate = len(prompts) / median_seconds(encode_all, runs, warmups=0)
         total_names = sum(len(s) for s in vocab.synonyms)
         print(
             f"{name:<12} {len(vocab):>8} {rate:>16.1f} {total_names:>9} {total_names / rate:>15.0f}s "
@@ -102,25 +97,38 @@ def full_builds(model: torch.nn.Module) -> None:
         print(f"{name:<12} {len(bank):>8} classes  {time.perf_counter() - start:.0f}s")
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="RN50x16")
-    parser.add_argument("--sample", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--full", action="store_true", help="build the full banks (slow on CPU)")
+    parser.add_argument("--model", default="RN50x16", help="CLIP model (default %(default)s)")
+    parser.add_argument(
+        "--sample", type=positive_int, default=128,
+        help="names sampled per vocabulary for text encoding (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--batch", type=positive_int, default=64, help="prompts per text batch (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--runs", type=positive_int, default=3,
+        help="timed runs per measurement, median reported (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--full", action="store_true",
+        help="also build the full banks (slow on CPU; default: off)",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.manual_seed(0)
     model = create_model(args.model)
     print(
-        f"CLIP {args.model} (random weights), torch {torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}"
+        f"CLIP {args.model} (random weights), torch {torch.__version__}, {torch.get_num_threads()} threads, load {load_average()}"
     )
     with torch.inference_mode():
-        text_throughput(model, args.sample, args.batch)
+        text_throughput(model, args.sample, args.batch, args.runs)
         region_cost(model, args.runs)
         if args.full:
             full_builds(model)
+    print(f"\nload average at end {load_average()}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -1,0 +1,58 @@
+"""Helpers shared by the benchmark scripts: timing, load average, argument checks, entry point.
+
+The scripts run as ``.venv/bin/python benchmarks/NAME.py``, which puts this folder on
+``sys.path``; they import this module as ``_common``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import NoReturn
+
+from ovsam.errors import OVSamError
+
+
+def load_average() -> str:
+    """The 1-minute load average (other processes share these cores)."""
+    return f"{os.getloadavg()[0]:.2f}"
+
+
+def timed(fn: Callable[[], object]) -> float:
+    """Seconds one call of ``fn`` takes."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def median_seconds(fn: Callable[[], object], runs: int, warmups: int = 1) -> float:
+    """Median seconds of ``runs`` calls of ``fn`` after ``warmups`` untimed ones."""
+    for _ in range(warmups):
+        fn()
+    return statistics.median(timed(fn) for _ in range(runs))
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def run_main(main: Callable[[], int | None]) -> NoReturn:
+    """Run a script's ``main`` and exit with its status; an error ovsam raises on purpose
+    (:class:`~ovsam.errors.OVSamError`) is printed as ``SCRIPT: error: MESSAGE`` (exit 2)."""
+    try:
+        status = main() or 0
+    except OVSamError as exc:
+        print(f"{os.path.basename(sys.argv[0])}: error: {exc}", file=sys.stderr)
+        status = 2
+    raise SystemExit(status)
