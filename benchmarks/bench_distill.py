@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import positive_int, run_main
+from _common import load_average, positive_int, run_main
 from PIL import Image
 
 from ovsam.cli.preflight import check_device
@@ -100,7 +100,7 @@ def main() -> int:
         peak = f"{torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB"
     else:
         name, speed, peak = "cpu", f"{seconds / args.steps:.2f} s/step", "n/a"
-    print(f"device {device} ({name}), bf16 {use_bf16}")
+    print(f"device {device} ({name}), bf16 {use_bf16}, load average at end {load_average()}")
     print(
         f"batch {args.batch_size}: {speed} ({args.steps * args.batch_size / seconds:.2f} images/s) "
         f"over {args.steps} steps, peak GPU memory {peak}"
