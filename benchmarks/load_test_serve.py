@@ -24,7 +24,7 @@ import uvicorn
 from _common import load_average, positive_int, run_main
 
 from ovsam.assets import SAMPLE_BOX, SAMPLE_PHOTO
-from ovsam.cli.serve_cmd import bind
+from ovsam.cli.serve_cmd import listen_sockets
 from ovsam.errors import OVSamError
 from ovsam.serve.app import create_app, default_engine
 from ovsam.serve.settings import ServeSettings
@@ -35,11 +35,11 @@ STARTUP_TIMEOUT_S = 60.0
 def start_server() -> tuple[uvicorn.Server, str]:
     """The server running in a daemon thread on a socket bound here (no free-port race);
     :class:`OVSamError` when it does not start within ``STARTUP_TIMEOUT_S``."""
-    sock = bind("127.0.0.1", 0)
-    port = sock.getsockname()[1]
+    sockets = listen_sockets("127.0.0.1", 0)
+    port = sockets[0].getsockname()[1]
     app = create_app(ServeSettings(), default_engine)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": sockets}, daemon=True)
     thread.start()
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while not server.started:

@@ -236,12 +236,35 @@ def test_busy_port_is_one_line_before_the_model_loads(
 
 def test_a_port_held_by_a_server_still_loading_is_busy() -> None:
     """Two ``ovsam serve`` starting together: the second fails at once, not after its model."""
-    from ovsam.cli.serve_cmd import bind
+    from ovsam.cli.serve_cmd import listen_sockets
     from ovsam.errors import InputError
 
-    with bind("127.0.0.1", 0) as first:
-        with pytest.raises(InputError, match="cannot listen on 127.0.0.1:.*in use"):
-            bind("127.0.0.1", first.getsockname()[1])
+    (first,) = listen_sockets("127.0.0.1", 0)
+    with first, pytest.raises(InputError, match="cannot listen on 127.0.0.1:.*in use"):
+        listen_sockets("127.0.0.1", first.getsockname()[1])
+
+
+def test_every_address_of_the_host_is_served_on_one_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As uvicorn binds every address of ``--host`` (``localhost``: 127.0.0.1 and ::1)."""
+    from ovsam.cli import serve_cmd
+
+    def two_addresses(host: str, port: int, **kwargs: object) -> list[tuple]:
+        kind = socket.SOCK_STREAM
+        return [(socket.AF_INET, kind, 6, "", (a, port)) for a in ("127.0.0.1", "127.0.0.2")]
+
+    monkeypatch.setattr(serve_cmd.socket, "getaddrinfo", two_addresses)
+    sockets = serve_cmd.listen_sockets("twohomed", 0)
+    try:
+        names = [s.getsockname() for s in sockets]
+        assert [n[0] for n in names] == ["127.0.0.1", "127.0.0.2"] and names[0][1] == names[1][1]
+    finally:
+        for sock in sockets:
+            sock.close()
+    taken = socket.socket()
+    taken.bind(("127.0.0.2", 0))
+    taken.listen()
+    with taken, pytest.raises(serve_cmd.InputError, match="cannot listen on twohomed:"):
+        serve_cmd.listen_sockets("twohomed", taken.getsockname()[1])
 
 
 def test_port_0_serves_on_a_free_port_and_says_which(

@@ -95,19 +95,23 @@ def run(args: argparse.Namespace) -> int:
     if not _multipart_installed():  # checked before the model loads
         raise _needs_serve_extra("python-multipart is missing")
     settings = build_settings(args)
-    with bind(args.host, args.port) as sock:  # before the model loads: a busy port fails fast
+    sockets = listen_sockets(args.host, args.port)  # before the model loads: busy ports fail fast
+    try:
         try:
             app = create_app(settings, default_engine)
         except RuntimeError as exc:  # FastAPI refuses upload routes without python-multipart
             if "python-multipart" not in str(exc):
                 raise
             raise _needs_serve_extra(f"FastAPI: {first_line(exc)}") from exc
-        port = sock.getsockname()[1]
+        port = sockets[0].getsockname()[1]
         print(f"ovsam: serving {args.model} on http://{args.host}:{port}/ (API docs at /docs)")
         recognizer = app.state.engine.recognizer
         print(f"ovsam: {'labels' if recognizer.available else 'no labels'}: {recognizer.message}")
         config = uvicorn.Config(app, host=args.host, port=port, log_level="warning")
-        uvicorn.Server(config).run(sockets=[sock])
+        uvicorn.Server(config).run(sockets=sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
     return 0
 
 
@@ -122,24 +126,29 @@ def port_number(text: str) -> int:
     return port
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A TCP socket listening on ``host``:``port`` (connections wait until uvicorn serves);
-    an address that cannot be bound (in use, not local, unknown host) is an
-    :class:`InputError` in one line."""
-    sock: socket.socket | None = None
+def listen_sockets(host: str, port: int) -> list[socket.socket]:
+    """TCP sockets listening on every address of ``host`` (``localhost`` may be 127.0.0.1 and
+    ::1, as uvicorn would bind them) at ``port`` (0: a free one, the same for all); connections
+    wait until uvicorn serves. An address that cannot be bound (in use, not local, unknown
+    host) is an :class:`InputError` in one line, with every socket closed."""
+    sockets: list[socket.socket] = []
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        sock = socket.socket(family, kind, proto)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
-        sock.bind(address)
-        sock.listen()  # a second server starting meanwhile fails at its bind, not after loading
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # as asyncio does
+            if sockets[1:]:  # port 0: the port the first address got
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
+            sock.bind(address)
+            sock.listen()  # a second server starting meanwhile fails at its bind
     except OSError as exc:
-        if sock is not None:
+        for sock in sockets:
             sock.close()
         raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-    return sock
+    return sockets
 
 
 def _multipart_installed() -> bool:
