@@ -51,3 +51,10 @@ def test_statistics_equal_those_of_full_size_logits(
     assert ours.area[2] == 0 and ours.stability[2] == 1.0
     assert torch.equal(ours.cells, cell_masks(masks, stride))
     torch.testing.assert_close(ours.stability, stability_scores(full, 0.0, 1.0), rtol=0, atol=1e-6)
+
+
+def test_off_the_cpu_the_whole_image_is_one_band_of_any_height() -> None:
+    """Shapes only, on the meta device (no GPU here): 427 rows are not a multiple of 4."""
+    measured = mask_statistics(torch.zeros(3, 683, 1024, device="meta"), (427, 640), 0.0, 1.0, 4)
+    assert measured.stability.shape == measured.area.shape == (3,)
+    assert measured.cells.shape == (3, 107, 160)
