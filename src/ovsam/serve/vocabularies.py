@@ -15,7 +15,13 @@ from ovsam.errors import InputError
 from ovsam.serve.http_errors import ApiError
 from ovsam.serve.schemas import VocabularyInfo
 from ovsam.serve.settings import ServeSettings
-from ovsam.vocab import BUILTIN_VOCABULARIES, Vocabulary, builtin_vocabulary, vocabulary_from_names
+from ovsam.vocab import (
+    BUILTIN_VOCABULARIES,
+    Vocabulary,
+    builtin_vocabulary,
+    comma_synonyms,
+    vocabulary_from_names,
+)
 
 
 def unknown_vocabulary(name: str) -> ApiError:
@@ -55,7 +61,7 @@ class Vocabularies:
             )
         entries: dict[str, int] = {}  # synonyms joined by ", " -> first position (1-based)
         for position, entry in enumerate(names, start=1):
-            synonyms = ", ".join(part.strip() for part in entry.split(",") if part.strip())
+            synonyms = ", ".join(comma_synonyms(entry))
             if synonyms:
                 entries.setdefault(synonyms, position)
         if not entries:

@@ -95,6 +95,12 @@ class Vocabulary:
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
+def comma_synonyms(entry: str) -> tuple[str, ...]:
+    """A user's class entry read as the command line reads it: synonyms separated by commas,
+    stripped, empty ones and repeats dropped, case kept (``"cup, mug"`` -> ``("cup", "mug")``)."""
+    return tuple(dict.fromkeys(p.strip() for p in entry.split(",") if p.strip()))
+
+
 def split_synonyms(name: str) -> tuple[str, ...]:
     """The official OV-SAM rule (``tools/gen_cls.py``): split at ``_or_``, ``/`` and ``,``;
     underscores become spaces; strip; lower case; duplicates dropped."""
@@ -170,7 +176,7 @@ def vocabulary_from_names(
             raise InputError(
                 f"class names must be strings, got {type(entry).__name__} at {where} {position}"
             )
-        names = tuple(dict.fromkeys(p.strip() for p in entry.split(",") if p.strip()))
+        names = comma_synonyms(entry)
         if not names:
             raise InputError(f"{where} {position} is an empty class name")
         for synonym in names:
