@@ -15,10 +15,10 @@ from ovsam.automatic import (
     mask_nms,
     nms_stride,
     point_grid,
-    stability_scores,
 )
 from ovsam.cli.main import main
 from ovsam.errors import InputError
+from ovsam.mask_statistics import stability_scores
 from ovsam.masks import decode_rle, mask_iou
 from ovsam.predictor import SamPredictor
 from synthetic_scenes import make_scene

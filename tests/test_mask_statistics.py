@@ -7,8 +7,12 @@ import torch
 from torch.nn import functional as F
 
 from ovsam import mask_statistics as module
-from ovsam.automatic import cell_masks, stability_scores
-from ovsam.mask_statistics import interpolation_matrix, mask_statistics
+from ovsam.mask_statistics import (
+    cell_masks,
+    interpolation_matrix,
+    mask_statistics,
+    stability_scores,
+)
 
 
 @pytest.mark.parametrize("sizes", [(5, 9, 17), (8, 3, 1), (40, 4, 41), (2, 1024, 7)])

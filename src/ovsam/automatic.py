@@ -31,17 +31,6 @@ def point_grid(points_per_side: int) -> np.ndarray:
     return np.stack([xs.ravel(), ys.ravel()], axis=1)
 
 
-def stability_scores(logits: torch.Tensor, threshold: float, offset: float) -> torch.Tensor:
-    """IoU of ``logits > threshold + offset`` with ``logits > threshold - offset``, per mask.
-
-    ``logits`` ``Nx...``; returns ``N`` scores in [0, 1] (1 for masks empty at both levels).
-    """
-    flat = logits.flatten(1)
-    inter = (flat > threshold + offset).sum(1, dtype=torch.int32).float()  # int32: 1.7x faster
-    union = (flat > threshold - offset).sum(1, dtype=torch.int32).float()
-    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
-
-
 def mask_iou_matrix(masks: torch.Tensor, stride: int = 4) -> torch.Tensor:
     """Pairwise IoU (``KxK``) of ``KxHxW`` boolean masks, measured on ``stride x stride``
     cells (see :func:`cell_masks`).

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ovsam.automatic import stability_scores
+from ovsam.mask_statistics import stability_scores
 from ovsam.modeling.image_token_cache import ImageTokenCache
 from ovsam.modeling.mask_decoder import MLP, TwoWayMaskDecoder
 from ovsam.modeling.transformer import TwoWayTransformer
