@@ -6,7 +6,6 @@ The scripts run as ``.venv/bin/python benchmarks/NAME.py``, which puts this fold
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -14,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import NoReturn
 
+from ovsam.cli.arg_types import int_in_range
 from ovsam.errors import OVSamError
 
 
@@ -36,15 +36,8 @@ def median_seconds(fn: Callable[[], object], runs: int, warmups: int = 1) -> flo
     return statistics.median(timed(fn) for _ in range(runs))
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+positive_int = int_in_range(1)
+"""argparse type: an integer >= 1."""
 
 
 def run_main(main: Callable[[], int | None]) -> NoReturn:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import socket
 
+from ovsam.cli.arg_types import int_in_range
 from ovsam.cli.segment_cmd import DEFAULT_MODEL, add_clip_arguments
 from ovsam.errors import InputError, OVSamError, first_line
 from ovsam.serve.settings import MIB, LimitError, ServeSettings
@@ -42,7 +43,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument(
-        "--port", type=port_number, default=8000, help="(default 8000; 0 = any free port)"
+        "--port",
+        type=int_in_range(0, 65535),
+        default=8000,
+        help="(default 8000; 0 = any free port)",
     )
     parser.add_argument("--model", default=DEFAULT_MODEL, help="registered model name")
     parser.add_argument("--checkpoint", default=None, help="checkpoint file or weights name")
@@ -113,17 +117,6 @@ def run(args: argparse.Namespace) -> int:
         for sock in sockets:
             sock.close()
     return 0
-
-
-def port_number(text: str) -> int:
-    """``--port``: an integer from 0 (any free port) to 65535."""
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"must be from 0 to 65535, got {port}")
-    return port
 
 
 def listen_sockets(host: str, port: int) -> list[socket.socket]:
