@@ -33,13 +33,14 @@ def weights_checksum(module: nn.Module) -> tuple[object, ...]:
     order does not matter). Equal for equal weights, in any copy of the module; a change of
     any value beyond that precision, or a permutation of values, gives another one. Reads
     every weight once (about 0.1 s for MobileSAM's image encoder on 2 CPU cores)."""
+    tensors = list(chain(module.parameters(), module.buffers()))
     sums = []
-    for t in chain(module.parameters(), module.buffers()):
+    for t in tensors:
         flat = t.detach().flatten().double()
         ramp = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device)
         sums.append(torch.stack([flat.sum(), flat @ ramp]))
     values = torch.stack(sums).cpu().tolist() if sums else []
-    layouts = [(t.dtype, *t.shape) for t in chain(module.parameters(), module.buffers())]
+    layouts = [(t.dtype, *t.shape) for t in tensors]
     return type(module).__name__, tuple(layouts), tuple(f"{a:.12g}/{b:.12g}" for a, b in values)
 
 
