@@ -118,14 +118,11 @@ class OVSamPredictor(SamPredictor):
         return bank
 
     # ------------------------------------------------------------------ recognition
-    def _require_bank(self) -> TextBank:
-        return require_bank(self.bank)
-
     @torch.inference_mode()
     def classify_boxes(self, head_boxes: torch.Tensor, clip_boxes: torch.Tensor) -> list[Labels]:
         """Labels for regions given as ``Bx4`` XYXY boxes in the 1024 input frame: ``head_boxes``
         pool the FPN (CLIP2SAM), ``clip_boxes`` the frozen CLIP map. B may be 0 (no labels)."""
-        bank, state = self._require_bank(), self._require_state()
+        bank, state = require_bank(self.bank), self._require_state()
         if len(head_boxes) == 0:
             return []
         config = self.model.config
@@ -166,7 +163,7 @@ class OVSamPredictor(SamPredictor):
         return_logits: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Labels]]:
         """SAM's ``predict`` (``1xHxW`` masks, ``1`` score, ``1x256x256`` logits) + ``[Labels]``."""
-        self._require_bank()
+        require_bank(self.bank)
         masks, scores, low_res = super().predict(
             point_coords, point_labels, box, mask_input, False, return_logits
         )
@@ -181,7 +178,7 @@ class OVSamPredictor(SamPredictor):
         """One mask + labels per ``Nx4`` XYXY pixel box (N may be 0; ``multimask_output`` is
         ignored): ``(masks Nx1xHxW bool, scores Nx1 float32, low_res_logits Nx1x256x256
         float32, N Labels)``."""
-        self._require_bank()
+        require_bank(self.bank)
         masks, scores, low_res = super().predict_boxes(boxes, False, batch_size)
         clipped = self.clip_boxes(boxes, allow_empty=True)
         frame = self.transform.apply_boxes(clipped, self.original_size)
@@ -190,7 +187,7 @@ class OVSamPredictor(SamPredictor):
     def recognize_masks(self, masks: np.ndarray) -> list[Labels]:
         """Labels for masks the user already has (``NxHxW`` bool at the image's size; N may be
         0, giving no labels)."""
-        self._require_bank()
+        require_bank(self.bank)
         boxes = mask_boxes_xyxy(check_masks(masks, self.original_size)).reshape(-1, 4)
         frame = torch.as_tensor(self.transform.apply_boxes(boxes, self.original_size)).float()
         return self.classify_boxes(frame, frame)
