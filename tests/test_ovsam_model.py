@@ -94,6 +94,21 @@ def test_states_carry_the_fpn_neck_that_made_their_pyramid() -> None:
         OVSamPredictor(other).load_state(state)
 
 
+def test_a_plain_sam_state_cannot_be_labelled() -> None:
+    """A state from a plain SamPredictor on the same model has the embedding but no pyramid:
+    labelling it is a NotReadyError naming what is missing, not a KeyError."""
+    from ovsam.predictor import SamPredictor
+
+    model = small_ovsam()
+    plain = SamPredictor(model)
+    plain.set_image(np.full((64, 96, 3), 120, dtype=np.uint8))
+    predictor = OVSamPredictor(model)
+    predictor.set_text_bank(TextBank(("cup",), torch.ones(1, 1024) / 32, torch.arange(1), "k"))
+    predictor.load_state(plain.export_state())
+    with pytest.raises(NotReadyError, match="OV-SAM recognizer needs the image's 'fpn0', 'fpn1'"):
+        predictor.predict(box=np.array([10, 10, 50, 40]))
+
+
 def _region_embeddings(
     predictor: OVSamPredictor, box: np.ndarray
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -281,6 +296,8 @@ def test_predictor_errors() -> None:
     predictor.set_image(np.zeros((64, 64, 3), dtype=np.uint8))
     with pytest.raises(NotReadyError, match="no vocabulary is set"):
         predictor.predict(box=np.array([0, 0, 32, 32]))
+    with pytest.raises(InputError, match="text bank has no classes"):
+        predictor.set_text_bank(TextBank((), torch.zeros(0, 1024), torch.zeros(0).long(), "k"))
 
 
 def test_segment_everything_with_ovsam_single_mask_token() -> None:

@@ -65,11 +65,14 @@ def test_roi_align_equals_mmcv_rules() -> None:
         [1, -20.0, -10.0, 40.0, 30.0],  # sticks out top-left
         [0, 100.0, 90.0, 170.0, 140.0],  # sticks out bottom-right (map is 160x128 px at 1/8)
         [1, 33.3, 17.9, 35.1, 60.2],  # thin
+        [0, 0.0, 0.0, 0.0, 0.0],  # empty (an empty mask's box): no sample, zeros
+        [1, 40.0, 24.0, 40.0, 80.0],  # zero width
     ]
     ours = roi_align(features, torch.tensor(rois), 5, 1 / 8)
     for i, roi in enumerate(rois):
         expected = _mmcv_roi_align(features[int(roi[0])], roi[1:], 5, 1 / 8)
         torch.testing.assert_close(ours[i], expected, atol=1e-5, rtol=1e-5)
+    assert not ours[4:].any()
 
 
 def test_roi_levels_follow_mmdet() -> None:

@@ -211,3 +211,25 @@ def test_region_input_errors(model: CLIP) -> None:
     other = text_bank.TextBank(("x",), torch.ones(1, 8), torch.zeros(1, dtype=torch.long), "k")
     with pytest.raises(InputError, match="text bank has 8 dims but the CLIP model embeds 32"):
         classify_regions(model, image, other, boxes=boxes)
+
+
+@pytest.mark.parametrize(
+    ("names", "embeddings", "ids", "message"),
+    [
+        ((), torch.zeros(0, 8), torch.zeros(0).long(), "text bank has no classes"),
+        (("a", "b"), torch.ones(8), torch.arange(2), r"must be TxD with one class id each"),
+        (
+            ("a", "b"),
+            torch.ones(2, 8),
+            torch.arange(3),
+            r"embeddings \(2, 8\) and class ids \(3,\)",
+        ),
+        (("a", "b"), torch.ones(2, 8), torch.tensor([0, 2]), r"integers in \[0, 2\).*in \[0, 2\]"),
+        (("a", "b"), torch.ones(2, 8), torch.tensor([0.0, 1.0]), r"got torch.float32 ids"),
+    ],
+)
+def test_a_bank_that_cannot_label_is_refused(
+    names: tuple[str, ...], embeddings: torch.Tensor, ids: torch.Tensor, message: str
+) -> None:
+    with pytest.raises(InputError, match=message):
+        text_bank.TextBank(names, embeddings, ids, "k")

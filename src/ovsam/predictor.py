@@ -189,7 +189,9 @@ class SamPredictor:
 
         Raises :class:`InputError` for anything but an :class:`ImageState`, or for a state
         whose features or extras a module with other weights (another model, or weights
-        changed since) computed; modules the state or this predictor lacks are not compared.
+        changed since, except through ``.data``: see
+        :func:`~ovsam.modeling.common.weights_key`) computed; modules the state or this
+        predictor lacks are not compared.
         """
         if not isinstance(state, ImageState):
             raise InputError(

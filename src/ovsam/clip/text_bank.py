@@ -45,6 +45,24 @@ class TextBank:
     class_index: torch.Tensor
     key: str
 
+    def __post_init__(self) -> None:
+        """Refuse a bank that could not label anything: no classes, or rows that do not pair
+        up with class ids in ``range(len(names))``."""
+        if not self.names:
+            raise InputError("text bank has no classes: give at least one class name")
+        rows = self.embeddings.shape[0] if self.embeddings.dim() == 2 else -1
+        if rows < 1 or self.class_index.shape != (rows,):
+            raise InputError(
+                f"text bank embeddings must be TxD with one class id each; got embeddings "
+                f"{tuple(self.embeddings.shape)} and class ids {tuple(self.class_index.shape)}"
+            )
+        ids = self.class_index
+        if ids.dtype.is_floating_point or int(ids.min()) < 0 or int(ids.max()) >= len(self.names):
+            raise InputError(
+                f"text bank class ids must be integers in [0, {len(self.names)}), "
+                f"got {ids.dtype} ids in [{ids.min().item()}, {ids.max().item()}]"
+            )
+
     def __len__(self) -> int:
         return len(self.names)
 

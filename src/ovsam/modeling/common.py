@@ -19,7 +19,9 @@ def weights_key(*modules: nn.Module) -> tuple[object, ...]:
     """Identifies the current weights of ``modules`` (these objects, their tensors' storage
     and versions): changes when any parameter or buffer (such as the prompt encoder's
     positional-encoding matrix) is replaced, moved or modified in place (``load_state_dict``
-    bumps versions). Cheap; use :func:`weights_checksum` to compare weights by value."""
+    bumps versions). Writes through ``.data`` bypass PyTorch's version counters and are not
+    seen: modify weights under ``torch.no_grad()`` instead. Cheap; use
+    :func:`weights_checksum` to compare weights by value."""
     return tuple(
         (id(m), tuple((t.data_ptr(), t._version) for t in chain(m.parameters(), m.buffers())))
         for m in modules

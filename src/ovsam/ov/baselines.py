@@ -27,9 +27,9 @@ from torch import nn
 from ovsam.clip.model import CLIP, CLIP_MEAN, CLIP_STD
 from ovsam.clip.region_classifier import classify_regions, mask_boxes_xyxy
 from ovsam.clip.text_bank import TextBank, build_text_bank
-from ovsam.errors import InputError, NotReadyError
+from ovsam.errors import InputError
 from ovsam.ov.classifier import Labels, check_random_weights, top_labels
-from ovsam.ov.label_settings import check_label_settings, require_bank
+from ovsam.ov.label_settings import check_label_settings, require_bank, require_extras
 from ovsam.ov.roi_align import roi_align
 from ovsam.predictor import ImageState, SamPredictor
 from ovsam.prompt_arrays import check_masks, rgb_image
@@ -121,11 +121,12 @@ class CropBaselinePredictor(SamPredictor):
         """Labels for ``NxHxW`` boolean masks of the current image (N may be 0: no labels)."""
         bank, state = require_bank(self.bank), self._require_state()
         needed = PIXELS if self.kind == "image-crop" else "clip_last"
-        if needed not in state.extras:
-            raise NotReadyError(
-                f"the {self.kind} baseline needs the image's {needed!r}: call set_image on this "
-                "predictor (a state made by another predictor, or by set_torch_image, may lack it)"
-            )
+        require_extras(
+            state,
+            [needed],
+            f"{self.kind} baseline",
+            "states made by another predictor, or by set_torch_image, may",
+        )
         masks = check_masks(masks, state.original_size)
         if len(masks) == 0:
             return []

@@ -9,10 +9,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from numbers import Integral, Real
+from typing import TYPE_CHECKING
 
 from ovsam.clip.text_bank import TextBank, check_templates
 from ovsam.errors import InputError, NotReadyError
 from ovsam.vocab import prompt_templates
+
+if TYPE_CHECKING:
+    from ovsam.predictor import ImageState
 
 
 @dataclass(frozen=True)
@@ -59,3 +63,14 @@ def require_bank(bank: TextBank | None) -> TextBank:
             "no vocabulary is set: call set_vocabulary(...) before predicting labels"
         )
     return bank
+
+
+def require_extras(state: ImageState, names: Sequence[str], user: str, makers: str) -> None:
+    """:class:`NotReadyError` when ``state`` (a loaded or restored image state) lacks any of
+    the ``extras`` ``names`` that ``user`` labels with; ``makers`` says which states do."""
+    missing = [name for name in names if name not in state.extras]
+    if missing:
+        raise NotReadyError(
+            f"the {user} needs the image's {', '.join(map(repr, missing))}: call set_image on "
+            f"this predictor ({makers} lack it)"
+        )

@@ -35,7 +35,7 @@ from ovsam.ov.classifier import (
     fused_probabilities,
     top_labels,
 )
-from ovsam.ov.label_settings import check_label_settings, require_bank
+from ovsam.ov.label_settings import check_label_settings, require_bank, require_extras
 from ovsam.ov.model import OVSam
 from ovsam.predictor import ImageState, SamPredictor
 from ovsam.prompt_arrays import check_masks
@@ -125,6 +125,9 @@ class OVSamPredictor(SamPredictor):
         bank, state = require_bank(self.bank), self._require_state()
         if len(head_boxes) == 0:
             return []
+        require_extras(
+            state, [*FPN_KEYS, "clip_last"], "OV-SAM recognizer", "states of other predictors"
+        )
         config = self.model.config
         fpn = [state.extras[k] for k in FPN_KEYS]
         head = self.model.head_region_embeddings(fpn, head_boxes.to(self.device))

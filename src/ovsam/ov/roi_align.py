@@ -2,8 +2,9 @@
 
 :func:`roi_align` reproduces mmcv's ``RoIAlign(aligned=True)``: boxes are shifted by half a
 pixel, every output bin averages a ``g x g`` grid of bilinear samples (``g`` adaptive:
-``ceil(roi_size / output_size)`` when ``sampling_ratio`` is 0), and samples falling more than
-one pixel outside the map contribute zero. :func:`map_roi_levels` and
+``ceil(roi_size / output_size)`` when ``sampling_ratio`` is 0, so a roi of zero width or
+height takes no sample and pools to zeros), and samples falling more than one pixel outside
+the map contribute zero. :func:`map_roi_levels` and
 :func:`multi_level_roi_align` follow mmdet's ``SingleRoIExtractor`` (level =
 ``floor(log2(sqrt(area) / 56))`` clamped to the available levels).
 """
@@ -59,8 +60,11 @@ def roi_align(
         x1, y1, x2, y2 = (roi[1:] * spatial_scale - 0.5).tolist()
         roi_w, roi_h = x2 - x1, y2 - y1
         bin_w, bin_h = roi_w / out_w, roi_h / out_h
-        grid_h = sampling_ratio if sampling_ratio > 0 else max(1, math.ceil(roi_h / out_h))
-        grid_w = sampling_ratio if sampling_ratio > 0 else max(1, math.ceil(roi_w / out_w))
+        grid_h = sampling_ratio if sampling_ratio > 0 else math.ceil(roi_h / out_h)
+        grid_w = sampling_ratio if sampling_ratio > 0 else math.ceil(roi_w / out_w)
+        if grid_h <= 0 or grid_w <= 0:  # an empty (or inverted) roi takes no sample: zeros
+            pooled.append(features.new_zeros((features.shape[1], out_h, out_w)))
+            continue
         iy = torch.arange(out_h * grid_h, dtype=features.dtype, device=features.device)
         ix = torch.arange(out_w * grid_w, dtype=features.dtype, device=features.device)
         ys = y1 + (iy // grid_h) * bin_h + (iy % grid_h + 0.5) * bin_h / grid_h
