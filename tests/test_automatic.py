@@ -73,8 +73,10 @@ def test_everything_cli_on_a_folder_resumes_and_reports_bad_files(
     argv = ["everything", str(folder), "--out", str(tmp_path / "out"), "--points-per-side", "4"]
     argv += ["--checkpoint", str(mobilesam_checkpoint)]
     assert main(argv) == 1  # one unreadable image
-    out = capsys.readouterr().out
-    assert "b.jpg is not a readable image" in out
+    err = capsys.readouterr().err  # each failure named on a line of its own, then a count
+    failed = [line for line in err.splitlines() if line.startswith("failed: ")]
+    assert len(failed) == 1 and "b.jpg is not a readable image" in failed[0]
+    assert err.endswith("1 image of 2 could not be read (listed above); exit status 1\n")
     record = json.loads((tmp_path / "out" / "a.png" / "masks.json").read_text())
     assert record["image_size"] == {"height": 120, "width": 160} and record["masks"]
     stamp = (tmp_path / "out" / "a.png" / "masks.json").stat().st_mtime_ns
@@ -130,6 +132,7 @@ def test_masks_smaller_than_a_cell_are_deduplicated_and_min_area_is_inclusive(
         ({"points_per_side": 2.5}, "points_per_side=2.5: expected an integer >= 1"),
         ({"points_per_side": True}, "points_per_side=True: expected an integer >= 1"),
         ({"points_per_batch": 0}, "points_per_batch=0: expected an integer >= 1"),
+        ({"points_per_side": 257}, "points_per_side=257: expected at most 256"),
         ({"nms_thresh": 2.0}, r"nms_thresh=2.0: expected a finite number in \[0.0, 1.0\]"),
         ({"nms_thresh": True}, r"nms_thresh=True: expected a finite number in \[0.0, 1.0\]"),
         (

@@ -163,6 +163,43 @@ def test_a_single_image_follows_the_same_rule(
     assert "settings" in json.loads((out / "masks.json").read_text())
 
 
+def test_results_of_another_image_are_redone_not_skipped(
+    folder: Path, tmp_path: Path, mobilesam_checkpoint: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Same settings, other image: an image replaced under its name, another image sent to
+    the same --out, and results without a recorded image sha256 are all redone."""
+    from ovsam.weight_sources import sha256_file
+
+    redone = "1 image not the image its results were made from (or made before ovsam "
+    redone += "recorded it): redone\n"
+    out = tmp_path / "out"
+    assert _everything(folder, out, mobilesam_checkpoint) == 0
+    kept = _stamps(out, ["a.jpg"])
+    Image.fromarray(make_scene(5, 80, 100)[0]).save(folder / "a.png")  # replaced
+    capsys.readouterr()
+    assert _everything(folder, out, mobilesam_checkpoint) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("1 image already done, skipped\n" + redone)
+    record = json.loads((out / "a.png" / "masks.json").read_text())
+    assert record["image_sha256"] == sha256_file(folder / "a.png")
+    assert (record["image_size"]["height"], record["image_size"]["width"]) == (80, 100)
+    assert _stamps(out, ["a.jpg"]) == kept
+
+    single = tmp_path / "single"
+    assert _everything(folder / "a.png", single, mobilesam_checkpoint) == 0
+    capsys.readouterr()
+    assert _everything(folder / "a.jpg", single, mobilesam_checkpoint) == 0  # another image
+    assert capsys.readouterr().out.startswith(redone)
+    assert json.loads((single / "masks.json").read_text())["image"] == str(folder / "a.jpg")
+    record = json.loads((single / "masks.json").read_text())
+    del record["image_sha256"]  # as written before ovsam recorded it
+    (single / "masks.json").write_text(json.dumps(record))
+    assert _everything(folder / "a.jpg", single, mobilesam_checkpoint) == 0
+    assert capsys.readouterr().out.startswith(redone)
+    assert _everything(folder / "a.jpg", single, mobilesam_checkpoint) == 0
+    assert capsys.readouterr().out == "1 image already done, skipped\n"
+
+
 def test_random_recognition_is_announced_marked_and_recorded(
     folder: Path,
     tmp_path: Path,
@@ -227,3 +264,18 @@ def test_a_caption_near_the_right_edge_is_drawn_whole() -> None:
     assert cols.max() - cols.min() + 1 == right - left + 2 * CAPTION_PAD + 1  # not cut off
     ink = np.nonzero(np.all(band > 200, axis=-1))[1]  # the white text
     assert ink.size and ink.max() <= width - 1 - CAPTION_PAD
+
+
+def test_a_grid_too_large_is_refused_before_the_model_is_built(
+    folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr("ovsam.build.build_model", no_model)
+    argv = ["everything", str(folder), "--out", str(tmp_path / "out")]
+    assert main([*argv, "--points-per-side", "100000"]) == 2
+    assert capsys.readouterr().err == (
+        "ovsam everything: error: points_per_side=100000: expected at most 256\n"
+    )
+    assert not (tmp_path / "out").exists()

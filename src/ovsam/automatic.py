@@ -93,6 +93,45 @@ class Candidates:
         )
 
 
+# Largest grid: 256 x 256 = 65,536 clicks, minutes per image on a GPU and hours on a CPU.
+MAX_POINTS_PER_SIDE = 256
+
+
+def check_generator_settings(settings: dict[str, Any]) -> None:
+    """Raise :class:`InputError` naming the first :class:`AutomaticMaskGenerator` setting (by
+    field name, any subset) no run can use, before any model is built or image embedded.
+
+    Counts (``min_mask_area`` is a pixel count) must be integers (``points_per_side`` at most
+    :data:`MAX_POINTS_PER_SIDE`), thresholds real numbers (Python's or numpy's; booleans are
+    refused)."""
+    counts = (("points_per_side", 1, MAX_POINTS_PER_SIDE), ("points_per_batch", 1, None))
+    for name, least, most in (*counts, ("min_mask_area", 0, None)):
+        if name not in settings:
+            continue
+        value = settings[name]
+        if isinstance(value, bool) or not isinstance(value, Integral) or value < least:
+            raise InputError(f"{name}={value!r}: expected an integer >= {least}")
+        if most is not None and value > most:
+            raise InputError(f"{name}={value!r}: expected at most {most}")
+    for name, low, high in (
+        ("pred_iou_thresh", -math.inf, 1.0),  # predicted IoUs: ~[0, 1]; negative keeps all
+        ("stability_score_thresh", 0.0, 1.0),
+        ("stability_score_offset", 0.0, math.inf),
+        ("nms_thresh", 0.0, 1.0),
+    ):
+        if name not in settings:
+            continue
+        value = settings[name]
+        if isinstance(value, bool) or not (
+            isinstance(value, Real) and math.isfinite(value) and low <= value <= high
+        ):
+            if high == math.inf:
+                bounds = f" >= {low}" * (low > -math.inf)
+            else:
+                bounds = f" <= {high}" if low == -math.inf else f" in [{low}, {high}]"
+            raise InputError(f"{name}={value!r}: expected a finite number{bounds}")
+
+
 @dataclass
 class AutomaticMaskGenerator:
     """Generate masks for every object in an image with a :class:`SamPredictor`.
@@ -148,29 +187,10 @@ class AutomaticMaskGenerator:
         return sorted(records, key=lambda r: -r["area"])
 
     def _check_settings(self) -> None:
-        """Raise :class:`InputError` naming the first setting no run can use.
-
-        Counts (``min_mask_area`` is a pixel count) must be integers, thresholds real numbers
-        (Python's or numpy's; booleans are refused)."""
-        for name, least in (("points_per_side", 1), ("points_per_batch", 1), ("min_mask_area", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, Integral) or value < least:
-                raise InputError(f"{name}={value!r}: expected an integer >= {least}")
-        for name, low, high in (
-            ("pred_iou_thresh", -math.inf, 1.0),  # predicted IoUs: ~[0, 1]; negative keeps all
-            ("stability_score_thresh", 0.0, 1.0),
-            ("stability_score_offset", 0.0, math.inf),
-            ("nms_thresh", 0.0, 1.0),
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not (
-                isinstance(value, Real) and math.isfinite(value) and low <= value <= high
-            ):
-                if high == math.inf:
-                    bounds = f" >= {low}" * (low > -math.inf)
-                else:
-                    bounds = f" <= {high}" if low == -math.inf else f" in [{low}, {high}]"
-                raise InputError(f"{name}={value!r}: expected a finite number{bounds}")
+        """:func:`check_generator_settings` of this generator's settings."""
+        check_generator_settings(
+            {f.name: getattr(self, f.name) for f in fields(self) if f.name != "predictor"}
+        )
 
     def _candidates(self, points: np.ndarray, stride: int) -> Candidates:
         """Decode ``Nx2`` XY pixel clicks (each gives the model's multimask candidates) and

@@ -67,10 +67,14 @@ def write_result(
 
     ``image`` HxWx3 uint8 RGB; ``mask`` HxW bool. ``extra`` entries (model name, labels...)
     are merged into the JSON; ``caption`` is drawn on the overlay. Returns the paths.
+
+    The three files form one set: everything is encoded first, then an old ``result.json``
+    is removed, the PNGs are written (each atomically) and ``result.json`` comes last, so
+    that an interrupted run never leaves a ``result.json`` beside pictures of another run.
     """
     out = Path(out_dir)
     paths = {"mask": out / "mask.png", "overlay": out / "overlay.png", "json": out / "result.json"}
-    atomic_write_bytes(paths["mask"], png_bytes(np.where(mask, 255, 0).astype(np.uint8)))
+    mask_png = png_bytes(np.where(mask, 255, 0).astype(np.uint8))
     picture = overlay(
         image,
         [mask],
@@ -81,12 +85,15 @@ def write_result(
         point_labels=np.asarray(prompt.point_labels) if prompt.points else None,
         boxes=None if prompt.box is None else np.asarray(prompt.box)[None],
     )
-    atomic_write_bytes(paths["overlay"], png_bytes(picture))
+    overlay_png = png_bytes(picture)
     record = {
         "image_size": {"height": int(image.shape[0]), "width": int(image.shape[1])},
         "prompt": prompt.to_json(),
         **mask_record(mask, score),
         **(extra or {}),
     }
+    paths["json"].unlink(missing_ok=True)
+    atomic_write_bytes(paths["mask"], mask_png)
+    atomic_write_bytes(paths["overlay"], overlay_png)
     atomic_write_json(paths["json"], record)
     return paths

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,11 +32,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "write overlay.png and masks.json (COCO RLE per mask) into --out, or, for a folder, "
         "into --out/<image file name>/ per image (subfolders are not searched; their number is "
         "printed). --out/settings.json records the settings: a re-run with the same settings "
-        "skips the images already done, one with other settings is refused unless --overwrite.",
+        "skips the images already done, one with other settings is refused unless --overwrite. "
+        "Exit status 1 when some images of a folder could not be read (each is named).",
     )
     parser.add_argument("image", type=Path, help="image file or folder of images")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--points-per-side", type=int, default=32, help="grid size (default 32)")
+    parser.add_argument(
+        "--points-per-side", type=int, default=32, help="grid size, 1 to 256 (default 32)"
+    )
     parser.add_argument(
         "--pred-iou-thresh", type=float, default=0.88, help="keep masks scored above (default 0.88)"
     )
@@ -121,11 +125,12 @@ def segment_everything(
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ovsam.automatic import AutomaticMaskGenerator
+    from ovsam.automatic import AutomaticMaskGenerator, check_generator_settings
     from ovsam.build import build_model
     from ovsam.cli.everything_jobs import (
         RESULT_FILE,
         SETTINGS_FILE,
+        file_sha256,
         finished_jobs,
         list_jobs,
         subfolder_count,
@@ -138,10 +143,17 @@ def run(args: argparse.Namespace) -> int:
     from ovsam.recognizers import build_labeled_predictor, recognition_record
     from ovsam.visualize import overlay
 
+    generator_settings = {
+        "points_per_side": args.points_per_side,
+        "pred_iou_thresh": args.pred_iou_thresh,
+        "stability_score_thresh": args.stability_thresh,
+        "min_mask_area": args.min_area,
+    }
+    check_generator_settings(generator_settings)  # before any model is built
     jobs = list_jobs(args.image, args.out)
     options = label_options(args)
     settings = run_settings(args, options)
-    done = finished_jobs(jobs, args.out, settings, args.overwrite)
+    done, changed = finished_jobs(jobs, args.out, settings, args.overwrite)
     if args.image.is_dir() and (subfolders := subfolder_count(args.image, args.out)):
         print(
             f"{_plural(subfolders, 'subfolder')} of {args.image} not searched: only the images "
@@ -149,6 +161,11 @@ def run(args: argparse.Namespace) -> int:
         )
     if done:
         print(f"{_plural(len(done), 'image')} already done, skipped")
+    if changed:
+        print(
+            f"{_plural(len(changed), 'image')} not the image its results were made from (or "
+            "made before ovsam recorded it): redone"
+        )
     todo = [job for job in jobs if job not in done]
     if not todo:
         return 0
@@ -159,22 +176,17 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"labels ({options.recognizer}): {options.describe_weights()}")
         predictor = build_labeled_predictor(options, args.model, args.checkpoint, args.device)
-    generator = AutomaticMaskGenerator(
-        predictor,
-        points_per_side=args.points_per_side,
-        pred_iou_thresh=args.pred_iou_thresh,
-        stability_score_thresh=args.stability_thresh,
-        min_mask_area=args.min_area,
-    )
+    generator = AutomaticMaskGenerator(predictor, **generator_settings)
     failures = 0
     settings_written = False
     for image_path, out in tqdm(todo, desc="images", disable=len(todo) == 1):
         try:
+            digest = file_sha256(image_path)
             image = load_image(image_path)
         except InputError as exc:
             if len(jobs) == 1:
                 raise
-            print(f"skipped: {exc}")
+            tqdm.write(f"failed: {exc}", file=sys.stderr)  # on a line of its own, not the bar's
             failures += 1
             continue
         records, captions = segment_everything(image, generator, predictor, options)
@@ -189,6 +201,7 @@ def run(args: argparse.Namespace) -> int:
             out / RESULT_FILE,
             {
                 "image": str(image_path),
+                "image_sha256": digest,
                 "image_size": {"height": int(image.shape[0]), "width": int(image.shape[1])},
                 "masks": [{k: v for k, v in r.items() if k != "segmentation"} for r in records],
                 **recognition_record(options),
@@ -196,4 +209,10 @@ def run(args: argparse.Namespace) -> int:
             },
         )
         print(f"{image_path}: {len(records)} masks -> {out}")
+    if failures:
+        print(
+            f"{_plural(failures, 'image')} of {len(todo)} could not be read (listed above); "
+            "exit status 1",
+            file=sys.stderr,
+        )
     return 1 if failures else 0

@@ -11,7 +11,10 @@ Resuming: ``--out/settings.json`` records the settings the results were made wit
 ``masks.json`` its own. A run with other settings than those recorded (or over results
 without recorded settings, made by an older ovsam) is refused unless ``--overwrite`` is
 given; otherwise an image is skipped when its ``masks.json`` was made with these settings
-(so an interrupted ``--overwrite`` run resumes too).
+from this very image (so an interrupted ``--overwrite`` run resumes too). ``masks.json``
+records the sha256 of the image file it was made from: a result of another image (an image
+replaced under the same name, or another image sent to the same ``--out``) or without that
+record is redone.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 
 from ovsam.errors import InputError
 from ovsam.run_settings import read_settings, settings_changes
+from ovsam.weight_sources import sha256_file
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 SETTINGS_FILE = "settings.json"
@@ -77,28 +81,36 @@ def subfolder_count(source: Path, out: Path) -> int:
     return sum(1 for p in source.iterdir() if p.is_dir() and p.resolve() != target)
 
 
-def result_settings(folder: Path) -> Settings | None:
-    """The settings recorded in ``folder/masks.json``; None when there is no readable result
-    (missing or unreadable: redone) and ``{}`` for a result without settings (older ovsam)."""
+def file_sha256(path: Path) -> str | None:
+    """sha256 of the file at ``path`` (hex), None when it cannot be read."""
+    try:
+        return sha256_file(path)
+    except OSError:
+        return None
+
+
+def read_result(folder: Path) -> dict[str, Any] | None:
+    """``folder/masks.json`` as a dict; None when there is no readable result (redone)."""
     try:
         result = json.loads((folder / RESULT_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(result, dict):
-        return None
-    saved = result.get("settings")
-    return saved if isinstance(saved, dict) else {}
+    return result if isinstance(result, dict) else None
 
 
-def finished_jobs(jobs: Sequence[Job], out: Path, settings: Settings, overwrite: bool) -> list[Job]:
-    """The jobs whose ``masks.json`` was made with ``settings`` (to skip; none with
-    ``overwrite``), after refusing to resume over results made with other settings.
+def finished_jobs(
+    jobs: Sequence[Job], out: Path, settings: Settings, overwrite: bool
+) -> tuple[list[Job], list[Job]]:
+    """``(done, changed)``: the jobs whose ``masks.json`` was made with ``settings`` from the
+    image file as it is now (to skip; none with ``overwrite``), and those made with
+    ``settings`` from another image or with no image sha256 recorded (to redo), after
+    refusing to resume over results made with other settings.
 
     Raises :class:`InputError` (one line) when ``out/settings.json`` records other settings
     or is unreadable, or, without it, when a job's ``masks.json`` was made with other (or
     unrecorded) settings; ``overwrite`` allows both."""
     if overwrite:
-        return []
+        return [], []
     path = out / SETTINGS_FILE
     recorded = path.is_file()
     if recorded:
@@ -108,14 +120,22 @@ def finished_jobs(jobs: Sequence[Job], out: Path, settings: Settings, overwrite:
                 f"{out} holds results made with other settings "
                 f"({settings_changes(saved, settings)}): {OVERWRITE_HINT}"
             )
-    done = []
+    done, changed = [], []
     for job in jobs:
-        saved = result_settings(job[1])
+        result = read_result(job[1])
+        if result is None:
+            continue  # never finished (or failed): redone
+        saved = result.get("settings")
+        saved = saved if isinstance(saved, dict) else {}
         if saved == dict(settings):
-            done.append(job)
-        elif saved is not None and not recorded:
+            same = result.get("image_sha256") == file_sha256(job[0])
+            (done if same else changed).append(job)
+        elif not recorded:
             why = settings_changes(saved, settings) if saved else "not recorded: an older ovsam"
             raise InputError(
                 f"{job[1] / RESULT_FILE} was made with other settings ({why}): {OVERWRITE_HINT}"
             )
-    return done  # the others (failed, or left by an interrupted --overwrite run) are redone
+    return (
+        done,
+        changed,
+    )  # the others (failed, or left by an interrupted --overwrite run) are redone
