@@ -6,7 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
+import ovsam.build as build
 from ovsam.assets import SAMPLE_BOX, SAMPLE_PHOTO
 from ovsam.cli.main import main
 from ovsam.weights import UrlSource, WeightsSpec
@@ -116,6 +119,91 @@ def test_from_copies_a_verified_file_into_the_cache(
     for argv in (["toy", "mobile_sam", "--from", "mine.bin"], ["--list", "--from", "mine.bin"]):
         assert main(["download", *argv]) == 2
         _one_line(capsys.readouterr().err)
+
+
+@pytest.fixture()
+def unhashed(monkeypatch: pytest.MonkeyPatch) -> WeightsSpec:
+    """Weights ``toy_net_w`` without sha256 or size, the default weights of a registered model
+    ``toy_net`` (an ``nn.Linear(3, 2)``), both registered for the duration of the test."""
+    build.list_models()  # registers the ovsam_* models in the real registry, not the copies
+    monkeypatch.setattr(build, "_MODELS", dict(build._MODELS))
+    monkeypatch.setattr(build, "_ALIASES", dict(build._ALIASES))
+    build.register_model("toy_net", lambda: nn.Linear(3, 2), default_weights="toy_net_w")
+    spec = WeightsSpec("toy_net_w", "toy_net_w.pt", sha256=None, size=None, sources=())
+    register(monkeypatch, spec)
+    return spec
+
+
+@pytest.mark.parametrize(
+    ("state", "expected"),
+    [
+        (nn.Linear(3, 3).state_dict(), "2 shape mismatches: bias: checkpoint (3,) vs model (2,), "
+         "weight: checkpoint (3, 3) vs model (2, 3)"),
+        ({"w": torch.zeros(2, 3), "weight": torch.zeros(2, 3)},
+         "1 missing keys: bias; 1 unexpected keys: w"),
+    ],
+)  # fmt: skip
+def test_from_without_a_sha256_must_fit_the_model_of_the_weights(
+    cache: Path, tmp_path: Path, unhashed: WeightsSpec, capsys: pytest.CaptureFixture,
+    state: dict, expected: str,
+) -> None:  # fmt: skip
+    torch.save(state, tmp_path / "mine.pt")
+    assert main(["download", "toy_net_w", "--from", "mine.pt"]) == 2
+    assert _one_line(capsys.readouterr().err) == (
+        "ovsam download: error: mine.pt is not toy_net_w: it does not fit model toy_net "
+        f"({expected})"
+    )
+    assert not (cache / "weights").exists()  # nothing copied, not even a lock
+    assert main(["download", "--list", "toy_net_w"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[:3] == ["toy_net_w", "not", "downloaded"]
+
+
+@pytest.mark.parametrize("zip_format", [True, False])  # memory-mapped / read as a pickle
+def test_from_without_a_sha256_accepts_a_file_that_fits(
+    cache: Path, tmp_path: Path, unhashed: WeightsSpec, capsys: pytest.CaptureFixture,
+    zip_format: bool,
+) -> None:  # fmt: skip
+    state = nn.Linear(3, 2).state_dict()
+    torch.save(state, tmp_path / "mine.pt", _use_new_zipfile_serialization=zip_format)
+    assert main(["download", "toy_net_w", "--from", "mine.pt"]) == 0
+    assert "toy_net_w.pt: keys and shapes fit model toy_net" in capsys.readouterr().err
+    assert torch.equal(torch.load(cache / "weights" / "toy_net_w.pt")["weight"], state["weight"])
+    assert main(["download", "--list", "toy_net_w"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[:2] == ["toy_net_w", "cached"]
+
+
+def test_from_without_a_sha256_or_a_model_must_be_a_state_dict(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    spec = WeightsSpec("loose_w", "loose_w.bin", sha256=None, size=None, sources=())
+    register(monkeypatch, spec)  # no registered model has it as its weights
+    mine = tmp_path / "mine.bin"
+    mine.write_text("not weights")
+    assert main(["download", "loose_w", "--from", "mine.bin"]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith("ovsam download: error: mine.bin is not loose_w: cannot read checkpoint")
+    assert "not a PyTorch checkpoint" in line
+    torch.save({"step": 3}, mine)
+    assert main(["download", "loose_w", "--from", "mine.bin"]) == 2
+    assert _one_line(capsys.readouterr().err) == (
+        "ovsam download: error: mine.bin is not loose_w: mine.bin does not hold a state dict of "
+        "tensors"
+    )
+    assert not (cache / "weights").exists()
+    torch.save({"w": torch.ones(2)}, mine)
+    assert main(["download", "loose_w", "--from", "mine.bin"]) == 0
+    assert "loose_w.bin: loads as a state dict of tensors" in capsys.readouterr().err
+
+
+def test_from_mobilesam_weights_are_refused_as_sam_vit_b(
+    mobilesam_checkpoint: Path, cache: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert main(["download", "sam_vit_b_01ec64", "--from", str(mobilesam_checkpoint)]) == 2
+    assert _one_line(capsys.readouterr().err).startswith(
+        f"ovsam download: error: {mobilesam_checkpoint} is not sam_vit_b_01ec64: it does not fit "
+        "model sam_vit_b (171 missing keys: image_encoder.blocks.0.attn.proj.bias, "
+    )
+    assert not (cache / "weights").exists()
 
 
 def test_listing_shows_status_size_and_licence(

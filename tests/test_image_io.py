@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import struct
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +14,7 @@ from PIL import Image
 
 from ovsam.assets import SAMPLE_PHOTO
 from ovsam.errors import InputError
-from ovsam.image_io import check_image_array, load_image
+from ovsam.image_io import ImageTooLargeError, check_image_array, load_image
 
 
 def _png(img: Image.Image) -> bytes:
@@ -82,6 +85,47 @@ def test_corrupt_and_non_image_data_are_named(tmp_path: Path) -> None:
 def test_pixel_limit() -> None:
     with pytest.raises(InputError, match="600x400 = 240000 pixels, more than the limit of 1000"):
         load_image(SAMPLE_PHOTO, max_pixels=1000)
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A grayscale PNG that declares ``width`` x ``height`` but holds no pixel data (enough
+    for the size checks, which come before decoding)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    ("data", "max_pixels", "expected"),
+    [  # PIL warns over Image.MAX_IMAGE_PIXELS (89.5 MP): ovsam's limit decides, silently
+        (_png_header(12000, 12000), None, "12000x12000 = 144000000 pixels, more than the limit"),
+        (_png(Image.new("L", (50, 30))), 1000, "50x30 = 1500 pixels, more than the limit of 1000"),
+        (_png(Image.new("L", (50, 30))), 2000, None),  # within ovsam's limit: loads
+        (_png(Image.new("L", (50, 50))), 10_000, "too large to decode safely"),  # PIL's refusal
+    ],
+    ids=["12000x12000", "over-max-pixels", "within-max-pixels", "pil-refusal"],
+)
+def test_pil_decompression_bomb_warning_is_not_shown(
+    monkeypatch: pytest.MonkeyPatch, data: bytes, max_pixels: int | None, expected: str | None
+) -> None:
+    if max_pixels is not None:  # small images: PIL warns over 1000 pixels, refuses over 2000
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    limit = {} if max_pixels is None else {"max_pixels": max_pixels}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        filters = list(warnings.filters)
+        if expected is None:
+            assert load_image(data, **limit).shape == (30, 50, 3)
+        else:
+            with pytest.raises(ImageTooLargeError, match=expected):
+                load_image(data, **limit)
+        assert warnings.filters == filters  # silenced while reading only
+    assert [str(w.message) for w in caught] == []
 
 
 def test_array_checks() -> None:

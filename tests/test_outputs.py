@@ -55,6 +55,34 @@ def test_failed_write_keeps_previous_file(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
 
 
+def test_failed_rename_names_the_target_not_the_temporary_file(tmp_path: Path) -> None:
+    target = tmp_path / "mask.png"
+    target.mkdir()  # e.g. an output folder in the way of the mask file
+    (target / "keep.txt").write_text("mine")
+    with pytest.raises(IsADirectoryError) as raised:
+        atomic_write_bytes(target, b"png")
+    assert raised.value.filename == str(target) and raised.value.filename2 is None
+    assert str(raised.value) == f"[Errno 21] Is a directory: '{target}'"
+    assert [p.name for p in tmp_path.iterdir()] == ["mask.png"]  # temporary file removed
+    assert [p.name for p in target.iterdir()] == ["keep.txt"]
+
+
+def test_unwritable_folder_names_the_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import tempfile
+
+    def refused(prefix: str, suffix: str, dir: Path) -> tuple[int, str]:  # noqa: A002 - mkstemp's
+        raise PermissionError(errno.EACCES, "Permission denied", f"{dir}/{prefix}x{suffix}")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    with pytest.raises(PermissionError) as raised:
+        atomic_write_bytes(tmp_path / "result.json", b"{}")
+    assert raised.value.filename == str(tmp_path / "result.json")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_atomic_writes_get_umask_permissions_and_keep_existing_ones(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -22,15 +22,18 @@ _MAX_KEYS_IN_MESSAGE = 12
 # torch.load(weights_only=True) puts the reason after this in its UnpicklingError.
 _WEIGHTS_ONLY_MARKER = "WeightsUnpickler error:"
 # How torch.save files begin: a zip archive (since torch 1.6) or a pickle (protocol >= 2).
-_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
+_ZIP_MAGIC = b"PK\x03\x04"
+_TORCH_MAGIC = (_ZIP_MAGIC, b"\x80")
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | Path, *, mmap: bool = False) -> dict[str, torch.Tensor]:
     """Read a tensor state dict from ``path`` (``.pt``/``.pth``/``.bin`` or ``.safetensors``).
 
     A dict wrapping the weights under ``state_dict``, ``model`` or ``module`` is unwrapped.
-    Raises :class:`CheckpointError` when the file is missing, a folder, empty, unreadable or
-    not a state dict (:func:`checkpoint_file`).
+    With ``mmap`` a zip-format file (what ``torch.save`` writes since torch 1.6) is memory-mapped
+    rather than read, so that looking at its keys and shapes costs little even for a large
+    file; an older pickle-format file is read as usual. Raises :class:`CheckpointError` when
+    the file is missing, a folder, empty, unreadable or not a state dict (:func:`checkpoint_file`).
     """
     path = checkpoint_file(path)
     try:
@@ -39,7 +42,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
             obj: object = load_file(str(path), device="cpu")
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            mmap = mmap and _head(path).startswith(_ZIP_MAGIC)
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001 - any reader failure means a bad file
         raise _read_failure(path, exc) from exc
     for key in _NESTED_KEYS:
@@ -75,6 +79,12 @@ def checkpoint_file(path: str | Path) -> Path:
     return path
 
 
+def _head(path: Path) -> bytes:
+    """The first 16 bytes of the file at ``path`` (enough to tell its format)."""
+    with open(path, "rb") as fh:
+        return fh.read(16)
+
+
 def _read_failure(path: Path, exc: Exception) -> CheckpointError:
     """Why reading ``path`` failed with ``exc``, as a one-line :class:`CheckpointError`.
 
@@ -85,8 +95,7 @@ def _read_failure(path: Path, exc: Exception) -> CheckpointError:
     """
     detail = str(exc).partition(_WEIGHTS_ONLY_MARKER)[2].strip()
     if not detail:
-        with open(path, "rb") as fh:
-            head = fh.read(16)
+        head = _head(path)
         if path.suffix != ".safetensors" and not head.startswith(_TORCH_MAGIC):
             return CheckpointError(
                 f"checkpoint {path} is not a PyTorch checkpoint (neither a zip archive nor a "
@@ -113,14 +122,11 @@ def _format_keys(keys: list[str]) -> str:
     return shown + (f", ... (+{more} more)" if more > 0 else "")
 
 
-def load_state_dict_strict(
-    model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint"
-) -> int:
-    """Load ``state_dict`` into ``model`` requiring an exact key and shape match.
-
-    Returns the number of tensors loaded. Raises :class:`CheckpointError` naming the
-    missing keys, unexpected keys and shape mismatches (``source`` names the file).
-    """
+def state_dict_mismatch(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> str | None:
+    """How ``state_dict`` fails to fit ``model`` exactly, or None when every key and shape
+    matches: the missing keys, unexpected keys and shape mismatches, each counted and named
+    (the first few), ``; ``-separated. Only keys and shapes are compared, so ``model`` may
+    live on the ``meta`` device."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -136,10 +142,22 @@ def load_state_dict_strict(
         problems.append(f"{len(unexpected)} unexpected keys: {_format_keys(unexpected)}")
     if mismatched:
         problems.append(f"{len(mismatched)} shape mismatches: {_format_keys(mismatched)}")
-    if problems:
+    return "; ".join(problems) or None
+
+
+def load_state_dict_strict(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint"
+) -> int:
+    """Load ``state_dict`` into ``model`` requiring an exact key and shape match.
+
+    Returns the number of tensors loaded. Raises :class:`CheckpointError` naming the
+    missing keys, unexpected keys and shape mismatches (``source`` names the file).
+    """
+    mismatch = state_dict_mismatch(model, state_dict)
+    if mismatch is not None:
         raise CheckpointError(
             f"{source} does not fit {type(model).__name__} (wrong checkpoint for this model?): "
-            + "; ".join(problems)
+            + mismatch
         )
     model.load_state_dict(state_dict, strict=True)
     return len(state_dict)

@@ -36,21 +36,34 @@ def _new_file_mode(target: Path) -> int:
         return 0o666 & ~_UMASK
 
 
+def _naming_target(exc: OSError, target: Path) -> OSError:
+    """``exc`` (same errno, so the same ``OSError`` subclass) naming ``target`` as its file."""
+    return OSError(exc.errno, exc.strerror, str(target))
+
+
 @contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success rename it over ``target``.
 
-    On an exception the temporary file is removed and ``target`` is left untouched.
+    On an exception the temporary file is removed and ``target`` is left untouched. When the
+    temporary file cannot be made or renamed over ``target`` (e.g. ``target`` is a folder, or
+    its folder is not writable), the ``OSError`` names ``target``, not the temporary file.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise _naming_target(exc, target) from exc
     os.fchmod(fd, _new_file_mode(target))  # mkstemp makes 0600 files
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise _naming_target(exc, target) from exc
     finally:
         tmp.unlink(missing_ok=True)
 

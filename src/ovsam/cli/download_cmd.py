@@ -26,7 +26,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         dest="from_file",
         type=Path,
         metavar="FILE",
-        help="add a file you downloaded yourself as NAME's weights (verified, then copied)",
+        help="add a file you downloaded yourself as NAME's weights (verified: size and sha256 "
+        "where published, else it must load safely and fit its model's keys and shapes; then "
+        "copied)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.set_defaults(run=run)
