@@ -41,6 +41,28 @@ def test_write_result_files(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.png", "overlay.png", "result.json"]
 
 
+def test_an_interrupted_write_never_leaves_result_json_beside_other_pictures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """result.json goes first and comes back last: stopped between the PNGs, the folder holds
+    no result.json that would describe the old pictures (or the new mask with an old overlay)."""
+    image, mask = _scene()
+    write_result(tmp_path, image, mask, 0.9, Prompt(box=(20, 10, 50, 30)))
+    written = []
+
+    def stopped_at_overlay(path: Path, data: bytes) -> None:
+        if Path(path).name == "overlay.png":
+            raise KeyboardInterrupt
+        written.append(Path(path).name)
+        atomic_write_bytes(path, data)
+
+    monkeypatch.setattr("ovsam.outputs.atomic_write_bytes", stopped_at_overlay)
+    with pytest.raises(KeyboardInterrupt):
+        write_result(tmp_path, image, ~mask, 0.5, Prompt(points=[(5.0, 5.0)], point_labels=[1]))
+    assert written == ["mask.png"] and not (tmp_path / "result.json").exists()
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "mask.png")) == 255, ~mask)
+
+
 def test_failed_write_keeps_previous_file(tmp_path: Path) -> None:
     target = tmp_path / "result.json"
     target.write_text("old")
