@@ -343,7 +343,8 @@ def test_mask_ap_of_perfect_masks_is_100(tmp_path: Path) -> None:
         order = [int(np.argmin(np.abs(item.boxes - b).sum(1))) for b in boxes]
         return item.masks[order]
 
-    results = segment_detections(oracle, data, tmp_path / "coco" / "images", detections)
+    results, unreadable = segment_detections(oracle, data, tmp_path / "coco" / "images", detections)
+    assert unreadable == {}
     assert len(results) == len(detections)
     stats = mask_ap(path, results, tmp_path / "out")
     assert stats["AP"] == pytest.approx(100.0) and stats["AP50"] == pytest.approx(100.0)
@@ -405,3 +406,92 @@ def test_an_rle_of_another_size_than_its_image_is_a_one_line_error(
     message = str(caught.value)
     assert f"annotation id {ann['id']} (image id {ann['image_id']})" in message
     assert "mask is 10x10 but the image is 96x128" in message and "\n" not in message
+
+
+def test_unreadable_images_are_skipped_with_their_reason_and_not_retried(
+    annotations: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    images = tmp_path / "coco" / "images"
+    oracle = Oracle(ov_dataset(annotations, images))  # reads every image while they are intact
+    corrupt = images / "000002.png"
+    corrupt.write_bytes(corrupt.read_bytes()[:200])  # truncated
+    broken = next(a for a in annotations["annotations"] if a["image_id"] == 3)
+    broken["segmentation"] = {"size": [96, 128], "counts": [100, 20]}  # sums to 120, not 96x128
+    dataset = ov_dataset(annotations, images)
+    selection = select_images(annotations, dataset)
+    records = evaluate_rank(oracle, dataset, coco_ov_splits(), tmp_path / "out")
+    warnings = capsys.readouterr().err
+    assert f"warning: skipped image id 2: image file {corrupt} is corrupt or truncated" in warnings
+    assert (
+        f"warning: skipped image id 3: annotation id {broken['id']} (image id 3): cannot decode"
+        " its segmentation: RLE counts sum to 120, expected 96x128=12288"
+    ) in warnings
+    metrics = write_report(tmp_path / "out", "oracle", selection)
+    assert {r.image_id for r in records} == {1, 4} and metrics["instances"] == len(records)
+    assert (metrics["images_evaluated"], metrics["images_skipped_unreadable"]) == (2, 2)
+    assert metrics["images_skipped"] == 2 and metrics["images_missing"] == 0
+    assert metrics["instances_unreadable"] == selection.usable[2] + selection.usable[3]
+    assert metrics["instances"] + metrics["instances_unreadable"] == sum(selection.usable.values())
+    assert [row["image_id"] for row in metrics["unreadable_images"]] == [2, 3]
+    assert str(corrupt) in metrics["unreadable_images"][0]["reason"]
+    assert "skipped images: 2 (2 unreadable); annotations of unreadable images" in summary_line(
+        metrics
+    )
+    # resumed: the unreadable images are not retried, and the counts do not change
+    log = (tmp_path / "out" / "records.rank0.jsonl").read_text()
+    evaluate_rank(oracle, dataset, coco_ov_splits(), tmp_path / "out")
+    assert "warning" not in capsys.readouterr().err
+    assert (tmp_path / "out" / "records.rank0.jsonl").read_text() == log
+    assert write_report(tmp_path / "out", "oracle", selection) == metrics
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text()) == {
+        "method": "oracle",
+        **metrics,
+    }
+
+
+def test_a_detection_box_that_is_no_prompt_counts_with_an_empty_mask(tmp_path: Path) -> None:
+    """COCO's tooling scores every detection: a sub-pixel box, or one outside its image, keeps
+    its score with an empty mask (so it is a false positive), and is never prompted."""
+    pytest.importorskip("pycocotools")
+    from ovsam.evaluation.mask_ap import mask_ap, segment_detections
+    from ovsam.masks import encode_rle
+
+    path = write_tiny_coco(tmp_path / "coco", images=2)
+    data = json.loads(path.read_text())
+    dataset = InstanceDataset(data, tmp_path / "coco" / "images")
+    items = [dataset[i] for i in range(len(dataset))]
+    prompted: list[np.ndarray] = []
+
+    def oracle(image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        prompted.extend(boxes)
+        item = next(it for it in items if np.array_equal(it.image, image))
+        return item.masks[[int(np.argmin(np.abs(item.boxes - b).sum(1))) for b in boxes]]
+
+    good = [
+        {
+            "image_id": a["image_id"],
+            "category_id": a["category_id"],
+            "bbox": a["bbox"],
+            "score": 0.9,
+        }
+        for a in data["annotations"]
+    ]
+    no_prompt = [  # above the good ones: they lower AP
+        {"image_id": 1, "category_id": 1, "bbox": [10, 10, 0.4, 10], "score": 0.95},
+        {"image_id": 2, "category_id": 3, "bbox": [500, 10, 20, 20], "score": 0.97},
+        {"image_id": 2, "category_id": 17, "bbox": [40, 96, 10, 0], "score": 0.99},
+    ]
+    results, _ = segment_detections(oracle, data, tmp_path / "coco" / "images", good + no_prompt)
+    assert len(results) == len(good) + len(no_prompt) and len(prompted) == len(good)
+    empty = encode_rle(np.zeros((96, 128), dtype=bool))
+    expected, _ = segment_detections(oracle, data, tmp_path / "coco" / "images", good)
+    expected += [
+        {"image_id": d["image_id"], "category_id": d["category_id"], "score": d["score"],
+         "segmentation": empty}
+        for d in no_prompt
+    ]  # fmt: skip
+    stats = mask_ap(path, results, tmp_path / "a")
+    assert stats == mask_ap(path, expected, tmp_path / "b") and stats["AP"] < 99.0
+    assert mask_ap(path, expected[: len(good)], tmp_path / "c")["AP"] == pytest.approx(100.0)
+    only_no_prompts, _ = segment_detections(oracle, data, tmp_path / "coco" / "images", no_prompt)
+    assert len(only_no_prompts) == 3 and len(prompted) == 2 * len(good)  # segment never called

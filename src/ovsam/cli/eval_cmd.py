@@ -18,6 +18,7 @@ from ovsam.cli.segment_cmd import add_clip_arguments, add_model_arguments, recog
 
 if TYPE_CHECKING:
     from ovsam.data.instances import InstanceDataset
+    from ovsam.evaluation.runner import InstancePredictor
     from ovsam.recognizers import LabelOptions
 
 
@@ -130,22 +131,44 @@ def run(args: argparse.Namespace) -> int:
         print((args.out / "table.md").read_text(encoding="utf-8"), end="")
         print(f"{summary_line(metrics)} -> {args.out / 'metrics.json'}")
         if detections is not None:
-            from ovsam.evaluation.mask_ap import format_stats, mask_ap, segment_detections
-
-            adapter = LabeledPredictorAdapter(predictor)
-            results = segment_detections(
-                lambda image, boxes: adapter.predict_instances(image, boxes, None)[0],
-                data, args.images, detections,
+            unreadable = {row["image_id"] for row in metrics["unreadable_images"]}
+            _report_mask_ap(
+                args, LabeledPredictorAdapter(predictor), data, selection.image_ids,
+                list(dataset.categories), detections, unreadable,
             )  # fmt: skip
-            stats = mask_ap(
-                args.annotations, results, args.out, selection.image_ids, dataset.categories
-            )
-            print(
-                f"mask AP ({len(selection.image_ids)} images, {len(dataset.categories)} classes, "
-                f"{len(detections)} detections): {format_stats(stats)}"
-            )
     shutdown()
     return 0
+
+
+def _report_mask_ap(
+    args: argparse.Namespace,
+    adapter: InstancePredictor,
+    data: dict[str, Any],
+    image_ids: Sequence[int],
+    category_ids: Sequence[int],
+    detections: list[dict[str, Any]],
+    unreadable: set[int],
+) -> None:
+    """Mask AP of the masks ``adapter`` decodes from the ``detections`` boxes, over the images
+    ``image_ids`` and classes ``category_ids`` (``data``: the annotation file). The images the
+    evaluation found ``unreadable`` (image or annotations), and those whose file cannot be read
+    now, are left out of it (one warning each for the latter)."""
+    from ovsam.evaluation.mask_ap import format_stats, mask_ap, segment_detections
+
+    results, failed = segment_detections(
+        lambda image, boxes: adapter.predict_instances(image, boxes, None)[0],
+        data, args.images, [d for d in detections if d["image_id"] not in unreadable],
+    )  # fmt: skip
+    for image_id, reason in failed.items():
+        print(f"warning: mask AP leaves out image id {image_id}: {reason}", file=sys.stderr)
+    left_out = unreadable | set(failed)
+    kept = [i for i in image_ids if i not in left_out]
+    stats = mask_ap(args.annotations, results, args.out, kept, category_ids)
+    skipped = len(image_ids) - len(kept)
+    print(
+        f"mask AP ({len(kept)} images{f' ({skipped} unreadable left out)' if skipped else ''}, "
+        f"{len(category_ids)} classes, {len(results)} detections): {format_stats(stats)}"
+    )
 
 
 def _image_paths(

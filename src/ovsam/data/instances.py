@@ -138,16 +138,23 @@ class InstanceDataset:
         return self.image_root / image_file_name(self.images[index])
 
     def __getitem__(self, index: int) -> Instances:
+        """Image ``index`` and its instances. An image file that cannot be read, or an
+        annotation whose mask cannot be decoded (or has another size than the image), is an
+        :class:`InputError` naming the file, or the annotation id and the image id."""
         info = self.images[index]
         image = load_image(self.image_path(index))
         height, width = image.shape[:2]
         boxes, masks, ids = [], [], []
         for ann in self._annotations[info["id"]]:
-            mask = annotation_mask(ann["segmentation"], height, width)
+            where = f"annotation id {ann.get('id')} (image id {info['id']})"
+            try:
+                mask = annotation_mask(ann["segmentation"], height, width)
+            except (InputError, ValueError, TypeError) as exc:
+                raise InputError(f"{where}: cannot decode its segmentation: {exc}") from exc
             if mask.shape != (height, width):
                 raise InputError(
-                    f"annotation id {ann.get('id')} (image id {info['id']}): its mask is "
-                    f"{mask.shape[0]}x{mask.shape[1]} but the image is {height}x{width} (HxW)"
+                    f"{where}: its mask is {mask.shape[0]}x{mask.shape[1]} but the image is "
+                    f"{height}x{width} (HxW)"
                 )
             ys, xs = np.nonzero(mask)
             if xs.size == 0:
@@ -207,30 +214,45 @@ _FIELDS = {  # list -> (singular, fields the dataset reads)
     "categories": ("category", ("id", "name")),
     "annotations": ("annotation", ("image_id", "category_id", "segmentation")),
 }
+#: list -> its fields that hold ids (COCO ids are integers; an annotation's own ``id`` is optional)
+_ID_FIELDS = {
+    "images": ("id",),
+    "categories": ("id",),
+    "annotations": ("id", "image_id", "category_id"),
+}
 
 
 def check_annotations(data: Mapping[str, Any], source: str) -> None:
     """:class:`InputError` naming ``source`` and the first entry that lacks a field read here,
-    or the first image or category id given twice."""
+    holds an id that is not an integer (image, category and annotation ids, an annotation's
+    ``image_id`` and ``category_id``), or the first image or category id given twice."""
     for key, (singular, fields) in _FIELDS.items():
         if not isinstance(data.get(key), list):
             raise InputError(f"{source} has no {key!r} list: not COCO / LVIS instances")
         for index, entry in enumerate(data[key]):
             if not isinstance(entry, Mapping):
                 raise InputError(f"{source}: {key}[{index}] is not a JSON object")
+            what = f"{key}[{index}]"
+            if _is_int(entry.get("id")):
+                what = f"{singular} id {entry['id']}"
             for field in fields:
                 if field not in entry:
-                    what = f"{singular} id {entry['id']}" if "id" in entry else f"{key}[{index}]"
                     raise InputError(f"{source}: {what} has no {field!r}")
+            for field in _ID_FIELDS[key]:
+                if field in entry and not _is_int(entry[field]):
+                    name = f"{singular} id" if field == "id" else f"{what}: {field}"
+                    raise InputError(
+                        f"{source}: {name} {entry[field]!r} is not an integer (COCO ids are)"
+                    )
     for key in ("images", "categories"):
-        seen: set[object] = set()
+        seen: set[int] = set()
         for entry in data[key]:
-            if isinstance(entry["id"], bool) or not isinstance(entry["id"], int | str):
-                raise InputError(
-                    f"{source}: {_FIELDS[key][0]} id {entry['id']!r} is not an integer"
-                )
             if entry["id"] in seen:
                 raise InputError(
                     f"{source}: {_FIELDS[key][0]} id {entry['id']} appears more than once"
                 )
             seen.add(entry["id"])
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -4,9 +4,12 @@ The selection is the first ``--limit`` images of the annotation file (all withou
 file's order. Each selected image is either prompted (it has usable instances in the dataset) or
 skipped for a reason counted in ``metrics.json``: no annotations at all, only crowd annotations
 of the evaluated classes (the protocol ignores crowds), only annotations of classes outside the
-split, or (known only once prompted) only annotations with an empty mask. Annotations of the
-evaluated classes whose mask is empty are counted as ``instances_skipped``; a prompted image
-without records (a rank that never wrote them) as ``images_missing``, so nothing vanishes.
+split, or (known only once read) only annotations with an empty mask, or an image file that
+cannot be read or an annotation that cannot be decoded (``unreadable``: each such image with its
+reason in ``unreadable_images``). Annotations of the evaluated classes whose mask is empty are
+counted as ``instances_skipped``, those of unreadable images as ``instances_unreadable``; a
+prompted image without records (a rank that never wrote them) as ``images_missing``, so nothing
+vanishes.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ SKIP_REASONS: dict[str, str] = {
     "only_crowd": "with only crowd annotations",
     "only_other_classes": "with only classes outside the split",
     "empty_masks": "with only empty masks",
+    "unreadable": "unreadable",
 }
 
 
@@ -84,21 +88,35 @@ def _reason(counts: Counter[str]) -> str:
     return "only_other_classes" if counts["other"] else "no_annotations"
 
 
-def account(selection: Selection, done: Mapping[int, Sequence[InstanceRecord]]) -> dict[str, int]:
-    """Image and instance counts of ``selection`` given the records ``done`` per image:
-    ``images`` = ``images_evaluated`` + ``images_skipped`` + ``images_missing``, the skips
-    split by reason (``images_skipped_<reason>``), and ``instances_skipped``."""
+def account(
+    selection: Selection,
+    done: Mapping[int, Sequence[InstanceRecord]],
+    unreadable: Mapping[int, str] | None = None,
+) -> dict[str, Any]:
+    """Image and instance counts of ``selection`` given the records ``done`` per image and the
+    reason per ``unreadable`` image: ``images`` = ``images_evaluated`` + ``images_skipped`` +
+    ``images_missing``, the skips split by reason (``images_skipped_<reason>``),
+    ``instances_skipped`` (empty masks), ``instances_unreadable`` (the annotations of the
+    unreadable images, not evaluated) and ``unreadable_images`` (``[{"image_id", "reason"}]``)."""
     reasons = Counter(selection.skipped.values())
+    unreadable = unreadable or {}
+    bad = {
+        i: unreadable[i]
+        for i in selection.image_ids
+        if i in selection.usable and i in unreadable and i not in done
+    }
     present = [i for i in selection.image_ids if i in selection.usable and i in done]
     reasons["empty_masks"] += sum(not done[i] for i in present)
-    skipped = sum(reasons.values())
+    reasons["unreadable"] += len(bad)
     return {
         "images": len(selection.image_ids),
         "images_evaluated": len(present) - reasons["empty_masks"],
-        "images_skipped": skipped,
+        "images_skipped": sum(reasons.values()),
         **{f"images_skipped_{reason}": reasons[reason] for reason in SKIP_REASONS},
-        "images_missing": len(selection.usable) - len(present),
+        "images_missing": len(selection.usable) - len(present) - len(bad),
         "instances_skipped": sum(selection.usable[i] - len(done[i]) for i in present),
+        "instances_unreadable": sum(selection.usable[i] for i in bad),
+        "unreadable_images": [{"image_id": i, "reason": reason} for i, reason in bad.items()],
     }
 
 
@@ -118,6 +136,11 @@ def summary_line(metrics: Mapping[str, Any]) -> str:
         parts.append(f"skipped images: {metrics['images_skipped']} ({', '.join(counts)})")
     if metrics["instances_skipped"]:
         parts.append(f"skipped annotations with an empty mask: {metrics['instances_skipped']}")
+    if metrics["images_skipped_unreadable"]:
+        parts.append(
+            f"annotations of unreadable images (not evaluated): {metrics['instances_unreadable']}"
+            " (reasons in metrics.json)"
+        )
     if metrics["images_missing"]:
         parts.append(f"images without records (not evaluated): {metrics['images_missing']}")
     return "; ".join(parts)

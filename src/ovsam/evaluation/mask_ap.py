@@ -5,8 +5,13 @@ from any detector. Every box is segmented (the detector's class and score are ke
 masks are written as COCO ``segm`` results (``segm_results.json``) and evaluated with
 ``COCOeval(iouType="segm")`` against the annotation file, restricted to the evaluated images and
 classes (:func:`select_detections`). Needs the ``[coco]`` extra.
-:func:`read_detections` checks the file before any work; a statistic without ground truth
-(e.g. ``APl`` when no object is large, COCOeval's -1) is reported as None.
+:func:`read_detections` checks the file before any work (a negative width or height is refused
+there: no XYWH box has one); a statistic without ground truth (e.g. ``APl`` when no object is
+large, COCOeval's -1) is reported as None.
+
+A box that is no prompt (less than 1 pixel wide or high once clipped to its image, e.g. a
+detector's sub-pixel box or one outside the image) still counts, as in COCO's tooling: the
+detection keeps its class and score and gets an empty mask (nothing is decoded for it).
 """
 
 from __future__ import annotations
@@ -43,9 +48,10 @@ def _coco_tools() -> tuple[Any, Any]:
 
 def read_detections(path: str | Path, annotations: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The detections of the COCO results file ``path``, checked against ``annotations``
-    (known ``image_id``, a 4-number ``bbox``, numeric ``score``); also checks that pycocotools
-    is installed and that the ground truth has the ``area`` COCOeval reads. Any problem is an
-    :class:`InputError` naming the file and the detection."""
+    (known ``image_id``, a 4-number ``bbox`` without a negative width or height, numeric
+    ``score``); also checks that pycocotools is installed and that the ground truth has the
+    ``area`` COCOeval reads. Any problem is an :class:`InputError` naming the file and the
+    detection."""
     _coco_tools()
     try:
         detections = json.loads(Path(path).read_bytes())
@@ -67,6 +73,8 @@ def read_detections(path: str | Path, annotations: Mapping[str, Any]) -> list[di
         bbox, score = det["bbox"], det["score"]
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
             raise InputError(f"{where}: bbox must be [x, y, width, height], got {bbox!r}")
+        if bbox[2] < 0 or bbox[3] < 0:
+            raise InputError(f"{where}: bbox {bbox!r} has a negative width or height (XYWH)")
         if not _is_number(score):
             raise InputError(f"{where}: score must be a number, got {score!r}")
     for ann in annotations["annotations"]:
@@ -84,35 +92,54 @@ def format_stats(stats: Mapping[str, float | None]) -> str:
     return ", ".join(f"{k} {'n/a' if v is None else f'{v:.1f}'}" for k, v in stats.items())
 
 
+def promptable_boxes(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Which ``Nx4`` XYXY ``boxes`` can prompt a ``height x width`` image: at least 1 pixel
+    wide and high once clipped to it (what :func:`~ovsam.boxes.clip_boxes_to_image` requires of
+    a box with ``x0 <= x1`` and ``y0 <= y1``). Bool ``N``."""
+    clipped = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).copy()
+    clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, width)
+    clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, height)
+    return (clipped[:, 2] - clipped[:, 0] >= 1) & (clipped[:, 3] - clipped[:, 1] >= 1)
+
+
 def segment_detections(
     segment: Callable[[np.ndarray, np.ndarray], np.ndarray],
     annotations: Mapping[str, Any],
     image_root: str | Path,
     detections: list[Mapping[str, Any]],
-) -> list[dict[str, Any]]:
-    """COCO ``segm`` results: ``segment(image, Nx4 XYXY boxes) -> NxHxW bool`` per image."""
+) -> tuple[list[dict[str, Any]], dict[int, str]]:
+    """COCO ``segm`` results: ``segment(image, Nx4 XYXY boxes) -> NxHxW bool`` per image, called
+    with the :func:`promptable_boxes` only (a detection of another box gets an empty mask;
+    ``segment`` is not called for an image without any). Also returns the reason per image whose
+    file cannot be read (an :class:`InputError`): its detections are left out."""
     by_image: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
     for det in detections:
         by_image[int(det["image_id"])].append(det)
     files = {int(img["id"]): image_file_name(img) for img in annotations["images"]}
-    results = []
+    results, unreadable = [], {}
     for image_id, dets in by_image.items():
-        image = load_image(Path(image_root) / files[image_id])
+        try:
+            image = load_image(Path(image_root) / files[image_id])
+        except InputError as exc:
+            unreadable[image_id] = str(exc)
+            continue
         boxes = np.array(
             [[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in dets)], dtype=np.float32
         )
-        masks = segment(image, boxes)
-        for det, mask in zip(dets, masks, strict=True):
-            rle = encode_rle(mask)
-            results.append(
-                {
-                    "image_id": image_id,
-                    "category_id": int(det["category_id"]),
-                    "score": float(det["score"]),
-                    "segmentation": rle,
-                }
-            )
-    return results
+        masks = np.zeros((len(dets), *image.shape[:2]), dtype=bool)
+        keep = promptable_boxes(boxes, *image.shape[:2])
+        if keep.any():
+            masks[keep] = segment(image, boxes[keep])
+        results += [
+            {
+                "image_id": image_id,
+                "category_id": int(det["category_id"]),
+                "score": float(det["score"]),
+                "segmentation": encode_rle(mask),
+            }
+            for det, mask in zip(dets, masks, strict=True)
+        ]
+    return results, unreadable
 
 
 def select_detections(

@@ -3,16 +3,21 @@
 Each rank takes images ``rank, rank + world, ...``, prompts every ground-truth instance with its
 box (or its centre point), and appends one JSON line per finished image to
 ``out/records.rank{R}.jsonl`` (so an interrupted run resumes where it stopped; a line cut by the
-interruption is dropped and its image redone). ``out/settings.json`` holds the settings the
-records were made with; resuming with others is refused. Rank 0 then merges the records of the
-selected images (:mod:`ovsam.evaluation.accounting`: every image of the selection is evaluated
-or counted as skipped, with its reason) and writes ``metrics.json`` and ``table.md`` atomically.
+interruption is dropped and its image redone). An image that cannot be read, or one of whose
+annotations cannot be decoded, is skipped: its reason is printed (stderr) and logged in place of
+its records, so a resumed run does not retry it and the report counts it (with its reason).
+``out/settings.json`` holds the settings the records were made with; resuming with others is
+refused. Rank 0 then merges the records of the selected images
+(:mod:`ovsam.evaluation.accounting`: every image of the selection is evaluated or counted as
+skipped, with its reason) and writes ``metrics.json`` and ``table.md`` atomically.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -138,32 +143,54 @@ def check_image_files(image_root: str | Path, paths: Iterable[Path]) -> None:
         raise InputError(f"{len(missing)} image file(s) of the evaluation are missing: {shown}")
 
 
-def _parse_line(line: str) -> tuple[int, list[InstanceRecord]] | None:
-    """``(image_id, records)`` of one JSON line, None for an unreadable one."""
+@dataclass
+class RecordLog:
+    """What records files hold: the records per finished image, and the reason per image
+    skipped because it (or one of its annotations) could not be read."""
+
+    records: dict[int, list[InstanceRecord]] = field(default_factory=dict)
+    unreadable: dict[int, str] = field(default_factory=dict)
+
+    def __contains__(self, image_id: int) -> bool:
+        return image_id in self.records or image_id in self.unreadable
+
+    def update(self, other: RecordLog) -> None:
+        """Add ``other``'s images (records of an image win over its being unreadable)."""
+        self.records.update(other.records)
+        self.unreadable.update(other.unreadable)
+        for image_id in self.records:
+            self.unreadable.pop(image_id, None)
+
+
+def _parse_line(line: str, log: RecordLog) -> bool:
+    """Add the image of one JSON line to ``log``; False (nothing added) for an unreadable line."""
     try:
         row = json.loads(line)
-        return int(row["image_id"]), [InstanceRecord(**r) for r in row["records"]]
+        image_id = int(row["image_id"])
+        records = [InstanceRecord(**r) for r in row["records"]]
+        reason = row.get("unreadable")
     except (ValueError, KeyError, TypeError):
-        return None
+        return False
+    if reason is None:
+        log.records[image_id] = records
+    else:
+        log.unreadable[image_id] = str(reason)
+    return True
 
 
-def _done_images(path: Path, repair: bool = False) -> dict[int, list[InstanceRecord]]:
-    """Records per finished image in ``path``. A line cut by an interruption (or otherwise
-    unreadable) is skipped, so its image is redone; with ``repair`` such lines are also removed
-    from the file (atomically), so that the next record appended starts a line of its own."""
-    done: dict[int, list[InstanceRecord]] = {}
+def _done_images(path: Path, repair: bool = False) -> RecordLog:
+    """The finished (or unreadable) images logged in ``path``. A line cut by an interruption
+    (or otherwise unreadable) is skipped, so its image is redone; with ``repair`` such lines are
+    also removed from the file (atomically), so that the next line appended starts a line of its
+    own."""
+    log = RecordLog()
     if not path.is_file():
-        return done
+        return log
     *lines, cut = path.read_text(encoding="utf-8", errors="replace").split("\n")
-    kept = []
-    for line in lines:
-        parsed = _parse_line(line)
-        if parsed is not None:
-            done[parsed[0]] = parsed[1]
-            kept.append(line + "\n")
+    kept = [line + "\n" for line in lines if _parse_line(line, log)]
     if repair and (cut or len(kept) != len(lines)):
         atomic_write_bytes(path, "".join(kept).encode("utf-8"))
-    return done
+    return log
 
 
 def evaluate_rank(
@@ -179,7 +206,8 @@ def evaluate_rank(
     """Evaluate this rank's share of the images ``indices`` of ``dataset`` (all by default, else
     :attr:`Selection.indices <ovsam.evaluation.accounting.Selection.indices>`); returns its
     records (resuming from disk). An image left without usable instances (all empty masks) is
-    logged with no records and not prompted."""
+    logged with no records and not prompted; one that cannot be read (an :class:`InputError`
+    from its image file or an annotation) is logged with the reason, also printed to stderr."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"records.rank{rank}.jsonl"
@@ -190,11 +218,18 @@ def evaluate_rank(
         for index in tqdm(share, desc=f"eval rank {rank}", disable=rank != 0):
             image_id = int(dataset.images[index]["id"])
             if image_id not in done:
-                done[image_id] = _evaluate_image(predictor, dataset[index], splits, prompt)
-                row = {"image_id": image_id, "records": [r.to_json() for r in done[image_id]]}
+                row: dict[str, Any] = {"image_id": image_id, "records": []}
+                try:
+                    item = dataset[index]
+                except InputError as exc:
+                    done.unreadable[image_id] = row["unreadable"] = str(exc)
+                    tqdm.write(f"warning: skipped image id {image_id}: {exc}", file=sys.stderr)
+                else:
+                    done.records[image_id] = _evaluate_image(predictor, item, splits, prompt)
+                    row["records"] = [r.to_json() for r in done.records[image_id]]
                 log.write(json.dumps(row) + "\n")
                 log.flush()
-            records.extend(done[image_id])
+            records.extend(done.records.get(image_id, []))
     return records
 
 
@@ -222,20 +257,21 @@ def write_report(
     method: str,
     selection: Selection,
     about: Mapping[str, str | None] | None = None,
-) -> dict[str, float | int | None]:
+) -> dict[str, Any]:
     """Merge every rank's records of the images of ``selection`` and write ``metrics.json`` and
     ``table.md`` (atomically): the metrics and the image / instance counts of
     :func:`~ovsam.evaluation.accounting.account` (every selected image evaluated, skipped with
-    its reason, or missing), and ``about`` the run (prompt, split, model, ovsam version, ...:
-    fields of ``metrics.json`` and a line under the table)."""
+    its reason, or missing; the unreadable ones listed with their reasons), and ``about`` the
+    run (prompt, split, model, ovsam version, ...: fields of ``metrics.json`` and a line under
+    the table)."""
     out = Path(out_dir)
-    done: dict[int, list[InstanceRecord]] = {}
+    log = RecordLog()
     for path in sorted(out.glob("records.rank*.jsonl")):  # also those of an earlier, larger world
-        done.update(_done_images(path))
-    done = {i: done[i] for i in selection.usable if i in done}
+        log.update(_done_images(path))
+    done = {i: log.records[i] for i in selection.usable if i in log.records}
     metrics = {
         **summarize(r for records in done.values() for r in records),
-        **account(selection, done),
+        **account(selection, done, log.unreadable),
     }
     about = dict(about or {})
     atomic_write_json(out / "metrics.json", {"method": method, **about, **metrics})
