@@ -12,7 +12,13 @@ import torch
 from safetensors.torch import save_file
 
 from clip_reference import INSTALL_HINT, build_reference, reference_module
-from ovsam.clip.config import CLIP_CONFIGS, CLIPConfig, VisionConfig, get_clip_config
+from ovsam.clip.config import (
+    CLIP_CONFIGS,
+    CLIPConfig,
+    VisionConfig,
+    get_clip_config,
+    registered_names_of,
+)
 from ovsam.clip.factory import create_model, infer_clip_config, load_clip, read_clip_state_dict
 from ovsam.clip.model import CLIP
 from ovsam.clip.pretrained import clip_weights_file, list_pretrained, pretrained_weights_name
@@ -206,6 +212,50 @@ def test_wrong_checkpoint_names_the_keys(tmp_path: Path) -> None:
     torch.save({"foo": torch.zeros(1)}, path)
     with pytest.raises(CheckpointError, match="not a CLIP state dict"):
         load_clip(path)
+
+
+def test_convnext_sizes_are_not_in_the_weights() -> None:
+    for low, high in (
+        ("convnext_base_w", "convnext_base_w_320"),
+        ("convnext_large_d", "convnext_large_d_320"),
+        ("convnext_xxlarge", "convnext_xxlarge_320"),
+    ):
+        with torch.device("meta"):
+            shapes = [
+                {k: v.shape for k, v in CLIP(get_clip_config(n)).state_dict().items()}
+                for n in (low, high)
+            ]
+        assert shapes[0] == shapes[1]  # no positional embedding or other tensor differs
+        assert registered_names_of(get_clip_config(high)) == (low, high)
+    assert registered_names_of(get_clip_config("ViT-L-14")) == ("ViT-L-14",)  # size in weights
+    assert registered_names_of(get_clip_config("convnext_base")) == ("convnext_base",)
+
+
+def test_load_clip_asks_which_convnext_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # two registered sizes of one tiny ConvNeXt, as convnext_base_w / convnext_base_w_320
+    vision = VisionConfig("convnext", 256, (1, 1, 1, 1), dims=(8, 16, 32, 64))
+    low = CLIPConfig(64, vision, TINY.text)
+    monkeypatch.setitem(CLIP_CONFIGS, "tiny_convnext", low)
+    monkeypatch.setitem(
+        CLIP_CONFIGS, "tiny_convnext_320", replace(low, vision=replace(vision, image_size=320))
+    )
+    path = tmp_path / "open_clip_model.safetensors"
+    torch.manual_seed(4)
+    save_file(CLIP(low).state_dict(), str(path))
+    with pytest.raises(
+        InputError, match="fits the CLIP models tiny_convnext, tiny_convnext_320, which differ"
+    ):
+        load_clip(path)
+    for name, size in (("tiny_convnext", 256), ("tiny_convnext_320", 320)):
+        model = load_clip(path, name=name)
+        assert model.config == CLIP_CONFIGS[name] and model.visual.image_size == size
+    monkeypatch.delitem(CLIP_CONFIGS, "tiny_convnext_320")
+    assert load_clip(path).visual.image_size == 256  # one registered size: taken
+    monkeypatch.setitem(CLIP_CONFIGS, "tiny_convnext_32", replace(low, embed_dim=32))
+    with pytest.raises(CheckpointError, match="does not fit CLIP.*text_projection"):
+        load_clip(path, name="tiny_convnext_32")  # a name the weights do not fit
 
 
 def test_text_embedding_is_causal_and_pooled_at_eot() -> None:

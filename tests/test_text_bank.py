@@ -16,7 +16,7 @@ from ovsam.clip.config import CLIPConfig, VisionConfig, get_clip_config
 from ovsam.clip.model import CLIP
 from ovsam.clip.region_classifier import classify_regions, crop_regions
 from ovsam.clip.text_bank import build_text_bank
-from ovsam.clip.tokenizer import tokenize
+from ovsam.clip.tokenizer import get_tokenizer, tokenize
 from ovsam.errors import InputError
 
 TINY = CLIPConfig(
@@ -53,6 +53,33 @@ def test_bank_is_the_normalised_template_ensemble(model: CLIP, tmp_path: Path) -
     # a region equal to a synonym's embedding scores cosine 1 for its class
     sims = bank.similarity(bank.embeddings[2:3] * 3.0)
     assert sims.argmax().item() == 1 and sims[0, 1].item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_prompt_with_token_0_keeps_its_end_token(model: CLIP) -> None:
+    # "!" before other punctuation is id 0, a real token: rows are not cut at the zero count
+    name = "!@# !@#"
+    assert get_tokenizer().encode(name).count(0) == 2
+    bank = build_text_bank(model, [name, "cat"], TEMPLATES, cache=False, progress=False)
+    for row, synonym in enumerate([name, "cat"]):
+        torch.testing.assert_close(
+            bank.embeddings[row],
+            _reference_embedding(model, synonym, TEMPLATES),
+            atol=1e-5,
+            rtol=1e-5,
+        )
+
+
+def test_bank_names_are_a_vocabularys_display_names(model: CLIP) -> None:
+    from ovsam.vocab import builtin_vocabulary
+
+    lvis = builtin_vocabulary("lvis")
+    pair = lvis.subset([lvis.index("tape (sticky cloth or paper)"), lvis.index("Band Aid")])
+    bank = build_text_bank(model, pair, TEMPLATES, cache=False, progress=False)
+    assert bank.names == ("tape (sticky cloth or paper)", "Band Aid")
+    assert bank.class_index.tolist() == [0, 0, 1]  # 'tape (sticky cloth', 'paper)', 'band aid'
+    torch.testing.assert_close(
+        bank.embeddings[1], _reference_embedding(model, "paper)", TEMPLATES), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_cache_hit_and_rebuild_on_any_change(
@@ -127,6 +154,27 @@ def test_bank_input_errors(model: CLIP) -> None:
         build_text_bank(model, ["cat"], ["a photo"], cache=False)
     with pytest.raises(InputError, match="class 1 has an empty name"):
         build_text_bank(model, ["cat", " "], cache=False)
+    with pytest.raises(InputError, match=r"not a string: pass \['cat'\] for one class"):
+        build_text_bank(model, "cat", cache=False)  # not the classes 'c', 'a', 't'
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("a {} of {color}", "exactly one '\\{\\}' placeholder: 'a \\{\\} of \\{color\\}'"),
+        ("a {0} and {}", "exactly one '\\{\\}' placeholder: 'a \\{0\\} and \\{\\}'"),
+        ("a {} {", "template 'a \\{\\} \\{' is not a valid format string: Single '\\{'"),
+        ("a {:d}", "template 'a \\{:d\\}' is not a valid format string: Unknown format code"),
+        ("a {!z}", "template 'a \\{!z\\}' is not a valid format string: Unknown conversion"),
+    ],
+)
+def test_templates_that_do_not_format_one_name_are_refused(template: str, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        text_bank.check_templates(["a photo of a {}.", template])
+
+
+def test_a_template_with_escaped_braces_is_accepted() -> None:
+    assert text_bank.check_templates(["{} {{}}"]) == ("{} {{}}",)  # formats as 'cat {}'
 
 
 def test_names_too_long_for_the_context_are_refused(model: CLIP) -> None:
@@ -144,13 +192,26 @@ def test_names_too_long_for_the_context_are_refused(model: CLIP) -> None:
         build_text_bank(model, ["very " + fits], ["{}"], cache=False, progress=False)
 
 
+def test_every_template_is_counted_with_the_name_in_it() -> None:
+    from ovsam.vocab import prompt_templates
+
+    # 'y.' merges with the '.' ending some templates: longest empty template != longest prompt
+    name = "x " * 66 + "y."
+    with pytest.raises(InputError) as info:
+        text_bank.check_context([name], prompt_templates("vild"), 77)
+    assert "68 tokens, 78 in the prompt 'There is a small {} in the scene.'" in str(info.value)
+    text_bank.check_context([name[2:]], prompt_templates("vild"), 77)  # one token less fits
+
+
 def test_builtin_vocabularies_fit_the_context() -> None:
     from ovsam.vocab import builtin_vocabulary, prompt_templates
 
-    longest = prompt_templates("openai")  # its longest template is the longest of all sets
+    every = [t for kind in ("vild", "openai", "simple") for t in prompt_templates(kind)]
     for name in ("coco", "lvis", "imagenet1k", "imagenet21k"):
         synonyms = builtin_vocabulary(name).synonyms
-        text_bank.check_context([n for s in synonyms for n in s], longest, 77)
+        # every prompt is counted: ImageNet-21k's 40,742 names with the 14 ViLD ones (~7 s)
+        templates = prompt_templates("vild") if name == "imagenet21k" else every
+        text_bank.check_context([n for s in synonyms for n in s], templates, 77)
 
 
 def _scene() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -195,6 +256,19 @@ def test_mask_background_blanks_pixels_outside_the_mask() -> None:
     blanked = crop_regions(image, boxes[:1], 64, masks[:1])
     corner = blanked[0, :, 10, 3]  # in the box, outside the mask: mean colour (~0 normalised)
     assert corner.abs().max().item() < 0.02 and plain[0, :, 10, 3].abs().max().item() > 0.02
+
+
+@pytest.mark.parametrize("expand", [0.0, -1.0, float("nan"), float("inf")])
+def test_expand_must_be_a_finite_positive_scale(model: CLIP, expand: float) -> None:
+    image, boxes, _ = _scene()
+    message = f"expand must be a finite number > 0 \\(1: the box itself\\), got {expand}"
+    with pytest.raises(InputError, match=message):
+        crop_regions(image, boxes, 64, expand=expand)
+    bank = build_text_bank(model, ["cat"], cache=False, progress=False)
+    for regions in (boxes, np.zeros((0, 4))):  # refused even with no region to crop
+        with pytest.raises(InputError, match=message):
+            classify_regions(model, image, bank, boxes=regions, expand=expand)
+    assert crop_regions(image, boxes, 64, expand=1.5).shape == (3, 3, 64, 64)
 
 
 def test_region_input_errors(model: CLIP) -> None:

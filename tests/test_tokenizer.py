@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ovsam.clip.tokenizer import CONTEXT_LENGTH, get_tokenizer, tokenize
+from ovsam.clip.tokenizer import CONTEXT_LENGTH, get_tokenizer, pre_tokens, tokenize
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "tokenizer_golden.json").read_text("utf-8"))
 
@@ -54,6 +54,25 @@ def test_decode_round_trip() -> None:
     tok = get_tokenizer()
     assert tok.decode(tok.encode("A Photo of a hot-dog!")) == "a photo of a hot - dog !"
     assert tok.decode(tokenize("café")[0].tolist()) == "café"
+
+
+def test_decode_keeps_token_0_and_drops_only_the_padding_after_the_end() -> None:
+    tok = get_tokenizer()
+    assert tok.encode("!@#") == [0, 39397] and tok.encode("hi !—") == [1883, 0, 2005]
+    assert tok.decode(tok.encode("hi !—")) == "hi !—"
+    row = tokenize("!@# hi")[0].tolist()
+    assert tok.decode(row) == "!@# hi"
+    row[row.index(tok.eot_id) + 1] = 1883  # whatever follows the end token is not text
+    assert tok.decode(row) == "!@# hi"
+
+
+def test_pre_tokens_are_what_the_bpe_merges() -> None:
+    assert pre_tokens(" Hot-dog!!  it's ") == ["hot", "-", "dog", "!!", "it", "'s"]
+    expected = ["cup", "café", "x"]  # fullwidth, NBSP, NFD accent
+    assert pre_tokens("ＣＵＰ café\u00a0x") == pre_tokens("cup cafe\u0301 x") == expected
+    assert pre_tokens("a<|EndOfText|>") == ["a", "<|endoftext|>"]
+    tok = get_tokenizer()
+    assert tok.encode("ﬁsh  “x”") == tok.encode('fish "x"')  # ftfy's ligatures and quotes
 
 
 def test_count_includes_start_and_end_and_sees_past_the_context() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -75,7 +76,30 @@ def test_lvis_frequencies_and_synonyms() -> None:
         "arctic (type of shoe)",
     )
     first = lvis.index("aerosol can")
-    assert lvis.synonyms[first] == ("aerosol can", "spray can") and lvis.info[first]["id"] == 1
+    assert lvis.synonyms[first] == ("aerosol can",) and lvis.info[first]["id"] == 1
+    assert lvis.info[first]["lvis_synonyms"] == ("aerosol can", "spray can")
+
+
+def test_lvis_synonyms_are_the_official_bank_names() -> None:
+    # tools/gen_cls.py: split_synonyms(class name), a [1203, 2, 768] bank
+    lvis = load_vocabulary("lvis")
+    assert len(lvis) == 1203 and max(len(s) for s in lvis.synonyms) == 2
+    assert [c for c, s in zip(lvis.classes, lvis.synonyms, strict=True) if len(s) == 2] == [
+        "tape (sticky cloth or paper)"
+    ]
+    tape = lvis.index("tape (sticky cloth or paper)")
+    assert lvis.synonyms[tape] == ("tape (sticky cloth", "paper)")
+    bow = lvis.index("bow (weapon)")
+    assert lvis.synonyms[bow] == ("bow (weapon)",) and lvis.info[bow]["lvis_synonyms"] == (
+        "bow (weapon)",
+    )
+    band_aid = lvis.index("Band Aid")  # display names keep their case, synonyms are lower case
+    assert lvis.synonyms[band_aid] == ("band aid",)
+    assert sum(len(s) for s in lvis.synonyms) == 1204
+    assert sum(len(i["lvis_synonyms"]) for i in lvis.info) == 1826  # nothing lost
+    for subset, count, most in (("lvis_base", 866, 2), ("lvis_rare", 337, 1)):  # tape is 'f'
+        vocab = load_vocabulary(subset)
+        assert len(vocab) == count and max(len(s) for s in vocab.synonyms) == most
 
 
 def test_imagenet_names() -> None:
@@ -92,10 +116,9 @@ def test_lvis_vocabulary_read_from_annotation_categories(tmp_path: Path) -> None
         ]
     }
     vocab = lvis_vocabulary_from_annotations(annotations)
-    assert vocab.classes == ("apple", "zebra crossing") and vocab.synonyms[1] == (
-        "zebra crossing",
-        "crosswalk",
-    )
+    assert vocab.classes == ("apple", "zebra crossing")
+    assert vocab.synonyms == (("apple",), ("zebra crossing",))  # as the built-in lvis
+    assert vocab.info[1]["lvis_synonyms"] == ("zebra crossing", "crosswalk")
     assert lvis_frequencies_from_annotations(annotations) == {2: "f", 7: "r"}
     with pytest.raises(InputError, match="lack the field\\(s\\) frequency"):
         lvis_frequencies_from_annotations({"categories": [{"id": 1, "name": "x"}]})
@@ -146,6 +169,35 @@ def test_a_synonym_repeated_on_another_line_is_a_duplicate(tmp_path: Path) -> No
         load_vocabulary(["cat, kitty", "dog, kitty"])
     same_line = load_vocabulary(["cup, Cup, mug", "saucer"])  # one line repeating is harmless
     assert same_line.classes == ("cup", "saucer")
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("hot dog", "hot  dog"),
+        ("hot dog", "hot\u00a0dog"),
+        ("café", "cafe\u0301"),  # NFC and NFD
+        ("cup", "ＣＵＰ"),  # fullwidth
+        ("fish", "ﬁsh"),  # ligature
+        ("o'clock", "o\u2019clock"),  # curly apostrophe
+        ("hot-dog", "Hot - Dog"),  # the same pieces
+        ("tom &amp; jerry", "tom & jerry"),  # HTML entity
+    ],
+)
+def test_names_clip_reads_alike_are_duplicates(first: str, second: str) -> None:
+    message = f"duplicate class name {second!r} (entry 1 and entry 2): the same tokens as"
+    with pytest.raises(InputError, match=re.escape(message)):
+        load_vocabulary([first, second])
+
+
+def test_names_clip_cannot_embed_are_refused() -> None:
+    assert len(load_vocabulary(["hot dog", "hot-dog", "hotdog"])) == 3  # different tokens
+    for name in ("cup<|endoftext|>", "<|StartOfText|> cup"):
+        with pytest.raises(InputError, match=r"\(entry 2\) contains CLIP's special token '<\|"):
+            load_vocabulary(["mug", f"{name}, cup"])
+    for name in ("\u200b", "\u200b\u00a0\u2060", "&nbsp;"):
+        with pytest.raises(InputError, match=r"\(entry 1\) has no visible character"):
+            load_vocabulary([f"{name}, cup"])
 
 
 def test_templates_and_synonym_rule() -> None:

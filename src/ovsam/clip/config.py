@@ -116,13 +116,21 @@ def canonical_name(name: str) -> str:
     return _ALIASES.get(base, base)
 
 
-def registered_name_of(config: CLIPConfig) -> str | None:
-    """The registered architecture equal to ``config`` up to image size and activation."""
-    for name, known in CLIP_CONFIGS.items():
-        same_vision = replace(known.vision, image_size=config.vision.image_size) == config.vision
-        if same_vision and (known.embed_dim, known.text) == (config.embed_dim, config.text):
-            return name
-    return None
+def registered_names_of(config: CLIPConfig) -> tuple[str, ...]:
+    """The registered architectures equal to ``config`` up to the activation and, for ConvNeXt
+    towers (whose weights do not record the training resolution), the image size: several
+    for the ConvNeXt models registered at 256 and 320 px (``convnext_base_w`` and
+    ``convnext_base_w_320``...), whose weights have the same keys and shapes."""
+    size = config.vision.image_size
+
+    def same(known: CLIPConfig) -> bool:
+        vision = known.vision
+        if vision.kind == "convnext":
+            vision = replace(vision, image_size=size)
+        same_towers = (vision, known.text) == (config.vision, config.text)
+        return same_towers and known.embed_dim == config.embed_dim
+
+    return tuple(name for name, known in CLIP_CONFIGS.items() if same(known))
 
 
 def get_clip_config(name: str, quick_gelu: bool | None = None) -> CLIPConfig:

@@ -3,8 +3,10 @@
 ``create_model("RN50x16", pretrained="openai")`` builds the registered architecture and loads
 the registered weights; ``pretrained`` may also be a file path. ``load_clip(path)`` infers the
 architecture from the checkpoint itself (OpenAI's rules, extended to open_clip's ConvNeXt
-layout). Accepted files: OpenAI TorchScript ``.pt`` archives (read without running code),
-plain state dicts (``.pt``/``.pth``/``.bin``) and ``.safetensors``. Loading is strict.
+layout; ConvNeXt weights do not record their image size, so the ones registered at both 256 and
+320 px need ``load_clip(path, name=...)``). Accepted files: OpenAI TorchScript ``.pt`` archives
+(read without running code), plain state dicts (``.pt``/``.pth``/``.bin``) and
+``.safetensors``. Loading is strict.
 """
 
 from __future__ import annotations
@@ -23,12 +25,12 @@ from ovsam.clip.config import (
     VisionConfig,
     canonical_name,
     get_clip_config,
-    registered_name_of,
+    registered_names_of,
 )
 from ovsam.clip.model import CLIP
 from ovsam.clip.pretrained import clip_weights_file, pretrained_weights_name
 from ovsam.clip.torchscript_reader import is_torchscript_archive, read_torchscript_tensors
-from ovsam.errors import CheckpointError
+from ovsam.errors import CheckpointError, InputError
 from ovsam.weights import resolve_weights
 
 # tensor attributes of OpenAI's TorchScript models that are not weights
@@ -111,14 +113,36 @@ def load_clip_weights(model: CLIP, path: str | Path) -> CLIP:
     return model.eval()
 
 
-def load_clip(path: str | Path, quick_gelu: bool | None = None) -> CLIP:
-    """Build the CLIP a checkpoint file describes and load it (see :func:`infer_clip_config`)."""
+def _convnext_image_size(config: CLIPConfig, source: str) -> CLIPConfig:
+    """``config`` (inferred from ConvNeXt weights) at its registered image size; InputError when
+    the weights fit registered models of different sizes (``convnext_base_w`` at 256 px and
+    ``convnext_base_w_320``: no tensor differs), 224 px when none fits."""
+    matches = registered_names_of(config)
+    sizes = {get_clip_config(name).vision.image_size for name in matches}
+    if len(sizes) > 1:
+        raise InputError(
+            f"{source} fits the CLIP models {', '.join(matches)}, which differ only in image "
+            "size (ConvNeXt weights do not record it): pass name= one of them"
+        )
+    if not matches:
+        return config
+    return replace(config, vision=get_clip_config(matches[0]).vision)
+
+
+def load_clip(path: str | Path, quick_gelu: bool | None = None, *, name: str | None = None) -> CLIP:
+    """Build the CLIP a checkpoint file describes and load it (see :func:`infer_clip_config`).
+
+    ``name`` (a registered model, e.g. ``"convnext_base_w_320"``) builds that architecture
+    instead, as :func:`create_model` does; it is needed for ConvNeXt weights, which fit the
+    256 px and 320 px models alike (an :class:`InputError` lists them when it is missing).
+    """
     state = read_clip_state_dict(path)
-    config = infer_clip_config(state, quick_gelu)
-    match = registered_name_of(config)
-    if config.vision.kind == "convnext" and match is not None:
-        # ConvNeXt weights do not encode the training resolution: take the registered one
-        config = replace(config, vision=get_clip_config(match).vision)
+    if name is not None:
+        config = get_clip_config(name, quick_gelu)
+    else:
+        config = infer_clip_config(state, quick_gelu)
+        if config.vision.kind == "convnext":
+            config = _convnext_image_size(config, str(path))
     model = CLIP(config)
     load_state_dict_strict(model, state, source=str(path))
     return model.eval()

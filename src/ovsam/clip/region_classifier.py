@@ -9,8 +9,10 @@ the vocabulary. Regions are encoded in batches.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from numbers import Real
 
 import numpy as np
 import torch
@@ -57,6 +59,19 @@ def mask_boxes_xyxy(masks: np.ndarray) -> np.ndarray:
     return np.asarray(boxes, dtype=np.float32)
 
 
+def check_expand(expand: float) -> float:
+    """``expand`` as a float; :class:`InputError` unless it is a finite number > 0 (a box
+    scaled by 0 or less would be cut down to a one-pixel crop)."""
+    if (
+        isinstance(expand, bool)
+        or not isinstance(expand, Real)
+        or not math.isfinite(expand)
+        or expand <= 0
+    ):
+        raise InputError(f"expand must be a finite number > 0 (1: the box itself), got {expand!r}")
+    return float(expand)
+
+
 def crop_regions(
     image: np.ndarray,
     boxes: np.ndarray,
@@ -69,6 +84,7 @@ def crop_regions(
     ``expand`` scales each box about its centre (context around the object); ``masks``
     (``NxHxW`` bool), when given, blank everything outside each mask with the mean colour.
     """
+    expand = check_expand(expand)
     height, width = image.shape[:2]
     mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
     std = torch.tensor(CLIP_STD).view(3, 1, 1)
@@ -112,8 +128,8 @@ def classify_regions(
 ) -> RegionLabels:
     """Recognise regions of ``image`` (``HxWx3`` uint8 RGB) given as ``boxes`` (``Nx4`` XYXY
     pixels) and/or ``masks`` (``NxHxW`` bool; their bounding boxes are used when no boxes are
-    given; N may be 0). ``mask_background`` blanks pixels outside the masks. Returns
-    :class:`RegionLabels`."""
+    given; N may be 0). ``mask_background`` blanks pixels outside the masks; ``expand`` (> 0)
+    scales each box about its centre. Returns :class:`RegionLabels`."""
     image = check_image_array(image)
     height, width = image.shape[:2]
     if model.embed_dim != bank.dim:
@@ -131,6 +147,7 @@ def classify_regions(
         raise InputError(f"{len(boxes)} boxes but {len(masks)} masks")
     if top_k < 1:
         raise InputError(f"top_k must be >= 1, got {top_k}")
+    check_expand(expand)  # also when there are no regions to crop
     size = model.visual.image_size
     device = next(model.parameters()).device
     blank = masks if mask_background else None

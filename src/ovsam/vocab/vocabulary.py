@@ -11,12 +11,25 @@ name                      classes  what
 ``coco_base``             48       OV-COCO seen classes (the OVR-CNN split)
 ``coco_novel``            17       OV-COCO unseen classes
 ``coco_ov``               65       base + novel (the OV-COCO evaluation vocabulary)
-``lvis``                  1,203    LVIS v1 with synonyms and frequency r/c/f (337/461/405)
+``lvis``                  1,203    LVIS v1, frequency r/c/f (337/461/405), official synonyms
 ``lvis_base``             866      LVIS common + frequent (seen in OV-LVIS training)
 ``lvis_rare``             337      LVIS rare (novel in OV-LVIS)
 ``imagenet1k``            1,000    ImageNet-1k, open_clip's clean names
 ``imagenet21k``           21,843   ImageNet-21k (fall 2011) synsets, WordNet lemmas
 ========================  =======  =====================================================
+
+LVIS synonyms follow the official OV-SAM bank (``tools/gen_cls.py``, 1203 x 2 x 768): the
+dataset's class name split by :func:`split_synonyms`, one name per class except
+``tape_(sticky_cloth_or_paper)`` (split at ``_or_`` into ``tape (sticky cloth`` and
+``paper)``), so the official checkpoints see the bank they were trained with. The display name
+is the dataset name with spaces (``bow (weapon)``) and LVIS's own synonym lists are kept in
+``info[i]["lvis_synonyms"]``. COCO classes have one name each: the official COCO bank uses
+synonym lists (up to 17 per class) that only its repository ships, not a package this project
+may read, so a COCO bank built here differs from the official one.
+
+User names are compared as CLIP reads them (:func:`ovsam.clip.tokenizer.pre_tokens`: cleaned
+text, lower case, white space and punctuation spacing ignored), so names that would get the same
+token ids in two classes are refused as duplicates.
 """
 
 from __future__ import annotations
@@ -24,12 +37,14 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+from ovsam.clip.tokenizer import EOT, SOT, pre_tokens
 from ovsam.errors import InputError
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -39,9 +54,10 @@ TEMPLATE_KINDS = ("vild", "openai", "simple", "none")
 
 @dataclass(frozen=True)
 class Vocabulary:
-    """Ordered classes: ``classes[i]`` is the display name, ``synonyms[i]`` all its names
-    (first = display name), ``info[i]`` dataset metadata (``id``, ``split``, ``frequency``,
-    ``wnid`` where known)."""
+    """Ordered classes: ``classes[i]`` is the display name, ``synonyms[i]`` the names embedded
+    for it (first = display name, except LVIS's official lower-cased split: see the module
+    docstring), ``info[i]`` dataset metadata (``id``, ``split``, ``frequency``, ``wnid``,
+    ``lvis_synonyms`` where known)."""
 
     name: str
     classes: tuple[str, ...]
@@ -109,13 +125,25 @@ def split_synonyms(name: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(p for p in cleaned if p))
 
 
-def _from_rows(name: str, rows: Sequence[Mapping[str, Any]]) -> Vocabulary:
-    synonyms = []
+def _spaced(names: Sequence[str]) -> tuple[str, ...]:
+    """Dataset names with underscores as spaces, stripped; empty ones and repeats dropped."""
+    cleaned = (n.replace("_", " ").strip() for n in names)
+    return tuple(dict.fromkeys(n for n in cleaned if n))
+
+
+def _from_rows(name: str, rows: Sequence[Mapping[str, Any]], lvis: bool = False) -> Vocabulary:
+    """Dataset rows (``name``, ``synonyms``, metadata) as a vocabulary: display name = the name
+    with spaces; synonyms = the name and its ``synonyms``, or for ``lvis`` the official split
+    of the name (:func:`split_synonyms`), the name and its synonyms then in
+    ``info["lvis_synonyms"]``."""
+    classes, synonyms, info = [], [], []
     for row in rows:
-        names = [row["name"].replace("_", " ")] + [s.replace("_", " ") for s in row["synonyms"]]
-        synonyms.append(tuple(dict.fromkeys(n.strip() for n in names if n.strip())))
-    info = tuple({k: v for k, v in row.items() if k not in ("name", "synonyms")} for row in rows)
-    return Vocabulary(name, tuple(s[0] for s in synonyms), tuple(synonyms), info)
+        names = _spaced([row["name"], *row["synonyms"]])
+        classes.append(names[0])
+        synonyms.append(split_synonyms(row["name"]) if lvis else names)
+        meta = {k: v for k, v in row.items() if k not in ("name", "synonyms")}
+        info.append((meta | {"lvis_synonyms": names}) if lvis else meta)
+    return Vocabulary(name, tuple(classes), tuple(synonyms), tuple(info))
 
 
 def _read_data(file: str) -> dict[str, Any]:
@@ -149,7 +177,25 @@ def builtin_vocabulary(name: str) -> Vocabulary:
     if name not in _FILES:
         known = ", ".join(BUILTIN_VOCABULARIES)
         raise InputError(f"unknown vocabulary {name!r}; built in: {known}, or a text file")
-    return _from_rows(name, _read_data(_FILES[name])["classes"])
+    return _from_rows(name, _read_data(_FILES[name])["classes"], lvis=name == "lvis")
+
+
+def _token_key(name: str, where: str, position: int) -> str:
+    """``name`` as CLIP reads it (its pre-tokens; equal keys, equal token ids), or
+    :class:`InputError` for a name with CLIP's special tokens or no visible character."""
+    pieces = pre_tokens(name)
+    special = [p for p in pieces if p in (SOT, EOT)]
+    if special:
+        raise InputError(
+            f"class name {name!r} ({where} {position}) contains CLIP's special token "
+            f"{special[0]!r}, which would end or restart the prompt"
+        )
+    if all(unicodedata.category(c)[0] in "CZ" for piece in pieces for c in piece):
+        raise InputError(
+            f"class name {name!r} ({where} {position}) has no visible character "
+            "(only spaces, control or format characters such as zero-width spaces)"
+        )
+    return " ".join(pieces)
 
 
 def vocabulary_from_names(
@@ -161,15 +207,16 @@ def vocabulary_from_names(
 ) -> Vocabulary:
     """A vocabulary from class strings; commas separate synonyms (``"cat, kitty"``).
 
-    Raises :class:`InputError` for an empty list, an empty entry, a name given in two entries
-    (display names and synonyms alike, compared case-insensitively: ``"cup, mug"`` then
-    ``"mug"``), or more than ``max_classes`` classes. Messages cite ``where`` numbers
-    (``positions``, default 1..N).
+    Raises :class:`InputError` for an empty list, an empty entry, a name CLIP cannot embed as
+    written (no visible character, or CLIP's special tokens in it), a name given in two entries
+    (display names and synonyms alike, compared as CLIP reads them: ``"cup, mug"`` then
+    ``"Mug"``, ``"hot-dog"`` then ``"Hot - dog"``), or more than ``max_classes`` classes.
+    Messages cite ``where`` numbers (``positions``, default 1..N).
     """
     if isinstance(entries, str):
         entries = [entries]
     classes: list[tuple[str, ...]] = []
-    seen: dict[str, int] = {}
+    seen: dict[str, tuple[int, str]] = {}  # token key -> (position, synonym) of its first use
     numbers = positions if positions is not None else range(1, len(entries) + 1)
     for position, entry in zip(numbers, entries, strict=True):
         if not isinstance(entry, str):
@@ -180,10 +227,15 @@ def vocabulary_from_names(
         if not names:
             raise InputError(f"{where} {position} is an empty class name")
         for synonym in names:
-            first = seen.setdefault(synonym.lower(), position)
+            first, earlier = seen.setdefault(
+                _token_key(synonym, where, position), (position, synonym)
+            )
             if first != position:
+                alike = earlier.lower() == synonym.lower()
+                same = "" if alike else f": the same tokens as {earlier!r}"
                 raise InputError(
                     f"duplicate class name {synonym!r} ({where} {first} and {where} {position})"
+                    + same
                 )
         classes.append(names)
     if not classes:
@@ -276,7 +328,9 @@ def _lvis_categories(annotations: str | Path | Mapping[str, Any]) -> list[Mappin
 
 
 def lvis_vocabulary_from_annotations(annotations: str | Path | Mapping[str, Any]) -> Vocabulary:
-    """The vocabulary (names, synonyms, ids, r/c/f) in an LVIS annotation file's ``categories``."""
+    """The vocabulary (names, ids, r/c/f) in an LVIS annotation file's ``categories``, with
+    synonyms as the built-in ``lvis`` has them (the official split of each name; the file's
+    synonyms in ``info["lvis_synonyms"]``)."""
     rows = [
         {
             "name": c["name"],
@@ -286,7 +340,7 @@ def lvis_vocabulary_from_annotations(annotations: str | Path | Mapping[str, Any]
         }
         for c in _lvis_categories(annotations)
     ]
-    return _from_rows("lvis", rows)
+    return _from_rows("lvis", rows, lvis=True)
 
 
 def lvis_frequencies_from_annotations(
