@@ -268,6 +268,10 @@ def test_command_line_vocabulary_argument() -> None:
     assert parse_vocabulary_argument("cup; saucer, plate") == ["cup", "saucer, plate"]
     assert parse_vocabulary_argument("cup; mug ;saucer ") == ["cup", "mug", "saucer"]
     assert parse_vocabulary_argument(" cup , mug") == ["cup", "mug"]
+    many = [f"class number {i}" for i in range(40)]  # longer than any file name may be
+    assert parse_vocabulary_argument("; ".join(many)) == many
+    with pytest.raises(InputError, match="vocabulary"):  # not "File name too long"
+        load_vocabulary("x" * 300)
     assert parse_vocabulary_argument("cup;") == ["cup"]
     for text, position in (("cup; ; mug", 2), ("; cup", 1), ("cup;;", 2), ("cup,,mug", 2)):
         with pytest.raises(InputError, match=f"vocabulary entry {position} is an empty class"):

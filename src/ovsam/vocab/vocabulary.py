@@ -264,6 +264,15 @@ def vocabulary_from_file(path: str | Path, max_classes: int = MAX_CLASSES) -> Vo
     )
 
 
+def _is_file(text: str) -> bool:
+    """Whether ``text`` names an existing file; False for text no file can be named (too
+    long for the file system, or holding a NUL), such as a long inline list of classes."""
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def load_vocabulary(
     spec: str | Path | Sequence[str] | Vocabulary, max_classes: int = MAX_CLASSES
 ) -> Vocabulary:
@@ -274,7 +283,7 @@ def load_vocabulary(
     if isinstance(spec, Vocabulary):
         return spec
     if isinstance(spec, Path) or (
-        isinstance(spec, str) and spec not in BUILTIN_VOCABULARIES and Path(spec).is_file()
+        isinstance(spec, str) and spec not in BUILTIN_VOCABULARIES and _is_file(spec)
     ):
         return vocabulary_from_file(spec, max_classes)
     if isinstance(spec, str):
@@ -296,7 +305,7 @@ def parse_vocabulary_argument(text: str) -> str | Path | list[str]:
         raise InputError("vocabulary is empty: give a built-in name, a file or 'cat; dog; mug'")
     if text in BUILTIN_VOCABULARIES:
         return text
-    if Path(text).is_file():
+    if _is_file(text):
         return Path(text)
     for separator in (";", ","):
         if separator in text:
