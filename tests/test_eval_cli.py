@@ -372,3 +372,32 @@ def test_an_unreadable_image_is_skipped_reported_and_not_retried(
     status, stdout, stderr = run_eval(tiny, tmp_path / "out", *extra)  # resumed: not retried
     assert status == 0 and "skipped image" not in stderr
     assert strict_json(tmp_path / "out" / "metrics.json") == metrics
+
+
+def test_classes_are_embedded_with_the_official_bank_synonyms(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Category names as the official banks embed them (split at ``_or_``, ``/``, ``,``;
+    underscores as spaces), while predictions keep the categories' own names."""
+    data = json.loads(tiny.read_text())
+    data["categories"][2]["name"] = "traffic_light/stoplight"
+    data["categories"][4]["name"] = "cup_or_mug"
+    tiny.write_text(json.dumps(data))
+    seen: list = []
+
+    def build(options: object, model: str, checkpoint: object, device: str) -> BoxFiller:
+        seen.append(options.vocabulary)  # type: ignore[attr-defined]
+        return BoxFiller()
+
+    monkeypatch.setattr(ovsam.recognizers, "build_labeled_predictor", build)
+    status, _, err = run_eval(tiny, tmp_path / "out", "--split", "all")
+    assert status == 0, err
+    (vocabulary,) = seen
+    assert vocabulary.classes == ("person", "car", "traffic_light/stoplight", "cat", "cup_or_mug")
+    assert vocabulary.synonyms == (
+        ("person",),
+        ("car",),
+        ("traffic light", "stoplight"),
+        ("cat",),
+        ("cup", "mug"),
+    )

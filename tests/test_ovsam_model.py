@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +93,19 @@ def test_states_carry_the_fpn_neck_that_made_their_pyramid() -> None:
             parameter.mul_(-3)
     with pytest.raises(InputError, match="computed by another fpn neck"):
         OVSamPredictor(other).load_state(state)
+
+
+def test_seen_classes_are_matched_by_name_key() -> None:
+    """An LVIS file's ``traffic_light`` is the seen class ``traffic light`` (fusion weights
+    depend on it); case and spacing do not matter either."""
+    predictor = OVSamPredictor(small_ovsam())  # seen: COCO base (traffic light is novel)
+    names = ("Traffic_Light", "person", "PERSON  ", "zebra", "cat")
+    bank = F.normalize(torch.randn(5, 1024), dim=-1)
+    predictor.set_text_bank(TextBank(names, bank, torch.arange(5), "k"))
+    assert predictor._seen.tolist() == [False, True, True, True, False]
+    predictor.model.config = replace(predictor.model.config, seen_vocabulary=("traffic light",))
+    predictor.set_text_bank(TextBank(names, bank, torch.arange(5), "k"))
+    assert predictor._seen.tolist() == [True, False, False, False, False]
 
 
 def test_a_plain_sam_state_cannot_be_labelled() -> None:

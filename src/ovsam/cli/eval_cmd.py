@@ -190,11 +190,13 @@ def _image_paths(
 
 
 def _label_options(args: argparse.Namespace, dataset: InstanceDataset) -> LabelOptions:
-    """How masks are named: the recognizer over the evaluated classes (and their synonyms)."""
-    from ovsam.vocab import Vocabulary
+    """How masks are named: the recognizer over the evaluated classes, each embedded with the
+    synonyms of the official OV-SAM banks (:func:`~ovsam.vocab.split_synonyms` of its name:
+    ``aerosol_can`` -> ``aerosol can``); predictions are the categories' own names."""
+    from ovsam.vocab import Vocabulary, split_synonyms
 
     categories = sorted(dataset.categories.values(), key=lambda c: c["id"])
-    synonyms = tuple(tuple(dict.fromkeys([c["name"], *c.get("synonyms", [])])) for c in categories)
+    synonyms = tuple(split_synonyms(c["name"]) or (c["name"],) for c in categories)
     vocabulary = Vocabulary(
         args.split, tuple(c["name"] for c in categories), synonyms, tuple({} for _ in categories)
     )

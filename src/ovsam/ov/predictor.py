@@ -39,7 +39,7 @@ from ovsam.ov.label_settings import check_label_settings, require_bank, require_
 from ovsam.ov.model import OVSam
 from ovsam.predictor import ImageState, SamPredictor
 from ovsam.prompt_arrays import check_masks
-from ovsam.vocab import Vocabulary, load_vocabulary
+from ovsam.vocab import Vocabulary, load_vocabulary, name_key
 
 FPN_KEYS = ("fpn0", "fpn1", "fpn2", "fpn3")
 
@@ -108,12 +108,13 @@ class OVSamPredictor(SamPredictor):
         return self.set_text_bank(bank)
 
     def set_text_bank(self, bank: TextBank) -> TextBank:
-        """Use a prebuilt bank; classes named like the model's training classes count as seen."""
+        """Use a prebuilt bank; classes named like the model's training classes count as seen
+        (compared by :func:`~ovsam.vocab.name_key`: ``aerosol_can`` is LVIS's ``aerosol can``)."""
         dim = self.model.mask_decoder.roi_conv[0].conv.out_channels
         if bank.dim != dim:
             raise InputError(f"text bank has {bank.dim} dims; this OV-SAM embeds regions in {dim}")
-        seen_names = {n.lower() for n in load_vocabulary(self.model.config.seen_vocabulary).classes}
-        self._seen = torch.tensor([n.lower() in seen_names for n in bank.names])
+        seen = {name_key(n) for n in load_vocabulary(self.model.config.seen_vocabulary).classes}
+        self._seen = torch.tensor([name_key(n) in seen for n in bank.names])
         self.bank = bank
         return bank
 

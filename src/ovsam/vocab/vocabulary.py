@@ -125,6 +125,13 @@ def split_synonyms(name: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(p for p in cleaned if p))
 
 
+def name_key(name: str) -> str:
+    """How one class name is matched against another source's (a model's seen classes, a
+    dataset's categories): underscores as spaces, whitespace collapsed, lower case
+    (``"Traffic_Light"`` and ``"traffic  light"`` -> ``"traffic light"``)."""
+    return " ".join(name.replace("_", " ").split()).lower()
+
+
 def _spaced(names: Sequence[str]) -> tuple[str, ...]:
     """Dataset names with underscores as spaces, stripped; empty ones and repeats dropped."""
     cleaned = (n.replace("_", " ").strip() for n in names)
