@@ -51,6 +51,19 @@ class Oracle:
         return item.masks, names
 
 
+def _ground_truth_detections(data: dict) -> list[dict]:
+    """Each annotation of ``data`` as a detection of its box and class, score 0.9."""
+    return [
+        {
+            "image_id": a["image_id"],
+            "category_id": a["category_id"],
+            "bbox": a["bbox"],
+            "score": 0.9,
+        }
+        for a in data["annotations"]
+    ]
+
+
 def ov_dataset(data: dict, images: Path) -> InstanceDataset:
     """The OV-COCO classes of ``data`` (as ``ovsam eval --split coco-ov``)."""
     splits = coco_ov_splits()
@@ -328,15 +341,7 @@ def test_mask_ap_of_perfect_masks_is_100(tmp_path: Path) -> None:
     data = json.loads(path.read_text())
     dataset = InstanceDataset(data, tmp_path / "coco" / "images")
     items = {dataset[i].image_id: dataset[i] for i in range(len(dataset))}
-    detections = [
-        {
-            "image_id": a["image_id"],
-            "category_id": a["category_id"],
-            "bbox": a["bbox"],
-            "score": 0.9,
-        }
-        for a in data["annotations"]
-    ]
+    detections = _ground_truth_detections(data)
 
     def oracle(image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         item = next(it for it in items.values() if np.array_equal(it.image, image))
@@ -467,15 +472,7 @@ def test_a_detection_box_that_is_no_prompt_counts_with_an_empty_mask(tmp_path: P
         item = next(it for it in items if np.array_equal(it.image, image))
         return item.masks[[int(np.argmin(np.abs(item.boxes - b).sum(1))) for b in boxes]]
 
-    good = [
-        {
-            "image_id": a["image_id"],
-            "category_id": a["category_id"],
-            "bbox": a["bbox"],
-            "score": 0.9,
-        }
-        for a in data["annotations"]
-    ]
+    good = _ground_truth_detections(data)
     no_prompt = [  # above the good ones: they lower AP
         {"image_id": 1, "category_id": 1, "bbox": [10, 10, 0.4, 10], "score": 0.95},
         {"image_id": 2, "category_id": 3, "bbox": [500, 10, 20, 20], "score": 0.97},
