@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -170,6 +171,22 @@ def test_from_without_a_sha256_accepts_a_file_that_fits(
     assert torch.equal(torch.load(cache / "weights" / "toy_net_w.pt")["weight"], state["weight"])
     assert main(["download", "--list", "toy_net_w"]) == 0
     assert capsys.readouterr().out.splitlines()[1].split()[:2] == ["toy_net_w", "cached"]
+
+
+def test_a_download_without_a_sha256_must_fit_the_model_too(
+    cache: Path, tmp_path: Path, unhashed: WeightsSpec, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:  # fmt: skip
+    torch.save(nn.Linear(3, 3).state_dict(), tmp_path / "wrong.pt")
+    torch.save(nn.Linear(3, 2).state_dict(), tmp_path / "right.pt")
+    sources = tuple(UrlSource((tmp_path / f).as_uri()) for f in ("wrong.pt", "right.pt"))
+    register(monkeypatch, replace(unhashed, sources=sources))
+    assert main(["download", "toy_net_w"]) == 0
+    err = capsys.readouterr().err
+    assert "does not fit model toy_net (2 shape mismatches" in err
+    assert "trying the next source" in err
+    assert "toy_net_w.pt: keys and shapes fit model toy_net" not in err  # said only by --from
+    assert torch.load(cache / "weights" / "toy_net_w.pt")["weight"].shape == (2, 3)
 
 
 def test_from_without_a_sha256_or_a_model_must_be_a_state_dict(

@@ -139,7 +139,8 @@ def download_weights(
     A cached file with a valid stamp is used as is (``verify=True``, as ``ovsam download``
     does, re-hashes it anyway); a file that verifies needs no write access. Otherwise the lock
     is taken and the sources are tried in order; a source whose file fails the size/sha256
-    check is skipped (the bad file is deleted). With ``progress``, stderr says which source
+    check (without a published sha256: :func:`_content_check`) is skipped (the bad file is
+    deleted). With ``progress``, stderr says which source
     is tried, why one failed, why a cached file is fetched again, and that the check passed.
     """
     target = weights_file(spec, cache_dir_override)
@@ -164,6 +165,8 @@ def download_weights(
                     problem = integrity_problem(tmp, spec)
                     if problem is not None:
                         raise OSError(f"integrity check failed: {problem}")
+                    if spec.sha256 is None:  # nothing to hash it against: check its content
+                        _content_check(tmp, spec)
             except Exception as exc:  # noqa: BLE001 - every failure moves on to the next source
                 reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"  # one line
                 failures.append(f"{source.describe()}: {reason}")
