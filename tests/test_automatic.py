@@ -31,8 +31,8 @@ def test_point_grid_is_cell_centred() -> None:
 
 def test_stability_score_known_values() -> None:
     logits = torch.tensor([[[-2.0, -0.5, 0.5, 2.0]], [[-3.0, -3.0, -3.0, -3.0]]])
-    # mask 0: >1 has 1 pixel, >-1 has 3 pixels -> 1/3; mask 1 empty at both levels -> 1
-    assert stability_scores(logits, 0.0, 1.0).tolist() == pytest.approx([1 / 3, 1.0])
+    # mask 0: >1 has 1 pixel, >-1 has 3 pixels -> 1/3; mask 1 empty at both levels -> 0
+    assert stability_scores(logits, 0.0, 1.0).tolist() == pytest.approx([1 / 3, 0.0])
 
 
 def test_mask_nms_keeps_best_of_duplicates_despite_stray_pixels() -> None:

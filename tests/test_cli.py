@@ -14,6 +14,7 @@ from PIL import Image
 from ovsam.assets import SAMPLE_BOX, SAMPLE_PHOTO
 from ovsam.cli.main import main
 from ovsam.masks import decode_rle, mask_iou
+from ovsam.weights import get_weights_spec
 from synthetic_scenes import make_scene
 
 
@@ -61,6 +62,10 @@ def test_segment_box_writes_mask_overlay_and_json(
     assert record["prompt"]["box_xyxy"] == [float(v) for v in disc.box]
     assert 0.0 < record["predicted_iou"] <= 1.5
     assert record["image_size"] == {"height": 360, "width": 480}
+    # the model that segmented and the checkpoint file it loaded: absolute path + sha256
+    assert record["model"] == "mobilesam"
+    sha256 = get_weights_spec("mobile_sam").sha256  # the published digest of the real file
+    assert record["checkpoint"] == {"path": str(mobilesam_checkpoint.resolve()), "sha256": sha256}
 
 
 def test_segment_single_point_uses_best_of_three(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -108,10 +109,11 @@ def test_ovsam_random_recognition_says_masks_are_random_too(
         return write_result(*args, caption=caption, **kwargs)
 
     monkeypatch.setattr(ovsam.build, "build_model", small_model)
+    monkeypatch.setattr(ovsam.recognizers, "ovsam_clip_model", lambda *_: "RN50")  # the stand-in's
     monkeypatch.setattr(segment_job, "write_result", spy)
     argv = ["segment", str(SAMPLE_PHOTO), "--box", *BOX, "--out", str(tmp_path),
             "--vocab", " cup ; saucer ;spoon", "--recognizer", "ovsam", "--model", "ovsam_coco",
-            "--random-recognition", "--clip", "RN50", "--templates", "none"]  # fmt: skip
+            "--random-recognition", "--templates", "none"]  # fmt: skip
     assert main(argv) == 0
     assert built == [("ovsam_coco", False)]
     out = capsys.readouterr().out
@@ -227,14 +229,81 @@ def test_random_ovsam_notes_follow_the_checkpoint(
 def test_ovsam_refuses_a_clip_it_was_not_trained_with(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    """An OV-SAM trained with CLIP RN50 would match regions against class names embedded by
-    another CLIP (here the default RN50x16): refused, naming the --clip to pass."""
-    monkeypatch.setattr(ovsam.build, "build_model", lambda *_, **__: small_ovsam())
-    argv = ["segment", str(SAMPLE_PHOTO), "--box", *BOX, "--out", str(tmp_path),
-            "--vocab", "cup; saucer", "--recognizer", "ovsam", "--model", "ovsam_coco",
-            "--random-recognition"]  # fmt: skip
-    assert main(argv) == 2
+    """An OV-SAM trained with CLIP RN50 (as its file says) would match regions against class
+    names embedded by another CLIP: refused before any model is built or weights fetched,
+    naming the --clip to pass; without --clip its own CLIP is the default."""
+    from ovsam.ov import save_ovsam
+    from ovsam.ov.checkpoints import WeightsMissing
+
+    monkeypatch.chdir(tmp_path)
+    save_ovsam(small_ovsam(), "model.safetensors")  # its header says CLIP RN50
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a model was built")
+
+    monkeypatch.setattr(ovsam.build, "build_model", no_model)
+    argv = ["segment", str(SAMPLE_PHOTO), "--box", *BOX, "--out", "out", "--vocab",
+            "cup; saucer", "--recognizer", "ovsam", "--checkpoint", "model.safetensors"]  # fmt: skip
+    assert main([*argv, "--clip", "RN50x16"]) == 2
     err = capsys.readouterr().err
-    assert "ovsam_coco was trained with CLIP RN50, but the class names would be embedded " in err
-    assert "with CLIP RN50x16: pass --clip RN50" in err and "Traceback" not in err
-    assert not (tmp_path / "result.json").exists()
+    assert "model.safetensors was trained with CLIP RN50, but the class names would be " in err
+    assert "embedded with CLIP RN50x16: pass --clip RN50" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+    fetched: list[list[str]] = []
+
+    def offline(names: list[str], *args: object, **kwargs: object) -> None:
+        fetched.append(names)
+        raise WeightsMissing("weights", names)
+
+    monkeypatch.setattr("ovsam.ov.checkpoints.resolve_all", offline)
+    assert main(argv) != 0  # RN50 chosen by itself: only the openai RN50 weights are wanted
+    assert fetched == [["clip_RN50_openai"]] and "Traceback" not in capsys.readouterr().err
+
+
+def test_ovsam_result_names_the_checkpoint_file_that_segmented(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--recognizer ovsam --checkpoint model.safetensors``: the result names the OV-SAM model
+    and the file (absolute path, sha256) that made the mask, not just ``ovsam_coco``."""
+    from ovsam.ov import save_ovsam
+
+    monkeypatch.chdir(tmp_path)
+    save_ovsam(small_ovsam(), "model.safetensors")  # its header says CLIP RN50
+    monkeypatch.setattr(ovsam.build, "build_model", lambda *_, **__: small_ovsam())  # narrow
+    argv = ["segment", str(SAMPLE_PHOTO), "--box", *BOX, "--out", "out", "--vocab", "cup; saucer",
+            "--recognizer", "ovsam", "--checkpoint", "model.safetensors", "--clip", "RN50",
+            "--random-recognition", "--templates", "none"]  # fmt: skip
+    assert main(argv) == 0
+    record = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert record["model"] == "ovsam_coco"
+    assert record["checkpoint"] == {
+        "path": str(tmp_path.resolve() / "model.safetensors"),
+        "sha256": hashlib.sha256((tmp_path / "model.safetensors").read_bytes()).hexdigest(),
+    }
+
+
+def test_an_ovsam_model_file_segments_with_its_own_clip_and_real_masks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """``--model FILE --recognizer ovsam``: the file is the model (no official files wanted),
+    its CLIP is the default, and with --random-recognition only the labels are random."""
+    from ovsam.ov import save_ovsam
+    from ovsam.recognizers import RANDOM_NOTE
+
+    monkeypatch.chdir(tmp_path)
+    save_ovsam(small_ovsam(), "model.safetensors")  # its header says CLIP RN50
+    built: list[str] = []
+
+    def narrow(name: str, *args: object, **kwargs: object) -> object:
+        built.append(name)
+        return small_ovsam()  # the saved file's narrow adapter is not loadable by name
+
+    monkeypatch.setattr(ovsam.build, "build_model", narrow)
+    argv = ["segment", str(SAMPLE_PHOTO), "--box", *BOX, "--out", "out", "--vocab", "cup; saucer",
+            "--recognizer", "ovsam", "--model", "model.safetensors", "--random-recognition",
+            "--templates", "none"]  # fmt: skip
+    assert main(argv) == 0
+    assert built == ["model.safetensors"]
+    assert RANDOM_NOTE in capsys.readouterr().out
+    record = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert record["recognition_weights"] == RANDOM_NOTE

@@ -7,6 +7,7 @@ The model is replaced by a fast stand-in (each box prompt gives its filled box, 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import re
@@ -116,6 +117,35 @@ def test_resume_with_other_settings_is_refused(tiny: Path, tmp_path: Path, built
     # --method only names the row: renaming it reuses the records
     status, stdout, _ = run_eval(tiny, out, "--method", "renamed")
     assert status == 0 and "| renamed |" in stdout and built == ["mobilesam"] * 2
+    # records embedded with other synonyms (an older ovsam's rule) are not mixed in
+    settings = json.loads((out / "settings.json").read_text())
+    settings["vocabulary_sha256"] = "0" * 64
+    (out / "settings.json").write_text(json.dumps(settings))
+    status, _, stderr = run_eval(tiny, out)
+    assert status == 2 and "vocabulary_sha256 '000" in stderr
+
+
+def test_a_checkpoint_file_names_the_row_and_counts_by_its_content(
+    tiny: Path, tmp_path: Path, built: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trained OV-SAM file and the official model get rows of their own; the file is recorded
+    by absolute path and sha256: another spelling resumes, other content is refused."""
+    monkeypatch.chdir(tmp_path)
+    Path("model.safetensors").write_bytes(b"trained")
+    argv = ["--recognizer", "ovsam", "--clip", "RN50", "--checkpoint"]
+    status, stdout, _ = run_eval(tiny, tmp_path / "out", *argv, "model.safetensors")
+    metrics = strict_json(tmp_path / "out" / "metrics.json")
+    digest = hashlib.sha256(b"trained").hexdigest()
+    record = {"path": str(tmp_path.resolve() / "model.safetensors"), "sha256": digest}
+    assert status == 0 and metrics["model"] == "ovsam_coco" and metrics["checkpoint"] == record
+    assert metrics["method"].startswith("ovsam (ovsam_coco + model.safetensors, ")
+    assert f"| {metrics['method']} |" in stdout and f"(sha256 {digest})" in stdout
+    status, _, _ = run_eval(tiny, tmp_path / "out", *argv, str(tmp_path / "model.safetensors"))
+    assert status == 0 and len(built) == 2  # the same file, spelled otherwise: resumed
+    Path("model.safetensors").write_bytes(b"retrained")
+    status, _, stderr = run_eval(tiny, tmp_path / "out", *argv, "model.safetensors")
+    changed = hashlib.sha256(b"retrained").hexdigest()
+    assert status == 2 and f"(checkpoint.sha256 {digest!r} -> {changed!r})" in stderr
 
 
 def test_point_prompts_in_a_new_folder_give_other_numbers(

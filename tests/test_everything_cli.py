@@ -3,16 +3,21 @@ meaningless with random recognition weights, and captions kept inside the overla
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from ovsam.cli.main import main
+from ovsam.cli.everything_cmd import run_settings
+from ovsam.cli.main import build_parser, main
+from ovsam.cli.segment_cmd import label_options
 from ovsam.recognizers import RANDOM_NOTE
 from ovsam.visualize import CAPTION_PAD, PALETTE, caption_shift, overlay
+from ovsam.weights import get_weights_spec
 from synthetic_scenes import make_scene
 
 # a 2x2 grid, every candidate kept: fast, and there are always masks (and captions)
@@ -200,6 +205,73 @@ def test_results_of_another_image_are_redone_not_skipped(
     assert capsys.readouterr().out == "1 image already done, skipped\n"
 
 
+def test_a_changed_image_that_no_longer_reads_leaves_no_old_results(
+    folder: Path, tmp_path: Path, mobilesam_checkpoint: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """An image replaced by an unreadable file (or one that cannot be read at all) is redone,
+    fails, and its folder no longer holds the results of the image it replaced."""
+    out = tmp_path / "out"
+    assert _everything(folder, out, mobilesam_checkpoint) == 0
+    (folder / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n not any more")
+    capsys.readouterr()
+    assert _everything(folder, out, mobilesam_checkpoint) == 1
+    captured = capsys.readouterr()
+    assert "1 image not the image its results were made from" in captured.out
+    assert "failed: " in captured.err and "a.png" in captured.err
+    assert sorted(p.name for p in (out / "a.png").iterdir()) == []
+    assert (out / "a.jpg" / "masks.json").is_file()  # untouched
+    assert _everything(folder, out, mobilesam_checkpoint) == 1  # and so on each run
+
+
+def test_a_checkpoint_file_counts_by_its_content_not_its_spelling(
+    folder: Path, tmp_path: Path, mobilesam_checkpoint: Path,
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The checkpoint is recorded by absolute path and sha256: the same file written another
+    way resumes, the file with other content is refused like any other setting."""
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    shutil.copyfile(mobilesam_checkpoint, weights / "mine.pt")
+    monkeypatch.chdir(weights)
+    out = tmp_path / "out"
+    assert _everything(folder / "a.png", out, Path("mine.pt")) == 0
+    digest = get_weights_spec("mobile_sam").sha256
+    record = {"path": str(weights.resolve() / "mine.pt"), "sha256": digest}
+    assert json.loads((out / "settings.json").read_text())["checkpoint"] == record
+    assert json.loads((out / "masks.json").read_text())["settings"]["checkpoint"] == record
+    capsys.readouterr()
+    assert _everything(folder / "a.png", out, weights / "mine.pt") == 0  # absolute: resumed
+    assert capsys.readouterr().out == "1 image already done, skipped\n"
+    (weights / "mine.pt").write_bytes(b"retrained")  # same name, other weights
+    assert _everything(folder / "a.png", out, Path("mine.pt")) == 2
+    changed = hashlib.sha256(b"retrained").hexdigest()
+    assert capsys.readouterr().err == (
+        f"ovsam everything: error: {out} holds results made with other settings "
+        f"(checkpoint.sha256 {digest!r} -> {changed!r}): {HINT}\n"
+    )
+
+
+def test_settings_name_the_model_that_segments(tmp_path: Path) -> None:
+    """With ``--recognizer ovsam`` OV-SAM makes the masks, whatever ``--model`` says; a
+    registered weights name stays a name."""
+    (tmp_path / "model.safetensors").write_bytes(b"trained")
+    argv = ["everything", "x.png", "--out", "o", "--vocab", "cup; saucer", "--clip", "RN50"]
+
+    def settings(*extra: str) -> dict:
+        args = build_parser().parse_args([*argv, *extra])
+        return run_settings(args, label_options(args))
+
+    ovsam = settings("--recognizer", "ovsam", "--checkpoint", str(tmp_path / "model.safetensors"))
+    assert ovsam["model"] == "ovsam_coco" and ovsam["recognizer"] == "ovsam"
+    assert ovsam["checkpoint"] == {
+        "path": str((tmp_path / "model.safetensors").resolve()),
+        "sha256": hashlib.sha256(b"trained").hexdigest(),
+    }
+    crop = settings("--checkpoint", "mobile_sam")
+    assert crop["model"] == "mobilesam" and crop["checkpoint"] == "mobile_sam"
+    assert settings("--model", str(tmp_path / "model.safetensors"))["model"] == ovsam["checkpoint"]
+
+
 def test_random_recognition_is_announced_marked_and_recorded(
     folder: Path,
     tmp_path: Path,
@@ -279,3 +351,24 @@ def test_a_grid_too_large_is_refused_before_the_model_is_built(
         "ovsam everything: error: points_per_side=100000: expected at most 256\n"
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_an_image_that_cannot_be_hashed_is_never_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A result without a recorded sha256 (older ovsam) beside an image that cannot be read:
+    None == None must not count as "the same image"."""
+    from ovsam.cli import everything_jobs
+
+    image, out = tmp_path / "a.png", tmp_path / "out"
+    image.write_bytes(b"png")
+    out.mkdir()
+    (out / "masks.json").write_text(json.dumps({"settings": {"x": 1}}))
+
+    def unreadable(path: Path) -> str:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(everything_jobs, "sha256_file", unreadable)
+    done, changed = everything_jobs.finished_jobs([(image, out)], out, {"x": 1}, False)
+    assert (done, changed) == ([], [(image, out)])
+    assert not (out / "masks.json").exists()

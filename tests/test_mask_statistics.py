@@ -47,12 +47,12 @@ def test_statistics_equal_those_of_full_size_logits(
     generator = torch.Generator().manual_seed(sum(size))
     low = torch.randn(3, 1, 16, 16, generator=generator, dtype=dtype) * 4
     logits = F.interpolate(low, frame, mode="bilinear", align_corners=False)[:, 0]
-    logits[2] = -5.0  # an empty mask: stability 1, area 0
+    logits[2] = -5.0  # an empty mask: stability 0, area 0
     full = F.interpolate(logits[:, None], size, mode="bilinear", align_corners=False)[:, 0]
     ours = mask_statistics(logits, size, 0.0, 1.0, stride)
     masks = full > 0
     assert ours.area.tolist() == masks.flatten(1).sum(1).tolist()
-    assert ours.area[2] == 0 and ours.stability[2] == 1.0
+    assert ours.area[2] == 0 and ours.stability[2] == 0.0
     assert torch.equal(ours.cells, cell_masks(masks, stride))
     torch.testing.assert_close(ours.stability, stability_scores(full, 0.0, 1.0), rtol=0, atol=1e-6)
 

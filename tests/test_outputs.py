@@ -89,6 +89,18 @@ def test_failed_rename_names_the_target_not_the_temporary_file(tmp_path: Path) -
     assert [p.name for p in target.iterdir()] == ["keep.txt"]
 
 
+def test_an_error_without_errno_keeps_its_own_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: object) -> None:
+        raise OSError("the disk said no")
+
+    monkeypatch.setattr("os.replace", refuse)
+    with pytest.raises(OSError, match="^the disk said no$"):
+        atomic_write_bytes(tmp_path / "x.bin", b"1")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_unwritable_folder_names_the_target(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

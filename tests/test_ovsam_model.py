@@ -256,6 +256,42 @@ def test_own_checkpoint_is_self_describing(tmp_path: Path) -> None:
     )
 
 
+def test_an_exported_model_chooses_its_own_clip_and_is_refused_as_sam_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file written by save_ovsam names the CLIP it was trained with (read from its header):
+    the default for --recognizer ovsam, and a mismatch is refused before any download."""
+    from ovsam.export_onnx import PromptDecoderForOnnx
+    from ovsam.recognizers import (
+        LabelOptions,
+        build_labeled_predictor,
+        default_clip_model,
+        segmentation_model_name,
+    )
+
+    path = save_ovsam(small_ovsam(), tmp_path / "mine.safetensors")  # trained with RN50
+    assert default_clip_model("ovsam", "mobilesam", path) == "RN50"
+    assert default_clip_model("ovsam", str(path), None) == "RN50"
+    assert default_clip_model("ovsam", "ovsam_lvis", None) == "RN50x16"  # the official CLIP
+    assert default_clip_model("image-crop", "mobilesam", path) == "RN50x16"
+    options = LabelOptions(recognizer="ovsam", clip_model="RN50x16")
+    assert segmentation_model_name(options, str(path)) == str(path)  # the file itself segments
+    assert segmentation_model_name(options, "mobilesam") == "ovsam_coco"
+
+    def no_download(*args: object, **kwargs: object) -> None:
+        raise AssertionError("weights were fetched")
+
+    monkeypatch.setattr("ovsam.ov.checkpoints.resolve_all", no_download)
+    with pytest.raises(
+        InputError, match="trained with CLIP RN50, but .* RN50x16: pass --clip RN50"
+    ):
+        build_labeled_predictor(options, str(path))
+    with pytest.raises(CheckpointError, match="is an OV-SAM model, not weights for mobilesam"):
+        build_model("mobilesam", path)
+    with pytest.raises(InputError, match="CLIP2SAMHead .* is not exported"):
+        PromptDecoderForOnnx(small_ovsam())
+
+
 def test_random_weights_warn_once_and_mark_every_label() -> None:
     import warnings
 
@@ -299,7 +335,7 @@ def test_missing_official_files_are_all_named_in_one_line(monkeypatch: pytest.Mo
 
 def test_predictor_errors() -> None:
     predictor = OVSamPredictor(small_ovsam(5))
-    with pytest.raises(NotReadyError, match="no text model"):
+    with pytest.raises(NotReadyError, match="no text model: .*create_model\\('RN50'"):
         predictor.set_vocabulary("coco")
     with pytest.raises(
         InputError, match="text bank has 8 dims; this OV-SAM embeds regions in 1024"

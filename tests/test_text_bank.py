@@ -117,6 +117,25 @@ def test_cache_hit_and_rebuild_on_any_change(
     )
 
 
+def test_display_names_share_the_bank_of_the_same_synonyms(
+    model: CLIP, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """eval names LVIS classes 'aerosol_can', the built-in list 'aerosol can': the same
+    synonyms are embedded once and each caller gets its own names."""
+    from ovsam.vocab import Vocabulary
+
+    def vocabulary(display: str) -> Vocabulary:
+        return Vocabulary("v", (display, "cat"), (("aerosol can",), ("cat",)), ({}, {}))
+
+    first = build_text_bank(model, vocabulary("aerosol_can"), TEMPLATES, cache=tmp_path)
+    monkeypatch.setattr(text_bank, "encode_prompts", None)  # a rebuild would fail
+    for display in ("aerosol can", "aerosol_can"):
+        hit = build_text_bank(model, vocabulary(display), TEMPLATES, cache=tmp_path)
+        assert hit.names == (display, "cat") and hit.key == first.key
+        assert torch.equal(hit.embeddings, first.embeddings)
+    assert len(list(tmp_path.glob("*.safetensors"))) == 1
+
+
 def test_batches_are_bounded_and_concurrent_writers_are_safe(
     model: CLIP, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -163,6 +182,8 @@ def test_bank_input_errors(model: CLIP) -> None:
     [
         ("a {} of {color}", "exactly one '\\{\\}' placeholder: 'a \\{\\} of \\{color\\}'"),
         ("a {0} and {}", "exactly one '\\{\\}' placeholder: 'a \\{0\\} and \\{\\}'"),
+        ("a {!r}", "exactly one '\\{\\}' placeholder: 'a \\{!r\\}' \\(a plain one"),
+        ("a {:>30}", "exactly one '\\{\\}' placeholder: 'a \\{:>30\\}'"),
         ("a {} {", "template 'a \\{\\} \\{' is not a valid format string: Single '\\{'"),
         ("a {:d}", "template 'a \\{:d\\}' is not a valid format string: Unknown format code"),
         ("a {!z}", "template 'a \\{!z\\}' is not a valid format string: Unknown conversion"),
@@ -298,8 +319,14 @@ def test_region_input_errors(model: CLIP) -> None:
             torch.arange(3),
             r"embeddings \(2, 8\) and class ids \(3,\)",
         ),
-        (("a", "b"), torch.ones(2, 8), torch.tensor([0, 2]), r"integers in \[0, 2\).*in \[0, 2\]"),
+        (
+            ("a", "b"),
+            torch.ones(2, 8),
+            torch.tensor([0, 2]),
+            r"int32/int64 in \[0, 2\).*in \[0, 2\]",
+        ),
         (("a", "b"), torch.ones(2, 8), torch.tensor([0.0, 1.0]), r"got torch.float32 ids"),
+        (("a", "b"), torch.ones(2, 8), torch.tensor([False, True]), r"int32/int64 .* torch.bool"),
     ],
 )
 def test_a_bank_that_cannot_label_is_refused(

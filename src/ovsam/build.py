@@ -23,7 +23,7 @@ from pathlib import Path
 from torch import nn
 
 from ovsam.checkpoint import load_state_dict_strict, read_state_dict
-from ovsam.errors import InputError
+from ovsam.errors import CheckpointError, InputError
 from ovsam.modeling.image_encoder import ImageEncoderViT
 from ovsam.modeling.mask_decoder import MaskDecoder
 from ovsam.modeling.prompt_encoder import PromptEncoder
@@ -123,11 +123,16 @@ def build_model(
 
         return load_ovsam(name)
     entry = get_model_entry(name)
-    if entry.name.startswith("ovsam") and checkpoint is not None:
+    if checkpoint is not None:
         from ovsam.ov.checkpoints import is_ovsam_checkpoint, load_ovsam
 
         if is_ovsam_checkpoint(checkpoint):  # it describes its own architecture (e.g. exported)
-            return load_ovsam(checkpoint)
+            if entry.name.startswith("ovsam"):
+                return load_ovsam(checkpoint)
+            raise CheckpointError(
+                f"{checkpoint} is an OV-SAM model, not weights for {entry.name}: load it as the "
+                f"model itself (--model {checkpoint}, or build_model({str(checkpoint)!r}))"
+            )
     model = entry.builder()
     weights = (
         checkpoint if checkpoint is not None else (entry.default_weights if pretrained else None)

@@ -43,6 +43,11 @@ class PromptDecoderForOnnx(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
+        if not hasattr(model.mask_decoder, "predict_masks"):
+            raise InputError(
+                f"ONNX export covers SAM's mask decoder (masks + IoU head); this model's "
+                f"{type(model.mask_decoder).__name__} (OV-SAM's CLIP2SAM head) is not exported"
+            )
         self.prompt_encoder = model.prompt_encoder
         self.mask_decoder = model.mask_decoder
 

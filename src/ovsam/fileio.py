@@ -37,7 +37,10 @@ def _new_file_mode(target: Path) -> int:
 
 
 def _naming_target(exc: OSError, target: Path) -> OSError:
-    """``exc`` (same errno, so the same ``OSError`` subclass) naming ``target`` as its file."""
+    """``exc`` (same errno, so the same ``OSError`` subclass) naming ``target`` as its file;
+    ``exc`` itself when it has no errno (its message is all it says)."""
+    if exc.errno is None:
+        return exc
     return OSError(exc.errno, exc.strerror, str(target))
 
 

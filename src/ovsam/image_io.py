@@ -4,12 +4,15 @@ Grayscale, palette, RGBA (alpha composited on white), CMYK, 16-bit and float ima
 converted (16-bit by a fixed scale, 65535 -> 255; see :func:`_gray_to_uint8`); EXIF
 orientation is applied. Corrupt or non-image data raises :class:`InputError`. Size is
 ovsam's call (``max_pixels``, :class:`ImageTooLargeError`): PIL's DecompressionBombWarning is
-silenced while an image is read, and only PIL's refusal of twice its own limit is kept.
+silenced while an image file is opened (the one place PIL checks it; under a lock, as
+``warnings.catch_warnings`` is process-wide and the server reads uploads in several
+threads), and only PIL's refusal of twice its own limit is kept.
 """
 
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 from pathlib import Path
 from typing import IO
@@ -20,6 +23,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ovsam.errors import InputError
 
 DEFAULT_MAX_PIXELS = 100_000_000
+_WARNINGS_LOCK = threading.Lock()  # one catch_warnings at a time (see the module doc)
 
 
 class ImageTooLargeError(InputError):
@@ -74,8 +78,7 @@ def load_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXE
         raise InputError(f"image file not found: {source}")
     try:
         fh = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
-        with warnings.catch_warnings(), fh:
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with fh:
             return _decode(fh, what, max_pixels)
     except InputError:
         raise
@@ -91,7 +94,10 @@ def load_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXE
 
 def _decode(fh: IO[bytes], what: str, max_pixels: int) -> np.ndarray:
     """Open, size-check and decode the image in ``fh`` (``what`` names it in errors)."""
-    with Image.open(fh) as img:
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        opened = Image.open(fh)
+    with opened as img:
         width, height = img.size
         if width < 1 or height < 1:
             raise InputError(f"{what} has an empty size {width}x{height}")

@@ -31,7 +31,7 @@ COLUMN_BLOCK = 512
 @dataclass
 class MaskStatistics:
     """Per candidate of a batch of K: ``stability`` (float32: IoU of the masks at threshold
-    + offset and threshold - offset, 1 where both are empty), ``area`` (int64: pixels above
+    + offset and threshold - offset, 0 where both are empty), ``area`` (int64: pixels above
     the threshold) and ``cells`` (``KxH'xW'`` bool, H' = ceil(H / stride): True where any
     pixel of the ``stride x stride`` cell is above the threshold)."""
 
@@ -42,15 +42,16 @@ class MaskStatistics:
 
 def stability_from_counts(inter: Tensor, union: Tensor) -> Tensor:
     """Stability scores from pixel counts above threshold + offset (``inter``) and above
-    threshold - offset (``union``): float32 ``inter / union``, 1 where both are empty."""
-    inter, union = inter.float(), union.float()
-    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+    threshold - offset (``union``): float32 ``inter / union``, 0 where both are empty (an
+    empty mask is no stable object; SAM's own division gives NaN there, which no threshold
+    keeps either)."""
+    return inter.float() / union.float().clamp(min=1)
 
 
 def stability_scores(logits: Tensor, threshold: float, offset: float) -> Tensor:
     """IoU of ``logits > threshold + offset`` with ``logits > threshold - offset``, per mask.
 
-    ``logits`` ``Nx...``; returns ``N`` scores in [0, 1] (1 for masks empty at both levels).
+    ``logits`` ``Nx...``; returns ``N`` scores in [0, 1] (0 for masks empty at both levels).
     """
     flat = logits.flatten(1)
     inter = (flat > threshold + offset).sum(1, dtype=torch.int32)  # int32: 1.7x faster

@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # torch and the models load on first use: the CLI parser impo
     import torch
 
 RECOGNIZERS = ("image-crop", "feature-crop", "ovsam")
+DEFAULT_CLIP = "RN50x16"  # the official OV-SAM's CLIP, and the crop baselines' default
 RANDOM_NOTE = "random recognition weights (testing only): labels are meaningless"
 RANDOM_MODEL_NOTE = (
     "random OV-SAM and CLIP weights (testing only): masks and labels are meaningless"
@@ -44,7 +45,7 @@ class LabelOptions:
     vocabulary: str | Path | list[str] | Vocabulary = "coco"
     top_k: int = 5
     recognizer: str = "image-crop"
-    clip_model: str = "RN50x16"
+    clip_model: str = DEFAULT_CLIP
     clip_weights: str | Path = "openai"
     random_weights: bool = False
     templates: str = "vild"
@@ -110,11 +111,35 @@ def required_weights(
 
 
 def segmentation_model_name(options: LabelOptions | None, sam_model: str) -> str:
-    """The registered model that segments: ``sam_model``, except that the ``ovsam``
-    recognizer needs an OV-SAM model (``ovsam_coco`` unless ``sam_model`` is one)."""
+    """The model that segments: ``sam_model``, except that the ``ovsam`` recognizer needs an
+    OV-SAM model (``ovsam_coco`` unless ``sam_model`` is one: a registered name or a file
+    written by :func:`~ovsam.ov.save_ovsam`)."""
     if options is None or options.recognizer != "ovsam" or sam_model.startswith("ovsam"):
         return sam_model
-    return "ovsam_coco"
+    from ovsam.ov.checkpoints import is_ovsam_checkpoint
+
+    return sam_model if is_ovsam_checkpoint(sam_model) else "ovsam_coco"
+
+
+def ovsam_clip_model(sam_model: str, checkpoint: str | Path | None = None) -> str:
+    """The CLIP architecture of the OV-SAM the ``ovsam`` recognizer would build: recorded in a
+    self-describing checkpoint (``checkpoint``, or ``sam_model`` given as a file), else that of
+    the official model (:data:`DEFAULT_CLIP`). Read from file headers: no weights load."""
+    from ovsam.ov.checkpoints import ovsam_checkpoint_config
+
+    for path in (checkpoint, sam_model):
+        config = None if path is None else ovsam_checkpoint_config(path)
+        if config is not None:
+            return config.clip_model
+    return DEFAULT_CLIP
+
+
+def default_clip_model(recognizer: str, sam_model: str, checkpoint: str | Path | None) -> str:
+    """The CLIP that embeds class names when none is chosen: for the ``ovsam`` recognizer the
+    one its OV-SAM was trained with (:func:`ovsam_clip_model`), else :data:`DEFAULT_CLIP`."""
+    if recognizer == "ovsam":
+        return ovsam_clip_model(sam_model, checkpoint)
+    return DEFAULT_CLIP
 
 
 def build_labeled_predictor(
@@ -134,6 +159,11 @@ def build_labeled_predictor(
         raise InputError(
             f"unknown recognizer {options.recognizer!r}; choose one of {', '.join(RECOGNIZERS)}"
         )
+    name = segmentation_model_name(options, sam_model)
+    if options.recognizer == "ovsam":  # checked before any download: a mismatch needs none
+        _check_text_model(
+            ovsam_clip_model(name, checkpoint), options.clip_model, checkpoint or name
+        )
     try:
         resolve_all(required_weights(options, sam_model, checkpoint))
     except WeightsMissing as exc:
@@ -149,9 +179,7 @@ def build_labeled_predictor(
     if options.recognizer == "ovsam":
         from ovsam.ov.predictor import OVSamPredictor
 
-        name = segmentation_model_name(options, sam_model)
         model = build_model(name, checkpoint, pretrained=not random).to(device)
-        _check_text_model(model.config.clip_model, options.clip_model, checkpoint or name)
         predictor = OVSamPredictor(
             model,
             text_model=_text_model(options, device),

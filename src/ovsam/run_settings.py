@@ -1,14 +1,26 @@
 """Settings a resumable job records beside its results (``settings.json``), read back and
-compared: ``ovsam eval`` and ``ovsam everything`` refuse to resume with other settings."""
+compared: ``ovsam eval`` and ``ovsam everything`` refuse to resume with other settings.
+
+Also how every record (those settings, ``segment``'s ``result.json``, ``eval``'s
+``metrics.json``) names the model and checkpoint that segmented: a registered name as is, a
+file as :func:`file_record` (absolute path + sha256), so that the same file spelled another
+way compares equal and a file whose content changed does not.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ovsam.errors import InputError
+from ovsam.weight_sources import sha256_file
+
+if TYPE_CHECKING:
+    from ovsam.recognizers import LabelOptions
+
+FileRecord = dict[str, str]  # {"path": absolute path, "sha256": hex digest}
 
 
 def read_settings(path: Path, hint: str) -> dict[str, Any]:
@@ -24,9 +36,55 @@ def read_settings(path: Path, hint: str) -> dict[str, Any]:
 
 
 def settings_changes(saved: Mapping[str, Any], settings: Mapping[str, Any]) -> str:
-    """``"key old -> new; ..."`` for every setting that differs between two runs ('' if none)."""
-    return "; ".join(
-        f"{key} {saved.get(key)!r} -> {settings.get(key)!r}"
-        for key in sorted(set(saved) | set(settings))
-        if saved.get(key) != settings.get(key)
-    )
+    """``"key old -> new; ..."`` for every setting that differs between two runs ('' if none);
+    a setting that is a mapping in both (a :func:`file_record`) names the keys that differ
+    inside it: ``checkpoint.sha256 'ab..' -> 'cd..'``."""
+    return "; ".join(_changes(saved, settings, ""))
+
+
+def _changes(saved: Mapping[str, Any], settings: Mapping[str, Any], prefix: str) -> list[str]:
+    """The changes of :func:`settings_changes`, each key preceded by ``prefix``."""
+    changes = []
+    for key in sorted(set(saved) | set(settings)):
+        old, new = saved.get(key), settings.get(key)
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            changes += _changes(old, new, f"{prefix}{key}.")
+        elif old != new:
+            changes.append(f"{prefix}{key} {old!r} -> {new!r}")
+    return changes
+
+
+def file_record(path: Path) -> FileRecord:
+    """``{"path": absolute path, "sha256": hex}`` of the file at ``path`` (read once, in
+    chunks: a 1.2 GB checkpoint takes a few seconds)."""
+    return {"path": str(path.resolve()), "sha256": sha256_file(path)}
+
+
+def checkpoint_record(checkpoint: str | Path | None) -> str | FileRecord | None:
+    """How a record names ``--checkpoint``: None, a registered weights name as is (it always
+    means those weights), else the file's :func:`file_record`. A missing, empty or folder path
+    is a :class:`~ovsam.errors.CheckpointError`, an unknown name a
+    :class:`~ovsam.errors.WeightsUnavailableError`, as when the model loads it."""
+    from ovsam.weights import find_weights_spec, resolve_weights
+
+    if checkpoint is None or (isinstance(checkpoint, str) and find_weights_spec(checkpoint)):
+        return checkpoint
+    return file_record(resolve_weights(checkpoint, progress=False))
+
+
+def model_record(options: LabelOptions | None, sam_model: str) -> str | FileRecord:
+    """How a record names the model that segments
+    (:func:`~ovsam.recognizers.segmentation_model_name`: ``ovsam_coco`` for the ``ovsam``
+    recognizer with a SAM ``sam_model``): a registered name as is, an OV-SAM file
+    (``--model model.safetensors``, loaded as the model itself) as its :func:`file_record`."""
+    from ovsam.recognizers import segmentation_model_name
+
+    model = segmentation_model_name(options, sam_model)
+    path = Path(model)
+    return file_record(path) if path.suffix == ".safetensors" and path.is_file() else model
+
+
+def record_label(record: str | FileRecord | None) -> str | None:
+    """The short name of a :func:`model_record` / :func:`checkpoint_record` for ``eval``'s
+    table row: a registered name, or the file's name (``model.safetensors``)."""
+    return Path(record["path"]).name if isinstance(record, dict) else record

@@ -11,12 +11,8 @@ from ovsam.build import build_model
 from ovsam.image_io import load_image
 from ovsam.outputs import Prompt, write_result
 from ovsam.predictor import SamPredictor
-from ovsam.recognizers import (
-    LabelOptions,
-    build_labeled_predictor,
-    recognition_record,
-    segmentation_model_name,
-)
+from ovsam.recognizers import LabelOptions, build_labeled_predictor, recognition_record
+from ovsam.run_settings import checkpoint_record, model_record
 
 # how each mask score is named (result.json key -> terminal): SAM's IoU head, or the stability
 # score of decoders without one (OV-SAM's CLIP2SAM head: ``score_name = "stability_score"``)
@@ -47,7 +43,9 @@ def segment_image(
     paths and a one-line summary. With ``label_options`` the mask is also named (top-k labels
     in the JSON, the best on the overlay; see :mod:`ovsam.recognizers`). A decoder without an
     IoU head (OV-SAM) scores masks by stability: the JSON then has ``"predicted_iou": null`` and
-    ``"stability_score"``, and the summary says "stability score".
+    ``"stability_score"``, and the summary says "stability score". The JSON names the model
+    that segmented and its ``checkpoint`` (a file as its absolute path and sha256:
+    :mod:`ovsam.run_settings`).
     """
     image = load_image(image_path)
     if label_options is None:
@@ -64,8 +62,11 @@ def segment_image(
         multimask_output=choose_multimask(len(all_points), box is not None),
     )
     best = int(np.argmax(scores))
-    model = segmentation_model_name(label_options, model_name)
-    extra: dict[str, object] = {"model": model, "image": str(image_path)}
+    extra: dict[str, object] = {
+        "model": model_record(label_options, model_name),
+        "checkpoint": checkpoint_record(checkpoint),
+        "image": str(image_path),
+    }
     score_name = getattr(predictor.model.mask_decoder, "score_name", "predicted_iou")
     if score_name != "predicted_iou":
         extra |= {"predicted_iou": None, score_name: float(scores[best])}

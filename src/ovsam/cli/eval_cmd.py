@@ -8,7 +8,6 @@ depend on; resuming with other settings is refused).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -78,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         lvis_splits,
         write_report,
     )
-    from ovsam.recognizers import build_labeled_predictor, segmentation_model_name
+    from ovsam.recognizers import build_labeled_predictor
 
     data = read_annotations(args.annotations)
     if args.split == "coco-ov":
@@ -99,9 +98,9 @@ def run(args: argparse.Namespace) -> int:
         )
     check_image_files(args.images, _image_paths(data, dataset, selection.indices, detections))
     options = _label_options(args, dataset)
-    model = segmentation_model_name(options, args.model)
     info = init_distributed(args.device)
-    legacy = check_settings(args.out, _settings(args, model))
+    settings = _settings(args, options)
+    legacy = check_settings(args.out, settings)
     if legacy and info.is_main:
         print(
             f"warning: {args.out} has records but no settings.json (an older ovsam): "
@@ -125,8 +124,12 @@ def run(args: argparse.Namespace) -> int:
     if info.is_main:
         from ovsam import __version__
 
-        method = args.method or f"{args.recognizer} ({model}, {options.describe_weights()})"
-        about = {"prompt": args.prompt, "split": args.split, "model": model, "ovsam": __version__}
+        model, checkpoint = settings["model"], settings["checkpoint"]
+        method = args.method or (
+            f"{args.recognizer} ({_model_label(model, checkpoint)}, {options.describe_weights()})"
+        )
+        about = {"prompt": args.prompt, "split": args.split, "model": model}
+        about |= {"checkpoint": checkpoint, "ovsam": __version__}
         metrics = write_report(args.out, method, selection, about)
         print((args.out / "table.md").read_text(encoding="utf-8"), end="")
         print(f"{summary_line(metrics)} -> {args.out / 'metrics.json'}")
@@ -217,21 +220,38 @@ def _warn_ignored(args: argparse.Namespace, dataset: InstanceDataset, orphans: i
             )
 
 
-def _settings(args: argparse.Namespace, model: str) -> dict[str, str | bool | None]:
+def _settings(args: argparse.Namespace, options: LabelOptions) -> dict[str, Any]:
     """What determines the records (not ``--method``, ``--limit``, ``--device``): resuming into
     an ``--out`` made with other settings is refused. ``model`` is the model that segments
-    (``ovsam_coco`` for ``--recognizer ovsam`` with a SAM ``--model``)."""
-    digest = hashlib.sha256(args.annotations.read_bytes()).hexdigest()
+    (``ovsam_coco`` for ``--recognizer ovsam`` with a SAM ``--model``); the annotation file
+    counts by its content, a checkpoint or OV-SAM ``--model`` file by its absolute path and
+    content (:mod:`ovsam.run_settings`), each hashed once here; the vocabulary by what is
+    embedded (:meth:`~ovsam.vocab.Vocabulary.fingerprint`)."""
+    from ovsam.run_settings import checkpoint_record, model_record
+    from ovsam.weight_sources import sha256_file
+
     return {
-        "annotations_sha256": digest,
+        "annotations_sha256": sha256_file(args.annotations),
         "images": str(args.images.resolve()),
         "split": args.split,
         "prompt": args.prompt,
         "recognizer": args.recognizer,
         "templates": args.templates,
-        "model": model,
-        "checkpoint": args.checkpoint,
-        "clip": args.clip,
+        # the names and synonyms embedded (their rule changed once: results differ)
+        "vocabulary_sha256": options.vocabulary.fingerprint(),
+        "model": model_record(options, args.model),
+        "checkpoint": checkpoint_record(args.checkpoint),
+        "clip": options.clip_model,
         "clip_weights": str(args.clip_weights),
         "random_recognition": args.random_recognition,
     }
+
+
+def _model_label(model: str | dict[str, str], checkpoint: str | dict[str, str] | None) -> str:
+    """The model in a table row: its name, and the checkpoint it loaded when one was given
+    (``ovsam_coco + model.safetensors``), so that a trained model and the official one get
+    rows of their own."""
+    from ovsam.run_settings import record_label
+
+    label = record_label(model)
+    return label if checkpoint is None else f"{label} + {record_label(checkpoint)}"

@@ -10,7 +10,6 @@ resume rules: :mod:`ovsam.cli.everything_jobs`).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,22 +70,26 @@ MASKS_FORMAT = 2
 
 def run_settings(args: argparse.Namespace, options: LabelOptions | None) -> dict[str, Any]:
     """What determines the results (not ``--device``): recorded in ``settings.json`` and in
-    every ``masks.json``; resuming with other settings is refused."""
+    every ``masks.json``; resuming with other settings is refused. ``model`` is the model that
+    segments (``ovsam_coco`` for ``--recognizer ovsam`` with a SAM ``--model``); files (the
+    checkpoint, an OV-SAM ``--model``, a vocabulary) count by their content (sha256), the
+    checkpoint and model also by their absolute path (:mod:`ovsam.run_settings`)."""
+    from ovsam.run_settings import checkpoint_record, model_record
+    from ovsam.weight_sources import sha256_file
+
     vocabulary = None if options is None else options.vocabulary
-    digest = None
-    if isinstance(vocabulary, Path):  # a vocabulary file: its content counts, not its name
-        digest = hashlib.sha256(vocabulary.read_bytes()).hexdigest()
     return {
         "command": "everything",
         "masks_format": MASKS_FORMAT,
-        "model": args.model,
-        "checkpoint": None if args.checkpoint is None else str(args.checkpoint),
+        "model": model_record(options, args.model),
+        "checkpoint": checkpoint_record(args.checkpoint),
         "points_per_side": args.points_per_side,
         "pred_iou_thresh": args.pred_iou_thresh,
         "stability_thresh": args.stability_thresh,
         "min_area": args.min_area,
         "vocabulary": None if options is None else options.describe_vocabulary(),
-        "vocabulary_sha256": digest,
+        # a vocabulary file: its content counts, not its name
+        "vocabulary_sha256": sha256_file(vocabulary) if isinstance(vocabulary, Path) else None,
         "top_k": None if options is None else options.top_k,
         "recognizer": None if options is None else options.recognizer,
         "templates": None if options is None else options.templates,
@@ -128,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
     from ovsam.automatic import AutomaticMaskGenerator, check_generator_settings
     from ovsam.build import build_model
     from ovsam.cli.everything_jobs import (
+        OVERLAY_FILE,
         RESULT_FILE,
         SETTINGS_FILE,
         file_sha256,
@@ -195,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
             settings_written = True
         segments = [r["segmentation"] for r in records]
         atomic_write_bytes(
-            out / "overlay.png", png_bytes(overlay(image, segments, labels=captions))
+            out / OVERLAY_FILE, png_bytes(overlay(image, segments, labels=captions))
         )
         atomic_write_json(
             out / RESULT_FILE,

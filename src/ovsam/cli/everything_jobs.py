@@ -31,6 +31,7 @@ from ovsam.weight_sources import sha256_file
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 SETTINGS_FILE = "settings.json"
 RESULT_FILE = "masks.json"
+OVERLAY_FILE = "overlay.png"
 OVERWRITE_HINT = "choose another --out, or pass --overwrite to recompute every image"
 
 Job = tuple[Path, Path]  # (image file, its output folder)
@@ -103,8 +104,10 @@ def finished_jobs(
 ) -> tuple[list[Job], list[Job]]:
     """``(done, changed)``: the jobs whose ``masks.json`` was made with ``settings`` from the
     image file as it is now (to skip; none with ``overwrite``), and those made with
-    ``settings`` from another image or with no image sha256 recorded (to redo), after
-    refusing to resume over results made with other settings.
+    ``settings`` from another image, an unreadable one or with no image sha256 recorded (to
+    redo; their ``masks.json`` and ``overlay.png`` are removed at once, so that a redo that
+    fails leaves no results of another image), after refusing to resume over results made
+    with other settings.
 
     Raises :class:`InputError` (one line) when ``out/settings.json`` records other settings
     or is unreadable, or, without it, when a job's ``masks.json`` was made with other (or
@@ -128,14 +131,16 @@ def finished_jobs(
         saved = result.get("settings")
         saved = saved if isinstance(saved, dict) else {}
         if saved == dict(settings):
-            same = result.get("image_sha256") == file_sha256(job[0])
+            digest = file_sha256(job[0])  # None: unreadable, redone (and reported) below
+            same = digest is not None and result.get("image_sha256") == digest
+            if not same:  # results of another image: never left beside a failed redo
+                for name in (RESULT_FILE, OVERLAY_FILE):
+                    (job[1] / name).unlink(missing_ok=True)
             (done if same else changed).append(job)
         elif not recorded:
             why = settings_changes(saved, settings) if saved else "not recorded: an older ovsam"
             raise InputError(
                 f"{job[1] / RESULT_FILE} was made with other settings ({why}): {OVERWRITE_HINT}"
             )
-    return (
-        done,
-        changed,
-    )  # the others (failed, or left by an interrupted --overwrite run) are redone
+    # the others (failed, or left by an interrupted --overwrite run) are redone too
+    return done, changed

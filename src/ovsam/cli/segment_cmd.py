@@ -55,7 +55,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def add_clip_arguments(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
     """``--clip``, ``--clip-weights`` and ``--random-recognition`` (segment and serve)."""
-    group.add_argument("--clip", default="RN50x16", help="CLIP architecture for recognition")
+    group.add_argument(
+        "--clip", default=None,
+        help="CLIP architecture for recognition (default: with --recognizer ovsam the one its "
+        "model was trained with, else RN50x16)",
+    )  # fmt: skip
     group.add_argument(
         "--clip-weights", default="openai", help="pretrained tag (openai, ...) or checkpoint file"
     )
@@ -104,17 +108,19 @@ def recognition_options(
     """:class:`~ovsam.recognizers.LabelOptions` naming masks from ``vocabulary`` with the
     recognition flags (``--recognizer``, ``--templates``, :func:`add_clip_arguments`) and
     ``--checkpoint`` (segment, everything and eval)."""
-    from ovsam.recognizers import LabelOptions
+    from ovsam.recognizers import LabelOptions, default_clip_model
 
+    clip = args.clip or default_clip_model(args.recognizer, args.model, args.checkpoint)
     return LabelOptions(
         vocabulary=vocabulary,
         top_k=top_k,
         recognizer=args.recognizer,
-        clip_model=args.clip,
+        clip_model=clip,
         clip_weights=args.clip_weights,
         random_weights=args.random_recognition,
         templates=args.templates,
-        checkpoint_given=args.checkpoint is not None,
+        # a checkpoint, or a model file (build_model loads a .safetensors file whatever else)
+        checkpoint_given=args.checkpoint is not None or args.model.endswith(".safetensors"),
     )
 
 

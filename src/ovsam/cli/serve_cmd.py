@@ -8,6 +8,7 @@ import socket
 from ovsam.cli.arg_types import int_in_range
 from ovsam.cli.segment_cmd import DEFAULT_MODEL, add_clip_arguments
 from ovsam.errors import InputError, OVSamError, first_line
+from ovsam.recognizers import DEFAULT_CLIP
 from ovsam.serve.settings import MIB, LimitError, ServeSettings
 
 # ServeSettings limit -> (option, bytes per unit of the option or 1, help). The option's
@@ -74,7 +75,7 @@ def build_settings(args: argparse.Namespace) -> ServeSettings:
             checkpoint=args.checkpoint,
             labels=args.labels,
             random_recognition=args.random_recognition,
-            clip_model=args.clip,
+            clip_model=args.clip or DEFAULT_CLIP,
             clip_weights=args.clip_weights,
             **limits,
         )

@@ -35,7 +35,8 @@ from ovsam.fileio import atomic_path
 from ovsam.weights import cache_dir
 
 ClassNames = Sequence[str | Sequence[str]]
-BANK_FORMAT = "ovsam-text-bank-1"
+# 2: prompts holding token 0 ('!') are no longer cut short (banks of format 1 may be wrong).
+BANK_FORMAT = "ovsam-text-bank-2"
 
 
 @dataclass(frozen=True)
@@ -59,9 +60,10 @@ class TextBank:
                 f"{tuple(self.embeddings.shape)} and class ids {tuple(self.class_index.shape)}"
             )
         ids = self.class_index
-        if ids.dtype.is_floating_point or int(ids.min()) < 0 or int(ids.max()) >= len(self.names):
+        integer = ids.dtype in (torch.int32, torch.int64)
+        if not integer or int(ids.min()) < 0 or int(ids.max()) >= len(self.names):
             raise InputError(
-                f"text bank class ids must be integers in [0, {len(self.names)}), "
+                f"text bank class ids must be int32/int64 in [0, {len(self.names)}), "
                 f"got {ids.dtype} ids in [{ids.min().item()}, {ids.max().item()}]"
             )
 
@@ -114,14 +116,21 @@ def check_templates(templates: Sequence[str]) -> tuple[str, ...]:
         raise InputError("no prompt templates given")
     for template in templates:
         try:
-            fields = [f for _, f, _, _ in Formatter().parse(template) if f is not None]
-            if fields == [""]:
+            fields = [
+                (name, spec, conversion)
+                for _, name, spec, conversion in Formatter().parse(template)
+                if name is not None
+            ]
+            if len(fields) == 1 and fields[0][0] == "":
                 template.format("x")
         except (ValueError, LookupError, AttributeError, TypeError) as exc:
             message = f"template {template!r} is not a valid format string: {exc}"
             raise InputError(message) from None
-        if fields != [""]:
-            raise InputError(f"each template needs exactly one '{{}}' placeholder: {template!r}")
+        if fields != [("", "", None)]:
+            raise InputError(
+                f"each template needs exactly one '{{}}' placeholder: {template!r} (a plain one: "
+                "no index, name, conversion or format spec)"
+            )
     return templates
 
 
@@ -192,12 +201,14 @@ def _embed_synonyms(
 
 
 def _read_cached(path: Path, key: str, names: tuple[str, ...]) -> TextBank | None:
+    """The bank cached under ``key``, its classes named ``names`` (the key covers what is
+    embedded, not the display names: a vocabulary with other display names but the same
+    synonyms shares the file); None when missing or unreadable."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            if meta.get("key") != key or tuple(json.loads(meta.get("names", "[]"))) != names:
+            if (fh.metadata() or {}).get("key") != key:
                 return None
             return TextBank(names, fh.get_tensor("embeddings"), fh.get_tensor("class_index"), key)
     except Exception:  # noqa: BLE001 - an unreadable cache file is rebuilt, not fatal

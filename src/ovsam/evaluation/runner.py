@@ -108,7 +108,7 @@ def lvis_splits(categories: list[Mapping[str, Any]]) -> dict[int, str]:
     return {int(c["id"]): "novel" if c["frequency"] == "r" else "base" for c in categories}
 
 
-def check_settings(out_dir: str | Path, settings: Mapping[str, str | bool | None]) -> bool:
+def check_settings(out_dir: str | Path, settings: Mapping[str, Any]) -> bool:
     """Record the ``settings`` that determine the records in ``out_dir/settings.json``, or
     check them against those of an earlier run there: resuming with other settings (prompt,
     model, split, ...) would mix incompatible records, so it is an :class:`InputError`. While
@@ -256,14 +256,14 @@ def write_report(
     out_dir: str | Path,
     method: str,
     selection: Selection,
-    about: Mapping[str, str | None] | None = None,
+    about: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Merge every rank's records of the images of ``selection`` and write ``metrics.json`` and
     ``table.md`` (atomically): the metrics and the image / instance counts of
     :func:`~ovsam.evaluation.accounting.account` (every selected image evaluated, skipped with
     its reason, or missing; the unreadable ones listed with their reasons), and ``about`` the
-    run (prompt, split, model, ovsam version, ...: fields of ``metrics.json`` and a line under
-    the table)."""
+    run (prompt, split, model, checkpoint, ovsam version, ...: fields of ``metrics.json`` and a
+    line under the table, a file named there by its path and sha256)."""
     out = Path(out_dir)
     log = RecordLog()
     for path in sorted(out.glob("records.rank*.jsonl")):  # also those of an earlier, larger world
@@ -277,6 +277,14 @@ def write_report(
     atomic_write_json(out / "metrics.json", {"method": method, **about, **metrics})
     table = markdown_table({method: metrics})
     if about:
-        table += "\n" + "; ".join(f"{key}: {value}" for key, value in about.items()) + "\n"
+        table += "\n" + "; ".join(f"{key}: {_about(value)}" for key, value in about.items()) + "\n"
     atomic_write_bytes(out / "table.md", table.encode("utf-8"))
     return metrics
+
+
+def _about(value: Any) -> str:
+    """A field of ``about`` under the table: a file record (:mod:`ovsam.run_settings`) as
+    ``path (sha256 hex)``, anything else as itself."""
+    if isinstance(value, Mapping):
+        return f"{value['path']} (sha256 {value['sha256']})"
+    return str(value)

@@ -20,6 +20,7 @@ Our format is one ``.safetensors`` file holding every tensor under our key names
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -160,14 +161,19 @@ def load_official_ovsam(model: OVSam, dataset: str = "coco", progress: bool = Tr
 
 
 def save_ovsam(model: OVSam, path: str | Path) -> Path:
-    """Write ``model`` (weights + config) as one safetensors file, atomically."""
+    """Write ``model`` (weights + config) as one safetensors file, atomically, with the
+    permissions of the other outputs (:mod:`ovsam.fileio`: the umask's, or an old file's).
+    Written by ``save_file``, which streams the tensors: serialising to bytes first would hold
+    a second copy of the weights (about 1.2 GB for RN50x16)."""
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {"format": FORMAT, "config": json.dumps(model.config.to_dict())}
     path = Path(path)
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), meta)
+        mode = tmp.stat().st_mode & 0o7777  # atomic_path's: the umask's, or the old file's
+        save_file(tensors, str(tmp), meta)  # streams, but replaces tmp with a new 0600 file
+        os.chmod(tmp, mode)
     return path
 
 
@@ -197,3 +203,14 @@ def load_ovsam(path: str | Path) -> OVSam:
     model = build_ovsam(config)
     load_state_dict_strict(model, read_state_dict(path), source=str(path))
     return model.eval()
+
+
+def ovsam_checkpoint_config(path: str | Path) -> OVSamConfig | None:
+    """The :class:`OVSamConfig` recorded in a file written by :func:`save_ovsam` (read from its
+    header, no weights loaded); None for anything else (another file, a name, no file)."""
+    from safetensors import safe_open
+
+    if not is_ovsam_checkpoint(path):
+        return None
+    with safe_open(str(path), framework="pt") as fh:
+        return OVSamConfig(**json.loads((fh.metadata() or {})["config"]))

@@ -100,9 +100,11 @@ class OVSamPredictor(SamPredictor):
         """Embed a vocabulary (built-in name, text file, list of names) with ``text_model``."""
         vocab = load_vocabulary(vocabulary)
         if self.text_model is None:
+            clip = self.model.config.clip_model
             raise NotReadyError(
-                "no text model: pass text_model=ovsam.clip.create_model('RN50x16', pretrained='openai') "
-                "or call set_text_bank(bank)"
+                f"no text model: pass text_model=ovsam.clip.create_model({clip!r}, "
+                "pretrained='openai') (the CLIP this model was trained with) or call "
+                "set_text_bank(bank)"
             )
         bank = build_text_bank(self.text_model, vocab, self.templates, progress=progress)
         return self.set_text_bank(bank)
@@ -124,11 +126,11 @@ class OVSamPredictor(SamPredictor):
         """Labels for regions given as ``Bx4`` XYXY boxes in the 1024 input frame: ``head_boxes``
         pool the FPN (CLIP2SAM), ``clip_boxes`` the frozen CLIP map. B may be 0 (no labels)."""
         bank, state = require_bank(self.bank), self._require_state()
-        if len(head_boxes) == 0:
-            return []
         require_extras(
             state, [*FPN_KEYS, "clip_last"], "OV-SAM recognizer", "states of other predictors"
         )
+        if len(head_boxes) == 0:
+            return []
         config = self.model.config
         fpn = [state.extras[k] for k in FPN_KEYS]
         head = self.model.head_region_embeddings(fpn, head_boxes.to(self.device))
