@@ -51,19 +51,6 @@ class Oracle:
         return item.masks, names
 
 
-def _ground_truth_detections(data: dict) -> list[dict]:
-    """Each annotation of ``data`` as a detection of its box and class, score 0.9."""
-    return [
-        {
-            "image_id": a["image_id"],
-            "category_id": a["category_id"],
-            "bbox": a["bbox"],
-            "score": 0.9,
-        }
-        for a in data["annotations"]
-    ]
-
-
 def ov_dataset(data: dict, images: Path) -> InstanceDataset:
     """The OV-COCO classes of ``data`` (as ``ovsam eval --split coco-ov``)."""
     splits = coco_ov_splits()
@@ -333,34 +320,6 @@ def test_filled_polygons_agree_with_pycocotools() -> None:
     assert abs(int(extra) - int(missing)) < 0.1 * (extra + missing)  # unbiased
 
 
-def test_mask_ap_of_perfect_masks_is_100(tmp_path: Path) -> None:
-    pytest.importorskip("pycocotools")
-    from ovsam.evaluation.mask_ap import format_stats, mask_ap, segment_detections
-
-    path = write_tiny_coco(tmp_path / "coco", images=3)
-    data = json.loads(path.read_text())
-    dataset = InstanceDataset(data, tmp_path / "coco" / "images")
-    items = {dataset[i].image_id: dataset[i] for i in range(len(dataset))}
-    detections = _ground_truth_detections(data)
-
-    def oracle(image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        item = next(it for it in items.values() if np.array_equal(it.image, image))
-        order = [int(np.argmin(np.abs(item.boxes - b).sum(1))) for b in boxes]
-        return item.masks[order]
-
-    results, unreadable = segment_detections(oracle, data, tmp_path / "coco" / "images", detections)
-    assert unreadable == {}
-    assert len(results) == len(detections)
-    stats = mask_ap(path, results, tmp_path / "out")
-    assert stats["AP"] == pytest.approx(100.0) and stats["AP50"] == pytest.approx(100.0)
-    saved = json.loads((tmp_path / "out" / "mask_ap.json").read_text())
-    assert saved["AP75"] == pytest.approx(100.0)
-    assert stats["APl"] is None and saved["APl"] is None  # no large object: COCOeval's -1
-    assert format_stats(stats).endswith("APm 100.0, APl n/a")
-    shifted = [dict(r, category_id=1 if r["category_id"] != 1 else 3) for r in results]
-    assert mask_ap(path, shifted, tmp_path / "out2")["AP"] < 50.0
-
-
 def test_eval_command_end_to_end(
     tmp_path: Path, mobilesam_checkpoint: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -452,43 +411,3 @@ def test_unreadable_images_are_skipped_with_their_reason_and_not_retried(
         "method": "oracle",
         **metrics,
     }
-
-
-def test_a_detection_box_that_is_no_prompt_counts_with_an_empty_mask(tmp_path: Path) -> None:
-    """COCO's tooling scores every detection: a sub-pixel box, or one outside its image, keeps
-    its score with an empty mask (so it is a false positive), and is never prompted."""
-    pytest.importorskip("pycocotools")
-    from ovsam.evaluation.mask_ap import mask_ap, segment_detections
-    from ovsam.masks import encode_rle
-
-    path = write_tiny_coco(tmp_path / "coco", images=2)
-    data = json.loads(path.read_text())
-    dataset = InstanceDataset(data, tmp_path / "coco" / "images")
-    items = [dataset[i] for i in range(len(dataset))]
-    prompted: list[np.ndarray] = []
-
-    def oracle(image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        prompted.extend(boxes)
-        item = next(it for it in items if np.array_equal(it.image, image))
-        return item.masks[[int(np.argmin(np.abs(item.boxes - b).sum(1))) for b in boxes]]
-
-    good = _ground_truth_detections(data)
-    no_prompt = [  # above the good ones: they lower AP
-        {"image_id": 1, "category_id": 1, "bbox": [10, 10, 0.4, 10], "score": 0.95},
-        {"image_id": 2, "category_id": 3, "bbox": [500, 10, 20, 20], "score": 0.97},
-        {"image_id": 2, "category_id": 17, "bbox": [40, 96, 10, 0], "score": 0.99},
-    ]
-    results, _ = segment_detections(oracle, data, tmp_path / "coco" / "images", good + no_prompt)
-    assert len(results) == len(good) + len(no_prompt) and len(prompted) == len(good)
-    empty = encode_rle(np.zeros((96, 128), dtype=bool))
-    expected, _ = segment_detections(oracle, data, tmp_path / "coco" / "images", good)
-    expected += [
-        {"image_id": d["image_id"], "category_id": d["category_id"], "score": d["score"],
-         "segmentation": empty}
-        for d in no_prompt
-    ]  # fmt: skip
-    stats = mask_ap(path, results, tmp_path / "a")
-    assert stats == mask_ap(path, expected, tmp_path / "b") and stats["AP"] < 99.0
-    assert mask_ap(path, expected[: len(good)], tmp_path / "c")["AP"] == pytest.approx(100.0)
-    only_no_prompts, _ = segment_detections(oracle, data, tmp_path / "coco" / "images", no_prompt)
-    assert len(only_no_prompts) == 3 and len(prompted) == 2 * len(good)  # segment never called
