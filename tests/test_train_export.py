@@ -57,7 +57,7 @@ def test_export_loads_with_the_trained_weights_and_predicts(
 ) -> None:
     out = runs["root"] / "model.safetensors"
     assert main(["train", "export", str(runs["clip2sam"]), "--out", str(out)]) == 0
-    assert str(out) in capsys.readouterr().out
+    assert capsys.readouterr().out == f"{runs['clip2sam']} (step 1 of 1) -> {out}\n"
     model = build_model(str(out))
     assert isinstance(model, OVSam) and not model.random_weights
     config = model.config
@@ -96,16 +96,65 @@ def _copy_run(runs: dict[str, Path], name: str, **changes: object) -> Path:
     return run
 
 
+def _adapter_run(runs: dict[str, Path], name: str, **changes: object) -> Path:
+    """The sam2clip run's checkpoint in a run folder ``name`` whose config.json has
+    ``changes``."""
+    checkpoint = runs["root"] / name / "checkpoints" / "step_1.pt"
+    checkpoint.parent.mkdir(parents=True)
+    shutil.copy(runs["sam2clip"] / "checkpoints" / "step_1.pt", checkpoint)
+    config = json.loads((runs["sam2clip"] / "config.json").read_text()) | changes
+    (checkpoint.parent.parent / "config.json").write_text(json.dumps(config))
+    return checkpoint
+
+
+def test_export_says_which_step_it_holds_and_gets_the_umask_mode(
+    runs: dict[str, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ovsam.fileio as fileio
+
+    monkeypatch.setattr(fileio, "_UMASK", 0o027)
+    run, out = _copy_run(runs, "unfinished", steps=3), runs["root"] / "unfinished.safetensors"
+    assert main(["train", "export", str(run), "--out", str(out)]) == 0
+    assert capsys.readouterr().out == f"{run} (step 1 of 3: the run is not finished) -> {out}\n"
+    assert out.stat().st_mode & 0o777 == 0o640  # as open() gives, not save_file's 0600
+    older = _copy_run(runs, "older", steps=2)  # finished: its last step is saved
+    shutil.copy(older / "checkpoints" / "step_1.pt", older / "checkpoints" / "step_2.pt")
+    assert main(["train", "export", str(older), "--out", str(out), "--step", "1"]) == 0
+    assert capsys.readouterr().out == f"{older} (step 1 of 2) -> {out}\n"
+
+
+def test_clip2sam_refuses_an_adapter_distilled_on_another_clip(
+    runs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, adapter = runs["root"] / "data", runs["sam2clip"] / "checkpoints" / "step_1.pt"
+    out = runs["root"] / "rn101"
+    argv = ["train", "clip2sam", "--data", str(data / "images"), "--annotations",
+            str(data / "instances.json"), "--device", "cpu", "--out", str(out)]  # fmt: skip
+    sets = [*SMALL, "clip_model=RN101", f"adapter_checkpoint={adapter}", "vocabulary=dataset"]
+    assert main([*argv, *[f"--set={s}" for s in sets]]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and not out.exists(), err
+    assert (
+        f"clip_model=RN101 but adapter_checkpoint {adapter} was distilled with clip_model=RN50 "
+        f"(its run's {runs['sam2clip'] / 'config.json'})" in err
+    )
+
+
 def test_export_errors_are_one_line(
     runs: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = str(runs["root"] / "bad.safetensors")
+    openai_adapter = _adapter_run(runs, "openai_sam2clip", clip_weights="openai")
     cases = {
         str(runs["sam2clip"]): "is a sam2clip run: export the clip2sam run",
         str(runs["root"] / "nope"): "does not exist (expected a clip2sam run folder)",
         str(_copy_run(runs, "random", random_clip=True)): "its CLIP weights are not saved",
         str(_copy_run(runs, "wide", adapter_dim=128)): "has dim/depth/heads 64/1/2 but the run",
         str(_copy_run(runs, "noadapter", adapter_checkpoint="")): "random SAM2CLIP adapter",
+        str(_copy_run(runs, "vit_b", teacher="sam_vit_b")): "teacher=sam_vit_b but adapter_",
+        str(_copy_run(runs, "openai", adapter_checkpoint=str(openai_adapter))): (
+            f"was distilled with clip_weights=openai (its run's {openai_adapter.parent.parent}"
+        ),
     }
     for run, message in cases.items():
         assert main(["train", "export", run, "--out", out]) == 2

@@ -233,12 +233,78 @@ def test_clip2sam_refuses_a_vocabulary_without_instances(tmp_path: Path) -> None
         Clip2SamTask(config, torch.device("cpu"))
 
 
+def test_clip2sam_matches_annotation_names_by_name_key(tmp_path: Path) -> None:
+    """An LVIS-style file names the class 'traffic_light'; the vocabulary says 'traffic light':
+    the same class (it was dropped before, and with it every instance)."""
+    import json
+
+    from ovsam.train.clip2sam_task import Clip2SamTask
+
+    data = tmp_path / "data"
+    write_tiny_coco(data, images=1)
+    annotations = json.loads((data / "instances.json").read_text())
+    for category in annotations["categories"]:
+        category["name"] = category["name"].replace(" ", "_")
+    (data / "instances.json").write_text(json.dumps(annotations))
+    (tmp_path / "vocab.txt").write_text("traffic light\n")
+    overrides = [o for o in OVERRIDES if not o.startswith("steps")]
+    config = apply_overrides(
+        TrainConfig(data=str(data / "images"), annotations=str(data / "instances.json")),
+        [*overrides, f"vocabulary={tmp_path / 'vocab.txt'}"],
+    )
+    assert Clip2SamTask(config, torch.device("cpu")).class_of == {"traffic light": 0}
+
+
 def test_clip2sam_says_when_its_adapter_is_not_trained() -> None:
     from ovsam.train.clip2sam_task import startup_notice
 
     assert "random_clip=true (testing mode)" in str(startup_notice(TrainConfig(random_clip=True)))
     assert "no adapter_checkpoint" in str(startup_notice(TrainConfig()))
     assert startup_notice(TrainConfig(adapter_checkpoint="a.pt")) is None
+
+
+def test_clip2sam_refuses_an_adapter_distilled_with_another_clip_or_teacher(
+    tmp_path: Path,
+) -> None:
+    from dataclasses import replace
+
+    from ovsam.train.clip2sam_task import Clip2SamTask
+    from ovsam.train.config import check_adapter_run, save_config
+
+    weights = {name: tmp_path / name / "clip.pt" for name in ("rn50", "copy", "other")}
+    for name, path in weights.items():
+        path.parent.mkdir()
+        path.write_bytes(b"other" if name == "other" else b"rn50!")  # same size, other contents
+    run = tmp_path / "sam2clip"
+    (run / "checkpoints").mkdir(parents=True)
+    save_config(TrainConfig(clip_model="RN50", clip_weights=str(weights["rn50"])), run)
+    adapter = run / "checkpoints" / "step_2.pt"
+    config = TrainConfig(
+        task="clip2sam", clip_model="RN50", clip_weights=str(weights["copy"]),
+        adapter_checkpoint=str(adapter),
+    )  # fmt: skip
+    check_adapter_run(config)  # the same weights in another file
+    check_adapter_run(replace(config, clip_weights=str(weights["rn50"])))
+    refused = {
+        "clip_model=RN101 but": replace(config, clip_model="RN101"),
+        "teacher=sam_vit_b but": replace(config, teacher="sam_vit_b"),
+        f"clip_weights={weights['other']} but": replace(config, clip_weights=str(weights["other"])),
+        "clip_weights=openai but": replace(config, clip_weights="openai"),
+        "clip_weights=random (random_clip=true) but": replace(config, random_clip=True),
+    }
+    for start, bad in refused.items():
+        with pytest.raises(InputError) as info:
+            check_adapter_run(bad)
+        message = str(info.value)
+        assert message.startswith(start) and "\n" not in message, message
+        assert f"adapter_checkpoint {adapter} was distilled with " in message
+        assert message.endswith(f"(its run's {run / 'config.json'})")
+    with pytest.raises(InputError, match="was distilled with clip_model=RN50 "):
+        Clip2SamTask(replace(config, clip_model="RN101"), torch.device("cpu"))
+    # a bare adapter file names no run: nothing to compare with
+    check_adapter_run(
+        replace(config, clip_model="RN101", adapter_checkpoint=str(tmp_path / "a.pt"))
+    )
 
 
 def test_large_scale_jitter_takes_a_read_only_image() -> None:

@@ -284,3 +284,11 @@ def test_command_line_vocabulary_argument() -> None:
         InputError, match="nor a list like 'cat; dog; mug' \\(a single class: 'cup;'\\)"
     ):
         parse_vocabulary_argument("cup")
+
+
+def test_category_vocabulary_keeps_names_and_embeds_the_official_synonyms() -> None:
+    from ovsam.vocab import category_vocabulary
+
+    vocabulary = category_vocabulary("lvis", ["aerosol_can", "salad_plate/side_plate", "cup"])
+    assert vocabulary.classes == ("aerosol_can", "salad_plate/side_plate", "cup")
+    assert vocabulary.synonyms == (("aerosol can",), ("salad plate", "side plate"), ("cup",))

@@ -196,13 +196,10 @@ def _label_options(args: argparse.Namespace, dataset: InstanceDataset) -> LabelO
     """How masks are named: the recognizer over the evaluated classes, each embedded with the
     synonyms of the official OV-SAM banks (:func:`~ovsam.vocab.split_synonyms` of its name:
     ``aerosol_can`` -> ``aerosol can``); predictions are the categories' own names."""
-    from ovsam.vocab import Vocabulary, split_synonyms
+    from ovsam.vocab import category_vocabulary
 
     categories = sorted(dataset.categories.values(), key=lambda c: c["id"])
-    synonyms = tuple(split_synonyms(c["name"]) or (c["name"],) for c in categories)
-    vocabulary = Vocabulary(
-        args.split, tuple(c["name"] for c in categories), synonyms, tuple({} for _ in categories)
-    )
+    vocabulary = category_vocabulary(args.split, [c["name"] for c in categories])
     return recognition_options(args, vocabulary)
 
 

@@ -198,9 +198,7 @@ def run(args: argparse.Namespace) -> int:
             atomic_write_json(args.out / SETTINGS_FILE, settings)
             settings_written = True
         segments = [r["segmentation"] for r in records]
-        atomic_write_bytes(
-            out / OVERLAY_FILE, png_bytes(overlay(image, segments, labels=captions))
-        )
+        atomic_write_bytes(out / OVERLAY_FILE, png_bytes(overlay(image, segments, labels=captions)))
         atomic_write_json(
             out / RESULT_FILE,
             {

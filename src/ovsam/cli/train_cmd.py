@@ -5,7 +5,7 @@ machines: ``torchrun --nproc_per_node 8 -m ovsam train sam2clip ...`` (see the R
 Re-running the same command resumes from the newest checkpoint in ``--out``; settings that
 change what the run trains must stay the same (see :func:`ovsam.train.config.check_resume`).
 ``ovsam train export RUN --out model.safetensors [--step N]`` writes a clip2sam run as one
-model file (:mod:`ovsam.train.export`).
+model file (:mod:`ovsam.train.export`) and says which step of the run it holds.
 """
 
 from __future__ import annotations
@@ -131,6 +131,6 @@ def run_export(args: argparse.Namespace) -> int:
     from ovsam.train.export import export_ovsam
 
     check_output(args.model_out, is_file=True)
-    path = export_ovsam(args.run_dir, args.model_out, step=args.step)
-    print(f"{args.run_dir} -> {path}")
+    exported = export_ovsam(args.run_dir, args.model_out, step=args.step)
+    print(f"{args.run_dir} ({exported.progress}) -> {exported.path}")
     return 0

@@ -2,7 +2,10 @@
 
 Frozen: the CLIP tower and SAM2CLIP adapter (``adapter_checkpoint`` = a ``sam2clip`` run's
 checkpoint) and SAM's prompt encoder (taken from ``teacher``, whose mask decoder also initialises
-the head's, as the official code starts from SAM's). Trained: the CLIP2SAM head + FPN.
+the head's, as the official code starts from SAM's). Trained: the CLIP2SAM head + FPN. An adapter
+distilled with another ``clip_model``, CLIP weights or ``teacher`` than the run's is refused
+(:func:`~ovsam.train.config.check_adapter_run`: read from the sam2clip run's ``config.json``, so
+a bare adapter file, outside its run folder, cannot be checked).
 
 Per image (large-scale jitter to 1024² when ``lsj``): up to ``prompts_per_image`` instances of
 the training vocabulary (``vocabulary``: e.g. ``coco_base``; ``dataset`` = all categories) are
@@ -31,9 +34,9 @@ from ovsam.ov.classifier import bank_logits
 from ovsam.ov.clip2sam import FPN, CLIP2SAMHead
 from ovsam.ov.model import OVSamConfig
 from ovsam.ov.sam2clip import SAM2CLIPAdapter
-from ovsam.train.config import TrainConfig
+from ovsam.train.config import TrainConfig, check_adapter_run
 from ovsam.transforms import ResizeLongestSide
-from ovsam.vocab import load_vocabulary, prompt_templates
+from ovsam.vocab import category_vocabulary, load_vocabulary, name_key, prompt_templates
 
 LOSS_WEIGHTS = {"ce": 2.0, "bce": 5.0, "dice": 5.0}
 BACKGROUND_WEIGHT = 0.1
@@ -90,15 +93,16 @@ class Clip2SamTask:
     find_unused_parameters = True
 
     def __init__(self, config: TrainConfig, device: torch.device) -> None:
+        check_adapter_run(config)  # before anything is built
         self.config, self.device = config, device
         self.dataset = InstanceDataset(config.annotations, config.data)
         vocab = (
-            load_vocabulary([c["name"] for c in self.dataset.categories.values()])
+            category_vocabulary("dataset", [c["name"] for c in self.dataset.categories.values()])
             if config.vocabulary == "dataset"
             else load_vocabulary(config.vocabulary)
-        )
-        self.class_of = {name.lower(): i for i, name in enumerate(vocab.classes)}
-        if not any(name.lower() in self.class_of for name in self.dataset.annotated_names()):
+        )  # classes matched to annotations by name_key: LVIS's aerosol_can is 'aerosol can'
+        self.class_of = {name_key(name): i for i, name in enumerate(vocab.classes)}
+        if not any(name_key(name) in self.class_of for name in self.dataset.annotated_names()):
             raise InputError(
                 f"{config.annotations} has no instance of a class of vocabulary="
                 f"{config.vocabulary!r}: nothing to train on (vocabulary=dataset uses its own)"
@@ -142,7 +146,7 @@ class Clip2SamTask:
         self, index: int, rng: np.random.Generator
     ) -> tuple[Tensor, np.ndarray, list[int]] | None:
         item = self.dataset[index]
-        keep = [i for i, n in enumerate(item.names) if n.lower() in self.class_of]
+        keep = [i for i, n in enumerate(item.names) if name_key(n) in self.class_of]
         if not keep:
             return None
         masks = item.masks[keep]
@@ -157,7 +161,7 @@ class Clip2SamTask:
         if not visible.any():
             return None
         labels = [
-            self.class_of[item.names[k].lower()] for k, v in zip(keep, visible, strict=True) if v
+            self.class_of[name_key(item.names[k])] for k, v in zip(keep, visible, strict=True) if v
         ]
         pixels = torch.from_numpy(image).permute(2, 0, 1).float().to(self.device)
         pixels = (pixels - self.pixel_mean) / self.pixel_std

@@ -3,8 +3,9 @@
 ``ovsam train sam2clip --data DIR --out RUN --set steps=200 --set lr=2e-4`` builds a
 :class:`TrainConfig`, applies each ``--set field=value`` (converted to the field's type) and
 writes ``RUN/config.json``; resuming reads that file back. :func:`validate_config` rejects
-values no run can use, and :func:`check_resume` refuses to continue a run with settings that
-change what it trains (only the fields in :data:`RESUMABLE` may differ).
+values no run can use, :func:`check_resume` refuses to continue a run with settings that
+change what it trains (only the fields in :data:`RESUMABLE` may differ), and
+:func:`check_adapter_run` refuses a clip2sam adapter distilled with another CLIP or teacher.
 """
 
 from __future__ import annotations
@@ -139,6 +140,57 @@ def load_config(run_dir: Path) -> TrainConfig:
         return TrainConfig(**saved)
     except (OSError, ValueError, TypeError, AttributeError) as exc:
         raise InputError(f"cannot read {run_dir / 'config.json'}: {exc}") from exc
+
+
+def _clip_used(config: TrainConfig) -> str:
+    """The CLIP weights a run ran on: ``clip_weights``, or ``random`` for ``random_clip``."""
+    return "random (random_clip=true)" if config.random_clip else config.clip_weights
+
+
+def _same_clip_weights(config: TrainConfig, other: TrainConfig) -> bool:
+    """Whether two runs of the same ``clip_model`` used the same CLIP weights: the same tag, or
+    files at the same place or with the same contents (size, then sha256)."""
+    from ovsam.clip.pretrained import clip_weights_file
+    from ovsam.weight_sources import sha256_file
+
+    if _clip_used(config) == _clip_used(other):
+        return True
+    if config.random_clip or other.random_clip:
+        return False
+    mine = clip_weights_file(config.clip_model, config.clip_weights)
+    theirs = clip_weights_file(other.clip_model, other.clip_weights)
+    if mine is None or theirs is None or not (mine.is_file() and theirs.is_file()):
+        return False
+    return mine.resolve() == theirs.resolve() or (
+        mine.stat().st_size == theirs.stat().st_size and sha256_file(mine) == sha256_file(theirs)
+    )
+
+
+def check_adapter_run(config: TrainConfig) -> None:
+    """Refuse (:class:`InputError`) a clip2sam ``config`` whose ``adapter_checkpoint`` was
+    distilled with another ``clip_model``, CLIP weights (``clip_weights`` / ``random_clip``) or
+    ``teacher``: its head would learn from, and its export carry, features the adapter was not
+    trained to make. They are read from the sam2clip run's ``RUN/config.json`` when the adapter
+    is ``RUN/checkpoints/step_N.pt``; a bare adapter file (no such config) cannot be checked."""
+    if not config.adapter_checkpoint:
+        return
+    checkpoint = Path(config.adapter_checkpoint)
+    recorded = checkpoint.parent.parent / "config.json"
+    if checkpoint.parent.name != "checkpoints" or not recorded.is_file():
+        return
+    adapter = load_config(recorded.parent)
+    recorded_values = {  # clip_model first: weights are compared only for the same model
+        "clip_model": (config.clip_model, adapter.clip_model),
+        "teacher": (config.teacher, adapter.teacher),
+        "clip_weights": (_clip_used(config), _clip_used(adapter)),
+    }
+    for name, (mine, theirs) in recorded_values.items():
+        same = _same_clip_weights(config, adapter) if name == "clip_weights" else mine == theirs
+        if not same:
+            raise InputError(
+                f"{name}={mine} but adapter_checkpoint {checkpoint} was distilled with "
+                f"{name}={theirs} (its run's {recorded})"
+            )
 
 
 def validate_config(config: TrainConfig) -> None:

@@ -17,22 +17,26 @@ the ``teacher`` SAM                            ``prompt_encoder.*``
 
 The adapter's size is read from its tensors and recorded in the config. A ``random_clip`` run
 is refused (its CLIP weights are not saved), as is a run without ``adapter_checkpoint`` (its
-random adapter is not saved either).
+random adapter is not saved either) and one whose adapter was distilled with another CLIP or
+teacher (:func:`~ovsam.train.config.check_adapter_run`; a bare adapter file, outside its sam2clip
+run folder, cannot be checked). :func:`export_ovsam` reports the step it exported and the
+run's ``steps``: the newest checkpoint may be that of an unfinished run.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ovsam.checkpoint import load_state_dict_strict, read_state_dict
-from ovsam.errors import CheckpointError, InputError
+from ovsam.errors import CheckpointError, InputError, first_line
 from ovsam.ov.checkpoints import save_ovsam, take_prefix
 from ovsam.ov.model import OVSam, OVSamConfig, build_ovsam
-from ovsam.train.config import TrainConfig, load_config
+from ovsam.train.config import TrainConfig, check_adapter_run, load_config
 from ovsam.train.engine import latest_checkpoint
 from ovsam.vocab import BUILTIN_VOCABULARIES, load_vocabulary
 
@@ -94,7 +98,10 @@ def seen_vocabulary(config: TrainConfig) -> str | tuple[str, ...]:
 
 
 def _adapter(config: TrainConfig) -> tuple[dict[str, torch.Tensor], tuple[int, int, int]]:
-    """The run's adapter weights (``image_encoder.neck.*``) and their size, checked."""
+    """The run's adapter weights (``image_encoder.neck.*``) and their size, checked: the size
+    against the run's, and the CLIP and teacher against those its sam2clip run's config.json
+    records, when there is one (:func:`~ovsam.train.config.check_adapter_run`)."""
+    check_adapter_run(config)
     state = read_state_dict(config.adapter_checkpoint)
     if any(k.startswith(_HEAD) for k in state):
         raise InputError(
@@ -163,10 +170,41 @@ def export_model(run: str | Path, step: int | None = None) -> OVSam:
     return model.eval()
 
 
-def export_ovsam(run: str | Path, out_path: str | Path, step: int | None = None) -> Path:
+def checkpoint_step(path: Path) -> int:
+    """The training step a checkpoint of the engine was saved at (its ``step`` entry)."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
+    except Exception as exc:  # noqa: BLE001 - any reader failure means a damaged file
+        raise CheckpointError(
+            f"{path} records no training step ({type(exc).__name__}: {first_line(exc)})"
+        ) from exc
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What :func:`export_ovsam` wrote: ``path`` holds step ``step`` of a run of ``steps``,
+    which is ``finished`` when it has saved its last step."""
+
+    path: Path
+    step: int
+    steps: int
+    finished: bool
+
+    @property
+    def progress(self) -> str:
+        """``step 2 of 2``, ``step 1 of 3`` or ``step 1 of 3: the run is not finished``."""
+        unfinished = "" if self.finished else ": the run is not finished"
+        return f"step {self.step} of {self.steps}{unfinished}"
+
+
+def export_ovsam(run: str | Path, out_path: str | Path, step: int | None = None) -> Exported:
     """Write the OV-SAM trained by the clip2sam ``run`` (see :func:`export_model`) to
     ``out_path`` (``.safetensors``) with :func:`~ovsam.ov.checkpoints.save_ovsam`."""
     out_path = Path(out_path)
     if out_path.suffix != ".safetensors":
         raise InputError(f"--out {out_path}: the file name must end in .safetensors")
-    return save_ovsam(export_model(run, step), out_path)
+    run_dir, checkpoint = run_checkpoint(run, step)  # once: the run may be writing a newer one
+    model = export_model(checkpoint)
+    steps = load_config(run_dir).steps
+    finished = (run_dir / "checkpoints" / f"step_{steps}.pt").is_file()  # the engine saves it
+    return Exported(save_ovsam(model, out_path), checkpoint_step(checkpoint), steps, finished)

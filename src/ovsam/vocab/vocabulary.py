@@ -125,6 +125,15 @@ def split_synonyms(name: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(p for p in cleaned if p))
 
 
+def category_vocabulary(name: str, categories: Sequence[str]) -> Vocabulary:
+    """A dataset's category names as a vocabulary embedded the way the official OV-SAM banks
+    are: each class keeps its name as given (``aerosol_can``: predictions match the
+    annotations) and is embedded with :func:`split_synonyms` of it (``aerosol can``)."""
+    names = tuple(categories)
+    synonyms = tuple(split_synonyms(n) or (n,) for n in names)
+    return Vocabulary(name, names, synonyms, tuple({} for _ in names))
+
+
 def name_key(name: str) -> str:
     """How one class name is matched against another source's (a model's seen classes, a
     dataset's categories): underscores as spaces, whitespace collapsed, lower case
