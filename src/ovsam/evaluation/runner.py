@@ -263,7 +263,7 @@ def write_report(
     :func:`~ovsam.evaluation.accounting.account` (every selected image evaluated, skipped with
     its reason, or missing; the unreadable ones listed with their reasons), and ``about`` the
     run (prompt, split, model, checkpoint, ovsam version, ...: fields of ``metrics.json`` and a
-    line under the table, a file named there by its path and sha256)."""
+    line under the table, a file named there by its path and sha256, a None not shown)."""
     out = Path(out_dir)
     log = RecordLog()
     for path in sorted(out.glob("records.rank*.jsonl")):  # also those of an earlier, larger world
@@ -277,7 +277,8 @@ def write_report(
     atomic_write_json(out / "metrics.json", {"method": method, **about, **metrics})
     table = markdown_table({method: metrics})
     if about:
-        table += "\n" + "; ".join(f"{key}: {_about(value)}" for key, value in about.items()) + "\n"
+        shown = (f"{key}: {_about(value)}" for key, value in about.items() if value is not None)
+        table += "\n" + "; ".join(shown) + "\n"
     atomic_write_bytes(out / "table.md", table.encode("utf-8"))
     return metrics
 
