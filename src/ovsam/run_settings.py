@@ -72,6 +72,20 @@ def checkpoint_record(checkpoint: str | Path | None) -> str | FileRecord | None:
     return file_record(resolve_weights(checkpoint, progress=False))
 
 
+def clip_weights_record(options: LabelOptions | None) -> str | FileRecord | None:
+    """How a record names the CLIP weights that embed class names: None without labels, a
+    registered tag (``openai``) as is, a file as its :func:`file_record` (so that a resume
+    compares its content, not its spelling; a missing file as given: loading it will say)."""
+    from ovsam.clip.pretrained import clip_weights_file
+
+    if options is None:
+        return None
+    path = clip_weights_file(options.clip_model, options.clip_weights)
+    if path is None or not path.is_file():
+        return str(options.clip_weights)
+    return file_record(path)
+
+
 def model_record(options: LabelOptions | None, sam_model: str) -> str | FileRecord:
     """How a record names the model that segments
     (:func:`~ovsam.recognizers.segmentation_model_name`: ``ovsam_coco`` for the ``ovsam``

@@ -224,7 +224,7 @@ def _settings(args: argparse.Namespace, options: LabelOptions) -> dict[str, Any]
     counts by its content, a checkpoint or OV-SAM ``--model`` file by its absolute path and
     content (:mod:`ovsam.run_settings`), each hashed once here; the vocabulary by what is
     embedded (:meth:`~ovsam.vocab.Vocabulary.fingerprint`)."""
-    from ovsam.run_settings import checkpoint_record, model_record
+    from ovsam.run_settings import checkpoint_record, clip_weights_record, model_record
     from ovsam.weight_sources import sha256_file
 
     return {
@@ -239,7 +239,7 @@ def _settings(args: argparse.Namespace, options: LabelOptions) -> dict[str, Any]
         "model": model_record(options, args.model),
         "checkpoint": checkpoint_record(args.checkpoint),
         "clip": options.clip_model,
-        "clip_weights": str(args.clip_weights),
+        "clip_weights": clip_weights_record(options),
         "random_recognition": args.random_recognition,
     }
 

@@ -74,7 +74,7 @@ def run_settings(args: argparse.Namespace, options: LabelOptions | None) -> dict
     segments (``ovsam_coco`` for ``--recognizer ovsam`` with a SAM ``--model``); files (the
     checkpoint, an OV-SAM ``--model``, a vocabulary) count by their content (sha256), the
     checkpoint and model also by their absolute path (:mod:`ovsam.run_settings`)."""
-    from ovsam.run_settings import checkpoint_record, model_record
+    from ovsam.run_settings import checkpoint_record, clip_weights_record, model_record
     from ovsam.weight_sources import sha256_file
 
     vocabulary = None if options is None else options.vocabulary
@@ -94,7 +94,7 @@ def run_settings(args: argparse.Namespace, options: LabelOptions | None) -> dict
         "recognizer": None if options is None else options.recognizer,
         "templates": None if options is None else options.templates,
         "clip": None if options is None else options.clip_model,
-        "clip_weights": None if options is None else str(options.clip_weights),
+        "clip_weights": clip_weights_record(options),
         "random_recognition": None if options is None else options.random_weights,
     }
 
