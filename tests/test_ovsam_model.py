@@ -288,6 +288,10 @@ def test_an_exported_model_chooses_its_own_clip_and_is_refused_as_sam_weights(
         build_labeled_predictor(options, str(path))
     with pytest.raises(CheckpointError, match="is an OV-SAM model, not weights for mobilesam"):
         build_model("mobilesam", path)
+    with pytest.raises(InputError, match="carries its own weights: give no checkpoint"):
+        build_model(str(path), "other.safetensors")
+    with pytest.raises(InputError, match="--model gone.safetensors is not an OV-SAM model file"):
+        segmentation_model_name(options, "gone.safetensors")  # never the official one instead
     with pytest.raises(InputError, match="CLIP2SAMHead .* is not exported"):
         PromptDecoderForOnnx(small_ovsam())
 

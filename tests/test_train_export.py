@@ -194,3 +194,18 @@ def test_resolve_all_keeps_the_real_reason(monkeypatch: pytest.MonkeyPatch) -> N
         "OV-SAM weights missing: a, b could not be obtained (cache folder /ro is not writable: "
         "set X); get them with 'ovsam download a b'"
     )
+
+
+def test_seen_classes_of_a_dataset_vocabulary_are_named_as_training_names_them(
+    tmp_path: Path,
+) -> None:
+    """A category 'cup, mug' is one class called so in training (category_vocabulary); the
+    exported seen classes must say the same, not split it at the comma."""
+    from ovsam.train.config import TrainConfig
+    from ovsam.train.export import seen_vocabulary
+
+    annotations = tmp_path / "instances.json"
+    categories = [{"id": 1, "name": "cup, mug"}, {"id": 2, "name": "traffic_light"}]
+    annotations.write_text(json.dumps({"categories": categories}))
+    config = TrainConfig(vocabulary="dataset", annotations=str(annotations))
+    assert seen_vocabulary(config) == ("cup, mug", "traffic_light")

@@ -285,9 +285,13 @@ def test_clip2sam_refuses_an_adapter_distilled_with_another_clip_or_teacher(
     )  # fmt: skip
     check_adapter_run(config)  # the same weights in another file
     check_adapter_run(replace(config, clip_weights=str(weights["rn50"])))
+    check_adapter_run(replace(config, teacher="vit_t"))  # MobileSAM by its alias
     refused = {
         "clip_model=RN101 but": replace(config, clip_model="RN101"),
         "teacher=sam_vit_b but": replace(config, teacher="sam_vit_b"),
+        f"teacher_checkpoint={weights['other']} but": replace(
+            config, teacher_checkpoint=str(weights["other"])
+        ),
         f"clip_weights={weights['other']} but": replace(config, clip_weights=str(weights["other"])),
         "clip_weights=openai but": replace(config, clip_weights="openai"),
         "clip_weights=random (random_clip=true) but": replace(config, random_clip=True),

@@ -121,6 +121,10 @@ def build_model(
     if Path(name).suffix == ".safetensors" and Path(name).is_file():
         from ovsam.ov.checkpoints import load_ovsam
 
+        if checkpoint is not None:
+            raise InputError(
+                f"model file {name} carries its own weights: give no checkpoint (got {checkpoint})"
+            )
         return load_ovsam(name)
     entry = get_model_entry(name)
     if checkpoint is not None:

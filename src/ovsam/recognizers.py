@@ -116,9 +116,17 @@ def segmentation_model_name(options: LabelOptions | None, sam_model: str) -> str
     written by :func:`~ovsam.ov.save_ovsam`)."""
     if options is None or options.recognizer != "ovsam" or sam_model.startswith("ovsam"):
         return sam_model
+    from ovsam.errors import InputError
     from ovsam.ov.checkpoints import is_ovsam_checkpoint
 
-    return sam_model if is_ovsam_checkpoint(sam_model) else "ovsam_coco"
+    if is_ovsam_checkpoint(sam_model):
+        return sam_model
+    if sam_model.endswith(".safetensors"):  # meant as a model file: never the official one
+        raise InputError(
+            f"--model {sam_model} is not an OV-SAM model file (missing, or not written by "
+            "'ovsam train export' / save_ovsam)"
+        )
+    return "ovsam_coco"
 
 
 def ovsam_clip_model(sam_model: str, checkpoint: str | Path | None = None) -> str:

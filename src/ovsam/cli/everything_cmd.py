@@ -136,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
         SETTINGS_FILE,
         file_sha256,
         finished_jobs,
+        forget_results,
         list_jobs,
         subfolder_count,
     )
@@ -184,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
     failures = 0
     settings_written = False
     for image_path, out in tqdm(todo, desc="images", disable=len(todo) == 1):
+        forget_results(out)
         try:
             digest = file_sha256(image_path)
             image = load_image(image_path)

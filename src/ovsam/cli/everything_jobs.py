@@ -105,9 +105,8 @@ def finished_jobs(
     """``(done, changed)``: the jobs whose ``masks.json`` was made with ``settings`` from the
     image file as it is now (to skip; none with ``overwrite``), and those made with
     ``settings`` from another image, an unreadable one or with no image sha256 recorded (to
-    redo; their ``masks.json`` and ``overlay.png`` are removed at once, so that a redo that
-    fails leaves no results of another image), after refusing to resume over results made
-    with other settings.
+    redo), after refusing to resume over results made with other settings. Nothing is
+    changed on disk here (see :func:`forget_results`).
 
     Raises :class:`InputError` (one line) when ``out/settings.json`` records other settings
     or is unreadable, or, without it, when a job's ``masks.json`` was made with other (or
@@ -133,9 +132,6 @@ def finished_jobs(
         if saved == dict(settings):
             digest = file_sha256(job[0])  # None: unreadable, redone (and reported) below
             same = digest is not None and result.get("image_sha256") == digest
-            if not same:  # results of another image: never left beside a failed redo
-                for name in (RESULT_FILE, OVERLAY_FILE):
-                    (job[1] / name).unlink(missing_ok=True)
             (done if same else changed).append(job)
         elif not recorded:
             why = settings_changes(saved, settings) if saved else "not recorded: an older ovsam"
@@ -144,3 +140,11 @@ def finished_jobs(
             )
     # the others (failed, or left by an interrupted --overwrite run) are redone too
     return done, changed
+
+
+def forget_results(folder: Path) -> None:
+    """Remove a job's old ``masks.json`` and ``overlay.png`` before it is (re)done, so that a
+    redo that fails (an unreadable image) or is interrupted never leaves the results of
+    another image or of other settings (``--overwrite``) behind."""
+    for name in (RESULT_FILE, OVERLAY_FILE):
+        (folder / name).unlink(missing_ok=True)

@@ -52,7 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="registered model name")
     parser.add_argument("--checkpoint", default=None, help="checkpoint file or weights name")
     parser.add_argument("--labels", action="store_true", help="name masks with CLIP (downloads it)")
-    add_clip_arguments(parser)
+    add_clip_arguments(parser, DEFAULT_CLIP)
     limits = parser.add_argument_group("limits")
     for name, (option, unit, text) in LIMIT_OPTIONS.items():
         default = getattr(ServeSettings, name) // unit

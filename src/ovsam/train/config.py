@@ -151,7 +151,6 @@ def _same_clip_weights(config: TrainConfig, other: TrainConfig) -> bool:
     """Whether two runs of the same ``clip_model`` used the same CLIP weights: the same tag, or
     files at the same place or with the same contents (size, then sha256)."""
     from ovsam.clip.pretrained import clip_weights_file
-    from ovsam.weight_sources import sha256_file
 
     if _clip_used(config) == _clip_used(other):
         return True
@@ -159,17 +158,41 @@ def _same_clip_weights(config: TrainConfig, other: TrainConfig) -> bool:
         return False
     mine = clip_weights_file(config.clip_model, config.clip_weights)
     theirs = clip_weights_file(other.clip_model, other.clip_weights)
-    if mine is None or theirs is None or not (mine.is_file() and theirs.is_file()):
+    return mine is not None and theirs is not None and _same_file(mine, theirs)
+
+
+def _same_file(mine: Path, theirs: Path) -> bool:
+    """Whether two existing files are one: the same place, or the same contents (size, then
+    sha256)."""
+    from ovsam.weight_sources import sha256_file
+
+    if not (mine.is_file() and theirs.is_file()):
         return False
     return mine.resolve() == theirs.resolve() or (
         mine.stat().st_size == theirs.stat().st_size and sha256_file(mine) == sha256_file(theirs)
     )
 
 
+def _teacher_model(name: str) -> str:
+    """The registered teacher model ``name`` means (aliases resolved; unknown names as given)."""
+    from ovsam.build import get_model_entry
+
+    try:
+        return get_model_entry(name).name
+    except InputError:
+        return name
+
+
+def _same_checkpoint(mine: str, theirs: str) -> bool:
+    """Whether two ``teacher_checkpoint`` values name the same weights: equal (the model's
+    defaults, or one registered name), or files that are one."""
+    return mine == theirs or (bool(mine) and bool(theirs) and _same_file(Path(mine), Path(theirs)))
+
+
 def check_adapter_run(config: TrainConfig) -> None:
     """Refuse (:class:`InputError`) a clip2sam ``config`` whose ``adapter_checkpoint`` was
     distilled with another ``clip_model``, CLIP weights (``clip_weights`` / ``random_clip``) or
-    ``teacher``: its head would learn from, and its export carry, features the adapter was not
+    ``teacher`` (model, aliases resolved, and ``teacher_checkpoint``): its head would learn from, and its export carry, features the adapter was not
     trained to make. They are read from the sam2clip run's ``RUN/config.json`` when the adapter
     is ``RUN/checkpoints/step_N.pt``; a bare adapter file (no such config) cannot be checked."""
     if not config.adapter_checkpoint:
@@ -179,14 +202,23 @@ def check_adapter_run(config: TrainConfig) -> None:
     if checkpoint.parent.name != "checkpoints" or not recorded.is_file():
         return
     adapter = load_config(recorded.parent)
+    from ovsam.clip.config import canonical_name
+
     recorded_values = {  # clip_model first: weights are compared only for the same model
         "clip_model": (config.clip_model, adapter.clip_model),
         "teacher": (config.teacher, adapter.teacher),
+        "teacher_checkpoint": (config.teacher_checkpoint, adapter.teacher_checkpoint),
         "clip_weights": (_clip_used(config), _clip_used(adapter)),
     }
+    same = {
+        "clip_model": canonical_name(config.clip_model) == canonical_name(adapter.clip_model),
+        "teacher": _teacher_model(config.teacher) == _teacher_model(adapter.teacher),
+        "teacher_checkpoint": _same_checkpoint(
+            config.teacher_checkpoint, adapter.teacher_checkpoint
+        ),
+    }
     for name, (mine, theirs) in recorded_values.items():
-        same = _same_clip_weights(config, adapter) if name == "clip_weights" else mine == theirs
-        if not same:
+        if not (same[name] if name in same else _same_clip_weights(config, adapter)):
             raise InputError(
                 f"{name}={mine} but adapter_checkpoint {checkpoint} was distilled with "
                 f"{name}={theirs} (its run's {recorded})"

@@ -38,7 +38,7 @@ from ovsam.ov.checkpoints import save_ovsam, take_prefix
 from ovsam.ov.model import OVSam, OVSamConfig, build_ovsam
 from ovsam.train.config import TrainConfig, check_adapter_run, load_config
 from ovsam.train.engine import latest_checkpoint
-from ovsam.vocab import BUILTIN_VOCABULARIES, load_vocabulary
+from ovsam.vocab import BUILTIN_VOCABULARIES, category_vocabulary, load_vocabulary
 
 _HEAD = ("fpn_neck.", "mask_decoder.")
 
@@ -83,7 +83,8 @@ def adapter_sizes(state: dict[str, torch.Tensor]) -> tuple[int, int, int]:
 
 def seen_vocabulary(config: TrainConfig) -> str | tuple[str, ...]:
     """What the head was trained on: a built-in vocabulary's name, else its class names (those
-    of the annotation file for ``vocabulary=dataset``)."""
+    of the annotation file for ``vocabulary=dataset``, as training names them:
+    :func:`~ovsam.vocab.category_vocabulary`)."""
     if config.vocabulary in BUILTIN_VOCABULARIES:
         return config.vocabulary
     if config.vocabulary != "dataset":
@@ -94,7 +95,7 @@ def seen_vocabulary(config: TrainConfig) -> str | tuple[str, ...]:
         raise InputError(
             f"vocabulary=dataset: cannot read the class names of {config.annotations} ({exc})"
         ) from exc
-    return load_vocabulary([str(c["name"]) for c in categories]).classes
+    return category_vocabulary("dataset", [str(c["name"]) for c in categories]).classes
 
 
 def _adapter(config: TrainConfig) -> tuple[dict[str, torch.Tensor], tuple[int, int, int]]:
@@ -207,4 +208,5 @@ def export_ovsam(run: str | Path, out_path: str | Path, step: int | None = None)
     model = export_model(checkpoint)
     steps = load_config(run_dir).steps
     finished = (run_dir / "checkpoints" / f"step_{steps}.pt").is_file()  # the engine saves it
-    return Exported(save_ovsam(model, out_path), checkpoint_step(checkpoint), steps, finished)
+    exported_step = checkpoint_step(checkpoint)  # before writing: a bad checkpoint writes nothing
+    return Exported(save_ovsam(model, out_path), exported_step, steps, finished)
