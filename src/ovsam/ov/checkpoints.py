@@ -192,14 +192,11 @@ def is_ovsam_checkpoint(path: str | Path) -> bool:
 
 def load_ovsam(path: str | Path) -> OVSam:
     """Build and strictly load an OV-SAM saved by :func:`save_ovsam`."""
-    from safetensors import safe_open
-
-    if not is_ovsam_checkpoint(path):
+    config = ovsam_checkpoint_config(path)
+    if config is None:
         raise CheckpointError(
             f"{path} is not an ovsam checkpoint (safetensors with format {FORMAT!r})"
         )
-    with safe_open(str(path), framework="pt") as fh:
-        config = OVSamConfig(**json.loads((fh.metadata() or {})["config"]))
     model = build_ovsam(config)
     load_state_dict_strict(model, read_state_dict(path), source=str(path))
     return model.eval()

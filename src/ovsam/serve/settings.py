@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ovsam.errors import InputError
+from ovsam.recognizers import DEFAULT_CLIP
 
 MIB = 1024 * 1024
 MAX_REQUEST_BYTES = 2048 * MIB
@@ -80,7 +81,7 @@ class ServeSettings:
     masks_per_image: int = 32
     labels: bool = False
     random_recognition: bool = False
-    clip_model: str = "RN50x16"
+    clip_model: str = DEFAULT_CLIP
     clip_weights: str = "openai"
     extra: dict[str, str] = field(default_factory=dict)
 
