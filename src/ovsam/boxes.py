@@ -42,6 +42,16 @@ def finite_array(name: str, value: object, shape_hint: str, allow_bool: bool = F
     return arr
 
 
+def clip_to_image(boxes: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """``Nx4`` XYXY ``boxes`` (float) clipped to a ``height x width`` image (a copy), and which
+    of them are then less than 1 pixel wide or high (bool ``N``): no prompt for the model."""
+    clipped = boxes.copy()
+    clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, width)
+    clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, height)
+    too_small = (clipped[:, 2] - clipped[:, 0] < 1) | (clipped[:, 3] - clipped[:, 1] < 1)
+    return clipped, too_small
+
+
 def clip_boxes_to_image(
     boxes: object, height: int, width: int, allow_empty: bool = False
 ) -> np.ndarray:
@@ -63,10 +73,7 @@ def clip_boxes_to_image(
             raise InputError(f"{name} is inverted: expected x0 <= x1 and y0 <= y1 (XYXY)")
         if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
             raise InputError(f"{name} lies entirely outside the {width}x{height} image")
-    clipped = arr.copy()
-    clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, width)
-    clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, height)
-    empty = (clipped[:, 2] - clipped[:, 0] < 1) | (clipped[:, 3] - clipped[:, 1] < 1)
+    clipped, empty = clip_to_image(arr, height, width)
     if np.any(empty):
         x0, y0, x1, y1 = arr[np.argmax(empty)]
         raise InputError(

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ovsam.boxes import clip_to_image
 from ovsam.data.instances import image_file_name
 from ovsam.errors import InputError, OVSamError
 from ovsam.fileio import atomic_write_json
@@ -95,11 +96,9 @@ def format_stats(stats: Mapping[str, float | None]) -> str:
 def promptable_boxes(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
     """Which ``Nx4`` XYXY ``boxes`` can prompt a ``height x width`` image: at least 1 pixel
     wide and high once clipped to it (what :func:`~ovsam.boxes.clip_boxes_to_image` requires of
-    a box with ``x0 <= x1`` and ``y0 <= y1``). Bool ``N``."""
-    clipped = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).copy()
-    clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, width)
-    clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, height)
-    return (clipped[:, 2] - clipped[:, 0] >= 1) & (clipped[:, 3] - clipped[:, 1] >= 1)
+    a box with ``x0 <= x1`` and ``y0 <= y1``: :func:`~ovsam.boxes.clip_to_image`). Bool ``N``."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return ~clip_to_image(boxes, height, width)[1]
 
 
 def segment_detections(

@@ -192,9 +192,12 @@ def _same_checkpoint(mine: str, theirs: str) -> bool:
 def check_adapter_run(config: TrainConfig) -> None:
     """Refuse (:class:`InputError`) a clip2sam ``config`` whose ``adapter_checkpoint`` was
     distilled with another ``clip_model``, CLIP weights (``clip_weights`` / ``random_clip``) or
-    ``teacher`` (model, aliases resolved, and ``teacher_checkpoint``): its head would learn from, and its export carry, features the adapter was not
-    trained to make. They are read from the sam2clip run's ``RUN/config.json`` when the adapter
-    is ``RUN/checkpoints/step_N.pt``; a bare adapter file (no such config) cannot be checked."""
+    ``teacher`` (model, aliases resolved, and ``teacher_checkpoint``): its head would learn
+    from, and its export carry, features the adapter was not trained to make. They are read
+    from the sam2clip run's ``RUN/config.json`` when the adapter is
+    ``RUN/checkpoints/step_N.pt``; a bare adapter file (no such config) cannot be checked."""
+    from ovsam.clip.config import canonical_name
+
     if not config.adapter_checkpoint:
         return
     checkpoint = Path(config.adapter_checkpoint)
@@ -202,23 +205,18 @@ def check_adapter_run(config: TrainConfig) -> None:
     if checkpoint.parent.name != "checkpoints" or not recorded.is_file():
         return
     adapter = load_config(recorded.parent)
-    from ovsam.clip.config import canonical_name
-
-    recorded_values = {  # clip_model first: weights are compared only for the same model
-        "clip_model": (config.clip_model, adapter.clip_model),
-        "teacher": (config.teacher, adapter.teacher),
-        "teacher_checkpoint": (config.teacher_checkpoint, adapter.teacher_checkpoint),
-        "clip_weights": (_clip_used(config), _clip_used(adapter)),
-    }
-    same = {
-        "clip_model": canonical_name(config.clip_model) == canonical_name(adapter.clip_model),
-        "teacher": _teacher_model(config.teacher) == _teacher_model(adapter.teacher),
-        "teacher_checkpoint": _same_checkpoint(
-            config.teacher_checkpoint, adapter.teacher_checkpoint
-        ),
-    }
-    for name, (mine, theirs) in recorded_values.items():
-        if not (same[name] if name in same else _same_clip_weights(config, adapter)):
+    checks = (  # (name, ours, the adapter run's, same?) in order: files are hashed last
+        ("clip_model", config.clip_model, adapter.clip_model,
+         lambda: canonical_name(config.clip_model) == canonical_name(adapter.clip_model)),
+        ("teacher", config.teacher, adapter.teacher,
+         lambda: _teacher_model(config.teacher) == _teacher_model(adapter.teacher)),
+        ("teacher_checkpoint", config.teacher_checkpoint, adapter.teacher_checkpoint,
+         lambda: _same_checkpoint(config.teacher_checkpoint, adapter.teacher_checkpoint)),
+        ("clip_weights", _clip_used(config), _clip_used(adapter),
+         lambda: _same_clip_weights(config, adapter)),
+    )  # fmt: skip
+    for name, mine, theirs, same in checks:
+        if not same():
             raise InputError(
                 f"{name}={mine} but adapter_checkpoint {checkpoint} was distilled with "
                 f"{name}={theirs} (its run's {recorded})"

@@ -134,7 +134,11 @@ def _frozen_parts(config: TrainConfig) -> dict[str, torch.Tensor]:
 def export_model(run: str | Path, step: int | None = None) -> OVSam:
     """The OV-SAM a clip2sam run (folder or checkpoint file, see :func:`run_checkpoint`)
     trained, with its weights loaded strictly; one-line errors for runs that cannot be."""
-    run_dir, checkpoint = run_checkpoint(run, step)
+    return _export(*run_checkpoint(run, step))[0]
+
+
+def _export(run_dir: Path, checkpoint: Path) -> tuple[OVSam, TrainConfig]:
+    """:func:`export_model` of ``checkpoint`` of the run in ``run_dir``, and that run's config."""
     if not (run_dir / "config.json").is_file():
         raise InputError(f"{run_dir} has no config.json: not a training run folder")
     config = load_config(run_dir)
@@ -168,7 +172,7 @@ def export_model(run: str | Path, step: int | None = None) -> OVSam:
         )
     )
     load_state_dict_strict(model, state, source=f"{checkpoint} + the files its run names")
-    return model.eval()
+    return model.eval(), config
 
 
 def checkpoint_step(path: Path) -> int:
@@ -205,8 +209,8 @@ def export_ovsam(run: str | Path, out_path: str | Path, step: int | None = None)
     if out_path.suffix != ".safetensors":
         raise InputError(f"--out {out_path}: the file name must end in .safetensors")
     run_dir, checkpoint = run_checkpoint(run, step)  # once: the run may be writing a newer one
-    model = export_model(checkpoint)
-    steps = load_config(run_dir).steps
+    model, config = _export(run_dir, checkpoint)
+    steps = config.steps
     finished = (run_dir / "checkpoints" / f"step_{steps}.pt").is_file()  # the engine saves it
     exported_step = checkpoint_step(checkpoint)  # before writing: a bad checkpoint writes nothing
     return Exported(save_ovsam(model, out_path), exported_step, steps, finished)
