@@ -59,16 +59,16 @@ class Vocabularies:
             raise ApiError(
                 409, "builtin_vocabulary", f"{name!r} is a built-in vocabulary: choose another name"
             )
-        entries: dict[str, int] = {}  # synonyms joined by ", " -> first position (1-based)
+        entries: dict[tuple[str, ...], int] = {}  # synonyms -> first position (1-based)
         for position, entry in enumerate(names, start=1):
-            synonyms = ", ".join(comma_synonyms(entry))
+            synonyms = comma_synonyms(entry)
             if synonyms:
                 entries.setdefault(synonyms, position)
         if not entries:
             raise ApiError(400, "empty_vocabulary", "vocabulary is empty: give at least one name")
         if len(entries) > self.settings.max_vocabulary:
             raise self.too_large(len(entries))
-        synonyms = (n for entry in entries for n in entry.split(", "))
+        synonyms = (n for entry in entries for n in entry)
         long = next((n for n in synonyms if len(n) > self.settings.max_name_chars), None)
         if long is not None:
             raise ApiError(
@@ -77,7 +77,11 @@ class Vocabularies:
             )  # fmt: skip
         try:
             vocabulary = vocabulary_from_names(
-                list(entries), name, self.settings.max_vocabulary, "name", list(entries.values())
+                [", ".join(entry) for entry in entries],
+                name,
+                self.settings.max_vocabulary,
+                "name",
+                list(entries.values()),
             )
         except InputError as exc:
             raise ApiError(400, "invalid_vocabulary", str(exc)) from exc
