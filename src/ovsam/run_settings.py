@@ -91,11 +91,11 @@ def model_record(options: LabelOptions | None, sam_model: str) -> str | FileReco
     (:func:`~ovsam.recognizers.segmentation_model_name`: ``ovsam_coco`` for the ``ovsam``
     recognizer with a SAM ``sam_model``): a registered name as is, an OV-SAM file
     (``--model model.safetensors``, loaded as the model itself) as its :func:`file_record`."""
-    from ovsam.ov.checkpoints import is_ovsam_checkpoint
     from ovsam.recognizers import segmentation_model_name
 
     model = segmentation_model_name(options, sam_model)
-    return file_record(Path(model)) if is_ovsam_checkpoint(model) else model
+    path = Path(model)  # build_model's rule: a .safetensors file is the model itself
+    return file_record(path) if path.suffix == ".safetensors" and path.is_file() else model
 
 
 def record_label(record: str | FileRecord | None) -> str | None:
