@@ -48,7 +48,8 @@ def fused_probabilities(
     ``seen``: ``C`` booleans; ``valid``: ``B`` booleans (False → the head alone decides).
     """
     p_head, p_clip = head_logits.softmax(-1), clip_logits.softmax(-1)
-    seen_bg = torch.cat([seen.to(torch.bool), seen.new_ones(1, dtype=torch.bool)])
+    seen = seen.to(p_head.device, torch.bool)  # a bank's flags may live on another device
+    seen_bg = torch.cat([seen, seen.new_ones(1)])
     alpha = torch.where(seen_bg, alpha_seen, alpha_unseen).to(p_head.dtype).expand_as(p_head)
     if valid is not None:
         alpha = alpha * valid.to(alpha.dtype)[:, None]
