@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from ovsam.modeling import tiny_vit
+from ovsam.modeling import mask_decoder, tiny_vit
+from ovsam.modeling.common import cache_block
 from ovsam.modeling.image_encoder import (
     Attention as VitAttention,
 )
@@ -223,6 +224,47 @@ def test_fused_banded_mbconv_equals_conv_bn_path(monkeypatch: pytest.MonkeyPatch
         assert fuse_conv_bn(block) == 3
         banded = block(x)  # 43 bands of 7 rows (the last one 6) with halos
     assert torch.allclose(banded, expected, atol=1e-4)
+
+
+def test_work_is_split_into_cache_blocks_on_the_cpu_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Off the CPU (here the shapes-only meta device) MBConv runs in one band and the decoder
+    decodes all prompts, and upscales all tokens, in one go: splits would only add launches."""
+    assert cache_block(7, torch.device("cpu")) == 7
+    assert cache_block(7, torch.device("meta")) == cache_block(7, torch.device("cuda")) > 2**60
+    monkeypatch.setattr(tiny_vit, "_BAND_ELEMENTS", 7 * 17 * 32)  # CPU: bands of 7 rows
+    monkeypatch.setattr(mask_decoder, "_TILE_TOKENS", 64)  # CPU: tiles of 2 rows x 2 prompts
+    block = MBConv(8, expand_ratio=4.0).eval()
+    decoder = MaskDecoder(
+        transformer_dim=64,
+        transformer=TwoWayTransformer(depth=2, embedding_dim=64, num_heads=2, mlp_dim=128),
+    ).eval()
+    calls: dict[str, list[int]] = {"band": [], "chunk": [], "tile": []}
+    band, predict, upscale = block._band, decoder.predict_masks, decoder._upscaled_masks
+    monkeypatch.setattr(
+        block, "_band", lambda x, t, b: calls["band"].append(b - t) or band(x, t, b)
+    )
+    monkeypatch.setattr(
+        decoder,
+        "predict_masks",
+        lambda *a, **k: calls["chunk"].append(len(a[2])) or predict(*a, **k),
+    )
+    monkeypatch.setattr(
+        decoder, "_upscaled_masks", lambda x, *a: calls["tile"].append(len(x)) or upscale(x, *a)
+    )
+    seen = {}
+    with torch.no_grad():
+        fuse_conv_bn(block)
+        for device in ("cpu", "meta"):
+            x = torch.zeros(1, 8, 300, 17, device=device)
+            block.to(device)(x.contiguous(memory_format=torch.channels_last))
+            zeros = [(1, 64, 16, 16), (1, 64, 16, 16), (5, 3, 64), (5, 64, 16, 16)]
+            decoder.to(device)(*[torch.zeros(s, device=device) for s in zeros], True)
+            seen[device] = {k: list(v) for k, v in calls.items()}
+            for recorded in calls.values():
+                recorded.clear()
+    assert seen["cpu"]["band"] == [7] * 42 + [6] and seen["meta"]["band"] == [300]
+    assert seen["cpu"]["chunk"] == [2, 2, 1] and seen["meta"]["chunk"] == [5]
+    assert len(seen["cpu"]["tile"]) == 8 + 8 + 4 and seen["meta"]["tile"] == [5 * 16 * 16]
 
 
 def test_tinyvit_attention_bias_cache_follows_loaded_weights() -> None:

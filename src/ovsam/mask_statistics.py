@@ -21,6 +21,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from ovsam.modeling.common import cache_block
+
 BAND_ELEMENTS = 1 << 19
 """Logits per band on the CPU (2 MB of float32, kept in cache); other devices take all rows
 of a batch at once."""
@@ -154,9 +156,8 @@ def mask_statistics(
     device = frame_logits.device
     # float32 at least (as F.interpolate computes half precision), float64 kept
     frame_logits = frame_logits.to(torch.promote_types(frame_logits.dtype, torch.float32))
-    band = height  # off the CPU: one band
-    if device.type == "cpu":
-        band = max(1, BAND_ELEMENTS // max(1, k * width * stride)) * stride
+    rows = max(1, cache_block(BAND_ELEMENTS, device) // max(1, k * width * stride)) * stride
+    band = min(rows, height)  # off the CPU: one band
     band_logits = _band_logits(frame_logits, size, band)
     counts = torch.zeros((3, k), dtype=torch.int32, device=device)
     cells = []

@@ -9,6 +9,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+#: A block size with no effective bound (see :func:`cache_block`).
+UNBOUNDED = 1 << 62
+
+
+def cache_block(cpu_size: int, device: torch.device) -> int:
+    """Size of the blocks that work on ``device`` is split into: ``cpu_size`` on the CPU, where
+    blocks sized to stay in cache pay, else :data:`UNBOUNDED`, as a GPU kernel takes a whole
+    tensor and splitting it only adds kernel launches (callers bound the batches they pass)."""
+    return cpu_size if device.type == "cpu" else UNBOUNDED
+
 
 def tensors_nbytes(tensors: Iterable[torch.Tensor]) -> int:
     """Memory held by ``tensors``, in bytes."""

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ovsam.modeling.common import LayerNorm2d
+from ovsam.modeling.common import LayerNorm2d, cache_block
 from ovsam.modeling.image_token_cache import (
     ImageTokenCache,
     build_image_token_cache,
@@ -53,6 +53,7 @@ class MLP(nn.Module):
         return torch.sigmoid(x) if self.sigmoid_output else x
 
 
+# CPU block sizes (``cache_block``; a GPU decodes a whole batch and tile at once).
 # Tokens (x prompts) upscaled per tile in ``predict_mask_logits``: ~4 MB of features.
 _TILE_TOKENS = 2048
 # Prompts decoded together by ``MaskDecoder.forward`` (see ``prompt_chunks``).
@@ -193,7 +194,9 @@ class TwoWayMaskDecoder(nn.Module):
             return hs, masks
 
         workers = prompt_workers(output_tokens.device)
-        chunk = min(CACHED_PROMPTS_PER_CHUNK, -(-batch // workers))
+        chunk = min(
+            cache_block(CACHED_PROMPTS_PER_CHUNK, output_tokens.device), -(-batch // workers)
+        )
         outputs = map_prompt_chunks(decode, prompt_chunks(batch, chunk), workers)
         return torch.cat([o[0] for o in outputs]), torch.cat([o[1] for o in outputs])
 
@@ -243,7 +246,7 @@ class TwoWayMaskDecoder(nn.Module):
         ``BxC/8xM``. Returns ``BxMx4hx4w`` logits.
         """
         b, h, w = size
-        rows = max(1, _TILE_TOKENS // max(1, b * w))
+        rows = max(1, cache_block(_TILE_TOKENS, hyper_in.device) // max(1, b * w))
         second = _per_pixel_map(self.output_upscaling[3])
         tiles = [
             self._upscaled_masks(first_upscale(slice(r * w, (r + rows) * w)), hyper_in, second)
@@ -326,7 +329,10 @@ class MaskDecoder(TwoWayMaskDecoder):
                 prompt_rows(dense_prompt_embeddings, rows),
                 token_indices=indices,
             )
-            for rows in prompt_chunks(sparse_prompt_embeddings.shape[0])
+            for rows in prompt_chunks(
+                sparse_prompt_embeddings.shape[0],
+                cache_block(PROMPTS_PER_CHUNK, sparse_prompt_embeddings.device),
+            )
         ]
         if len(outputs) == 1:
             return outputs[0]

@@ -21,10 +21,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ovsam.modeling.common import DerivedTensorCache, LayerNorm2d
+from ovsam.modeling.common import DerivedTensorCache, LayerNorm2d, cache_block
 from ovsam.modeling.image_encoder import window_partition, window_unpartition
 
-# Hidden activations per band of rows in the fused MBConv (~2 MB of float32).
+# Hidden activations per band of rows in the fused MBConv on the CPU (~2 MB of float32).
 _BAND_ELEMENTS = 1 << 19
 
 
@@ -127,15 +127,16 @@ class MBConv(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``BxCxHxW -> BxCxHxW`` (channels last).
 
-        Once fused (plain convs) and without autograd, runs in bands of rows so that the
-        4x-wide hidden activations stay in cache; otherwise layer by layer.
+        Once fused (plain convs) and without autograd, runs on the CPU in bands of rows so
+        that the 4x-wide hidden activations stay in cache; otherwise layer by layer.
         """
         if torch.is_grad_enabled() or isinstance(self.conv2, Conv2dBN):
             y = self.conv3(self.act2(self.conv2(self.act1(self.conv1(x)))))
             return self.act3(y + x)
         out = torch.empty_like(x)
         height = x.shape[2]
-        band = max(1, _BAND_ELEMENTS // (x.shape[0] * x.shape[3] * self.conv1.out_channels))
+        row = x.shape[0] * x.shape[3] * self.conv1.out_channels
+        band = max(1, cache_block(_BAND_ELEMENTS, x.device) // row)
         for top in range(0, height, band):
             bottom = min(height, top + band)
             out[:, :, top:bottom] = self._band(x, top, bottom)
