@@ -72,14 +72,15 @@ class SamPredictor:
     ``model`` must expose ``image_encoder`` (with ``img_size``), ``prompt_encoder``,
     ``mask_decoder``, ``preprocess``, ``postprocess_masks`` and ``mask_threshold``.
 
-    With ``cache_image_tokens`` (default) and a decoder that offers ``forward_cached``, the
-    decoder's prompt-independent image work is done once per image, on the first prompt
-    without a mask input, and kept in the image's :class:`ImageState` (~30 MB for SAM's
-    decoder; see :mod:`ovsam.modeling.image_token_cache`); every later prompt costs less.
-    Results equal the plain decoder's up to fp32 rounding.
+    With ``cache_image_tokens`` and a decoder that offers ``forward_cached``, the decoder's
+    prompt-independent image work is done once per image, on the first prompt without a mask
+    input, and kept in the image's :class:`ImageState` (~30 MB for SAM's decoder; see
+    :mod:`ovsam.modeling.image_token_cache`); every later prompt costs less on the CPU. The
+    default (None) uses it on the CPU only: on a GPU, where a decode is kernel-launch bound,
+    it made single prompts slower. Results equal the plain decoder's up to fp32 rounding.
     """
 
-    def __init__(self, model: nn.Module, cache_image_tokens: bool = True) -> None:
+    def __init__(self, model: nn.Module, cache_image_tokens: bool | None = None) -> None:
         if not all(hasattr(model, a) for a in ("image_encoder", "prompt_encoder", "mask_decoder")):
             raise InputError(
                 f"SamPredictor needs a SAM-family model (build_model(...)), got {model!r:.80}"
@@ -213,7 +214,10 @@ class SamPredictor:
     def _image_token_cache(self, state: ImageState) -> ImageTokenCache | None:
         """The decoder's per-image cache for ``state``, built on first use (None: not used)."""
         decoder = self.model.mask_decoder
-        if not self.cache_image_tokens or not hasattr(decoder, "forward_cached"):
+        use = self.cache_image_tokens
+        if use is None:
+            use = state.features.device.type == "cpu"
+        if not use or not hasattr(decoder, "forward_cached"):
             return None
         prompt_encoder = self.model.prompt_encoder
         source = weights_key(prompt_encoder, decoder)
