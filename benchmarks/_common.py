@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts: timing, load average, argument checks, entry point.
+"""Helpers shared by the benchmark scripts: timing, device sync, load average, argument checks,
+entry point.
 
 The scripts run as ``.venv/bin/python benchmarks/NAME.py``, which puts this folder on
 ``sys.path``; they import this module as ``_common``.
@@ -12,6 +13,8 @@ import sys
 import time
 from collections.abc import Callable
 from typing import NoReturn
+
+import torch
 
 from ovsam.cli.arg_types import int_in_range
 from ovsam.errors import OVSamError
@@ -27,6 +30,22 @@ def timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def synced(fn: Callable[[], object], device: torch.device) -> Callable[[], None]:
+    """``fn`` followed by :func:`synchronize`, so that timing it times the device's work."""
+
+    def call() -> None:
+        fn()
+        synchronize(device)
+
+    return call
 
 
 def median_seconds(fn: Callable[[], object], runs: int, warmups: int = 1) -> float:

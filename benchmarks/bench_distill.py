@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import load_average, positive_int, run_main
+from _common import load_average, positive_int, run_main, synchronize
 from PIL import Image
 
 from ovsam.cli.preflight import check_device
@@ -37,12 +37,6 @@ def random_images(folder: Path, count: int) -> None:
     for i in range(count):
         pixels = rng.integers(0, 255, (768, 1024, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(folder / f"{i}.png")
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work (a no-op on CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main() -> int:

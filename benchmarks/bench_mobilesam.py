@@ -1,4 +1,4 @@
-"""CPU latency of our MobileSAM next to the upstream MobileSAM code, same weights, same run.
+"""Latency of our MobileSAM next to the upstream MobileSAM code, same weights, same run.
 
 Upstream = PyPI ``mobilesam-mirror==1.0.0`` (imported through ``tests/upstream_mobilesam.py``).
 Measured: image encoder on a 1x3x1024x1024 input, and prompt encoder + mask decoder for one
@@ -8,9 +8,10 @@ each with our plain decoder and with the per-image token cache the predictor use
 no such stage, so that row shows no upstream figure; batches go to ``torch.get_num_threads()``
 parallel prompt workers, ``ovsam.modeling.prompt_workers``).
 Runs of ours and upstream are interleaved so that load from other processes hits both alike;
-figures are medians of ``--runs`` warm runs. Usage::
+figures are medians of ``--runs`` warm runs. CPU by default; with ``--device cuda`` every
+timed call ends with a CUDA synchronize. Usage::
 
-    .venv/bin/python benchmarks/bench_mobilesam.py [--runs 5] [--checkpoint mobile_sam]
+    .venv/bin/python benchmarks/bench_mobilesam.py [--runs 5] [--checkpoint mobile_sam] [--device cpu]
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import load_average, median_seconds, positive_int, run_main, timed
+from _common import load_average, median_seconds, positive_int, run_main, synced, timed
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from ovsam.build import build_model  # noqa: E402
+from ovsam.cli.preflight import check_device  # noqa: E402
 from ovsam.modeling.image_token_cache import ImageTokenCache  # noqa: E402
 from ovsam.transforms import ResizeLongestSide  # noqa: E402
 from ovsam.weights import resolve_weights  # noqa: E402
@@ -82,40 +84,47 @@ def main(argv: list[str] | None = None) -> int:
         "--checkpoint", default="mobile_sam",
         help="MobileSAM checkpoint file or registered weights name (default %(default)s)",
     )  # fmt: skip
+    parser.add_argument(
+        "--device", default="cpu", help="torch device, e.g. cpu or cuda (default %(default)s)"
+    )
     args = parser.parse_args(argv)
+    check_device(args.device)
+    device = torch.device(args.device)
     torch.set_num_threads(os.cpu_count() or 1)
     checkpoint = resolve_weights(args.checkpoint)
     try:
-        upstream = build_upstream_mobilesam(checkpoint)
+        upstream = build_upstream_mobilesam(checkpoint).to(device)
     except ImportError:
         print(f"upstream MobileSAM is not installed: {INSTALL_HINT}")
         return 1
-    ours = build_model("mobilesam", checkpoint)
+    ours = build_model("mobilesam", checkpoint).to(device)
 
     image = np.asarray(Image.open(ASSET).convert("RGB"))
     resized = ResizeLongestSide(1024).apply_image(image)
-    x = torch.from_numpy(resized).permute(2, 0, 1)[None].float()
+    x = torch.from_numpy(resized).permute(2, 0, 1)[None].float().to(device)
     generator = torch.Generator().manual_seed(0)
     corners = torch.rand(16, 2, 2, generator=generator) * torch.tensor(resized.shape[1::-1])
+    corners = corners.to(device)
     boxes = torch.cat([corners.min(1).values, corners.max(1).values], dim=1)
-    point = (corners[:1, :1], torch.ones(1, 1, dtype=torch.long))
+    point = (corners[:1, :1], torch.ones(1, 1, dtype=torch.long, device=device))
 
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"{os.cpu_count()} CPUs, load average at start {load_average()}"
+        f"torch {torch.__version__}, device {device} ({where}), {torch.get_num_threads()} "
+        f"threads, {os.cpu_count()} CPUs, load average at start {load_average()}"
     )
     print(f"{'stage':43s} {'ours ms':>9s} {'upstream ms':>12s} {'ratio':>7s}")
     with torch.inference_mode():
         inputs = ours.preprocess(x), upstream.preprocess(x)
         enc = interleaved_medians(
-            lambda: ours.image_encoder(inputs[0]),
-            lambda: upstream.image_encoder(inputs[1]),
+            synced(lambda: ours.image_encoder(inputs[0]), device),
+            synced(lambda: upstream.image_encoder(inputs[1]), device),
             args.runs,
         )
         rows: list[tuple[str, int, float, float | None]] = [("image encoder (1024x1024)", 1, *enc)]
         embedding = ours.image_encoder(inputs[0])
         cache = build_cache(ours, embedding)
-        build = median_seconds(lambda: build_cache(ours, embedding), args.runs)
+        build = median_seconds(synced(lambda: build_cache(ours, embedding), device), args.runs)
         rows.append(("token cache build (once per image)", 1, build, None))
         cases = [
             ("decoder, 1 point, 3 masks", 1, {"points": point}, True),
@@ -128,8 +137,10 @@ def main(argv: list[str] | None = None) -> int:
                 (" [cached]", lambda p, m: decode_cached(ours, cache, m, **p)),
             ):
                 dec = interleaved_medians(
-                    lambda p=prompt, m=multimask, f=ours_decode: f(p, m),
-                    lambda p=prompt, m=multimask: decode(upstream, embedding, m, **p),
+                    synced(lambda p=prompt, m=multimask, f=ours_decode: f(p, m), device),
+                    synced(
+                        lambda p=prompt, m=multimask: decode(upstream, embedding, m, **p), device
+                    ),
                     args.runs,
                 )
                 rows.append((label + suffix, count, *dec))

@@ -36,7 +36,9 @@ def _error(capsys: pytest.CaptureFixture) -> str:
 def test_bad_device_is_refused_before_loading(
     tmp_path: Path, capsys: pytest.CaptureFixture, device: str, message: str
 ) -> None:
-    if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 7:
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    if device == "cuda:7" and torch.cuda.device_count() > 7:
         pytest.skip("this machine has that GPU")
     for argv in (
         _segment(tmp_path / "out", "--device", device),

@@ -265,11 +265,12 @@ def test_a_resumed_run_keeps_its_paths_from_another_directory(
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path)
     sets = [f"--set={s}" for s in (*TINY, "steps=2")]
-    assert main(["train", "sam2clip", "--data", "images", "--out", "run", *sets]) == 0
+    cpu = ["--device", "cpu"]  # TinyTask's inputs are CPU tensors
+    assert main(["train", "sam2clip", "--data", "images", "--out", "run", *cpu, *sets]) == 0
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert (saved["data"], saved["out"]) == (str(tmp_path / "images"), str(tmp_path / "run"))
     monkeypatch.chdir(tmp_path / "elsewhere")
-    argv = ["train", "sam2clip", "--data", "../images", "--out", "../run", "--set=steps=3"]
+    argv = ["train", "sam2clip", "--data", "../images", "--out", "../run", *cpu, "--set=steps=3"]
     capsys.readouterr()
     assert main(argv) == 0, capsys.readouterr().err
     assert json.loads((tmp_path / "run" / "checkpoints" / "latest.json").read_text())["step"] == 3
