@@ -37,7 +37,7 @@ from ovsam.ov.classifier import (
 )
 from ovsam.ov.label_settings import check_label_settings, require_bank, require_extras
 from ovsam.ov.model import OVSam
-from ovsam.predictor import ImageState, SamPredictor
+from ovsam.predictor import LOW_RES, ImageState, SamPredictor
 from ovsam.prompt_arrays import check_masks
 from ovsam.vocab import Vocabulary, load_vocabulary, name_key
 
@@ -150,13 +150,27 @@ class OVSamPredictor(SamPredictor):
             probs.cpu(), bank.names, self.top_k, self.unknown_threshold, self.random_weights
         )
 
-    def _labels_for(self, low_res: np.ndarray, prompt_boxes: np.ndarray | None) -> list[Labels]:
-        head_boxes = self.model.mask_decoder.mask_boxes(torch.as_tensor(low_res))
-        clip_boxes = (
-            head_boxes
-            if prompt_boxes is None
-            else torch.as_tensor(prompt_boxes, dtype=torch.float32)
-        )
+    def recognize_logits(
+        self, low_res: np.ndarray, prompt_boxes: np.ndarray | None = None
+    ) -> list[Labels]:
+        """Labels for masks given as ``Nx256x256`` low-res logits (what :meth:`predict` returns),
+        named exactly as :meth:`predict` names them: the CLIP2SAM branch pools each mask's box,
+        the frozen-CLIP branch the ``Nx4`` XYXY pixel ``prompt_boxes`` the masks were prompted
+        with (clipped to the image; default: the masks' own boxes). N may be 0."""
+        require_bank(self.bank)
+        logits = np.asarray(low_res, dtype=np.float32)
+        if logits.ndim != 3 or logits.shape[1:] != (LOW_RES, LOW_RES):
+            raise InputError(
+                f"low-res logits must be Nx{LOW_RES}x{LOW_RES}, got shape {logits.shape}"
+            )
+        head_boxes = self.model.mask_decoder.mask_boxes(torch.from_numpy(logits)[:, None])
+        clip_boxes = head_boxes
+        if prompt_boxes is not None:
+            boxes = self.clip_boxes(prompt_boxes, allow_empty=len(logits) == 0)
+            if len(boxes) != len(logits):
+                raise InputError(f"{len(boxes)} prompt boxes for {len(logits)} masks")
+            frame = self.transform.apply_boxes(boxes, self.original_size)
+            clip_boxes = torch.as_tensor(frame, dtype=torch.float32)
         return self.classify_boxes(head_boxes, clip_boxes)
 
     def predict(  # type: ignore[override]
@@ -173,10 +187,7 @@ class OVSamPredictor(SamPredictor):
         masks, scores, low_res = super().predict(
             point_coords, point_labels, box, mask_input, False, return_logits
         )
-        prompt_box = None
-        if box is not None:
-            prompt_box = self.transform.apply_boxes(self.clip_boxes(box), self.original_size)
-        return masks, scores, low_res, self._labels_for(low_res[None], prompt_box)
+        return masks, scores, low_res, self.recognize_logits(low_res, box)
 
     def predict_boxes(  # type: ignore[override]
         self, boxes: np.ndarray, multimask_output: bool = False, batch_size: int = 64
@@ -186,9 +197,7 @@ class OVSamPredictor(SamPredictor):
         float32, N Labels)``."""
         require_bank(self.bank)
         masks, scores, low_res = super().predict_boxes(boxes, False, batch_size)
-        clipped = self.clip_boxes(boxes, allow_empty=True)
-        frame = self.transform.apply_boxes(clipped, self.original_size)
-        return masks, scores, low_res, self._labels_for(low_res[:, 0:1], frame)
+        return masks, scores, low_res, self.recognize_logits(low_res[:, 0], boxes)
 
     def recognize_masks(self, masks: np.ndarray) -> list[Labels]:
         """Labels for masks the user already has (``NxHxW`` bool at the image's size; N may be
