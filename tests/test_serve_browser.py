@@ -173,7 +173,7 @@ def test_drag_a_box_and_see_the_mask(server_url: str) -> None:
         note = page.locator("#recognition").inner_text()
         screenshot(page, "serve_browser.png")
     assert 0.1 < tinted < 0.4, tinted  # the cup covers roughly a fifth of the photo
-    assert score.startswith("score 0.") and "area" in score
+    assert score.startswith("predicted IoU 0.") and "area" in score
     assert "recognition weights are missing" in note
 
 

@@ -53,7 +53,10 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> Captured:
 
     def engine(settings: ServeSettings) -> object:
         seen.settings = settings
-        return SimpleNamespace(recognizer=MissingRecognizer("no recognition weights: none here"))
+        return SimpleNamespace(
+            recognizer=MissingRecognizer("no recognition weights: none here"),
+            model_name=settings.model, score_name="predicted_iou",
+        )  # fmt: skip
 
     def serve(server: uvicorn.Server, sockets: list[socket.socket]) -> None:
         seen.app = server.config.app

@@ -110,17 +110,22 @@ def required_weights(
     return list(dict.fromkeys(names))
 
 
+def is_ovsam_model(model: str) -> bool:
+    """Whether ``model`` names an Open-Vocabulary SAM: a registered ``ovsam_*`` name or a file
+    written by :func:`~ovsam.ov.save_ovsam` (read from its header)."""
+    from ovsam.ov.checkpoints import is_ovsam_checkpoint
+
+    return model.startswith("ovsam") or is_ovsam_checkpoint(model)
+
+
 def segmentation_model_name(options: LabelOptions | None, sam_model: str) -> str:
     """The model that segments: ``sam_model``, except that the ``ovsam`` recognizer needs an
     OV-SAM model (``ovsam_coco`` unless ``sam_model`` is one: a registered name or a file
     written by :func:`~ovsam.ov.save_ovsam`)."""
-    if options is None or options.recognizer != "ovsam" or sam_model.startswith("ovsam"):
+    if options is None or options.recognizer != "ovsam" or is_ovsam_model(sam_model):
         return sam_model
     from ovsam.errors import InputError
-    from ovsam.ov.checkpoints import is_ovsam_checkpoint
 
-    if is_ovsam_checkpoint(sam_model):
-        return sam_model
     if sam_model.endswith(".safetensors"):  # meant as a model file: never the official one
         raise InputError(
             f"--model {sam_model} is not an OV-SAM model file (missing, or not written by "
@@ -155,8 +160,11 @@ def build_labeled_predictor(
     sam_model: str = "mobilesam",
     checkpoint: str | Path | None = None,
     device: str = "cpu",
+    set_vocabulary: bool = True,
 ):  # noqa: ANN201 - OVSamPredictor | CropBaselinePredictor
-    """A predictor whose ``predict`` returns ``(masks, scores, low_res, labels)``."""
+    """A predictor whose ``predict`` returns ``(masks, scores, low_res, labels)``, with
+    ``options.vocabulary`` set (unless ``set_vocabulary`` is False: the server sets a bank
+    per request)."""
     import torch
 
     from ovsam.build import build_model
@@ -207,7 +215,8 @@ def build_labeled_predictor(
             top_k=options.top_k,  # type: ignore[arg-type]
             allow_random_weights=random,
         )
-    predictor.set_vocabulary(options.vocabulary)
+    if set_vocabulary:
+        predictor.set_vocabulary(options.vocabulary)
     return predictor
 
 

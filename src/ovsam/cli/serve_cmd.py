@@ -8,8 +8,7 @@ import socket
 from ovsam.cli.arg_types import int_in_range
 from ovsam.cli.segment_cmd import DEFAULT_MODEL, add_clip_arguments
 from ovsam.errors import InputError, OVSamError, first_line
-from ovsam.recognizers import DEFAULT_CLIP
-from ovsam.serve.settings import MIB, LimitError, ServeSettings
+from ovsam.serve.settings import MIB, SERVE_RECOGNIZERS, LimitError, ServeSettings
 
 # ServeSettings limit -> (option, bytes per unit of the option or 1, help). The option's
 # default is the field's default; ServeSettings checks the value (LimitError).
@@ -51,8 +50,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", default=DEFAULT_MODEL, help="registered model name")
     parser.add_argument("--checkpoint", default=None, help="checkpoint file or weights name")
-    parser.add_argument("--labels", action="store_true", help="name masks with CLIP (downloads it)")
-    add_clip_arguments(parser, DEFAULT_CLIP)
+    parser.add_argument(
+        "--labels", action="store_true",
+        help="name masks (downloads the recognition weights on first use)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--recognizer", choices=SERVE_RECOGNIZERS, default=None,
+        help="image-crop (default: CLIP on the masked crop, beside --model) or ovsam "
+        "(Open-Vocabulary SAM segments and names; --model ovsam_coco unless it is an OV-SAM "
+        "model); implies --labels",
+    )  # fmt: skip
+    add_clip_arguments(parser)
     limits = parser.add_argument_group("limits")
     for name, (option, unit, text) in LIMIT_OPTIONS.items():
         default = getattr(ServeSettings, name) // unit
@@ -66,16 +74,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def build_settings(args: argparse.Namespace) -> ServeSettings:
     """The :class:`ServeSettings` of the parsed options; a limit out of range is an
     :class:`InputError` naming its option, in the option's unit."""
+    from ovsam.recognizers import default_clip_model
+
     limits = {
         name: getattr(args, _dest(opt)) * unit for name, (opt, unit, _) in LIMIT_OPTIONS.items()
     }
+    recognizer = args.recognizer or "image-crop"
     try:
         return ServeSettings(
             model=args.model,
             checkpoint=args.checkpoint,
-            labels=args.labels,
+            labels=args.labels or args.recognizer is not None,
+            recognizer=recognizer,
             random_recognition=args.random_recognition,
-            clip_model=args.clip or DEFAULT_CLIP,
+            clip_model=args.clip or default_clip_model(recognizer, args.model, args.checkpoint),
             clip_weights=args.clip_weights,
             **limits,
         )
@@ -109,8 +121,11 @@ def run(args: argparse.Namespace) -> int:
                 raise
             raise _needs_serve_extra(f"FastAPI: {first_line(exc)}") from exc
         port = sockets[0].getsockname()[1]
-        print(f"ovsam: serving {args.model} on http://{args.host}:{port}/ (API docs at /docs)")
-        recognizer = app.state.engine.recognizer
+        engine = app.state.engine
+        print(
+            f"ovsam: serving {engine.model_name} on http://{args.host}:{port}/ (API docs at /docs)"
+        )
+        recognizer = engine.recognizer
         print(f"ovsam: {'labels' if recognizer.available else 'no labels'}: {recognizer.message}")
         config = uvicorn.Config(app, host=args.host, port=port, log_level="warning")
         uvicorn.Server(config).run(sockets=sockets)

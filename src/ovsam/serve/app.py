@@ -24,6 +24,7 @@ from ovsam.errors import InputError
 from ovsam.image_io import ImageTooLargeError, load_image
 from ovsam.masks import encode_rle, mask_to_bbox_xywh
 from ovsam.outputs import png_bytes
+from ovsam.recognizers import LabelOptions
 from ovsam.serve.engine import NO_RECOGNITION, MissingRecognizer, Recognizer, SegmentationEngine
 from ovsam.serve.http_errors import ApiError, GuardMiddleware, install_error_handlers
 from ovsam.serve.schemas import (
@@ -45,6 +46,8 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 409, 413, 415, 422)}
 MULTIPART_OVERHEAD = 64 * 1024
 """Bytes allowed on top of ``max_upload_bytes`` for the multipart envelope of an upload."""
+FALLBACK_MODEL = "mobilesam"
+"""What segments when an Open-Vocabulary SAM model was asked for but its weights are missing."""
 UNTYPED = ("", "application/octet-stream")
 """Declared content types that say nothing about the file (curl, ``requests``, browsers)."""
 
@@ -198,7 +201,8 @@ def create_app(
         mask_id = store.remember_mask(item, result.low_res)
         encoded = base64.b64encode(png_bytes(np.where(result.mask, 255, 0).astype(np.uint8)))
         return PredictResponse(
-            mask_id=mask_id, score=result.score, area=int(result.mask.sum()),
+            mask_id=mask_id, score=result.score, score_name=engine.score_name,
+            area=int(result.mask.sum()),
             bbox=mask_to_bbox_xywh(result.mask), width=item.width, height=item.height,
             mask_png=encoded.decode("ascii") if body.format == "png" else None,
             mask_rle=encode_rle(result.mask) if body.format == "rle" else None,
@@ -234,17 +238,69 @@ def create_app(
 
 
 def default_engine(settings: ServeSettings) -> SegmentationEngine:
-    """The real engine: ``settings.model`` with its weights, on CPU."""
+    """The real engine, on CPU: ``settings.model`` with its weights and
+    :func:`default_recognizer`. With the ``ovsam`` recognizer and labels asked for, an
+    Open-Vocabulary SAM segments and names (:func:`ovsam_engine`); when its weights are
+    missing, ``settings.model`` segments (MobileSAM if it or ``settings.checkpoint`` is an
+    OV-SAM model) and the recognizer's message says what is missing and how to get it."""
     from ovsam.build import build_model
+    from ovsam.errors import first_line
     from ovsam.predictor import SamPredictor
+    from ovsam.recognizers import RecognitionWeightsMissing, is_ovsam_model
 
-    model = build_model(settings.model, checkpoint=settings.checkpoint)
-    return SegmentationEngine(SamPredictor(model), settings.model, default_recognizer(settings))
+    if settings.recognizer == "ovsam" and (settings.labels or settings.random_recognition):
+        try:
+            return ovsam_engine(settings)
+        except RecognitionWeightsMissing as exc:
+            recognizer: Recognizer = MissingRecognizer(first_line(exc))
+    else:
+        recognizer = default_recognizer(settings)
+    name, checkpoint = settings.model, settings.checkpoint
+    if settings.recognizer == "ovsam" and any(
+        is_ovsam_model(str(path)) for path in (name, checkpoint) if path is not None
+    ):  # an OV-SAM model without its recognition weights: the default model segments
+        name, checkpoint = FALLBACK_MODEL, None
+    model = build_model(name, checkpoint=checkpoint)
+    return SegmentationEngine(SamPredictor(model), name, recognizer)
+
+
+def ovsam_engine(settings: ServeSettings) -> SegmentationEngine:
+    """Open-Vocabulary SAM (``settings.model`` if it is one, else ``ovsam_coco``) segments and
+    names masks; class names are embedded by its CLIP. Raises
+    :class:`~ovsam.recognizers.RecognitionWeightsMissing` when its weights cannot be obtained
+    (and an :class:`~ovsam.errors.InputError` for a ``clip_model`` it was not trained with)."""
+    from ovsam.recognizers import build_labeled_predictor, segmentation_model_name
+    from ovsam.serve.recognition import OVSamRecognizer
+
+    options = serve_label_options(settings)
+    predictor = build_labeled_predictor(
+        options, settings.model, settings.checkpoint, set_vocabulary=False
+    )
+    recognizer = OVSamRecognizer(
+        predictor, options.describe_weights(), random_weights=options.random_weights
+    )
+    name = segmentation_model_name(options, settings.model)
+    return SegmentationEngine(predictor, name, recognizer)
+
+
+def serve_label_options(settings: ServeSettings) -> LabelOptions:
+    """The :class:`~ovsam.recognizers.LabelOptions` of the server's recognizer (vocabularies
+    and top-k come with each request)."""
+    from ovsam.ov.checkpoints import is_ovsam_checkpoint
+
+    return LabelOptions(
+        recognizer=settings.recognizer,
+        clip_model=settings.clip_model,
+        clip_weights=settings.clip_weights,
+        random_weights=settings.random_recognition,
+        checkpoint_given=settings.checkpoint is not None or is_ovsam_checkpoint(settings.model),
+    )
 
 
 def default_recognizer(settings: ServeSettings) -> Recognizer:
     """CLIP Image-Crop labels when asked for (``settings.labels``) and the weights load;
-    otherwise a :class:`MissingRecognizer` whose message says exactly what to do."""
+    otherwise a :class:`MissingRecognizer` whose message says exactly what to do (the
+    ``ovsam`` recognizer is built by :func:`default_engine`, as its model also segments)."""
     from ovsam.clip.factory import create_model
     from ovsam.errors import WeightsUnavailableError
     from ovsam.serve.recognition import ClipRecognizer
@@ -257,6 +313,11 @@ def default_recognizer(settings: ServeSettings) -> Recognizer:
             clip, f"random CLIP {settings.clip_model} weights: labels are meaningless",
             random_weights=True,
         )  # fmt: skip
+    if not settings.labels and settings.recognizer == "ovsam":
+        return MissingRecognizer(
+            f"{NO_RECOGNITION}; start with 'ovsam serve --recognizer ovsam' to load "
+            "Open-Vocabulary SAM"
+        )
     if not settings.labels:
         return MissingRecognizer(
             f"{NO_RECOGNITION}; start with 'ovsam serve --labels' to load CLIP {settings.clip_model} "

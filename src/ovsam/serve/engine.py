@@ -36,9 +36,17 @@ class Recognizer(Protocol):
         """Build what ``vocabulary`` needs (e.g. its text bank); runs outside the model lock."""
 
     def label(
-        self, state: ImageState, mask: np.ndarray, vocabulary: Vocabulary, top_k: int
+        self,
+        state: ImageState,
+        mask: np.ndarray,
+        low_res: np.ndarray,
+        box: np.ndarray | None,
+        vocabulary: Vocabulary,
+        top_k: int,
     ) -> list[tuple[str, float]]:
-        """Top-k ``(name, probability)`` for an ``HxW`` bool mask on the embedded image."""
+        """Top-k ``(name, probability)`` for an ``HxW`` bool mask on the embedded image, with
+        its ``256x256`` low-res logits and the XYXY pixel ``box`` it was prompted with (if
+        any). Called under the engine's lock, with ``state`` loaded in its predictor."""
 
 
 class MissingRecognizer:
@@ -57,7 +65,13 @@ class MissingRecognizer:
         return None
 
     def label(
-        self, state: ImageState, mask: np.ndarray, vocabulary: Vocabulary, top_k: int
+        self,
+        state: ImageState,
+        mask: np.ndarray,
+        low_res: np.ndarray,
+        box: np.ndarray | None,
+        vocabulary: Vocabulary,
+        top_k: int,
     ) -> list[tuple[str, float]]:
         return []
 
@@ -82,6 +96,8 @@ class SegmentationEngine:
         self.predictor = predictor
         self.model_name = model_name
         self.recognizer: Recognizer = recognizer or MissingRecognizer()
+        # what a mask's score is: SAM's IoU head, or stability for decoders without one
+        self.score_name: str = getattr(predictor.model.mask_decoder, "score_name", "predicted_iou")
         self._lock = threading.Lock()
 
     def embed(self, image: np.ndarray) -> tuple[ImageState, float]:
@@ -118,19 +134,24 @@ class SegmentationEngine:
         with self._lock:
             self.predictor.load_state(state)
             try:
-                masks, scores, low_res = self.predictor.predict(
+                # SAM's own predict: a labelling subclass's would want a vocabulary; labels
+                # come from the recognizer
+                masks, scores, low_res = SamPredictor.predict(
+                    self.predictor,
                     point_coords=points,
                     point_labels=labels,
                     box=box,
                     mask_input=mask_input,
                     multimask_output=multimask and mask_input is None,
                 )
+                best = int(np.argmax(scores))
+                names = []
+                if vocabulary:
+                    names = self.recognizer.label(
+                        state, masks[best], low_res[best], box, vocabulary, top_k
+                    )
             finally:
                 self.predictor.reset_image()
-            best = int(np.argmax(scores))
-            names = (
-                self.recognizer.label(state, masks[best], vocabulary, top_k) if vocabulary else []
-            )
         return Prediction(
             masks[best], float(scores[best]), low_res[best][None], names,
             (time.perf_counter() - start) * 1000,

@@ -1,15 +1,18 @@
-"""A real recognizer for the server: CLIP Image-Crop labels for each predicted mask.
+"""Real recognizers for the server: CLIP Image-Crop labels, or Open-Vocabulary SAM's own.
 
 Text banks are built once per vocabulary, from every synonym of every class as on the command
-line (and cached on disk by :func:`~ovsam.clip.text_bank.build_text_bank`); the uploaded
-pixels are kept in the image's state (``extras["pixels"]``) so a mask can be cropped later
-without re-upload.
+line (and cached on disk by :func:`~ovsam.clip.text_bank.build_text_bank`), and the last few
+are kept in memory (:class:`TextBanks`). :class:`ClipRecognizer` keeps the uploaded pixels in
+the image's state (``extras["pixels"]``) so a mask can be cropped later without re-upload;
+:class:`OVSamRecognizer` names a mask from the OV-SAM features of the image's state, as
+:meth:`~ovsam.ov.predictor.OVSamPredictor.predict` does.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -17,11 +20,53 @@ from ovsam.clip.model import CLIP
 from ovsam.clip.region_classifier import classify_regions
 from ovsam.clip.text_bank import TextBank, build_text_bank, check_context
 from ovsam.ov.baselines import PIXELS
+from ovsam.ov.predictor import OVSamPredictor
 from ovsam.predictor import ImageState
 from ovsam.vocab import Vocabulary, prompt_templates
 
 Synonyms = tuple[tuple[str, ...], ...]
 """A vocabulary's synonym lists: the key of its text bank."""
+
+
+class TextBanks:
+    """The text banks of vocabularies embedded by ``clip`` with ``templates``: the last
+    ``kept`` are kept (least recently used dropped first), each built at most once at a time."""
+
+    def __init__(self, clip: CLIP, templates: Sequence[str], kept: int = 4) -> None:
+        self.clip, self.templates, self.kept = clip, tuple(templates), kept
+        self._banks: OrderedDict[Synonyms, TextBank] = OrderedDict()
+        self._building: dict[Synonyms, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def check(self, vocabulary: Vocabulary) -> None:
+        """Refuse (:class:`~ovsam.errors.InputError`) a name whose prompts do not fit CLIP's
+        text context, before any bank is built (the check :func:`build_text_bank` makes)."""
+        names = [name for synonyms in vocabulary.synonyms for name in synonyms]
+        check_context(names, self.templates, self.clip.config.text.context_length)
+
+    def get(self, vocabulary: Vocabulary) -> TextBank:
+        """The bank of ``vocabulary`` (every synonym of every class); a second request for the
+        same vocabulary while it is being built waits for the first."""
+        key = vocabulary.synonyms
+        with self._lock:
+            if key in self._banks:
+                self._banks.move_to_end(key)
+                return self._banks[key]
+            building = self._building.setdefault(key, threading.Lock())
+        with building:
+            with self._lock:
+                if key in self._banks:
+                    return self._banks[key]
+            try:
+                bank = build_text_bank(self.clip, vocabulary, self.templates, progress=False)
+                with self._lock:
+                    self._banks[key] = bank
+                    while len(self._banks) > self.kept:
+                        self._banks.popitem(last=False)
+            finally:
+                with self._lock:
+                    self._building.pop(key, None)
+        return bank
 
 
 class ClipRecognizer:
@@ -42,47 +87,26 @@ class ClipRecognizer:
         self.clip = clip.eval()
         self.message = f"recognition: {note}, Image-Crop (CLIP on the masked crop)"
         self.random_weights = random_weights
-        self.templates = prompt_templates(templates)
-        self._banks: OrderedDict[Synonyms, TextBank] = OrderedDict()
-        self._banks_kept = banks_kept
-        self._building: dict[Synonyms, threading.Lock] = {}
-        self._lock = threading.Lock()
+        self.banks = TextBanks(self.clip, prompt_templates(templates), banks_kept)
 
     def check(self, vocabulary: Vocabulary) -> None:
-        """Refuse (:class:`~ovsam.errors.InputError`) a name whose prompts do not fit CLIP's
-        text context, before any bank is built (the check :func:`build_text_bank` makes)."""
-        names = [name for synonyms in vocabulary.synonyms for name in synonyms]
-        check_context(names, self.templates, self.clip.config.text.context_length)
+        self.banks.check(vocabulary)
 
     def bank(self, vocabulary: Vocabulary) -> TextBank:
-        """The (LRU-kept) text bank of ``vocabulary`` (every synonym of every class), built at
-        most once at a time: a second request for the same vocabulary waits for the first."""
-        key = vocabulary.synonyms
-        with self._lock:
-            if key in self._banks:
-                self._banks.move_to_end(key)
-                return self._banks[key]
-            building = self._building.setdefault(key, threading.Lock())
-        with building:
-            with self._lock:
-                if key in self._banks:
-                    return self._banks[key]
-            try:
-                bank = build_text_bank(self.clip, vocabulary, self.templates, progress=False)
-                with self._lock:
-                    self._banks[key] = bank
-                    while len(self._banks) > self._banks_kept:
-                        self._banks.popitem(last=False)
-            finally:
-                with self._lock:
-                    self._building.pop(key, None)
-        return bank
+        """The (LRU-kept) text bank of ``vocabulary``."""
+        return self.banks.get(vocabulary)
 
     def prepare(self, vocabulary: Vocabulary) -> None:
-        self.bank(vocabulary)
+        self.banks.get(vocabulary)
 
     def label(
-        self, state: ImageState, mask: np.ndarray, vocabulary: Vocabulary, top_k: int
+        self,
+        state: ImageState,
+        mask: np.ndarray,
+        low_res: np.ndarray,
+        box: np.ndarray | None,
+        vocabulary: Vocabulary,
+        top_k: int,
     ) -> list[tuple[str, float]]:
         if not mask.any():
             return []
@@ -91,3 +115,51 @@ class ClipRecognizer:
             self.clip, pixels, self.bank(vocabulary), masks=mask[None], top_k=top_k
         )
         return labels.top_k()[0]
+
+
+class OVSamRecognizer:
+    """Names masks with Open-Vocabulary SAM: the CLIP2SAM head fused with frozen CLIP, on the
+    features of ``predictor`` (the engine's own, whose model also segments), class names
+    embedded by its ``text_model``. ``label`` runs under the engine's lock with the image's
+    state loaded in ``predictor``."""
+
+    available = True
+    needs_pixels = False
+
+    def __init__(
+        self,
+        predictor: OVSamPredictor,
+        note: str,
+        banks_kept: int = 4,
+        random_weights: bool = False,
+    ) -> None:
+        if predictor.text_model is None:
+            raise ValueError("OVSamRecognizer needs a predictor with a text_model")
+        self.predictor = predictor
+        self.message = f"recognition: {note}, Open-Vocabulary SAM (CLIP2SAM head + frozen CLIP)"
+        self.random_weights = random_weights
+        self.banks = TextBanks(predictor.text_model, predictor.templates, banks_kept)
+
+    def check(self, vocabulary: Vocabulary) -> None:
+        self.banks.check(vocabulary)
+
+    def prepare(self, vocabulary: Vocabulary) -> None:
+        self.banks.get(vocabulary)
+
+    def label(
+        self,
+        state: ImageState,
+        mask: np.ndarray,
+        low_res: np.ndarray,
+        box: np.ndarray | None,
+        vocabulary: Vocabulary,
+        top_k: int,
+    ) -> list[tuple[str, float]]:
+        if not mask.any():
+            return []
+        predictor = self.predictor
+        predictor.set_text_bank(self.banks.get(vocabulary))
+        predictor.top_k = top_k
+        prompt_boxes = None if box is None else np.asarray(box, dtype=np.float64).reshape(1, 4)
+        (labels,) = predictor.recognize_logits(low_res[None], prompt_boxes)
+        return labels.top

@@ -67,6 +67,11 @@ class Recognition(BaseModel):
 class PredictResponse(BaseModel):
     mask_id: str
     score: float
+    score_name: Literal["predicted_iou", "stability_score"] = Field(
+        "predicted_iou",
+        description="what score is: SAM's predicted IoU, or the mask's stability for a decoder "
+        "without an IoU head (Open-Vocabulary SAM)",
+    )
     area: int
     bbox: list[int] = Field(description="XYWH pixels")
     width: int

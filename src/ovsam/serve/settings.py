@@ -12,6 +12,8 @@ MAX_REQUEST_BYTES = 2048 * MIB
 """Highest ``max_upload_bytes`` / ``max_body_bytes``: a request is held in memory whole."""
 MAX_PIXELS_LIMIT = 1_000_000_000
 """Highest ``max_pixels``: a gigapixel RGB image decodes to 3 GB."""
+SERVE_RECOGNIZERS = ("image-crop", "ovsam")
+"""Recognizers the server offers: CLIP on the masked crop, or Open-Vocabulary SAM itself."""
 
 
 class LimitError(InputError):
@@ -59,9 +61,10 @@ class ServeSettings:
     vocabulary (at most :data:`~ovsam.serve.schemas.MAX_NAMES`) and ``max_custom_vocabularies``
     how many are kept (least recently used evicted first). ``max_body_bytes`` bounds a JSON
     request body, ``max_upload_bytes`` an uploaded file; both are checked before the body is
-    read. ``labels`` loads CLIP
-    ``clip_model`` / ``clip_weights`` for recognition; ``random_recognition`` uses random weights
-    (testing only).
+    read. ``labels`` loads the ``recognizer`` (see :data:`SERVE_RECOGNIZERS`) with CLIP
+    ``clip_model`` / ``clip_weights``; ``random_recognition`` uses random weights (testing
+    only; with ``ovsam`` the masks too come from random weights unless ``checkpoint`` or an
+    OV-SAM model file is given).
 
     Each limit must be an integer in its range (:func:`limit_ranges`); otherwise construction
     raises :class:`LimitError` naming the field.
@@ -80,13 +83,19 @@ class ServeSettings:
     cache_bytes: int = 1024 * MIB
     masks_per_image: int = 32
     labels: bool = False
+    recognizer: str = "image-crop"
     random_recognition: bool = False
     clip_model: str = DEFAULT_CLIP
     clip_weights: str = "openai"
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        """Refuse a limit that is not an integer in its range (booleans included)."""
+        """Refuse a limit that is not an integer in its range (booleans included), and an
+        unknown recognizer."""
+        if self.recognizer not in SERVE_RECOGNIZERS:
+            raise InputError(
+                f"recognizer must be one of {', '.join(SERVE_RECOGNIZERS)}, got {self.recognizer!r}"
+            )
         for name, (low, high) in limit_ranges().items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:

@@ -262,7 +262,8 @@ function showResult() {
   $("labels").replaceChildren();
   for (const link of [$("download-png"), $("download-json")]) link.classList.toggle("disabled", !r);
   if (!r) { $("score").textContent = "No mask yet."; return; }
-  $("score").textContent = `score ${r.score.toFixed(3)} · area ${r.area} px · box ${r.bbox.join(", ")}`;
+  const scoreWord = r.score_name === "stability_score" ? "stability" : "predicted IoU";
+  $("score").textContent = `${scoreWord} ${r.score.toFixed(3)} · area ${r.area} px · box ${r.bbox.join(", ")}`;
   $("recognition").textContent = r.recognition.message;
   for (const label of r.labels) {
     const li = document.createElement("li");
