@@ -19,6 +19,16 @@ NO_RECOGNITION = (
 )
 
 
+@dataclass(frozen=True)
+class DecodedMask:
+    """A mask to name: ``mask`` ``HxW`` bool, its ``256x256`` low-res ``logits``, and the
+    XYXY pixel ``box`` it was prompted with (None without one)."""
+
+    mask: np.ndarray
+    logits: np.ndarray
+    box: np.ndarray | None
+
+
 class Recognizer(Protocol):
     """Names masks against a vocabulary (implemented by the Open-Vocabulary SAM side).
 
@@ -36,17 +46,10 @@ class Recognizer(Protocol):
         """Build what ``vocabulary`` needs (e.g. its text bank); runs outside the model lock."""
 
     def label(
-        self,
-        state: ImageState,
-        mask: np.ndarray,
-        low_res: np.ndarray,
-        box: np.ndarray | None,
-        vocabulary: Vocabulary,
-        top_k: int,
+        self, state: ImageState, decoded: DecodedMask, vocabulary: Vocabulary, top_k: int
     ) -> list[tuple[str, float]]:
-        """Top-k ``(name, probability)`` for an ``HxW`` bool mask on the embedded image, with
-        its ``256x256`` low-res logits and the XYXY pixel ``box`` it was prompted with (if
-        any). Called under the engine's lock, with ``state`` loaded in its predictor."""
+        """Top-k ``(name, probability)`` for a mask decoded on the embedded image. Called
+        under the engine's lock, with ``state`` loaded in its predictor."""
 
 
 class MissingRecognizer:
@@ -65,13 +68,7 @@ class MissingRecognizer:
         return None
 
     def label(
-        self,
-        state: ImageState,
-        mask: np.ndarray,
-        low_res: np.ndarray,
-        box: np.ndarray | None,
-        vocabulary: Vocabulary,
-        top_k: int,
+        self, state: ImageState, decoded: DecodedMask, vocabulary: Vocabulary, top_k: int
     ) -> list[tuple[str, float]]:
         return []
 
@@ -147,9 +144,8 @@ class SegmentationEngine:
                 best = int(np.argmax(scores))
                 names = []
                 if vocabulary:
-                    names = self.recognizer.label(
-                        state, masks[best], low_res[best], box, vocabulary, top_k
-                    )
+                    decoded = DecodedMask(masks[best], low_res[best], box)
+                    names = self.recognizer.label(state, decoded, vocabulary, top_k)
             finally:
                 self.predictor.reset_image()
         return Prediction(

@@ -22,6 +22,7 @@ from ovsam.clip.text_bank import TextBank, build_text_bank, check_context
 from ovsam.ov.baselines import PIXELS
 from ovsam.ov.predictor import OVSamPredictor
 from ovsam.predictor import ImageState
+from ovsam.serve.engine import DecodedMask
 from ovsam.vocab import Vocabulary, prompt_templates
 
 Synonyms = tuple[tuple[str, ...], ...]
@@ -69,11 +70,23 @@ class TextBanks:
         return bank
 
 
-class ClipRecognizer:
+class BankRecognizer:
+    """What both recognizers share: their vocabularies' text banks (``banks``)."""
+
+    available = True
+    banks: TextBanks
+
+    def check(self, vocabulary: Vocabulary) -> None:
+        self.banks.check(vocabulary)
+
+    def prepare(self, vocabulary: Vocabulary) -> None:
+        self.banks.get(vocabulary)
+
+
+class ClipRecognizer(BankRecognizer):
     """Names masks with CLIP (the paper's Image-Crop baseline); ``note`` describes the weights,
     ``random_weights`` says they are random (labels meaningless, for testing)."""
 
-    available = True
     needs_pixels = True
 
     def __init__(
@@ -89,41 +102,28 @@ class ClipRecognizer:
         self.random_weights = random_weights
         self.banks = TextBanks(self.clip, prompt_templates(templates), banks_kept)
 
-    def check(self, vocabulary: Vocabulary) -> None:
-        self.banks.check(vocabulary)
-
     def bank(self, vocabulary: Vocabulary) -> TextBank:
         """The (LRU-kept) text bank of ``vocabulary``."""
         return self.banks.get(vocabulary)
 
-    def prepare(self, vocabulary: Vocabulary) -> None:
-        self.banks.get(vocabulary)
-
     def label(
-        self,
-        state: ImageState,
-        mask: np.ndarray,
-        low_res: np.ndarray,
-        box: np.ndarray | None,
-        vocabulary: Vocabulary,
-        top_k: int,
+        self, state: ImageState, decoded: DecodedMask, vocabulary: Vocabulary, top_k: int
     ) -> list[tuple[str, float]]:
-        if not mask.any():
+        if not decoded.mask.any():
             return []
         pixels = state.extras[PIXELS].numpy()
         labels = classify_regions(
-            self.clip, pixels, self.bank(vocabulary), masks=mask[None], top_k=top_k
+            self.clip, pixels, self.bank(vocabulary), masks=decoded.mask[None], top_k=top_k
         )
         return labels.top_k()[0]
 
 
-class OVSamRecognizer:
+class OVSamRecognizer(BankRecognizer):
     """Names masks with Open-Vocabulary SAM: the CLIP2SAM head fused with frozen CLIP, on the
     features of ``predictor`` (the engine's own, whose model also segments), class names
     embedded by its ``text_model``. ``label`` runs under the engine's lock with the image's
     state loaded in ``predictor``."""
 
-    available = True
     needs_pixels = False
 
     def __init__(
@@ -140,26 +140,14 @@ class OVSamRecognizer:
         self.random_weights = random_weights
         self.banks = TextBanks(predictor.text_model, predictor.templates, banks_kept)
 
-    def check(self, vocabulary: Vocabulary) -> None:
-        self.banks.check(vocabulary)
-
-    def prepare(self, vocabulary: Vocabulary) -> None:
-        self.banks.get(vocabulary)
-
     def label(
-        self,
-        state: ImageState,
-        mask: np.ndarray,
-        low_res: np.ndarray,
-        box: np.ndarray | None,
-        vocabulary: Vocabulary,
-        top_k: int,
+        self, state: ImageState, decoded: DecodedMask, vocabulary: Vocabulary, top_k: int
     ) -> list[tuple[str, float]]:
-        if not mask.any():
+        if not decoded.mask.any():
             return []
-        predictor = self.predictor
+        predictor, box = self.predictor, decoded.box
         predictor.set_text_bank(self.banks.get(vocabulary))
         predictor.top_k = top_k
         prompt_boxes = None if box is None else np.asarray(box, dtype=np.float64).reshape(1, 4)
-        (labels,) = predictor.recognize_logits(low_res[None], prompt_boxes)
+        (labels,) = predictor.recognize_logits(decoded.logits[None], prompt_boxes)
         return labels.top
