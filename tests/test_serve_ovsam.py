@@ -60,6 +60,16 @@ def predictors() -> tuple[SegmentationEngine, OVSamPredictor]:
     return SegmentationEngine(served, "small-ovsam", recognizer), reference
 
 
+@pytest.fixture(scope="module")
+def served(predictors: tuple[SegmentationEngine, OVSamPredictor]) -> tuple[TestClient, str]:
+    """A client of the served engine, the sample photo uploaded (embedded once) and the
+    vocabulary ``table`` posted."""
+    client = TestClient(create_app(ServeSettings(), lambda _: predictors[0]))
+    image_id = upload(client)
+    client.post("/v1/vocabularies", json={"name": "table", "names": NAMES})
+    return client, image_id
+
+
 def upload(client: TestClient) -> str:
     buf = io.BytesIO()
     Image.open(SAMPLE_PHOTO).save(buf, format="PNG")
@@ -77,12 +87,12 @@ def upload(client: TestClient) -> str:
     ],
 )
 def test_served_masks_and_labels_equal_the_predictors(
-    predictors: tuple[SegmentationEngine, OVSamPredictor], prompt: dict
+    predictors: tuple[SegmentationEngine, OVSamPredictor],
+    served: tuple[TestClient, str],
+    prompt: dict,
 ) -> None:
-    engine, reference = predictors
-    client = TestClient(create_app(ServeSettings(), lambda _: engine))
-    image_id = upload(client)
-    client.post("/v1/vocabularies", json={"name": "table", "names": NAMES})
+    reference = predictors[1]
+    client, image_id = served
     body = {**prompt, "vocabulary": "table", "top_k": 3, "format": "rle"}
     answer = client.post(f"/v1/images/{image_id}/predict", json=body).json()
     masks, scores, _, labels = reference.predict(
@@ -99,12 +109,8 @@ def test_served_masks_and_labels_equal_the_predictors(
     assert answer["recognition"]["random_weights"] is True
 
 
-def test_without_a_vocabulary_masks_come_unnamed(
-    predictors: tuple[SegmentationEngine, OVSamPredictor],
-) -> None:
-    engine, _ = predictors
-    client = TestClient(create_app(ServeSettings(), lambda _: engine))
-    image_id = upload(client)
+def test_without_a_vocabulary_masks_come_unnamed(served: tuple[TestClient, str]) -> None:
+    client, image_id = served
     answer = client.post(f"/v1/images/{image_id}/predict", json={"box": list(SAMPLE_BOX)})
     assert answer.status_code == 200 and answer.json()["labels"] == []
     health = client.get("/v1/health").json()
@@ -161,7 +167,8 @@ def test_random_recognition_builds_ovsam_and_marks_masks_and_labels_random(
     )
     client = TestClient(create_app(settings, lambda _: engine))
     image_id = upload(client)
-    body = {"box": list(SAMPLE_BOX), "vocabulary": "coco", "top_k": 2}
+    client.post("/v1/vocabularies", json={"name": "mine", "names": ["cup", "saucer", "spoon"]})
+    body = {"box": list(SAMPLE_BOX), "vocabulary": "mine", "top_k": 2}
     answer = client.post(f"/v1/images/{image_id}/predict", json=body).json()
     assert len(answer["labels"]) == 2 and answer["recognition"]["random_weights"] is True
 
