@@ -34,3 +34,42 @@ def test_clip_weights_are_a_tag_or_a_file_by_content(
     missing = LabelOptions(clip_model="RN50", clip_weights="./gone.pt")
     assert clip_weights_record(missing) == "./gone.pt"  # loading it will say it is missing
     assert file_record(weights) == changed
+
+
+def test_a_large_file_is_hashed_once_per_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--checkpoint FILE`` is recorded by sha256 on every command: a large file's digest is
+    remembered in the cache for as long as its size, mtime, inode and device stay the same."""
+    from ovsam import weights_cache
+
+    monkeypatch.setenv("OVSAM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(weights_cache, "REMEMBERED_BYTES", 8)  # "large" from 8 bytes on
+    hashed: list[Path] = []
+    monkeypatch.setattr(
+        weights_cache, "sha256_file", lambda path: hashed.append(path) or sha256_file(path)
+    )
+    weights = tmp_path / "model.pt"
+    weights.write_bytes(b"weights v1")
+    first = file_record(weights)
+    assert file_record(weights) == first and len(hashed) == 1  # remembered
+    monkeypatch.chdir(tmp_path)
+    assert file_record(Path("model.pt")) == first and len(hashed) == 1  # by absolute path
+    weights.write_bytes(b"weights v2")
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # another version
+    assert file_record(weights)["sha256"] == sha256_file(weights) != first["sha256"]
+    other = tmp_path / "copy.pt"
+    other.write_bytes(b"weights v3")
+    os.utime(other, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # same size and mtime ...
+    os.replace(other, weights)  # ... but another inode
+    assert file_record(weights)["sha256"] == sha256_file(weights)
+    assert len(hashed) == 3
+    small = tmp_path / "small.pt"
+    small.write_bytes(b"tiny")  # below REMEMBERED_BYTES: hashed every time, never remembered
+    for _ in range(2):
+        file_record(small)
+    assert hashed[-2:] == [small, small]
+    (tmp_path / "not-a-folder").write_text("x")
+    monkeypatch.setenv("OVSAM_CACHE_DIR", str(tmp_path / "not-a-folder"))  # unwritable cache
+    assert file_record(weights)["sha256"] == sha256_file(weights)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ovsam.errors import InputError
-from ovsam.weight_sources import sha256_file
+from ovsam.weights_cache import remembered_sha256
 
 if TYPE_CHECKING:
     from ovsam.recognizers import LabelOptions
@@ -55,9 +55,10 @@ def _changes(saved: Mapping[str, Any], settings: Mapping[str, Any], prefix: str)
 
 
 def file_record(path: Path) -> FileRecord:
-    """``{"path": absolute path, "sha256": hex}`` of the file at ``path`` (read once, in
-    chunks: a 1.2 GB checkpoint takes a few seconds)."""
-    return {"path": str(path.resolve()), "sha256": sha256_file(path)}
+    """``{"path": absolute path, "sha256": hex}`` of the file at ``path`` (hashed once per
+    version of the file: :func:`~ovsam.weights_cache.remembered_sha256`; a 1.2 GB checkpoint
+    takes a few seconds the first time)."""
+    return {"path": str(path.resolve()), "sha256": remembered_sha256(path)}
 
 
 def checkpoint_record(checkpoint: str | Path | None) -> str | FileRecord | None:

@@ -4,12 +4,16 @@
 check gets a ``NAME.verified`` stamp of its size and mtime, so that it is not hashed again; a
 read-only cache simply goes without stamps. Writers of ``NAME`` hold ``NAME.lock``
 (:func:`cache_lock`), which also sweeps the temporary files a killed writer left behind.
+:func:`remembered_sha256` keeps the digests of files outside the cache (checkpoints a user
+names, recorded in every result) under ``digests/``, so that each version is read once.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -20,6 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ovsam.errors import InputError, WeightsUnavailableError
+from ovsam.fileio import atomic_write_json
 from ovsam.weight_sources import sha256_file
 
 
@@ -85,6 +90,44 @@ def write_stamp(path: Path) -> None:
         _stamp_file(path).write_text(stamp(path) or "")
     except OSError:
         pass  # read-only cache: the file is hashed again next time
+
+
+REMEMBERED_BYTES = 64 * 2**20
+"""Files from this size on have their digests remembered (:func:`remembered_sha256`)."""
+
+
+def _file_version(path: Path) -> str:
+    """Size, mtime, inode and device of ``path``: another version of the file (rewritten,
+    touched, or replaced by a copy, even one keeping the size and mtime) has another."""
+    st = path.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}:{st.st_dev}"
+
+
+def remembered_sha256(path: Path) -> str:
+    """Hex sha256 of the file at ``path``; one of :data:`REMEMBERED_BYTES` or more is hashed
+    once per version of it (:func:`_file_version`), its digest kept in ``cache_dir()/digests/``
+    under its absolute path, as a ``.verified`` stamp vouches for a download. (Rewriting that
+    much takes far longer than the filesystem clock's tick, so a rewrite in place always gets
+    another mtime; small files, which could be rewritten within one tick, are hashed each time,
+    which is quick.) A cache that cannot be written (or read) means hashing every time."""
+    resolved = path.resolve()
+    if resolved.stat().st_size < REMEMBERED_BYTES:
+        return sha256_file(resolved)
+    memo = cache_dir() / "digests" / (hashlib.sha256(str(resolved).encode()).hexdigest() + ".json")
+    version = _file_version(resolved)
+    try:
+        saved = json.loads(memo.read_text(encoding="utf-8"))
+        if saved["path"] == str(resolved) and saved["version"] == version:
+            return str(saved["sha256"])
+    except (OSError, ValueError, TypeError, KeyError):
+        pass  # none yet, or unreadable: hash the file
+    digest = sha256_file(resolved)
+    if _file_version(resolved) == version:  # not changed while it was read
+        try:
+            atomic_write_json(memo, {"path": str(resolved), "version": version, "sha256": digest})
+        except OSError:
+            pass  # read-only cache
+    return digest
 
 
 def cache_problem(path: Path, spec: Checked, trust_stamp: bool) -> str | None:
