@@ -35,13 +35,16 @@ def test_grayscale_is_replicated_to_three_channels() -> None:
     assert np.array_equal(out[:, :, 0], gray) and np.array_equal(out[:, :, 2], gray)
 
 
-def test_rgba_is_composited_on_white() -> None:
+def test_rgba_is_composited_on_white_from_a_file_and_from_an_array() -> None:
     rgba = np.zeros((2, 2, 4), dtype=np.uint8)
     rgba[0, 0] = (255, 0, 0, 255)  # opaque red stays red
     rgba[1, 1] = (0, 0, 255, 0)  # fully transparent becomes white
+    rgba[0, 1] = (0, 0, 0, 128)  # half-transparent black becomes mid grey
     out = load_image(_png(Image.fromarray(rgba, mode="RGBA")))
     assert out[0, 0].tolist() == [255, 0, 0]
     assert out[1, 1].tolist() == [255, 255, 255]
+    assert out[0, 1].tolist() == [127, 127, 127]
+    assert np.array_equal(check_image_array(rgba), out)  # what set_image sees
 
 
 @pytest.mark.parametrize(

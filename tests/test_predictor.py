@@ -187,9 +187,16 @@ def test_bgr_input_equals_rgb(predictor: SamPredictor) -> None:
     rgb = predictor.get_image_embedding().clone()
     predictor.set_image(np.ascontiguousarray(image[:, :, ::-1]), image_format="BGR")
     assert torch.equal(rgb, predictor.get_image_embedding())
-    alpha = np.full((120, 160, 1), 7, np.uint8)  # OpenCV's BGRA (IMREAD_UNCHANGED)
-    predictor.set_image(np.concatenate([image[:, :, ::-1], alpha], axis=2), image_format="BGR")
+    opaque = np.full((120, 160, 1), 255, np.uint8)  # OpenCV's BGRA (IMREAD_UNCHANGED)
+    predictor.set_image(np.concatenate([image[:, :, ::-1], opaque], axis=2), image_format="BGR")
     assert torch.equal(rgb, predictor.get_image_embedding())
+    faint = np.full((120, 160, 1), 7, np.uint8)  # composited on white, as load_image does
+    predictor.set_image(np.concatenate([image[:, :, ::-1], faint], axis=2), image_format="BGR")
+    bgra = predictor.get_image_embedding().clone()
+    predictor.set_image(np.concatenate([image, faint], axis=2))
+    assert torch.equal(bgra, predictor.get_image_embedding())
+    assert not torch.allclose(bgra, rgb, atol=1e-2)
+    predictor.set_image(image)
     for bad in ({"image": image, "image_format": "bgr"}, {"image": image[:, :, :2]}):
         with pytest.raises(InputError):
             predictor.set_image(**bad)

@@ -60,10 +60,14 @@ def _to_uint8_rgb(img: Image.Image) -> np.ndarray:
         gray = _gray_to_uint8(np.array(img, dtype=np.float32), img.mode)
         return np.repeat(gray[:, :, None], 3, axis=2)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
+        return _on_white(img.convert("RGBA"))
     return np.asarray(img.convert("RGB"))
+
+
+def _on_white(rgba: Image.Image) -> np.ndarray:
+    """An RGBA image composited on opaque white, as ``HxWx3`` uint8 RGB."""
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
 
 
 def load_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -113,8 +117,9 @@ def _decode(fh: IO[bytes], what: str, max_pixels: int) -> np.ndarray:
 def check_image_array(image: np.ndarray) -> np.ndarray:
     """Validate an in-memory image and return it as ``HxWx3`` uint8 RGB.
 
-    Accepts ``HxW`` grayscale and ``HxWx4`` RGBA (alpha dropped) uint8 arrays and converts
-    them; anything else raises :class:`InputError` naming the problem.
+    Accepts ``HxW`` grayscale and ``HxWx4`` RGBA uint8 arrays and converts them (RGBA
+    composited on white, as :func:`load_image` does, so an array and its file give the same
+    masks); anything else raises :class:`InputError` naming the problem.
     """
     if not isinstance(image, np.ndarray):
         raise InputError(f"image must be a numpy array, got {type(image).__name__}")
@@ -126,4 +131,6 @@ def check_image_array(image: np.ndarray) -> np.ndarray:
         raise InputError(f"image must be HxWx3 RGB, got shape {tuple(image.shape)}")
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise InputError(f"image is empty: shape {tuple(image.shape)}")
-    return np.ascontiguousarray(image[:, :, :3])
+    if image.shape[2] == 4:
+        return _on_white(Image.fromarray(np.ascontiguousarray(image), mode="RGBA"))
+    return np.ascontiguousarray(image)

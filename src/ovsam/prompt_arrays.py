@@ -17,7 +17,7 @@ from ovsam.image_io import check_image_array
 def rgb_image(image: np.ndarray, image_format: str = "RGB") -> np.ndarray:
     """``image`` as the contiguous ``HxWx3`` uint8 RGB array the predictors embed.
 
-    Takes ``HxWx3``, ``HxWx4`` (alpha dropped) or ``HxW`` greyscale uint8 arrays (see
+    Takes ``HxWx3``, ``HxWx4`` (composited on white) or ``HxW`` greyscale uint8 arrays (see
     :func:`~ovsam.image_io.check_image_array`) with channels in ``image_format`` order,
     "RGB" or "BGR" (OpenCV's order, also for its BGRA).
     """
