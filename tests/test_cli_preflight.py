@@ -52,6 +52,7 @@ def test_bad_device_is_refused_before_loading(
             "--device",
             device,
         ],
+        ["serve", "--port", "0", "--device", device],
     ):
         assert main(argv) == 2
         assert message in _error(capsys)

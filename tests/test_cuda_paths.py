@@ -176,3 +176,22 @@ def test_crop_baselines_on_cuda_give_the_cpu_masks_and_labels(
         cpu_top, top = dict(cpu_label.top), dict(label.top)
         assert cpu_top.keys() == top.keys()
         assert all(top[n] == pytest.approx(p, abs=1e-2) for n, p in cpu_top.items())
+
+
+def test_serve_on_cuda_gives_the_cpu_answer(mobilesam_checkpoint: Path) -> None:
+    """``ovsam serve --device cuda``: the page's answers equal those of a CPU server."""
+    from fastapi.testclient import TestClient
+
+    from ovsam.serve.app import create_app, default_engine
+    from ovsam.serve.settings import ServeSettings
+
+    answers = []
+    for device in ("cpu", "cuda"):
+        settings = ServeSettings(device=device)
+        client = TestClient(create_app(settings, default_engine))
+        image = client.post("/v1/images/sample").json()["image_id"]
+        body = {"box": list(SAMPLE_BOX), "format": "rle"}
+        answers.append(client.post(f"/v1/images/{image}/predict", json=body).json())
+    cpu, gpu = answers
+    assert abs(gpu["area"] - cpu["area"]) <= 0.01 * cpu["area"] and cpu["area"] > 40_000
+    assert gpu["score"] == pytest.approx(cpu["score"], abs=5e-3)

@@ -81,10 +81,10 @@ def test_flags_reach_the_served_app(captured: Captured) -> None:
     argv = ["serve", "--port", "0", "--max-upload-mb", "3", "--max-body-mb", "2", "--max-pixels", "5000",
             "--max-points", "7", "--max-vocabulary", "9", "--max-name-chars", "11",
             "--max-custom-vocabularies", "4", "--cache-size", "5", "--cache-mb", "6",
-            "--masks-per-image", "8"]  # fmt: skip
+            "--masks-per-image", "8", "--device", "cpu"]  # fmt: skip
     assert main(argv) == 0
     settings, app = captured.settings, captured.app
-    assert settings is not None and app is not None
+    assert settings is not None and app is not None and settings.device == "cpu"
     assert (settings.max_upload_bytes, settings.max_body_bytes) == (3 * MIB, 2 * MIB)
     assert (settings.max_pixels, settings.max_points) == (5000, 7)
     assert (settings.max_vocabulary, settings.max_name_chars) == (9, 11)

@@ -50,6 +50,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", default=DEFAULT_MODEL, help="registered model name")
     parser.add_argument("--checkpoint", default=None, help="checkpoint file or weights name")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument(
         "--labels", action="store_true",
         help="name masks (downloads the recognition weights on first use)",
@@ -84,6 +85,7 @@ def build_settings(args: argparse.Namespace) -> ServeSettings:
         return ServeSettings(
             model=args.model,
             checkpoint=args.checkpoint,
+            device=args.device,
             labels=args.labels or args.recognizer is not None,
             recognizer=recognizer,
             random_recognition=args.random_recognition,

@@ -238,7 +238,7 @@ def create_app(
 
 
 def default_engine(settings: ServeSettings) -> SegmentationEngine:
-    """The real engine, on CPU: ``settings.model`` with its weights and
+    """The real engine, on ``settings.device``: ``settings.model`` with its weights and
     :func:`default_recognizer`. With the ``ovsam`` recognizer and labels asked for, an
     Open-Vocabulary SAM segments and names (:func:`ovsam_engine`); when its weights are
     missing, ``settings.model`` segments (MobileSAM if it or ``settings.checkpoint`` is an
@@ -260,7 +260,7 @@ def default_engine(settings: ServeSettings) -> SegmentationEngine:
         is_ovsam_model(str(path)) for path in (name, checkpoint) if path is not None
     ):  # an OV-SAM model without its recognition weights: the default model segments
         name, checkpoint = FALLBACK_MODEL, None
-    model = build_model(name, checkpoint=checkpoint)
+    model = build_model(name, checkpoint=checkpoint).to(settings.device)
     return SegmentationEngine(SamPredictor(model), name, recognizer)
 
 
@@ -274,7 +274,7 @@ def ovsam_engine(settings: ServeSettings) -> SegmentationEngine:
 
     options = serve_label_options(settings)
     predictor = build_labeled_predictor(
-        options, settings.model, settings.checkpoint, set_vocabulary=False
+        options, settings.model, settings.checkpoint, settings.device, set_vocabulary=False
     )
     recognizer = OVSamRecognizer(
         predictor, options.describe_weights(), random_weights=options.random_weights
@@ -308,7 +308,7 @@ def default_recognizer(settings: ServeSettings) -> Recognizer:
     weights = f"clip_{settings.clip_model}_openai"
     if settings.random_recognition:
         torch.manual_seed(0)
-        clip = create_model(settings.clip_model)
+        clip = create_model(settings.clip_model, device=settings.device)
         return ClipRecognizer(
             clip, f"random CLIP {settings.clip_model} weights: labels are meaningless",
             random_weights=True,
@@ -324,7 +324,9 @@ def default_recognizer(settings: ServeSettings) -> Recognizer:
             f"({weights}, downloaded on first use)"
         )
     try:
-        clip = create_model(settings.clip_model, pretrained=settings.clip_weights)
+        clip = create_model(
+            settings.clip_model, pretrained=settings.clip_weights, device=settings.device
+        )
     except WeightsUnavailableError as exc:
         return MissingRecognizer(
             f"{NO_RECOGNITION}: {exc}".splitlines()[0]

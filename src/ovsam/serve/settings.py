@@ -61,7 +61,8 @@ class ServeSettings:
     vocabulary (at most :data:`~ovsam.serve.schemas.MAX_NAMES`) and ``max_custom_vocabularies``
     how many are kept (least recently used evicted first). ``max_body_bytes`` bounds a JSON
     request body, ``max_upload_bytes`` an uploaded file; both are checked before the body is
-    read. ``labels`` loads the ``recognizer`` (see :data:`SERVE_RECOGNIZERS`) with CLIP
+    read. ``device`` is the torch device the models run on. ``labels`` loads the
+    ``recognizer`` (see :data:`SERVE_RECOGNIZERS`) with CLIP
     ``clip_model`` / ``clip_weights``; ``random_recognition`` uses random weights (testing
     only; with ``ovsam`` the masks too come from random weights unless ``checkpoint`` or an
     OV-SAM model file is given).
@@ -72,6 +73,7 @@ class ServeSettings:
 
     model: str = "mobilesam"
     checkpoint: str | None = None
+    device: str = "cpu"
     max_upload_bytes: int = 20 * MIB
     max_pixels: int = 40_000_000
     max_points: int = 64
