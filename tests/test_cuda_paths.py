@@ -180,6 +180,7 @@ def test_crop_baselines_on_cuda_give_the_cpu_masks_and_labels(
 
 def test_serve_on_cuda_gives_the_cpu_answer(mobilesam_checkpoint: Path) -> None:
     """``ovsam serve --device cuda``: the page's answers equal those of a CPU server."""
+    pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
     from ovsam.serve.app import create_app, default_engine
