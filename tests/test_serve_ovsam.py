@@ -129,6 +129,9 @@ def test_missing_ovsam_weights_leave_mobilesam_segmenting_and_say_how_to_get_the
     def offline(names: list[str]) -> None:
         raise WeightsMissing("recognition weights", names, "no network")
 
+    # the cache that holds MobileSAM (the fallback), so that nothing is downloaded
+    monkeypatch.setenv("OVSAM_CACHE_DIR", str(mobilesam_checkpoint.parents[1]))
+
     monkeypatch.setattr("ovsam.ov.checkpoints.resolve_all", offline)
     engine = default_engine(ServeSettings(recognizer="ovsam", labels=True))
     assert engine.model_name == "mobilesam" and not engine.recognizer.available
