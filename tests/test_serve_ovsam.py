@@ -200,3 +200,14 @@ def test_serve_options_choose_the_recognizer_and_its_clip(
         default_engine(settings("--recognizer", "ovsam", "--clip", "RN50"))
     with pytest.raises(InputError, match="recognizer must be one of image-crop, ovsam"):
         ServeSettings(recognizer="feature-crop")
+
+
+def test_recognize_logits_refuses_other_shapes_and_counts(
+    predictors: tuple[SegmentationEngine, OVSamPredictor],
+) -> None:
+    reference = predictors[1]
+    with pytest.raises(InputError, match=r"must be Nx256x256, got shape \(1, 64, 64\)"):
+        reference.recognize_logits(np.zeros((1, 64, 64)))
+    with pytest.raises(InputError, match="2 prompt boxes for 1 masks"):
+        reference.recognize_logits(np.zeros((1, 256, 256)), np.array([SAMPLE_BOX, SAMPLE_BOX]))
+    assert reference.recognize_logits(np.zeros((0, 256, 256)), np.zeros((0, 4))) == []

@@ -142,7 +142,7 @@ class SegmentationEngine:
                     multimask_output=multimask and mask_input is None,
                 )
                 best = int(np.argmax(scores))
-                names = []
+                names: list[tuple[str, float]] = []
                 if vocabulary:
                     decoded = DecodedMask(masks[best], low_res[best], box)
                     names = self.recognizer.label(state, decoded, vocabulary, top_k)
