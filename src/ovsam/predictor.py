@@ -325,7 +325,9 @@ class SamPredictor:
         segment-anything's ONNX model, where its PyTorch prompt encoder adds no label
         embedding); ``boxes`` ``Bx4`` XYXY; ``mask_input`` ``Bx1x256x256`` logits (or one
         ``1x1x256x256`` for all B). Returns ``(masks BxCxHxW, iou_predictions BxC,
-        low_res_logits BxCx256x256)``; masks are booleans unless ``return_logits``.
+        low_res_logits BxCx256x256)``; masks are booleans unless ``return_logits``. On a GPU
+        the B prompts are decoded at once, as in segment-anything (memory grows with B;
+        :meth:`predict_boxes` passes 64 at a time); on the CPU a few at a time.
         """
         low_res, iou = self.decode_low_res(
             point_coords, point_labels, boxes, mask_input, multimask_output
