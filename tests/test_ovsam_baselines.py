@@ -141,9 +141,12 @@ def test_clip_sees_the_rgb_pixels_sam_embeds(mobilesam_model, clip: CLIP, kind: 
         predictor.set_image(picture, image_format)
         return predictor.recognize_masks(mask[None])[0].top
 
-    alpha = np.zeros((*image.shape[:2], 1), np.uint8)
+    alpha = np.full((*image.shape[:2], 1), 255, np.uint8)
     bgra = np.concatenate([image[:, :, ::-1], alpha], axis=2)
     assert labels_of(bgra, "BGR") == labels_of(image)
+    alpha[:] = 0  # fully transparent: composited on white for both (as load_image does)
+    white = np.full_like(image, 255)
+    assert labels_of(np.concatenate([image[:, :, ::-1], alpha], axis=2), "BGR") == labels_of(white)
     grey = image[:, :, 1].copy()
     assert labels_of(grey, "BGR") == labels_of(np.repeat(grey[:, :, None], 3, axis=2))
 
