@@ -116,7 +116,7 @@ def test_without_a_vocabulary_masks_come_unnamed(served: tuple[TestClient, str])
     health = client.get("/v1/health").json()
     assert health["model"] == "small-ovsam"
     assert health["recognition"]["message"] == (
-        "recognition: tiny test weights, Open-Vocabulary SAM (CLIP2SAM head + frozen CLIP)"
+        "recognition: Open-Vocabulary SAM (CLIP2SAM head + frozen CLIP), tiny test weights"
     )
 
 
@@ -164,9 +164,9 @@ def test_random_recognition_builds_ovsam_and_marks_masks_and_labels_random(
     settings = ServeSettings(recognizer="ovsam", random_recognition=True, clip_model="RN50")
     engine = default_engine(settings)
     assert built == [("ovsam_coco", False)] and engine.model_name == "ovsam_coco"
-    assert engine.recognizer.random_weights and engine.recognizer.message.startswith(
-        "recognition: random OV-SAM and CLIP weights (testing only): masks and labels are "
-        "meaningless"
+    assert engine.recognizer.random_weights and engine.recognizer.message == (
+        "recognition: Open-Vocabulary SAM (CLIP2SAM head + frozen CLIP), random OV-SAM and "
+        "CLIP weights (testing only): masks and labels are meaningless"
     )
     client = TestClient(create_app(settings, lambda _: engine))
     image_id = upload(client)
@@ -211,3 +211,17 @@ def test_recognize_logits_refuses_other_shapes_and_counts(
     with pytest.raises(InputError, match="2 prompt boxes for 1 masks"):
         reference.recognize_logits(np.zeros((1, 256, 256)), np.array([SAMPLE_BOX, SAMPLE_BOX]))
     assert reference.recognize_logits(np.zeros((0, 256, 256)), np.zeros((0, 4))) == []
+
+
+def test_the_page_names_the_ovsam_model_and_clip_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With (stand-ins for) the real weights the message names the model and the CLIP."""
+    monkeypatch.setattr("ovsam.ov.checkpoints.resolve_all", lambda names: None)  # "present"
+    monkeypatch.setattr(ovsam.build, "build_model", lambda *args, **kwargs: small_ovsam())
+    monkeypatch.setattr(ovsam.recognizers, "ovsam_clip_model", lambda *_: "RN50")
+    monkeypatch.setattr(ovsam.recognizers, "_text_model", lambda options, device: text_model())
+    engine = default_engine(ServeSettings(recognizer="ovsam", labels=True, clip_model="RN50"))
+    assert engine.model_name == "ovsam_coco" and not engine.recognizer.random_weights
+    assert engine.recognizer.message == (
+        "recognition: Open-Vocabulary SAM (CLIP2SAM head + frozen CLIP), ovsam_coco with CLIP "
+        "RN50 (openai)"
+    )

@@ -276,10 +276,11 @@ def ovsam_engine(settings: ServeSettings) -> SegmentationEngine:
     predictor = build_labeled_predictor(
         options, settings.model, settings.checkpoint, settings.device, set_vocabulary=False
     )
-    recognizer = OVSamRecognizer(
-        predictor, options.describe_weights(), random_weights=options.random_weights
-    )
     name = segmentation_model_name(options, settings.model)
+    note = options.describe_weights()  # the random-weights note, or the CLIP's weights
+    if not options.random_weights:
+        note = f"{name} with {note}"
+    recognizer = OVSamRecognizer(predictor, note, random_weights=options.random_weights)
     return SegmentationEngine(predictor, name, recognizer)
 
 

@@ -136,7 +136,7 @@ class OVSamRecognizer(BankRecognizer):
         if predictor.text_model is None:
             raise ValueError("OVSamRecognizer needs a predictor with a text_model")
         self.predictor = predictor
-        self.message = f"recognition: {note}, Open-Vocabulary SAM (CLIP2SAM head + frozen CLIP)"
+        self.message = f"recognition: Open-Vocabulary SAM (CLIP2SAM head + frozen CLIP), {note}"
         self.random_weights = random_weights
         self.banks = TextBanks(predictor.text_model, predictor.templates, banks_kept)
 
