@@ -91,7 +91,7 @@ def _reason(counts: Counter[str]) -> str:
 def account(
     selection: Selection,
     done: Mapping[int, Sequence[InstanceRecord]],
-    unreadable: Mapping[int, str] | None = None,
+    unreadable: Mapping[int, str],
 ) -> dict[str, Any]:
     """Image and instance counts of ``selection`` given the records ``done`` per image and the
     reason per ``unreadable`` image: ``images`` = ``images_evaluated`` + ``images_skipped`` +
@@ -99,7 +99,6 @@ def account(
     ``instances_skipped`` (empty masks), ``instances_unreadable`` (the annotations of the
     unreadable images, not evaluated) and ``unreadable_images`` (``[{"image_id", "reason"}]``)."""
     reasons = Counter(selection.skipped.values())
-    unreadable = unreadable or {}
     bad = {
         i: unreadable[i]
         for i in selection.image_ids

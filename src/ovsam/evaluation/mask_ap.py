@@ -125,10 +125,12 @@ def segment_detections(
         boxes = np.array(
             [[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in dets)], dtype=np.float32
         )
-        masks = np.zeros((len(dets), *image.shape[:2]), dtype=bool)
         keep = promptable_boxes(boxes, *image.shape[:2])
-        if keep.any():
-            masks[keep] = segment(image, boxes[keep])
+        kept = segment(image, boxes[keep]) if keep.any() else []
+        if len(kept) != int(keep.sum()):
+            raise ValueError(f"segment gave {len(kept)} masks for {int(keep.sum())} boxes")
+        empty, segmented = np.zeros(image.shape[:2], dtype=bool), iter(kept)
+        masks = [next(segmented) if k else empty for k in keep]
         results += [
             {
                 "image_id": image_id,
