@@ -131,6 +131,11 @@ def test_atomic_writes_get_umask_permissions_and_keep_existing_ones(
     os.chmod(new, 0o604)
     atomic_write_bytes(new, b"[]")
     assert new.stat().st_mode & 0o777 == 0o604 and new.read_bytes() == b"[]"
+    with fileio.atomic_path(tmp_path / "replaced.bin") as tmp:  # as safetensors' save_file:
+        tmp.unlink()  # the writer makes a new 0600 file in its place
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.close(fd)
+    assert (tmp_path / "replaced.bin").stat().st_mode & 0o777 == 0o640
 
 
 def test_overlay_tints_mask_draws_outline_and_prompts() -> None:

@@ -51,6 +51,9 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     On an exception the temporary file is removed and ``target`` is left untouched. When the
     temporary file cannot be made or renamed over ``target`` (e.g. ``target`` is a folder, or
     its folder is not writable), the ``OSError`` names ``target``, not the temporary file.
+    ``target`` gets the umask's permissions (an old file's, when it replaces one), also when
+    the caller's writer replaced the temporary file (safetensors' ``save_file`` makes a new
+    0600 one).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -58,12 +61,14 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     except OSError as exc:
         raise _naming_target(exc, target) from exc
-    os.fchmod(fd, _new_file_mode(target))  # mkstemp makes 0600 files
+    mode = _new_file_mode(target)
+    os.fchmod(fd, mode)  # mkstemp makes 0600 files
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
         try:
+            os.chmod(tmp, mode)  # the writer may have replaced the file
             os.replace(tmp, target)
         except OSError as exc:
             raise _naming_target(exc, target) from exc

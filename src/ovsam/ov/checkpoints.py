@@ -20,7 +20,6 @@ Our format is one ``.safetensors`` file holding every tensor under our key names
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -171,23 +170,28 @@ def save_ovsam(model: OVSam, path: str | Path) -> Path:
     meta = {"format": FORMAT, "config": json.dumps(model.config.to_dict())}
     path = Path(path)
     with atomic_path(path) as tmp:
-        mode = tmp.stat().st_mode & 0o7777  # atomic_path's: the umask's, or the old file's
-        save_file(tensors, str(tmp), meta)  # streams, but replaces tmp with a new 0600 file
-        os.chmod(tmp, mode)
+        save_file(tensors, str(tmp), meta)  # streams (into a new file, which atomic_path chmods)
     return path
 
 
-def is_ovsam_checkpoint(path: str | Path) -> bool:
-    """Whether ``path`` is a safetensors file written by :func:`save_ovsam`."""
+def _ovsam_metadata(path: str | Path) -> dict[str, str] | None:
+    """The header metadata of a safetensors file written by :func:`save_ovsam`; None for
+    anything else (another or unreadable file, a name, no file)."""
     if Path(path).suffix != ".safetensors" or not Path(path).is_file():
-        return False
+        return None
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as fh:
-            return (fh.metadata() or {}).get("format") == FORMAT
+            meta = fh.metadata() or {}
     except Exception:  # noqa: BLE001 - unreadable: not ours
-        return False
+        return None
+    return meta if meta.get("format") == FORMAT else None
+
+
+def is_ovsam_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a safetensors file written by :func:`save_ovsam`."""
+    return _ovsam_metadata(path) is not None
 
 
 def load_ovsam(path: str | Path) -> OVSam:
@@ -205,9 +209,5 @@ def load_ovsam(path: str | Path) -> OVSam:
 def ovsam_checkpoint_config(path: str | Path) -> OVSamConfig | None:
     """The :class:`OVSamConfig` recorded in a file written by :func:`save_ovsam` (read from its
     header, no weights loaded); None for anything else (another file, a name, no file)."""
-    from safetensors import safe_open
-
-    if not is_ovsam_checkpoint(path):
-        return None
-    with safe_open(str(path), framework="pt") as fh:
-        return OVSamConfig(**json.loads((fh.metadata() or {})["config"]))
+    meta = _ovsam_metadata(path)
+    return None if meta is None else OVSamConfig(**json.loads(meta["config"]))
