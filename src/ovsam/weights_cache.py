@@ -96,10 +96,10 @@ REMEMBERED_BYTES = 64 * 2**20
 """Files from this size on have their digests remembered (:func:`remembered_sha256`)."""
 
 
-def _file_version(path: Path) -> str:
-    """Size, mtime, inode and device of ``path``: another version of the file (rewritten,
-    touched, or replaced by a copy, even one keeping the size and mtime) has another."""
-    st = path.stat()
+def _file_version(st: os.stat_result) -> str:
+    """Size, mtime, inode and device of a file's ``stat``: another version of the file
+    (rewritten, touched, or replaced by a copy, even one keeping the size and mtime) has
+    another."""
     return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}:{st.st_dev}"
 
 
@@ -111,10 +111,11 @@ def remembered_sha256(path: Path) -> str:
     another mtime; small files, which could be rewritten within one tick, are hashed each time,
     which is quick.) A cache that cannot be written (or read) means hashing every time."""
     resolved = path.resolve()
-    if resolved.stat().st_size < REMEMBERED_BYTES:
+    st = resolved.stat()
+    if st.st_size < REMEMBERED_BYTES:
         return sha256_file(resolved)
     memo = cache_dir() / "digests" / (hashlib.sha256(str(resolved).encode()).hexdigest() + ".json")
-    version = _file_version(resolved)
+    version = _file_version(st)
     try:
         saved = json.loads(memo.read_text(encoding="utf-8"))
         if saved["path"] == str(resolved) and saved["version"] == version:
@@ -122,7 +123,7 @@ def remembered_sha256(path: Path) -> str:
     except (OSError, ValueError, TypeError, KeyError):
         pass  # none yet, or unreadable: hash the file
     digest = sha256_file(resolved)
-    if _file_version(resolved) == version:  # not changed while it was read
+    if _file_version(resolved.stat()) == version:  # not changed while it was read
         try:
             atomic_write_json(memo, {"path": str(resolved), "version": version, "sha256": digest})
         except OSError:

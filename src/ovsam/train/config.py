@@ -163,13 +163,14 @@ def _same_clip_weights(config: TrainConfig, other: TrainConfig) -> bool:
 
 def _same_file(mine: Path, theirs: Path) -> bool:
     """Whether two existing files are one: the same place, or the same contents (size, then
-    sha256)."""
-    from ovsam.weight_sources import sha256_file
+    sha256, remembered per version of a large file: every rank checks at every start)."""
+    from ovsam.weights_cache import remembered_sha256
 
     if not (mine.is_file() and theirs.is_file()):
         return False
     return mine.resolve() == theirs.resolve() or (
-        mine.stat().st_size == theirs.stat().st_size and sha256_file(mine) == sha256_file(theirs)
+        mine.stat().st_size == theirs.stat().st_size
+        and remembered_sha256(mine) == remembered_sha256(theirs)
     )
 
 
