@@ -90,6 +90,12 @@ def get_model_entry(name: str) -> ModelEntry:
     return _MODELS[_ALIASES[name]]
 
 
+def is_model_file(name: str | Path) -> bool:
+    """Whether :func:`build_model` takes ``name`` as a model file (an existing
+    ``.safetensors`` file, e.g. from ``ovsam train export``) rather than a registered name."""
+    return Path(name).suffix == ".safetensors" and Path(name).is_file()
+
+
 def build_model(
     name: str,
     checkpoint: str | Path | None = None,
@@ -118,7 +124,7 @@ def build_model(
             f"{type(checkpoint).__name__} (for a state dict: build with pretrained=False, "
             "then model.load_state_dict)"
         )
-    if Path(name).suffix == ".safetensors" and Path(name).is_file():
+    if is_model_file(name):
         from ovsam.ov.checkpoints import load_ovsam
 
         if checkpoint is not None:

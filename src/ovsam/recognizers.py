@@ -118,6 +118,14 @@ def is_ovsam_model(model: str) -> bool:
     return model.startswith("ovsam") or is_ovsam_checkpoint(model)
 
 
+def checkpoint_given(sam_model: str, checkpoint: str | Path | None) -> bool:
+    """:attr:`LabelOptions.checkpoint_given`: a checkpoint, or a model file (``build_model``
+    loads it, random weights or not)."""
+    from ovsam.ov.checkpoints import is_ovsam_checkpoint
+
+    return checkpoint is not None or is_ovsam_checkpoint(sam_model)
+
+
 def segmentation_model_name(options: LabelOptions | None, sam_model: str) -> str:
     """The model that segments: ``sam_model``, except that the ``ovsam`` recognizer needs an
     OV-SAM model (``ovsam_coco`` unless ``sam_model`` is one: a registered name or a file
@@ -137,14 +145,17 @@ def segmentation_model_name(options: LabelOptions | None, sam_model: str) -> str
 def ovsam_clip_model(sam_model: str, checkpoint: str | Path | None = None) -> str:
     """The CLIP architecture of the OV-SAM the ``ovsam`` recognizer would build: recorded in a
     self-describing checkpoint (``checkpoint``, or ``sam_model`` given as a file), else that of
-    the official model (:data:`DEFAULT_CLIP`). Read from file headers: no weights load."""
+    the official model (``sam_model``'s, or ``ovsam_coco``'s for a SAM). Read from file
+    headers: no weights load."""
+    from ovsam.ov import ALIAS_SUFFIX, OFFICIAL_CONFIGS
     from ovsam.ov.checkpoints import ovsam_checkpoint_config
 
     for path in (checkpoint, sam_model):
         config = None if path is None else ovsam_checkpoint_config(path)
         if config is not None:
             return config.clip_model
-    return DEFAULT_CLIP
+    official = OFFICIAL_CONFIGS.get(sam_model.removesuffix(ALIAS_SUFFIX))
+    return (official or OFFICIAL_CONFIGS["ovsam_coco"]).clip_model
 
 
 def default_clip_model(recognizer: str, sam_model: str, checkpoint: str | Path | None) -> str:

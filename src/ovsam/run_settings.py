@@ -92,11 +92,11 @@ def model_record(options: LabelOptions | None, sam_model: str) -> str | FileReco
     (:func:`~ovsam.recognizers.segmentation_model_name`: ``ovsam_coco`` for the ``ovsam``
     recognizer with a SAM ``sam_model``): a registered name as is, an OV-SAM file
     (``--model model.safetensors``, loaded as the model itself) as its :func:`file_record`."""
+    from ovsam.build import is_model_file
     from ovsam.recognizers import segmentation_model_name
 
     model = segmentation_model_name(options, sam_model)
-    path = Path(model)  # build_model's rule: a .safetensors file is the model itself
-    return file_record(path) if path.suffix == ".safetensors" and path.is_file() else model
+    return file_record(Path(model)) if is_model_file(model) else model
 
 
 def record_label(record: str | FileRecord | None) -> str | None:

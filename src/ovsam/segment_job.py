@@ -19,6 +19,12 @@ from ovsam.run_settings import checkpoint_record, model_record
 SCORE_WORDS = {"predicted_iou": "predicted IoU", "stability_score": "stability score"}
 
 
+def mask_score_name(model: object) -> str:
+    """What ``model``'s mask scores are (a key of :data:`SCORE_WORDS`): its decoder's
+    ``score_name``, else SAM's ``predicted_iou``."""
+    return getattr(model.mask_decoder, "score_name", "predicted_iou")
+
+
 def choose_multimask(num_points: int, has_box: bool) -> bool:
     """SAM's rule: ask for three candidates only for a lone point (ambiguous prompt)."""
     return num_points == 1 and not has_box
@@ -67,7 +73,7 @@ def segment_image(
         "checkpoint": checkpoint_record(checkpoint),
         "image": str(image_path),
     }
-    score_name = getattr(predictor.model.mask_decoder, "score_name", "predicted_iou")
+    score_name = mask_score_name(predictor.model)
     if score_name != "predicted_iou":
         extra |= {"predicted_iou": None, score_name: float(scores[best])}
     caption = None

@@ -53,15 +53,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def add_clip_arguments(
-    group: argparse._ArgumentGroup | argparse.ArgumentParser,
-    clip_default: str = "with --recognizer ovsam the one its model was trained with, else RN50x16",
-) -> None:
-    """``--clip`` (default None: the command picks, as ``clip_default`` tells the user),
-    ``--clip-weights`` and ``--random-recognition`` (segment and serve)."""
+def add_clip_arguments(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
+    """``--clip`` (default None: the command picks, see its help), ``--clip-weights`` and
+    ``--random-recognition`` (segment, everything, eval and serve)."""
     group.add_argument(
-        "--clip", default=None, help=f"CLIP architecture for recognition (default: {clip_default})"
-    )
+        "--clip", default=None,
+        help="CLIP architecture for recognition (default: with --recognizer ovsam the one its "
+        "model was trained with, else RN50x16)",
+    )  # fmt: skip
     group.add_argument(
         "--clip-weights", default="openai", help="pretrained tag (openai, ...) or checkpoint file"
     )
@@ -110,8 +109,7 @@ def recognition_options(
     """:class:`~ovsam.recognizers.LabelOptions` naming masks from ``vocabulary`` with the
     recognition flags (``--recognizer``, ``--templates``, :func:`add_clip_arguments`) and
     ``--checkpoint`` (segment, everything and eval)."""
-    from ovsam.ov.checkpoints import is_ovsam_checkpoint
-    from ovsam.recognizers import LabelOptions, default_clip_model
+    from ovsam.recognizers import LabelOptions, checkpoint_given, default_clip_model
 
     clip = args.clip or default_clip_model(args.recognizer, args.model, args.checkpoint)
     return LabelOptions(
@@ -122,8 +120,7 @@ def recognition_options(
         clip_weights=args.clip_weights,
         random_weights=args.random_recognition,
         templates=args.templates,
-        # a checkpoint, or a model file (build_model loads it, random weights or not)
-        checkpoint_given=args.checkpoint is not None or is_ovsam_checkpoint(args.model),
+        checkpoint_given=checkpoint_given(args.model, args.checkpoint),
     )
 
 

@@ -251,7 +251,7 @@ def build_text_bank(
         from safetensors.torch import save_file
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"key": key, "names": json.dumps(display, ensure_ascii=False), "format": BANK_FORMAT}
+        meta = {"key": key, "format": BANK_FORMAT}
         with atomic_path(path) as tmp:
             save_file({"embeddings": embeddings, "class_index": class_index}, str(tmp), meta)
     return bank

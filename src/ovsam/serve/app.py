@@ -287,14 +287,14 @@ def ovsam_engine(settings: ServeSettings) -> SegmentationEngine:
 def serve_label_options(settings: ServeSettings) -> LabelOptions:
     """The :class:`~ovsam.recognizers.LabelOptions` of the server's recognizer (vocabularies
     and top-k come with each request)."""
-    from ovsam.ov.checkpoints import is_ovsam_checkpoint
+    from ovsam.recognizers import checkpoint_given
 
     return LabelOptions(
         recognizer=settings.recognizer,
         clip_model=settings.clip_model,
         clip_weights=settings.clip_weights,
         random_weights=settings.random_recognition,
-        checkpoint_given=settings.checkpoint is not None or is_ovsam_checkpoint(settings.model),
+        checkpoint_given=checkpoint_given(settings.model, settings.checkpoint),
     )
 
 

@@ -10,7 +10,7 @@ from typing import Protocol
 import numpy as np
 
 from ovsam.predictor import ImageState, SamPredictor
-from ovsam.segment_job import choose_multimask
+from ovsam.segment_job import choose_multimask, mask_score_name
 from ovsam.vocab import Vocabulary
 
 NO_RECOGNITION = (
@@ -93,8 +93,7 @@ class SegmentationEngine:
         self.predictor = predictor
         self.model_name = model_name
         self.recognizer: Recognizer = recognizer or MissingRecognizer()
-        # what a mask's score is: SAM's IoU head, or stability for decoders without one
-        self.score_name: str = getattr(predictor.model.mask_decoder, "score_name", "predicted_iou")
+        self.score_name = mask_score_name(predictor.model)
         self._lock = threading.Lock()
 
     def embed(self, image: np.ndarray) -> tuple[ImageState, float]:
@@ -143,7 +142,7 @@ class SegmentationEngine:
                 )
                 best = int(np.argmax(scores))
                 names: list[tuple[str, float]] = []
-                if vocabulary:
+                if vocabulary and masks[best].any():  # an empty mask has nothing to name
                     decoded = DecodedMask(masks[best], low_res[best], box)
                     names = self.recognizer.label(state, decoded, vocabulary, top_k)
             finally:

@@ -14,8 +14,6 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 
-import numpy as np
-
 from ovsam.clip.model import CLIP
 from ovsam.clip.region_classifier import classify_regions
 from ovsam.clip.text_bank import TextBank, build_text_bank, check_context
@@ -109,8 +107,6 @@ class ClipRecognizer(BankRecognizer):
     def label(
         self, state: ImageState, decoded: DecodedMask, vocabulary: Vocabulary, top_k: int
     ) -> list[tuple[str, float]]:
-        if not decoded.mask.any():
-            return []
         pixels = state.extras[PIXELS].numpy()
         labels = classify_regions(
             self.clip, pixels, self.bank(vocabulary), masks=decoded.mask[None], top_k=top_k
@@ -143,11 +139,9 @@ class OVSamRecognizer(BankRecognizer):
     def label(
         self, state: ImageState, decoded: DecodedMask, vocabulary: Vocabulary, top_k: int
     ) -> list[tuple[str, float]]:
-        if not decoded.mask.any():
-            return []
-        predictor, box = self.predictor, decoded.box
-        predictor.set_text_bank(self.banks.get(vocabulary))
+        predictor, bank = self.predictor, self.banks.get(vocabulary)
+        if predictor.bank is not bank:
+            predictor.set_text_bank(bank)
         predictor.top_k = top_k
-        prompt_boxes = None if box is None else np.asarray(box, dtype=np.float64).reshape(1, 4)
-        (labels,) = predictor.recognize_logits(decoded.logits[None], prompt_boxes)
+        (labels,) = predictor.recognize_logits(decoded.logits[None], decoded.box)
         return labels.top
