@@ -127,6 +127,43 @@ def test_register_model_extends_build_and_rejects_taken_names() -> None:
         register_model("other", tiny, None, aliases=("vit_t",))
 
 
+def test_a_model_built_for_loading_skips_random_init_and_nothing_else(
+    mobilesam_checkpoint: Path,
+) -> None:
+    import ovsam.checkpoint as checkpoint
+
+    drawn: list[str] = []
+    real_normal = torch.nn.init.normal_
+
+    def normal(tensor: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        drawn.append("normal_")
+        return real_normal(tensor, *args, **kwargs)
+
+    torch.nn.init.normal_ = normal  # type: ignore[assignment]
+    try:
+        with checkpoint.weights_to_be_loaded(), checkpoint.weights_to_be_loaded():  # re-entered
+            torch.nn.Embedding(3, 2)
+        assert drawn == [] and torch.nn.init.normal_ is normal  # restored after, not drawn in
+        with pytest.raises(RuntimeError, match="boom"), checkpoint.weights_to_be_loaded():
+            raise RuntimeError("boom")
+        assert torch.nn.init.normal_ is normal
+        torch.nn.Embedding(3, 2)
+        assert drawn == ["normal_"]
+    finally:
+        torch.nn.init.normal_ = real_normal
+    # a loaded model equals its checkpoint; computed buffers are built as usual
+    sam = build_model("mobilesam", mobilesam_checkpoint, fuse=False)
+    state = torch.load(mobilesam_checkpoint, weights_only=True)
+    assert all(torch.equal(sam.state_dict()[k], v) for k, v in state.items())
+    random = build_model("mobilesam", pretrained=False, fuse=False)
+    for name, buffer in sam.named_buffers():
+        if name not in state:  # pixel statistics, attention bias indices
+            assert torch.equal(buffer, random.get_buffer(name))
+    torch.manual_seed(0)
+    first = build_model("mobilesam", pretrained=False, fuse=False).mask_decoder.iou_token.weight
+    assert first.std() > 0.5  # random again outside: N(0, 1) embedding rows
+
+
 def test_random_mobilesam_is_eval_fused_and_has_non_persistent_pixel_stats() -> None:
     sam = build_model("mobilesam", pretrained=False)
     assert isinstance(sam, Sam) and not sam.training

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ovsam.checkpoint import load_state_dict_strict, read_state_dict
+from ovsam.checkpoint import load_state_dict_strict, read_state_dict, weights_to_be_loaded
 from ovsam.errors import CheckpointError, InputError
 from ovsam.modeling.image_encoder import ImageEncoderViT
 from ovsam.modeling.mask_decoder import MaskDecoder
@@ -143,17 +143,22 @@ def build_model(
                 f"{checkpoint} is an OV-SAM model, not weights for {entry.name}: load it as the "
                 f"model itself (--model {checkpoint}, or build_model({str(checkpoint)!r}))"
             )
-    model = entry.builder()
     weights = (
         checkpoint if checkpoint is not None else (entry.default_weights if pretrained else None)
     )
     if weights is None and checkpoint is None and pretrained and entry.load_pretrained:
+        with weights_to_be_loaded():
+            model = entry.builder()
         entry.load_pretrained(model)
     elif weights is not None:
         from ovsam.weights import resolve_weights
 
-        path = resolve_weights(weights)
+        path = resolve_weights(weights)  # before building: a missing file costs no time
+        with weights_to_be_loaded():
+            model = entry.builder()
         load_state_dict_strict(model, read_state_dict(path), source=str(path))
+    else:
+        model = entry.builder()
     model.eval()
     fuse_for_inference = getattr(model, "fuse_for_inference", None)
     if fuse and callable(fuse_for_inference):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ovsam.checkpoint import load_state_dict_strict, read_state_dict
+from ovsam.checkpoint import load_state_dict_strict, read_state_dict, weights_to_be_loaded
 from ovsam.clip.config import (
     CONVNEXT_TRUNKS,
     CLIPConfig,
@@ -143,7 +143,8 @@ def load_clip(path: str | Path, quick_gelu: bool | None = None, *, name: str | N
         config = infer_clip_config(state, quick_gelu)
         if config.vision.kind == "convnext":
             config = _convnext_image_size(config, str(path))
-    model = CLIP(config)
+    with weights_to_be_loaded():
+        model = CLIP(config)
     load_state_dict_strict(model, state, source=str(path))
     return model.eval()
 
@@ -161,11 +162,13 @@ def create_model(
     ``model.random_weights`` is True: labelled predictors then warn and mark their labels."""
     if pretrained == "openai" and quick_gelu is None:
         quick_gelu = True
-    model = CLIP(get_clip_config(name, quick_gelu))
-    if pretrained is not None:
-        arch = canonical_name(name)
-        path = clip_weights_file(arch, pretrained) or resolve_weights(
-            pretrained_weights_name(arch, str(pretrained)), progress=progress
-        )
-        load_clip_weights(model, path)
-    return model.to(device).eval()
+    config = get_clip_config(name, quick_gelu)
+    if pretrained is None:
+        return CLIP(config).to(device).eval()
+    arch = canonical_name(name)
+    path = clip_weights_file(arch, pretrained) or resolve_weights(
+        pretrained_weights_name(arch, str(pretrained)), progress=progress
+    )
+    with weights_to_be_loaded():
+        model = CLIP(config)
+    return load_clip_weights(model, path).to(device)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from ovsam.checkpoint import load_state_dict_strict, read_state_dict
+from ovsam.checkpoint import load_state_dict_strict, read_state_dict, weights_to_be_loaded
 from ovsam.clip.factory import read_clip_state_dict
 from ovsam.clip.pretrained import pretrained_weights_name
 from ovsam.errors import CheckpointError, WeightsUnavailableError, first_line
@@ -201,8 +201,10 @@ def load_ovsam(path: str | Path) -> OVSam:
         raise CheckpointError(
             f"{path} is not an ovsam checkpoint (safetensors with format {FORMAT!r})"
         )
-    model = build_ovsam(config)
-    load_state_dict_strict(model, read_state_dict(path), source=str(path))
+    state = read_state_dict(path)
+    with weights_to_be_loaded():
+        model = build_ovsam(config)
+    load_state_dict_strict(model, state, source=str(path))
     return model.eval()
 
 
