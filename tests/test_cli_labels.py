@@ -34,6 +34,10 @@ def _argv(out: Path, checkpoint: Path, *extra: str) -> list[str]:
     ]
 
 
+def _no_model(*args: object, **kwargs: object) -> None:
+    raise AssertionError("a model was built")
+
+
 @pytest.fixture()
 def offline(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """No weights can be downloaded; returns the names asked for."""
@@ -238,10 +242,7 @@ def test_ovsam_refuses_a_clip_it_was_not_trained_with(
     monkeypatch.chdir(tmp_path)
     save_ovsam(small_ovsam(), "model.safetensors")  # its header says CLIP RN50
 
-    def no_model(*args: object, **kwargs: object) -> None:
-        raise AssertionError("a model was built")
-
-    monkeypatch.setattr(ovsam.build, "build_model", no_model)
+    monkeypatch.setattr(ovsam.build, "build_model", _no_model)
     argv = ["segment", str(SAMPLE_PHOTO), "--box", *BOX, "--out", "out", "--vocab",
             "cup; saucer", "--recognizer", "ovsam", "--checkpoint", "model.safetensors"]  # fmt: skip
     assert main([*argv, "--clip", "RN50x16"]) == 2
@@ -257,6 +258,43 @@ def test_ovsam_refuses_a_clip_it_was_not_trained_with(
 
     monkeypatch.setattr("ovsam.ov.checkpoints.resolve_all", offline)
     assert main(argv) != 0  # RN50 chosen by itself: only the openai RN50 weights are wanted
+    assert fetched == [["clip_RN50_openai"]] and "Traceback" not in capsys.readouterr().err
+
+
+def test_ovsam_refuses_clip_weights_its_file_does_not_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A model file records the CLIP weights its backbone holds (here the registered tag
+    openai): those are the default, and others (a file of other content) are refused before
+    anything is built or fetched, naming the ones to pass."""
+    from dataclasses import replace
+
+    from ovsam.ov import save_ovsam
+    from ovsam.ov.checkpoints import WeightsMissing
+
+    monkeypatch.chdir(tmp_path)
+    model = small_ovsam()
+    model.config = replace(model.config, clip_weights="openai")
+    save_ovsam(model, "model.safetensors")
+    Path("other.pt").write_bytes(b"other weights")
+    fetched: list[list[str]] = []
+
+    def offline(names: list[str], *args: object, **kwargs: object) -> None:
+        fetched.append(names)
+        raise WeightsMissing("weights", names)
+
+    monkeypatch.setattr(ovsam.build, "build_model", _no_model)
+    monkeypatch.setattr("ovsam.ov.checkpoints.resolve_all", offline)
+    argv = ["segment", str(SAMPLE_PHOTO), "--box", *BOX, "--out", "out", "--vocab", "cup; mug",
+            "--recognizer", "ovsam", "--model", "model.safetensors"]  # fmt: skip
+    assert main([*argv, "--clip-weights", "other.pt"]) == 2
+    err = capsys.readouterr().err
+    assert err.endswith(
+        "model.safetensors holds the CLIP RN50 weights 'openai', but the class names would be "
+        "embedded with 'other.pt': pass --clip-weights openai\n"
+    )
+    assert err.count("\n") == 1 and fetched == [] and not Path("out").exists()
+    assert main(argv) != 0  # its own weights by default: the openai RN50 ones are wanted
     assert fetched == [["clip_RN50_openai"]] and "Traceback" not in capsys.readouterr().err
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,9 @@ from ovsam.clip.factory import create_model
 from ovsam.errors import InputError, WeightsUnavailableError
 from ovsam.ov.model import OVSam, OVSamConfig
 from ovsam.ov.predictor import OVSamPredictor
+from ovsam.recognizers import LabelOptions, build_labeled_predictor, default_clip_weights
 from ovsam.train.export import export_model
+from ovsam.weight_sources import sha256_file
 from tiny_coco import write_tiny_coco
 
 SMALL = ["steps=1", "clip_model=RN50", "adapter_dim=64", "adapter_depth=1", "adapter_heads=2",
@@ -63,6 +66,8 @@ def test_export_loads_with_the_trained_weights_and_predicts(
     config = model.config
     assert (config.clip_model, config.adapter_dim, config.adapter_depth) == ("RN50", 64, 1)
     assert config.adapter_heads == 2 and "person" in config.seen_vocabulary
+    assert config.clip_weights == "clip_rn50.pt"  # the run's CLIP file, by name and content
+    assert config.clip_weights_sha256 == sha256_file(runs["clip"])
     state = model.state_dict()
     adapter = read_state_dict(runs["sam2clip"] / "checkpoints" / "step_1.pt")
     head = read_state_dict(runs["clip2sam"] / "checkpoints" / "step_1.pt")
@@ -83,6 +88,24 @@ def test_export_loads_with_the_trained_weights_and_predicts(
     masks, scores, low_res, labels = predictor.predict(box=np.array([4, 8, 60, 70]))
     assert masks.shape == (1, 96, 128) and scores.shape == (1,) and low_res.shape[-2:] == (256, 256)
     assert len(labels) == 1 and not labels[0].random_weights
+    # class names are embedded with those CLIP weights: the default (openai) and another
+    # file are refused before anything loads, that file is taken
+    assert default_clip_weights("ovsam", str(out), None) == "openai"
+    options = LabelOptions(recognizer="ovsam", clip_model="RN50", templates="none")
+    other = runs["root"] / "other_rn50.pt"
+    other.write_bytes(b"other weights")
+    for chosen in ("openai", str(other)):
+        with pytest.raises(InputError) as refused:
+            build_labeled_predictor(replace(options, clip_weights=chosen), str(out))
+        assert str(refused.value) == (
+            f"{out} holds the CLIP RN50 weights from the file clip_rn50.pt "
+            f"(sha256 {config.clip_weights_sha256[:12]}...), but the class names would be "
+            f"embedded with {chosen!r}: pass --clip-weights that file"
+        )
+    labeled = build_labeled_predictor(
+        replace(options, clip_weights=str(runs["clip"])), str(out), set_vocabulary=False
+    )
+    assert not labeled.text_model.random_weights
     # a checkpoint file names its run as well
     assert export_model(runs["clip2sam"] / "checkpoints" / "step_1.pt").config == config
 

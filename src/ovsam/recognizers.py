@@ -21,6 +21,8 @@ from ovsam.vocab import BUILTIN_VOCABULARIES, Vocabulary
 if TYPE_CHECKING:  # torch and the models load on first use: the CLI parser imports this module
     import torch
 
+    from ovsam.ov.model import OVSamConfig
+
 RECOGNIZERS = ("image-crop", "feature-crop", "ovsam")
 DEFAULT_CLIP = "RN50x16"  # the official OV-SAM's CLIP, and the crop baselines' default
 RANDOM_NOTE = "random recognition weights (testing only): labels are meaningless"
@@ -142,20 +144,25 @@ def segmentation_model_name(options: LabelOptions | None, sam_model: str) -> str
     return "ovsam_coco"
 
 
-def ovsam_clip_model(sam_model: str, checkpoint: str | Path | None = None) -> str:
-    """The CLIP architecture of the OV-SAM the ``ovsam`` recognizer would build: recorded in a
-    self-describing checkpoint (``checkpoint``, or ``sam_model`` given as a file), else that of
-    the official model (``sam_model``'s, or ``ovsam_coco``'s for a SAM). Read from file
-    headers: no weights load."""
+def ovsam_config(sam_model: str, checkpoint: str | Path | None = None) -> OVSamConfig:
+    """The config of the OV-SAM the ``ovsam`` recognizer would build: recorded in a
+    self-describing checkpoint (``checkpoint``, or ``sam_model`` given as a file), else the
+    official model's (``sam_model``'s, or ``ovsam_coco``'s for a SAM). Read from file headers:
+    no weights load."""
     from ovsam.ov import ALIAS_SUFFIX, OFFICIAL_CONFIGS
     from ovsam.ov.checkpoints import ovsam_checkpoint_config
 
     for path in (checkpoint, sam_model):
         config = None if path is None else ovsam_checkpoint_config(path)
         if config is not None:
-            return config.clip_model
+            return config
     official = OFFICIAL_CONFIGS.get(sam_model.removesuffix(ALIAS_SUFFIX))
-    return (official or OFFICIAL_CONFIGS["ovsam_coco"]).clip_model
+    return official or OFFICIAL_CONFIGS["ovsam_coco"]
+
+
+def ovsam_clip_model(sam_model: str, checkpoint: str | Path | None = None) -> str:
+    """The CLIP architecture of that OV-SAM (:func:`ovsam_config`)."""
+    return ovsam_config(sam_model, checkpoint).clip_model
 
 
 def default_clip_model(recognizer: str, sam_model: str, checkpoint: str | Path | None) -> str:
@@ -164,6 +171,18 @@ def default_clip_model(recognizer: str, sam_model: str, checkpoint: str | Path |
     if recognizer == "ovsam":
         return ovsam_clip_model(sam_model, checkpoint)
     return DEFAULT_CLIP
+
+
+def default_clip_weights(recognizer: str, sam_model: str, checkpoint: str | Path | None) -> str:
+    """The CLIP weights that embed class names when none are chosen: for the ``ovsam``
+    recognizer the registered tag its OV-SAM records (:attr:`OVSamConfig.clip_weights`), else
+    ``openai``. (One whose CLIP came from a file records that file, which
+    :func:`build_labeled_predictor` then asks for.)"""
+    if recognizer == "ovsam":
+        config = ovsam_config(sam_model, checkpoint)
+        if config.clip_weights and not config.clip_weights_sha256:
+            return config.clip_weights
+    return "openai"
 
 
 def build_labeled_predictor(
@@ -187,10 +206,12 @@ def build_labeled_predictor(
             f"unknown recognizer {options.recognizer!r}; choose one of {', '.join(RECOGNIZERS)}"
         )
     name = segmentation_model_name(options, sam_model)
+    random = options.random_weights
     if options.recognizer == "ovsam":  # checked before any download: a mismatch needs none
-        _check_text_model(
-            ovsam_clip_model(name, checkpoint), options.clip_model, checkpoint or name
-        )
+        model_name = checkpoint or name
+        _check_text_model(ovsam_clip_model(name, checkpoint), options.clip_model, model_name)
+        if not random:
+            _check_text_weights(ovsam_config(name, checkpoint), options.clip_weights, model_name)
     try:
         resolve_all(required_weights(options, sam_model, checkpoint))
     except WeightsMissing as exc:
@@ -200,7 +221,6 @@ def build_labeled_predictor(
             f"with 'ovsam download {' '.join(exc.missing)}' (or pass local files), or add "
             "--random-recognition to test the pipeline with random weights"
         ) from exc
-    random = options.random_weights
     if random:
         torch.manual_seed(0)  # reproducible (meaningless) labels
     if options.recognizer == "ovsam":
@@ -250,3 +270,31 @@ def _check_text_model(trained_with: str, chosen: str, model: str | Path) -> None
             f"{model} was trained with CLIP {trained_with}, but the class names would be "
             f"embedded with CLIP {chosen}: pass --clip {trained_with}"
         )
+
+
+def _check_text_weights(config: OVSamConfig, chosen: str | Path, model: str | Path) -> None:
+    """An OV-SAM's class names must be embedded by the text tower of the CLIP weights its
+    backbone holds, when its config records them: others (by tag, or by sha256 for a file)
+    are an :class:`~ovsam.errors.InputError` naming the ones to pass. A missing file is left
+    to the loader to report."""
+    from ovsam.clip.pretrained import clip_weights_file, clip_weights_sha256
+    from ovsam.errors import InputError
+
+    recorded, digest = config.clip_weights, config.clip_weights_sha256
+    if not recorded or (not digest and str(chosen) == recorded):
+        return
+    arch = config.clip_model
+    actual = clip_weights_sha256(arch, chosen)
+    if actual is None and clip_weights_file(arch, chosen) is not None:
+        return  # a missing file
+    expected = digest or clip_weights_sha256(arch, recorded)
+    if expected is not None and actual == expected:
+        return
+    if digest:
+        wanted, hint = f"from the file {recorded} (sha256 {digest[:12]}...)", "that file"
+    else:
+        wanted, hint = repr(recorded), recorded
+    raise InputError(
+        f"{model} holds the CLIP {arch} weights {wanted}, but the class names would be "
+        f"embedded with {str(chosen)!r}: pass --clip-weights {hint}"
+    )

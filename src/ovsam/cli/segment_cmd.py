@@ -62,8 +62,10 @@ def add_clip_arguments(group: argparse._ArgumentGroup | argparse.ArgumentParser)
         "model was trained with, else RN50x16)",
     )  # fmt: skip
     group.add_argument(
-        "--clip-weights", default="openai", help="pretrained tag (openai, ...) or checkpoint file"
-    )
+        "--clip-weights", default=None,
+        help="pretrained tag (openai, ...) or checkpoint file (default: with --recognizer ovsam "
+        "those its model records, else openai)",
+    )  # fmt: skip
     group.add_argument(
         "--random-recognition", action="store_true",
         help="test the pipeline with random recognition weights (labels are meaningless)",
@@ -109,15 +111,21 @@ def recognition_options(
     """:class:`~ovsam.recognizers.LabelOptions` naming masks from ``vocabulary`` with the
     recognition flags (``--recognizer``, ``--templates``, :func:`add_clip_arguments`) and
     ``--checkpoint`` (segment, everything and eval)."""
-    from ovsam.recognizers import LabelOptions, checkpoint_given, default_clip_model
+    from ovsam.recognizers import (
+        LabelOptions,
+        checkpoint_given,
+        default_clip_model,
+        default_clip_weights,
+    )
 
-    clip = args.clip or default_clip_model(args.recognizer, args.model, args.checkpoint)
+    model = (args.recognizer, args.model, args.checkpoint)
+    clip = args.clip or default_clip_model(*model)
     return LabelOptions(
         vocabulary=vocabulary,
         top_k=top_k,
         recognizer=args.recognizer,
         clip_model=clip,
-        clip_weights=args.clip_weights,
+        clip_weights=args.clip_weights or default_clip_weights(*model),
         random_weights=args.random_recognition,
         templates=args.templates,
         checkpoint_given=checkpoint_given(args.model, args.checkpoint),

@@ -75,12 +75,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def build_settings(args: argparse.Namespace) -> ServeSettings:
     """The :class:`ServeSettings` of the parsed options; a limit out of range is an
     :class:`InputError` naming its option, in the option's unit."""
-    from ovsam.recognizers import default_clip_model
+    from ovsam.recognizers import default_clip_model, default_clip_weights
 
     limits = {
         name: getattr(args, _dest(opt)) * unit for name, (opt, unit, _) in LIMIT_OPTIONS.items()
     }
     recognizer = args.recognizer or "image-crop"
+    model = (recognizer, args.model, args.checkpoint)
     try:
         return ServeSettings(
             model=args.model,
@@ -89,8 +90,8 @@ def build_settings(args: argparse.Namespace) -> ServeSettings:
             labels=args.labels or args.recognizer is not None,
             recognizer=recognizer,
             random_recognition=args.random_recognition,
-            clip_model=args.clip or default_clip_model(recognizer, args.model, args.checkpoint),
-            clip_weights=args.clip_weights,
+            clip_model=args.clip or default_clip_model(*model),
+            clip_weights=args.clip_weights or default_clip_weights(*model),
             **limits,
         )
     except LimitError as exc:

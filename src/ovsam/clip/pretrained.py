@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ovsam.errors import InputError
-from ovsam.weights import UrlSource, WeightsSpec, register_weights
+from ovsam.weights import UrlSource, WeightsSpec, get_weights_spec, register_weights
 
 _OPENAI_URL = "https://openaipublic.azureedge.net/clip/models/{sha}/{file}"
 _OPENAI = {
@@ -104,3 +104,17 @@ def pretrained_weights_name(arch: str, tag: str) -> str:
         tags = ", ".join(t for a, t in PRETRAINED if a == arch) or "none"
         raise InputError(f"no pretrained weights {tag!r} for CLIP {arch}; known tags: {tags}")
     return name
+
+
+def clip_weights_sha256(arch: str, weights: str | Path) -> str | None:
+    """sha256 of the CLIP weights ``weights`` names for ``arch`` (see :func:`clip_weights_file`):
+    a file's content (hashed once per version of it), a registered tag's registered digest
+    (None for weights registered without one, and for a missing file)."""
+    path = clip_weights_file(arch, weights)
+    if path is None:
+        return get_weights_spec(pretrained_weights_name(arch, str(weights))).sha256
+    if not path.is_file():
+        return None
+    from ovsam.weights_cache import remembered_sha256
+
+    return remembered_sha256(path)

@@ -18,8 +18,8 @@ from ovsam.ov.checkpoints import (
 from ovsam.ov.model import OVSam, OVSamConfig, build_ovsam
 
 OFFICIAL_CONFIGS = {
-    "ovsam_coco": OVSamConfig(roi_size=12, seen_vocabulary="coco_base"),
-    "ovsam_lvis": OVSamConfig(roi_size=7, seen_vocabulary="lvis_base"),
+    "ovsam_coco": OVSamConfig(roi_size=12, seen_vocabulary="coco_base", clip_weights="openai"),
+    "ovsam_lvis": OVSamConfig(roi_size=7, seen_vocabulary="lvis_base", clip_weights="openai"),
 }
 ALIAS_SUFFIX = "_rn50x16"
 for _name, _config in OFFICIAL_CONFIGS.items():

@@ -39,6 +39,9 @@ class OVSamConfig:
     the decoder was trained on, or its class names (decides which names count as seen).
     ``adapter_dim`` / ``adapter_depth`` / ``adapter_heads``: width, blocks and attention heads
     of the SAM2CLIP adapter (defaults: the official ones; files saved without them load so).
+    ``clip_weights``: the CLIP weights the backbone holds, whose text tower must embed the class
+    names: a registered tag (``openai``), or the name of the file they came from with its
+    sha256 in ``clip_weights_sha256``; '' when not recorded (files saved before it was).
     """
 
     clip_model: str = "RN50x16"
@@ -50,6 +53,8 @@ class OVSamConfig:
     adapter_dim: int = 1280
     adapter_depth: int = 5
     adapter_heads: int = 16
+    clip_weights: str = ""
+    clip_weights_sha256: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.seen_vocabulary, str):  # class names (a list once read from JSON)

@@ -15,7 +15,9 @@ the ``teacher`` SAM                            ``prompt_encoder.*``
 ``vocabulary``                                 ``OVSamConfig.seen_vocabulary``
 =============================================  ==============================
 
-The adapter's size is read from its tensors and recorded in the config. A ``random_clip`` run
+The adapter's size is read from its tensors and recorded in the config, as are the CLIP
+weights (a registered tag, or the file's name and sha256: recognition then embeds class names
+with the text tower of the same weights, :func:`~ovsam.recognizers.build_labeled_predictor`). A ``random_clip`` run
 is refused (its CLIP weights are not saved), as is a run without ``adapter_checkpoint`` (its
 random adapter is not saved either) and one whose adapter was distilled with another CLIP or
 teacher (:func:`~ovsam.train.config.check_adapter_run`; a bare adapter file, outside its sam2clip
@@ -119,6 +121,20 @@ def _adapter(config: TrainConfig) -> tuple[dict[str, torch.Tensor], tuple[int, i
     return take_prefix(state, "", "image_encoder.neck."), sizes
 
 
+def clip_weights_recorded(config: TrainConfig) -> dict[str, str]:
+    """The ``clip_weights`` / ``clip_weights_sha256`` of :class:`~ovsam.ov.model.OVSamConfig`
+    for the run's CLIP: a registered tag as is, a file as its name and sha256."""
+    from ovsam.clip.pretrained import clip_weights_file, clip_weights_sha256
+
+    path = clip_weights_file(config.clip_model, config.clip_weights)
+    if path is None:
+        return {"clip_weights": config.clip_weights, "clip_weights_sha256": ""}
+    digest = clip_weights_sha256(config.clip_model, path)
+    if digest is None:
+        raise InputError(f"clip_weights {path} of the run does not exist")
+    return {"clip_weights": path.name, "clip_weights_sha256": digest}
+
+
 def _frozen_parts(config: TrainConfig) -> dict[str, torch.Tensor]:
     """The CLIP visual tower and the teacher's prompt encoder, as the run loaded them."""
     from ovsam.build import build_model
@@ -169,6 +185,7 @@ def _export(run_dir: Path, checkpoint: Path) -> tuple[OVSam, TrainConfig]:
             adapter_dim=dim,
             adapter_depth=depth,
             adapter_heads=heads,
+            **clip_weights_recorded(config),
         )
     )
     load_state_dict_strict(model, state, source=f"{checkpoint} + the files its run names")
