@@ -117,6 +117,23 @@ def test_cache_hit_and_rebuild_on_any_change(
     )
 
 
+def test_the_text_fingerprint_is_remembered_until_a_text_weight_changes(model: CLIP) -> None:
+    first = text_bank.text_tower_fingerprint(model)
+    model._text_fingerprint = (model._text_fingerprint[0], "remembered")
+    assert text_bank.text_tower_fingerprint(model) == "remembered"  # not hashed again
+    with torch.no_grad():
+        next(model.visual.parameters()).add_(1.0)  # the image tower is not hashed
+    assert text_bank.text_tower_fingerprint(model) == "remembered"
+    with torch.no_grad():
+        model.token_embedding.weight[0, 0] += 1.0
+    changed = text_bank.text_tower_fingerprint(model)
+    assert changed not in ("remembered", first) and len(changed) == 64
+    with torch.inference_mode():  # no version count to rely on: hashed every time
+        made_in_inference = CLIP(TINY)
+    assert len(text_bank.text_tower_fingerprint(made_in_inference)) == 64
+    assert not hasattr(made_in_inference, "_text_fingerprint")
+
+
 def test_display_names_share_the_bank_of_the_same_synonyms(
     model: CLIP, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

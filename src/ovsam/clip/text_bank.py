@@ -155,12 +155,23 @@ def check_context(names: Sequence[str], templates: Sequence[str], context_length
 
 
 def text_tower_fingerprint(model: CLIP) -> str:
-    """sha256 over the text tower's parameters (identifies weights with no known file hash)."""
+    """sha256 over the text tower's parameters (identifies weights with no known file hash).
+
+    Remembered on ``model`` while every text tensor is the same memory at the same version
+    (torch counts in-place changes: a load, an optimizer step; not for tensors made in
+    inference mode, which are hashed every time); hashing RN50x16's takes ~0.6 s.
+    """
+    tensors = [(k, v) for k, v in model.state_dict().items() if not k.startswith("visual.")]
+    version = tuple((k, v.data_ptr(), v._version, v.dtype, v.device) for k, v in tensors)
+    remembered = getattr(model, "_text_fingerprint", None)
+    if remembered is not None and remembered[0] == version:
+        return remembered[1]
     digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        if not name.startswith("visual."):
-            digest.update(name.encode())
-            digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    for name, tensor in tensors:
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    if not any(v.is_inference() for _, v in tensors):  # those keep no version count
+        model._text_fingerprint = (version, digest.hexdigest())
     return digest.hexdigest()
 
 
