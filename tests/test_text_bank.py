@@ -230,6 +230,25 @@ def test_names_too_long_for_the_context_are_refused(model: CLIP) -> None:
         build_text_bank(model, ["very " + fits], ["{}"], cache=False, progress=False)
 
 
+def test_a_vocabulary_checked_lately_is_not_counted_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    counted: list[str] = []
+    real = get_tokenizer()
+
+    class Counting:
+        def count(self, text: str) -> int:
+            counted.append(text)
+            return real.count(text)
+
+    monkeypatch.setattr(text_bank, "get_tokenizer", Counting)
+    names = ["checked-once quokka", "checked-once numbat"]
+    text_bank.check_context(names, TEMPLATES, 77)
+    assert len(counted) == 4
+    text_bank.check_context(tuple(names), list(TEMPLATES), 77)  # the same, spelled otherwise
+    assert len(counted) == 4
+    text_bank.check_context(names, TEMPLATES[:1], 77)  # other templates: counted
+    assert len(counted) == 6
+
+
 def test_every_template_is_counted_with_the_name_in_it() -> None:
     from ovsam.vocab import prompt_templates
 

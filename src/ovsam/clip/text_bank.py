@@ -17,6 +17,7 @@ names (``classes``), or the first synonym of each class for plain lists.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Sequence
@@ -140,7 +141,13 @@ def check_context(names: Sequence[str], templates: Sequence[str], context_length
     the same embedding. Every template is counted with the name in it, as the name can merge
     with the text around it (``"y."`` then ``"."``). (The built-in vocabularies need at most
     24 tokens of 77; ImageNet-21k's 40,742 names x the 14 ViLD templates take ~7 s on two CPU
-    cores.)"""
+    cores; a vocabulary checked lately is not counted again, e.g. by the server and then by
+    its bank.)"""
+    _check_context(tuple(names), tuple(templates), context_length)
+
+
+@functools.lru_cache(maxsize=16)
+def _check_context(names: tuple[str, ...], templates: tuple[str, ...], context_length: int) -> None:
     tokenizer = get_tokenizer()
     for name in names:
         counts = [tokenizer.count(template.format(name)) for template in templates]
