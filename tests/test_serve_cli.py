@@ -270,6 +270,44 @@ def test_every_address_of_the_host_is_served_on_one_port(monkeypatch: pytest.Mon
         serve_cmd.listen_sockets("twohomed", taken.getsockname()[1])
 
 
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+def test_ipv4_and_ipv6_addresses_share_one_port_and_accept_connections(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``localhost`` as many systems resolve it: 127.0.0.1 and ::1, bound for real."""
+    from ovsam.cli import serve_cmd
+
+    resolve = socket.getaddrinfo
+
+    def both(host: str, port: int, *args: object, **kwargs: object) -> list[tuple]:
+        hosts = ("127.0.0.1", "::1") if host == "localhost" else (host,)
+        return [info for h in hosts for info in resolve(h, port, *args, **kwargs)]
+
+    monkeypatch.setattr(serve_cmd.socket, "getaddrinfo", both)
+    sockets = serve_cmd.listen_sockets("localhost", 0)
+    try:
+        families = [s.family for s in sockets]
+        assert families == [socket.AF_INET, socket.AF_INET6]
+        port = sockets[0].getsockname()[1]
+        assert sockets[1].getsockname()[:2] == ("::1", port)
+        assert sockets[1].getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+        for host in ("127.0.0.1", "::1"):
+            with socket.create_connection((host, port), timeout=5):
+                pass  # queued until uvicorn serves
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def test_port_0_serves_on_a_free_port_and_says_which(
     captured: Captured, capsys: pytest.CaptureFixture[str]
 ) -> None:
