@@ -61,8 +61,11 @@ def register_model(
     """Register ``builder`` under ``name`` (and ``aliases``).
 
     ``default_weights`` is an ``ovsam.weights`` name used when ``build_model`` gets no
-    checkpoint and ``pretrained`` is true. Registering a taken name or alias is a
-    ``ValueError`` unless it is the same entry again (re-import).
+    checkpoint and ``pretrained`` is true; otherwise ``load_pretrained(model)``, when given,
+    loads the pretrained weights then, and must overwrite every parameter: a model built to be
+    loaded skips random initialisation (:func:`~ovsam.checkpoint.weights_to_be_loaded`).
+    Registering a taken name or alias is a ``ValueError`` unless it is the same entry again
+    (re-import).
     """
     entry = ModelEntry(name, builder, default_weights, tuple(aliases), load_pretrained)
     for key in (name, *entry.aliases):

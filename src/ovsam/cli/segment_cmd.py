@@ -118,14 +118,14 @@ def recognition_options(
         default_clip_weights,
     )
 
-    model = (args.recognizer, args.model, args.checkpoint)
-    clip = args.clip or default_clip_model(*model)
+    chosen = (args.recognizer, args.model, args.checkpoint)
+    clip = args.clip or default_clip_model(*chosen)
     return LabelOptions(
         vocabulary=vocabulary,
         top_k=top_k,
         recognizer=args.recognizer,
         clip_model=clip,
-        clip_weights=args.clip_weights or default_clip_weights(*model),
+        clip_weights=args.clip_weights or default_clip_weights(*chosen),
         random_weights=args.random_recognition,
         templates=args.templates,
         checkpoint_given=checkpoint_given(args.model, args.checkpoint),

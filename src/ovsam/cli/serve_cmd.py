@@ -81,7 +81,7 @@ def build_settings(args: argparse.Namespace) -> ServeSettings:
         name: getattr(args, _dest(opt)) * unit for name, (opt, unit, _) in LIMIT_OPTIONS.items()
     }
     recognizer = args.recognizer or "image-crop"
-    model = (recognizer, args.model, args.checkpoint)
+    chosen = (recognizer, args.model, args.checkpoint)
     try:
         return ServeSettings(
             model=args.model,
@@ -90,8 +90,8 @@ def build_settings(args: argparse.Namespace) -> ServeSettings:
             labels=args.labels or args.recognizer is not None,
             recognizer=recognizer,
             random_recognition=args.random_recognition,
-            clip_model=args.clip or default_clip_model(*model),
-            clip_weights=args.clip_weights or default_clip_weights(*model),
+            clip_model=args.clip or default_clip_model(*chosen),
+            clip_weights=args.clip_weights or default_clip_weights(*chosen),
             **limits,
         )
     except LimitError as exc:
