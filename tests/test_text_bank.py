@@ -240,6 +240,7 @@ def test_a_vocabulary_checked_lately_is_not_counted_again(monkeypatch: pytest.Mo
             return real.count(text)
 
     monkeypatch.setattr(text_bank, "get_tokenizer", Counting)
+    text_bank._check_context.cache_clear()
     names = ["checked-once quokka", "checked-once numbat"]
     text_bank.check_context(names, TEMPLATES, 77)
     assert len(counted) == 4

@@ -204,6 +204,20 @@ def test_config_adapter_fields_round_trip_and_old_configs_load() -> None:
     assert OVSamConfig(**json.loads(json.dumps(names.to_dict()))) == names
 
 
+def test_settings_of_a_newer_ovsam_are_ignored_with_a_warning(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from ovsam.ov.checkpoints import FORMAT, ovsam_checkpoint_config
+
+    recorded = OVSamConfig(clip_model="RN50", clip_weights="openai").to_dict()
+    path = tmp_path / "newer.safetensors"
+    meta = {"format": FORMAT, "config": json.dumps(recorded | {"future_setting": 3})}
+    save_file({"x": torch.zeros(1)}, str(path), meta)
+    with pytest.warns(UserWarning, match="does not know, ignored: future_setting"):
+        config = ovsam_checkpoint_config(path)
+    assert config == OVSamConfig(clip_model="RN50", clip_weights="openai")
+
+
 def test_resolve_all_keeps_the_real_reason(monkeypatch: pytest.MonkeyPatch) -> None:
     import ovsam.ov.checkpoints as checkpoints
 

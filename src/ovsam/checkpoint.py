@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,13 +26,18 @@ _WEIGHTS_ONLY_MARKER = "WeightsUnpickler error:"
 # How torch.save files begin: a zip archive (since torch 1.6) or a pickle (protocol >= 2).
 _ZIP_MAGIC = b"PK\x03\x04"
 _TORCH_MAGIC = (_ZIP_MAGIC, b"\x80")
-# The ``torch.nn.init`` functions modules draw their random initial values with.
+# The ``torch.nn.init`` functions modules draw their random initial values with, and the
+# torch modules that import some of them by name.
 _INIT_FUNCTIONS = (
     "uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
     "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_",
     "sparse_",
 )  # fmt: skip
-_INIT_LOCK = threading.RLock()  # nested uses (a model file inside build_model) re-enter
+_INIT_IMPORTERS = ("torch.nn.init", "torch.nn.modules.activation")
+_SKIPPING = threading.local()  # ``depth``: weights_to_be_loaded contexts open in this thread
+_PATCH_LOCK = threading.Lock()
+_PATCHES: dict[tuple[str, str], Callable[..., torch.Tensor]] = {}  # (module, name) -> original
+_OPEN = [0]  # weights_to_be_loaded contexts open in any thread
 
 
 def read_state_dict(path: str | Path, *, mmap: bool = False) -> dict[str, torch.Tensor]:
@@ -172,29 +177,50 @@ def load_state_dict_strict(
     return len(state_dict)
 
 
-def _keep(tensor: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
-    """An ``nn.init`` function that leaves ``tensor`` as it is."""
-    return tensor
+def _skippable(original: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``original`` (an ``nn.init`` function), except in a thread inside
+    :func:`weights_to_be_loaded`, where the tensor is left as it is."""
+
+    def init_unless_loading(tensor: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        if getattr(_SKIPPING, "depth", 0):
+            return tensor
+        return original(tensor, *args, **kwargs)
+
+    return init_unless_loading
 
 
 @contextmanager
 def weights_to_be_loaded() -> Iterator[None]:
-    """Build, inside, a model whose every parameter a strict load then overwrites.
+    """Build, inside, a model whose every parameter and persistent buffer a strict load then
+    overwrites.
 
-    The ``torch.nn.init`` functions do nothing inside, so parameters keep the uninitialised
-    memory they were allocated with instead of being drawn at random and overwritten: drawing
-    them is most of building a model (about 2 s of 2.4 for CLIP RN50x16 on two CPU cores).
-    Values computed otherwise (buffers such as position indices or masks) are built as usual.
-    Only for a load that covers every parameter (:func:`load_state_dict_strict`); a model
-    built randomly in another thread meanwhile would get uninitialised parameters too.
+    In this thread the ``torch.nn.init`` functions (also as ``torch.nn.modules.activation``
+    imports them) leave tensors as they are, so parameters keep the uninitialised memory they
+    were allocated with instead of being drawn at random and overwritten: drawing them is most
+    of building a model (about 2 s of 2.4 for CLIP RN50x16 on two CPU cores). Other threads
+    draw as usual meanwhile; values computed otherwise (buffers such as position indices or
+    masks) are built as usual. Only for a load that covers the whole state dict
+    (:func:`load_state_dict_strict`).
     """
-    init = torch.nn.init
-    with _INIT_LOCK:
-        saved = {name: getattr(init, name) for name in _INIT_FUNCTIONS}
-        try:
-            for name in _INIT_FUNCTIONS:
-                setattr(init, name, _keep)
-            yield
-        finally:
-            for name, function in saved.items():
-                setattr(init, name, function)
+    import importlib
+
+    with _PATCH_LOCK:
+        if _OPEN[0] == 0:
+            for module_name in _INIT_IMPORTERS:
+                module = importlib.import_module(module_name)
+                for name in _INIT_FUNCTIONS:
+                    if hasattr(module, name):
+                        _PATCHES[module_name, name] = getattr(module, name)
+                        setattr(module, name, _skippable(getattr(module, name)))
+        _OPEN[0] += 1
+    _SKIPPING.depth = getattr(_SKIPPING, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _SKIPPING.depth -= 1
+        with _PATCH_LOCK:
+            _OPEN[0] -= 1
+            if _OPEN[0] == 0:
+                for (module_name, name), original in _PATCHES.items():
+                    setattr(importlib.import_module(module_name), name, original)
+                _PATCHES.clear()

@@ -277,13 +277,14 @@ def _check_text_weights(config: OVSamConfig, chosen: str | Path, model: str | Pa
     backbone holds, when its config records them: others (by tag, or by sha256 for a file)
     are an :class:`~ovsam.errors.InputError` naming the ones to pass. A missing file is left
     to the loader to report."""
+    from ovsam.clip.config import canonical_name
     from ovsam.clip.pretrained import clip_weights_file, clip_weights_sha256
     from ovsam.errors import InputError
 
     recorded, digest = config.clip_weights, config.clip_weights_sha256
     if not recorded or (not digest and str(chosen) == recorded):
         return
-    arch = config.clip_model
+    arch = canonical_name(config.clip_model)
     actual = clip_weights_sha256(arch, chosen)
     if actual is None and clip_weights_file(arch, chosen) is not None:
         return  # a missing file

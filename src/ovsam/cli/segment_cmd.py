@@ -64,7 +64,7 @@ def add_clip_arguments(group: argparse._ArgumentGroup | argparse.ArgumentParser)
     group.add_argument(
         "--clip-weights", default=None,
         help="pretrained tag (openai, ...) or checkpoint file (default: with --recognizer ovsam "
-        "those its model records, else openai)",
+        "the tag its model records, else openai; a model trained on a CLIP file asks for it)",
     )  # fmt: skip
     group.add_argument(
         "--random-recognition", action="store_true",

@@ -110,6 +110,9 @@ def clip_weights_sha256(arch: str, weights: str | Path) -> str | None:
     """sha256 of the CLIP weights ``weights`` names for ``arch`` (see :func:`clip_weights_file`):
     a file's content (hashed once per version of it), a registered tag's registered digest
     (None for weights registered without one, and for a missing file)."""
+    from ovsam.clip.config import canonical_name
+
+    arch = canonical_name(arch)
     path = clip_weights_file(arch, weights)
     if path is None:
         return get_weights_spec(pretrained_weights_name(arch, str(weights))).sha256

@@ -166,7 +166,9 @@ def text_tower_fingerprint(model: CLIP) -> str:
 
     Remembered on ``model`` while every text tensor is the same memory at the same version
     (torch counts in-place changes: a load, an optimizer step; not for tensors made in
-    inference mode, which are hashed every time); hashing RN50x16's takes ~0.6 s.
+    inference mode, which are hashed every time); hashing RN50x16's takes ~0.6 s. Changes made
+    through ``.data`` escape the count: after such edits pass :func:`build_text_bank` a
+    ``weights_id`` of your own.
     """
     tensors = [(k, v) for k, v in model.state_dict().items() if not k.startswith("visual.")]
     version = tuple((k, v.data_ptr(), v._version, v.dtype, v.device) for k, v in tensors)

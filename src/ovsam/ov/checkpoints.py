@@ -20,7 +20,9 @@ Our format is one ``.safetensors`` file holding every tensor under our key names
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -210,6 +212,19 @@ def load_ovsam(path: str | Path) -> OVSam:
 
 def ovsam_checkpoint_config(path: str | Path) -> OVSamConfig | None:
     """The :class:`OVSamConfig` recorded in a file written by :func:`save_ovsam` (read from its
-    header, no weights loaded); None for anything else (another file, a name, no file)."""
+    header, no weights loaded); None for anything else (another file, a name, no file).
+    Settings this version does not know (written by a newer one) are ignored with a warning
+    naming them."""
     meta = _ovsam_metadata(path)
-    return None if meta is None else OVSamConfig(**json.loads(meta["config"]))
+    if meta is None:
+        return None
+    recorded = json.loads(meta["config"])
+    known = {f.name for f in fields(OVSamConfig)}
+    unknown = sorted(set(recorded) - known)
+    if unknown:
+        warnings.warn(
+            f"{path} records settings this ovsam does not know, ignored: {', '.join(unknown)} "
+            "(written by a newer ovsam?)",
+            stacklevel=2,
+        )
+    return OVSamConfig(**{k: v for k, v in recorded.items() if k in known})

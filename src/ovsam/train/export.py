@@ -124,12 +124,14 @@ def _adapter(config: TrainConfig) -> tuple[dict[str, torch.Tensor], tuple[int, i
 def clip_weights_recorded(config: TrainConfig) -> dict[str, str]:
     """The ``clip_weights`` / ``clip_weights_sha256`` of :class:`~ovsam.ov.model.OVSamConfig`
     for the run's CLIP: a registered tag as is, a file as its name and sha256."""
+    from ovsam.clip.config import canonical_name
     from ovsam.clip.pretrained import clip_weights_file, clip_weights_sha256
 
-    path = clip_weights_file(config.clip_model, config.clip_weights)
+    arch = canonical_name(config.clip_model)
+    path = clip_weights_file(arch, config.clip_weights)
     if path is None:
         return {"clip_weights": config.clip_weights, "clip_weights_sha256": ""}
-    digest = clip_weights_sha256(config.clip_model, path)
+    digest = clip_weights_sha256(arch, path)
     if digest is None:
         raise InputError(f"clip_weights {path} of the run does not exist")
     return {"clip_weights": path.name, "clip_weights_sha256": digest}
