@@ -310,3 +310,27 @@ def test_a_registered_tag_wins_over_a_file_of_the_same_name(
         create_model("RN50", pretrained="laion")
     with pytest.raises(CheckpointError, match="checkpoint file not found: dl/clip.pt"):
         create_model("RN50", pretrained="dl/clip.pt")
+
+
+def test_weights_digests_for_tags_files_and_uncached_laion_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ovsam.clip.pretrained import clip_weights_sha256
+    from ovsam.weight_sources import sha256_file
+    from ovsam.weights import weights_file
+
+    monkeypatch.setenv("OVSAM_CACHE_DIR", str(tmp_path / "cache"))
+    openai = get_weights_spec(pretrained_weights_name("RN50", "openai")).sha256
+    assert (
+        clip_weights_sha256("RN50-quickgelu", "openai") == openai
+    )  # an alias, a registered digest
+    mine = tmp_path / "mine.pt"
+    mine.write_bytes(b"some weights")
+    assert clip_weights_sha256("RN50", mine) == sha256_file(mine)
+    assert clip_weights_sha256("RN50", tmp_path / "missing.pt") is None
+    laion = ("convnext_base_w", "laion2b_s13b_b82k_augreg")  # registered without a digest
+    assert clip_weights_sha256(*laion) is None  # not downloaded
+    cached = weights_file(get_weights_spec(pretrained_weights_name(*laion)))
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"some weights")
+    assert clip_weights_sha256(*laion) == sha256_file(mine)  # the download's digest

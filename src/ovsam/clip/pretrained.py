@@ -12,7 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from ovsam.errors import InputError
-from ovsam.weights import UrlSource, WeightsSpec, get_weights_spec, register_weights
+from ovsam.weights import (
+    UrlSource,
+    WeightsSpec,
+    get_weights_spec,
+    register_weights,
+    weights_file,
+)
 
 _OPENAI_URL = "https://openaipublic.azureedge.net/clip/models/{sha}/{file}"
 _OPENAI = {
@@ -108,16 +114,17 @@ def pretrained_weights_name(arch: str, tag: str) -> str:
 
 def clip_weights_sha256(arch: str, weights: str | Path) -> str | None:
     """sha256 of the CLIP weights ``weights`` names for ``arch`` (see :func:`clip_weights_file`):
-    a file's content (hashed once per version of it), a registered tag's registered digest
-    (None for weights registered without one, and for a missing file)."""
+    a file's content (hashed once per version of it), a registered tag's registered digest or,
+    for weights registered without one (the LAION ones), the digest of the cached download;
+    None when there is neither, and for a missing file."""
     from ovsam.clip.config import canonical_name
+    from ovsam.weights_cache import remembered_sha256
 
     arch = canonical_name(arch)
     path = clip_weights_file(arch, weights)
     if path is None:
-        return get_weights_spec(pretrained_weights_name(arch, str(weights))).sha256
-    if not path.is_file():
-        return None
-    from ovsam.weights_cache import remembered_sha256
-
-    return remembered_sha256(path)
+        spec = get_weights_spec(pretrained_weights_name(arch, str(weights)))
+        if spec.sha256 is not None:
+            return spec.sha256
+        path = weights_file(spec)
+    return remembered_sha256(path) if path.is_file() else None
