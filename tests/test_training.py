@@ -61,8 +61,9 @@ def test_distillation_under_torchrun_falls_and_resumes_exactly(
     assert reference[4] < reference[1]  # the adapter learns
     assert json.loads((full / "config.json").read_text())["adapter_dim"] == 64
     assert json.loads((full / "checkpoints" / "latest.json").read_text())["step"] == 4
-    # What a run interrupted after step 3 leaves (``--stop-after 3``, whose state
-    # tests/test_train_resume.py checks): rows 1-3 logged, the last checkpoint step 2's.
+    # What a run interrupted after step 3 leaves (``--stop-after 3``: checked in one process
+    # by tests/test_train_resume.py, under torchrun by the slow test below): rows 1-3
+    # logged, the last checkpoint step 2's.
     resumed = tmp_path / "resumed"
     shutil.copytree(full, resumed)
     (resumed / "checkpoints" / "step_4.pt").unlink()
@@ -74,6 +75,27 @@ def test_distillation_under_torchrun_falls_and_resumes_exactly(
     assert sorted(again) == [1, 2, 3, 4]
     assert again[3] == pytest.approx(reference[3], rel=1e-5)
     assert again[4] == pytest.approx(reference[4], rel=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore")
+def test_a_torchrun_stopped_between_checkpoints_replays_exactly(
+    tmp_path: Path, mobilesam_checkpoint: Path
+) -> None:
+    """``--stop-after 3`` under two ranks (the state the test above builds by hand): both
+    ranks stop after step 3 with step 2 checkpointed, and the same command replays step 3."""
+    data = tmp_path / "data"
+    write_tiny_coco(data, images=2)
+    run = tmp_path / "run"
+    torchrun(data, run, "--stop-after", "3")
+    interrupted = losses(run)
+    assert sorted(interrupted) == [1, 2, 3]
+    assert json.loads((run / "checkpoints" / "latest.json").read_text())["step"] == 2
+    torchrun(data, run)
+    again = losses(run)
+    assert sorted(again) == [1, 2, 3, 4]
+    assert [again[1], again[2]] == [interrupted[1], interrupted[2]]  # kept rows
+    assert again[3] == pytest.approx(interrupted[3], rel=1e-5)  # the replay
 
 
 def test_batches_are_a_pure_function_of_seed_step_and_rank() -> None:
