@@ -20,7 +20,7 @@ from ovsam.build import build_model
 from ovsam.checkpoint import read_state_dict
 from ovsam.cli.main import main
 from ovsam.clip.factory import create_model
-from ovsam.errors import InputError, WeightsUnavailableError
+from ovsam.errors import CheckpointError, InputError, WeightsUnavailableError
 from ovsam.ov.model import OVSam, OVSamConfig
 from ovsam.ov.predictor import OVSamPredictor
 from ovsam.recognizers import LabelOptions, build_labeled_predictor, default_clip_weights
@@ -216,6 +216,10 @@ def test_settings_of_a_newer_ovsam_are_ignored_with_a_warning(tmp_path: Path) ->
     with pytest.warns(UserWarning, match="does not know, ignored: future_setting"):
         config = ovsam_checkpoint_config(path)
     assert config == OVSamConfig(clip_model="RN50", clip_weights="openai")
+    for damaged, why in (("{not json", "Expecting property name"), ("[1]", "a JSON list")):
+        save_file({"x": torch.zeros(1)}, str(path), {"format": FORMAT, "config": damaged})
+        with pytest.raises(CheckpointError, match=f"recorded config is damaged \\({why}"):
+            ovsam_checkpoint_config(path)
 
 
 def test_resolve_all_keeps_the_real_reason(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -214,11 +214,18 @@ def ovsam_checkpoint_config(path: str | Path) -> OVSamConfig | None:
     """The :class:`OVSamConfig` recorded in a file written by :func:`save_ovsam` (read from its
     header, no weights loaded); None for anything else (another file, a name, no file).
     Settings this version does not know (written by a newer one) are ignored with a warning
-    naming them."""
+    naming them; a damaged config is a :class:`CheckpointError`."""
     meta = _ovsam_metadata(path)
     if meta is None:
         return None
-    recorded = json.loads(meta["config"])
+    try:
+        recorded = json.loads(meta["config"])
+        if not isinstance(recorded, dict):
+            raise ValueError(f"a JSON {type(recorded).__name__}, not an object")
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path} is an ovsam checkpoint whose recorded config is damaged ({first_line(exc)})"
+        ) from exc
     known = {f.name for f in fields(OVSamConfig)}
     unknown = sorted(set(recorded) - known)
     if unknown:
