@@ -11,11 +11,14 @@ from ovsam.ov.clip2sam import FPN, CLIP2SAMHead
 from ovsam.ov.model import OVSam, OVSamConfig, OVSamImageEncoder
 from ovsam.ov.sam2clip import SAM2CLIPAdapter
 
+SMALL_CONFIG = OVSamConfig(clip_model="RN50", roi_size=7)
+"""The config of :func:`small_ovsam` (what its header says once saved)."""
+
 
 def small_ovsam(seed: int = 0) -> OVSam:
     """OV-SAM with CLIP RN50 (1024-d joint space) and a 64-wide, 2-block adapter (random)."""
     torch.manual_seed(seed)
-    config = OVSamConfig(clip_model="RN50", roi_size=7)
+    config = SMALL_CONFIG
     backbone = build_vision_tower(get_clip_config("RN50"))
     channels = backbone.stage_channels
     adapter = SAM2CLIPAdapter(

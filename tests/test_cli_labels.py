@@ -15,7 +15,7 @@ import ovsam.weights as weights
 from ovsam.assets import SAMPLE_BOX, SAMPLE_PHOTO
 from ovsam.cli.main import main
 from ovsam.errors import WeightsUnavailableError
-from ovsam_fixtures import small_ovsam
+from ovsam_fixtures import SMALL_CONFIG, small_ovsam
 
 BOX = [str(v) for v in SAMPLE_BOX]
 
@@ -113,7 +113,9 @@ def test_ovsam_random_recognition_says_masks_are_random_too(
         return write_result(*args, caption=caption, **kwargs)
 
     monkeypatch.setattr(ovsam.build, "build_model", small_model)
-    monkeypatch.setattr(ovsam.recognizers, "ovsam_clip_model", lambda *_: "RN50")  # the stand-in's
+    monkeypatch.setattr(
+        ovsam.recognizers, "ovsam_config", lambda *_: SMALL_CONFIG
+    )  # the stand-in's
     monkeypatch.setattr(segment_job, "write_result", spy)
     argv = ["segment", str(SAMPLE_PHOTO), "--box", *BOX, "--out", str(tmp_path),
             "--vocab", " cup ; saucer ;spoon", "--recognizer", "ovsam", "--model", "ovsam_coco",

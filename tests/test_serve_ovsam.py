@@ -18,7 +18,7 @@ from ovsam.clip.model import CLIP
 from ovsam.errors import InputError
 from ovsam.image_io import load_image
 from ovsam.ov.predictor import OVSamPredictor
-from ovsam_fixtures import small_ovsam
+from ovsam_fixtures import SMALL_CONFIG, small_ovsam
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -160,7 +160,9 @@ def test_random_recognition_builds_ovsam_and_marks_masks_and_labels_random(
         return small_ovsam()  # CLIP RN50 joint space, random as the real one would be
 
     monkeypatch.setattr(ovsam.build, "build_model", small_model)
-    monkeypatch.setattr(ovsam.recognizers, "ovsam_clip_model", lambda *_: "RN50")  # the stand-in's
+    monkeypatch.setattr(
+        ovsam.recognizers, "ovsam_config", lambda *_: SMALL_CONFIG
+    )  # the stand-in's
     settings = ServeSettings(recognizer="ovsam", random_recognition=True, clip_model="RN50")
     engine = default_engine(settings)
     assert built == [("ovsam_coco", False)] and engine.model_name == "ovsam_coco"
@@ -217,7 +219,7 @@ def test_the_page_names_the_ovsam_model_and_clip_weights(monkeypatch: pytest.Mon
     """With (stand-ins for) the real weights the message names the model and the CLIP."""
     monkeypatch.setattr("ovsam.ov.checkpoints.resolve_all", lambda names: None)  # "present"
     monkeypatch.setattr(ovsam.build, "build_model", lambda *args, **kwargs: small_ovsam())
-    monkeypatch.setattr(ovsam.recognizers, "ovsam_clip_model", lambda *_: "RN50")
+    monkeypatch.setattr(ovsam.recognizers, "ovsam_config", lambda *_: SMALL_CONFIG)
     monkeypatch.setattr(ovsam.recognizers, "_text_model", lambda options, device: text_model())
     engine = default_engine(ServeSettings(recognizer="ovsam", labels=True, clip_model="RN50"))
     assert engine.model_name == "ovsam_coco" and not engine.recognizer.random_weights

@@ -160,16 +160,11 @@ def ovsam_config(sam_model: str, checkpoint: str | Path | None = None) -> OVSamC
     return official or OFFICIAL_CONFIGS["ovsam_coco"]
 
 
-def ovsam_clip_model(sam_model: str, checkpoint: str | Path | None = None) -> str:
-    """The CLIP architecture of that OV-SAM (:func:`ovsam_config`)."""
-    return ovsam_config(sam_model, checkpoint).clip_model
-
-
 def default_clip_model(recognizer: str, sam_model: str, checkpoint: str | Path | None) -> str:
     """The CLIP that embeds class names when none is chosen: for the ``ovsam`` recognizer the
-    one its OV-SAM was trained with (:func:`ovsam_clip_model`), else :data:`DEFAULT_CLIP`."""
+    one its OV-SAM was trained with (:func:`ovsam_config`), else :data:`DEFAULT_CLIP`."""
     if recognizer == "ovsam":
-        return ovsam_clip_model(sam_model, checkpoint)
+        return ovsam_config(sam_model, checkpoint).clip_model
     return DEFAULT_CLIP
 
 
@@ -208,10 +203,10 @@ def build_labeled_predictor(
     name = segmentation_model_name(options, sam_model)
     random = options.random_weights
     if options.recognizer == "ovsam":  # checked before any download: a mismatch needs none
-        model_name = checkpoint or name
-        _check_text_model(ovsam_clip_model(name, checkpoint), options.clip_model, model_name)
+        config, model_name = ovsam_config(name, checkpoint), checkpoint or name
+        _check_text_model(config.clip_model, options.clip_model, model_name)
         if not random:
-            _check_text_weights(ovsam_config(name, checkpoint), options.clip_weights, model_name)
+            _check_text_weights(config, options.clip_weights, model_name)
     try:
         resolve_all(required_weights(options, sam_model, checkpoint))
     except WeightsMissing as exc:
