@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -216,6 +217,10 @@ def test_settings_of_a_newer_ovsam_are_ignored_with_a_warning(tmp_path: Path) ->
     with pytest.warns(UserWarning, match="does not know, ignored: future_setting"):
         config = ovsam_checkpoint_config(path)
     assert config == OVSamConfig(clip_model="RN50", clip_weights="openai")
+    with warnings.catch_warnings():  # asked again (as a command does): not read, not warned
+        warnings.simplefilter("error")
+        assert ovsam_checkpoint_config(path) is config
+    # a rewritten file is read again
     for damaged, why in (("{not json", "Expecting property name"), ("[1]", "a JSON list")):
         save_file({"x": torch.zeros(1)}, str(path), {"format": FORMAT, "config": damaged})
         with pytest.raises(CheckpointError, match=f"recorded config is damaged \\({why}"):

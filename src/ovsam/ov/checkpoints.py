@@ -19,7 +19,9 @@ Our format is one ``.safetensors`` file holding every tensor under our key names
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
@@ -214,7 +216,22 @@ def ovsam_checkpoint_config(path: str | Path) -> OVSamConfig | None:
     """The :class:`OVSamConfig` recorded in a file written by :func:`save_ovsam` (read from its
     header, no weights loaded); None for anything else (another file, a name, no file).
     Settings this version does not know (written by a newer one) are ignored with a warning
-    naming them; a damaged config is a :class:`CheckpointError`."""
+    naming them; a damaged config is a :class:`CheckpointError`. A file is read again only
+    once it changes (a command asks several times: for its defaults, checks and the load)."""
+    if Path(path).suffix != ".safetensors":
+        return None
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return _recorded_config(
+        str(Path(path).resolve()), (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _recorded_config(path: str, version: tuple[int, ...]) -> OVSamConfig | None:
+    """:func:`ovsam_checkpoint_config` of ``path`` as it is at ``version`` (its stat)."""
     meta = _ovsam_metadata(path)
     if meta is None:
         return None
@@ -232,6 +249,6 @@ def ovsam_checkpoint_config(path: str | Path) -> OVSamConfig | None:
         warnings.warn(
             f"{path} records settings this ovsam does not know, ignored: {', '.join(unknown)} "
             "(written by a newer ovsam?)",
-            stacklevel=2,
+            stacklevel=3,
         )
     return OVSamConfig(**{k: v for k, v in recorded.items() if k in known})
