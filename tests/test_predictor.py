@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from ovsam.errors import InputError, NotReadyError
+from ovsam.image_state import ImageState
 from ovsam.masks import mask_iou
-from ovsam.predictor import ImageState, SamPredictor
+from ovsam.predictor import SamPredictor
 from synthetic_scenes import make_scene
 
 

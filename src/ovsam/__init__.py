@@ -22,7 +22,7 @@ _EXPORTS: dict[str, str] = {
     "build_model": "ovsam.build",
     "list_models": "ovsam.build",
     "SamPredictor": "ovsam.predictor",
-    "ImageState": "ovsam.predictor",
+    "ImageState": "ovsam.image_state",
     "load_image": "ovsam.image_io",
     "resolve_weights": "ovsam.weights",
     "encode_rle": "ovsam.masks",

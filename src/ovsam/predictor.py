@@ -16,7 +16,6 @@ a server can keep many embedded images in a cache and switch between them for fr
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from numbers import Integral
 
 import numpy as np
@@ -25,7 +24,8 @@ from torch import nn
 
 from ovsam.boxes import clip_boxes_to_image
 from ovsam.errors import InputError, NotReadyError
-from ovsam.modeling.common import tensors_nbytes, weights_checksum, weights_key
+from ovsam.image_state import ImageState
+from ovsam.modeling.common import weights_checksum, weights_key
 from ovsam.modeling.image_token_cache import ImageTokenCache
 from ovsam.prompt_arrays import check_mask_input, check_points, rgb_image
 from ovsam.prompt_tensors import check_prompt_tensors
@@ -35,35 +35,6 @@ LOW_RES = 256
 # Float32 elements mask upscaling may hold at once (256 MB): masks are upscaled a few at a
 # time, so that a batch of prompts on a large photo never holds every mask's logits at once.
 UPSCALE_BUDGET = 1 << 26
-
-
-@dataclass
-class ImageState:
-    """Everything the predictor keeps about the current image.
-
-    ``features``: ``1x256x64x64`` image embedding. ``original_size``: ``(H, W)`` of the image
-    the user gave. ``input_size``: ``(h, w)`` after resizing the longest side to 1024.
-    ``extras``: model-specific tensors (e.g. CLIP feature maps for recognition).
-    ``decoder_cache``: the mask decoder's per-image precomputation, filled by the predictor
-    on the first prompt (kept with the state, so a restored state decodes fast at once).
-    ``encoder``: the :func:`~ovsam.modeling.common.weights_key` of each module that made
-    ``features`` and ``extras`` (by name: ``image_encoder``, and e.g. OV-SAM's ``fpn_neck``);
-    ``encoder_checksum``: their weights' values (filled by :meth:`SamPredictor.export_state`;
-    see :meth:`SamPredictor.load_state`).
-    """
-
-    features: torch.Tensor
-    original_size: tuple[int, int]
-    input_size: tuple[int, int]
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)
-    decoder_cache: ImageTokenCache | None = None
-    encoder: dict[str, tuple[object, ...]] = field(default_factory=dict)
-    encoder_checksum: dict[str, tuple[object, ...]] | None = None
-
-    def nbytes(self) -> int:
-        """Memory held by the state's tensors, in bytes."""
-        cache = 0 if self.decoder_cache is None else self.decoder_cache.nbytes()
-        return cache + tensors_nbytes([self.features, *self.extras.values()])
 
 
 class SamPredictor:

@@ -10,7 +10,7 @@ separate CLIP (text bank from the same CLIP):
   and the tower's pooling head embeds it.
 
 Probabilities are a softmax over the vocabulary (no background class). The image's RGB pixels
-(the very ones SAM embeds) are kept in its :class:`~ovsam.predictor.ImageState`, so that a state
+(the very ones SAM embeds) are kept in its :class:`~ovsam.image_state.ImageState`, so that a state
 restored with ``load_state`` crops its own image.
 """
 
@@ -28,10 +28,11 @@ from ovsam.clip.model import CLIP, CLIP_MEAN, CLIP_STD
 from ovsam.clip.region_classifier import classify_regions, mask_boxes_xyxy
 from ovsam.clip.text_bank import TextBank, build_text_bank
 from ovsam.errors import InputError
+from ovsam.image_state import ImageState
 from ovsam.ov.classifier import Labels, check_random_weights, top_labels
 from ovsam.ov.label_settings import check_label_settings, require_bank, require_extras
 from ovsam.ov.roi_align import roi_align
-from ovsam.predictor import ImageState, SamPredictor
+from ovsam.predictor import SamPredictor
 from ovsam.prompt_arrays import check_masks, rgb_image
 from ovsam.vocab import Vocabulary, load_vocabulary
 

@@ -16,7 +16,7 @@ from ovsam.errors import InputError, NotReadyError
 from ovsam.vocab import prompt_templates
 
 if TYPE_CHECKING:
-    from ovsam.predictor import ImageState
+    from ovsam.image_state import ImageState
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from ovsam.clip.model import CLIP
 from ovsam.clip.region_classifier import mask_boxes_xyxy
 from ovsam.clip.text_bank import TextBank, build_text_bank
 from ovsam.errors import InputError, NotReadyError
+from ovsam.image_state import ImageState
 from ovsam.ov.classifier import (
     Labels,
     bank_logits,
@@ -37,7 +38,7 @@ from ovsam.ov.classifier import (
 )
 from ovsam.ov.label_settings import check_label_settings, require_bank, require_extras
 from ovsam.ov.model import OVSam
-from ovsam.predictor import LOW_RES, ImageState, SamPredictor
+from ovsam.predictor import LOW_RES, SamPredictor
 from ovsam.prompt_arrays import check_masks
 from ovsam.vocab import Vocabulary, load_vocabulary, name_key
 

@@ -9,7 +9,8 @@ from typing import Protocol
 
 import numpy as np
 
-from ovsam.predictor import ImageState, SamPredictor
+from ovsam.image_state import ImageState
+from ovsam.predictor import SamPredictor
 from ovsam.segment_job import choose_multimask, mask_score_name
 from ovsam.vocab import Vocabulary
 

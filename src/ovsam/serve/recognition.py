@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from ovsam.clip.model import CLIP
 from ovsam.clip.region_classifier import classify_regions
 from ovsam.clip.text_bank import TextBank, build_text_bank, check_context
+from ovsam.image_state import ImageState
 from ovsam.ov.baselines import PIXELS
 from ovsam.ov.predictor import OVSamPredictor
-from ovsam.predictor import ImageState
 from ovsam.serve.engine import DecodedMask
 from ovsam.vocab import Vocabulary, prompt_templates
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ovsam.predictor import ImageState
+from ovsam.image_state import ImageState
 
 LOW_RES_BYTES = 256 * 256 * 4
 

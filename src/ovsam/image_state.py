@@ -1,0 +1,43 @@
+"""What a predictor keeps about one embedded image (:class:`ImageState`).
+
+A state can be exported from one :class:`~ovsam.predictor.SamPredictor` and loaded into
+another (or kept in a server's image store), so it is a plain record of tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ovsam.modeling.common import tensors_nbytes
+from ovsam.modeling.image_token_cache import ImageTokenCache
+
+
+@dataclass
+class ImageState:
+    """Everything the predictor keeps about the current image.
+
+    ``features``: ``1x256x64x64`` image embedding. ``original_size``: ``(H, W)`` of the image
+    the user gave. ``input_size``: ``(h, w)`` after resizing the longest side to 1024.
+    ``extras``: model-specific tensors (e.g. CLIP feature maps for recognition).
+    ``decoder_cache``: the mask decoder's per-image precomputation, filled by the predictor
+    on the first prompt (kept with the state, so a restored state decodes fast at once).
+    ``encoder``: the :func:`~ovsam.modeling.common.weights_key` of each module that made
+    ``features`` and ``extras`` (by name: ``image_encoder``, and e.g. OV-SAM's ``fpn_neck``);
+    ``encoder_checksum``: their weights' values (filled by :meth:`SamPredictor.export_state`;
+    see :meth:`SamPredictor.load_state`).
+    """
+
+    features: torch.Tensor
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    decoder_cache: ImageTokenCache | None = None
+    encoder: dict[str, tuple[object, ...]] = field(default_factory=dict)
+    encoder_checksum: dict[str, tuple[object, ...]] | None = None
+
+    def nbytes(self) -> int:
+        """Memory held by the state's tensors, in bytes."""
+        cache = 0 if self.decoder_cache is None else self.decoder_cache.nbytes()
+        return cache + tensors_nbytes([self.features, *self.extras.values()])
