@@ -7,6 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+# A fixture plugin that test modules also import helpers from: rewritten before either.
+pytest.register_assert_rewrite("eval_stand_in")
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip ``gpu`` tests cleanly when no CUDA device is present."""

@@ -1,91 +1,24 @@
-"""``ovsam eval`` on real tiny COCO files: resume, settings, --limit, empty splits and bad input.
+"""``ovsam eval`` on real tiny COCO files: resume, settings, --limit, empty splits, skipped
+images and class names (bad input: ``test_eval_cli_inputs.py``).
 
-The model is replaced by a fast stand-in (each box prompt gives its filled box, each point a
-9x9 square, every label "person"), so the numbers are known without MobileSAM.
+The model is replaced by a fast stand-in (:mod:`eval_stand_in`), so the numbers are known
+without MobileSAM.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import re
 from pathlib import Path
-from types import SimpleNamespace
 
-import numpy as np
 import pytest
 
 import ovsam.recognizers
-from ovsam.cli.main import main
-from ovsam.errors import InputError
-from ovsam.masks import encode_rle
+from eval_stand_in import BoxFiller, run_eval, strict_json
 from tiny_coco import write_tiny_coco
 
-
-class BoxFiller:
-    """Stands in for a labelled predictor: a box prompt's mask is the filled box."""
-
-    def set_image(self, image: np.ndarray) -> None:
-        self.shape = image.shape[:2]
-
-    def _label(self) -> SimpleNamespace:
-        return SimpleNamespace(top=[("person", 1.0)])
-
-    def predict_boxes(self, boxes: np.ndarray, multimask_output: bool = False) -> tuple:
-        if len(boxes) == 0:  # as the real predictor
-            raise InputError(f"box must be XYXY with shape (4,) or Nx4, got {boxes.shape}")
-        masks = np.zeros((len(boxes), 1, *self.shape), dtype=bool)
-        for mask, (x0, y0, x1, y1) in zip(masks, boxes.astype(int), strict=True):
-            mask[0, y0:y1, x0:x1] = True
-        return masks, None, None, [self._label() for _ in boxes]
-
-    def predict(self, point_coords: np.ndarray, point_labels: np.ndarray, **_: object) -> tuple:
-        x, y = point_coords[0].astype(int)
-        mask = np.zeros((1, *self.shape), dtype=bool)
-        mask[0, max(y - 4, 0) : y + 5, max(x - 4, 0) : x + 5] = True
-        return mask, np.ones(1), None, [self._label()]
-
-
-@pytest.fixture()
-def built(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Replace the model by :class:`BoxFiller`; lists the models built (to check none was)."""
-    calls: list[str] = []
-
-    def build(options: object, model: str, checkpoint: object, device: str) -> BoxFiller:
-        calls.append(model)
-        return BoxFiller()
-
-    monkeypatch.setattr(ovsam.recognizers, "build_labeled_predictor", build)
-    return calls
-
-
-@pytest.fixture()
-def tiny(tmp_path: Path) -> Path:
-    return write_tiny_coco(tmp_path / "coco", images=4)
-
-
-def run_eval(
-    annotations: Path, out: Path, *extra: str, images: Path | None = None
-) -> tuple[int, str, str]:
-    """``ovsam eval`` in-process; returns ``(status, stdout, stderr)``."""
-    stdout, stderr = io.StringIO(), io.StringIO()
-    folder = images or annotations.parent / "images"
-    argv = ["eval", str(annotations), "--images", str(folder), "--out", str(out),
-            "--random-recognition", "--templates", "none", *extra]  # fmt: skip
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        status = main(argv)
-    return status, stdout.getvalue(), stderr.getvalue()
-
-
-def strict_json(path: Path) -> dict:
-    """Parse ``path`` as standard JSON (NaN / Infinity are not JSON)."""
-
-    def reject(name: str) -> None:
-        raise ValueError(f"{name} in {path}")
-
-    return json.loads(path.read_text(), parse_constant=reject)
+pytest_plugins = ("eval_stand_in",)
 
 
 def test_resume_after_a_cut_line_keeps_every_image(tiny: Path, tmp_path: Path, built: list) -> None:
@@ -264,144 +197,6 @@ def test_records_of_an_older_ovsam_are_resumed_with_a_warning(
     status, _, stderr = run_eval(tiny, out)
     assert status == 0 and "no settings.json" in stderr
     assert (out / "settings.json").read_text() == (tmp_path / "full" / "settings.json").read_text()
-
-
-def bad_annotations(tiny: Path, case: str) -> Path:
-    """An annotation file broken in one way."""
-    data = json.loads(tiny.read_text())
-    path = tiny.parent / f"{case}.json"
-    if case == "empty":
-        path.write_text("")
-    elif case == "corrupt":
-        path.write_text(tiny.read_text()[:100])
-    elif case == "list":
-        path.write_text("[]")
-    elif case in ("segmentation", "category_id"):
-        del data["annotations"][2][case]
-        path.write_text(json.dumps(data))
-    elif case == "list_id":
-        data["categories"][0]["id"] = [1]
-        path.write_text(json.dumps(data))
-    elif case == "duplicate":
-        data["images"].append(dict(data["images"][1]))
-        path.write_text(json.dumps(data))
-    elif case == "str_image_id":
-        data["images"][0]["id"] = "abc"
-        path.write_text(json.dumps(data))
-    elif case in ("str_annotation_image_id", "float_annotation_category_id"):
-        field, value = ("image_id", "1") if case.startswith("str") else ("category_id", 1.0)
-        data["annotations"][2][field] = value
-        path.write_text(json.dumps(data))
-    return path
-
-
-@pytest.mark.parametrize(
-    ("case", "extra", "message"),
-    [
-        ("missing", (), "cannot read annotations {path}: No such file or directory"),
-        ("empty", (), "annotation file {path} is empty"),
-        ("corrupt", (), "annotation file {path} is not valid JSON"),
-        ("list", (), "annotation file {path} holds a JSON list, not a COCO / LVIS object"),
-        ("segmentation", (), "annotation file {path}: annotation id 3 has no 'segmentation'"),
-        ("category_id", (), "annotation file {path}: annotation id 3 has no 'category_id'"),
-        ("list_id", (), "annotation file {path}: category id [1] is not an integer"),
-        ("duplicate", (), "annotation file {path}: image id 2 appears more than once"),
-        ("str_image_id", (), "annotation file {path}: image id 'abc' is not an integer"),
-        (
-            "str_annotation_image_id",
-            (),
-            "annotation file {path}: annotation id 3: image_id '1' is not an integer",
-        ),
-        (
-            "float_annotation_category_id",
-            (),
-            "annotation file {path}: annotation id 3: category_id 1.0 is not an integer",
-        ),
-        ("good", ("--split", "lvis"), "no LVIS 'frequency' field"),
-    ],
-)
-def test_bad_annotations_are_one_line_errors(
-    tiny: Path, tmp_path: Path, built: list, case: str, extra: tuple, message: str
-) -> None:
-    path = tiny if case == "good" else bad_annotations(tiny, case)
-    status, _, stderr = run_eval(path, tmp_path / "out", *extra, images=tiny.parent / "images")
-    assert status == 2 and not built
-    assert stderr.startswith("ovsam eval: error: ") and len(stderr.splitlines()) == 1
-    assert message.format(path=path) in stderr
-
-
-@pytest.mark.parametrize(
-    ("content", "message"),
-    [
-        (None, "cannot read detections {path}: No such file or directory"),
-        ('[{"image_id": 1', "detections file {path} is not valid JSON"),
-        ("{}", "must be a non-empty JSON list"),
-        ('[{"image_id": 555, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 1}]',
-         "detection 0: image_id 555 is not in the annotation file"),
-        ('[{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3], "score": 1}]',
-         "detection 0: bbox must be [x, y, width, height]"),
-        ('[{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 1},'
-         ' {"image_id": 1, "category_id": 1, "bbox": [9, 9, 5, -1], "score": 1}]',
-         "detection 1: bbox [9, 9, 5, -1] has a negative width or height (XYWH)"),
-    ],
-)  # fmt: skip
-def test_bad_detections_are_refused_before_the_evaluation(
-    tiny: Path, tmp_path: Path, built: list, content: str | None, message: str
-) -> None:
-    path = tmp_path / "dets.json"
-    if content is not None:
-        path.write_text(content)
-    status, _, stderr = run_eval(tiny, tmp_path / "out", "--detections", str(path))
-    assert status == 2 and not built and not (tmp_path / "out").exists()
-    assert len(stderr.splitlines()) == 1 and message.format(path=path) in stderr
-
-
-def test_mask_ap_without_large_objects_reports_n_a(tiny: Path, tmp_path: Path, built: list) -> None:
-    data = json.loads(tiny.read_text())
-    dets = [
-        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1}
-        for a in data["annotations"]
-    ]
-    (tmp_path / "dets.json").write_text(json.dumps(dets))
-    status, stdout, _ = run_eval(
-        tiny, tmp_path / "out", "--detections", str(tmp_path / "dets.json")
-    )
-    stats = strict_json(tmp_path / "out" / "mask_ap.json")
-    assert status == 0 and stats["APl"] is None and stats["AP50"] > 50
-    assert "APl n/a" in stdout and "-100.0" not in stdout
-
-
-def test_an_unreadable_image_is_skipped_reported_and_not_retried(
-    tiny: Path, tmp_path: Path, built: list
-) -> None:
-    pytest.importorskip("pycocotools")
-    data = json.loads(tiny.read_text())
-    dets = [  # every ground-truth box, plus degenerate ones: sub-pixel, outside the image
-        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1}
-        for a in data["annotations"]
-    ] + [
-        {"image_id": 1, "category_id": 1, "bbox": [10, 10, 0.4, 10], "score": 0.05},
-        {"image_id": 4, "category_id": 3, "bbox": [300, 10, 5, 5], "score": 0.5},
-    ]
-    (tmp_path / "dets.json").write_text(json.dumps(dets))
-    corrupt = tiny.parent / "images" / "000003.png"
-    corrupt.write_bytes(corrupt.read_bytes()[:300])
-    extra = ("--detections", str(tmp_path / "dets.json"))
-    status, stdout, stderr = run_eval(tiny, tmp_path / "out", *extra)
-    metrics = strict_json(tmp_path / "out" / "metrics.json")
-    assert status == 0, stderr
-    assert f"warning: skipped image id 3: image file {corrupt} is corrupt or truncated" in stderr
-    assert metrics["images_skipped_unreadable"] == 1 and metrics["images_evaluated"] == 3
-    assert metrics["unreadable_images"][0]["image_id"] == 3 and metrics["instances_unreadable"]
-    assert "skipped images: 1 (1 unreadable)" in stdout
-    assert "mask AP (3 images (1 unreadable left out), 4 classes, " in stdout
-    results = json.loads((tmp_path / "out" / "segm_results.json").read_text())
-    assert 3 not in {r["image_id"] for r in results}
-    empty = encode_rle(np.zeros((96, 128), dtype=bool))
-    assert [r["segmentation"] for r in results if r["score"] < 1] == [empty, empty]
-    status, stdout, stderr = run_eval(tiny, tmp_path / "out", *extra)  # resumed: not retried
-    assert status == 0 and "skipped image" not in stderr
-    assert strict_json(tmp_path / "out" / "metrics.json") == metrics
 
 
 def test_classes_are_embedded_with_the_official_bank_synonyms(

@@ -1,6 +1,7 @@
 """``ovsam eval`` records what it measured, on what, and refuses input it would misread.
 
-Same stand-in model as :mod:`test_eval_cli` (each box prompt gives its filled box).
+Same stand-in model as :mod:`test_eval_cli` (:mod:`eval_stand_in`: each box prompt gives its
+filled box).
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import pytest
 
 import ovsam
 import ovsam.recognizers
+from eval_stand_in import BoxFiller, run_eval, strict_json
 from ovsam.errors import OVSamError
-from test_eval_cli import BoxFiller, built, run_eval, strict_json, tiny
 
-__all__ = ["built", "tiny"]  # fixtures used here
+pytest_plugins = ("eval_stand_in",)
 
 
 def one_line_error(status: int, stderr: str) -> str:
