@@ -83,11 +83,24 @@ def test_corrupt_and_non_image_data_are_named(tmp_path: Path) -> None:
         load_image(truncated)
     with pytest.raises(InputError, match="image file not found"):
         load_image(tmp_path / "missing.png")
+    for source in (None, 3, np.zeros((2, 2, 3), np.uint8)):
+        with pytest.raises(InputError, match="a file path or an image file's bytes, got"):
+            load_image(source)  # type: ignore[arg-type]
+
+
+def test_bytes_like_sources_load_like_bytes() -> None:
+    data = SAMPLE_PHOTO.read_bytes()
+    expected = load_image(data)
+    for source in (bytearray(data), memoryview(data)):
+        np.testing.assert_array_equal(load_image(source), expected)
 
 
 def test_pixel_limit() -> None:
     with pytest.raises(InputError, match="600x400 = 240000 pixels, more than the limit of 1000"):
         load_image(SAMPLE_PHOTO, max_pixels=1000)
+    for limit in (None, 0, -1, 2.5, True):
+        with pytest.raises(InputError, match="max_pixels must be a positive integer"):
+            load_image(SAMPLE_PHOTO, max_pixels=limit)  # type: ignore[arg-type]
 
 
 def _png_header(width: int, height: int) -> bytes:
@@ -133,6 +146,10 @@ def test_pil_decompression_bomb_warning_is_not_shown(
 
 def test_array_checks() -> None:
     assert check_image_array(np.zeros((2, 3), np.uint8)).shape == (2, 3, 3)
+    grey = np.arange(6, dtype=np.uint8).reshape(2, 3, 1)
+    np.testing.assert_array_equal(check_image_array(grey), np.repeat(grey, 3, axis=2))
+    with pytest.raises(InputError, match=r"image is empty: shape \(0, 5\)$"):
+        check_image_array(np.zeros((0, 5), np.uint8))
     assert check_image_array(np.zeros((2, 3, 4), np.uint8)).shape == (2, 3, 3)
     with pytest.raises(InputError, match="uint8"):
         check_image_array(np.zeros((2, 3, 3), np.float32))

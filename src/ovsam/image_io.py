@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import threading
 import warnings
+from numbers import Integral
 from pathlib import Path
 from typing import IO
 
@@ -70,13 +71,24 @@ def _on_white(rgba: Image.Image) -> np.ndarray:
     return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
 
 
-def load_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def load_image(
+    source: str | Path | bytes | bytearray | memoryview, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
     """Load an image as an ``HxWx3`` uint8 RGB array.
 
-    ``source`` is a file path or the encoded bytes of an image file. Raises
+    ``source`` is a file path or the encoded bytes of an image file (``bytes``,
+    ``bytearray`` or ``memoryview``); ``max_pixels`` a positive integer. Raises
     :class:`InputError` when the file is missing, is not an image, is truncated, or has
     more than ``max_pixels`` pixels.
     """
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, Integral) or max_pixels < 1:
+        raise InputError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+    if isinstance(source, (bytearray, memoryview)):
+        source = bytes(source)
+    if not isinstance(source, (str, Path, bytes)):
+        raise InputError(
+            f"an image source is a file path or an image file's bytes, got {type(source).__name__}"
+        )
     what = "image data" if isinstance(source, bytes) else f"image file {source}"
     if not isinstance(source, bytes) and not Path(source).is_file():
         raise InputError(f"image file not found: {source}")
@@ -117,7 +129,7 @@ def _decode(fh: IO[bytes], what: str, max_pixels: int) -> np.ndarray:
 def check_image_array(image: np.ndarray) -> np.ndarray:
     """Validate an in-memory image and return it as ``HxWx3`` uint8 RGB.
 
-    Accepts ``HxW`` grayscale and ``HxWx4`` RGBA uint8 arrays and converts them (RGBA
+    Accepts ``HxW`` / ``HxWx1`` greyscale and ``HxWx4`` RGBA uint8 arrays and converts them (RGBA
     composited on white, as :func:`load_image` does, so an array and its file give the same
     masks); anything else raises :class:`InputError` naming the problem.
     """
@@ -125,12 +137,15 @@ def check_image_array(image: np.ndarray) -> np.ndarray:
         raise InputError(f"image must be a numpy array, got {type(image).__name__}")
     if image.dtype != np.uint8:
         raise InputError(f"image must be uint8 (0..255), got dtype {image.dtype}")
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] not in (3, 4):
-        raise InputError(f"image must be HxWx3 RGB, got shape {tuple(image.shape)}")
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+        raise InputError(
+            f"image must be HxWx3 RGB (or HxW / HxWx1 greyscale, HxWx4 RGBA), got shape "
+            f"{tuple(image.shape)}"
+        )
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise InputError(f"image is empty: shape {tuple(image.shape)}")
+    if image.ndim == 2 or image.shape[2] == 1:
+        image = np.repeat(image.reshape(*image.shape[:2], 1), 3, axis=2)
     if image.shape[2] == 4:
         return _on_white(Image.fromarray(np.ascontiguousarray(image), mode="RGBA"))
     return np.ascontiguousarray(image)
