@@ -147,6 +147,15 @@ def test_predict_before_set_image_is_a_clear_error(mobilesam_model: torch.nn.Mod
         ({"point_coords": np.array([10, 10]), "point_labels": np.array([1])}, "Nx2"),
         ({"mask_input": np.zeros((256, 256))}, "1x256x256"),
         ({"mask_input": np.zeros((1, 256, 256), bool)}, "mask_input must be real .* boolean"),
+        ({"mask_input": np.full((1, 256, 256), 1e39)}, r"within \+-1e\+06 .* magnitude 1e\+39"),
+        (
+            {"box": np.array([10, 10, 20, 60]), "multimask_output": "no"},
+            "multimask_output must be True or False, got 'no'",
+        ),
+        (
+            {"box": np.array([10, 10, 20, 60]), "return_logits": 1},
+            "return_logits must be True or False, got 1",
+        ),
         ({"box": np.array([10, 10, 20, 60]) + 1j}, "box must be real numbers .* complex"),
         (
             {"point_coords": np.array([[True, False]]), "point_labels": np.array([1])},
@@ -295,6 +304,33 @@ def test_load_state_refuses_other_encoders_and_non_states(
         InputError, match="load_state takes the ImageState of export_state, got dict"
     ):
         other.load_state({"features": state.features})
+
+
+def test_flags_are_booleans(predictor: SamPredictor, scenes: list[tuple]) -> None:
+    predictor.load_state(scenes[0][2])
+    with pytest.raises(InputError, match="cache_image_tokens must be True or False, got 'no'"):
+        SamPredictor(predictor.model, cache_image_tokens="no")
+    with pytest.raises(InputError, match="multimask_output must be True or False, got 0"):
+        predictor.predict_boxes(np.zeros((0, 4)), multimask_output=0)
+    masks, _, _ = predictor.predict(box=np.array([10, 10, 20, 60]), multimask_output=np.True_)
+    assert masks.shape[0] == 3
+
+
+def test_a_bfloat16_model_takes_the_image_in_its_dtype(
+    predictor: SamPredictor, scenes: list[tuple]
+) -> None:
+    """``set_image`` gives the encoder the weights' dtype (a float32 image failed in its first
+    convolution); the masks match the float32 model's. (float16 works too, but its CPU
+    kernels are slow: ~30 s here.)"""
+    dtype = torch.bfloat16
+    image, shapes, state = scenes[0]
+    half = SamPredictor(copy.deepcopy(predictor.model).to(dtype))
+    half.set_image(image)
+    assert half.get_image_embedding().dtype == dtype
+    predictor.load_state(state)
+    box = shapes[0].box
+    masks, _, _ = half.predict(box=box, multimask_output=False)
+    assert mask_iou(masks[0], predictor.predict(box=box, multimask_output=False)[0][0]) > 0.97
 
 
 def test_a_float64_model_predicts_like_the_float32_one(

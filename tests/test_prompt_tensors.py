@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ovsam.errors import InputError
-from ovsam.prompt_tensors import check_prompt_tensors
+from ovsam.prompt_tensors import MASK_LOGIT_LIMIT, check_image_tensor, check_prompt_tensors
 
 COORDS, LABELS = torch.rand(2, 3, 2) * 1024, torch.ones(2, 3, dtype=torch.long)
 BOXES, MASKS = torch.tensor([[0.0, 0, 10, 10], [5, 5, 20, 20]]), torch.zeros(2, 1, 256, 256)
@@ -40,6 +40,8 @@ def test_consistent_batches_pass() -> None:
         ((None, None, BOXES.to(torch.complex64), None), r"boxes must be real .* torch.complex64"),
         ((COORDS > 5, LABELS, None, None), r"point_coords must be real .* torch.bool"),
         ((COORDS, LABELS.bool(), None, None), r"point_labels must be real .* torch.bool"),
+        ((COORDS.to("meta"), LABELS, None, None), "point_coords is a meta tensor"),
+        ((None, None, None, MASKS + 1e30), r"within \+-1e\+06 .* magnitude 1e\+30"),
     ],
 )
 def test_wrong_prompts_are_named(args: tuple, message: str) -> None:
@@ -69,3 +71,53 @@ def test_one_mask_input_goes_with_every_prompt(mobilesam_model: torch.nn.Module)
     assert shared[0].shape == (3, 1, 64, 96)
     for ours, reference in zip(shared, each, strict=True):
         assert torch.equal(ours, reference)
+
+
+def test_mask_logits_up_to_the_limit_pass() -> None:
+    assert check_prompt_tensors(None, None, None, MASKS - MASK_LOGIT_LIMIT, 256) == 2
+
+
+IMAGE = torch.zeros(1, 3, 768, 1024)
+
+
+def test_image_tensor_of_the_resize_passes() -> None:
+    assert check_image_tensor(IMAGE, (60, 80), 1024) == ((60, 80), (768, 1024))
+    assert check_image_tensor(IMAGE.to(torch.uint8), [np.int64(600), 800], 1024)[0] == (600, 800)
+
+
+@pytest.mark.parametrize(
+    ("image", "size", "message"),
+    [
+        (IMAGE.numpy(), (60, 80), "must be a torch.Tensor .* got ndarray .*set_image takes numpy"),
+        (IMAGE.bool(), (60, 80), "image must be real numbers .* torch.bool"),
+        (IMAGE + float("nan"), (60, 80), "image contains NaN"),
+        (IMAGE[0], (60, 80), r"image must be 1x3xHxW, got shape \(3, 768, 1024\)"),
+        (IMAGE[:, :1], (60, 80), r"expected a 1x3xHxW image tensor, got \(1, 1, 768, 1024\)"),
+        (IMAGE, (0, 0), r"original_size must be \(H, W\), two positive integers, got \(0, 0\)"),
+        (IMAGE, (-5, 10), "two positive integers"),
+        (IMAGE, None, "two positive integers, got None"),
+        (IMAGE, (60.7, 80.2), "two positive integers"),
+        (IMAGE, (True, 80), "two positive integers"),
+        (IMAGE, (60, 80, 3), "two positive integers"),
+        (
+            IMAGE,
+            (100, 100),
+            "the 100x100 image resized by ResizeLongestSide.1024. is 1024x1024, got",
+        ),
+        (torch.zeros(1, 3, 1024, 0), (60, 80), "is 768x1024, got a 1024x0 tensor"),
+    ],
+)
+def test_wrong_image_tensors_are_named(image: object, size: object, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        check_image_tensor(image, size, 1024)
+
+
+def test_a_refused_torch_image_keeps_the_current_one(mobilesam_model: torch.nn.Module) -> None:
+    from ovsam.predictor import SamPredictor
+
+    predictor = SamPredictor(mobilesam_model)
+    predictor.set_image(np.zeros((60, 80, 3), dtype=np.uint8))
+    before = predictor.get_image_embedding()
+    with pytest.raises(InputError, match="is 768x1024, got a 1024x1024 tensor"):
+        predictor.set_torch_image(torch.zeros(1, 3, 1024, 1024), (60, 80))
+    assert predictor.get_image_embedding() is before and predictor.original_size == (60, 80)

@@ -27,8 +27,8 @@ from ovsam.errors import InputError, NotReadyError
 from ovsam.image_state import ImageState
 from ovsam.modeling.common import weights_checksum, weights_key
 from ovsam.modeling.image_token_cache import ImageTokenCache
-from ovsam.prompt_arrays import check_mask_input, check_points, rgb_image
-from ovsam.prompt_tensors import check_prompt_tensors
+from ovsam.prompt_arrays import check_flag, check_mask_input, check_points, rgb_image
+from ovsam.prompt_tensors import check_image_tensor, check_prompt_tensors
 from ovsam.transforms import ResizeLongestSide
 
 LOW_RES = 256
@@ -60,6 +60,8 @@ class SamPredictor:
         self.transform = ResizeLongestSide(model.image_encoder.img_size)
         self._state: ImageState | None = None
         self._checksums: dict[str, tuple[tuple[object, ...], tuple[object, ...]]] = {}
+        if cache_image_tokens is not None:
+            check_flag("cache_image_tokens", cache_image_tokens)
         self.cache_image_tokens = cache_image_tokens
 
     @property
@@ -102,18 +104,13 @@ class SamPredictor:
     def set_torch_image(
         self, transformed_image: torch.Tensor, original_size: tuple[int, int]
     ) -> None:
-        """Embed a ``1x3xhxw`` float image (0..255) already resized by ``self.transform``."""
-        if transformed_image.ndim != 4 or transformed_image.shape[:2] != (1, 3):
-            raise InputError(
-                f"expected a 1x3xHxW image tensor, got {tuple(transformed_image.shape)}"
-            )
-        if max(transformed_image.shape[2:]) != self.transform.target_length:
-            raise InputError(
-                f"the longest image side must be {self.transform.target_length}, "
-                f"got {tuple(transformed_image.shape[2:])}"
-            )
-        input_size = (int(transformed_image.shape[2]), int(transformed_image.shape[3]))
-        state = self._encode(self.model.preprocess(transformed_image), original_size, input_size)
+        """Embed a ``1x3xhxw`` image (real values 0..255) already resized by ``self.transform``
+        from an ``original_size`` ``(H, W)`` image; a refused input keeps the current image."""
+        original_size, input_size = check_image_tensor(
+            transformed_image, original_size, self.transform.target_length
+        )
+        image = transformed_image.to(self.device, self._weights_dtype())
+        state = self._encode(self.model.preprocess(image), original_size, input_size)
         state.encoder = self._state_keys()
         self._state = state
 
@@ -300,6 +297,7 @@ class SamPredictor:
         the B prompts are decoded at once, as in segment-anything (memory grows with B;
         :meth:`predict_boxes` passes 64 at a time); on the CPU a few at a time.
         """
+        return_logits = check_flag("return_logits", return_logits)
         low_res, iou = self.decode_low_res(
             point_coords, point_labels, boxes, mask_input, multimask_output
         )
@@ -321,6 +319,7 @@ class SamPredictor:
         """
         state = self._require_state()
         check_prompt_tensors(point_coords, point_labels, boxes, mask_input, LOW_RES)
+        multimask_output = check_flag("multimask_output", multimask_output)
         device = self.device
         points = None
         if point_coords is not None:

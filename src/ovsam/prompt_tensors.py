@@ -1,4 +1,4 @@
-"""Checks of the tensor tier's batched prompts (``SamPredictor.predict_torch``).
+"""Checks of the tensor tier's inputs (``SamPredictor.set_torch_image`` / ``predict_torch``).
 
 The numpy tier validates each prompt in pixels; the tensor tier takes prompts already in the
 model's input frame, batched, and is checked here for type, shape and batch agreement, so that a
@@ -7,20 +7,31 @@ wrong tensor is an :class:`InputError` naming it rather than an error deep insid
 
 from __future__ import annotations
 
+from numbers import Integral
+
 import torch
 
 from ovsam.errors import InputError
+from ovsam.transforms import preprocess_shape
 
 # SAM's point labels: -1 padding, 0 background, 1 object, 2/3 box corners.
 POINT_LABELS = (-1, 0, 1, 2, 3)
+#: Largest magnitude a mask prompt's logits may have. SAM's own stay within about +-100; far
+#: larger values overflow the mask encoder's float32 LayerNorm into NaN.
+MASK_LOGIT_LIMIT = 1e6
 
 
-def _tensor(name: str, value: object, ndim: int, layout: str) -> torch.Tensor:
+def _tensor(
+    name: str, value: object, ndim: int, layout: str, where: str = "predict_torch"
+) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
+        numpy_tier = "set_image" if where == "set_torch_image" else "predict"
         raise InputError(
-            f"{name} must be a torch.Tensor ({layout}) in predict_torch, got "
-            f"{type(value).__name__} (predict takes numpy arrays)"
+            f"{name} must be a torch.Tensor ({layout}) in {where}, got "
+            f"{type(value).__name__} ({numpy_tier} takes numpy arrays)"
         )
+    if value.is_meta:
+        raise InputError(f"{name} is a meta tensor: it holds no values")
     if value.is_complex() or value.dtype == torch.bool:
         raise InputError(f"{name} must be real numbers ({layout}), got {value.dtype}")
     if value.ndim != ndim:
@@ -28,6 +39,48 @@ def _tensor(name: str, value: object, ndim: int, layout: str) -> torch.Tensor:
     if value.is_floating_point() and not bool(torch.isfinite(value).all()):
         raise InputError(f"{name} contains NaN or infinite values")
     return value
+
+
+def check_mask_logits(name: str, largest: float) -> None:
+    """Refuse mask logits whose largest magnitude exceeds :data:`MASK_LOGIT_LIMIT`."""
+    if largest > MASK_LOGIT_LIMIT:
+        raise InputError(
+            f"{name} must be logits within +-{MASK_LOGIT_LIMIT:g} (a previous prediction's "
+            f"low-res logits), got a value of magnitude {largest:.3g}"
+        )
+
+
+def check_image_tensor(
+    image: object, original_size: object, target_length: int
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Check ``set_torch_image``'s inputs; returns ``(original_size, input_size)``.
+
+    ``image`` ``1x3xhxw`` real values (0..255, any real dtype but bool) resized from an
+    ``original_size`` ``(H, W)`` image (positive integers) by ``ResizeLongestSide(
+    target_length)``, so that ``(h, w)`` is exactly that resize's size.
+    """
+    tensor = _tensor("image", image, 4, "1x3xHxW", "set_torch_image")
+    if tensor.shape[:2] != (1, 3):
+        raise InputError(f"expected a 1x3xHxW image tensor, got {tuple(tensor.shape)}")
+    size = tuple(original_size) if isinstance(original_size, (tuple, list)) else None
+    if (
+        size is None
+        or len(size) != 2
+        or not all(isinstance(v, Integral) and not isinstance(v, bool) and v > 0 for v in size)
+    ):
+        raise InputError(
+            f"original_size must be (H, W), two positive integers, got {original_size!r}"
+        )
+    height, width = int(size[0]), int(size[1])
+    input_size = (int(tensor.shape[2]), int(tensor.shape[3]))
+    expected = preprocess_shape(height, width, target_length)
+    if input_size != expected:
+        raise InputError(
+            f"the {height}x{width} image resized by ResizeLongestSide({target_length}) is "
+            f"{expected[0]}x{expected[1]}, got a {input_size[0]}x{input_size[1]} tensor (resize "
+            "it with predictor.transform.apply_image_torch)"
+        )
+    return (height, width), input_size
 
 
 def check_prompt_tensors(
@@ -64,6 +117,8 @@ def check_prompt_tensors(
             raise InputError(
                 f"mask_input must be Bx1x{low_res}x{low_res}, got shape {tuple(mask.shape)}"
             )
+        if mask.numel():
+            check_mask_logits("mask_input", float(mask.abs().max()))
         if mask.shape[0] != 1 or not batches:  # one mask goes with any batch
             batches["mask_input"] = mask.shape[0]
     if not batches:
