@@ -75,6 +75,30 @@ def test_output_paths_that_cannot_be_written(tmp_path: Path, capsys: pytest.Capt
     assert a_file.read_text() == "x"
 
 
+@pytest.mark.parametrize(
+    ("command", "name"),
+    [("segment", "mask.png"), ("segment", "overlay.png"), ("everything", "overlay.png")],
+)
+def test_an_input_image_among_the_outputs_is_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture, command: str, name: str
+) -> None:
+    """An image that sits in --out under a name the results take is refused before any
+    work (``everything`` deleted it; ``segment`` overwrote it), also through a symlink."""
+    image = tmp_path / name
+    image.write_bytes(SAMPLE_PHOTO.read_bytes())
+    link = tmp_path / "elsewhere" / "photo.jpg"
+    link.parent.mkdir()
+    link.symlink_to(image)
+    for source in (image, link):
+        prompt = ["--box", *[str(v) for v in SAMPLE_BOX]] if command == "segment" else []
+        assert main([command, str(source), *prompt, "--out", str(tmp_path)]) == 2
+        assert f"is {image}, which the results would replace: choose another --out" in _error(
+            capsys
+        )
+    assert image.read_bytes() == SAMPLE_PHOTO.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", name]
+
+
 def test_file_system_errors_while_writing_are_one_line(
     tmp_path: Path, mobilesam_checkpoint: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -53,6 +53,10 @@ def mask_record(mask: np.ndarray, score: float) -> dict[str, Any]:
     }
 
 
+#: The files :func:`write_result` writes into its folder, by role.
+RESULT_FILES = {"mask": "mask.png", "overlay": "overlay.png", "json": "result.json"}
+
+
 def write_result(
     out_dir: str | Path,
     image: np.ndarray,
@@ -73,7 +77,7 @@ def write_result(
     that an interrupted run never leaves a ``result.json`` beside pictures of another run.
     """
     out = Path(out_dir)
-    paths = {"mask": out / "mask.png", "overlay": out / "overlay.png", "json": out / "result.json"}
+    paths = {key: out / name for key, name in RESULT_FILES.items()}
     mask_png = png_bytes(np.where(mask, 255, 0).astype(np.uint8))
     picture = overlay(
         image,

@@ -57,11 +57,42 @@ def check_output(path: Path, is_file: bool) -> None:
         raise InputError(f"cannot create {what} {path}: {parent} is not writable")
 
 
+def written_files(command: str) -> tuple[str, ...]:
+    """Names of the files ``command`` writes directly into its ``--out`` folder for one image."""
+    if command == "segment":
+        from ovsam.outputs import RESULT_FILES
+
+        return tuple(RESULT_FILES.values())
+    if command == "everything":
+        from ovsam.cli.everything_jobs import OVERLAY_FILE, RESULT_FILE, SETTINGS_FILE
+
+        return (OVERLAY_FILE, RESULT_FILE, SETTINGS_FILE)
+    return ()
+
+
+def check_input_kept(image: Path, out: Path, names: tuple[str, ...]) -> None:
+    """Raise :class:`InputError` when the input ``image`` is one of the files ``names`` that
+    the command would write (or remove) in ``out``: its output would replace its input."""
+    if not image.is_file():
+        return
+    for name in names:
+        target = out / name
+        if target.is_file() and os.path.samefile(image, target):
+            raise InputError(
+                f"the input image {image} is {target}, which the results would replace: choose "
+                "another --out"
+            )
+
+
 def preflight(args: argparse.Namespace) -> None:
-    """Check the parsed ``--device`` and ``--out`` of any command that has them."""
+    """Check the parsed ``--device`` and ``--out`` of any command that has them (and that an
+    input image is not among the files written to ``--out``)."""
     device = getattr(args, "device", None)
     if isinstance(device, str):
         check_device(device)
     out = getattr(args, "out", None)
     if isinstance(out, Path):
         check_output(out, args.command in FILE_OUTPUT_COMMANDS)
+        image = getattr(args, "image", None)
+        if isinstance(image, Path):
+            check_input_kept(image, out, written_files(args.command))
