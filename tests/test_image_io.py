@@ -88,6 +88,24 @@ def test_corrupt_and_non_image_data_are_named(tmp_path: Path) -> None:
             load_image(source)  # type: ignore[arg-type]
 
 
+def test_unreadable_paths_are_named_for_what_they_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(InputError, match=f"{tmp_path} is not an image file \\(a folder"):
+        load_image(tmp_path)
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(SAMPLE_PHOTO.read_bytes())
+
+    def denied(path: object, mode: str) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    import ovsam.image_io
+
+    monkeypatch.setattr(ovsam.image_io, "open", denied, raising=False)  # root reads mode 000
+    with pytest.raises(InputError, match=f"^cannot read image file {photo}: Permission denied$"):
+        load_image(photo)
+
+
 def test_bytes_like_sources_load_like_bytes() -> None:
     data = SAMPLE_PHOTO.read_bytes()
     expected = load_image(data)

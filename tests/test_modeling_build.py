@@ -218,6 +218,19 @@ def test_wrong_checkpoint_names_missing_and_unexpected_keys(tmp_path: Path) -> N
     assert str(path) in message
 
 
+def test_a_checkpoint_holding_nan_is_refused(tmp_path: Path) -> None:
+    state = build_model("mobilesam", pretrained=False, fuse=False).state_dict()
+    state["mask_decoder.iou_prediction_head.layers.2.bias"][1] = float("nan")
+    path = tmp_path / "nan.pt"
+    torch.save(state, path)
+    message = f"{path} is damaged: tensor mask_decoder.iou_prediction_head.layers.2.bias holds NaN"
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        build_model("mobilesam", checkpoint=path)
+    state["mask_decoder.iou_prediction_head.layers.2.bias"][1] = float("-inf")  # allowed
+    torch.save(state, path)
+    assert build_model("mobilesam", checkpoint=path) is not None
+
+
 def test_mobilesam_checkpoint_into_vit_b_is_refused(mobilesam_checkpoint: Path) -> None:
     with pytest.raises(CheckpointError) as err:
         build_model("sam_vit_b", checkpoint=mobilesam_checkpoint)

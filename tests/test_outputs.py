@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ovsam.fileio import atomic_write, atomic_write_bytes
+from ovsam.fileio import atomic_write, atomic_write_bytes, atomic_write_json
 from ovsam.outputs import Prompt, write_result
 from ovsam.visualize import mask_outline, overlay
 
@@ -61,6 +61,14 @@ def test_an_interrupted_write_never_leaves_result_json_beside_other_pictures(
         write_result(tmp_path, image, ~mask, 0.5, Prompt(points=[(5.0, 5.0)], point_labels=[1]))
     assert written == ["mask.png"] and not (tmp_path / "result.json").exists()
     assert np.array_equal(np.asarray(Image.open(tmp_path / "mask.png")) == 255, ~mask)
+
+
+def test_json_is_standard_with_non_finite_numbers_as_null(tmp_path: Path) -> None:
+    record = {"iou": float("nan"), "rows": [1.5, float("inf"), (float("-inf"), "x")], "n": 3}
+    path = atomic_write_json(tmp_path / "r.json", record)
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"iou": None, "rows": [1.5, None, [None, "x"]], "n": 3}
 
 
 def test_failed_write_keeps_previous_file(tmp_path: Path) -> None:

@@ -221,7 +221,17 @@ def test_settings_of_a_newer_ovsam_are_ignored_with_a_warning(tmp_path: Path) ->
         warnings.simplefilter("error")
         assert ovsam_checkpoint_config(path) is config
     # a rewritten file is read again
-    for damaged, why in (("{not json", "Expecting property name"), ("[1]", "a JSON list")):
+    for damaged, why in (
+        ("{not json", "Expecting property name"),
+        ("[1]", "a JSON list"),
+        ('{"seen_vocabulary": 5}', "seen_vocabulary must be a name or a list of names, got 5"),
+        ('{"clip_model": 5}', "clip_model must be a string, got 5"),
+        ('{"adapter_dim": -1}', "adapter_dim must be a positive integer, got -1"),
+        ('{"adapter_depth": true}', "adapter_depth must be a positive integer, got True"),
+        ('{"adapter_dim": 100}', "adapter_dim 100 must be a multiple of adapter_heads 16"),
+        ('{"alpha_seen": "0.1"}', "alpha_seen must be a finite number, got '0.1'"),
+        ('{"logit_scale": NaN}', "logit_scale must be a finite number, got nan"),
+    ):
         save_file({"x": torch.zeros(1)}, str(path), {"format": FORMAT, "config": damaged})
         with pytest.raises(CheckpointError, match=f"recorded config is damaged \\({why}"):
             ovsam_checkpoint_config(path)

@@ -165,7 +165,8 @@ def load_state_dict_strict(
     """Load ``state_dict`` into ``model`` requiring an exact key and shape match.
 
     Returns the number of tensors loaded. Raises :class:`CheckpointError` naming the
-    missing keys, unexpected keys and shape mismatches (``source`` names the file).
+    missing keys, unexpected keys and shape mismatches (``source`` names the file), or the
+    first tensor holding NaN (a damaged file; infinities are kept: masks use them).
     """
     mismatch = state_dict_mismatch(model, state_dict)
     if mismatch is not None:
@@ -173,6 +174,12 @@ def load_state_dict_strict(
             f"{source} does not fit {type(model).__name__} (wrong checkpoint for this model?): "
             + mismatch
         )
+    damaged = next(
+        (k for k, v in state_dict.items() if v.is_floating_point() and bool(v.isnan().any())),
+        None,
+    )
+    if damaged is not None:
+        raise CheckpointError(f"{source} is damaged: tensor {damaged} holds NaN values")
     model.load_state_dict(state_dict, strict=True)
     return len(state_dict)
 

@@ -8,6 +8,7 @@ The file gets the permissions a plain ``open`` would give (an existing file keep
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -91,7 +92,24 @@ def atomic_write_bytes(target: str | Path, data: bytes) -> Path:
     return atomic_write(target, lambda fh: fh.write(data))
 
 
+def _finite_or_null(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float (in dicts, lists and tuples) replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_null(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(target: str | Path, obj: Any) -> Path:
-    """Serialise ``obj`` as indented UTF-8 JSON and write it to ``target`` atomically."""
-    text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
-    return atomic_write_bytes(target, text.encode("utf-8"))
+    """Serialise ``obj`` as indented UTF-8 JSON and write it to ``target`` atomically.
+
+    NaN and infinite floats are written as ``null``: standard JSON has no such numbers, and
+    strict parsers refuse Python's ``NaN`` / ``Infinity``."""
+    try:
+        text = json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False)
+    except ValueError:  # a non-finite float somewhere
+        text = json.dumps(_finite_or_null(obj), indent=2, ensure_ascii=False, allow_nan=False)
+    return atomic_write_bytes(target, (text + "\n").encode("utf-8"))

@@ -90,10 +90,18 @@ def load_image(
             f"an image source is a file path or an image file's bytes, got {type(source).__name__}"
         )
     what = "image data" if isinstance(source, bytes) else f"image file {source}"
-    if not isinstance(source, bytes) and not Path(source).is_file():
-        raise InputError(f"image file not found: {source}")
+    if isinstance(source, bytes):
+        fh: IO[bytes] = io.BytesIO(source)
+    else:
+        if not Path(source).exists():
+            raise InputError(f"image file not found: {source}")
+        if not Path(source).is_file():
+            raise InputError(f"{source} is not an image file (a folder or a device)")
+        try:
+            fh = open(source, "rb")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise InputError(f"cannot read {what}: {exc.strerror or exc}") from exc
     try:
-        fh = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
         with fh:
             return _decode(fh, what, max_pixels)
     except InputError:

@@ -251,4 +251,9 @@ def _recorded_config(path: str, version: tuple[int, ...]) -> OVSamConfig | None:
             "(written by a newer ovsam?)",
             stacklevel=3,
         )
-    return OVSamConfig(**{k: v for k, v in recorded.items() if k in known})
+    try:
+        return OVSamConfig(**{k: v for k, v in recorded.items() if k in known})
+    except ValueError as exc:
+        raise CheckpointError(
+            f"{path} is an ovsam checkpoint whose recorded config is damaged ({first_line(exc)})"
+        ) from exc

@@ -11,7 +11,9 @@ OpenAI names), ``image_encoder.neck.*``, ``fpn_neck.*``, ``prompt_encoder.*`` (S
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
+from numbers import Real
 
 import torch
 from torch import Tensor, nn
@@ -57,8 +59,37 @@ class OVSamConfig:
     clip_weights_sha256: str = ""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.seen_vocabulary, str):  # class names (a list once read from JSON)
-            object.__setattr__(self, "seen_vocabulary", tuple(self.seen_vocabulary))
+        """Check every setting's type and range (a ``ValueError`` naming the first bad one):
+        they come from files too."""
+        vocabulary = self.seen_vocabulary
+        if isinstance(vocabulary, (list, tuple)):  # class names (a list once read from JSON)
+            object.__setattr__(self, "seen_vocabulary", tuple(vocabulary))
+        if not (
+            isinstance(vocabulary, str)
+            or (
+                isinstance(vocabulary, (list, tuple))
+                and all(isinstance(n, str) for n in vocabulary)
+            )
+        ):
+            raise ValueError(
+                f"seen_vocabulary must be a name or a list of names, got {vocabulary!r}"
+            )
+        for name in ("clip_model", "clip_weights", "clip_weights_sha256"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
+        for name in ("roi_size", "adapter_dim", "adapter_depth", "adapter_heads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.adapter_dim % self.adapter_heads:
+            raise ValueError(
+                f"adapter_dim {self.adapter_dim} must be a multiple of adapter_heads "
+                f"{self.adapter_heads}"
+            )
+        for name in ("alpha_seen", "alpha_unseen", "logit_scale"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
