@@ -8,7 +8,8 @@ Fetching holds a per-file lock (``NAME.lock``), downloads to a temporary file an
 into place only after the size/sha256 check; a bad download is deleted and the next source
 tried; when all fail, one :class:`WeightsUnavailableError` line lists each source and why.
 A file added by hand (:func:`copy_into_cache`) gets the same check; where no sha256 is
-published it must instead load safely and fit its model's keys and shapes.
+published it must instead load safely and, where a registered model loads it directly,
+fit that model's keys and shapes (see :func:`_content_check`).
 A registered name (or alias) always means the registered weights; anything else is a path.
 The cache's files, stamps and lock are :mod:`ovsam.weights_cache`.
 """
@@ -228,7 +229,7 @@ def copy_into_cache(
 
     Its size and sha256, where published, are checked on the copy, under the cache lock.
     Without a published sha256 ``src`` itself is first checked by its content
-    (:func:`_content_check`: it loads safely and fits its model's keys and shapes), before
+    (:func:`_content_check`: it loads safely and, for a SAM release, fits its model), before
     anything is copied. A missing or non-file ``src`` is an :class:`InputError`; a file that
     fails a check is a :class:`WeightsUnavailableError` and the cache is left unchanged.
     """

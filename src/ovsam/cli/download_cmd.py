@@ -27,8 +27,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         metavar="FILE",
         help="add a file you downloaded yourself as NAME's weights (verified: size and sha256 "
-        "where published, else it must load safely and fit its model's keys and shapes; then "
-        "copied)",
+        "where published, else it must load safely, and the SAM releases must fit their "
+        "model's keys and shapes; the OV-SAM parts and open_clip files are checked against "
+        "their model when it is built from them; then copied)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.set_defaults(run=run)
