@@ -220,6 +220,11 @@ def test_a_changed_image_that_no_longer_reads_leaves_no_old_results(
     assert "failed: " in captured.err and "a.png" in captured.err
     assert sorted(p.name for p in (out / "a.png").iterdir()) == []
     assert (out / "a.jpg" / "masks.json").is_file()  # untouched
+    alone = tmp_path / "alone"  # a folder of one image fails like any folder: listed, status 1
+    alone.mkdir()
+    shutil.copyfile(folder / "a.png", alone / "a.png")
+    assert _everything(alone, tmp_path / "out_alone", mobilesam_checkpoint) == 1
+    assert "failed: " in capsys.readouterr().err
 
 
 def test_a_checkpoint_file_counts_by_its_content_not_its_spelling(

@@ -190,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
             digest = file_sha256(image_path)
             image = load_image(image_path)
         except InputError as exc:
-            if len(jobs) == 1:
+            if not args.image.is_dir():  # one image file: its error is the command's
                 raise
             tqdm.write(f"failed: {exc}", file=sys.stderr)  # on a line of its own, not the bar's
             failures += 1
