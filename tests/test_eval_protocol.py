@@ -91,7 +91,7 @@ def test_missing_images_are_refused_up_front(tiny: Path, tmp_path: Path, built: 
     stderr = one_line_error(*run_eval(tiny, tmp_path / "a", images=tmp_path / "nope")[::2])
     assert f"image folder {tmp_path / 'nope'} does not exist" in stderr
     stderr = one_line_error(*run_eval(tiny, tmp_path / "a", images=tiny)[::2])
-    assert f"image folder {tiny} is not a folder" in stderr
+    assert f"{tiny} is not a folder (given as the image folder)" in stderr
     missing = sorted(images.iterdir())[1]
     missing.unlink()
     stderr = one_line_error(*run_eval(tiny, tmp_path / "b")[::2])

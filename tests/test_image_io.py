@@ -106,9 +106,16 @@ def test_unreadable_paths_are_named_for_what_they_are(
         load_image(photo)
 
 
-def test_bytes_like_sources_load_like_bytes() -> None:
+def test_bytes_like_and_path_like_sources_load() -> None:
     data = SAMPLE_PHOTO.read_bytes()
     expected = load_image(data)
+
+    class PathLike:  # any os.PathLike, e.g. py.path.local
+        def __fspath__(self) -> str:
+            return str(SAMPLE_PHOTO)
+
+    np.testing.assert_array_equal(load_image(PathLike()), expected)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(load_image(str(SAMPLE_PHOTO)), expected)
     for source in (bytearray(data), memoryview(data)):
         np.testing.assert_array_equal(load_image(source), expected)
 

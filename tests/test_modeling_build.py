@@ -223,7 +223,7 @@ def test_a_checkpoint_holding_nan_is_refused(tmp_path: Path) -> None:
     state["mask_decoder.iou_prediction_head.layers.2.bias"][1] = float("nan")
     path = tmp_path / "nan.pt"
     torch.save(state, path)
-    message = f"{path} is damaged: tensor mask_decoder.iou_prediction_head.layers.2.bias holds NaN"
+    message = f"{path}: tensor mask_decoder.iou_prediction_head.layers.2.bias holds NaN values"
     with pytest.raises(CheckpointError, match=re.escape(message)):
         build_model("mobilesam", checkpoint=path)
     state["mask_decoder.iou_prediction_head.layers.2.bias"][1] = float("-inf")  # allowed

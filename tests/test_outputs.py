@@ -69,6 +69,11 @@ def test_json_is_standard_with_non_finite_numbers_as_null(tmp_path: Path) -> Non
     text = path.read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"iou": None, "rows": [1.5, None, [None, "x"]], "n": 3}
+    looped: list = []
+    looped.append(looped)
+    with pytest.raises(ValueError, match="Circular reference"):
+        atomic_write_json(tmp_path / "loop.json", looped)
+    assert not (tmp_path / "loop.json").exists()
 
 
 def test_failed_write_keeps_previous_file(tmp_path: Path) -> None:

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from ovsam.errors import InputError
-from ovsam.prompt_tensors import MASK_LOGIT_LIMIT, check_image_tensor, check_prompt_tensors
+from ovsam.input_values import MASK_LOGIT_LIMIT
+from ovsam.prompt_tensors import check_image_tensor, check_prompt_tensors
 
 COORDS, LABELS = torch.rand(2, 3, 2) * 1024, torch.ones(2, 3, dtype=torch.long)
 BOXES, MASKS = torch.tensor([[0.0, 0, 10, 10], [5, 5, 20, 20]]), torch.zeros(2, 1, 256, 256)
@@ -83,6 +84,8 @@ IMAGE = torch.zeros(1, 3, 768, 1024)
 def test_image_tensor_of_the_resize_passes() -> None:
     assert check_image_tensor(IMAGE, (60, 80), 1024) == ((60, 80), (768, 1024))
     assert check_image_tensor(IMAGE.to(torch.uint8), [np.int64(600), 800], 1024)[0] == (600, 800)
+    for size in (np.array([60, 80]), torch.tensor([60, 80]), torch.Size([60, 80])):
+        assert check_image_tensor(IMAGE, size, 1024)[0] == (60, 80)
 
 
 @pytest.mark.parametrize(

@@ -201,6 +201,11 @@ def test_config_adapter_fields_round_trip_and_old_configs_load() -> None:
     old = {"clip_model": "RN50x16", "roi_size": 7, "alpha_seen": 0.1, "alpha_unseen": 0.9,
            "logit_scale": 4.6052, "seen_vocabulary": "lvis_base"}  # fmt: skip
     assert OVSamConfig(**old) == OVSamConfig(roi_size=7, seen_vocabulary="lvis_base")
+    numpy_typed = OVSamConfig(
+        roi_size=np.int64(7), alpha_seen=np.float32(0.5), seen_vocabulary={"a"}
+    )
+    assert numpy_typed == OVSamConfig(roi_size=7, alpha_seen=0.5, seen_vocabulary=("a",))
+    assert type(numpy_typed.roi_size) is int and type(numpy_typed.alpha_seen) is float
     names = OVSamConfig(seen_vocabulary=("person", "car"), adapter_dim=64)
     assert OVSamConfig(**json.loads(json.dumps(names.to_dict()))) == names
 
@@ -229,12 +234,32 @@ def test_settings_of_a_newer_ovsam_are_ignored_with_a_warning(tmp_path: Path) ->
         ('{"adapter_dim": -1}', "adapter_dim must be a positive integer, got -1"),
         ('{"adapter_depth": true}', "adapter_depth must be a positive integer, got True"),
         ('{"adapter_dim": 100}', "adapter_dim 100 must be a multiple of adapter_heads 16"),
-        ('{"alpha_seen": "0.1"}', "alpha_seen must be a finite number, got '0.1'"),
-        ('{"logit_scale": NaN}', "logit_scale must be a finite number, got nan"),
+        ('{"alpha_seen": "0.1"}', r"alpha_seen must be a number in \[0, 1\], got '0.1'"),
+        ('{"alpha_unseen": 1.5}', r"alpha_unseen must be a number in \[0, 1\], got 1.5"),
+        ('{"logit_scale": NaN}', "logit_scale must be a number at most 88, got nan"),
+        ('{"logit_scale": 1000}', "logit_scale must be a number at most 88, got 1000"),
     ):
         save_file({"x": torch.zeros(1)}, str(path), {"format": FORMAT, "config": damaged})
         with pytest.raises(CheckpointError, match=f"recorded config is damaged \\({why}"):
             ovsam_checkpoint_config(path)
+
+
+def test_a_linked_checkpoint_is_read_and_named_as_given(tmp_path: Path) -> None:
+    """A Hugging Face style link (``model.safetensors -> blobs/<hash>``) is an OV-SAM file
+    under the name given, and messages name the link."""
+    from safetensors.torch import save_file
+
+    from ovsam.ov.checkpoints import FORMAT, is_ovsam_checkpoint, ovsam_checkpoint_config
+
+    blob = tmp_path / "blobs" / "0123abcd"
+    blob.parent.mkdir()
+    recorded = OVSamConfig(clip_model="RN50").to_dict() | {"future_setting": 1}
+    save_file({"x": torch.zeros(1)}, str(blob), {"format": FORMAT, "config": json.dumps(recorded)})
+    link = tmp_path / "model.safetensors"
+    link.symlink_to(blob)
+    assert is_ovsam_checkpoint(link)
+    with pytest.warns(UserWarning, match=f"^{link} records settings"):
+        assert ovsam_checkpoint_config(link) == OVSamConfig(clip_model="RN50")
 
 
 def test_resolve_all_keeps_the_real_reason(monkeypatch: pytest.MonkeyPatch) -> None:

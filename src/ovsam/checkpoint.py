@@ -166,7 +166,7 @@ def load_state_dict_strict(
 
     Returns the number of tensors loaded. Raises :class:`CheckpointError` naming the
     missing keys, unexpected keys and shape mismatches (``source`` names the file), or the
-    first tensor holding NaN (a damaged file; infinities are kept: masks use them).
+    first tensor holding NaN (infinities are kept: masks use them).
     """
     mismatch = state_dict_mismatch(model, state_dict)
     if mismatch is not None:
@@ -179,7 +179,10 @@ def load_state_dict_strict(
         None,
     )
     if damaged is not None:
-        raise CheckpointError(f"{source} is damaged: tensor {damaged} holds NaN values")
+        raise CheckpointError(
+            f"{source}: tensor {damaged} holds NaN values (a damaged file, or weights of a "
+            "training run that diverged)"
+        )
     model.load_state_dict(state_dict, strict=True)
     return len(state_dict)
 

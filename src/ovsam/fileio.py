@@ -110,6 +110,8 @@ def atomic_write_json(target: str | Path, obj: Any) -> Path:
     strict parsers refuse Python's ``NaN`` / ``Infinity``."""
     try:
         text = json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False)
-    except ValueError:  # a non-finite float somewhere
+    except ValueError as exc:
+        if "Out of range float" not in str(exc):  # e.g. a circular reference
+            raise
         text = json.dumps(_finite_or_null(obj), indent=2, ensure_ascii=False, allow_nan=False)
     return atomic_write_bytes(target, (text + "\n").encode("utf-8"))

@@ -12,6 +12,7 @@ threads), and only PIL's refusal of twice its own limit is kept.
 from __future__ import annotations
 
 import io
+import os
 import threading
 import warnings
 from numbers import Integral
@@ -72,7 +73,9 @@ def _on_white(rgba: Image.Image) -> np.ndarray:
 
 
 def load_image(
-    source: str | Path | bytes | bytearray | memoryview, *, max_pixels: int = DEFAULT_MAX_PIXELS
+    source: str | os.PathLike[str] | bytes | bytearray | memoryview,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> np.ndarray:
     """Load an image as an ``HxWx3`` uint8 RGB array.
 
@@ -85,7 +88,7 @@ def load_image(
         raise InputError(f"max_pixels must be a positive integer, got {max_pixels!r}")
     if isinstance(source, (bytearray, memoryview)):
         source = bytes(source)
-    if not isinstance(source, (str, Path, bytes)):
+    if not isinstance(source, (str, os.PathLike, bytes)):
         raise InputError(
             f"an image source is a file path or an image file's bytes, got {type(source).__name__}"
         )

@@ -25,9 +25,10 @@ from torch import nn
 from ovsam.boxes import clip_boxes_to_image
 from ovsam.errors import InputError, NotReadyError
 from ovsam.image_state import ImageState
+from ovsam.input_values import check_flag
 from ovsam.modeling.common import weights_checksum, weights_key
 from ovsam.modeling.image_token_cache import ImageTokenCache
-from ovsam.prompt_arrays import check_flag, check_mask_input, check_points, rgb_image
+from ovsam.prompt_arrays import check_mask_input, check_points, rgb_image
 from ovsam.prompt_tensors import check_image_tensor, check_prompt_tensors
 from ovsam.transforms import ResizeLongestSide
 
@@ -61,7 +62,7 @@ class SamPredictor:
         self._state: ImageState | None = None
         self._checksums: dict[str, tuple[tuple[object, ...], tuple[object, ...]]] = {}
         if cache_image_tokens is not None:
-            check_flag("cache_image_tokens", cache_image_tokens)
+            cache_image_tokens = check_flag("cache_image_tokens", cache_image_tokens)
         self.cache_image_tokens = cache_image_tokens
 
     @property
@@ -109,7 +110,8 @@ class SamPredictor:
         original_size, input_size = check_image_tensor(
             transformed_image, original_size, self.transform.target_length
         )
-        image = transformed_image.to(self.device, self._weights_dtype())
+        dtype = next(self.model.image_encoder.parameters()).dtype
+        image = transformed_image.to(self.device, dtype)
         state = self._encode(self.model.preprocess(image), original_size, input_size)
         state.encoder = self._state_keys()
         self._state = state

@@ -12,7 +12,7 @@ import numpy as np
 from ovsam.boxes import finite_array
 from ovsam.errors import InputError
 from ovsam.image_io import check_image_array
-from ovsam.prompt_tensors import check_mask_logits
+from ovsam.input_values import check_mask_logits
 
 
 def rgb_image(image: np.ndarray, image_format: str = "RGB") -> np.ndarray:
@@ -26,14 +26,6 @@ def rgb_image(image: np.ndarray, image_format: str = "RGB") -> np.ndarray:
         raise InputError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
     rgb = check_image_array(image)
     return np.ascontiguousarray(rgb[:, :, ::-1]) if image_format == "BGR" else rgb
-
-
-def check_flag(name: str, value: object) -> bool:
-    """``value`` as a bool: only ``True`` / ``False`` (numpy's too), so that a string such as
-    "no" or a number is refused rather than judged by its truthiness."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise InputError(f"{name} must be True or False, got {value!r}")
-    return bool(value)
 
 
 def check_points(

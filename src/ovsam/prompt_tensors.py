@@ -7,18 +7,16 @@ wrong tensor is an :class:`InputError` naming it rather than an error deep insid
 
 from __future__ import annotations
 
-from numbers import Integral
+import operator
 
 import torch
 
 from ovsam.errors import InputError
+from ovsam.input_values import check_mask_logits
 from ovsam.transforms import preprocess_shape
 
 # SAM's point labels: -1 padding, 0 background, 1 object, 2/3 box corners.
 POINT_LABELS = (-1, 0, 1, 2, 3)
-#: Largest magnitude a mask prompt's logits may have. SAM's own stay within about +-100; far
-#: larger values overflow the mask encoder's float32 LayerNorm into NaN.
-MASK_LOGIT_LIMIT = 1e6
 
 
 def _tensor(
@@ -41,13 +39,18 @@ def _tensor(
     return value
 
 
-def check_mask_logits(name: str, largest: float) -> None:
-    """Refuse mask logits whose largest magnitude exceeds :data:`MASK_LOGIT_LIMIT`."""
-    if largest > MASK_LOGIT_LIMIT:
-        raise InputError(
-            f"{name} must be logits within +-{MASK_LOGIT_LIMIT:g} (a previous prediction's "
-            f"low-res logits), got a value of magnitude {largest:.3g}"
-        )
+def _image_size(original_size: object) -> tuple[int, int]:
+    """``original_size`` (any pair of positive integers: ints, numpy or 0-d torch integers, a
+    ``torch.Size``, an array) as ``(H, W)`` ints."""
+    try:
+        values = list(original_size)  # type: ignore[call-overload]
+        if len(values) == 2 and not any(isinstance(v, bool) for v in values):
+            height, width = (operator.index(v) for v in values)
+            if height > 0 and width > 0:
+                return height, width
+    except TypeError:
+        pass
+    raise InputError(f"original_size must be (H, W), two positive integers, got {original_size!r}")
 
 
 def check_image_tensor(
@@ -57,21 +60,13 @@ def check_image_tensor(
 
     ``image`` ``1x3xhxw`` real values (0..255, any real dtype but bool) resized from an
     ``original_size`` ``(H, W)`` image (positive integers) by ``ResizeLongestSide(
-    target_length)``, so that ``(h, w)`` is exactly that resize's size.
+    target_length)``: ``(h, w)`` must be exactly that resize's size (the masks are mapped back
+    by it).
     """
     tensor = _tensor("image", image, 4, "1x3xHxW", "set_torch_image")
     if tensor.shape[:2] != (1, 3):
         raise InputError(f"expected a 1x3xHxW image tensor, got {tuple(tensor.shape)}")
-    size = tuple(original_size) if isinstance(original_size, (tuple, list)) else None
-    if (
-        size is None
-        or len(size) != 2
-        or not all(isinstance(v, Integral) and not isinstance(v, bool) and v > 0 for v in size)
-    ):
-        raise InputError(
-            f"original_size must be (H, W), two positive integers, got {original_size!r}"
-        )
-    height, width = int(size[0]), int(size[1])
+    height, width = _image_size(original_size)
     input_size = (int(tensor.shape[2]), int(tensor.shape[3]))
     expected = preprocess_shape(height, width, target_length)
     if input_size != expected:

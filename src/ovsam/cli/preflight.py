@@ -1,7 +1,8 @@
 """Checks of a command's ``--device`` and ``--out`` before any model is loaded.
 
-A bad device or an output path that cannot be written is reported in one line (exit 2)
-at once, rather than as a traceback after minutes of work. Nothing is created here.
+A bad device, an output path that cannot be written, or an input image that the outputs
+would replace is reported in one line (exit 2) at once, rather than as a traceback (or lost
+input) after minutes of work. Nothing is created here.
 """
 
 from __future__ import annotations

@@ -136,8 +136,9 @@ def check_image_files(image_root: str | Path, paths: Iterable[Path]) -> None:
     images an evaluation will read) is missing, naming the first missing ones."""
     root = Path(image_root)
     if not root.is_dir():
-        why = "is not a folder" if root.exists() else "does not exist"
-        raise InputError(f"image folder {root} {why}")
+        if root.exists():
+            raise InputError(f"{root} is not a folder (given as the image folder)")
+        raise InputError(f"image folder {root} does not exist")
     missing = [str(path) for path in dict.fromkeys(paths) if not path.is_file()]
     if missing:
         shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")

@@ -224,14 +224,14 @@ def ovsam_checkpoint_config(path: str | Path) -> OVSamConfig | None:
         stat = os.stat(path)
     except OSError:
         return None
-    return _recorded_config(
-        str(Path(path).resolve()), (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
-    )
+    version = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    return _recorded_config(str(path), str(Path(path).resolve()), version)
 
 
 @functools.lru_cache(maxsize=16)
-def _recorded_config(path: str, version: tuple[int, ...]) -> OVSamConfig | None:
-    """:func:`ovsam_checkpoint_config` of ``path`` as it is at ``version`` (its stat)."""
+def _recorded_config(path: str, target: str, version: tuple[int, ...]) -> OVSamConfig | None:
+    """:func:`ovsam_checkpoint_config` of ``path`` (named so in messages), the file ``target``
+    as it is at ``version`` (its stat)."""
     meta = _ovsam_metadata(path)
     if meta is None:
         return None

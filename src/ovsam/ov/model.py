@@ -12,8 +12,9 @@ OpenAI names), ``image_encoder.neck.*``, ``fpn_neck.*``, ``prompt_encoder.*`` (S
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from numbers import Real
+from numbers import Integral, Real
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +29,8 @@ from ovsam.ov.sam2clip import SAM2CLIPAdapter
 
 IMAGE_SIZE = 1024
 PROMPT_DIM = 256
+#: Largest ``logit_scale``: its exp (the cosine multiplier) must stay a finite float32.
+LOGIT_SCALE_MAX = 88.0
 
 
 @dataclass(frozen=True)
@@ -60,36 +63,40 @@ class OVSamConfig:
 
     def __post_init__(self) -> None:
         """Check every setting's type and range (a ``ValueError`` naming the first bad one):
-        they come from files too."""
+        they come from files too. Numbers are stored as Python ``int`` / ``float`` and class
+        names as a tuple."""
         vocabulary = self.seen_vocabulary
-        if isinstance(vocabulary, (list, tuple)):  # class names (a list once read from JSON)
-            object.__setattr__(self, "seen_vocabulary", tuple(vocabulary))
-        if not (
-            isinstance(vocabulary, str)
-            or (
-                isinstance(vocabulary, (list, tuple))
-                and all(isinstance(n, str) for n in vocabulary)
-            )
-        ):
-            raise ValueError(
-                f"seen_vocabulary must be a name or a list of names, got {vocabulary!r}"
-            )
+        if not isinstance(vocabulary, str):  # class names (a list once read from JSON)
+            if isinstance(vocabulary, Iterable) and not isinstance(vocabulary, (bytes, Mapping)):
+                vocabulary = tuple(vocabulary)
+            if not isinstance(vocabulary, tuple) or not all(isinstance(n, str) for n in vocabulary):
+                raise ValueError(
+                    f"seen_vocabulary must be a name or a list of names, got {vocabulary!r}"
+                )
+            object.__setattr__(self, "seen_vocabulary", vocabulary)
         for name in ("clip_model", "clip_weights", "clip_weights_sha256"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
         for name in ("roi_size", "adapter_dim", "adapter_depth", "adapter_heads"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            object.__setattr__(self, name, int(value))
         if self.adapter_dim % self.adapter_heads:
             raise ValueError(
                 f"adapter_dim {self.adapter_dim} must be a multiple of adapter_heads "
                 f"{self.adapter_heads}"
             )
-        for name in ("alpha_seen", "alpha_unseen", "logit_scale"):
+        for name, low, high in (
+            ("alpha_seen", 0.0, 1.0),
+            ("alpha_unseen", 0.0, 1.0),
+            ("logit_scale", -math.inf, LOGIT_SCALE_MAX),
+        ):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, Real) or not low <= value <= high:
+                bounds = f"at most {high:g}" if low == -math.inf else f"in [{low:g}, {high:g}]"
+                raise ValueError(f"{name} must be a number {bounds}, got {value!r}")
+            object.__setattr__(self, name, float(value))
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

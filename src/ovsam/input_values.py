@@ -1,0 +1,32 @@
+"""Checks of plain values that both predictor tiers take: flags and mask-prompt logits.
+
+Each raises :class:`~ovsam.errors.InputError` naming the value; the numpy tier's prompts are
+checked in :mod:`ovsam.prompt_arrays`, the tensor tier's in :mod:`ovsam.prompt_tensors`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ovsam.errors import InputError
+
+#: Largest magnitude a mask prompt's logits may have. SAM's own stay within about +-100; far
+#: larger values overflow the mask encoder's float32 LayerNorm into NaN.
+MASK_LOGIT_LIMIT = 1e6
+
+
+def check_flag(name: str, value: object) -> bool:
+    """``value`` as a bool: only ``True`` / ``False`` (numpy's too), so that a string such as
+    "no" or a number is refused rather than judged by its truthiness."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise InputError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def check_mask_logits(name: str, largest: float) -> None:
+    """Refuse mask logits whose largest magnitude exceeds :data:`MASK_LOGIT_LIMIT`."""
+    if largest > MASK_LOGIT_LIMIT:
+        raise InputError(
+            f"{name} must be logits within +-{MASK_LOGIT_LIMIT:g} (a previous prediction's "
+            f"low-res logits), got a value of magnitude {largest:.3g}"
+        )
