@@ -99,6 +99,24 @@ def test_an_input_image_among_the_outputs_is_kept(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", name]
 
 
+def test_an_empty_out_and_a_second_box_are_usage_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``--out ""`` would be the current folder; a second ``--box`` replaced the first."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["segment", str(SAMPLE_PHOTO), "--point", "5", "5", "--out", ""])
+    assert exit_info.value.code == 2
+    assert (
+        "argument --out: an empty path: give a folder or file to write to"
+        in capsys.readouterr().err
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main(_segment(tmp_path / "out", "--box", "1", "2", "30", "40"))
+    assert exit_info.value.code == 2
+    assert "--box given twice: give it once" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_file_system_errors_while_writing_are_one_line(
     tmp_path: Path, mobilesam_checkpoint: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -352,8 +352,10 @@ def test_a_grid_too_large_is_refused_before_the_model_is_built(
     argv = ["everything", str(folder), "--out", str(tmp_path / "out")]
     assert main([*argv, "--points-per-side", "100000"]) == 2
     assert capsys.readouterr().err == (
-        "ovsam everything: error: points_per_side=100000: expected at most 256\n"
+        "ovsam everything: error: --points-per-side=100000: expected at most 256\n"
     )
+    assert main([*argv, "--min-area", "-5"]) == 2  # settings are named by their flags
+    assert capsys.readouterr().err.endswith("error: --min-area=-5: expected an integer >= 0\n")
     assert not (tmp_path / "out").exists()
 
 

@@ -10,6 +10,7 @@ are removed with non-maximum suppression on mask IoU ranked by predicted IoU.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from numbers import Integral, Real
 from typing import Any
@@ -97,22 +98,29 @@ class Candidates:
 MAX_POINTS_PER_SIDE = 256
 
 
-def check_generator_settings(settings: dict[str, Any]) -> None:
+def check_generator_settings(
+    settings: dict[str, Any], labels: Mapping[str, str] | None = None
+) -> None:
     """Raise :class:`InputError` naming the first :class:`AutomaticMaskGenerator` setting (by
     field name, any subset) no run can use, before any model is built or image embedded.
+    ``labels`` names settings in the message as their caller knows them (e.g. a CLI flag).
 
     Counts (``min_mask_area`` is a pixel count) must be integers (``points_per_side`` at most
     :data:`MAX_POINTS_PER_SIDE`), thresholds real numbers (Python's or numpy's; booleans are
     refused)."""
+
+    def label(name: str) -> str:
+        return (labels or {}).get(name, name)
+
     counts = (("points_per_side", 1, MAX_POINTS_PER_SIDE), ("points_per_batch", 1, None))
     for name, least, most in (*counts, ("min_mask_area", 0, None)):
         if name not in settings:
             continue
         value = settings[name]
         if isinstance(value, bool) or not isinstance(value, Integral) or value < least:
-            raise InputError(f"{name}={value!r}: expected an integer >= {least}")
+            raise InputError(f"{label(name)}={value!r}: expected an integer >= {least}")
         if most is not None and value > most:
-            raise InputError(f"{name}={value!r}: expected at most {most}")
+            raise InputError(f"{label(name)}={value!r}: expected at most {most}")
     for name, low, high in (
         ("pred_iou_thresh", -math.inf, 1.0),  # predicted IoUs: ~[0, 1]; negative keeps all
         ("stability_score_thresh", 0.0, 1.0),
@@ -129,7 +137,7 @@ def check_generator_settings(settings: dict[str, Any]) -> None:
                 bounds = f" >= {low}" * (low > -math.inf)
             else:
                 bounds = f" <= {high}" if low == -math.inf else f" in [{low}, {high}]"
-            raise InputError(f"{name}={value!r}: expected a finite number{bounds}")
+            raise InputError(f"{label(name)}={value!r}: expected a finite number{bounds}")
 
 
 @dataclass

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 
 def int_in_range(low: int, high: int | None = None) -> Callable[[str], int]:
@@ -22,3 +23,27 @@ def int_in_range(low: int, high: int | None = None) -> Callable[[str], int]:
         return value
 
     return convert
+
+
+def output_path(text: str) -> Path:
+    """An argparse type: a path to write to; an empty one is a usage error (``Path("")`` is
+    the current folder, which nobody means by it)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path: give a folder or file to write to")
+    return Path(text)
+
+
+class StoreOnce(argparse.Action):
+    """Like ``store``, but giving the option twice is a usage error (the second would silently
+    replace the first)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[object] | None,
+        option_string: str | None = None,
+    ) -> None:
+        if getattr(namespace, self.dest, None) is not None:
+            parser.error(f"{option_string} given twice: give it once")
+        setattr(namespace, self.dest, values)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ovsam.cli.arg_types import output_path
 from ovsam.cli.segment_cmd import add_model_arguments
 
 
@@ -15,7 +16,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Download the default weights if needed, segment the coffee cup in the "
         "sample photo from a box prompt, and print where the outputs are.",
     )
-    parser.add_argument("--out", type=Path, default=Path("ovsam-demo"), help="output folder")
+    parser.add_argument("--out", type=output_path, default=Path("ovsam-demo"), help="output folder")
     add_model_arguments(parser)
     parser.set_defaults(run=run)
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ovsam.cli.arg_types import output_path
 from ovsam.cli.segment_cmd import add_clip_arguments, add_model_arguments, recognition_options
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("annotations", type=Path, help="COCO instances_*.json or LVIS v1 json")
     parser.add_argument("--images", type=Path, required=True, help="image folder")
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--out", type=output_path, required=True, help="output folder")
     parser.add_argument(
         "--split", choices=["coco-ov", "lvis", "all"], default="coco-ov",
         help="base/novel split: OV-COCO 48/17 (other classes skipped), LVIS rare = novel, or all "

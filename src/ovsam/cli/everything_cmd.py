@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ovsam.cli.arg_types import output_path
 from ovsam.cli.segment_cmd import add_label_arguments, add_model_arguments, label_options
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "Exit status 1 when some images of a folder could not be read (each is named).",
     )
     parser.add_argument("image", type=Path, help="image file or folder of images")
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--out", type=output_path, required=True, help="output folder")
     parser.add_argument(
         "--points-per-side", type=int, default=32, help="grid size, 1 to 256 (default 32)"
     )
@@ -154,7 +155,9 @@ def run(args: argparse.Namespace) -> int:
         "stability_score_thresh": args.stability_thresh,
         "min_mask_area": args.min_area,
     }
-    check_generator_settings(generator_settings)  # before any model is built
+    flags = {"points_per_side": "--points-per-side", "pred_iou_thresh": "--pred-iou-thresh",
+             "stability_score_thresh": "--stability-thresh", "min_mask_area": "--min-area"}  # fmt: skip
+    check_generator_settings(generator_settings, flags)  # before any model is built
     jobs = list_jobs(args.image, args.out)
     options = label_options(args)
     settings = run_settings(args, options)

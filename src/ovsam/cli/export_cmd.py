@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
+from ovsam.cli.arg_types import output_path
 from ovsam.cli.segment_cmd import add_model_arguments
 
 
@@ -15,7 +15,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Export prompt encoder + mask decoder of a SAM-family model to ONNX "
         "(inputs as segment-anything's ONNX model) and check it against torch.",
     )
-    parser.add_argument("--out", type=Path, required=True, help="output .onnx file")
+    parser.add_argument("--out", type=output_path, required=True, help="output .onnx file")
     parser.add_argument(
         "--opset",
         type=int,

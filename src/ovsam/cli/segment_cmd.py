@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ovsam.cli.arg_types import StoreOnce, output_path
+
 if TYPE_CHECKING:  # the parser must import nothing heavy (see ovsam.cli.main)
     from ovsam.recognizers import LabelOptions
     from ovsam.vocab import Vocabulary
@@ -37,7 +39,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("image", type=Path, help="image file (PNG, JPEG, ...)")
     parser.add_argument(
-        "--box", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"), help="XYXY pixels"
+        "--box",
+        nargs=4,
+        type=float,
+        action=StoreOnce,
+        metavar=("X0", "Y0", "X1", "Y1"),
+        help="XYXY pixels (once)",
     )
     parser.add_argument(
         "--point", nargs=2, type=float, action="append", default=[], metavar=("X", "Y"),
@@ -47,7 +54,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--negative", nargs=2, type=float, action="append", default=[], metavar=("X", "Y"),
         help="a point NOT on the object (repeatable)",
     )  # fmt: skip
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--out", type=output_path, required=True, help="output folder")
     add_model_arguments(parser)
     add_label_arguments(parser)
     parser.set_defaults(run=run)

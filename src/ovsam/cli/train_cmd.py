@@ -14,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ovsam.cli.arg_types import output_path
 from ovsam.errors import InputError
 from ovsam.train.config import TASKS, TrainConfig
 
@@ -39,7 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument(
         "--out",
         dest="model_out",
-        type=Path,
+        type=output_path,
         required=True,
         metavar="FILE",
         help="model file (.safetensors)",
@@ -54,7 +55,9 @@ def _add_task_parser(tasks: argparse._SubParsersAction, task: str) -> None:
         "--data", type=Path, required=True, help="image folder (or COCO image root)"
     )
     parser.add_argument("--annotations", type=Path, default=None, help="COCO/LVIS json (optional)")
-    parser.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, logs)")
+    parser.add_argument(
+        "--out", type=output_path, required=True, help="run folder (checkpoints, logs)"
+    )
     parser.add_argument(
         "--set", action="append", default=[], metavar="FIELD=VALUE", help="config override"
     )
