@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
@@ -88,6 +89,18 @@ def test_failed_write_keeps_previous_file(tmp_path: Path) -> None:
         atomic_write(target, broken)
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
+
+
+def test_a_full_disk_names_the_file_being_written(tmp_path: Path) -> None:
+    target = tmp_path / "overlay.png"
+
+    def full(fh: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")  # as a write() reports it
+
+    with pytest.raises(OSError, match=f"No space left on device: '{target}'") as info:
+        atomic_write(target, full)
+    assert info.value.errno == errno.ENOSPC
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_failed_rename_names_the_target_not_the_temporary_file(tmp_path: Path) -> None:

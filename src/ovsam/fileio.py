@@ -51,7 +51,8 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
 
     On an exception the temporary file is removed and ``target`` is left untouched. When the
     temporary file cannot be made or renamed over ``target`` (e.g. ``target`` is a folder, or
-    its folder is not writable), the ``OSError`` names ``target``, not the temporary file.
+    its folder is not writable), or cannot be written (the disk is full), the ``OSError``
+    names ``target``, not the temporary file (or no file).
     ``target`` gets the umask's permissions (an old file's, when it replaces one), also when
     the caller's writer replaced the temporary file (safetensors' ``save_file`` makes a new
     0600 one).
@@ -67,7 +68,12 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as exc:  # writing the temporary file failed, e.g. the disk is full
+            if exc.filename in (None, str(tmp)):
+                raise _naming_target(exc, target) from exc
+            raise
         try:
             os.chmod(tmp, mode)  # the writer may have replaced the file
             os.replace(tmp, target)
