@@ -155,8 +155,12 @@ def run(args: argparse.Namespace) -> int:
         "stability_score_thresh": args.stability_thresh,
         "min_mask_area": args.min_area,
     }
-    flags = {"points_per_side": "--points-per-side", "pred_iou_thresh": "--pred-iou-thresh",
-             "stability_score_thresh": "--stability-thresh", "min_mask_area": "--min-area"}  # fmt: skip
+    flags = {
+        "points_per_side": "--points-per-side",
+        "pred_iou_thresh": "--pred-iou-thresh",
+        "stability_score_thresh": "--stability-thresh",
+        "min_mask_area": "--min-area",
+    }
     check_generator_settings(generator_settings, flags)  # before any model is built
     jobs = list_jobs(args.image, args.out)
     options = label_options(args)

@@ -235,25 +235,20 @@ def _recorded_config(path: str, target: str, version: tuple[int, ...]) -> OVSamC
     meta = _ovsam_metadata(path)
     if meta is None:
         return None
-    try:
+    try:  # not JSON, not an object, or settings of the wrong type or range (ValueError)
         recorded = json.loads(meta["config"])
         if not isinstance(recorded, dict):
             raise ValueError(f"a JSON {type(recorded).__name__}, not an object")
-    except (KeyError, ValueError) as exc:
-        raise CheckpointError(
-            f"{path} is an ovsam checkpoint whose recorded config is damaged ({first_line(exc)})"
-        ) from exc
-    known = {f.name for f in fields(OVSamConfig)}
-    unknown = sorted(set(recorded) - known)
-    if unknown:
-        warnings.warn(
-            f"{path} records settings this ovsam does not know, ignored: {', '.join(unknown)} "
-            "(written by a newer ovsam?)",
-            stacklevel=3,
-        )
-    try:
+        known = {f.name for f in fields(OVSamConfig)}
+        unknown = sorted(set(recorded) - known)
+        if unknown:
+            warnings.warn(
+                f"{path} records settings this ovsam does not know, ignored: "
+                f"{', '.join(unknown)} (written by a newer ovsam?)",
+                stacklevel=3,
+            )
         return OVSamConfig(**{k: v for k, v in recorded.items() if k in known})
-    except ValueError as exc:
+    except (KeyError, ValueError) as exc:
         raise CheckpointError(
             f"{path} is an ovsam checkpoint whose recorded config is damaged ({first_line(exc)})"
         ) from exc

@@ -21,8 +21,9 @@ with the text tower of the same weights, :func:`~ovsam.recognizers.build_labeled
 A ``random_clip`` run is refused (its CLIP weights are not saved), as is a run without
 ``adapter_checkpoint`` (its random adapter is not saved either) and one whose adapter was
 distilled with another CLIP or teacher (:func:`~ovsam.train.config.check_adapter_run`; a bare
-adapter file, outside its sam2clip run folder, cannot be checked). :func:`export_ovsam` reports the step it exported and the
-run's ``steps``: the newest checkpoint may be that of an unfinished run.
+adapter file, outside its sam2clip run folder, cannot be checked). :func:`export_ovsam`
+reports the step it exported and the run's ``steps``: the newest checkpoint may be that of an
+unfinished run.
 """
 
 from __future__ import annotations
