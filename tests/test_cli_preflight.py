@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ovsam.assets import SAMPLE_BOX, SAMPLE_PHOTO
-from ovsam.cli.main import main
+from ovsam.cli.main import build_parser, main
 from ovsam.errors import InputError, OVSamError
 from ovsam.export_onnx import export_decoder_onnx
 
@@ -115,6 +115,25 @@ def test_an_empty_out_and_a_second_box_are_usage_errors(
     assert exit_info.value.code == 2
     assert "--box given twice: give it once" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_negative_numbers_in_any_form_are_values_not_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """argparse alone reads ``-1e3`` and ``-inf`` as options ("expected 4 arguments")."""
+    argv = "segment x.jpg --box -1e3 -2.5E-1 -.5 -7 --point -5e0 3 --out o".split()
+    args = build_parser().parse_args(argv)
+    assert args.box == [-1000.0, -0.25, -0.5, -7.0]
+    assert args.point == [[-5.0, 3.0]]
+    with pytest.raises(SystemExit):  # a negative-looking word is still an unknown option
+        build_parser().parse_args("segment x.jpg --box -e3 0 1 1 --out o".split())
+    capsys.readouterr()
+    assert (
+        main(["segment", str(SAMPLE_PHOTO), "--box", "-inf", "0", "9", "9", "--out", str(tmp_path)])
+        == 2
+    )
+    assert "box contains NaN or infinite values" in _error(capsys)
+    assert not any(tmp_path.iterdir())
 
 
 def test_file_system_errors_while_writing_are_one_line(

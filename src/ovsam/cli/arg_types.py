@@ -1,10 +1,29 @@
-"""argparse ``type=`` converters shared by the commands (and the benchmark scripts)."""
+"""argparse pieces shared by the commands (and the benchmark scripts): the parser, ``type=`` converters, actions."""
 
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+# A negative number in any form ``float()`` reads: -5, -.5, -1e3, -2.5E-4, -inf, -nan.
+_NEGATIVE_NUMBER = re.compile(
+    r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE
+)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, reading every negative number as a value.
+
+    argparse takes ``-5`` and ``-0.5`` for values but ``-1e3`` and ``-inf`` for options, so
+    ``--box -1e3 0 10 10`` failed with "expected 4 arguments". Sub-parsers made by
+    ``add_subparsers`` are of this class too.
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._negative_number_matcher = _NEGATIVE_NUMBER
 
 
 def int_in_range(low: int, high: int | None = None) -> Callable[[str], int]:

@@ -14,6 +14,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from ovsam.cli.arg_types import ArgumentParser
 from ovsam.cli.preflight import preflight
 from ovsam.errors import OVSamError, first_line
 
@@ -33,7 +34,7 @@ COMMAND_MODULES: dict[str, str] = {
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level parser with every sub-command registered."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="ovsam", description="Segment and name any object you point at."
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
