@@ -1,4 +1,5 @@
-"""argparse pieces shared by the commands (and the benchmark scripts): the parser, ``type=`` converters, actions."""
+"""argparse pieces shared by the commands (and the benchmark scripts): the parser,
+``type=`` converters and actions."""
 
 from __future__ import annotations
 

@@ -34,9 +34,7 @@ COMMAND_MODULES: dict[str, str] = {
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level parser with every sub-command registered."""
-    parser = ArgumentParser(
-        prog="ovsam", description="Segment and name any object you point at."
-    )
+    parser = ArgumentParser(prog="ovsam", description="Segment and name any object you point at.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in COMMAND_MODULES.values():
         importlib.import_module(module_name).add_parser(subparsers)
