@@ -20,6 +20,10 @@ def test_consistent_batches_pass() -> None:
     assert check_prompt_tensors(None, None, torch.zeros(0, 4), None, 256) == 0
     assert check_prompt_tensors(None, None, BOXES, MASKS[:1], 256) == 2  # one shared mask
     assert check_prompt_tensors(None, None, None, MASKS[:1], 256) == 1
+    assert check_prompt_tensors(COORDS[:, :0], LABELS[:, :0], BOXES, None, 256) == 2  # boxes only
+    assert (
+        check_prompt_tensors(COORDS, torch.tensor([[1, -1, -1], [3, 2, -1]]), None, None, 256) == 2
+    )
 
 
 @pytest.mark.parametrize(
@@ -43,6 +47,16 @@ def test_consistent_batches_pass() -> None:
         ((COORDS, LABELS.bool(), None, None), r"point_labels must be real .* torch.bool"),
         ((COORDS.to("meta"), LABELS, None, None), "point_coords is a meta tensor"),
         ((None, None, None, MASKS + 1e30), r"within \+-1e\+06 .* magnitude 1e\+30"),
+        (
+            (None, None, None, MASKS.to(torch.uint8)),
+            "mask_input must be float logits .* torch.uint8",
+        ),
+        (
+            (COORDS[:, :0], LABELS[:, :0], None, None),
+            r"prompt 0 has no points \(N = 0\) and no box",
+        ),
+        ((COORDS, LABELS * 0 - 1, None, None), r"prompt 0 has no points \(N = 3, all -1 padding"),
+        ((COORDS, torch.tensor([[1, -1, -1], [-1, -1, -1]]), None, None), "prompt 1 has no"),
     ],
 )
 def test_wrong_prompts_are_named(args: tuple, message: str) -> None:

@@ -23,8 +23,14 @@ def check_flag(name: str, value: object) -> bool:
     return bool(value)
 
 
-def check_mask_logits(name: str, largest: float) -> None:
-    """Refuse mask logits whose largest magnitude exceeds :data:`MASK_LOGIT_LIMIT`."""
+def check_mask_logits(name: str, dtype_name: str, integer: bool, largest: float) -> None:
+    """Refuse mask logits of an ``integer`` dtype (a 0/1 or 0/255 mask is not logits: SAM reads
+    0 as undecided) or whose largest magnitude exceeds :data:`MASK_LOGIT_LIMIT`."""
+    if integer:
+        raise InputError(
+            f"{name} must be float logits (a previous prediction's low-res logits), got "
+            f"{dtype_name} values: a binary mask is not logits"
+        )
     if largest > MASK_LOGIT_LIMIT:
         raise InputError(
             f"{name} must be logits within +-{MASK_LOGIT_LIMIT:g} (a previous prediction's "

@@ -55,13 +55,16 @@ def check_points(
 
 def check_mask_input(mask_input: object, low_res: int) -> np.ndarray:
     """``1 x low_res x low_res`` logits (a previous prediction's) as float32."""
+    raw_dtype = np.asarray(mask_input).dtype
     arr = finite_array("mask_input", mask_input, f"1x{low_res}x{low_res} logits")
     if arr.shape != (1, low_res, low_res):
         raise InputError(
             f"mask_input must be 1x{low_res}x{low_res} low-res logits (from a previous "
             f"predict), got shape {arr.shape}"
         )
-    check_mask_logits("mask_input", float(np.abs(arr).max()))
+    check_mask_logits(
+        "mask_input", str(raw_dtype), raw_dtype.kind in "iu", float(np.abs(arr).max())
+    )
     return arr.astype(np.float32)
 
 

@@ -112,13 +112,27 @@ def check_prompt_tensors(
             raise InputError(
                 f"mask_input must be Bx1x{low_res}x{low_res}, got shape {tuple(mask.shape)}"
             )
-        if mask.numel():
-            check_mask_logits("mask_input", float(mask.abs().max()))
+        largest = float(mask.abs().max()) if mask.numel() else 0.0
+        check_mask_logits("mask_input", str(mask.dtype), not mask.is_floating_point(), largest)
         if mask.shape[0] != 1 or not batches:  # one mask goes with any batch
             batches["mask_input"] = mask.shape[0]
     if not batches:
         raise InputError("give at least one prompt: points, boxes or a mask_input")
+    if boxes is None and mask_input is None:
+        _check_every_row_has_points(labels)
     if len(set(batches.values())) > 1:
         sizes = ", ".join(f"{k} {v}" for k, v in batches.items())
         raise InputError(f"prompts must have the same batch size, got {sizes}")
     return next(iter(batches.values()))
+
+
+def _check_every_row_has_points(labels: torch.Tensor) -> None:
+    """Refuse a prompt whose ``BxN`` labels (no box, no mask) hold no point: N = 0, or
+    only -1 padding. The decoder would return a confident mask of nothing in particular."""
+    empty = ~(labels >= 0).any(dim=1)
+    if bool(empty.any()):
+        row = int(empty.nonzero()[0, 0])
+        raise InputError(
+            f"prompt {row} has no points (N = {labels.shape[1]}"
+            f"{'' if labels.shape[1] == 0 else ', all -1 padding'}) and no box or mask_input"
+        )
