@@ -7,6 +7,7 @@ width ``adapter_dim``), so the engine, config checks and checkpoints are the rea
 from __future__ import annotations
 
 import json
+import math
 import sys
 import types
 from collections.abc import Callable
@@ -315,3 +316,32 @@ def test_clip2sam_says_once_that_its_clip_is_random(train: Train, tmp_path: Path
     annotations = ("--annotations", str(tmp_path / "a.json"))
     code, _, err = train(*TINY, "steps=1", "random_clip=true", task="clip2sam", extra=annotations)
     assert code == 0 and err.count("random_clip=true (testing mode)") == 1
+
+
+def test_a_loss_gone_nan_stops_before_the_weights_change(
+    train: Train, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An optimizer step on NaN would put NaN into every later checkpoint."""
+
+    class DivergingTask(TinyTask):
+        calls = 0
+
+        def loss(self, module: nn.Module, items: list[int], rng: np.random.Generator) -> dict:
+            DivergingTask.calls += 1
+            losses = super().loss(module, items, rng)
+            return {"loss": losses["loss"] * (math.nan if DivergingTask.calls >= 3 else 1.0)}
+
+    monkeypatch.setattr("ovsam.train.sam2clip_task.Sam2ClipTask", DivergingTask)
+    run = tmp_path / "run"
+    code, _, err = train(*TINY, "steps=4", "lr=0.5")
+    assert code == 2
+    last = err.splitlines()[-1]  # after the progress bar
+    assert last.startswith("ovsam train: error: step 3: loss = nan; the weights were not updated")
+    assert f"(the last checkpoint in {run} is kept)" in last
+    assert "--set lr=0.05" in err
+    assert [row["step"] for row in log_rows(run)] == [1, 2]
+    assert json.loads((run / "checkpoints" / "latest.json").read_text())["step"] == 2
+    monkeypatch.setattr("ovsam.train.sam2clip_task.Sam2ClipTask", TinyTask)
+    assert train()[0] == 0  # resumes from the finite step-2 checkpoint
+    assert [row["step"] for row in log_rows(run)] == [1, 2, 3, 4]
+    assert all(math.isfinite(row["loss"]) for row in log_rows(run))

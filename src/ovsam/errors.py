@@ -33,3 +33,7 @@ class WeightsUnavailableError(OVSamError):
 
 class NotReadyError(OVSamError, RuntimeError):
     """An operation was called out of order, e.g. ``predict`` before ``set_image``."""
+
+
+class TrainingDivergedError(OVSamError, RuntimeError):
+    """A training loss became NaN or infinite; the weights were left as they were."""

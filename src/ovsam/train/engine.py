@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from ovsam.checkpoint import load_state_dict_strict
 from ovsam.distributed import DistInfo, barrier
-from ovsam.errors import CheckpointError, InputError, first_line
+from ovsam.errors import CheckpointError, InputError, TrainingDivergedError, first_line
 from ovsam.fileio import atomic_path, atomic_write_bytes, atomic_write_json
 from ovsam.train.config import TrainConfig, save_config
 
@@ -259,6 +259,8 @@ class Trainer:
                 (losses["loss"] / config.grad_accum).backward()
             for key, value in losses.items():
                 totals[key] = totals.get(key, 0.0) + float(value.detach()) / config.grad_accum
+        means = self._mean_over_ranks(totals)  # the same on every rank: all stop, or none
+        self._check_finite(means)
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.module.parameters(), config.grad_clip)
         lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses, not the next one's
@@ -266,9 +268,22 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        row = {"step": self.step, **self._mean_over_ranks(totals), "lr": lr}
+        row = {"step": self.step, **means, "lr": lr}
         row["seconds"] = time.perf_counter() - start
         return row
+
+    def _check_finite(self, losses: dict[str, float]) -> None:
+        """Stop before an optimizer step on NaN or infinite ``losses`` (means over ranks): it
+        would write NaN into the weights, and every later checkpoint would hold them."""
+        bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
+        if bad:
+            self.optimizer.zero_grad(set_to_none=True)
+            values = ", ".join(f"{k} = {v}" for k, v in bad.items())
+            raise TrainingDivergedError(
+                f"step {self.step + 1}: {values}; the weights were not updated (the last "
+                f"checkpoint in {self.run_dir} is kept): lower the learning rate (--set "
+                f"lr={self.config.lr / 10:g}) or clip gradients (--set grad_clip=...)"
+            )
 
     def train(self, stop_after: int | None = None) -> list[dict[str, float]]:
         """Train to ``config.steps`` (resuming if possible); ``stop_after`` ends the process's
