@@ -1,9 +1,9 @@
-"""The paper's evaluation protocol: known answers, splits, prompts, resume."""
+"""The paper's evaluation protocol: known answers, splits, resume (ground truth and prompt
+sampling: ``test_eval_data``)."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +11,8 @@ import pytest
 
 from ovsam.data.instances import (
     InstanceDataset,
-    fill_polygons,
-    polygons_to_mask,
     read_annotations,
 )
-from ovsam.data.prompts import center_points, large_scale_jitter, random_points
 from ovsam.errors import InputError
 from ovsam.evaluation.accounting import select_images, summary_line
 from ovsam.evaluation.metrics import summarize
@@ -23,7 +20,6 @@ from ovsam.evaluation.runner import (
     check_settings,
     coco_ov_splits,
     evaluate_rank,
-    lvis_splits,
     write_report,
 )
 from tiny_coco import write_tiny_coco
@@ -258,66 +254,6 @@ def test_settings_are_recorded_then_enforced(
         check_settings(tmp_path, {**settings, "prompt": "point"})
     with pytest.raises(InputError, match="limit must be at least 1"):
         select_images(annotations, coco, 0)
-
-
-def test_lvis_novel_classes_are_the_rare_ones() -> None:
-    cats = [{"id": 1, "frequency": "r"}, {"id": 2, "frequency": "c"}, {"id": 3, "frequency": "f"}]
-    assert lvis_splits(cats) == {1: "novel", 2: "base", 3: "base"}
-    with pytest.raises(InputError, match=r"no LVIS 'frequency' field \(category id 4\)"):
-        lvis_splits([*cats, {"id": 4, "name": "cat"}])
-
-
-def test_prompt_helpers() -> None:
-    mask = np.zeros((1, 20, 30), dtype=bool)
-    mask[0, 2:18, 3:13] = True
-    x, y = center_points(mask)[0]
-    assert 7 <= x <= 9 and 9 <= y <= 11
-    rng = np.random.default_rng(0)
-    px, py = random_points(mask, rng)[0]
-    assert mask[0, int(py), int(px)]
-    image = np.full((20, 30, 3), 200, dtype=np.uint8)
-    out_img, out_mask = large_scale_jitter(image, mask, rng, size=64, scale_range=(1.0, 1.0))
-    assert out_img.shape == (64, 64, 3) and out_mask.shape == (1, 64, 64) and out_mask.any()
-    assert polygons_to_mask([[1, 1, 5, 1, 5, 4, 1, 4]], 6, 8).sum() == 12
-
-
-@pytest.mark.parametrize("pycocotools", [True, False])
-def test_polygon_ground_truth_does_not_depend_on_the_coco_extra(
-    pycocotools: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Without pycocotools, polygons fill the pixels whose centres they contain: a box polygon
-    gives exactly pycocotools' pixels (not one more row and column, as PIL's fill did)."""
-    if pycocotools:
-        pytest.importorskip("pycocotools")
-    else:
-        monkeypatch.setitem(sys.modules, "pycocotools", None)  # import fails
-    mask = polygons_to_mask([[4, 10, 34, 10, 34, 50, 4, 50], [40, 0, 45, 0, 45, 2, 40, 2]], 60, 50)
-    expected = np.zeros((60, 50), dtype=bool)
-    expected[10:50, 4:34] = expected[0:2, 40:45] = True
-    assert np.array_equal(mask, expected)
-    clipped = polygons_to_mask([[-5, -5, 20, -5, 20, 20, -5, 20]], 10, 30)  # off the image
-    assert clipped[:, :20].all() and not clipped[:, 20:].any()
-
-
-def test_filled_polygons_agree_with_pycocotools() -> None:
-    """On slanted edges the two rasterisers differ by a few pixels, evenly both ways."""
-    coco_mask = pytest.importorskip("pycocotools.mask")
-    rng = np.random.default_rng(1)
-    extra = missing = area = 0
-    for _ in range(100):
-        n = int(rng.integers(3, 12))
-        angle, radius = np.sort(rng.uniform(0, 2 * np.pi, n)), rng.uniform(10, 60, n)
-        polygon = np.stack([75 + radius * np.cos(angle), 75 + radius * np.sin(angle)], 1)
-        polygon = polygon.ravel().tolist()
-        ref = coco_mask.decode(coco_mask.frPyObjects([polygon], 150, 150))[..., 0].astype(bool)
-        got = fill_polygons([polygon], 150, 150)
-        extra, missing, area = (
-            extra + (got & ~ref).sum(),
-            missing + (ref & ~got).sum(),
-            area + ref.sum(),
-        )
-    assert extra < 0.005 * area and missing < 0.005 * area  # about 0.3% each way
-    assert abs(int(extra) - int(missing)) < 0.1 * (extra + missing)  # unbiased
 
 
 def test_eval_command_end_to_end(
