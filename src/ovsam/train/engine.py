@@ -280,9 +280,9 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             values = ", ".join(f"{k} = {v}" for k, v in bad.items())
             raise TrainingDivergedError(
-                f"step {self.step + 1}: {values}; the weights were not updated (the last "
-                f"checkpoint in {self.run_dir} is kept): lower the learning rate (--set "
-                f"lr={self.config.lr / 10:g}) or clip gradients (--set grad_clip=...)"
+                f"step {self.step + 1}: {values}; training stopped before the weights changed "
+                f"(the checkpoints in {self.run_dir} are kept). A re-run would diverge again: "
+                f"start a new --out with a lower learning rate (--set lr={self.config.lr / 10:g})"
             )
 
     def train(self, stop_after: int | None = None) -> list[dict[str, float]]:
