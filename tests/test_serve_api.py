@@ -293,6 +293,12 @@ def test_vocabularies(engine: SegmentationEngine) -> None:
         "vocabulary_too_large",
         "vocabulary has 4 names, more than the limit of 3",
     )
+    r = client.post("/v1/vocabularies", json={"name": "big", "names": ["a, b", "c, d"]})
+    assert error_of(r) == (  # each synonym is embedded: they count
+        413,
+        "vocabulary_too_large",
+        "vocabulary has 4 names counting synonyms, more than the limit of 3",
+    )
     r = client.post("/v1/vocabularies", json={"name": "bad name!", "names": ["a"]})
     assert r.status_code == 422 and "name" in r.json()["error"]["message"]
 

@@ -17,7 +17,9 @@ LIMIT_OPTIONS: dict[str, tuple[str, int, str]] = {
     "max_body_bytes": ("--max-body-mb", MIB, "largest JSON request body, in MiB"),
     "max_pixels": ("--max-pixels", 1, "largest image (width x height pixels)"),
     "max_points": ("--max-points", 1, "points (clicks) in one request"),
-    "max_vocabulary": ("--max-vocabulary", 1, "class names in one custom vocabulary"),
+    "max_vocabulary": (
+        "--max-vocabulary", 1, "class names in one custom vocabulary, synonyms included"
+    ),
     "max_name_chars": ("--max-name-chars", 1, "characters in one class name"),
     "max_custom_vocabularies": (
         "--max-custom-vocabularies", 1, "custom vocabularies kept (least recently used dropped)"

@@ -1,4 +1,5 @@
-"""Custom vocabularies typed by users: kept in memory, bounded in size and number.
+"""Custom vocabularies typed by users: kept in memory, bounded in size (synonyms included) and
+number.
 
 Posted names are read as the command line and :func:`ovsam.vocab.load_vocabulary` read them:
 one class per entry, commas separate synonyms (``"saucer, plate"`` is one class labelled
@@ -44,17 +45,19 @@ class Vocabularies:
         self._custom: OrderedDict[str, Vocabulary] = OrderedDict()
         self._lock = threading.Lock()
 
-    def too_large(self, size: int) -> ApiError:
-        """The error for a vocabulary of ``size`` names over the limit."""
+    def too_large(self, size: int, what: str = "names") -> ApiError:
+        """The error for a vocabulary of ``size`` names (``what``) over the limit."""
         return ApiError(
             413, "vocabulary_too_large",
-            f"vocabulary has {size} names, more than the limit of {self.settings.max_vocabulary}",
+            f"vocabulary has {size} {what}, more than the limit of "
+            f"{self.settings.max_vocabulary}",
         )  # fmt: skip
 
     def add(self, name: str, names: list[str]) -> Vocabulary:
         """Add (or replace) ``name`` from ``names`` (blank entries are dropped, and repeated
         ones: the same synonyms, however spaced); returns the parsed vocabulary. The length
-        limit applies to each name, synonyms one by one."""
+        limit applies to each name, synonyms one by one, and the size limit to the names
+        counting synonyms (each is embedded)."""
         if name in BUILTIN_VOCABULARIES:
             raise ApiError(
                 409, "builtin_vocabulary", f"{name!r} is a built-in vocabulary: choose another name"
@@ -68,6 +71,9 @@ class Vocabularies:
             raise ApiError(400, "empty_vocabulary", "vocabulary is empty: give at least one name")
         if len(entries) > self.settings.max_vocabulary:
             raise self.too_large(len(entries))
+        synonym_count = sum(len(entry) for entry in entries)  # each one is embedded
+        if synonym_count > self.settings.max_vocabulary:
+            raise self.too_large(synonym_count, "names counting synonyms")
         synonyms = (n for entry in entries for n in entry)
         long = next((n for n in synonyms if len(n) > self.settings.max_name_chars), None)
         if long is not None:
