@@ -138,7 +138,7 @@ def test_commas_separate_synonyms_as_on_the_command_line(labelled: SegmentationE
     labels = client.post(f"/v1/images/{image_id}/predict", json=body).json()["labels"]
     expected = load_vocabulary(["cup", "saucer, plate"])
     assert {label["name"] for label in labels} == set(expected.classes) == {"cup", "saucer"}
-    bank = labelled.recognizer.bank(expected)  # type: ignore[attr-defined]
+    bank = labelled.recognizer.banks.get(expected)  # type: ignore[attr-defined]
     assert bank.names == ("cup", "saucer") and len(bank.embeddings) == 3  # "plate" is embedded
     r = client.post("/v1/vocabularies", json={"name": "twice", "names": ["cup, mug", "", "Mug"]})
     assert (r.status_code, r.json()["error"]) == (400, {
@@ -170,3 +170,39 @@ def test_vocabulary_names_of_only_dots_are_refused(
     assert r.status_code == status, r.text
     if status == 422:
         assert r.json()["error"]["message"].startswith("name: String should match pattern")
+
+
+def test_only_builtin_text_banks_go_to_disk_and_a_request_keeps_its_bank(
+    mobilesam_model: torch.nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Posted vocabularies would let any client fill the disk; a bank the in-memory LRU drops
+    between ``prepare`` and ``label`` must not be rebuilt under the model lock."""
+    recognizer = recognition.ClipRecognizer(tiny_clip(), "tiny test CLIP", "none", banks_kept=1)
+    engine = SegmentationEngine(SamPredictor(mobilesam_model), "mobilesam", recognizer)
+    client = TestClient(create_app(ServeSettings(), lambda _: engine))
+    image_id, box = upload_scene(client)
+    banks = tmp_path / "cache" / "text_banks"
+    for i in range(3):
+        client.post("/v1/vocabularies", json={"name": "v", "names": [f"thing {i}", "cup"]})
+        r = client.post(f"/v1/images/{image_id}/predict", json={"box": box, "vocabulary": "v"})
+        assert r.status_code == 200 and r.json()["labels"], r.text
+    assert not list(banks.glob("*"))
+    r = client.post(f"/v1/images/{image_id}/predict", json={"box": box, "vocabulary": "coco"})
+    assert r.status_code == 200 and len(r.json()["labels"]) == 5
+    assert len(list(banks.glob("*.safetensors"))) == 1
+
+    real_prepare = recognizer.prepare
+
+    def prepare_then_drop(vocabulary: object) -> object:
+        prepared = real_prepare(vocabulary)  # type: ignore[arg-type]
+        recognizer.banks._banks.clear()  # another request's bank pushed it out
+
+        def no_rebuild(*args: object, **kwargs: object) -> None:
+            raise AssertionError("rebuilt under the model lock")
+
+        monkeypatch.setattr(recognition, "build_text_bank", no_rebuild)
+        return prepared
+
+    monkeypatch.setattr(recognizer, "prepare", prepare_then_drop)
+    r = client.post(f"/v1/images/{image_id}/predict", json={"box": box, "vocabulary": "v"})
+    assert r.status_code == 200 and r.json()["labels"][0]["name"] in ("thing 2", "cup"), r.text

@@ -43,14 +43,16 @@ class Recognizer(Protocol):
         """Raise :class:`~ovsam.errors.InputError` if ``vocabulary`` cannot be used (e.g. a name
         longer than the text encoder's context); called when a vocabulary is posted."""
 
-    def prepare(self, vocabulary: Vocabulary) -> None:
-        """Build what ``vocabulary`` needs (e.g. its text bank); runs outside the model lock."""
+    def prepare(self, vocabulary: Vocabulary) -> object:
+        """What :meth:`label` needs to name masks from ``vocabulary`` (e.g. its text bank),
+        built outside the model lock; handed back to :meth:`label` as ``prepared``."""
 
     def label(
-        self, state: ImageState, decoded: DecodedMask, vocabulary: Vocabulary, top_k: int
+        self, state: ImageState, decoded: DecodedMask, prepared: object, top_k: int
     ) -> list[tuple[str, float]]:
-        """Top-k ``(name, probability)`` for a mask decoded on the embedded image. Called
-        under the engine's lock, with ``state`` loaded in its predictor."""
+        """Top-k ``(name, probability)`` for a mask decoded on the embedded image, from the
+        vocabulary ``prepared`` by :meth:`prepare`. Called under the engine's lock, with
+        ``state`` loaded in its predictor."""
 
 
 class MissingRecognizer:
@@ -65,11 +67,11 @@ class MissingRecognizer:
     def check(self, vocabulary: Vocabulary) -> None:
         return None
 
-    def prepare(self, vocabulary: Vocabulary) -> None:
+    def prepare(self, vocabulary: Vocabulary) -> object:
         return None
 
     def label(
-        self, state: ImageState, decoded: DecodedMask, vocabulary: Vocabulary, top_k: int
+        self, state: ImageState, decoded: DecodedMask, prepared: object, top_k: int
     ) -> list[tuple[str, float]]:
         return []
 
@@ -125,8 +127,7 @@ class SegmentationEngine:
         The vocabulary is prepared before the model lock is taken, so building a large text
         bank never holds up other users' prompts."""
         start = time.perf_counter()
-        if vocabulary:
-            self.recognizer.prepare(vocabulary)
+        prepared = self.recognizer.prepare(vocabulary) if vocabulary else None
         multimask = choose_multimask(0 if points is None else len(points), box is not None)
         with self._lock:
             self.predictor.load_state(state)
@@ -145,7 +146,7 @@ class SegmentationEngine:
                 names: list[tuple[str, float]] = []
                 if vocabulary and masks[best].any():  # an empty mask has nothing to name
                     decoded = DecodedMask(masks[best], low_res[best], box)
-                    names = self.recognizer.label(state, decoded, vocabulary, top_k)
+                    names = self.recognizer.label(state, decoded, prepared, top_k)
             finally:
                 self.predictor.reset_image()
         return Prediction(

@@ -1,9 +1,10 @@
 """Real recognizers for the server: CLIP Image-Crop labels, or Open-Vocabulary SAM's own.
 
 Text banks are built once per vocabulary, from every synonym of every class as on the command
-line (and cached on disk by :func:`~ovsam.clip.text_bank.build_text_bank`), and the last few
-are kept in memory (:class:`TextBanks`). :class:`ClipRecognizer` keeps the uploaded pixels in
-the image's state (``extras["pixels"]``) so a mask can be cropped later without re-upload;
+line, and the last few are kept in memory (:class:`TextBanks`); those of built-in
+vocabularies are also cached on disk by :func:`~ovsam.clip.text_bank.build_text_bank` (not
+those that clients post: any client could fill the disk). :class:`ClipRecognizer` keeps the
+uploaded pixels in the image's state (``extras["pixels"]``) so a mask can be cropped later without re-upload;
 :class:`OVSamRecognizer` names a mask from the OV-SAM features of the image's state, as
 :meth:`~ovsam.ov.predictor.OVSamPredictor.predict` does.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import cast
 
 from ovsam.clip.model import CLIP
 from ovsam.clip.region_classifier import classify_regions
@@ -21,7 +23,7 @@ from ovsam.image_state import ImageState
 from ovsam.ov.baselines import PIXELS
 from ovsam.ov.predictor import OVSamPredictor
 from ovsam.serve.engine import DecodedMask
-from ovsam.vocab import Vocabulary, prompt_templates
+from ovsam.vocab import BUILTIN_VOCABULARIES, Vocabulary, prompt_templates
 
 Synonyms = tuple[tuple[str, ...], ...]
 """A vocabulary's synonym lists: the key of its text bank."""
@@ -57,7 +59,10 @@ class TextBanks:
                 if key in self._banks:
                     return self._banks[key]
             try:
-                bank = build_text_bank(self.clip, vocabulary, self.templates, progress=False)
+                on_disk = vocabulary.name in BUILTIN_VOCABULARIES  # posted names are not
+                bank = build_text_bank(
+                    self.clip, vocabulary, self.templates, cache=on_disk, progress=False
+                )
                 with self._lock:
                     self._banks[key] = bank
                     while len(self._banks) > self.kept:
@@ -77,8 +82,9 @@ class BankRecognizer:
     def check(self, vocabulary: Vocabulary) -> None:
         self.banks.check(vocabulary)
 
-    def prepare(self, vocabulary: Vocabulary) -> None:
-        self.banks.get(vocabulary)
+    def prepare(self, vocabulary: Vocabulary) -> TextBank:
+        """``vocabulary``'s text bank (held by the request, whatever the LRU drops meanwhile)."""
+        return self.banks.get(vocabulary)
 
 
 class ClipRecognizer(BankRecognizer):
@@ -100,16 +106,12 @@ class ClipRecognizer(BankRecognizer):
         self.random_weights = random_weights
         self.banks = TextBanks(self.clip, prompt_templates(templates), banks_kept)
 
-    def bank(self, vocabulary: Vocabulary) -> TextBank:
-        """The (LRU-kept) text bank of ``vocabulary``."""
-        return self.banks.get(vocabulary)
-
     def label(
-        self, state: ImageState, decoded: DecodedMask, vocabulary: Vocabulary, top_k: int
+        self, state: ImageState, decoded: DecodedMask, prepared: object, top_k: int
     ) -> list[tuple[str, float]]:
         pixels = state.extras[PIXELS].numpy()
         labels = classify_regions(
-            self.clip, pixels, self.bank(vocabulary), masks=decoded.mask[None], top_k=top_k
+            self.clip, pixels, cast(TextBank, prepared), masks=decoded.mask[None], top_k=top_k
         )
         return labels.top_k()[0]
 
@@ -137,9 +139,9 @@ class OVSamRecognizer(BankRecognizer):
         self.banks = TextBanks(predictor.text_model, predictor.templates, banks_kept)
 
     def label(
-        self, state: ImageState, decoded: DecodedMask, vocabulary: Vocabulary, top_k: int
+        self, state: ImageState, decoded: DecodedMask, prepared: object, top_k: int
     ) -> list[tuple[str, float]]:
-        predictor, bank = self.predictor, self.banks.get(vocabulary)
+        predictor, bank = self.predictor, cast(TextBank, prepared)
         if predictor.bank is not bank:
             predictor.set_text_bank(bank)
         predictor.top_k = top_k
