@@ -82,14 +82,20 @@ class ImageStore:
 
     def _evict(self) -> None:
         while len(self._items) > self.max_images or (
-            len(self._items) > 1 and self.total_bytes() > self.max_bytes
+            len(self._items) > 1 and self._bytes() > self.max_bytes
         ):
             self._items.popitem(last=False)
             self.evictions += 1
 
-    def total_bytes(self) -> int:
-        """Bytes held by all stored images."""
+    def _bytes(self) -> int:
         return sum(item.nbytes() for item in self._items.values())
 
+    def total_bytes(self) -> int:
+        """Bytes held by all stored images (under the lock: iterating while a request touches
+        an image raised "OrderedDict mutated during iteration")."""
+        with self._lock:
+            return self._bytes()
+
     def __len__(self) -> int:
-        return len(self._items)
+        with self._lock:
+            return len(self._items)
