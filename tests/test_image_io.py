@@ -77,6 +77,9 @@ def test_float_image_with_nan_is_rescaled_with_nan_as_zero(tmp_path: Path) -> No
 def test_corrupt_and_non_image_data_are_named(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="not a readable image"):
         load_image(b"this is not an image")
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n"  # PIL would run Ghostscript
+    with pytest.raises(InputError, match=r"^image data is not a readable image \(unknown format"):
+        load_image(eps)
     truncated = tmp_path / "cut.jpg"
     truncated.write_bytes(SAMPLE_PHOTO.read_bytes()[:5000])
     with pytest.raises(InputError, match="corrupt or truncated"):

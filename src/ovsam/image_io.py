@@ -2,7 +2,8 @@
 
 Grayscale, palette, RGBA (alpha composited on white), CMYK, 16-bit and float images are
 converted (16-bit by a fixed scale, 65535 -> 255; see :func:`_gray_to_uint8`); EXIF
-orientation is applied. Corrupt or non-image data raises :class:`InputError`. Size is
+orientation is applied. Corrupt or non-image data raises :class:`InputError`, and so does
+PostScript (EPS), which PIL would hand to Ghostscript. Size is
 ovsam's call (``max_pixels``, :class:`ImageTooLargeError`): PIL's DecompressionBombWarning is
 silenced while an image file is opened (the one place PIL checks it; under a lock, as
 ``warnings.catch_warnings`` is process-wide and the server reads uploads in several
@@ -25,6 +26,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ovsam.errors import InputError
 
 DEFAULT_MAX_PIXELS = 100_000_000
+# Formats PIL reads that ovsam refuses: EPS is PostScript, which PIL hands to Ghostscript (a
+# program run on the file's code: not for uploads).
+_REFUSED_FORMATS = frozenset({"EPS"})
 _WARNINGS_LOCK = threading.Lock()  # one catch_warnings at a time (see the module doc)
 
 
@@ -123,7 +127,7 @@ def _decode(fh: IO[bytes], what: str, max_pixels: int) -> np.ndarray:
     """Open, size-check and decode the image in ``fh`` (``what`` names it in errors)."""
     with _WARNINGS_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        opened = Image.open(fh)
+        opened = Image.open(fh, formats=_opened_formats())
     with opened as img:
         width, height = img.size
         if width < 1 or height < 1:
@@ -135,6 +139,12 @@ def _decode(fh: IO[bytes], what: str, max_pixels: int) -> np.ndarray:
             )
         img.load()
         return np.ascontiguousarray(_to_uint8_rgb(ImageOps.exif_transpose(img)))
+
+
+def _opened_formats() -> list[str]:
+    """The formats :func:`load_image` opens: PIL's readable formats less the refused ones."""
+    Image.init()
+    return [name for name in Image.OPEN if name not in _REFUSED_FORMATS]
 
 
 def check_image_array(image: np.ndarray) -> np.ndarray:
