@@ -144,6 +144,7 @@ def test_missing_ovsam_weights_leave_mobilesam_segmenting_and_say_how_to_get_the
     assert fallback.model_name == "mobilesam" and "clip_RN50_openai" in (
         fallback.recognizer.message
     )
+    assert fallback.weights == "default"  # MobileSAM's, not the OV-SAM file's
     off = default_engine(ServeSettings(model="ovsam_coco", recognizer="ovsam"))
     assert off.model_name == "mobilesam" and "'ovsam serve --recognizer ovsam'" in (
         off.recognizer.message
@@ -166,6 +167,7 @@ def test_random_recognition_builds_ovsam_and_marks_masks_and_labels_random(
     settings = ServeSettings(recognizer="ovsam", random_recognition=True, clip_model="RN50")
     engine = default_engine(settings)
     assert built == [("ovsam_coco", False)] and engine.model_name == "ovsam_coco"
+    assert engine.weights == "random"
     assert engine.recognizer.random_weights and engine.recognizer.message == (
         "recognition: Open-Vocabulary SAM (CLIP2SAM head + frozen CLIP), random OV-SAM and "
         "CLIP weights (testing only): masks and labels are meaningless"

@@ -131,7 +131,7 @@ def create_app(
     def health() -> Health:
         """Model, recognition and cache status (``HEAD`` answers the status alone)."""
         return Health(
-            status="ok", model=engine.model_name, weights=settings.checkpoint or "default",
+            status="ok", model=engine.model_name, weights=engine.weights,
             recognition=recognition(), cached_images=len(store),
             cache_capacity=settings.cache_images, cache_bytes=store.total_bytes(),
         )  # fmt: skip
@@ -261,7 +261,7 @@ def default_engine(settings: ServeSettings) -> SegmentationEngine:
     ):  # an OV-SAM model without its recognition weights: the default model segments
         name, checkpoint = FALLBACK_MODEL, None
     model = build_model(name, checkpoint=checkpoint).to(settings.device)
-    return SegmentationEngine(SamPredictor(model), name, recognizer)
+    return SegmentationEngine(SamPredictor(model), name, recognizer, checkpoint or "default")
 
 
 def ovsam_engine(settings: ServeSettings) -> SegmentationEngine:
@@ -281,7 +281,8 @@ def ovsam_engine(settings: ServeSettings) -> SegmentationEngine:
     if not options.random_weights:
         note = f"{name} with {note}"
     recognizer = OVSamRecognizer(predictor, note, random_weights=options.random_weights)
-    return SegmentationEngine(predictor, name, recognizer)
+    weights = "random" if options.random_masks else settings.checkpoint or "default"
+    return SegmentationEngine(predictor, name, recognizer, weights)
 
 
 def serve_label_options(settings: ServeSettings) -> LabelOptions:

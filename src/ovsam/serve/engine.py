@@ -91,10 +91,15 @@ class SegmentationEngine:
     """Thread-safe access to one :class:`SamPredictor` (requests are served one at a time)."""
 
     def __init__(
-        self, predictor: SamPredictor, model_name: str, recognizer: Recognizer | None = None
+        self,
+        predictor: SamPredictor,
+        model_name: str,
+        recognizer: Recognizer | None = None,
+        weights: str = "default",
     ) -> None:
         self.predictor = predictor
         self.model_name = model_name
+        self.weights = weights  # what segments: "default", "random" or a checkpoint
         self.recognizer: Recognizer = recognizer or MissingRecognizer()
         self.score_name = mask_score_name(predictor.model)
         self._lock = threading.Lock()
