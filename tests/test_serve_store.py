@@ -1,13 +1,17 @@
-"""The server's image store under concurrent requests."""
+"""The server under concurrent requests: its image store, and how many uploads it decodes."""
 
 from __future__ import annotations
 
+import io
 import sys
 import threading
 import time
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from ovsam.serve.store import ImageStore
 
@@ -53,3 +57,48 @@ def test_health_figures_are_read_while_requests_touch_images() -> None:
     finally:
         done.set()
         thread.join()
+
+
+def test_uploads_are_decoded_two_at_a_time(
+    mobilesam_model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A decode can take ~10 bytes per pixel of a 40 MP upload; 40 request threads at once
+    would need gigabytes before the model (one image at a time) gets to any of them."""
+    pytest.importorskip("fastapi")
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastapi.testclient import TestClient
+
+    import ovsam.serve.app as serve_app
+    from ovsam.predictor import SamPredictor
+    from ovsam.serve.engine import SegmentationEngine
+    from ovsam.serve.settings import ServeSettings
+
+    engine = SegmentationEngine(SamPredictor(mobilesam_model), "mobilesam")
+    client = TestClient(serve_app.create_app(ServeSettings(), lambda _: engine))
+    decoding, most = [0], [0]
+    lock, real_load = threading.Lock(), serve_app.load_image
+
+    def slow_load(*args: object, **kwargs: object) -> object:
+        with lock:
+            decoding[0] += 1
+            most[0] = max(most[0], decoding[0])
+        time.sleep(0.3)  # long enough for every upload to arrive meanwhile
+        with lock:
+            decoding[0] -= 1
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(serve_app, "load_image", slow_load)
+    embedded = engine.embed(np.zeros((24, 32, 3), np.uint8))  # the model is not under test
+    monkeypatch.setattr(engine, "embed", lambda image: embedded)
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 24), (200, 30, 30)).save(buffer, format="PNG")
+    png = buffer.getvalue()
+
+    def upload(_: int) -> int:
+        files = {"file": ("a.png", png, "image/png")}
+        return client.post("/v1/images", files=files).status_code
+
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        assert list(pool.map(upload, range(5))) == [201] * 5
+    assert most[0] == serve_app.DECODES_AT_ONCE == 2

@@ -9,6 +9,7 @@ Every error is JSON ``{"error": {"code", "message"}}`` with a 4xx status naming 
 from __future__ import annotations
 
 import base64
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,6 +50,9 @@ MULTIPART_OVERHEAD = 64 * 1024
 FALLBACK_MODEL = "mobilesam"
 """What segments when an Open-Vocabulary SAM model was asked for but its weights are missing."""
 UNTYPED = ("", "application/octet-stream")
+# Uploads decoded at once: a decode of a --max-pixels image peaks at ~10 bytes a pixel, and
+# requests run in a pool of 40 threads (the model embeds one image at a time anyway).
+DECODES_AT_ONCE = 2
 """Declared content types that say nothing about the file (curl, ``requests``, browsers)."""
 
 
@@ -71,6 +75,7 @@ def create_app(
     store = ImageStore(settings.cache_images, settings.cache_bytes, settings.masks_per_image)
     vocabularies = Vocabularies(settings, engine.recognizer.check)
     app.state.engine, app.state.store, app.state.vocabularies = engine, store, vocabularies
+    decoding = threading.BoundedSemaphore(DECODES_AT_ONCE)
 
     def too_many_points(kind: str) -> Callable[[int], ApiError]:
         return lambda n: ApiError(
@@ -117,7 +122,8 @@ def create_app(
 
     def register(data: bytes, name: str) -> ImageInfo:
         try:
-            image = load_image(data, max_pixels=settings.max_pixels)
+            with decoding:
+                image = load_image(data, max_pixels=settings.max_pixels)
         except ImageTooLargeError as exc:
             raise ApiError(413, "too_many_pixels", str(exc)) from exc
         except InputError as exc:
