@@ -159,6 +159,9 @@ def test_huge_lists_fail_in_the_schema_with_the_documented_codes(client: TestCli
          "request body must be JSON: send it with Content-Type: application/json"),
         (b'{"points": [[1, 1]], "labels": [true]}', "application/json", 422, "invalid_request",
          "labels.0: Input should be a valid integer"),
+        (b'{"box": [1, 2, 3, 4], "point_coords": [[2, 2]], "topk": 3}', "application/json", 422,
+         "invalid_request", "point_coords: unknown field (the fields are listed at /docs); "
+         "topk: unknown field (the fields are listed at /docs)"),
     ],
 )  # fmt: skip
 def test_malformed_json_bodies(

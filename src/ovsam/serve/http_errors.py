@@ -84,6 +84,9 @@ def validation_error(exc: RequestValidationError, limits: dict[str, TooLong]) ->
             )  # fmt: skip
         if err.get("type") == "too_long" and len(loc) == 1 and loc[0] in limits:
             return limits[loc[0]](int(err.get("ctx", {}).get("actual_length", 0)))
+        if err.get("type") == "extra_forbidden":  # e.g. the Python API's "point_coords"
+            parts.append(f"{'.'.join(loc)}: unknown field (the fields are listed at /docs)")
+            continue
         parts.append(
             _shape_message(err, loc) or f"{'.'.join(loc) or 'body'}: {err.get('msg', 'invalid')}"
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 MAX_POINTS = 1024
 """Schema bound on points and labels of one prompt (``ServeSettings.max_points`` is lower)."""
@@ -34,6 +34,8 @@ class ImageInfo(BaseModel):
 
 
 class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # "point_coords" or "topk" must not be ignored
+
     points: list[tuple[float, float]] = Field(
         default_factory=list, max_length=MAX_POINTS, description="XY pixels"
     )
@@ -84,6 +86,8 @@ class PredictResponse(BaseModel):
 
 
 class VocabularyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     name: str = Field(min_length=1, max_length=64, pattern=VOCABULARY_NAME)
     names: list[str] = Field(
         max_length=MAX_NAMES,
