@@ -245,7 +245,7 @@ def test_upload_byte_and_pixel_limits(engine: SegmentationEngine) -> None:
             "points.0: expected 2 values (X, Y); points.1: expected 2 values (X, Y)",
         ),
         ({"points": [["a", 1]], "labels": [1]}, 422, "invalid_request", "points"),
-        ({"box": [1, 1, 50, 50], "mask_id": "nope"}, 404, "unknown_mask", "unknown mask id 'nope'"),
+        ({"box": [1, 1, 50, 50], "mask_id": "nope"}, 404, "unknown_mask", "only its last 32 masks"),
         (
             {"box": [1, 1, 50, 50], "vocabulary": "nope"},
             404,

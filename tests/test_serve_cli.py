@@ -314,3 +314,11 @@ def test_port_0_serves_on_a_free_port_and_says_which(
     assert main(["serve", "--port", "0"]) == 0
     assert captured.port is not None and captured.port > 0
     assert f"on http://127.0.0.1:{captured.port}/ " in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+def test_an_ipv6_host_is_printed_in_brackets(
+    captured: Captured, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve", "--host", "::1", "--port", "0"]) == 0
+    assert f"on http://[::1]:{captured.port}/ " in capsys.readouterr().out

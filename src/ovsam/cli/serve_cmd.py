@@ -127,9 +127,8 @@ def run(args: argparse.Namespace) -> int:
             raise _needs_serve_extra(f"FastAPI: {first_line(exc)}") from exc
         port = sockets[0].getsockname()[1]
         engine = app.state.engine
-        print(
-            f"ovsam: serving {engine.model_name} on http://{args.host}:{port}/ (API docs at /docs)"
-        )
+        url = f"http://{_url_host(args.host)}:{port}/"
+        print(f"ovsam: serving {engine.model_name} on {url} (API docs at /docs)")
         recognizer = engine.recognizer
         print(f"ovsam: {'labels' if recognizer.available else 'no labels'}: {recognizer.message}")
         config = uvicorn.Config(app, host=args.host, port=port, log_level="warning")
@@ -179,3 +178,8 @@ def _needs_serve_extra(reason: str) -> OVSamError:
     return OVSamError(
         f"the web server needs the [serve] extra ({reason}): pip install 'ovsam[serve]'"
     )
+
+
+def _url_host(host: str) -> str:
+    """``host`` as a URL writes it: an IPv6 address in brackets (``[::1]``)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host

@@ -194,8 +194,10 @@ def create_app(
             mask_input = item.masks.get(body.mask_id)
             if mask_input is None:
                 raise ApiError(
-                    404, "unknown_mask", f"unknown mask id {body.mask_id!r} for this image"
-                )
+                    404, "unknown_mask",
+                    f"unknown mask id {body.mask_id!r} for this image (never returned for it, or "
+                    f"dropped: only its last {settings.masks_per_image} masks are kept)",
+                )  # fmt: skip
         names = vocabularies.get(body.vocabulary) if body.vocabulary else None
         result = engine.predict(
             item.state,
