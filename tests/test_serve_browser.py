@@ -346,3 +346,22 @@ def test_an_error_page_that_is_not_json_shows_its_status(server_url: str) -> Non
         page.wait_for_function("document.getElementById('status').classList.contains('error')")
         status = page.locator("#status").inner_text()
     assert status.startswith("502") and "not JSON" in status, status
+
+
+def test_a_slow_named_mask_says_why(server_url: str) -> None:
+    """The first mask named with a large vocabulary waits until all its names are embedded
+    (minutes on a CPU): the status says so rather than the page looking frozen."""
+    with browser_page() as page:
+        open_page(page, server_url)
+        page.select_option("#vocabulary", "lvis")
+        upload_sample(page)
+        held: list = []
+        page.route("**/predict", lambda route: held.append(route))  # a slow answer
+        drag_box(page)
+        page.wait_for_function(
+            "document.getElementById('status').textContent.startsWith('Still working')"
+        )
+        status = page.locator("#status").inner_text()
+        held[0].continue_()
+        wait_mask(page)  # the answer replaces the note
+    assert "the first mask named with lvis (1203) embeds all its class names once" in status

@@ -5,6 +5,7 @@ const $ = (id) => document.getElementById(id);
 const imageCanvas = $("image");
 const overlayCanvas = $("overlay");
 const MASK_COLOR = [30, 144, 255];
+const SLOW_ANSWER_MS = 1500;  // then the status says why a named mask may take long
 // Typed names are saved under a name of this page's own, so two users do not overwrite each other.
 const CUSTOM_VOCABULARY = `custom-${Math.random().toString(36).slice(2, 10)}`;
 
@@ -138,6 +139,11 @@ async function predict(retried = false) {
   state.busy = true;
   let stale = false, retry = false;
   const vocabulary = $("vocabulary").value;
+  // A vocabulary's first use embeds every one of its names: minutes on a CPU for a large one.
+  const named = $("vocabulary").selectedOptions[0]?.textContent;  // e.g. "lvis (1203)"
+  const slow = vocabulary && setTimeout(() => {
+    if (!isStale()) setStatus(`Still working: the first mask named with ${named} embeds all its class names once, which can take minutes on a CPU for a large vocabulary…`);
+  }, SLOW_ANSWER_MS);
   try {
     const body = { points, labels, box, top_k: 5 };
     if (vocabulary) body.vocabulary = vocabulary;
@@ -169,6 +175,7 @@ async function predict(retried = false) {
       setStatus(err.message, true);
     }
   } finally {
+    clearTimeout(slow);
     state.busy = false;
   }
   if (retry) { predict(true); return; }
