@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,16 @@ def test_json_is_standard_with_non_finite_numbers_as_null(tmp_path: Path) -> Non
     with pytest.raises(ValueError, match="Circular reference"):
         atomic_write_json(tmp_path / "loop.json", looped)
     assert not (tmp_path / "loop.json").exists()
+
+
+def test_json_holds_file_names_that_are_not_utf8(tmp_path: Path) -> None:
+    """``os`` decodes a name's non-UTF-8 bytes to lone surrogates, which UTF-8 cannot hold."""
+    name = os.fsdecode(b"caf\xe9.png")
+    record = {"image": name, name: ["\ud800", "ok", float("nan")]}
+    text = atomic_write_json(tmp_path / "r.json", record).read_bytes().decode("utf-8")
+    assert json.loads(text) == {
+        "image": "caf\\xe9.png", "caf\\xe9.png": ["\\ud800", "ok", None]
+    }  # fmt: skip
 
 
 def test_failed_write_keeps_previous_file(tmp_path: Path) -> None:

@@ -98,26 +98,41 @@ def atomic_write_bytes(target: str | Path, data: bytes) -> Path:
     return atomic_write(target, lambda fh: fh.write(data))
 
 
-def _finite_or_null(obj: Any) -> Any:
-    """``obj`` with every NaN or infinite float (in dicts, lists and tuples) replaced by None."""
+def printable(text: str) -> str:
+    """``text`` with what UTF-8 cannot hold escaped: the bytes of a file name that are not
+    UTF-8 (lone surrogates, as ``os`` decodes them) as ``\\xNN``, other lone surrogates as
+    ``\\udcNN``."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _json_safe(obj: Any) -> Any:
+    """``obj`` (dicts, lists and tuples) with NaN or infinite floats as None and every string
+    :func:`printable`."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
+    if isinstance(obj, str):
+        return printable(obj)
     if isinstance(obj, dict):
-        return {k: _finite_or_null(v) for k, v in obj.items()}
+        return {_json_safe(k): _json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite_or_null(v) for v in obj]
+        return [_json_safe(v) for v in obj]
     return obj
 
 
 def atomic_write_json(target: str | Path, obj: Any) -> Path:
     """Serialise ``obj`` as indented UTF-8 JSON and write it to ``target`` atomically.
 
-    NaN and infinite floats are written as ``null``: standard JSON has no such numbers, and
-    strict parsers refuse Python's ``NaN`` / ``Infinity``."""
+    NaN and infinite floats are written as ``null`` (standard JSON has no such numbers, and
+    strict parsers refuse Python's ``NaN`` / ``Infinity``), and strings UTF-8 cannot hold,
+    such as a file name that is not UTF-8, :func:`printable`."""
+    dumps = {"indent": 2, "ensure_ascii": False, "allow_nan": False}
     try:
-        text = json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False)
-    except ValueError as exc:
-        if "Out of range float" not in str(exc):  # e.g. a circular reference
-            raise
-        text = json.dumps(_finite_or_null(obj), indent=2, ensure_ascii=False, allow_nan=False)
-    return atomic_write_bytes(target, (text + "\n").encode("utf-8"))
+        data = (json.dumps(obj, **dumps) + "\n").encode("utf-8")
+    except ValueError as exc:  # UnicodeEncodeError is one too
+        if not isinstance(exc, UnicodeEncodeError) and "Out of range float" not in str(exc):
+            raise  # e.g. a circular reference
+        data = (json.dumps(_json_safe(obj), **dumps) + "\n").encode("utf-8")
+    return atomic_write_bytes(target, data)

@@ -101,6 +101,9 @@ def load_image(
         fh: IO[bytes] = io.BytesIO(source)
     else:
         if not Path(source).exists():
+            if Path(source).is_symlink():
+                target = os.readlink(source)
+                raise InputError(f"image file {source} is a link to a missing file ({target})")
             raise InputError(f"image file not found: {source}")
         if not Path(source).is_file():
             raise InputError(f"{source} is not an image file (a folder or a device)")

@@ -53,8 +53,10 @@ def list_jobs(source: Path, out: Path) -> list[Job]:
             f"--out must not be the input folder {source}: each image's results go to a folder "
             "named after its file"
         )
-    images = sorted(
-        p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    images = sorted(  # a broken link too: it is named as failed, not passed over
+        p
+        for p in source.iterdir()
+        if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or not p.exists())
     )
     if not images:
         raise InputError(f"folder {source} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")

@@ -1,0 +1,57 @@
+"""``ovsam everything`` on folders with awkward entries: a file name that is not UTF-8, a link
+to a missing file."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ovsam.cli.main import main
+
+FAST = ["--points-per-side", "1"]
+
+
+def _image(path: Path | bytes) -> None:
+    Image.fromarray(np.full((40, 60, 3), 90, np.uint8)).save(path, format="PNG")
+
+
+def test_a_file_name_that_is_not_utf8_is_processed_and_recorded_escaped(
+    tmp_path: Path, mobilesam_checkpoint: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Its lone surrogates crashed the JSON record (and printing), on every re-run."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in (b"a.png", b"caf\xe9.png", b"z.png"):
+        _image(os.path.join(os.fsencode(folder), name))
+    out = tmp_path / "out"
+    argv = ["everything", str(folder), "--out", str(out), "--checkpoint", str(mobilesam_checkpoint)]
+    assert main([*argv, *FAST]) == 0
+    odd = out / os.fsdecode(b"caf\xe9.png")
+    record = json.loads((odd / "masks.json").read_text(encoding="utf-8"))
+    assert record["image"] == str(folder / "caf\\xe9.png")  # the byte, escaped
+    assert (out / "z.png" / "masks.json").is_file()
+    assert f"{folder}/caf\\udce9.png: " in capsys.readouterr().out
+    assert main([*argv, *FAST]) == 0  # and a re-run finds all three done
+    assert "3 images already done" in capsys.readouterr().out
+
+
+def test_a_link_to_a_missing_file_is_named_as_failed(
+    tmp_path: Path, mobilesam_checkpoint: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """It was passed over in silence, the run ending with status 0."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    _image(folder / "a.png")
+    (folder / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    out = tmp_path / "out"
+    argv = ["everything", str(folder), "--out", str(out), "--checkpoint", str(mobilesam_checkpoint)]
+    assert main([*argv, *FAST]) == 1
+    err = capsys.readouterr().err
+    assert f"failed: image file {folder / 'gone.png'} is a link to a missing file (" in err
+    assert "1 image of 2 could not be read" in err
+    assert (out / "a.png" / "masks.json").is_file()
