@@ -10,14 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from ovsam.automatic import (
-    AutomaticMaskGenerator,
-    mask_nms,
-    nms_stride,
-    point_grid,
-)
+from ovsam.automatic import AutomaticMaskGenerator, nms_stride, point_grid
 from ovsam.cli.main import main
+from ovsam.cropped_logits import CroppedLogits
 from ovsam.errors import InputError
+from ovsam.mask_nms import mask_nms
 from ovsam.mask_statistics import stability_scores
 from ovsam.masks import decode_rle, mask_iou
 from ovsam.predictor import SamPredictor
@@ -43,6 +40,41 @@ def test_mask_nms_keeps_best_of_duplicates_despite_stray_pixels() -> None:
     masks[2, 24:36, 24:36] = True
     scores = torch.tensor([0.8, 0.9, 0.5])
     assert mask_nms(masks, scores, 0.7).tolist() == [1, 2]
+
+
+def _matrix_nms(masks: torch.Tensor, scores: torch.Tensor, threshold: float) -> list[int]:
+    """Greedy NMS over the full ``KxK`` IoU matrix: the reference (memory grows as K^2)."""
+    order = torch.argsort(scores, descending=True)
+    flat = masks[order].flatten(1).float()
+    inter = flat @ flat.T
+    area = flat.sum(1)
+    ious = inter / (area[:, None] + area[None, :] - inter).clamp(min=1.0)
+    suppressed, keep = torch.zeros(len(order), dtype=torch.bool), []
+    for i in range(len(order)):
+        if not suppressed[i]:
+            keep.append(int(order[i]))
+            suppressed |= ious[i] > threshold
+    return keep
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.3, 0.7, 1.0])
+def test_mask_nms_equals_greedy_nms_on_the_full_iou_matrix(threshold: float) -> None:
+    """Rectangles and blobs of every size, with duplicates, nested and empty masks."""
+    gen = torch.Generator().manual_seed(int(threshold * 10))
+    masks = torch.zeros(300, 48, 64, dtype=torch.bool)
+    for k in range(280):
+        y0, x0 = (
+            torch.randint(0, 40, (1,), generator=gen),
+            torch.randint(0, 56, (1,), generator=gen),
+        )
+        h, w = torch.randint(1, 30, (2,), generator=gen)
+        masks[k, y0 : y0 + h, x0 : x0 + w] = True
+        masks[k] &= torch.rand(48, 64, generator=gen) > 0.1 * (k % 3)  # holes
+    masks[280:290] = masks[:10]  # exact duplicates; 290..299 stay empty
+    scores = torch.rand(300, generator=gen)
+    assert mask_nms(masks, scores, threshold, stride=1).tolist() == _matrix_nms(
+        masks, scores, threshold
+    )
 
 
 def test_everything_finds_each_shape_once(mobilesam_model: torch.nn.Module) -> None:
@@ -137,9 +169,9 @@ def test_masks_smaller_than_a_cell_are_deduplicated_and_min_area_is_inclusive(
         ({"nms_thresh": True}, r"nms_thresh=True: expected a finite number in \[0.0, 1.0\]"),
         (
             {"pred_iou_thresh": float("nan")},
-            r"pred_iou_thresh=nan: expected a finite number <= 1\.0$",
+            r"pred_iou_thresh=nan: expected a finite number <= 2\.0$",
         ),
-        ({"pred_iou_thresh": 88}, r"pred_iou_thresh=88: expected a finite number <= 1\.0$"),
+        ({"pred_iou_thresh": 88}, r"pred_iou_thresh=88: expected a finite number <= 2\.0$"),
         ({"stability_score_offset": -5.0}, "stability_score_offset=-5.0: .* >= 0.0"),
         ({"min_mask_area": -1}, "min_mask_area=-1: expected an integer >= 0"),
         ({"min_mask_area": 2.5}, "min_mask_area=2.5: expected an integer >= 0"),  # pixel count
@@ -164,3 +196,39 @@ def test_numpy_numbers_are_settings_like_python_ones(mobilesam_model: torch.nn.M
         stability_score_thresh=np.float64(0.95),
     ).generate()
     assert plain and [r["rle"] for r in numpy_settings] == [r["rle"] for r in plain]
+
+
+def test_settings_above_every_score_or_area_keep_nothing(mobilesam_model: torch.nn.Module) -> None:
+    """MobileSAM predicts IoUs up to about 1.01, so 1.0 did not mean "none" and above it was
+    refused; a min area beyond int64 raised OverflowError from inside torch."""
+    image, _ = make_scene(2, 60, 80)
+    predictor = SamPredictor(mobilesam_model)
+    for setting in ({"pred_iou_thresh": 1.5}, {"min_mask_area": 10**30}):
+        generator = AutomaticMaskGenerator(predictor, points_per_side=3, **setting)
+        assert generator.generate(image) == []
+
+
+@pytest.mark.parametrize("size", [(30, 40), (480, 640), (1000, 90), (1500, 2600)])
+def test_cropped_logits_give_the_masks_of_the_full_ones(
+    mobilesam_model: torch.nn.Module, size: tuple[int, int]
+) -> None:
+    """Candidates are kept as low-res logits cut to their masks (plus a margin): upscaled and
+    thresholded they must give exactly the masks of the full maps, at any image size."""
+    predictor = SamPredictor(mobilesam_model)
+    predictor.set_image(np.zeros((*size, 3), np.uint8))
+    gen = torch.Generator().manual_seed(size[0])
+    yx = torch.stack(torch.meshgrid(torch.arange(256.0), torch.arange(256.0), indexing="ij"))
+    centres = torch.rand(12, 2, 1, 1, generator=gen) * 256
+    radii = torch.linspace(120, 2, 12)[:, None, None]  # large to tiny blobs, ragged edges
+    logits = 10 * (1 - ((yx - centres) ** 2).sum(1) / radii**2)
+    logits += 2 * torch.randn(12, 256, 256, generator=gen)
+    logits[-1] = -5.0  # and an empty one
+    cropped = CroppedLogits.crop(logits, 0.0)
+    assert cropped.crops[-1].numel() == 0
+    assert sum(crop.numel() for crop in cropped.crops) < 0.5 * logits.numel()  # the point
+    full = cropped.full(list(range(12)))
+    assert torch.equal(
+        predictor.binary_masks(full[:, None]), predictor.binary_masks(logits[:, None])
+    )
+    kept = cropped.select(torch.arange(12) % 2 == 0)
+    assert torch.equal(CroppedLogits.cat([kept, kept]).full([1, 7]), full[[2, 2]])

@@ -18,8 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ovsam.cropped_logits import CroppedLogits
 from ovsam.errors import InputError
-from ovsam.mask_statistics import cell_masks, mask_statistics
+from ovsam.mask_nms import mask_nms
+from ovsam.mask_statistics import mask_statistics
 from ovsam.masks import encode_rle, mask_to_bbox_xywh
 from ovsam.predictor import SamPredictor
 
@@ -32,38 +34,6 @@ def point_grid(points_per_side: int) -> np.ndarray:
     return np.stack([xs.ravel(), ys.ravel()], axis=1)
 
 
-def mask_iou_matrix(masks: torch.Tensor, stride: int = 4) -> torch.Tensor:
-    """Pairwise IoU (``KxK``) of ``KxHxW`` boolean masks, measured on ``stride x stride``
-    cells (see :func:`cell_masks`).
-
-    Mask IoU (not box IoU) is used so that a stray pixel far from an object cannot stop two
-    copies of the same mask from being recognised as duplicates.
-    """
-    flat = cell_masks(masks, stride).flatten(1).float()
-    inter = flat @ flat.T
-    area = flat.sum(1)
-    return inter / (area[:, None] + area[None, :] - inter).clamp(min=1.0)
-
-
-def mask_nms(
-    masks: torch.Tensor, scores: torch.Tensor, iou_threshold: float, stride: int = 4
-) -> torch.Tensor:
-    """Indices of masks kept by greedy NMS on mask IoU (highest score first), in score order.
-
-    IoU is measured on ``stride x stride`` cells of the ``KxHxW`` boolean ``masks``.
-    """
-    order = torch.argsort(scores, descending=True)
-    ious = mask_iou_matrix(masks[order], stride)
-    suppressed = torch.zeros(len(order), dtype=torch.bool)
-    keep = []
-    for i in range(len(order)):
-        if suppressed[i]:
-            continue
-        keep.append(int(order[i]))
-        suppressed |= ious[i] > iou_threshold
-    return torch.tensor(keep, dtype=torch.long)
-
-
 def nms_stride(size: tuple[int, int]) -> int:
     """Cell size of duplicate removal for an ``(H, W)`` image: 4 pixels, or more so that a
     mask is compared on at most about 256 cells along its long side."""
@@ -74,13 +44,14 @@ def nms_stride(size: tuple[int, int]) -> int:
 class Candidates:
     """Masks that passed the confidence, stability and area filters, before duplicate removal.
 
-    Kept small whatever the image size: ``low_res`` ``Kx256x256`` logits on the model's
-    device (the full-size mask is upscaled again for the masks that survive); on the CPU
+    Kept small whatever the image size: ``low_res`` the ``256x256`` logits on the model's
+    device, each cut to its mask (:class:`~ovsam.cropped_logits.CroppedLogits`; the full-size
+    mask is upscaled again for the masks that survive); on the CPU
     ``thumbs`` ``KxH'xW'`` bool, the masks on ``stride x stride`` cells (for NMS), ``iou`` and
     ``stability`` ``K``, ``clicks`` ``Kx2`` XY pixels.
     """
 
-    low_res: torch.Tensor
+    low_res: CroppedLogits
     thumbs: torch.Tensor
     iou: torch.Tensor
     stability: torch.Tensor
@@ -90,10 +61,14 @@ class Candidates:
     def cat(parts: list[Candidates]) -> Candidates:
         """All of ``parts`` (at least one) as one set."""
         return Candidates(
-            *(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(Candidates))
+            CroppedLogits.cat([p.low_res for p in parts]),
+            *(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(Candidates)[1:]),
         )
 
 
+# Largest pred_iou_thresh: above every predicted IoU (MobileSAM's reach 1.01), below a slip
+# such as 88 for 0.88.
+PRED_IOU_THRESH_MAX = 2.0
 # Largest grid: 256 x 256 = 65,536 clicks, minutes per image on a GPU and hours on a CPU.
 MAX_POINTS_PER_SIDE = 256
 
@@ -122,7 +97,8 @@ def check_generator_settings(
         if most is not None and value > most:
             raise InputError(f"{label(name)}={value!r}: expected at most {most}")
     for name, low, high in (
-        ("pred_iou_thresh", -math.inf, 1.0),  # predicted IoUs: ~[0, 1]; negative keeps all
+        # predicted IoUs lie in about [0, 1], a little above 1 at times; 88 means 0.88
+        ("pred_iou_thresh", -math.inf, PRED_IOU_THRESH_MAX),
         ("stability_score_thresh", 0.0, 1.0),
         ("stability_score_offset", 0.0, math.inf),
         ("nms_thresh", 0.0, 1.0),
@@ -147,10 +123,13 @@ class AutomaticMaskGenerator:
     Defaults are SAM's (``points_per_side=32``, ``pred_iou_thresh=0.88``,
     ``stability_score_thresh=0.95``); duplicates are removed by mask IoU > ``nms_thresh``
     (0.7), measured on cells of :func:`nms_stride` pixels. ``min_mask_area`` (an integer)
-    drops masks smaller than that many pixels (empty masks are always dropped). Memory does
-    not grow with the image beyond the returned masks: candidates are kept at low resolution
-    until duplicate removal. ``pred_iou_thresh`` is at most 1 (predicted IoUs lie in about
-    [0, 1]; a negative one keeps every candidate); the other thresholds lie in [0, 1].
+    drops masks smaller than that many pixels (empty masks are always dropped). Memory grows
+    with the number of candidates, not with the image or that number's square: until
+    duplicate removal (which compares overlapping candidates only, :mod:`ovsam.mask_nms`) a
+    candidate is its low-res logits cut to its mask (:mod:`ovsam.cropped_logits`) and its
+    cells. ``pred_iou_thresh`` is at most :data:`PRED_IOU_THRESH_MAX` (predicted IoUs lie in
+    about [0, 1], slightly above 1 at times; a negative one keeps every candidate); the other
+    thresholds lie in [0, 1].
     """
 
     predictor: SamPredictor
@@ -187,7 +166,7 @@ class AutomaticMaskGenerator:
         keep = mask_nms(found.thumbs, found.iou, self.nms_thresh, stride=1)
         records = []
         for rows in keep.split(self.predictor.masks_per_upscale()):
-            masks = self.predictor.binary_masks(found.low_res[rows][:, None])[:, 0]
+            masks = self.predictor.binary_masks(found.low_res.full(rows.tolist())[:, None])[:, 0]
             records += [
                 self._record(mask, found.iou[i], found.stability[i], found.clicks[i])
                 for mask, i in zip(masks, rows.tolist(), strict=True)
@@ -236,11 +215,11 @@ class AutomaticMaskGenerator:
             )
             stability[rows] = measured.stability.cpu()
             kept = stability[rows] >= self.stability_score_thresh
-            kept &= measured.area.cpu() >= max(self.min_mask_area, 1)
+            kept &= measured.area.cpu() >= min(max(self.min_mask_area, 1), height * width + 1)
             keep[rows] = kept
             thumbs.append(measured.cells[kept.to(measured.cells.device)].cpu())
         return Candidates(
-            low_res[keep.to(low_res.device)],
+            CroppedLogits.crop(low_res[keep.to(low_res.device)], predictor.model.mask_threshold),
             torch.cat(thumbs),
             iou[keep],
             stability[keep],
