@@ -276,6 +276,22 @@ def test_settings_name_the_model_that_segments(tmp_path: Path) -> None:
     assert settings("--model", str(tmp_path / "model.safetensors"))["model"] == ovsam["checkpoint"]
 
 
+def test_a_vocabulary_file_counts_by_its_content_not_its_spelling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--vocab cls.txt`` and ``--vocab $PWD/cls.txt`` are one setting (resumed)."""
+    (tmp_path / "cls.txt").write_text("cup\nsaucer\n")
+    monkeypatch.chdir(tmp_path)
+
+    def vocabulary(path: str) -> dict:
+        args = build_parser().parse_args(["everything", "x.png", "--out", "o", "--vocab", path])
+        return run_settings(args, label_options(args))["vocabulary"]
+
+    digest = hashlib.sha256(b"cup\nsaucer\n").hexdigest()
+    record = {"path": str(tmp_path.resolve() / "cls.txt"), "sha256": digest}
+    assert vocabulary("cls.txt") == vocabulary(str(tmp_path / "cls.txt")) == record
+
+
 def test_random_recognition_is_announced_marked_and_recorded(
     folder: Path,
     tmp_path: Path,

@@ -73,10 +73,14 @@ def run_settings(args: argparse.Namespace, options: LabelOptions | None) -> dict
     """What determines the results (not ``--device``): recorded in ``settings.json`` and in
     every ``masks.json``; resuming with other settings is refused. ``model`` is the model that
     segments (``ovsam_coco`` for ``--recognizer ovsam`` with a SAM ``--model``); files (the
-    checkpoint, an OV-SAM ``--model``, a vocabulary) count by their content (sha256), the
-    checkpoint and model also by their absolute path (:mod:`ovsam.run_settings`)."""
-    from ovsam.run_settings import checkpoint_record, clip_weights_record, model_record
-    from ovsam.weight_sources import sha256_file
+    checkpoint, an OV-SAM ``--model``, a vocabulary) count by their absolute path and content
+    (sha256), however they are spelled (:mod:`ovsam.run_settings`)."""
+    from ovsam.run_settings import (
+        checkpoint_record,
+        clip_weights_record,
+        file_record,
+        model_record,
+    )
 
     vocabulary = None if options is None else options.vocabulary
     return {
@@ -88,9 +92,13 @@ def run_settings(args: argparse.Namespace, options: LabelOptions | None) -> dict
         "pred_iou_thresh": args.pred_iou_thresh,
         "stability_thresh": args.stability_thresh,
         "min_area": args.min_area,
-        "vocabulary": None if options is None else options.describe_vocabulary(),
-        # a vocabulary file: its content counts, not its name
-        "vocabulary_sha256": sha256_file(vocabulary) if isinstance(vocabulary, Path) else None,
+        "vocabulary": (  # a file by its absolute path and content, however it is spelled
+            file_record(vocabulary)
+            if isinstance(vocabulary, Path)
+            else None
+            if options is None
+            else options.describe_vocabulary()
+        ),
         "top_k": None if options is None else options.top_k,
         "recognizer": None if options is None else options.recognizer,
         "templates": None if options is None else options.templates,
