@@ -284,6 +284,12 @@ def test_command_line_vocabulary_argument() -> None:
         InputError, match="nor a list like 'cat; dog; mug' \\(a single class: 'cup;'\\)"
     ):
         parse_vocabulary_argument("cup")
+    for missing in ("missing_classes.txt", "classes_v1,2.txt", "/data/labels/objects, v2.csv"):
+        with pytest.raises(InputError, match=f"^vocabulary file {missing} does not exist"):
+            parse_vocabulary_argument(missing)  # not the classes 'classes_v1' and '2.txt'
+    assert parse_vocabulary_argument("salad_plate/side_plate, cup") == [
+        "salad_plate/side_plate", "cup"
+    ]  # fmt: skip
 
 
 def test_category_vocabulary_keeps_names_and_embeds_the_official_synonyms() -> None:

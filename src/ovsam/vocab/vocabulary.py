@@ -289,6 +289,14 @@ def _is_file(text: str) -> bool:
         return False
 
 
+_FILE_SUFFIXES = (".txt", ".csv", ".names")  # of vocabulary files
+
+
+def _names_a_file(text: str) -> bool:
+    """Whether ``text`` reads as a file path (a vocabulary file's suffix, or a folder)."""
+    return text.endswith(_FILE_SUFFIXES) or "/" in text or "\\" in text
+
+
 def load_vocabulary(
     spec: str | Path | Sequence[str] | Vocabulary, max_classes: int = MAX_CLASSES
 ) -> Vocabulary:
@@ -303,9 +311,7 @@ def load_vocabulary(
     ):
         return vocabulary_from_file(spec, max_classes)
     if isinstance(spec, str):
-        if spec not in BUILTIN_VOCABULARIES and (
-            spec.endswith((".txt", ".csv", ".names")) or "/" in spec or "\\" in spec
-        ):
+        if spec not in BUILTIN_VOCABULARIES and _names_a_file(spec):
             raise InputError(f"vocabulary file {spec} does not exist")
         return builtin_vocabulary(spec)
     return vocabulary_from_names(list(spec), max_classes=max_classes)
@@ -313,7 +319,8 @@ def load_vocabulary(
 
 def parse_vocabulary_argument(text: str) -> str | Path | list[str]:
     """A command-line vocabulary: a built-in name, an existing file, or inline classes split at
-    ``;`` (then commas separate synonyms) or, without ``;``, at commas. Inline classes are
+    ``;`` (then commas separate synonyms) or, without ``;``, at commas; without ``;``, text with a
+    vocabulary file's suffix (``.txt``, ``.csv``, ``.names``) must be a file. Inline classes are
     stripped and checked at once (:func:`vocabulary_from_names`: an empty class between two
     separators or a repeated name is refused); one trailing separator is allowed (``'cup;'``)."""
     text = text.strip()
@@ -323,6 +330,10 @@ def parse_vocabulary_argument(text: str) -> str | Path | list[str]:
         return text
     if _is_file(text):
         return Path(text)
+    if ";" not in text and text.endswith(_FILE_SUFFIXES):  # not 'classes_v1' and '2.txt'
+        raise InputError(
+            f"vocabulary file {text} does not exist (inline classes go between ';': 'cat; dog')"
+        )
     for separator in (";", ","):
         if separator in text:
             parts = [part.strip() for part in text.split(separator)]
