@@ -61,3 +61,24 @@ def test_box_and_refinement_match_the_predictor(
         mask_input=expected, multimask_output=False,
     )  # fmt: skip
     np.testing.assert_allclose(refined[0, :1], again, atol=2e-3)
+
+
+@pytest.mark.parametrize(("difference", "status"), [(3e-5, 0), (0.5, 1), (float("nan"), 1)])
+def test_the_command_fails_when_the_export_disagrees_with_torch(
+    tmp_path: Path,
+    mobilesam_checkpoint: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    difference: float,
+    status: int,
+) -> None:
+    from ovsam.cli.main import main
+
+    monkeypatch.setattr("ovsam.export_onnx.onnx_parity", lambda *args: difference)
+    out = tmp_path / "decoder.onnx"
+    assert main(["export-onnx", "--out", str(out), "--checkpoint", str(mobilesam_checkpoint)]) == (
+        status
+    )
+    assert out.is_file()  # kept, for a look
+    err = capsys.readouterr().err
+    assert (f"{out} disagrees with torch by" in err) == bool(status)
