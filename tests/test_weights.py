@@ -131,6 +131,33 @@ def test_concurrent_downloads_are_serialised(tmp_path: Path) -> None:
     assert len(results) == 4 and all(r.read_bytes() == PAYLOAD for r in results)
 
 
+def test_a_fetch_finished_by_another_between_check_and_lock_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another thread or process completes the download (file and stamp) just after this one
+    found the file missing: the file is used, not deleted (while others read it) and fetched
+    again."""
+    spec = toy_spec((file_source(tmp_path / "good.bin", PAYLOAD),))
+    cache = tmp_path / "c"
+    fetches: list[str] = []
+    real_fetch, real_problem = UrlSource.fetch, weights.cache_problem
+
+    def counted_fetch(self: UrlSource, *args: object) -> None:
+        fetches.append(self.url)
+        real_fetch(self, *args)
+
+    def problem_then_other_fetch(*args: object, **kwargs: object) -> str | None:
+        problem = real_problem(*args, **kwargs)
+        monkeypatch.setattr(weights, "cache_problem", real_problem)
+        download_weights(spec, cache_dir_override=cache, progress=False)  # the other one
+        return problem
+
+    monkeypatch.setattr(UrlSource, "fetch", counted_fetch)
+    monkeypatch.setattr(weights, "cache_problem", problem_then_other_fetch)
+    assert download_weights(spec, cache_dir_override=cache, progress=False).read_bytes() == PAYLOAD
+    assert len(fetches) == 1
+
+
 def test_waiting_for_another_process_is_said_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -145,10 +145,10 @@ def download_weights(
     is tried, why one failed, why a cached file is fetched again, and that the check passed.
     """
     target = weights_file(spec, cache_dir_override)
+    seen = stamp(target)  # before the check: a stamp written after it is another's fetch
     problem = cache_problem(target, spec, trust_stamp=not verify)
     if problem is None:
         return target
-    seen = stamp(target)
     with cache_lock(target, progress):
         if stamp(target) != seen:  # fetched by another process while we waited: it stamped it
             problem = cache_problem(target, spec, trust_stamp=True)

@@ -141,7 +141,10 @@ def cache_problem(path: Path, spec: Checked, trust_stamp: bool) -> str | None:
         return "not downloaded"
     if trust_stamp and has_valid_stamp(path):
         return None
-    problem = integrity_problem(path, spec)
+    try:
+        problem = integrity_problem(path, spec)
+    except FileNotFoundError:  # removed meanwhile by a process that found it bad
+        return "not downloaded"
     if problem is None:
         write_stamp(path)
     return problem
