@@ -26,7 +26,7 @@ def test_a_file_name_that_is_not_utf8_is_processed_and_recorded_escaped(
     """Its lone surrogates crashed the JSON record (and printing), on every re-run."""
     folder = tmp_path / "images"
     folder.mkdir()
-    for name in (b"a.png", b"caf\xe9.png", b"z.png"):
+    for name in (b"caf\xe9.png", b"z.png"):  # z.png: the images after it are done too
         _image(os.path.join(os.fsencode(folder), name))
     out = tmp_path / "out"
     argv = ["everything", str(folder), "--out", str(out), "--checkpoint", str(mobilesam_checkpoint)]
@@ -36,8 +36,8 @@ def test_a_file_name_that_is_not_utf8_is_processed_and_recorded_escaped(
     assert record["image"] == str(folder / "caf\\xe9.png")  # the byte, escaped
     assert (out / "z.png" / "masks.json").is_file()
     assert f"{folder}/caf\\udce9.png: " in capsys.readouterr().out
-    assert main([*argv, *FAST]) == 0  # and a re-run finds all three done
-    assert "3 images already done" in capsys.readouterr().out
+    assert main([*argv, *FAST]) == 0  # and a re-run finds both done
+    assert "2 images already done" in capsys.readouterr().out
 
 
 def test_a_link_to_a_missing_file_is_named_as_failed(
