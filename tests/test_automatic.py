@@ -148,7 +148,7 @@ def test_masks_smaller_than_a_cell_are_deduplicated_and_min_area_is_inclusive(
     rng = np.random.default_rng(0)
     tiny = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
     tiny[2:6, 2:6] = 255
-    generator = AutomaticMaskGenerator(SamPredictor(mobilesam_model), points_per_side=12)
+    generator = AutomaticMaskGenerator(SamPredictor(mobilesam_model), points_per_side=8)
     records = generator.generate(tiny)
     masks = [r["segmentation"].tobytes() for r in records]
     assert records and len(set(masks)) == len(masks)  # no copies of a 2-pixel mask
