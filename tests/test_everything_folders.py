@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,31 @@ def test_a_file_name_that_is_not_utf8_is_processed_and_recorded_escaped(
     assert f"{folder}/caf\\udce9.png: " in capsys.readouterr().out
     assert main([*argv, *FAST]) == 0  # and a re-run finds both done
     assert "2 images already done" in capsys.readouterr().out
+
+
+def test_a_checkpoint_in_a_folder_whose_name_is_not_utf8_resumes(
+    tmp_path: Path, mobilesam_checkpoint: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """settings.json holds the name escaped: it was compared with the raw name on resume and
+    every re-run was refused as made with other settings."""
+    folder = tmp_path / os.fsdecode(b"w\xe9ights")
+    folder.mkdir()
+    checkpoint = folder / "mobile_sam.pt"
+    shutil.copyfile(mobilesam_checkpoint, checkpoint)  # a link would resolve to its target
+    _image(tmp_path / "a.png")
+    out = tmp_path / "out"
+    argv = [
+        "everything",
+        str(tmp_path / "a.png"),
+        "--out",
+        str(out),
+        "--checkpoint",
+        str(checkpoint),
+    ]
+    assert main([*argv, *FAST]) == 0
+    capsys.readouterr()
+    assert main([*argv, *FAST]) == 0
+    assert capsys.readouterr().out == "1 image already done, skipped\n"
 
 
 def test_a_link_to_a_missing_file_is_named_as_failed(

@@ -73,3 +73,23 @@ def test_a_large_file_is_hashed_once_per_version(
     (tmp_path / "not-a-folder").write_text("x")
     monkeypatch.setenv("OVSAM_CACHE_DIR", str(tmp_path / "not-a-folder"))  # unwritable cache
     assert file_record(weights)["sha256"] == sha256_file(weights)
+
+
+def test_a_file_in_a_folder_whose_name_is_not_utf8_is_recorded_and_remembered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its path's lone surrogates raised UnicodeEncodeError when the digest was remembered."""
+    from ovsam import weights_cache
+
+    monkeypatch.setenv("OVSAM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(weights_cache, "REMEMBERED_BYTES", 8)
+    hashed: list[Path] = []
+    monkeypatch.setattr(
+        weights_cache, "sha256_file", lambda path: hashed.append(path) or sha256_file(path)
+    )
+    folder = tmp_path / os.fsdecode(b"w\xe9ights")
+    folder.mkdir()
+    (folder / "model.pt").write_bytes(b"weights v1")
+    first = file_record(folder / "model.pt")
+    assert first["sha256"] == sha256_file(folder / "model.pt")
+    assert file_record(folder / "model.pt") == first and len(hashed) == 1  # remembered

@@ -100,25 +100,26 @@ def atomic_write_bytes(target: str | Path, data: bytes) -> Path:
 
 def printable(text: str) -> str:
     """``text`` with what UTF-8 cannot hold escaped: the bytes of a file name that are not
-    UTF-8 (lone surrogates, as ``os`` decodes them) as ``\\xNN``, other lone surrogates as
-    ``\\udcNN``."""
+    UTF-8 (lone surrogates, as ``os`` decodes them) as ``\\xNN``; in a string that also holds
+    other lone surrogates, every one as ``\\udNNN``."""
     try:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _json_safe(obj: Any) -> Any:
-    """``obj`` (dicts, lists and tuples) with NaN or infinite floats as None and every string
-    :func:`printable`."""
+def json_safe(obj: Any) -> Any:
+    """``obj`` (dicts, lists and tuples) as :func:`atomic_write_json` writes it: NaN or
+    infinite floats as None, every string :func:`printable`, tuples as lists. Compare a value
+    with one read back from such a file in this form."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, str):
         return printable(obj)
     if isinstance(obj, dict):
-        return {_json_safe(k): _json_safe(v) for k, v in obj.items()}
+        return {json_safe(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
@@ -134,5 +135,5 @@ def atomic_write_json(target: str | Path, obj: Any) -> Path:
     except ValueError as exc:  # UnicodeEncodeError is one too
         if not isinstance(exc, UnicodeEncodeError) and "Out of range float" not in str(exc):
             raise  # e.g. a circular reference
-        data = (json.dumps(_json_safe(obj), **dumps) + "\n").encode("utf-8")
+        data = (json.dumps(json_safe(obj), **dumps) + "\n").encode("utf-8")
     return atomic_write_bytes(target, data)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ovsam.errors import InputError, WeightsUnavailableError
-from ovsam.fileio import atomic_write_json
+from ovsam.fileio import atomic_write_json, printable
 from ovsam.weight_sources import sha256_file
 
 
@@ -114,11 +114,11 @@ def remembered_sha256(path: Path) -> str:
     st = resolved.stat()
     if st.st_size < REMEMBERED_BYTES:
         return sha256_file(resolved)
-    memo = cache_dir() / "digests" / (hashlib.sha256(str(resolved).encode()).hexdigest() + ".json")
+    memo = cache_dir() / "digests" / (hashlib.sha256(os.fsencode(resolved)).hexdigest() + ".json")
     version = _file_version(st)
     try:
         saved = json.loads(memo.read_text(encoding="utf-8"))
-        if saved["path"] == str(resolved) and saved["version"] == version:
+        if saved["path"] == printable(str(resolved)) and saved["version"] == version:
             return str(saved["sha256"])
     except (OSError, ValueError, TypeError, KeyError):
         pass  # none yet, or unreadable: hash the file

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ovsam.errors import InputError
+from ovsam.fileio import json_safe
 from ovsam.run_settings import read_settings, settings_changes
 from ovsam.weight_sources import sha256_file
 
@@ -117,9 +118,10 @@ def finished_jobs(
         return [], []
     path = out / SETTINGS_FILE
     recorded = path.is_file()
+    settings = json_safe(dict(settings))  # as written: a non-UTF-8 file name escaped
     if recorded:
         saved = read_settings(path, OVERWRITE_HINT)
-        if saved != dict(settings):
+        if saved != settings:
             raise InputError(
                 f"{out} holds results made with other settings "
                 f"({settings_changes(saved, settings)}): {OVERWRITE_HINT}"
@@ -131,7 +133,7 @@ def finished_jobs(
             continue  # never finished (or failed): redone
         saved = result.get("settings")
         saved = saved if isinstance(saved, dict) else {}
-        if saved == dict(settings):
+        if saved == settings:
             digest = file_sha256(job[0])  # None: unreadable, redone (and reported) below
             same = digest is not None and result.get("image_sha256") == digest
             (done if same else changed).append(job)
