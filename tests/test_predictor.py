@@ -149,6 +149,7 @@ def test_predict_before_set_image_is_a_clear_error(mobilesam_model: torch.nn.Mod
         ({"mask_input": np.zeros((1, 256, 256), bool)}, "mask_input must be real .* boolean"),
         ({"mask_input": np.ones((1, 256, 256), np.uint8)}, "must be float logits .* uint8"),
         ({"mask_input": [[[0] * 256] * 256]}, "must be float logits .* got int64 values"),
+        ({"mask_input": [[1.0, 2.0], [3.0]]}, "mask_input must be numeric"),  # ragged
         ({"mask_input": np.full((1, 256, 256), 1e39)}, r"within \+-1e\+06 .* magnitude 1e\+39"),
         (
             {"box": np.array([10, 10, 20, 60]), "multimask_output": "no"},

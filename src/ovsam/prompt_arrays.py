@@ -55,8 +55,8 @@ def check_points(
 
 def check_mask_input(mask_input: object, low_res: int) -> np.ndarray:
     """``1 x low_res x low_res`` logits (a previous prediction's) as float32."""
-    raw_dtype = np.asarray(mask_input).dtype
     arr = finite_array("mask_input", mask_input, f"1x{low_res}x{low_res} logits")
+    raw_dtype = np.asarray(mask_input).dtype  # read as numbers: a valid array
     if arr.shape != (1, low_res, low_res):
         raise InputError(
             f"mask_input must be 1x{low_res}x{low_res} low-res logits (from a previous "
