@@ -209,28 +209,40 @@ def test_settings_above_every_score_or_area_keep_nothing(mobilesam_model: torch.
         assert generator.generate() == []
 
 
-@pytest.mark.parametrize("size", [(30, 40), (480, 640), (1000, 90), (1500, 2600)])
+def _blobs_and_spikes(gen: torch.Generator) -> torch.Tensor:
+    """``20x256x256`` low-res logits: blobs from large to tiny with ragged edges, then three
+    strong pixels close together on a background just below 0 (a cut margin shows there),
+    then an empty map."""
+    yx = torch.stack(torch.meshgrid(torch.arange(256.0), torch.arange(256.0), indexing="ij"))
+    centres = torch.rand(10, 2, 1, 1, generator=gen) * 256
+    radii = torch.linspace(120, 2, 10)[:, None, None]
+    blobs = 10 * (1 - ((yx - centres) ** 2).sum(1) / radii**2)
+    blobs += 2 * torch.randn(10, 256, 256, generator=gen)
+    spikes = -1e-3 * torch.rand(10, 256, 256, generator=gen)
+    where = torch.randint(0, 236, (9, 1, 2), generator=gen) + torch.randint(
+        0, 20, (9, 3, 2), generator=gen
+    )
+    for k, points in enumerate(where):
+        spikes[k, points[:, 0], points[:, 1]] = 50 * torch.rand(3, generator=gen)
+    return torch.cat([blobs, spikes])  # the last spike map stays empty
+
+
+@pytest.mark.parametrize("size", [(30, 40), (1000, 90), (1500, 2600), (7, 3000), (513, 1025)])
 def test_cropped_logits_give_the_masks_of_the_full_ones(
     mobilesam_model: torch.nn.Module, size: tuple[int, int]
 ) -> None:
-    """Candidates are kept as low-res logits cut to their masks (plus a margin): upscaled and
-    thresholded they must give exactly the masks of the full maps, at any image size."""
+    """Candidates are kept as low-res logits cut to their masks plus a margin: upscaled and
+    thresholded they must give exactly the masks of the full maps, at any image size (with a
+    margin of 1 the spikes' masks differ at some of these sizes)."""
     input_size = preprocess_shape(*size, 1024)
 
     def masks(low_res: torch.Tensor) -> torch.Tensor:  # as SamPredictor.binary_masks
         return mobilesam_model.postprocess_masks(low_res[:, None], input_size, size) > 0.0
 
-    gen = torch.Generator().manual_seed(size[0])
-    yx = torch.stack(torch.meshgrid(torch.arange(256.0), torch.arange(256.0), indexing="ij"))
-    centres = torch.rand(12, 2, 1, 1, generator=gen) * 256
-    radii = torch.linspace(120, 2, 12)[:, None, None]  # large to tiny blobs, ragged edges
-    logits = 10 * (1 - ((yx - centres) ** 2).sum(1) / radii**2)
-    logits += 2 * torch.randn(12, 256, 256, generator=gen)
-    logits[-1] = -5.0  # and an empty one
+    logits = _blobs_and_spikes(torch.Generator().manual_seed(size[0]))
     cropped = CroppedLogits.crop(logits, 0.0)
     assert cropped.crops[-1].numel() == 0
-    assert sum(crop.numel() for crop in cropped.crops) < 0.5 * logits.numel()  # the point
-    full = cropped.full(list(range(12)))
+    assert sum(crop.numel() for crop in cropped.crops) < 0.25 * logits.numel()  # the point
+    full = cropped.full(list(range(20)))
     assert torch.equal(masks(full), masks(logits))
-    kept = cropped.select(torch.arange(12) % 2 == 0)
-    assert torch.equal(CroppedLogits.cat([kept, kept]).full([1, 7]), full[[2, 2]])
+    assert torch.equal(CroppedLogits.cat([cropped, cropped]).full([23, 2]), full[[3, 2]])

@@ -15,6 +15,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from ovsam.mask_statistics import mask_boxes
+
 MARGIN = 3
 """Low-res pixels kept around a map's pixels above the threshold (2 would do; see above)."""
 
@@ -36,33 +38,15 @@ class CroppedLogits:
     def crop(logits: torch.Tensor, threshold: float) -> CroppedLogits:
         """``Kxsizexsize`` logits, each cut to its pixels above ``threshold`` plus
         :data:`MARGIN` (an empty crop when none is)."""
-        k, size, _ = logits.shape
-        above = logits > threshold
-        rows, cols = above.any(2).cpu(), above.any(1).cpu()
-        first_row, first_col = rows.byte().argmax(1), cols.byte().argmax(1)
-        last_row = size - rows.flip(1).byte().argmax(1)
-        last_col = size - cols.flip(1).byte().argmax(1)
-        boxes = torch.stack(
-            [
-                (first_row - MARGIN).clamp(min=0),
-                (first_col - MARGIN).clamp(min=0),
-                (last_row + MARGIN).clamp(max=size),
-                (last_col + MARGIN).clamp(max=size),
-            ],
-            dim=1,
-        ) * rows.any(1, keepdim=True)
+        size = logits.shape[-1]
+        boxes = mask_boxes(logits > threshold).cpu()
+        found = boxes[:, 2:3] > 0
+        margin = torch.tensor([-MARGIN, -MARGIN, MARGIN, MARGIN])
+        boxes = (boxes + margin).clamp(0, size) * found
         crops = [
             logits[i, y0:y1, x0:x1].clone() for i, (y0, x0, y1, x1) in enumerate(boxes.tolist())
         ]
         return CroppedLogits(crops, boxes, size, float(threshold), logits.dtype, logits.device)
-
-    def __len__(self) -> int:
-        return len(self.crops)
-
-    def select(self, keep: torch.Tensor) -> CroppedLogits:
-        """The maps where the boolean ``keep`` (``K``) is true."""
-        rows = keep.cpu().nonzero()[:, 0].tolist()
-        return replace(self, crops=[self.crops[i] for i in rows], boxes=self.boxes[rows])
 
     @staticmethod
     def cat(parts: list[CroppedLogits]) -> CroppedLogits:

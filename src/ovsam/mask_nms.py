@@ -11,24 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ovsam.mask_statistics import cell_masks
-
-
-def cell_boxes(cells: torch.Tensor) -> torch.Tensor:
-    """Bounding boxes of ``Kxhxw`` boolean masks as ``Kx4`` ``(y0, x0, y1, x1)`` (ends
-    exclusive); an empty mask gets ``(0, 0, 0, 0)``, which overlaps nothing."""
-    _, h, w = cells.shape
-    rows, cols = cells.any(2), cells.any(1)
-    boxes = torch.stack(
-        [
-            rows.byte().argmax(1),  # the first True (argmax returns the first maximum)
-            cols.byte().argmax(1),
-            h - rows.flip(1).byte().argmax(1),
-            w - cols.flip(1).byte().argmax(1),
-        ],
-        dim=1,
-    )
-    return boxes * rows.any(1, keepdim=True)
+from ovsam.mask_statistics import cell_masks, mask_boxes
 
 
 def mask_nms(
@@ -39,7 +22,7 @@ def mask_nms(
     in score order. IoU is measured on ``stride x stride`` cells."""
     cells = cell_masks(masks, stride).cpu()  # not copied in score order: it can be large
     area = cells.flatten(1).sum(1)
-    boxes = cell_boxes(cells)  # an empty mask's overlaps nothing: kept, suppressing nothing
+    boxes = mask_boxes(cells)  # an empty mask's overlaps nothing: kept, suppressing nothing
     order = torch.argsort(scores.cpu(), descending=True)
     rank = torch.empty_like(order)
     rank[order] = torch.arange(len(order))

@@ -73,6 +73,23 @@ def cell_masks(masks: torch.Tensor, stride: int) -> torch.Tensor:
     return padded.view(k, rows, stride, cols, stride).any(dim=4).any(dim=2)
 
 
+def mask_boxes(masks: Tensor) -> Tensor:
+    """Bounding boxes of ``KxHxW`` boolean masks as ``Kx4`` ``(y0, x0, y1, x1)`` (ends
+    exclusive), on the masks' device; an empty mask gets ``(0, 0, 0, 0)``."""
+    _, h, w = masks.shape
+    rows, cols = masks.any(2), masks.any(1)
+    boxes = torch.stack(
+        [
+            rows.byte().argmax(1),  # the first True (argmax returns the first maximum)
+            cols.byte().argmax(1),
+            h - rows.flip(1).byte().argmax(1),
+            w - cols.flip(1).byte().argmax(1),
+        ],
+        dim=1,
+    )
+    return boxes * rows.any(1, keepdim=True)
+
+
 def interpolation_matrix(
     size_in: int, size_out: int, device: torch.device, dtype: torch.dtype = torch.float32
 ) -> Tensor:
