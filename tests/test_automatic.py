@@ -59,8 +59,14 @@ def _matrix_nms(masks: torch.Tensor, scores: torch.Tensor, threshold: float) -> 
 
 
 @pytest.mark.parametrize("threshold", [0.0, 0.3, 0.7, 1.0])
-def test_mask_nms_equals_greedy_nms_on_the_full_iou_matrix(threshold: float) -> None:
-    """Rectangles and blobs of every size, with duplicates, nested and empty masks."""
+@pytest.mark.parametrize("chunk", [None, 50])
+def test_mask_nms_equals_greedy_nms_on_the_full_iou_matrix(
+    threshold: float, chunk: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rectangles and blobs of every size, with duplicates, nested and empty masks (and
+    candidates compared a few at a time)."""
+    if chunk is not None:
+        monkeypatch.setattr("ovsam.mask_nms.CHUNK_CELLS", chunk)
     gen = torch.Generator().manual_seed(int(threshold * 10))
     masks = torch.zeros(300, 48, 64, dtype=torch.bool)
     for k in range(280):

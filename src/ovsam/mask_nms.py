@@ -13,6 +13,9 @@ import torch
 
 from ovsam.mask_statistics import cell_masks, mask_boxes
 
+CHUNK_CELLS = 1 << 25
+"""Cells of candidates compared with a kept mask at once (32 MiB of booleans per temporary)."""
+
 
 def mask_nms(
     masks: torch.Tensor, scores: torch.Tensor, iou_threshold: float, stride: int = 4
@@ -35,8 +38,8 @@ def mask_nms(
         y0, x0, y1, x1 = boxes[i].tolist()
         later = alive & (rank > rank[i]) & (boxes[:, 0] < y1) & (boxes[:, 2] > y0)
         later &= (boxes[:, 1] < x1) & (boxes[:, 3] > x0)
-        rows = later.nonzero()[:, 0]
-        if len(rows):
+        step = max(1, CHUNK_CELLS // max(1, (y1 - y0) * (x1 - x0)))
+        for rows in later.nonzero()[:, 0].split(step):  # bounded temporaries
             inter = torch.count_nonzero(cells[rows, y0:y1, x0:x1] & cells[i, y0:y1, x0:x1], (1, 2))
             iou = inter / (area[i] + area[rows] - inter).clamp(min=1)
             alive[rows[iou > iou_threshold]] = False
