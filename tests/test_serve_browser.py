@@ -362,6 +362,14 @@ def test_a_slow_named_mask_says_why(server_url: str) -> None:
             "document.getElementById('status').textContent.startsWith('Still working')"
         )
         status = page.locator("#status").inner_text()
-        held[0].continue_()
+        held.pop().continue_()
         wait_mask(page)  # the answer replaces the note
+        drag_box(page)  # lvis again: its names are embedded by now
+        page.wait_for_function(
+            "document.getElementById('status').textContent.startsWith('Still working')"
+        )
+        again = page.locator("#status").inner_text()
+        held.pop().continue_()
+        wait_mask(page)
     assert "the first mask named with lvis (1203) embeds all its class names once" in status
+    assert again == "Still working (the server answers one click at a time)…"

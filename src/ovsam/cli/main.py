@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen sub-command; return the process exit status."""
     if hasattr(sys.stdout, "reconfigure"):  # print a file name that is not UTF-8 as stderr
-        sys.stdout.reconfigure(errors="backslashreplace")  # does (\xNN), not fail on it
+        sys.stdout.reconfigure(errors="backslashreplace")  # does (\udcNN), not fail on it
     args = build_parser().parse_args(argv)
     try:
         preflight(args)

@@ -50,10 +50,10 @@ MULTIPART_OVERHEAD = 64 * 1024
 FALLBACK_MODEL = "mobilesam"
 """What segments when an Open-Vocabulary SAM model was asked for but its weights are missing."""
 UNTYPED = ("", "application/octet-stream")
-# Uploads decoded at once: a decode of a --max-pixels image peaks at ~10 bytes a pixel, and
-# requests run in a pool of 40 threads (the model embeds one image at a time anyway).
-DECODES_AT_ONCE = 2
 """Declared content types that say nothing about the file (curl, ``requests``, browsers)."""
+DECODES_AT_ONCE = 2
+"""Uploads decoded at once: a decode of a ``max_pixels`` image peaks at ~10 bytes a pixel, and
+requests run in a pool of 40 threads (the model embeds one image at a time anyway)."""
 
 
 def may_be_raster_image(content_type: str) -> bool:

@@ -58,8 +58,8 @@ class ServeSettings:
     of MobileSAM is 4 MiB, plus 30 MiB of decoder precomputation once the image has had a
     prompt, which makes every later click faster); ``max_points`` bounds the clicks of one request
     (at most :data:`~ovsam.serve.schemas.MAX_POINTS`); ``max_vocabulary`` the names of a custom
-    vocabulary, synonyms included (at most :data:`~ovsam.serve.schemas.MAX_NAMES`) and ``max_custom_vocabularies``
-    how many are kept (least recently used evicted first). ``max_body_bytes`` bounds a JSON
+    vocabulary, synonyms included (at most :data:`~ovsam.serve.schemas.MAX_NAMES`) and
+    ``max_custom_vocabularies`` how many are kept (least recently used evicted first). ``max_body_bytes`` bounds a JSON
     request body, ``max_upload_bytes`` an uploaded file; both are checked before the body is
     read. ``device`` is the torch device the models run on. ``labels`` loads the
     ``recognizer`` (see :data:`SERVE_RECOGNIZERS`) with CLIP

@@ -17,6 +17,7 @@ const state = {
   busy: false, pending: false,
   generation: 0,      // bumped by Clear and by a new image: older answers are dropped
   customNames: null,  // the names last saved as CUSTOM_VOCABULARY (re-posted if evicted)
+  namedWith: new Set(),  // vocabularies the server has named a mask with (text bank built)
 };
 
 function setStatus(text, isError = false) {
@@ -141,8 +142,13 @@ async function predict(retried = false) {
   const vocabulary = $("vocabulary").value;
   // A vocabulary's first use embeds every one of its names: minutes on a CPU for a large one.
   const named = $("vocabulary").selectedOptions[0]?.textContent;  // e.g. "lvis (1203)"
-  const slow = vocabulary && setTimeout(() => {
-    if (!isStale()) setStatus(`Still working: the first mask named with ${named} embeds all its class names once, which can take minutes on a CPU for a large vocabulary…`);
+  const firstUse = vocabulary && !state.namedWith.has(vocabulary);
+  const slow = setTimeout(() => {
+    if (isStale()) return;
+    setStatus(firstUse
+      ? `Still working: the first mask named with ${named} embeds all its class names ` +
+        "once, which can take minutes on a CPU for a large vocabulary…"
+      : "Still working (the server answers one click at a time)…");
   }, SLOW_ANSWER_MS);
   try {
     const body = { points, labels, box, top_k: 5 };
@@ -157,6 +163,7 @@ async function predict(retried = false) {
     });
     result.maskImage = await maskToImage(result.mask_png);
     stale = isStale();  // Clear or a new image meanwhile: this answer is for prompts now gone
+    if (vocabulary) state.namedWith.add(vocabulary);
     if (!stale) {
       result.prompts = prompts;
       state.result = result;
@@ -204,6 +211,7 @@ async function saveNames(names) {
     body: JSON.stringify({ name: CUSTOM_VOCABULARY, names }),
   });
   state.customNames = names;
+  state.namedWith.delete(CUSTOM_VOCABULARY);  // other names: its next mask embeds them
   return info;
 }
 
