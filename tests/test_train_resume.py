@@ -337,9 +337,9 @@ def test_a_loss_gone_nan_stops_before_the_weights_change(
     assert code == 2
     last = err.splitlines()[-1]  # after the progress bar
     assert last == (
-        "ovsam train: error: step 3: loss = nan; training stopped before the weights changed "
-        f"(the checkpoints in {run} are kept). A re-run would diverge again: start a new --out "
-        "with a lower learning rate (--set lr=0.05)"
+        f"ovsam train: error: step 3: loss = nan; stopped before this step's update. {run} "
+        "keeps its checkpoints (the last at step 2; later steps are not saved), and a re-run "
+        "would likely diverge again: start a new --out with a lower learning rate (--set lr=0.05)"
     )
     assert [row["step"] for row in log_rows(run)] == [1, 2]
     assert json.loads((run / "checkpoints" / "latest.json").read_text())["step"] == 2

@@ -83,6 +83,10 @@ def run_settings(args: argparse.Namespace, options: LabelOptions | None) -> dict
     )
 
     vocabulary = None if options is None else options.vocabulary
+    if isinstance(vocabulary, Path):  # a file by its absolute path and content
+        vocabulary_record: object = file_record(vocabulary)
+    else:
+        vocabulary_record = None if options is None else options.describe_vocabulary()
     return {
         "command": "everything",
         "masks_format": MASKS_FORMAT,
@@ -92,13 +96,7 @@ def run_settings(args: argparse.Namespace, options: LabelOptions | None) -> dict
         "pred_iou_thresh": args.pred_iou_thresh,
         "stability_thresh": args.stability_thresh,
         "min_area": args.min_area,
-        "vocabulary": (  # a file by its absolute path and content, however it is spelled
-            file_record(vocabulary)
-            if isinstance(vocabulary, Path)
-            else None
-            if options is None
-            else options.describe_vocabulary()
-        ),
+        "vocabulary": vocabulary_record,
         "top_k": None if options is None else options.top_k,
         "recognizer": None if options is None else options.recognizer,
         "templates": None if options is None else options.templates,

@@ -69,11 +69,10 @@ class Vocabularies:
                 entries.setdefault(synonyms, position)
         if not entries:
             raise ApiError(400, "empty_vocabulary", "vocabulary is empty: give at least one name")
-        if len(entries) > self.settings.max_vocabulary:
-            raise self.too_large(len(entries))
-        synonym_count = sum(len(entry) for entry in entries)  # each one is embedded
-        if synonym_count > self.settings.max_vocabulary:
-            raise self.too_large(synonym_count, "names counting synonyms")
+        names_count = sum(len(entry) for entry in entries)  # every synonym is embedded
+        if names_count > self.settings.max_vocabulary:
+            counted = "names" if names_count == len(entries) else "names counting synonyms"
+            raise self.too_large(names_count, counted)
         synonyms = (n for entry in entries for n in entry)
         long = next((n for n in synonyms if len(n) > self.settings.max_name_chars), None)
         if long is not None:

@@ -127,6 +127,7 @@ class Trainer:
             self.optimizer, lambda s: lr_factor(config, s)
         )
         self.step = 0
+        self.saved_step: int | None = None  # of the newest checkpoint, once there is one
         self._logged_from = 1  # first step this process may log; earlier steps' logs are kept
         self._writer: ScalarWriter | None = None
         self._no_tensorboard = False
@@ -156,6 +157,7 @@ class Trainer:
                 torch.save(state, tmp)
             atomic_write_json(path.parent / "latest.json", {"file": path.name, "step": self.step})
         barrier()
+        self.saved_step = self.step
         return path
 
     def resume(self) -> bool:
@@ -180,7 +182,7 @@ class Trainer:
                 f"{path}: optimizer state does not fit this run ({_first_line(exc)})"
             ) from exc
         torch.set_rng_state(rng)
-        self.step = step
+        self.step = self.saved_step = step
         return True
 
     # ------------------------------------------------------------------ logging
@@ -279,10 +281,12 @@ class Trainer:
         if bad:
             self.optimizer.zero_grad(set_to_none=True)
             values = ", ".join(f"{k} = {v}" for k, v in bad.items())
+            kept = "none yet" if self.saved_step is None else f"the last at step {self.saved_step}"
             raise TrainingDivergedError(
-                f"step {self.step + 1}: {values}; training stopped before the weights changed "
-                f"(the checkpoints in {self.run_dir} are kept). A re-run would diverge again: "
-                f"start a new --out with a lower learning rate (--set lr={self.config.lr / 10:g})"
+                f"step {self.step + 1}: {values}; stopped before this step's update. "
+                f"{self.run_dir} keeps its checkpoints ({kept}; later steps are not saved), and "
+                "a re-run would likely diverge again: start a new --out with a lower learning "
+                f"rate (--set lr={self.config.lr / 10:g})"
             )
 
     def train(self, stop_after: int | None = None) -> list[dict[str, float]]:
