@@ -171,3 +171,15 @@ def test_malformed_json_bodies(
         "/v1/images/unknown/predict", content=content, headers={"content-type": content_type}
     )
     assert envelope(r) == (status, code, message)
+
+
+def test_an_upload_without_a_file_part_says_how_to_send_one(client: TestClient) -> None:
+    """``curl -F "file=<img.png"`` sends a text field: pydantic said "Expected UploadFile,
+    received: <class 'str'>"."""
+    from ovsam.serve.http_errors import NO_FILE_PART, TEXT_NOT_FILE
+
+    r = client.post("/v1/images", data={"file": "not a file"})
+    assert envelope(r) == (422, "invalid_request", TEXT_NOT_FILE)
+    r = client.post("/v1/images", files={"image": ("a.png", b"x", "image/png")})
+    assert envelope(r) == (422, "invalid_request", NO_FILE_PART)
+    assert "curl -F 'file=@photo.jpg'" in NO_FILE_PART

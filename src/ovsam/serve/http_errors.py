@@ -66,6 +66,16 @@ def _shape_message(err: dict, loc: list[str]) -> str | None:
     return f"{'.'.join(where)}: expected {shape}" if shape else None
 
 
+NO_FILE_PART = (
+    "file: no file part: send the image as multipart form data in a part named 'file' "
+    "(curl -F 'file=@photo.jpg')"
+)
+TEXT_NOT_FILE = (
+    "file: a text field, not a file: send the image's bytes as a file part "
+    "(curl -F 'file=@photo.jpg', not 'file=<photo.jpg')"
+)
+
+
 def validation_error(exc: RequestValidationError, limits: dict[str, TooLong]) -> ApiError:
     """A readable :class:`ApiError` for a request that failed schema validation.
 
@@ -84,6 +94,9 @@ def validation_error(exc: RequestValidationError, limits: dict[str, TooLong]) ->
             )  # fmt: skip
         if err.get("type") == "too_long" and len(loc) == 1 and loc[0] in limits:
             return limits[loc[0]](int(err.get("ctx", {}).get("actual_length", 0)))
+        if loc == ["file"]:  # the upload's part: missing, or sent as a text field
+            hint = NO_FILE_PART if err.get("type") == "missing" else TEXT_NOT_FILE
+            return ApiError(422, "invalid_request", hint)
         if err.get("type") == "extra_forbidden":  # e.g. the Python API's "point_coords"
             parts.append(f"{'.'.join(loc)}: unknown field (the fields are listed at /docs)")
             continue
