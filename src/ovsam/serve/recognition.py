@@ -5,8 +5,8 @@ line, and the last few are kept in memory (:class:`TextBanks`); those of built-i
 vocabularies are also cached on disk by :func:`~ovsam.clip.text_bank.build_text_bank` (not
 those that clients post: any client could fill the disk). :class:`ClipRecognizer` keeps the
 uploaded pixels in the image's state (``extras["pixels"]``) so a mask can be cropped later
-without re-upload; :class:`OVSamRecognizer` names a mask from the OV-SAM features of the image's state, as
-:meth:`~ovsam.ov.predictor.OVSamPredictor.predict` does.
+without re-upload; :class:`OVSamRecognizer` names a mask from the OV-SAM features of the
+image's state, as :meth:`~ovsam.ov.predictor.OVSamPredictor.predict` does.
 """
 
 from __future__ import annotations

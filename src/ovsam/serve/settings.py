@@ -59,10 +59,10 @@ class ServeSettings:
     prompt, which makes every later click faster); ``max_points`` bounds the clicks of one request
     (at most :data:`~ovsam.serve.schemas.MAX_POINTS`); ``max_vocabulary`` the names of a custom
     vocabulary, synonyms included (at most :data:`~ovsam.serve.schemas.MAX_NAMES`) and
-    ``max_custom_vocabularies`` how many are kept (least recently used evicted first). ``max_body_bytes`` bounds a JSON
-    request body, ``max_upload_bytes`` an uploaded file; both are checked before the body is
-    read. ``device`` is the torch device the models run on. ``labels`` loads the
-    ``recognizer`` (see :data:`SERVE_RECOGNIZERS`) with CLIP
+    ``max_custom_vocabularies`` how many are kept (least recently used evicted first).
+    ``max_body_bytes`` bounds a JSON request body, ``max_upload_bytes`` an uploaded file; both
+    are checked before the body is read. ``device`` is the torch device the models run on.
+    ``labels`` loads the ``recognizer`` (see :data:`SERVE_RECOGNIZERS`) with CLIP
     ``clip_model`` / ``clip_weights``; ``random_recognition`` uses random weights (testing
     only; with ``ovsam`` the masks too come from random weights unless ``checkpoint`` or an
     OV-SAM model file is given).
