@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ovsam.errors import InputError
+from ovsam.fileio import json_safe
 from ovsam.weights_cache import remembered_sha256
 
 if TYPE_CHECKING:
@@ -38,8 +39,10 @@ def read_settings(path: Path, hint: str) -> dict[str, Any]:
 def settings_changes(saved: Mapping[str, Any], settings: Mapping[str, Any]) -> str:
     """``"key old -> new; ..."`` for every setting that differs between two runs ('' if none);
     a setting that is a mapping in both (a :func:`file_record`) names the keys that differ
-    inside it: ``checkpoint.sha256 'ab..' -> 'cd..'``."""
-    return "; ".join(_changes(saved, settings, ""))
+    inside it: ``checkpoint.sha256 'ab..' -> 'cd..'``. ``saved`` is read back from a file,
+    ``settings`` compared in the form it is written in (:func:`~ovsam.fileio.json_safe`: a
+    file name that is not UTF-8 escaped)."""
+    return "; ".join(_changes(saved, json_safe(dict(settings)), ""))
 
 
 def _changes(saved: Mapping[str, Any], settings: Mapping[str, Any], prefix: str) -> list[str]:

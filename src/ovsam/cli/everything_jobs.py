@@ -118,7 +118,7 @@ def finished_jobs(
         return [], []
     path = out / SETTINGS_FILE
     recorded = path.is_file()
-    settings = json_safe(dict(settings))  # as written: a non-UTF-8 file name escaped
+    settings = json_safe(dict(settings))  # compared with saved ones as written (settings_changes)
     if recorded:
         saved = read_settings(path, OVERWRITE_HINT)
         if saved != settings:

@@ -29,7 +29,7 @@ from ovsam.data.prompts import box_prompts, center_points
 from ovsam.errors import InputError
 from ovsam.evaluation.accounting import Selection, account
 from ovsam.evaluation.metrics import InstanceRecord, markdown_table, records_for_image, summarize
-from ovsam.fileio import atomic_write_bytes, atomic_write_json, json_safe
+from ovsam.fileio import atomic_write_bytes, atomic_write_json
 from ovsam.run_settings import read_settings, settings_changes
 from ovsam.vocab import builtin_vocabulary
 
@@ -123,7 +123,7 @@ def check_settings(out_dir: str | Path, settings: Mapping[str, Any]) -> bool:
     if not path.is_file() or not has_records:  # no records yet: any settings may start them
         atomic_write_json(path, dict(settings))
         return has_records
-    changed = settings_changes(read_settings(path, "use a new --out"), json_safe(dict(settings)))
+    changed = settings_changes(read_settings(path, "use a new --out"), settings)
     if changed:
         raise InputError(
             f"{out} holds records of an evaluation with other settings ({changed}): use a new --out"
