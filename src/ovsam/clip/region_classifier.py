@@ -23,6 +23,7 @@ from ovsam.clip.model import CLIP, CLIP_MEAN, CLIP_STD
 from ovsam.clip.text_bank import TextBank
 from ovsam.errors import InputError
 from ovsam.image_io import check_image_array
+from ovsam.mask_statistics import mask_boxes
 from ovsam.prompt_arrays import check_masks
 
 _MEAN_RGB = tuple(round(255 * m) for m in CLIP_MEAN)
@@ -50,13 +51,11 @@ class RegionLabels:
 
 def mask_boxes_xyxy(masks: np.ndarray) -> np.ndarray:
     """Tight ``Nx4`` XYXY pixel boxes (``x_max + 1``) of ``NxHxW`` masks; empty → InputError."""
-    boxes = []
-    for i, mask in enumerate(masks):
-        ys, xs = np.nonzero(mask)
-        if len(xs) == 0:
-            raise InputError(f"mask {i} is empty: nothing to recognise")
-        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
-    return np.asarray(boxes, dtype=np.float32)
+    yxyx = mask_boxes(torch.from_numpy(np.require(masks, dtype=bool, requirements="W")))
+    empty = (yxyx[:, 2] == 0).nonzero()
+    if len(empty):
+        raise InputError(f"mask {int(empty[0, 0])} is empty: nothing to recognise")
+    return yxyx[:, [1, 0, 3, 2]].numpy().astype(np.float32)
 
 
 def check_expand(expand: float) -> float:
