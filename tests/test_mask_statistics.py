@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
@@ -10,6 +11,7 @@ from ovsam import mask_statistics as module
 from ovsam.mask_statistics import (
     cell_masks,
     interpolation_matrix,
+    mask_boxes,
     mask_statistics,
     stability_scores,
 )
@@ -62,3 +64,23 @@ def test_off_the_cpu_the_whole_image_is_one_band_of_any_height() -> None:
     measured = mask_statistics(torch.zeros(3, 683, 1024, device="meta"), (427, 640), 0.0, 1.0, 4)
     assert measured.stability.shape == measured.area.shape == (3,)
     assert measured.cells.shape == (3, 107, 160)
+
+
+def test_mask_boxes_are_tight_and_xyxy_boxes_refuse_an_empty_mask() -> None:
+    from ovsam.clip.region_classifier import mask_boxes_xyxy
+    from ovsam.errors import InputError
+
+    masks = np.zeros((3, 10, 12), bool)
+    masks[0, 2:5, 3:7] = True
+    masks[1, 0, 11] = True
+    masks[2, 9, 0] = masks[2, 4, 5] = True
+    assert mask_boxes(torch.from_numpy(masks)).tolist() == [
+        [2, 3, 5, 7],
+        [0, 11, 1, 12],
+        [4, 0, 10, 6],
+    ]
+    assert mask_boxes_xyxy(masks).tolist() == [[3, 2, 7, 5], [11, 0, 12, 1], [0, 4, 6, 10]]
+    masks[1] = False
+    assert mask_boxes(torch.from_numpy(masks))[1].tolist() == [0, 0, 0, 0]
+    with pytest.raises(InputError, match="mask 1 is empty: nothing to recognise"):
+        mask_boxes_xyxy(masks)
