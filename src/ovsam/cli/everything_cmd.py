@@ -24,6 +24,27 @@ if TYPE_CHECKING:
     from ovsam.recognizers import LabelOptions
 
 
+# The AutomaticMaskGenerator settings as flags: (field, flag, type, default, help).
+GENERATOR_OPTIONS: tuple[tuple[str, str, type, object, str], ...] = (
+    ("points_per_side", "--points-per-side", int, 32, "grid size, 1 to 256 (default 32)"),
+    ("pred_iou_thresh", "--pred-iou-thresh", float, 0.88, "keep masks scored above (default 0.88)"),
+    (
+        "stability_score_thresh", "--stability-thresh", float, 0.95,
+        "keep masks at least this stable (default 0.95)",
+    ),
+    (
+        "min_mask_area", "--min-area", int, 0,
+        "drop masks smaller than this many pixels (default 0)",
+    ),
+)  # fmt: skip
+
+
+def generator_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
+    """The generator's settings from ``args`` and the flag that sets each (for messages)."""
+    settings = {f: getattr(args, flag[2:].replace("-", "_")) for f, flag, *_ in GENERATOR_OPTIONS}
+    return settings, {field: flag for field, flag, *_ in GENERATOR_OPTIONS}
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "everything",
@@ -37,22 +58,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("image", type=Path, help="image file or folder of images")
     parser.add_argument("--out", type=output_path, required=True, help="output folder")
-    parser.add_argument(
-        "--points-per-side", type=int, default=32, help="grid size, 1 to 256 (default 32)"
-    )
-    parser.add_argument(
-        "--pred-iou-thresh", type=float, default=0.88, help="keep masks scored above (default 0.88)"
-    )
-    parser.add_argument(
-        "--stability-thresh", type=float, default=0.95,
-        help="keep masks at least this stable (default 0.95)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--min-area",
-        type=int,
-        default=0,
-        help="drop masks smaller than this many pixels (default 0)",
-    )
+    for _, flag, kind, default, text in GENERATOR_OPTIONS:
+        parser.add_argument(flag, type=kind, default=default, help=text)
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -155,19 +162,8 @@ def run(args: argparse.Namespace) -> int:
     from ovsam.recognizers import build_labeled_predictor, recognition_record
     from ovsam.visualize import overlay
 
-    generator_settings = {
-        "points_per_side": args.points_per_side,
-        "pred_iou_thresh": args.pred_iou_thresh,
-        "stability_score_thresh": args.stability_thresh,
-        "min_mask_area": args.min_area,
-    }
-    flags = {
-        "points_per_side": "--points-per-side",
-        "pred_iou_thresh": "--pred-iou-thresh",
-        "stability_score_thresh": "--stability-thresh",
-        "min_mask_area": "--min-area",
-    }
-    check_generator_settings(generator_settings, flags)  # before any model is built
+    settings_given, flags = generator_settings(args)
+    check_generator_settings(settings_given, flags)  # before any model is built
     jobs = list_jobs(args.image, args.out)
     options = label_options(args)
     settings = run_settings(args, options)
@@ -194,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"labels ({options.recognizer}): {options.describe_weights()}")
         predictor = build_labeled_predictor(options, args.model, args.checkpoint, args.device)
-    generator = AutomaticMaskGenerator(predictor, **generator_settings)
+    generator = AutomaticMaskGenerator(predictor, **settings_given)
     failures = 0
     settings_written = False
     for image_path, out in tqdm(todo, desc="images", disable=len(todo) == 1):
