@@ -194,6 +194,24 @@ def test_bank_input_errors(model: CLIP) -> None:
         build_text_bank(model, "cat", cache=False)  # not the classes 'c', 'a', 't'
 
 
+def test_a_list_naming_one_class_twice_is_refused_as_clip_reads_it(model: CLIP) -> None:
+    """Plain lists get the vocabularies' rule: the same token ids in two classes are refused
+    (the two classes would have one embedding); a name repeated within a class is kept."""
+    with pytest.raises(InputError, match=r"duplicate class name 'Cat' \(class 0 and class 2\)$"):
+        build_text_bank(model, ["cat", "dog", "Cat"], cache=False)
+    with pytest.raises(
+        InputError,
+        match=r"'Hot - dog' \(class 0 and class 1\): the same tokens as 'hot-dog'$",
+    ):
+        build_text_bank(model, [("hot-dog", "sausage"), ("frank", "Hot - dog")], cache=False)
+    with pytest.raises(InputError, match=r"class 1\) contains CLIP's special token"):
+        build_text_bank(model, ["cat", "dog <|endoftext|>"], cache=False)
+    with pytest.raises(InputError, match=r"class 0\) has no visible character"):
+        build_text_bank(model, ["\u200b"], cache=False)
+    bank = build_text_bank(model, [("cat", "Cat"), "dog"], cache=False, progress=False)
+    assert bank.names == ("cat", "dog") and bank.class_index.tolist() == [0, 0, 1]
+
+
 @pytest.mark.parametrize(
     ("template", "message"),
     [

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ovsam.clip.class_names import check_distinct_names
 from ovsam.clip.model import CLIP
 from ovsam.clip.tokenizer import get_tokenizer, tokenize
 from ovsam.errors import InputError
@@ -91,7 +92,8 @@ class TextBank:
 
 def _class_lists(classes: ClassNames) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
     """Display names and synonym lists of ``classes``: a vocabulary's ``classes`` and
-    ``synonyms``, or, for a list, its strings and synonym lists (display = first synonym)."""
+    ``synonyms``, or, for a list, its strings and synonym lists (display = first synonym; a
+    name in two classes is refused, see :func:`~ovsam.clip.class_names.check_distinct_names`)."""
     if isinstance(classes, str):
         raise InputError(
             f"classes must be a list of names or a Vocabulary, not a string: pass [{classes!r}] "
@@ -105,6 +107,8 @@ def _class_lists(classes: ClassNames) -> tuple[tuple[str, ...], list[tuple[str, 
     for i, names in enumerate(lists):
         if not names or not all(isinstance(n, str) and n.strip() for n in names):
             raise InputError(f"class {i} has an empty name")
+    if synonyms is None:  # a vocabulary's names were checked when it was made
+        check_distinct_names(lists, [f"class {i}" for i in range(len(lists))])
     display = getattr(classes, "classes", None) if synonyms is not None else None
     return tuple(n.strip() for n in display or [s[0] for s in lists]), lists
 

@@ -27,7 +27,7 @@ is the dataset name with spaces (``bow (weapon)``) and LVIS's own synonym lists 
 synonym lists (up to 17 per class) that only its repository ships, not a package this project
 may read, so a COCO bank built here differs from the official one.
 
-User names are compared as CLIP reads them (:func:`ovsam.clip.tokenizer.pre_tokens`: cleaned
+User names are compared as CLIP reads them (:func:`ovsam.clip.class_names.token_key`: cleaned
 text, lower case, white space and punctuation spacing ignored), so names that would get the same
 token ids in two classes are refused as duplicates.
 """
@@ -37,14 +37,13 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from ovsam.clip.tokenizer import EOT, SOT, pre_tokens
+from ovsam.clip.class_names import check_distinct_names
 from ovsam.errors import InputError
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -196,24 +195,6 @@ def builtin_vocabulary(name: str) -> Vocabulary:
     return _from_rows(name, _read_data(_FILES[name])["classes"], lvis=name == "lvis")
 
 
-def _token_key(name: str, where: str, position: int) -> str:
-    """``name`` as CLIP reads it (its pre-tokens; equal keys, equal token ids), or
-    :class:`InputError` for a name with CLIP's special tokens or no visible character."""
-    pieces = pre_tokens(name)
-    special = [p for p in pieces if p in (SOT, EOT)]
-    if special:
-        raise InputError(
-            f"class name {name!r} ({where} {position}) contains CLIP's special token "
-            f"{special[0]!r}, which would end or restart the prompt"
-        )
-    if all(unicodedata.category(c)[0] in "CZ" for piece in pieces for c in piece):
-        raise InputError(
-            f"class name {name!r} ({where} {position}) has no visible character "
-            "(only spaces, control or format characters such as zero-width spaces)"
-        )
-    return " ".join(pieces)
-
-
 def vocabulary_from_names(
     entries: Sequence[str],
     name: str = "custom",
@@ -232,32 +213,20 @@ def vocabulary_from_names(
     if isinstance(entries, str):
         entries = [entries]
     classes: list[tuple[str, ...]] = []
-    seen: dict[str, tuple[int, str]] = {}  # token key -> (position, synonym) of its first use
     numbers = positions if positions is not None else range(1, len(entries) + 1)
-    for position, entry in zip(numbers, entries, strict=True):
+    places = [f"{where} {position}" for position in numbers]
+    for place, entry in zip(places, entries, strict=True):
         if not isinstance(entry, str):
-            raise InputError(
-                f"class names must be strings, got {type(entry).__name__} at {where} {position}"
-            )
+            raise InputError(f"class names must be strings, got {type(entry).__name__} at {place}")
         names = comma_synonyms(entry)
         if not names:
-            raise InputError(f"{where} {position} is an empty class name")
-        for synonym in names:
-            first, earlier = seen.setdefault(
-                _token_key(synonym, where, position), (position, synonym)
-            )
-            if first != position:
-                alike = earlier.lower() == synonym.lower()
-                same = "" if alike else f": the same tokens as {earlier!r}"
-                raise InputError(
-                    f"duplicate class name {synonym!r} ({where} {first} and {where} {position})"
-                    + same
-                )
+            raise InputError(f"{place} is an empty class name")
         classes.append(names)
     if not classes:
         raise InputError("vocabulary is empty: give at least one class name")
     if len(classes) > max_classes:
         raise InputError(f"vocabulary has {len(classes)} classes; the limit is {max_classes}")
+    check_distinct_names(classes, places)
     return Vocabulary(
         name, tuple(c[0] for c in classes), tuple(classes), tuple({} for _ in classes)
     )
