@@ -30,7 +30,8 @@ def test_prompt_helpers() -> None:
     assert mask[0, int(py), int(px)]
     image = np.full((20, 30, 3), 200, dtype=np.uint8)
     out_img, out_mask = large_scale_jitter(image, mask, rng, size=64, scale_range=(1.0, 1.0))
-    assert out_img.shape == (64, 64, 3) and out_mask.shape == (1, 64, 64) and out_mask.any()
+    assert out_img.shape == (43, 64, 3) and out_mask.shape == (1, 43, 64)  # unpadded
+    assert out_mask.sum() == pytest.approx(mask.sum() * (64 / 30) ** 2, rel=0.1)
     assert polygons_to_mask([[1, 1, 5, 1, 5, 4, 1, 4]], 6, 8).sum() == 12
 
 

@@ -29,7 +29,7 @@ from ovsam.train.export import export_model
 from ovsam.weight_sources import sha256_file
 from tiny_coco import write_tiny_coco
 
-SMALL = ["steps=1", "clip_model=RN50", "adapter_dim=64", "adapter_depth=1", "adapter_heads=2",
+SMALL = ["steps=1", "warmup_steps=0", "clip_model=RN50", "adapter_dim=64", "adapter_depth=1", "adapter_heads=2",
          "log_every=1", "checkpoint_every=1", "bf16=false"]  # fmt: skip
 
 
@@ -49,8 +49,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory, mobilesam_checkpoint: Path) -
     argv = ["train", "sam2clip", *common, "--out", str(adapter_run)]
     assert main([*argv, *[f"--set={s}" for s in sets]]) == 0
     adapter = adapter_run / "checkpoints" / "step_1.pt"
-    sets += [f"adapter_checkpoint={adapter}", "vocabulary=dataset", "lsj=false",
-             "prompts_per_image=2"]  # fmt: skip
+    sets += [f"adapter_checkpoint={adapter}", "vocabulary=dataset", "supervised_vocabulary=",
+             "lsj=false", "prompts_per_image=2"]  # fmt: skip
     argv = ["train", "clip2sam", *common, "--out", str(head_run)]
     assert main([*argv, *[f"--set={s}" for s in sets]]) == 0
     return {"sam2clip": adapter_run, "clip2sam": head_run, "clip": clip_file, "root": root}

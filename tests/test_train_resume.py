@@ -21,30 +21,7 @@ from torch import nn
 from ovsam.cli.main import main
 from ovsam.errors import InputError
 from ovsam.train.config import TrainConfig, absolute_paths, check_resume
-
-Train = Callable[..., tuple[int, str, str]]
-TINY = ["adapter_dim=4", "adapter_heads=2", "adapter_depth=1", "log_every=1", "checkpoint_every=2"]
-
-
-class TinyTask:
-    """Stands in for both tasks: ``loss`` is the squared output on random inputs, plus ``offset``
-    (a constant: it changes the logged values, not the training)."""
-
-    num_items = 4
-    offset = 0.0
-
-    def __init__(self, config: TrainConfig, device: torch.device) -> None:
-        torch.manual_seed(config.seed)
-        width = config.adapter_dim
-        self.trainable = nn.Sequential(
-            *[nn.Linear(width, width) for _ in range(config.adapter_depth)]
-        )
-
-    def loss(
-        self, module: nn.Module, items: list[int], rng: np.random.Generator
-    ) -> dict[str, torch.Tensor]:
-        x = torch.from_numpy(rng.standard_normal((len(items), 4))).float()
-        return {"loss": module(x).pow(2).mean() + self.offset}
+from train_harness import TINY, TinyTask, Train, log_rows, make_train, one_line_error
 
 
 class EventFile:
@@ -88,36 +65,11 @@ def event_files(monkeypatch: pytest.MonkeyPatch) -> list[EventFile]:
     return files
 
 
-def log_rows(run: Path) -> list[dict[str, float]]:
-    """The rows of ``run``'s ``log.jsonl``."""
-    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-
-
 @pytest.fixture()
 def train(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> Train:
-    """``train(*sets, task=..., extra=[...]) -> (exit status, stdout, stderr)`` on ``tmp_path/run``."""
-    monkeypatch.setattr("ovsam.train.sam2clip_task.Sam2ClipTask", TinyTask)
-    monkeypatch.setattr("ovsam.train.clip2sam_task.Clip2SamTask", TinyTask)
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-
-    def run(
-        *sets: str, task: str = "sam2clip", extra: tuple[str, ...] = ()
-    ) -> tuple[int, str, str]:
-        capsys.readouterr()
-        argv = ["train", task, "--data", str(tmp_path / "images"), "--out", str(tmp_path / "run")]
-        argv += ["--device", "cpu", *extra, *[f"--set={s}" for s in sets]]
-        code = main(argv)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
-
-
-def one_line_error(err: str) -> str:
-    assert err.count("\n") == 1 and err.startswith("ovsam train: error: "), err
-    return err
+    return make_train(tmp_path, monkeypatch, capsys)
 
 
 @pytest.mark.parametrize(
@@ -134,6 +86,12 @@ def one_line_error(err: str) -> str:
         ("adapter_heads=3", "adapter_dim=4 is not divisible by adapter_heads=3"),
         ("task=bogus", "--set task=bogus contradicts `train sam2clip`"),
         ("task=clip2sam", "--set task=clip2sam contradicts `train sam2clip`"),
+        ("warmup_steps=1000", "warmup_steps=1000 leaves no step of steps=1000 at the full"),
+        ("lr_schedule=linear", "lr_schedule='linear': expected one of cosine, step"),
+        ("min_lr_ratio=2", "min_lr_ratio=2.0: expected a number in [0, 1]"),
+        ("keep_checkpoints=-1", "keep_checkpoints=-1: expected an integer >= 0"),
+        ("out=elsewhere", "--set out=...: give the run's out with --out"),
+        ("data=elsewhere", "--set data=...: give the run's data with --data"),
     ],
 )
 def test_bad_settings_are_refused_before_training(
@@ -288,15 +246,11 @@ def test_fewer_steps_than_done_are_refused_and_the_config_kept(
 
 
 def test_the_logged_lr_is_the_one_the_step_used(train: Train, tmp_path: Path) -> None:
-    from ovsam.train.engine import lr_factor
-
+    """sam2clip's official schedule: warm-up from 0.001 x lr, times a cosine to 0.01 x lr."""
     assert train(*TINY, "steps=4", "lr=0.1", "warmup_steps=1")[0] == 0
-    config = TrainConfig(steps=4, lr=0.1, warmup_steps=1)
     rows = log_rows(tmp_path / "run")
-    assert [row["lr"] for row in rows] == pytest.approx(
-        [0.1 * lr_factor(config, step) for step in range(4)]
-    )
-    assert rows[0]["lr"] == pytest.approx(0.1)  # warm-up of 1 step: the first is at full rate
+    cosine = [0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * s / 4)) for s in range(4)]
+    assert [row["lr"] for row in rows] == pytest.approx([1e-4, *(0.1 * c for c in cosine[1:])])
 
 
 def test_config_json_records_versions_and_world_size(train: Train, tmp_path: Path) -> None:

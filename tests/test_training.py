@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +20,13 @@ import torch
 from torch import nn
 
 from ovsam.errors import InputError
-from ovsam.train.config import TrainConfig, apply_overrides
-from ovsam.train.engine import batch_items, lr_factor
+from ovsam.train.config import TrainConfig, apply_overrides, task_config
+from ovsam.train.engine import batch_items
 from tiny_coco import write_tiny_coco
 
+COCO_BASE_IN_TINY = ("person", "car")  # tiny_coco's classes of OV-COCO's 48 base ones
 OVERRIDES = [
-    "steps=4", "random_clip=true", "clip_model=RN50", "adapter_dim=64", "adapter_depth=2",
+    "steps=4", "warmup_steps=0", "random_clip=true", "clip_model=RN50", "adapter_dim=64", "adapter_depth=2",
     "adapter_heads=2", "lr=2e-3", "log_every=1", "checkpoint_every=2", "grad_clip=1.0",
 ]  # fmt: skip
 
@@ -99,17 +101,25 @@ def test_a_torchrun_stopped_between_checkpoints_replays_exactly(
 
 
 def test_batches_are_a_pure_function_of_seed_step_and_rank() -> None:
+    """Ranks split each epoch: their micro-batches are disjoint and an epoch covers every item
+    once, in an order of the seed's (a pure function: asking again gives the same)."""
     config = TrainConfig(batch_size=2, grad_accum=2, seed=3)
-    ranks = [
-        [batch_items(config, s, m, r, 2, 10) for s in range(3) for m in range(2)] for r in range(2)
-    ]
-    flat = [i for r in ranks for b in r for i in b]
-    assert ranks == [
-        [batch_items(config, s, m, r, 2, 10) for s in range(3) for m in range(2)] for r in range(2)
-    ]
-    assert all(0 <= i < 10 for i in flat) and len(set(flat[:10])) >= 5
-    assert lr_factor(TrainConfig(steps=10, warmup_steps=2), 0) == 0.5
-    assert lr_factor(TrainConfig(steps=10), 10) == pytest.approx(0.0)
+
+    def batches() -> list[list[list[int]]]:  # [step * grad_accum + micro][rank] -> items
+        return [
+            [batch_items(config, s, m, r, 2, 10) for r in range(2)]
+            for s in range(3)
+            for m in range(2)
+        ]
+
+    drawn = batches()
+    assert drawn == batches()
+    for ranks in drawn:
+        assert not set(ranks[0]) & set(ranks[1])
+    in_order = [i for ranks in drawn for items in ranks for i in items]  # positions 0..23
+    assert sorted(in_order[:10]) == list(range(10)) and sorted(in_order[10:20]) == list(range(10))
+    assert in_order[:10] != list(range(10)) and in_order[:10] != in_order[10:20]
+    assert [batch_items(replace(config, seed=4), 0, 0, 0, 2, 10)] != [drawn[0][0]]
 
 
 def test_config_overrides() -> None:
@@ -131,16 +141,29 @@ def test_clip2sam_head_learns_masks_and_classes(tmp_path: Path, mobilesam_checkp
     data = tmp_path / "data"
     write_tiny_coco(data, images=1)
     overrides = [o for o in OVERRIDES if not o.startswith(("steps", "lr"))]
-    overrides += ["steps=4", "lr=1e-3", "vocabulary=dataset", "lsj=false", "task=clip2sam"]
+    overrides += ["steps=4", "lr=1e-3", "lsj=false"]
     config = apply_overrides(
-        TrainConfig(
+        replace(
+            task_config("clip2sam"),
             data=str(data / "images"),
             annotations=str(data / "instances.json"),
             out=str(tmp_path / "run"),
         ),
         overrides,
     )
+    assert (config.vocabulary, config.supervised_vocabulary) == ("coco", "coco_base")
     task = Clip2SamTask(config, torch.device("cpu"))
+    # the official COCO bank: all 80 classes, the 48 base ones supervised, novel ones negatives
+    assert len(task.bank.names) == 80 and len(task.class_of) == 48
+    assert set(COCO_BASE_IN_TINY) <= set(task.class_of) and not {"cat", "cup"} & set(task.class_of)
+    assert [task.bank.names[i] for i in task.class_of.values()] == list(task.class_of)
+    item = task.dataset[0]
+    pixels, frame, labels = task._prepare(0, np.random.default_rng(0))
+    base = [k for k, n in enumerate(item.names) if n in COCO_BASE_IN_TINY]
+    assert pixels.shape == (1, 3, 1024, 1024) and frame.shape == (len(base), 1024, 1024)
+    assert labels == [task.bank.names.index(item.names[k]) for k in base]
+    boxes = [[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] for ys, xs in map(np.nonzero, frame)]
+    np.testing.assert_allclose(boxes, item.boxes[base] * 8, atol=2)  # 128 -> 1024, not stretched
     trainable = {n for n, p in task.trainable.named_parameters() if p.requires_grad}
     assert any(n.startswith("fpn_neck.") for n in trainable) and any(
         n.startswith("mask_decoder.roi_conv") for n in trainable
@@ -294,8 +317,6 @@ def test_clip2sam_says_when_its_adapter_is_not_trained() -> None:
 def test_clip2sam_refuses_an_adapter_distilled_with_another_clip_or_teacher(
     tmp_path: Path,
 ) -> None:
-    from dataclasses import replace
-
     from ovsam.train.clip2sam_task import Clip2SamTask
     from ovsam.train.config import check_adapter_run, save_config
 
@@ -350,4 +371,5 @@ def test_large_scale_jitter_takes_a_read_only_image() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         out, out_masks = large_scale_jitter(image, masks, np.random.default_rng(0), size=16)
-    assert out.shape == (16, 16, 3) and out_masks.shape == (1, 16, 16)
+    assert out.shape[2] == 3 and out_masks.shape == (1, *out.shape[:2]) and out_masks.all()
+    assert 14 <= max(out.shape[:2]) <= 16  # the long side: 16 x [0.9, 2], cropped to 16

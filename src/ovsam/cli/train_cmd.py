@@ -77,17 +77,21 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         apply_overrides,
         check_resume,
         load_config,
+        task_config,
         validate_config,
     )
 
     saved = load_config(args.out) if (args.out / "config.json").is_file() else None
     config = replace(
-        saved or TrainConfig(),
+        saved or task_config(args.task),
         task=args.task,
         data=str(args.data),
         annotations=str(args.annotations or ""),
         out=str(args.out),
     )
+    for flag, field in (("--out", "out"), ("--data", "data"), ("--annotations", "annotations")):
+        if any(item.partition("=")[0] == field for item in args.set):
+            raise InputError(f"--set {field}=...: give the run's {field} with {flag}")
     config = absolute_paths(apply_overrides(config, args.set))
     if config.task != args.task:
         raise InputError(

@@ -185,6 +185,9 @@ class ImageFolder:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def image_path(self, index: int) -> Path:
+        return self.paths[index]
+
     def __getitem__(self, index: int) -> np.ndarray:
         return load_image(self.paths[index])
 

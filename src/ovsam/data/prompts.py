@@ -5,7 +5,8 @@
   "point" configs use a distance transform; here the distance is the chessboard distance,
   computed by repeated 3x3 erosion);
 - :func:`random_points`: points drawn uniformly inside each mask (training);
-- :func:`large_scale_jitter`: resize by a random factor of the 1024 frame, then crop/pad to it.
+- :func:`large_scale_jitter`: flip, resize by a random factor of the 1024 frame, then crop to
+  it (the official ``coco_ov_instance_lsj`` pipeline).
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+# The official LSJ pipeline's RandomFlip prob and RandomResize ratio_range (of the 1024 frame).
+LSJ_FLIP_PROB = 0.5
+LSJ_SCALE_RANGE = (0.9, 2.0)
 
 
 def box_prompts(boxes: np.ndarray) -> np.ndarray:
@@ -52,28 +57,28 @@ def large_scale_jitter(
     masks: np.ndarray,
     rng: np.random.Generator,
     size: int = 1024,
-    scale_range: tuple[float, float] = (0.1, 2.0),
+    scale_range: tuple[float, float] = LSJ_SCALE_RANGE,
+    flip_prob: float = LSJ_FLIP_PROB,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Resize so the long side is ``size * s`` (``s`` uniform in ``scale_range``), then take a
-    random ``size x size`` crop (zero padding where smaller). Returns image and masks."""
+    """The official CLIP2SAM augmentation: flip left-right with probability ``flip_prob``,
+    resize so the long side is ``size * s`` (``s`` uniform in ``scale_range``), then take a
+    random crop of at most ``size x size``. Returns the image (``hxwx3`` uint8, h and w at most
+    ``size``: padding is the caller's, after pixel normalisation, as SAM pads) and the masks
+    (``Nxhxw`` bool) of the same crop."""
+    if rng.uniform() < flip_prob:
+        image, masks = image[:, ::-1], masks[:, :, ::-1]
     height, width = image.shape[:2]
     factor = size * rng.uniform(*scale_range) / max(height, width)
     new_h, new_w = max(1, round(height * factor)), max(1, round(width * factor))
     img = F.interpolate(
-        torch.tensor(image).permute(2, 0, 1)[None].float(),  # a copy: ``image`` may be read-only
+        torch.tensor(image.copy()).permute(2, 0, 1)[None].float(),  # ``image`` may be read-only
         (new_h, new_w),
         mode="bilinear",
         align_corners=False,
     )
-    msk = F.interpolate(torch.tensor(masks).float()[None], (new_h, new_w), mode="nearest")[0] > 0.5
+    msk = F.interpolate(torch.tensor(masks.copy()).float()[None], (new_h, new_w), mode="nearest")
     top = int(rng.integers(0, max(new_h - size, 0) + 1))
     left = int(rng.integers(0, max(new_w - size, 0) + 1))
-    img, msk = (
-        img[0, :, top : top + size, left : left + size],
-        msk[:, top : top + size, left : left + size],
-    )
-    out_img = torch.zeros(3, size, size)
-    out_msk = torch.zeros(len(masks), size, size, dtype=torch.bool)
-    out_img[:, : img.shape[1], : img.shape[2]] = img
-    out_msk[:, : msk.shape[1], : msk.shape[2]] = msk
-    return out_img.round().clamp(0, 255).byte().permute(1, 2, 0).numpy(), out_msk.numpy()
+    img = img[0, :, top : top + size, left : left + size]
+    msk = msk[0, :, top : top + size, left : left + size] > 0.5
+    return img.round().clamp(0, 255).byte().permute(1, 2, 0).numpy(), msk.numpy()

@@ -7,11 +7,14 @@ distilled with another ``clip_model``, CLIP weights or ``teacher`` than the run'
 (:func:`~ovsam.train.config.check_adapter_run`: read from the sam2clip run's ``config.json``, so
 a bare adapter file, outside its run folder, cannot be checked).
 
-Per image (large-scale jitter to 1024² when ``lsj``): up to ``prompts_per_image`` instances of
-the training vocabulary (``vocabulary``: e.g. ``coco_base``; ``dataset`` = all categories) are
-prompted, the first half by their ground-truth box, the rest by a random point inside the mask.
-Losses, weighted as the official configs (2 / 5 / 5): cross-entropy of the region embedding
-(pooled with the ground-truth box) against the text bank + a background class (weight 0.1),
+Per image (large-scale jitter to 1024² when ``lsj``; instances under :data:`MIN_MASK_AREA`
+pixels afterwards dropped): up to ``prompts_per_image`` instances of the supervised classes
+(``supervised_vocabulary``, e.g. ``coco_base``; empty = all of ``vocabulary``; ``dataset`` =
+the annotation file's categories) are prompted, the first half by their ground-truth box, the
+rest by a random point inside the mask. Losses, weighted as the official configs (2 / 5 / 5):
+cross-entropy of the region embedding (pooled with the ground-truth box) against the text bank
+of ``vocabulary`` + a background class (weight 0.1): as in the official COCO run, the bank holds
+all 80 classes and the 17 novel ones, never supervised, stay in the softmax as negatives;
 binary cross-entropy and dice between the 256² mask logits and the ground truth. (The official
 code samples 12,544 uncertain points for the mask losses; here they are dense at 256².)
 """
@@ -36,9 +39,18 @@ from ovsam.ov.model import OVSamConfig
 from ovsam.ov.sam2clip import SAM2CLIPAdapter
 from ovsam.train.config import TrainConfig, check_adapter_run
 from ovsam.transforms import ResizeLongestSide
-from ovsam.vocab import category_vocabulary, load_vocabulary, name_key, prompt_templates
+from ovsam.vocab import (
+    Vocabulary,
+    category_vocabulary,
+    load_vocabulary,
+    name_key,
+    prompt_templates,
+)
 
 LOSS_WEIGHTS = {"ce": 2.0, "bce": 5.0, "dice": 5.0}
+# Instances smaller than this (pixels, in the 1024 frame after augmentation) are not trained on,
+# as the official pipeline's FilterAnnotationsHB(min_gt_mask_area=32).
+MIN_MASK_AREA = 32
 BACKGROUND_WEIGHT = 0.1
 
 
@@ -69,6 +81,13 @@ def dice_loss(logits: Tensor, targets: Tensor) -> Tensor:
     return (1 - (2 * (probs * targets).sum(1) + 1) / (probs.sum(1) + targets.sum(1) + 1)).mean()
 
 
+def _supervised_setting(config: TrainConfig) -> str:
+    """The setting that names the classes trained on, as written on the command line."""
+    if config.supervised_vocabulary:
+        return f"supervised_vocabulary={config.supervised_vocabulary!r}"
+    return f"vocabulary={config.vocabulary!r}"
+
+
 def startup_notice(config: TrainConfig) -> str | None:
     """One line on what the head will learn from, when that is not a trained SAM2CLIP adapter:
     a note for ``random_clip`` (testing mode: everything frozen is random anyway), a warning
@@ -96,16 +115,25 @@ class Clip2SamTask:
         check_adapter_run(config)  # before anything is built
         self.config, self.device = config, device
         self.dataset = InstanceDataset(config.annotations, config.data)
-        vocab = (
-            category_vocabulary("dataset", [c["name"] for c in self.dataset.categories.values()])
-            if config.vocabulary == "dataset"
-            else load_vocabulary(config.vocabulary)
-        )  # classes matched to annotations by name_key: LVIS's aerosol_can is 'aerosol can'
-        self.class_of = {name_key(name): i for i, name in enumerate(vocab.classes)}
+        vocab = self._vocabulary(config.vocabulary)
+        # annotations matched to classes by name_key: LVIS's aerosol_can is 'aerosol can'
+        bank_index = {name_key(name): i for i, name in enumerate(vocab.classes)}
+        supervised = vocab.classes
+        if config.supervised_vocabulary:
+            supervised = self._vocabulary(config.supervised_vocabulary).classes
+            outside = [n for n in supervised if name_key(n) not in bank_index]
+            if outside:
+                raise InputError(
+                    f"supervised_vocabulary={config.supervised_vocabulary!r} has classes that "
+                    f"vocabulary={config.vocabulary!r} lacks ({', '.join(map(repr, outside[:3]))})"
+                    ": the classes trained on must be in the text bank (--set "
+                    "supervised_vocabulary= trains on all of the vocabulary's)"
+                )
+        self.class_of = {name_key(n): bank_index[name_key(n)] for n in supervised}
         if not any(name_key(name) in self.class_of for name in self.dataset.annotated_names()):
             raise InputError(
-                f"{config.annotations} has no instance of a class of vocabulary="
-                f"{config.vocabulary!r}: nothing to train on (vocabulary=dataset uses its own)"
+                f"{config.annotations} has no instance of a class of "
+                f"{_supervised_setting(config)}: nothing to train on (dataset uses its own)"
             )
         self.num_items = len(self.dataset)
         if config.random_clip:
@@ -142,6 +170,13 @@ class Clip2SamTask:
         self.pixel_mean, self.pixel_std = sam.pixel_mean, sam.pixel_std
         self.transform = ResizeLongestSide(1024)
 
+    def _vocabulary(self, name: str) -> Vocabulary:
+        """A vocabulary setting: ``dataset`` = the annotation file's categories."""
+        if name == "dataset":
+            categories = self.dataset.categories.values()
+            return category_vocabulary("dataset", [c["name"] for c in categories])
+        return load_vocabulary(name)
+
     def _prepare(
         self, index: int, rng: np.random.Generator
     ) -> tuple[Tensor, np.ndarray, list[int]] | None:
@@ -157,16 +192,18 @@ class Clip2SamTask:
             masks = np.stack(
                 [self.transform.apply_image(m.astype(np.uint8) * 255) > 127 for m in masks]
             )
-        visible = masks.reshape(len(masks), -1).any(1)
-        if not visible.any():
+        kept = masks.reshape(len(masks), -1).sum(1) >= MIN_MASK_AREA  # after the crop
+        if not kept.any():
             return None
         labels = [
-            self.class_of[name_key(item.names[k])] for k, v in zip(keep, visible, strict=True) if v
+            self.class_of[name_key(item.names[k])] for k, v in zip(keep, kept, strict=True) if v
         ]
+        frame = np.zeros((int(kept.sum()), 1024, 1024), dtype=bool)  # padded like the pixels
+        frame[:, : masks.shape[1], : masks.shape[2]] = masks[kept]
         pixels = torch.from_numpy(image).permute(2, 0, 1).float().to(self.device)
         pixels = (pixels - self.pixel_mean) / self.pixel_std
         pixels = F.pad(pixels, (0, 1024 - pixels.shape[2], 0, 1024 - pixels.shape[1]))
-        return pixels[None], masks[visible], labels
+        return pixels[None], frame, labels
 
     def loss(
         self, module: nn.Module, items: list[int], rng: np.random.Generator

@@ -23,7 +23,7 @@ TASKS = ("sam2clip", "clip2sam")
 # fields that may differ when a run is resumed: they change neither the model, the data nor
 # the optimisation already done (learning-rate and optimizer settings are restored from the
 # checkpoint, so changing them would be silently ignored)
-RESUMABLE = frozenset({"out", "steps", "log_every", "checkpoint_every"})
+RESUMABLE = frozenset({"out", "steps", "log_every", "checkpoint_every", "keep_checkpoints"})
 #: key of ``config.json`` holding the versions and world size of the run's last process
 ENVIRONMENT = "environment"
 _PATHS = frozenset({"data", "annotations", "teacher_checkpoint", "adapter_checkpoint"})
@@ -35,7 +35,18 @@ _POSITIVE = (
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything a run needs. Sizes default to the official configuration."""
+    """Everything a run needs. Sizes default to the official configuration; a new run starts
+    from :func:`task_config` (the official optimisation of its task), and the defaults here of
+    the fields added later are what runs saved before them did, so their ``config.json`` files
+    still read back as they ran.
+
+    ``lr_schedule``: ``cosine`` (to ``min_lr_ratio * lr`` at ``steps``) or ``step`` (x0.1 at
+    8/12 and 11/12 of ``steps``: the official 12-epoch schedule), times a linear warm-up from
+    0.001 over ``warmup_steps``; ``norm_decay=false`` exempts normalisation layers from weight
+    decay (the official ``norm_decay_mult=0``); ``keep_checkpoints`` N > 0 deletes all but the
+    newest N checkpoints; ``supervised_vocabulary`` names the classes trained on when they are
+    fewer than the text bank's ``vocabulary`` (empty = all of it).
+    """
 
     task: str = "sam2clip"
     data: str = ""
@@ -47,8 +58,12 @@ class TrainConfig:
     lr: float = 1e-4
     weight_decay: float = 0.05
     warmup_steps: int = 0
+    lr_schedule: str = "cosine"
+    min_lr_ratio: float = 0.0
+    norm_decay: bool = True
     grad_clip: float = 0.01
     checkpoint_every: int = 100
+    keep_checkpoints: int = 0
     log_every: int = 10
     seed: int = 0
     bf16: bool = True
@@ -65,9 +80,26 @@ class TrainConfig:
     lsj: bool = True
     prompts_per_image: int = 40
     vocabulary: str = "coco_base"
+    supervised_vocabulary: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# What differs between the tasks' official configs (schedule_distillation.py for sam2clip,
+# schedule_12e.py + the 80-class COCO bank with the 48 base classes supervised for clip2sam).
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "sam2clip": {"warmup_steps": 500, "lr_schedule": "cosine", "min_lr_ratio": 0.01,
+                 "norm_decay": False, "grad_clip": 5.0},
+    "clip2sam": {"warmup_steps": 500, "lr_schedule": "step", "norm_decay": False,
+                 "grad_clip": 0.01, "vocabulary": "coco", "supervised_vocabulary": "coco_base"},
+}  # fmt: skip
+LR_SCHEDULES = ("cosine", "step")
+
+
+def task_config(task: str) -> TrainConfig:
+    """The configuration a new run of ``task`` starts from (:data:`TASK_DEFAULTS` applied)."""
+    return replace(TrainConfig(task=task), **TASK_DEFAULTS.get(task, {}))
 
 
 def _convert(name: str, kind: type, text: str) -> Any:
@@ -231,9 +263,20 @@ def validate_config(config: TrainConfig) -> None:
     for name in _POSITIVE:
         if getattr(config, name) < 1:
             raise InputError(f"{name}={getattr(config, name)}: expected a positive integer")
-    for name in ("warmup_steps", "seed"):
+    for name in ("warmup_steps", "seed", "keep_checkpoints"):
         if getattr(config, name) < 0:
             raise InputError(f"{name}={getattr(config, name)}: expected an integer >= 0")
+    if config.warmup_steps >= config.steps:
+        raise InputError(
+            f"warmup_steps={config.warmup_steps} leaves no step of steps={config.steps} at the "
+            f"full learning rate: use --set warmup_steps=N with N < {config.steps}"
+        )
+    if config.lr_schedule not in LR_SCHEDULES:
+        raise InputError(
+            f"lr_schedule={config.lr_schedule!r}: expected one of {', '.join(LR_SCHEDULES)}"
+        )
+    if not 0 <= config.min_lr_ratio <= 1:
+        raise InputError(f"min_lr_ratio={config.min_lr_ratio}: expected a number in [0, 1]")
     if not (math.isfinite(config.lr) and config.lr > 0):
         raise InputError(f"lr={config.lr}: expected a finite number > 0")
     for name in ("weight_decay", "grad_clip"):

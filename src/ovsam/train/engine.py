@@ -2,7 +2,7 @@
 
 A *task* owns the frozen parts, the data and the loss; the engine owns the trainable module
 (wrapped in ``DistributedDataParallel`` when ``torchrun`` started several processes), the
-AdamW optimizer, the warm-up + cosine schedule, gradient accumulation and clipping, bf16 autocast
+AdamW optimizer and schedule (:mod:`ovsam.train.schedule`), gradient accumulation and clipping, bf16 autocast
 on GPU, logs (``log.jsonl`` and, when ``tensorboard`` is installed, ``tb/``), progress bars on
 rank 0 and checkpoints every ``checkpoint_every`` steps (``checkpoints/step_N.pt`` written
 atomically, ``latest.json`` pointing at the newest).
@@ -37,6 +37,7 @@ from ovsam.distributed import DistInfo, barrier
 from ovsam.errors import CheckpointError, InputError, TrainingDivergedError, first_line
 from ovsam.fileio import atomic_path, atomic_write_bytes, atomic_write_json
 from ovsam.train.config import TrainConfig, save_config
+from ovsam.train.schedule import lr_factor, param_groups
 
 
 class Task(Protocol):
@@ -70,14 +71,6 @@ def batch_items(
     return out
 
 
-def lr_factor(config: TrainConfig, step: int) -> float:
-    """Linear warm-up then cosine decay to zero at ``config.steps``."""
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    span = max(1, config.steps - config.warmup_steps)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - config.warmup_steps) / span)))
-
-
 def latest_checkpoint(run_dir: Path, damaged_hint: str) -> Path | None:
     """The checkpoint ``run_dir/checkpoints/latest.json`` names (whether or not it exists), or
     None without that file; a damaged one is a :class:`CheckpointError` ending with
@@ -92,6 +85,12 @@ def latest_checkpoint(run_dir: Path, damaged_hint: str) -> Path | None:
     return pointer.parent / str(name)
 
 
+def checkpoint_files(folder: Path) -> list[Path]:
+    """The ``step_N.pt`` files in ``folder``, oldest step first."""
+    steps = [(p.stem[5:], p) for p in folder.glob("step_*.pt")]
+    return [p for _, p in sorted((int(n), p) for n, p in steps if n.isdigit())]
+
+
 class ScalarWriter(Protocol):
     """The part of ``torch.utils.tensorboard.SummaryWriter`` the engine uses."""
 
@@ -100,6 +99,9 @@ class ScalarWriter(Protocol):
 
     def close(self) -> None:
         """Flush pending events to disk and close the event file."""
+
+
+_POINTER_EXAMPLE = '{"file": "step_N.pt", "step": N}'
 
 
 def _first_line(exc: BaseException) -> str:
@@ -111,6 +113,9 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, task: Task, info: DistInfo) -> None:
         self.config, self.task, self.info = config, task, info
+        if task.num_items < 1:
+            where = config.annotations or config.data
+            raise InputError(f"nothing to train on: {where} holds no training items")
         self.run_dir = Path(config.out)
         self.module = task.trainable.to(info.device)
         self.wrapped: nn.Module = self.module
@@ -121,8 +126,9 @@ class Trainer:
                 device_ids=ids,
                 find_unused_parameters=bool(getattr(task, "find_unused_parameters", False)),
             )
-        params = [p for p in self.module.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.module, config), lr=config.lr, weight_decay=config.weight_decay
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(config, s)
         )
@@ -134,9 +140,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def _latest(self) -> Path | None:
-        path = latest_checkpoint(
-            self.run_dir, "fix or delete it to resume from an older checkpoint"
-        )
+        path = latest_checkpoint(self.run_dir, f"fix it ({_POINTER_EXAMPLE}) or use a new --out")
+        saved = checkpoint_files(self.run_dir / "checkpoints")
+        if path is None and saved:  # a fresh start would overwrite them
+            raise CheckpointError(
+                f"{self.run_dir / 'checkpoints'} holds {saved[-1].name} and others but no "
+                f"latest.json: write one ({_POINTER_EXAMPLE}) to resume from that checkpoint, "
+                "or use a new --out"
+            )
         if path is not None and not path.is_file():
             raise CheckpointError(
                 f"{path.parent / 'latest.json'} names {path}, which does not exist"
@@ -152,13 +163,42 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
+                "data": {"world": self.info.world, "num_items": self.task.num_items},
             }
             with atomic_path(path) as tmp:
                 torch.save(state, tmp)
             atomic_write_json(path.parent / "latest.json", {"file": path.name, "step": self.step})
+            self._prune(path)
         barrier()
         self.saved_step = self.step
         return path
+
+    def _prune(self, newest: Path) -> None:
+        """Delete all but the newest ``keep_checkpoints`` checkpoints (0 keeps all)."""
+        keep = self.config.keep_checkpoints
+        if keep < 1:
+            return
+        older = [p for p in checkpoint_files(newest.parent) if p != newest]
+        for path in older[: max(0, len(older) - (keep - 1))]:
+            path.unlink(missing_ok=True)
+
+    def _check_same_data(self, recorded: object, path: Path) -> None:
+        """Refuse to resume from a checkpoint taken with another world size or dataset size:
+        batches are drawn by position (:func:`batch_items`), so either would replay other data
+        (and a new world size also changes the batch)."""
+        if not isinstance(recorded, dict):  # checkpoints written before this was recorded
+            return
+        now = {"world": self.info.world, "num_items": self.task.num_items}
+        remedy = {
+            "world": f"start it on {recorded.get('world')} processes (torchrun --nproc_per_node)",
+            "num_items": "train on the data it was trained on",
+        }
+        for key, value in now.items():
+            if recorded.get(key) not in (None, value):
+                raise InputError(
+                    f"{path} was trained with {key}={recorded[key]}, this run has {key}={value}: "
+                    f"resuming would draw other batches; {remedy[key]}, or use a new --out"
+                )
 
     def resume(self) -> bool:
         """Load the newest checkpoint of the run, if any; returns whether one was found."""
@@ -173,6 +213,7 @@ class Trainer:
                 f"cannot resume from {path} ({_first_line(exc)}); delete it and point "
                 "latest.json at an older step_N.pt, or use a new --out"
             ) from exc
+        self._check_same_data(state.get("data"), path)
         load_state_dict_strict(self.module, model, source=str(path))
         try:
             self.optimizer.load_state_dict(state["optimizer"])

@@ -12,7 +12,7 @@ from                                           goes to
 the clip2sam checkpoint (``step_N.pt``)        ``fpn_neck.*``, ``mask_decoder.*``
 CLIP ``clip_model`` / ``clip_weights``         ``image_encoder.backbone.*``
 the ``teacher`` SAM                            ``prompt_encoder.*``
-``vocabulary``                                 ``OVSamConfig.seen_vocabulary``
+``supervised_vocabulary`` (or ``vocabulary``)   ``OVSamConfig.seen_vocabulary``
 =============================================  ==============================
 
 The adapter's size is read from its tensors and recorded in the config, as are the CLIP
@@ -29,7 +29,6 @@ unfinished run.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +39,7 @@ from ovsam.errors import CheckpointError, InputError, first_line
 from ovsam.ov.checkpoints import save_ovsam, take_prefix
 from ovsam.ov.model import OVSam, OVSamConfig, build_ovsam
 from ovsam.train.config import TrainConfig, check_adapter_run, load_config
-from ovsam.train.engine import latest_checkpoint
+from ovsam.train.engine import checkpoint_files, latest_checkpoint
 from ovsam.vocab import BUILTIN_VOCABULARIES, category_vocabulary, load_vocabulary
 
 _HEAD = ("fpn_neck.", "mask_decoder.")
@@ -65,9 +64,7 @@ def run_checkpoint(run: str | Path, step: int | None = None) -> tuple[Path, Path
     else:
         path = folder / f"step_{step}.pt"
     if not path.is_file():
-        steps = sorted(
-            int(m[1]) for p in folder.glob("step_*.pt") if (m := re.match(r"step_(\d+)", p.stem))
-        )
+        steps = [int(p.stem[5:]) for p in checkpoint_files(folder)]
         raise InputError(f"{path} does not exist (steps saved: {steps or 'none'})")
     return run, path
 
@@ -85,18 +82,20 @@ def adapter_sizes(state: dict[str, torch.Tensor]) -> tuple[int, int, int]:
 
 
 def seen_vocabulary(config: TrainConfig) -> str | tuple[str, ...]:
-    """What the head was trained on: a built-in vocabulary's name, else its class names (those
-    of the annotation file for ``vocabulary=dataset``, as training names them:
-    :func:`~ovsam.vocab.category_vocabulary`)."""
-    if config.vocabulary in BUILTIN_VOCABULARIES:
-        return config.vocabulary
-    if config.vocabulary != "dataset":
-        return load_vocabulary(config.vocabulary).classes
+    """What the head was trained on (``supervised_vocabulary``, else ``vocabulary``): a
+    built-in vocabulary's name, else its class names (those of the annotation file for
+    ``dataset``, as training names them: :func:`~ovsam.vocab.category_vocabulary`)."""
+    setting = "supervised_vocabulary" if config.supervised_vocabulary else "vocabulary"
+    name = getattr(config, setting)
+    if name in BUILTIN_VOCABULARIES:
+        return name
+    if name != "dataset":
+        return load_vocabulary(name).classes
     try:
         categories = json.loads(Path(config.annotations).read_text(encoding="utf-8"))["categories"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InputError(
-            f"vocabulary=dataset: cannot read the class names of {config.annotations} ({exc})"
+            f"{setting}=dataset: cannot read the class names of {config.annotations} ({exc})"
         ) from exc
     return category_vocabulary("dataset", [str(c["name"]) for c in categories]).classes
 

@@ -10,6 +10,7 @@ from the teacher, as the official code copies SAM ViT-H's).
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -69,17 +70,27 @@ class Sam2ClipTask:
         item = self.images[index]
         return item if isinstance(item, np.ndarray) else item.image
 
+    def _cached_target(self, index: int) -> Path:
+        """Where the teacher embedding of item ``index`` is kept: named by the image file's
+        path, size and modification time, so adding, removing or replacing images in
+        ``data`` never pairs an image with another one's target."""
+        path = self.images.image_path(index)
+        stat = path.stat()
+        key = f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()
+        return self.cache / f"{hashlib.sha256(key).hexdigest()[:32]}.pt"
+
     @torch.no_grad()
     def inputs(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """SAM-normalised ``1x3x1024x1024`` input and the teacher embedding (cached)."""
         resized = self.transform.apply_image(self._image(index))
         pixels = torch.from_numpy(resized).permute(2, 0, 1)[None].float().to(self.device)
         x = self.teacher.preprocess(pixels)
-        path = self.cache / f"{index}.pt"
+        path = self._cached_target(index)
         if self.config.cache_teacher and path.is_file():
             target = torch.load(path, map_location=self.device, weights_only=True)
         else:
-            target = self.teacher.image_encoder(x)
+            with torch.autocast(self.device.type, enabled=False):  # fp32 targets under bf16
+                target = self.teacher.image_encoder(x)
             if self.config.cache_teacher:
                 with atomic_path(path) as tmp:
                     torch.save(target.cpu(), tmp)
