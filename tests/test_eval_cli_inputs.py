@@ -154,3 +154,24 @@ def test_an_unreadable_image_is_skipped_reported_and_not_retried(
     status, stdout, stderr = run_eval(tiny, tmp_path / "out", *extra)  # resumed: not retried
     assert status == 0 and "skipped image" not in stderr
     assert strict_json(tmp_path / "out" / "metrics.json") == metrics
+
+
+def test_lvis_detections_and_ground_truth_without_iscrowd_are_refused(
+    tiny: Path, tmp_path: Path, built: list
+) -> None:
+    """COCOeval reads every annotation's iscrowd (LVIS files have none) and is not LVIS's
+    federated AP: both are refused before the evaluation, not after it."""
+    data = json.loads(tiny.read_text())
+    dets = [{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 1}]
+    (tmp_path / "dets.json").write_text(json.dumps(dets))
+    for ann in data["annotations"]:
+        del ann["iscrowd"]
+    tiny.write_text(json.dumps(data))
+    extra = ("--detections", str(tmp_path / "dets.json"))
+    status, _, stderr = run_eval(tiny, tmp_path / "out", *extra, "--split", "all")
+    assert status == 2 and not built and "has no 'iscrowd' (needed for mask AP)" in stderr
+    for category in data["categories"]:
+        category["frequency"] = "f"
+    tiny.write_text(json.dumps(data))
+    status, _, stderr = run_eval(tiny, tmp_path / "out", *extra, "--split", "lvis")
+    assert status == 2 and not built and "LVIS is scored with its federated AP" in stderr

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from ovsam.data.instances import fill_polygons, polygons_to_mask
+from ovsam.data.polygons import fill_polygons, polygons_to_mask
 from ovsam.data.prompts import center_points, large_scale_jitter, random_points
 from ovsam.errors import InputError
 from ovsam.evaluation.runner import lvis_splits

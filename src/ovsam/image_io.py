@@ -80,11 +80,14 @@ def load_image(
     source: str | os.PathLike[str] | bytes | bytearray | memoryview,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    exif_orientation: bool = True,
 ) -> np.ndarray:
     """Load an image as an ``HxWx3`` uint8 RGB array.
 
     ``source`` is a file path or the encoded bytes of an image file (``bytes``,
-    ``bytearray`` or ``memoryview``); ``max_pixels`` a positive integer. Raises
+    ``bytearray`` or ``memoryview``); ``max_pixels`` a positive integer. The image is turned
+    upright as its EXIF orientation says, unless ``exif_orientation`` is False (the stored
+    pixel grid, which dataset annotations refer to). Raises
     :class:`InputError` when the file is missing, is not an image, is truncated, or has
     more than ``max_pixels`` pixels.
     """
@@ -113,7 +116,7 @@ def load_image(
             raise InputError(f"cannot read {what}: {exc.strerror or exc}") from exc
     try:
         with fh:
-            return _decode(fh, what, max_pixels)
+            return _decode(fh, what, max_pixels, exif_orientation)
     except InputError:
         raise
     except Image.DecompressionBombError as exc:
@@ -126,8 +129,9 @@ def load_image(
         raise InputError(f"{what} is corrupt or truncated: {exc}") from exc
 
 
-def _decode(fh: IO[bytes], what: str, max_pixels: int) -> np.ndarray:
-    """Open, size-check and decode the image in ``fh`` (``what`` names it in errors)."""
+def _decode(fh: IO[bytes], what: str, max_pixels: int, exif_orientation: bool) -> np.ndarray:
+    """Open, size-check and decode the image in ``fh`` (``what`` names it in errors), upright
+    when ``exif_orientation``."""
     with _WARNINGS_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         opened = Image.open(fh, formats=_opened_formats())
@@ -141,7 +145,8 @@ def _decode(fh: IO[bytes], what: str, max_pixels: int) -> np.ndarray:
                 f"more than the limit of {max_pixels}"
             )
         img.load()
-        return np.ascontiguousarray(_to_uint8_rgb(ImageOps.exif_transpose(img)))
+        upright = ImageOps.exif_transpose(img) if exif_orientation else img
+        return np.ascontiguousarray(_to_uint8_rgb(upright))
 
 
 def _opened_formats() -> list[str]:

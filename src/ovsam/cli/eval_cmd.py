@@ -92,7 +92,14 @@ def run(args: argparse.Namespace) -> int:
     selection = select_images(data, dataset, args.limit)
     detections = None
     if args.detections is not None:  # checked now rather than after the evaluation
+        from ovsam.errors import InputError
         from ovsam.evaluation.mask_ap import read_detections, select_detections
+
+        if args.split == "lvis":
+            raise InputError(
+                "--detections gives COCO mask AP (COCOeval); LVIS is scored with its federated "
+                "AP (lvis-api), which ovsam does not compute: use --split all for COCOeval's AP"
+            )
 
         detections = select_detections(
             read_detections(args.detections, data), selection.image_ids, dataset.categories
@@ -183,13 +190,13 @@ def _image_paths(
 ) -> list[Path]:
     """The image files the evaluation reads: those prompted, and those of the detections
     (``data``: the annotation file)."""
-    from ovsam.data.instances import image_file_name
+    from ovsam.data.instances import image_file
 
     paths = [dataset.image_path(index) for index in indices]
     if detections:
         infos = {img["id"]: img for img in data["images"]}
         with_detections = dict.fromkeys(d["image_id"] for d in detections)
-        paths += [dataset.image_root / image_file_name(infos[i]) for i in with_detections]
+        paths += [image_file(dataset.image_root, infos[i]) for i in with_detections]
     return paths
 
 

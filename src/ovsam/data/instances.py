@@ -12,6 +12,7 @@ malformed or incomplete one is an :class:`InputError` naming the file and the en
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ovsam.data.polygons import polygons_to_mask
 from ovsam.errors import InputError
 from ovsam.image_io import load_image
 from ovsam.masks import decode_rle
@@ -35,49 +37,6 @@ class Instances:
     masks: np.ndarray
     category_ids: list[int]
     names: list[str]
-
-
-def polygons_to_mask(polygons: list[list[float]], height: int, width: int) -> np.ndarray:
-    """Rasterise COCO polygons (``[x0, y0, x1, y1, ...]`` lists) into an ``HxW`` bool mask.
-
-    With pycocotools installed (the ``[coco]`` extra) its rasteriser is used, so ground truth is
-    pixel-identical to what ``COCOeval`` sees; otherwise :func:`fill_polygons` (pixel centres
-    inside; the same pixels for axis-aligned polygons, a few edge pixels apart on slanted edges).
-    """
-    valid = [list(map(float, poly)) for poly in polygons if len(poly) >= 6]
-    try:
-        from pycocotools import mask as coco_mask
-    except ImportError:
-        return fill_polygons(valid, height, width)
-    if not valid:
-        return np.zeros((height, width), dtype=bool)
-    rles = coco_mask.frPyObjects(valid, height, width)
-    return coco_mask.decode(coco_mask.merge(rles)).astype(bool)
-
-
-def fill_polygons(polygons: list[list[float]], height: int, width: int) -> np.ndarray:
-    """``HxW`` bool mask of the pixels whose centre ``(x + 0.5, y + 0.5)`` lies inside any of
-    ``polygons`` (``[x0, y0, x1, y1, ...]`` in pixels, even-odd rule per polygon).
-
-    A box polygon ``x0 y0 x1 y0 x1 y1 x0 y1`` with integer corners fills exactly the
-    ``(x1 - x0) x (y1 - y0)`` pixels of ``[x0, x1) x [y0, y1)``, as pycocotools does.
-    """
-    mask = np.zeros((height, width + 1), dtype=np.int32)
-    centres = np.arange(height) + 0.5
-    for polygon in polygons:
-        xy = np.asarray(polygon, dtype=np.float64).reshape(-1, 2)
-        (x0, y0), (x1, y1) = xy.T, np.roll(xy, -1, axis=0).T
-        low, high = np.minimum(y0, y1), np.maximum(y0, y1)
-        crosses = (centres[:, None] >= low) & (centres[:, None] < high)  # rows x edges
-        slope = np.divide(x1 - x0, y1 - y0, out=np.zeros_like(x0), where=y1 != y0)
-        xs = np.where(crosses, x0 + (centres[:, None] - y0) * slope, np.inf)
-        xs.sort(axis=1)  # per row: entering, leaving, entering, ... (inf = no crossing)
-        count = crosses.sum(1)
-        rows, index = np.nonzero(np.arange(xs.shape[1])[None, :] < count[:, None])
-        # first pixel column whose centre is at or right of each crossing
-        cols = np.clip(np.ceil(xs[rows, index] - 0.5), 0, width).astype(np.int64)
-        np.add.at(mask, (rows, cols), np.where(index % 2 == 0, 1, -1))
-    return np.cumsum(mask, axis=1)[:, :width] > 0
 
 
 def annotation_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
@@ -135,14 +94,14 @@ class InstanceDataset:
         }
 
     def image_path(self, index: int) -> Path:
-        return self.image_root / image_file_name(self.images[index])
+        return image_file(self.image_root, self.images[index])
 
     def __getitem__(self, index: int) -> Instances:
         """Image ``index`` and its instances. An image file that cannot be read, or an
         annotation whose mask cannot be decoded (or has another size than the image), is an
         :class:`InputError` naming the file, or the annotation id and the image id."""
         info = self.images[index]
-        image = load_image(self.image_path(index))
+        image = load_annotated_image(self.image_root, info)
         height, width = image.shape[:2]
         boxes, masks, ids = [], [], []
         for ann in self._annotations[info["id"]]:
@@ -159,7 +118,7 @@ class InstanceDataset:
             ys, xs = np.nonzero(mask)
             if xs.size == 0:
                 continue
-            boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+            boxes.append(_annotated_box(ann) or [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
             masks.append(mask)
             ids.append(int(ann["category_id"]))
         return Instances(
@@ -170,6 +129,51 @@ class InstanceDataset:
             ids,
             [self.categories[i]["name"] for i in ids],
         )
+
+
+def image_file(image_root: Path, info: Mapping[str, Any]) -> Path:
+    """The file of the ``images`` entry ``info``: ``image_root/file`` (:func:`image_file_name`),
+    or for LVIS, whose images lie in COCO's ``train2017/`` and ``val2017/``,
+    ``image_root/<folder of coco_url>/file`` when only that one exists (so ``--images coco/``
+    finds both)."""
+    path = Path(image_root) / image_file_name(info)
+    parts = str(info.get("coco_url", "")).rsplit("/", 2)
+    if not path.exists() and not info.get("file_name") and len(parts) == 3:
+        nested = Path(image_root) / parts[1] / parts[2]
+        if nested.exists():
+            return nested
+    return path
+
+
+def load_annotated_image(image_root: Path, info: Mapping[str, Any]) -> np.ndarray:
+    """The image of the ``images`` entry ``info`` as stored (no EXIF turn: annotations refer to
+    the stored pixel grid); :class:`InputError` when it cannot be read or its size is not the
+    ``height`` x ``width`` the entry states (a resized or replaced file)."""
+    path = image_file(image_root, info)
+    image = load_image(path, exif_orientation=False)
+    height, width = image.shape[:2]
+    stated = (info.get("height"), info.get("width"))
+    if all(_is_int(v) for v in stated) and stated != (height, width):
+        raise InputError(
+            f"image file {path} is {height}x{width} (HxW) but the annotation file says "
+            f"{stated[0]}x{stated[1]} for image id {info['id']}: not the annotated image "
+            "(resized or replaced?)"
+        )
+    return image
+
+
+def _annotated_box(ann: Mapping[str, Any]) -> list[float] | None:
+    """An annotation's ``bbox`` (XYWH) as XYXY pixels, or None when it has none usable (not
+    four finite numbers, or under 1 pixel wide or high: the mask's box is used then)."""
+    box = ann.get("bbox")
+    if not isinstance(box, list) or len(box) != 4:
+        return None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box):
+        return None
+    x, y, w, h = (float(v) for v in box)
+    if not all(math.isfinite(v) for v in (x, y, w, h)) or w < 1 or h < 1:
+        return None
+    return [x, y, x + w, y + h]
 
 
 class ImageFolder:
@@ -247,6 +251,7 @@ def check_annotations(data: Mapping[str, Any], source: str) -> None:
                     raise InputError(
                         f"{source}: {name} {entry[field]!r} is not an integer (COCO ids are)"
                     )
+    _check_category_names(data["categories"], source)
     for key in ("images", "categories"):
         seen: set[int] = set()
         for entry in data[key]:
@@ -255,6 +260,27 @@ def check_annotations(data: Mapping[str, Any], source: str) -> None:
                     f"{source}: {_FIELDS[key][0]} id {entry['id']} appears more than once"
                 )
             seen.add(entry["id"])
+
+
+def _check_category_names(categories: list[Mapping[str, Any]], source: str) -> None:
+    """:class:`InputError` for a category name that is not a non-empty string, or one that
+    names another category too (compared by :func:`~ovsam.vocab.name_key`: labels are matched
+    to categories by name, so the two could not be told apart)."""
+    from ovsam.vocab import name_key
+
+    seen: dict[str, object] = {}
+    for category in categories:
+        name = category["name"]
+        if not isinstance(name, str) or not name.strip():
+            raise InputError(
+                f"{source}: category id {category['id']} has the name {name!r}, not a class name"
+            )
+        first = seen.setdefault(name_key(name), category["id"])
+        if first != category["id"]:
+            raise InputError(
+                f"{source}: categories {first} and {category['id']} are both named {name!r} "
+                "(labels are matched by name)"
+            )
 
 
 def _is_int(value: object) -> bool:

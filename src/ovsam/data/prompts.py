@@ -26,18 +26,24 @@ def box_prompts(boxes: np.ndarray) -> np.ndarray:
 
 
 def center_points(masks: np.ndarray) -> np.ndarray:
-    """``Nx2`` XY pixel centres of the deepest interior pixel of each ``NxHxW`` mask."""
+    """``Nx2`` XY pixel centres of the deepest interior pixel of each ``NxHxW`` mask (ties: the
+    one nearest the deepest pixels' mean). Each mask is eroded within its own box, so the cost
+    is its box's area times its depth, not the image's."""
     points = np.zeros((len(masks), 2), dtype=np.float32)
     for i, mask in enumerate(masks):
-        current = torch.from_numpy(np.ascontiguousarray(mask)).float()[None, None]
+        ys, xs = np.nonzero(mask)
+        if not xs.size:
+            continue
+        top, left = ys.min(), xs.min()
+        crop = np.ascontiguousarray(mask[top : ys.max() + 1, left : xs.max() + 1])
+        current = torch.from_numpy(crop).float()[None, None]
         last = current
         while current.any():
             last = current
             current = -F.max_pool2d(-F.pad(current, (1, 1, 1, 1)), 3, stride=1)
         ys, xs = np.nonzero(last[0, 0].numpy())
-        if xs.size:
-            k = np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2)
-            points[i] = (xs[k] + 0.5, ys[k] + 0.5)
+        k = np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2)
+        points[i] = (left + xs[k] + 0.5, top + ys[k] + 0.5)
     return points
 
 

@@ -27,10 +27,9 @@ from typing import Any
 import numpy as np
 
 from ovsam.boxes import clip_to_image
-from ovsam.data.instances import image_file_name
+from ovsam.data.instances import load_annotated_image
 from ovsam.errors import InputError, OVSamError
 from ovsam.fileio import atomic_write_json
-from ovsam.image_io import load_image
 from ovsam.masks import encode_rle
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -51,7 +50,7 @@ def read_detections(path: str | Path, annotations: Mapping[str, Any]) -> list[di
     """The detections of the COCO results file ``path``, checked against ``annotations``
     (known ``image_id``, a 4-number ``bbox`` without a negative width or height, numeric
     ``score``); also checks that pycocotools is installed and that the ground truth has the
-    ``area`` COCOeval reads. Any problem is an :class:`InputError` naming the file and the
+    ``area`` and ``iscrowd`` COCOeval reads. Any problem is an :class:`InputError` naming the file and the
     detection."""
     _coco_tools()
     try:
@@ -79,8 +78,11 @@ def read_detections(path: str | Path, annotations: Mapping[str, Any]) -> list[di
         if not _is_number(score):
             raise InputError(f"{where}: score must be a number, got {score!r}")
     for ann in annotations["annotations"]:
-        if "area" not in ann:
-            raise InputError(f"annotation id {ann.get('id')} has no 'area' (needed for mask AP)")
+        for field in ("area", "iscrowd"):  # COCOeval reads both
+            if field not in ann:
+                raise InputError(
+                    f"annotation id {ann.get('id')} has no {field!r} (needed for mask AP)"
+                )
     return detections
 
 
@@ -114,11 +116,11 @@ def segment_detections(
     by_image: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
     for det in detections:
         by_image[int(det["image_id"])].append(det)
-    files = {int(img["id"]): image_file_name(img) for img in annotations["images"]}
+    infos = {int(img["id"]): img for img in annotations["images"]}
     results, unreadable = [], {}
     for image_id, dets in by_image.items():
         try:
-            image = load_image(Path(image_root) / files[image_id])
+            image = load_annotated_image(Path(image_root), infos[image_id])
         except InputError as exc:
             unreadable[image_id] = str(exc)
             continue

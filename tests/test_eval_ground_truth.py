@@ -1,0 +1,144 @@
+"""Ground truth as the annotation file states it: polygons checked and clipped, the stored
+pixel grid and its stated size, annotated boxes, category names, LVIS image folders, and the
+metric's averaging (per instance, split by split)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ovsam.data.instances import InstanceDataset, read_annotations
+from ovsam.data.polygons import fill_polygons, polygons_to_mask
+from ovsam.errors import InputError
+from ovsam.evaluation.metrics import InstanceRecord, summarize
+from tiny_coco import write_tiny_coco
+
+
+@pytest.mark.parametrize(
+    ("polygon", "message"),
+    [
+        ([1, 2, 3, float("nan"), 5, 6], "polygon 0 holds NaN or infinite coordinates"),
+        ([1, 2, 3, float("inf"), 5, 6], "polygon 0 holds NaN or infinite coordinates"),
+        ([[1, 2], [3, 4], [5, 6]], "polygon 0 is not a flat list of x, y pairs"),
+        ([1, 2, 3, 4, 5], "polygon 0 is not a flat list of x, y pairs"),
+        ([1, 2, "3", None, 5, 6], "polygon 0 holds a value that is not a number"),
+    ],
+)
+def test_a_polygon_that_is_not_finite_pairs_is_refused(polygon: list, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        polygons_to_mask([polygon], 10, 10)
+
+
+def test_a_far_vertex_is_clipped_without_changing_the_pixels() -> None:
+    """pycocotools walks every edge at 5x: a vertex at 1e12 would exhaust memory."""
+    triangle = [10, 10, 1e4, 50, 10, 90]
+    start = time.perf_counter()
+    far = polygons_to_mask([[10, 10, 1e12, 50, 10, 90]], 100, 100)
+    assert time.perf_counter() - start < 1.0
+    assert far.sum() == 90 * 80  # the band x >= 10 between the two near vertices
+    np.testing.assert_array_equal(
+        polygons_to_mask([triangle], 100, 100), fill_polygons([triangle], 100, 100)
+    )
+
+
+def _dataset(tmp_path: Path, edit=None) -> InstanceDataset:  # noqa: ANN001 - a data callback
+    path = write_tiny_coco(tmp_path, images=1)
+    if edit is not None:
+        data = json.loads(path.read_text())
+        edit(data)
+        path.write_text(json.dumps(data))
+    return InstanceDataset(read_annotations(path), tmp_path / "images")
+
+
+def test_boxes_are_the_annotated_ones_else_the_masks(tmp_path: Path) -> None:
+    def offset(data: dict) -> None:
+        data["annotations"][0]["bbox"] = [10.25, 5.5, 20.0, 30.0]
+        data["annotations"][1]["bbox"] = [0, 0, 0.5, 9]  # under a pixel wide: not usable
+
+    item = _dataset(tmp_path, offset)[0]
+    np.testing.assert_allclose(item.boxes[0], [10.25, 5.5, 30.25, 35.5])
+    ys, xs = np.nonzero(item.masks[1])
+    np.testing.assert_allclose(item.boxes[1], [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+
+
+def test_an_image_of_another_size_than_annotated_is_refused(tmp_path: Path) -> None:
+    dataset = _dataset(tmp_path)
+    path = dataset.image_path(0)
+    Image.open(path).resize((64, 48)).save(path)
+    with pytest.raises(InputError, match=r"is 48x64 \(HxW\) but the annotation file says 96x128"):
+        dataset[0]
+
+
+def test_annotations_refer_to_the_stored_pixel_grid_not_the_exif_turn(tmp_path: Path) -> None:
+    dataset = _dataset(tmp_path)
+    path = dataset.image_path(0)
+    stored = np.asarray(Image.open(path).convert("RGB"))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees": shown upright it would be 128x96
+    Image.fromarray(stored).save(path, exif=exif)
+    np.testing.assert_array_equal(dataset[0].image, stored)
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (
+            ["person", "car", "traffic light", "Person", "cup"],
+            "categories 1 and 17 are both named 'Person'",
+        ),
+        (
+            ["person", "car", "traffic_light", "cat", "traffic light"],
+            "categories 10 and 47 are both",
+        ),
+        (["person", 5, "traffic light", "cat", "cup"], "category id 3 has the name 5, not a class"),
+        (["person", " ", "traffic light", "cat", "cup"], "category id 3 has the name ' '"),
+    ],
+)
+def test_category_names_are_distinct_class_names(tmp_path: Path, names: list, message: str) -> None:
+    path = write_tiny_coco(tmp_path, images=1)
+    data = json.loads(path.read_text())
+    for category, name in zip(data["categories"], names, strict=True):
+        category["name"] = name
+    path.write_text(json.dumps(data))
+    with pytest.raises(InputError, match=message):
+        read_annotations(path)
+
+
+def test_lvis_images_are_found_in_their_coco_folder(tmp_path: Path) -> None:
+    def lvis(data: dict) -> None:
+        info = data["images"][0]
+        info["coco_url"] = f"http://images.cocodataset.org/train2017/{info.pop('file_name')}"
+
+    dataset = _dataset(tmp_path, lvis)
+    (tmp_path / "images" / "train2017").mkdir()
+    name = dataset.image_path(0).name
+    (tmp_path / "images" / name).rename(tmp_path / "images" / "train2017" / name)
+    assert dataset.image_path(0) == tmp_path / "images" / "train2017" / name
+    assert dataset[0].image.shape == (96, 128, 3)
+
+
+def test_metrics_average_over_instances_split_by_split() -> None:
+    """IoU is a mean over instances, as the official metric (not over images or classes, which
+    give other numbers here); Acc counts exact names; a split without instances has None."""
+    records = [
+        InstanceRecord(1, "person", "base", 0.9, "person"),
+        InstanceRecord(1, "person", "base", 0.6, "car"),
+        InstanceRecord(1, "car", "base", 0.3, "car"),
+        InstanceRecord(2, "car", "base", 0.1, "person"),
+        InstanceRecord(2, "car", "base", 0.2, "car"),
+        InstanceRecord(3, "cat", "novel", 0.2, "cat"),
+        InstanceRecord(4, "kite", "none", 1.0, "kite"),
+    ]
+    metrics = summarize(records)
+    assert metrics["IoU_b"] == pytest.approx(42.0)  # per image 37.5, per class 47.5
+    assert metrics["IoU_n"] == pytest.approx(20.0)
+    assert metrics["IoU"] == pytest.approx(330 / 7)
+    assert metrics["Acc_b"] == pytest.approx(60.0) and metrics["Acc_n"] == pytest.approx(100.0)
+    assert metrics["Acc"] == pytest.approx(500 / 7)
+    assert (metrics["instances"], metrics["instances_b"], metrics["instances_n"]) == (7, 5, 1)
+    assert summarize(records[:5])["IoU_n"] is None
