@@ -175,10 +175,18 @@ def test_a_checkpoint_that_does_not_fit_is_a_checkpoint_error(train: Train, tmp_
         (lambda ckpt: (ckpt / "step_2.pt").unlink(), "step_2.pt, which does not exist"),
         (
             lambda ckpt: (ckpt / "step_2.pt").write_bytes((ckpt / "step_2.pt").read_bytes()[:300]),
-            "cannot resume from",
+            "step_2.pt: RuntimeError: PytorchStreamReader failed reading zip archive",
+        ),
+        (
+            lambda ckpt: torch.save({"step": 2, "model": Path("x")}, ckpt / "step_2.pt"),
+            "it pickles Python objects besides tensors",  # not torch's weights_only=False advice
+        ),
+        (
+            lambda ckpt: torch.save({"step": 2}, ckpt / "step_2.pt"),
+            "step_2.pt: not a training checkpoint (KeyError: 'model')",
         ),
     ],
-    ids=["corrupt-pointer", "missing-checkpoint", "truncated-checkpoint"],
+    ids=["corrupt-pointer", "missing-checkpoint", "truncated", "pickled-object", "no-weights"],
 )
 def test_damaged_run_state_is_a_one_line_error(
     train: Train, tmp_path: Path, damage: Callable[[Path], object], message: str
@@ -187,7 +195,7 @@ def test_damaged_run_state_is_a_one_line_error(
     damage(tmp_path / "run" / "checkpoints")
     code, _, err = train("steps=4")
     assert code == 2 and message in one_line_error(err)
-    assert str(tmp_path / "run" / "checkpoints") in err
+    assert str(tmp_path / "run" / "checkpoints") in err and "weights_only=False" not in err
 
 
 def test_check_resume_compares_paths_by_location(

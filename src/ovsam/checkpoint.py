@@ -59,7 +59,7 @@ def read_state_dict(path: str | Path, *, mmap: bool = False) -> dict[str, torch.
             mmap = mmap and _head(path).startswith(_ZIP_MAGIC)
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001 - any reader failure means a bad file
-        raise _read_failure(path, exc) from exc
+        raise read_failure(path, exc) from exc
     for key in _NESTED_KEYS:
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]
@@ -99,7 +99,7 @@ def _head(path: Path) -> bytes:
         return fh.read(16)
 
 
-def _read_failure(path: Path, exc: Exception) -> CheckpointError:
+def read_failure(path: Path, exc: Exception) -> CheckpointError:
     """Why reading ``path`` failed with ``exc``, as a one-line :class:`CheckpointError`.
 
     torch's own text advises ``weights_only=False``, which would run the file's pickled code;

@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ovsam.checkpoint import load_state_dict_strict
+from ovsam.checkpoint import load_state_dict_strict, read_failure
 from ovsam.distributed import DistInfo, barrier
 from ovsam.errors import CheckpointError, InputError, TrainingDivergedError, first_line
 from ovsam.fileio import atomic_path, atomic_write_bytes, atomic_write_json
@@ -205,13 +205,17 @@ class Trainer:
         path = self._latest()
         if path is None:
             return False
+        remedy = "delete it and point latest.json at an older step_N.pt, or use a new --out"
         try:
             state = torch.load(path, map_location=self.info.device, weights_only=True)
-            model, step, rng = state["model"], int(state["step"]), state["torch_rng"].cpu()
         except Exception as exc:  # noqa: BLE001 - any reader failure means a damaged file
+            raise CheckpointError(f"{read_failure(path, exc)}; {remedy}") from exc
+        try:
+            model, step, rng = state["model"], int(state["step"]), state["torch_rng"].cpu()
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CheckpointError(
-                f"cannot resume from {path} ({_first_line(exc)}); delete it and point "
-                "latest.json at an older step_N.pt, or use a new --out"
+                f"cannot resume from {path}: not a training checkpoint ({_first_line(exc)}); "
+                + remedy
             ) from exc
         self._check_same_data(state.get("data"), path)
         load_state_dict_strict(self.module, model, source=str(path))
