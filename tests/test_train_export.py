@@ -29,8 +29,8 @@ from ovsam.train.export import export_model
 from ovsam.weight_sources import sha256_file
 from tiny_coco import write_tiny_coco
 
-SMALL = ["steps=1", "warmup_steps=0", "clip_model=RN50", "adapter_dim=64", "adapter_depth=1", "adapter_heads=2",
-         "log_every=1", "checkpoint_every=1", "bf16=false"]  # fmt: skip
+SMALL = ["steps=1", "warmup_steps=0", "clip_model=RN50", "adapter_dim=64", "adapter_depth=1",
+         "adapter_heads=2", "log_every=1", "checkpoint_every=1", "bf16=false"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -84,7 +84,7 @@ def test_a_lost_latest_json_is_refused_not_a_fresh_start(train: Train, tmp_path:
     (folder / "latest.json").unlink()
     before = {p.name: p.read_bytes() for p in folder.glob("step_*.pt")}
     code, _, err = train("steps=6")
-    assert code == 2 and "holds step_4.pt and others but no latest.json" in one_line_error(err)
+    assert code == 2 and "holds step_2.pt, step_4.pt but no latest.json" in one_line_error(err)
     assert '{"file": "step_N.pt", "step": N}' in err
     assert {p.name: p.read_bytes() for p in folder.glob("step_*.pt")} == before
 

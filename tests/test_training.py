@@ -26,7 +26,8 @@ from tiny_coco import write_tiny_coco
 
 COCO_BASE_IN_TINY = ("person", "car")  # tiny_coco's classes of OV-COCO's 48 base ones
 OVERRIDES = [
-    "steps=4", "warmup_steps=0", "random_clip=true", "clip_model=RN50", "adapter_dim=64", "adapter_depth=2",
+    "steps=4", "warmup_steps=0", "random_clip=true", "clip_model=RN50", "adapter_dim=64",
+    "adapter_depth=2",
     "adapter_heads=2", "lr=2e-3", "log_every=1", "checkpoint_every=2", "grad_clip=1.0",
 ]  # fmt: skip
 

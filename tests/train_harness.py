@@ -56,7 +56,8 @@ def log_rows(run: Path) -> list[dict[str, float]]:
 def make_train(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> Train:
-    """``train(*sets, task=..., extra=[...]) -> (exit status, stdout, stderr)`` on ``tmp_path/run``."""
+    """``train(*sets, task=..., extra=[...]) -> (exit status, stdout, stderr)`` on
+    ``tmp_path/run``."""
     monkeypatch.setattr("ovsam.train.sam2clip_task.Sam2ClipTask", TinyTask)
     monkeypatch.setattr("ovsam.train.clip2sam_task.Clip2SamTask", TinyTask)
     monkeypatch.delenv("WORLD_SIZE", raising=False)

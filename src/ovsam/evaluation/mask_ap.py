@@ -50,8 +50,8 @@ def read_detections(path: str | Path, annotations: Mapping[str, Any]) -> list[di
     """The detections of the COCO results file ``path``, checked against ``annotations``
     (known ``image_id``, a 4-number ``bbox`` without a negative width or height, numeric
     ``score``); also checks that pycocotools is installed and that the ground truth has the
-    ``area`` and ``iscrowd`` COCOeval reads. Any problem is an :class:`InputError` naming the file and the
-    detection."""
+    ``area`` and ``iscrowd`` COCOeval reads. Any problem is an :class:`InputError` naming the
+    file and the detection."""
     _coco_tools()
     try:
         detections = json.loads(Path(path).read_bytes())

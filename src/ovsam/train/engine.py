@@ -2,14 +2,16 @@
 
 A *task* owns the frozen parts, the data and the loss; the engine owns the trainable module
 (wrapped in ``DistributedDataParallel`` when ``torchrun`` started several processes), the
-AdamW optimizer and schedule (:mod:`ovsam.train.schedule`), gradient accumulation and clipping, bf16 autocast
-on GPU, logs (``log.jsonl`` and, when ``tensorboard`` is installed, ``tb/``), progress bars on
-rank 0 and checkpoints every ``checkpoint_every`` steps (``checkpoints/step_N.pt`` written
-atomically, ``latest.json`` pointing at the newest).
+AdamW optimizer and schedule (:mod:`ovsam.train.schedule`), gradient accumulation and
+clipping, bf16 autocast on GPU, logs (``log.jsonl`` and, when ``tensorboard`` is installed,
+``tb/``), progress bars on rank 0 and checkpoints every ``checkpoint_every`` steps
+(``checkpoints/step_N.pt`` written atomically, ``latest.json`` pointing at the newest; with
+``keep_checkpoints`` only the newest are kept).
 
 Resume is exact: a checkpoint holds the trainable weights, optimizer and scheduler state, the
-step, and the torch RNG state; data order and augmentation are pure functions of
-``(seed, step, rank)``, so the steps replayed after a restart see the same batches. What an
+step, the torch RNG state and the world and dataset sizes (a resume with others is refused);
+data order and augmentation are pure functions of ``(seed, step, rank)``, so the steps
+replayed after a restart see the same batches. What an
 interrupted process logged after its last checkpoint is dropped (``log.jsonl`` rows trimmed,
 TensorBoard events purged through the writer's ``purge_step``): each step is logged once, with
 the values of the process whose state the run kept. A damaged or unfitting checkpoint is a
@@ -144,8 +146,8 @@ class Trainer:
         saved = checkpoint_files(self.run_dir / "checkpoints")
         if path is None and saved:  # a fresh start would overwrite them
             raise CheckpointError(
-                f"{self.run_dir / 'checkpoints'} holds {saved[-1].name} and others but no "
-                f"latest.json: write one ({_POINTER_EXAMPLE}) to resume from that checkpoint, "
+                f"{self.run_dir / 'checkpoints'} holds {', '.join(p.name for p in saved[-3:])} "
+                f"but no latest.json: write one ({_POINTER_EXAMPLE}) to resume from a checkpoint, "
                 "or use a new --out"
             )
         if path is not None and not path.is_file():
