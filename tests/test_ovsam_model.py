@@ -15,7 +15,12 @@ from ovsam.clip.text_bank import TextBank
 from ovsam.errors import InputError, NotReadyError
 from ovsam.image_io import load_image
 from ovsam.ov import build_ovsam
-from ovsam.ov.classifier import calibrate_unknown_threshold, fused_probabilities, top_labels
+from ovsam.ov.classifier import (
+    calibrate_unknown_threshold,
+    fused_probabilities,
+    reaches_clip_map,
+    top_labels,
+)
 from ovsam.ov.predictor import OVSamPredictor
 from ovsam_fixtures import small_ovsam
 
@@ -177,7 +182,12 @@ def test_region_equal_to_a_class_embedding_ranks_that_class_first() -> None:
         ]
     )
     predictor.set_text_bank(TextBank(names, bank, torch.arange(5), "novel"))
-    top = predictor.predict(box=box)[3][0].top
+    # the random decoder's speckled mask does not reach the 32x32 CLIP map (the head alone
+    # would name it): name a solid mask of the box, prompted with the box, instead
+    solid = np.full((1, 256, 256), -5.0, dtype=np.float32)
+    x0, y0, x1, y1 = (predictor.transform.apply_boxes(box[None], (480, 640))[0] / 4).astype(int)
+    solid[0, y0:y1, x0:x1] = 5.0
+    top = predictor.recognize_logits(solid, box[None])[0].top
     assert top[0][0] == "cat" and top[0][1] > 0.5
 
 
@@ -195,6 +205,30 @@ def test_fusion_formula_and_background() -> None:
     labels = top_labels(probs, ("a", "b", "c"), top_k=2, unknown_threshold=0.99)
     assert labels[0].label == "unknown" and len(labels[0].top) == 2
     assert labels[0].background == pytest.approx(float(probs[0, -1]))
+
+
+def test_a_mask_too_small_for_the_clip_map_is_named_by_the_head_alone() -> None:
+    """The official valid_masking: bilinear 256 -> 32 reads rows and columns 8i+3 and 8i+4,
+    so a 2x2 blob elsewhere vanishes and only the CLIP2SAM head names it."""
+    blob = torch.full((3, 256, 256), -5.0)
+    blob[0, 0:2, 0:2] = 5.0  # between the rows the resize reads
+    blob[1, 3:5, 3:5] = 5.0  # on them
+    blob[2, 100:110, 50:60] = 5.0  # 40 px at 1024: anywhere reaches the map
+    assert reaches_clip_map(blob, (32, 32)).tolist() == [False, True, True]
+    assert reaches_clip_map(blob[:0], (32, 32)).shape == (0,)
+    predictor = OVSamPredictor(small_ovsam(1), top_k=5)
+    predictor.set_image(np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8))
+    names = ("zebra", "person", "cat", "car", "dog")  # cat and dog novel: CLIP weighs 0.9
+    predictor.set_text_bank(
+        TextBank(names, F.normalize(torch.randn(5, 1024), dim=-1), torch.arange(5), "k")
+    )
+    tiny = blob[:1].numpy()
+    head_box = predictor.model.mask_decoder.mask_boxes(blob[:1, None])
+    assert head_box[0, 2] > head_box[0, 0]  # not empty at 256: the old rule fused CLIP
+    named = predictor.recognize_logits(tiny)[0].top
+    head_only = predictor.classify_boxes(head_box, head_box, torch.full((1, 256, 256), -1.0))
+    fused = predictor.classify_boxes(head_box, head_box)
+    assert named == head_only[0].top and named != fused[0].top
 
 
 def test_unknown_threshold_calibration_known_answer() -> None:

@@ -3,8 +3,8 @@
 Both branches score a region embedding against the text bank: ``exp(logit_scale)`` x cosine,
 with a trailing all-zero "background" class (cosine 0). Each is softmaxed over the C classes +
 background, then fused per class as ``p = p_head^(1-a) * p_clip^a`` with ``a = alpha_seen`` for
-classes seen in training and background, ``alpha_unseen`` for the others (0 where the mask is
-empty: head only), and renormalised (the official ``open_voc_inference`` takes the argmax of
+classes seen in training and background, ``alpha_unseen`` for the others (0 where the mask
+does not reach the frozen-CLIP map, :func:`reaches_clip_map`: head only), and renormalised (the official ``open_voc_inference`` takes the argmax of
 the same quantity). The label is the best non-background class.
 
 **Unknown.** A prediction is reported as ``"unknown"`` when its best probability is below
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ovsam.clip.text_bank import TextBank
@@ -33,6 +34,19 @@ def bank_logits(embeddings: Tensor, bank: TextBank, logit_scale: float) -> Tenso
     """``Bx(C+1)`` logits: scaled cosine to each class, then the zero background logit."""
     cos = bank.similarity(embeddings.float())
     return torch.cat([cos, cos.new_zeros((cos.shape[0], 1))], dim=1) * float(np.exp(logit_scale))
+
+
+def reaches_clip_map(logits: Tensor, size: Sequence[int]) -> Tensor:
+    """``B`` booleans: whether each ``BxHxW`` low-res mask keeps a positive logit once resized
+    bilinearly (no antialias) to the frozen-CLIP map's ``size`` (the official
+    ``valid_masking``). A small or thin mask can have positive pixels at 256² and none at 32²:
+    its label then comes from the CLIP2SAM head alone."""
+    if len(logits) == 0:
+        return torch.zeros(0, dtype=torch.bool, device=logits.device)
+    resized = F.interpolate(
+        logits[:, None].float(), size=tuple(size), mode="bilinear", align_corners=False
+    )
+    return (resized > 0).flatten(1).any(1)
 
 
 def fused_probabilities(

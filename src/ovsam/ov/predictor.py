@@ -34,6 +34,7 @@ from ovsam.ov.classifier import (
     bank_logits,
     check_random_weights,
     fused_probabilities,
+    reaches_clip_map,
     top_labels,
 )
 from ovsam.ov.label_settings import check_label_settings, require_bank, require_extras
@@ -123,9 +124,17 @@ class OVSamPredictor(SamPredictor):
 
     # ------------------------------------------------------------------ recognition
     @torch.inference_mode()
-    def classify_boxes(self, head_boxes: torch.Tensor, clip_boxes: torch.Tensor) -> list[Labels]:
+    def classify_boxes(
+        self,
+        head_boxes: torch.Tensor,
+        clip_boxes: torch.Tensor,
+        logits: torch.Tensor | None = None,
+    ) -> list[Labels]:
         """Labels for regions given as ``Bx4`` XYXY boxes in the 1024 input frame: ``head_boxes``
-        pool the FPN (CLIP2SAM), ``clip_boxes`` the frozen CLIP map. B may be 0 (no labels)."""
+        pool the FPN (CLIP2SAM), ``clip_boxes`` the frozen CLIP map. B may be 0 (no labels).
+        With the masks' ``BxHxW`` low-res ``logits`` the frozen-CLIP branch counts only for
+        masks that reach its map (:func:`~ovsam.ov.classifier.reaches_clip_map`, as the
+        official model); without, for non-empty ``head_boxes``."""
         bank, state = require_bank(self.bank), self._require_state()
         require_extras(
             state, [*FPN_KEYS, "clip_last"], "OV-SAM recognizer", "states of other predictors"
@@ -138,7 +147,10 @@ class OVSamPredictor(SamPredictor):
         clip = self.model.clip_region_embeddings(
             state.extras["clip_last"], clip_boxes.to(self.device)
         )
-        valid = (head_boxes[:, 2] > head_boxes[:, 0]) & (head_boxes[:, 3] > head_boxes[:, 1])
+        if logits is not None:
+            valid = reaches_clip_map(logits.to(self.device), state.extras["clip_last"].shape[-2:])
+        else:
+            valid = (head_boxes[:, 2] > head_boxes[:, 0]) & (head_boxes[:, 3] > head_boxes[:, 1])
         probs = fused_probabilities(
             bank_logits(head, bank, config.logit_scale),
             bank_logits(clip, bank, config.logit_scale),
@@ -164,7 +176,8 @@ class OVSamPredictor(SamPredictor):
             raise InputError(
                 f"low-res logits must be Nx{LOW_RES}x{LOW_RES}, got shape {logits.shape}"
             )
-        head_boxes = self.model.mask_decoder.mask_boxes(torch.from_numpy(logits)[:, None])
+        tensor = torch.from_numpy(logits)
+        head_boxes = self.model.mask_decoder.mask_boxes(tensor[:, None])
         clip_boxes = head_boxes
         if prompt_boxes is not None:
             boxes = self.clip_boxes(prompt_boxes, allow_empty=len(logits) == 0)
@@ -172,7 +185,7 @@ class OVSamPredictor(SamPredictor):
                 raise InputError(f"{len(boxes)} prompt boxes for {len(logits)} masks")
             frame = self.transform.apply_boxes(boxes, self.original_size)
             clip_boxes = torch.as_tensor(frame, dtype=torch.float32)
-        return self.classify_boxes(head_boxes, clip_boxes)
+        return self.classify_boxes(head_boxes, clip_boxes, tensor)
 
     def predict(  # type: ignore[override]
         self,
