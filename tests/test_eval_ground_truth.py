@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ovsam.data.instances import InstanceDataset, read_annotations
+from ovsam.data.instances import InstanceDataset, load_annotated_image, read_annotations
 from ovsam.data.polygons import fill_polygons, polygons_to_mask
 from ovsam.errors import InputError
 from ovsam.evaluation.metrics import InstanceRecord, summarize
@@ -26,7 +26,8 @@ from tiny_coco import write_tiny_coco
         ([1, 2, 3, float("inf"), 5, 6], "polygon 0 holds NaN or infinite coordinates"),
         ([[1, 2], [3, 4], [5, 6]], "polygon 0 is not a flat list of x, y pairs"),
         ([1, 2, 3, 4, 5], "polygon 0 is not a flat list of x, y pairs"),
-        ([1, 2, "3", None, 5, 6], "polygon 0 holds a value that is not a number"),
+        ([1, 2, "3", None, 5, 6], "polygon 0 holds '3', which is not a number"),
+        ([1, 2, True, 4, 5, 6], "polygon 0 holds True, which is not a number"),
     ],
 )
 def test_a_polygon_that_is_not_finite_pairs_is_refused(polygon: list, message: str) -> None:
@@ -82,6 +83,22 @@ def test_annotations_refer_to_the_stored_pixel_grid_not_the_exif_turn(tmp_path: 
     exif[0x0112] = 6  # "rotate 90 degrees": shown upright it would be 128x96
     Image.fromarray(stored).save(path, exif=exif)
     np.testing.assert_array_equal(dataset[0].image, stored)
+
+
+def test_a_dataset_annotated_on_upright_images_gets_them_upright(tmp_path: Path) -> None:
+    def upright_size(data: dict) -> None:
+        data["images"][0]["height"], data["images"][0]["width"] = 128, 96
+
+    dataset = _dataset(tmp_path, upright_size)
+    path = dataset.image_path(0)
+    stored = np.asarray(Image.open(path).convert("RGB"))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to show"
+    Image.fromarray(stored).save(path, exif=exif)
+    image = dataset.images[0]
+    np.testing.assert_array_equal(
+        load_annotated_image(tmp_path / "images", image), np.rot90(stored, -1)
+    )
 
 
 @pytest.mark.parametrize(

@@ -92,3 +92,39 @@ def test_a_detection_box_that_is_no_prompt_counts_with_an_empty_mask(tmp_path: P
     assert mask_ap(path, expected[: len(good)], tmp_path / "c")["AP"] == pytest.approx(100.0)
     only_no_prompts, _ = segment_detections(oracle, data, tmp_path / "coco" / "images", no_prompt)
     assert len(only_no_prompts) == 3 and len(prompted) == 2 * len(good)  # segment never called
+
+
+def test_ground_truth_polygons_far_outside_or_without_a_size_are_handled_up_front(
+    tmp_path: Path,
+) -> None:
+    """COCOeval rasterises ground-truth polygons itself: a vertex at 1e9 crashed it (after the
+    whole evaluation) and an image without height/width was a KeyError. The first is clipped as
+    ovsam's ground truth is, the second refused by read_detections before any work."""
+    from ovsam.errors import InputError
+    from ovsam.evaluation.mask_ap import mask_ap, read_detections
+    from ovsam.masks import encode_rle
+
+    path = write_tiny_coco(tmp_path / "coco", images=1)
+    data = json.loads(path.read_text())
+    polygon = next(a for a in data["annotations"] if isinstance(a["segmentation"], list))
+    x, y, w, h = polygon["bbox"]
+    polygon["segmentation"] = [[x, y, 1e9, y, x + w, y + h, x, y + h]]
+    path.write_text(json.dumps(data))
+    detections = _ground_truth_detections(data)
+    empty = encode_rle(np.zeros((96, 128), dtype=bool))
+    results = [
+        {
+            "image_id": d["image_id"],
+            "category_id": d["category_id"],
+            "score": 1.0,
+            "segmentation": empty,
+        }  # fmt: skip
+        for d in detections
+    ]
+    (tmp_path / "d.json").write_text(json.dumps(detections))
+    read_detections(tmp_path / "d.json", data)
+    stats = mask_ap(path, results, tmp_path / "out")
+    assert stats["AP"] == pytest.approx(0.0)
+    del data["images"][0]["height"]
+    with pytest.raises(InputError, match="image id 1 needs a positive integer height and width"):
+        read_detections(tmp_path / "d.json", data)

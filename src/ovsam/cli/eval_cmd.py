@@ -98,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
         if args.split == "lvis":
             raise InputError(
                 "--detections gives COCO mask AP (COCOeval); LVIS is scored with its federated "
-                "AP (lvis-api), which ovsam does not compute: use --split all for COCOeval's AP"
+                "AP (lvis-api), which ovsam does not compute: mask AP of LVIS files is not "
+                "supported"
             )
 
         detections = select_detections(

@@ -146,20 +146,25 @@ def image_file(image_root: Path, info: Mapping[str, Any]) -> Path:
 
 
 def load_annotated_image(image_root: Path, info: Mapping[str, Any]) -> np.ndarray:
-    """The image of the ``images`` entry ``info`` as stored (no EXIF turn: annotations refer to
-    the stored pixel grid); :class:`InputError` when it cannot be read or its size is not the
-    ``height`` x ``width`` the entry states (a resized or replaced file)."""
+    """The image of the ``images`` entry ``info`` in the frame its annotations use: as stored
+    (COCO's annotations refer to the stored pixel grid), or upright as its EXIF orientation
+    says when only that has the entry's ``height`` x ``width`` (a dataset annotated on upright
+    images). :class:`InputError` when it cannot be read or neither has the stated size (a
+    resized or replaced file)."""
     path = image_file(image_root, info)
     image = load_image(path, exif_orientation=False)
-    height, width = image.shape[:2]
     stated = (info.get("height"), info.get("width"))
-    if all(_is_int(v) for v in stated) and stated != (height, width):
-        raise InputError(
-            f"image file {path} is {height}x{width} (HxW) but the annotation file says "
-            f"{stated[0]}x{stated[1]} for image id {info['id']}: not the annotated image "
-            "(resized or replaced?)"
-        )
-    return image
+    if not all(_is_int(v) for v in stated) or stated == image.shape[:2]:
+        return image
+    upright = load_image(path)
+    if upright.shape[:2] == stated:
+        return upright
+    height, width = image.shape[:2]
+    raise InputError(
+        f"image file {path} is {height}x{width} (HxW) but the annotation file says "
+        f"{stated[0]}x{stated[1]} for image id {info['id']}: not the annotated image "
+        "(resized or replaced?)"
+    )
 
 
 def _annotated_box(ann: Mapping[str, Any]) -> list[float] | None:

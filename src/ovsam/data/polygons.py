@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from numbers import Real
 
 import numpy as np
 
@@ -25,12 +26,10 @@ def check_polygons(polygons: Sequence[object]) -> list[list[float]]:
         where = f"polygon {index}"
         if not isinstance(polygon, list) or len(polygon) % 2:
             raise InputError(f"{where} is not a flat list of x, y pairs")
-        try:
-            values = [float(v) for v in polygon if not isinstance(v, bool)]
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"{where} holds a value that is not a number ({exc})") from exc
-        if len(values) != len(polygon):
-            raise InputError(f"{where} holds a value that is not a number (a boolean)")
+        bad = [v for v in polygon if isinstance(v, bool) or not isinstance(v, Real)]
+        if bad:
+            raise InputError(f"{where} holds {bad[0]!r}, which is not a number")
+        values = [float(v) for v in polygon]
         if not all(math.isfinite(v) for v in values):
             raise InputError(f"{where} holds NaN or infinite coordinates")
         if len(values) >= 6:
@@ -70,7 +69,8 @@ def polygons_to_mask(polygons: Sequence[object], height: int, width: int) -> np.
     """Rasterise COCO polygons (see :func:`check_polygons`) into an ``HxW`` bool mask.
 
     With pycocotools installed (the ``[coco]`` extra) its rasteriser is used, so ground truth is
-    pixel-identical to what ``COCOeval`` sees; otherwise :func:`fill_polygons` (pixel centres
+    pixel-identical to what ``COCOeval`` draws for polygons within an image size of the image
+    (:mod:`ovsam.evaluation.mask_ap` gives COCOeval these masks, so they agree for all); otherwise :func:`fill_polygons` (pixel centres
     inside; the same pixels for axis-aligned polygons, a few edge pixels apart on slanted edges).
     """
     clipped = (clip_polygon(p, height, width) for p in check_polygons(polygons))

@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from ovsam.boxes import clip_to_image
-from ovsam.data.instances import load_annotated_image
+from ovsam.data.instances import load_annotated_image, read_annotations
+from ovsam.data.polygons import check_polygons, polygons_to_mask
 from ovsam.errors import InputError, OVSamError
 from ovsam.fileio import atomic_write_json
 from ovsam.masks import encode_rle
@@ -77,12 +78,22 @@ def read_detections(path: str | Path, annotations: Mapping[str, Any]) -> list[di
             raise InputError(f"{where}: bbox {bbox!r} has a negative width or height (XYWH)")
         if not _is_number(score):
             raise InputError(f"{where}: score must be a number, got {score!r}")
+    sizes = {img["id"]: (img.get("height"), img.get("width")) for img in annotations["images"]}
     for ann in annotations["annotations"]:
+        where = f"annotation id {ann.get('id')}"
         for field in ("area", "iscrowd"):  # COCOeval reads both
             if field not in ann:
+                raise InputError(f"{where} has no {field!r} (needed for mask AP)")
+        if isinstance(ann["segmentation"], list):  # COCOeval rasterises polygons at this size
+            if not all(isinstance(v, int) and v > 0 for v in sizes.get(ann["image_id"], ())):
                 raise InputError(
-                    f"annotation id {ann.get('id')} has no {field!r} (needed for mask AP)"
+                    f"image id {ann['image_id']} needs a positive integer height and width "
+                    f"(mask AP rasterises the polygons of {where} at that size)"
                 )
+            try:
+                check_polygons(ann["segmentation"])
+            except InputError as exc:
+                raise InputError(f"{where}: {exc} (needed for mask AP)") from exc
     return detections
 
 
@@ -145,6 +156,23 @@ def segment_detections(
     return results, unreadable
 
 
+def _rasterised(annotations: dict[str, Any], image_ids: Collection[int] | None) -> dict[str, Any]:
+    """``annotations`` with the polygons of the images ``image_ids`` (all when None) as the RLE
+    of :func:`~ovsam.data.polygons.polygons_to_mask`: the same pixels COCOeval would draw for
+    ordinary polygons, and one reaching far outside its image cannot exhaust memory."""
+    wanted = None if image_ids is None else set(image_ids)
+    sizes = {img["id"]: (img["height"], img["width"]) for img in annotations["images"]}
+    kept = []
+    for ann in annotations["annotations"]:
+        if wanted is not None and ann["image_id"] not in wanted:
+            continue
+        if isinstance(ann["segmentation"], list):
+            mask = polygons_to_mask(ann["segmentation"], *sizes[ann["image_id"]])
+            ann = {**ann, "segmentation": encode_rle(mask)}
+        kept.append(ann)
+    return {**annotations, "annotations": kept}
+
+
 def select_detections(
     detections: list[dict[str, Any]], image_ids: Collection[int], category_ids: Collection[int]
 ) -> list[dict[str, Any]]:
@@ -171,7 +199,9 @@ def mask_ap(
     if not results:
         raise OVSamError("no detections to evaluate (on the selected images and classes)")
     with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(annotations_path))
+        gt = COCO()  # polygons as ovsam rasterises them (clipped near the image: see polygons)
+        gt.dataset = _rasterised(read_annotations(annotations_path), image_ids)
+        gt.createIndex()
         dt = gt.loadRes(json.loads((out / "segm_results.json").read_text()))
         evaluator = COCOeval(gt, dt, iouType="segm")
         if image_ids is not None:
