@@ -49,7 +49,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, mobilesam_checkpoint: Path) -
     argv = ["train", "sam2clip", *common, "--out", str(adapter_run)]
     assert main([*argv, *[f"--set={s}" for s in sets]]) == 0
     adapter = adapter_run / "checkpoints" / "step_1.pt"
-    sets += [f"adapter_checkpoint={adapter}", "vocabulary=dataset", "supervised_vocabulary=",
+    sets += [f"adapter_checkpoint={adapter}", "vocabulary=dataset",
              "lsj=false", "prompts_per_image=2"]  # fmt: skip
     argv = ["train", "clip2sam", *common, "--out", str(head_run)]
     assert main([*argv, *[f"--set={s}" for s in sets]]) == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from ovsam.train.config import TrainConfig, task_config
+from ovsam.train.config import TrainConfig, load_config, task_config
 from ovsam.train.schedule import lr_factor, param_groups
 from train_harness import TINY, TinyTask, Train, make_train, one_line_error
 
@@ -36,10 +37,37 @@ def test_each_task_starts_from_its_official_schedule() -> None:
     assert (clip2sam.vocabulary, clip2sam.supervised_vocabulary) == ("coco", "coco_base")
     for config in (sam2clip, clip2sam):
         assert (config.warmup_steps, config.norm_decay, config.lr) == (500, False, 1e-4)
-    # fields added later default to what older runs did, so their config.json reads back as run
-    old = TrainConfig()
-    assert (old.lr_schedule, old.min_lr_ratio, old.norm_decay) == ("cosine", 0.0, True)
+    assert (clip2sam.lsj_min_scale, clip2sam.lsj_flip, clip2sam.min_mask_area) == (0.9, True, 32)
+
+
+def test_a_run_saved_before_the_official_schedules_resumes_as_it_ran(tmp_path: Path) -> None:
+    """Fields added later default to what older runs did: their config.json reads back as run."""
+    saved = {k: v for k, v in TrainConfig(steps=10, warmup_steps=2).to_json().items()}
+    for name in ("lr_schedule", "min_lr_ratio", "norm_decay", "keep_checkpoints",
+                 "supervised_vocabulary", "lsj_min_scale", "lsj_flip", "min_mask_area"):  # fmt: skip
+        del saved[name]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    old = load_config(tmp_path)
+    assert (old.lr_schedule, old.min_lr_ratio, old.norm_decay) == ("cosine_after_warmup", 0.0, True)
+    assert (old.lsj_min_scale, old.lsj_flip, old.min_mask_area) == (0.1, False, 0)
     assert old.supervised_vocabulary == "" and old.keep_checkpoints == 0
+    # the schedule they ran: warm-up (s + 1) / W, then a cosine to 0 over the remaining steps
+    expected = [0.5, 1.0, *(0.5 * (1 + math.cos(math.pi * (s - 2) / 8)) for s in range(2, 10))]
+    assert [lr_factor(old, s) for s in range(10)] == pytest.approx(expected)
+
+
+def test_setting_the_vocabulary_alone_trains_on_all_of_it(train: Train, tmp_path: Path) -> None:
+    """coco_base is the supervised default of the default vocabulary, coco; a new run naming
+    another vocabulary (dataset, lvis) trains on all of its classes unless it says otherwise."""
+    clip2sam = {"task": "clip2sam", "extra": ("--annotations", str(tmp_path / "a.json"))}
+    assert train(*TINY, "steps=2", "vocabulary=dataset", **clip2sam)[0] == 0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (saved["vocabulary"], saved["supervised_vocabulary"]) == ("dataset", "")
+    run = tmp_path / "run"
+    shutil.rmtree(run)
+    sets = ("vocabulary=lvis", "supervised_vocabulary=lvis_base")
+    assert train(*TINY, "steps=2", *sets, **clip2sam)[0] == 0
+    assert json.loads((run / "config.json").read_text())["supervised_vocabulary"] == "lvis_base"
 
 
 def test_warmup_is_linear_from_a_thousandth_and_multiplies_the_decay() -> None:

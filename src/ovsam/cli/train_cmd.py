@@ -93,6 +93,10 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         if any(item.partition("=")[0] == field for item in args.set):
             raise InputError(f"--set {field}=...: give the run's {field} with {flag}")
     config = absolute_paths(apply_overrides(config, args.set))
+    given = {item.partition("=")[0] for item in args.set}
+    if saved is None and "vocabulary" in given and "supervised_vocabulary" not in given:
+        # the default supervised classes (coco_base) belong to the default vocabulary (coco)
+        config = replace(config, supervised_vocabulary="")
     if config.task != args.task:
         raise InputError(
             f"--set task={config.task} contradicts `train {args.task}`: the subcommand is the task"

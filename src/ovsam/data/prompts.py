@@ -71,7 +71,7 @@ def large_scale_jitter(
     random crop of at most ``size x size``. Returns the image (``hxwx3`` uint8, h and w at most
     ``size``: padding is the caller's, after pixel normalisation, as SAM pads) and the masks
     (``Nxhxw`` bool) of the same crop."""
-    if rng.uniform() < flip_prob:
+    if flip_prob > 0 and rng.uniform() < flip_prob:  # no draw without flips: older runs' draws
         image, masks = image[:, ::-1], masks[:, :, ::-1]
     height, width = image.shape[:2]
     factor = size * rng.uniform(*scale_range) / max(height, width)

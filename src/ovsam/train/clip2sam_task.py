@@ -7,8 +7,9 @@ distilled with another ``clip_model``, CLIP weights or ``teacher`` than the run'
 (:func:`~ovsam.train.config.check_adapter_run`: read from the sam2clip run's ``config.json``, so
 a bare adapter file, outside its run folder, cannot be checked).
 
-Per image (large-scale jitter to 1024² when ``lsj``; instances under :data:`MIN_MASK_AREA`
-pixels afterwards dropped): up to ``prompts_per_image`` instances of the supervised classes
+Per image (large-scale jitter to 1024² when ``lsj``, from ``lsj_min_scale`` to 2x, flipped at
+random with ``lsj_flip``; instances under ``min_mask_area`` pixels afterwards dropped: the
+official pipeline's 0.9, flips and 32 px are clip2sam's defaults): up to ``prompts_per_image`` instances of the supervised classes
 (``supervised_vocabulary``, e.g. ``coco_base``; empty = all of ``vocabulary``; ``dataset`` =
 the annotation file's categories) are prompted, the first half by their ground-truth box, the
 rest by a random point inside the mask. Losses, weighted as the official configs (2 / 5 / 5):
@@ -31,7 +32,7 @@ from ovsam.checkpoint import load_state_dict_strict, read_state_dict
 from ovsam.clip.factory import create_model
 from ovsam.clip.text_bank import build_text_bank
 from ovsam.data.instances import InstanceDataset
-from ovsam.data.prompts import large_scale_jitter, random_points
+from ovsam.data.prompts import LSJ_FLIP_PROB, LSJ_SCALE_RANGE, large_scale_jitter, random_points
 from ovsam.errors import InputError
 from ovsam.ov.classifier import bank_logits
 from ovsam.ov.clip2sam import FPN, CLIP2SAMHead
@@ -48,9 +49,6 @@ from ovsam.vocab import (
 )
 
 LOSS_WEIGHTS = {"ce": 2.0, "bce": 5.0, "dice": 5.0}
-# Instances smaller than this (pixels, in the 1024 frame after augmentation) are not trained on,
-# as the official pipeline's FilterAnnotationsHB(min_gt_mask_area=32).
-MIN_MASK_AREA = 32
 BACKGROUND_WEIGHT = 0.1
 
 
@@ -186,13 +184,20 @@ class Clip2SamTask:
             return None
         masks = item.masks[keep]
         if self.config.lsj:
-            image, masks = large_scale_jitter(item.image, masks, rng)
+            image, masks = large_scale_jitter(
+                item.image,
+                masks,
+                rng,
+                scale_range=(self.config.lsj_min_scale, LSJ_SCALE_RANGE[1]),
+                flip_prob=LSJ_FLIP_PROB if self.config.lsj_flip else 0.0,
+            )
         else:
             image = self.transform.apply_image(item.image)
             masks = np.stack(
                 [self.transform.apply_image(m.astype(np.uint8) * 255) > 127 for m in masks]
             )
-        kept = masks.reshape(len(masks), -1).sum(1) >= MIN_MASK_AREA  # after the crop
+        kept = masks.reshape(len(masks), -1).sum(1) >= self.config.min_mask_area  # after the crop
+        kept &= masks.reshape(len(masks), -1).any(1)
         if not kept.any():
             return None
         labels = [

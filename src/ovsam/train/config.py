@@ -42,10 +42,14 @@ class TrainConfig:
 
     ``lr_schedule``: ``cosine`` (to ``min_lr_ratio * lr`` at ``steps``) or ``step`` (x0.1 at
     8/12 and 11/12 of ``steps``: the official 12-epoch schedule), times a linear warm-up from
-    0.001 over ``warmup_steps``; ``norm_decay=false`` exempts normalisation layers from weight
-    decay (the official ``norm_decay_mult=0``); ``keep_checkpoints`` N > 0 deletes all but the
-    newest N checkpoints; ``supervised_vocabulary`` names the classes trained on when they are
-    fewer than the text bank's ``vocabulary`` (empty = all of it).
+    0.001 over ``warmup_steps``; ``cosine_after_warmup`` is the schedule of runs saved before
+    these fields (warm-up ``(s + 1) / warmup_steps``, then a cosine to 0 over the rest);
+    ``lsj_min_scale``, ``lsj_flip`` and ``min_mask_area`` shape clip2sam's augmentation;
+    ``norm_decay=false`` exempts normalisation layers from weight decay (the official
+    ``norm_decay_mult=0``); ``keep_checkpoints`` N > 0 deletes all but the newest N
+    checkpoints; ``supervised_vocabulary`` names the classes trained on when they are fewer
+    than the text bank's ``vocabulary`` (empty = all of it; a new run that sets ``vocabulary``
+    alone trains on all of it).
     """
 
     task: str = "sam2clip"
@@ -58,7 +62,7 @@ class TrainConfig:
     lr: float = 1e-4
     weight_decay: float = 0.05
     warmup_steps: int = 0
-    lr_schedule: str = "cosine"
+    lr_schedule: str = "cosine_after_warmup"
     min_lr_ratio: float = 0.0
     norm_decay: bool = True
     grad_clip: float = 0.01
@@ -78,6 +82,9 @@ class TrainConfig:
     adapter_checkpoint: str = ""
     cache_teacher: bool = True
     lsj: bool = True
+    lsj_min_scale: float = 0.1
+    lsj_flip: bool = False
+    min_mask_area: int = 0
     prompts_per_image: int = 40
     vocabulary: str = "coco_base"
     supervised_vocabulary: str = ""
@@ -92,9 +99,10 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "sam2clip": {"warmup_steps": 500, "lr_schedule": "cosine", "min_lr_ratio": 0.01,
                  "norm_decay": False, "grad_clip": 5.0},
     "clip2sam": {"warmup_steps": 500, "lr_schedule": "step", "norm_decay": False,
-                 "grad_clip": 0.01, "vocabulary": "coco", "supervised_vocabulary": "coco_base"},
+                 "grad_clip": 0.01, "vocabulary": "coco", "supervised_vocabulary": "coco_base",
+                 "lsj_min_scale": 0.9, "lsj_flip": True, "min_mask_area": 32},
 }  # fmt: skip
-LR_SCHEDULES = ("cosine", "step")
+LR_SCHEDULES = ("cosine", "step", "cosine_after_warmup")
 
 
 def task_config(task: str) -> TrainConfig:
@@ -263,7 +271,7 @@ def validate_config(config: TrainConfig) -> None:
     for name in _POSITIVE:
         if getattr(config, name) < 1:
             raise InputError(f"{name}={getattr(config, name)}: expected a positive integer")
-    for name in ("warmup_steps", "seed", "keep_checkpoints"):
+    for name in ("warmup_steps", "seed", "keep_checkpoints", "min_mask_area"):
         if getattr(config, name) < 0:
             raise InputError(f"{name}={getattr(config, name)}: expected an integer >= 0")
     if config.warmup_steps >= config.steps:
@@ -275,6 +283,8 @@ def validate_config(config: TrainConfig) -> None:
         raise InputError(
             f"lr_schedule={config.lr_schedule!r}: expected one of {', '.join(LR_SCHEDULES)}"
         )
+    if not 0 < config.lsj_min_scale <= 2:
+        raise InputError(f"lsj_min_scale={config.lsj_min_scale}: expected a number in (0, 2]")
     if not 0 <= config.min_lr_ratio <= 1:
         raise InputError(f"min_lr_ratio={config.min_lr_ratio}: expected a number in [0, 1]")
     if not (math.isfinite(config.lr) and config.lr > 0):

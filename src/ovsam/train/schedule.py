@@ -5,7 +5,8 @@ The learning rate at step ``s`` (0-based, the step about to be taken) is ``lr`` 
 :func:`lr_factor`: a linear warm-up (mmengine's ``LinearLR``, ``start_factor`` 0.001, over
 ``warmup_steps``) multiplied by the decay over the whole run (``CosineAnnealingLR`` to
 ``min_lr_ratio``, or ``MultiStepLR`` x0.1 at 8/12 and 11/12 of ``steps``), as mmengine chains
-schedulers that overlap.
+schedulers that overlap. ``cosine_after_warmup`` keeps the schedule of runs saved before these
+settings existed, so they resume as they ran.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)
 
 def lr_factor(config: TrainConfig, step: int) -> float:
     """Multiplier of ``config.lr`` at 0-based ``step`` (see the module docstring)."""
+    if config.lr_schedule == "cosine_after_warmup":  # runs saved before the official schedules
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        span = max(1, config.steps - config.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - config.warmup_steps) / span)))
     warmup = 1.0
     if step < config.warmup_steps:
         warmup = WARMUP_START + (1 - WARMUP_START) * step / config.warmup_steps
