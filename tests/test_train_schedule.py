@@ -43,8 +43,9 @@ def test_each_task_starts_from_its_official_schedule() -> None:
 def test_a_run_saved_before_the_official_schedules_resumes_as_it_ran(tmp_path: Path) -> None:
     """Fields added later default to what older runs did: their config.json reads back as run."""
     saved = {k: v for k, v in TrainConfig(steps=10, warmup_steps=2).to_json().items()}
-    for name in ("lr_schedule", "min_lr_ratio", "norm_decay", "keep_checkpoints",
-                 "supervised_vocabulary", "lsj_min_scale", "lsj_flip", "min_mask_area"):  # fmt: skip
+    added = ("lr_schedule", "min_lr_ratio", "norm_decay", "keep_checkpoints",
+             "supervised_vocabulary", "lsj_min_scale", "lsj_flip", "min_mask_area")  # fmt: skip
+    for name in added:
         del saved[name]
     (tmp_path / "config.json").write_text(json.dumps(saved))
     old = load_config(tmp_path)

@@ -70,8 +70,9 @@ def polygons_to_mask(polygons: Sequence[object], height: int, width: int) -> np.
 
     With pycocotools installed (the ``[coco]`` extra) its rasteriser is used, so ground truth is
     pixel-identical to what ``COCOeval`` draws for polygons within an image size of the image
-    (:mod:`ovsam.evaluation.mask_ap` gives COCOeval these masks, so they agree for all); otherwise :func:`fill_polygons` (pixel centres
-    inside; the same pixels for axis-aligned polygons, a few edge pixels apart on slanted edges).
+    (:mod:`ovsam.evaluation.mask_ap` gives COCOeval these masks, so they agree for all);
+    otherwise :func:`fill_polygons` (pixel centres inside; the same pixels for axis-aligned
+    polygons, a few edge pixels apart on slanted edges).
     """
     clipped = (clip_polygon(p, height, width) for p in check_polygons(polygons))
     valid = [p for p in clipped if len(p) >= 6]

@@ -4,8 +4,9 @@ Both branches score a region embedding against the text bank: ``exp(logit_scale)
 with a trailing all-zero "background" class (cosine 0). Each is softmaxed over the C classes +
 background, then fused per class as ``p = p_head^(1-a) * p_clip^a`` with ``a = alpha_seen`` for
 classes seen in training and background, ``alpha_unseen`` for the others (0 where the mask
-does not reach the frozen-CLIP map, :func:`reaches_clip_map`: head only), and renormalised (the official ``open_voc_inference`` takes the argmax of
-the same quantity). The label is the best non-background class.
+does not reach the frozen-CLIP map, :func:`reaches_clip_map`: head only), and renormalised
+(the official ``open_voc_inference`` takes the argmax of the same quantity). The label is the
+best non-background class.
 
 **Unknown.** A prediction is reported as ``"unknown"`` when its best probability is below
 ``unknown_threshold``. :func:`calibrate_unknown_threshold` sets it from a labelled validation set:

@@ -9,10 +9,11 @@ a bare adapter file, outside its run folder, cannot be checked).
 
 Per image (large-scale jitter to 1024² when ``lsj``, from ``lsj_min_scale`` to 2x, flipped at
 random with ``lsj_flip``; instances under ``min_mask_area`` pixels afterwards dropped: the
-official pipeline's 0.9, flips and 32 px are clip2sam's defaults): up to ``prompts_per_image`` instances of the supervised classes
-(``supervised_vocabulary``, e.g. ``coco_base``; empty = all of ``vocabulary``; ``dataset`` =
-the annotation file's categories) are prompted, the first half by their ground-truth box, the
-rest by a random point inside the mask. Losses, weighted as the official configs (2 / 5 / 5):
+official pipeline's 0.9, flips and 32 px are clip2sam's defaults): up to
+``prompts_per_image`` instances of the supervised classes (``supervised_vocabulary``, e.g.
+``coco_base``; empty = all of ``vocabulary``; ``dataset`` = the annotation file's categories)
+are prompted, the first half by their ground-truth box, the rest by a random point inside the
+mask. Losses, weighted as the official configs (2 / 5 / 5):
 cross-entropy of the region embedding (pooled with the ground-truth box) against the text bank
 of ``vocabulary`` + a background class (weight 0.1): as in the official COCO run, the bank holds
 all 80 classes and the 17 novel ones, never supervised, stay in the softmax as negatives;
