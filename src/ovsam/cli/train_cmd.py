@@ -89,11 +89,11 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         annotations=str(args.annotations or ""),
         out=str(args.out),
     )
+    given = {item.partition("=")[0] for item in args.set}  # the fields --set names
     for flag, field in (("--out", "out"), ("--data", "data"), ("--annotations", "annotations")):
-        if any(item.partition("=")[0] == field for item in args.set):
+        if field in given:
             raise InputError(f"--set {field}=...: give the run's {field} with {flag}")
     config = absolute_paths(apply_overrides(config, args.set))
-    given = {item.partition("=")[0] for item in args.set}
     if saved is None and "vocabulary" in given and "supervised_vocabulary" not in given:
         # the default supervised classes (coco_base) belong to the default vocabulary (coco)
         config = replace(config, supervised_vocabulary="")

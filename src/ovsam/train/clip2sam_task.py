@@ -197,8 +197,8 @@ class Clip2SamTask:
             masks = np.stack(
                 [self.transform.apply_image(m.astype(np.uint8) * 255) > 127 for m in masks]
             )
-        kept = masks.reshape(len(masks), -1).sum(1) >= self.config.min_mask_area  # after the crop
-        kept &= masks.reshape(len(masks), -1).any(1)
+        area = masks.reshape(len(masks), -1).sum(1)  # after the crop
+        kept = (area >= self.config.min_mask_area) & (area > 0)
         if not kept.any():
             return None
         labels = [
