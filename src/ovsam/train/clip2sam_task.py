@@ -39,7 +39,7 @@ from ovsam.ov.classifier import bank_logits
 from ovsam.ov.clip2sam import FPN, CLIP2SAMHead
 from ovsam.ov.model import OVSamConfig
 from ovsam.ov.sam2clip import SAM2CLIPAdapter
-from ovsam.train.config import TrainConfig, check_adapter_run
+from ovsam.train.config import TrainConfig, check_adapter_run, supervised_field
 from ovsam.transforms import ResizeLongestSide
 from ovsam.vocab import (
     Vocabulary,
@@ -78,13 +78,6 @@ def dice_loss(logits: Tensor, targets: Tensor) -> Tensor:
     probs = logits.sigmoid().flatten(1)
     targets = targets.flatten(1)
     return (1 - (2 * (probs * targets).sum(1) + 1) / (probs.sum(1) + targets.sum(1) + 1)).mean()
-
-
-def _supervised_setting(config: TrainConfig) -> str:
-    """The setting that names the classes trained on, as written on the command line."""
-    if config.supervised_vocabulary:
-        return f"supervised_vocabulary={config.supervised_vocabulary!r}"
-    return f"vocabulary={config.vocabulary!r}"
 
 
 def startup_notice(config: TrainConfig) -> str | None:
@@ -130,9 +123,10 @@ class Clip2SamTask:
                 )
         self.class_of = {name_key(n): bank_index[name_key(n)] for n in supervised}
         if not any(name_key(name) in self.class_of for name in self.dataset.annotated_names()):
+            field = supervised_field(config)
             raise InputError(
-                f"{config.annotations} has no instance of a class of "
-                f"{_supervised_setting(config)}: nothing to train on (dataset uses its own)"
+                f"{config.annotations} has no instance of a class of {field}="
+                f"{getattr(config, field)!r}: nothing to train on (dataset uses its own)"
             )
         self.num_items = len(self.dataset)
         if config.random_clip:

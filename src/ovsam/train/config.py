@@ -105,6 +105,12 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
 LR_SCHEDULES = ("cosine", "step", "cosine_after_warmup")
 
 
+def supervised_field(config: TrainConfig) -> str:
+    """The field naming the classes a clip2sam run trains on: ``supervised_vocabulary`` when
+    set, else ``vocabulary``."""
+    return "supervised_vocabulary" if config.supervised_vocabulary else "vocabulary"
+
+
 def task_config(task: str) -> TrainConfig:
     """The configuration a new run of ``task`` starts from (:data:`TASK_DEFAULTS` applied)."""
     return replace(TrainConfig(task=task), **TASK_DEFAULTS.get(task, {}))

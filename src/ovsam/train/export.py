@@ -38,7 +38,7 @@ from ovsam.checkpoint import load_state_dict_strict, read_state_dict
 from ovsam.errors import CheckpointError, InputError, first_line
 from ovsam.ov.checkpoints import save_ovsam, take_prefix
 from ovsam.ov.model import OVSam, OVSamConfig, build_ovsam
-from ovsam.train.config import TrainConfig, check_adapter_run, load_config
+from ovsam.train.config import TrainConfig, check_adapter_run, load_config, supervised_field
 from ovsam.train.engine import checkpoint_files, latest_checkpoint
 from ovsam.vocab import BUILTIN_VOCABULARIES, category_vocabulary, load_vocabulary
 
@@ -85,7 +85,7 @@ def seen_vocabulary(config: TrainConfig) -> str | tuple[str, ...]:
     """What the head was trained on (``supervised_vocabulary``, else ``vocabulary``): a
     built-in vocabulary's name, else its class names (those of the annotation file for
     ``dataset``, as training names them: :func:`~ovsam.vocab.category_vocabulary`)."""
-    setting = "supervised_vocabulary" if config.supervised_vocabulary else "vocabulary"
+    setting = supervised_field(config)
     name = getattr(config, setting)
     if name in BUILTIN_VOCABULARIES:
         return name
