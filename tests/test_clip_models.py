@@ -170,6 +170,24 @@ TINY = CLIPConfig(
 )
 
 
+def test_resnet_stages_run_channels_last_with_the_default_layouts_values() -> None:
+    """The CLIP ResNet computes its stage maps channels-last (faster convolutions on CPU);
+    the values are the default (contiguous) layout's, computed module by module."""
+    torch.manual_seed(0)
+    visual = CLIP(TINY).visual.eval()
+    images = torch.randn(2, 3, 96, 80)
+    with torch.inference_mode():
+        stages = visual.forward_features(images)
+        x, expected = visual.stem(images), []
+        for layer in (visual.layer1, visual.layer2, visual.layer3, visual.layer4):
+            x = layer(x)
+            expected.append(x)
+    assert all(e.is_contiguous() for e in expected)  # the reference ran in the default layout
+    for got, want in zip(stages, expected, strict=True):
+        assert got.is_contiguous(memory_format=torch.channels_last) and not got.is_contiguous()
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning")
 def test_openai_torchscript_archive_is_read_without_running_code(tmp_path: Path) -> None:
     module = reference_module()
