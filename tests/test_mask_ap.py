@@ -125,6 +125,15 @@ def test_ground_truth_polygons_far_outside_or_without_a_size_are_handled_up_fron
     read_detections(tmp_path / "d.json", data)
     stats = mask_ap(path, results, tmp_path / "out")
     assert stats["AP"] == pytest.approx(0.0)
-    del data["images"][0]["height"]
-    with pytest.raises(InputError, match="image id 1 needs a positive integer height and width"):
+    for height in (None, True, 0, 96.0):  # None: no height at all; True is not a size
+        if height is None:
+            del data["images"][0]["height"]
+        else:
+            data["images"][0]["height"] = height
+        with pytest.raises(InputError, match="image id 1 needs a positive integer height"):
+            read_detections(tmp_path / "d.json", data)
+    data["images"][0]["height"] = 96
+    read_detections(tmp_path / "d.json", data)
+    polygon["image_id"] = 7  # a ground-truth polygon on an image the file does not list
+    with pytest.raises(InputError, match="image id 7 needs a positive integer height"):
         read_detections(tmp_path / "d.json", data)

@@ -85,7 +85,8 @@ def read_detections(path: str | Path, annotations: Mapping[str, Any]) -> list[di
             if field not in ann:
                 raise InputError(f"{where} has no {field!r} (needed for mask AP)")
         if isinstance(ann["segmentation"], list):  # COCOeval rasterises polygons at this size
-            if not all(isinstance(v, int) and v > 0 for v in sizes.get(ann["image_id"], ())):
+            size = sizes.get(ann["image_id"], (None, None))
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
                 raise InputError(
                     f"image id {ann['image_id']} needs a positive integer height and width "
                     f"(mask AP rasterises the polygons of {where} at that size)"
