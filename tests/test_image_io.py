@@ -47,6 +47,25 @@ def test_rgba_is_composited_on_white_from_a_file_and_from_an_array() -> None:
     assert np.array_equal(check_image_array(rgba), out)  # what set_image sees
 
 
+@pytest.mark.parametrize("mode", ["RGB", "L", "P", "1"])
+def test_a_transparent_colour_key_composites_as_alpha_does(mode: str) -> None:
+    """PNG optimisers store a binary-alpha RGBA image as RGB / L / P with a tRNS colour key:
+    the same picture must give the same pixels (its key colour was read as black before)."""
+    rgba = np.zeros((4, 4, 4), dtype=np.uint8)
+    rgba[1:3, 1:3] = (255, 255, 255, 255) if mode == "1" else (200, 200, 200, 255)
+    keyed = Image.fromarray(rgba, mode="RGBA").convert(mode if mode != "P" else "RGB")
+    if mode == "P":
+        keyed = keyed.quantize(colors=4)
+    key = keyed.getpixel((0, 0))
+    buf = io.BytesIO()
+    keyed.save(buf, format="PNG", transparency=key)
+    assert Image.open(io.BytesIO(buf.getvalue())).mode == mode
+    out = load_image(buf.getvalue())
+    expected = load_image(_png(Image.fromarray(rgba, mode="RGBA")))
+    assert out[0, 0].tolist() == [255, 255, 255]  # the keyed background, on white
+    assert np.array_equal(out, expected)
+
+
 @pytest.mark.parametrize(
     ("values", "expected"),
     [

@@ -1,9 +1,9 @@
 """Reading images from files or bytes into ``HxWx3`` uint8 RGB arrays, with clear errors.
 
-Grayscale, palette, RGBA (alpha composited on white), CMYK, 16-bit and float images are
-converted (16-bit by a fixed scale, 65535 -> 255; see :func:`_gray_to_uint8`); EXIF
-orientation is applied. Corrupt or non-image data raises :class:`InputError`, and so does
-PostScript (EPS), which PIL would hand to Ghostscript. Size is
+Grayscale, palette, RGBA (alpha, or a transparent-colour key, composited on white), CMYK,
+16-bit and float images are converted (16-bit by a fixed scale, 65535 -> 255; see
+:func:`_gray_to_uint8`); EXIF orientation is applied. Corrupt or non-image data raises
+:class:`InputError`, and so does PostScript (EPS), which PIL would hand to Ghostscript. Size is
 ovsam's call (``max_pixels``, :class:`ImageTooLargeError`): PIL's DecompressionBombWarning is
 silenced while an image file is opened (the one place PIL checks it; under a lock, as
 ``warnings.catch_warnings`` is process-wide and the server reads uploads in several
@@ -30,6 +30,9 @@ DEFAULT_MAX_PIXELS = 100_000_000
 # program run on the file's code: not for uploads).
 _REFUSED_FORMATS = frozenset({"EPS"})
 _WARNINGS_LOCK = threading.Lock()  # one catch_warnings at a time (see the module doc)
+# Modes whose transparency is a colour key (PNG tRNS, GIF): PNG optimisers store a binary-alpha
+# RGBA image as RGB or L with such a key, which must composite as the RGBA image does.
+_KEYED_MODES = frozenset({"1", "L", "P", "RGB"})
 
 
 class ImageTooLargeError(InputError):
@@ -65,7 +68,9 @@ def _to_uint8_rgb(img: Image.Image) -> np.ndarray:
         # copies of a 36 MP image took over 500 MB)
         gray = _gray_to_uint8(np.array(img, dtype=np.float32), img.mode)
         return np.repeat(gray[:, :, None], 3, axis=2)
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+    if img.mode in ("RGBA", "LA", "PA") or (
+        img.mode in _KEYED_MODES and "transparency" in img.info
+    ):
         return _on_white(img.convert("RGBA"))
     return np.asarray(img.convert("RGB"))
 
