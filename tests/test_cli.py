@@ -104,6 +104,7 @@ def test_segment_single_point_uses_best_of_three(
         (["--box", "10", "10", "5", "50"], "is inverted"),
         (["--point", "9999", "5"], "outside the 480x360 image"),
         ([], "give a prompt"),
+        (["--negative", "5", "5"], "--point X Y (--negative points only mark"),
     ],
 )
 def test_segment_errors_are_one_line(

@@ -143,8 +143,11 @@ def run(args: argparse.Namespace) -> int:
     from ovsam.errors import InputError
     from ovsam.segment_job import segment_image
 
-    if args.box is None and not args.point and not args.negative:
-        raise InputError("give a prompt: --box X0 Y0 X1 Y1 and/or --point X Y")
+    if args.box is None and not args.point:  # negatives alone mark no object
+        raise InputError(
+            "give a prompt: --box X0 Y0 X1 Y1 and/or --point X Y (--negative points only mark "
+            "what is not the object)"
+        )
     paths, summary = segment_image(
         args.image,
         out_dir=args.out,
