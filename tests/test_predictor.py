@@ -123,6 +123,8 @@ def test_predict_before_set_image_is_a_clear_error(mobilesam_model: torch.nn.Mod
     ("kwargs", "message"),
     [
         ({}, "give at least one prompt"),
+        ({"point_coords": np.zeros((0, 2)), "point_labels": np.zeros(0)}, "at least one prompt"),
+        ({"point_coords": np.zeros((0, 2)), "point_labels": np.zeros(1)}, r"shape \(0,\)"),
         ({"box": np.array([50, 50, 10, 60])}, "is inverted"),
         ({"box": np.array([500, 10, 600, 60])}, "entirely outside the 480x360 image"),
         ({"box": np.array([10, 10, 10, 60])}, "less than 1 pixel wide or high inside the image"),
@@ -184,6 +186,21 @@ def test_boolean_point_labels_mean_object_and_background(
     as_bools = predictor.predict(point_coords=points, point_labels=np.array([True, False]))
     for a, b in zip(as_ints, as_bools, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_an_empty_click_list_with_a_box_is_the_box_alone(
+    predictor: SamPredictor, scenes: list[tuple]
+) -> None:
+    """UIs pass their click list as it is, empty too (SAM's predictor accepts that)."""
+    _, shapes, state = scenes[0]
+    predictor.load_state(state)
+    box = np.array(shapes[1].box)
+    alone = predictor.predict(box=box, multimask_output=False)
+    empty = predictor.predict(np.zeros((0, 2)), np.zeros(0, int), box, multimask_output=False)
+    for a, b in zip(alone, empty, strict=True):
+        np.testing.assert_array_equal(a, b)
+    refined = predictor.predict(np.zeros((0, 2)), np.zeros(0), mask_input=alone[2])
+    assert refined[0].shape == (3, 360, 480)
 
 
 def test_box_partly_outside_is_clipped(predictor: SamPredictor, scenes: list[tuple]) -> None:

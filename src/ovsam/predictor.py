@@ -223,22 +223,29 @@ class SamPredictor:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Predict masks for one set of prompts, in original-image pixels.
 
-        Returns ``(masks CxHxW bool, scores C float32, low_res_logits Cx256x256 float32)``
-        with C = 3 when ``multimask_output`` else 1. ``return_logits`` returns mask logits
-        instead of booleans. Feed ``low_res_logits[i][None]`` back as ``mask_input`` to refine.
+        ``point_coords`` ``Nx2`` XY pixels with ``point_labels`` ``N`` (1 = object, 0 =
+        background; ``0x2`` counts as no points), ``box`` one XYXY pixel box, clipped to the
+        image when it reaches past an edge (SAM passes it on as it is; see :meth:`clip_boxes`),
+        ``mask_input`` ``1x256x256`` logits. Returns ``(masks CxHxW bool, scores C float32,
+        low_res_logits Cx256x256 float32)`` with C = 3 when ``multimask_output`` else 1.
+        ``return_logits`` returns mask logits instead of booleans. Feed
+        ``low_res_logits[i][None]`` back as ``mask_input`` to refine.
         """
         self._require_state()
-        if point_coords is None and box is None and mask_input is None:
-            raise InputError("give at least one prompt: points, a box or a mask_input")
         coords_t = labels_t = box_t = mask_t = None
         if point_coords is not None:
             coords, labels = check_points(point_coords, point_labels, self.original_size)
+            if coords.shape[0] == 0:
+                point_coords = None  # an empty click list: the other prompts alone
+        elif point_labels is not None:
+            raise InputError("point_labels were given without point_coords")
+        if point_coords is None and box is None and mask_input is None:
+            raise InputError("give at least one prompt: points, a box or a mask_input")
+        if point_coords is not None:
             coords_t = torch.as_tensor(self.transform.apply_coords(coords, self.original_size))[
                 None
             ]
             labels_t = torch.as_tensor(labels, dtype=torch.int64)[None]
-        elif point_labels is not None:
-            raise InputError("point_labels were given without point_coords")
         if box is not None:
             boxes = self.clip_boxes(box)
             if boxes.shape[0] != 1:

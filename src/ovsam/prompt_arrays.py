@@ -32,9 +32,10 @@ def check_points(
     point_coords: object, point_labels: object, size: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
     """``Nx2`` XY pixel clicks inside an ``(H, W)`` image and their ``N`` labels (1 = object,
-    0 = background; booleans allowed), as float64 arrays."""
+    0 = background; booleans allowed), as float64 arrays. N may be 0 (``0x2``): a UI's
+    empty click list."""
     coords = finite_array("point_coords", point_coords, "Nx2 XY pixels")
-    if coords.ndim != 2 or coords.shape[1] != 2 or coords.shape[0] == 0:
+    if coords.ndim != 2 or coords.shape[1] != 2:
         raise InputError(f"point_coords must have shape Nx2 (XY pixels), got {coords.shape}")
     if point_labels is None:
         raise InputError("point_labels are required with point_coords (1 = object, 0 = background)")
