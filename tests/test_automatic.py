@@ -43,9 +43,18 @@ def test_mask_nms_keeps_best_of_duplicates_despite_stray_pixels() -> None:
     assert mask_nms(masks, scores, 0.7).tolist() == [1, 2]
 
 
+@pytest.mark.parametrize("copies", [3, 17, 200])
+def test_mask_nms_keeps_the_first_of_equally_scored_duplicates(copies: int) -> None:
+    """torchvision's rule: which copy survives (and so whose click and stability score the
+    record shows) does not depend on how many candidates there are."""
+    masks = torch.zeros(copies, 8, 8, dtype=torch.bool)
+    masks[:, 2:6, 2:6] = True
+    assert mask_nms(masks, torch.full((copies,), 0.5), 0.7, stride=1).tolist() == [0]
+
+
 def _matrix_nms(masks: torch.Tensor, scores: torch.Tensor, threshold: float) -> list[int]:
     """Greedy NMS over the full ``KxK`` IoU matrix: the reference (memory grows as K^2)."""
-    order = torch.argsort(scores, descending=True)
+    order = torch.argsort(scores, descending=True, stable=True)
     flat = masks[order].flatten(1).float()
     inter = flat @ flat.T
     area = flat.sum(1)

@@ -237,6 +237,10 @@ def test_unknown_threshold_calibration_known_answer() -> None:
     assert calibrate_unknown_threshold(scores, correct, 1.0) == pytest.approx(0.7)
     assert calibrate_unknown_threshold(scores, correct, 0.8) == pytest.approx(0.5)
     assert calibrate_unknown_threshold(scores, [False] * 6, 0.5) == 1.0
+    # a threshold keeps every region of its score: 0.5 would keep a wrong one at 0.5 too
+    tied = calibrate_unknown_threshold([0.9, 0.5, 0.5], [True, True, False], 0.9)
+    assert tied == pytest.approx(0.9)
+    assert calibrate_unknown_threshold([0.5, 0.9, 0.5], [False, True, True], 0.9) == 0.9
     with pytest.raises(InputError, match="equal length"):
         calibrate_unknown_threshold([0.1], [True, False])
 

@@ -22,11 +22,12 @@ def mask_nms(
 ) -> torch.Tensor:
     """Indices of the ``KxHxW`` boolean ``masks`` kept by greedy NMS on mask IoU (highest
     ``scores`` first; a mask whose IoU with a kept one exceeds ``iou_threshold`` is dropped),
-    in score order. IoU is measured on ``stride x stride`` cells."""
+    in score order; of equal scores the lowest index goes first, as in torchvision's ``nms``.
+    IoU is measured on ``stride x stride`` cells."""
     cells = cell_masks(masks, stride).cpu()  # not copied in score order: it can be large
     area = cells.flatten(1).sum(1)
     boxes = mask_boxes(cells)  # an empty mask's overlaps nothing: kept, suppressing nothing
-    order = torch.argsort(scores.cpu(), descending=True)
+    order = torch.argsort(scores.cpu(), descending=True, stable=True)
     rank = torch.empty_like(order)
     rank[order] = torch.arange(len(order))
     alive = torch.ones(len(order), dtype=torch.bool)

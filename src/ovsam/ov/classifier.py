@@ -124,12 +124,15 @@ def calibrate_unknown_threshold(
     """Lowest top-1 score whose kept predictions (score >= it) reach ``target_precision``.
 
     ``scores``: best probability per validation region; ``correct``: whether its top-1 label
-    was right. Returns 1.0 (everything unknown) if no threshold reaches the target.
+    was right. Returns 1.0 (everything unknown) if no threshold reaches the target. Equal
+    scores are kept or dropped together, so precision is counted over whole groups of them.
     """
     s, c = np.asarray(scores, dtype=np.float64), np.asarray(correct, dtype=bool)
     if s.shape != c.shape or s.size == 0:
         raise InputError("scores and correct must be non-empty and of equal length")
-    order = np.argsort(-s)
+    order = np.argsort(-s, kind="stable")
+    ranked = s[order]
     precision = np.cumsum(c[order]) / np.arange(1, s.size + 1)
-    ok = np.nonzero(precision >= target_precision)[0]
-    return float(s[order][ok[-1]]) if ok.size else 1.0
+    group_end = np.append(ranked[1:] != ranked[:-1], True)  # last of each equal score
+    ok = np.nonzero((precision >= target_precision) & group_end)[0]
+    return float(ranked[ok[-1]]) if ok.size else 1.0
