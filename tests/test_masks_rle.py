@@ -59,6 +59,22 @@ def test_bad_rle_is_rejected() -> None:
         decode_rle({"size": [2, 2], "counts": [1, 1]})
     with pytest.raises(InputError, match="'size' and 'counts'"):
         decode_rle({"counts": "abc"})
+    bad = [
+        ({"size": [2, 2], "counts": None}, "counts must be a COCO compressed string or a list"),
+        ({"size": [2, 2], "counts": 4}, "counts must be .* got 4"),
+        ({"size": [2, 2], "counts": [1.5, 2.5]}, "counts must be"),
+        ({"size": [2, 2], "counts": b"\xff\xfe"}, "not ASCII"),
+        ({"size": [-2, -2], "counts": [4]}, r"size must be \[height, width\]"),
+        ({"size": "22", "counts": [4]}, r"size must be .* got '22'"),  # not ['2', '2']
+        ({"size": [2, 2, 1], "counts": [4]}, r"size must be \[height, width\]"),
+        ({"size": [2.5, 2], "counts": [5]}, "size must be"),
+        (["size", "counts"], "not a COCO RLE dict"),
+    ]
+    for rle, message in bad:
+        with pytest.raises(InputError, match=message):
+            decode_rle(rle)
+    whole = decode_rle({"size": [2.0, 2], "counts": np.array([1, 2, 1])})  # JSON floats, numpy
+    assert whole.tolist() == [[False, True], [True, False]]
 
 
 def test_boxes_and_iou() -> None:

@@ -8,6 +8,8 @@ XYXY where the name says so.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from ovsam.errors import InputError
@@ -71,16 +73,46 @@ def encode_rle(mask: np.ndarray) -> dict[str, object]:
     }
 
 
-def decode_rle(rle: dict[str, object]) -> np.ndarray:
-    """Decode COCO RLE (compressed string or uncompressed list ``counts``) to ``HxW`` bool."""
-    try:
-        height, width = (int(v) for v in rle["size"])  # type: ignore[union-attr]
-        raw = rle["counts"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"not a COCO RLE dict with 'size' and 'counts': {exc}") from exc
+def _whole_numbers(values: object, name: str, what: str) -> list[int]:
+    """``values`` (a list or tuple of non-negative whole numbers) as ints, else InputError."""
+    if isinstance(values, (list, tuple, np.ndarray)):
+        arr = np.asarray(values)
+        if arr.ndim == 1 and arr.dtype.kind in "iuf" and np.all(np.isfinite(arr)):
+            if np.all(arr >= 0) and np.all(arr == np.round(arr)):
+                return [int(v) for v in arr]
+    raise InputError(f"RLE {name} must be {what}, got {_shown(values)}")
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def decode_rle(rle: Mapping[str, object]) -> np.ndarray:
+    """Decode COCO RLE (compressed string or uncompressed list ``counts``) to ``HxW`` bool.
+
+    ``rle["size"]`` is ``[H, W]``; anything else (a missing field, text where numbers belong,
+    negative or fractional numbers, counts that do not cover ``H*W``) raises InputError.
+    """
+    if not isinstance(rle, Mapping) or "size" not in rle or "counts" not in rle:
+        raise InputError(f"not a COCO RLE dict with 'size' and 'counts': {_shown(rle)}")
+    size = _whole_numbers(rle["size"], "size", "[height, width]: two non-negative integers")
+    if len(size) != 2:
+        raise InputError(f"RLE size must be [height, width], got {_shown(rle['size'])}")
+    height, width = size
+    raw = rle["counts"]
     if isinstance(raw, bytes):
-        raw = raw.decode("ascii")
-    counts = _string_to_counts(raw) if isinstance(raw, str) else [int(c) for c in raw]  # type: ignore[union-attr]
+        try:
+            raw = raw.decode("ascii")
+        except UnicodeDecodeError:
+            raise InputError(
+                "RLE counts bytes are not a COCO compressed string (not ASCII)"
+            ) from None
+    if isinstance(raw, str):
+        counts = _string_to_counts(raw)
+    else:
+        what = "a COCO compressed string or a list of non-negative integers"
+        counts = _whole_numbers(raw, "counts", what)
     if any(c < 0 for c in counts) or sum(counts) != height * width:
         raise InputError(
             f"RLE counts sum to {sum(counts)}, expected {height}x{width}={height * width}"
