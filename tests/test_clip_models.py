@@ -222,6 +222,22 @@ def test_torchscript_archive_with_foreign_globals_is_refused(tmp_path: Path) -> 
         read_clip_state_dict(path)
 
 
+@pytest.mark.parametrize("damage", ["storage", "pickle"])
+def test_a_damaged_torchscript_archive_is_a_checkpoint_error(tmp_path: Path, damage: str) -> None:
+    """Entries cut short inside an intact zip raised torch's RuntimeError / EOFError."""
+    whole, path = tmp_path / "whole.pt", tmp_path / "damaged.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(whole))
+    with zipfile.ZipFile(whole) as src, zipfile.ZipFile(path, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith("/data/0" if damage == "storage" else "/data.pkl"):
+                data = data[: len(data) // 2]
+            dst.writestr(info, data)
+    kind = "RuntimeError" if damage == "storage" else "(EOFError|UnpicklingError)"
+    with pytest.raises(CheckpointError, match=f"cannot read TorchScript archive .*: {kind}"):
+        read_clip_state_dict(path)
+
+
 def test_wrong_checkpoint_names_the_keys(tmp_path: Path) -> None:
     path = tmp_path / "tiny.pt"
     torch.save(CLIP(TINY).state_dict(), path)

@@ -189,6 +189,25 @@ def test_a_download_without_a_sha256_must_fit_the_model_too(
     assert torch.load(cache / "weights" / "toy_net_w.pt")["weight"].shape == (2, 3)
 
 
+def test_a_cached_file_without_a_sha256_is_checked_by_content_before_it_is_trusted(
+    cache: Path, unhashed: WeightsSpec, capsys: pytest.CaptureFixture
+) -> None:
+    """A file put in the cache by hand (or damaged there) was stamped as verified unread, and
+    every model load failed later; now it is checked as a download is, once."""
+    cached = cache / "weights" / "toy_net_w.pt"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"not weights")
+    assert main(["download", "toy_net_w"]) == 2  # no source to fetch it again from
+    err = capsys.readouterr().err
+    assert f"cached {cached} failed its check ({cached} is not toy_net_w: cannot read" in err
+    assert "could not obtain weights 'toy_net_w' from any source (no sources registered)" in err
+    assert not cached.exists()  # the bad file is not kept
+    torch.save(nn.Linear(3, 2).state_dict(), cached)  # a good one, by hand
+    assert main(["download", "toy_net_w"]) == 0 and capsys.readouterr().err == ""
+    assert main(["download", "--list", "toy_net_w"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[:2] == ["toy_net_w", "cached"]
+
+
 def test_from_without_a_sha256_or_a_model_must_be_a_state_dict(
     cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:

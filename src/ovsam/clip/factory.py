@@ -17,7 +17,12 @@ from pathlib import Path
 
 import torch
 
-from ovsam.checkpoint import load_state_dict_strict, read_state_dict, weights_to_be_loaded
+from ovsam.checkpoint import (
+    is_torchscript_archive,
+    load_state_dict_strict,
+    read_state_dict,
+    weights_to_be_loaded,
+)
 from ovsam.clip.config import (
     CONVNEXT_TRUNKS,
     CLIPConfig,
@@ -29,7 +34,7 @@ from ovsam.clip.config import (
 )
 from ovsam.clip.model import CLIP
 from ovsam.clip.pretrained import clip_weights_file, pretrained_weights_name
-from ovsam.clip.torchscript_reader import is_torchscript_archive, read_torchscript_tensors
+from ovsam.clip.torchscript_reader import read_torchscript_tensors
 from ovsam.errors import CheckpointError, InputError
 from ovsam.weights import resolve_weights
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ovsam.errors import CheckpointError
+from ovsam.errors import CheckpointError, first_line
 
 _STORAGE_DTYPES = {
     "FloatStorage": torch.float32,
@@ -50,13 +50,11 @@ def _rebuild_tensor(
     return storage.as_strided(tuple(size), tuple(stride), offset)
 
 
-def is_torchscript_archive(path: str | Path) -> bool:
-    """True when ``path`` is a zip archive laid out as a TorchScript module."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as zf:
-        names = zf.namelist()
-    return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
+# What reading an archive whose pickles or storages are cut short or inconsistent raises.
+_DAMAGED = (
+    zipfile.BadZipFile, pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError,
+    AttributeError, IndexError, RuntimeError,
+)  # fmt: skip
 
 
 class _Unpickler(pickle.Unpickler):
@@ -109,8 +107,11 @@ def read_torchscript_tensors(path: str | Path) -> dict[str, torch.Tensor]:
             root = pickles[0][: -len("data.pkl")]
             with zf.open(pickles[0]) as fh:
                 top = _Unpickler(fh, zf, root).load()
-    except (zipfile.BadZipFile, pickle.UnpicklingError, KeyError, ValueError) as exc:
-        raise CheckpointError(f"cannot read TorchScript archive {path}: {exc}") from exc
+    except CheckpointError:
+        raise
+    except _DAMAGED as exc:  # a damaged archive: records that do not fit their storages
+        reason = f"{type(exc).__name__}: {first_line(exc)}"
+        raise CheckpointError(f"cannot read TorchScript archive {path}: {reason}") from exc
     if not isinstance(top, _ScriptObject):
         raise CheckpointError(f"{path}: data.pkl does not hold a module")
     out: dict[str, torch.Tensor] = {}
