@@ -52,8 +52,10 @@ FALLBACK_MODEL = "mobilesam"
 UNTYPED = ("", "application/octet-stream")
 """Declared content types that say nothing about the file (curl, ``requests``, browsers)."""
 DECODES_AT_ONCE = 2
-"""Uploads decoded at once: a decode of a ``max_pixels`` image peaks at ~10 bytes a pixel, and
-requests run in a pool of 40 threads (the model embeds one image at a time anyway)."""
+"""Uploads decoded and embedded at once: a decode of a ``max_pixels`` image peaks at ~10 bytes
+a pixel, and requests run in a pool of 40 threads. A decoded image is held until the model
+(one image at a time) has embedded it, so this also bounds the decoded images in memory: one
+embedding, one waiting."""
 
 
 def may_be_raster_image(content_type: str) -> bool:
@@ -121,14 +123,14 @@ def create_app(
         return item
 
     def register(data: bytes, name: str) -> ImageInfo:
-        try:
-            with decoding:
+        with decoding:  # held until the embedding is done (see DECODES_AT_ONCE)
+            try:
                 image = load_image(data, max_pixels=settings.max_pixels)
-        except ImageTooLargeError as exc:
-            raise ApiError(413, "too_many_pixels", str(exc)) from exc
-        except InputError as exc:
-            raise ApiError(400, "bad_image", str(exc)) from exc
-        state, elapsed = engine.embed(image)
+            except ImageTooLargeError as exc:
+                raise ApiError(413, "too_many_pixels", str(exc)) from exc
+            except InputError as exc:
+                raise ApiError(400, "bad_image", str(exc)) from exc
+            state, elapsed = engine.embed(image)
         item = store.add(name, state)
         return ImageInfo(image_id=item.image_id, name=name, width=item.width, height=item.height,
                          embedding_ms=round(elapsed, 1))  # fmt: skip
