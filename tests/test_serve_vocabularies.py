@@ -145,6 +145,12 @@ def test_commas_separate_synonyms_as_on_the_command_line(labelled: SegmentationE
         "code": "invalid_vocabulary",
         "message": "duplicate class name 'Mug' (name 1 and name 3)",
     })  # fmt: skip
+    surrogate = '{"name": "broken", "names": ["cup", "cat\\ud800"]}'  # every answer naming it
+    r = client.post(  # failed as a 500: no UTF-8 can carry it
+        "/v1/vocabularies", content=surrogate, headers={"content-type": "application/json"}
+    )
+    assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid_vocabulary")
+    assert "is not valid text: it holds a lone surrogate" in r.json()["error"]["message"]
     spaced = ["cup,mug", " cup ,  mug", "x" * 150 + ", " + "y" * 150]  # one class, repeated
     r = client.post("/v1/vocabularies", json={"name": "spaced", "names": spaced})
     assert (r.status_code, r.json()["size"]) == (201, 2)  # each synonym within the 200 chars

@@ -198,6 +198,9 @@ def test_names_clip_cannot_embed_are_refused() -> None:
     for name in ("\u200b", "\u200b\u00a0\u2060", "&nbsp;"):
         with pytest.raises(InputError, match=r"\(entry 1\) has no visible character"):
             load_vocabulary([f"{name}, cup"])
+    # a lone surrogate (a JSON "\\ud800" escape) is no text: no answer naming it could be sent
+    with pytest.raises(InputError, match=r"'cat\\ud800' \(entry 2\) is not valid text: .* lone"):
+        load_vocabulary(["dog", "cat\ud800"])
 
 
 def test_templates_and_synonym_rule() -> None:

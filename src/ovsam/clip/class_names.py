@@ -20,8 +20,16 @@ def token_key(name: str, place: str) -> str:
     """``name`` as CLIP reads it (its pre-tokens; equal keys, equal token ids).
 
     Raises :class:`InputError` naming ``place`` (e.g. ``"entry 3"``) for a name holding
-    CLIP's special tokens or no visible character.
+    CLIP's special tokens, no visible character or a lone surrogate (not text: ``"\\ud800"``
+    from a JSON escape, which no UTF-8 output can hold).
     """
+    if not name.isascii():
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(
+                f"class name {name!r} ({place}) is not valid text: it holds a lone surrogate"
+            ) from None
     pieces = pre_tokens(name)
     special = [p for p in pieces if p in (SOT, EOT)]
     if special:
