@@ -55,6 +55,27 @@ def upload_scene(client: TestClient) -> tuple[str, list[float]]:
     return r.json()["image_id"], [float(v) for v in shapes[0].box]
 
 
+def test_a_bad_prompt_is_refused_before_its_vocabulary_is_embedded(
+    labelled: SegmentationEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A click outside the image named LVIS: its 1,203 names were embedded (minutes with a
+    real CLIP) before the 400 came."""
+    prepared: list[str] = []
+    real = labelled.recognizer.prepare
+    monkeypatch.setattr(
+        labelled.recognizer, "prepare", lambda v: prepared.append(v.name) or real(v)
+    )
+    client = TestClient(create_app(ServeSettings(), lambda _: labelled))
+    image_id, box = upload_scene(client)
+    bad = [{"points": [[-5, 10]], "labels": [1]}, {}]
+    for body in bad:
+        r = client.post(f"/v1/images/{image_id}/predict", json={**body, "vocabulary": "lvis"})
+        assert r.status_code == 400, r.text
+    assert prepared == []
+    r = client.post(f"/v1/images/{image_id}/predict", json={"box": box, "vocabulary": "coco"})
+    assert r.status_code == 200 and r.json()["labels"] and prepared == ["coco"]
+
+
 def test_plain_prompts_proceed_while_a_text_bank_is_built(
     labelled: SegmentationEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:

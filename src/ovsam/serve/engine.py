@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -117,6 +119,16 @@ class SegmentationEngine:
             state.extras[PIXELS] = pixels_tensor(image)
         return state, (time.perf_counter() - start) * 1000
 
+    @contextmanager
+    def _image_loaded(self, state: ImageState) -> Iterator[None]:
+        """The model, to this thread alone, with ``state``'s image set (and unset after)."""
+        with self._lock:
+            self.predictor.load_state(state)
+            try:
+                yield
+            finally:
+                self.predictor.reset_image()
+
     def predict(
         self,
         state: ImageState,
@@ -129,31 +141,29 @@ class SegmentationEngine:
     ) -> Prediction:
         """Decode one prompt on ``state`` (SAM's multimask rule) and label the best mask.
 
-        The vocabulary is prepared before the model lock is taken, so building a large text
-        bank never holds up other users' prompts."""
+        The prompt is decoded (and so checked) first; the vocabulary is prepared afterwards,
+        and only for a mask to name, outside the model lock, so that building a large text
+        bank never holds up other users' prompts nor waits before a bad prompt is refused."""
         start = time.perf_counter()
-        prepared = self.recognizer.prepare(vocabulary) if vocabulary else None
         multimask = choose_multimask(0 if points is None else len(points), box is not None)
-        with self._lock:
-            self.predictor.load_state(state)
-            try:
-                # SAM's own predict: a labelling subclass's would want a vocabulary; labels
-                # come from the recognizer
-                masks, scores, low_res = SamPredictor.predict(
-                    self.predictor,
-                    point_coords=points,
-                    point_labels=labels,
-                    box=box,
-                    mask_input=mask_input,
-                    multimask_output=multimask and mask_input is None,
-                )
-                best = int(np.argmax(scores))
-                names: list[tuple[str, float]] = []
-                if vocabulary and masks[best].any():  # an empty mask has nothing to name
-                    decoded = DecodedMask(masks[best], low_res[best], box)
-                    names = self.recognizer.label(state, decoded, prepared, top_k)
-            finally:
-                self.predictor.reset_image()
+        with self._image_loaded(state):
+            # SAM's own predict: a labelling subclass's would want a vocabulary; labels come
+            # from the recognizer
+            masks, scores, low_res = SamPredictor.predict(
+                self.predictor,
+                point_coords=points,
+                point_labels=labels,
+                box=box,
+                mask_input=mask_input,
+                multimask_output=multimask and mask_input is None,
+            )
+        best = int(np.argmax(scores))
+        names: list[tuple[str, float]] = []
+        if vocabulary and masks[best].any():  # an empty mask has nothing to name
+            prepared = self.recognizer.prepare(vocabulary)
+            decoded = DecodedMask(masks[best], low_res[best], box)
+            with self._image_loaded(state):  # a recognizer may read the image's features
+                names = self.recognizer.label(state, decoded, prepared, top_k)
         return Prediction(
             masks[best], float(scores[best]), low_res[best][None], names,
             (time.perf_counter() - start) * 1000,
