@@ -15,12 +15,7 @@ from PIL import Image
 from ovsam.assets import SAMPLE_PHOTO
 from ovsam.errors import InputError
 from ovsam.image_io import ImageTooLargeError, check_image_array, load_image
-
-
-def _png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
+from turned_images import png_file, turned_image_files
 
 
 def test_sample_photo_loads_as_rgb_uint8() -> None:
@@ -30,7 +25,7 @@ def test_sample_photo_loads_as_rgb_uint8() -> None:
 
 def test_grayscale_is_replicated_to_three_channels() -> None:
     gray = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
-    out = load_image(_png(Image.fromarray(gray, mode="L")))
+    out = load_image(png_file(Image.fromarray(gray, mode="L")))
     assert out.shape == (3, 4, 3)
     assert np.array_equal(out[:, :, 0], gray) and np.array_equal(out[:, :, 2], gray)
 
@@ -40,11 +35,27 @@ def test_rgba_is_composited_on_white_from_a_file_and_from_an_array() -> None:
     rgba[0, 0] = (255, 0, 0, 255)  # opaque red stays red
     rgba[1, 1] = (0, 0, 255, 0)  # fully transparent becomes white
     rgba[0, 1] = (0, 0, 0, 128)  # half-transparent black becomes mid grey
-    out = load_image(_png(Image.fromarray(rgba, mode="RGBA")))
+    out = load_image(png_file(Image.fromarray(rgba, mode="RGBA")))
     assert out[0, 0].tolist() == [255, 0, 0]
     assert out[1, 1].tolist() == [255, 255, 255]
     assert out[0, 1].tolist() == [127, 127, 127]
     assert np.array_equal(check_image_array(rgba), out)  # what set_image sees
+
+
+def test_orientation_from_exif_or_xmp_is_applied_and_reported() -> None:
+    from ovsam.image_io import load_image_and_orientation
+
+    files = turned_image_files()
+    for name, (data, orientation) in files.items():
+        pixels, applied = load_image_and_orientation(data)
+        assert applied == orientation, name
+        assert np.array_equal(pixels, load_image(data))
+    webp, _ = load_image_and_orientation(files["webp-exif"][0])
+    assert webp.shape == (40, 20, 3) and webp[:10].tolist() == [[[255, 0, 0]] * 20] * 10
+    xmp, _ = load_image_and_orientation(files["png-xmp"][0])
+    assert xmp.shape == (20, 40, 3) and (xmp[:, 30:] == (255, 0, 0)).all()  # turned 180
+    stored, applied = load_image_and_orientation(files["webp-exif"][0], exif_orientation=False)
+    assert stored.shape == (20, 40, 3) and applied == 1
 
 
 @pytest.mark.parametrize("mode", ["RGB", "L", "P", "1"])
@@ -61,7 +72,7 @@ def test_a_transparent_colour_key_composites_as_alpha_does(mode: str) -> None:
     keyed.save(buf, format="PNG", transparency=key)
     assert Image.open(io.BytesIO(buf.getvalue())).mode == mode
     out = load_image(buf.getvalue())
-    expected = load_image(_png(Image.fromarray(rgba, mode="RGBA")))
+    expected = load_image(png_file(Image.fromarray(rgba, mode="RGBA")))
     assert out[0, 0].tolist() == [255, 255, 255]  # the keyed background, on white
     assert np.array_equal(out, expected)
 
@@ -75,7 +86,7 @@ def test_a_transparent_colour_key_composites_as_alpha_does(mode: str) -> None:
     ],
 )
 def test_sixteen_bit_is_scaled_by_a_fixed_factor(values: list, expected: list) -> None:
-    out = load_image(_png(Image.fromarray(np.array(values, dtype=np.uint16))))
+    out = load_image(png_file(Image.fromarray(np.array(values, dtype=np.uint16))))
     assert out[:, :, 0].tolist() == expected
 
 
@@ -167,9 +178,13 @@ def _png_header(width: int, height: int) -> bytes:
     ("data", "max_pixels", "expected"),
     [  # PIL warns over Image.MAX_IMAGE_PIXELS (89.5 MP): ovsam's limit decides, silently
         (_png_header(12000, 12000), None, "12000x12000 = 144000000 pixels, more than the limit"),
-        (_png(Image.new("L", (50, 30))), 1000, "50x30 = 1500 pixels, more than the limit of 1000"),
-        (_png(Image.new("L", (50, 30))), 2000, None),  # within ovsam's limit: loads
-        (_png(Image.new("L", (50, 50))), 10_000, "too large to decode safely"),  # PIL's refusal
+        (
+            png_file(Image.new("L", (50, 30))),
+            1000,
+            "50x30 = 1500 pixels, more than the limit of 1000",
+        ),
+        (png_file(Image.new("L", (50, 30))), 2000, None),  # within ovsam's limit: loads
+        (png_file(Image.new("L", (50, 50))), 10_000, "too large to decode safely"),  # PIL's refusal
     ],
     ids=["12000x12000", "over-max-pixels", "within-max-pixels", "pil-refusal"],
 )

@@ -342,39 +342,6 @@ def test_concurrent_requests_get_consistent_answers(
         assert area == answers[i % 3][1]
 
 
-def test_decoded_uploads_waiting_for_the_model_are_bounded(engine: SegmentationEngine) -> None:
-    """The decode limit covered only decoding: uploads then waited for the model holding
-    their full-size pixels (12 parallel 10 MP uploads held 11, about 2 GB)."""
-    import threading
-    import time
-
-    from ovsam.serve.app import DECODES_AT_ONCE
-
-    held, most, lock = [0], [0], threading.Lock()
-
-    class Counting(SegmentationEngine):
-        def embed(self, image: np.ndarray) -> tuple:
-            with lock:
-                held[0] += 1
-                most[0] = max(most[0], held[0])
-            time.sleep(0.05)  # a slow model: the others queue up
-            try:
-                return super().embed(image)
-            finally:
-                with lock:
-                    held[0] -= 1
-
-    client = make_client(Counting(engine.predictor, engine.model_name))
-    data = png(np.zeros((64, 64, 3), np.uint8))
-
-    def upload(_: int) -> int:
-        return client.post("/v1/images", files={"file": ("x.png", data, "image/png")}).status_code
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        assert list(pool.map(upload, range(8))) == [201] * 8
-    assert 1 <= most[0] <= DECODES_AT_ONCE
-
-
 def test_labels_from_a_clip_recognizer(engine: SegmentationEngine) -> None:
     from dataclasses import replace
 

@@ -211,6 +211,29 @@ def test_tiff_is_refused_in_the_page_before_upload(server_url: str, tmp_path: Pa
     assert uploads == []
 
 
+def test_a_turned_webp_is_shown_as_the_server_turned_it(server_url: str, tmp_path: Path) -> None:
+    """Chromium ignores WebP's EXIF orientation: the page showed the landscape grid stretched
+    over the server's portrait one. It now draws the server's upright picture."""
+    from turned_images import turned_image_files
+
+    path = tmp_path / "turned.webp"
+    path.write_bytes(turned_image_files()["webp-exif"][0])
+    with browser_page() as page:
+        open_page(page, server_url)
+        upload_sample(page, path)
+        drawn = page.evaluate(
+            """() => {
+              const c = document.getElementById('image');
+              const px = (x, y) => Array.from(c.getContext('2d').getImageData(x, y, 1, 1).data);
+              return {w: c.width, h: c.height, top: px(c.width / 2, 2),
+                      bottom: px(c.width / 2, c.height - 3)};
+            }"""
+        )
+    assert drawn["h"] == 2 * drawn["w"]  # portrait, as the server's 20x40
+    assert drawn["top"][0] > 200 and drawn["top"][1] < 60  # the red side, turned to the top
+    assert drawn["bottom"][0] < 60
+
+
 def click_twice_in_the_box(page: object, server_url: str) -> dict:
     """Box, then two object clicks (the second refines the first's mask); returns the canvas."""
     drag_box_on_sample(page, server_url)

@@ -1,4 +1,5 @@
-"""The server under concurrent requests: its image store, and how many uploads it decodes."""
+"""The server's uploads: its image store under concurrent requests, how many uploads it
+decodes at once, and the upright pictures it keeps for turned ones."""
 
 from __future__ import annotations
 
@@ -59,11 +60,13 @@ def test_health_figures_are_read_while_requests_touch_images() -> None:
         thread.join()
 
 
-def test_uploads_are_decoded_two_at_a_time(
+def test_uploads_are_decoded_and_held_two_at_a_time(
     mobilesam_model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A decode can take ~10 bytes per pixel of a 40 MP upload; 40 request threads at once
-    would need gigabytes before the model (one image at a time) gets to any of them."""
+    would need gigabytes before the model (one image at a time) gets to any of them. A decoded
+    image is held until it is embedded: uploads queued for the model held theirs (12 parallel
+    10 MP uploads held 11, about 2 GB)."""
     pytest.importorskip("fastapi")
     from concurrent.futures import ThreadPoolExecutor
 
@@ -76,21 +79,30 @@ def test_uploads_are_decoded_two_at_a_time(
 
     engine = SegmentationEngine(SamPredictor(mobilesam_model), "mobilesam")
     client = TestClient(serve_app.create_app(ServeSettings(), lambda _: engine))
-    decoding, most = [0], [0]
-    lock, real_load = threading.Lock(), serve_app.load_image
+    decoding, held, most = [0], [0], {"decoding": 0, "held": 0}
+    lock, real_load = threading.Lock(), serve_app.load_image_and_orientation
+
+    def count(counter: list[int], name: str, step: int) -> None:
+        with lock:
+            counter[0] += step
+            most[name] = max(most[name], counter[0])
 
     def slow_load(*args: object, **kwargs: object) -> object:
-        with lock:
-            decoding[0] += 1
-            most[0] = max(most[0], decoding[0])
+        count(held, "held", 1)  # decoded pixels exist from here until they are embedded
+        count(decoding, "decoding", 1)
         time.sleep(0.3)  # long enough for every upload to arrive meanwhile
-        with lock:
-            decoding[0] -= 1
+        count(decoding, "decoding", -1)
         return real_load(*args, **kwargs)
 
-    monkeypatch.setattr(serve_app, "load_image", slow_load)
     embedded = engine.embed(np.zeros((24, 32, 3), np.uint8))  # the model is not under test
-    monkeypatch.setattr(engine, "embed", lambda image: embedded)
+
+    def slow_embed(image: np.ndarray) -> object:
+        time.sleep(0.2)  # a slow model: the next decoded uploads queue up for it
+        count(held, "held", -1)
+        return embedded
+
+    monkeypatch.setattr(serve_app, "load_image_and_orientation", slow_load)
+    monkeypatch.setattr(engine, "embed", slow_embed)
     buffer = io.BytesIO()
     Image.new("RGB", (32, 24), (200, 30, 30)).save(buffer, format="PNG")
     png = buffer.getvalue()
@@ -101,4 +113,43 @@ def test_uploads_are_decoded_two_at_a_time(
 
     with ThreadPoolExecutor(max_workers=5) as pool:
         assert list(pool.map(upload, range(5))) == [201] * 5
-    assert most[0] == serve_app.DECODES_AT_ONCE == 2
+    assert most == {"decoding": 2, "held": 2} and serve_app.DECODES_AT_ONCE == 2
+
+
+def test_a_turned_upload_is_stored_with_its_upright_picture(
+    mobilesam_model: torch.nn.Module,
+) -> None:
+    """Chromium ignores orientation in WebP EXIF and XMP: the page drew the stored grid and
+    mapped clicks onto the server's turned one. It now shows the server's picture, which the
+    store keeps (and counts) for uploads their orientation turned."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from ovsam.image_io import load_image
+    from ovsam.predictor import SamPredictor
+    from ovsam.serve.app import create_app
+    from ovsam.serve.engine import SegmentationEngine
+    from ovsam.serve.settings import ServeSettings
+    from turned_images import turned_image_files
+
+    engine = SegmentationEngine(SamPredictor(mobilesam_model), "mobilesam")
+    app = create_app(ServeSettings(), lambda _: engine)
+    client = TestClient(app)
+    for name, (data, orientation) in turned_image_files().items():
+        r = client.post("/v1/images", files={"file": (name, data, "application/octet-stream")})
+        info = r.json()
+        assert r.status_code == 201, r.text
+        turned = orientation in (5, 6, 7, 8)
+        assert (info["width"], info["height"]) == ((20, 40) if turned else (40, 20))
+        url = f"/v1/images/{info['image_id']}/picture"
+        assert info["picture"] == (None if orientation == 1 else url)
+        assert client.get(f"/v1/images/{info['image_id']}").json()["picture"] == info["picture"]
+        r = client.get(url)
+        if orientation == 1:
+            assert (r.status_code, r.json()["error"]["code"]) == (404, "no_picture")
+            continue
+        assert r.headers["content-type"] == "image/jpeg"
+        shown = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"), dtype=int)
+        assert np.abs(shown - load_image(data)).mean() < 3  # the upright pixels, as JPEG
+        item = app.state.store.get(info["image_id"])
+        assert item.nbytes() == item.state.nbytes() + len(r.content)

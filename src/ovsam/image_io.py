@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from ovsam.errors import InputError
 
@@ -81,20 +81,33 @@ def _on_white(rgba: Image.Image) -> np.ndarray:
     return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
 
 
+ImageSource = str | os.PathLike[str] | bytes | bytearray | memoryview
+
+
 def load_image(
-    source: str | os.PathLike[str] | bytes | bytearray | memoryview,
-    *,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    exif_orientation: bool = True,
+    source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS, exif_orientation: bool = True
 ) -> np.ndarray:
     """Load an image as an ``HxWx3`` uint8 RGB array.
 
     ``source`` is a file path or the encoded bytes of an image file (``bytes``,
     ``bytearray`` or ``memoryview``); ``max_pixels`` a positive integer. The image is turned
-    upright as its EXIF orientation says, unless ``exif_orientation`` is False (the stored
-    pixel grid, which dataset annotations refer to). Raises
-    :class:`InputError` when the file is missing, is not an image, is truncated, or has
+    upright as its EXIF orientation says (an XMP ``tiff:Orientation`` too), unless
+    ``exif_orientation`` is False (the stored pixel grid, which dataset annotations refer to).
+    Raises :class:`InputError` when the file is missing, is not an image, is truncated, or has
     more than ``max_pixels`` pixels.
+    """
+    return load_image_and_orientation(
+        source, max_pixels=max_pixels, exif_orientation=exif_orientation
+    )[0]
+
+
+def load_image_and_orientation(
+    source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS, exif_orientation: bool = True
+) -> tuple[np.ndarray, int]:
+    """:func:`load_image`, and the EXIF orientation (2..8) it applied, 1 for none.
+
+    Browsers honour some orientation metadata and not other (Chromium ignores it in WebP and
+    in XMP): a page showing an image it uploaded needs to know whether the pixels were turned.
     """
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, Integral) or max_pixels < 1:
         raise InputError(f"max_pixels must be a positive integer, got {max_pixels!r}")
@@ -134,9 +147,11 @@ def load_image(
         raise InputError(f"{what} is corrupt or truncated: {exc}") from exc
 
 
-def _decode(fh: IO[bytes], what: str, max_pixels: int, exif_orientation: bool) -> np.ndarray:
+def _decode(
+    fh: IO[bytes], what: str, max_pixels: int, exif_orientation: bool
+) -> tuple[np.ndarray, int]:
     """Open, size-check and decode the image in ``fh`` (``what`` names it in errors), upright
-    when ``exif_orientation``."""
+    when ``exif_orientation``; with the orientation applied (1 = none)."""
     with _WARNINGS_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         opened = Image.open(fh, formats=_opened_formats())
@@ -150,8 +165,13 @@ def _decode(fh: IO[bytes], what: str, max_pixels: int, exif_orientation: bool) -
                 f"more than the limit of {max_pixels}"
             )
         img.load()
-        upright = ImageOps.exif_transpose(img) if exif_orientation else img
-        return np.ascontiguousarray(_to_uint8_rgb(upright))
+        if not exif_orientation:
+            return np.ascontiguousarray(_to_uint8_rgb(img)), 1
+        # what exif_transpose reads (getexif() adds an XMP tiff:Orientation); others: none
+        orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
+        upright = ImageOps.exif_transpose(img)
+        applied = orientation if orientation in range(2, 9) else 1
+        return np.ascontiguousarray(_to_uint8_rgb(upright)), applied
 
 
 def _opened_formats() -> list[str]:

@@ -9,6 +9,7 @@ Every error is JSON ``{"error": {"code", "message"}}`` with a 4xx status naming 
 from __future__ import annotations
 
 import base64
+import io
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -16,13 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from fastapi import FastAPI, UploadFile
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
+from PIL import Image
 from starlette.types import Scope
 
 from ovsam.assets import SAMPLE_PHOTO
 from ovsam.errors import InputError
-from ovsam.image_io import ImageTooLargeError, load_image
+from ovsam.image_io import ImageTooLargeError, load_image_and_orientation
 from ovsam.masks import encode_rle, mask_to_bbox_xywh
 from ovsam.outputs import png_bytes
 from ovsam.recognizers import LabelOptions
@@ -56,6 +58,18 @@ DECODES_AT_ONCE = 2
 a pixel, and requests run in a pool of 40 threads. A decoded image is held until the model
 (one image at a time) has embedded it, so this also bounds the decoded images in memory: one
 embedding, one waiting."""
+
+
+def upright_jpeg(image: np.ndarray) -> bytes:
+    """``image`` (``HxWx3`` uint8 RGB) as a JPEG for the page to show."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def picture_url(item: StoredImage) -> str | None:
+    """Where the page gets ``item``'s upright picture (None: the uploaded file shows right)."""
+    return None if item.picture is None else f"/v1/images/{item.image_id}/picture"
 
 
 def may_be_raster_image(content_type: str) -> bool:
@@ -125,15 +139,18 @@ def create_app(
     def register(data: bytes, name: str) -> ImageInfo:
         with decoding:  # held until the embedding is done (see DECODES_AT_ONCE)
             try:
-                image = load_image(data, max_pixels=settings.max_pixels)
+                image, orientation = load_image_and_orientation(
+                    data, max_pixels=settings.max_pixels
+                )
             except ImageTooLargeError as exc:
                 raise ApiError(413, "too_many_pixels", str(exc)) from exc
             except InputError as exc:
                 raise ApiError(400, "bad_image", str(exc)) from exc
             state, elapsed = engine.embed(image)
-        item = store.add(name, state)
+            picture = None if orientation == 1 else upright_jpeg(image)
+        item = store.add(name, state, picture)
         return ImageInfo(image_id=item.image_id, name=name, width=item.width, height=item.height,
-                         embedding_ms=round(elapsed, 1))  # fmt: skip
+                         embedding_ms=round(elapsed, 1), picture=picture_url(item))  # fmt: skip
 
     @app.get("/v1/health", response_model=Health)
     def health() -> Health:
@@ -174,8 +191,20 @@ def create_app(
     def image_info(image_id: str) -> ImageInfo:
         item = stored(image_id)
         return ImageInfo(
-            image_id=item.image_id, name=item.name, width=item.width, height=item.height
-        )
+            image_id=item.image_id, name=item.name, width=item.width, height=item.height,
+            picture=picture_url(item),
+        )  # fmt: skip
+
+    @app.get("/v1/images/{image_id}/picture", responses=ERRORS)
+    def image_picture(image_id: str) -> Response:
+        """The upright picture of an upload its orientation metadata turned (JPEG)."""
+        item = stored(image_id)
+        if item.picture is None:
+            raise ApiError(
+                404, "no_picture",
+                f"image {image_id!r} was not turned: show the uploaded file as it is",
+            )  # fmt: skip
+        return Response(item.picture, media_type="image/jpeg")
 
     @app.delete("/v1/images/{image_id}", status_code=204, responses=ERRORS)
     def delete_image(image_id: str) -> None:

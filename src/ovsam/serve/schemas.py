@@ -31,6 +31,12 @@ class ImageInfo(BaseModel):
     width: int
     height: int
     embedding_ms: float | None = None
+    picture: str | None = Field(
+        None,
+        description="URL of the upright picture to show when the upload's orientation "
+        "metadata (EXIF, XMP) turned it, as browsers do not all apply it; null: the file "
+        "shows as it is",
+    )
 
 
 class PredictRequest(BaseModel):

@@ -16,12 +16,14 @@ LOW_RES_BYTES = 256 * 256 * 4
 
 @dataclass
 class StoredImage:
-    """One uploaded image: its embedding state and the low-res logits of recent masks."""
+    """One uploaded image: its embedding state, the low-res logits of recent masks and, for an
+    upload its orientation metadata turned, the upright picture the page shows (JPEG)."""
 
     image_id: str
     name: str
     state: ImageState
     masks: OrderedDict[str, np.ndarray] = field(default_factory=OrderedDict)
+    picture: bytes | None = None
 
     @property
     def width(self) -> int:
@@ -32,8 +34,9 @@ class StoredImage:
         return self.state.original_size[0]
 
     def nbytes(self) -> int:
-        """Memory held: the embedding (and model extras) plus the kept low-res logits."""
-        return self.state.nbytes() + LOW_RES_BYTES * len(self.masks)
+        """Memory held: the embedding (and model extras), the kept low-res logits, the picture."""
+        picture = 0 if self.picture is None else len(self.picture)
+        return self.state.nbytes() + LOW_RES_BYTES * len(self.masks) + picture
 
 
 class ImageStore:
@@ -49,9 +52,9 @@ class ImageStore:
         self._lock = threading.Lock()
         self.evictions = 0
 
-    def add(self, name: str, state: ImageState) -> StoredImage:
+    def add(self, name: str, state: ImageState, picture: bytes | None = None) -> StoredImage:
         """Store a new image and return it (evicting old ones to respect the bounds)."""
-        item = StoredImage(uuid.uuid4().hex, name, state)
+        item = StoredImage(uuid.uuid4().hex, name, state, picture=picture)
         with self._lock:
             self._items[item.image_id] = item
             self._evict()

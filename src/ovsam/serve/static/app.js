@@ -59,8 +59,8 @@ function promptOf(prompts) {
   return { points, labels, box };
 }
 
-async function loadPicture(file) {
-  const url = file ? URL.createObjectURL(file) : "/v1/sample.jpg";
+async function loadPicture(file, url) {
+  url = url || (file ? URL.createObjectURL(file) : "/v1/sample.jpg");
   const img = new Image();
   img.src = url;
   await img.decode();
@@ -109,7 +109,9 @@ async function startImage(file) {
     } else {
       info = await api("/v1/images/sample", { method: "POST" });
     }
-    state.picture = picture;
+    // An upload its orientation metadata turned: the server's upright picture, as browsers
+    // ignore some such metadata (WebP EXIF, XMP) and would show, and map clicks onto, another.
+    state.picture = info.picture ? await loadPicture(null, info.picture) : picture;
     Object.assign(state, { imageId: info.image_id, width: info.width, height: info.height });
     layout();
     draw();
