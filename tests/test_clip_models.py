@@ -222,6 +222,7 @@ def test_torchscript_archive_with_foreign_globals_is_refused(tmp_path: Path) -> 
         read_clip_state_dict(path)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.script and save
 @pytest.mark.parametrize("damage", ["storage", "pickle"])
 def test_a_damaged_torchscript_archive_is_a_checkpoint_error(tmp_path: Path, damage: str) -> None:
     """Entries cut short inside an intact zip raised torch's RuntimeError / EOFError."""

@@ -283,3 +283,31 @@ def test_wrong_argument_types_are_named() -> None:
 
     with pytest.raises(InputError, match="SamPredictor needs a SAM-family model"):
         SamPredictor("mobilesam")  # type: ignore[arg-type]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.script, to write one
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (None, "checkpoint file not found: {path}"),
+        (lambda p: p.mkdir(), "checkpoint {path} is a folder"),
+        (lambda p: p.write_bytes(b""), "checkpoint {path} is empty"),
+        (
+            lambda p: p.write_text("hello world\n"),
+            "checkpoint {path} is not a PyTorch checkpoint (neither a zip archive nor a pickle: "
+            "it starts with b'hello world\\n')",
+        ),
+        (
+            lambda p: torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(p)),
+            "checkpoint {path} is a TorchScript archive (a whole scripted model, such as an "
+            "OpenAI CLIP release), not a state dict of weights",
+        ),
+    ],
+)
+def test_bad_checkpoint_paths_are_one_line_each(tmp_path: Path, make: object, message: str) -> None:
+    path = tmp_path / "x.pt"
+    if make is not None:
+        make(path)  # type: ignore[operator]
+    with pytest.raises(CheckpointError) as info:
+        build_model("mobilesam", checkpoint=str(path))
+    assert str(info.value) == message.format(path=path)

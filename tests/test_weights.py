@@ -11,10 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import torch
 
 import ovsam.weights as weights
-from ovsam.build import build_model
 from ovsam.checkpoint import read_state_dict
 from ovsam.errors import CheckpointError, InputError, WeightsUnavailableError
 from ovsam.weight_sources import PypiArchiveSource, UrlSource
@@ -294,33 +292,6 @@ def test_local_path_is_returned_as_is(tmp_path: Path) -> None:
     path = tmp_path / "mine.pt"
     path.write_bytes(b"x")
     assert resolve_weights(str(path)) == path
-
-
-@pytest.mark.parametrize(
-    ("make", "message"),
-    [
-        (None, "checkpoint file not found: {path}"),
-        (lambda p: p.mkdir(), "checkpoint {path} is a folder"),
-        (lambda p: p.write_bytes(b""), "checkpoint {path} is empty"),
-        (
-            lambda p: p.write_text("hello world\n"),
-            "checkpoint {path} is not a PyTorch checkpoint (neither a zip archive nor a pickle: "
-            "it starts with b'hello world\\n')",
-        ),
-        (
-            lambda p: torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(p)),
-            "checkpoint {path} is a TorchScript archive (a whole scripted model, such as an "
-            "OpenAI CLIP release), not a state dict of weights",
-        ),
-    ],
-)
-def test_bad_checkpoint_paths_are_one_line_each(tmp_path: Path, make: object, message: str) -> None:
-    path = tmp_path / "x.pt"
-    if make is not None:
-        make(path)  # type: ignore[operator]
-    with pytest.raises(CheckpointError) as info:
-        build_model("mobilesam", checkpoint=str(path))
-    assert str(info.value) == message.format(path=path)
 
 
 def test_path_like_strings_are_not_weights_names(
