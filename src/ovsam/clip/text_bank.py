@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -254,8 +255,9 @@ def build_text_bank(
 
     ``weights_id`` names the weights in the cache key (e.g. the checkpoint's sha256); by
     default the text tower's parameters are hashed. ``cache``: True for the default cache
-    directory, a directory path, or False to skip the cache. ``batch_texts`` bounds the number
-    of prompts encoded at once.
+    directory, a directory path, or False to skip the cache (a cache that cannot be written
+    is skipped with a warning: the bank is built again next time). ``batch_texts`` bounds the
+    number of prompts encoded at once.
     """
     display, synonyms = _class_lists(classes)
     templates = check_templates(templates)
@@ -272,10 +274,23 @@ def build_text_bank(
     embeddings = _embed_synonyms(model, flat, templates, batch_texts, progress)
     bank = TextBank(display, embeddings, class_index, key)
     if path is not None:
-        from safetensors.torch import save_file
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"key": key, "format": BANK_FORMAT}
-        with atomic_path(path) as tmp:
-            save_file({"embeddings": embeddings, "class_index": class_index}, str(tmp), meta)
+        _save_bank(path, key, embeddings, class_index)
     return bank
+
+
+def _save_bank(path: Path, key: str, embeddings: torch.Tensor, class_index: torch.Tensor) -> None:
+    """Cache a bank at ``path``; a cache that cannot be written (read-only, not a folder) is
+    a warning, not a failure: the embeddings were computed and are returned all the same."""
+    from safetensors.torch import save_file
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            meta = {"key": key, "format": BANK_FORMAT}
+            save_file({"embeddings": embeddings, "class_index": class_index}, str(tmp), meta)
+    except OSError as exc:
+        warnings.warn(
+            f"text bank not cached ({path.parent}: {exc.strerror or exc}); it is built again "
+            "next time",
+            stacklevel=3,
+        )
