@@ -14,7 +14,7 @@ import ovsam.segment_job as segment_job
 import ovsam.weights as weights
 from ovsam.assets import SAMPLE_BOX, SAMPLE_PHOTO
 from ovsam.cli.main import main
-from ovsam.errors import WeightsUnavailableError
+from ovsam.errors import InputError, WeightsUnavailableError
 from ovsam_fixtures import SMALL_CONFIG, small_ovsam
 
 BOX = [str(v) for v in SAMPLE_BOX]
@@ -164,6 +164,53 @@ def test_vocab_argument_errors(
     assert "vocabulary is empty" in capsys.readouterr().err  # not silently COCO
     assert main(_argv(tmp_path, mobilesam_checkpoint, "--vocab", "coco", "--top-k", "0")) == 2
     assert "--top-k must be at least 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--recognizer", "feature-crop"], ["--top-k", "3"], ["--templates", "none"],
+     ["--clip", "RN50"], ["--clip-weights", "openai"], ["--random-recognition"], ["--labels"]],
+)  # fmt: skip
+def test_any_recognition_option_turns_labels_on(flags: list[str]) -> None:
+    """They were dropped without --labels or --vocab: no labels, no message, exit 0 (and
+    --top-k 0 accepted); ovsam serve already took --recognizer as --labels."""
+    from ovsam.cli.main import build_parser
+    from ovsam.cli.segment_cmd import label_options
+
+    for command in ("segment", "everything"):
+        argv = [command, "x.jpg", "--out", "o", *flags]
+        options = label_options(build_parser().parse_args(argv))
+        assert options is not None and options.vocabulary == "coco"
+        assert (options.top_k, options.templates) == (
+            3 if "--top-k" in flags else 5,
+            "none" if "--templates" in flags else "vild",
+        )
+        assert options.recognizer == ("feature-crop" if "--recognizer" in flags else "image-crop")
+    plain = build_parser().parse_args(["segment", "x.jpg", "--out", "o"])
+    assert label_options(plain) is None
+    zero = build_parser().parse_args(["segment", "x.jpg", "--out", "o", "--top-k", "0"])
+    with pytest.raises(InputError, match="--top-k must be at least 1, got 0"):
+        label_options(zero)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "message"),
+    [(["--point", "5000", "10"], "point (5000, 10) lies outside the 600x400 image"),
+     (["--box", "700", "10", "800", "50"], "entirely outside the 600x400 image")],
+)  # fmt: skip
+def test_a_bad_prompt_is_refused_before_any_model_is_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+    prompt: list[str], message: str,
+) -> None:  # fmt: skip
+    """With --vocab lvis the text bank (minutes) was built before the prompt was looked at."""
+    import ovsam.segment_job as job
+
+    built: list[object] = []
+    monkeypatch.setattr(job, "build_labeled_predictor", lambda *a: built.append(a))
+    monkeypatch.setattr(job, "build_model", lambda *a, **k: built.append(a))
+    argv = ["segment", str(SAMPLE_PHOTO), *prompt, "--out", str(tmp_path), "--vocab", "lvis"]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err and built == []
 
 
 def test_everything_with_labels(

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ovsam.boxes import clip_boxes_to_image
 from ovsam.build import build_model
 from ovsam.image_io import load_image
 from ovsam.outputs import Prompt, write_result
 from ovsam.predictor import SamPredictor
+from ovsam.prompt_arrays import check_points
 from ovsam.recognizers import LabelOptions, build_labeled_predictor, recognition_record
 from ovsam.run_settings import checkpoint_record, model_record
 
@@ -54,17 +56,27 @@ def segment_image(
     :mod:`ovsam.run_settings`).
     """
     image = load_image(image_path)
+    all_points = [*points, *negatives]
+    labels = [1] * len(points) + [0] * len(negatives)
+    point_coords = np.asarray(all_points, dtype=np.float64) if all_points else None
+    point_labels = np.asarray(labels) if all_points else None
+    box_array = None if box is None else np.asarray(box, dtype=np.float64)
+    # the prompt is checked against the image before any model is built (a text bank can
+    # take minutes); predict checks it again, in the model's terms
+    size = image.shape[:2]
+    if point_coords is not None:
+        check_points(point_coords, point_labels, size)
+    if box_array is not None:
+        clip_boxes_to_image(box_array, *size, allow_empty=False)
     if label_options is None:
         predictor = SamPredictor(build_model(model_name, checkpoint=checkpoint).to(device))
     else:
         predictor = build_labeled_predictor(label_options, model_name, checkpoint, device)
     predictor.set_image(image)
-    all_points = [*points, *negatives]
-    labels = [1] * len(points) + [0] * len(negatives)
     masks, scores, _, *recognized = predictor.predict(
-        point_coords=np.asarray(all_points, dtype=np.float64) if all_points else None,
-        point_labels=np.asarray(labels) if all_points else None,
-        box=None if box is None else np.asarray(box, dtype=np.float64),
+        point_coords=point_coords,
+        point_labels=point_labels,
+        box=box_array,
         multimask_output=choose_multimask(len(all_points), box is not None),
     )
     best = int(np.argmax(scores))

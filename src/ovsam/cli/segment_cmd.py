@@ -84,28 +84,47 @@ def add_label_arguments(parser: argparse.ArgumentParser) -> None:
     from ovsam.recognizers import RECOGNIZERS
 
     group = parser.add_argument_group("labels (recognition)")
-    group.add_argument("--labels", action="store_true", help="name the mask as well")
+    group.add_argument(
+        "--labels", action="store_true",
+        help="name the mask as well (from coco unless --vocab; implied by every option below)",
+    )  # fmt: skip
     group.add_argument(
         "--vocab", default=None,
         help="coco | lvis | imagenet1k | imagenet21k | FILE (one class per line) | "
-        "'cat; dog, puppy; mug' (classes split at ';' or ','); implies --labels",
+        "'cat; dog, puppy; mug' (classes split at ';' or ',')",
     )  # fmt: skip
-    group.add_argument("--top-k", type=int, default=5, help="labels reported per mask (default 5)")
-    group.add_argument("--recognizer", choices=RECOGNIZERS, default="image-crop")
     group.add_argument(
-        "--templates", default="vild", choices=["vild", "openai", "simple", "none"],
+        "--top-k", type=int, default=None, help="labels reported per mask (default 5)"
+    )
+    group.add_argument(
+        "--recognizer", choices=RECOGNIZERS, default=None, help="default image-crop"
+    )  # fmt: skip
+    group.add_argument(
+        "--templates", default=None, choices=["vild", "openai", "simple", "none"],
         help="prompt templates for class names (default vild: 14; simple/none are faster)",
     )  # fmt: skip
     add_clip_arguments(group)
 
 
+# What add_label_arguments' options default to once labels are on (None: not given).
+_LABEL_DEFAULTS = {"top_k": 5, "recognizer": "image-crop", "templates": "vild"}
+
+
 def label_options(args: argparse.Namespace) -> LabelOptions | None:
-    """:class:`~ovsam.recognizers.LabelOptions` from the parsed flags (None without labels)."""
+    """:class:`~ovsam.recognizers.LabelOptions` from the parsed flags (None without labels).
+
+    Any option of :func:`add_label_arguments` turns labels on, as ``--recognizer`` does for
+    ``ovsam serve``: given alone, they were silently ignored."""
     from ovsam.errors import InputError
     from ovsam.vocab import parse_vocabulary_argument
 
-    if not args.labels and args.vocab is None:
+    options = ("vocab", "clip", "clip_weights", *_LABEL_DEFAULTS)
+    given = any(getattr(args, name) is not None for name in options)
+    if not (args.labels or given or args.random_recognition):
         return None
+    for name, default in _LABEL_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     if args.top_k < 1:  # checked before any model is loaded
         raise InputError(f"--top-k must be at least 1, got {args.top_k}")
     vocabulary = parse_vocabulary_argument("coco" if args.vocab is None else args.vocab)
