@@ -29,7 +29,8 @@ may read, so a COCO bank built here differs from the official one.
 
 User names are compared as CLIP reads them (:func:`ovsam.clip.class_names.token_key`: cleaned
 text, lower case, white space and punctuation spacing ignored), so names that would get the same
-token ids in two classes are refused as duplicates.
+token ids in two classes are refused as duplicates. The built-in ``imagenet1k`` keeps open_clip's
+two repeated names (``missile`` and ``sunglasses``, each in two classes; see the data README).
 """
 
 from __future__ import annotations
