@@ -76,9 +76,37 @@ def test_the_command_fails_when_the_export_disagrees_with_torch(
 
     monkeypatch.setattr("ovsam.export_onnx.onnx_parity", lambda *args: difference)
     out = tmp_path / "decoder.onnx"
+    out.write_bytes(b"an earlier, good export")
     assert main(["export-onnx", "--out", str(out), "--checkpoint", str(mobilesam_checkpoint)]) == (
         status
     )
-    assert out.is_file()  # kept, for a look
+    rejected = tmp_path / "decoder.rejected.onnx"
+    if status:  # the earlier export stays (it was replaced before the check); this one is kept
+        assert out.read_bytes() == b"an earlier, good export" and rejected.is_file()
+    else:
+        assert out.stat().st_size > 1e6 and not rejected.exists()
+    assert (
+        sorted(p.name for p in tmp_path.iterdir())
+        == sorted(  # no temporary file left
+            ["decoder.onnx", "decoder.rejected.onnx"][: 1 + status]
+        )
+    )
     err = capsys.readouterr().err
-    assert (f"{out} disagrees with torch by" in err) == bool(status)
+    assert ("the export disagrees with torch by" in err) == bool(status)
+    assert (f"{out} is left as it was; the export is kept as {rejected}" in err) == bool(status)
+
+
+def test_a_model_that_cannot_be_exported_is_refused_before_any_download(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """export-onnx --model ovsam_coco fetched about 3.5 GB of weights before refusing it."""
+    from ovsam.cli.main import main
+
+    def no_download(*args: object, **kwargs: object) -> None:
+        raise AssertionError("weights were fetched")
+
+    monkeypatch.setattr("ovsam.weights.download_weights", no_download)
+    argv = ["export-onnx", "--out", str(tmp_path / "d.onnx"), "--model", "ovsam_coco"]
+    assert main(argv) == 2
+    assert "CLIP2SAMHead (OV-SAM's CLIP2SAM head) is not exported" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

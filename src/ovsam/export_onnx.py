@@ -2,7 +2,9 @@
 
 The image encoder runs once per image (in Python, or on a server); the exported decoder then
 answers clicks anywhere ONNX Runtime runs (a browser with onnxruntime-web, C++, mobile).
-Inputs and outputs follow segment-anything's ONNX model:
+The inputs are those of segment-anything's ONNX model, less ``orig_im_size``: the graph
+stops at the low-res logits (no ``masks`` output, no mask selection), so code written for
+that model must upscale and pick the mask itself:
 
 =====================  ==================  ==============================================
 input                  shape               meaning

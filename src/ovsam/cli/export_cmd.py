@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 from ovsam.cli.arg_types import output_path
 from ovsam.cli.segment_cmd import add_model_arguments
@@ -33,29 +35,45 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ovsam.build import build_model
+    import torch
+
+    from ovsam.build import build_model, get_model_entry, is_model_file
     from ovsam.errors import OVSamError
 
     try:
         import onnx  # noqa: F401
     except ImportError as exc:
         raise OVSamError("ONNX export needs the [onnx] extra: pip install 'ovsam[onnx]'") from exc
-    from ovsam.export_onnx import export_decoder_onnx, onnx_parity
+    from ovsam.export_onnx import PromptDecoderForOnnx, export_decoder_onnx, onnx_parity
 
+    if not is_model_file(args.model):  # refuse a model it cannot export before any download
+        with torch.device("meta"):
+            PromptDecoderForOnnx(get_model_entry(args.model).builder())
     model = build_model(args.model, checkpoint=args.checkpoint)
-    path = export_decoder_onnx(model, args.out, args.opset)
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    # checked before it takes --out's place: a rejected export must not replace a good one
+    out: Path = args.out
+    candidate = export_decoder_onnx(model, out.with_name(f".{out.name}.unchecked"), args.opset)
     try:
-        difference = onnx_parity(model, path)
+        difference = onnx_parity(model, candidate)
     except ImportError:
-        print("onnxruntime is not installed: parity not checked")
-        return 0
-    print(f"ONNX Runtime vs torch: max abs difference {difference:.2e}")
-    if not difference <= PARITY_TOLERANCE:  # NaN too
+        difference = None
+    except BaseException:
+        candidate.unlink(missing_ok=True)
+        raise
+    if difference is not None and not difference <= PARITY_TOLERANCE:  # NaN too
+        rejected = out.with_name(f"{out.stem}.rejected{out.suffix}")
+        os.replace(candidate, rejected)
         print(
-            f"ovsam export-onnx: error: {path} disagrees with torch by {difference:.2e} "
-            f"(more than {PARITY_TOLERANCE:g}): do not use it; try another --opset",
+            f"ovsam export-onnx: error: the export disagrees with torch by {difference:.2e} "
+            f"(more than {PARITY_TOLERANCE:g}): {out} is left as it was; the export is kept "
+            f"as {rejected} for a look (do not use it); try another --opset",
             file=sys.stderr,
         )
         return 1
+    os.replace(candidate, out)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    if difference is None:
+        print("onnxruntime is not installed: parity not checked")
+    else:
+        print(f"ONNX Runtime vs torch: max abs difference {difference:.2e}")
     return 0
