@@ -1,5 +1,5 @@
 """``ovsam everything`` on folders with awkward entries: a file name that is not UTF-8, a link
-to a missing file."""
+to a missing file, pictures an earlier ovsam run wrote there."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from ovsam.cli.main import main
+from synthetic_scenes import make_scene
 
 FAST = ["--points-per-side", "1"]
 
@@ -81,3 +82,26 @@ def test_a_link_to_a_missing_file_is_named_as_failed(
     assert f"failed: image file {folder / 'gone.png'} is a link to a missing file (" in err
     assert "1 image of 2 could not be read" in err
     assert (out / "a.png" / "masks.json").is_file()
+
+
+def test_pictures_an_earlier_run_wrote_into_the_folder_are_not_segmented(
+    tmp_path: Path, mobilesam_checkpoint: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`everything a.png --out <its folder>` (or `segment --out` there) left overlay.png and
+    mask.png beside the photos: the next folder run segmented them as photos."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(make_scene(1, 64, 80)[0]).save(folder / "a.png")
+    argv = ["--checkpoint", str(mobilesam_checkpoint), "--points-per-side", "2"]
+    assert main(["everything", str(folder / "a.png"), "--out", str(folder), *argv]) == 0
+    assert main(["segment", str(folder / "a.png"), "--box", "5", "5", "40", "40"]
+                + ["--out", str(folder), "--checkpoint", str(mobilesam_checkpoint)]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["everything", str(folder), "--out", str(tmp_path / "out"), *argv]) == 0
+    printed = capsys.readouterr().out
+    assert f"overlay.png, mask.png in {folder}: written by an earlier ovsam run" in printed
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "settings.json"]
+    (folder / "masks.json").unlink()
+    (folder / "result.json").unlink()  # without them, a picture of that name is a photo
+    assert main(["everything", str(folder), "--out", str(tmp_path / "out2"), *argv]) == 0
+    assert {"mask.png", "overlay.png"} <= {p.name for p in (tmp_path / "out2").iterdir()}

@@ -152,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
         finished_jobs,
         forget_results,
         list_jobs,
+        ovsam_outputs,
         subfolder_count,
     )
     from ovsam.errors import InputError
@@ -168,6 +169,9 @@ def run(args: argparse.Namespace) -> int:
     options = label_options(args)
     settings = run_settings(args, options)
     done, changed = finished_jobs(jobs, args.out, settings, args.overwrite)
+    if written := ovsam_outputs(args.image):
+        names = ", ".join(p.name for p in written)
+        print(f"{names} in {args.image}: written by an earlier ovsam run, not segmented")
     if args.image.is_dir() and (subfolders := subfolder_count(args.image, args.out)):
         print(
             f"{_plural(subfolders, 'subfolder')} of {args.image} not searched: only the images "

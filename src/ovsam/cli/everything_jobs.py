@@ -26,6 +26,7 @@ from typing import Any
 
 from ovsam.errors import InputError
 from ovsam.fileio import json_safe
+from ovsam.outputs import RESULT_FILES
 from ovsam.run_settings import read_settings, settings_changes
 from ovsam.weight_sources import sha256_file
 
@@ -54,10 +55,13 @@ def list_jobs(source: Path, out: Path) -> list[Job]:
             f"--out must not be the input folder {source}: each image's results go to a folder "
             "named after its file"
         )
+    written = set(ovsam_outputs(source))
     images = sorted(  # a broken link too: it is named as failed, not passed over
         p
         for p in source.iterdir()
-        if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or not p.exists())
+        if p.suffix.lower() in IMAGE_SUFFIXES
+        and (p.is_file() or not p.exists())
+        and p not in written
     )
     if not images:
         raise InputError(f"folder {source} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
@@ -75,6 +79,29 @@ def list_jobs(source: Path, out: Path) -> list[Job]:
         if folder.exists() and not folder.is_dir():
             raise InputError(f"output folder {folder} is a file")
     return jobs
+
+
+# Pictures ovsam writes into an --out folder, by the result file written beside them:
+# ``everything`` on one image (masks.json) and ``segment`` (result.json).
+_WRITTEN_BESIDE = {
+    RESULT_FILE: (OVERLAY_FILE,),
+    RESULT_FILES["json"]: (RESULT_FILES["mask"], RESULT_FILES["overlay"]),
+}
+
+
+def ovsam_outputs(folder: Path) -> list[Path]:
+    """The pictures in ``folder`` that an ovsam run wrote there (an overlay or mask beside its
+    result file), which a folder run skips rather than segmenting its own outputs."""
+    if not folder.is_dir():
+        return []
+    written = (
+        folder / name
+        for result, names in _WRITTEN_BESIDE.items()
+        if (folder / result).is_file()
+        for name in names
+        if (folder / name).is_file()
+    )
+    return list(dict.fromkeys(written))  # overlay.png once, whichever run wrote it
 
 
 def subfolder_count(source: Path, out: Path) -> int:
