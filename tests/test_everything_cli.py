@@ -257,7 +257,7 @@ def test_a_checkpoint_file_counts_by_its_content_not_its_spelling(
 
 def test_settings_name_the_model_that_segments(tmp_path: Path) -> None:
     """With ``--recognizer ovsam`` OV-SAM makes the masks, whatever ``--model`` says; a
-    registered weights name stays a name."""
+    registered weights name stays a name (its own, not an alias)."""
     (tmp_path / "model.safetensors").write_bytes(b"trained")
     argv = ["everything", "x.png", "--out", "o", "--vocab", "cup; saucer", "--clip", "RN50"]
 
@@ -271,8 +271,9 @@ def test_settings_name_the_model_that_segments(tmp_path: Path) -> None:
         "path": str((tmp_path / "model.safetensors").resolve()),
         "sha256": hashlib.sha256(b"trained").hexdigest(),
     }
-    crop = settings("--checkpoint", "mobile_sam")
-    assert crop["model"] == "mobilesam" and crop["checkpoint"] == "mobile_sam"
+    crop = settings("--checkpoint", "mobile_sam")  # the model's default: as if not given
+    assert crop["model"] == "mobilesam" and crop["checkpoint"] is None
+    assert settings("--model", "sam_vit_b", "--checkpoint", "vit_t")["checkpoint"] == "mobile_sam"
     assert settings("--model", str(tmp_path / "model.safetensors"))["model"] == ovsam["checkpoint"]
 
 

@@ -93,3 +93,17 @@ def test_a_file_in_a_folder_whose_name_is_not_utf8_is_recorded_and_remembered(
     first = file_record(folder / "model.pt")
     assert first["sha256"] == sha256_file(folder / "model.pt")
     assert file_record(folder / "model.pt") == first and len(hashed) == 1  # remembered
+
+
+def test_a_registered_model_or_weights_counts_by_its_name_not_its_spelling() -> None:
+    """`--model vit_t` (mobilesam's alias) and `--checkpoint mobile_sam` (its default weights)
+    make the same masks as the defaults, but a resume refused them as other settings."""
+    from ovsam.run_settings import checkpoint_record, model_record
+
+    assert model_record(None, "vit_t") == model_record(None, "mobilesam") == "mobilesam"
+    for spelling in ("mobile_sam", "vit_t"):  # the weights' name and alias
+        assert checkpoint_record(spelling, "mobilesam") is None  # the model's own default
+        assert checkpoint_record(spelling, "vit_t") is None
+        assert checkpoint_record(spelling) == "mobile_sam"  # no model to compare with
+    assert checkpoint_record("mobile_sam", "sam_vit_b") == "mobile_sam"  # not its default
+    assert checkpoint_record(None, "mobilesam") is None

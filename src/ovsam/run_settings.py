@@ -64,16 +64,28 @@ def file_record(path: Path) -> FileRecord:
     return {"path": str(path.resolve()), "sha256": remembered_sha256(path)}
 
 
-def checkpoint_record(checkpoint: str | Path | None) -> str | FileRecord | None:
-    """How a record names ``--checkpoint``: None, a registered weights name as is (it always
-    means those weights), else the file's :func:`file_record`. A missing, empty or folder path
-    is a :class:`~ovsam.errors.CheckpointError`, an unknown name a
+def checkpoint_record(
+    checkpoint: str | Path | None, model: str | None = None
+) -> str | FileRecord | None:
+    """How a record names ``--checkpoint``: None; a registered weights name by its own name,
+    aliases resolved (it always means those weights), and None when it names the default
+    weights of the registered ``model`` (the same as no ``--checkpoint``); else the file's
+    :func:`file_record`. A missing, empty or folder path is a
+    :class:`~ovsam.errors.CheckpointError`, an unknown name a
     :class:`~ovsam.errors.WeightsUnavailableError`, as when the model loads it."""
+    from ovsam.build import get_model_entry, is_model_file
     from ovsam.weights import find_weights_spec, resolve_weights
 
-    if checkpoint is None or (isinstance(checkpoint, str) and find_weights_spec(checkpoint)):
-        return checkpoint
-    return file_record(resolve_weights(checkpoint, progress=False))
+    if checkpoint is None:
+        return None
+    spec = find_weights_spec(checkpoint) if isinstance(checkpoint, str) else None
+    if spec is None:
+        return file_record(resolve_weights(checkpoint, progress=False))
+    if model is not None and not is_model_file(model):
+        default = get_model_entry(model).default_weights
+        if default is not None and find_weights_spec(default) == spec:
+            return None
+    return spec.name
 
 
 def clip_weights_record(options: LabelOptions | None) -> str | FileRecord | None:
@@ -93,13 +105,16 @@ def clip_weights_record(options: LabelOptions | None) -> str | FileRecord | None
 def model_record(options: LabelOptions | None, sam_model: str) -> str | FileRecord:
     """How a record names the model that segments
     (:func:`~ovsam.recognizers.segmentation_model_name`: ``ovsam_coco`` for the ``ovsam``
-    recognizer with a SAM ``sam_model``): a registered name as is, an OV-SAM file
-    (``--model model.safetensors``, loaded as the model itself) as its :func:`file_record`."""
-    from ovsam.build import is_model_file
+    recognizer with a SAM ``sam_model``): a registered name (an alias as the name it stands
+    for), an OV-SAM file (``--model model.safetensors``, loaded as the model itself) as its
+    :func:`file_record`."""
+    from ovsam.build import get_model_entry, is_model_file
     from ovsam.recognizers import segmentation_model_name
 
     model = segmentation_model_name(options, sam_model)
-    return file_record(Path(model)) if is_model_file(model) else model
+    if is_model_file(model):
+        return file_record(Path(model))
+    return get_model_entry(model).name  # aliases resolved: they build the same model
 
 
 def record_label(record: str | FileRecord | None) -> str | None:

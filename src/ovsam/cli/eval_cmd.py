@@ -246,7 +246,7 @@ def _settings(args: argparse.Namespace, options: LabelOptions) -> dict[str, Any]
         # the names and synonyms embedded (their rule changed once: results differ)
         "vocabulary_sha256": options.vocabulary.fingerprint(),
         "model": model_record(options, args.model),
-        "checkpoint": checkpoint_record(args.checkpoint),
+        "checkpoint": checkpoint_record(args.checkpoint, args.model),
         "clip": options.clip_model,
         "clip_weights": clip_weights_record(options),
         "random_recognition": args.random_recognition,

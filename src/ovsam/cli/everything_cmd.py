@@ -98,7 +98,7 @@ def run_settings(args: argparse.Namespace, options: LabelOptions | None) -> dict
         "command": "everything",
         "masks_format": MASKS_FORMAT,
         "model": model_record(options, args.model),
-        "checkpoint": checkpoint_record(args.checkpoint),
+        "checkpoint": checkpoint_record(args.checkpoint, args.model),
         "points_per_side": args.points_per_side,
         "pred_iou_thresh": args.pred_iou_thresh,
         "stability_thresh": args.stability_thresh,
