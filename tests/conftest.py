@@ -1,7 +1,9 @@
-"""Shared fixtures: the real MobileSAM checkpoint (downloaded once through the resolver)."""
+"""Shared fixtures: the real MobileSAM checkpoint (downloaded once through the resolver), the
+model, and a server of it for the browser tests."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,3 +37,14 @@ def mobilesam_model(mobilesam_checkpoint: Path) -> torch.nn.Module:
     from ovsam.build import build_model
 
     return build_model("mobilesam", checkpoint=mobilesam_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def server_url(mobilesam_model: torch.nn.Module) -> Iterator[str]:
+    """Base URL of ``ovsam serve`` (MobileSAM, no recognition) on a free loopback port."""
+    from browser_helpers import running_server
+    from ovsam.predictor import SamPredictor
+    from ovsam.serve.engine import SegmentationEngine
+
+    with running_server(SegmentationEngine(SamPredictor(mobilesam_model), "mobilesam")) as url:
+        yield url

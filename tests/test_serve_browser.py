@@ -7,72 +7,34 @@ download). Skipped, with the reason, when either is missing. The screenshot is w
 
 from __future__ import annotations
 
-import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
+from browser_helpers import (
+    browser_page,
+    drag_box,
+    drag_box_on_sample,
+    open_page,
+    running_server,
+    screenshot,
+    tinted,
+    upload_sample,
+    wait_idle,
+    wait_mask,
+)
 from ovsam.assets import SAMPLE_BOX, SAMPLE_PHOTO
 
 pytestmark = pytest.mark.browser
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
 def private_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Text banks the served page builds go to the test's own cache folder, not the user's."""
     monkeypatch.setenv("OVSAM_CACHE_DIR", str(tmp_path / "cache"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def running_server(engine: object) -> Iterator[str]:
-    """Serve ``engine`` on a free loopback port in a thread; yields the base URL."""
-    uvicorn = pytest.importorskip("uvicorn")
-    from ovsam.serve.app import create_app
-    from ovsam.serve.settings import ServeSettings
-
-    app = create_app(ServeSettings(), lambda _: engine)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("server did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def server_url(mobilesam_model: torch.nn.Module) -> Iterator[str]:
-    from ovsam.predictor import SamPredictor
-    from ovsam.serve.engine import SegmentationEngine
-
-    with running_server(SegmentationEngine(SamPredictor(mobilesam_model), "mobilesam")) as url:
-        yield url
 
 
 @pytest.fixture(scope="module")
@@ -92,78 +54,6 @@ def labelled_server_url(mobilesam_model: torch.nn.Module) -> Iterator[str]:
         SegmentationEngine(SamPredictor(mobilesam_model), "mobilesam", recognizer)
     ) as url:
         yield url
-
-
-def open_page(page: object, server_url: str) -> None:
-    page.goto(server_url + "/")
-    page.wait_for_function("document.getElementById('status').textContent.includes('ready')")
-
-
-def upload_sample(page: object, path: Path = SAMPLE_PHOTO) -> None:
-    page.set_input_files("#file", str(path))
-    page.wait_for_function("document.getElementById('status').textContent.startsWith('Ready')")
-
-
-def drag_box(page: object) -> None:
-    """Drag SAMPLE_BOX on the sample photo (the answer is not awaited)."""
-    canvas = page.locator("#overlay").bounding_box()
-    assert canvas is not None and canvas["width"] > 100
-    scale = canvas["width"] / 600
-    x0, y0, x1, y1 = SAMPLE_BOX
-    page.mouse.move(canvas["x"] + x0 * scale, canvas["y"] + y0 * scale)
-    page.mouse.down()
-    page.mouse.move(canvas["x"] + (x0 + x1) / 2 * scale, canvas["y"] + (y0 + y1) / 2 * scale)
-    page.mouse.move(canvas["x"] + x1 * scale, canvas["y"] + y1 * scale)
-    page.mouse.up()
-
-
-def wait_mask(page: object) -> None:
-    page.wait_for_function("document.getElementById('status').textContent.startsWith('Mask in')")
-
-
-def tinted(page: object) -> float:
-    """The fraction of the canvas tinted by the mask overlay."""
-    return page.evaluate(
-        """() => {
-          const c = document.getElementById('overlay');
-          if (!c.width || !c.height) return 0;
-          const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-          let n = 0;
-          for (let i = 0; i < d.length; i += 4) if (d[i + 3] === 120) n++;
-          return n / (c.width * c.height);
-        }"""
-    )
-
-
-def drag_box_on_sample(page: object, server_url: str, vocabulary: str | None = None) -> float:
-    """Open the page, upload the sample photo, (choose a vocabulary), drag SAMPLE_BOX; returns
-    the fraction of the canvas tinted by the mask overlay."""
-    open_page(page, server_url)
-    if vocabulary:
-        page.select_option("#vocabulary", vocabulary)
-    upload_sample(page)
-    drag_box(page)
-    wait_mask(page)
-    return tinted(page)
-
-
-@contextmanager
-def browser_page() -> Iterator[object]:
-    """A 1200x800 page in headless Debian Chromium (skips cleanly when either is missing)."""
-    if CHROMIUM is None:
-        pytest.skip("Debian chromium is not installed (scripts/install_browser_test_deps.sh)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser.new_page(viewport={"width": 1200, "height": 800})
-        finally:
-            browser.close()
-
-
-def screenshot(page: object, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / name))
 
 
 def test_drag_a_box_and_see_the_mask(server_url: str) -> None:
@@ -188,50 +78,6 @@ def test_labels_and_scores_appear_with_a_recognizer(labelled_server_url: str) ->
     rows = [row for row in labels.splitlines() if row.strip()]
     assert len(rows) == 5 and all(any(ch.isdigit() for ch in row) for row in rows), labels
     assert "tiny random test CLIP" in note and "missing" not in note
-
-
-def wait_idle(page: object) -> None:
-    page.wait_for_function("state.result && !state.busy && !state.pending")
-
-
-def test_tiff_is_refused_in_the_page_before_upload(server_url: str, tmp_path: Path) -> None:
-    from PIL import Image
-
-    tiff = tmp_path / "scan.tiff"
-    Image.new("RGB", (32, 24), (200, 10, 10)).save(tiff)
-    with browser_page() as page:
-        uploads: list[str] = []
-        page.on("request", lambda r: uploads.append(r.url) if r.method == "POST" else None)
-        page.goto(server_url + "/")
-        page.wait_for_function("document.getElementById('status').textContent.includes('ready')")
-        page.set_input_files("#file", str(tiff))
-        page.wait_for_function("document.getElementById('status').classList.contains('error')")
-        status = page.locator("#status").inner_text()
-    assert "cannot show TIFF images" in status and "PNG or JPEG" in status
-    assert uploads == []
-
-
-def test_a_turned_webp_is_shown_as_the_server_turned_it(server_url: str, tmp_path: Path) -> None:
-    """Chromium ignores WebP's EXIF orientation: the page showed the landscape grid stretched
-    over the server's portrait one. It now draws the server's upright picture."""
-    from turned_images import turned_image_files
-
-    path = tmp_path / "turned.webp"
-    path.write_bytes(turned_image_files()["webp-exif"][0])
-    with browser_page() as page:
-        open_page(page, server_url)
-        upload_sample(page, path)
-        drawn = page.evaluate(
-            """() => {
-              const c = document.getElementById('image');
-              const px = (x, y) => Array.from(c.getContext('2d').getImageData(x, y, 1, 1).data);
-              return {w: c.width, h: c.height, top: px(c.width / 2, 2),
-                      bottom: px(c.width / 2, c.height - 3)};
-            }"""
-        )
-    assert drawn["h"] == 2 * drawn["w"]  # portrait, as the server's 20x40
-    assert drawn["top"][0] > 200 and drawn["top"][1] < 60  # the red side, turned to the top
-    assert drawn["bottom"][0] < 60
 
 
 def click_twice_in_the_box(page: object, server_url: str) -> dict:

@@ -11,6 +11,7 @@ const CUSTOM_VOCABULARY = `custom-${Math.random().toString(36).slice(2, 10)}`;
 
 const state = {
   imageId: null, width: 0, height: 0, scale: 1, picture: null,
+  file: null,         // the uploaded file (null: the sample photo), to upload again if dropped
   prompts: [],        // history of {kind: "point", x, y, label} | {kind: "box", box}
   result: null,       // last PredictResponse (+ maskImage, and the prompts it answers)
   drag: null,         // {x0, y0, x1, y1} while dragging
@@ -101,14 +102,8 @@ async function startImage(file) {
   newGeneration();
   state.imageId = null;
   try {
-    let info;
-    if (file) {
-      const form = new FormData();
-      form.append("file", file, file.name);
-      info = await api("/v1/images", { method: "POST", body: form });
-    } else {
-      info = await api("/v1/images/sample", { method: "POST" });
-    }
+    const info = await uploadImage(file);
+    state.file = file;
     // An upload its orientation metadata turned: the server's upright picture, as browsers
     // ignore some such metadata (WebP EXIF, XMP) and would show, and map clicks onto, another.
     state.picture = info.picture ? await loadPicture(null, info.picture) : picture;
@@ -119,6 +114,29 @@ async function startImage(file) {
   } catch (err) {
     clearPicture();
     setStatus(`Upload failed: ${err.message}`, true);
+  }
+}
+
+// The file (null: the sample photo) to the server, embedded there: its ImageInfo.
+async function uploadImage(file) {
+  if (!file) return api("/v1/images/sample", { method: "POST" });
+  const form = new FormData();
+  form.append("file", file, file.name);
+  return api("/v1/images", { method: "POST", body: form });
+}
+
+// An image the server dropped (its cache keeps the most recently used ones, shared by all
+// users): the page still has the file, so it is uploaded again (true: ask again). The mask on
+// screen was the dropped image's: the next answer does not refine it.
+async function restoreImage(imageId) {
+  try {
+    const info = await uploadImage(state.file);
+    if (state.imageId !== imageId) return false;  // another image meanwhile
+    state.imageId = info.image_id;
+    if (state.result) delete state.result.mask_id;
+    return true;
+  } catch {
+    return false;  // the error of the prediction is shown
   }
 }
 
@@ -157,8 +175,9 @@ async function predict(retried = false) {
     if (vocabulary) body.vocabulary = vocabulary;
     // Refine the mask on screen only when these prompts add clicks to the ones that made it;
     // re-running the same prompts (e.g. another vocabulary) must not feed the mask back.
-    if (points.length > 1 && state.result && extendsPrompts(state.result.prompts, prompts)) {
-      body.mask_id = state.result.mask_id;
+    const shown = state.result;
+    if (points.length > 1 && shown?.mask_id && extendsPrompts(shown.prompts, prompts)) {
+      body.mask_id = shown.mask_id;
     }
     const result = await api(`/v1/images/${state.imageId}/predict`, {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
@@ -175,6 +194,10 @@ async function predict(retried = false) {
     stale = isStale();
     if (!stale && !retried && err.code === "unknown_vocabulary") {
       retry = await restoreVocabulary(vocabulary);
+    }
+    if (!stale && !retried && err.code === "unknown_image") {
+      setStatus("The server had dropped this image: uploading it again…");
+      retry = await restoreImage(ticket.imageId);
     }
     if (!stale && !retry) {
       // Back to exactly the prompts of the mask on screen: the failed change (and any change
