@@ -39,6 +39,14 @@ def mobilesam_model(mobilesam_checkpoint: Path) -> torch.nn.Module:
     return build_model("mobilesam", checkpoint=mobilesam_checkpoint)
 
 
+@pytest.fixture(autouse=True)
+def browser_private_cache(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``browser`` tests: text banks the served page builds go to the test's own cache folder,
+    not the user's."""
+    if request.node.get_closest_marker("browser"):
+        monkeypatch.setenv("OVSAM_CACHE_DIR", str(request.getfixturevalue("tmp_path") / "cache"))
+
+
 @pytest.fixture(scope="module")
 def server_url(mobilesam_model: torch.nn.Module) -> Iterator[str]:
     """Base URL of ``ovsam serve`` (MobileSAM, no recognition) on a free loopback port."""

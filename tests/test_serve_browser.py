@@ -31,12 +31,6 @@ from ovsam.assets import SAMPLE_BOX, SAMPLE_PHOTO
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture(autouse=True)
-def private_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Text banks the served page builds go to the test's own cache folder, not the user's."""
-    monkeypatch.setenv("OVSAM_CACHE_DIR", str(tmp_path / "cache"))
-
-
 @pytest.fixture(scope="module")
 def labelled_server_url(mobilesam_model: torch.nn.Module) -> Iterator[str]:
     """The same server with a (tiny, random) CLIP recognizer: labels appear in the page."""

@@ -21,12 +21,6 @@ from ovsam.assets import SAMPLE_PHOTO
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture(autouse=True)
-def private_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Text banks the served page builds go to the test's own cache folder, not the user's."""
-    monkeypatch.setenv("OVSAM_CACHE_DIR", str(tmp_path / "cache"))
-
-
 def test_tiff_is_refused_in_the_page_before_upload(server_url: str, tmp_path: Path) -> None:
     from PIL import Image
 
