@@ -6,12 +6,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from browser_helpers import (
     browser_page,
     drag_box,
     open_page,
+    running_server,
     tinted,
     upload_sample,
     wait_mask,
@@ -21,9 +25,11 @@ from ovsam.assets import SAMPLE_PHOTO
 pytestmark = pytest.mark.browser
 
 
-def test_tiff_is_refused_in_the_page_before_upload(server_url: str, tmp_path: Path) -> None:
-    from PIL import Image
+def is_upload(response: object) -> bool:
+    return response.url.endswith("/v1/images") and response.request.method == "POST"
 
+
+def test_tiff_is_refused_in_the_page_before_upload(server_url: str, tmp_path: Path) -> None:
     tiff = tmp_path / "scan.tiff"
     Image.new("RGB", (32, 24), (200, 10, 10)).save(tiff)
     with browser_page() as page:
@@ -68,7 +74,6 @@ def test_an_image_the_server_dropped_is_uploaded_again(server_url: str) -> None:
 
     with browser_page() as page:
         open_page(page, server_url)
-        is_upload = lambda r: r.url.endswith("/v1/images") and r.request.method == "POST"  # noqa: E731
         with page.expect_response(is_upload) as upload:
             page.set_input_files("#file", str(SAMPLE_PHOTO))
         page.wait_for_function("document.getElementById('status').textContent.startsWith('Ready')")
@@ -80,3 +85,46 @@ def test_an_image_the_server_dropped_is_uploaded_again(server_url: str) -> None:
             wait_mask(page)
         assert again.value.json()["image_id"] != dropped
         assert tinted(page) > 0.05
+
+
+def test_another_image_opened_while_a_dropped_one_is_uploaded_again_keeps_its_click(
+    mobilesam_model: torch.nn.Module, tmp_path: Path
+) -> None:
+    """The failed answer's clean-up ran after the (seconds long) upload, against the image
+    opened meanwhile: its click was wiped and the old image's error shown."""
+    import time
+    import urllib.request
+
+    from ovsam.predictor import SamPredictor
+    from ovsam.serve.engine import SegmentationEngine
+
+    class SlowOnce(SegmentationEngine):
+        slow = False
+
+        def embed(self, image: np.ndarray) -> tuple:
+            if self.slow:
+                self.slow = False
+                time.sleep(3)  # the re-upload of the dropped image
+            return super().embed(image)
+
+    engine = SlowOnce(SamPredictor(mobilesam_model), "mobilesam")
+    other = tmp_path / "b.png"
+    Image.fromarray(np.full((200, 300, 3), 120, np.uint8)).save(other)
+    with running_server(engine) as url, browser_page() as page:
+        open_page(page, url)
+        with page.expect_response(is_upload) as upload:
+            page.set_input_files("#file", str(SAMPLE_PHOTO))
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('Ready')")
+        request = f"{url}/v1/images/{upload.value.json()['image_id']}"
+        urllib.request.urlopen(urllib.request.Request(request, method="DELETE"))
+        engine.slow = True
+        drag_box(page)  # unknown_image: uploaded again, slowly
+        page.wait_for_function("document.getElementById('status').textContent.includes('again')")
+        upload_sample(page, other)  # the user moves on meanwhile and clicks
+        canvas = page.locator("#overlay").bounding_box()
+        page.mouse.click(canvas["x"] + canvas["width"] / 2, canvas["y"] + canvas["height"] / 2)
+        wait_mask(page)
+        time.sleep(3.5)  # the slow upload is over: its clean-up must leave image B alone
+        left = page.evaluate("[state.prompts.length, !!state.result, state.imageId]")
+        status = page.locator("#status").inner_text()
+    assert left[:2] == [1, True] and status.startswith("Mask in"), (left, status)

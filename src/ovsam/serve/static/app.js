@@ -198,7 +198,10 @@ async function predict(retried = false) {
     if (!stale && !retried && err.code === "unknown_image") {
       setStatus("The server had dropped this image: uploading it again…");
       retry = await restoreImage(ticket.imageId);
+      if (retry) ticket.imageId = state.imageId;  // the same picture, uploaded again
     }
+    stale = isStale();  // again: Clear or another image during a restore (an upload: seconds)
+    if (stale) retry = false;
     if (!stale && !retry) {
       // Back to exactly the prompts of the mask on screen: the failed change (and any change
       // queued behind it) is undone, earlier prompts such as a previous box are kept.
