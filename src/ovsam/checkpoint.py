@@ -101,8 +101,11 @@ def is_torchscript_archive(path: str | Path) -> bool:
     CLIP releases), which ``torch.load(weights_only=True)`` refuses."""
     if not zipfile.is_zipfile(path):
         return False
-    with zipfile.ZipFile(path) as zf:
-        names = zf.namelist()
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except zipfile.BadZipFile:  # a damaged archive: its reader names the damage
+        return False
     return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
 
 
