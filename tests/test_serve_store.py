@@ -153,3 +153,12 @@ def test_a_turned_upload_is_stored_with_its_upright_picture(
         assert np.abs(shown - load_image(data)).mean() < 3  # the upright pixels, as JPEG
         item = app.state.store.get(info["image_id"])
         assert item.nbytes() == item.state.nbytes() + len(r.content)
+    # a turned panorama: JPEG holds no side over 65,500 (a 500 after the embedding, before)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    wide = io.BytesIO()
+    Image.new("RGB", (66000, 4), (200, 30, 30)).save(wide, format="PNG", exif=exif.tobytes())
+    r = client.post("/v1/images", files={"file": ("wide.png", wide.getvalue(), "image/png")})
+    assert r.status_code == 201 and (r.json()["width"], r.json()["height"]) == (4, 66000)
+    shown = Image.open(io.BytesIO(client.get(r.json()["picture"]).content))
+    assert max(shown.size) == 4096  # the page scales it to the canvas anyway

@@ -60,10 +60,18 @@ a pixel, and requests run in a pool of 40 threads. A decoded image is held until
 embedding, one waiting."""
 
 
+PICTURE_SIDE = 4096
+"""Longest side of the upright picture the page shows (it draws at most a few thousand pixels,
+and JPEG holds no side over 65,500); clicks map through the image's own size."""
+
+
 def upright_jpeg(image: np.ndarray) -> bytes:
-    """``image`` (``HxWx3`` uint8 RGB) as a JPEG for the page to show."""
+    """``image`` (``HxWx3`` uint8 RGB) as a JPEG for the page to show, its longest side at most
+    :data:`PICTURE_SIDE`."""
+    picture = Image.fromarray(image)
+    picture.thumbnail((PICTURE_SIDE, PICTURE_SIDE), Image.Resampling.LANCZOS)
     buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="JPEG", quality=90)
+    picture.save(buf, format="JPEG", quality=90)
     return buf.getvalue()
 
 
