@@ -101,6 +101,10 @@ def test_pictures_an_earlier_run_wrote_into_the_folder_are_not_segmented(
     printed = capsys.readouterr().out
     assert f"overlay.png, mask.png in {folder}: written by an earlier ovsam run" in printed
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "settings.json"]
+    (folder / "a.png").rename(tmp_path / "a.png")  # ovsam's outputs alone: said so
+    assert main(["everything", str(folder), "--out", str(tmp_path / "none"), *argv]) == 2
+    message = "holds no images besides overlay.png, mask.png, which an earlier ovsam run wrote"
+    assert message in capsys.readouterr().err
     (folder / "masks.json").unlink()
     (folder / "result.json").unlink()  # without them, a picture of that name is a photo
     assert main(["everything", str(folder), "--out", str(tmp_path / "out2"), *argv]) == 0

@@ -1,7 +1,7 @@
 """Reading images from files or bytes into ``HxWx3`` uint8 RGB arrays, with clear errors.
 
-Grayscale, palette, RGBA (alpha, or a transparent-colour key, composited on white), CMYK,
-16-bit and float images are converted (16-bit by a fixed scale, 65535 -> 255; see
+Grayscale, palette, RGBA (alpha, or an 8-bit image's transparent-colour key, composited on
+white), CMYK, 16-bit and float images are converted (16-bit by a fixed scale, 65535 -> 255; see
 :func:`_gray_to_uint8`); EXIF orientation is applied. Corrupt or non-image data raises
 :class:`InputError`, and so does PostScript (EPS), which PIL would hand to Ghostscript. Size is
 ovsam's call (``max_pixels``, :class:`ImageTooLargeError`): PIL's DecompressionBombWarning is

@@ -64,7 +64,13 @@ def list_jobs(source: Path, out: Path) -> list[Job]:
         and p not in written
     )
     if not images:
-        raise InputError(f"folder {source} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        besides = ""
+        if written:
+            names = ", ".join(p.name for p in ovsam_outputs(source))
+            besides = f" besides {names}, which an earlier ovsam run wrote there"
+        raise InputError(
+            f"folder {source} holds no images{besides} ({', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
     by_folded: dict[str, list[str]] = {}
     for image in images:
         by_folded.setdefault(image.name.casefold(), []).append(image.name)

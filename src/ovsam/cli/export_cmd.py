@@ -20,7 +20,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "export-onnx",
         help="export the prompt decoder to ONNX (for browsers / ONNX Runtime)",
         description="Export prompt encoder + mask decoder of a SAM-family model to ONNX "
-        "(inputs as segment-anything's ONNX model) and check it against torch.",
+        "(segment-anything's ONNX inputs less orig_im_size) and check it against torch.",
     )
     parser.add_argument("--out", type=output_path, required=True, help="output .onnx file")
     parser.add_argument(
