@@ -58,15 +58,18 @@ def test_orientation_from_exif_or_xmp_is_applied_and_reported() -> None:
     assert stored.shape == (20, 40, 3) and applied == 1
 
 
-@pytest.mark.parametrize("mode", ["RGB", "L", "P", "1"])
+@pytest.mark.parametrize("mode", ["RGB", "L", "P", "1", "I;16"])
 def test_a_transparent_colour_key_composites_as_alpha_does(mode: str) -> None:
-    """PNG optimisers store a binary-alpha RGBA image as RGB / L / P with a tRNS colour key:
-    the same picture must give the same pixels (its key colour was read as black before)."""
+    """PNG optimisers store a binary-alpha RGBA image as RGB / L / P (or 16-bit grey) with a
+    tRNS colour key: the same picture must give the same pixels (its key colour was read as
+    black before)."""
     rgba = np.zeros((4, 4, 4), dtype=np.uint8)
     rgba[1:3, 1:3] = (255, 255, 255, 255) if mode == "1" else (200, 200, 200, 255)
     keyed = Image.fromarray(rgba, mode="RGBA").convert(mode if mode != "P" else "RGB")
     if mode == "P":
         keyed = keyed.quantize(colors=4)
+    if mode == "I;16":  # 16-bit grey: 200 * 257 reads as 200
+        keyed = Image.fromarray(np.asarray(keyed.convert("L"), dtype=np.uint16) * 257)
     key = keyed.getpixel((0, 0))
     buf = io.BytesIO()
     keyed.save(buf, format="PNG", transparency=key)

@@ -1,7 +1,7 @@
 """Reading images from files or bytes into ``HxWx3`` uint8 RGB arrays, with clear errors.
 
-Grayscale, palette, RGBA (alpha, or an 8-bit image's transparent-colour key, composited on
-white), CMYK, 16-bit and float images are converted (16-bit by a fixed scale, 65535 -> 255; see
+Grayscale, palette, RGBA (alpha, or a transparent-colour key, composited on white), CMYK,
+16-bit and float images are converted (16-bit by a fixed scale, 65535 -> 255; see
 :func:`_gray_to_uint8`); EXIF orientation is applied. Corrupt or non-image data raises
 :class:`InputError`, and so does PostScript (EPS), which PIL would hand to Ghostscript. Size is
 ovsam's call (``max_pixels``, :class:`ImageTooLargeError`): PIL's DecompressionBombWarning is
@@ -66,7 +66,12 @@ def _to_uint8_rgb(img: Image.Image) -> np.ndarray:
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # one float32 copy, scaled in place (16-bit values are exact in float32; float64
         # copies of a 36 MP image took over 500 MB)
-        gray = _gray_to_uint8(np.array(img, dtype=np.float32), img.mode)
+        values = np.array(img, dtype=np.float32)
+        key = img.info.get("transparency")  # a 16-bit PNG's tRNS colour key
+        keyed = values == key if isinstance(key, int) and not isinstance(key, bool) else None
+        gray = _gray_to_uint8(values, img.mode)
+        if keyed is not None:
+            gray[keyed] = 255  # transparent: on white, as alpha is
         return np.repeat(gray[:, :, None], 3, axis=2)
     if img.mode in ("RGBA", "LA", "PA") or (
         img.mode in _KEYED_MODES and "transparency" in img.info
