@@ -40,6 +40,10 @@ def bad_annotations(tiny: Path, case: str) -> Path:
     elif case == "str_image_id":
         data["images"][0]["id"] = "abc"
         path.write_text(json.dumps(data))
+    elif case == "str_iscrowd":  # as a truth value "0" dropped every instance, silently
+        for ann in data["annotations"]:
+            ann["iscrowd"] = "0"
+        path.write_text(json.dumps(data))
     elif case in ("str_annotation_image_id", "float_annotation_category_id"):
         field, value = ("image_id", "1") if case.startswith("str") else ("category_id", 1.0)
         data["annotations"][2][field] = value
@@ -69,6 +73,7 @@ def bad_annotations(tiny: Path, case: str) -> Path:
             (),
             "annotation file {path}: annotation id 3: category_id 1.0 is not an integer",
         ),
+        ("str_iscrowd", (), "annotation file {path}: annotation id 1: iscrowd '0' is not 0 or 1"),
         ("good", ("--split", "lvis"), "no LVIS 'frequency' field"),
     ],
 )

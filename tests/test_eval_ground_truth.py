@@ -60,11 +60,22 @@ def test_boxes_are_the_annotated_ones_else_the_masks(tmp_path: Path) -> None:
     def offset(data: dict) -> None:
         data["annotations"][0]["bbox"] = [10.25, 5.5, 20.0, 30.0]
         data["annotations"][1]["bbox"] = [0, 0, 0.5, 9]  # under a pixel wide: not usable
+        # past the right edge: under a pixel wide inside the 128-wide image (a box prompt
+        # refused it and stopped the whole evaluation), and partly past the bottom: clipped
+        data["annotations"][2]["bbox"] = [127.4, 10, 1.0, 20]
 
     item = _dataset(tmp_path, offset)[0]
     np.testing.assert_allclose(item.boxes[0], [10.25, 5.5, 30.25, 35.5])
-    ys, xs = np.nonzero(item.masks[1])
-    np.testing.assert_allclose(item.boxes[1], [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+    for index in (1, 2):
+        ys, xs = np.nonzero(item.masks[index])
+        box = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+        np.testing.assert_allclose(item.boxes[index], box)
+
+    def low(data: dict) -> None:
+        data["annotations"][0]["bbox"] = [10, 80, 20, 40]
+
+    clipped = _dataset(tmp_path / "low", low)[0]
+    np.testing.assert_allclose(clipped.boxes[0], [10, 80, 30, 96])  # the image is 96 high
 
 
 def test_an_image_of_another_size_than_annotated_is_refused(tmp_path: Path) -> None:

@@ -134,6 +134,26 @@ def test_point_prompts_and_resume(coco: InstanceDataset, tmp_path: Path) -> None
     )  # only the 2 missing images ran
 
 
+def test_an_image_its_prompts_fail_on_is_skipped_with_the_reason(
+    annotations: dict, coco: InstanceDataset, tmp_path: Path
+) -> None:
+    """An InputError from prompting one image (a box the predictor refuses) stopped the whole
+    run, and every resume stopped at the same image again."""
+    oracle, refused = Oracle(coco), coco[1].image_id
+    original = oracle.predict_instances
+
+    def refusing(image: np.ndarray, boxes: object, points: object) -> tuple[np.ndarray, list[str]]:
+        if oracle._item(image).image_id == refused:
+            raise InputError("box (127.4, 10, 128.4, 30) is less than 1 pixel wide or high")
+        return original(image, boxes, points)
+
+    oracle.predict_instances = refusing  # type: ignore[method-assign]
+    records = evaluate_rank(oracle, coco, coco_ov_splits(), tmp_path)
+    assert refused not in {r.image_id for r in records} and len({r.image_id for r in records}) == 3
+    metrics = write_report(tmp_path, "oracle", select_images(annotations, coco))
+    assert "less than 1 pixel wide" in json.dumps(metrics)
+
+
 def test_ranks_partition_the_images(
     annotations: dict, coco: InstanceDataset, tmp_path: Path
 ) -> None:

@@ -118,7 +118,8 @@ class InstanceDataset:
             ys, xs = np.nonzero(mask)
             if xs.size == 0:
                 continue
-            boxes.append(_annotated_box(ann) or [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+            mask_box = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+            boxes.append(_annotated_box(ann, height, width) or mask_box)
             masks.append(mask)
             ids.append(int(ann["category_id"]))
         return Instances(
@@ -167,18 +168,23 @@ def load_annotated_image(image_root: Path, info: Mapping[str, Any]) -> np.ndarra
     )
 
 
-def _annotated_box(ann: Mapping[str, Any]) -> list[float] | None:
-    """An annotation's ``bbox`` (XYWH) as XYXY pixels, or None when it has none usable (not
-    four finite numbers, or under 1 pixel wide or high: the mask's box is used then)."""
+def _annotated_box(ann: Mapping[str, Any], height: int, width: int) -> list[float] | None:
+    """An annotation's ``bbox`` (XYWH) as XYXY pixels clipped to the ``height x width`` image,
+    or None when it has none usable (not four finite numbers, or under 1 pixel wide or high
+    inside the image, which a box prompt cannot be: the mask's box is used then)."""
     box = ann.get("bbox")
     if not isinstance(box, list) or len(box) != 4:
         return None
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box):
         return None
     x, y, w, h = (float(v) for v in box)
-    if not all(math.isfinite(v) for v in (x, y, w, h)) or w < 1 or h < 1:
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
         return None
-    return [x, y, x + w, y + h]
+    x0, y0 = min(max(x, 0.0), width), min(max(y, 0.0), height)
+    x1, y1 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
+    if x1 - x0 < 1 or y1 - y0 < 1:
+        return None
+    return [x0, y0, x1, y1]
 
 
 class ImageFolder:
@@ -237,7 +243,8 @@ _ID_FIELDS = {
 def check_annotations(data: Mapping[str, Any], source: str) -> None:
     """:class:`InputError` naming ``source`` and the first entry that lacks a field read here,
     holds an id that is not an integer (image, category and annotation ids, an annotation's
-    ``image_id`` and ``category_id``), or the first image or category id given twice."""
+    ``image_id`` and ``category_id``) or an ``iscrowd`` other than 0 and 1, or the first image
+    or category id given twice."""
     for key, (singular, fields) in _FIELDS.items():
         if not isinstance(data.get(key), list):
             raise InputError(f"{source} has no {key!r} list: not COCO / LVIS instances")
@@ -256,6 +263,10 @@ def check_annotations(data: Mapping[str, Any], source: str) -> None:
                     raise InputError(
                         f"{source}: {name} {entry[field]!r} is not an integer (COCO ids are)"
                     )
+            if key == "annotations" and entry.get("iscrowd", 0) not in (0, 1):
+                raise InputError(  # read as a truth value, "0" would drop every instance
+                    f"{source}: {what}: iscrowd {entry['iscrowd']!r} is not 0 or 1"
+                )
     _check_category_names(data["categories"], source)
     for key in ("images", "categories"):
         seen: set[int] = set()

@@ -208,8 +208,9 @@ def evaluate_rank(
     """Evaluate this rank's share of the images ``indices`` of ``dataset`` (all by default, else
     :attr:`Selection.indices <ovsam.evaluation.accounting.Selection.indices>`); returns its
     records (resuming from disk). An image left without usable instances (all empty masks) is
-    logged with no records and not prompted; one that cannot be read (an :class:`InputError`
-    from its image file or an annotation) is logged with the reason, also printed to stderr."""
+    logged with no records and not prompted; one that cannot be read or prompted (an
+    :class:`InputError` from its image file, an annotation or a prompt made from one) is logged
+    with the reason, also printed to stderr."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"records.rank{rank}.jsonl"
@@ -221,14 +222,14 @@ def evaluate_rank(
             image_id = int(dataset.images[index]["id"])
             if image_id not in done:
                 row: dict[str, Any] = {"image_id": image_id, "records": []}
-                try:
-                    item = dataset[index]
+                try:  # an annotation its prompt cannot be made from is named, not fatal
+                    image_records = _evaluate_image(predictor, dataset[index], splits, prompt)
                 except InputError as exc:
                     done.unreadable[image_id] = row["unreadable"] = str(exc)
                     tqdm.write(f"warning: skipped image id {image_id}: {exc}", file=sys.stderr)
                 else:
-                    done.records[image_id] = _evaluate_image(predictor, item, splits, prompt)
-                    row["records"] = [r.to_json() for r in done.records[image_id]]
+                    done.records[image_id] = image_records
+                    row["records"] = [r.to_json() for r in image_records]
                 log.write(json.dumps(row) + "\n")
                 log.flush()
             records.extend(done.records.get(image_id, []))
