@@ -235,17 +235,14 @@ class SamPredictor:
         coords_t = labels_t = box_t = mask_t = None
         if point_coords is not None:
             coords, labels = check_points(point_coords, point_labels, self.original_size)
-            if coords.shape[0] == 0:
-                point_coords = None  # an empty click list: the other prompts alone
+            if len(coords):  # an empty click list: the other prompts alone
+                frame = self.transform.apply_coords(coords, self.original_size)
+                coords_t = torch.as_tensor(frame)[None]
+                labels_t = torch.as_tensor(labels, dtype=torch.int64)[None]
         elif point_labels is not None:
             raise InputError("point_labels were given without point_coords")
-        if point_coords is None and box is None and mask_input is None:
+        if coords_t is None and box is None and mask_input is None:
             raise InputError("give at least one prompt: points, a box or a mask_input")
-        if point_coords is not None:
-            coords_t = torch.as_tensor(self.transform.apply_coords(coords, self.original_size))[
-                None
-            ]
-            labels_t = torch.as_tensor(labels, dtype=torch.int64)[None]
         if box is not None:
             boxes = self.clip_boxes(box)
             if boxes.shape[0] != 1:
