@@ -55,7 +55,7 @@ def list_jobs(source: Path, out: Path) -> list[Job]:
             f"--out must not be the input folder {source}: each image's results go to a folder "
             "named after its file"
         )
-    written = set(ovsam_outputs(source))
+    written = ovsam_outputs(source)
     images = sorted(  # a broken link too: it is named as failed, not passed over
         p
         for p in source.iterdir()
@@ -66,7 +66,7 @@ def list_jobs(source: Path, out: Path) -> list[Job]:
     if not images:
         besides = ""
         if written:
-            names = ", ".join(p.name for p in ovsam_outputs(source))
+            names = ", ".join(p.name for p in written)
             besides = f" besides {names}, which an earlier ovsam run wrote there"
         raise InputError(
             f"folder {source} holds no images{besides} ({', '.join(sorted(IMAGE_SUFFIXES))})"
