@@ -107,8 +107,6 @@ def read_torchscript_tensors(path: str | Path) -> dict[str, torch.Tensor]:
             root = pickles[0][: -len("data.pkl")]
             with zf.open(pickles[0]) as fh:
                 top = _Unpickler(fh, zf, root).load()
-    except CheckpointError:
-        raise
     except _DAMAGED as exc:  # a damaged archive: records that do not fit their storages
         reason = f"{type(exc).__name__}: {first_line(exc)}"
         raise CheckpointError(f"cannot read TorchScript archive {path}: {reason}") from exc
