@@ -88,3 +88,17 @@ def test_masks_to_boxes() -> None:
     masks = torch.zeros(2, 8, 10, dtype=torch.bool)
     masks[0, 2:5, 3:7] = True
     assert masks_to_boxes(masks).tolist() == [[3.0, 2.0, 7.0, 5.0], [0.0, 0.0, 0.0, 0.0]]
+
+
+def test_low_precision_features_pool_at_float32_box_geometry() -> None:
+    """bf16 maps are pooled at the exact box corners: the same as pooling their float32 values
+    and rounding once (bf16 geometry snapped x=601 to 600 and broke ``arange`` above 256)."""
+    torch.manual_seed(0)
+    features = torch.randn(1, 4, 300, 300).bfloat16()
+    rois = torch.tensor([[0.0, 601.0, 403.0, 1001.0, 811.0], [0.0, 3.0, 500.0, 1021.0, 520.0]])
+    pooled = roi_align(features, rois, 12, 0.25)
+    reference = roi_align(features.float(), rois, 12, 0.25).bfloat16()
+    assert pooled.dtype == torch.bfloat16
+    assert torch.equal(pooled, reference)
+    levels = map_roi_levels(torch.tensor([[0.0, 0.0, 0.0, 223.0, 225.0]]).bfloat16(), 4)
+    assert levels.tolist() == [1]  # sqrt(223*225)/56 = 3.99996; bf16 maths rounds it to 4

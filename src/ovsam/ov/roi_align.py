@@ -51,9 +51,16 @@ def roi_align(
     sampling_ratio: int = 0,
 ) -> Tensor:
     """Pool ``rois`` (``Kx5``: batch index, x1, y1, x2, y2 in input pixels) from ``features``
-    (``BxCxHxW``) into ``KxCxhxw`` (``output_size``), as mmcv's aligned RoIAlign."""
+    (``BxCxHxW``) into ``KxCxhxw`` (``output_size``), as mmcv's aligned RoIAlign.
+
+    Geometry and sampling run in at least float32 (as torchvision's autocast rule for
+    ``roi_align``), so bf16/fp16 features do not snap box corners to their coarse grid; the
+    result comes back in ``features.dtype``.
+    """
     size = (output_size, output_size) if isinstance(output_size, Integral) else output_size
     out_h, out_w = (int(side) for side in size)
+    dtype = features.dtype
+    features = features.to(torch.promote_types(dtype, torch.float32))
     pooled = []
     for roi in rois.to(features.dtype):
         feature = features[int(roi[0])]
@@ -74,12 +81,13 @@ def roi_align(
         samples = samples.view(channels, out_h, grid_h, out_w, grid_w)
         pooled.append(samples.mean(dim=(2, 4)))
     if not pooled:
-        return features.new_zeros((0, features.shape[1], out_h, out_w))
-    return torch.stack(pooled)
+        return features.new_zeros((0, features.shape[1], out_h, out_w), dtype=dtype)
+    return torch.stack(pooled).to(dtype)
 
 
 def map_roi_levels(rois: Tensor, num_levels: int, finest_scale: int = FINEST_SCALE) -> Tensor:
     """FPN level of each roi: ``floor(log2(sqrt(w*h) / finest_scale + 1e-6))`` clamped."""
+    rois = rois.to(torch.promote_types(rois.dtype, torch.float32))
     scale = torch.sqrt((rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2]))
     levels = torch.floor(torch.log2(scale / finest_scale + 1e-6))
     return levels.clamp(min=0, max=num_levels - 1).long()
