@@ -143,7 +143,7 @@ def test_outputs_equal_openai_reference(name: str) -> None:
     if module is None:
         pytest.skip(f"reference CLIP code missing: {INSTALL_HINT}")
     torch.manual_seed(1)
-    config = get_clip_config(name)
+    config = get_clip_config(f"{name}-quickgelu")  # OpenAI's flavour
     ours = CLIP(config).eval()
     for p in ours.visual.modules():  # non-trivial batch-norm statistics
         if isinstance(p, torch.nn.BatchNorm2d):
@@ -189,7 +189,9 @@ def test_resnet_stages_run_channels_last_with_the_default_layouts_values() -> No
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning")
-def test_openai_torchscript_archive_is_read_without_running_code(tmp_path: Path) -> None:
+def test_openai_torchscript_archive_is_read_without_running_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     module = reference_module()
     if module is None:
         pytest.skip(f"reference CLIP code missing: {INSTALL_HINT}")
@@ -203,7 +205,9 @@ def test_openai_torchscript_archive_is_read_without_running_code(tmp_path: Path)
     assert set(state) == set(reference.state_dict())
     assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
     model = load_clip(path)
-    assert model.config == TINY
+    assert model.config == TINY  # QuickGELU: OpenAI's archive
+    monkeypatch.setitem(CLIP_CONFIGS, "tiny_rn", replace(TINY, quick_gelu=False))
+    assert create_model("tiny_rn", pretrained=path).config == TINY
     with torch.inference_mode():
         expected = reference.half().float().encode_text(tokens)
         torch.testing.assert_close(model.encode_text(tokens), expected, rtol=1e-4, atol=1e-4)
@@ -302,7 +306,24 @@ def test_text_embedding_is_causal_and_pooled_at_eot() -> None:
         emb = model.encode_text(tokens, normalize=True)
     torch.testing.assert_close(emb[0], emb[1])
     assert torch.allclose(emb.norm(dim=-1), torch.ones(2))
-    assert infer_clip_config(model.state_dict()) == TINY
+    assert infer_clip_config(model.state_dict(), quick_gelu=True) == TINY
+
+
+def test_activation_follows_open_clip_naming(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A plain state dict (e.g. LAION's open_clip weights) means exact GELU unless the name ends
+    in ``-quickgelu``; OpenAI's archives and the ``openai`` tag mean QuickGELU."""
+    gelu = replace(TINY, quick_gelu=False)
+    monkeypatch.setitem(CLIP_CONFIGS, "tiny_rn", gelu)
+    path = tmp_path / "open_clip_tiny.pt"
+    torch.save(CLIP(gelu).state_dict(), path)
+    assert not get_clip_config("tiny_rn").quick_gelu
+    assert not load_clip(path).config.quick_gelu
+    assert not create_model("tiny_rn", pretrained=path).config.quick_gelu
+    assert create_model("tiny_rn-quickgelu", pretrained=path).config.quick_gelu
+    assert load_clip(path, name="tiny_rn-quickgelu").config.quick_gelu
+    assert load_clip(path, quick_gelu=True).config.quick_gelu
 
 
 def test_names_tags_and_registered_weights() -> None:

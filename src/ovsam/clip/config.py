@@ -51,7 +51,9 @@ class CLIPConfig:
     """A whole CLIP: joint embedding width, both towers, and the activation flavour.
 
     ``quick_gelu`` is True for OpenAI's releases (``x * sigmoid(1.702 x)``) and False for the
-    open_clip models trained with exact GELU.
+    open_clip models trained with exact GELU. As in open_clip, a registered name means exact
+    GELU and its ``-quickgelu`` twin QuickGELU; loading OpenAI's weights (the ``openai`` tag or
+    one of OpenAI's TorchScript archives) turns QuickGELU on by itself.
     """
 
     embed_dim: int
@@ -61,12 +63,12 @@ class CLIPConfig:
 
 
 def _resnet(embed: int, size: int, layers: tuple[int, ...], width: int, text: tuple) -> CLIPConfig:
-    return CLIPConfig(embed, VisionConfig("resnet", size, layers, width), TextConfig(*text), True)
+    return CLIPConfig(embed, VisionConfig("resnet", size, layers, width), TextConfig(*text))
 
 
 def _vit(embed: int, size: int, depth: int, width: int, patch: int, text: tuple) -> CLIPConfig:
     vision = VisionConfig("vit", size, (depth,), width, patch)
-    return CLIPConfig(embed, vision, TextConfig(*text), True)
+    return CLIPConfig(embed, vision, TextConfig(*text))
 
 
 CONVNEXT_TRUNKS = {
@@ -79,7 +81,7 @@ CONVNEXT_TRUNKS = {
 def _convnext(embed: int, trunk: str, size: int, head: str, text: tuple) -> CLIPConfig:
     depths, dims, eps = CONVNEXT_TRUNKS[trunk]
     vision = VisionConfig("convnext", size, depths, dims=dims, head=head, norm_eps=eps)  # type: ignore[arg-type]
-    return CLIPConfig(embed, vision, TextConfig(*text), False)
+    return CLIPConfig(embed, vision, TextConfig(*text))
 
 
 CLIP_CONFIGS: dict[str, CLIPConfig] = {

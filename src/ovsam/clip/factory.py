@@ -69,8 +69,8 @@ def infer_clip_config(
 ) -> CLIPConfig:
     """The architecture of a CLIP state dict (OpenAI's inference rules + ConvNeXt).
 
-    ``quick_gelu`` cannot be read from weights: it defaults to True for the ResNet/ViT layouts
-    (OpenAI's releases) and False for ConvNeXt (open_clip's).
+    ``quick_gelu`` cannot be read from weights: it defaults to False (exact GELU, open_clip's
+    rule for a plain state dict); :func:`load_clip` turns it on for OpenAI's archives.
     """
     try:
         if "visual.proj" in state:
@@ -107,9 +107,7 @@ def infer_clip_config(
         embed_dim = state["text_projection"].shape[1]
     except KeyError as exc:
         raise CheckpointError(f"not a CLIP state dict: key {exc} is missing") from exc
-    if quick_gelu is None:
-        quick_gelu = vision.kind != "convnext"
-    return CLIPConfig(embed_dim, vision, text, quick_gelu)
+    return CLIPConfig(embed_dim, vision, text, bool(quick_gelu))
 
 
 def load_clip_weights(model: CLIP, path: str | Path) -> CLIP:
@@ -140,7 +138,12 @@ def load_clip(path: str | Path, quick_gelu: bool | None = None, *, name: str | N
     ``name`` (a registered model, e.g. ``"convnext_base_w_320"``) builds that architecture
     instead, as :func:`create_model` does; it is needed for ConvNeXt weights, which fit the
     256 px and 320 px models alike (an :class:`InputError` lists them when it is missing).
+    ``quick_gelu`` (default: whether ``path`` is one of OpenAI's TorchScript archives, as
+    open_clip reads them; a plain state dict means exact GELU unless ``name`` ends in
+    ``-quickgelu``) picks the activation, which weights do not record.
     """
+    if quick_gelu is None and not (name or "").endswith("-quickgelu"):
+        quick_gelu = is_torchscript_archive(path)
     state = read_clip_state_dict(path)
     if name is not None:
         config = get_clip_config(name, quick_gelu)
@@ -164,16 +167,20 @@ def create_model(
 ) -> CLIP:
     """Build the registered CLIP ``name``; load ``pretrained`` (a tag such as ``"openai"`` or a
     checkpoint path) strictly. Without ``pretrained`` the weights are random (for tests) and
-    ``model.random_weights`` is True: labelled predictors then warn and mark their labels."""
-    if pretrained == "openai" and quick_gelu is None:
-        quick_gelu = True
-    config = get_clip_config(name, quick_gelu)
+    ``model.random_weights`` is True: labelled predictors then warn and mark their labels.
+
+    The activation follows open_clip: exact GELU for ``name`` unless it ends in ``-quickgelu``,
+    or the weights are OpenAI's (the ``openai`` tag, or a path to one of OpenAI's TorchScript
+    archives); ``quick_gelu`` overrides it."""
     if pretrained is None:
-        return CLIP(config).to(device).eval()
+        return CLIP(get_clip_config(name, quick_gelu)).to(device).eval()
     arch = canonical_name(name)
     path = clip_weights_file(arch, pretrained) or resolve_weights(
         pretrained_weights_name(arch, str(pretrained)), progress=progress
     )
+    if quick_gelu is None and (pretrained == "openai" or is_torchscript_archive(path)):
+        quick_gelu = True
+    config = get_clip_config(name, quick_gelu)
     with weights_to_be_loaded():
         model = CLIP(config)
     return load_clip_weights(model, path).to(device)
