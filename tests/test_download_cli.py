@@ -47,10 +47,11 @@ def test_every_name_is_tried_and_all_failures_reported(
     out, err = capsys.readouterr()
     assert out.strip() == str(cache / "weights" / "toy.bin")
     lines = err.strip().splitlines()
-    assert len(lines) == 2
+    assert len(lines) == 3
     assert lines[0].startswith("ovsam download: error: could not obtain weights 'bad_a'")
     assert lines[1].startswith("ovsam download: error: could not obtain weights 'bad_b'")
     assert "'ovsam download bad_b --from FILE'" in lines[1]
+    assert lines[2] == "ovsam download: 2 of 3 weights failed: bad_a, bad_b"
 
 
 def test_download_rehashes_the_cached_file(

@@ -258,7 +258,7 @@ def test_subset_by_indices_and_predicate() -> None:
 
 
 def test_missing_vocabulary_file(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="does not exist"):
+    with pytest.raises(InputError, match="no such vocabulary file"):
         load_vocabulary(str(tmp_path / "nope.txt"))
     with pytest.raises(InputError, match="cannot read vocabulary file"):
         load_vocabulary(tmp_path / "nope.txt")
@@ -294,7 +294,7 @@ def test_command_line_vocabulary_argument() -> None:
     ):
         parse_vocabulary_argument("cup")
     for missing in ("missing_classes.txt", "classes_v1,2.txt", "/data/labels/objects, v2.csv"):
-        with pytest.raises(InputError, match=f"^vocabulary file {missing} does not exist"):
+        with pytest.raises(InputError, match=f"^no such vocabulary file: {missing} "):
             parse_vocabulary_argument(missing)  # not the classes 'classes_v1' and '2.txt'
     assert parse_vocabulary_argument("salad_plate/side_plate, cup") == [
         "salad_plate/side_plate", "cup"

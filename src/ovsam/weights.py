@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import importlib
 import shutil
+import textwrap
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ovsam.errors import CheckpointError, InputError, WeightsUnavailableError
 from ovsam.fileio import atomic_path
@@ -51,6 +54,29 @@ class WeightsSpec:
     license: str = ""
     description: str = ""
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    key_prefixes: tuple[str, ...] = ()
+    """Without a published sha256: key prefixes the state dict must each have keys under (a
+    cheap check of a part file no model loads directly, e.g. ``neck_student.``)."""
+
+
+class SourcesFailed(WeightsUnavailableError):
+    """Every source of a weights entry failed; ``failures`` holds ``(source, reason)`` for
+    each source tried, in order."""
+
+    def __init__(self, message: str, failures: Sequence[tuple[str, str]]) -> None:
+        super().__init__(message)
+        self.failures = tuple(failures)
+
+    def first_failure(self, width: int = 120) -> str:
+        """Why the first source failed, shortened to ``width`` characters and naming its host
+        (``example.org: URLError: <urlopen error timed out>``; ``file: ...`` for a local URL);
+        '' when none was tried."""
+        if not self.failures:
+            return ""
+        source, reason = self.failures[0]
+        url = urlsplit(source)
+        where = url.netloc or (url.scheme if " " not in source else "") or source.split()[0]
+        return textwrap.shorten(f"{where}: {reason}", width, placeholder=" ...")
 
 
 _REGISTRY: dict[str, WeightsSpec] = {}
@@ -165,7 +191,7 @@ def download_weights(
         if target.exists():
             say(f"cached {target} failed its check ({problem}); fetching it again", progress)
         target.unlink(missing_ok=True)
-        failures: list[str] = []
+        failures: list[tuple[str, str]] = []
         for number, source in enumerate(spec.sources, start=1):
             say(f"fetching {spec.name} from {source.describe()}", progress)
             try:
@@ -178,17 +204,18 @@ def download_weights(
                         _content_check(tmp, spec)
             except Exception as exc:  # noqa: BLE001 - every failure moves on to the next source
                 reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"  # one line
-                failures.append(f"{source.describe()}: {reason}")
-                if number < len(spec.sources):
-                    say(f"{source.describe()} failed ({reason}); trying the next source", progress)
+                failures.append((source.describe(), reason))
+                then = "; trying the next source" if number < len(spec.sources) else ""
+                say(f"{source.describe()} failed ({reason}){then}", progress)
                 continue
             write_stamp(target)
             say(f"{spec.filename}: {_checked(spec)}", progress)
             return target
-    tried = "; ".join(failures) or "no sources registered"
-    raise WeightsUnavailableError(
+    tried = "; ".join(f"{where}: {why}" for where, why in failures) or "no sources registered"
+    raise SourcesFailed(
         f"could not obtain weights {spec.name!r} from any source ({tried}); download "
-        f"{spec.filename} yourself and add it with 'ovsam download {spec.name} --from FILE'"
+        f"{spec.filename} yourself and add it with 'ovsam download {spec.name} --from FILE'",
+        failures,
     )
 
 
@@ -268,10 +295,11 @@ def _content_check(src: Path, spec: WeightsSpec) -> str:
     registered model (:mod:`ovsam.build`) has ``spec`` as its default weights (the SAM ViT
     releases), the keys and shapes must also fit that model exactly; it is built on the
     ``meta`` device (no memory, no initialisation). Weights that no model loads directly (the
-    OV-SAM parts, open_clip files) get only the first check. A file that fails is a one-line
+    OV-SAM parts, open_clip files) get only the first check, plus, where ``spec.key_prefixes``
+    names some (the OV-SAM parts), keys under each of them. A file that fails is a one-line
     :class:`WeightsUnavailableError` naming the reason (for a misfit, the missing and
     unexpected keys and shape mismatches, as :func:`~ovsam.checkpoint.load_state_dict_strict`
-    names them).
+    names them; for a part file, the prefixes without keys).
     """
     import torch
 
@@ -282,12 +310,17 @@ def _content_check(src: Path, spec: WeightsSpec) -> str:
         state = read_state_dict(src, mmap=True)
     except CheckpointError as exc:
         raise WeightsUnavailableError(f"{src} is not {spec.name}: {exc}") from exc
+    lacking = [p for p in spec.key_prefixes if not any(k.startswith(p) for k in state)]
+    if lacking:
+        keys = ", ".join(f"'{prefix}*'" for prefix in lacking)
+        raise WeightsUnavailableError(f"{src} is not {spec.name}: it has no {keys} keys")
     names = (spec.name, *spec.aliases)
     model_name = next(
         (m for m in list_models() if get_model_entry(m).default_weights in names), None
     )
     if model_name is None:
-        return "loads as a state dict of tensors"
+        under = ", ".join(spec.key_prefixes)
+        return f"loads as a state dict of tensors{f' with keys under {under}' if under else ''}"
     with torch.device("meta"):
         model = get_model_entry(model_name).builder()
     mismatch = state_dict_mismatch(model, state)

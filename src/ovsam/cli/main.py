@@ -14,6 +14,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from ovsam import __version__
 from ovsam.cli.arg_types import ArgumentParser
 from ovsam.cli.preflight import preflight
 from ovsam.errors import OVSamError, first_line
@@ -35,6 +36,7 @@ COMMAND_MODULES: dict[str, str] = {
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level parser with every sub-command registered."""
     parser = ArgumentParser(prog="ovsam", description="Segment and name any object you point at.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in COMMAND_MODULES.values():
         importlib.import_module(module_name).add_parser(subparsers)

@@ -1,4 +1,5 @@
-"""``ovsam models``: list registered models and weights, and which weights are cached."""
+"""``ovsam models``: list registered models (aliases, the weights each loads, whether they are
+cached) and every registered weights file."""
 
 from __future__ import annotations
 
@@ -6,17 +7,22 @@ import argparse
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("models", help="list models and weights")
+    parser = subparsers.add_parser(
+        "models",
+        help="list models and weights",
+        description="List the registered models with their aliases and the weights each loads "
+        "(with cache status; 'ovsam download MODEL' fetches them), then every registered "
+        "weights file.",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ovsam.build import list_models
-    from ovsam.registry_info import describe_weights
+    from ovsam.registry_info import describe_models, describe_weights
 
-    print("models:")
-    for name in list_models():
-        print(f"  {name}")
+    print("models (aliases), each with the weights it loads:")
+    for line in describe_models():
+        print(f"  {line}")
     print("weights:")
     for line in describe_weights():
         print(f"  {line}")

@@ -82,6 +82,7 @@ def add_clip_arguments(group: argparse._ArgumentGroup | argparse.ArgumentParser)
 def add_label_arguments(parser: argparse.ArgumentParser) -> None:
     """Options that name the mask (recognition)."""
     from ovsam.recognizers import RECOGNIZERS
+    from ovsam.vocab import BUILTIN_VOCABULARIES
 
     group = parser.add_argument_group("labels (recognition)")
     group.add_argument(
@@ -90,8 +91,9 @@ def add_label_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     group.add_argument(
         "--vocab", default=None,
-        help="coco | lvis | imagenet1k | imagenet21k | FILE (one class per line) | "
-        "'cat; dog, puppy; mug' (classes split at ';' or ',')",
+        help=f"{' | '.join(BUILTIN_VOCABULARIES)} | FILE (.txt: one class per line, commas "
+        "separate synonyms, '#' comments) | 'cat; dog, puppy; mug' (classes split at ';', "
+        "else at ',')",
     )  # fmt: skip
     group.add_argument(
         "--top-k", type=int, default=None, help="labels reported per mask (default 5)"

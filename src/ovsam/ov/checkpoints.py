@@ -35,13 +35,23 @@ from ovsam.clip.pretrained import pretrained_weights_name
 from ovsam.errors import CheckpointError, WeightsUnavailableError, first_line
 from ovsam.fileio import atomic_path
 from ovsam.ov.model import OVSam, OVSamConfig, build_ovsam
-from ovsam.weights import UrlSource, WeightsSpec, register_weights, resolve_weights
+from ovsam.weights import (
+    SourcesFailed,
+    UrlSource,
+    WeightsSpec,
+    register_weights,
+    resolve_weights,
+)
 
 FORMAT = "ovsam-checkpoint-1"
 _HF = "https://huggingface.co/HarborYuan/ovsam_models/resolve/main/"
+#: the keys of the official part files that :func:`official_state_dict` takes (each must be
+#: there: ``ovsam download`` checks a file by them, as no sha256 is published)
+SAM2CLIP_PREFIXES = ("neck_student.",)
+CLIP2SAM_PREFIXES = ("fpn_neck.", "mask_decoder.")
 
 
-def _register(name: str, file: str, description: str) -> str:
+def _register(name: str, file: str, description: str, key_prefixes: tuple[str, ...]) -> str:
     return register_weights(
         WeightsSpec(
             name=name,
@@ -51,6 +61,7 @@ def _register(name: str, file: str, description: str) -> str:
             sources=(UrlSource(_HF + file),),
             license="NTU S-Lab License 1.0 (non-commercial)",
             description=description,
+            key_prefixes=key_prefixes,
         )
     ).name
 
@@ -59,17 +70,20 @@ SAM2CLIP = _register(
     "ovsam_sam2clip_vith_rn50x16",
     "sam2clip_vith_rn50x16.pth",
     "OV-SAM SAM2CLIP adapter (RN50x16 student of SAM ViT-H)",
+    SAM2CLIP_PREFIXES,
 )
 CLIP2SAM = {
     "coco": _register(
         "ovsam_clip2sam_coco_rn50x16",
         "clip2sam_coco_rn50x16.pth",
         "OV-SAM CLIP2SAM decoder + FPN trained on COCO base classes",
+        CLIP2SAM_PREFIXES,
     ),
     "lvis": _register(
         "ovsam_clip2sam_lvis_rn50x16",
         "clip2sam_lvis_rn50x16.pth",
         "OV-SAM CLIP2SAM decoder + FPN trained on LVIS base classes",
+        CLIP2SAM_PREFIXES,
     ),
 }
 SAM_VIT_H = "sam_vit_h_4b8939"
@@ -82,7 +96,8 @@ _ALL_SOURCES_FAILED = "could not obtain weights"
 class WeightsMissing(WeightsUnavailableError):
     """Registered weights that could not be obtained; ``missing`` names every one, ``reason``
     is the first line of the first failure that was more than "every source failed" (e.g.
-    an unwritable cache folder), or ''."""
+    an unwritable cache folder), else why the first source of the first one failed
+    (:meth:`~ovsam.weights.SourcesFailed.first_failure`, e.g. a ``URLError``), or ''."""
 
     def __init__(self, what: str, missing: Sequence[str], reason: str = "") -> None:
         self.missing = tuple(missing)
@@ -98,20 +113,24 @@ class WeightsMissing(WeightsUnavailableError):
 def resolve_all(names: Sequence[str], what: str = "weights", progress: bool = True) -> list[Path]:
     """Local files of the registered weights ``names`` (fetched into the cache on first use);
     :class:`WeightsMissing` (one line, ``what`` first) names every one that cannot be had,
-    with the first reason that is not a plain "all sources failed"."""
+    with the first reason that is not a plain "all sources failed", else the first source's
+    failure (shortened)."""
     files: list[Path] = []
     missing: list[str] = []
     reasons: list[str] = []
+    source_failures: list[str] = []
     for name in names:
         try:
             files.append(resolve_weights(name, progress=progress))
         except WeightsUnavailableError as exc:
             missing.append(name)
             line = first_line(exc)
-            if line and not line.startswith(_ALL_SOURCES_FAILED):
+            if isinstance(exc, SourcesFailed):
+                source_failures.append(exc.first_failure())
+            elif line and not line.startswith(_ALL_SOURCES_FAILED):
                 reasons.append(line)
     if missing:
-        raise WeightsMissing(what, missing, reasons[0] if reasons else "")
+        raise WeightsMissing(what, missing, next(filter(None, reasons + source_failures), ""))
     return files
 
 
@@ -133,16 +152,14 @@ def official_state_dict(
     """Our state dict assembled from the four official files (see the module docstring)."""
     adapter = read_state_dict(sam2clip)
     decoder = read_state_dict(clip2sam)
-    state = take_prefix(adapter, "neck_student.", "image_encoder.neck.")
+    (neck,) = SAM2CLIP_PREFIXES
+    state = take_prefix(adapter, neck, "image_encoder.neck.")
     if not state:
-        raise CheckpointError(f"{sam2clip} has no 'neck_student.*' keys: not a SAM2CLIP checkpoint")
-    head = take_prefix(decoder, "fpn_neck.", "fpn_neck.") | take_prefix(
-        decoder, "mask_decoder.", "mask_decoder."
-    )
+        raise CheckpointError(f"{sam2clip} has no '{neck}*' keys: not a SAM2CLIP checkpoint")
+    head = {k: v for p in CLIP2SAM_PREFIXES for k, v in take_prefix(decoder, p, p).items()}
     if not head:
-        raise CheckpointError(
-            f"{clip2sam} has no 'fpn_neck.*'/'mask_decoder.*' keys: not a CLIP2SAM checkpoint"
-        )
+        keys = "/".join(f"'{p}*'" for p in CLIP2SAM_PREFIXES)
+        raise CheckpointError(f"{clip2sam} has no {keys} keys: not a CLIP2SAM checkpoint")
     state |= head
     state |= take_prefix(read_clip_state_dict(clip), "visual.", "image_encoder.backbone.")
     state |= take_prefix(read_state_dict(sam), "prompt_encoder.", "prompt_encoder.")

@@ -1,4 +1,5 @@
-"""Class vocabularies: the built-in lists, user lists (text files or Python lists), synonyms.
+"""Class vocabularies: the built-in lists, user lists (Python lists; text files and the command
+line: :mod:`ovsam.vocab.loading`), synonyms.
 
 A :class:`Vocabulary` is an ordered tuple of classes; each class has a display name and one or
 more synonyms (the text bank scores a class by its best synonym). Built-in lists live in
@@ -191,8 +192,10 @@ def builtin_vocabulary(name: str) -> Vocabulary:
         parent, keep = _SUBSETS[name]
         return builtin_vocabulary(parent).subset(keep, name)
     if name not in _FILES:
-        known = ", ".join(BUILTIN_VOCABULARIES)
-        raise InputError(f"unknown vocabulary {name!r}; built in: {known}, or a text file")
+        raise InputError(
+            f"unknown vocabulary {name!r}; give a built-in one ({', '.join(BUILTIN_VOCABULARIES)}), a "
+            "text file (one class per line) or a list of class names (['cat', 'dog, puppy'])"
+        )
     return _from_rows(name, _read_data(_FILES[name])["classes"], lvis=name == "lvis")
 
 
@@ -230,91 +233,6 @@ def vocabulary_from_names(
     check_distinct_names(classes, places)
     return Vocabulary(
         name, tuple(c[0] for c in classes), tuple(classes), tuple({} for _ in classes)
-    )
-
-
-def vocabulary_from_file(path: str | Path, max_classes: int = MAX_CLASSES) -> Vocabulary:
-    """One class per line (commas separate synonyms); blank lines and ``#`` comments skipped."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: drop a BOM
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read vocabulary file {path}: {exc}") from exc
-    numbered = [
-        (i, line)
-        for i, line in enumerate(lines, start=1)
-        if line.strip() and not line.lstrip().startswith("#")
-    ]
-    return vocabulary_from_names(
-        [line for _, line in numbered], path.stem, max_classes, "line", [i for i, _ in numbered]
-    )
-
-
-def _is_file(text: str) -> bool:
-    """Whether ``text`` names an existing file; False for text no file can be named (too
-    long for the file system, or holding a NUL), such as a long inline list of classes."""
-    try:
-        return Path(text).is_file()
-    except (OSError, ValueError):
-        return False
-
-
-_FILE_SUFFIXES = (".txt", ".csv", ".names")  # of vocabulary files
-
-
-def _names_a_file(text: str) -> bool:
-    """Whether ``text`` reads as a file path (a vocabulary file's suffix, or a folder)."""
-    return text.endswith(_FILE_SUFFIXES) or "/" in text or "\\" in text
-
-
-def load_vocabulary(
-    spec: str | Path | Sequence[str] | Vocabulary, max_classes: int = MAX_CLASSES
-) -> Vocabulary:
-    """A :class:`Vocabulary` from a built-in name (:data:`BUILTIN_VOCABULARIES`, cached), a
-    text file path (see :func:`vocabulary_from_file`), or a list of names (commas inside an
-    entry separate synonyms). ``max_classes`` bounds user vocabularies; empty or duplicate
-    classes raise :class:`InputError`."""
-    if isinstance(spec, Vocabulary):
-        return spec
-    if isinstance(spec, Path) or (
-        isinstance(spec, str) and spec not in BUILTIN_VOCABULARIES and _is_file(spec)
-    ):
-        return vocabulary_from_file(spec, max_classes)
-    if isinstance(spec, str):
-        if spec not in BUILTIN_VOCABULARIES and _names_a_file(spec):
-            raise InputError(f"vocabulary file {spec} does not exist")
-        return builtin_vocabulary(spec)
-    return vocabulary_from_names(list(spec), max_classes=max_classes)
-
-
-def parse_vocabulary_argument(text: str) -> str | Path | list[str]:
-    """A command-line vocabulary: a built-in name, an existing file, or inline classes split at
-    ``;`` (then commas separate synonyms) or, without ``;``, at commas; without ``;``, text with a
-    vocabulary file's suffix (``.txt``, ``.csv``, ``.names``) must be a file. Inline classes are
-    stripped and checked at once (:func:`vocabulary_from_names`: an empty class between two
-    separators or a repeated name is refused); one trailing separator is allowed (``'cup;'``)."""
-    text = text.strip()
-    if not text:
-        raise InputError("vocabulary is empty: give a built-in name, a file or 'cat; dog; mug'")
-    if text in BUILTIN_VOCABULARIES:
-        return text
-    if _is_file(text):
-        return Path(text)
-    if ";" not in text and text.endswith(_FILE_SUFFIXES):  # not 'classes_v1' and '2.txt'
-        raise InputError(
-            f"vocabulary file {text} does not exist (inline classes go between ';': 'cat; dog')"
-        )
-    for separator in (";", ","):
-        if separator in text:
-            parts = [part.strip() for part in text.split(separator)]
-            if len(parts) > 1 and not parts[-1]:
-                parts.pop()  # 'cup;' is one class
-            vocabulary_from_names(parts, where="vocabulary entry")
-            return parts
-    known = ", ".join(BUILTIN_VOCABULARIES)
-    raise InputError(
-        f"vocabulary {text!r} is neither built in ({known}), nor a file, nor a list like "
-        f"'cat; dog; mug' (a single class: '{text};')"
     )
 
 
