@@ -14,7 +14,7 @@ from ovsam.assets import SAMPLE_BOX, SAMPLE_PHOTO
 from ovsam.clip.text_bank import TextBank
 from ovsam.errors import InputError, NotReadyError
 from ovsam.image_io import load_image
-from ovsam.ov import build_ovsam
+from ovsam.ov import OVSamConfig, build_ovsam
 from ovsam.ov.classifier import (
     calibrate_unknown_threshold,
     fused_probabilities,
@@ -315,3 +315,11 @@ def test_settings_are_checked_when_built(setting: dict, message: str) -> None:
         OVSamPredictor(model, **setting)
     predictor = OVSamPredictor(model, top_k=np.int32(3), unknown_threshold=np.float32(0.25))
     assert (predictor.top_k, predictor.unknown_threshold) == (3, 0.25)
+
+
+@pytest.mark.parametrize("clip_model", ["ViT-B-16", "ViT-L-14"])
+def test_a_vit_clip_is_refused_by_name(clip_model: str) -> None:
+    """A ViT has no stride-4..32 pyramid: ViT-L-14 failed deep in the adapter, and ViT-B-16
+    built and pooled its boxes from the wrong part of the stride-16 map."""
+    with pytest.raises(InputError, match=f"clip_model='{clip_model}' is a ViT .*strides 4, 8"):
+        build_ovsam(OVSamConfig(clip_model=clip_model))

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ovsam.clip.config import get_clip_config
 from ovsam.clip.model import RandomWeightsFlag, build_vision_tower
+from ovsam.errors import InputError
 from ovsam.modeling.prompt_encoder import PromptEncoder
 from ovsam.modeling.sam import Sam
 from ovsam.ov.clip2sam import FPN, CLIP2SAMHead
@@ -163,10 +164,25 @@ class OVSam(RandomWeightsFlag, Sam):
         return self.eval()
 
 
+def check_pyramid_clip(clip_model: str) -> None:
+    """Refuse (:class:`InputError`) a CLIP whose image tower is no four-stage pyramid at strides
+    4/8/16/32 (the ResNets and ConvNeXts are): OV-SAM's adapter, FPN and RoI pooling are built
+    for one. A ViT gives every stage at its patch stride."""
+    vision = get_clip_config(clip_model).vision
+    if vision.kind == "vit":
+        raise InputError(
+            f"clip_model={clip_model!r} is a ViT (all its maps at stride {vision.patch_size}): "
+            "OV-SAM needs a CLIP image tower with stages at strides 4, 8, 16 and 32 (a ResNet "
+            "such as RN50x16, or a ConvNeXt)"
+        )
+
+
 def build_ovsam(config: OVSamConfig | None = None) -> OVSam:
     """The architecture ``config`` describes (default: the official one): CLIP
-    ``config.clip_model`` + adapter of the config's size + FPN + head, random."""
+    ``config.clip_model`` + adapter of the config's size + FPN + head, random.
+    :class:`InputError` for a CLIP that is no 4-level pyramid (:func:`check_pyramid_clip`)."""
     config = config or OVSamConfig()
+    check_pyramid_clip(config.clip_model)
     clip_config = get_clip_config(config.clip_model)
     backbone = build_vision_tower(clip_config)
     channels = backbone.stage_channels

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ovsam.boxes import finite_array
 from ovsam.clip.model import CLIP
 from ovsam.clip.region_classifier import mask_boxes_xyxy
 from ovsam.clip.text_bank import TextBank, build_text_bank
@@ -171,7 +172,8 @@ class OVSamPredictor(SamPredictor):
         the frozen-CLIP branch the ``Nx4`` XYXY pixel ``prompt_boxes`` the masks were prompted
         with (clipped to the image; default: the masks' own boxes). N may be 0."""
         require_bank(self.bank)
-        logits = np.asarray(low_res, dtype=np.float32)
+        shape_hint = f"Nx{LOW_RES}x{LOW_RES} logits"
+        logits = finite_array("low-res logits", low_res, shape_hint).astype(np.float32)
         if logits.ndim != 3 or logits.shape[1:] != (LOW_RES, LOW_RES):
             raise InputError(
                 f"low-res logits must be Nx{LOW_RES}x{LOW_RES}, got shape {logits.shape}"
