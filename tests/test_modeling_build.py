@@ -241,6 +241,21 @@ def test_mobilesam_checkpoint_into_vit_b_is_refused(mobilesam_checkpoint: Path) 
     assert "image_encoder.neck.0.weight: checkpoint (256, 320, 1, 1) vs model (256, 768" in message
 
 
+def test_another_models_registered_weights_are_refused_before_fetching(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``--checkpoint sam_vit_b_01ec64`` for mobilesam fetched 375 MB, then failed to load."""
+
+    def fetch(name: str) -> Path:
+        raise AssertionError(f"fetched {name}")
+
+    monkeypatch.setattr("ovsam.weights.resolve_weights", fetch)
+    with pytest.raises(InputError, match="weights sam_vit_b_01ec64 are sam_vit_b's, not mobil"):
+        build_model("mobilesam", checkpoint="sam_vit_b_01ec64")
+    with pytest.raises(InputError, match="weights vit_t are mobilesam's, not sam_vit_h's"):
+        build_model("vit_h", checkpoint="vit_t")  # aliases of model and weights alike
+
+
 @pytest.mark.parametrize(
     ("content", "expected"),
     [

@@ -146,6 +146,8 @@ def build_model(
                 f"{checkpoint} is an OV-SAM model, not weights for {entry.name}: load it as the "
                 f"model itself (--model {checkpoint}, or build_model({str(checkpoint)!r}))"
             )
+    if isinstance(checkpoint, str):
+        _refuse_other_models_weights(entry, checkpoint)
     weights = (
         checkpoint if checkpoint is not None else (entry.default_weights if pretrained else None)
     )
@@ -167,6 +169,22 @@ def build_model(
     if fuse and callable(fuse_for_inference):
         fuse_for_inference()
     return model
+
+
+def _refuse_other_models_weights(entry: ModelEntry, checkpoint: str) -> None:
+    """:class:`InputError` when ``checkpoint`` names registered weights that another model
+    loads by default (``sam_vit_b_01ec64`` for ``mobilesam``), before they are fetched."""
+    from ovsam.weights import find_weights_spec
+
+    spec = find_weights_spec(checkpoint)
+    if spec is None or spec.name == entry.default_weights:
+        return
+    owner = next((m for m in _MODELS.values() if m.default_weights == spec.name), None)
+    if owner is not None:
+        raise InputError(
+            f"weights {checkpoint} are {owner.name}'s, not {entry.name}'s: build "
+            f"{owner.name} (--model {owner.name}), or give {entry.name} its own weights"
+        )
 
 
 def _sam(image_encoder: nn.Module) -> Sam:
