@@ -144,8 +144,8 @@ def weights_file(spec: WeightsSpec, cache_dir_override: Path | None = None) -> P
 
 def cache_status(spec: WeightsSpec, cache_dir_override: Path | None = None) -> str:
     """How ``spec``'s file stands in the cache, without hashing it: ``"cached"`` (right size
-    and a valid stamp), ``"cached (unverified)"`` (right size, no valid stamp: hashed on first
-    use), ``"wrong size"`` (re-fetched on use) or ``"not downloaded"``."""
+    and a valid stamp), ``"cached (unverified)"`` (right size where one is published, no valid
+    stamp: checked on first use), ``"wrong size"`` (re-fetched on use) or ``"not downloaded"``."""
     path = weights_file(spec, cache_dir_override)
     if not path.is_file():
         return "not downloaded"
