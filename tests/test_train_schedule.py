@@ -1,5 +1,5 @@
-"""The official optimisation per task (warm-up, cosine / step decay, no weight decay on norms),
-and the run-state rules of the engine: checkpoints kept, a lost ``latest.json``, a resume with
+"""The official optimisation per task (warm-up, cosine / step decay, no weight decay on norms,
+re-shaped when ``steps`` is raised on resume), and the run-state rules of the engine: checkpoints kept, a lost ``latest.json``, a resume with
 other data or another world size, an empty dataset, and teacher targets cached per image file."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from torch import nn
 
 from ovsam.train.config import TrainConfig, load_config, task_config
 from ovsam.train.schedule import lr_factor, param_groups
-from train_harness import TINY, TinyTask, Train, make_train, one_line_error
+from train_harness import TINY, TinyTask, Train, log_rows, make_train, one_line_error
 
 
 @pytest.fixture()
@@ -98,6 +98,19 @@ def test_norm_layers_skip_weight_decay_when_norm_decay_is_off() -> None:
     assert exempt["weight_decay"] == 0.0 and "weight_decay" not in decayed
     optimizer = torch.optim.AdamW(param_groups(module, TrainConfig(norm_decay=False)), lr=1.0)
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.01, 0.0]
+
+
+def test_raising_steps_re_shapes_the_schedule_from_the_first_resumed_step(
+    train: Train, tmp_path: Path
+) -> None:
+    """A finished run given more ``steps``: its next step uses the new schedule's rate, not the
+    end of the old one's (0.01x here, then a 40x jump at the step after)."""
+    assert train(*TINY, "steps=4")[0] == 0
+    assert train("steps=8")[0] == 0
+    config = load_config(tmp_path / "run")
+    assert config.steps == 8
+    used = [row["lr"] for row in log_rows(tmp_path / "run")]
+    assert used[4:] == pytest.approx([config.lr * lr_factor(config, s) for s in range(4, 8)])
 
 
 def test_keep_checkpoints_deletes_all_but_the_newest(train: Train, tmp_path: Path) -> None:

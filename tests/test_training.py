@@ -259,9 +259,6 @@ def test_ddp_trains_a_task_that_leaves_parameters_unused(tmp_path: Path) -> None
 
     import torch.multiprocessing as mp
 
-    from ovsam.train.clip2sam_task import Clip2SamTask
-
-    assert Clip2SamTask.find_unused_parameters  # its FPN levels are used a region at a time
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

@@ -2,7 +2,8 @@
 
 ``torchrun --nproc_per_node N`` (or a multi-node rendezvous) sets ``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; :func:`init_distributed` joins the group
-(NCCL on GPU, gloo on CPU) when ``WORLD_SIZE > 1`` and is a no-op in a plain process.
+(NCCL on GPU, gloo on CPU) when ``WORLD_SIZE > 1`` and is a no-op in a plain process; each
+process runs on the device :func:`process_device` picks from ``--device``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from ovsam.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -28,17 +31,50 @@ class DistInfo:
         return self.rank == 0
 
 
+def process_device(device: str, world: int, local_rank: int) -> torch.device:
+    """The device this process trains or evaluates on, from ``--device``.
+
+    ``auto``: CUDA when available, else the CPU. In a single process ``cuda:N`` is GPU N and
+    ``cuda`` GPU 0; under ``torchrun`` (``world > 1``) each process uses GPU
+    ``LOCAL_RANK``, so an explicit index (the same for every process) is refused. Devices other
+    than ``cpu`` and ``cuda[:N]`` are refused: the process groups are gloo on CPU and NCCL on
+    CUDA. Errors are :class:`~ovsam.errors.InputError` naming the device."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        chosen = torch.device(device)
+    except RuntimeError as exc:
+        raise InputError(
+            f"--device {device}: unknown device (expected cpu, cuda or cuda:N)"
+        ) from exc
+    if chosen.type not in ("cpu", "cuda"):
+        raise InputError(
+            f"--device {device}: only cpu and cuda[:N] are supported here (process groups run "
+            "on gloo or NCCL); use --device cpu"
+        )
+    if chosen.type == "cpu":
+        return torch.device("cpu")
+    if world > 1:
+        if chosen.index is not None:
+            raise InputError(
+                f"--device {device} under torchrun: each process uses GPU LOCAL_RANK; pass "
+                "--device cuda (choose the GPUs with CUDA_VISIBLE_DEVICES)"
+            )
+        return torch.device("cuda", local_rank)
+    return torch.device("cuda", 0 if chosen.index is None else chosen.index)
+
+
 def init_distributed(device: str = "auto") -> DistInfo:
-    """Join the ``torchrun`` process group if there is one; pick this rank's device."""
+    """Join the ``torchrun`` process group if there is one; pick this rank's device
+    (:func:`process_device`)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
-    chosen = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
-    if use_cuda:
+    chosen = process_device(device, world, local_rank)
+    if chosen.type == "cuda":
         torch.cuda.set_device(chosen)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")
     return DistInfo(rank, world, local_rank, chosen)
 
 

@@ -1,12 +1,14 @@
 """Atomic file writes: results are never left half-written.
 
 Data is written to a temporary file in the destination folder, flushed and renamed over the
-target in one step (``os.replace``), so a reader sees either the old file or the new one.
+target in one step (``os.replace``), so a reader sees either the old file or the new one;
+:func:`fsync_directory` then makes the rename itself durable when later steps depend on it.
 The file gets the permissions a plain ``open`` would give (an existing file keeps its own).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -91,6 +93,23 @@ def atomic_write(target: str | Path, writer: Callable[[IO[bytes]], Any]) -> Path
             fh.flush()
             os.fsync(fh.fileno())
     return Path(target)
+
+
+def fsync_directory(folder: str | Path) -> None:
+    """Flush ``folder``'s own entries to disk (``fsync`` of the folder), so that the files
+    renamed into it (:func:`atomic_write`) survive a crash before anything depends on them,
+    e.g. before older copies are deleted. A no-op where folders cannot be opened (Windows) or
+    the file system does not sync them."""
+    if os.name == "nt":
+        return
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(target: str | Path, data: bytes) -> Path:

@@ -64,7 +64,12 @@ def _add_task_parser(tasks: argparse._SubParsersAction, task: str) -> None:
     parser.add_argument(
         "--stop-after", type=int, default=None, help="stop after this step (testing)"
     )
-    parser.add_argument("--device", default="auto", help="auto (cuda if available) or cpu")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (cuda if available), cpu, cuda or cuda:N (under torchrun: cuda, each "
+        "process on GPU LOCAL_RANK)",
+    )
     parser.set_defaults(run=run)
 
 

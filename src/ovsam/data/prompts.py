@@ -58,6 +58,14 @@ def random_points(masks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return points
 
 
+def nearest_indices(size: int, new_size: int) -> np.ndarray:
+    """For each of ``new_size`` positions, the position of ``size`` that a ``nearest`` resize
+    (``F.interpolate``) copies: computed by that resize itself, so identical to it."""
+    positions = torch.arange(size, dtype=torch.float32)[None, None, :, None]
+    picked = F.interpolate(positions, (new_size, 1), mode="nearest")
+    return picked[0, 0, :, 0].long().numpy()
+
+
 def large_scale_jitter(
     image: np.ndarray,
     masks: np.ndarray,
@@ -70,7 +78,8 @@ def large_scale_jitter(
     resize so the long side is ``size * s`` (``s`` uniform in ``scale_range``), then take a
     random crop of at most ``size x size``. Returns the image (``hxwx3`` uint8, h and w at most
     ``size``: padding is the caller's, after pixel normalisation, as SAM pads) and the masks
-    (``Nxhxw`` bool) of the same crop."""
+    (``Nxhxw`` bool) of the same crop. The masks are resized (nearest) within the crop only,
+    as booleans: memory grows with the crop, not with the resized image."""
     if flip_prob > 0 and rng.uniform() < flip_prob:  # no draw without flips: older runs' draws
         image, masks = image[:, ::-1], masks[:, :, ::-1]
     height, width = image.shape[:2]
@@ -82,9 +91,10 @@ def large_scale_jitter(
         mode="bilinear",
         align_corners=False,
     )
-    msk = F.interpolate(torch.tensor(masks.copy()).float()[None], (new_h, new_w), mode="nearest")
     top = int(rng.integers(0, max(new_h - size, 0) + 1))
     left = int(rng.integers(0, max(new_w - size, 0) + 1))
     img = img[0, :, top : top + size, left : left + size]
-    msk = msk[0, :, top : top + size, left : left + size] > 0.5
-    return img.round().clamp(0, 255).byte().permute(1, 2, 0).numpy(), msk.numpy()
+    rows = nearest_indices(height, new_h)[top : top + size]
+    cols = nearest_indices(width, new_w)[left : left + size]
+    msk = np.asarray(masks, dtype=bool)[:, rows[:, None], cols[None, :]]
+    return img.round().clamp(0, 255).byte().permute(1, 2, 0).numpy(), msk

@@ -19,9 +19,17 @@ of ``vocabulary`` + a background class (weight 0.1): as in the official COCO run
 all 80 classes and the 17 novel ones, never supervised, stay in the softmax as negatives;
 binary cross-entropy and dice between the 256² mask logits and the ground truth. (The official
 code samples 12,544 uncertain points for the mask losses; here they are dense at 256².)
+
+Only images with an instance of a supervised class are trained on (the official
+``CocoOVDataset.filter_data``): ``num_items`` counts them. An image whose instances all fall
+out of the crop (or under ``min_mask_area``) is skipped; a micro-batch's losses are the mean
+over the images it used, and the engine learns how many (``used_items``). The trained module
+is called exactly once per micro-batch, also with no image (see :class:`Clip2SamTrainable`).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -32,7 +40,7 @@ from ovsam.build import build_model
 from ovsam.checkpoint import load_state_dict_strict, read_state_dict
 from ovsam.clip.factory import create_model
 from ovsam.clip.text_bank import build_text_bank
-from ovsam.data.instances import InstanceDataset
+from ovsam.data.instances import InstanceDataset, read_annotations
 from ovsam.data.prompts import LSJ_FLIP_PROB, LSJ_SCALE_RANGE, large_scale_jitter, random_points
 from ovsam.errors import InputError
 from ovsam.ov.classifier import bank_logits
@@ -40,6 +48,7 @@ from ovsam.ov.clip2sam import FPN, CLIP2SAMHead
 from ovsam.ov.model import OVSamConfig
 from ovsam.ov.sam2clip import SAM2CLIPAdapter
 from ovsam.train.config import TrainConfig, check_adapter_run, supervised_field
+from ovsam.train.engine import USED_ITEMS
 from ovsam.transforms import ResizeLongestSide
 from ovsam.vocab import (
     Vocabulary,
@@ -53,25 +62,43 @@ LOSS_WEIGHTS = {"ce": 2.0, "bce": 5.0, "dice": 5.0}
 BACKGROUND_WEIGHT = 0.1
 
 
+class HeadInputs(NamedTuple):
+    """What the trained head takes of one image: the frozen adapter embedding, CLIP stages and
+    dense positional encoding, and its P prompts (SAM prompt-encoder embeddings + their boxes)."""
+
+    embedding: Tensor
+    stages: list[Tensor]
+    pe: Tensor
+    sparse: Tensor
+    dense: Tensor
+    boxes: Tensor
+
+
+ImageOutputs = tuple[Tensor, Tensor]
+
+
 class Clip2SamTrainable(nn.Module):
-    """The trained parts: ``fpn_neck`` and ``mask_decoder`` (the CLIP2SAM head)."""
+    """The trained parts: ``fpn_neck`` and ``mask_decoder`` (the CLIP2SAM head).
+
+    ``forward`` takes a whole micro-batch, so that DDP sees one forward per backward (a second
+    call per backward breaks its gradient reduction), and also runs for an empty one."""
 
     def __init__(self, fpn_neck: FPN, mask_decoder: CLIP2SAMHead) -> None:
         super().__init__()
         self.fpn_neck, self.mask_decoder = fpn_neck, mask_decoder
 
-    def forward(
-        self,
-        embedding: Tensor,
-        stages: list[Tensor],
-        pe: Tensor,
-        sparse: Tensor,
-        dense: Tensor,
-        boxes: Tensor,
-    ) -> tuple[Tensor, Tensor]:
-        """``(mask logits Px1x256x256, region embeddings PxD)`` for P prompts."""
-        masks, _ = self.mask_decoder(embedding, pe, sparse, dense)
-        return masks, self.mask_decoder.region_embeddings(self.fpn_neck(stages), boxes)
+    def forward(self, images: list[HeadInputs]) -> tuple[list[ImageOutputs], Tensor]:
+        """Per image ``(mask logits Px1x256x256, region embeddings PxD)`` for its P prompts,
+        and a zero computed from every trained parameter: added to the loss, it gives each
+        parameter a gradient at every step (zero where the images did not use it), so that
+        every rank reduces the same gradients, whichever FPN levels (or no image) it used."""
+        outputs = []
+        for image in images:
+            masks, _ = self.mask_decoder(image.embedding, image.pe, image.sparse, image.dense)
+            regions = self.mask_decoder.region_embeddings(self.fpn_neck(image.stages), image.boxes)
+            outputs.append((masks, regions))
+        zero = torch.stack([p.sum() for p in self.parameters() if p.requires_grad]).sum() * 0.0
+        return outputs, zero
 
 
 def dice_loss(logits: Tensor, targets: Tensor) -> Tensor:
@@ -100,19 +127,20 @@ def startup_notice(config: TrainConfig) -> str | None:
 class Clip2SamTask:
     """The CLIP2SAM task (see the module docstring)."""
 
-    #: each region is pooled from one FPN level, so a step may leave other levels without grads
-    find_unused_parameters = True
+    #: each region is pooled from one FPN level, but the trained module's zero term reaches
+    #: every parameter at every step: DDP need not look for unused ones
+    find_unused_parameters = False
 
     def __init__(self, config: TrainConfig, device: torch.device) -> None:
         check_adapter_run(config)  # before anything is built
         self.config, self.device = config, device
-        self.dataset = InstanceDataset(config.annotations, config.data)
-        vocab = self._vocabulary(config.vocabulary)
+        data = read_annotations(config.annotations)
+        vocab = self._vocabulary(config.vocabulary, data["categories"])
         # annotations matched to classes by name_key: LVIS's aerosol_can is 'aerosol can'
         bank_index = {name_key(name): i for i, name in enumerate(vocab.classes)}
         supervised = vocab.classes
         if config.supervised_vocabulary:
-            supervised = self._vocabulary(config.supervised_vocabulary).classes
+            supervised = self._vocabulary(config.supervised_vocabulary, data["categories"]).classes
             outside = [n for n in supervised if name_key(n) not in bank_index]
             if outside:
                 raise InputError(
@@ -122,7 +150,11 @@ class Clip2SamTask:
                     "supervised_vocabulary= trains on all of the vocabulary's)"
                 )
         self.class_of = {name_key(n): bank_index[name_key(n)] for n in supervised}
-        if not any(name_key(name) in self.class_of for name in self.dataset.annotated_names()):
+        # only the supervised instances, and the images holding one (the official filter_data)
+        self.dataset = InstanceDataset(
+            data, config.data, lambda category: name_key(str(category["name"])) in self.class_of
+        )
+        if not len(self.dataset):
             field = supervised_field(config)
             raise InputError(
                 f"{config.annotations} has no instance of a class of {field}="
@@ -163,21 +195,22 @@ class Clip2SamTask:
         self.pixel_mean, self.pixel_std = sam.pixel_mean, sam.pixel_std
         self.transform = ResizeLongestSide(1024)
 
-    def _vocabulary(self, name: str) -> Vocabulary:
-        """A vocabulary setting: ``dataset`` = the annotation file's categories."""
+    @staticmethod
+    def _vocabulary(name: str, categories: list[dict[str, object]]) -> Vocabulary:
+        """A vocabulary setting: ``dataset`` = the annotation file's ``categories``."""
         if name == "dataset":
-            categories = self.dataset.categories.values()
-            return category_vocabulary("dataset", [c["name"] for c in categories])
+            return category_vocabulary("dataset", [str(c["name"]) for c in categories])
         return load_vocabulary(name)
 
     def _prepare(
         self, index: int, rng: np.random.Generator
     ) -> tuple[Tensor, np.ndarray, list[int]] | None:
-        item = self.dataset[index]
-        keep = [i for i, n in enumerate(item.names) if name_key(n) in self.class_of]
-        if not keep:
+        """Image ``index`` augmented and padded to 1024² (``1x3x1024x1024``), its instances'
+        masks in that frame and their text-bank classes; None when no instance is left."""
+        item = self.dataset[index]  # the supervised instances only (the dataset is filtered)
+        if not item.names:  # every mask of the image was empty
             return None
-        masks = item.masks[keep]
+        masks = item.masks
         if self.config.lsj:
             image, masks = large_scale_jitter(
                 item.image,
@@ -195,9 +228,7 @@ class Clip2SamTask:
         kept = (area >= self.config.min_mask_area) & (area > 0)
         if not kept.any():
             return None
-        labels = [
-            self.class_of[name_key(item.names[k])] for k, v in zip(keep, kept, strict=True) if v
-        ]
+        labels = [self.class_of[name_key(n)] for n, v in zip(item.names, kept, strict=True) if v]
         frame = np.zeros((int(kept.sum()), 1024, 1024), dtype=bool)  # padded like the pixels
         frame[:, : masks.shape[1], : masks.shape[2]] = masks[kept]
         pixels = torch.from_numpy(image).permute(2, 0, 1).float().to(self.device)
@@ -208,27 +239,33 @@ class Clip2SamTask:
     def loss(
         self, module: nn.Module, items: list[int], rng: np.random.Generator
     ) -> dict[str, Tensor]:
-        parts: dict[str, Tensor] = {}
-        for index in items:
+        """Losses of one micro-batch: the mean over the images with an instance left after
+        augmentation (``used_items`` of them; none gives zeros), plus the trained module's zero
+        term. ``module`` is called once, whatever the number of images (see
+        :class:`Clip2SamTrainable`)."""
+        images = []
+        for index in items:  # each image's augmentation, then its prompts: the rng's order
             prepared = self._prepare(index, rng)
-            if prepared is None:
-                continue
-            for key, value in self._image_losses(module, *prepared, rng).items():
-                parts[key] = parts.get(key, 0) + value / len(items)
-        if not parts:  # no trainable instance in this batch: a zero loss that keeps DDP in step
-            zero = sum(p.sum() for p in module.parameters()) * 0.0
-            return {"loss": zero}
-        parts["loss"] = sum(LOSS_WEIGHTS[k] * parts[k] for k in LOSS_WEIGHTS)
-        return parts
+            if prepared is not None:
+                images.append(self._head_inputs(*prepared, rng))
+        outputs, zero = module([inputs for inputs, _, _ in images])
+        parts = {key: zero for key in LOSS_WEIGHTS}  # the same keys on every rank
+        for (_, masks, labels), (logits, regions) in zip(images, outputs, strict=True):
+            for key, value in self._image_losses(logits, regions, masks, labels).items():
+                parts[key] = parts[key] + value / len(images)
+        total = zero + sum(LOSS_WEIGHTS[k] * parts[k] for k in LOSS_WEIGHTS)
+        return {"loss": total, **parts, USED_ITEMS: torch.tensor(float(len(images)))}
 
-    def _image_losses(
+    def _head_inputs(
         self,
-        module: nn.Module,
         x: Tensor,
         masks: np.ndarray,
         labels: list[int],
         rng: np.random.Generator,
-    ) -> dict[str, Tensor]:
+    ) -> tuple[HeadInputs, np.ndarray, list[int]]:
+        """The trained head's inputs for up to ``prompts_per_image`` random instances of one
+        prepared image (the first half prompted by their box, the rest by a random point
+        inside), with those instances' masks and classes."""
         order = rng.permutation(len(masks))[: self.config.prompts_per_image]
         masks, labels = masks[order], [labels[i] for i in order]
         boxes = torch.tensor(
@@ -252,7 +289,12 @@ class Clip2SamTask:
                     points=(points[:, None], ones), boxes=None, masks=None
                 )
                 sparse, dense = torch.cat([sparse, sparse_p]), torch.cat([dense, dense_p])
-        logits, regions = module(embedding, stages, pe, sparse, dense, boxes)
+        return HeadInputs(embedding, list(stages), pe, sparse, dense, boxes), masks, labels
+
+    def _image_losses(
+        self, logits: Tensor, regions: Tensor, masks: np.ndarray, labels: list[int]
+    ) -> dict[str, Tensor]:
+        """CE of the regions' classes, BCE and dice of the mask logits, for one image."""
         target = torch.as_tensor(masks, device=self.device)[:, None].float()
         target = F.interpolate(target, size=logits.shape[-2:], mode="area")
         class_logits = bank_logits(regions.float(), self.bank, self.logit_scale)

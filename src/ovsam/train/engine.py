@@ -3,15 +3,22 @@
 A *task* owns the frozen parts, the data and the loss; the engine owns the trainable module
 (wrapped in ``DistributedDataParallel`` when ``torchrun`` started several processes), the
 AdamW optimizer and schedule (:mod:`ovsam.train.schedule`), gradient accumulation and
-clipping, bf16 autocast on GPU, logs (``log.jsonl`` and, when ``tensorboard`` is installed,
-``tb/``), progress bars on rank 0 and checkpoints every ``checkpoint_every`` steps
-(``checkpoints/step_N.pt`` written atomically, ``latest.json`` pointing at the newest; with
-``keep_checkpoints`` only the newest are kept).
+clipping, bf16 autocast on GPU, logs (:mod:`ovsam.train.run_log`: ``log.jsonl`` and, when
+``tensorboard`` is installed, ``tb/``), progress bars on rank 0 and checkpoints every ``checkpoint_every`` steps
+(``checkpoints/step_N.pt`` written atomically and fsynced, ``latest.json`` pointing at the
+newest; with ``keep_checkpoints`` only the newest are kept, deleted once the new ones are on disk).
+
+A task may use fewer items than it was given (an image left without instances by its
+augmentation): it says how many under :data:`USED_ITEMS`. A step's losses and gradient are then
+the mean over the micro-batches (of all ranks) that used an item, and a step where none did is
+skipped on every rank (no optimizer update; its step number and learning-rate schedule pass).
 
 Resume is exact: a checkpoint holds the trainable weights, optimizer and scheduler state, the
 step, the torch RNG state and the world and dataset sizes (a resume with others is refused);
 data order and augmentation are pure functions of ``(seed, step, rank)``, so the steps
-replayed after a restart see the same batches. What an
+replayed after a restart see the same batches. After a resume every parameter group's
+learning rate is the schedule's for the step about to be taken, under the current ``steps``
+(raising ``steps`` re-shapes the whole schedule). What an
 interrupted process logged after its last checkpoint is dropped (``log.jsonl`` rows trimmed,
 TensorBoard events purged through the writer's ``purge_step``): each step is logged once, with
 the values of the process whose state the run kept. A damaged or unfitting checkpoint is a
@@ -22,7 +29,9 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Protocol
@@ -37,17 +46,24 @@ from tqdm import tqdm
 from ovsam.checkpoint import load_state_dict_strict, read_failure
 from ovsam.distributed import DistInfo, barrier
 from ovsam.errors import CheckpointError, InputError, TrainingDivergedError, first_line
-from ovsam.fileio import atomic_path, atomic_write_bytes, atomic_write_json
+from ovsam.fileio import atomic_write, atomic_write_json, fsync_directory
 from ovsam.train.config import TrainConfig, save_config
+from ovsam.train.run_log import RunLog
 from ovsam.train.schedule import lr_factor, param_groups
+
+#: key of a task's losses holding how many of the micro-batch's items the loss used (not a loss)
+USED_ITEMS = "used_items"
 
 
 class Task(Protocol):
     """What the engine trains: ``trainable`` (a module), ``num_items`` and ``loss``.
 
-    A task whose steps leave some trainable parameters without a gradient (CLIP2SAM pools each
-    region from one FPN level only) sets ``find_unused_parameters = True``: DDP then looks for
-    them after each backward instead of waiting forever for their reduction."""
+    ``loss`` calls ``module`` (DDP-wrapped under ``torchrun``) exactly once per micro-batch, on
+    every rank, also when it has nothing to learn from: DDP reduces gradients once per forward.
+    A task whose steps leave some trainable parameters without a gradient sets
+    ``find_unused_parameters = True``: DDP then looks for them after each backward instead of
+    waiting forever for their reduction (CLIP2SAM, whose regions each pool from one FPN level,
+    instead ties every parameter into its loss with a zero term)."""
 
     trainable: nn.Module
     num_items: int
@@ -55,7 +71,9 @@ class Task(Protocol):
     def loss(
         self, module: nn.Module, items: list[int], rng: np.random.Generator
     ) -> dict[str, torch.Tensor]:
-        """Losses of one micro-batch (``items`` are dataset indices); key ``loss`` is optimised."""
+        """Losses of one micro-batch (``items`` are dataset indices); key ``loss`` is optimised.
+        Optionally :data:`USED_ITEMS`: how many of ``items`` it used (all of them without it).
+        Every rank must return the same keys, in the same order."""
 
 
 def batch_items(
@@ -93,16 +111,6 @@ def checkpoint_files(folder: Path) -> list[Path]:
     return [p for _, p in sorted((int(n), p) for n, p in steps if n.isdigit())]
 
 
-class ScalarWriter(Protocol):
-    """The part of ``torch.utils.tensorboard.SummaryWriter`` the engine uses."""
-
-    def add_scalar(self, tag: str, scalar_value: float, global_step: int) -> None:
-        """Record ``scalar_value`` of ``tag`` at ``global_step``."""
-
-    def close(self) -> None:
-        """Flush pending events to disk and close the event file."""
-
-
 _POINTER_EXAMPLE = '{"file": "step_N.pt", "step": N}'
 
 
@@ -136,9 +144,7 @@ class Trainer:
         )
         self.step = 0
         self.saved_step: int | None = None  # of the newest checkpoint, once there is one
-        self._logged_from = 1  # first step this process may log; earlier steps' logs are kept
-        self._writer: ScalarWriter | None = None
-        self._no_tensorboard = False
+        self.log = RunLog(self.run_dir, info.is_main)
 
     # ------------------------------------------------------------------ checkpoints
     def _latest(self) -> Path | None:
@@ -167,9 +173,9 @@ class Trainer:
                 "torch_rng": torch.get_rng_state(),
                 "data": {"world": self.info.world, "num_items": self.task.num_items},
             }
-            with atomic_path(path) as tmp:
-                torch.save(state, tmp)
+            atomic_write(path, lambda fh: torch.save(state, fh))  # fsynced before the rename
             atomic_write_json(path.parent / "latest.json", {"file": path.name, "step": self.step})
+            fsync_directory(path.parent)  # both renames on disk before older files go
             self._prune(path)
         barrier()
         self.saved_step = self.step
@@ -230,71 +236,32 @@ class Trainer:
             ) from exc
         torch.set_rng_state(rng)
         self.step = self.saved_step = step
+        self._apply_schedule()
         return True
 
-    # ------------------------------------------------------------------ logging
-    def _log(self, row: dict[str, float]) -> None:
-        if not self.info.is_main:
-            return
-        with (self.run_dir / "log.jsonl").open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row) + "\n")
-        writer = self._tensorboard()
-        if writer is not None:
-            for key, value in row.items():
-                if key != "step":
-                    writer.add_scalar(key, value, int(row["step"]))
+    def _apply_schedule(self) -> None:
+        """Set every parameter group's learning rate to the schedule's for ``self.step`` (the
+        one about to be taken) under this run's ``steps``: the rate the loaded optimizer holds
+        was computed by the schedule of the process that saved it, with its ``steps``."""
+        factor = lr_factor(self.config, self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
 
-    def _tensorboard(self) -> ScalarWriter | None:
-        """The run's TensorBoard writer (``tb/``), opened on first use; ``None`` without
-        ``tensorboard``. Its ``purge_step`` makes TensorBoard discard the events of earlier event
-        files from ``self._logged_from`` on: those steps are trained and logged again now."""
-        if self._writer is None and not self._no_tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard is the optional [train] extra
-                self._no_tensorboard = True
-                return None
-            self._writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self._logged_from)
-        return self._writer
-
-    def _close_tensorboard(self) -> None:
-        """Flush and close the TensorBoard writer (its queued events are lost otherwise)."""
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-
-    def _rewind_logs(self) -> None:
-        """Forget what earlier processes logged after ``self.step`` (it is about to be trained
-        again): drop those ``log.jsonl`` rows now, and purge those TensorBoard events from the
-        writer this process opens. The rows up to ``self.step`` are kept: that state is theirs."""
-        self._logged_from = self.step + 1
-        path = self.run_dir / "log.jsonl"
-        if not self.info.is_main or not path.is_file():
-            return
-        text = path.read_text(encoding="utf-8")
-        lines = text.splitlines()
-        kept = []
-        for line in lines:
-            try:
-                if json.loads(line)["step"] <= self.step:
-                    kept.append(line)
-            except (ValueError, KeyError, TypeError):  # a row cut short by an interruption
-                continue
-        if len(kept) < len(lines) or not text.endswith("\n"):  # an append starts a new line
-            atomic_write_bytes(path, "".join(f"{line}\n" for line in kept).encode("utf-8"))
-
-    def _mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
+    def _sum_over_ranks(self, values: list[float]) -> list[float]:
+        """``values`` summed over the ranks (in one all-reduce; as they are in one process)."""
         if self.info.world == 1:
             return values
-        tensor = torch.tensor(list(values.values()), dtype=torch.float64, device=self.info.device)
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.info.device)
         dist.all_reduce(tensor)
-        return dict(zip(values, (tensor / self.info.world).tolist(), strict=True))
+        return tensor.tolist()
 
     # ------------------------------------------------------------------ loop
     def _train_step(self, use_bf16: bool) -> dict[str, float]:
-        """One optimizer step (``grad_accum`` micro-batches); returns its row for the logs."""
+        """One optimizer step (``grad_accum`` micro-batches), skipped when no micro-batch of
+        any rank used an item; returns its row for the logs (``skipped`` 1 when skipped)."""
         config, start = self.config, time.perf_counter()
         totals: dict[str, float] = {}
+        used_micro = 0  # micro-batches of this rank whose loss used an item
         for micro in range(config.grad_accum):
             items = batch_items(
                 config, self.step, micro, self.info.rank, self.info.world, self.task.num_items
@@ -306,20 +273,45 @@ class Trainer:
             with sync, autocast:
                 losses = self.task.loss(self.wrapped, items, rng)
                 (losses["loss"] / config.grad_accum).backward()
+            used_micro += float(losses.pop(USED_ITEMS, len(items))) > 0
             for key, value in losses.items():
                 totals[key] = totals.get(key, 0.0) + float(value.detach()) / config.grad_accum
-        means = self._mean_over_ranks(totals)  # the same on every rank: all stop, or none
+        # the same on every rank: all stop, skip or step, or none
+        *sums, used = self._sum_over_ranks([*totals.values(), float(used_micro)])
+        means = {key: value / self.info.world for key, value in zip(totals, sums, strict=True)}
+        planned = config.grad_accum * self.info.world
+        if 0 < used < planned:  # means over the micro-batches that used an item
+            means = {key: value * planned / used for key, value in means.items()}
+            for p in self.module.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(planned / used)
         self._check_finite(means)
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.module.parameters(), config.grad_clip)
         lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses, not the next one's
-        self.optimizer.step()
-        self.scheduler.step()
+        row = {"step": self.step + 1, **means, "lr": lr}
+        if used:
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.module.parameters(), config.grad_clip)
+            self.optimizer.step()
+            self._advance_schedule()
+        else:
+            row["skipped"] = 1.0
+            self._advance_schedule()
+            if self.info.is_main:
+                tqdm.write(
+                    f"step {self.step + 1}: no item of this step is left with a training target "
+                    "(e.g. every instance cropped away): optimizer step skipped",
+                    file=sys.stderr,
+                )
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        row = {"step": self.step, **means, "lr": lr}
         row["seconds"] = time.perf_counter() - start
         return row
+
+    def _advance_schedule(self) -> None:
+        """Move the learning-rate schedule to the next step (also after a skipped update)."""
+        with warnings.catch_warnings():  # a skipped first step has had no optimizer.step()
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler")
+            self.scheduler.step()
 
     def _check_finite(self, losses: dict[str, float]) -> None:
         """Stop before an optimizer step on NaN or infinite ``losses`` (means over ranks): it
@@ -348,7 +340,7 @@ class Trainer:
             )
         if self.info.is_main:
             save_config(self.config, self.run_dir, world_size=self.info.world)
-        self._rewind_logs()
+        self.log.rewind(self.step)  # this step's successors are trained again
         config, rows = self.config, []
         use_bf16 = config.bf16 and self.info.device.type == "cuda"
         quiet = not self.info.is_main or self.step >= config.steps  # no bar for a finished run
@@ -358,7 +350,7 @@ class Trainer:
                 row = self._train_step(use_bf16)
                 rows.append(row)
                 if self.step % config.log_every == 0 or self.step == config.steps:
-                    self._log(row)
+                    self.log.write(row)
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.4g}")
                 if self.step % config.checkpoint_every == 0 or self.step == config.steps:
@@ -367,5 +359,5 @@ class Trainer:
                     break
         finally:
             bar.close()
-            self._close_tensorboard()
+            self.log.close()
         return rows

@@ -2,7 +2,9 @@
 
 Images (an SA-1B-style folder, or the images of a COCO/LVIS file) are resized so the long side
 is 1024 and padded, SAM-normalised, and fed to both sides: the teacher's ``256x64x64``
-embedding (cached on disk under ``RUN/teacher_features`` on first use) is the target of the
+embedding (cached on disk under ``RUN/teacher_features`` on first use, each file written
+atomically and fsynced; a damaged one is recomputed and rewritten, with a warning naming it) is
+the target of the
 student = CLIP tower stages → :class:`~ovsam.ov.sam2clip.SAM2CLIPAdapter`; the loss is the MSE.
 The adapter's ``pos_embed`` buffer stays zero unless the teacher is a SAM ViT (then it is copied
 from the teacher, as the official code copies SAM ViT-H's).
@@ -11,17 +13,20 @@ from the teacher, as the official code copies SAM ViT-H's).
 from __future__ import annotations
 
 import hashlib
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from ovsam.build import build_model
+from ovsam.checkpoint import read_failure
 from ovsam.clip.factory import create_model
 from ovsam.data.instances import ImageFolder, InstanceDataset
-from ovsam.fileio import atomic_path
+from ovsam.fileio import atomic_write
 from ovsam.ov.sam2clip import SAM2CLIPAdapter
 from ovsam.train.config import TrainConfig
 from ovsam.transforms import ResizeLongestSide
@@ -79,6 +84,22 @@ class Sam2ClipTask:
         key = f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()
         return self.cache / f"{hashlib.sha256(key).hexdigest()[:32]}.pt"
 
+    def _read_cached(self, path: Path) -> torch.Tensor | None:
+        """The teacher embedding cached in ``path``; None, after a warning naming the file,
+        when it cannot be read (e.g. cut short by a crash): it is then computed again."""
+        try:
+            target = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any reader failure means a damaged file
+            reason = str(read_failure(path, exc))
+        else:
+            if isinstance(target, torch.Tensor):
+                return target
+            reason = f"{path} holds a {type(target).__name__}, not a tensor"
+        tqdm.write(
+            f"warning: damaged teacher-feature cache: {reason}; recomputing it", file=sys.stderr
+        )
+        return None
+
     @torch.no_grad()
     def inputs(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """SAM-normalised ``1x3x1024x1024`` input and the teacher embedding (cached)."""
@@ -86,14 +107,15 @@ class Sam2ClipTask:
         pixels = torch.from_numpy(resized).permute(2, 0, 1)[None].float().to(self.device)
         x = self.teacher.preprocess(pixels)
         path = self._cached_target(index)
+        target = None
         if self.config.cache_teacher and path.is_file():
-            target = torch.load(path, map_location=self.device, weights_only=True)
-        else:
+            target = self._read_cached(path)
+        if target is None:
             with torch.autocast(self.device.type, enabled=False):  # fp32 targets under bf16
                 target = self.teacher.image_encoder(x)
             if self.config.cache_teacher:
-                with atomic_path(path) as tmp:
-                    torch.save(target.cpu(), tmp)
+                cpu_target = target.cpu()
+                atomic_write(path, lambda fh: torch.save(cpu_target, fh))
         return x, target
 
     def loss(
