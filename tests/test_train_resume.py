@@ -84,6 +84,8 @@ def train(
         ("lr=nan", "lr=nan: expected a finite number > 0"),
         ("lr=0", "lr=0.0: expected a finite number > 0"),
         ("adapter_heads=3", "adapter_dim=4 is not divisible by adapter_heads=3"),
+        ("clip_model=ViT-B-16", "clip_model='ViT-B-16' is a ViT (all its maps at stride 16)"),
+        ("clip_model=RN42", "unknown CLIP model 'RN42'"),
         ("task=bogus", "--set task=bogus contradicts `train sam2clip`"),
         ("task=clip2sam", "--set task=clip2sam contradicts `train sam2clip`"),
         ("warmup_steps=1000", "warmup_steps=1000 leaves no step of steps=1000 at the full"),

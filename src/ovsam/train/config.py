@@ -303,6 +303,9 @@ def validate_config(config: TrainConfig) -> None:
             f"adapter_dim={config.adapter_dim} is not divisible by "
             f"adapter_heads={config.adapter_heads}"
         )
+    from ovsam.ov.model import check_pyramid_clip  # imports torch: once the rest is checked
+
+    check_pyramid_clip(config.clip_model)  # an unknown name or a ViT, before any model is built
 
 
 def _same(name: str, saved: Any, new: Any) -> bool:
