@@ -20,6 +20,7 @@ from ovsam.clip.config import (
     registered_names_of,
 )
 from ovsam.clip.factory import create_model, infer_clip_config, load_clip, read_clip_state_dict
+from ovsam.clip.layers import QuickGELU
 from ovsam.clip.model import CLIP
 from ovsam.clip.pretrained import clip_weights_file, list_pretrained, pretrained_weights_name
 from ovsam.clip.tokenizer import tokenize
@@ -324,6 +325,12 @@ def test_activation_follows_open_clip_naming(
     assert create_model("tiny_rn-quickgelu", pretrained=path).config.quick_gelu
     assert load_clip(path, name="tiny_rn-quickgelu").config.quick_gelu
     assert load_clip(path, quick_gelu=True).config.quick_gelu
+    gelu_model, quick_model = load_clip(path), load_clip(path, name="tiny_rn-quickgelu")
+    assert type(gelu_model.transformer.resblocks[0].mlp.gelu) is torch.nn.GELU
+    assert type(quick_model.transformer.resblocks[0].mlp.gelu) is QuickGELU
+    tokens = tokenize(["a photo of a cat"])
+    with torch.inference_mode():  # the same weights, another activation: other embeddings
+        assert not torch.allclose(gelu_model.encode_text(tokens), quick_model.encode_text(tokens))
 
 
 def test_names_tags_and_registered_weights() -> None:

@@ -68,7 +68,8 @@ def test_download_a_model_by_name(
     assert main(["download", "mobilesam", "--quiet"]) == 0
     assert capsys.readouterr().out.strip() == str(cache / "weights" / "mobile_sam.bin")
     assert main(["download", "--list", "mobilesam", "mobile_sam"]) == 0  # one entry
-    assert capsys.readouterr().out.splitlines()[1].split()[:2] == ["mobile_sam", "cached"]
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[1].split()[:2] == ["mobile_sam", "cached"]  # header + 1
 
 
 def test_from_with_a_model_of_several_files_names_them(
