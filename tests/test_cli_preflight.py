@@ -125,9 +125,9 @@ def test_negative_numbers_in_any_form_are_values_not_options(
     args = build_parser().parse_args(argv)
     assert args.box == [-1000.0, -0.25, -0.5, -7.0]
     assert args.point == [[-5.0, 3.0]]
-    with pytest.raises(SystemExit):  # a negative-looking word is still an unknown option
+    with pytest.raises(SystemExit) as exit_:  # a negative-looking word is still an option
         build_parser().parse_args("segment x.jpg --box -e3 0 1 1 --out o".split())
-    capsys.readouterr()
+    assert exit_.value.code == 2 and "--box: expected 4 arguments" in capsys.readouterr().err
     assert (
         main(["segment", str(SAMPLE_PHOTO), "--box", "-inf", "0", "9", "9", "--out", str(tmp_path)])
         == 2

@@ -158,8 +158,12 @@ def test_failed_set_image_keeps_the_previous_image(mobilesam_model, clip: CLIP) 
     predictor.set_image(image)
     embedding = predictor.get_image_embedding()
     before = predictor.predict(box=np.array(SAMPLE_BOX), multimask_output=False)
-    for bad in (image.astype(np.float32), image[:, :, :2], np.zeros((0, 600, 3), np.uint8)):
-        with pytest.raises(InputError):
+    for bad, message in (
+        (image.astype(np.float32), "image must be uint8"),
+        (image[:, :, :2], r"image must be HxWx3 .*got shape \(400, 600, 2\)"),
+        (np.zeros((0, 600, 3), np.uint8), "image is empty"),
+    ):
+        with pytest.raises(InputError, match=message):
             predictor.set_image(bad, "BGR")
         assert predictor.get_image_embedding() is embedding
         after = predictor.predict(box=np.array(SAMPLE_BOX), multimask_output=False)

@@ -227,8 +227,11 @@ def test_bgr_input_equals_rgb(predictor: SamPredictor) -> None:
     assert torch.equal(bgra, predictor.get_image_embedding())
     assert not torch.allclose(bgra, rgb, atol=1e-2)
     predictor.set_image(image)
-    for bad in ({"image": image, "image_format": "bgr"}, {"image": image[:, :, :2]}):
-        with pytest.raises(InputError):
+    for bad, message in (
+        ({"image": image, "image_format": "bgr"}, "image_format must be 'RGB' or 'BGR'"),
+        ({"image": image[:, :, :2]}, "image must be HxWx3"),
+    ):
+        with pytest.raises(InputError, match=message):
             predictor.set_image(**bad)
         assert torch.equal(rgb, predictor.get_image_embedding())  # the last image stays set
 
