@@ -145,6 +145,10 @@ def test_real_weights_batched_cached_boxes_equal_single_and_plain(
     assert (masks == ref_masks).float().mean() > 0.9999
     assert torch.allclose(scores, ref_scores, atol=1e-4)
     assert (logits - ref_logits).abs().max() < 2e-3 * ref_logits.abs().max()
+    for predictor, ref in ((cached, logits), (plain, ref_logits)):  # ONNX's corner labels
+        corners = boxes.reshape(5, 2, 2), torch.tensor([[2, 3]]).expand(5, 2)
+        as_points = predictor.predict_torch(*corners, multimask_output=False)[2]
+        assert (as_points - ref).abs().max() < 1e-3  # the boxes' own: no padding point
 
 
 def test_cache_lives_with_the_image_state_and_skips_mask_prompts(

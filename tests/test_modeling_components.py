@@ -74,6 +74,10 @@ def test_point_labels_boxes_and_masks(prompt_encoder: PromptEncoder) -> None:
         pos[0, 1] - prompt_encoder.point_embeddings[1].weight[0],
         atol=1e-6,
     )  # bottom-right corner (30, 40) is encoded like the point (30, 40)
+    as_points, _ = prompt_encoder(  # ONNX's convention: corners labelled 2/3 are the box
+        points=(box.reshape(1, 2, 2), torch.tensor([[2, 3]])), boxes=None, masks=None
+    )
+    assert torch.equal(as_points, corners)  # no padding point after them
     assert dense.shape == (1, 256, 64, 64)
     assert torch.equal(dense[0, :, 5, 7], prompt_encoder.no_mask_embed.weight[0])
 

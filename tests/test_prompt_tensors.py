@@ -21,9 +21,7 @@ def test_consistent_batches_pass() -> None:
     assert check_prompt_tensors(None, None, BOXES, MASKS[:1], 256) == 2  # one shared mask
     assert check_prompt_tensors(None, None, None, MASKS[:1], 256) == 1
     assert check_prompt_tensors(COORDS[:, :0], LABELS[:, :0], BOXES, None, 256) == 2  # boxes only
-    assert (
-        check_prompt_tensors(COORDS, torch.tensor([[1, -1, -1], [3, 2, -1]]), None, None, 256) == 2
-    )
+    assert check_prompt_tensors(COORDS, torch.tensor([[2, 3, -1], [3, 2, 1]]), None, None, 256) == 2
 
 
 @pytest.mark.parametrize(
@@ -57,6 +55,10 @@ def test_consistent_batches_pass() -> None:
         ),
         ((COORDS, LABELS * 0 - 1, None, None), r"prompt 0 has no points \(N = 3, all -1 padding"),
         ((COORDS, torch.tensor([[1, -1, -1], [-1, -1, -1]]), None, None), "prompt 1 has no"),
+        (
+            (COORDS, torch.tensor([[1, 1, -1], [3, 2, -1]]), None, None),
+            r"some rows hold box corners \(2/3\) and others none",
+        ),
     ],
 )
 def test_wrong_prompts_are_named(args: tuple, message: str) -> None:

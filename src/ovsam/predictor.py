@@ -297,7 +297,8 @@ class SamPredictor:
         ``point_coords`` ``BxNx2`` XY and ``point_labels`` ``BxN`` (1 object, 0 background,
         -1 padding; 2 and 3 are a box's top-left and bottom-right corners, as in
         segment-anything's ONNX model, where its PyTorch prompt encoder adds no label
-        embedding); ``boxes`` ``Bx4`` XYXY; ``mask_input`` ``Bx1x256x256`` logits (or one
+        embedding: rows holding them decode as that box, with no padding point, so every row
+        must hold corners or none); ``boxes`` ``Bx4`` XYXY; ``mask_input`` ``Bx1x256x256`` logits (or one
         ``1x1x256x256`` for all B). Returns ``(masks BxCxHxW, iou_predictions BxC,
         low_res_logits BxCx256x256)``; masks are booleans unless ``return_logits``. On a GPU
         the B prompts are decoded at once, as in segment-anything (memory grows with B;

@@ -100,6 +100,12 @@ def check_prompt_tensors(
             )
         if not bool(torch.isin(labels, torch.tensor(POINT_LABELS, device=labels.device)).all()):
             raise InputError(f"point_labels must be in {POINT_LABELS}")
+        corners = (labels >= 2).any(dim=1)
+        if boxes is None and bool(corners.any()) and not bool(corners.all()):
+            raise InputError(
+                "point_labels: some rows hold box corners (2/3) and others none; rows with "
+                "corners get no padding point (as a box), the others one: decode them apart"
+            )
         batches["point_coords"] = coords.shape[0]
     if boxes is not None:
         box = _tensor("boxes", boxes, 2, "Bx4")

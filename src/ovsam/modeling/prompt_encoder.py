@@ -131,8 +131,10 @@ class PromptEncoder(nn.Module):
 
         ``points`` = (``BxNx2`` XY coords, ``BxN`` labels), ``boxes`` ``Bx4`` XYXY, ``masks``
         ``Bx1x256x256`` logits. Returns ``(sparse BxKx(embed_dim), dense Bx(embed_dim)x64x64)``
-        with K = N (+1 padding point when there is no box) + 2 per box. Without a mask the
-        dense output is the ``no_mask`` embedding, an expanded view (no copy per prompt).
+        with K = N (+1 padding point when there is no box) + 2 per box. Point labels 2 / 3 (a
+        box's corners, in every row) count as a box, as in segment-anything's ONNX model: no
+        padding point. Without a mask the dense output is the ``no_mask`` embedding, an
+        expanded view (no copy per prompt).
         """
         batch = next(
             (t.shape[0] for t in (points[0] if points else None, boxes, masks) if t is not None),
@@ -141,7 +143,9 @@ class PromptEncoder(nn.Module):
         weight = self.no_mask_embed.weight
         parts = [weight.new_empty((batch, 0, self.embed_dim))]
         if points is not None:
-            parts.append(self._embed_points(points[0], points[1], pad=boxes is None))
+            corners = bool((points[1] >= 2).any(dim=1).all()) if points[1].numel() else False
+            pad = boxes is None and not corners
+            parts.append(self._embed_points(points[0], points[1], pad=pad))
         if boxes is not None:
             parts.append(self._embed_boxes(boxes))
         sparse = torch.cat(parts, dim=1)
