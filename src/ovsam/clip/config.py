@@ -51,9 +51,11 @@ class CLIPConfig:
     """A whole CLIP: joint embedding width, both towers, and the activation flavour.
 
     ``quick_gelu`` is True for OpenAI's releases (``x * sigmoid(1.702 x)``) and False for the
-    open_clip models trained with exact GELU. As in open_clip, a registered name means exact
-    GELU and its ``-quickgelu`` twin QuickGELU; loading OpenAI's weights (the ``openai`` tag or
-    one of OpenAI's TorchScript archives) turns QuickGELU on by itself.
+    open_clip models trained with exact GELU. The registered ResNets mean QuickGELU: every
+    published ResNet CLIP (OpenAI's; open_clip's YFCC15M and CC12M ones) was trained with it.
+    The ViTs follow open_clip: exact GELU, QuickGELU for the ``-quickgelu`` twin, and loading
+    OpenAI's weights (the ``openai`` tag or one of OpenAI's TorchScript archives) turns it on
+    by itself. The ConvNeXts (open_clip's) use exact GELU.
     """
 
     embed_dim: int
@@ -63,7 +65,7 @@ class CLIPConfig:
 
 
 def _resnet(embed: int, size: int, layers: tuple[int, ...], width: int, text: tuple) -> CLIPConfig:
-    return CLIPConfig(embed, VisionConfig("resnet", size, layers, width), TextConfig(*text))
+    return CLIPConfig(embed, VisionConfig("resnet", size, layers, width), TextConfig(*text), True)
 
 
 def _vit(embed: int, size: int, depth: int, width: int, patch: int, text: tuple) -> CLIPConfig:

@@ -11,6 +11,7 @@ layout; ConvNeXt weights do not record their image size, so the ones registered 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -69,7 +70,8 @@ def infer_clip_config(
 ) -> CLIPConfig:
     """The architecture of a CLIP state dict (OpenAI's inference rules + ConvNeXt).
 
-    ``quick_gelu`` cannot be read from weights: it defaults to False (exact GELU, open_clip's
+    ``quick_gelu`` cannot be read from weights: it defaults to True for the ResNet layout
+    (every published ResNet CLIP used QuickGELU) and False for ViT and ConvNeXt (open_clip's
     rule for a plain state dict); :func:`load_clip` turns it on for OpenAI's archives.
     """
     try:
@@ -107,7 +109,32 @@ def infer_clip_config(
         embed_dim = state["text_projection"].shape[1]
     except KeyError as exc:
         raise CheckpointError(f"not a CLIP state dict: key {exc} is missing") from exc
-    return CLIPConfig(embed_dim, vision, text, bool(quick_gelu))
+    if quick_gelu is None:
+        quick_gelu = vision.kind == "resnet"
+    return CLIPConfig(embed_dim, vision, text, quick_gelu)
+
+
+def file_activation(path: str | Path, quick_gelu: bool | None) -> bool | None:
+    """``quick_gelu`` for weights read from ``path``: True for one of OpenAI's TorchScript
+    archives (OpenAI trained with QuickGELU), else ``quick_gelu`` as given (None: the model
+    name's or the layout's default)."""
+    if quick_gelu is None and is_torchscript_archive(path):
+        return True
+    return quick_gelu
+
+
+def warn_unstated_activation(
+    config: CLIPConfig, path: str | Path, quick_gelu: bool | None, name: str | None
+) -> None:
+    """Warn when ViT weights from a plain state dict got exact GELU by default: weights do not
+    record their activation, and OpenAI-trained ViTs need QuickGELU."""
+    if quick_gelu is None and config.vision.kind == "vit" and not config.quick_gelu:
+        fix = f"name the model '{name}-quickgelu'" if name else "pass quick_gelu=True"
+        warnings.warn(
+            f"CLIP weights {path} do not say which activation trained them: the ViT uses exact "
+            f"GELU, as open_clip does (LAION's ViTs); for OpenAI-trained weights {fix}",
+            stacklevel=3,
+        )
 
 
 def load_clip_weights(model: CLIP, path: str | Path) -> CLIP:
@@ -138,12 +165,12 @@ def load_clip(path: str | Path, quick_gelu: bool | None = None, *, name: str | N
     ``name`` (a registered model, e.g. ``"convnext_base_w_320"``) builds that architecture
     instead, as :func:`create_model` does; it is needed for ConvNeXt weights, which fit the
     256 px and 320 px models alike (an :class:`InputError` lists them when it is missing).
-    ``quick_gelu`` (default: whether ``path`` is one of OpenAI's TorchScript archives, as
-    open_clip reads them; a plain state dict means exact GELU unless ``name`` ends in
-    ``-quickgelu``) picks the activation, which weights do not record.
+    ``quick_gelu`` picks the activation, which weights do not record. By default it is on for
+    one of OpenAI's TorchScript archives, else as ``name`` (or the layout: see
+    :func:`infer_clip_config`) says; a plain ViT state dict under a name without
+    ``-quickgelu`` gets exact GELU and a warning (:func:`file_activation`).
     """
-    if quick_gelu is None and not (name or "").endswith("-quickgelu"):
-        quick_gelu = is_torchscript_archive(path)
+    quick_gelu = file_activation(path, quick_gelu)
     state = read_clip_state_dict(path)
     if name is not None:
         config = get_clip_config(name, quick_gelu)
@@ -151,6 +178,7 @@ def load_clip(path: str | Path, quick_gelu: bool | None = None, *, name: str | N
         config = infer_clip_config(state, quick_gelu)
         if config.vision.kind == "convnext":
             config = _convnext_image_size(config, str(path))
+    warn_unstated_activation(config, path, quick_gelu, name)
     with weights_to_be_loaded():
         model = CLIP(config)
     load_state_dict_strict(model, state, source=str(path))
@@ -169,18 +197,22 @@ def create_model(
     checkpoint path) strictly. Without ``pretrained`` the weights are random (for tests) and
     ``model.random_weights`` is True: labelled predictors then warn and mark their labels.
 
-    The activation follows open_clip: exact GELU for ``name`` unless it ends in ``-quickgelu``,
-    or the weights are OpenAI's (the ``openai`` tag, or a path to one of OpenAI's TorchScript
-    archives); ``quick_gelu`` overrides it."""
+    The activation is ``name``'s (see :class:`~ovsam.clip.config.CLIPConfig`), QuickGELU for
+    OpenAI's weights (the ``openai`` tag, or a path to one of OpenAI's TorchScript archives);
+    ``quick_gelu`` overrides it."""
     if pretrained is None:
         return CLIP(get_clip_config(name, quick_gelu)).to(device).eval()
     arch = canonical_name(name)
     path = clip_weights_file(arch, pretrained) or resolve_weights(
         pretrained_weights_name(arch, str(pretrained)), progress=progress
     )
-    if quick_gelu is None and (pretrained == "openai" or is_torchscript_archive(path)):
+    if quick_gelu is None and pretrained == "openai":
         quick_gelu = True
+    elif pretrained != "openai":
+        quick_gelu = file_activation(path, quick_gelu)
     config = get_clip_config(name, quick_gelu)
+    if pretrained != "openai":
+        warn_unstated_activation(config, path, quick_gelu, name)
     with weights_to_be_loaded():
         model = CLIP(config)
     return load_clip_weights(model, path).to(device)
