@@ -217,6 +217,8 @@ def test_recognize_logits_refuses_other_shapes_and_counts(
     assert reference.recognize_logits(np.zeros((0, 256, 256)), np.zeros((0, 4))) == []
     with pytest.raises(InputError, match="low-res logits contains NaN or infinite values"):
         reference.recognize_logits(np.full((1, 256, 256), np.nan))
+    with pytest.raises(InputError, match="low-res logits contains NaN or infinite values"):
+        reference.recognize_logits(np.full((1, 256, 256), np.inf, dtype=np.float32))
 
 
 def test_the_page_names_the_ovsam_model_and_clip_weights(monkeypatch: pytest.MonkeyPatch) -> None:

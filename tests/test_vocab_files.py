@@ -41,6 +41,7 @@ def test_lines_end_at_newlines_only(tmp_path: Path) -> None:
         load_vocabulary(path)
     vocabulary = load_vocabulary(_file(tmp_path, "paper\x0cclip\r\nsaucer\u2028plate\n"))
     assert vocabulary.classes == ("paper\x0cclip", "saucer\u2028plate")  # two classes, not four
+    assert load_vocabulary(_file(tmp_path, "cat\rdog\rmug\r")).classes == ("cat", "dog", "mug")
 
 
 @pytest.mark.parametrize("read", [load_vocabulary, parse_vocabulary_argument])

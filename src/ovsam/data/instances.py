@@ -85,14 +85,6 @@ class InstanceDataset:
     def __len__(self) -> int:
         return len(self.images)
 
-    def annotated_names(self) -> set[str]:
-        """Names of the categories with at least one (non-crowd) instance in the dataset."""
-        return {
-            str(self.categories[ann["category_id"]]["name"])
-            for anns in self._annotations.values()
-            for ann in anns
-        }
-
     def image_path(self, index: int) -> Path:
         return image_file(self.image_root, self.images[index])
 

@@ -62,12 +62,12 @@ def vocabulary_from_file(path: str | Path, max_classes: int = MAX_CLASSES) -> Vo
     """One class per line, commas separating synonyms (``cup, mug``); blank lines skipped, and
     ``#`` comments: a ``#`` that starts a line or follows white space starts a comment that
     runs to the end of the line (``mug  # drinking vessel`` is ``mug``; ``c#`` stays ``c#``).
-    Lines end at ``\n`` (or ``\r\n``) only. The file must be UTF-8; a ``;`` in a class is
+    Lines end at ``\n``, ``\r\n`` or a lone ``\r`` (old Mac files) only. The file must be UTF-8; a ``;`` in a class is
     refused (it separates classes only on the command line), as is a ``.csv`` file (not read
     as CSV). Errors name the file and line."""
     path = Path(path)
     _check_suffix(path)
-    lines = _file_text(path).replace("\r\n", "\n").split("\n")
+    lines = _file_text(path).replace("\r\n", "\n").replace("\r", "\n").split("\n")
     numbered: list[tuple[int, str]] = []
     for number, line in enumerate(lines, start=1):
         entry = _COMMENT.sub("", line)
