@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ovsam.distributed import DistInfo
+from ovsam.errors import InputError
 from ovsam.train.clip2sam_task import Clip2SamTask
 from ovsam.train.config import TrainConfig
 from ovsam.train.engine import USED_ITEMS, Trainer, batch_items
@@ -118,6 +119,22 @@ def test_a_step_that_used_no_image_is_skipped(
             trainer.train(stop_after=stop)
         ends.append(trainer.module.state_dict())
     assert all(torch.equal(value, ends[1][key]) for key, value in ends[0].items())
+
+
+def test_a_run_saved_before_the_image_filter_is_refused_by_name(tmp_path: Path) -> None:
+    """Its checkpoints counted every annotated image (no ``rule``): the message says why the
+    count differs, not "train on the data it was trained on"."""
+    write_squares(tmp_path, [("person", BIG), ("cat", BIG)])  # cat: no supervised instance
+    config = squares_config(tmp_path, steps=2, checkpoint_every=1)
+    Trainer(config, Clip2SamTask(config, CPU), DistInfo(0, 1, 0, CPU)).train(stop_after=1)
+    path = Path(config.out) / "checkpoints" / "step_1.pt"
+    state = torch.load(path, weights_only=True)
+    assert state["data"] == {"world": 1, "num_items": 1, "rule": Clip2SamTask.data_rule}
+    state["data"] = {"world": 1, "num_items": 2}  # as the former code saved it
+    torch.save(state, path)
+    trainer = Trainer(config, Clip2SamTask(config, CPU), DistInfo(0, 1, 0, CPU))
+    with pytest.raises(InputError, match="counted num_items=2 by another rule than this ovs"):
+        trainer.resume()
 
 
 class HalfUsedTask:

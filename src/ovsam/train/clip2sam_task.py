@@ -130,6 +130,8 @@ class Clip2SamTask:
     #: each region is pooled from one FPN level, but the trained module's zero term reaches
     #: every parameter at every step: DDP need not look for unused ones
     find_unused_parameters = False
+    #: the items trained on (runs saved before this rule counted every annotated image)
+    data_rule = "images holding an instance of a supervised class"
 
     def __init__(self, config: TrainConfig, device: torch.device) -> None:
         check_adapter_run(config)  # before anything is built

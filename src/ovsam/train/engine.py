@@ -67,6 +67,9 @@ class Task(Protocol):
 
     trainable: nn.Module
     num_items: int
+    #: optional: which items the task keeps (recorded in checkpoints: a run saved under another
+    #: rule, e.g. before it existed, counted other items and is refused by name)
+    data_rule: str
 
     def loss(
         self, module: nn.Module, items: list[int], rng: np.random.Generator
@@ -171,7 +174,11 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
-                "data": {"world": self.info.world, "num_items": self.task.num_items},
+                "data": {
+                    "world": self.info.world,
+                    "num_items": self.task.num_items,
+                    "rule": getattr(self.task, "data_rule", None),
+                },
             }
             atomic_write(path, lambda fh: torch.save(state, fh))  # fsynced before the rename
             atomic_write_json(path.parent / "latest.json", {"file": path.name, "step": self.step})
@@ -196,6 +203,13 @@ class Trainer:
         (and a new world size also changes the batch)."""
         if not isinstance(recorded, dict):  # checkpoints written before this was recorded
             return
+        rule = getattr(self.task, "data_rule", None)
+        if recorded.get("rule") != rule and recorded.get("num_items") != self.task.num_items:
+            raise InputError(
+                f"{path} counted num_items={recorded.get('num_items')} by another rule than "
+                f"this ovsam's ({rule or 'every item'}: num_items={self.task.num_items}); "
+                "finish the run with the ovsam version that started it, or use a new --out"
+            )
         now = {"world": self.info.world, "num_items": self.task.num_items}
         remedy = {
             "world": f"start it on {recorded.get('world')} processes (torchrun --nproc_per_node)",
