@@ -120,7 +120,7 @@ def test_round_trip_through_official_layout_and_shapes(name: str, tmp_path: Path
             inferred, vision=replace(inferred.vision, image_size=config.vision.image_size)
         )
     assert inferred == config
-    loaded = create_model(name, pretrained=path)
+    loaded = create_model(name, pretrained=path, quick_gelu=config.quick_gelu)
     size = _probe_size(config)
     images = torch.randn(2, 3, size, size)
     tokens = tokenize(["a photo of a cat", "a dog"])

@@ -178,10 +178,10 @@ def load_clip(path: str | Path, quick_gelu: bool | None = None, *, name: str | N
         config = infer_clip_config(state, quick_gelu)
         if config.vision.kind == "convnext":
             config = _convnext_image_size(config, str(path))
-    warn_unstated_activation(config, path, quick_gelu, name)
     with weights_to_be_loaded():
         model = CLIP(config)
     load_state_dict_strict(model, state, source=str(path))
+    warn_unstated_activation(config, path, quick_gelu, name)  # once they fit
     return model.eval()
 
 
@@ -211,8 +211,9 @@ def create_model(
     elif pretrained != "openai":
         quick_gelu = file_activation(path, quick_gelu)
     config = get_clip_config(name, quick_gelu)
-    if pretrained != "openai":
-        warn_unstated_activation(config, path, quick_gelu, name)
     with weights_to_be_loaded():
         model = CLIP(config)
-    return load_clip_weights(model, path).to(device)
+    load_clip_weights(model, path)
+    if pretrained != "openai":
+        warn_unstated_activation(config, path, quick_gelu, name)  # once they fit
+    return model.to(device)

@@ -174,11 +174,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
-                "data": {
-                    "world": self.info.world,
-                    "num_items": self.task.num_items,
-                    "rule": getattr(self.task, "data_rule", None),
-                },
+                "data": self._data_record(),
             }
             atomic_write(path, lambda fh: torch.save(state, fh))  # fsynced before the rename
             atomic_write_json(path.parent / "latest.json", {"file": path.name, "step": self.step})
@@ -196,6 +192,13 @@ class Trainer:
         older = [p for p in checkpoint_files(newest.parent) if p != newest]
         for path in older[: max(0, len(older) - (keep - 1))]:
             path.unlink(missing_ok=True)
+
+    def _data_record(self) -> dict[str, object]:
+        """What a checkpoint records of the data: world and dataset sizes, and the task's
+        ``data_rule`` when it has one."""
+        record: dict[str, object] = {"world": self.info.world, "num_items": self.task.num_items}
+        rule = getattr(self.task, "data_rule", None)
+        return record if rule is None else {**record, "rule": rule}
 
     def _check_same_data(self, recorded: object, path: Path) -> None:
         """Refuse to resume from a checkpoint taken with another world size or dataset size:
