@@ -311,3 +311,24 @@ def test_a_loss_gone_nan_stops_before_the_weights_change(
     assert train()[0] == 0  # resumes from the finite step-2 checkpoint
     assert [row["step"] for row in log_rows(run)] == [1, 2, 3, 4]
     assert all(math.isfinite(row["loss"]) for row in log_rows(run))
+
+
+@pytest.mark.parametrize("clip", ["5", "0"])
+def test_a_gradient_gone_nan_under_a_finite_loss_stops_too(
+    train: Train, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clip: str
+) -> None:
+    """sqrt at 0 gives a loss of 0 and a NaN gradient: the update would put NaN in the weights."""
+
+    class NanGradientTask(TinyTask):
+        def loss(self, module: nn.Module, items: list[int], rng: np.random.Generator) -> dict:
+            losses = super().loss(module, items, rng)
+            zero = sum(p.sum() for p in module.parameters()) * 0.0
+            return {"loss": losses["loss"] + torch.sqrt(zero)}
+
+    monkeypatch.setattr("ovsam.train.sam2clip_task.Sam2ClipTask", NanGradientTask)
+    code, _, err = train(*TINY, "steps=2", f"grad_clip={clip}")
+    assert code == 2
+    assert err.splitlines()[-1].startswith(
+        "ovsam train: error: step 1: gradient norm = nan; stopped before this step's update."
+    )
+    assert not (tmp_path / "run" / "checkpoints" / "latest.json").exists()

@@ -306,9 +306,8 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses, not the next one's
         row = {"step": self.step + 1, **means, "lr": lr}
         if used:
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.module.parameters(), config.grad_clip)
-            self.optimizer.step()
+            self._check_finite({"gradient norm": self._gradient_norm()})  # a finite loss can
+            self.optimizer.step()  # still give NaN gradients (e.g. sqrt at 0)
             self._advance_schedule()
         else:
             row["skipped"] = 1.0
@@ -329,6 +328,14 @@ class Trainer:
         with warnings.catch_warnings():  # a skipped first step has had no optimizer.step()
             warnings.filterwarnings("ignore", "Detected call of `lr_scheduler")
             self.scheduler.step()
+
+    def _gradient_norm(self) -> float:
+        """The gradient's total 2-norm (the same on every rank), after clipping it to
+        ``grad_clip`` when that is set."""
+        params = [p for p in self.module.parameters() if p.grad is not None]
+        if self.config.grad_clip > 0:
+            return float(torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip))
+        return float(torch.nn.utils.get_total_norm([p.grad for p in params]))
 
     def _check_finite(self, losses: dict[str, float]) -> None:
         """Stop before an optimizer step on NaN or infinite ``losses`` (means over ranks): it
