@@ -129,7 +129,7 @@ def test_a_run_saved_before_the_image_filter_is_refused_by_name(tmp_path: Path) 
     Trainer(config, Clip2SamTask(config, CPU), DistInfo(0, 1, 0, CPU)).train(stop_after=1)
     path = Path(config.out) / "checkpoints" / "step_1.pt"
     state = torch.load(path, weights_only=True)
-    assert state["data"] == {"world": 1, "num_items": 1, "rule": Clip2SamTask.data_rule}
+    assert state["data"]["rule"] == Clip2SamTask.data_rule and state["data"]["num_items"] == 1
     state["data"] = {"world": 1, "num_items": 2}  # as the former code saved it
     torch.save(state, path)
     trainer = Trainer(config, Clip2SamTask(config, CPU), DistInfo(0, 1, 0, CPU))

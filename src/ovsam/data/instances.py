@@ -85,6 +85,10 @@ class InstanceDataset:
     def __len__(self) -> int:
         return len(self.images)
 
+    def item_keys(self) -> list[str]:
+        """The images' ids, in item order (what a training checkpoint fingerprints)."""
+        return [str(image["id"]) for image in self.images]
+
     def image_path(self, index: int) -> Path:
         return image_file(self.image_root, self.images[index])
 
@@ -185,12 +189,17 @@ class ImageFolder:
     SUFFIXES = (".jpg", ".jpeg", ".png")
 
     def __init__(self, root: str | Path) -> None:
-        self.paths = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in self.SUFFIXES)
+        self.root = Path(root)
+        self.paths = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in self.SUFFIXES)
         if not self.paths:
             raise InputError(f"no images (*.jpg, *.jpeg, *.png) under {root}")
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def item_keys(self) -> list[str]:
+        """The images' paths under the folder, in item order (a moved folder keeps them)."""
+        return [p.relative_to(self.root).as_posix() for p in self.paths]
 
     def image_path(self, index: int) -> Path:
         return self.paths[index]

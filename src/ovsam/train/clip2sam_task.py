@@ -163,6 +163,7 @@ class Clip2SamTask:
                 f"{getattr(config, field)!r}: nothing to train on (dataset uses its own)"
             )
         self.num_items = len(self.dataset)
+        self.item_keys = self.dataset.item_keys  # fingerprinted by checkpoints
         if config.random_clip:
             torch.manual_seed(config.seed)
         clip = create_model(

@@ -48,6 +48,7 @@ from ovsam.distributed import DistInfo, barrier
 from ovsam.errors import CheckpointError, InputError, TrainingDivergedError, first_line
 from ovsam.fileio import atomic_write, atomic_write_json, fsync_directory
 from ovsam.train.config import TrainConfig, save_config
+from ovsam.train.run_data import check_same_data, data_record
 from ovsam.train.run_log import RunLog
 from ovsam.train.schedule import lr_factor, param_groups
 
@@ -174,7 +175,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
-                "data": self._data_record(),
+                "data": data_record(self.task, self.info.world),
             }
             atomic_write(path, lambda fh: torch.save(state, fh))  # fsynced before the rename
             atomic_write_json(path.parent / "latest.json", {"file": path.name, "step": self.step})
@@ -193,38 +194,6 @@ class Trainer:
         for path in older[: max(0, len(older) - (keep - 1))]:
             path.unlink(missing_ok=True)
 
-    def _data_record(self) -> dict[str, object]:
-        """What a checkpoint records of the data: world and dataset sizes, and the task's
-        ``data_rule`` when it has one."""
-        record: dict[str, object] = {"world": self.info.world, "num_items": self.task.num_items}
-        rule = getattr(self.task, "data_rule", None)
-        return record if rule is None else {**record, "rule": rule}
-
-    def _check_same_data(self, recorded: object, path: Path) -> None:
-        """Refuse to resume from a checkpoint taken with another world size or dataset size:
-        batches are drawn by position (:func:`batch_items`), so either would replay other data
-        (and a new world size also changes the batch)."""
-        if not isinstance(recorded, dict):  # checkpoints written before this was recorded
-            return
-        rule = getattr(self.task, "data_rule", None)
-        if recorded.get("rule") != rule and recorded.get("num_items") != self.task.num_items:
-            raise InputError(
-                f"{path} counted num_items={recorded.get('num_items')} by another rule than "
-                f"this ovsam's ({rule or 'every item'}: num_items={self.task.num_items}); "
-                "finish the run with the ovsam version that started it, or use a new --out"
-            )
-        now = {"world": self.info.world, "num_items": self.task.num_items}
-        remedy = {
-            "world": f"start it on {recorded.get('world')} processes (torchrun --nproc_per_node)",
-            "num_items": "train on the data it was trained on",
-        }
-        for key, value in now.items():
-            if recorded.get(key) not in (None, value):
-                raise InputError(
-                    f"{path} was trained with {key}={recorded[key]}, this run has {key}={value}: "
-                    f"resuming would draw other batches; {remedy[key]}, or use a new --out"
-                )
-
     def resume(self) -> bool:
         """Load the newest checkpoint of the run, if any; returns whether one was found."""
         path = self._latest()
@@ -242,7 +211,7 @@ class Trainer:
                 f"cannot resume from {path}: not a training checkpoint ({_first_line(exc)}); "
                 + remedy
             ) from exc
-        self._check_same_data(state.get("data"), path)
+        check_same_data(state.get("data"), self.task, self.info.world, path)
         load_state_dict_strict(self.module, model, source=str(path))
         try:
             self.optimizer.load_state_dict(state["optimizer"])

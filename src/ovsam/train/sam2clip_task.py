@@ -44,6 +44,7 @@ class Sam2ClipTask:
         else:
             self.images = ImageFolder(config.data)
         self.num_items = len(self.images)
+        self.item_keys = self.images.item_keys  # fingerprinted by checkpoints
         self.teacher = (
             build_model(config.teacher, config.teacher_checkpoint or None).to(device).eval()
         )
