@@ -9,8 +9,17 @@ import numpy as np
 from ovsam.errors import InputError
 
 
-def finite_array(name: str, value: object, shape_hint: str, allow_bool: bool = False) -> np.ndarray:
-    """``value`` as a float64 array; :class:`InputError` if not real numbers, NaN or infinite.
+def finite_array(
+    name: str,
+    value: object,
+    shape_hint: str,
+    allow_bool: bool = False,
+    dtype: type[np.floating] = np.float64,
+    copy: bool = True,
+) -> np.ndarray:
+    """``value`` as a new ``dtype`` array (float64 by default; with ``copy=False`` an array
+    already of ``dtype`` is returned as is); :class:`InputError` if not real numbers, NaN or
+    infinite (also after the conversion).
 
     Complex values are refused (their imaginary part would be dropped silently), and so are
     booleans unless ``allow_bool`` (a boolean mask is not logits, nor a coordinate), text
@@ -34,7 +43,7 @@ def finite_array(name: str, value: object, shape_hint: str, allow_bool: bool = F
         kinds = "complex" if raw.dtype.kind == "c" else "boolean"
         raise InputError(f"{name} must be real numbers ({shape_hint}), got {kinds} values")
     try:
-        arr = raw.astype(np.float64)
+        arr = raw.astype(dtype, copy=copy)
     except (TypeError, ValueError) as exc:
         raise InputError(f"{name} must be numeric ({shape_hint}): {exc}") from exc
     if not np.all(np.isfinite(arr)):

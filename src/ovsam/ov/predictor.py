@@ -172,13 +172,8 @@ class OVSamPredictor(SamPredictor):
         the frozen-CLIP branch the ``Nx4`` XYXY pixel ``prompt_boxes`` the masks were prompted
         with (clipped to the image; default: the masks' own boxes). N may be 0."""
         require_bank(self.bank)
-        if isinstance(low_res, np.ndarray) and low_res.dtype == np.float32:  # predict's own
-            logits = low_res
-            if not np.isfinite(logits).all():  # in place of finite_array's float64 copy
-                raise InputError("low-res logits contains NaN or infinite values")
-        else:
-            hint = f"Nx{LOW_RES}x{LOW_RES} logits"
-            logits = finite_array("low-res logits", low_res, hint).astype(np.float32)
+        hint = f"Nx{LOW_RES}x{LOW_RES} logits"  # predict's own float32 logits: not copied
+        logits = finite_array("low-res logits", low_res, hint, dtype=np.float32, copy=False)
         if logits.ndim != 3 or logits.shape[1:] != (LOW_RES, LOW_RES):
             raise InputError(
                 f"low-res logits must be Nx{LOW_RES}x{LOW_RES}, got shape {logits.shape}"
