@@ -171,6 +171,14 @@ def build_model(
     return model
 
 
+def weights_owner(names: tuple[str, ...]) -> ModelEntry | None:
+    """The registered model whose default weights are one of ``names`` (a weights entry's name
+    and aliases), or None (e.g. for the OV-SAM parts and CLIP weights)."""
+    return next(
+        (e for e in map(get_model_entry, list_models()) if e.default_weights in names), None
+    )
+
+
 def _refuse_other_models_weights(entry: ModelEntry, checkpoint: str) -> None:
     """:class:`InputError` when ``checkpoint`` names registered weights that another model
     loads by default (``sam_vit_b_01ec64`` for ``mobilesam``), before they are fetched."""
@@ -179,7 +187,7 @@ def _refuse_other_models_weights(entry: ModelEntry, checkpoint: str) -> None:
     spec = find_weights_spec(checkpoint)
     if spec is None or spec.name == entry.default_weights:
         return
-    owner = next((m for m in _MODELS.values() if m.default_weights == spec.name), None)
+    owner = weights_owner((spec.name, *spec.aliases))
     if owner is not None:
         raise InputError(
             f"weights {checkpoint} are {owner.name}'s, not {entry.name}'s: build "

@@ -303,7 +303,7 @@ def _content_check(src: Path, spec: WeightsSpec) -> str:
     """
     import torch
 
-    from ovsam.build import get_model_entry, list_models
+    from ovsam.build import weights_owner
     from ovsam.checkpoint import read_state_dict, state_dict_mismatch
 
     try:
@@ -314,21 +314,18 @@ def _content_check(src: Path, spec: WeightsSpec) -> str:
     if lacking:
         keys = ", ".join(f"'{prefix}*'" for prefix in lacking)
         raise WeightsUnavailableError(f"{src} is not {spec.name}: it has no {keys} keys")
-    names = (spec.name, *spec.aliases)
-    model_name = next(
-        (m for m in list_models() if get_model_entry(m).default_weights in names), None
-    )
-    if model_name is None:
+    owner = weights_owner((spec.name, *spec.aliases))
+    if owner is None:
         under = ", ".join(spec.key_prefixes)
         return f"loads as a state dict of tensors{f' with keys under {under}' if under else ''}"
     with torch.device("meta"):
-        model = get_model_entry(model_name).builder()
+        model = owner.builder()
     mismatch = state_dict_mismatch(model, state)
     if mismatch is not None:
         raise WeightsUnavailableError(
-            f"{src} is not {spec.name}: it does not fit model {model_name} ({mismatch})"
+            f"{src} is not {spec.name}: it does not fit model {owner.name} ({mismatch})"
         )
-    return f"keys and shapes fit model {model_name}"
+    return f"keys and shapes fit model {owner.name}"
 
 
 # MobileSAM inside a PyPI source archive (Apache-2.0): fetched from the index directly, or by pip.
