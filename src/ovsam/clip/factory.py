@@ -208,12 +208,10 @@ def create_model(
     )
     if quick_gelu is None and pretrained == "openai":
         quick_gelu = True
-    elif pretrained != "openai":
-        quick_gelu = file_activation(path, quick_gelu)
+    quick_gelu = file_activation(path, quick_gelu)
     config = get_clip_config(name, quick_gelu)
     with weights_to_be_loaded():
         model = CLIP(config)
     load_clip_weights(model, path)
-    if pretrained != "openai":
-        warn_unstated_activation(config, path, quick_gelu, name)  # once they fit
+    warn_unstated_activation(config, path, quick_gelu, name)  # once they fit
     return model.to(device)

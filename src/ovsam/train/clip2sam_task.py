@@ -256,7 +256,7 @@ class Clip2SamTask:
         for (_, masks, labels), (logits, regions) in zip(images, outputs, strict=True):
             for key, value in self._image_losses(logits, regions, masks, labels).items():
                 parts[key] = parts[key] + value / len(images)
-        total = zero + sum(LOSS_WEIGHTS[k] * parts[k] for k in LOSS_WEIGHTS)
+        total = sum(LOSS_WEIGHTS[k] * parts[k] for k in LOSS_WEIGHTS)  # each part holds zero
         return {"loss": total, **parts, USED_ITEMS: torch.tensor(float(len(images)))}
 
     def _head_inputs(

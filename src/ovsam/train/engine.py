@@ -14,7 +14,8 @@ the mean over the micro-batches (of all ranks) that used an item, and a step whe
 skipped on every rank (no optimizer update; its step number and learning-rate schedule pass).
 
 Resume is exact: a checkpoint holds the trainable weights, optimizer and scheduler state, the
-step, the torch RNG state and the world and dataset sizes (a resume with others is refused);
+step, the torch RNG state and what it was trained on (:mod:`ovsam.train.run_data`: a resume
+on other data is refused);
 data order and augmentation are pure functions of ``(seed, step, rank)``, so the steps
 replayed after a restart see the same batches. After a resume every parameter group's
 learning rate is the schedule's for the step about to be taken, under the current ``steps``
@@ -64,13 +65,11 @@ class Task(Protocol):
     A task whose steps leave some trainable parameters without a gradient sets
     ``find_unused_parameters = True``: DDP then looks for them after each backward instead of
     waiting forever for their reduction (CLIP2SAM, whose regions each pool from one FPN level,
-    instead ties every parameter into its loss with a zero term)."""
+    instead ties every parameter into its loss with a zero term). Optional: ``data_rule`` and
+    ``item_keys()``, which checkpoints record (:mod:`ovsam.train.run_data`)."""
 
     trainable: nn.Module
     num_items: int
-    #: optional: which items the task keeps (recorded in checkpoints: a run saved under another
-    #: rule, e.g. before it existed, counted other items and is refused by name)
-    data_rule: str
 
     def loss(
         self, module: nn.Module, items: list[int], rng: np.random.Generator
@@ -277,16 +276,15 @@ class Trainer:
         if used:
             self._check_finite({"gradient norm": self._gradient_norm()})  # a finite loss can
             self.optimizer.step()  # still give NaN gradients (e.g. sqrt at 0)
-            self._advance_schedule()
         else:
             row["skipped"] = 1.0
-            self._advance_schedule()
             if self.info.is_main:
                 tqdm.write(
                     f"step {self.step + 1}: no item of this step is left with a training target "
                     "(e.g. every instance cropped away): optimizer step skipped",
                     file=sys.stderr,
                 )
+        self._advance_schedule()  # after a skipped update too
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         row["seconds"] = time.perf_counter() - start
