@@ -27,7 +27,10 @@ def test_prompt_helpers() -> None:
     assert 7 <= x <= 9 and 9 <= y <= 11
     rng = np.random.default_rng(0)
     px, py = random_points(mask, rng)[0]
-    assert mask[0, int(py), int(px)]
+    assert mask[0, int(py), int(px)] and px == int(px) and py == int(py)
+    square = np.zeros((1, 1024, 1024), dtype=bool)
+    square[0, 10:13, 20:23] = True  # SAM's convention, as the official get_center_coords: the
+    assert center_points(square).tolist() == [[21, 11]]  # centre pixel's index (encoder adds 0.5)
     image = np.full((20, 30, 3), 200, dtype=np.uint8)
     out_img, out_mask = large_scale_jitter(image, mask, rng, size=64, scale_range=(1.0, 1.0))
     assert out_img.shape == (43, 64, 3) and out_mask.shape == (1, 43, 64)  # unpadded

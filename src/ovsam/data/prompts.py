@@ -26,8 +26,10 @@ def box_prompts(boxes: np.ndarray) -> np.ndarray:
 
 
 def center_points(masks: np.ndarray) -> np.ndarray:
-    """``Nx2`` XY pixel centres of the deepest interior pixel of each ``NxHxW`` mask (ties: the
-    one nearest the deepest pixels' mean). Each mask is eroded within its own box, so the cost
+    """``Nx2`` XY pixel indices (SAM's point convention: the prompt encoder adds 0.5 to reach
+    the pixel's centre, so ``(21, 11)`` is column 21, row 11, as the official
+    ``get_center_coords`` returns it) of the deepest interior pixel of each ``NxHxW`` mask (ties:
+    the one nearest the deepest pixels' mean). Each mask is eroded within its own box, so the cost
     is its box's area times its depth, not the image's."""
     points = np.zeros((len(masks), 2), dtype=np.float32)
     for i, mask in enumerate(masks):
@@ -43,18 +45,19 @@ def center_points(masks: np.ndarray) -> np.ndarray:
             current = -F.max_pool2d(-F.pad(current, (1, 1, 1, 1)), 3, stride=1)
         ys, xs = np.nonzero(last[0, 0].numpy())
         k = np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2)
-        points[i] = (left + xs[k] + 0.5, top + ys[k] + 0.5)
+        points[i] = (left + xs[k], top + ys[k])
     return points
 
 
 def random_points(masks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One uniformly random XY pixel centre inside each mask (``Nx2``)."""
+    """One uniformly random pixel inside each mask, as ``Nx2`` XY pixel indices (SAM's point
+    convention, as :func:`center_points` and the official ``get_random_points``)."""
     points = np.zeros((len(masks), 2), dtype=np.float32)
     for i, mask in enumerate(masks):
         ys, xs = np.nonzero(mask)
         if xs.size:
             k = rng.integers(xs.size)
-            points[i] = (xs[k] + 0.5, ys[k] + 0.5)
+            points[i] = (xs[k], ys[k])
     return points
 
 
