@@ -37,6 +37,9 @@ def bad_annotations(tiny: Path, case: str) -> Path:
     elif case == "duplicate":
         data["images"].append(dict(data["images"][1]))
         path.write_text(json.dumps(data))
+    elif case == "no_file_name":
+        del data["images"][0]["file_name"]
+        path.write_text(json.dumps(data))
     elif case == "str_image_id":
         data["images"][0]["id"] = "abc"
         path.write_text(json.dumps(data))
@@ -63,6 +66,7 @@ def bad_annotations(tiny: Path, case: str) -> Path:
         ("list_id", (), "annotation file {path}: category id [1] is not an integer"),
         ("duplicate", (), "annotation file {path}: image id 2 appears more than once"),
         ("str_image_id", (), "annotation file {path}: image id 'abc' is not an integer"),
+        ("no_file_name", (), "image id 1 has no 'file_name' (nor an LVIS 'coco_url')"),
         (
             "str_annotation_image_id",
             (),
@@ -97,6 +101,13 @@ def test_bad_annotations_are_one_line_errors(
          "detection 0: image_id 555 is not in the annotation file"),
         ('[{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3], "score": 1}]',
          "detection 0: bbox must be [x, y, width, height]"),
+        ('[{"image_id": [1], "category_id": 1, "bbox": [1, 2, 3, 4], "score": 1}]',
+         "detection 0: image_id must be an integer, got [1]"),
+        ('[{"image_id": 1, "category_id": true, "bbox": [1, 2, 3, 4], "score": 1}]',
+         "detection 0: category_id must be an integer, got True"),
+        ('[{"image_id": 1, "category_id": 999, "bbox": [1, 2, 3, 4], "score": 1}]',
+         "none of its 1 detections is on an evaluated image of an evaluated class (0 on other "
+         "images, 1 of other classes)"),
         ('[{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 1},'
          ' {"image_id": 1, "category_id": 1, "bbox": [9, 9, 5, -1], "score": 1}]',
          "detection 1: bbox [9, 9, 5, -1] has a negative width or height (XYWH)"),

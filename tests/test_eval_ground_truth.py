@@ -28,6 +28,7 @@ from tiny_coco import write_tiny_coco
         ([1, 2, 3, 4, 5], "polygon 0 is not a flat list of x, y pairs"),
         ([1, 2, "3", None, 5, 6], "polygon 0 holds '3', which is not a number"),
         ([1, 2, True, 4, 5, 6], "polygon 0 holds True, which is not a number"),
+        ([1, 2, 10**400, 4, 5, 6], "polygon 0 holds NaN or infinite coordinates"),  # overflow
     ],
 )
 def test_a_polygon_that_is_not_finite_pairs_is_refused(polygon: list, message: str) -> None:
@@ -76,6 +77,13 @@ def test_boxes_are_the_annotated_ones_else_the_masks(tmp_path: Path) -> None:
 
     clipped = _dataset(tmp_path / "low", low)[0]
     np.testing.assert_allclose(clipped.boxes[0], [10, 80, 30, 96])  # the image is 96 high
+
+    def huge(data: dict) -> None:  # too large for a float: not usable (was an OverflowError)
+        data["annotations"][0]["bbox"] = [10, 10, 10**400, 20]
+
+    item = _dataset(tmp_path / "huge", huge)[0]
+    ys, xs = np.nonzero(item.masks[0])
+    np.testing.assert_allclose(item.boxes[0], [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
 
 
 def test_an_image_of_another_size_than_annotated_is_refused(tmp_path: Path) -> None:

@@ -94,15 +94,33 @@ def test_a_detection_box_that_is_no_prompt_counts_with_an_empty_mask(tmp_path: P
     assert len(only_no_prompts) == 3 and len(prompted) == 2 * len(good)  # segment never called
 
 
+def _ground_truth_results(data: dict) -> list[dict]:
+    """Each annotation of ``data`` as a result of its own mask (ovsam's rasterisation)."""
+    from ovsam.data.polygons import polygons_to_mask
+    from ovsam.masks import encode_rle
+
+    sizes = {img["id"]: (img["height"], img["width"]) for img in data["images"]}
+    results = []
+    for ann in data["annotations"]:
+        segmentation = ann["segmentation"]
+        if isinstance(segmentation, list):
+            segmentation = encode_rle(polygons_to_mask(segmentation, *sizes[ann["image_id"]]))
+        results.append(
+            {"image_id": ann["image_id"], "category_id": ann["category_id"], "score": 1.0,
+             "segmentation": segmentation}
+        )  # fmt: skip
+    return results
+
+
 def test_ground_truth_polygons_far_outside_or_without_a_size_are_handled_up_front(
     tmp_path: Path,
 ) -> None:
     """COCOeval rasterises ground-truth polygons itself: a vertex at 1e9 crashed it (after the
     whole evaluation) and an image without height/width was a KeyError. The first is clipped as
-    ovsam's ground truth is, the second refused by read_detections before any work."""
+    ovsam's ground truth is (its own mask scores 100), the second refused by read_detections
+    before any work, as is an annotation on an image the file does not list."""
     from ovsam.errors import InputError
     from ovsam.evaluation.mask_ap import mask_ap, read_detections
-    from ovsam.masks import encode_rle
 
     path = write_tiny_coco(tmp_path / "coco", images=1)
     data = json.loads(path.read_text())
@@ -110,21 +128,11 @@ def test_ground_truth_polygons_far_outside_or_without_a_size_are_handled_up_fron
     x, y, w, h = polygon["bbox"]
     polygon["segmentation"] = [[x, y, 1e9, y, x + w, y + h, x, y + h]]
     path.write_text(json.dumps(data))
-    detections = _ground_truth_detections(data)
-    empty = encode_rle(np.zeros((96, 128), dtype=bool))
-    results = [
-        {
-            "image_id": d["image_id"],
-            "category_id": d["category_id"],
-            "score": 1.0,
-            "segmentation": empty,
-        }  # fmt: skip
-        for d in detections
-    ]
-    (tmp_path / "d.json").write_text(json.dumps(detections))
+    (tmp_path / "d.json").write_text(json.dumps(_ground_truth_detections(data)))
     read_detections(tmp_path / "d.json", data)
-    stats = mask_ap(path, results, tmp_path / "out")
-    assert stats["AP"] == pytest.approx(0.0)
+    results = _ground_truth_results(data)
+    assert mask_ap(path, results, tmp_path / "out")["AP"] == pytest.approx(100.0)
+    assert mask_ap(path, results[1:], tmp_path / "out")["AP"] < 90.0
     for height in (None, True, 0, 96.0):  # None: no height at all; True is not a size
         if height is None:
             del data["images"][0]["height"]
@@ -134,6 +142,57 @@ def test_ground_truth_polygons_far_outside_or_without_a_size_are_handled_up_fron
             read_detections(tmp_path / "d.json", data)
     data["images"][0]["height"] = 96
     read_detections(tmp_path / "d.json", data)
-    polygon["image_id"] = 7  # a ground-truth polygon on an image the file does not list
-    with pytest.raises(InputError, match="image id 7 needs a positive integer height"):
+    polygon["image_id"] = 7
+    with pytest.raises(InputError, match="annotation id 1 is on image id 7, which the file"):
         read_detections(tmp_path / "d.json", data)
+
+
+def test_images_that_are_not_evaluated_need_no_size(tmp_path: Path) -> None:
+    """Only the evaluated images' ground truth is read: an image without height or width that
+    has no annotation, or is left out (``--limit``), no longer crashes mask AP with a KeyError
+    after the whole evaluation."""
+    from ovsam.evaluation.mask_ap import mask_ap, read_detections
+
+    path = write_tiny_coco(tmp_path / "coco", images=3, unannotated=(3,))
+    data = json.loads(path.read_text())
+    results = [r for r in _ground_truth_results(data) if r["image_id"] == 1]
+    del data["images"][2]["height"], data["images"][1]["width"]
+    path.write_text(json.dumps(data))
+    (tmp_path / "d.json").write_text(json.dumps(_ground_truth_detections(data)))
+    kept = read_detections(tmp_path / "d.json", data, [1, 3], [c["id"] for c in data["categories"]])
+    assert {d["image_id"] for d in kept} == {1}
+    assert mask_ap(path, results, tmp_path / "out", [1, 3])["AP"] == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"size": [96, 128], "counts": [100, 20]},
+            r"annotation id \d+: RLE counts sum to 120, expected 96x128",
+        ),
+        ({"size": [10, 10], "counts": [100]}, r"its RLE size \[10, 10\] is not its image's"),
+        ({"area": None}, r"area None is not a number >= 0"),
+        ({"area": "12"}, r"area '12' is not a number >= 0"),
+    ],
+)
+def test_ground_truth_that_cocoeval_hangs_or_crashes_on_is_refused(
+    tmp_path: Path, change: dict, message: str
+) -> None:
+    """A crowd RLE whose counts do not cover its image made pycocotools loop forever (the IoU
+    protocol never decodes crowd regions); one of another size scored IoU -1; a null area
+    crashed COCOeval. Each is now refused before any work."""
+    from ovsam.errors import InputError
+    from ovsam.evaluation.mask_ap import read_detections
+
+    path = write_tiny_coco(tmp_path / "coco", images=2, crowd=(2,))
+    data = json.loads(path.read_text())
+    crowd = next(a for a in data["annotations"] if a["iscrowd"])
+    if "area" in change:
+        crowd.update(change)
+    else:
+        crowd["segmentation"] = change
+    (tmp_path / "d.json").write_text(json.dumps(_ground_truth_detections(data)))
+    with pytest.raises(InputError, match=message):
+        read_detections(tmp_path / "d.json", data)
+    read_detections(tmp_path / "d.json", data, [1])  # image 2 is not evaluated: not read

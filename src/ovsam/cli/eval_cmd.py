@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     detections = None
     if args.detections is not None:  # checked now rather than after the evaluation
         from ovsam.errors import InputError
-        from ovsam.evaluation.mask_ap import read_detections, select_detections
+        from ovsam.evaluation.mask_ap import read_detections
 
         if args.split == "lvis":
             raise InputError(
@@ -102,9 +102,7 @@ def run(args: argparse.Namespace) -> int:
                 "supported"
             )
 
-        detections = select_detections(
-            read_detections(args.detections, data), selection.image_ids, dataset.categories
-        )
+        detections = read_detections(args.detections, data, selection.image_ids, dataset.categories)
     check_image_files(args.images, _image_paths(data, dataset, selection.indices, detections))
     options = _label_options(args, dataset)
     info = init_distributed(args.device)

@@ -49,8 +49,12 @@ def annotation_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
 
 
 def image_file_name(info: Mapping[str, Any]) -> str:
-    """The file of an ``images`` entry: ``file_name``, else the last part of LVIS' ``coco_url``."""
-    return str(info.get("file_name") or str(info.get("coco_url", "")).rsplit("/", 1)[-1])
+    """The file of an ``images`` entry: ``file_name``, else the last part of LVIS' ``coco_url``
+    (:class:`InputError` naming the image id when it has neither)."""
+    name = str(info.get("file_name") or str(info.get("coco_url", "")).rsplit("/", 1)[-1])
+    if not name:
+        raise InputError(f"image id {info.get('id')} has no 'file_name' (nor an LVIS 'coco_url')")
+    return name
 
 
 class InstanceDataset:
@@ -151,7 +155,7 @@ def load_annotated_image(image_root: Path, info: Mapping[str, Any]) -> np.ndarra
     path = image_file(image_root, info)
     image = load_image(path, exif_orientation=False)
     stated = (info.get("height"), info.get("width"))
-    if not all(_is_int(v) for v in stated) or stated == image.shape[:2]:
+    if not all(is_int(v) for v in stated) or stated == image.shape[:2]:
         return image
     upright = load_image(path)
     if upright.shape[:2] == stated:
@@ -173,7 +177,10 @@ def _annotated_box(ann: Mapping[str, Any], height: int, width: int) -> list[floa
         return None
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box):
         return None
-    x, y, w, h = (float(v) for v in box)
+    try:
+        x, y, w, h = (float(v) for v in box)
+    except OverflowError:  # an integer too large for a float
+        return None
     if not all(math.isfinite(v) for v in (x, y, w, h)):
         return None
     x0, y0 = min(max(x, 0.0), width), min(max(y, 0.0), height)
@@ -253,13 +260,13 @@ def check_annotations(data: Mapping[str, Any], source: str) -> None:
             if not isinstance(entry, Mapping):
                 raise InputError(f"{source}: {key}[{index}] is not a JSON object")
             what = f"{key}[{index}]"
-            if _is_int(entry.get("id")):
+            if is_int(entry.get("id")):
                 what = f"{singular} id {entry['id']}"
             for field in fields:
                 if field not in entry:
                     raise InputError(f"{source}: {what} has no {field!r}")
             for field in _ID_FIELDS[key]:
-                if field in entry and not _is_int(entry[field]):
+                if field in entry and not is_int(entry[field]):
                     name = f"{singular} id" if field == "id" else f"{what}: {field}"
                     raise InputError(
                         f"{source}: {name} {entry[field]!r} is not an integer (COCO ids are)"
@@ -300,5 +307,6 @@ def _check_category_names(categories: list[Mapping[str, Any]], source: str) -> N
             )
 
 
-def _is_int(value: object) -> bool:
+def is_int(value: object) -> bool:
+    """An int that is not a bool (JSON's ``true`` is no id)."""
     return isinstance(value, int) and not isinstance(value, bool)

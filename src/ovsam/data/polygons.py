@@ -29,7 +29,10 @@ def check_polygons(polygons: Sequence[object]) -> list[list[float]]:
         bad = [v for v in polygon if isinstance(v, bool) or not isinstance(v, Real)]
         if bad:
             raise InputError(f"{where} holds {bad[0]!r}, which is not a number")
-        values = [float(v) for v in polygon]
+        try:
+            values = [float(v) for v in polygon]
+        except OverflowError:  # an integer too large for a float
+            values = [math.inf]
         if not all(math.isfinite(v) for v in values):
             raise InputError(f"{where} holds NaN or infinite coordinates")
         if len(values) >= 6:

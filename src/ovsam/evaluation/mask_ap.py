@@ -4,7 +4,7 @@
 from any detector. Every box is segmented (the detector's class and score are kept) and the
 masks are written as COCO ``segm`` results (``segm_results.json``) and evaluated with
 ``COCOeval(iouType="segm")`` against the annotation file, restricted to the evaluated images and
-classes (:func:`select_detections`). Needs the ``[coco]`` extra.
+classes. Needs the ``[coco]`` extra.
 :func:`read_detections` checks the file before any work (a negative width or height is refused
 there: no XYWH box has one); a statistic without ground truth (e.g. ``APl`` when no object is
 large, COCOeval's -1) is reported as None.
@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 
 from ovsam.boxes import clip_to_image
-from ovsam.data.instances import load_annotated_image, read_annotations
+from ovsam.data.instances import is_int, load_annotated_image, read_annotations
 from ovsam.data.polygons import check_polygons, polygons_to_mask
 from ovsam.errors import InputError, OVSamError
 from ovsam.fileio import atomic_write_json
-from ovsam.masks import encode_rle
+from ovsam.masks import decode_rle, encode_rle
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 DETECTION_FIELDS = frozenset({"image_id", "category_id", "bbox", "score"})
@@ -47,12 +47,20 @@ def _coco_tools() -> tuple[Any, Any]:
     return COCO, COCOeval
 
 
-def read_detections(path: str | Path, annotations: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The detections of the COCO results file ``path``, checked against ``annotations``
-    (known ``image_id``, a 4-number ``bbox`` without a negative width or height, numeric
-    ``score``); also checks that pycocotools is installed and that the ground truth has the
-    ``area`` and ``iscrowd`` COCOeval reads. Any problem is an :class:`InputError` naming the
-    file and the detection."""
+def read_detections(
+    path: str | Path,
+    annotations: Mapping[str, Any],
+    image_ids: Collection[int] | None = None,
+    category_ids: Collection[int] | None = None,
+) -> list[dict[str, Any]]:
+    """The detections of the COCO results file ``path`` on the evaluated images ``image_ids`` of
+    the evaluated classes ``category_ids`` (all when None: ``--limit`` and ``--split`` apply to
+    mask AP too), checked against ``annotations`` before any work: integer ``image_id`` of the
+    file and ``category_id``, a 4-number ``bbox`` without a negative width or height, a numeric
+    ``score``, and at least one detection left once selected. The ground truth of the evaluated
+    images is checked as COCOeval reads it (:func:`_check_ground_truth`). Also checks that
+    pycocotools is installed. Any problem is an :class:`InputError` naming the file and the
+    detection or annotation."""
     _coco_tools()
     try:
         detections = json.loads(Path(path).read_bytes())
@@ -67,8 +75,9 @@ def read_detections(path: str | Path, annotations: Mapping[str, Any]) -> list[di
         where = f"detections file {path}: detection {index}"
         if not isinstance(det, dict) or not DETECTION_FIELDS <= set(det):
             raise InputError(f"{where} needs image_id, category_id, bbox and score")
-        if not isinstance(det["category_id"], int):
-            raise InputError(f"{where}: category_id must be an integer")
+        for field in ("image_id", "category_id"):
+            if not is_int(det[field]):
+                raise InputError(f"{where}: {field} must be an integer, got {det[field]!r}")
         if det["image_id"] not in images:
             raise InputError(f"{where}: image_id {det['image_id']!r} is not in the annotation file")
         bbox, score = det["bbox"], det["score"]
@@ -78,24 +87,58 @@ def read_detections(path: str | Path, annotations: Mapping[str, Any]) -> list[di
             raise InputError(f"{where}: bbox {bbox!r} has a negative width or height (XYWH)")
         if not _is_number(score):
             raise InputError(f"{where}: score must be a number, got {score!r}")
+    wanted = images if image_ids is None else set(image_ids)
+    _check_ground_truth(annotations, wanted)
+    on_images = [d for d in detections if d["image_id"] in wanted]
+    classes = None if category_ids is None else set(category_ids)
+    selected = [d for d in on_images if classes is None or d["category_id"] in classes]
+    if not selected:
+        raise InputError(
+            f"detections file {path}: none of its {len(detections)} detections is on an "
+            f"evaluated image of an evaluated class ({len(detections) - len(on_images)} on "
+            f"other images, {len(on_images)} of other classes)"
+        )
+    return selected
+
+
+def _check_ground_truth(annotations: Mapping[str, Any], image_ids: Collection[int]) -> None:
+    """Refuse what COCOeval would crash or hang on, or score wrongly, after the whole
+    evaluation: an annotation on an image the file does not list; on the images ``image_ids``,
+    an annotation without a numeric ``area`` or an ``iscrowd``, an image without a positive
+    integer height and width (COCOeval reads them for every annotation), a polygon that
+    :func:`~ovsam.data.polygons.check_polygons` refuses, or an RLE (crowd regions included) that
+    does not decode to its image's size (pycocotools loops forever on short counts)."""
     sizes = {img["id"]: (img.get("height"), img.get("width")) for img in annotations["images"]}
     for ann in annotations["annotations"]:
         where = f"annotation id {ann.get('id')}"
+        if ann["image_id"] not in sizes:
+            raise InputError(
+                f"{where} is on image id {ann['image_id']}, which the file does not list "
+                "(needed for mask AP)"
+            )
+        if ann["image_id"] not in image_ids:
+            continue
         for field in ("area", "iscrowd"):  # COCOeval reads both
             if field not in ann:
                 raise InputError(f"{where} has no {field!r} (needed for mask AP)")
-        if isinstance(ann["segmentation"], list):  # COCOeval rasterises polygons at this size
-            size = sizes.get(ann["image_id"], (None, None))
-            if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
-                raise InputError(
-                    f"image id {ann['image_id']} needs a positive integer height and width "
-                    f"(mask AP rasterises the polygons of {where} at that size)"
-                )
-            try:
+        if not _is_number(ann["area"]) or ann["area"] < 0:
+            raise InputError(f"{where}: area {ann['area']!r} is not a number >= 0 (mask AP)")
+        size = sizes[ann["image_id"]]
+        if not all(is_int(v) and v > 0 for v in size):
+            raise InputError(
+                f"image id {ann['image_id']} needs a positive integer height and width "
+                f"(mask AP reads the ground truth of {where} at that size)"
+            )
+        try:
+            if isinstance(ann["segmentation"], list):
                 check_polygons(ann["segmentation"])
-            except InputError as exc:
-                raise InputError(f"{where}: {exc} (needed for mask AP)") from exc
-    return detections
+            elif decode_rle(ann["segmentation"]).shape != size:
+                raise InputError(
+                    f"its RLE size {ann['segmentation']['size']} is not its image's "
+                    f"[{size[0]}, {size[1]}]"
+                )
+        except InputError as exc:
+            raise InputError(f"{where}: {exc} (needed for mask AP)") from exc
 
 
 def _is_number(value: object) -> bool:
@@ -162,25 +205,17 @@ def _rasterised(annotations: dict[str, Any], image_ids: Collection[int] | None) 
     of :func:`~ovsam.data.polygons.polygons_to_mask`: the same pixels COCOeval would draw for
     ordinary polygons, and one reaching far outside its image cannot exhaust memory."""
     wanted = None if image_ids is None else set(image_ids)
-    sizes = {img["id"]: (img["height"], img["width"]) for img in annotations["images"]}
+    infos = {img["id"]: img for img in annotations["images"]}
     kept = []
     for ann in annotations["annotations"]:
         if wanted is not None and ann["image_id"] not in wanted:
             continue
         if isinstance(ann["segmentation"], list):
-            mask = polygons_to_mask(ann["segmentation"], *sizes[ann["image_id"]])
+            info = infos[ann["image_id"]]
+            mask = polygons_to_mask(ann["segmentation"], info["height"], info["width"])
             ann = {**ann, "segmentation": encode_rle(mask)}
         kept.append(ann)
     return {**annotations, "annotations": kept}
-
-
-def select_detections(
-    detections: list[dict[str, Any]], image_ids: Collection[int], category_ids: Collection[int]
-) -> list[dict[str, Any]]:
-    """The detections on the evaluated images of the evaluated classes (``--limit`` and
-    ``--split`` apply to mask AP too)."""
-    images, categories = set(image_ids), set(category_ids)
-    return [d for d in detections if d["image_id"] in images and d["category_id"] in categories]
 
 
 def mask_ap(
