@@ -261,3 +261,44 @@ def test_cropped_logits_give_the_masks_of_the_full_ones(
     full = cropped.full(list(range(20)))
     assert torch.equal(masks(full), masks(logits))
     assert torch.equal(CroppedLogits.cat([cropped, cropped]).full([23, 2]), full[[3, 2]])
+
+
+def test_a_decoder_without_an_iou_head_has_its_score_named_and_filtered(
+    mobilesam_model: torch.nn.Module,
+) -> None:
+    """OV-SAM's CLIP2SAM head (here with MobileSAM's decoder weights, so that its masks are
+    real) scores a mask by the stability of its low-res logits. The records called that score
+    ``predicted_iou``; now ``predicted_iou`` is None and ``low_res_stability_score`` holds it,
+    which ``pred_iou_thresh`` filters."""
+    import copy
+
+    from ovsam.ov.clip2sam import CLIP2SAMHead
+
+    model = copy.deepcopy(mobilesam_model)
+    head = CLIP2SAMHead(256, 1024, 7)
+    state = model.mask_decoder.state_dict()
+    dropped = ("mask_tokens", "output_hypernetworks_mlps", "iou")  # 4 tokens and the IoU head
+    single = {k: v for k, v in state.items() if not k.startswith(dropped)}
+    single |= {k: v for k, v in state.items() if k.startswith("output_hypernetworks_mlps.0.")}
+    single["mask_tokens.weight"] = state["mask_tokens.weight"][:1]
+    head.mask_decoder.load_state_dict(single)
+    model.mask_decoder = head.eval()
+    predictor = SamPredictor(model)
+    image, _ = make_scene(0)
+    kept_all = {"pred_iou_thresh": -1.0, "stability_score_thresh": 0.0}
+    records = AutomaticMaskGenerator(predictor, points_per_side=4, **kept_all).generate(image)
+    assert len(records) >= 3
+    for record in records:
+        assert record["predicted_iou"] is None
+        clicks = predictor.transform.apply_coords(np.array(record["point_coords"]), (360, 480))
+        low_res, _ = predictor.decode_low_res(
+            torch.as_tensor(clicks, dtype=torch.float32)[None], torch.ones(1, 1, dtype=torch.int64)
+        )
+        stability = float(stability_scores(low_res[:, 0], 0.0, 1.0)[0])
+        assert record["low_res_stability_score"] == pytest.approx(stability, abs=1e-5)
+    scores = sorted(r["low_res_stability_score"] for r in records)
+    threshold = scores[len(scores) // 2]
+    strict = AutomaticMaskGenerator(
+        predictor, points_per_side=4, pred_iou_thresh=threshold, stability_score_thresh=0.0
+    ).generate(image)
+    assert strict and all(r["low_res_stability_score"] > threshold for r in strict)

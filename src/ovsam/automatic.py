@@ -5,6 +5,11 @@ a ``points_per_side`` x ``points_per_side`` grid of foreground clicks is decoded
 (three candidates per click), candidates are filtered by predicted IoU and by stability
 (IoU between the mask thresholded at ``+offset`` and at ``-offset`` logits), and duplicates
 are removed with non-maximum suppression on mask IoU ranked by predicted IoU.
+
+A decoder without an IoU head (OV-SAM's, :attr:`~ovsam.predictor.SamPredictor.score_name`)
+scores its masks by the stability of their low-res logits: that score then takes the predicted
+IoU's place (``pred_iou_thresh`` and the ranking), and the records hold it as
+``low_res_stability_score`` with ``predicted_iou`` None.
 """
 
 from __future__ import annotations
@@ -148,7 +153,9 @@ class AutomaticMaskGenerator:
         ``segmentation`` (HxW bool), ``rle`` (COCO RLE), ``area``, ``bbox`` (XYWH),
         ``predicted_iou``, ``stability_score`` and ``point_coords`` (``[[x, y]]``: the click in
         XY pixels, nested as in SAM so that ``np.array(record["point_coords"])`` is a ``1x2``
-        ``point_coords`` for :meth:`SamPredictor.predict`).
+        ``point_coords`` for :meth:`SamPredictor.predict`). For a decoder without an IoU head,
+        ``predicted_iou`` is None and ``low_res_stability_score`` holds its score (see the
+        module docstring).
         """
         self._check_settings()
         if image is not None:
@@ -165,10 +172,11 @@ class AutomaticMaskGenerator:
             return []
         keep = mask_nms(found.thumbs, found.iou, self.nms_thresh, stride=1)
         records = []
+        score_name = self.predictor.score_name
         for rows in keep.split(self.predictor.masks_per_upscale()):
             masks = self.predictor.binary_masks(found.low_res.full(rows.tolist())[:, None])[:, 0]
             records += [
-                self._record(mask, found.iou[i], found.stability[i], found.clicks[i])
+                self._record(mask, found.iou[i], found.stability[i], found.clicks[i], score_name)
                 for mask, i in zip(masks, rows.tolist(), strict=True)
             ]
         return sorted(records, key=lambda r: -r["area"])
@@ -228,15 +236,24 @@ class AutomaticMaskGenerator:
 
     @staticmethod
     def _record(
-        mask: torch.Tensor, iou: torch.Tensor, stability: torch.Tensor, click: torch.Tensor
+        mask: torch.Tensor,
+        score: torch.Tensor,
+        stability: torch.Tensor,
+        click: torch.Tensor,
+        score_name: str,
     ) -> dict[str, Any]:
+        """One mask's record; ``score`` is the decoder's, named ``score_name``."""
         array = mask.cpu().numpy()
+        if score_name == "predicted_iou":
+            scores: dict[str, float | None] = {"predicted_iou": float(score)}
+        else:
+            scores = {"predicted_iou": None, "low_res_stability_score": float(score)}
         return {
             "segmentation": array,
             "rle": encode_rle(array),
             "area": int(array.sum()),
             "bbox": mask_to_bbox_xywh(array),
-            "predicted_iou": float(iou),
+            **scores,
             "stability_score": float(stability),
             "point_coords": [[float(click[0]), float(click[1])]],
         }

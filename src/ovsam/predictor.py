@@ -70,6 +70,13 @@ class SamPredictor:
         """Device of the model's parameters."""
         return next(self.model.parameters()).device
 
+    @property
+    def score_name(self) -> str:
+        """What the decoder's mask scores are: SAM's ``"predicted_iou"`` (its IoU head), or the
+        decoder's ``score_name`` (OV-SAM's CLIP2SAM head has no IoU head: its scores are the
+        ``"stability_score"`` of the low-res logits)."""
+        return getattr(self.model.mask_decoder, "score_name", "predicted_iou")
+
     # ---------------------------------------------------------------- image state
     @property
     def is_image_set(self) -> bool:

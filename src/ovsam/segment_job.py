@@ -17,14 +17,8 @@ from ovsam.recognizers import LabelOptions, build_labeled_predictor, recognition
 from ovsam.run_settings import checkpoint_record, model_record
 
 # how each mask score is named (result.json key -> terminal): SAM's IoU head, or the stability
-# score of decoders without one (OV-SAM's CLIP2SAM head: ``score_name = "stability_score"``)
+# score of decoders without one (:attr:`~ovsam.predictor.SamPredictor.score_name`)
 SCORE_WORDS = {"predicted_iou": "predicted IoU", "stability_score": "stability score"}
-
-
-def mask_score_name(model: object) -> str:
-    """What ``model``'s mask scores are (a key of :data:`SCORE_WORDS`): its decoder's
-    ``score_name``, else SAM's ``predicted_iou``."""
-    return getattr(model.mask_decoder, "score_name", "predicted_iou")
 
 
 def choose_multimask(num_points: int, has_box: bool) -> bool:
@@ -85,7 +79,7 @@ def segment_image(
         "checkpoint": checkpoint_record(checkpoint),
         "image": str(image_path),
     }
-    score_name = mask_score_name(predictor.model)
+    score_name = predictor.score_name
     if score_name != "predicted_iou":
         extra |= {"predicted_iou": None, score_name: float(scores[best])}
     caption = None

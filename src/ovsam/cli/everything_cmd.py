@@ -27,7 +27,11 @@ if TYPE_CHECKING:
 # The AutomaticMaskGenerator settings as flags: (field, flag, type, default, help).
 GENERATOR_OPTIONS: tuple[tuple[str, str, type, object, str], ...] = (
     ("points_per_side", "--points-per-side", int, 32, "grid size, 1 to 256 (default 32)"),
-    ("pred_iou_thresh", "--pred-iou-thresh", float, 0.88, "keep masks scored above (default 0.88)"),
+    (
+        "pred_iou_thresh", "--pred-iou-thresh", float, 0.88,
+        "keep masks whose predicted IoU is above this (OV-SAM's decoder, which has no IoU head: "
+        "the stability of its low-res logits) (default 0.88)",
+    ),
     (
         "stability_score_thresh", "--stability-thresh", float, 0.95,
         "keep masks at least this stable (default 0.95)",

@@ -13,7 +13,7 @@ import numpy as np
 
 from ovsam.image_state import ImageState
 from ovsam.predictor import SamPredictor
-from ovsam.segment_job import choose_multimask, mask_score_name
+from ovsam.segment_job import choose_multimask
 from ovsam.vocab import Vocabulary
 
 NO_RECOGNITION = (
@@ -103,7 +103,7 @@ class SegmentationEngine:
         self.model_name = model_name
         self.weights = weights  # what segments: "default", "random" or a checkpoint
         self.recognizer: Recognizer = recognizer or MissingRecognizer()
-        self.score_name = mask_score_name(predictor.model)
+        self.score_name = predictor.score_name
         self._lock = threading.Lock()
 
     def embed(self, image: np.ndarray) -> tuple[ImageState, float]:
