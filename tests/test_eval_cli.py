@@ -52,10 +52,17 @@ def test_resume_with_other_settings_is_refused(tiny: Path, tmp_path: Path, built
     assert status == 0 and "| renamed |" in stdout and built == ["mobilesam"] * 2
     # records embedded with other synonyms (an older ovsam's rule) are not mixed in
     settings = json.loads((out / "settings.json").read_text())
-    settings["vocabulary_sha256"] = "0" * 64
+    vocabulary_sha256, settings["vocabulary_sha256"] = settings["vocabulary_sha256"], "0" * 64
     (out / "settings.json").write_text(json.dumps(settings))
     status, _, stderr = run_eval(tiny, out)
     assert status == 2 and "vocabulary_sha256 '000" in stderr
+    # records of the earlier instance and point rules (no protocol_rules) are not mixed in
+    del settings["protocol_rules"]
+    settings["vocabulary_sha256"] = vocabulary_sha256
+    (out / "settings.json").write_text(json.dumps(settings))
+    status, _, stderr = run_eval(tiny, out)
+    assert status == 2 and "vocabulary" not in stderr
+    assert "(protocol_rules None -> \"instances: mmdet's" in stderr
 
 
 def test_a_checkpoint_file_names_the_row_and_counts_by_its_content(
@@ -170,6 +177,12 @@ def test_crowd_only_and_unannotated_images_are_counted_as_skipped(
     [
         ("image_id", (77,), "1 annotations .* have an image_id not among its images"),
         ("category_id", (999, 998), "2 annotations .* have a category_id not among its categories"),
+        (
+            "bbox",
+            ([0, 0, 0.5, 9],),
+            "1 annotations .* have a box under 1 pixel wide or high or "
+            r"outside its image, or no area \(mmdet's rule",
+        ),
     ],
 )
 def test_ignored_annotations_are_counted_in_one_warning(

@@ -60,10 +60,10 @@ def _dataset(tmp_path: Path, edit=None) -> InstanceDataset:  # noqa: ANN001 - a 
 def test_boxes_are_the_annotated_ones_else_the_masks(tmp_path: Path) -> None:
     def offset(data: dict) -> None:
         data["annotations"][0]["bbox"] = [10.25, 5.5, 20.0, 30.0]
-        data["annotations"][1]["bbox"] = [0, 0, 0.5, 9]  # under a pixel wide: not usable
         # past the right edge: under a pixel wide inside the 128-wide image (a box prompt
         # refused it and stopped the whole evaluation), and partly past the bottom: clipped
-        data["annotations"][2]["bbox"] = [127.4, 10, 1.0, 20]
+        data["annotations"][1]["bbox"] = [127.4, 10, 1.0, 20]
+        data["annotations"][2]["bbox"] = [10, 10, 10**400, 20]  # too large for a float
 
     item = _dataset(tmp_path, offset)[0]
     np.testing.assert_allclose(item.boxes[0], [10.25, 5.5, 30.25, 35.5])
@@ -78,12 +78,34 @@ def test_boxes_are_the_annotated_ones_else_the_masks(tmp_path: Path) -> None:
     clipped = _dataset(tmp_path / "low", low)[0]
     np.testing.assert_allclose(clipped.boxes[0], [10, 80, 30, 96])  # the image is 96 high
 
-    def huge(data: dict) -> None:  # too large for a float: not usable (was an OverflowError)
-        data["annotations"][0]["bbox"] = [10, 10, 10**400, 20]
 
-    item = _dataset(tmp_path / "huge", huge)[0]
-    ys, xs = np.nonzero(item.masks[0])
-    np.testing.assert_allclose(item.boxes[0], [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+@pytest.mark.parametrize(
+    ("change", "dropped"),
+    [
+        ({"bbox": [0, 0, 0.5, 9]}, True),  # under a pixel wide
+        ({"bbox": [0, 0, 9, 0.99]}, True),  # under a pixel high
+        ({"area": 0}, True),
+        ({"bbox": [128, 10, 20, 20]}, True),  # right of the 128-wide image
+        ({"bbox": [-30, 10, 30, 20]}, True),  # left of it, touching its edge
+        ({"bbox": [-30, 10, 31, 20]}, False),  # a pixel inside
+        ({"bbox": [0, 0, 1, 1]}, False),
+        ({"bbox": None}, False),  # no box: its mask's box prompts it
+    ],
+)
+def test_annotations_that_mmdet_drops_are_no_instances(
+    tmp_path: Path, change: dict, dropped: bool
+) -> None:
+    """The official evaluation and training read COCO through mmdet's CocoDataset, which drops
+    annotations whose box is under 1 pixel wide or high, lies outside the image (of the size
+    the file states), or whose area is not positive; ovsam prompted them with their mask's box."""
+
+    def edit(data: dict) -> None:
+        data["annotations"][0].update(change)
+
+    plain = _dataset(tmp_path / "plain")
+    dataset = _dataset(tmp_path / "edited", edit)
+    assert dataset.too_small_annotations == int(dropped) and plain.too_small_annotations == 0
+    assert len(dataset[0].category_ids) == len(plain[0].category_ids) - int(dropped)
 
 
 def test_an_image_of_another_size_than_annotated_is_refused(tmp_path: Path) -> None:

@@ -215,6 +215,8 @@ def _warn_ignored(args: argparse.Namespace, dataset: InstanceDataset, orphans: i
     ignored = {
         "a category_id not among its categories": dataset.unknown_category_annotations,
         "an image_id not among its images": orphans,
+        "a box under 1 pixel wide or high or outside its image, or no area (mmdet's rule, as "
+        "in the official evaluation)": dataset.too_small_annotations,
     }
     for why, count in ignored.items():
         if count:
@@ -231,6 +233,7 @@ def _settings(args: argparse.Namespace, options: LabelOptions) -> dict[str, Any]
     counts by its content, a checkpoint or OV-SAM ``--model`` file by its absolute path and
     content (:mod:`ovsam.run_settings`), each hashed once here; the vocabulary by what is
     embedded (:meth:`~ovsam.vocab.Vocabulary.fingerprint`)."""
+    from ovsam.evaluation.runner import PROTOCOL_RULES
     from ovsam.run_settings import checkpoint_record, clip_weights_record, model_record
     from ovsam.weight_sources import sha256_file
 
@@ -239,6 +242,8 @@ def _settings(args: argparse.Namespace, options: LabelOptions) -> dict[str, Any]
         "images": str(args.images.resolve()),
         "split": args.split,
         "prompt": args.prompt,
+        # which annotations are instances, and where a point prompt lies (each changed once)
+        "protocol_rules": PROTOCOL_RULES,
         "recognizer": args.recognizer,
         "templates": args.templates,
         # the names and synonyms embedded (their rule changed once: results differ)

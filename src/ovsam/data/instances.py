@@ -4,8 +4,9 @@
 file (category ``frequency`` kept; LVIS images are located by the last part of ``coco_url``
 when there is no ``file_name``). Item ``i`` is an :class:`Instances`: the ``HxWx3`` uint8 RGB
 image, ``Nx4`` XYXY pixel boxes, ``NxHxW`` bool masks and the category id / name of each
-instance (crowd and empty annotations skipped). ``category_filter`` keeps only some categories
-(e.g. the 65 of OV-COCO). :func:`read_annotations` reads and checks such a file: a missing,
+instance (crowd and empty annotations skipped, and those that mmdet's ``CocoDataset``, through
+which the official evaluation and training read COCO, drops: :func:`_too_small`).
+``category_filter`` keeps only some categories (e.g. the 65 of OV-COCO). :func:`read_annotations` reads and checks such a file: a missing,
 malformed or incomplete one is an :class:`InputError` naming the file and the entry.
 """
 
@@ -78,11 +79,17 @@ class InstanceDataset:
         known = {c["id"] for c in data["categories"]}
         #: annotations whose ``category_id`` is not among the file's categories (ignored)
         self.unknown_category_annotations = 0
+        #: annotations of a kept category that :func:`_too_small` leaves out
+        self.too_small_annotations = 0
+        sizes = {img["id"]: (img.get("height"), img.get("width")) for img in data["images"]}
         by_image: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
         for ann in data["annotations"]:
             self.unknown_category_annotations += ann["category_id"] not in known
             if ann["category_id"] in self.categories and not ann.get("iscrowd", 0):
-                by_image[ann["image_id"]].append(ann)
+                if _too_small(ann, sizes.get(ann["image_id"], (None, None))):
+                    self.too_small_annotations += 1
+                else:
+                    by_image[ann["image_id"]].append(ann)
         self.images = [img for img in data["images"] if by_image.get(img["id"])]
         self._annotations = by_image
 
@@ -168,10 +175,9 @@ def load_annotated_image(image_root: Path, info: Mapping[str, Any]) -> np.ndarra
     )
 
 
-def _annotated_box(ann: Mapping[str, Any], height: int, width: int) -> list[float] | None:
-    """An annotation's ``bbox`` (XYWH) as XYXY pixels clipped to the ``height x width`` image,
-    or None when it has none usable (not four finite numbers, or under 1 pixel wide or high
-    inside the image, which a box prompt cannot be: the mask's box is used then)."""
+def _bbox(ann: Mapping[str, Any]) -> tuple[float, float, float, float] | None:
+    """An annotation's ``bbox`` (XYWH pixels) as four finite floats, or None when it has no
+    such box (missing, not four numbers, or too large for a float)."""
     box = ann.get("bbox")
     if not isinstance(box, list) or len(box) != 4:
         return None
@@ -181,8 +187,37 @@ def _annotated_box(ann: Mapping[str, Any], height: int, width: int) -> list[floa
         x, y, w, h = (float(v) for v in box)
     except OverflowError:  # an integer too large for a float
         return None
-    if not all(math.isfinite(v) for v in (x, y, w, h)):
+    return (x, y, w, h) if all(math.isfinite(v) for v in (x, y, w, h)) else None
+
+
+def _too_small(ann: Mapping[str, Any], size: tuple[object, object]) -> bool:
+    """mmdet's ``CocoDataset.parse_data_info`` rule: an annotation whose ``bbox`` is under 1
+    pixel wide or high, whose ``area`` is not positive, or whose box does not overlap its image
+    (of the ``(height, width)`` the file states, when it states one) is no instance. One
+    without a usable ``bbox`` is kept: its mask's box prompts it (:func:`_annotated_box`)."""
+    box = _bbox(ann)
+    if box is None:
+        return False
+    x, y, w, h = box
+    area = ann.get("area")
+    if w < 1 or h < 1 or (isinstance(area, (int, float)) and area <= 0):
+        return True
+    height, width = size
+    if not (is_int(height) and is_int(width)):
+        return False
+    overlap_w = max(0.0, min(x + w, width) - max(x, 0.0))
+    overlap_h = max(0.0, min(y + h, height) - max(y, 0.0))
+    return overlap_w * overlap_h == 0
+
+
+def _annotated_box(ann: Mapping[str, Any], height: int, width: int) -> list[float] | None:
+    """An annotation's ``bbox`` (XYWH) as XYXY pixels clipped to the ``height x width`` image,
+    or None when it has none usable (:func:`_bbox`, or under 1 pixel wide or high inside the
+    image, which a box prompt cannot be: the mask's box is used then)."""
+    box = _bbox(ann)
+    if box is None:
         return None
+    x, y, w, h = box
     x0, y0 = min(max(x, 0.0), width), min(max(y, 0.0), height)
     x1, y1 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
     if x1 - x0 < 1 or y1 - y0 < 1:

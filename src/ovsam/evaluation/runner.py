@@ -108,6 +108,11 @@ def lvis_splits(categories: list[Mapping[str, Any]]) -> dict[int, str]:
     return {int(c["id"]): "novel" if c["frequency"] == "r" else "base" for c in categories}
 
 
+#: Which annotations are instances and where a centre point prompts, recorded with the settings:
+#: records made under earlier rules (before this entry) are not resumed into.
+PROTOCOL_RULES = "instances: mmdet's CocoDataset filter; points: pixel indices (SAM's convention)"
+
+
 def check_settings(out_dir: str | Path, settings: Mapping[str, Any]) -> bool:
     """Record the ``settings`` that determine the records in ``out_dir/settings.json``, or
     check them against those of an earlier run there: resuming with other settings (prompt,
