@@ -42,6 +42,18 @@ def test_coco_ov_refuses_category_ids_that_are_not_cocos(
     assert run_eval(path, tmp_path / "all", "--split", "all", images=tiny.parent / "images")[0] == 0
 
 
+def test_coco_ov_compares_category_names_as_labels_are_matched(
+    tiny: Path, tmp_path: Path, built: list
+) -> None:
+    """``Traffic_Light`` is COCO's ``traffic light`` (id 10), as label matching reads names."""
+    data = json.loads(tiny.read_text())
+    (light,) = (c for c in data["categories"] if c["name"] == "traffic light")
+    light["name"] = "Traffic_Light"
+    path = tmp_path / "spelled.json"
+    path.write_text(json.dumps(data))
+    assert run_eval(path, tmp_path / "out", images=tiny.parent / "images")[0] == 0
+
+
 def test_mask_ap_covers_the_selected_images_and_classes_only(
     tiny: Path, tmp_path: Path, built: list
 ) -> None:

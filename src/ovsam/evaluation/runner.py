@@ -31,7 +31,7 @@ from ovsam.evaluation.accounting import Selection, account
 from ovsam.evaluation.metrics import InstanceRecord, markdown_table, records_for_image, summarize
 from ovsam.fileio import atomic_write_bytes, atomic_write_json
 from ovsam.run_settings import read_settings, settings_changes
-from ovsam.vocab import builtin_vocabulary
+from ovsam.vocab import builtin_vocabulary, name_key
 
 PromptKind = Literal["box", "point"]
 SETTINGS_FILE = "settings.json"
@@ -79,11 +79,11 @@ def coco_ov_splits(categories: Sequence[Mapping[str, Any]] | None = None) -> dic
     coco = builtin_vocabulary("coco")
     splits = {int(info["id"]): str(info["split"]) for info in coco.info}
     name_of = {
-        int(info["id"]): name.lower() for info, name in zip(coco.info, coco.classes, strict=True)
+        int(info["id"]): name_key(name) for info, name in zip(coco.info, coco.classes, strict=True)
     }
     id_of = {name: id_ for id_, name in name_of.items()}
-    for category in categories or ():
-        name, id_ = str(category["name"]).lower(), category["id"]
+    for category in categories or ():  # names compared as labels are: "Traffic_Light" is COCO's
+        name, id_ = name_key(str(category["name"])), category["id"]
         clashes = []
         if name_of.get(id_, name) != name:
             clashes.append(f"COCO's id {id_} is {name_of[id_]!r}")
