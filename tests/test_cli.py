@@ -14,6 +14,7 @@ from PIL import Image
 from ovsam.assets import SAMPLE_BOX, SAMPLE_PHOTO
 from ovsam.cli.main import main
 from ovsam.masks import decode_rle, mask_iou
+from ovsam.predictor import SamPredictor
 from ovsam.weights import get_weights_spec
 from synthetic_scenes import make_scene
 
@@ -69,10 +70,26 @@ def test_segment_box_writes_mask_overlay_and_json(
 
 
 def test_segment_single_point_uses_best_of_three(
-    scene_file: tuple[Path, list], tmp_path: Path, mobilesam_checkpoint: Path
+    scene_file: tuple[Path, list],
+    tmp_path: Path,
+    mobilesam_checkpoint: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """The three candidates come back best last (for this click the model puts it first, so
+    taking the first candidate passed too): the highest-scoring one is written."""
     path, shapes = scene_file
     rect = shapes[1]
+    predict = SamPredictor.predict
+    best_score: list[float] = []
+
+    def best_last(self: SamPredictor, **prompt: object) -> tuple[np.ndarray, ...]:
+        masks, scores, logits = predict(self, **prompt)
+        assert len(scores) == 3 and prompt["multimask_output"]
+        order = np.argsort(scores)  # ascending: the best candidate last
+        best_score.append(float(scores[order[-1]]))
+        return masks[order], scores[order], logits[order]
+
+    monkeypatch.setattr(SamPredictor, "predict", best_last)
     x, y = (str(v) for v in rect.inner_point)
     assert (
         main(
@@ -93,6 +110,7 @@ def test_segment_single_point_uses_best_of_three(
     mask = np.asarray(Image.open(tmp_path / "mask.png")) == 255
     assert mask_iou(mask, rect.mask) >= 0.95
     record = json.loads((tmp_path / "result.json").read_text())
+    assert record["predicted_iou"] == pytest.approx(best_score[0], abs=1e-6)
     assert record["prompt"]["points"] == [[float(x), float(y)]] and record["prompt"][
         "point_labels"
     ] == [1]

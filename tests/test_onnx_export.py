@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from ovsam.assets import SAMPLE_BOX, SAMPLE_PHOTO
-from ovsam.export_onnx import INPUT_NAMES, export_decoder_onnx, onnx_parity
+from ovsam.errors import InputError
+from ovsam.export_onnx import INPUT_NAMES, example_inputs, export_decoder_onnx, onnx_parity
 from ovsam.image_io import load_image
 from ovsam.predictor import SamPredictor
 
@@ -22,11 +23,20 @@ def onnx_path(mobilesam_model: torch.nn.Module, tmp_path_factory: pytest.TempPat
     return export_decoder_onnx(mobilesam_model, tmp_path_factory.mktemp("onnx") / "decoder.onnx")
 
 
-@pytest.mark.parametrize("points", [2, 6])
+@pytest.mark.parametrize("points", [1, 2, 6])
 def test_onnx_runtime_equals_torch(
     mobilesam_model: torch.nn.Module, onnx_path: Path, points: int
 ) -> None:
+    """points=1 (a lone click) gave two labels for one point: ONNX Runtime refused it."""
     assert onnx_parity(mobilesam_model, onnx_path, points) < 1e-3
+
+
+def test_example_inputs_give_a_label_per_point_and_refuse_none() -> None:
+    assert example_inputs(1)[2].tolist() == [[1.0]]
+    assert example_inputs(4)[2].tolist() == [[1.0, 0.0, 0.0, -1.0]]
+    assert [tuple(t.shape) for t in example_inputs(2)[1:3]] == [(1, 2, 2), (1, 2)]
+    with pytest.raises(InputError, match="needs at least one point, got 0"):
+        example_inputs(0)
 
 
 def test_box_and_refinement_match_the_predictor(

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ovsam.errors import InputError
 from ovsam.fileio import atomic_write, atomic_write_bytes, atomic_write_json
 from ovsam.outputs import Prompt, write_result
 from ovsam.visualize import mask_outline, overlay
@@ -186,3 +187,23 @@ def test_overlay_tints_mask_draws_outline_and_prompts() -> None:
     assert tuple(picture[5, 5]) == (0, 220, 0)  # positive point mark
     outline = mask_outline(mask, width=1)
     assert outline.sum() == 2 * (20 + 30) - 4 and not outline[20, 35]
+
+
+@pytest.mark.parametrize("form", ["HxW", "HxWx1", "HxWx4"])
+def test_overlay_takes_greyscale_and_rgba_as_set_image_does(form: str) -> None:
+    """HxW and HxWx4 images crashed with a numpy broadcast error; an HxW one with a 3-pixel
+    mask came back HxW. As grey (or opaque RGBA), each gives the RGB image's picture."""
+    image, mask = _scene()  # grey: every channel 100
+    odd = {
+        "HxW": image[..., 0],
+        "HxWx1": image[..., :1],
+        "HxWx4": np.dstack([image, np.full(mask.shape, 255, np.uint8)]),
+    }[form]
+    small = np.zeros_like(mask)
+    small[0, :3] = True
+    for masks in ([mask], [small]):
+        picture = overlay(odd, masks, labels=["cup"])
+        assert picture.shape == image.shape and picture.dtype == np.uint8
+        assert np.array_equal(picture, overlay(image, masks, labels=["cup"]))
+    with pytest.raises(InputError, match=r"image must be HxWx3 RGB .* got shape \(40, 60, 2\)"):
+        overlay(np.zeros((40, 60, 2), np.uint8), [mask])

@@ -69,9 +69,16 @@ class PromptDecoderForOnnx(nn.Module):
 
 
 def example_inputs(points: int = 3) -> tuple[Tensor, ...]:
-    """Inputs of the right shapes and dtypes (float32) for tracing or checking."""
+    """Inputs of the right shapes and dtypes (float32) for tracing or checking, with
+    ``points`` (N >= 1) random clicks: ``point_coords`` 1xNx2 and ``point_labels`` 1xN, a lone
+    positive click for N = 1, else a positive, N - 2 negatives and a padding point (-1).
+
+    Raises :class:`InputError` for ``points`` below 1."""
+    if points < 1:
+        raise InputError(f"the example prompt needs at least one point, got {points}")
     coords = torch.rand(1, points, 2) * 1024
-    labels = torch.tensor([[1.0] + [0.0] * (points - 2) + [-1.0]])
+    rest = [0.0] * (points - 2) + [-1.0] if points > 1 else []
+    labels = torch.tensor([[1.0, *rest]])
     return torch.randn(1, 256, 64, 64), coords, labels, torch.zeros(1, 1, 256, 256), torch.zeros(1)
 
 
@@ -114,7 +121,8 @@ def export_decoder_onnx(model: nn.Module, path: str | Path, opset: int = 17) -> 
 
 @torch.no_grad()
 def onnx_parity(model: nn.Module, path: str | Path, points: int = 5) -> float:
-    """Largest absolute difference between ONNX Runtime and torch on random inputs."""
+    """Largest absolute difference between ONNX Runtime and torch on random inputs with
+    ``points`` clicks (:func:`example_inputs`)."""
     import onnxruntime
 
     inputs = example_inputs(points)

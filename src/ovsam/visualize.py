@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ovsam.image_io import check_image_array
+
 PALETTE: tuple[tuple[int, int, int], ...] = (
     (30, 144, 255),
     (255, 99, 71),
@@ -64,11 +66,14 @@ def overlay(
 ) -> np.ndarray:
     """Draw masks (tinted, outlined), prompt marks and label captions onto a copy of ``image``.
 
-    ``image``: HxWx3 uint8 RGB. ``masks``: K masks of HxW bool. ``labels``: K captions (or
-    None). ``points``: Nx2 XY pixels with ``point_labels`` N (1 green ring, 0 red cross).
-    ``boxes``: Mx4 XYXY pixels. Returns an HxWx3 uint8 RGB picture.
+    ``image``: HxWx3 uint8 RGB, or HxW / HxWx1 greyscale or HxWx4 RGBA uint8, converted as
+    :meth:`~ovsam.predictor.SamPredictor.set_image` does (:func:`check_image_array`; other
+    arrays raise :class:`~ovsam.errors.InputError`). ``masks``: K masks of HxW bool.
+    ``labels``: K captions (or None). ``points``: Nx2 XY pixels with ``point_labels`` N (1
+    green ring, 0 red cross). ``boxes``: Mx4 XYXY pixels. Returns an HxWx3 uint8 RGB picture.
     """
-    canvas = image.astype(np.float32).copy()
+    image = check_image_array(image)
+    canvas = image.astype(np.float32)
     for index, mask in enumerate(masks):
         mask = np.asarray(mask, dtype=bool)
         color = np.array(PALETTE[index % len(PALETTE)], dtype=np.float32)
