@@ -1,11 +1,13 @@
-"""``ovsam everything`` on folders with awkward entries: a file name that is not UTF-8, a link
-to a missing file, pictures an earlier ovsam run wrote there."""
+"""``ovsam everything`` on folders with awkward entries: a file name that is not UTF-8, names
+that differ only in Unicode normalisation, a link to a missing file, pictures an earlier
+ovsam run wrote there."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +67,27 @@ def test_a_checkpoint_in_a_folder_whose_name_is_not_utf8_resumes(
     capsys.readouterr()
     assert main([*argv, *FAST]) == 0
     assert capsys.readouterr().out == "1 image already done, skipped\n"
+
+
+def test_names_differing_only_in_unicode_normalisation_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Composed and decomposed ``café.png`` share a folder where names are compared
+    normalised (macOS): only names differing in case were refused."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for form in ("NFC", "NFD"):
+        _image(folder / unicodedata.normalize(form, "café.png"))
+    if len(list(folder.iterdir())) != 2:
+        pytest.skip("this file system normalises names")
+    assert main(["everything", str(folder), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == (
+        f"ovsam everything: error: images in {folder} whose names differ only in case or "
+        "Unicode normalisation (composed or decomposed accents) would share an output folder "
+        "on a case- or normalisation-insensitive (macOS) file system: "
+        "'cafe\\u0301.png'/'caf\\xe9.png' (rename them)\n"
+    )
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_link_to_a_missing_file_is_named_as_failed(

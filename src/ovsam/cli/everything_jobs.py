@@ -3,9 +3,10 @@
 Layout: a single image's results go straight into ``--out``; for a folder, each image's go to
 ``--out/<file name>/`` (``photos/a.png`` -> ``out/a.png/``), so ``a.png`` and ``a.jpg`` get
 folders of their own. Two images whose names differ only in case (``a.png``, ``A.PNG``) would
-share a folder on a case-insensitive file system (macOS, Windows): such a folder is refused
-with the clashing names. Only the images directly in the folder are processed; subfolders
-are counted, not searched.
+share a folder on a case-insensitive file system (macOS, Windows), and so would two differing
+only in Unicode normalisation (``café.png`` with a composed or a decomposed ``é``, as
+macOS's APFS and HFS+ compare names): such a folder is refused with the clashing names.
+Only the images directly in the folder are processed; subfolders are counted, not searched.
 
 Resuming: ``--out/settings.json`` records the settings the results were made with, and each
 ``masks.json`` its own. A run with other settings than those recorded (or over results
@@ -20,6 +21,7 @@ record is redone.
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,7 +47,8 @@ def list_jobs(source: Path, out: Path) -> list[Job]:
     file directly in a folder (``out / image.name``), sorted by name.
 
     Raises :class:`InputError` for a missing source, a folder without images, ``out`` equal to
-    the input folder, an output folder that is a file, or names that differ only in case."""
+    the input folder, an output folder that is a file, or names that differ only in case or
+    Unicode normalisation (:func:`folder_key`)."""
     if source.is_file():
         return [(source, out)]
     if not source.is_dir():
@@ -71,20 +74,43 @@ def list_jobs(source: Path, out: Path) -> list[Job]:
         raise InputError(
             f"folder {source} holds no images{besides} ({', '.join(sorted(IMAGE_SUFFIXES))})"
         )
-    by_folded: dict[str, list[str]] = {}
+    by_key: dict[str, list[str]] = {}
     for image in images:
-        by_folded.setdefault(image.name.casefold(), []).append(image.name)
-    clashes = ["/".join(names) for names in by_folded.values() if len(names) > 1]
+        by_key.setdefault(folder_key(image.name), []).append(image.name)
+    clashes = [names for names in by_key.values() if len(names) > 1]
     if clashes:
-        raise InputError(
-            f"images in {source} whose names differ only in case would share an output folder "
-            f"on a case-insensitive file system: {'; '.join(clashes)} (rename them)"
-        )
+        raise InputError(clash_message(source, clashes))
     jobs = [(image, out / image.name) for image in images]
     for _, folder in jobs:
         if folder.exists() and not folder.is_dir():
             raise InputError(f"output folder {folder} is a file")
     return jobs
+
+
+def folder_key(name: str) -> str:
+    """``name`` as a case- and normalisation-insensitive file system compares it: Unicode's
+    canonical caseless form, NFD(casefold(NFD(name)))."""
+    return unicodedata.normalize("NFD", unicodedata.normalize("NFD", name).casefold())
+
+
+def clash_message(source: Path, clashes: Sequence[Sequence[str]]) -> str:
+    """Why the images of ``source`` are refused: each group in ``clashes`` names images that
+    would share one output folder. Names that differ in Unicode normalisation look alike, so
+    the message then shows every name escaped (``ascii``)."""
+    normalisation = any(
+        len({unicodedata.normalize("NFC", name) for name in names}) < len(names)
+        for names in clashes
+    )
+    if normalisation:
+        how = "case or Unicode normalisation (composed or decomposed accents)"
+        system, show = "case- or normalisation-insensitive (macOS)", ascii
+    else:
+        how, system, show = "case", "case-insensitive", str
+    listed = "; ".join("/".join(show(name) for name in names) for names in clashes)
+    return (
+        f"images in {source} whose names differ only in {how} would share an output folder "
+        f"on a {system} file system: {listed} (rename them)"
+    )
 
 
 # Pictures ovsam writes into an --out folder, by the result file written beside them:
