@@ -189,15 +189,19 @@ def test_a_cut_last_line_is_removed_before_appending(
 
 
 def mixed_coco(root: Path) -> dict:
-    """Six images: 1 and 6 evaluated (one annotation of 6 has an empty mask), 2 only crowds,
-    3 only empty masks, 4 no annotation, 5 only traffic lights (outside OV-COCO); and one
-    annotation of an image the file does not list."""
-    data = read_annotations(write_tiny_coco(root, images=6, crowd=(2,), unannotated=(4,)))
+    """Seven images: 1 and 6 evaluated (one annotation of 6 has an empty mask, one of 1 a box
+    under a pixel wide: no instance), 2 only crowds, 3 only empty masks, 4 no annotation, 5
+    only traffic lights (outside OV-COCO), 7 only boxes under a pixel wide; and one annotation
+    of an image the file does not list."""
+    data = read_annotations(write_tiny_coco(root, images=7, crowd=(2,), unannotated=(4,)))
     for ann in data["annotations"]:
         if ann["image_id"] == 3:
             ann.update(category_id=1, segmentation=[[]])
         elif ann["image_id"] == 5:
             ann["category_id"] = 10
+        elif ann["image_id"] == 7:
+            ann["bbox"] = [0, 0, 0.5, 9]
+    next(a for a in data["annotations"] if a["image_id"] == 1)["bbox"] = [0, 0, 0.5, 9]
     empty = next(ann for ann in data["annotations"] if ann["image_id"] == 6)
     empty.update(category_id=1, segmentation=[[]])
     data["annotations"].append({**empty, "id": 999, "image_id": 99})
@@ -205,16 +209,17 @@ def mixed_coco(root: Path) -> dict:
 
 
 MIXED_COUNTS = {
-    "images": 6,
+    "images": 7,
     "images_evaluated": 2,
-    "images_skipped": 4,
+    "images_skipped": 5,
     "images_skipped_no_annotations": 1,
     "images_skipped_only_crowd": 1,
     "images_skipped_only_other_classes": 1,
+    "images_skipped_only_too_small": 1,
     "images_skipped_empty_masks": 1,
     "images_missing": 0,
-    "instances": 4,
-    "instances_skipped": 4,
+    "instances": 3,
+    "instances_skipped": 4,  # the empty masks only: boxes under a pixel are no instances
 }
 
 
@@ -222,17 +227,23 @@ def test_every_image_is_evaluated_or_skipped_with_its_reason(tmp_path: Path) -> 
     data = mixed_coco(tmp_path / "coco")
     dataset = ov_dataset(data, tmp_path / "coco" / "images")
     selection = select_images(data, dataset)
-    assert selection.image_ids == (1, 2, 3, 4, 5, 6) and selection.orphan_annotations == 1
-    assert selection.skipped == {2: "only_crowd", 4: "no_annotations", 5: "only_other_classes"}
+    assert selection.image_ids == (1, 2, 3, 4, 5, 6, 7) and selection.orphan_annotations == 1
+    assert selection.skipped == {
+        2: "only_crowd",
+        4: "no_annotations",
+        5: "only_other_classes",
+        7: "only_too_small",
+    }
     evaluate_rank(Oracle(dataset), dataset, coco_ov_splits(), tmp_path, indices=selection.indices)
     metrics = write_report(tmp_path, "oracle", selection)
     assert {key: metrics[key] for key in MIXED_COUNTS} == MIXED_COUNTS
     assert metrics["IoU"] == pytest.approx(100.0)
     assert json.loads((tmp_path / "metrics.json").read_text()) == {"method": "oracle", **metrics}
     assert summary_line(metrics) == (
-        "instances: 4 in 2 of 6 images; skipped images: 4 (1 without annotations, 1 with only"
-        " crowd annotations, 1 with only classes outside the split, 1 with only empty masks);"
-        " skipped annotations with an empty mask: 4"
+        "instances: 3 in 2 of 7 images; skipped images: 5 (1 without annotations, 1 with only"
+        " crowd annotations, 1 with only classes outside the split, 1 with only boxes under a"
+        " pixel or outside the image, 1 with only empty masks); skipped annotations with an"
+        " empty mask: 4"
     )
 
 
@@ -243,7 +254,7 @@ def test_resumed_split_and_limited_runs_account_for_every_image(tmp_path: Path) 
     splits = coco_ov_splits()
     evaluate_rank(Oracle(dataset), dataset, splits, tmp_path, 0, world=2, indices=selection.indices)
     half = write_report(tmp_path, "oracle", selection)  # image 3 (rank 1) has no records yet
-    assert (half["images_missing"], half["images_skipped"], half["images_evaluated"]) == (1, 3, 2)
+    assert (half["images_missing"], half["images_skipped"], half["images_evaluated"]) == (1, 4, 2)
     assert "images without records (not evaluated): 1" in summary_line(half)
     path = tmp_path / "records.rank0.jsonl"
     path.write_text(path.read_text()[:-20])  # image 6's line cut: redone on resume

@@ -216,7 +216,7 @@ def _warn_ignored(args: argparse.Namespace, dataset: InstanceDataset, orphans: i
         "a category_id not among its categories": dataset.unknown_category_annotations,
         "an image_id not among its images": orphans,
         "a box under 1 pixel wide or high or outside its image, or no area (mmdet's rule, as "
-        "in the official evaluation)": dataset.too_small_annotations,
+        "in the official evaluation)": dataset.too_small_annotations.total(),
     }
     for why, count in ignored.items():
         if count:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,15 +79,15 @@ class InstanceDataset:
         known = {c["id"] for c in data["categories"]}
         #: annotations whose ``category_id`` is not among the file's categories (ignored)
         self.unknown_category_annotations = 0
-        #: annotations of a kept category that :func:`_too_small` leaves out
-        self.too_small_annotations = 0
+        #: image id -> annotations of a kept category that :func:`_too_small` leaves out
+        self.too_small_annotations: Counter[int] = Counter()
         sizes = {img["id"]: (img.get("height"), img.get("width")) for img in data["images"]}
         by_image: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
         for ann in data["annotations"]:
             self.unknown_category_annotations += ann["category_id"] not in known
             if ann["category_id"] in self.categories and not ann.get("iscrowd", 0):
                 if _too_small(ann, sizes.get(ann["image_id"], (None, None))):
-                    self.too_small_annotations += 1
+                    self.too_small_annotations[ann["image_id"]] += 1
                 else:
                     by_image[ann["image_id"]].append(ann)
         self.images = [img for img in data["images"] if by_image.get(img["id"])]

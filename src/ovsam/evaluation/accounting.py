@@ -4,7 +4,9 @@ The selection is the first ``--limit`` images of the annotation file (all withou
 file's order. Each selected image is either prompted (it has usable instances in the dataset) or
 skipped for a reason counted in ``metrics.json``: no annotations at all, only crowd annotations
 of the evaluated classes (the protocol ignores crowds), only annotations of classes outside the
-split, or (known only once read) only annotations with an empty mask, or an image file that
+split, only annotations that mmdet's rule leaves out (a box under a pixel wide or high, or
+outside the image: :class:`~ovsam.data.instances.InstanceDataset`), or (known only once read)
+only annotations with an empty mask, or an image file that
 cannot be read or an annotation that cannot be decoded (``unreadable``: each such image with its
 reason in ``unreadable_images``). Annotations of the evaluated classes whose mask is empty are
 counted as ``instances_skipped``, those of unreadable images as ``instances_unreadable``; a
@@ -28,6 +30,7 @@ SKIP_REASONS: dict[str, str] = {
     "no_annotations": "without annotations",
     "only_crowd": "with only crowd annotations",
     "only_other_classes": "with only classes outside the split",
+    "only_too_small": "with only boxes under a pixel or outside the image",
     "empty_masks": "with only empty masks",
     "unreadable": "unreadable",
 }
@@ -63,6 +66,9 @@ def select_images(
         else:
             kind = "crowd" if ann.get("iscrowd", 0) else "usable"
         counts[ann["image_id"]][kind] += 1
+    for image_id, count in dataset.too_small_annotations.items():  # no instances: not prompted
+        counts[image_id]["usable"] -= count
+        counts[image_id]["too_small"] += count
     prompted = {img["id"]: index for index, img in enumerate(dataset.images)}
     chosen = data["images"][:limit]
     known = {img["id"] for img in data["images"]}
@@ -85,6 +91,8 @@ def _reason(counts: Counter[str]) -> str:
     """Why an image with these annotation ``counts`` (none usable) is not prompted."""
     if counts["crowd"]:
         return "only_crowd"
+    if counts["too_small"]:
+        return "only_too_small"
     return "only_other_classes" if counts["other"] else "no_annotations"
 
 
