@@ -127,7 +127,9 @@ def test_an_answer_after_clear_or_a_new_image_is_dropped(
     server_url: str, change: str, tmp_path: Path
 ) -> None:
     """The answer to a click made before Clear (or before another image was loaded) arrives
-    late: it must not bring the old mask back (or stretch it over the new image)."""
+    late: it must not bring the old mask back (or stretch it over the new image). The panel
+    and Undo are reset too: a new image left the old one's score, and both changes left its
+    download links (dimmed, but reached with Tab and followed with Enter)."""
     from PIL import Image
 
     other = tmp_path / "other.png"
@@ -149,6 +151,101 @@ def test_an_answer_after_clear_or_a_new_image_is_dropped(
         page.wait_for_timeout(100)
         assert page.evaluate("[state.result, state.prompts.length]") == [None, 0]
         assert tinted(page) == 0
+        assert page.locator("#score").inner_text() == "No mask yet."
+        assert page.evaluate("[$('undo').disabled, $('clear').disabled]") == [True, True]
+        links = page.evaluate(
+            "['download-png', 'download-json'].map((id) => { const a = $(id); a.focus(); "
+            "return [a.getAttribute('href'), document.activeElement === a]; })"
+        )
+        assert links == [[None, False], [None, False]]
+
+
+def test_a_late_upload_does_not_replace_the_image_chosen_after_it(
+    server_url: str, tmp_path: Path
+) -> None:
+    """Image A uploads slowly, the user picks B and clicks on it: A's late answer replaced B
+    under the click, kept B's click and mask, and sent them for A with the next click."""
+    from PIL import Image
+
+    first, chosen = tmp_path / "a.png", tmp_path / "b.png"
+    Image.new("RGB", (300, 200), (200, 30, 30)).save(first)
+    Image.new("RGB", (300, 200), (30, 30, 200)).save(chosen)
+    with browser_page() as page:
+        open_page(page, server_url)
+        held: list = []
+        page.route("**/v1/images", lambda r: r.continue_() if held else held.append(r))
+        page.set_input_files("#file", str(first))
+        while not held:
+            page.wait_for_timeout(20)
+        upload_sample(page, chosen)
+        image_id = page.evaluate("state.imageId")
+        canvas = page.locator("#overlay").bounding_box()
+        page.mouse.click(canvas["x"] + 150, canvas["y"] + 100)
+        wait_idle(page)
+        with page.expect_response(lambda r: r.url.endswith("/v1/images")):
+            held[0].continue_()  # A's answer, late
+        page.wait_for_timeout(200)
+        left = page.evaluate(
+            "[state.imageId, state.file.name, state.prompts.length, !!state.result, "
+            "Array.from($('image').getContext('2d').getImageData(150, 100, 1, 1).data)]"
+        )
+        status = page.locator("#status").inner_text()
+    assert left == [image_id, "b.png", 1, True, [30, 30, 200, 255]]
+    assert status.startswith("Mask in"), status
+
+
+def test_a_straight_drag_is_a_click_where_it_began(server_url: str) -> None:
+    """A drag straight down made a box 0 pixels wide, which the server refused."""
+    with browser_page() as page:
+        open_page(page, server_url)
+        upload_sample(page)
+        canvas = page.locator("#overlay").bounding_box()
+        page.mouse.move(canvas["x"] + 300, canvas["y"] + 100)
+        page.mouse.down()
+        page.mouse.move(canvas["x"] + 300, canvas["y"] + 140)
+        page.mouse.up()
+        page.wait_for_function("!state.busy && !state.pending")
+        prompts = page.evaluate("state.prompts")
+        status = page.locator("#status").inner_text()
+    assert status.startswith("Mask in"), status
+    (point,) = prompts
+    assert (point["kind"], point["label"]) == ("point", 1)
+    assert (point["x"], point["y"]) == pytest.approx((300, 100), abs=1)
+
+
+def test_the_page_works_from_the_keyboard(server_url: str) -> None:
+    """The upload was an input that is `hidden` (out of the Tab order), the vocabulary fields
+    had no label and a point could only be placed with a mouse. Now the image takes the focus:
+    the arrows move a cursor (1% of the image, Shift: 10%), Enter places an object point and
+    Shift+Enter a background one, as the page's help says."""
+    with browser_page() as page:
+        open_page(page, server_url)
+        page.focus("#sample")
+        page.keyboard.press("Shift+Tab")
+        assert page.evaluate("document.activeElement.id") == "file"  # Enter or Space opens it
+        upload_sample(page)
+        labels = page.evaluate("['vocabulary', 'custom-names'].map((id) => $(id).labels.length)")
+        assert labels == [1, 1]
+        page.focus("#sample")
+        page.keyboard.press("Tab")  # Undo, Clear and the download links are all disabled
+        assert page.evaluate("document.activeElement.id") == "overlay"
+        assert page.get_attribute("#overlay", "aria-label")
+        for key in ["Shift+ArrowLeft", "ArrowUp", "ArrowUp"]:  # from the centre, (300, 200)
+            page.keyboard.press(key)
+        cursor = page.evaluate(
+            "Array.from($('overlay').getContext('2d').getImageData(233, 192, 1, 1).data)"
+        )
+        page.keyboard.press("Enter")
+        wait_mask(page)
+        page.keyboard.press("ArrowDown")
+        page.keyboard.press("Shift+Enter")
+        page.wait_for_function("state.prompts.length === 2 && !state.busy && !state.pending")
+        prompts = page.evaluate("state.prompts.flatMap((p) => [p.x, p.y, p.label])")
+        status = page.locator("#status").inner_text()
+        help_text = page.locator("#help").inner_text()
+    assert cursor == [255, 0, 255, 255]  # the cursor's frame, 7 pixels left of (240, 192)
+    assert prompts == pytest.approx([240, 192, 1, 240, 196, 0]) and status.startswith("Mask in")
+    assert "arrow keys" in help_text and "Shift+Enter = background" in help_text
 
 
 def test_typed_names_are_the_pages_own_and_come_back_after_eviction(server_url: str) -> None:

@@ -1,6 +1,7 @@
 """The page in a real browser with images it cannot show itself: a TIFF is refused before
-upload, a WebP turned by its EXIF orientation is drawn as the server turned it, and an image the
-server dropped from its cache is uploaded again."""
+upload, a WebP turned by its EXIF orientation is drawn as the server turned it, a thin strip
+gets a canvas one can click on, and an image the server dropped from its cache is uploaded
+again."""
 
 from __future__ import annotations
 
@@ -65,6 +66,23 @@ def test_a_turned_webp_is_shown_as_the_server_turned_it(server_url: str, tmp_pat
     assert drawn["h"] == 2 * drawn["w"]  # portrait, as the server's 20x40
     assert drawn["top"][0] > 200 and drawn["top"][1] < 60  # the red side, turned to the top
     assert drawn["bottom"][0] < 60
+
+
+def test_a_thin_strip_gets_a_canvas_one_can_click_on(server_url: str, tmp_path: Path) -> None:
+    """A 4000x10 image was drawn 2 pixels high (a 40000x10 one: 0). Each side of the canvas is
+    now at least 32 pixels, each axis scaled on its own, and clicks map to the image's pixels."""
+    strip = tmp_path / "strip.png"
+    Image.new("RGB", (4000, 10), (120, 120, 120)).save(strip)
+    with browser_page() as page:
+        open_page(page, server_url)
+        upload_sample(page, strip)
+        canvas = page.locator("#overlay").bounding_box()
+        page.mouse.click(canvas["x"] + canvas["width"] / 4, canvas["y"] + canvas["height"] * 3 / 4)
+        point = page.evaluate("[state.prompts[0].x, state.prompts[0].y]")
+        wait_mask(page)
+    assert canvas["height"] >= 32 and canvas["width"] > 500
+    css_pixels = [canvas["width"] / 4000, canvas["height"] / 10]  # per image pixel
+    assert abs(point[0] - 1000) * css_pixels[0] <= 1 and abs(point[1] - 7.5) * css_pixels[1] <= 1
 
 
 def test_an_image_the_server_dropped_is_uploaded_again(server_url: str) -> None:

@@ -162,6 +162,13 @@ def test_huge_lists_fail_in_the_schema_with_the_documented_codes(client: TestCli
         (b'{"box": [1, 2, 3, 4], "point_coords": [[2, 2]], "topk": 3}', "application/json", 422,
          "invalid_request", "point_coords: unknown field (the fields are listed at /docs); "
          "topk: unknown field (the fields are listed at /docs)"),
+        # booleans and numeric strings were coerced into pixels (true: 1.0, "40": 40.0)
+        (b'{"points": [[true, 60.5]], "labels": [1]}', "application/json", 422, "invalid_request",
+         "points.0.0: Input should be a valid number"),
+        (b'{"box": ["40", 30, 120, false]}', "application/json", 422, "invalid_request",
+         "box.0: Input should be a valid number; box.3: Input should be a valid number"),
+        (b'{"box": [40, 30, 120, 90], "top_k": "3"}', "application/json", 422, "invalid_request",
+         "top_k: Input should be a valid integer"),
     ],
 )  # fmt: skip
 def test_malformed_json_bodies(

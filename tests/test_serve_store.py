@@ -1,5 +1,6 @@
 """The server's uploads: its image store under concurrent requests, how many uploads it
-decodes at once, and the upright pictures it keeps for turned ones."""
+decodes at once (its health check answering meanwhile), and the upright pictures it keeps for
+turned ones."""
 
 from __future__ import annotations
 
@@ -114,6 +115,49 @@ def test_uploads_are_decoded_and_held_two_at_a_time(
     with ThreadPoolExecutor(max_workers=5) as pool:
         assert list(pool.map(upload, range(5))) == [201] * 5
     assert most == {"decoding": 2, "held": 2} and serve_app.DECODES_AT_ONCE == 2
+
+
+def test_health_answers_while_uploads_fill_the_thread_pool(
+    mobilesam_model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Uploads waiting for the model hold every thread of the pool (40): a ``/v1/health``
+    queued behind them stalled as long as the model took to embed them all."""
+    pytest.importorskip("fastapi")
+    from concurrent.futures import ThreadPoolExecutor
+
+    import anyio.to_thread
+    from fastapi.testclient import TestClient
+
+    from ovsam.predictor import SamPredictor
+    from ovsam.serve.app import create_app
+    from ovsam.serve.engine import SegmentationEngine
+    from ovsam.serve.settings import ServeSettings
+
+    engine = SegmentationEngine(SamPredictor(mobilesam_model), "mobilesam")
+    model_free = threading.Event()
+
+    def slow_embed(image: np.ndarray) -> tuple[FakeState, float]:
+        model_free.wait(30)  # the model is busy with other uploads
+        return FakeState(), 0.0
+
+    monkeypatch.setattr(engine, "embed", slow_embed)
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 24)).save(buffer, format="PNG")
+    files = {"file": ("a.png", buffer.getvalue(), "image/png")}
+    with TestClient(create_app(ServeSettings(), lambda _: engine)) as client:
+        limiter = client.portal.call(anyio.to_thread.current_default_thread_limiter)
+        with ThreadPoolExecutor(max_workers=44) as pool:
+            try:
+                uploads = [pool.submit(client.post, "/v1/images", files=files) for _ in range(43)]
+                deadline = time.monotonic() + 10
+                while limiter.borrowed_tokens < limiter.total_tokens:  # until the pool is full
+                    assert time.monotonic() < deadline
+                    time.sleep(0.01)
+                health = pool.submit(client.get, "/v1/health").result(timeout=5)
+            finally:
+                model_free.set()
+            assert health.json()["status"] == "ok"
+            assert [upload.result().status_code for upload in uploads] == [201] * 43
 
 
 def test_a_turned_upload_is_stored_with_its_upright_picture(

@@ -2,6 +2,8 @@
 
 Model work runs in FastAPI's thread pool (endpoints are plain ``def``), never on the event
 loop; the :class:`~ovsam.serve.engine.SegmentationEngine` serialises access to the one model.
+``/v1/health`` only reads counters: it runs on the loop, so it answers while uploads waiting
+for the model hold every thread of the pool.
 Every error is JSON ``{"error": {"code", "message"}}`` with a 4xx status naming the problem
 (:mod:`ovsam.serve.http_errors`); an unexpected failure is a 500 ``internal_error``.
 """
@@ -161,8 +163,9 @@ def create_app(
                          embedding_ms=round(elapsed, 1), picture=picture_url(item))  # fmt: skip
 
     @app.get("/v1/health", response_model=Health)
-    def health() -> Health:
-        """Model, recognition and cache status (``HEAD`` answers the status alone)."""
+    async def health() -> Health:
+        """Model, recognition and cache status (``HEAD`` answers the status alone); on the
+        event loop, as a check queued behind uploads in the thread pool timed out."""
         return Health(
             status="ok", model=engine.model_name, weights=engine.weights,
             recognition=recognition(), cached_images=len(store),

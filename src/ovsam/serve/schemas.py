@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
 MAX_POINTS = 1024
 """Schema bound on points and labels of one prompt (``ServeSettings.max_points`` is lower)."""
@@ -42,16 +42,19 @@ class ImageInfo(BaseModel):
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")  # "point_coords" or "topk" must not be ignored
 
-    points: list[tuple[float, float]] = Field(
+    # Strict: JSON numbers only (an integer is a float), not true or "80" coerced into pixels.
+    points: list[tuple[StrictFloat, StrictFloat]] = Field(
         default_factory=list, max_length=MAX_POINTS, description="XY pixels"
     )
     labels: list[StrictInt] = Field(
         default_factory=list, max_length=MAX_POINTS, description="1 = object, 0 = background"
     )
-    box: tuple[float, float, float, float] | None = Field(None, description="XYXY pixels")
+    box: tuple[StrictFloat, StrictFloat, StrictFloat, StrictFloat] | None = Field(
+        None, description="XYXY pixels"
+    )
     mask_id: str | None = Field(None, description="refine the mask returned under this id")
     vocabulary: str | None = Field(None, description="vocabulary name for labels")
-    top_k: int = Field(5, ge=1, le=50)
+    top_k: StrictInt = Field(5, ge=1, le=50)
     format: Literal["png", "rle"] = "png"
 
 

@@ -6,11 +6,17 @@ const imageCanvas = $("image");
 const overlayCanvas = $("overlay");
 const MASK_COLOR = [30, 144, 255];
 const SLOW_ANSWER_MS = 1500;  // then the status says why a named mask may take long
+const MIN_SIDE = 32;  // CSS pixels a canvas side has at least: a small image is enlarged, a thin one stretched
+const ARROWS = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] };
+const clamp = (v, hi) => Math.max(0, Math.min(hi, v));
 // Typed names are saved under a name of this page's own, so two users do not overwrite each other.
 const CUSTOM_VOCABULARY = `custom-${Math.random().toString(36).slice(2, 10)}`;
 
 const state = {
-  imageId: null, width: 0, height: 0, scale: 1, picture: null,
+  imageId: null, width: 0, height: 0, picture: null,
+  scale: [1, 1],      // canvas pixels per image pixel, X and Y (a thin image is stretched)
+  cursor: null,       // {x, y}: where Enter places a point (the arrow keys move it)
+  uploads: 0,         // images chosen so far: an older one's late answer is dropped
   file: null,         // the uploaded file (null: the sample photo), to upload again if dropped
   prompts: [],        // history of {kind: "point", x, y, label} | {kind: "box", box}
   result: null,       // last PredictResponse (+ maskImage, and the prompts it answers)
@@ -47,23 +53,18 @@ function newGeneration() {
 
 function toImageCoords(event) {
   const rect = overlayCanvas.getBoundingClientRect();
-  return [(event.clientX - rect.left) / state.scale, (event.clientY - rect.top) / state.scale];
+  return [(event.clientX - rect.left) / state.scale[0], (event.clientY - rect.top) / state.scale[1]];
 }
 
 function promptOf(prompts) {
-  const points = [], labels = [];
-  let box = null;
-  for (const p of prompts) {
-    if (p.kind === "point") { points.push([p.x, p.y]); labels.push(p.label); }
-    else box = p.box;
-  }
-  return { points, labels, box };
+  const points = prompts.filter((p) => p.kind === "point");
+  const box = prompts.findLast((p) => p.kind === "box")?.box ?? null;
+  return { points: points.map((p) => [p.x, p.y]), labels: points.map((p) => p.label), box };
 }
 
 async function loadPicture(file, url) {
-  url = url || (file ? URL.createObjectURL(file) : "/v1/sample.jpg");
   const img = new Image();
-  img.src = url;
+  img.src = url || (file ? URL.createObjectURL(file) : "/v1/sample.jpg");
   await img.decode();
   return img;
 }
@@ -71,14 +72,15 @@ async function loadPicture(file, url) {
 function layout() {
   const stage = $("stage");
   const maxWidth = stage.clientWidth || 800;
-  state.scale = Math.min(1, maxWidth / state.width, 720 / state.height);
+  const scale = Math.min(maxWidth / state.width, 720 / state.height, Math.max(1, MIN_SIDE / Math.min(state.width, state.height)));
   for (const canvas of [imageCanvas, overlayCanvas]) {
-    canvas.width = Math.round(state.width * state.scale);
-    canvas.height = Math.round(state.height * state.scale);
+    canvas.width = Math.max(MIN_SIDE, Math.round(state.width * scale));
+    canvas.height = Math.max(MIN_SIDE, Math.round(state.height * scale));
   }
+  state.scale = [imageCanvas.width / state.width, imageCanvas.height / state.height];
+  state.cursor = { x: state.width / 2, y: state.height / 2 };
   stage.style.height = `${imageCanvas.height}px`;
-  const ctx = imageCanvas.getContext("2d");
-  ctx.drawImage(state.picture, 0, 0, imageCanvas.width, imageCanvas.height);
+  imageCanvas.getContext("2d").drawImage(state.picture, 0, 0, imageCanvas.width, imageCanvas.height);
   $("hint").hidden = true;
 }
 
@@ -90,28 +92,32 @@ function cannotShow(file) {
   return `This browser cannot show ${what}: convert it to PNG or JPEG and upload that.`;
 }
 
+// The image chosen last wins: an earlier choice still decoding or uploading is dropped.
 async function startImage(file) {
-  let picture;
-  try {
-    picture = await loadPicture(file);
-  } catch {
+  const upload = ++state.uploads, superseded = () => upload !== state.uploads;
+  let picture = await loadPicture(file).catch(() => null);
+  if (superseded()) return;
+  if (!picture) {
+    if (!state.imageId) clearPicture();  // the upload it replaced is dropped: no image left
     setStatus(file ? cannotShow(file) : "The sample photo could not be shown.", true);
     return;
   }
   setStatus("Embedding image…");
   newGeneration();
   state.imageId = null;
+  draw(); showResult();
   try {
     const info = await uploadImage(file);
-    state.file = file;
     // An upload its orientation metadata turned: the server's upright picture, as browsers
     // ignore some such metadata (WebP EXIF, XMP) and would show, and map clicks onto, another.
-    state.picture = info.picture ? await loadPicture(null, info.picture) : picture;
-    Object.assign(state, { imageId: info.image_id, width: info.width, height: info.height });
+    if (info.picture && !superseded()) picture = await loadPicture(null, info.picture);
+    if (superseded()) return;
+    Object.assign(state, { file, picture, imageId: info.image_id, width: info.width, height: info.height });
     layout();
     draw();
     setStatus(`Ready: ${info.width}×${info.height}, embedded in ${Math.round(info.embedding_ms)} ms`);
   } catch (err) {
+    if (superseded()) return;
     clearPicture();
     setStatus(`Upload failed: ${err.message}`, true);
   }
@@ -176,9 +182,7 @@ async function predict(retried = false) {
     // Refine the mask on screen only when these prompts add clicks to the ones that made it;
     // re-running the same prompts (e.g. another vocabulary) must not feed the mask back.
     const shown = state.result;
-    if (points.length > 1 && shown?.mask_id && extendsPrompts(shown.prompts, prompts)) {
-      body.mask_id = shown.mask_id;
-    }
+    if (points.length > 1 && shown?.mask_id && extendsPrompts(shown.prompts, prompts)) body.mask_id = shown.mask_id;
     const result = await api(`/v1/images/${state.imageId}/predict`, {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
     });
@@ -192,9 +196,7 @@ async function predict(retried = false) {
     }
   } catch (err) {
     stale = isStale();
-    if (!stale && !retried && err.code === "unknown_vocabulary") {
-      retry = await restoreVocabulary(vocabulary);
-    }
+    if (!stale && !retried && err.code === "unknown_vocabulary") retry = await restoreVocabulary(vocabulary);
     if (!stale && !retried && err.code === "unknown_image") {
       setStatus("The server had dropped this image: uploading it again…");
       retry = await restoreImage(ticket.imageId);
@@ -222,14 +224,9 @@ async function predict(retried = false) {
 // this page's own names are saved again (true: ask again); otherwise the list is refreshed.
 async function restoreVocabulary(name) {
   try {
-    if (name === CUSTOM_VOCABULARY && state.customNames) {
-      await saveNames(state.customNames);
-      return true;
-    }
+    if (name === CUSTOM_VOCABULARY && state.customNames) { await saveNames(state.customNames); return true; }
     await refreshVocabularies();
-  } catch {
-    // the error of the prediction is shown
-  }
+  } catch {}  // the error of the prediction is shown
   return false;
 }
 
@@ -248,9 +245,7 @@ function extendsPrompts(base, prompts) {
 }
 
 async function maskToImage(pngBase64) {
-  const img = new Image();
-  img.src = `data:image/png;base64,${pngBase64}`;
-  await img.decode();
+  const img = await loadPicture(null, `data:image/png;base64,${pngBase64}`);
   const canvas = document.createElement("canvas");
   canvas.width = img.width; canvas.height = img.height;
   const ctx = canvas.getContext("2d");
@@ -268,20 +263,18 @@ async function maskToImage(pngBase64) {
 function draw() {
   const ctx = overlayCanvas.getContext("2d");
   ctx.clearRect(0, 0, overlayCanvas.width, overlayCanvas.height);
-  if (state.result && state.result.maskImage) {
-    ctx.drawImage(state.result.maskImage, 0, 0, overlayCanvas.width, overlayCanvas.height);
-  }
-  const s = state.scale;
+  if (state.result?.maskImage) ctx.drawImage(state.result.maskImage, 0, 0, overlayCanvas.width, overlayCanvas.height);
+  const [sx, sy] = state.scale;
   const boxes = state.prompts.filter((p) => p.kind === "box").map((p) => p.box);
   if (state.drag) boxes.push([state.drag.x0, state.drag.y0, state.drag.x1, state.drag.y1]);
   ctx.lineWidth = 2;
   for (const [x0, y0, x1, y1] of boxes) {
     ctx.strokeStyle = "#fff";
-    ctx.strokeRect(x0 * s, y0 * s, (x1 - x0) * s, (y1 - y0) * s);
+    ctx.strokeRect(x0 * sx, y0 * sy, (x1 - x0) * sx, (y1 - y0) * sy);
   }
   for (const p of state.prompts.filter((q) => q.kind === "point")) {
     ctx.beginPath();
-    ctx.arc(p.x * s, p.y * s, 5, 0, 2 * Math.PI);
+    ctx.arc(p.x * sx, p.y * sy, 5, 0, 2 * Math.PI);
     ctx.fillStyle = p.label === 1 ? "#00c800" : "#e00000";
     ctx.fill();
     ctx.strokeStyle = "#fff";
@@ -292,27 +285,30 @@ function draw() {
     const text = `${state.result.labels[0].name} ${state.result.labels[0].score.toFixed(2)}`;
     ctx.font = "bold 14px system-ui";
     ctx.fillStyle = "rgb(30,144,255)";
-    ctx.fillRect(x * s, Math.max(0, y * s - 20), ctx.measureText(text).width + 8, 20);
+    ctx.fillRect(x * sx, Math.max(0, y * sy - 20), ctx.measureText(text).width + 8, 20);
     ctx.fillStyle = "#fff";
-    ctx.fillText(text, x * s + 4, Math.max(14, y * s - 5));
+    ctx.fillText(text, x * sx + 4, Math.max(14, y * sy - 5));
+  }
+  if (state.cursor && overlayCanvas.matches(":focus-visible")) {  // the keyboard's cursor
+    ctx.strokeStyle = "#f0f";
+    ctx.strokeRect(state.cursor.x * sx - 7, state.cursor.y * sy - 7, 14, 14);
   }
 }
 
 function showResult() {
   const r = state.result;
-  $("undo").disabled = !state.prompts.length;
-  $("clear").disabled = !state.prompts.length;
+  for (const id of ["undo", "clear"]) $(id).disabled = !state.prompts.length;
   $("labels").replaceChildren();
-  for (const link of [$("download-png"), $("download-json")]) link.classList.toggle("disabled", !r);
+  for (const link of [$("download-png"), $("download-json")]) {
+    link.classList.toggle("disabled", !r);
+    if (!r) link.removeAttribute("href");  // without one a link is neither focused nor followed
+  }
   if (!r) { $("score").textContent = "No mask yet."; return; }
   const scoreWord = r.score_name === "stability_score" ? "stability" : "predicted IoU";
   $("score").textContent = `${scoreWord} ${r.score.toFixed(3)} · area ${r.area} px · box ${r.bbox.join(", ")}`;
   $("recognition").textContent = r.recognition.message;
-  for (const label of r.labels) {
-    const li = document.createElement("li");
-    li.textContent = `${label.name} — ${label.score.toFixed(3)}`;
-    $("labels").append(li);
-  }
+  const item = (label) => Object.assign(document.createElement("li"), { textContent: `${label.name} — ${label.score.toFixed(3)}` });
+  $("labels").append(...r.labels.map(item));
   $("download-png").href = `data:image/png;base64,${r.mask_png}`;
   const record = { image_id: state.imageId, prompt: promptOf(r.prompts), score: r.score, area: r.area, bbox: r.bbox, labels: r.labels };
   $("download-json").href = URL.createObjectURL(new Blob([JSON.stringify(record, null, 2)], { type: "application/json" }));
@@ -329,23 +325,36 @@ overlayCanvas.addEventListener("mousemove", (e) => {
   [state.drag.x1, state.drag.y1] = toImageCoords(e);
   draw();
 });
-window.addEventListener("mouseup", (e) => {
+window.addEventListener("mouseup", () => {
   const d = state.drag;
   if (!d) return;
   state.drag = null;
-  const clamp = (v, hi) => Math.max(0, Math.min(hi, v));
-  const moved = Math.hypot(d.x1 - d.x0, d.y1 - d.y0) * state.scale > 5;
-  if (moved) {
-    const box = [Math.min(d.x0, d.x1), Math.min(d.y0, d.y1), Math.max(d.x0, d.x1), Math.max(d.y0, d.y1)];
-    state.prompts = state.prompts.filter((p) => p.kind !== "box");
-    state.prompts.push({ kind: "box", box: [clamp(box[0], state.width), clamp(box[1], state.height), clamp(box[2], state.width), clamp(box[3], state.height)] });
-  } else {
-    const negative = d.button === 2 || d.shift;
-    state.prompts.push({ kind: "point", x: clamp(d.x0, state.width), y: clamp(d.y0, state.height), label: negative ? 0 : 1 });
-  }
+  const [x0, x1] = [d.x0, d.x1].map((v) => clamp(v, state.width)).sort((a, b) => a - b);
+  const [y0, y1] = [d.y0, d.y1].map((v) => clamp(v, state.height)).sort((a, b) => a - b);
+  const moved = Math.hypot((x1 - x0) * state.scale[0], (y1 - y0) * state.scale[1]) > 5;
+  // A box is at least an image pixel wide and high: a straight drag is a click where it began.
+  addPrompt(moved && x1 - x0 >= 1 && y1 - y0 >= 1 ? { kind: "box", box: [x0, y0, x1, y1] }
+    : { kind: "point", x: clamp(d.x0, state.width), y: clamp(d.y0, state.height), label: d.button === 2 || d.shift ? 0 : 1 });
+});
+// The keyboard's click: the arrows move a cursor by 1% of the image (Shift: 10%), Enter places
+// an object point there, Shift+Enter a background point.
+overlayCanvas.addEventListener("keydown", (e) => {
+  const c = state.cursor, arrow = ARROWS[e.key], step = e.shiftKey ? 0.1 : 0.01;
+  if (!state.imageId || !(arrow || e.key === "Enter")) return;
+  e.preventDefault();
+  if (!arrow) { addPrompt({ kind: "point", x: c.x, y: c.y, label: e.shiftKey ? 0 : 1 }); return; }
+  c.x = clamp(c.x + arrow[0] * step * state.width, state.width);
+  c.y = clamp(c.y + arrow[1] * step * state.height, state.height);
+  draw();
+});
+for (const type of ["focus", "blur"]) overlayCanvas.addEventListener(type, () => draw());
+
+function addPrompt(prompt) {  // drawn at once and sent; a box replaces the previous box
+  if (prompt.kind === "box") state.prompts = state.prompts.filter((p) => p.kind !== "box");
+  state.prompts.push(prompt);
   draw();
   predict();
-});
+}
 
 $("file").addEventListener("change", (e) => {
   const file = e.target.files[0];
