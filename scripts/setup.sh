@@ -7,7 +7,14 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
-"${PIP[@]}" "torch==2.13.0"
+# The CPU build: from pip's own sources when they offer one (a "+cpu" wheel, as here), else
+# from PyTorch's CPU index too (PyPI's Linux torch is the CUDA build, with GBs of nvidia-*).
+TORCH=("torch==2.13.0")
+chosen=$(.venv/bin/python -m pip install --dry-run --quiet --report - --no-deps \
+  --ignore-installed "${TORCH[@]}" | .venv/bin/python -c \
+  'import json, sys; print(json.load(sys.stdin)["install"][0]["metadata"]["version"])')
+[[ "$chosen" == *+cpu ]] || TORCH+=(--extra-index-url https://download.pytorch.org/whl/cpu)
+"${PIP[@]}" "${TORCH[@]}"
 "${PIP[@]}" -e ".[dev,serve,coco,onnx]"
 # test-only reference implementations (tokenizer parity); their torchvision requirement is ignored
 "${PIP[@]}" --no-deps "clip-anytorch==2.6.0"

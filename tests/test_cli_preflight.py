@@ -117,6 +117,29 @@ def test_an_empty_out_and_a_second_box_are_usage_errors(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["segment", "x.png", "--box", "1", "2", "3"], "argument --box: expected 4 arguments"),
+        (["segment", "x.png", "--point", "5", "5", "--random-recognition", "--clip-weights",
+          "w.pt"], "argument --clip-weights: not allowed with argument --random-recognition"),
+        ([], "the following arguments are required: COMMAND"),
+    ],
+)  # fmt: skip
+def test_a_usage_error_is_one_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture
+) -> None:
+    """argparse printed its whole usage block above the error; random recognition weights load
+    no file, so --clip-weights with them was accepted and only recorded."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    prog = " ".join(["ovsam", *argv[:1]])
+    assert exit_info.value.code == 2
+    assert (
+        capsys.readouterr().err == f"{prog}: error: {message} ({prog} --help lists the options)\n"
+    )
+
+
 def test_negative_numbers_in_any_form_are_values_not_options(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -347,7 +347,7 @@ def test_a_registered_tag_wins_over_a_file_of_the_same_name(
     assert clip_weights_file("RN50", "laion") is None  # an unknown tag, named as such:
     with pytest.raises(InputError, match="no pretrained weights 'laion' for CLIP RN50; known tags"):
         create_model("RN50", pretrained="laion")
-    with pytest.raises(CheckpointError, match="checkpoint file not found: dl/clip.pt"):
+    with pytest.raises(CheckpointError, match="^CLIP weights file not found: dl/clip.pt$"):
         create_model("RN50", pretrained="dl/clip.pt")
 
 

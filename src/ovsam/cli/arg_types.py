@@ -7,6 +7,7 @@ import argparse
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 # A negative number in any form ``float()`` reads: -5, -.5, -1e3, -2.5E-4, -inf, -nan.
 _NEGATIVE_NUMBER = re.compile(
@@ -15,16 +16,23 @@ _NEGATIVE_NUMBER = re.compile(
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse's parser, reading every negative number as a value.
+    """argparse's parser, reading every negative number as a value, and saying a usage error
+    in one line.
 
     argparse takes ``-5`` and ``-0.5`` for values but ``-1e3`` and ``-inf`` for options, so
-    ``--box -1e3 0 10 10`` failed with "expected 4 arguments". Sub-parsers made by
-    ``add_subparsers`` are of this class too.
+    ``--box -1e3 0 10 10`` failed with "expected 4 arguments"; and it printed its whole usage
+    block (a dozen lines) above the error. Sub-parsers made by ``add_subparsers`` are of this
+    class too.
     """
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self._negative_number_matcher = _NEGATIVE_NUMBER
+
+    def error(self, message: str) -> NoReturn:
+        """``ovsam CMD: error: MESSAGE (ovsam CMD --help lists the options)`` on stderr, one
+        line, then exit status 2 (argparse's status for a usage error)."""
+        self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help lists the options)\n")
 
 
 def int_in_range(low: int, high: int | None = None) -> Callable[[str], int]:

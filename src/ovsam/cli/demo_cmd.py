@@ -16,7 +16,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Download the default weights if needed, segment the coffee cup in the "
         "sample photo from a box prompt, and print where the outputs are.",
     )
-    parser.add_argument("--out", type=output_path, default=Path("ovsam-demo"), help="output folder")
+    parser.add_argument(
+        "--out",
+        type=output_path,
+        default=Path("ovsam-demo"),
+        help="output folder (default ovsam-demo)",
+    )
     add_model_arguments(parser)
     parser.set_defaults(run=run)
 

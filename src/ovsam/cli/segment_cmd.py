@@ -62,18 +62,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def add_clip_arguments(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
     """``--clip`` (default None: the command picks, see its help), ``--clip-weights`` and
-    ``--random-recognition`` (segment, everything, eval and serve)."""
+    ``--random-recognition``, which exclude each other: random weights load no file (segment,
+    everything, eval and serve)."""
     group.add_argument(
         "--clip", default=None,
         help="CLIP architecture for recognition (default: with --recognizer ovsam the one its "
         "model was trained with, else RN50x16)",
     )  # fmt: skip
-    group.add_argument(
+    weights = group.add_mutually_exclusive_group()
+    weights.add_argument(
         "--clip-weights", default=None,
         help="pretrained tag (openai, ...) or checkpoint file (default: with --recognizer ovsam "
         "the tag its model records, else openai; a model trained on a CLIP file asks for it)",
     )  # fmt: skip
-    group.add_argument(
+    weights.add_argument(
         "--random-recognition", action="store_true",
         help="test the pipeline with random recognition weights (labels are meaningless)",
     )  # fmt: skip

@@ -203,7 +203,10 @@ def create_model(
     if pretrained is None:
         return CLIP(get_clip_config(name, quick_gelu)).to(device).eval()
     arch = canonical_name(name)
-    path = clip_weights_file(arch, pretrained) or resolve_weights(
+    path = clip_weights_file(arch, pretrained)
+    if path is not None and not path.exists():  # named as CLIP's, not as "checkpoint file"
+        raise CheckpointError(f"CLIP weights file not found: {path}")
+    path = path or resolve_weights(
         pretrained_weights_name(arch, str(pretrained)), progress=progress
     )
     if quick_gelu is None and pretrained == "openai":
