@@ -6,8 +6,9 @@ when there is no ``file_name``). Item ``i`` is an :class:`Instances`: the ``HxWx
 image, ``Nx4`` XYXY pixel boxes, ``NxHxW`` bool masks and the category id / name of each
 instance (crowd and empty annotations skipped, and those that mmdet's ``CocoDataset``, through
 which the official evaluation and training read COCO, drops: :func:`_too_small`).
-``category_filter`` keeps only some categories (e.g. the 65 of OV-COCO). :func:`read_annotations` reads and checks such a file: a missing,
-malformed or incomplete one is an :class:`InputError` naming the file and the entry.
+``category_filter`` keeps only some categories (e.g. the 65 of OV-COCO).
+:func:`read_annotations` reads and checks such a file: a missing, malformed or incomplete one
+is an :class:`InputError` naming the file and the entry.
 """
 
 from __future__ import annotations

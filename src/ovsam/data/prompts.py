@@ -26,10 +26,10 @@ def box_prompts(boxes: np.ndarray) -> np.ndarray:
 
 
 def center_points(masks: np.ndarray) -> np.ndarray:
-    """``Nx2`` XY pixel indices (SAM's point convention: the prompt encoder adds 0.5 to reach
-    the pixel's centre, so ``(21, 11)`` is column 21, row 11, as the official
-    ``get_center_coords`` returns it) of the deepest interior pixel of each ``NxHxW`` mask (ties:
-    the one nearest the deepest pixels' mean). Each mask is eroded within its own box, so the cost
+    """``Nx2`` XY pixel indices of the deepest interior pixel of each ``NxHxW`` mask (ties: the
+    one nearest the deepest pixels' mean), in SAM's point convention, as the official
+    ``get_center_coords`` returns them: ``(21, 11)`` is column 21, row 11 (the prompt encoder
+    adds 0.5 to reach the pixel's centre). Each mask is eroded within its own box, so the cost
     is its box's area times its depth, not the image's."""
     points = np.zeros((len(masks), 2), dtype=np.float32)
     for i, mask in enumerate(masks):
