@@ -132,3 +132,15 @@ def test_pictures_an_earlier_run_wrote_into_the_folder_are_not_segmented(
     (folder / "result.json").unlink()  # without them, a picture of that name is a photo
     assert main(["everything", str(folder), "--out", str(tmp_path / "out2"), *argv]) == 0
     assert {"mask.png", "overlay.png"} <= {p.name for p in (tmp_path / "out2").iterdir()}
+
+
+def test_every_suffix_a_single_image_run_reads_is_listed_in_a_folder(tmp_path: Path) -> None:
+    """A GIF was read given alone but silently passed over in a folder."""
+    from ovsam.cli.everything_jobs import list_jobs
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("a.gif", "b.webp", "c.tif", "d.bmp", "e.JPEG", "notes.txt"):
+        (folder / name).write_bytes(b"")
+    jobs = list_jobs(folder, tmp_path / "out")
+    assert [image.name for image, _ in jobs] == ["a.gif", "b.webp", "c.tif", "d.bmp", "e.JPEG"]

@@ -32,7 +32,7 @@ from ovsam.outputs import RESULT_FILES
 from ovsam.run_settings import read_settings, settings_changes
 from ovsam.weight_sources import sha256_file
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 SETTINGS_FILE = "settings.json"
 RESULT_FILE = "masks.json"
 OVERLAY_FILE = "overlay.png"
