@@ -295,7 +295,8 @@ def test_a_decoder_without_an_iou_head_has_its_score_named_and_filtered(
             torch.as_tensor(clicks, dtype=torch.float32)[None], torch.ones(1, 1, dtype=torch.int64)
         )
         stability = float(stability_scores(low_res[:, 0], 0.0, 1.0)[0])
-        assert record["low_res_stability_score"] == pytest.approx(stability, abs=1e-5)
+        # decoded alone, not in the grid's batch: float rounding flips a few low-res pixels
+        assert record["low_res_stability_score"] == pytest.approx(stability, abs=2e-3)
     scores = sorted(r["low_res_stability_score"] for r in records)
     threshold = scores[len(scores) // 2]
     strict = AutomaticMaskGenerator(
