@@ -82,17 +82,17 @@ def looks_like_path(text: str) -> bool:
     )
 
 
-def checkpoint_file(path: str | Path) -> Path:
+def checkpoint_file(path: str | Path, what: str = "checkpoint") -> Path:
     """``path`` as a :class:`~pathlib.Path` if it is a non-empty file; otherwise a one-line
-    :class:`CheckpointError`: ``checkpoint file not found: X``, ``checkpoint X is a folder``
-    or ``checkpoint X is empty``."""
+    :class:`CheckpointError` naming the file as ``what``: ``checkpoint file not found: X``,
+    ``checkpoint X is a folder`` or ``checkpoint X is empty``."""
     path = Path(path)
     if path.is_dir():
-        raise CheckpointError(f"checkpoint {path} is a folder")
+        raise CheckpointError(f"{what} {path} is a folder")
     if not path.is_file():
-        raise CheckpointError(f"checkpoint file not found: {path}")
+        raise CheckpointError(f"{what} file not found: {path}")
     if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty")
+        raise CheckpointError(f"{what} {path} is empty")
     return path
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ovsam.checkpoint import (
+    checkpoint_file,
     is_torchscript_archive,
     load_state_dict_strict,
     read_state_dict,
@@ -204,8 +205,8 @@ def create_model(
         return CLIP(get_clip_config(name, quick_gelu)).to(device).eval()
     arch = canonical_name(name)
     path = clip_weights_file(arch, pretrained)
-    if path is not None and not path.exists():  # named as CLIP's, not as "checkpoint file"
-        raise CheckpointError(f"CLIP weights file not found: {path}")
+    if path is not None:  # a missing, empty or folder path is named as CLIP's weights
+        checkpoint_file(path, "CLIP weights")
     path = path or resolve_weights(
         pretrained_weights_name(arch, str(pretrained)), progress=progress
     )
