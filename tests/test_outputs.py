@@ -39,9 +39,24 @@ def test_write_result_files(tmp_path: Path) -> None:
         "points": [[30.0, 20.0], [2.0, 2.0]],
         "point_labels": [1, 0],
         "box_xyxy": [20.0, 10.0, 50.0, 30.0],
+        "box_xyxy_clipped": [20.0, 10.0, 50.0, 30.0],
     }
     assert record["model"] == "m" and record["predicted_iou"] == pytest.approx(0.9)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.png", "overlay.png", "result.json"]
+
+
+def test_a_box_reaching_past_the_image_is_recorded_as_given_and_clipped(tmp_path: Path) -> None:
+    """The model takes the box clipped to the image: the JSON says so beside the box as given,
+    and the overlay draws the clipped box, so its left edge shows on the image's first column."""
+    image, mask = _scene()
+    paths = write_result(tmp_path, image, mask, 0.9, Prompt(box=(-10, 5, 80.5, 30)))
+    prompt = json.loads(paths["json"].read_text())["prompt"]
+    assert prompt["box_xyxy"] == [-10.0, 5.0, 80.5, 30.0]
+    assert prompt["box_xyxy_clipped"] == [0.0, 5.0, 60.0, 30.0]
+    picture = np.asarray(Image.open(paths["overlay"]))
+    assert {tuple(picture[y, 0]) for y in range(8, 28)} <= {(255, 255, 255), (20, 20, 20)}
+    no_box = write_result(tmp_path, image, mask, 0.9, Prompt(points=[(5.0, 5.0)], point_labels=[1]))
+    assert json.loads(no_box["json"].read_text())["prompt"]["box_xyxy_clipped"] is None
 
 
 def test_an_interrupted_write_never_leaves_result_json_beside_other_pictures(

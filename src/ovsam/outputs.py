@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ovsam.boxes import clip_to_image
 from ovsam.fileio import atomic_write_bytes, atomic_write_json
 from ovsam.masks import encode_rle, mask_to_bbox_xywh
 from ovsam.visualize import overlay
@@ -21,18 +22,28 @@ from ovsam.visualize import overlay
 
 @dataclass
 class Prompt:
-    """The prompt a mask answers, in original-image pixels (points XY, box XYXY)."""
+    """The prompt a mask answers, in original-image pixels (points XY, box XYXY): as given,
+    a box possibly reaching past the image (:func:`write_result` records it clipped too)."""
 
     points: list[tuple[float, float]] = field(default_factory=list)
     point_labels: list[int] = field(default_factory=list)
     box: tuple[float, float, float, float] | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict of the prompt."""
+    def clipped_box(self, height: int, width: int) -> list[float] | None:
+        """The box clipped to a ``height x width`` image, as the model takes it (None: no box)."""
+        if self.box is None:
+            return None
+        clipped, _ = clip_to_image(np.asarray([self.box], dtype=np.float64), height, width)
+        return [float(v) for v in clipped[0]]
+
+    def to_json(self, height: int, width: int) -> dict[str, Any]:
+        """JSON-ready dict of the prompt on a ``height x width`` image: the box as given
+        (``box_xyxy``) and clipped to the image (``box_xyxy_clipped``)."""
         return {
             "points": [[float(x), float(y)] for x, y in self.points],
             "point_labels": [int(v) for v in self.point_labels],
             "box_xyxy": None if self.box is None else [float(v) for v in self.box],
+            "box_xyxy_clipped": self.clipped_box(height, width),
         }
 
 
@@ -79,6 +90,7 @@ def write_result(
     out = Path(out_dir)
     paths = {key: out / name for key, name in RESULT_FILES.items()}
     mask_png = png_bytes(np.where(mask, 255, 0).astype(np.uint8))
+    box = prompt.clipped_box(*image.shape[:2])
     picture = overlay(
         image,
         [mask],
@@ -87,12 +99,12 @@ def write_result(
         if prompt.points
         else None,
         point_labels=np.asarray(prompt.point_labels) if prompt.points else None,
-        boxes=None if prompt.box is None else np.asarray(prompt.box)[None],
+        boxes=None if box is None else np.asarray(box)[None],
     )
     overlay_png = png_bytes(picture)
     record = {
         "image_size": {"height": int(image.shape[0]), "width": int(image.shape[1])},
-        "prompt": prompt.to_json(),
+        "prompt": prompt.to_json(*image.shape[:2]),
         **mask_record(mask, score),
         **(extra or {}),
     }
