@@ -108,15 +108,16 @@ def drag_box_on_sample(page: object, server_url: str, vocabulary: str | None = N
 
 
 @contextmanager
-def browser_page() -> Iterator[object]:
-    """A 1200x800 page in headless Debian Chromium (skips cleanly when either is missing)."""
+def browser_page(touch: bool = False) -> Iterator[object]:
+    """A 1200x800 page in headless Debian Chromium (skips cleanly when either is missing);
+    ``touch``: the page has a touch screen (``page.touchscreen``, touch events)."""
     if CHROMIUM is None:
         pytest.skip("Debian chromium is not installed (scripts/install_browser_test_deps.sh)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            yield browser.new_page(viewport={"width": 1200, "height": 800})
+            yield browser.new_page(viewport={"width": 1200, "height": 800}, has_touch=touch)
         finally:
             browser.close()
 

@@ -227,7 +227,9 @@ def test_the_page_works_from_the_keyboard(server_url: str) -> None:
         labels = page.evaluate("['vocabulary', 'custom-names'].map((id) => $(id).labels.length)")
         assert labels == [1, 1]
         page.focus("#sample")
-        page.keyboard.press("Tab")  # Undo, Clear and the download links are all disabled
+        page.keyboard.press("Tab")  # Undo and Clear are disabled
+        assert page.evaluate("document.activeElement.id") == "background"
+        page.keyboard.press("Tab")  # and so are the download links
         assert page.evaluate("document.activeElement.id") == "overlay"
         assert page.get_attribute("#overlay", "aria-label")
         for key in ["Shift+ArrowLeft", "ArrowUp", "ArrowUp"]:  # from the centre, (300, 200)

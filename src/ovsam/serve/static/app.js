@@ -20,7 +20,8 @@ const state = {
   file: null,         // the uploaded file (null: the sample photo), to upload again if dropped
   prompts: [],        // history of {kind: "point", x, y, label} | {kind: "box", box}
   result: null,       // last PredictResponse (+ maskImage, and the prompts it answers)
-  drag: null,         // {x0, y0, x1, y1} while dragging
+  drag: null,         // {x0, y0, x1, y1, id, background} while a pointer (mouse, pen, touch) drags
+  background: false,  // the Background toggle: clicks and taps place background points
   busy: false, pending: false,
   generation: 0,      // bumped by Clear and by a new image: older answers are dropped
   customNames: null,  // the names last saved as CUSTOM_VOCABULARY (re-posted if evicted)
@@ -64,8 +65,9 @@ function promptOf(prompts) {
 
 async function loadPicture(file, url) {
   const img = new Image();
-  img.src = url || (file ? URL.createObjectURL(file) : "/v1/sample.jpg");
-  await img.decode();
+  const blob = !url && file ? URL.createObjectURL(file) : null;
+  img.src = url || blob || "/v1/sample.jpg";
+  try { await img.decode(); } finally { if (blob) URL.revokeObjectURL(blob); }  // decoded: the file's copy goes
   return img;
 }
 
@@ -251,10 +253,9 @@ async function maskToImage(pngBase64) {
   const ctx = canvas.getContext("2d");
   ctx.drawImage(img, 0, 0);
   const pixels = ctx.getImageData(0, 0, img.width, img.height);
-  for (let i = 0; i < pixels.data.length; i += 4) {
-    const on = pixels.data[i] > 127;
+  for (let i = 0; i < pixels.data.length; i += 4) {  // no allocation per pixel: a photo has millions
+    pixels.data[i + 3] = pixels.data[i] > 127 ? 120 : 0;
     pixels.data[i] = MASK_COLOR[0]; pixels.data[i + 1] = MASK_COLOR[1]; pixels.data[i + 2] = MASK_COLOR[2];
-    pixels.data[i + 3] = on ? 120 : 0;
   }
   ctx.putImageData(pixels, 0, 0);
   return canvas;
@@ -268,10 +269,8 @@ function draw() {
   const boxes = state.prompts.filter((p) => p.kind === "box").map((p) => p.box);
   if (state.drag) boxes.push([state.drag.x0, state.drag.y0, state.drag.x1, state.drag.y1]);
   ctx.lineWidth = 2;
-  for (const [x0, y0, x1, y1] of boxes) {
-    ctx.strokeStyle = "#fff";
-    ctx.strokeRect(x0 * sx, y0 * sy, (x1 - x0) * sx, (y1 - y0) * sy);
-  }
+  ctx.strokeStyle = "#fff";
+  for (const [x0, y0, x1, y1] of boxes) ctx.strokeRect(x0 * sx, y0 * sy, (x1 - x0) * sx, (y1 - y0) * sy);
   for (const p of state.prompts.filter((q) => q.kind === "point")) {
     ctx.beginPath();
     ctx.arc(p.x * sx, p.y * sy, 5, 0, 2 * Math.PI);
@@ -301,6 +300,7 @@ function showResult() {
   $("labels").replaceChildren();
   for (const link of [$("download-png"), $("download-json")]) {
     link.classList.toggle("disabled", !r);
+    if (link.href.startsWith("blob:")) URL.revokeObjectURL(link.href);  // the old JSON's memory
     if (!r) link.removeAttribute("href");  // without one a link is neither focused nor followed
   }
   if (!r) { $("score").textContent = "No mask yet."; return; }
@@ -315,34 +315,38 @@ function showResult() {
 }
 
 overlayCanvas.addEventListener("contextmenu", (e) => e.preventDefault());
-overlayCanvas.addEventListener("mousedown", (e) => {
-  if (!state.imageId) return;
+// Pointer events: a mouse, a pen and a finger alike (the canvas's touch-action: none keeps a
+// finger's drag from scrolling the page). One pointer draws at a time.
+overlayCanvas.addEventListener("pointerdown", (e) => {
+  if (!state.imageId || !e.isPrimary) return;  // a second finger does not start another
+  overlayCanvas.setPointerCapture(e.pointerId);  // its release is seen outside the window too
   const [x, y] = toImageCoords(e);
-  state.drag = { x0: x, y0: y, x1: x, y1: y, button: e.button, shift: e.shiftKey };
+  state.drag = { x0: x, y0: y, x1: x, y1: y, id: e.pointerId, background: e.button === 2 || e.shiftKey || state.background };
 });
-overlayCanvas.addEventListener("mousemove", (e) => {
-  if (!state.drag) return;
+window.addEventListener("pointermove", (e) => {
+  if (state.drag?.id !== e.pointerId) return;
   [state.drag.x1, state.drag.y1] = toImageCoords(e);
   draw();
 });
-window.addEventListener("mouseup", () => {
+window.addEventListener("pointercancel", (e) => { if (state.drag?.id === e.pointerId) { state.drag = null; draw(); } });
+window.addEventListener("pointerup", (e) => {
   const d = state.drag;
-  if (!d) return;
+  if (d?.id !== e.pointerId) return;
   state.drag = null;
   const [x0, x1] = [d.x0, d.x1].map((v) => clamp(v, state.width)).sort((a, b) => a - b);
   const [y0, y1] = [d.y0, d.y1].map((v) => clamp(v, state.height)).sort((a, b) => a - b);
   const moved = Math.hypot((x1 - x0) * state.scale[0], (y1 - y0) * state.scale[1]) > 5;
   // A box is at least an image pixel wide and high: a straight drag is a click where it began.
   addPrompt(moved && x1 - x0 >= 1 && y1 - y0 >= 1 ? { kind: "box", box: [x0, y0, x1, y1] }
-    : { kind: "point", x: clamp(d.x0, state.width), y: clamp(d.y0, state.height), label: d.button === 2 || d.shift ? 0 : 1 });
+    : { kind: "point", x: clamp(d.x0, state.width), y: clamp(d.y0, state.height), label: d.background ? 0 : 1 });
 });
 // The keyboard's click: the arrows move a cursor by 1% of the image (Shift: 10%), Enter places
-// an object point there, Shift+Enter a background point.
+// an object point there (a background point with the Background toggle on), Shift+Enter a background point.
 overlayCanvas.addEventListener("keydown", (e) => {
   const c = state.cursor, arrow = ARROWS[e.key], step = e.shiftKey ? 0.1 : 0.01;
   if (!state.imageId || !(arrow || e.key === "Enter")) return;
   e.preventDefault();
-  if (!arrow) { addPrompt({ kind: "point", x: c.x, y: c.y, label: e.shiftKey ? 0 : 1 }); return; }
+  if (!arrow) { addPrompt({ kind: "point", x: c.x, y: c.y, label: e.shiftKey || state.background ? 0 : 1 }); return; }
   c.x = clamp(c.x + arrow[0] * step * state.width, state.width);
   c.y = clamp(c.y + arrow[1] * step * state.height, state.height);
   draw();
@@ -362,6 +366,7 @@ $("file").addEventListener("change", (e) => {
   if (file) startImage(file);
 });
 $("sample").addEventListener("click", () => startImage(null));
+$("background").addEventListener("click", (e) => { state.background = !state.background; e.currentTarget.setAttribute("aria-pressed", state.background); });
 $("undo").addEventListener("click", () => { state.prompts.pop(); predict(); draw(); showResult(); });
 $("clear").addEventListener("click", () => { newGeneration(); draw(); showResult(); });
 $("vocabulary").addEventListener("change", () => predict());
