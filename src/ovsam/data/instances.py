@@ -80,22 +80,36 @@ class InstanceDataset:
         known = {c["id"] for c in data["categories"]}
         #: annotations whose ``category_id`` is not among the file's categories (ignored)
         self.unknown_category_annotations = 0
-        #: image id -> annotations of a kept category that :func:`_too_small` leaves out
-        self.too_small_annotations: Counter[int] = Counter()
+        #: image id (of every annotation, images listed or not) -> how many of its annotations
+        #: are ``usable`` (the instances), ``crowd``, ``too_small`` (a kept category that
+        #: :func:`_too_small` leaves out) or ``other`` (a category not kept)
+        self.annotation_kinds: dict[int, Counter[str]] = defaultdict(Counter)
         sizes = {img["id"]: (img.get("height"), img.get("width")) for img in data["images"]}
         by_image: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
         for ann in data["annotations"]:
             self.unknown_category_annotations += ann["category_id"] not in known
-            if ann["category_id"] in self.categories and not ann.get("iscrowd", 0):
-                if _too_small(ann, sizes.get(ann["image_id"], (None, None))):
-                    self.too_small_annotations[ann["image_id"]] += 1
-                else:
-                    by_image[ann["image_id"]].append(ann)
+            if ann["category_id"] not in self.categories:
+                kind = "other"
+            elif ann.get("iscrowd", 0):
+                kind = "crowd"
+            elif _too_small(ann, sizes.get(ann["image_id"], (None, None))):
+                kind = "too_small"
+            else:
+                kind = "usable"
+                by_image[ann["image_id"]].append(ann)
+            self.annotation_kinds[ann["image_id"]][kind] += 1
         self.images = [img for img in data["images"] if by_image.get(img["id"])]
         self._annotations = by_image
 
     def __len__(self) -> int:
         return len(self.images)
+
+    @property
+    def too_small_annotations(self) -> Counter[int]:
+        """Image id -> annotations of a kept category that :func:`_too_small` leaves out."""
+        return Counter(
+            {i: c["too_small"] for i, c in self.annotation_kinds.items() if c["too_small"]}
+        )
 
     def item_keys(self) -> list[str]:
         """The images' ids, in item order (what a training checkpoint fingerprints)."""

@@ -16,7 +16,7 @@ vanishes.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -59,16 +59,7 @@ def select_images(
     ``dataset`` (made from ``data``) prompts those it holds; the others get their reason."""
     if limit is not None and limit < 1:
         raise InputError(f"--limit must be at least 1, got {limit}")
-    counts: dict[Any, Counter[str]] = defaultdict(Counter)
-    for ann in data["annotations"]:
-        if ann["category_id"] not in dataset.categories:
-            kind = "other"
-        else:
-            kind = "crowd" if ann.get("iscrowd", 0) else "usable"
-        counts[ann["image_id"]][kind] += 1
-    for image_id, count in dataset.too_small_annotations.items():  # no instances: not prompted
-        counts[image_id]["usable"] -= count
-        counts[image_id]["too_small"] += count
+    counts = dataset.annotation_kinds
     prompted = {img["id"]: index for index, img in enumerate(dataset.images)}
     chosen = data["images"][:limit]
     known = {img["id"] for img in data["images"]}
