@@ -88,12 +88,9 @@ def _shown(value: object) -> str:
     return text if len(text) <= 60 else f"{text[:57]}..."
 
 
-def decode_rle(rle: Mapping[str, object]) -> np.ndarray:
-    """Decode COCO RLE (compressed string or uncompressed list ``counts``) to ``HxW`` bool.
-
-    ``rle["size"]`` is ``[H, W]``; anything else (a missing field, text where numbers belong,
-    negative or fractional numbers, counts that do not cover ``H*W``) raises InputError.
-    """
+def rle_runs(rle: Mapping[str, object]) -> tuple[int, int, list[int]]:
+    """``(H, W, run lengths)`` of a COCO RLE (compressed string or uncompressed list
+    ``counts``), checked as :func:`decode_rle` checks it, without building the mask."""
     if not isinstance(rle, Mapping) or "size" not in rle or "counts" not in rle:
         raise InputError(f"not a COCO RLE dict with 'size' and 'counts': {_shown(rle)}")
     size = _whole_numbers(rle["size"], "size", "[height, width]: two non-negative integers")
@@ -117,6 +114,16 @@ def decode_rle(rle: Mapping[str, object]) -> np.ndarray:
         raise InputError(
             f"RLE counts sum to {sum(counts)}, expected {height}x{width}={height * width}"
         )
+    return height, width, counts
+
+
+def decode_rle(rle: Mapping[str, object]) -> np.ndarray:
+    """Decode COCO RLE (compressed string or uncompressed list ``counts``) to ``HxW`` bool.
+
+    ``rle["size"]`` is ``[H, W]``; anything else (a missing field, text where numbers belong,
+    negative or fractional numbers, counts that do not cover ``H*W``) raises InputError.
+    """
+    height, width, counts = rle_runs(rle)
     values = np.zeros(len(counts), dtype=bool)
     values[1::2] = True
     flat = np.repeat(values, counts)

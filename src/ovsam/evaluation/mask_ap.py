@@ -31,7 +31,7 @@ from ovsam.data.instances import is_int, load_annotated_image, read_annotations
 from ovsam.data.polygons import check_polygons, polygons_to_mask
 from ovsam.errors import InputError, OVSamError
 from ovsam.fileio import atomic_write_json
-from ovsam.masks import decode_rle, encode_rle
+from ovsam.masks import encode_rle, rle_runs
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 DETECTION_FIELDS = frozenset({"image_id", "category_id", "bbox", "score"})
@@ -132,7 +132,7 @@ def _check_ground_truth(annotations: Mapping[str, Any], image_ids: Collection[in
         try:
             if isinstance(ann["segmentation"], list):
                 check_polygons(ann["segmentation"])
-            elif decode_rle(ann["segmentation"]).shape != size:
+            elif tuple(rle_runs(ann["segmentation"])[:2]) != size:
                 raise InputError(
                     f"its RLE size {ann['segmentation']['size']} is not its image's "
                     f"[{size[0]}, {size[1]}]"
