@@ -8,7 +8,8 @@ import io
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -117,23 +118,24 @@ def test_uploads_are_decoded_and_held_two_at_a_time(
     assert most == {"decoding": 2, "held": 2} and serve_app.DECODES_AT_ONCE == 2
 
 
-def test_health_answers_while_uploads_fill_the_thread_pool(
-    mobilesam_model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Uploads waiting for the model hold every thread of the pool (40): a ``/v1/health``
-    queued behind them stalled as long as the model took to embed them all."""
-    pytest.importorskip("fastapi")
-    from concurrent.futures import ThreadPoolExecutor
+@contextmanager
+def held_uploads(
+    engine: object, monkeypatch: pytest.MonkeyPatch, model_threads: tuple[int, int] | None = None
+) -> Iterator[tuple[object, Callable[[], object], Callable[[], int], threading.Event]]:
+    """A TestClient whose uploads wait in the model until the event is set: ``(client,
+    upload, waiting, model_free)``, ``upload()`` posting a PNG and ``waiting()`` counting the
+    requests queued for a model thread. ``model_threads``: ``(threads, queue_limit)``."""
+    import functools
 
-    import anyio.to_thread
     from fastapi.testclient import TestClient
 
-    from ovsam.predictor import SamPredictor
-    from ovsam.serve.app import create_app
-    from ovsam.serve.engine import SegmentationEngine
+    import ovsam.serve.app as serve_app
     from ovsam.serve.settings import ServeSettings
 
-    engine = SegmentationEngine(SamPredictor(mobilesam_model), "mobilesam")
+    if model_threads is not None:
+        monkeypatch.setattr(
+            serve_app, "ModelThreads", functools.partial(serve_app.ModelThreads, *model_threads)
+        )
     model_free = threading.Event()
 
     def slow_embed(image: np.ndarray) -> tuple[FakeState, float]:
@@ -144,20 +146,85 @@ def test_health_answers_while_uploads_fill_the_thread_pool(
     buffer = io.BytesIO()
     Image.new("RGB", (32, 24)).save(buffer, format="PNG")
     files = {"file": ("a.png", buffer.getvalue(), "image/png")}
-    with TestClient(create_app(ServeSettings(), lambda _: engine)) as client:
-        limiter = client.portal.call(anyio.to_thread.current_default_thread_limiter)
-        with ThreadPoolExecutor(max_workers=44) as pool:
-            try:
-                uploads = [pool.submit(client.post, "/v1/images", files=files) for _ in range(43)]
-                deadline = time.monotonic() + 10
-                while limiter.borrowed_tokens < limiter.total_tokens:  # until the pool is full
-                    assert time.monotonic() < deadline
-                    time.sleep(0.01)
-                health = pool.submit(client.get, "/v1/health").result(timeout=5)
-            finally:
-                model_free.set()
-            assert health.json()["status"] == "ok"
-            assert [upload.result().status_code for upload in uploads] == [201] * 43
+    app = serve_app.create_app(ServeSettings(), lambda _: engine)
+    with TestClient(app) as client:
+        limiter = app.state.model_threads.limiter()
+        try:
+            yield (
+                client,
+                lambda: client.post("/v1/images", files=files),
+                lambda: client.portal.call(lambda: limiter.statistics().tasks_waiting),
+                model_free,
+            )
+        finally:
+            model_free.set()
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_the_page_and_health_answer_while_uploads_wait_for_the_model(
+    mobilesam_model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Uploads waiting for the model held every thread of FastAPI's pool (40), which also
+    serves the page, its script and the sample photo: those stalled as long as the model took
+    to embed them all. Uploads now wait on threads of their own."""
+    pytest.importorskip("fastapi")
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ovsam.predictor import SamPredictor
+    from ovsam.serve.engine import SegmentationEngine
+    from ovsam.serve.model_threads import MODEL_THREADS
+
+    engine = SegmentationEngine(SamPredictor(mobilesam_model), "mobilesam")
+    with held_uploads(engine, monkeypatch) as (client, upload, waiting, model_free):
+        with ThreadPoolExecutor(max_workers=48) as pool:
+            uploads = [pool.submit(upload) for _ in range(43)]  # more than the pool's 40
+            wait_until(lambda: waiting() == 43 - MODEL_THREADS)
+            paths = ["/", "/static/app.js", "/static/style.css", "/v1/sample.jpg", "/v1/health"]
+            answers = [pool.submit(client.get, path) for path in paths]
+            statuses = [answer.result(timeout=5).status_code for answer in answers]
+            model_free.set()
+            assert [u.result().status_code for u in uploads] == [201] * 43
+    assert statuses == [200] * len(paths)
+
+
+def test_a_full_queue_answers_busy_at_once(
+    mobilesam_model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the queue's limit a request is refused at once with 503 ``busy`` and a
+    Retry-After header, instead of waiting minutes for the model; the queued ones go on."""
+    pytest.importorskip("fastapi")
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ovsam.predictor import SamPredictor
+    from ovsam.serve.engine import SegmentationEngine
+
+    engine = SegmentationEngine(SamPredictor(mobilesam_model), "mobilesam")
+    with held_uploads(engine, monkeypatch, (2, 3)) as (client, upload, waiting, model_free):
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            queued = [pool.submit(upload) for _ in range(5)]  # 2 in the model, 3 waiting
+            wait_until(lambda: waiting() == 3)
+            refused = upload()
+            sample = client.post("/v1/images/sample")
+            prompt = client.post(
+                "/v1/images/none/predict", json={"points": [[1, 2]], "labels": [1]}
+            )
+            model_free.set()
+            assert [q.result().status_code for q in queued] == [201] * 5
+        after = upload()
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "2"
+    assert refused.json()["error"]["code"] == "busy"
+    assert (
+        "2 uploads or prompts are in progress and 3 more are waiting"
+        in refused.json()["error"]["message"]
+    )
+    assert [r.status_code for r in (sample, prompt)] == [503, 503]
+    assert after.status_code == 201
 
 
 def test_a_turned_upload_is_stored_with_its_upright_picture(

@@ -1,9 +1,10 @@
 """The FastAPI application: versioned JSON API under ``/v1`` and the web page at ``/``.
 
-Model work runs in FastAPI's thread pool (endpoints are plain ``def``), never on the event
-loop; the :class:`~ovsam.serve.engine.SegmentationEngine` serialises access to the one model.
-``/v1/health`` only reads counters: it runs on the loop, so it answers while uploads waiting
-for the model hold every thread of the pool.
+Uploads and prompts run on threads of their own, behind a bounded queue (a full one answers
+503 ``busy``: :mod:`ovsam.serve.model_threads`), never on the event loop, nor in the thread pool
+that serves the page and the other endpoints; the
+:class:`~ovsam.serve.engine.SegmentationEngine` serialises access to the one model.
+``/v1/health`` only reads counters: it runs on the loop.
 Every error is JSON ``{"error": {"code", "message"}}`` with a 4xx status naming the problem
 (:mod:`ovsam.serve.http_errors`); an unexpected failure is a 500 ``internal_error``.
 """
@@ -32,6 +33,7 @@ from ovsam.outputs import png_bytes
 from ovsam.recognizers import LabelOptions
 from ovsam.serve.engine import NO_RECOGNITION, MissingRecognizer, Recognizer, SegmentationEngine
 from ovsam.serve.http_errors import ApiError, GuardMiddleware, install_error_handlers
+from ovsam.serve.model_threads import ModelThreads
 from ovsam.serve.schemas import (
     ErrorResponse,
     Health,
@@ -48,7 +50,7 @@ from ovsam.serve.store import ImageStore, StoredImage
 from ovsam.serve.vocabularies import Vocabularies
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 409, 413, 415, 422)}
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 409, 413, 415, 422, 503)}
 MULTIPART_OVERHEAD = 64 * 1024
 """Bytes allowed on top of ``max_upload_bytes`` for the multipart envelope of an upload."""
 FALLBACK_MODEL = "mobilesam"
@@ -57,7 +59,7 @@ UNTYPED = ("", "application/octet-stream")
 """Declared content types that say nothing about the file (curl, ``requests``, browsers)."""
 DECODES_AT_ONCE = 2
 """Uploads decoded and embedded at once: a decode of a ``max_pixels`` image peaks at ~10 bytes
-a pixel, and requests run in a pool of 40 threads. A decoded image is held until the model
+a pixel, and uploads run on up to ``MODEL_THREADS`` threads. A decoded image is held until the model
 (one image at a time) has embedded it, so this also bounds the decoded images in memory: one
 embedding, one waiting."""
 
@@ -102,6 +104,7 @@ def create_app(
     vocabularies = Vocabularies(settings, engine.recognizer.check)
     app.state.engine, app.state.store, app.state.vocabularies = engine, store, vocabularies
     decoding = threading.BoundedSemaphore(DECODES_AT_ONCE)
+    model_threads = app.state.model_threads = ModelThreads()
 
     def too_many_points(kind: str) -> Callable[[int], ApiError]:
         return lambda n: ApiError(
@@ -174,8 +177,14 @@ def create_app(
 
     app.add_api_route("/v1/health", health, methods=["HEAD"], include_in_schema=False)
 
+    def read_and_register(file: UploadFile) -> ImageInfo:
+        data = file.file.read(settings.max_upload_bytes + 1)
+        if len(data) > settings.max_upload_bytes:
+            raise upload_too_large()
+        return register(data, file.filename or "upload")
+
     @app.post("/v1/images", response_model=ImageInfo, status_code=201, responses=ERRORS)
-    def upload_image(file: UploadFile) -> ImageInfo:
+    async def upload_image(file: UploadFile) -> ImageInfo:
         """Upload an image (multipart field ``file``); it is embedded once and cached.
 
         The file's bytes decide whether it is an image: a part declared as a raster image
@@ -188,15 +197,14 @@ def create_app(
                 f"content type {content_type!r} is not accepted: send a raster image "
                 "(PNG, JPEG, WebP, BMP, TIFF or GIF)",
             )  # fmt: skip
-        data = file.file.read(settings.max_upload_bytes + 1)
-        if len(data) > settings.max_upload_bytes:
-            raise upload_too_large()
-        return register(data, file.filename or "upload")
+        return await model_threads.run(read_and_register, file)
 
-    @app.post("/v1/images/sample", response_model=ImageInfo, status_code=201)
-    def upload_sample() -> ImageInfo:
+    @app.post("/v1/images/sample", response_model=ImageInfo, status_code=201, responses=ERRORS)
+    async def upload_sample() -> ImageInfo:
         """Embed the sample photo shipped with ovsam (a coffee cup)."""
-        return register(SAMPLE_PHOTO.read_bytes(), SAMPLE_PHOTO.name)
+        return await model_threads.run(
+            lambda: register(SAMPLE_PHOTO.read_bytes(), SAMPLE_PHOTO.name)
+        )
 
     @app.get("/v1/images/{image_id}", response_model=ImageInfo, responses=ERRORS)
     def image_info(image_id: str) -> ImageInfo:
@@ -223,8 +231,11 @@ def create_app(
             raise ApiError(404, "unknown_image", f"unknown image id {image_id!r}")
 
     @app.post("/v1/images/{image_id}/predict", response_model=PredictResponse, responses=ERRORS)
-    def predict(image_id: str, body: PredictRequest) -> PredictResponse:
+    async def predict(image_id: str, body: PredictRequest) -> PredictResponse:
         """Segment the object at points (+/-) and/or a box; optionally refine a previous mask."""
+        return await model_threads.run(segment, image_id, body)
+
+    def segment(image_id: str, body: PredictRequest) -> PredictResponse:
         item = stored(image_id)
         if len(body.points) > settings.max_points:
             raise too_many_points("points")(len(body.points))

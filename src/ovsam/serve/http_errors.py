@@ -34,8 +34,10 @@ INTERNAL_MESSAGE = "internal server error (the details are in the server log)"
 class ApiError(HTTPException):
     """An error answered with ``status`` and a JSON body ``{"error": {code, message}}``."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(status, message)
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(status, message, headers)
         self.status, self.code, self.message = status, code, message
 
 

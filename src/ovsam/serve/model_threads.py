@@ -1,0 +1,57 @@
+"""Model-bound requests run on threads of their own, behind a bounded queue.
+
+FastAPI runs plain ``def`` endpoints in one pool of 40 threads, and so does Starlette's file
+serving. Uploads and prompts wait there for the one model: a burst of them held every thread,
+and the web page, its script and the sample photo stalled behind them for as long as the model
+took. Uploads and prompts therefore run on :data:`MODEL_THREADS` threads of their own (an
+anyio ``CapacityLimiter``), leaving the shared pool to everything else; once
+:data:`QUEUE_LIMIT` requests already wait for one of those threads, another is answered at
+once with 503 ``busy`` and a ``Retry-After`` header rather than queued for minutes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import anyio.to_thread
+from anyio import CapacityLimiter
+
+from ovsam.serve.http_errors import ApiError
+
+Result = TypeVar("Result")
+
+MODEL_THREADS = 8
+"""Uploads and prompts in progress at once (most of them wait for the model's lock; a prompt
+naming its mask with a new vocabulary builds the text bank outside it, minutes on a CPU)."""
+QUEUE_LIMIT = 64
+"""Requests that may wait for a model thread; one more is refused with 503 ``busy``."""
+RETRY_AFTER_S = 2
+"""What the ``Retry-After`` header of a 503 ``busy`` asks a client to wait, in seconds."""
+
+
+class ModelThreads:
+    """Runs model-bound work off the event loop on at most ``threads`` threads, refusing
+    work when ``queue_limit`` calls already wait (see the module docstring)."""
+
+    def __init__(self, threads: int = MODEL_THREADS, queue_limit: int = QUEUE_LIMIT) -> None:
+        self.threads, self.queue_limit = threads, queue_limit
+        self._limiter: CapacityLimiter | None = None  # made on the server's event loop
+
+    def limiter(self) -> CapacityLimiter:
+        """The limiter (made on first use, inside the running event loop)."""
+        if self._limiter is None:
+            self._limiter = CapacityLimiter(self.threads)
+        return self._limiter
+
+    async def run(self, fn: Callable[..., Result], *args: object) -> Result:
+        """``fn(*args)`` on a model thread; :class:`ApiError` 503 ``busy`` when the queue is full."""
+        limiter = self.limiter()
+        if limiter.available_tokens == 0 and limiter.statistics().tasks_waiting >= self.queue_limit:
+            raise ApiError(
+                503, "busy",
+                f"the server is busy: {self.threads} uploads or prompts are in progress and "
+                f"{self.queue_limit} more are waiting; try again in a few seconds",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )  # fmt: skip
+        return await anyio.to_thread.run_sync(fn, *args, limiter=limiter)
