@@ -26,18 +26,18 @@ from tiny_coco import write_tiny_coco
 
 COCO_BASE_IN_TINY = ("person", "car")  # tiny_coco's classes of OV-COCO's 48 base ones
 OVERRIDES = [
-    "steps=4", "warmup_steps=0", "random_clip=true", "clip_model=RN50", "adapter_dim=64",
+    "warmup_steps=0", "random_clip=true", "clip_model=RN50", "adapter_dim=64",
     "adapter_depth=2",
     "adapter_heads=2", "lr=2e-3", "log_every=1", "checkpoint_every=2", "grad_clip=1.0",
 ]  # fmt: skip
 
 
-def torchrun(data: Path, out: Path, *extra: str) -> None:
+def torchrun(data: Path, out: Path, *extra: str, steps: int = 4) -> None:
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         "-m", "ovsam", "train", "sam2clip", "--data", str(data / "images"), "--annotations",
         str(data / "instances.json"), "--out", str(out), "--device", "cpu",
-        *[f"--set={o}" for o in OVERRIDES], *extra,
+        *[f"--set={o}" for o in [f"steps={steps}", *OVERRIDES]], *extra,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
@@ -57,27 +57,24 @@ def test_distillation_under_torchrun_falls_and_resumes_exactly(
     data = tmp_path / "data"
     write_tiny_coco(data, images=2)  # one image per rank: the teacher runs in step 1 only
     full = tmp_path / "full"
-    torchrun(data, full)
+    torchrun(data, full, steps=3)  # a step costs ~8 s per rank on a 2-core CPU
     reference = losses(full)
-    assert sorted(reference) == [1, 2, 3, 4]
+    assert sorted(reference) == [1, 2, 3]
     assert all(v == v and v < float("inf") for v in reference.values())
-    assert reference[4] < reference[1]  # the adapter learns
+    assert reference[3] < reference[1]  # the adapter learns
     assert json.loads((full / "config.json").read_text())["adapter_dim"] == 64
-    assert json.loads((full / "checkpoints" / "latest.json").read_text())["step"] == 4
+    assert json.loads((full / "checkpoints" / "latest.json").read_text())["step"] == 3
     # What a run interrupted after step 3 leaves (``--stop-after 3``: checked in one process
     # by tests/test_train_resume.py, under torchrun by the slow test below): rows 1-3
     # logged, the last checkpoint step 2's.
     resumed = tmp_path / "resumed"
     shutil.copytree(full, resumed)
-    (resumed / "checkpoints" / "step_4.pt").unlink()
+    (resumed / "checkpoints" / "step_3.pt").unlink()
     (resumed / "checkpoints" / "latest.json").write_text('{"file": "step_2.pt", "step": 2}')
-    rows = (resumed / "log.jsonl").read_text().splitlines(keepends=True)
-    (resumed / "log.jsonl").write_text("".join(rows[:3]))
-    torchrun(data, resumed)  # replays step 3 from step 2's weights, optimizer and RNG state
-    again = losses(resumed)
-    assert sorted(again) == [1, 2, 3, 4]
+    torchrun(data, resumed, steps=3)  # replays step 3 from step 2's weights, optimizer, RNG
+    again = losses(resumed)  # and logs it once
+    assert sorted(again) == [1, 2, 3]
     assert again[3] == pytest.approx(reference[3], rel=1e-5)
-    assert again[4] == pytest.approx(reference[4], rel=1e-5)
 
 
 @pytest.mark.slow
