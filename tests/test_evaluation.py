@@ -270,6 +270,8 @@ def test_settings_are_recorded_then_enforced(
     annotations: dict, coco: InstanceDataset, tmp_path: Path
 ) -> None:
     settings = {"prompt": "box", "model": "mobilesam", "checkpoint": None}
+    assert check_settings(tmp_path, settings, write=False) is False  # another torchrun rank's
+    assert not (tmp_path / "settings.json").exists()
     assert check_settings(tmp_path, settings) is False
     assert json.loads((tmp_path / "settings.json").read_text()) == settings
     assert check_settings(tmp_path, settings) is False

@@ -107,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     options = _label_options(args, dataset)
     info = init_distributed(args.device)
     settings = _settings(args, options)
-    legacy = check_settings(args.out, settings)
+    legacy = check_settings(args.out, settings, write=info.is_main)
+    barrier()  # every rank has checked before any writes records
     if legacy and info.is_main:
         print(
             f"warning: {args.out} has records but no settings.json (an older ovsam): "

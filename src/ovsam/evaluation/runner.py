@@ -113,7 +113,7 @@ def lvis_splits(categories: list[Mapping[str, Any]]) -> dict[int, str]:
 PROTOCOL_RULES = "instances: mmdet's CocoDataset filter; points: pixel indices (SAM's convention)"
 
 
-def check_settings(out_dir: str | Path, settings: Mapping[str, Any]) -> bool:
+def check_settings(out_dir: str | Path, settings: Mapping[str, Any], write: bool = True) -> bool:
     """Record the ``settings`` that determine the records in ``out_dir/settings.json``, or
     check them against those of an earlier run there: resuming with other settings (prompt,
     model, split, ...) would mix incompatible records, so it is an :class:`InputError`. While
@@ -121,12 +121,16 @@ def check_settings(out_dir: str | Path, settings: Mapping[str, Any]) -> bool:
     are simply replaced.
 
     Returns True when ``out_dir`` held records but no settings (written by an older ovsam):
-    they are assumed to match and the settings are recorded (the caller warns)."""
+    they are assumed to match and the settings are recorded (the caller warns). Under
+    torchrun only the main process records (``write``); every process checks, and none may
+    write records before all have (a barrier): a rank's first records read as an older run's.
+    """
     out = Path(out_dir)
     has_records = any(path.stat().st_size for path in out.glob("records.rank*.jsonl"))
     path = out / SETTINGS_FILE
     if not path.is_file() or not has_records:  # no records yet: any settings may start them
-        atomic_write_json(path, dict(settings))
+        if write:
+            atomic_write_json(path, dict(settings))
         return has_records
     changed = settings_changes(read_settings(path, "use a new --out"), settings)
     if changed:
