@@ -1,9 +1,8 @@
 """Prompts derived from ground truth, as in the paper's protocol, and large-scale jitter.
 
 - :func:`box_prompts`: the ground-truth boxes (XYXY pixels);
-- :func:`center_points`: per mask the pixel farthest from the mask boundary (the official
-  "point" configs use a distance transform; here the distance is the chessboard distance,
-  computed by repeated 3x3 erosion);
+- :func:`center_points`: per mask the pixel farthest from the mask boundary by the official
+  "point" configs' distance transform (kornia's);
 - :func:`random_points`: points drawn uniformly inside each mask (training);
 - :func:`large_scale_jitter`: flip, resize by a random factor of the 1024 frame, then crop to
   it (the official ``coco_ov_instance_lsj`` pipeline).
@@ -25,12 +24,29 @@ def box_prompts(boxes: np.ndarray) -> np.ndarray:
     return np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
 
 
+# The official "point" prompts use kornia's ``distance_transform`` (0.7, the version of the
+# OV-SAM era): a cascade of 3x3 soft-minimum steps with taps exp(-|offset| / h).
+_DT_H = 0.35
+_DT_TAPS = torch.exp(
+    torch.hypot(*torch.meshgrid(torch.arange(-1.0, 2.0), torch.arange(-1.0, 2.0), indexing="ij"))
+    / -_DT_H
+)[None, None]
+
+
 def center_points(masks: np.ndarray) -> np.ndarray:
-    """``Nx2`` XY pixel indices of the deepest interior pixel of each ``NxHxW`` mask (ties: the
-    one nearest the deepest pixels' mean), in SAM's point convention, as the official
-    ``get_center_coords`` returns them: ``(21, 11)`` is column 21, row 11 (the prompt encoder
-    adds 0.5 to reach the pixel's centre). Each mask is eroded within its own box, so the cost
-    is its box's area times its depth, not the image's."""
+    """``Nx2`` XY pixel indices of each ``NxHxW`` mask's centre point as the official
+    ``get_center_coords`` picks it: the argmax of kornia's ``distance_transform`` of the mask
+    (padded with background), the first in row-major order among equals; SAM's point
+    convention: ``(21, 11)`` is column 21, row 11 (the prompt encoder adds 0.5). An empty mask
+    gives ``(0, 0)``.
+
+    The cascade reaches a pixel at chessboard depth d (1 beside the background) in step d - 1
+    and gives it ``3 (d - 1) // 2`` (kornia 0.7's offset) plus ``-h log`` of the taps of its
+    neighbours reached before. The deepest pixels always win (a pixel one step shallower gets
+    at most sqrt(2) over its offset, the deepest at least 0.42 over theirs, one more), so the
+    depth comes from erosion within the mask's box and the cascade's last step is computed for
+    the deepest pixels alone: the same values, at the cost of the box's area times its depth.
+    """
     points = np.zeros((len(masks), 2), dtype=np.float32)
     for i, mask in enumerate(masks):
         ys, xs = np.nonzero(mask)
@@ -39,13 +55,15 @@ def center_points(masks: np.ndarray) -> np.ndarray:
         top, left = ys.min(), xs.min()
         crop = np.ascontiguousarray(mask[top : ys.max() + 1, left : xs.max() + 1])
         current = torch.from_numpy(crop).float()[None, None]
-        last = current
+        deepest, depth = current, 0
         while current.any():
-            last = current
+            deepest, depth = current, depth + 1
             current = -F.max_pool2d(-F.pad(current, (1, 1, 1, 1)), 3, stride=1)
-        ys, xs = np.nonzero(last[0, 0].numpy())
-        k = np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2)
-        points[i] = (left + xs[k], top + ys[k])
+        reached = F.pad(1.0 - deepest, (1, 1, 1, 1), value=1.0)  # beyond the box: background
+        value = (3 * (depth - 1)) // 2 + -_DT_H * torch.log(F.conv2d(reached, _DT_TAPS))
+        value = torch.where(deepest > 0, value, -torch.inf)[0, 0]
+        row, col = divmod(int(value.flatten().argmax()), value.shape[1])  # first of equals
+        points[i] = (left + col, top + row)
     return points
 
 

@@ -110,7 +110,10 @@ def lvis_splits(categories: list[Mapping[str, Any]]) -> dict[int, str]:
 
 #: Which annotations are instances and where a centre point prompts, recorded with the settings:
 #: records made under earlier rules (before this entry) are not resumed into.
-PROTOCOL_RULES = "instances: mmdet's CocoDataset filter; points: pixel indices (SAM's convention)"
+PROTOCOL_RULES = (
+    "instances: mmdet's CocoDataset filter; points: pixel indices (SAM's convention) of the "
+    "argmax of kornia 0.7's distance transform, first of equals"
+)
 
 
 def check_settings(out_dir: str | Path, settings: Mapping[str, Any], write: bool = True) -> bool:
