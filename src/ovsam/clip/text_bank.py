@@ -21,7 +21,7 @@ import functools
 import hashlib
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from string import Formatter
@@ -34,7 +34,7 @@ from ovsam.clip.class_names import check_distinct_names
 from ovsam.clip.model import CLIP
 from ovsam.clip.tokenizer import get_tokenizer, tokenize
 from ovsam.errors import InputError
-from ovsam.fileio import atomic_path
+from ovsam.fileio import atomic_write_bytes
 from ovsam.weights import cache_dir
 
 ClassNames = Sequence[str | Sequence[str]]
@@ -102,12 +102,23 @@ def _class_lists(classes: ClassNames) -> tuple[tuple[str, ...], list[tuple[str, 
         )
     synonyms = getattr(classes, "synonyms", None)
     raw = synonyms if synonyms is not None else classes
-    lists = [(item,) if isinstance(item, str) else tuple(item) for item in raw]
+    lists = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, str) and (
+            isinstance(item, bytes) or not isinstance(item, Iterable)
+        ):
+            raise InputError(
+                f"class {i} must be a name or a list of synonyms (strings), got {item!r}"
+            )
+        names = (item,) if isinstance(item, str) else tuple(item)
+        if not all(isinstance(n, str) for n in names):
+            bad = next(n for n in names if not isinstance(n, str))
+            raise InputError(f"class {i}: a synonym must be a string, got {bad!r}")
+        if not names or not all(n.strip() for n in names):
+            raise InputError(f"class {i} has an empty name")
+        lists.append(names)
     if not lists:
         raise InputError("vocabulary is empty: give at least one class name")
-    for i, names in enumerate(lists):
-        if not names or not all(isinstance(n, str) and n.strip() for n in names):
-            raise InputError(f"class {i} has an empty name")
     if synonyms is None:  # a vocabulary's names were checked when it was made
         check_distinct_names(lists, [f"class {i}" for i in range(len(lists))])
     display = getattr(classes, "classes", None) if synonyms is not None else None
@@ -117,6 +128,11 @@ def _class_lists(classes: ClassNames) -> tuple[tuple[str, ...], list[tuple[str, 
 def check_templates(templates: Sequence[str]) -> tuple[str, ...]:
     """``templates`` as a tuple; :class:`InputError` naming the first one that is not a format
     string with exactly one ``{}`` field (``"a {} of {color}"``, ``"a {0}"``, ``"a {} {"``)."""
+    if isinstance(templates, str):
+        raise InputError(
+            f"templates must be a list of format strings, not a string: pass [{templates!r}] "
+            "for one template"
+        )
     templates = tuple(templates)
     if not templates:
         raise InputError("no prompt templates given")
@@ -261,6 +277,8 @@ def build_text_bank(
     """
     display, synonyms = _class_lists(classes)
     templates = check_templates(templates)
+    if isinstance(batch_texts, bool) or not isinstance(batch_texts, int) or batch_texts < 1:
+        raise InputError(f"batch_texts must be a positive integer, got {batch_texts!r}")
     key = bank_key(model, weights_id or text_tower_fingerprint(model), synonyms, templates)
     path = None
     if cache:
@@ -281,13 +299,17 @@ def build_text_bank(
 def _save_bank(path: Path, key: str, embeddings: torch.Tensor, class_index: torch.Tensor) -> None:
     """Cache a bank at ``path``; a cache that cannot be written (read-only, not a folder) is
     a warning, not a failure: the embeddings were computed and are returned all the same."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
+    # serialised in memory, then written by ovsam (an OSError, such as a full disk, is ours
+    # to catch: safetensors' own file writing raises its SafetensorError instead)
+    data = save(
+        {"embeddings": embeddings, "class_index": class_index},
+        {"key": key, "format": BANK_FORMAT},
+    )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            meta = {"key": key, "format": BANK_FORMAT}
-            save_file({"embeddings": embeddings, "class_index": class_index}, str(tmp), meta)
+        atomic_write_bytes(path, data)
     except OSError as exc:
         warnings.warn(
             f"text bank not cached ({path.parent}: {exc.strerror or exc}); it is built again "
