@@ -119,6 +119,10 @@ def test_corrupt_and_non_image_data_are_named(tmp_path: Path) -> None:
         load_image(truncated)
     with pytest.raises(InputError, match="image file not found"):
         load_image(tmp_path / "missing.png")
+    with pytest.raises(InputError, match="image file name is empty"):
+        load_image("")  # not the current folder, "."
+    with pytest.raises(InputError, match=r"^cannot read image file x+\.png: File name too long$"):
+        load_image("x" * 5000 + ".png")  # was an OSError from Path.exists()
     for source in (None, 3, np.zeros((2, 2, 3), np.uint8)):
         with pytest.raises(InputError, match="a file path or an image file's bytes, got"):
             load_image(source)  # type: ignore[arg-type]

@@ -106,6 +106,18 @@ def load_image(
     )[0]
 
 
+def _open_image_file(path: Path) -> IO[bytes]:
+    """``path`` opened for reading; :class:`InputError` for a missing file, a broken link or
+    something that is no file (OSError and ValueError, e.g. a name too long, propagate)."""
+    if not path.exists():
+        if path.is_symlink():
+            raise InputError(f"image file {path} is a link to a missing file ({os.readlink(path)})")
+        raise InputError(f"image file not found: {path}")
+    if not path.is_file():
+        raise InputError(f"{path} is not an image file (a folder or a device)")
+    return open(path, "rb")  # noqa: SIM115 - the caller closes it
+
+
 def load_image_and_orientation(
     source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS, exif_orientation: bool = True
 ) -> tuple[np.ndarray, int]:
@@ -126,17 +138,15 @@ def load_image_and_orientation(
     if isinstance(source, bytes):
         fh: IO[bytes] = io.BytesIO(source)
     else:
-        if not Path(source).exists():
-            if Path(source).is_symlink():
-                target = os.readlink(source)
-                raise InputError(f"image file {source} is a link to a missing file ({target})")
-            raise InputError(f"image file not found: {source}")
-        if not Path(source).is_file():
-            raise InputError(f"{source} is not an image file (a folder or a device)")
-        try:
-            fh = open(source, "rb")  # noqa: SIM115 - closed below
-        except OSError as exc:
-            raise InputError(f"cannot read {what}: {exc.strerror or exc}") from exc
+        if not os.fspath(source):
+            raise InputError("image file name is empty")
+        try:  # a name too long, or one with a NUL, fails already here
+            fh = _open_image_file(Path(os.fsdecode(source)))
+        except InputError:
+            raise
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise InputError(f"cannot read {what}: {reason}") from exc
     try:
         with fh:
             return _decode(fh, what, max_pixels, exif_orientation)
