@@ -130,6 +130,13 @@ def test_lvis_vocabulary_read_from_annotation_categories(tmp_path: Path) -> None
         lvis_frequencies_from_annotations({"categories": [{"id": 1, "name": "x"}]})
     with pytest.raises(InputError, match="no 'categories'"):
         lvis_vocabulary_from_annotations({"images": []})
+    twins = {"categories": [*annotations["categories"], {**annotations["categories"][0], "id": 9,
+                                                         "name": "zebra crossing"}]}  # fmt: skip
+    with pytest.raises(
+        InputError,
+        match=r"duplicate class name 'zebra crossing' \(category 'zebra crossing' and category ",
+    ):  # equal embeddings: the second could never be predicted
+        lvis_vocabulary_from_annotations(twins)
 
 
 def test_custom_vocabularies_from_lists_and_files(tmp_path: Path) -> None:
@@ -305,5 +312,8 @@ def test_category_vocabulary_keeps_names_and_embeds_the_official_synonyms() -> N
     from ovsam.vocab import category_vocabulary
 
     vocabulary = category_vocabulary("lvis", ["aerosol_can", "salad_plate/side_plate", "cup"])
+    message = r"duplicate class name 'person' \(category 'person' and category 'Person'\)"
+    with pytest.raises(InputError, match=message):  # CLIP reads both alike
+        category_vocabulary("dataset", ["person", "car", "Person"])
     assert vocabulary.classes == ("aerosol_can", "salad_plate/side_plate", "cup")
     assert vocabulary.synonyms == (("aerosol can",), ("salad plate", "side plate"), ("cup",))

@@ -129,9 +129,12 @@ def split_synonyms(name: str) -> tuple[str, ...]:
 def category_vocabulary(name: str, categories: Sequence[str]) -> Vocabulary:
     """A dataset's category names as a vocabulary embedded the way the official OV-SAM banks
     are: each class keeps its name as given (``aerosol_can``: predictions match the
-    annotations) and is embedded with :func:`split_synonyms` of it (``aerosol can``)."""
+    annotations) and is embedded with :func:`split_synonyms` of it (``aerosol can``). Two
+    categories that CLIP reads alike (``person`` and ``Person``) are refused: their embeddings
+    would be equal and the second could never be predicted."""
     names = tuple(categories)
     synonyms = tuple(split_synonyms(n) or (n,) for n in names)
+    check_distinct_names(synonyms, [f"category {n!r}" for n in names])
     return Vocabulary(name, names, synonyms, tuple({} for _ in names))
 
 
@@ -254,7 +257,7 @@ def _lvis_categories(annotations: str | Path | Mapping[str, Any]) -> list[Mappin
 def lvis_vocabulary_from_annotations(annotations: str | Path | Mapping[str, Any]) -> Vocabulary:
     """The vocabulary (names, ids, r/c/f) in an LVIS annotation file's ``categories``, with
     synonyms as the built-in ``lvis`` has them (the official split of each name; the file's
-    synonyms in ``info["lvis_synonyms"]``)."""
+    synonyms in ``info["lvis_synonyms"]``); categories that CLIP reads alike are refused."""
     rows = [
         {
             "name": c["name"],
@@ -264,7 +267,9 @@ def lvis_vocabulary_from_annotations(annotations: str | Path | Mapping[str, Any]
         }
         for c in _lvis_categories(annotations)
     ]
-    return _from_rows("lvis", rows, lvis=True)
+    vocabulary = _from_rows("lvis", rows, lvis=True)
+    check_distinct_names(vocabulary.synonyms, [f"category {n!r}" for n in vocabulary.classes])
+    return vocabulary
 
 
 def lvis_frequencies_from_annotations(
