@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ovsam.errors import WeightsUnavailableError
-from ovsam.vocab import BUILTIN_VOCABULARIES, Vocabulary
+from ovsam.vocab import BUILTIN_VOCABULARIES, Vocabulary, builtin_vocabulary
 
 if TYPE_CHECKING:  # torch and the models load on first use: the CLI parser imports this module
     import torch
@@ -75,8 +75,10 @@ class LabelOptions:
         """The vocabulary for a JSON record: a built-in name or file path as given, else the
         stripped class entries (``"saucer, plate"`` keeps its synonyms)."""
         vocabulary = self.vocabulary
-        if isinstance(vocabulary, Vocabulary):
-            if vocabulary.name in BUILTIN_VOCABULARIES:
+        if isinstance(vocabulary, Vocabulary):  # a built-in's name only for its very classes
+            if vocabulary.name in BUILTIN_VOCABULARIES and (
+                vocabulary.fingerprint() == builtin_vocabulary(vocabulary.name).fingerprint()
+            ):
                 return vocabulary.name
             return [", ".join(names) for names in vocabulary.synonyms]
         if isinstance(vocabulary, (str, Path)):

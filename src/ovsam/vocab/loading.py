@@ -120,6 +120,8 @@ def load_vocabulary(
     vocabulary nor a file ("no such vocabulary file" when it reads as a path)."""
     if isinstance(spec, Vocabulary):
         return spec
+    if isinstance(spec, str) and not spec.strip():
+        raise InputError("vocabulary is empty: give a built-in name, a file or class names")
     if isinstance(spec, Path) or (
         isinstance(spec, str) and spec not in BUILTIN_VOCABULARIES and _path_kind(spec)
     ):
