@@ -105,10 +105,19 @@ def test_seen_classes_are_matched_by_name_key() -> None:
     names = ("Traffic_Light", "person", "PERSON  ", "zebra", "cat")
     bank = F.normalize(torch.randn(5, 1024), dim=-1)
     predictor.set_text_bank(TextBank(names, bank, torch.arange(5), "k"))
-    assert predictor._seen.tolist() == [False, True, True, True, False]
+    assert predictor._bank_and_seen[1].tolist() == [False, True, True, True, False]
     predictor.model.config = replace(predictor.model.config, seen_vocabulary=("traffic light",))
     predictor.set_text_bank(TextBank(names, bank, torch.arange(5), "k"))
-    assert predictor._seen.tolist() == [True, False, False, False, False]
+    assert predictor._bank_and_seen[1].tolist() == [True, False, False, False, False]
+    # assigning the bank sets its flags too: they were kept apart, and a bank of another
+    # size failed deep in torch (the same size mixed up the seen and unseen fusion weights)
+    predictor.bank = TextBank(names[:2], bank[:2], torch.arange(2), "k2")
+    assert predictor.bank.names == names[:2]
+    assert predictor._bank_and_seen[1].tolist() == [True, False]
+    with pytest.raises(InputError, match="text bank has 8 dims; this OV-SAM embeds regions in"):
+        predictor.bank = TextBank(("a",), torch.ones(1, 8), torch.arange(1), "k3")
+    predictor.bank = None
+    assert predictor.bank is None and predictor._bank_and_seen is None
 
 
 def test_a_plain_sam_state_cannot_be_labelled() -> None:

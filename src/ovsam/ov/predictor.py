@@ -74,8 +74,8 @@ class OVSamPredictor(SamPredictor):
         self.templates = settings.templates
         self.top_k = settings.top_k
         self.unknown_threshold = settings.unknown_threshold
-        self.bank: TextBank | None = None
-        self._seen: torch.Tensor | None = None
+        # the bank and its seen-class flags, replaced together (see ``bank``)
+        self._bank_and_seen: tuple[TextBank, torch.Tensor] | None = None
         check_random_weights(model, text_model, allow=allow_random_weights)
 
     @property
@@ -114,14 +114,27 @@ class OVSamPredictor(SamPredictor):
 
     def set_text_bank(self, bank: TextBank) -> TextBank:
         """Use a prebuilt bank; classes named like the model's training classes count as seen
-        (compared by :func:`~ovsam.vocab.name_key`: ``aerosol_can`` is LVIS's ``aerosol can``)."""
+        (compared by :func:`~ovsam.vocab.name_key`: ``aerosol_can`` is LVIS's ``aerosol can``).
+        Assigning ``predictor.bank`` does the same."""
         dim = self.model.mask_decoder.roi_conv[0].conv.out_channels
         if bank.dim != dim:
             raise InputError(f"text bank has {bank.dim} dims; this OV-SAM embeds regions in {dim}")
         seen = {name_key(n) for n in load_vocabulary(self.model.config.seen_vocabulary).classes}
-        self._seen = torch.tensor([name_key(n) in seen for n in bank.names])
-        self.bank = bank
+        # one assignment: a prediction running meanwhile reads the old pair or the new one
+        self._bank_and_seen = (bank, torch.tensor([name_key(n) in seen for n in bank.names]))
         return bank
+
+    @property
+    def bank(self) -> TextBank | None:
+        """The vocabulary's text bank (None until one is set)."""
+        return None if self._bank_and_seen is None else self._bank_and_seen[0]
+
+    @bank.setter
+    def bank(self, bank: TextBank | None) -> None:
+        if bank is None:
+            self._bank_and_seen = None
+        else:
+            self.set_text_bank(bank)
 
     # ------------------------------------------------------------------ recognition
     @torch.inference_mode()
@@ -136,7 +149,8 @@ class OVSamPredictor(SamPredictor):
         With the masks' ``BxHxW`` low-res ``logits`` the frozen-CLIP branch counts only for
         masks that reach its map (:func:`~ovsam.ov.classifier.reaches_clip_map`, as the
         official model); without, for non-empty ``head_boxes``."""
-        bank, state = require_bank(self.bank), self._require_state()
+        labelled, state = self._bank_and_seen, self._require_state()
+        bank = require_bank(None if labelled is None else labelled[0])
         require_extras(
             state, [*FPN_KEYS, "clip_last"], "OV-SAM recognizer", "states of other predictors"
         )
@@ -155,7 +169,7 @@ class OVSamPredictor(SamPredictor):
         probs = fused_probabilities(
             bank_logits(head, bank, config.logit_scale),
             bank_logits(clip, bank, config.logit_scale),
-            self._seen,
+            labelled[1],
             config.alpha_seen,
             config.alpha_unseen,
             valid.to(self.device),
