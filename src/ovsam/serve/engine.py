@@ -103,8 +103,12 @@ class SegmentationEngine:
         self.model_name = model_name
         self.weights = weights  # what segments: "default", "random" or a checkpoint
         self.recognizer: Recognizer = recognizer or MissingRecognizer()
-        self.score_name = predictor.score_name
         self._lock = threading.Lock()
+
+    @property
+    def score_name(self) -> str:
+        """What a mask's score is (the predictor's ``score_name``)."""
+        return self.predictor.score_name
 
     def embed(self, image: np.ndarray) -> tuple[ImageState, float]:
         """Embed an ``HxWx3`` uint8 image; returns its state and the time taken (ms)."""
