@@ -354,6 +354,28 @@ def test_a_bfloat16_model_takes_the_image_in_its_dtype(
     box = shapes[0].box
     masks, _, _ = half.predict(box=box, multimask_output=False)
     assert mask_iou(masks[0], predictor.predict(box=box, multimask_output=False)[0][0]) > 0.97
+    logits = half.predict(box=box, multimask_output=False, return_logits=True)[0]
+    assert logits.dtype == np.float32  # numpy has no bfloat16: this was a TypeError
+    assert np.array_equal(logits[0] > 0, masks[0])
+
+
+@pytest.mark.slow
+def test_a_float16_model_saturates_mask_logits_beyond_its_range(
+    predictor: SamPredictor, scenes: list[tuple]
+) -> None:
+    """float16 ends at 65504: an accepted mask prompt of larger logits became inf in the
+    model's dtype and every output NaN, with no error. (~30 s: float16 CPU kernels are slow.)"""
+    image, shapes, _ = scenes[0]
+    half = SamPredictor(copy.deepcopy(predictor.model).half())
+    half.set_image(image)
+    box = shapes[0].box
+    _, _, low_res = half.predict(box=box, multimask_output=False)
+    answers = [
+        half.predict(box=box, mask_input=np.sign(low_res) * scale, multimask_output=False)
+        for scale in (6e4, 7e4)
+    ]
+    assert all(np.isfinite(a[1]).all() and np.isfinite(a[2]).all() for a in answers)
+    assert np.array_equal(answers[0][0], answers[1][0]) and answers[1][0].any()
 
 
 def test_a_float64_model_predicts_like_the_float32_one(

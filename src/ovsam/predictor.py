@@ -260,8 +260,8 @@ class SamPredictor:
         masks, scores, low_res = self.predict_torch(
             coords_t, labels_t, box_t, mask_t, multimask_output, return_logits
         )
-        return (
-            masks[0].cpu().numpy(),
+        return (  # float32 logits whatever the model's dtype (numpy has no bfloat16)
+            (masks[0].float() if return_logits else masks[0]).cpu().numpy(),
             scores[0].float().cpu().numpy(),
             low_res[0].float().cpu().numpy(),
         )
@@ -338,10 +338,14 @@ class SamPredictor:
         points = None
         if point_coords is not None:
             points = (point_coords.to(device, torch.float32), point_labels.to(device))
+        if mask_input is not None:  # in the model's dtype; float16 ends at 65504: a larger
+            dtype = self._weights_dtype()  # accepted logit became inf, and every output NaN
+            limit = min(torch.finfo(dtype).max, torch.finfo(mask_input.dtype).max)
+            mask_input = mask_input.to(device).clamp(-limit, limit).to(dtype)
         sparse, dense = self.model.prompt_encoder(
             points=points,
             boxes=None if boxes is None else boxes.to(device, torch.float32),
-            masks=None if mask_input is None else mask_input.to(device, self._weights_dtype()),
+            masks=mask_input,
         )
         cache = None if mask_input is not None else self._image_token_cache(state)
         if cache is not None:
