@@ -370,10 +370,8 @@ def test_a_float16_model_saturates_mask_logits_beyond_its_range(
     half.set_image(image)
     box = shapes[0].box
     _, _, low_res = half.predict(box=box, multimask_output=False)
-    answers = [
-        half.predict(box=box, mask_input=np.sign(low_res) * scale, multimask_output=False)
-        for scale in (6e4, 7e4)
-    ]
+    big = [np.sign(low_res) * scale for scale in (6e4, 7e4)]
+    answers = [half.predict(box=box, mask_input=m, multimask_output=False) for m in big]
     assert all(np.isfinite(a[1]).all() and np.isfinite(a[2]).all() for a in answers)
     assert np.array_equal(answers[0][0], answers[1][0]) and answers[1][0].any()
 

@@ -154,6 +154,8 @@ def test_custom_vocabularies_from_lists_and_files(tmp_path: Path) -> None:
         load_vocabulary(["cat", "dogs"]).fingerprint()
         != load_vocabulary(["cat", "dog"]).fingerprint()
     )
+    with pytest.raises(InputError, match="vocabulary is empty: give a built-in name, a file"):
+        load_vocabulary(" ")  # was "vocabulary . is a folder"
 
 
 def test_vocabulary_errors(tmp_path: Path) -> None:
