@@ -59,9 +59,9 @@ UNTYPED = ("", "application/octet-stream")
 """Declared content types that say nothing about the file (curl, ``requests``, browsers)."""
 DECODES_AT_ONCE = 2
 """Uploads decoded and embedded at once: a decode of a ``max_pixels`` image peaks at ~10 bytes
-a pixel, and uploads run on up to ``MODEL_THREADS`` threads. A decoded image is held until the model
-(one image at a time) has embedded it, so this also bounds the decoded images in memory: one
-embedding, one waiting."""
+a pixel, and uploads run on up to ``MODEL_THREADS`` threads. A decoded image is held until the
+model (one image at a time) has embedded it, so this also bounds the decoded images in memory:
+one embedding, one waiting."""
 
 
 PICTURE_SIDE = 4096

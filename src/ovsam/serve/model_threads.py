@@ -45,7 +45,7 @@ class ModelThreads:
         return self._limiter
 
     async def run(self, fn: Callable[..., Result], *args: object) -> Result:
-        """``fn(*args)`` on a model thread; :class:`ApiError` 503 ``busy`` when the queue is full."""
+        """``fn(*args)`` on a model thread; :class:`ApiError` 503 ``busy`` if the queue is full."""
         limiter = self.limiter()
         if limiter.available_tokens == 0 and limiter.statistics().tasks_waiting >= self.queue_limit:
             raise ApiError(
