@@ -74,6 +74,25 @@ def test_centre_points_are_the_official_ones(kind: str, point: tuple[int, int]) 
     assert center_points(np.zeros((2, 5, 5), bool)).tolist() == [[0, 0], [0, 0]]  # empty
 
 
+def test_deepest_pixels_match_repeated_erosion() -> None:
+    """The chessboard depth found by bisection equals the number of 3x3 erosions a pixel
+    survives (the straightforward way, ~20x slower on a 1000x1000 mask)."""
+    import torch
+    import torch.nn.functional as F
+
+    from ovsam.data.prompts import _deepest
+
+    rng = np.random.default_rng(5)
+    for h, w, fill in [(1, 9, 1.0), (7, 1, 1.0), (40, 60, 0.9), (33, 20, 0.6), (64, 64, 1.0)]:
+        mask = torch.from_numpy(rng.random((h, w)) < fill)
+        current, expected, depth = mask.float()[None, None], None, 0
+        while current.any():
+            expected, depth = current[0, 0] > 0, depth + 1
+            current = -F.max_pool2d(-F.pad(current, (1, 1, 1, 1)), 3, stride=1)
+        found, found_depth = _deepest(mask)
+        assert found_depth == depth and torch.equal(found, expected), (h, w, fill)
+
+
 @pytest.mark.parametrize("pycocotools", [True, False])
 def test_polygon_ground_truth_does_not_depend_on_the_coco_extra(
     pycocotools: bool, monkeypatch: pytest.MonkeyPatch
