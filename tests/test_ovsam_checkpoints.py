@@ -147,3 +147,22 @@ def test_missing_official_files_are_all_named_in_one_line(monkeypatch: pytest.Mo
     )
     assert official_weights("ovsam_coco_rn50x16")[1] == "ovsam_clip2sam_coco_rn50x16"
     assert official_weights("mobilesam") == []
+
+
+def test_random_recognition_is_reproducible_and_leaves_the_callers_rng_alone(
+    mobilesam_checkpoint: Path,
+) -> None:
+    """Random recognition weights come from seed 0 (the same labels run after run), drawn
+    without reseeding the caller's generator (build_labeled_predictor called manual_seed(0))."""
+    from ovsam.recognizers import LabelOptions, build_labeled_predictor
+
+    options = LabelOptions(["cup"], clip_model="RN50", random_weights=True, templates="none")
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    first = build_labeled_predictor(options, "mobilesam", mobilesam_checkpoint)
+    assert torch.equal(torch.rand(3), expected)
+    second = build_labeled_predictor(options, "mobilesam", mobilesam_checkpoint)
+    pairs = zip(first.clip.parameters(), second.clip.parameters(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    assert torch.equal(first.bank.embeddings, second.bank.embeddings)

@@ -218,31 +218,33 @@ def build_labeled_predictor(
             f"with 'ovsam download {' '.join(exc.missing)}' (or pass local files), or add "
             "--random-recognition to test the pipeline with random weights"
         ) from exc
-    if random:
-        torch.manual_seed(0)  # reproducible (meaningless) labels
-    if options.recognizer == "ovsam":
-        from ovsam.ov.predictor import OVSamPredictor
+    # random weights from seed 0: reproducible (meaningless) labels; the caller's RNG is kept
+    with torch.random.fork_rng(devices=[], enabled=random):
+        if random:
+            torch.manual_seed(0)
+        if options.recognizer == "ovsam":
+            from ovsam.ov.predictor import OVSamPredictor
 
-        model = build_model(name, checkpoint, pretrained=not random).to(device)
-        predictor = OVSamPredictor(
-            model,
-            text_model=_text_model(options, device),
-            templates=options.templates,
-            top_k=options.top_k,
-            allow_random_weights=random,
-        )
-    else:
-        from ovsam.ov.baselines import CropBaselinePredictor
+            model = build_model(name, checkpoint, pretrained=not random).to(device)
+            predictor = OVSamPredictor(
+                model,
+                text_model=_text_model(options, device),
+                templates=options.templates,
+                top_k=options.top_k,
+                allow_random_weights=random,
+            )
+        else:
+            from ovsam.ov.baselines import CropBaselinePredictor
 
-        sam = build_model(sam_model, checkpoint).to(device)
-        predictor = CropBaselinePredictor(
-            sam,
-            _text_model(options, device),
-            options.recognizer,
-            templates=options.templates,
-            top_k=options.top_k,  # type: ignore[arg-type]
-            allow_random_weights=random,
-        )
+            sam = build_model(sam_model, checkpoint).to(device)
+            predictor = CropBaselinePredictor(
+                sam,
+                _text_model(options, device),
+                options.recognizer,
+                templates=options.templates,
+                top_k=options.top_k,  # type: ignore[arg-type]
+                allow_random_weights=random,
+            )
     if set_vocabulary:
         predictor.set_vocabulary(options.vocabulary)
     return predictor
