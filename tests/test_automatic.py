@@ -15,7 +15,7 @@ from ovsam.cli.main import main
 from ovsam.cropped_logits import CroppedLogits
 from ovsam.errors import InputError
 from ovsam.mask_nms import mask_nms
-from ovsam.mask_statistics import stability_scores
+from ovsam.mask_statistics import cell_counts, stability_scores
 from ovsam.masks import decode_rle, mask_iou
 from ovsam.predictor import SamPredictor
 from ovsam.transforms import preprocess_shape
@@ -49,7 +49,7 @@ def test_mask_nms_keeps_the_first_of_equally_scored_duplicates(copies: int) -> N
     record shows) does not depend on how many candidates there are."""
     masks = torch.zeros(copies, 8, 8, dtype=torch.bool)
     masks[:, 2:6, 2:6] = True
-    assert mask_nms(masks, torch.full((copies,), 0.5), 0.7, stride=1).tolist() == [0]
+    assert mask_nms(masks, torch.full((copies,), 0.5), 0.7).tolist() == [0]
 
 
 def _matrix_nms(masks: torch.Tensor, scores: torch.Tensor, threshold: float) -> list[int]:
@@ -88,9 +88,52 @@ def test_mask_nms_equals_greedy_nms_on_the_full_iou_matrix(
         masks[k] &= torch.rand(48, 64, generator=gen) > 0.1 * (k % 3)  # holes
     masks[280:290] = masks[:10]  # exact duplicates; 290..299 stay empty
     scores = torch.rand(300, generator=gen)
-    assert mask_nms(masks, scores, threshold, stride=1).tolist() == _matrix_nms(
-        masks, scores, threshold
-    )
+    assert mask_nms(masks, scores, threshold).tolist() == _matrix_nms(masks, scores, threshold)
+
+
+def _random_masks(count: int, seed: int) -> torch.Tensor:
+    """``countx48x64`` masks: rectangles of every size, some with holes, a few 1-pixel dots
+    a pixel or two apart, duplicates and empty masks."""
+    gen = torch.Generator().manual_seed(seed)
+    masks = torch.zeros(count, 48, 64, dtype=torch.bool)
+    for k in range(count - 20):
+        y0, x0 = (int(torch.randint(0, n, (1,), generator=gen)) for n in (40, 56))
+        h, w = (int(v) for v in torch.randint(1, 30 if k % 4 else 4, (2,), generator=gen))
+        masks[k, y0 : y0 + h, x0 : x0 + w] = True
+        masks[k] &= torch.rand(48, 64, generator=gen) > 0.1 * (k % 3)  # holes
+    masks[count - 20 : count - 10] = masks[:10]  # exact duplicates; the last 10 stay empty
+    return masks
+
+
+@pytest.mark.parametrize("cell", [2, 4, 16])
+@pytest.mark.parametrize("threshold", [0.0, 0.3, 0.7, 0.9])
+def test_mask_nms_on_cell_counts_decides_on_pixel_iou(cell: int, threshold: float) -> None:
+    """Bounds from pixel counts per cell, exact counts where they straddle the threshold:
+    the greedy NMS of the full-size masks, asking about few pairs."""
+    masks = _random_masks(300, seed=cell + int(threshold * 10))
+    scores = torch.rand(300, generator=torch.Generator().manual_seed(cell))
+    asked: list[int] = []
+
+    def intersections(i: int, rows: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
+        y0, x0, y1, x1 = (v * cell for v in box)
+        assert not masks[i].any() or masks[i, y0:y1, x0:x1].sum() == masks[i].sum()
+        asked.append(len(rows))
+        return (masks[rows] & masks[i]).flatten(1).sum(1)
+
+    kept = mask_nms(cell_counts(masks, cell), scores, threshold, cell, intersections)
+    assert kept.tolist() == _matrix_nms(masks, scores, threshold)
+    assert sum(asked) < 300 * len(kept) / 10
+
+
+def test_mask_nms_keeps_distinct_dots_in_one_cell_without_counting_pixels() -> None:
+    """2 and 4 pixels of one 4x4 cell share at most 2: IoU <= 0.5, both stay."""
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    masks[0, 0:2, 0:2] = True
+    masks[1, 0:2, 3] = True
+    cells = cell_counts(masks, 4)
+    assert mask_nms(cells, torch.tensor([0.9, 0.8]), 0.5, 4).tolist() == [0, 1]
+    with pytest.raises(ValueError, match="4x4 cells need pixel_intersections"):
+        mask_nms(cells, torch.tensor([0.9, 0.8]), 0.3, 4)  # IoU 0 to 0.5: undecided
 
 
 def test_everything_finds_each_shape_once(mobilesam_model: torch.nn.Module) -> None:
@@ -107,6 +150,20 @@ def test_everything_finds_each_shape_once(mobilesam_model: torch.nn.Module) -> N
         assert record["predicted_iou"] > 0.88 and record["stability_score"] >= 0.95
         ((x, y),) = record["point_coords"]  # SAM's [[x, y]]
         assert 0 <= x <= 480 and 0 <= y <= 360
+
+
+def test_everything_keeps_distinct_dots_that_share_a_cell(
+    mobilesam_model: torch.nn.Module,
+) -> None:
+    """Two dots a pixel apart, in one 4x4 cell of duplicate removal: pixel IoU 0, both kept
+    (IoU on cells, 1.0, dropped the 2x2 one)."""
+    image = np.full((16, 16, 3), 128, np.uint8)
+    image[4:6, 4:6] = 0
+    image[4:6, 7] = (255, 255, 0)
+    generator = AutomaticMaskGenerator(SamPredictor(mobilesam_model), points_per_side=8)
+    records = generator.generate(image)
+    dots = {(tuple(r["bbox"]), r["area"]) for r in records if r["area"] < 10}
+    assert dots == {((4, 4, 2, 2), 4), ((7, 4, 1, 2), 2)}
 
 
 def test_everything_cli_on_a_folder_resumes_and_reports_bad_files(

@@ -9,11 +9,12 @@ from torch.nn import functional as F
 
 from ovsam import mask_statistics as module
 from ovsam.mask_statistics import (
-    cell_masks,
+    cell_counts,
     interpolation_matrix,
     mask_boxes,
     mask_statistics,
     stability_scores,
+    window_masks,
 )
 
 
@@ -55,8 +56,52 @@ def test_statistics_equal_those_of_full_size_logits(
     masks = full > 0
     assert ours.area.tolist() == masks.flatten(1).sum(1).tolist()
     assert ours.area[2] == 0 and ours.stability[2] == 0.0
-    assert torch.equal(ours.cells, cell_masks(masks, stride))
+    assert torch.equal(ours.cells, cell_counts(masks, stride))
     torch.testing.assert_close(ours.stability, stability_scores(full, 0.0, 1.0), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("stride", "dtype"), [(1, torch.uint8), (4, torch.uint8), (16, torch.int16)]
+)
+def test_cell_counts_count_the_pixels_of_each_cell(stride: int, dtype: torch.dtype) -> None:
+    """Edge cells hold fewer pixels; a full 16x16 cell (256) needs int16."""
+    masks = torch.rand(2, 37, 70, generator=torch.Generator().manual_seed(stride)) > 0.3
+    masks[1] = True
+    counts = cell_counts(masks, stride)
+    assert counts.dtype == dtype
+    assert counts.shape == (2, -(-37 // stride), -(-70 // stride))
+    for k, r, c in np.ndindex(*counts.shape):
+        cell = masks[k, r * stride : (r + 1) * stride, c * stride : (c + 1) * stride]
+        assert counts[k, r, c] == cell.sum()
+    assert counts[1].sum() == 37 * 70
+
+
+@pytest.mark.parametrize(
+    ("frame", "size"),
+    [
+        ((96, 128), (300, 400)),
+        ((128, 85), (1001, 666)),
+        ((64, 64), (37, 53)),
+        ((3, 128), (7, 2000)),
+    ],
+)
+def test_window_masks_are_rows_of_the_full_size_masks(
+    frame: tuple[int, int], size: tuple[int, int]
+) -> None:
+    """Upscales (computed from the frame rows the window reads) and a downscale."""
+    generator = torch.Generator().manual_seed(sum(size))
+    low = torch.randn(3, 1, 16, 16, generator=generator) * 4
+    logits = F.interpolate(low, frame, mode="bilinear", align_corners=False)[:, 0]
+    full = F.interpolate(logits[:, None], size, mode="bilinear", align_corners=False)[:, 0] > 0
+    for start, stop in [
+        (0, size[0]),
+        (0, 1),
+        (size[0] // 3, size[0] // 3 + 5),
+        (size[0] - 2, size[0]),
+    ]:
+        window = window_masks(logits, size, 0.0, slice(start, stop))
+        assert window.shape == (3, stop - start, size[1])
+        assert torch.equal(window, full[:, start:stop])
 
 
 def test_off_the_cpu_the_whole_image_is_one_band_of_any_height() -> None:

@@ -25,8 +25,8 @@ import torch
 
 from ovsam.cropped_logits import CroppedLogits
 from ovsam.errors import InputError
-from ovsam.mask_nms import mask_nms
-from ovsam.mask_statistics import mask_statistics
+from ovsam.mask_nms import PixelIntersections, mask_nms
+from ovsam.mask_statistics import mask_statistics, window_masks
 from ovsam.masks import encode_rle, mask_to_bbox_xywh
 from ovsam.predictor import SamPredictor
 
@@ -41,7 +41,7 @@ def point_grid(points_per_side: int) -> np.ndarray:
 
 def nms_stride(size: tuple[int, int]) -> int:
     """Cell size of duplicate removal for an ``(H, W)`` image: 4 pixels, or more so that a
-    mask is compared on at most about 256 cells along its long side."""
+    candidate's pixel counts take at most about 256 cells along the long side."""
     return max(4, -(-max(size) // 256))
 
 
@@ -52,12 +52,13 @@ class Candidates:
     Kept small whatever the image size: ``low_res`` the ``256x256`` logits on the model's
     device, each cut to its mask (:class:`~ovsam.cropped_logits.CroppedLogits`; the full-size
     mask is upscaled again for the masks that survive); on the CPU
-    ``thumbs`` ``KxH'xW'`` bool, the masks on ``stride x stride`` cells (for NMS), ``iou`` and
+    ``cells`` ``KxH'xW'``, each mask's pixels in every ``stride x stride`` cell (for NMS; see
+    :func:`~ovsam.mask_statistics.cell_counts`), ``iou`` and
     ``stability`` ``K``, ``clicks`` ``Kx2`` XY pixels.
     """
 
     low_res: CroppedLogits
-    thumbs: torch.Tensor
+    cells: torch.Tensor
     iou: torch.Tensor
     stability: torch.Tensor
     clicks: torch.Tensor
@@ -127,14 +128,15 @@ class AutomaticMaskGenerator:
 
     Defaults are SAM's (``points_per_side=32``, ``pred_iou_thresh=0.88``,
     ``stability_score_thresh=0.95``); duplicates are removed by mask IoU > ``nms_thresh``
-    (0.7), measured on cells of :func:`nms_stride` pixels. ``min_mask_area`` (an integer)
-    drops masks smaller than that many pixels (empty masks are always dropped). Memory grows
-    with the number of candidates, not with the image or that number's square: until
-    duplicate removal (which compares overlapping candidates only, :mod:`ovsam.mask_nms`) a
-    candidate is its low-res logits cut to its mask (:mod:`ovsam.cropped_logits`) and its
-    cells. ``pred_iou_thresh`` is at most :data:`PRED_IOU_THRESH_MAX` (predicted IoUs lie in
-    about [0, 1], slightly above 1 at times; a negative one keeps every candidate); the other
-    thresholds lie in [0, 1].
+    (0.7): the IoU of their pixels, bounded from pixel counts on cells of :func:`nms_stride`
+    pixels and counted exactly where that leaves it undecided. ``min_mask_area`` (an
+    integer) drops masks smaller than that many pixels (empty masks are always dropped).
+    Memory grows with the number of candidates, not with the image or that number's square:
+    until duplicate removal (which compares overlapping candidates only,
+    :mod:`ovsam.mask_nms`) a candidate is its low-res logits cut to its mask
+    (:mod:`ovsam.cropped_logits`) and its pixel counts per cell. ``pred_iou_thresh`` is at
+    most :data:`PRED_IOU_THRESH_MAX` (predicted IoUs lie in about [0, 1], slightly above 1
+    at times; a negative one keeps every candidate); the other thresholds lie in [0, 1].
     """
 
     predictor: SamPredictor
@@ -170,7 +172,8 @@ class AutomaticMaskGenerator:
         found = Candidates.cat(parts)
         if len(found.iou) == 0:
             return []
-        keep = mask_nms(found.thumbs, found.iou, self.nms_thresh, stride=1)
+        intersections = self._pixel_intersections(found, stride)
+        keep = mask_nms(found.cells, found.iou, self.nms_thresh, stride, intersections)
         records = []
         score_name = self.predictor.score_name
         for rows in keep.split(self.predictor.masks_per_upscale()):
@@ -210,7 +213,7 @@ class AutomaticMaskGenerator:
         height, width = predictor.original_size
         keep = torch.zeros(len(iou), dtype=torch.bool)
         stability = torch.zeros(len(iou))
-        thumbs = [torch.zeros((0, -(-height // stride), -(-width // stride)), dtype=torch.bool)]
+        cells = [torch.zeros((0, -(-height // stride), -(-width // stride)), dtype=torch.uint8)]
         step = predictor.masks_per_upscale()
         for start in range(0, len(iou), step):
             rows = slice(start, start + step)
@@ -225,14 +228,40 @@ class AutomaticMaskGenerator:
             kept = stability[rows] >= self.stability_score_thresh
             kept &= measured.area.cpu() >= min(max(self.min_mask_area, 1), height * width + 1)
             keep[rows] = kept
-            thumbs.append(measured.cells[kept.to(measured.cells.device)].cpu())
+            cells.append(measured.cells[kept.to(measured.cells.device)].cpu())
         return Candidates(
             CroppedLogits.crop(low_res[keep.to(low_res.device)], predictor.model.mask_threshold),
-            torch.cat(thumbs),
+            torch.cat(cells),
             iou[keep],
             stability[keep],
             clicks[keep],
         )
+
+    def _pixel_intersections(self, found: Candidates, stride: int) -> PixelIntersections:
+        """Exact shared pixels of candidate masks for :func:`~ovsam.mask_nms.mask_nms`:
+        computed on the rows of the cells they are asked about only, at full width, from the
+        same logits as :func:`~ovsam.mask_statistics.mask_statistics` counted."""
+        predictor = self.predictor
+        size = predictor.original_size
+
+        def count(i: int, rows: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
+            y0, x0, y1, x1 = (v * stride for v in box)
+            window = slice(y0, min(y1, size[0]))
+            indices, step = [i] + rows.tolist(), predictor.masks_per_upscale()
+            masks = torch.cat(
+                [
+                    window_masks(
+                        predictor.frame_logits(found.low_res.full(part)[:, None])[:, 0],
+                        size,
+                        predictor.model.mask_threshold,
+                        window,
+                    )[:, :, x0:x1]
+                    for part in (indices[s : s + step] for s in range(0, len(indices), step))
+                ]
+            )
+            return torch.count_nonzero(masks[1:] & masks[0], (1, 2))
+
+        return count
 
     @staticmethod
     def _record(

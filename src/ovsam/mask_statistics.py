@@ -34,8 +34,8 @@ COLUMN_BLOCK = 512
 class MaskStatistics:
     """Per candidate of a batch of K: ``stability`` (float32: IoU of the masks at threshold
     + offset and threshold - offset, 0 where both are empty), ``area`` (int64: pixels above
-    the threshold) and ``cells`` (``KxH'xW'`` bool, H' = ceil(H / stride): True where any
-    pixel of the ``stride x stride`` cell is above the threshold)."""
+    the threshold) and ``cells`` (``KxH'xW'``, H' = ceil(H / stride): pixels above the
+    threshold in each ``stride x stride`` cell, see :func:`cell_counts`)."""
 
     stability: Tensor
     area: Tensor
@@ -61,16 +61,17 @@ def stability_scores(logits: Tensor, threshold: float, offset: float) -> Tensor:
     return stability_from_counts(inter, union)
 
 
-def cell_masks(masks: torch.Tensor, stride: int) -> torch.Tensor:
-    """``KxHxW`` bool -> ``Kx ceil(H/stride) x ceil(W/stride)``: True where any pixel of the
-    ``stride x stride`` cell is (a mask smaller than a cell still shows)."""
+def cell_counts(masks: torch.Tensor, stride: int) -> torch.Tensor:
+    """``KxHxW`` bool -> ``Kx ceil(H/stride) x ceil(W/stride)``: how many pixels of each
+    ``stride x stride`` cell are True (uint8, or int16 for cells of over 255 pixels)."""
+    dtype = torch.uint8 if stride * stride <= 255 else torch.int16
     if stride == 1:
-        return masks
+        return masks.to(dtype)
     k, h, w = masks.shape
     rows, cols = -(-h // stride), -(-w // stride)
     padded = masks.new_zeros((k, rows * stride, cols * stride))
     padded[:, :h, :w] = masks
-    return padded.view(k, rows, stride, cols, stride).any(dim=4).any(dim=2)
+    return padded.view(k, rows, stride, cols, stride).sum((2, 4), dtype=dtype)
 
 
 def mask_boxes(masks: Tensor) -> Tensor:
@@ -157,6 +158,28 @@ def _band_logits(frame_logits: Tensor, size: tuple[int, int], band: int) -> Call
     return rows_at
 
 
+def _at_least_float32(logits: Tensor) -> Tensor:
+    """float32 at least (as ``F.interpolate`` computes half precision); float64 is kept."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
+def window_masks(
+    frame_logits: Tensor, size: tuple[int, int], threshold: float, rows: slice
+) -> Tensor:
+    """Rows ``rows`` (a slice of ``range(H)`` with a step of 1) of the masks that ``Kxhxw``
+    frame logits give at the original size ``(H, W)``, as in :func:`mask_statistics`:
+    ``K x len(rows) x W`` bool. An upscale computes only the frame rows these rows read."""
+    frame_logits = _at_least_float32(frame_logits)
+    _, h, w = frame_logits.shape
+    height, width = size
+    if height * width <= h * w:
+        return _band_logits(frame_logits, size, rows.stop - rows.start)(rows.start) > threshold
+    down = interpolation_matrix(h, height, frame_logits.device, frame_logits.dtype)[rows]
+    span = _source_span(down)
+    across = _upscale_columns(frame_logits[:, span], width)
+    return torch.matmul(down[:, span], across) > threshold
+
+
 def mask_statistics(
     frame_logits: Tensor, size: tuple[int, int], threshold: float, offset: float, stride: int
 ) -> MaskStatistics:
@@ -171,8 +194,7 @@ def mask_statistics(
     k = frame_logits.shape[0]
     height, width = size
     device = frame_logits.device
-    # float32 at least (as F.interpolate computes half precision), float64 kept
-    frame_logits = frame_logits.to(torch.promote_types(frame_logits.dtype, torch.float32))
+    frame_logits = _at_least_float32(frame_logits)
     rows = max(1, cache_block(BAND_ELEMENTS, device) // max(1, k * width * stride)) * stride
     band = min(rows, height)  # off the CPU: one band
     band_logits = _band_logits(frame_logits, size, band)
@@ -184,6 +206,6 @@ def mask_statistics(
             counts[i] += (logits > level).sum((1, 2), dtype=torch.int32)
         above = logits > threshold
         counts[2] += above.sum((1, 2), dtype=torch.int32)
-        cells.append(cell_masks(above, stride))
+        cells.append(cell_counts(above, stride))
     inter, union, area = counts.long()
     return MaskStatistics(stability_from_counts(inter, union), area, torch.cat(cells, dim=1))
