@@ -128,6 +128,33 @@ def test_corrupt_and_non_image_data_are_named(tmp_path: Path) -> None:
             load_image(source)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("error", "shown"),
+    [
+        (struct.error("required argument is not an integer"), "struct.error: required argument"),
+        (TypeError("'bytes' object cannot be interpreted"), "TypeError: 'bytes' object"),
+        (OSError("broken data stream"), "broken data stream"),
+    ],
+)
+def test_any_decoder_failure_is_a_corrupt_image_naming_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: Exception, shown: str
+) -> None:
+    """Pillow raises struct.error on a damaged EXIF block and TypeError on a damaged TIFF tag
+    (found by fuzzing); both were tracebacks that stopped a whole folder run."""
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(SAMPLE_PHOTO.read_bytes())
+
+    def fail(*args: object) -> None:
+        raise error
+
+    monkeypatch.setattr("PIL.ImageOps.exif_transpose", fail)
+    with pytest.raises(InputError, match=f"^image file {photo} is corrupt or truncated: {shown}"):
+        load_image(photo)
+    error = MemoryError()
+    with pytest.raises(MemoryError):
+        load_image(photo)  # not the file's fault
+
+
 def test_unreadable_paths_are_named_for_what_they_are(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 import ovsam.weights as weights
 from ovsam.checkpoint import read_state_dict
@@ -307,6 +308,40 @@ def test_path_like_strings_are_not_weights_names(
     with pytest.raises(CheckpointError, match="is empty"):
         (tmp_path / "e.bin").write_bytes(b"")
         read_state_dict("e.bin")
+
+
+def _zip_with_a_bad_member_name(state: dict) -> bytes:
+    """``torch.save(state)`` whose first directory entry is flagged UTF-8 but starts with a
+    byte that is not (one flipped bit's worth of damage: ``ZipFile`` raises
+    ``UnicodeDecodeError`` on opening it)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = bytearray(buffer.getvalue())
+    entry = data.index(b"PK\x01\x02")
+    data[entry + 9] |= 0x08  # general-purpose flag bit 11: the name is UTF-8
+    data[entry + 46] = 0xFF
+    return bytes(data)
+
+
+def test_a_zip_with_a_damaged_directory_is_a_checkpoint_error_and_is_fetched_again(
+    tmp_path: Path,
+) -> None:
+    good = {"layer.weight": torch.ones(3, 3)}
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(_zip_with_a_bad_member_name(good))
+    with pytest.raises(CheckpointError, match=f"^cannot read checkpoint {bad}: "):
+        read_state_dict(bad)  # was a UnicodeDecodeError from zipfile
+    buffer = io.BytesIO()
+    torch.save(good, buffer)
+    spec = replace(
+        toy_spec((file_source(tmp_path / "good.pth", buffer.getvalue()),), buffer.getvalue()),
+        sha256=None,
+        size=None,
+    )  # no published sha256: checked by content
+    out = download_weights(spec, cache_dir_override=tmp_path / "cache", progress=False)
+    out.write_bytes(bad.read_bytes())
+    again = download_weights(spec, cache_dir_override=tmp_path / "cache", progress=False)
+    assert torch.equal(read_state_dict(again)["layer.weight"], good["layer.weight"])
 
 
 def test_unknown_name_lists_registered_weights(

@@ -104,8 +104,8 @@ def is_torchscript_archive(path: str | Path) -> bool:
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
-    except zipfile.BadZipFile:  # a damaged archive: its reader names the damage
-        return False
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError):
+        return False  # a damaged archive (a member name not UTF-8...): its reader names it
     return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
 
 

@@ -158,8 +158,24 @@ def load_image_and_orientation(
         raise InputError(
             f"{what} is not a readable image (unknown format or corrupt header)"
         ) from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"{what} is corrupt or truncated: {exc}") from exc
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise many types on bad data
+        raise InputError(f"{what} is corrupt or truncated: {_reason(exc)}") from exc
+
+
+def _reason(exc: Exception) -> str:
+    """``exc``'s message, led by its type where that is not an ``OSError`` or ``ValueError``
+    (a damaged EXIF block gives a bare ``struct.error``)."""
+    if isinstance(exc, OSError | ValueError | SyntaxError):
+        return str(exc)
+    kind = type(exc)
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+    return f"{name}: {exc}"
 
 
 def _decode(
