@@ -249,8 +249,29 @@ def test_wrong_checkpoint_names_the_keys(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="missing keys: .*visual"):
         create_model("ViT-B-32", pretrained=path)
     torch.save({"foo": torch.zeros(1)}, path)
-    with pytest.raises(CheckpointError, match="not a CLIP state dict"):
+    with pytest.raises(CheckpointError, match=f"^{path}: not a CLIP state dict: key 'visual"):
         load_clip(path)
+    for key in ("text_projection", "ln_final.weight", "visual.layer1.0.conv1.weight"):
+        state = CLIP(TINY).state_dict()
+        state[key] = state[key].flatten()[0]  # was an IndexError from the shape lookup
+        torch.save(state, path)
+        with pytest.raises(CheckpointError, match="not a CLIP state dict: a tensor has the wrong"):
+            load_clip(path)
+
+
+@pytest.mark.parametrize(("width", "heads"), [(768, 12), (1024, 16), (1280, 16), (1664, 16)])
+def test_vit_heads_follow_openai_and_open_clip(width: int, heads: int) -> None:
+    """OpenAI's ViTs have 64-wide heads; open_clip's ViT-H-14 (1280) and ViT-bigG-14 (1664)
+    have 16 heads of 80 and 104 channels. The shapes fit either way: 20 heads loaded strictly
+    and gave wrong embeddings."""
+    config = replace(TINY, vision=VisionConfig("vit", 28, (1,), width, 14))
+    with torch.device("meta"):
+        state = CLIP(config).state_dict()
+    inferred = infer_clip_config(state)
+    assert inferred.vision.vit_heads == heads
+    with torch.device("meta"):
+        attention = CLIP(inferred).visual.transformer.resblocks[0].attn
+    assert attention.num_heads == heads
 
 
 def test_convnext_sizes_are_not_in_the_weights() -> None:

@@ -147,6 +147,8 @@ def test_missing_official_files_are_all_named_in_one_line(monkeypatch: pytest.Mo
     )
     assert official_weights("ovsam_coco_rn50x16")[1] == "ovsam_clip2sam_coco_rn50x16"
     assert official_weights("mobilesam") == []
+    with pytest.raises(InputError, match=r"dataset 'v3det' \(known: coco, lvis\)"):
+        load_official_ovsam(small_ovsam(), dataset="v3det", progress=False)  # was a KeyError
 
 
 def test_random_recognition_is_reproducible_and_leaves_the_callers_rng_alone(

@@ -22,7 +22,8 @@ class VisionConfig:
 
     ``width``: ResNet base width (stage i has ``width * 2**i * 4`` channels), ViT width, or
     unused for ConvNeXt, whose per-stage channels are ``dims``. ``head``: ConvNeXt projection
-    (``"linear"`` or ``"mlp"``). ``norm_eps``: ConvNeXt LayerNorm epsilon.
+    (``"linear"`` or ``"mlp"``). ``norm_eps``: ConvNeXt LayerNorm epsilon. ``heads``: ViT
+    attention heads, 0 for OpenAI's ``width // 64``.
     """
 
     kind: VisionKind
@@ -33,6 +34,12 @@ class VisionConfig:
     dims: tuple[int, ...] = ()
     head: Literal["linear", "mlp"] = "linear"
     norm_eps: float = 1e-6
+    heads: int = 0
+
+    @property
+    def vit_heads(self) -> int:
+        """The ViT's attention heads: ``heads``, or ``width // 64`` (heads of 64 channels)."""
+        return self.heads or self.width // 64
 
 
 @dataclass(frozen=True)

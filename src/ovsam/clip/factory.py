@@ -61,6 +61,11 @@ def read_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     }
 
 
+WIDE_VIT_HEADS = {1280: 16, 1408: 16, 1664: 16}
+"""ViT widths whose heads are not 64 wide: open_clip's ViT-H-14, ViT-g-14 and ViT-bigG-14
+(heads of 80, 88 and 104 channels). Shapes do not show heads: the rest follow OpenAI's 64."""
+
+
 def _count_children(state: Mapping[str, torch.Tensor], prefix: str) -> int:
     depth = prefix.count(".")
     return len({k.split(".")[depth] for k in state if k.startswith(prefix)})
@@ -81,7 +86,8 @@ def infer_clip_config(
             patch = state["visual.conv1.weight"].shape[-1]
             grid = round((state["visual.positional_embedding"].shape[0] - 1) ** 0.5)
             depth = _count_children(state, "visual.transformer.resblocks.")
-            vision = VisionConfig("vit", patch * grid, (depth,), width, patch)
+            heads = WIDE_VIT_HEADS.get(width, 0)
+            vision = VisionConfig("vit", patch * grid, (depth,), width, patch, heads=heads)
         elif "visual.trunk.stem.0.weight" in state:
             depths = tuple(
                 _count_children(state, f"visual.trunk.stages.{i}.blocks.") for i in range(4)
@@ -110,6 +116,13 @@ def infer_clip_config(
         embed_dim = state["text_projection"].shape[1]
     except KeyError as exc:
         raise CheckpointError(f"not a CLIP state dict: key {exc} is missing") from exc
+    except IndexError as exc:  # a tensor with fewer dimensions than its key's
+        raise CheckpointError(
+            f"not a CLIP state dict: a tensor has the wrong shape ({exc})"
+        ) from exc
+    narrow = text.width if vision.kind != "vit" else min(text.width, vision.width)
+    if narrow < 64:
+        raise CheckpointError(f"not a CLIP state dict: a tower {narrow} wide has no 64-wide heads")
     if quick_gelu is None:
         quick_gelu = vision.kind == "resnet"
     return CLIPConfig(embed_dim, vision, text, quick_gelu)
@@ -176,7 +189,10 @@ def load_clip(path: str | Path, quick_gelu: bool | None = None, *, name: str | N
     if name is not None:
         config = get_clip_config(name, quick_gelu)
     else:
-        config = infer_clip_config(state, quick_gelu)
+        try:
+            config = infer_clip_config(state, quick_gelu)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from exc
         if config.vision.kind == "convnext":
             config = _convnext_image_size(config, str(path))
     with weights_to_be_loaded():

@@ -40,7 +40,7 @@ def build_vision_tower(config: CLIPConfig) -> ModifiedResNet | VisionTransformer
             v.patch_size,
             v.width,
             v.layers[0],
-            v.width // 64,
+            v.vit_heads,
             config.embed_dim,
             config.quick_gelu,
         )

@@ -32,7 +32,7 @@ import torch
 from ovsam.checkpoint import load_state_dict_strict, read_state_dict, weights_to_be_loaded
 from ovsam.clip.factory import read_clip_state_dict
 from ovsam.clip.pretrained import pretrained_weights_name
-from ovsam.errors import CheckpointError, WeightsUnavailableError, first_line
+from ovsam.errors import CheckpointError, InputError, WeightsUnavailableError, first_line
 from ovsam.fileio import atomic_path
 from ovsam.ov.model import OVSam, OVSamConfig, build_ovsam
 from ovsam.weights import (
@@ -136,6 +136,9 @@ def resolve_all(names: Sequence[str], what: str = "weights", progress: bool = Tr
 
 def official_weights_names(dataset: str = "coco", clip_model: str = "RN50x16") -> list[str]:
     """The registered weights the official OV-SAM of ``dataset`` (coco, lvis) is built from."""
+    if dataset not in CLIP2SAM:
+        known = ", ".join(CLIP2SAM)
+        raise InputError(f"no official OV-SAM release for dataset {dataset!r} (known: {known})")
     return [SAM2CLIP, CLIP2SAM[dataset], pretrained_weights_name(clip_model, "openai"), SAM_VIT_H]
 
 
@@ -162,7 +165,8 @@ def official_state_dict(
         raise CheckpointError(f"{clip2sam} has no {keys} keys: not a CLIP2SAM checkpoint")
     state |= head
     state |= take_prefix(read_clip_state_dict(clip), "visual.", "image_encoder.backbone.")
-    state |= take_prefix(read_state_dict(sam), "prompt_encoder.", "prompt_encoder.")
+    # mapped, not read: 2.4 GB of SAM ViT-H for its few KB of prompt encoder
+    state |= take_prefix(read_state_dict(sam, mmap=True), "prompt_encoder.", "prompt_encoder.")
     return state
 
 
