@@ -11,6 +11,7 @@ import math
 import sys
 import types
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +93,7 @@ def train(
         ("lr_schedule=linear", "lr_schedule='linear': expected one of cosine, step"),
         ("min_lr_ratio=2", "min_lr_ratio=2.0: expected a number in [0, 1]"),
         ("keep_checkpoints=-1", "keep_checkpoints=-1: expected an integer >= 0"),
+        ("seed=18446744073709551616", "seed=18446744073709551616: expected an integer <= 1844"),
         ("out=elsewhere", "--set out=...: give the run's out with --out"),
         ("data=elsewhere", "--set data=...: give the run's data with --data"),
     ],
@@ -224,6 +226,30 @@ def test_absolute_paths_keep_registered_names_and_tags(
     )
     assert files.teacher_checkpoint == str(tmp_path / "t.pt")
     assert files.clip_weights == str(tmp_path / "w" / "clip.pt")
+
+
+def test_vocabulary_files_are_made_absolute_and_compared_as_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative vocabulary file named another file (or none) when the run was resumed or
+    exported from another directory; built-in names and ``dataset`` stay names."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "classes.txt").write_text("person\ncar\n")
+    (tmp_path / "coco").write_text("not the built-in\n")
+    config = absolute_paths(
+        TrainConfig(task="clip2sam", vocabulary="classes.txt", supervised_vocabulary="coco")
+    )
+    assert (config.vocabulary, config.supervised_vocabulary) == (
+        str(tmp_path / "classes.txt"),
+        "coco",
+    )
+    assert absolute_paths(TrainConfig(vocabulary="dataset")).vocabulary == "dataset"
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    check_resume(config, replace(config, vocabulary="../classes.txt"), tmp_path)
+    (tmp_path / "sub" / "classes.txt").write_text("car\nperson\ncat\n")
+    with pytest.raises(InputError, match=r"vocabulary \('/.*/classes.txt' -> 'classes.txt'\)"):
+        check_resume(config, replace(config, vocabulary="classes.txt"), tmp_path)
 
 
 def test_a_resumed_run_keeps_its_paths_from_another_directory(

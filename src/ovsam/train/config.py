@@ -26,6 +26,8 @@ TASKS = ("sam2clip", "clip2sam")
 RESUMABLE = frozenset({"out", "steps", "log_every", "checkpoint_every", "keep_checkpoints"})
 #: key of ``config.json`` holding the versions and world size of the run's last process
 ENVIRONMENT = "environment"
+MAX_SEED = 2**64 - 1
+_VOCABULARIES = ("vocabulary", "supervised_vocabulary")
 _PATHS = frozenset({"data", "annotations", "teacher_checkpoint", "adapter_checkpoint"})
 _POSITIVE = (
     "steps", "batch_size", "grad_accum", "checkpoint_every", "log_every",
@@ -142,14 +144,24 @@ def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
     return replace(config, **changes)
 
 
+def _vocabulary_file(value: str) -> bool:
+    """Whether a vocabulary setting names a file (not ``dataset`` or a built-in vocabulary,
+    which win over a file of that name, as in training)."""
+    from ovsam.vocab import BUILTIN_VOCABULARIES
+
+    return value != "dataset" and value not in BUILTIN_VOCABULARIES and Path(value).is_file()
+
+
 def _absolute(config: TrainConfig, name: str) -> str:
     """Setting ``name`` of ``config`` with a file or folder made absolute; registered weights
-    names (``teacher_checkpoint=sam_vit_h_4b8939``) and CLIP tags (``clip_weights=openai``)
-    are kept as they are."""
+    names (``teacher_checkpoint=sam_vit_h_4b8939``), CLIP tags (``clip_weights=openai``) and
+    vocabularies that are no file (``coco_base``, ``dataset``) are kept as they are."""
     from ovsam.clip.pretrained import clip_weights_file
     from ovsam.weights import find_weights_spec
 
     value = getattr(config, name)
+    if name in _VOCABULARIES:
+        return str(Path(value).resolve()) if _vocabulary_file(value) else value
     if name == "clip_weights":
         path = clip_weights_file(config.clip_model, value)
         return value if path is None else str(path.resolve())
@@ -159,10 +171,10 @@ def _absolute(config: TrainConfig, name: str) -> str:
 
 
 def absolute_paths(config: TrainConfig) -> TrainConfig:
-    """``config`` with its file and folder settings (``out``, and ``clip_weights`` when it is a
-    file) made absolute: a run resumed from another working directory, or exported from one,
-    then names the same files."""
-    names = sorted(_PATHS | {"out", "clip_weights"})
+    """``config`` with its file and folder settings (``out``, and ``clip_weights`` and the
+    vocabularies when they are files) made absolute: a run resumed from another working
+    directory, or exported from one, then names the same files."""
+    names = sorted(_PATHS | {"out", "clip_weights", *_VOCABULARIES})
     return replace(config, **{n: _absolute(config, n) for n in names if getattr(config, n)})
 
 
@@ -280,6 +292,8 @@ def validate_config(config: TrainConfig) -> None:
     for name in ("warmup_steps", "seed", "keep_checkpoints", "min_mask_area"):
         if getattr(config, name) < 0:
             raise InputError(f"{name}={getattr(config, name)}: expected an integer >= 0")
+    if config.seed > MAX_SEED:  # torch.manual_seed takes 64 bits
+        raise InputError(f"seed={config.seed}: expected an integer <= {MAX_SEED} (2**64 - 1)")
     if config.warmup_steps >= config.steps:
         raise InputError(
             f"warmup_steps={config.warmup_steps} leaves no step of steps={config.steps} at the "
@@ -311,6 +325,8 @@ def validate_config(config: TrainConfig) -> None:
 def _same(name: str, saved: Any, new: Any) -> bool:
     if name in _PATHS and saved and new:  # the same file or folder, however it is spelt
         return saved == new or Path(saved).resolve() == Path(new).resolve()
+    if name in _VOCABULARIES and _vocabulary_file(saved) and _vocabulary_file(new):
+        return Path(saved).resolve() == Path(new).resolve()
     return saved == new
 
 
