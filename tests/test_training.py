@@ -232,8 +232,9 @@ class AlternatingTask:
         return {"loss": module(x, items[0] % 2).pow(2).mean()}
 
 
-def _alternating_rank(rank: int, port: int, out: str) -> None:
-    """One of two gloo ranks training :class:`AlternatingTask` for 3 steps."""
+def _alternating_rank(rank: int, port: int, outs: tuple[str, str], steps: int) -> None:
+    """One of two gloo ranks training :class:`AlternatingTask` to ``steps`` in ``outs[rank]``
+    (checkpoints every 2 steps)."""
     import torch.distributed as dist
 
     from ovsam.distributed import DistInfo
@@ -242,16 +243,17 @@ def _alternating_rank(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
-        config = TrainConfig(out=out, steps=3, log_every=1, checkpoint_every=3)
+        config = TrainConfig(out=outs[rank], steps=steps, log_every=1, checkpoint_every=2)
         rows = Trainer(
             config, AlternatingTask(), DistInfo(rank, 2, rank, torch.device("cpu"))
         ).train()
-        assert [row["step"] for row in rows] == [1, 2, 3]
+        assert [row["step"] for row in rows] == list(range(1, steps + 1))
     finally:
         dist.destroy_process_group()
 
 
-def test_ddp_trains_a_task_that_leaves_parameters_unused(tmp_path: Path) -> None:
+def _spawn_alternating(outs: tuple[str, str], steps: int) -> None:
+    """Run :func:`_alternating_rank` on two spawned processes."""
     import socket
 
     import torch.multiprocessing as mp
@@ -259,9 +261,18 @@ def test_ddp_trains_a_task_that_leaves_parameters_unused(tmp_path: Path) -> None
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    mp.spawn(_alternating_rank, args=(port, str(tmp_path / "run")), nprocs=2, join=True)
+    mp.spawn(_alternating_rank, args=(port, outs, steps), nprocs=2, join=True)
+
+
+def test_ddp_trains_a_task_that_leaves_parameters_unused(tmp_path: Path) -> None:
+    run = str(tmp_path / "run")
+    _spawn_alternating((run, run), steps=3)
     rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [1, 2, 3]
+    # a rank that does not see the run's checkpoints (a node-local --out) would start afresh
+    # while rank 0 resumes at step 3, and DDP would average two different models
+    with pytest.raises(Exception, match="different checkpoints in .* step 0 to step 3; 0 = n"):
+        _spawn_alternating((run, str(tmp_path / "node1")), steps=5)
 
 
 def test_clip2sam_refuses_a_vocabulary_without_instances(tmp_path: Path) -> None:

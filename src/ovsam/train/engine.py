@@ -224,6 +224,21 @@ class Trainer:
         self._apply_schedule()
         return True
 
+    def _check_ranks_resumed_alike(self) -> None:
+        """Raise :class:`CheckpointError` on every rank when the ranks resumed from different
+        steps: each reads the run's checkpoints itself, and an ``--out`` that is not one folder
+        shared by all (node-local, or lagging) would have DDP average different models."""
+        if self.info.world == 1:
+            return
+        steps = torch.tensor([self.step, -self.step], device=self.info.device)
+        dist.all_reduce(steps, op=dist.ReduceOp.MAX)
+        latest, earliest = int(steps[0]), -int(steps[1])
+        if latest != earliest:
+            raise CheckpointError(
+                f"the ranks found different checkpoints in {self.run_dir} (from step {earliest} "
+                f"to step {latest}; 0 = none): every rank must see --out as one shared folder"
+            )
+
     def _apply_schedule(self) -> None:
         """Set every parameter group's learning rate to the schedule's for ``self.step`` (the
         one about to be taken) under this run's ``steps``: the rate the loaded optimizer holds
@@ -324,6 +339,7 @@ class Trainer:
         work after that global step, as an interruption would. Returns the logged rows."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.resume()  # before saving the config: a checkpoint that does not fit changes nothing
+        self._check_ranks_resumed_alike()
         if self.step > self.config.steps:  # the config would no longer describe the checkpoints
             raise InputError(
                 f"{self.run_dir} is already at step {self.step}: steps={self.config.steps} would "
