@@ -61,6 +61,23 @@ def test_official_architecture_sizes_and_key_names() -> None:
     assert not [k for k in state if "iou" in k]
 
 
+def test_trained_parts_start_from_the_official_initialisation() -> None:
+    """mmdet's FPN: Xavier-uniform, zero biases; mmcv's ConvModule before a ReLU (roi_conv):
+    Kaiming-normal on fan out. PyTorch's defaults were about half the FPN's scale, with
+    biases."""
+    from ovsam.ov.clip2sam import FPN, CLIP2SAMHead
+
+    torch.manual_seed(0)
+    fpn = FPN([256, 512, 1024, 2048])
+    for conv in [m.conv for m in (*fpn.lateral_convs, *fpn.fpn_convs)]:
+        fan_out, fan_in = conv.weight.shape[0], conv.weight[0].numel()
+        bound = (6 / (fan_in + fan_out * conv.weight[0, 0].numel())) ** 0.5
+        assert conv.weight.abs().max() <= bound and conv.weight.abs().max() > 0.95 * bound
+        assert torch.count_nonzero(conv.bias) == 0
+    roi = CLIP2SAMHead(embed_dim=768).roi_conv[0].conv.weight  # 768x256x1x1
+    assert roi.std().item() == pytest.approx((2 / 768) ** 0.5, rel=0.02)
+
+
 def test_forward_shapes_on_a_real_photo() -> None:
     model = small_ovsam()
     predictor = OVSamPredictor(model, top_k=3)

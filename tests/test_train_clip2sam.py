@@ -14,7 +14,7 @@ from torch import nn
 
 from ovsam.distributed import DistInfo
 from ovsam.errors import InputError
-from ovsam.train.clip2sam_task import Clip2SamTask
+from ovsam.train.clip2sam_task import Clip2SamTask, prompted_instances
 from ovsam.train.config import TrainConfig
 from ovsam.train.engine import USED_ITEMS, Trainer, batch_items
 from train_clip2sam_stubs import (
@@ -32,6 +32,23 @@ CPU = torch.device("cpu")
 @pytest.fixture(autouse=True)
 def tiny_clip2sam(monkeypatch: pytest.MonkeyPatch) -> None:
     install_tiny_clip2sam(monkeypatch.setattr)
+
+
+@pytest.mark.parametrize(
+    ("count", "times"),
+    [(1, [40]), (7, [6] * 5 + [5] * 2), (40, [1] * 40), (50, [1] * 40 + [0] * 10)],
+)
+def test_an_image_gets_40_prompts_21_of_them_boxes(count: int, times: list[int]) -> None:
+    """The official recipe: instances repeated in order up to 40 prompts (an image with more
+    keeps its first 40), shuffled; the first 21 prompts are boxes. A one-instance image had
+    one prompt, a box, and never a point."""
+    order, boxes = prompted_instances(count, 40, np.random.default_rng(0))
+    assert boxes == 21 and len(order) == 40
+    assert np.bincount(order, minlength=count).tolist() == times
+    assert not np.array_equal(order, np.sort(order)) or count == 1
+    again, _ = prompted_instances(count, 40, np.random.default_rng(0))
+    assert np.array_equal(order, again)  # a function of the rng
+    assert prompted_instances(1, 1, np.random.default_rng(0))[1] == 1
 
 
 def test_the_trained_module_is_called_once_per_micro_batch(tmp_path: Path) -> None:

@@ -44,7 +44,9 @@ class ConvModule(nn.Module):
 
 
 class FPN(nn.Module):
-    """mmdet FPN (no extra levels): 1x1 laterals, nearest top-down sum, 3x3 outputs."""
+    """mmdet FPN (no extra levels): 1x1 laterals, nearest top-down sum, 3x3 outputs.
+
+    Initialised as mmdet's (its ``init_cfg``): Xavier-uniform weights, zero biases."""
 
     def __init__(self, in_channels: Sequence[int], out_channels: int = 256) -> None:
         super().__init__()
@@ -55,6 +57,10 @@ class FPN(nn.Module):
             ConvModule(nn.Conv2d(out_channels, out_channels, 3, padding=1), relu=False)
             for _ in in_channels
         )
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
 
     def forward(self, stages: Sequence[Tensor]) -> list[Tensor]:
         laterals = [conv(x) for conv, x in zip(self.lateral_convs, stages, strict=True)]
@@ -85,7 +91,8 @@ class CLIP2SAMHead(nn.Module):
         self.label_mlp = MLP(transformer_dim, transformer_dim, embed_dim, 3)
         self.roi_conv = nn.Sequential(
             ConvModule(nn.Conv2d(transformer_dim, embed_dim, 1, bias=False), relu=True)
-        )
+        )  # initialised as mmcv's ConvModule before a ReLU: Kaiming-normal, fan out
+        nn.init.kaiming_normal_(self.roi_conv[0].conv.weight, mode="fan_out", nonlinearity="relu")
         self.roi_size = roi_size
 
     def forward(

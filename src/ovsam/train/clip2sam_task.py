@@ -9,11 +9,11 @@ a bare adapter file, outside its run folder, cannot be checked).
 
 Per image (large-scale jitter to 1024² when ``lsj``, from ``lsj_min_scale`` to 2x, flipped at
 random with ``lsj_flip``; instances under ``min_mask_area`` pixels afterwards dropped: the
-official pipeline's 0.9, flips and 32 px are clip2sam's defaults): up to
-``prompts_per_image`` instances of the supervised classes (``supervised_vocabulary``, e.g.
-``coco_base``; empty = all of ``vocabulary``; ``dataset`` = the annotation file's categories)
-are prompted, the first half by their ground-truth box, the rest by a random point inside the
-mask. Losses, weighted as the official configs (2 / 5 / 5):
+official pipeline's 0.9, flips and 32 px are clip2sam's defaults): ``prompts_per_image``
+prompts on the instances of the supervised classes (``supervised_vocabulary``, e.g.
+``coco_base``; empty = all of ``vocabulary``; ``dataset`` = the annotation file's categories),
+repeated as needed, as the official recipe does: 21 of 40 by their ground-truth box, the rest
+by a random point inside the mask (:func:`prompted_instances`). Losses, weighted as the official configs (2 / 5 / 5):
 cross-entropy of the region embedding (pooled with the ground-truth box) against the text bank
 of ``vocabulary`` + a background class (weight 0.1): as in the official COCO run, the bank holds
 all 80 classes and the 17 novel ones, never supervised, stay in the softmax as negatives;
@@ -75,6 +75,21 @@ class HeadInputs(NamedTuple):
 
 
 ImageOutputs = tuple[Tensor, Tensor]
+
+
+def prompted_instances(
+    count: int, prompts: int, rng: np.random.Generator
+) -> tuple[np.ndarray, int]:
+    """The instances (of ``count`` >= 1) that an image's ``prompts`` prompts go to, in prompt
+    order, and how many prompts (the first) are boxes; the rest are random points inside.
+
+    The official recipe (``OVSAMDataPreprocessor(use_point_det=True)``): the instances are
+    repeated in order until there are ``prompts`` (an image with more keeps its first
+    ``prompts``) and shuffled; ``prompts // 2 + 1`` of them are boxes (21 of 40).
+    """
+    copies = prompts // count + 1 if count < prompts else 1
+    chosen = np.tile(np.arange(count), copies)[:prompts]
+    return chosen[rng.permutation(len(chosen))], min(len(chosen), len(chosen) // 2 + 1)
 
 
 class Clip2SamTrainable(nn.Module):
@@ -266,10 +281,9 @@ class Clip2SamTask:
         labels: list[int],
         rng: np.random.Generator,
     ) -> tuple[HeadInputs, np.ndarray, list[int]]:
-        """The trained head's inputs for up to ``prompts_per_image`` random instances of one
-        prepared image (the first half prompted by their box, the rest by a random point
-        inside), with those instances' masks and classes."""
-        order = rng.permutation(len(masks))[: self.config.prompts_per_image]
+        """The trained head's inputs for the ``prompts_per_image`` prompts of one prepared
+        image (:func:`prompted_instances`), with their instances' masks and classes."""
+        order, half = prompted_instances(len(masks), self.config.prompts_per_image, rng)
         masks, labels = masks[order], [labels[i] for i in order]
         boxes = torch.tensor(
             [
@@ -279,7 +293,6 @@ class Clip2SamTask:
             dtype=torch.float32,
             device=self.device,
         )
-        half = (len(masks) + 1) // 2
         points = torch.as_tensor(random_points(masks[half:], rng), device=self.device)
         with torch.no_grad():
             stages = self.backbone.forward_features(x)
