@@ -174,7 +174,7 @@ def test_clip2sam_head_learns_masks_and_classes(tmp_path: Path, mobilesam_checkp
 
 
 def test_clip2sam_loads_a_sam2clip_checkpoint_strictly(
-    tmp_path: Path, mobilesam_checkpoint: Path
+    tmp_path: Path, mobilesam_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import torch
 
@@ -196,6 +196,24 @@ def test_clip2sam_loads_a_sam2clip_checkpoint_strictly(
         apply_overrides(config, [f"adapter_checkpoint={saved}"]), torch.device("cpu")
     )
     loaded = task.adapter.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in trained.items())
+    official = tmp_path / "sam2clip_vith_rn50x16.pth"  # the released layout: neck_student.*
+    torch.save({"neck_student." + k: v for k, v in trained.items()}, official)
+    config_official = apply_overrides(config, [f"adapter_checkpoint={official}"])
+    loaded = Clip2SamTask(config_official, torch.device("cpu")).adapter.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in trained.items())  # was refused: 30 missing
+    import ovsam.weights
+
+    fetched, download = [], ovsam.weights.download_weights
+
+    def fetch(spec: ovsam.weights.WeightsSpec, **kwargs: object) -> Path:
+        fetched.append(spec.name)  # the registered name is fetched through the resolver
+        return official if spec.name == "ovsam_sam2clip_vith_rn50x16" else download(spec, **kwargs)
+
+    monkeypatch.setattr(ovsam.weights, "download_weights", fetch)
+    named = apply_overrides(config, ["adapter_checkpoint=ovsam_sam2clip_vith_rn50x16"])
+    loaded = Clip2SamTask(named, torch.device("cpu")).adapter.state_dict()
+    assert "ovsam_sam2clip_vith_rn50x16" in fetched
     assert all(torch.equal(loaded[k], v) for k, v in trained.items())
     del trained[next(iter(trained))]
     torch.save({"model": trained}, saved)

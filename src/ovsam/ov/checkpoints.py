@@ -149,6 +149,18 @@ def take_prefix(
     return {new_prefix + k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
+def read_adapter_state(source: str | Path) -> dict[str, torch.Tensor]:
+    """A SAM2CLIP adapter's state dict (:class:`~ovsam.ov.sam2clip.SAM2CLIPAdapter` keys) from
+    registered weights (the official ``ovsam_sam2clip_vith_rn50x16``: fetched, verified), the
+    official file (keys under ``neck_student.``) or a file of adapter keys (a sam2clip run's
+    ``step_N.pt``)."""
+    from ovsam.weights import resolve_weights
+
+    state = read_state_dict(resolve_weights(source))
+    (neck,) = SAM2CLIP_PREFIXES
+    return take_prefix(state, neck, "") or state
+
+
 def official_state_dict(
     sam2clip: str | Path, clip2sam: str | Path, clip: str | Path, sam: str | Path
 ) -> dict[str, torch.Tensor]:

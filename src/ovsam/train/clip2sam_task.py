@@ -37,12 +37,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ovsam.build import build_model
-from ovsam.checkpoint import load_state_dict_strict, read_state_dict
+from ovsam.checkpoint import load_state_dict_strict
 from ovsam.clip.factory import create_model
 from ovsam.clip.text_bank import build_text_bank
 from ovsam.data.instances import InstanceDataset, read_annotations
 from ovsam.data.prompts import LSJ_FLIP_PROB, LSJ_SCALE_RANGE, large_scale_jitter, random_points
 from ovsam.errors import InputError
+from ovsam.ov.checkpoints import read_adapter_state
 from ovsam.ov.classifier import bank_logits
 from ovsam.ov.clip2sam import FPN, CLIP2SAMHead
 from ovsam.ov.model import OVSamConfig
@@ -192,7 +193,7 @@ class Clip2SamTask:
         ).to(device).eval()  # fmt: skip
         if config.adapter_checkpoint:
             path = config.adapter_checkpoint
-            load_state_dict_strict(self.adapter, read_state_dict(path), source=str(path))
+            load_state_dict_strict(self.adapter, read_adapter_state(path), source=str(path))
         sam = build_model(config.teacher, config.teacher_checkpoint or None).to(device).eval()
         self.prompt_encoder = sam.prompt_encoder
         for module in (self.backbone, self.adapter, self.prompt_encoder):

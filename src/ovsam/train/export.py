@@ -36,7 +36,7 @@ import torch
 
 from ovsam.checkpoint import load_state_dict_strict, read_state_dict
 from ovsam.errors import CheckpointError, InputError, first_line
-from ovsam.ov.checkpoints import save_ovsam, take_prefix
+from ovsam.ov.checkpoints import read_adapter_state, save_ovsam, take_prefix
 from ovsam.ov.model import OVSam, OVSamConfig, build_ovsam
 from ovsam.train.config import TrainConfig, check_adapter_run, load_config, supervised_field
 from ovsam.train.engine import checkpoint_files, latest_checkpoint
@@ -105,7 +105,7 @@ def _adapter(config: TrainConfig) -> tuple[dict[str, torch.Tensor], tuple[int, i
     against the run's, and the CLIP and teacher against those its sam2clip run's config.json
     records, when there is one (:func:`~ovsam.train.config.check_adapter_run`)."""
     check_adapter_run(config)
-    state = read_state_dict(config.adapter_checkpoint)
+    state = read_adapter_state(config.adapter_checkpoint)
     if any(k.startswith(_HEAD) for k in state):
         raise InputError(
             f"adapter_checkpoint {config.adapter_checkpoint} is a clip2sam checkpoint, not a "
