@@ -102,7 +102,7 @@ def test_served_masks_and_labels_equal_the_predictors(
     )
     assert answer["area"] == int(masks[0].sum()) > 0
     assert answer["score"] == pytest.approx(float(scores[0]), abs=1e-6)
-    assert answer["score_name"] == "stability_score"
+    assert answer["score_name"] == "low_res_stability_score"
     served = [(label["name"], label["score"]) for label in answer["labels"]]
     assert [n for n, _ in served] == [n for n, _ in labels[0].top]
     assert [p for _, p in served] == pytest.approx([p for _, p in labels[0].top], abs=1e-6)

@@ -273,10 +273,7 @@ class AutomaticMaskGenerator:
     ) -> dict[str, Any]:
         """One mask's record; ``score`` is the decoder's, named ``score_name``."""
         array = mask.cpu().numpy()
-        if score_name == "predicted_iou":
-            scores: dict[str, float | None] = {"predicted_iou": float(score)}
-        else:
-            scores = {"predicted_iou": None, "low_res_stability_score": float(score)}
+        scores: dict[str, float | None] = {"predicted_iou": None, score_name: float(score)}
         return {
             "segmentation": array,
             "rle": encode_rle(array),

@@ -74,7 +74,7 @@ class SamPredictor:
     def score_name(self) -> str:
         """What the decoder's mask scores are: SAM's ``"predicted_iou"`` (its IoU head), or the
         decoder's ``score_name`` (OV-SAM's CLIP2SAM head has no IoU head: its scores are the
-        ``"stability_score"`` of the low-res logits)."""
+        ``"low_res_stability_score"``, the stability of the low-res logits)."""
         return getattr(self.model.mask_decoder, "score_name", "predicted_iou")
 
     # ---------------------------------------------------------------- image state

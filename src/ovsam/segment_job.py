@@ -18,7 +18,7 @@ from ovsam.run_settings import checkpoint_record, model_record
 
 # how each mask score is named (result.json key -> terminal): SAM's IoU head, or the stability
 # score of decoders without one (:attr:`~ovsam.predictor.SamPredictor.score_name`)
-SCORE_WORDS = {"predicted_iou": "predicted IoU", "stability_score": "stability score"}
+SCORE_WORDS = {"predicted_iou": "predicted IoU", "low_res_stability_score": "stability score"}
 
 
 def choose_multimask(num_points: int, has_box: bool) -> bool:
@@ -45,7 +45,8 @@ def segment_image(
     paths and a one-line summary. With ``label_options`` the mask is also named (top-k labels
     in the JSON, the best on the overlay; see :mod:`ovsam.recognizers`). A decoder without an
     IoU head (OV-SAM) scores masks by stability: the JSON then has ``"predicted_iou": null`` and
-    ``"stability_score"``, and the summary says "stability score". The JSON names the model
+    ``"low_res_stability_score"`` (as ``ovsam everything`` names it), and the summary says
+    "stability score". The JSON names the model
     that segmented and its ``checkpoint`` (a file as its absolute path and sha256:
     :mod:`ovsam.run_settings`).
     """

@@ -74,7 +74,7 @@ class FPN(nn.Module):
 class CLIP2SAMHead(nn.Module):
     """Mask + region embedding per prompt (see the module docstring)."""
 
-    score_name = "stability_score"  # what its mask score is (no IoU head; see ``forward``)
+    score_name = "low_res_stability_score"  # what its mask score is (no IoU head; see ``forward``)
 
     def __init__(
         self, transformer_dim: int = 256, embed_dim: int = 768, roi_size: int = 12

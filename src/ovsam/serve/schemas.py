@@ -78,10 +78,10 @@ class Recognition(BaseModel):
 class PredictResponse(BaseModel):
     mask_id: str
     score: float
-    score_name: Literal["predicted_iou", "stability_score"] = Field(
+    score_name: Literal["predicted_iou", "low_res_stability_score"] = Field(
         "predicted_iou",
         description="what score is: SAM's predicted IoU, or the mask's stability for a decoder "
-        "without an IoU head (Open-Vocabulary SAM)",
+        "without an IoU head (Open-Vocabulary SAM): that of its low-res logits",
     )
     area: int
     bbox: list[int] = Field(description="XYWH pixels")

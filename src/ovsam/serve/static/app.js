@@ -304,7 +304,7 @@ function showResult() {
     if (!r) link.removeAttribute("href");  // without one a link is neither focused nor followed
   }
   if (!r) { $("score").textContent = "No mask yet."; return; }
-  const scoreWord = r.score_name === "stability_score" ? "stability" : "predicted IoU";
+  const scoreWord = r.score_name === "low_res_stability_score" ? "stability" : "predicted IoU";
   $("score").textContent = `${scoreWord} ${r.score.toFixed(3)} · area ${r.area} px · box ${r.bbox.join(", ")}`;
   $("recognition").textContent = r.recognition.message;
   const item = (label) => Object.assign(document.createElement("li"), { textContent: `${label.name} — ${label.score.toFixed(3)}` });
