@@ -41,6 +41,8 @@ def test_torchrun_processes_take_their_local_rank_and_refuse_an_index(
     assert process_device("auto", 4, 3) == torch.device("cuda", 3)
     with pytest.raises(InputError, match="--device cuda:1 under torchrun: each process uses GPU"):
         process_device("cuda:1", 2, 0)
+    with pytest.raises(InputError, match=r"LOCAL_RANK=4 has no GPU of its own \(4 visible\)"):
+        process_device("auto", 8, 4)  # was cuda:4, an invalid device ordinal deep in CUDA
 
 
 @pytest.mark.parametrize("device", ["mps", "meta", "xpu:0"])

@@ -60,6 +60,13 @@ def process_device(device: str, world: int, local_rank: int) -> torch.device:
                 f"--device {device} under torchrun: each process uses GPU LOCAL_RANK; pass "
                 "--device cuda (choose the GPUs with CUDA_VISIBLE_DEVICES)"
             )
+        count = torch.cuda.device_count()
+        if local_rank >= count:
+            raise InputError(
+                f"--device {device} under torchrun: process LOCAL_RANK={local_rank} has no GPU "
+                f"of its own ({count} visible): start at most {count} processes per node "
+                "(--nproc_per_node)"
+            )
         return torch.device("cuda", local_rank)
     return torch.device("cuda", 0 if chosen.index is None else chosen.index)
 
