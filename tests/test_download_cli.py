@@ -13,7 +13,7 @@ from torch import nn
 import ovsam.build as build
 from ovsam.assets import SAMPLE_BOX, SAMPLE_PHOTO
 from ovsam.cli.main import main
-from ovsam.weights import UrlSource, WeightsSpec
+from ovsam.weights import UrlSource, WeightsSpec, get_weights_spec
 from weights_helpers import PAYLOAD, file_source, forbid_cache_writes, register, toy_spec
 
 
@@ -233,14 +233,25 @@ def test_from_without_a_sha256_or_a_model_must_be_a_state_dict(
 
 
 def test_from_mobilesam_weights_are_refused_as_sam_vit_b(
-    mobilesam_checkpoint: Path, cache: Path, capsys: pytest.CaptureFixture
+    mobilesam_checkpoint: Path,
+    cache: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert main(["download", "sam_vit_b_01ec64", "--from", str(mobilesam_checkpoint)]) == 2
+    argv = ["download", "sam_vit_b_01ec64", "--from", str(mobilesam_checkpoint)]
+    assert main(argv) == 2
+    assert _one_line(capsys.readouterr().err) == (
+        f"ovsam download: error: {mobilesam_checkpoint} is not sam_vit_b_01ec64: size 40728226 "
+        "bytes, expected 375042383 (truncated or wrong file)"
+    )
+    # weights a registered model loads but without a published sha256 must fit that model
+    register(monkeypatch, replace(get_weights_spec("sam_vit_b_01ec64"), sha256=None, size=None))
+    assert main(argv) == 2
     assert _one_line(capsys.readouterr().err).startswith(
         f"ovsam download: error: {mobilesam_checkpoint} is not sam_vit_b_01ec64: it does not fit "
         "model sam_vit_b (171 missing keys: image_encoder.blocks.0.attn.proj.bias, "
     )
-    assert not (cache / "weights").exists()
+    assert not (cache / "weights" / "sam_vit_b_01ec64.pth").exists()
 
 
 def test_listing_shows_status_size_and_licence(

@@ -356,19 +356,22 @@ MOBILE_SAM = register_weights(
 )
 
 _SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
-for _name, _what in (
-    ("sam_vit_b_01ec64", "SAM ViT-B"),
-    ("sam_vit_l_0b3195", "SAM ViT-L"),
-    ("sam_vit_h_4b8939", "SAM ViT-H"),
-):
+# Meta's release names hold an md5 prefix only; the sha256 and sizes are those that other
+# projects pinning these files record alike (e.g. micro_sam's checksums).
+for _name, _what, _sha256, _size in (
+    ("sam_vit_b_01ec64", "SAM ViT-B",
+     "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912", 375_042_383),
+    ("sam_vit_l_0b3195", "SAM ViT-L",
+     "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622", 1_249_524_607),
+    ("sam_vit_h_4b8939", "SAM ViT-H",
+     "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e", 2_564_550_879),
+):  # fmt: skip
     register_weights(
         WeightsSpec(
             name=_name,
             filename=f"{_name}.pth",
-            # Meta publishes neither sha256 nor size (the name holds an md5 prefix only):
-            # these files are loaded strictly, which rejects a truncated or wrong file.
-            sha256=None,
-            size=None,
+            sha256=_sha256,
+            size=_size,
             sources=(UrlSource(f"{_SAM_URL}{_name}.pth"),),
             license="Apache-2.0",
             description=f"{_what} (official segment-anything release)",
