@@ -101,6 +101,27 @@ def test_corrupted_cache_file_is_replaced_and_the_reason_given(
     assert f"cached {out} failed its check (size 7 bytes, expected 14000" in err.getvalue()
 
 
+def test_a_download_is_on_disk_before_its_stamp_vouches_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A power loss after the stamp must not leave a stamp for data that never reached disk."""
+    spec = toy_spec((file_source(tmp_path / "good.bin", PAYLOAD),))
+    events: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        events.append("fsync " + os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    real_write = Path.write_text
+    monkeypatch.setattr(
+        Path, "write_text", lambda p, *a, **k: events.append("stamp") or real_write(p, *a, **k)
+    )
+    download_weights(spec, cache_dir_override=tmp_path / "cache", progress=False)
+    assert events == ["fsync toy.bin", "fsync weights", "stamp"]
+
+
 def test_verify_rehashes_a_file_whose_stamp_still_matches(tmp_path: Path) -> None:
     spec = toy_spec((file_source(tmp_path / "good.bin", PAYLOAD),))
     out = download_weights(spec, cache_dir_override=tmp_path / "cache", progress=False)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ovsam.errors import InputError, WeightsUnavailableError
-from ovsam.fileio import atomic_write_json, printable
+from ovsam.fileio import atomic_write_json, fsync_directory, printable
 from ovsam.weight_sources import sha256_file
 
 
@@ -85,11 +85,16 @@ def has_valid_stamp(path: Path) -> bool:
 
 
 def write_stamp(path: Path) -> None:
-    """Remember that ``path`` verified; skipped silently where the cache is not writable."""
+    """Remember that ``path`` verified; skipped silently where the cache is not writable. The
+    file's data and name are flushed to disk first: after a crash a stamp never vouches for
+    data that was lost."""
     try:
+        with open(path, "rb") as fh:
+            os.fsync(fh.fileno())
+        fsync_directory(path.parent)
         _stamp_file(path).write_text(stamp(path) or "")
     except OSError:
-        pass  # read-only cache: the file is hashed again next time
+        pass  # read-only cache (or no fsync there): the file is hashed again next time
 
 
 REMEMBERED_BYTES = 64 * 2**20
