@@ -185,6 +185,8 @@ def test_a_download_without_a_sha256_must_fit_the_model_too(
     assert main(["download", "toy_net_w"]) == 0
     err = capsys.readouterr().err
     assert "does not fit model toy_net (2 shape mismatches" in err
+    assert "(WeightsUnavailableError: the download is not toy_net_w: it does not fit" in err
+    assert ".tmp" not in err  # the temporary file, already deleted, was named
     assert "trying the next source" in err
     assert "toy_net_w.pt: keys and shapes fit model toy_net" not in err  # said only by --from
     assert torch.load(cache / "weights" / "toy_net_w.pt")["weight"].shape == (2, 3)

@@ -194,6 +194,7 @@ def download_weights(
         failures: list[tuple[str, str]] = []
         for number, source in enumerate(spec.sources, start=1):
             say(f"fetching {spec.name} from {source.describe()}", progress)
+            tmp: Path | None = None
             try:
                 with atomic_path(target) as tmp:
                     source.fetch(tmp, spec.filename, progress)
@@ -203,7 +204,8 @@ def download_weights(
                     if spec.sha256 is None:  # nothing to hash it against: check its content
                         _content_check(tmp, spec)
             except Exception as exc:  # noqa: BLE001 - every failure moves on to the next source
-                reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"  # one line
+                text = str(exc) if tmp is None else str(exc).replace(str(tmp), "the download")
+                reason = f"{type(exc).__name__}: {' '.join(text.split())}"  # one line
                 failures.append((source.describe(), reason))
                 then = "; trying the next source" if number < len(spec.sources) else ""
                 say(f"{source.describe()} failed ({reason}){then}", progress)
