@@ -179,6 +179,27 @@ def test_cache_lives_with_the_image_state_and_skips_mask_prompts(
     assert not np.array_equal(flipped[0], again[0])
 
 
+def test_a_state_from_another_device_is_copied_to_the_predictors(
+    mobilesam_model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CPU state loaded by a GPU predictor gave a device-mismatch error at the first prompt
+    (no GPU here: "meta" stands in for the other device)."""
+    predictor = SamPredictor(mobilesam_model)
+    predictor.set_image(np.asarray(Image.open(ASSET).convert("RGB"))[:64, :96])
+    predictor.predict(box=np.array([4, 4, 60, 40]), multimask_output=False)
+    state = predictor.export_state()
+    state.extras["clip_last"] = torch.ones(1, 2, 3, 3)
+    assert state.to(torch.device("cpu")) is state and state.decoder_cache is not None
+    meta = torch.device("meta")
+    monkeypatch.setattr(SamPredictor, "device", property(lambda self: meta))
+    predictor.load_state(state)
+    moved = predictor.export_state()
+    assert moved.features.device == meta and moved.extras["clip_last"].device == meta
+    assert moved.decoder_cache is None  # rebuilt on the predictor's device
+    assert moved.original_size == state.original_size == (64, 96)
+    assert state.features.device.type == "cpu" and state.decoder_cache is not None  # untouched
+
+
 def test_cache_is_rebuilt_for_other_decoder_weights(mobilesam_model: torch.nn.Module) -> None:
     """A state restored into a predictor whose decoder differs never uses a stale cache."""
     predictor = SamPredictor(mobilesam_model)

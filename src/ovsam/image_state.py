@@ -6,7 +6,7 @@ another (or kept in a server's image store), so it is a plain record of tensors.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -41,3 +41,11 @@ class ImageState:
         """Memory held by the state's tensors, in bytes."""
         cache = 0 if self.decoder_cache is None else self.decoder_cache.nbytes()
         return cache + tensors_nbytes([self.features, *self.extras.values()])
+
+    def to(self, device: torch.device) -> ImageState:
+        """This state with its tensors on ``device``: itself when they are there; else a copy
+        without the decoder cache (rebuilt there on the first prompt)."""
+        if self.features.device == device:
+            return self
+        extras = {name: t.to(device) for name, t in self.extras.items()}
+        return replace(self, features=self.features.to(device), extras=extras, decoder_cache=None)

@@ -169,7 +169,7 @@ class SamPredictor:
         whose features or extras a module with other weights (another model, or weights
         changed since, except through ``.data``: see
         :func:`~ovsam.modeling.common.weights_key`) computed; modules the state or this
-        predictor lacks are not compared.
+        predictor lacks are not compared. A state from another device is copied to this one.
         """
         if not isinstance(state, ImageState):
             raise InputError(
@@ -182,7 +182,7 @@ class SamPredictor:
                     f"this image state was computed by another {name.replace('_', ' ')} "
                     "(another model or other weights): call set_image instead"
                 )
-        self._state = state
+        self._state = state.to(self.device)
 
     def reset_image(self) -> None:
         """Forget the current image."""
