@@ -122,7 +122,8 @@ def test_sample_upload_and_page(client: TestClient) -> None:
     page = client.get("/")
     assert page.status_code == 200 and "ovsam" in page.text and "/static/app.js" in page.text
     assert "cdn" not in page.text.lower() and "http" not in page.text.replace("http-equiv", "")
-    assert client.get("/static/app.js").status_code == 200
+    assert "/static/input.js" in page.text
+    assert all(client.get(f"/static/{f}").status_code == 200 for f in ("app.js", "input.js"))
     assert client.get("/v1/sample.jpg").content == SAMPLE_PHOTO.read_bytes()
 
 
