@@ -13,7 +13,8 @@ official pipeline's 0.9, flips and 32 px are clip2sam's defaults): ``prompts_per
 prompts on the instances of the supervised classes (``supervised_vocabulary``, e.g.
 ``coco_base``; empty = all of ``vocabulary``; ``dataset`` = the annotation file's categories),
 repeated as needed, as the official recipe does: 21 of 40 by their ground-truth box, the rest
-by a random point inside the mask (:func:`prompted_instances`). Losses, weighted as the official configs (2 / 5 / 5):
+by a random point inside the mask (:func:`prompted_instances`). Losses, weighted as the
+official configs (2 / 5 / 5):
 cross-entropy of the region embedding (pooled with the ground-truth box) against the text bank
 of ``vocabulary`` + a background class (weight 0.1): as in the official COCO run, the bank holds
 all 80 classes and the 17 novel ones, never supervised, stay in the softmax as negatives;
@@ -88,9 +89,8 @@ def prompted_instances(
     repeated in order until there are ``prompts`` (an image with more keeps its first
     ``prompts``) and shuffled; ``prompts // 2 + 1`` of them are boxes (21 of 40).
     """
-    copies = prompts // count + 1 if count < prompts else 1
-    chosen = np.tile(np.arange(count), copies)[:prompts]
-    return chosen[rng.permutation(len(chosen))], min(len(chosen), len(chosen) // 2 + 1)
+    chosen = np.resize(np.arange(count), prompts)  # repeated in order, or the first prompts
+    return chosen[rng.permutation(prompts)], min(prompts, prompts // 2 + 1)
 
 
 class Clip2SamTrainable(nn.Module):
