@@ -77,6 +77,16 @@ def test_cell_counts_count_the_pixels_of_each_cell(stride: int, dtype: torch.dty
 
 
 @pytest.mark.parametrize(
+    ("stride", "dtype"),
+    [(15, torch.uint8), (16, torch.int16), (181, torch.int16), (182, torch.int32)],
+)
+def test_cell_dtype_holds_a_full_cell(stride: int, dtype: torch.dtype) -> None:
+    assert module.cell_dtype(stride) == dtype
+    full = cell_counts(torch.ones(1, stride, stride, dtype=torch.bool), stride)
+    assert full.dtype == dtype and full.item() == stride * stride
+
+
+@pytest.mark.parametrize(
     ("frame", "size"),
     [
         ((96, 128), (300, 400)),

@@ -61,10 +61,17 @@ def stability_scores(logits: Tensor, threshold: float, offset: float) -> Tensor:
     return stability_from_counts(inter, union)
 
 
+def cell_dtype(stride: int) -> torch.dtype:
+    """The smallest integer type that holds a ``stride x stride`` cell's pixel count."""
+    pixels = stride * stride
+    return torch.uint8 if pixels <= 255 else torch.int16 if pixels <= 32767 else torch.int32
+
+
 def cell_counts(masks: torch.Tensor, stride: int) -> torch.Tensor:
     """``KxHxW`` bool -> ``Kx ceil(H/stride) x ceil(W/stride)``: how many pixels of each
-    ``stride x stride`` cell are True (uint8, or int16 for cells of over 255 pixels)."""
-    dtype = torch.uint8 if stride * stride <= 255 else torch.int16
+    ``stride x stride`` cell are True, in :func:`cell_dtype` (cells of 182 pixels or more a
+    side, from images over 46,336 pixels long, need int32)."""
+    dtype = cell_dtype(stride)
     if stride == 1:
         return masks.to(dtype)
     k, h, w = masks.shape
