@@ -136,6 +136,22 @@ def test_mask_nms_keeps_distinct_dots_in_one_cell_without_counting_pixels() -> N
         mask_nms(cells, torch.tensor([0.9, 0.8]), 0.3, 4)  # IoU 0 to 0.5: undecided
 
 
+@pytest.mark.parametrize(("extra", "kept"), [(1, [0]), (0, [0, 1])])
+def test_mask_nms_decides_100_megapixel_masks_to_the_pixel(extra: int, kept: list[int]) -> None:
+    """Mask 1 is 70,000,000 (+ extra) pixels of mask 0's 100,000,000: IoU just over, or
+    exactly, 0.7. float32 holds neither count exactly and would keep both."""
+    cells = torch.zeros(2, 100, 100, dtype=torch.int16)
+    cells[0] = 100 * 100
+    cells[1].view(-1)[:7000] = 100 * 100
+    cells[1].view(-1)[7000] = extra
+
+    def intersections(i: int, rows: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
+        return torch.minimum(cells[rows], cells[i]).flatten(1).sum(1)  # mask 1 is inside 0
+
+    scores = torch.tensor([0.9, 0.5])
+    assert mask_nms(cells, scores, 0.7, 100, intersections).tolist() == kept
+
+
 def test_everything_finds_each_shape_once(mobilesam_model: torch.nn.Module) -> None:
     image, shapes = make_scene(0)
     generator = AutomaticMaskGenerator(SamPredictor(mobilesam_model), points_per_side=8)

@@ -30,8 +30,9 @@ PixelIntersections = Callable[[int, torch.Tensor, tuple[int, int, int, int]], to
 
 
 def _iou(inter: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
-    """IoU from shared pixels and the sum of both areas (0 for two empty masks)."""
-    return inter / (total - inter).clamp(min=1)
+    """IoU from shared pixels and the sum of both areas (0 for two empty masks), in float64:
+    float32 rounds counts over 2**24 and so misjudges multi-megapixel masks at the threshold."""
+    return inter.double() / (total - inter).clamp(min=1).double()
 
 
 def mask_nms(
