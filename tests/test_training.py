@@ -139,7 +139,7 @@ def test_clip2sam_head_learns_masks_and_classes(tmp_path: Path, mobilesam_checkp
     data = tmp_path / "data"
     write_tiny_coco(data, images=1)
     overrides = [o for o in OVERRIDES if not o.startswith(("steps", "lr"))]
-    overrides += ["steps=4", "lr=1e-3", "lsj=false"]
+    overrides += ["steps=4", "lr=1e-3", "lsj=false", "prompts_per_image=8"]
     config = apply_overrides(
         replace(
             task_config("clip2sam"),
