@@ -1,5 +1,6 @@
 """Shared fixtures: the real MobileSAM checkpoint (downloaded once through the resolver), the
-model, and a server of it for the browser tests."""
+model, and a server of it for the browser tests; repeated TinyViT passes are reused
+(tests/encoder_memo.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+import encoder_memo
+
 # A fixture plugin that test modules also import helpers from: rewritten before either.
 pytest.register_assert_rewrite("eval_stand_in")
+encoder_memo.install()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -21,6 +25,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    passes = encoder_memo.passes
+    if any(passes.values()):
+        terminalreporter.write_line(
+            f"TinyViT passes: {passes['computed']} computed, {passes['reused']} repeated ones "
+            "reused (OVSAM_TEST_NO_MEMO=1 computes all; tests/encoder_memo.py)"
+        )
 
 
 @pytest.fixture(scope="session")
