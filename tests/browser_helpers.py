@@ -107,19 +107,50 @@ def drag_box_on_sample(page: object, server_url: str, vocabulary: str | None = N
     return tinted(page)
 
 
+_open: list = []  # [playwright, browser] while a module's tests share one Chromium
+
+
+def _browser() -> object:
+    """The module's headless Debian Chromium, launched by its first page (skips cleanly when
+    either it or Playwright is missing)."""
+    if not _open:
+        if CHROMIUM is None:
+            pytest.skip("Debian chromium is not installed (scripts/install_browser_test_deps.sh)")
+        sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+        playwright = sync_api.sync_playwright().start()
+        try:
+            _open.extend(
+                [
+                    playwright,
+                    playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS),
+                ]
+            )
+        except BaseException:
+            playwright.stop()
+            raise
+    return _open[1]
+
+
+def close_browser() -> None:
+    """Close the shared Chromium (after a module's tests; nothing to do when none was opened)."""
+    if _open:
+        playwright, browser = _open
+        _open.clear()
+        try:
+            browser.close()
+        finally:
+            playwright.stop()
+
+
 @contextmanager
 def browser_page(touch: bool = False) -> Iterator[object]:
-    """A 1200x800 page in headless Debian Chromium (skips cleanly when either is missing);
-    ``touch``: the page has a touch screen (``page.touchscreen``, touch events)."""
-    if CHROMIUM is None:
-        pytest.skip("Debian chromium is not installed (scripts/install_browser_test_deps.sh)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser.new_page(viewport={"width": 1200, "height": 800}, has_touch=touch)
-        finally:
-            browser.close()
+    """A 1200x800 page in a fresh browser context (its own storage and cache) of the shared
+    Chromium; ``touch``: the page has a touch screen (``page.touchscreen``, touch events)."""
+    context = _browser().new_context(viewport={"width": 1200, "height": 800}, has_touch=touch)
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
 
 
 def screenshot(page: object, name: str) -> None:

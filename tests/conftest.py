@@ -60,6 +60,16 @@ def browser_private_cache(request: pytest.FixtureRequest, monkeypatch: pytest.Mo
         monkeypatch.setenv("OVSAM_CACHE_DIR", str(request.getfixturevalue("tmp_path") / "cache"))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def shared_chromium() -> Iterator[None]:
+    """The browser tests of a module share one Chromium (a page each, in its own context):
+    closed when the module is done, before other modules' tests run."""
+    yield
+    from browser_helpers import close_browser
+
+    close_browser()
+
+
 @pytest.fixture(scope="module")
 def server_url(mobilesam_model: torch.nn.Module) -> Iterator[str]:
     """Base URL of ``ovsam serve`` (MobileSAM, no recognition) on a free loopback port."""
