@@ -4,14 +4,15 @@ Many tests embed the same pictures (the sample photo, the synthetic scenes) with
 real weights: about 170 encoder passes of ~1 s each on a 2-core CPU, a third of the suite's
 time. In eval mode without autograd the pass is a pure function of the weights and the
 input, so a repeated pass returns a copy of the first one's output. The key holds the bytes
-of every parameter and buffer and of the input (SHA-256), their dtype and device, and the
-module's mode: other weights, a changed weight, another dtype or a training-mode pass are
-computed afresh. Forward hooks still run (they wrap ``forward``). ``OVSAM_TEST_NO_MEMO=1``
-turns the memo off, for a run that computes every pass.
+of every parameter and buffer and of the input (SHA-256), their dtype, shape, strides and
+device, and the module's mode: other weights, a changed weight, another dtype or memory
+layout, or a training-mode pass are computed afresh. Forward hooks still run (they wrap
+``forward``). ``OVSAM_TEST_NO_MEMO=1`` turns the memo off, for a run that computes every pass.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import threading
@@ -34,7 +35,7 @@ def _digest(tensors: Iterator[Tensor]) -> str:
     sha = hashlib.sha256()
     for tensor in tensors:
         data = tensor.detach().cpu().contiguous().reshape(-1)
-        sha.update(f"{data.dtype}{tuple(tensor.shape)}".encode())
+        sha.update(f"{data.dtype}{tuple(tensor.shape)}{tensor.stride()}".encode())
         sha.update(data.view(torch.uint8).numpy().tobytes())
     return sha.hexdigest()
 
@@ -47,6 +48,7 @@ def _key(module: nn.Module, x: Tensor) -> tuple:
 def memoized(forward: Callable[[TinyViT, Tensor], Tensor]) -> Callable[[TinyViT, Tensor], Tensor]:
     """``forward`` answering a repeated eval-mode, no-autograd pass from the memo."""
 
+    @functools.wraps(forward)
     def memo_forward(self: TinyViT, x: Tensor) -> Tensor:
         grad = x.requires_grad or any(p.requires_grad for p in self.parameters())
         if self.training or (torch.is_grad_enabled() and grad):
