@@ -1,5 +1,5 @@
 """Shared fixtures: the real MobileSAM checkpoint (downloaded once through the resolver), the
-model, and a server of it for the browser tests; repeated TinyViT passes are reused
+model, and a server of it for the browser tests; repeated image-encoder passes are reused
 (tests/encoder_memo.py)."""
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     passes = encoder_memo.passes
     if any(passes.values()):
         terminalreporter.write_line(
-            f"TinyViT passes: {passes['computed']} computed, {passes['reused']} repeated ones "
-            "reused (OVSAM_TEST_NO_MEMO=1 computes all; tests/encoder_memo.py)"
+            f"image encoder passes (TinyViT, OV-SAM): {passes['computed']} computed, "
+            f"{passes['reused']} repeated ones reused (OVSAM_TEST_NO_MEMO=1 computes all; "
+            "tests/encoder_memo.py)"
         )
 
 

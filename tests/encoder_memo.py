@@ -1,13 +1,15 @@
-"""A test-session memo of TinyViT's forward pass (MobileSAM's image encoder).
+"""A test-session memo of the image encoders' passes: TinyViT's (MobileSAM) and OV-SAM's
+(CLIP tower + SAM2CLIP adapter).
 
 Many tests embed the same pictures (the sample photo, the synthetic scenes) with the same
-real weights: about 170 encoder passes of ~1 s each on a 2-core CPU, a third of the suite's
-time. In eval mode without autograd the pass is a pure function of the weights and the
-input, so a repeated pass returns a copy of the first one's output. The key holds the bytes
-of every parameter and buffer and of the input (SHA-256), their dtype, shape, strides and
-device, and the module's mode: other weights, a changed weight, another dtype or memory
-layout, or a training-mode pass are computed afresh. Forward hooks still run (they wrap
-``forward``). ``OVSAM_TEST_NO_MEMO=1`` turns the memo off, for a run that computes every pass.
+weights: about 150 TinyViT passes of ~1 s each on a 2-core CPU, a third of the suite's time,
+and OV-SAM passes of ~3 s. In eval mode without autograd a pass is a pure function of the
+weights and the input, so a repeated pass returns a copy of the first one's output. The key
+holds the module's type, the bytes of every parameter and buffer and of the input (SHA-256),
+their dtype, shape, strides and device, and the module's mode: other weights, a changed
+weight, another dtype or memory layout, or a training-mode pass are computed afresh. Forward
+hooks still run (they wrap ``forward``). ``OVSAM_TEST_NO_MEMO=1`` turns the memo off, for a
+run that computes every pass.
 """
 
 from __future__ import annotations
@@ -18,16 +20,18 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ovsam.modeling.tiny_vit import TinyViT
+from ovsam.ov.model import OVSamImageEncoder
 
-MAX_ENTRIES = 48  # 4 MiB a 1024x1024 embedding
+MAX_BYTES = 2 << 30  # a TinyViT pass: 4 MiB; an OV-SAM pass with RN50's stage maps: 124 MiB
 
 _lock = threading.Lock()
-_entries: OrderedDict[tuple, Tensor] = OrderedDict()
+_entries: OrderedDict[tuple, Any] = OrderedDict()
 passes = {"computed": 0, "reused": 0}
 
 
@@ -42,14 +46,27 @@ def _digest(tensors: Iterator[Tensor]) -> str:
 
 def _key(module: nn.Module, x: Tensor) -> tuple:
     state = (t for _, t in sorted(module.state_dict(keep_vars=True).items()))
-    return (_digest(state), _digest(iter([x])), str(x.device), module.training)
+    return (type(module), _digest(state), _digest(iter([x])), str(x.device), module.training)
 
 
-def memoized(forward: Callable[[TinyViT, Tensor], Tensor]) -> Callable[[TinyViT, Tensor], Tensor]:
+def _copy(out: Any) -> Any:
+    """A copy of a pass's output: a tensor, or a tuple or list of outputs."""
+    if isinstance(out, Tensor):
+        return out.detach().clone()
+    return type(out)(_copy(item) for item in out)
+
+
+def _nbytes(out: Any) -> int:
+    if isinstance(out, Tensor):
+        return out.nbytes
+    return sum(_nbytes(item) for item in out)
+
+
+def memoized(forward: Callable[[nn.Module, Tensor], Any]) -> Callable[[nn.Module, Tensor], Any]:
     """``forward`` answering a repeated eval-mode, no-autograd pass from the memo."""
 
     @functools.wraps(forward)
-    def memo_forward(self: TinyViT, x: Tensor) -> Tensor:
+    def memo_forward(self: nn.Module, x: Tensor) -> Any:
         grad = x.requires_grad or any(p.requires_grad for p in self.parameters())
         if self.training or (torch.is_grad_enabled() and grad):
             return forward(self, x)
@@ -59,12 +76,12 @@ def memoized(forward: Callable[[TinyViT, Tensor], Tensor]) -> Callable[[TinyViT,
             if hit is not None:
                 _entries.move_to_end(key)
                 passes["reused"] += 1
-                return hit.clone()
+                return _copy(hit)
         out = forward(self, x)
         with _lock:
             passes["computed"] += 1
-            _entries[key] = out.detach().clone()
-            while len(_entries) > MAX_ENTRIES:
+            _entries[key] = _copy(out)
+            while _entries and sum(map(_nbytes, _entries.values())) > MAX_BYTES:
                 _entries.popitem(last=False)
         return out
 
@@ -72,6 +89,9 @@ def memoized(forward: Callable[[TinyViT, Tensor], Tensor]) -> Callable[[TinyViT,
 
 
 def install() -> None:
-    """Memoize ``TinyViT.forward`` for this process unless ``OVSAM_TEST_NO_MEMO=1``."""
+    """Memoize ``TinyViT.forward`` and ``OVSamImageEncoder.forward_all`` (``forward`` calls it)
+    for this process unless ``OVSAM_TEST_NO_MEMO=1``."""
     if os.environ.get("OVSAM_TEST_NO_MEMO") != "1":
         TinyViT.forward = memoized(TinyViT.forward)  # type: ignore[method-assign]
+        ov = OVSamImageEncoder
+        ov.forward_all = memoized(ov.forward_all)  # type: ignore[method-assign]

@@ -49,3 +49,26 @@ def test_repeated_passes_are_reused_and_anything_else_computed(
     forward(encoder.float().train(), x)  # training mode and autograd: never memoized
     forward(encoder.eval(), x.requires_grad_())
     assert encoder_memo.passes == {"computed": 5, "reused": 2}
+
+
+class _Pyramid(torch.nn.Module):
+    """A pass with nested outputs, as ``OVSamImageEncoder.forward_all``'s."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(2.0), requires_grad=False)
+
+    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        return x * self.scale, [x + 1, x + 2]
+
+
+def test_nested_outputs_are_copied_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(encoder_memo, "passes", {"computed": 0, "reused": 0})
+    monkeypatch.setattr(encoder_memo, "_entries", type(encoder_memo._entries)())
+    forward_all = encoder_memo.memoized(_Pyramid.forward_all)
+    module, x = _Pyramid().eval(), torch.ones(2, 3)
+    first = forward_all(module, x)
+    first[1][0].zero_()  # a caller changing its answer in place does not change the memo
+    embedding, stages = forward_all(module, x)
+    assert encoder_memo.passes == {"computed": 1, "reused": 1} and isinstance(stages, list)
+    assert embedding.tolist() == [[2.0] * 3] * 2 and [s[0, 0].item() for s in stages] == [2, 3]
