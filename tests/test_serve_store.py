@@ -273,3 +273,35 @@ def test_a_turned_upload_is_stored_with_its_upright_picture(
     assert r.status_code == 201 and (r.json()["width"], r.json()["height"]) == (4, 66000)
     shown = Image.open(io.BytesIO(client.get(r.json()["picture"]).content))
     assert max(shown.size) == 4096  # the page scales it to the canvas anyway
+
+
+def test_a_burst_arriving_at_once_is_held_to_the_queue_limit() -> None:
+    """Eight calls started in one tick, 2 threads, a queue of 3: five run, three are refused
+    (a check on the limiter's statistics let all eight in, the queue unbounded)."""
+    import anyio
+
+    from ovsam.serve.http_errors import ApiError
+    from ovsam.serve.model_threads import ModelThreads
+
+    threads, model_free, answers = ModelThreads(2, 3), threading.Event(), []
+
+    async def call() -> None:
+        try:
+            answers.append(await threads.run(model_free.wait, 10))
+        except ApiError as error:
+            answers.append(error.status)
+
+    async def burst() -> None:
+        async with anyio.create_task_group() as group:
+            for _ in range(8):
+                group.start_soon(call)
+            await anyio.sleep(0.2)
+            assert answers == [503] * 3 and threads.limiter().statistics().tasks_waiting == 3
+            model_free.set()
+
+    anyio.run(burst)
+    assert answers.count(503) == 3 and answers.count(True) == 5
+    answers.clear()
+    model_free.clear()
+    anyio.run(burst)  # the finished calls left the count: the same again
+    assert answers.count(503) == 3 and answers.count(True) == 5

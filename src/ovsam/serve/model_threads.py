@@ -37,6 +37,7 @@ class ModelThreads:
     def __init__(self, threads: int = MODEL_THREADS, queue_limit: int = QUEUE_LIMIT) -> None:
         self.threads, self.queue_limit = threads, queue_limit
         self._limiter: CapacityLimiter | None = None  # made on the server's event loop
+        self._admitted = 0  # calls in progress or waiting; counted on the event loop
 
     def limiter(self) -> CapacityLimiter:
         """The limiter (made on first use, inside the running event loop)."""
@@ -47,11 +48,17 @@ class ModelThreads:
     async def run(self, fn: Callable[..., Result], *args: object) -> Result:
         """``fn(*args)`` on a model thread; :class:`ApiError` 503 ``busy`` if the queue is full."""
         limiter = self.limiter()
-        if limiter.available_tokens == 0 and limiter.statistics().tasks_waiting >= self.queue_limit:
+        # Counted before the first await: the limiter's own statistics see a call only once it
+        # waits for a token, so a burst arriving at once all passed a check on them.
+        if self._admitted >= self.threads + self.queue_limit:
             raise ApiError(
                 503, "busy",
                 f"the server is busy: {self.threads} uploads or prompts are in progress and "
                 f"{self.queue_limit} more are waiting; try again in a few seconds",
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             )  # fmt: skip
-        return await anyio.to_thread.run_sync(fn, *args, limiter=limiter)
+        self._admitted += 1
+        try:
+            return await anyio.to_thread.run_sync(fn, *args, limiter=limiter)
+        finally:
+            self._admitted -= 1
