@@ -48,6 +48,14 @@ def test_a_far_vertex_is_clipped_without_changing_the_pixels() -> None:
     )
 
 
+@pytest.mark.parametrize("far", [1e9, 1e16, 1e17, 1e20, 1e300])
+def test_clipping_a_far_edge_keeps_the_pixels_whatever_its_size(far: float) -> None:
+    """A triangle on and below y = x: 55 pixels of 10x10 (float64 crossings gave 94 at 1e17,
+    0 at 1e20 and NaN vertices at 1e300)."""
+    mask = polygons_to_mask([[-far, -far, far, far, -far, far]], 10, 10)
+    np.testing.assert_array_equal(mask, np.tri(10, dtype=bool))
+
+
 def _dataset(tmp_path: Path, edit=None) -> InstanceDataset:  # noqa: ANN001 - a data callback
     path = write_tiny_coco(tmp_path, images=1)
     if edit is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from fractions import Fraction
 from numbers import Real
 
 import numpy as np
@@ -42,7 +43,9 @@ def check_polygons(polygons: Sequence[object]) -> list[list[float]]:
 
 def clip_polygon(polygon: list[float], height: int, width: int) -> list[float]:
     """``polygon`` clipped to ``[-width, 2 width] x [-height, 2 height]`` (Sutherland-Hodgman
-    against each side in turn); unchanged when it lies inside. May return fewer than 3 points."""
+    against each side in turn); unchanged when it lies inside. May return fewer than 3 points.
+    Crossings are computed exactly (float64 cancels to wrong ones, or overflows to NaN, when
+    the edge's ends lie around 1e16 and beyond) and then rounded."""
     low_x, low_y, high_x, high_y = -float(width), -float(height), 2.0 * width, 2.0 * height
     xs, ys = polygon[0::2], polygon[1::2]
     if min(xs) >= low_x and min(ys) >= low_y and max(xs) <= high_x and max(ys) <= high_y:
@@ -56,8 +59,9 @@ def clip_polygon(polygon: list[float], height: int, width: int) -> list[float]:
             inside_now = (current[axis] >= bound) == keep_above
             inside_before = (previous[axis] >= bound) == keep_above
             if inside_now != inside_before:  # the edge crosses the side: add the crossing
-                t = (bound - previous[axis]) / (current[axis] - previous[axis])
-                cross = [previous[k] + t * (current[k] - previous[k]) for k in (0, 1)]
+                start, end = [Fraction(v) for v in previous], [Fraction(v) for v in current]
+                t = (Fraction(bound) - start[axis]) / (end[axis] - start[axis])
+                cross = [float(start[k] + t * (end[k] - start[k])) for k in (0, 1)]
                 cross[axis] = bound
                 clipped.append((cross[0], cross[1]))
             if inside_now:
@@ -75,7 +79,8 @@ def polygons_to_mask(polygons: Sequence[object], height: int, width: int) -> np.
     pixel-identical to what ``COCOeval`` draws for polygons within an image size of the image
     (:mod:`ovsam.evaluation.mask_ap` gives COCOeval these masks, so they agree for all);
     otherwise :func:`fill_polygons` (pixel centres inside; the same pixels for axis-aligned
-    polygons, a few edge pixels apart on slanted edges).
+    polygons with integer corners, a few edge pixels apart on slanted edges and where an edge
+    runs through pixel centres, which the two assign to opposite sides).
     """
     clipped = (clip_polygon(p, height, width) for p in check_polygons(polygons))
     valid = [p for p in clipped if len(p) >= 6]
