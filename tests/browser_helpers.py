@@ -119,15 +119,11 @@ def _browser() -> object:
         sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
         playwright = sync_api.sync_playwright().start()
         try:
-            _open.extend(
-                [
-                    playwright,
-                    playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS),
-                ]
-            )
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         except BaseException:
             playwright.stop()
             raise
+        _open.extend([playwright, browser])
     return _open[1]
 
 

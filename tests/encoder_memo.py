@@ -19,7 +19,7 @@ import hashlib
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -35,7 +35,7 @@ _entries: OrderedDict[tuple, Any] = OrderedDict()
 passes = {"computed": 0, "reused": 0}
 
 
-def _digest(tensors: Iterator[Tensor]) -> str:
+def _digest(tensors: Iterable[Tensor]) -> str:
     sha = hashlib.sha256()
     for tensor in tensors:
         data = tensor.detach().cpu().contiguous().reshape(-1)
@@ -46,7 +46,7 @@ def _digest(tensors: Iterator[Tensor]) -> str:
 
 def _key(module: nn.Module, x: Tensor) -> tuple:
     state = (t for _, t in sorted(module.state_dict(keep_vars=True).items()))
-    return (type(module), _digest(state), _digest(iter([x])), str(x.device), module.training)
+    return (type(module), _digest(state), _digest([x]), str(x.device), module.training)
 
 
 def _copy(out: Any) -> Any:

@@ -26,7 +26,7 @@ import torch
 from ovsam.cropped_logits import CroppedLogits
 from ovsam.errors import InputError
 from ovsam.mask_nms import PixelIntersections, mask_nms
-from ovsam.mask_statistics import cell_dtype, mask_statistics, window_masks
+from ovsam.mask_statistics import cell_counts, mask_statistics, window_masks
 from ovsam.masks import encode_rle, mask_to_bbox_xywh
 from ovsam.predictor import SamPredictor
 
@@ -213,9 +213,7 @@ class AutomaticMaskGenerator:
         height, width = predictor.original_size
         keep = torch.zeros(len(iou), dtype=torch.bool)
         stability = torch.zeros(len(iou))
-        cells = [
-            torch.zeros((0, -(-height // stride), -(-width // stride)), dtype=cell_dtype(stride))
-        ]
+        cells = [cell_counts(torch.zeros((0, height, width), dtype=torch.bool), stride)]
         step = predictor.masks_per_upscale()
         for start in range(0, len(iou), step):
             rows = slice(start, start + step)
