@@ -31,7 +31,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     passes = encoder_memo.passes
     if any(passes.values()):
         terminalreporter.write_line(
-            f"image encoder passes (TinyViT, OV-SAM): {passes['computed']} computed, "
+            f"image encoder passes (TinyViT, OV-SAM, CLIP towers): {passes['computed']} computed, "
             f"{passes['reused']} repeated ones reused (OVSAM_TEST_NO_MEMO=1 computes all; "
             "tests/encoder_memo.py)"
         )

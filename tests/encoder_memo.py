@@ -1,15 +1,16 @@
-"""A test-session memo of the image encoders' passes: TinyViT's (MobileSAM) and OV-SAM's
-(CLIP tower + SAM2CLIP adapter).
+"""A test-session memo of the image encoders' passes: TinyViT's (MobileSAM), OV-SAM's (CLIP
+tower + SAM2CLIP adapter) and the CLIP towers' stage maps alone (frozen in training).
 
 Many tests embed the same pictures (the sample photo, the synthetic scenes) with the same
 weights: about 150 TinyViT passes of ~1 s each on a 2-core CPU, a third of the suite's time,
-and OV-SAM passes of ~3 s. In eval mode without autograd a pass is a pure function of the
-weights and the input, so a repeated pass returns a copy of the first one's output. The key
-holds the module's type, the bytes of every parameter and buffer and of the input (SHA-256),
-their dtype, shape, strides and device, and the module's mode: other weights, a changed
-weight, another dtype or memory layout, or a training-mode pass are computed afresh. Forward
-hooks still run (they wrap ``forward``). ``OVSAM_TEST_NO_MEMO=1`` turns the memo off, for a
-run that computes every pass.
+and OV-SAM passes of ~3 s; a clip2sam run on one picture without LSJ passes the frozen
+tower over the same pixels at every step. In eval mode without autograd a pass is a pure
+function of the weights and the input, so a repeated pass returns a copy of the first one's
+output. The key holds the module's type, the bytes of every parameter and buffer and of the
+input (SHA-256), their dtype, shape, strides and device, and the module's mode: other
+weights, a changed weight, another dtype or memory layout, or a training-mode pass are
+computed afresh. Forward hooks still run (they wrap ``forward``). ``OVSAM_TEST_NO_MEMO=1``
+turns the memo off, for a run that computes every pass.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ovsam.clip.convnext import ConvNeXtTower
+from ovsam.clip.resnet import ModifiedResNet
+from ovsam.clip.vit import VisionTransformer
 from ovsam.modeling.tiny_vit import TinyViT
 from ovsam.ov.model import OVSamImageEncoder
 
@@ -89,9 +93,12 @@ def memoized(forward: Callable[[nn.Module, Tensor], Any]) -> Callable[[nn.Module
 
 
 def install() -> None:
-    """Memoize ``TinyViT.forward`` and ``OVSamImageEncoder.forward_all`` (``forward`` calls it)
-    for this process unless ``OVSAM_TEST_NO_MEMO=1``."""
+    """Memoize ``TinyViT.forward``, ``OVSamImageEncoder.forward_all`` (``forward`` calls it)
+    and the CLIP towers' ``forward_features`` for this process unless
+    ``OVSAM_TEST_NO_MEMO=1``."""
     if os.environ.get("OVSAM_TEST_NO_MEMO") != "1":
         TinyViT.forward = memoized(TinyViT.forward)  # type: ignore[method-assign]
-        ov = OVSamImageEncoder
-        ov.forward_all = memoized(ov.forward_all)  # type: ignore[method-assign]
+        for kind in (OVSamImageEncoder,):
+            kind.forward_all = memoized(kind.forward_all)  # type: ignore[method-assign]
+        for kind in (ModifiedResNet, VisionTransformer, ConvNeXtTower):
+            kind.forward_features = memoized(kind.forward_features)  # type: ignore[method-assign]
