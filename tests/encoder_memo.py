@@ -32,6 +32,9 @@ from ovsam.clip.vit import VisionTransformer
 from ovsam.modeling.tiny_vit import TinyViT
 from ovsam.ov.model import OVSamImageEncoder
 
+#: CLIP-tower passes on smaller images (crops, 224² classifier inputs) are computed: a pass on
+#: 224² costs about what hashing a ViT-B's weights does.
+TOWER_MIN_PIXELS = 512 * 512
 MAX_BYTES = 2 << 30  # a TinyViT pass: 4 MiB; an OV-SAM pass with RN50's stage maps: 124 MiB
 
 _lock = threading.Lock()
@@ -66,13 +69,18 @@ def _nbytes(out: Any) -> int:
     return sum(_nbytes(item) for item in out)
 
 
-def memoized(forward: Callable[[nn.Module, Tensor], Any]) -> Callable[[nn.Module, Tensor], Any]:
-    """``forward`` answering a repeated eval-mode, no-autograd pass from the memo."""
+def memoized(
+    forward: Callable[[nn.Module, Tensor], Any], min_pixels: int = 0
+) -> Callable[[nn.Module, Tensor], Any]:
+    """``forward`` answering a repeated eval-mode, no-autograd pass from the memo; passes on
+    images of fewer than ``min_pixels`` pixels are computed (hashing the weights would cost
+    about as much)."""
 
     @functools.wraps(forward)
     def memo_forward(self: nn.Module, x: Tensor) -> Any:
         grad = x.requires_grad or any(p.requires_grad for p in self.parameters())
-        if self.training or (torch.is_grad_enabled() and grad):
+        small = x.shape[-2] * x.shape[-1] < min_pixels
+        if small or self.training or (torch.is_grad_enabled() and grad):
             return forward(self, x)
         key = _key(self, x)
         with _lock:
@@ -101,4 +109,5 @@ def install() -> None:
         for kind in (OVSamImageEncoder,):
             kind.forward_all = memoized(kind.forward_all)  # type: ignore[method-assign]
         for kind in (ModifiedResNet, VisionTransformer, ConvNeXtTower):
-            kind.forward_features = memoized(kind.forward_features)  # type: ignore[method-assign]
+            tower = memoized(kind.forward_features, min_pixels=TOWER_MIN_PIXELS)
+            kind.forward_features = tower  # type: ignore[method-assign]

@@ -72,3 +72,16 @@ def test_nested_outputs_are_copied_whole(monkeypatch: pytest.MonkeyPatch) -> Non
     embedding, stages = forward_all(module, x)
     assert encoder_memo.passes == {"computed": 1, "reused": 1} and isinstance(stages, list)
     assert embedding.tolist() == [[2.0] * 3] * 2 and [s[0, 0].item() for s in stages] == [2, 3]
+
+
+def test_passes_on_small_images_are_computed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(encoder_memo, "passes", {"computed": 0, "reused": 0})
+    monkeypatch.setattr(encoder_memo, "_entries", type(encoder_memo._entries)())
+    forward_all = encoder_memo.memoized(_Pyramid.forward_all, min_pixels=12)
+    module = _Pyramid().eval()
+    for _ in range(2):
+        forward_all(module, torch.ones(1, 3, 3, 3))  # 9 pixels: computed, never stored
+    assert encoder_memo.passes == {"computed": 0, "reused": 0} and not encoder_memo._entries
+    for _ in range(2):
+        forward_all(module, torch.ones(1, 3, 3, 4))
+    assert encoder_memo.passes == {"computed": 1, "reused": 1}
