@@ -188,3 +188,21 @@ def test_export_onnx_failure_inside_torch_is_one_error_and_no_file(
     with pytest.raises(OVSamError, match=r"^ONNX export at opset 17 failed: Unsupported: .* foo$"):
         export_decoder_onnx(mobilesam_model, tmp_path / "d.onnx")
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("link", ["missing", "loop"])
+def test_an_output_folder_that_is_a_link_to_nothing_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture, link: str
+) -> None:
+    """Such a --out passed the check (it does not exist, its parent is writable); the run
+    failed after loading the model with "File exists", or a link loop gave a traceback."""
+    out = tmp_path / "out"
+    out.symlink_to(tmp_path / "nowhere" if link == "missing" else out)
+    for target in (out, out / "sub"):
+        for argv in (_segment(target), ["everything", str(SAMPLE_PHOTO), "--out", str(target)]):
+            assert main(argv) == 2
+            assert _error(capsys) == (
+                f"ovsam {argv[0]}: error: cannot create output folder {target}: {out} is a link to a missing "
+                "target (or a loop of links)\n"
+            )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

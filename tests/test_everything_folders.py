@@ -144,3 +144,37 @@ def test_every_suffix_a_single_image_run_reads_is_listed_in_a_folder(tmp_path: P
         (folder / name).write_bytes(b"")
     jobs = list_jobs(folder, tmp_path / "out")
     assert [image.name for image, _ in jobs] == ["a.gif", "b.webp", "c.tif", "d.bmp", "e.JPEG"]
+
+
+def test_an_output_folder_that_would_be_the_input_folder_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A folder named like one of its images, with --out the folder above it: that image's
+    results went into the input folder, replacing a picture there named overlay.png."""
+    folder = tmp_path / "x.png"
+    folder.mkdir()
+    _image(folder / "x.png")
+    _image(folder / "overlay.png")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert main(["everything", str(folder), "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        f"ovsam everything: error: the results of x.png would go to the input folder {folder} itself (--out is "
+        "the folder above it), replacing its files: choose another --out\n"
+    )
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_an_image_whose_output_folder_is_a_link_to_nothing_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    folder, out = tmp_path / "images", tmp_path / "out"
+    folder.mkdir()
+    out.mkdir()
+    _image(folder / "a.png")
+    (out / "a.png").symlink_to(tmp_path / "nowhere")
+    assert main(["everything", str(folder), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"ovsam everything: error: cannot create output folder {out / 'a.png'}: {out / 'a.png'} is a link to a "
+        "missing target (or a loop of links)\n"
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["a.png"]

@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ovsam.cli.preflight import check_output
 from ovsam.errors import InputError
 from ovsam.fileio import json_safe
 from ovsam.outputs import RESULT_FILES
@@ -46,13 +47,15 @@ def list_jobs(source: Path, out: Path) -> list[Job]:
     """``(image, output folder)`` pairs for an image file (``out`` itself) or for every image
     file directly in a folder (``out / image.name``), sorted by name.
 
-    Raises :class:`InputError` for a missing source, a folder without images, ``out`` equal to
-    the input folder, an output folder that is a file, or names that differ only in case or
-    Unicode normalisation (:func:`folder_key`)."""
+    Raises :class:`InputError` for a missing source, a folder without images, ``out`` or an
+    image's output folder equal to the input folder, an output folder that cannot be created
+    (:func:`check_output`), or names that differ only in case or Unicode normalisation
+    (:func:`folder_key`)."""
     if source.is_file():
         return [(source, out)]
     if not source.is_dir():
         raise InputError(f"no such image file or folder: {source}")
+    check_output(out, is_file=False)  # before resolving it: a loop of links cannot be
     if out.resolve() == source.resolve():
         raise InputError(
             f"--out must not be the input folder {source}: each image's results go to a folder "
@@ -81,9 +84,13 @@ def list_jobs(source: Path, out: Path) -> list[Job]:
     if clashes:
         raise InputError(clash_message(source, clashes))
     jobs = [(image, out / image.name) for image in images]
-    for _, folder in jobs:
-        if folder.exists() and not folder.is_dir():
-            raise InputError(f"output folder {folder} is a file")
+    for image, folder in jobs:
+        check_output(folder, is_file=False)
+        if folder.resolve() == source.resolve():
+            raise InputError(
+                f"the results of {image.name} would go to the input folder {source} itself "
+                "(--out is the folder above it), replacing its files: choose another --out"
+            )
     return jobs
 
 

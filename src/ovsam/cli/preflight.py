@@ -42,10 +42,18 @@ def check_device(name: str) -> None:
 def check_output(path: Path, is_file: bool) -> None:
     """Raise :class:`InputError` when ``path`` cannot become the output folder (or file).
 
-    Checks that ``path`` is not a file where a folder is wanted (or the reverse), that no
-    part of its parent is a file, and that its nearest existing folder is writable.
+    Checks that ``path`` is not a file where a folder is wanted (or the reverse), that
+    neither a folder ``path`` nor any folder above it is a link to nothing (a missing target
+    or a loop: creating it fails), that no part of its parent is a file, and that its nearest
+    existing folder is writable.
     """
     what = "output file" if is_file else "output folder"
+    for part in path.parents if is_file else (path, *path.parents):
+        if part.is_symlink() and not part.exists():
+            raise InputError(
+                f"cannot create {what} {path}: {part} is a link to a missing target (or a "
+                "loop of links)"
+            )
     if path.exists() and path.is_dir() == is_file:
         kind = "a folder" if is_file else "a file"
         raise InputError(f"{what} {path} is {kind}")
