@@ -25,8 +25,17 @@ from ovsam.ov.predictor import OVSamPredictor
 from ovsam.serve.engine import DecodedMask
 from ovsam.vocab import BUILTIN_VOCABULARIES, Vocabulary, prompt_templates
 
-Synonyms = tuple[tuple[str, ...], ...]
-"""A vocabulary's synonym lists: the key of its text bank."""
+BankKey = tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]
+"""A vocabulary's display names and synonym lists: the key of its text bank (the synonyms
+alone name a bank's embeddings, not the labels it answers with)."""
+
+
+class _Build:
+    """One vocabulary's build: its lock, and the requests holding or waiting for it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users = 0
 
 
 class TextBanks:
@@ -35,8 +44,8 @@ class TextBanks:
 
     def __init__(self, clip: CLIP, templates: Sequence[str], kept: int = 4) -> None:
         self.clip, self.templates, self.kept = clip, tuple(templates), kept
-        self._banks: OrderedDict[Synonyms, TextBank] = OrderedDict()
-        self._building: dict[Synonyms, threading.Lock] = {}
+        self._banks: OrderedDict[BankKey, TextBank] = OrderedDict()
+        self._building: dict[BankKey, _Build] = {}
         self._lock = threading.Lock()
 
     def check(self, vocabulary: Vocabulary) -> None:
@@ -46,19 +55,21 @@ class TextBanks:
         check_context(names, self.templates, self.clip.config.text.context_length)
 
     def get(self, vocabulary: Vocabulary) -> TextBank:
-        """The bank of ``vocabulary`` (every synonym of every class); a second request for the
-        same vocabulary while it is being built waits for the first."""
-        key = vocabulary.synonyms
+        """The bank of ``vocabulary`` (every synonym of every class). Requests for a
+        vocabulary being built wait for that build; after a failed one they try again one at
+        a time, and the build's lock is shared until its last request is done."""
+        key = (vocabulary.classes, vocabulary.synonyms)
         with self._lock:
             if key in self._banks:
                 self._banks.move_to_end(key)
                 return self._banks[key]
-            building = self._building.setdefault(key, threading.Lock())
-        with building:
-            with self._lock:
-                if key in self._banks:
-                    return self._banks[key]
-            try:
+            build = self._building.setdefault(key, _Build())
+            build.users += 1
+        try:
+            with build.lock:
+                with self._lock:
+                    if key in self._banks:
+                        return self._banks[key]
                 on_disk = vocabulary.name in BUILTIN_VOCABULARIES  # posted names are not
                 bank = build_text_bank(
                     self.clip, vocabulary, self.templates, cache=on_disk, progress=False
@@ -67,10 +78,12 @@ class TextBanks:
                     self._banks[key] = bank
                     while len(self._banks) > self.kept:
                         self._banks.popitem(last=False)
-            finally:
-                with self._lock:
-                    self._building.pop(key, None)
-        return bank
+                return bank
+        finally:
+            with self._lock:
+                build.users -= 1
+                if not build.users:
+                    del self._building[key]
 
 
 class BankRecognizer:
