@@ -15,7 +15,7 @@ from ovsam.data.instances import (
 )
 from ovsam.errors import InputError
 from ovsam.evaluation.accounting import select_images, summary_line
-from ovsam.evaluation.metrics import summarize
+from ovsam.evaluation.metrics import InstanceRecord, summarize
 from ovsam.evaluation.runner import (
     check_settings,
     coco_ov_splits,
@@ -110,6 +110,16 @@ def test_one_wrong_label_drops_accuracy_by_exactly_one_instance(
         ("Acc_b", metrics["instances_b"]) if split == "base" else ("Acc_n", metrics["instances_n"])
     )
     assert metrics[key] == pytest.approx(100.0 * (count - 1) / count)
+
+
+def test_labels_name_their_class_as_categories_are_told_apart() -> None:
+    """A category named "person " (or "traffic_light") is shown by the text bank as "person"
+    ("traffic light"): such labels scored 0 against the file's spelling."""
+    pairs = [("person ", "person"), ("traffic_light", "traffic light"), ("Cup", "cup")]
+    records = [InstanceRecord(1, gt, "base", 1.0, label) for gt, label in pairs]
+    records.append(InstanceRecord(1, "cat", "novel", 1.0, "car"))
+    metrics = summarize(records)
+    assert (metrics["Acc_b"], metrics["Acc_n"]) == (100.0, 0.0)
 
 
 def test_point_prompts_and_resume(coco: InstanceDataset, tmp_path: Path) -> None:

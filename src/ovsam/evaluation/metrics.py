@@ -1,9 +1,11 @@
 """The paper's metrics (official ``ins_cls_iou_metric``), per ground-truth instance.
 
 For every instance prompted by its ground truth: the IoU of the predicted mask with the
-ground-truth mask, and a score of 100 if the predicted label equals the ground-truth label
-(else 0). Reported (in %): ``IoU`` over all instances, ``IoU_b`` / ``IoU_n`` over instances of
-base / novel classes, ``Acc`` the mean score (also per split).
+ground-truth mask, and a score of 100 if the predicted label names the ground-truth class
+(else 0; names compared by :func:`~ovsam.vocab.name_key`, as categories are told apart:
+a bank shows ``"person "`` as ``"person"``). Reported (in %): ``IoU`` over all instances,
+``IoU_b`` / ``IoU_n`` over instances of base / novel classes, ``Acc`` the mean score (also
+per split).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from ovsam.vocab import name_key
 
 SPLITS = ("base", "novel")
 
@@ -28,7 +32,7 @@ class InstanceRecord:
 
     @property
     def correct(self) -> bool:
-        return self.predicted == self.category
+        return name_key(self.predicted) == name_key(self.category)
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
