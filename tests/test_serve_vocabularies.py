@@ -22,6 +22,7 @@ import ovsam.serve.recognition as recognition  # noqa: E402
 from ovsam.predictor import SamPredictor  # noqa: E402
 from ovsam.serve.app import create_app  # noqa: E402
 from ovsam.serve.engine import SegmentationEngine  # noqa: E402
+from ovsam.serve.model_threads import MODEL_THREADS  # noqa: E402
 from ovsam.serve.settings import ServeSettings  # noqa: E402
 
 
@@ -79,6 +80,9 @@ def test_a_bad_prompt_is_refused_before_its_vocabulary_is_embedded(
 def test_plain_prompts_proceed_while_a_text_bank_is_built(
     labelled: SegmentationEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """More prompts naming a new vocabulary than there are model threads: they held every
+    model thread (one building the bank, the others waiting for it) and a plain prompt
+    queued for as long as the build took."""
     real_build = recognition.build_text_bank
     started, release = threading.Event(), threading.Event()
     builds: list[int] = []
@@ -90,27 +94,29 @@ def test_plain_prompts_proceed_while_a_text_bank_is_built(
         return real_build(*args, **kwargs)
 
     monkeypatch.setattr(recognition, "build_text_bank", slow_build)
-    client = TestClient(create_app(ServeSettings(), lambda _: labelled))
-    image_id, box = upload_scene(client)
-    client.post("/v1/vocabularies", json={"name": "big", "names": ["disc", "square", "cup"]})
+    # one event loop for every request, as a server has (the client's context)
+    with TestClient(create_app(ServeSettings(), lambda _: labelled)) as client:
+        image_id, box = upload_scene(client)
+        client.post("/v1/vocabularies", json={"name": "big", "names": ["disc", "square", "cup"]})
 
-    def ask(body: dict) -> tuple[int, list]:
-        r = client.post(f"/v1/images/{image_id}/predict", json=body)
-        return r.status_code, r.json().get("labels", [])
+        def ask(body: dict) -> tuple[int, list]:
+            r = client.post(f"/v1/images/{image_id}/predict", json=body)
+            return r.status_code, r.json().get("labels", [])
 
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        try:
-            named = [pool.submit(ask, {"box": box, "vocabulary": "big"}) for _ in range(2)]
-            assert started.wait(60), "the bank build never started"
-            plain = pool.submit(ask, {"box": box})
-            assert plain.result(timeout=60) == (200, [])  # TimeoutError: blocked behind the bank
-            assert not release.is_set()
-        finally:
-            release.set()
-        answers = [future.result(timeout=120) for future in named]
-    assert [status for status, _ in answers] == [200, 200]
+        many = MODEL_THREADS + 1
+        with ThreadPoolExecutor(max_workers=many + 1) as pool:
+            try:
+                named = [pool.submit(ask, {"box": box, "vocabulary": "big"}) for _ in range(many)]
+                assert started.wait(60), "the bank build never started"
+                plain = pool.submit(ask, {"box": box})
+                assert plain.result(timeout=60) == (200, [])  # TimeoutError: stuck behind it
+                assert not release.is_set()
+            finally:
+                release.set()
+            answers = [future.result(timeout=120) for future in named]
+    assert [status for status, _ in answers] == [200] * many
     assert all(len(labels) == 3 for _, labels in answers)
-    assert len(builds) == 1  # the second request waited for the first one's bank
+    assert len(builds) == 1  # the other requests waited for the first one's bank
 
 
 def test_custom_vocabularies_are_capped_least_recently_used_first(

@@ -11,7 +11,6 @@ Every error is JSON ``{"error": {"code", "message"}}`` with a 4xx status naming 
 
 from __future__ import annotations
 
-import base64
 import io
 import threading
 from collections.abc import Callable
@@ -28,17 +27,15 @@ from starlette.types import Scope
 from ovsam.assets import SAMPLE_PHOTO
 from ovsam.errors import InputError
 from ovsam.image_io import ImageTooLargeError, load_image_and_orientation
-from ovsam.masks import encode_rle, mask_to_bbox_xywh
-from ovsam.outputs import png_bytes
 from ovsam.recognizers import LabelOptions
 from ovsam.serve.engine import NO_RECOGNITION, MissingRecognizer, Recognizer, SegmentationEngine
 from ovsam.serve.http_errors import ApiError, GuardMiddleware, install_error_handlers
 from ovsam.serve.model_threads import ModelThreads
+from ovsam.serve.prompts import PromptAnswers
 from ovsam.serve.schemas import (
     ErrorResponse,
     Health,
     ImageInfo,
-    Label,
     PredictRequest,
     PredictResponse,
     Recognition,
@@ -230,46 +227,15 @@ def create_app(
         if not store.delete(image_id):
             raise ApiError(404, "unknown_image", f"unknown image id {image_id!r}")
 
+    prompts = PromptAnswers(
+        engine, store, vocabularies, settings, model_threads, stored, recognition,
+        too_many_points("points"),
+    )  # fmt: skip
+
     @app.post("/v1/images/{image_id}/predict", response_model=PredictResponse, responses=ERRORS)
     async def predict(image_id: str, body: PredictRequest) -> PredictResponse:
         """Segment the object at points (+/-) and/or a box; optionally refine a previous mask."""
-        return await model_threads.run(segment, image_id, body)
-
-    def segment(image_id: str, body: PredictRequest) -> PredictResponse:
-        item = stored(image_id)
-        if len(body.points) > settings.max_points:
-            raise too_many_points("points")(len(body.points))
-        if len(body.labels) != len(body.points):
-            raise ApiError(400, "invalid_input",
-                           f"{len(body.points)} points but {len(body.labels)} labels")  # fmt: skip
-        mask_input = None
-        if body.mask_id is not None:
-            mask_input = item.masks.get(body.mask_id)
-            if mask_input is None:
-                raise ApiError(
-                    404, "unknown_mask",
-                    f"unknown mask id {body.mask_id!r} for this image (never returned for it, or "
-                    f"dropped: only its last {settings.masks_per_image} masks are kept)",
-                )  # fmt: skip
-        names = vocabularies.get(body.vocabulary) if body.vocabulary else None
-        result = engine.predict(
-            item.state,
-            np.asarray(body.points, dtype=np.float64) if body.points else None,
-            np.asarray(body.labels) if body.points else None,
-            None if body.box is None else np.asarray(body.box, dtype=np.float64),
-            mask_input, names, body.top_k,
-        )  # fmt: skip
-        mask_id = store.remember_mask(item, result.low_res)
-        encoded = base64.b64encode(png_bytes(np.where(result.mask, 255, 0).astype(np.uint8)))
-        return PredictResponse(
-            mask_id=mask_id, score=result.score, score_name=engine.score_name,
-            area=int(result.mask.sum()),
-            bbox=mask_to_bbox_xywh(result.mask), width=item.width, height=item.height,
-            mask_png=encoded.decode("ascii") if body.format == "png" else None,
-            mask_rle=encode_rle(result.mask) if body.format == "rle" else None,
-            labels=[Label(name=n, score=s) for n, s in result.labels],
-            recognition=recognition(), elapsed_ms=round(result.elapsed_ms, 1),
-        )  # fmt: skip
+        return await prompts.predict(image_id, body)
 
     @app.get("/v1/vocabularies", response_model=list[VocabularyInfo])
     def list_vocabularies() -> list[VocabularyInfo]:

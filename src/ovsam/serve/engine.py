@@ -45,6 +45,9 @@ class Recognizer(Protocol):
         """Raise :class:`~ovsam.errors.InputError` if ``vocabulary`` cannot be used (e.g. a name
         longer than the text encoder's context); called when a vocabulary is posted."""
 
+    def ready(self, vocabulary: Vocabulary) -> bool:
+        """Whether :meth:`prepare` would answer at once (nothing to build or wait for)."""
+
     def prepare(self, vocabulary: Vocabulary) -> object:
         """What :meth:`label` needs to name masks from ``vocabulary`` (e.g. its text bank),
         built outside the model lock; handed back to :meth:`label` as ``prepared``."""
@@ -68,6 +71,9 @@ class MissingRecognizer:
 
     def check(self, vocabulary: Vocabulary) -> None:
         return None
+
+    def ready(self, vocabulary: Vocabulary) -> bool:
+        return True
 
     def prepare(self, vocabulary: Vocabulary) -> object:
         return None
@@ -133,21 +139,16 @@ class SegmentationEngine:
             finally:
                 self.predictor.reset_image()
 
-    def predict(
+    def decode(
         self,
         state: ImageState,
         points: np.ndarray | None,
         labels: np.ndarray | None,
         box: np.ndarray | None,
         mask_input: np.ndarray | None,
-        vocabulary: Vocabulary | None,
-        top_k: int,
     ) -> Prediction:
-        """Decode one prompt on ``state`` (SAM's multimask rule) and label the best mask.
-
-        The prompt is decoded (and so checked) first; the vocabulary is prepared afterwards,
-        and only for a mask to name, outside the model lock, so that building a large text
-        bank never holds up other users' prompts nor waits before a bad prompt is refused."""
+        """Decode one prompt on ``state`` (SAM's multimask rule): the best mask, not yet named
+        (:meth:`name` does that, once the recognizer has prepared the vocabulary)."""
         start = time.perf_counter()
         multimask = choose_multimask(0 if points is None else len(points), box is not None)
         with self._image_loaded(state):
@@ -162,13 +163,22 @@ class SegmentationEngine:
                 multimask_output=multimask and mask_input is None,
             )
         best = int(np.argmax(scores))
-        names: list[tuple[str, float]] = []
-        if vocabulary and masks[best].any():  # an empty mask has nothing to name
-            prepared = self.recognizer.prepare(vocabulary)
-            decoded = DecodedMask(masks[best], low_res[best], box)
-            with self._image_loaded(state):  # a recognizer may read the image's features
-                names = self.recognizer.label(state, decoded, prepared, top_k)
         return Prediction(
-            masks[best], float(scores[best]), low_res[best][None], names,
+            masks[best], float(scores[best]), low_res[best][None], [],
             (time.perf_counter() - start) * 1000,
         )  # fmt: skip
+
+    def name(
+        self,
+        state: ImageState,
+        prediction: Prediction,
+        box: np.ndarray | None,
+        prepared: object,
+        top_k: int,
+    ) -> list[tuple[str, float]]:
+        """The top-k names of ``prediction``'s mask (decoded on ``state`` with ``box``) from
+        the vocabulary ``prepared`` by the recognizer (:meth:`Recognizer.prepare`: a text
+        bank, minutes on a CPU when new, so prepared beforehand outside the model lock)."""
+        decoded = DecodedMask(prediction.mask, prediction.low_res[0], box)
+        with self._image_loaded(state):  # a recognizer may read the image's features
+            return self.recognizer.label(state, decoded, prepared, top_k)

@@ -22,8 +22,11 @@ from ovsam.serve.http_errors import ApiError
 Result = TypeVar("Result")
 
 MODEL_THREADS = 8
-"""Uploads and prompts in progress at once (most of them wait for the model's lock; a prompt
-naming its mask with a new vocabulary builds the text bank outside it, minutes on a CPU)."""
+"""Uploads and prompts in progress at once (most of them wait for the model's lock)."""
+BANK_THREADS = 2
+"""Text banks built (or waited for) at once, on threads of their own: a prompt naming its
+mask with a new vocabulary waits there, not on a model thread (several such prompts held
+every model thread for the minutes a build takes on a CPU)."""
 QUEUE_LIMIT = 64
 """Requests that may wait for a model thread; one more is refused with 503 ``busy``."""
 RETRY_AFTER_S = 2
@@ -32,10 +35,16 @@ RETRY_AFTER_S = 2
 
 class ModelThreads:
     """Runs model-bound work off the event loop on at most ``threads`` threads, refusing
-    work when ``queue_limit`` calls already wait (see the module docstring)."""
+    work when ``queue_limit`` calls already wait (see the module docstring); ``what`` names
+    the work in the 503 message."""
 
-    def __init__(self, threads: int = MODEL_THREADS, queue_limit: int = QUEUE_LIMIT) -> None:
-        self.threads, self.queue_limit = threads, queue_limit
+    def __init__(
+        self,
+        threads: int = MODEL_THREADS,
+        queue_limit: int = QUEUE_LIMIT,
+        what: str = "uploads or prompts",
+    ) -> None:
+        self.threads, self.queue_limit, self.what = threads, queue_limit, what
         self._limiter: CapacityLimiter | None = None  # made on the server's event loop
         self._admitted = 0  # calls in progress or waiting; counted on the event loop
 
@@ -53,7 +62,7 @@ class ModelThreads:
         if self._admitted >= self.threads + self.queue_limit:
             raise ApiError(
                 503, "busy",
-                f"the server is busy: {self.threads} uploads or prompts are in progress and "
+                f"the server is busy: {self.threads} {self.what} are in progress and "
                 f"{self.queue_limit} more are waiting; try again in a few seconds",
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             )  # fmt: skip

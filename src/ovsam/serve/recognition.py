@@ -54,6 +54,11 @@ class TextBanks:
         names = [name for synonyms in vocabulary.synonyms for name in synonyms]
         check_context(names, self.templates, self.clip.config.text.context_length)
 
+    def has(self, vocabulary: Vocabulary) -> bool:
+        """Whether the bank of ``vocabulary`` is built and kept."""
+        with self._lock:
+            return (vocabulary.classes, vocabulary.synonyms) in self._banks
+
     def get(self, vocabulary: Vocabulary) -> TextBank:
         """The bank of ``vocabulary`` (every synonym of every class). Requests for a
         vocabulary being built wait for that build; after a failed one they try again one at
@@ -94,6 +99,9 @@ class BankRecognizer:
 
     def check(self, vocabulary: Vocabulary) -> None:
         self.banks.check(vocabulary)
+
+    def ready(self, vocabulary: Vocabulary) -> bool:
+        return self.banks.has(vocabulary)
 
     def prepare(self, vocabulary: Vocabulary) -> TextBank:
         """``vocabulary``'s text bank (held by the request, whatever the LRU drops meanwhile)."""
