@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from ovsam.cli.main import main
+from ovsam.errors import InputError
 from synthetic_scenes import make_scene
 
 FAST = ["--points-per-side", "1"]
@@ -178,3 +179,20 @@ def test_an_image_whose_output_folder_is_a_link_to_nothing_is_refused(
         "missing target (or a loop of links)\n"
     )
     assert sorted(p.name for p in out.iterdir()) == ["a.png"]
+
+
+def test_macos_metadata_files_beside_the_pictures_are_not_listed(tmp_path: Path) -> None:
+    """macOS writes ``._NAME`` (AppleDouble) beside each file on FAT/exFAT drives: each was
+    listed, reported as an unreadable image, and the run ended with status 1."""
+    from ovsam.cli.everything_jobs import list_jobs
+
+    folder = tmp_path / "card"
+    folder.mkdir()
+    _image(folder / "IMG_1.jpg")
+    (folder / "._IMG_1.jpg").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+    assert list_jobs(folder, tmp_path / "out") == [
+        (folder / "IMG_1.jpg", tmp_path / "out" / "IMG_1.jpg")
+    ]
+    (folder / "IMG_1.jpg").unlink()
+    with pytest.raises(InputError, match="holds no images"):
+        list_jobs(folder, tmp_path / "out")

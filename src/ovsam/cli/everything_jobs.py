@@ -6,7 +6,8 @@ folders of their own. Two images whose names differ only in case (``a.png``, ``A
 share a folder on a case-insensitive file system (macOS, Windows), and so would two differing
 only in Unicode normalisation (``café.png`` with a composed or a decomposed ``é``, as
 macOS's APFS and HFS+ compare names): such a folder is refused with the clashing names.
-Only the images directly in the folder are processed; subfolders are counted, not searched.
+Only the images directly in the folder are processed; subfolders are counted, not searched,
+and macOS's ``._NAME`` metadata files (:data:`APPLE_DOUBLE`) are passed over.
 
 Resuming: ``--out/settings.json`` records the settings the results were made with, and each
 ``masks.json`` its own. A run with other settings than those recorded (or over results
@@ -34,6 +35,9 @@ from ovsam.run_settings import read_settings, settings_changes
 from ovsam.weight_sources import sha256_file
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+#: Prefix of the metadata files macOS writes beside each file on FAT, exFAT and network drives
+#: (``._IMG_1.jpg``, AppleDouble): not pictures, so not listed (each was reported as failed).
+APPLE_DOUBLE = "._"
 SETTINGS_FILE = "settings.json"
 RESULT_FILE = "masks.json"
 OVERLAY_FILE = "overlay.png"
@@ -66,6 +70,7 @@ def list_jobs(source: Path, out: Path) -> list[Job]:
         p
         for p in source.iterdir()
         if p.suffix.lower() in IMAGE_SUFFIXES
+        and not p.name.startswith(APPLE_DOUBLE)
         and (p.is_file() or not p.exists())
         and p not in written
     )
