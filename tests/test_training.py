@@ -83,9 +83,8 @@ def test_distillation_under_torchrun_falls_and_resumes_exactly(
 def test_a_torchrun_stopped_between_checkpoints_replays_exactly(
     tmp_path: Path, mobilesam_checkpoint: Path
 ) -> None:
-    """``--stop-after 3`` under two ranks (the state the test above builds by hand, a step
-    later): both ranks stop after step 3 with step 2 checkpointed, and the same command
-    replays step 3."""
+    """``--stop-after 3`` under two ranks (the state the test above builds by hand, one step
+    later): both stop after step 3 with step 2 checkpointed; the same command replays step 3."""
     data = tmp_path / "data"
     write_tiny_coco(data, images=2)
     run = tmp_path / "run"

@@ -59,7 +59,7 @@ def list_jobs(source: Path, out: Path) -> list[Job]:
         return [(source, out)]
     if not source.is_dir():
         raise InputError(f"no such image file or folder: {source}")
-    check_output(out, is_file=False)  # before resolving it: a loop of links cannot be
+    check_output(out, is_file=False)  # first: resolving a loop of links raises
     if out.resolve() == source.resolve():
         raise InputError(
             f"--out must not be the input folder {source}: each image's results go to a folder "

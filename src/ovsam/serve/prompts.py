@@ -33,8 +33,9 @@ ToName = tuple[StoredImage, Prediction, Vocabulary]
 
 class PromptAnswers:
     """Answers prompts on ``engine``'s model, on ``model_threads`` (and bank threads of its
-    own), within ``settings``' limits. ``stored(image_id)`` gives an upload or raises the 404; ``recognition()`` describes
-    the recognizer; ``too_many_points(n)`` is the error for ``n`` points over the limit."""
+    own), within ``settings``' limits. ``stored(image_id)`` gives an upload or raises the
+    404; ``recognition()`` describes the recognizer; ``too_many_points(n)`` is the error for
+    ``n`` points over the limit."""
 
     def __init__(
         self,

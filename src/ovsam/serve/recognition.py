@@ -30,6 +30,10 @@ BankKey = tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]
 alone name a bank's embeddings, not the labels it answers with)."""
 
 
+def _key(vocabulary: Vocabulary) -> BankKey:
+    return vocabulary.classes, vocabulary.synonyms
+
+
 class _Build:
     """One vocabulary's build: its lock, and the requests holding or waiting for it."""
 
@@ -57,13 +61,13 @@ class TextBanks:
     def has(self, vocabulary: Vocabulary) -> bool:
         """Whether the bank of ``vocabulary`` is built and kept."""
         with self._lock:
-            return (vocabulary.classes, vocabulary.synonyms) in self._banks
+            return _key(vocabulary) in self._banks
 
     def get(self, vocabulary: Vocabulary) -> TextBank:
         """The bank of ``vocabulary`` (every synonym of every class). Requests for a
         vocabulary being built wait for that build; after a failed one they try again one at
         a time, and the build's lock is shared until its last request is done."""
-        key = (vocabulary.classes, vocabulary.synonyms)
+        key = _key(vocabulary)
         with self._lock:
             if key in self._banks:
                 self._banks.move_to_end(key)
