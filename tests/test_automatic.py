@@ -203,6 +203,10 @@ def test_everything_cli_on_a_folder_resumes_and_reports_bad_files(
     stamp = (tmp_path / "out" / "a.png" / "masks.json").stat().st_mtime_ns
     main(argv)  # a second run skips the finished image
     assert (tmp_path / "out" / "a.png" / "masks.json").stat().st_mtime_ns == stamp
+    (tmp_path / "out" / "a.png" / "overlay.png").unlink()  # lost (or removed): not finished
+    main(argv)
+    assert (tmp_path / "out" / "a.png" / "overlay.png").is_file()
+    assert (tmp_path / "out" / "a.png" / "masks.json").stat().st_mtime_ns != stamp
 
 
 def test_everything_on_a_large_photo_holds_few_full_size_masks(

@@ -177,10 +177,10 @@ def finished_jobs(
     jobs: Sequence[Job], out: Path, settings: Settings, overwrite: bool
 ) -> tuple[list[Job], list[Job]]:
     """``(done, changed)``: the jobs whose ``masks.json`` was made with ``settings`` from the
-    image file as it is now (to skip; none with ``overwrite``), and those made with
-    ``settings`` from another image, an unreadable one or with no image sha256 recorded (to
-    redo), after refusing to resume over results made with other settings. Nothing is
-    changed on disk here (see :func:`forget_results`).
+    image file as it is now, beside its overlay (to skip; none with ``overwrite``), and those
+    made with ``settings`` from another image, an unreadable one or with no image sha256
+    recorded (to redo), after refusing to resume over results made with other settings.
+    Nothing is changed on disk here (see :func:`forget_results`).
 
     Raises :class:`InputError` (one line) when ``out/settings.json`` records other settings
     or is unreadable, or, without it, when a job's ``masks.json`` was made with other (or
@@ -200,8 +200,8 @@ def finished_jobs(
     done, changed = [], []
     for job in jobs:
         result = read_result(job[1])
-        if result is None:
-            continue  # never finished (or failed): redone
+        if result is None or not (job[1] / OVERLAY_FILE).is_file():
+            continue  # never finished (or failed, or its overlay lost): redone
         saved = result.get("settings")
         saved = saved if isinstance(saved, dict) else {}
         if saved == settings:
