@@ -387,6 +387,7 @@ def test_an_image_that_cannot_be_hashed_is_never_done(
     image.write_bytes(b"png")
     out.mkdir()
     (out / "masks.json").write_text(json.dumps({"settings": {"x": 1}}))
+    (out / "overlay.png").write_bytes(b"png")  # a finished result but for its image's hash
 
     def unreadable(path: Path) -> str:
         raise PermissionError(13, "Permission denied", str(path))
