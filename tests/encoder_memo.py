@@ -106,8 +106,8 @@ def install() -> None:
     ``OVSAM_TEST_NO_MEMO=1``."""
     if os.environ.get("OVSAM_TEST_NO_MEMO") != "1":
         TinyViT.forward = memoized(TinyViT.forward)  # type: ignore[method-assign]
-        for kind in (OVSamImageEncoder,):
-            kind.forward_all = memoized(kind.forward_all)  # type: ignore[method-assign]
+        ov = OVSamImageEncoder
+        ov.forward_all = memoized(ov.forward_all)  # type: ignore[method-assign]
         for kind in (ModifiedResNet, VisionTransformer, ConvNeXtTower):
             tower = memoized(kind.forward_features, min_pixels=TOWER_MIN_PIXELS)
             kind.forward_features = tower  # type: ignore[method-assign]

@@ -60,7 +60,8 @@ def list_jobs(source: Path, out: Path) -> list[Job]:
     if not source.is_dir():
         raise InputError(f"no such image file or folder: {source}")
     check_output(out, is_file=False)  # first: resolving a loop of links raises
-    if out.resolve() == source.resolve():
+    root = source.resolve()
+    if out.resolve() == root:
         raise InputError(
             f"--out must not be the input folder {source}: each image's results go to a folder "
             "named after its file"
@@ -91,7 +92,7 @@ def list_jobs(source: Path, out: Path) -> list[Job]:
     jobs = [(image, out / image.name) for image in images]
     for image, folder in jobs:
         check_output(folder, is_file=False)
-        if folder.resolve() == source.resolve():
+        if folder.resolve() == root:
             raise InputError(
                 f"the results of {image.name} would go to the input folder {source} itself "
                 "(--out is the folder above it), replacing its files: choose another --out"

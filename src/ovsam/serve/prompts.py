@@ -31,6 +31,11 @@ ToName = tuple[StoredImage, Prediction, Vocabulary]
 """A decoded prompt whose mask is still to be named: its image, mask and vocabulary."""
 
 
+def _box(body: PredictRequest) -> np.ndarray | None:
+    """The prompt's XYXY pixel box as an array (None without one)."""
+    return None if body.box is None else np.asarray(body.box, dtype=np.float64)
+
+
 class PromptAnswers:
     """Answers prompts on ``engine``'s model, on ``model_threads`` (and bank threads of its
     own), within ``settings``' limits. ``stored(image_id)`` gives an upload or raises the
@@ -67,8 +72,7 @@ class PromptAnswers:
 
         def name_and_respond() -> PredictResponse:
             ready = recognizer.prepare(vocabulary) if prepared is None else prepared
-            box = None if body.box is None else np.asarray(body.box, dtype=np.float64)
-            result.labels = self.engine.name(item.state, result, box, ready, body.top_k)
+            result.labels = self.engine.name(item.state, result, _box(body), ready, body.top_k)
             result.elapsed_ms += (time.perf_counter() - start) * 1000
             return self._respond(item, result, body)
 
@@ -96,7 +100,7 @@ class PromptAnswers:
             item.state,
             np.asarray(body.points, dtype=np.float64) if body.points else None,
             np.asarray(body.labels) if body.points else None,
-            None if body.box is None else np.asarray(body.box, dtype=np.float64),
+            _box(body),
             mask_input,
         )
         if vocabulary and result.mask.any():  # an empty mask has nothing to name
