@@ -33,6 +33,22 @@ def test_chunks_run_on_single_threaded_workers_in_order() -> None:
     assert torch.get_num_threads() == threads
 
 
+def test_a_worker_that_has_not_computed_yet_stays_single_threaded() -> None:
+    """ATen sets a thread's intra-op count on its first torch call, from the process-wide
+    count: a worker that ran no torch op in its first map (the caller restores that count
+    after every map) must still compute with one thread later, not the caller's count."""
+    workers = 5  # a pool of its own: its threads are new
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        started = threading.Barrier(workers, timeout=10)
+        map_prompt_chunks(lambda rows: started.wait(), [slice(0, 1)] * workers, workers)
+        counts = map_prompt_chunks(_thread_and_modes, [slice(0, 1)] * workers, workers)
+    finally:
+        torch.set_num_threads(threads)
+    assert [c[4] for c in counts] == [1] * workers
+
+
 @pytest.mark.parametrize("grad", [True, False])
 def test_workers_take_the_callers_grad_mode(grad: bool) -> None:
     with torch.set_grad_enabled(grad):

@@ -38,8 +38,14 @@ if hasattr(os, "register_at_fork"):
 
 
 def _start_worker() -> None:
-    """Pool initializer: this worker thread computes with one intra-op thread."""
+    """Pool initializer: this worker thread computes with one intra-op thread.
+
+    ``get_num_threads`` first: a thread's first torch call sets its count from the
+    process-wide one, which the caller restores after each map (:func:`map_prompt_chunks`),
+    so a worker that computed nothing yet would otherwise take the caller's count then.
+    """
     _worker.active = True
+    torch.get_num_threads()
     torch.set_num_threads(1)
 
 
