@@ -39,3 +39,10 @@ def test_other_images_in_the_same_number_are_refused(tmp_path: Path) -> None:
     check_same_data(older, _task(other), 1, tmp_path / "step_1.pt")
     plain = SimpleNamespace(num_items=2)  # a task without item keys records none
     assert data_record(plain, world=2) == {"world": 2, "num_items": 2}
+
+
+def test_folders_named_like_images_and_macos_metadata_files_are_not_items(tmp_path: Path) -> None:
+    images = _folder(tmp_path, ["a.png", "album.png/b.jpg"])
+    (tmp_path / "._a.png").write_bytes(b"\x00\x05\x16\x07")  # AppleDouble: not a picture
+    assert images.item_keys() == ["a.png", "album.png/b.jpg"]
+    assert ImageFolder(tmp_path).item_keys() == ["a.png", "album.png/b.jpg"]

@@ -26,6 +26,9 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from ovsam.errors import InputError
 
 DEFAULT_MAX_PIXELS = 100_000_000
+#: Prefix of the metadata files macOS writes beside each file on FAT, exFAT and network drives
+#: (``._IMG_1.jpg``, AppleDouble): not pictures, so folder listings pass them over.
+APPLE_DOUBLE = "._"
 # Formats PIL reads that ovsam refuses: EPS is PostScript, which PIL hands to Ghostscript (a
 # program run on the file's code: not for uploads).
 _REFUSED_FORMATS = frozenset({"EPS"})

@@ -30,14 +30,12 @@ from typing import Any
 from ovsam.cli.preflight import check_output
 from ovsam.errors import InputError
 from ovsam.fileio import json_safe
+from ovsam.image_io import APPLE_DOUBLE
 from ovsam.outputs import RESULT_FILES
 from ovsam.run_settings import read_settings, settings_changes
 from ovsam.weight_sources import sha256_file
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-#: Prefix of the metadata files macOS writes beside each file on FAT, exFAT and network drives
-#: (``._IMG_1.jpg``, AppleDouble): not pictures, so not listed (each was reported as failed).
-APPLE_DOUBLE = "._"
 SETTINGS_FILE = "settings.json"
 RESULT_FILE = "masks.json"
 OVERLAY_FILE = "overlay.png"

@@ -74,7 +74,10 @@ def _add_task_parser(tasks: argparse._SubParsersAction, task: str) -> None:
 
 
 def _config(args: argparse.Namespace) -> TrainConfig:
-    """The run's configuration: ``RUN/config.json`` (if any) + the command line, checked."""
+    """The run's configuration: ``RUN/config.json`` (if any) + the command line, checked.
+    Resuming keeps what the run trains; without a checkpoint in ``RUN`` nothing was trained (a
+    first run stopped before its first checkpoint, or failed at step 1), so any setting may
+    change."""
     from dataclasses import replace
 
     from ovsam.train.config import (
@@ -85,8 +88,13 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         task_config,
         validate_config,
     )
+    from ovsam.train.engine import checkpoint_files
 
+    checkpoints = args.out / "checkpoints"
+    trained = (checkpoints / "latest.json").is_file() or bool(checkpoint_files(checkpoints))
     saved = load_config(args.out) if (args.out / "config.json").is_file() else None
+    if saved is not None and not trained and saved.task != args.task:
+        saved = None  # another task, nothing trained: it starts from its own defaults
     config = replace(
         saved or task_config(args.task),
         task=args.task,
@@ -106,12 +114,12 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         raise InputError(
             f"--set task={config.task} contradicts `train {args.task}`: the subcommand is the task"
         )
-    validate_config(config)
+    validate_config(config, resumed=trained)
     if config.task == "clip2sam" and not config.annotations:
         raise InputError("clip2sam training needs --annotations (COCO / LVIS instances)")
     if args.stop_after is not None and args.stop_after < 1:
         raise InputError(f"--stop-after {args.stop_after}: expected a positive step")
-    if saved is not None:
+    if saved is not None and trained:
         check_resume(saved, config, args.out)
     return config
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from ovsam.data.polygons import polygons_to_mask
 from ovsam.errors import InputError
-from ovsam.image_io import load_image
+from ovsam.image_io import APPLE_DOUBLE, load_image
 from ovsam.masks import decode_rle
 
 
@@ -241,13 +241,20 @@ def _annotated_box(ann: Mapping[str, Any], height: int, width: int) -> list[floa
 
 
 class ImageFolder:
-    """SA-1B-style folder of images (no labels needed): sorted ``*.jpg/*.jpeg/*.png`` files."""
+    """SA-1B-style folder of images (no labels needed): sorted ``*.jpg/*.jpeg/*.png`` files
+    (not folders named so, nor macOS's ``._NAME`` metadata files)."""
 
     SUFFIXES = (".jpg", ".jpeg", ".png")
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        self.paths = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in self.SUFFIXES)
+        self.paths = sorted(
+            p
+            for p in self.root.rglob("*")
+            if p.suffix.lower() in self.SUFFIXES
+            and not p.name.startswith(APPLE_DOUBLE)
+            and p.is_file()
+        )
         if not self.paths:
             raise InputError(f"no images (*.jpg, *.jpeg, *.png) under {root}")
 

@@ -195,9 +195,20 @@ def load_config(run_dir: Path) -> TrainConfig:
     try:
         saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
         saved.pop(ENVIRONMENT, None)
-        return TrainConfig(**saved)
+        config = TrainConfig(**saved)
     except (OSError, ValueError, TypeError, AttributeError) as exc:
         raise InputError(f"cannot read {run_dir / 'config.json'}: {exc}") from exc
+    defaults = TrainConfig()
+    for f in fields(config):
+        kind, value = type(getattr(defaults, f.name)), getattr(config, f.name)
+        # an int where a float goes (e.g. "lr": 1, written by hand) is one; a bool is no int
+        matches = isinstance(value, kind) or (kind is float and isinstance(value, int))
+        if isinstance(value, bool) is not (kind is bool) or not matches:
+            raise InputError(
+                f"cannot read {run_dir / 'config.json'}: {f.name} is {value!r}, "
+                f"expected {kind.__name__}"
+            )
+    return config
 
 
 def _clip_used(config: TrainConfig) -> str:
@@ -282,8 +293,9 @@ def check_adapter_run(config: TrainConfig) -> None:
             )
 
 
-def validate_config(config: TrainConfig) -> None:
-    """Raise :class:`InputError` naming the first setting no run can use."""
+def validate_config(config: TrainConfig, resumed: bool = False) -> None:
+    """Raise :class:`InputError` naming the first setting no run can use (``resumed``: of a
+    run continued from a checkpoint, whose ``warmup_steps`` may not change)."""
     if config.task not in TASKS:
         raise InputError(f"task={config.task!r}: expected one of {', '.join(TASKS)}")
     for name in _POSITIVE:
@@ -295,9 +307,14 @@ def validate_config(config: TrainConfig) -> None:
     if config.seed > MAX_SEED:  # torch.manual_seed takes 64 bits
         raise InputError(f"seed={config.seed}: expected an integer <= {MAX_SEED} (2**64 - 1)")
     if config.warmup_steps >= config.steps:
+        remedy = (
+            f"this run keeps its warm-up: use --set steps=N with N > {config.warmup_steps}"
+            if resumed
+            else f"use --set warmup_steps=N with N < {config.steps}"
+        )
         raise InputError(
             f"warmup_steps={config.warmup_steps} leaves no step of steps={config.steps} at the "
-            f"full learning rate: use --set warmup_steps=N with N < {config.steps}"
+            f"full learning rate: {remedy}"
         )
     if config.lr_schedule not in LR_SCHEDULES:
         raise InputError(

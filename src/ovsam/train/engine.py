@@ -340,6 +340,11 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.resume()  # before saving the config: a checkpoint that does not fit changes nothing
         self._check_ranks_resumed_alike()
+        if stop_after is not None and stop_after <= self.step < self.config.steps:
+            raise InputError(
+                f"--stop-after {stop_after}: {self.run_dir} is already at step {self.step}; "
+                "give a later step, or leave it out to train on"
+            )
         if self.step > self.config.steps:  # the config would no longer describe the checkpoints
             raise InputError(
                 f"{self.run_dir} is already at step {self.step}: steps={self.config.steps} would "

@@ -1,0 +1,75 @@
+"""``ovsam train`` on an ``--out`` that holds a run: what counts as one to resume, and the one-line
+errors of a restart (tiny stand-in task under the real CLI, engine and checkpoints)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from train_harness import TINY, Train, log_rows, make_train, one_line_error
+
+
+@pytest.fixture()
+def train(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Train:
+    (tmp_path / "images").mkdir()
+    return make_train(tmp_path, monkeypatch, capsys)
+
+
+def test_a_run_stopped_before_its_first_checkpoint_starts_afresh_with_new_settings(
+    tmp_path: Path, train: Train
+) -> None:
+    run = tmp_path / "run"
+    code, _, _ = train(*TINY, "steps=10", "checkpoint_every=5", extra=("--stop-after", "3"))
+    assert code == 0 and not (run / "checkpoints" / "latest.json").exists()
+    assert [r["step"] for r in log_rows(run)] == [1, 2, 3]
+    code, _, err = train(*TINY, "steps=4", "checkpoint_every=5", "lr=1e-5")  # nothing to keep
+    assert code == 0, err
+    assert json.loads((run / "config.json").read_text())["lr"] == 1e-5
+    assert [r["step"] for r in log_rows(run)] == [1, 2, 3, 4]  # the new run's rows only
+    code, _, err = train(*TINY, "steps=4", "checkpoint_every=5", "lr=1e-3")  # now it has one
+    assert code == 2 and "lr (1e-05 -> 0.001)" in one_line_error(err)
+
+
+def test_stop_after_a_step_the_run_has_passed_is_refused(tmp_path: Path, train: Train) -> None:
+    assert train(*TINY, "steps=6", extra=("--stop-after", "4"))[0] == 0
+    code, _, err = train(*TINY, "steps=6", extra=("--stop-after", "2"))
+    assert code == 2 and "--stop-after 2: " in one_line_error(err)
+    assert "is already at step 4; give a later step" in err
+    assert [r["step"] for r in log_rows(tmp_path / "run")] == [1, 2, 3, 4]  # nothing trained
+    assert train(*TINY, "steps=6", extra=("--stop-after", "5"))[0] == 0
+    assert [r["step"] for r in log_rows(tmp_path / "run")] == [1, 2, 3, 4, 5]
+
+
+def test_shortening_a_run_to_its_warm_up_names_the_limit_a_resume_can_change(
+    train: Train,
+) -> None:
+    warm = [s for s in TINY if not s.startswith("warmup_steps")] + ["warmup_steps=3"]
+    assert train(*warm, "steps=8", extra=("--stop-after", "2"))[0] == 0
+    code, _, err = train(*warm, "steps=3")
+    assert code == 2 and "warmup_steps=3 leaves no step of steps=3" in one_line_error(err)
+    assert err.rstrip().endswith("this run keeps its warm-up: use --set steps=N with N > 3")
+    code, _, err = train(*warm, "steps=3", "warmup_steps=2")  # what a fresh run may do
+    assert code == 2 and "warmup_steps (3 -> 2)" in one_line_error(err)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [("steps", "4", "int"), ("lr", "fast", "float"), ("bf16", 1, "bool"), ("seed", True, "int")],
+)
+def test_a_config_json_holding_a_value_of_the_wrong_type_is_named(
+    tmp_path: Path, train: Train, field: str, value: object, expected: str
+) -> None:
+    assert train(*TINY, "steps=4", extra=("--stop-after", "2"))[0] == 0
+    path = tmp_path / "run" / "config.json"
+    saved = json.loads(path.read_text())
+    path.write_text(json.dumps({**saved, field: value}))
+    code, _, err = train(*TINY, "steps=4")
+    assert code == 2 and one_line_error(err).rstrip().endswith(
+        f"config.json: {field} is {value!r}, expected {expected}"
+    )
+    path.write_text(json.dumps({**saved, "lr": 1}))  # an integer where a float goes is one
+    assert train(*TINY, "steps=4", "lr=1")[0] == 0
