@@ -1,5 +1,6 @@
-"""``ovsam train`` on an ``--out`` that holds a run: what counts as one to resume, and the one-line
-errors of a restart (tiny stand-in task under the real CLI, engine and checkpoints)."""
+"""``ovsam train`` on an ``--out`` that holds a run (what counts as one to resume, the one-line
+errors of a restart) and the weights settings checked before anything is built (tiny stand-in
+task under the real CLI, engine and checkpoints)."""
 
 from __future__ import annotations
 
@@ -73,3 +74,22 @@ def test_a_config_json_holding_a_value_of_the_wrong_type_is_named(
     )
     path.write_text(json.dumps({**saved, "lr": 1}))  # an integer where a float goes is one
     assert train(*TINY, "steps=4", "lr=1")[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("teacher=mobilesamm", "teacher=mobilesamm: unknown model 'mobilesamm'; available"),
+        ("teacher_checkpoint=NOPE", "teacher_checkpoint=NOPE: no such file, nor the name of"),
+        ("adapter_checkpoint=NOPE", "adapter_checkpoint=NOPE: no such file (expected a sam2clip"),
+    ],
+)
+def test_missing_teachers_and_weights_files_are_named_before_anything_is_built(
+    tmp_path: Path, train: Train, monkeypatch: pytest.MonkeyPatch, setting: str, message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)  # NOPE, a relative path, is made absolute: tmp_path/NOPE
+    monkeypatch.setattr("train_harness.TinyTask.__init__", pytest.fail)  # no task is built
+    code, _, err = train(*TINY, setting)
+    name = setting.partition("=")[0]
+    shown = message.replace("NOPE", str(tmp_path / "NOPE")) if name != "teacher" else message
+    assert code == 2 and shown in one_line_error(err)

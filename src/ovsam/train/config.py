@@ -334,9 +334,32 @@ def validate_config(config: TrainConfig, resumed: bool = False) -> None:
             f"adapter_dim={config.adapter_dim} is not divisible by "
             f"adapter_heads={config.adapter_heads}"
         )
+    _check_weights_settings(config)
     from ovsam.ov.model import check_pyramid_clip  # imports torch: once the rest is checked
 
     check_pyramid_clip(config.clip_model)  # an unknown name or a ViT, before any model is built
+
+
+def _check_weights_settings(config: TrainConfig) -> None:
+    """The teacher and the files a run loads exist, before anything is built (a clip2sam run
+    builds CLIP and its text bank first: minutes on a CPU)."""
+    from ovsam.build import get_model_entry
+    from ovsam.weights import find_weights_spec
+
+    try:
+        get_model_entry(config.teacher)
+    except InputError as exc:
+        raise InputError(f"teacher={config.teacher}: {exc}") from exc
+    checkpoint = config.teacher_checkpoint
+    if checkpoint and find_weights_spec(checkpoint) is None and not Path(checkpoint).is_file():
+        raise InputError(
+            f"teacher_checkpoint={checkpoint}: no such file, nor the name of registered weights"
+        )
+    if config.adapter_checkpoint and not Path(config.adapter_checkpoint).is_file():
+        raise InputError(
+            f"adapter_checkpoint={config.adapter_checkpoint}: no such file (expected a sam2clip "
+            "run's RUN/checkpoints/step_N.pt)"
+        )
 
 
 def _same(name: str, saved: Any, new: Any) -> bool:
