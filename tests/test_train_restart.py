@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from train_harness import TINY, Train, log_rows, make_train, one_line_error
+from train_harness import TINY, TinyTask, Train, log_rows, make_train, one_line_error
 
 
 @pytest.fixture()
@@ -93,3 +93,22 @@ def test_missing_teachers_and_weights_files_are_named_before_anything_is_built(
     name = setting.partition("=")[0]
     shown = message.replace("NOPE", str(tmp_path / "NOPE")) if name != "teacher" else message
     assert code == 2 and shown in one_line_error(err)
+
+
+def test_a_run_whose_every_step_was_skipped_says_its_weights_did_not_change(
+    tmp_path: Path, train: Train, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ovsam.train.engine import USED_ITEMS
+
+    code, _, err = train(*TINY, "steps=2")
+    assert code == 0 and "warning" not in err
+    real_loss = TinyTask.loss
+    monkeypatch.setattr(  # no item left a training target (e.g. all under min_mask_area)
+        TinyTask, "loss", lambda *args: {**real_loss(*args), USED_ITEMS: 0}
+    )
+    code, _, err = train(*TINY, "steps=4")  # steps 3 and 4: both skipped
+    assert code == 0 and [r.get("skipped") for r in log_rows(tmp_path / "run")][2:] == [1, 1]
+    assert err.splitlines()[-1] == (
+        "warning: all 2 steps of this run were skipped (no image kept an instance to learn "
+        "from: see min_mask_area and the data), so its weights are the ones it started from"
+    )

@@ -144,6 +144,13 @@ def run(args: argparse.Namespace) -> int:
     if info.is_main and rows:
         last = rows[-1]
         print(f"step {last['step']}: loss {last['loss']:.6g} -> {args.out}")
+        if all(row.get("skipped") for row in rows):
+            print(
+                f"warning: all {len(rows)} steps of this run were skipped (no image kept an "
+                "instance to learn from: see min_mask_area and the data), so its weights are "
+                "the ones it started from",
+                file=sys.stderr,
+            )
     elif info.is_main:
         print(f"{args.out} already finished at step {trainer.step}; raise --set steps=N to go on")
     return 0
