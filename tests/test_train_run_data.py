@@ -46,3 +46,32 @@ def test_folders_named_like_images_and_macos_metadata_files_are_not_items(tmp_pa
     (tmp_path / "._a.png").write_bytes(b"\x00\x05\x16\x07")  # AppleDouble: not a picture
     assert images.item_keys() == ["a.png", "album.png/b.jpg"]
     assert ImageFolder(tmp_path).item_keys() == ["a.png", "album.png/b.jpg"]
+
+
+def test_distillation_takes_every_image_a_coco_file_lists(
+    tmp_path: Path, mobilesam_checkpoint: Path
+) -> None:
+    """SAM2CLIP needs no labels: images with only crowd annotations, or none, are items too."""
+    from dataclasses import replace
+
+    import torch
+
+    from ovsam.data.instances import AnnotatedImages, InstanceDataset
+    from ovsam.train.config import apply_overrides, task_config
+    from ovsam.train.sam2clip_task import Sam2ClipTask
+    from tiny_coco import write_tiny_coco
+
+    annotations = write_tiny_coco(tmp_path, images=4, crowd=(1,), unannotated=(2,))
+    labelled = InstanceDataset(annotations, tmp_path / "images")
+    every = AnnotatedImages(annotations, tmp_path / "images")
+    assert len(labelled) == 2 and every.item_keys() == ["1", "2", "3", "4"]
+    assert every[1].shape == (96, 128, 3) and every.image_path(1).name == "000002.png"
+    config = replace(
+        task_config("sam2clip"),
+        data=str(tmp_path / "images"),
+        annotations=str(annotations),
+        out=str(tmp_path / "run"),
+    )
+    config = apply_overrides(config, ["random_clip=true", "clip_model=RN50", "adapter_dim=64"])
+    task = Sam2ClipTask(config, torch.device("cpu"))
+    assert task.num_items == 4 and task.item_keys() == ["1", "2", "3", "4"]

@@ -7,6 +7,7 @@ image, ``Nx4`` XYXY pixel boxes, ``NxHxW`` bool masks and the category id / name
 instance (crowd and empty annotations skipped, and those that mmdet's ``CocoDataset``, through
 which the official evaluation and training read COCO, drops: :func:`_too_small`).
 ``category_filter`` keeps only some categories (e.g. the 65 of OV-COCO).
+:class:`AnnotatedImages` holds every image of such a file, without labels.
 :func:`read_annotations` reads and checks such a file: a missing, malformed or incomplete one
 is an :class:`InputError` naming the file and the entry.
 """
@@ -59,7 +60,37 @@ def image_file_name(info: Mapping[str, Any]) -> str:
     return name
 
 
-class InstanceDataset:
+class ListedImages:
+    """Items that are the ``images`` entries of a COCO / LVIS file (``self.images``, found
+    under ``self.image_root``)."""
+
+    image_root: Path
+    images: list[Mapping[str, Any]]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def item_keys(self) -> list[str]:
+        """The images' ids, in item order (what a training checkpoint fingerprints)."""
+        return [str(image["id"]) for image in self.images]
+
+    def image_path(self, index: int) -> Path:
+        return image_file(self.image_root, self.images[index])
+
+
+class AnnotatedImages(ListedImages):
+    """Every image a COCO / LVIS file lists, without its labels (SAM2CLIP distillation needs
+    none): item ``i`` is the ``HxWx3`` uint8 RGB picture, in the frame its annotations use."""
+
+    def __init__(self, annotations: str | Path, image_root: str | Path) -> None:
+        self.image_root = Path(image_root)
+        self.images = list(read_annotations(annotations)["images"])
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return load_annotated_image(self.image_root, self.images[index])
+
+
+class InstanceDataset(ListedImages):
     """COCO / LVIS instances with masks (see the module docstring)."""
 
     def __init__(
@@ -101,22 +132,12 @@ class InstanceDataset:
         self.images = [img for img in data["images"] if by_image.get(img["id"])]
         self._annotations = by_image
 
-    def __len__(self) -> int:
-        return len(self.images)
-
     @property
     def too_small_annotations(self) -> Counter[int]:
         """Image id -> annotations of a kept category that :func:`_too_small` leaves out."""
         return Counter(
             {i: c["too_small"] for i, c in self.annotation_kinds.items() if c["too_small"]}
         )
-
-    def item_keys(self) -> list[str]:
-        """The images' ids, in item order (what a training checkpoint fingerprints)."""
-        return [str(image["id"]) for image in self.images]
-
-    def image_path(self, index: int) -> Path:
-        return image_file(self.image_root, self.images[index])
 
     def __getitem__(self, index: int) -> Instances:
         """Image ``index`` and its instances. An image file that cannot be read, or an

@@ -1,6 +1,6 @@
 """SAM2CLIP distillation: a frozen SAM image encoder teaches the adapter on frozen CLIP stages.
 
-Images (an SA-1B-style folder, or the images of a COCO/LVIS file) are resized so the long side
+Images (an SA-1B-style folder, or every image a COCO/LVIS file lists) are resized so the long side
 is 1024 and padded, SAM-normalised, and fed to both sides: the teacher's ``256x64x64``
 embedding (cached on disk under ``RUN/teacher_features`` on first use, each file written
 atomically and fsynced; a damaged one is recomputed and rewritten, with a warning naming it) is
@@ -25,7 +25,7 @@ from tqdm import tqdm
 from ovsam.build import build_model
 from ovsam.checkpoint import read_failure
 from ovsam.clip.factory import create_model
-from ovsam.data.instances import ImageFolder, InstanceDataset
+from ovsam.data.instances import AnnotatedImages, ImageFolder
 from ovsam.fileio import atomic_write
 from ovsam.ov.sam2clip import SAM2CLIPAdapter
 from ovsam.train.config import TrainConfig
@@ -38,7 +38,7 @@ class Sam2ClipTask:
     def __init__(self, config: TrainConfig, device: torch.device) -> None:
         self.config, self.device = config, device
         if config.annotations:
-            self.images: ImageFolder | InstanceDataset = InstanceDataset(
+            self.images: ImageFolder | AnnotatedImages = AnnotatedImages(
                 config.annotations, config.data
             )
         else:
@@ -73,8 +73,7 @@ class Sam2ClipTask:
         self.cache = Path(config.out) / "teacher_features"
 
     def _image(self, index: int) -> np.ndarray:
-        item = self.images[index]
-        return item if isinstance(item, np.ndarray) else item.image
+        return self.images[index]
 
     def _cached_target(self, index: int) -> Path:
         """Where the teacher embedding of item ``index`` is kept: named by the image file's
