@@ -126,10 +126,23 @@ def test_lvis_vocabulary_read_from_annotation_categories(tmp_path: Path) -> None
     assert vocab.synonyms == (("apple",), ("zebra crossing",))  # as the built-in lvis
     assert vocab.info[1]["lvis_synonyms"] == ("zebra crossing", "crosswalk")
     assert lvis_frequencies_from_annotations(annotations) == {2: "f", 7: "r"}
-    with pytest.raises(InputError, match="lack the field\\(s\\) frequency"):
+    with pytest.raises(InputError, match=r"category 0 \(id 1\) lacks the field\(s\) frequency"):
         lvis_frequencies_from_annotations({"categories": [{"id": 1, "name": "x"}]})
     with pytest.raises(InputError, match="no 'categories'"):
         lvis_vocabulary_from_annotations({"images": []})
+    good = annotations["categories"][1]
+    for bad, message in [
+        ([good, {"id": 3, "name": "pear"}], r"category 1 \(id 3\) lacks the field\(s\) frequency"),
+        ([good, {"name": "pear", "frequency": "r"}], r"category 1 \(id None\) lacks .* id"),
+        ({"0": good}, "no 'categories' list"),
+        ([good, "pear"], "LVIS category 1 is a str, not an object"),
+        ([good, {**good, "id": 3, "name": 5}], r"category 1 \(id 3\): expected an integer id"),
+        ([good, {**good, "id": 3, "synonyms": None}], r"a list of string synonyms"),
+        ([good, {**good, "id": "3"}], r"category 1 \(id '3'\): expected an integer id"),
+    ]:  # later categories are checked too, each one named
+        for read in (lvis_vocabulary_from_annotations, lvis_frequencies_from_annotations):
+            with pytest.raises(InputError, match=message):
+                read({"categories": bad})
     twins = {"categories": [*annotations["categories"], {**annotations["categories"][0], "id": 9,
                                                          "name": "zebra crossing"}]}  # fmt: skip
     with pytest.raises(

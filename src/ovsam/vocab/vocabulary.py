@@ -246,11 +246,27 @@ def _lvis_categories(annotations: str | Path | Mapping[str, Any]) -> list[Mappin
         except (OSError, ValueError) as exc:
             raise InputError(f"cannot read LVIS annotations {annotations}: {exc}") from exc
     categories = annotations.get("categories") if isinstance(annotations, Mapping) else None
-    if not categories:
-        raise InputError("LVIS annotations have no 'categories'")
-    missing = [k for k in ("id", "name", "frequency") if k not in categories[0]]
-    if missing:
-        raise InputError(f"LVIS categories lack the field(s) {', '.join(missing)}")
+    if not categories or not isinstance(categories, list):
+        raise InputError("LVIS annotations have no 'categories' list")
+    for index, category in enumerate(categories):
+        where = f"LVIS category {index}" + (
+            f" (id {category.get('id')!r})" if isinstance(category, Mapping) else ""
+        )
+        if not isinstance(category, Mapping):
+            raise InputError(f"{where} is a {type(category).__name__}, not an object")
+        missing = [k for k in ("id", "name", "frequency") if k not in category]
+        if missing:
+            raise InputError(f"{where} lacks the field(s) {', '.join(missing)}")
+        synonyms = category.get("synonyms", [])
+        if (
+            not isinstance(category["id"], int)
+            or not isinstance(category["name"], str)
+            or not isinstance(synonyms, list)
+            or not all(isinstance(n, str) for n in synonyms)
+        ):
+            raise InputError(
+                f"{where}: expected an integer id, a string name and a list of string synonyms"
+            )
     return sorted(categories, key=lambda c: c["id"])
 
 
