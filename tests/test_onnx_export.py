@@ -106,6 +106,36 @@ def test_the_command_fails_when_the_export_disagrees_with_torch(
     assert (f"{out} is left as it was; the export is kept as {rejected}" in err) == bool(status)
 
 
+@pytest.mark.parametrize(
+    ("failure", "said"),
+    [
+        (ModuleNotFoundError("No module named 'onnxruntime'", name="onnxruntime"),
+         "onnxruntime is not installed: parity not checked"),
+        (ImportError("libonnxruntime.so.1: cannot open shared object file"),
+         "onnxruntime cannot be imported (libonnxruntime.so.1: cannot open shared object file): "
+         "parity not checked"),
+    ],
+)  # fmt: skip
+def test_an_unchecked_export_says_why_onnxruntime_could_not_check_it(
+    tmp_path: Path,
+    mobilesam_checkpoint: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    failure: ImportError,
+    said: str,
+) -> None:
+    from ovsam.cli.main import main
+
+    def parity(*args: object) -> float:
+        raise failure
+
+    monkeypatch.setattr("ovsam.export_onnx.onnx_parity", parity)
+    out = tmp_path / "decoder.onnx"
+    assert main(["export-onnx", "--out", str(out), "--checkpoint", str(mobilesam_checkpoint)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == said
+    assert [p.name for p in tmp_path.iterdir()] == ["decoder.onnx"]
+
+
 def test_a_model_that_cannot_be_exported_is_refused_before_any_download(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:

@@ -53,10 +53,16 @@ def run(args: argparse.Namespace) -> int:
     # checked before it takes --out's place: a rejected export must not replace a good one
     out: Path = args.out
     candidate = export_decoder_onnx(model, out.with_name(f".{out.name}.unchecked"), args.opset)
+    unchecked = ""
     try:
         difference = onnx_parity(model, candidate)
-    except ImportError:
+    except ImportError as exc:  # not installed, or installed but failing to import
         difference = None
+        unchecked = (
+            "onnxruntime is not installed"
+            if isinstance(exc, ModuleNotFoundError) and exc.name == "onnxruntime"
+            else f"onnxruntime cannot be imported ({exc})"
+        )
     except BaseException:
         candidate.unlink(missing_ok=True)
         raise
@@ -73,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     os.replace(candidate, out)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     if difference is None:
-        print("onnxruntime is not installed: parity not checked")
+        print(f"{unchecked}: parity not checked")
     else:
         print(f"ONNX Runtime vs torch: max abs difference {difference:.2e}")
     return 0
