@@ -317,7 +317,8 @@ class Trainer:
         params = [p for p in self.module.parameters() if p.grad is not None]
         if self.config.grad_clip > 0:
             return float(torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip))
-        return float(torch.nn.utils.get_total_norm([p.grad for p in params]))
+        norms = [torch.linalg.vector_norm(p.grad) for p in params]  # get_total_norm: torch>=2.6
+        return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
 
     def _check_finite(self, losses: dict[str, float]) -> None:
         """Stop before an optimizer step on NaN or infinite ``losses`` (means over ranks): it
