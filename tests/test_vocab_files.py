@@ -59,6 +59,23 @@ def test_a_file_that_is_not_utf8_says_so(tmp_path: Path) -> None:
         load_vocabulary(path)
 
 
+def test_tables_and_utf16_text_are_refused_by_what_gives_them_away(tmp_path: Path) -> None:
+    path = _file(tmp_path, "mug\n1\tcup\n")
+    message = "class name '1\\tcup' (line 2) holds a tab (a tab-separated table? give one class"
+    with pytest.raises(InputError, match=re.escape(message)):
+        load_vocabulary(path)
+    path = tmp_path / "utf16.txt"
+    path.write_bytes("cat\ndog\n".encode("utf-16-le"))  # no byte order mark
+    message = "class name 'c\\x00a\\x00t\\x00' (line 1) holds a NUL (UTF-16 text read as UTF-8?"
+    with pytest.raises(InputError, match=re.escape(message)):
+        load_vocabulary(path)
+    with pytest.raises(InputError, match=r"'ca\\x00t' \(entry 2\) holds a NUL"):
+        load_vocabulary(["dog", "ca\x00t"])
+    assert load_vocabulary(_file(tmp_path, "cup\t# a comment\n\tmug\t\n")).classes == (
+        "cup", "mug"
+    )  # fmt: skip
+
+
 def test_a_missing_path_is_no_such_file_not_classes(tmp_path: Path) -> None:
     folder = tmp_path / "labels"
     folder.mkdir()

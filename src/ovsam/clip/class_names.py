@@ -15,13 +15,19 @@ from collections.abc import Sequence
 from ovsam.clip.tokenizer import EOT, SOT, pre_tokens
 from ovsam.errors import InputError
 
+# Characters a class name never holds, each a sign that the text is not a list of names.
+_REFUSED_CHARACTERS = {
+    "\x00": "a NUL (UTF-16 text read as UTF-8? give UTF-8)",
+    "\t": "a tab (a tab-separated table? give one class per entry, commas between synonyms)",
+}
+
 
 def token_key(name: str, place: str) -> str:
     """``name`` as CLIP reads it (its pre-tokens; equal keys, equal token ids).
 
     Raises :class:`InputError` naming ``place`` (e.g. ``"entry 3"``) for a name holding
-    CLIP's special tokens, no visible character or a lone surrogate (not text: ``"\\ud800"``
-    from a JSON escape, which no UTF-8 output can hold).
+    CLIP's special tokens, a tab or a NUL, no visible character or a lone
+    surrogate (not text: ``"\\ud800"`` from a JSON escape, which no UTF-8 output can hold).
     """
     if not name.isascii():
         try:
@@ -30,6 +36,9 @@ def token_key(name: str, place: str) -> str:
             raise InputError(
                 f"class name {name!r} ({place}) is not valid text: it holds a lone surrogate"
             ) from None
+    refused = next((c for c in name if c in _REFUSED_CHARACTERS), None)
+    if refused is not None:
+        raise InputError(f"class name {name!r} ({place}) holds {_REFUSED_CHARACTERS[refused]}")
     pieces = pre_tokens(name)
     special = [p for p in pieces if p in (SOT, EOT)]
     if special:
