@@ -5,8 +5,8 @@ model, and a server of it for the browser tests; repeated image-encoder passes a
 Under pytest-xdist (``scripts/test.sh`` runs ``-n`` workers) each worker, and each process a
 test starts, gets an equal share of the CPU's threads: two workers of two threads on a 2-core
 machine would contend. Large tensors are allocated on transparent huge pages
-(``THP_MEM_ALLOC_ENABLE``, read by torch's CPU allocator), which spares the suite most of its
-page faults: ~19 M of them, ~100 s of system time, on a 2-core VM.
+(``THP_MEM_ALLOC_ENABLE``, read by torch's CPU allocator): on a 2-core VM a serial run's minor
+page faults fell from 19.2 M to 3.6 M, and its wall time from 354 s to 294 s.
 """
 
 from __future__ import annotations
