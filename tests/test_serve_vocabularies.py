@@ -223,6 +223,10 @@ def test_only_builtin_text_banks_go_to_disk_and_a_request_keeps_its_bank(
     r = client.post(f"/v1/images/{image_id}/predict", json={"box": box, "vocabulary": "coco"})
     assert r.status_code == 200 and len(r.json()["labels"]) == 5
     assert len(list(banks.glob("*.safetensors"))) == 1
+    with monkeypatch.context() as kept:  # a kept bank goes to the request, not prepared again
+        kept.setattr(recognizer, "prepare", pytest.fail)
+        r = client.post(f"/v1/images/{image_id}/predict", json={"box": box, "vocabulary": "coco"})
+    assert r.status_code == 200 and len(r.json()["labels"]) == 5
 
     real_prepare = recognizer.prepare
 

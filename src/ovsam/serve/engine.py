@@ -45,8 +45,9 @@ class Recognizer(Protocol):
         """Raise :class:`~ovsam.errors.InputError` if ``vocabulary`` cannot be used (e.g. a name
         longer than the text encoder's context); called when a vocabulary is posted."""
 
-    def ready(self, vocabulary: Vocabulary) -> bool:
-        """Whether :meth:`prepare` would answer at once (nothing to build or wait for)."""
+    def kept(self, vocabulary: Vocabulary) -> tuple[bool, object]:
+        """``(True, prepared)`` when :meth:`prepare` would answer ``prepared`` at once (nothing
+        to build or wait for), else ``(False, None)``."""
 
     def prepare(self, vocabulary: Vocabulary) -> object:
         """What :meth:`label` needs to name masks from ``vocabulary`` (e.g. its text bank),
@@ -72,8 +73,8 @@ class MissingRecognizer:
     def check(self, vocabulary: Vocabulary) -> None:
         return None
 
-    def ready(self, vocabulary: Vocabulary) -> bool:
-        return True
+    def kept(self, vocabulary: Vocabulary) -> tuple[bool, object]:
+        return True, None
 
     def prepare(self, vocabulary: Vocabulary) -> object:
         return None

@@ -66,13 +66,13 @@ class PromptAnswers:
             return answer
         item, result, vocabulary = answer
         start = time.perf_counter()
-        recognizer, prepared = self.engine.recognizer, None
-        if not recognizer.ready(vocabulary):  # held by the request, whatever the LRU drops
+        recognizer = self.engine.recognizer
+        found, prepared = recognizer.kept(vocabulary)  # held by the request, whatever the LRU
+        if not found:  # drops meanwhile
             prepared = await self.bank_threads.run(recognizer.prepare, vocabulary)
 
         def name_and_respond() -> PredictResponse:
-            ready = recognizer.prepare(vocabulary) if prepared is None else prepared
-            result.labels = self.engine.name(item.state, result, _box(body), ready, body.top_k)
+            result.labels = self.engine.name(item.state, result, _box(body), prepared, body.top_k)
             result.elapsed_ms += (time.perf_counter() - start) * 1000
             return self._respond(item, result, body)
 

@@ -58,10 +58,17 @@ class TextBanks:
         names = [name for synonyms in vocabulary.synonyms for name in synonyms]
         check_context(names, self.templates, self.clip.config.text.context_length)
 
-    def has(self, vocabulary: Vocabulary) -> bool:
-        """Whether the bank of ``vocabulary`` is built and kept."""
+    def built(self, vocabulary: Vocabulary) -> TextBank | None:
+        """The bank of ``vocabulary`` if it is built and kept (a use, for the LRU), else None."""
         with self._lock:
-            return _key(vocabulary) in self._banks
+            return self._built(_key(vocabulary))
+
+    def _built(self, key: BankKey) -> TextBank | None:
+        """:meth:`built` by key; the caller holds ``_lock``."""
+        bank = self._banks.get(key)
+        if bank is not None:
+            self._banks.move_to_end(key)
+        return bank
 
     def get(self, vocabulary: Vocabulary) -> TextBank:
         """The bank of ``vocabulary`` (every synonym of every class). Requests for a
@@ -69,16 +76,17 @@ class TextBanks:
         a time, and the build's lock is shared until its last request is done."""
         key = _key(vocabulary)
         with self._lock:
-            if key in self._banks:
-                self._banks.move_to_end(key)
-                return self._banks[key]
+            bank = self._built(key)
+            if bank is not None:
+                return bank
             build = self._building.setdefault(key, _Build())
             build.users += 1
         try:
             with build.lock:
                 with self._lock:
-                    if key in self._banks:
-                        return self._banks[key]
+                    bank = self._built(key)  # by the request this one waited for
+                if bank is not None:
+                    return bank
                 on_disk = vocabulary.name in BUILTIN_VOCABULARIES  # posted names are not
                 bank = build_text_bank(
                     self.clip, vocabulary, self.templates, cache=on_disk, progress=False
@@ -104,8 +112,9 @@ class BankRecognizer:
     def check(self, vocabulary: Vocabulary) -> None:
         self.banks.check(vocabulary)
 
-    def ready(self, vocabulary: Vocabulary) -> bool:
-        return self.banks.has(vocabulary)
+    def kept(self, vocabulary: Vocabulary) -> tuple[bool, object]:
+        bank = self.banks.built(vocabulary)
+        return bank is not None, bank
 
     def prepare(self, vocabulary: Vocabulary) -> TextBank:
         """``vocabulary``'s text bank (held by the request, whatever the LRU drops meanwhile)."""
