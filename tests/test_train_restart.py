@@ -16,7 +16,6 @@ from train_harness import TINY, TinyTask, Train, log_rows, make_train, one_line_
 def train(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> Train:
-    (tmp_path / "images").mkdir()
     return make_train(tmp_path, monkeypatch, capsys)
 
 
