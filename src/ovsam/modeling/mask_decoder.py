@@ -252,8 +252,8 @@ class TwoWayMaskDecoder(nn.Module):
             self._upscaled_masks(first_upscale(slice(r * w, (r + rows) * w)), hyper_in, second)
             for r in range(0, h, rows)
         ]
-        masks = torch.cat(tiles, dim=1).view(b, h, w, 2, 2, 2, 2, -1)
-        return masks.permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(b, -1, 4 * h, 4 * w)
+        masks = torch.cat(tiles, dim=2).view(b, -1, h, w, 2, 2, 2, 2)
+        return masks.permute(0, 1, 2, 4, 6, 3, 5, 7).reshape(b, -1, 4 * h, 4 * w)
 
     def _upscaled_masks(self, x: Tensor, hyper_in: Tensor, second: tuple[Tensor, Tensor]) -> Tensor:
         """Second half of ``output_upscaling`` on first-conv outputs, dotted with ``hyper_in``.
@@ -262,7 +262,7 @@ class TwoWayMaskDecoder(nn.Module):
         each token becomes 4x4 output pixels ordered ``(i1, j1, i2, j2)`` (row offset
         ``2*i1 + i2``, column offset ``2*j1 + j2``). ``x`` holds ``B*T`` tokens' first-conv
         outputs (``4C'`` each); ``second`` the second transposed conv as ``(weight C'x4C'',
-        bias 4C'')``. Returns ``Bx(T*16)xM``. Works on a tile of tokens at a time so that the
+        bias 4C'')``. Returns ``BxMx(T*16)``. Works on a tile of tokens at a time so that the
         32-channel upscaled features stay in cache.
         """
         up1, norm, act1, up2, act2 = self.output_upscaling
@@ -272,8 +272,20 @@ class TwoWayMaskDecoder(nn.Module):
             )
         )
         x = act2(torch.addmm(second[1], x, second[0]))
-        b = hyper_in.shape[0]
-        return torch.bmm(x.view(b, -1, up2.out_channels), hyper_in)
+        return _hypernetwork_dot(x.view(hyper_in.shape[0], -1, up2.out_channels), hyper_in)
+
+
+def _hypernetwork_dot(features: Tensor, hyper_in: Tensor) -> Tensor:
+    """``BxPxC`` features . ``BxCxM`` hypernetwork weights -> ``BxMxP`` logits.
+
+    On the CPU one matrix-vector product per prompt and mask: ``bmm`` with M <= 4 columns
+    runs about 6x slower there (2-core CI machine, P = 16384, C = 32).
+    """
+    b, _, m = hyper_in.shape
+    if features.device.type != "cpu":
+        return torch.bmm(hyper_in.transpose(1, 2), features.transpose(1, 2))
+    rows = [torch.mv(features[i], hyper_in[i, :, j]) for i in range(b) for j in range(m)]
+    return torch.stack(rows).view(b, m, -1)
 
 
 class MaskDecoder(TwoWayMaskDecoder):
