@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from ovsam.assets import SAMPLE_BOX, SAMPLE_PHOTO
+from ovsam.cli import segment_cmd
 from ovsam.cli.main import build_parser, main
 from ovsam.errors import InputError, OVSamError
 from ovsam.export_onnx import export_decoder_onnx
@@ -206,3 +207,49 @@ def test_an_output_folder_that_is_a_link_to_nothing_is_refused(
                 "target (or a loop of links)\n"
             )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (
+            torch.OutOfMemoryError(
+                "CUDA out of memory. Tried to allocate 20.00 MiB. GPU 0 has a total capacity"
+                " of 79.10 GiB of which 3.06 MiB is free.\nIncluding non-PyTorch memory..."
+            ),
+            "ran out of GPU memory (asked for 20.00 MiB more): use smaller images, fewer",
+        ),
+        (
+            RuntimeError(
+                "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't"
+                " allocate memory: you tried to allocate 40000000000000 bytes. Error code 12"
+            ),
+            "ran out of memory (asked for 40000000000000 bytes more): use smaller images",
+        ),
+        (MemoryError(), "ran out of memory: use smaller images, fewer prompts or a smaller"),
+    ],
+)
+def test_running_out_of_memory_is_one_line(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    error: BaseException,
+    message: str,
+) -> None:
+    def out_of_memory(args: object) -> int:
+        raise error
+
+    monkeypatch.setattr(segment_cmd, "run", out_of_memory)
+    assert main(_segment(tmp_path)) == 2
+    assert f"ovsam segment: error: {message}" in _error(capsys)
+
+
+def test_other_runtime_errors_are_not_called_out_of_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(args: object) -> int:
+        raise RuntimeError("shape mismatch in some kernel")
+
+    monkeypatch.setattr(segment_cmd, "run", broken)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        main(_segment(tmp_path))

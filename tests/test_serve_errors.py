@@ -85,6 +85,24 @@ def test_unexpected_exception_is_a_500_envelope_without_traceback(
     assert "secret detail" in str(logged[0].exc_info[1])
 
 
+def test_running_out_of_memory_is_a_503_envelope(
+    engine: SegmentationEngine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = SegmentationEngine(engine.predictor, engine.model_name)
+
+    def out_of_memory(image: np.ndarray) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 ...")
+
+    monkeypatch.setattr(broken, "embed", out_of_memory)
+    client = TestClient(create_app(ServeSettings(), lambda _: broken))
+    with caplog.at_level(logging.WARNING, logger="ovsam.serve"):
+        r = client.post("/v1/images", files={"file": ("a.png", tiny_png(), "image/png")})
+    status, code, message = envelope(r)
+    assert (status, code) == (503, "out_of_memory")
+    assert message.startswith("ran out of GPU memory (asked for 2.00 GiB more): use smaller")
+    assert [rec.levelname for rec in caplog.records if rec.name == "ovsam.serve"] == ["WARNING"]
+
+
 def call_asgi(
     app: FastAPI, path: str, headers: list[tuple[bytes, bytes]], chunk: bytes, chunks: int
 ) -> tuple[int, bytes, int]:

@@ -3,8 +3,8 @@
 Each sub-command lives in its own module exposing ``add_parser(subparsers)`` (which must
 import nothing heavy) and ``run(args) -> int``. Errors that ovsam raises on purpose
 (:class:`~ovsam.errors.OVSamError`), a bad ``--device`` or ``--out`` (checked before the
-command runs, :mod:`ovsam.cli.preflight`) and file-system errors are printed as one line and
-exit with status 2.
+command runs, :mod:`ovsam.cli.preflight`), file-system errors and running out of memory
+(CPU or GPU) are printed as one line and exit with status 2.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from ovsam import __version__
 from ovsam.cli.arg_types import ArgumentParser
 from ovsam.cli.preflight import preflight
-from ovsam.errors import OVSamError, first_line
+from ovsam.errors import OVSamError, first_line, out_of_memory_line
 
 # sub-command name -> module implementing it
 COMMAND_MODULES: dict[str, str] = {
@@ -62,6 +62,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 141
     except OSError as exc:  # the file system refused (disk full, permissions, a path clash)
         print(f"ovsam {args.command}: error: {_os_error_line(exc)}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+        line = out_of_memory_line(exc)
+        if line is None:
+            raise
+        print(f"ovsam {args.command}: error: {line}", file=sys.stderr)
         return 2
 
 

@@ -6,7 +6,8 @@ that serves the page and the other endpoints; the
 :class:`~ovsam.serve.engine.SegmentationEngine` serialises access to the one model.
 ``/v1/health`` only reads counters: it runs on the loop.
 Every error is JSON ``{"error": {"code", "message"}}`` with a 4xx status naming the problem
-(:mod:`ovsam.serve.http_errors`); an unexpected failure is a 500 ``internal_error``.
+(:mod:`ovsam.serve.http_errors`); running out of memory is a 503 ``out_of_memory``, any other
+unexpected failure a 500 ``internal_error``.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 Covers the API's own errors (:class:`ApiError`), Starlette's (unknown route, wrong method,
 malformed multipart), request validation, oversized bodies (rejected from ``Content-Length``
 before they are read, or as soon as a streamed body passes the limit) and unexpected
-exceptions (500 ``internal_error``; the traceback goes to the server log, not the client).
+exceptions (500 ``internal_error``; the traceback goes to the server log, not the client),
+except running out of CPU or GPU memory (503 ``out_of_memory``: the request may work later or
+smaller).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ovsam.errors import InputError, NotReadyError
+from ovsam.errors import InputError, NotReadyError, out_of_memory_line
 from ovsam.serve.schemas import COORDINATE_SHAPES
 
 LOG = logging.getLogger("ovsam.serve")
@@ -175,8 +177,12 @@ class GuardMiddleware:
         except Exception as exc:
             if started:
                 raise
+            out_of_memory = out_of_memory_line(exc)
             if isinstance(exc, ApiError):
                 response = error_response(exc.status, exc.code, exc.message)
+            elif out_of_memory is not None:
+                LOG.warning("%s %s: %s", scope["method"], scope["path"], out_of_memory)
+                response = error_response(503, "out_of_memory", out_of_memory)
             else:
                 LOG.exception("unexpected error in %s %s", scope["method"], scope["path"])
                 response = error_response(500, "internal_error", INTERNAL_MESSAGE)
