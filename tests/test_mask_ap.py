@@ -196,3 +196,51 @@ def test_ground_truth_that_cocoeval_hangs_or_crashes_on_is_refused(
     with pytest.raises(InputError, match=message):
         read_detections(tmp_path / "d.json", data)
     read_detections(tmp_path / "d.json", data, [1])  # image 2 is not evaluated: not read
+
+
+def test_a_detection_on_an_unannotated_image_without_a_size_is_refused_up_front(
+    tmp_path: Path,
+) -> None:
+    """COCOeval draws every detection at its image's size: one on an evaluated image that has no
+    annotation and no height was a KeyError after the whole evaluation."""
+    from ovsam.errors import InputError
+    from ovsam.evaluation.mask_ap import read_detections
+
+    path = write_tiny_coco(tmp_path / "coco", images=2, unannotated=(2,))
+    data = json.loads(path.read_text())
+    del data["images"][1]["height"]
+    detections = _ground_truth_detections(data)
+    (tmp_path / "d.json").write_text(json.dumps(detections))
+    assert len(read_detections(tmp_path / "d.json", data)) == len(detections)  # none on image 2
+    detections.append({"image_id": 2, "category_id": 1, "bbox": [1, 1, 9, 9], "score": 0.5})
+    (tmp_path / "d.json").write_text(json.dumps(detections))
+    with pytest.raises(
+        InputError,
+        match=r"image id 2 needs a positive integer height and width \(mask AP reads detection"
+        rf" {len(detections) - 1} of .*d\.json at that size\)",
+    ):
+        read_detections(tmp_path / "d.json", data)
+    assert len(read_detections(tmp_path / "d.json", data, [1])) == len(detections) - 1
+
+
+@pytest.mark.parametrize("ids", ["from 0", "one repeated", "none"])
+def test_annotation_ids_do_not_change_mask_ap(tmp_path: Path, ids: str) -> None:
+    """COCOeval takes ground-truth id 0 for "no match" and keeps one of two annotations sharing an
+    id (AP 66 instead of 80 here), and crashed on annotations without ids, which ovsam's own
+    reader accepts: the ground truth is renumbered before COCOeval sees it."""
+    from ovsam.evaluation.mask_ap import mask_ap
+
+    path = write_tiny_coco(tmp_path / "coco", images=3)
+    data = json.loads(path.read_text())
+    results = [dict(r, score=0.9 - 0.01 * i) for i, r in enumerate(_ground_truth_results(data))]
+    del results[-1]  # one miss, so that AP is below 100 and a lost annotation shows
+    expected = mask_ap(path, results, tmp_path / "reference")["AP"]
+    for i, ann in enumerate(data["annotations"]):
+        if ids == "from 0":
+            ann["id"] = i
+        elif ids == "none":
+            del ann["id"]
+    if ids == "one repeated":
+        data["annotations"][2]["id"] = data["annotations"][1]["id"]
+    path.write_text(json.dumps(data))
+    assert mask_ap(path, results, tmp_path / "out")["AP"] == pytest.approx(expected)

@@ -57,8 +57,10 @@ def read_detections(
     the evaluated classes ``category_ids`` (all when None: ``--limit`` and ``--split`` apply to
     mask AP too), checked against ``annotations`` before any work: integer ``image_id`` of the
     file and ``category_id``, a 4-number ``bbox`` without a negative width or height, a numeric
-    ``score``, and at least one detection left once selected. The ground truth of the evaluated
-    images is checked as COCOeval reads it (:func:`_check_ground_truth`). Also checks that
+    ``score``, a positive integer height and width of the image of each selected detection
+    (COCOeval draws it at that size) and at least one detection left once selected. The ground
+    truth of the evaluated images is checked as COCOeval reads it (:func:`_check_ground_truth`).
+    Also checks that
     pycocotools is installed. Any problem is an :class:`InputError` naming the file and the
     detection or annotation."""
     _coco_tools()
@@ -70,7 +72,9 @@ def read_detections(
         raise InputError(f"detections file {path} is not valid JSON ({exc})") from exc
     if not isinstance(detections, list) or not detections:
         raise InputError(f"detections file {path} must be a non-empty JSON list of detections")
-    images = {img["id"] for img in annotations["images"]}
+    sizes = _image_sizes(annotations)
+    wanted = set(sizes) if image_ids is None else set(image_ids)
+    classes = None if category_ids is None else set(category_ids)
     for index, det in enumerate(detections):
         where = f"detections file {path}: detection {index}"
         if not isinstance(det, dict) or not DETECTION_FIELDS <= set(det):
@@ -78,7 +82,7 @@ def read_detections(
         for field in ("image_id", "category_id"):
             if not is_int(det[field]):
                 raise InputError(f"{where}: {field} must be an integer, got {det[field]!r}")
-        if det["image_id"] not in images:
+        if det["image_id"] not in sizes:
             raise InputError(f"{where}: image_id {det['image_id']!r} is not in the annotation file")
         bbox, score = det["bbox"], det["score"]
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
@@ -87,10 +91,10 @@ def read_detections(
             raise InputError(f"{where}: bbox {bbox!r} has a negative width or height (XYWH)")
         if not _is_number(score):
             raise InputError(f"{where}: score must be a number, got {score!r}")
-    wanted = images if image_ids is None else set(image_ids)
-    _check_ground_truth(annotations, wanted)
+        if det["image_id"] in wanted and (classes is None or det["category_id"] in classes):
+            _check_size(sizes, det["image_id"], f"detection {index} of {path}")  # drawn there
+    _check_ground_truth(annotations, sizes, wanted)
     on_images = [d for d in detections if d["image_id"] in wanted]
-    classes = None if category_ids is None else set(category_ids)
     selected = [d for d in on_images if classes is None or d["category_id"] in classes]
     if not selected:
         raise InputError(
@@ -101,14 +105,34 @@ def read_detections(
     return selected
 
 
-def _check_ground_truth(annotations: Mapping[str, Any], image_ids: Collection[int]) -> None:
+def _image_sizes(annotations: Mapping[str, Any]) -> dict[int, tuple[object, object]]:
+    """``image id -> (height, width)`` as the file gives them (None where missing)."""
+    return {img["id"]: (img.get("height"), img.get("width")) for img in annotations["images"]}
+
+
+def _check_size(sizes: Mapping[int, tuple[object, object]], image_id: int, what: str) -> None:
+    """Refuse an image without a positive integer height and width: COCOeval reads them for
+    every annotation and detection on it (``what`` says which one)."""
+    if not all(is_int(v) and v > 0 for v in sizes[image_id]):
+        raise InputError(
+            f"image id {image_id} needs a positive integer height and width "
+            f"(mask AP reads {what} at that size)"
+        )
+
+
+def _check_ground_truth(
+    annotations: Mapping[str, Any],
+    sizes: Mapping[int, tuple[object, object]],
+    image_ids: Collection[int],
+) -> None:
     """Refuse what COCOeval would crash or hang on, or score wrongly, after the whole
-    evaluation: an annotation on an image the file does not list; on the images ``image_ids``,
-    an annotation without a numeric ``area`` or an ``iscrowd``, an image without a positive
-    integer height and width (COCOeval reads them for every annotation), a polygon that
-    :func:`~ovsam.data.polygons.check_polygons` refuses, or an RLE (crowd regions included) that
-    does not decode to its image's size (pycocotools loops forever on short counts)."""
-    sizes = {img["id"]: (img.get("height"), img.get("width")) for img in annotations["images"]}
+    evaluation: an annotation on an image the file does not list (``sizes``:
+    :func:`_image_sizes`); on the images ``image_ids``, an annotation without a numeric
+    ``area`` or an ``iscrowd``, an image without a positive integer height and width
+    (:func:`_check_size`), a polygon that :func:`~ovsam.data.polygons.check_polygons` refuses,
+    or an RLE (crowd regions included) that does not decode to its image's size (pycocotools
+    loops forever on short counts). Annotation ids need no check: :func:`_rasterised`
+    renumbers them."""
     for ann in annotations["annotations"]:
         where = f"annotation id {ann.get('id')}"
         if ann["image_id"] not in sizes:
@@ -123,12 +147,8 @@ def _check_ground_truth(annotations: Mapping[str, Any], image_ids: Collection[in
                 raise InputError(f"{where} has no {field!r} (needed for mask AP)")
         if not _is_number(ann["area"]) or ann["area"] < 0:
             raise InputError(f"{where}: area {ann['area']!r} is not a number >= 0 (mask AP)")
+        _check_size(sizes, ann["image_id"], f"the ground truth of {where}")
         size = sizes[ann["image_id"]]
-        if not all(is_int(v) and v > 0 for v in size):
-            raise InputError(
-                f"image id {ann['image_id']} needs a positive integer height and width "
-                f"(mask AP reads the ground truth of {where} at that size)"
-            )
         try:
             if isinstance(ann["segmentation"], list):
                 check_polygons(ann["segmentation"])
@@ -203,7 +223,9 @@ def segment_detections(
 def _rasterised(annotations: dict[str, Any], image_ids: Collection[int] | None) -> dict[str, Any]:
     """``annotations`` with the polygons of the images ``image_ids`` (all when None) as the RLE
     of :func:`~ovsam.data.polygons.polygons_to_mask`: the same pixels COCOeval would draw for
-    ordinary polygons, and one reaching far outside its image cannot exhaust memory."""
+    ordinary polygons, and one reaching far outside its image cannot exhaust memory. The kept
+    annotations are numbered 1..N: COCOeval takes id 0 for "unmatched" and keeps one of
+    several annotations with one id (a wrong AP either way), and needs an id on each."""
     wanted = None if image_ids is None else set(image_ids)
     infos = {img["id"]: img for img in annotations["images"]}
     kept = []
@@ -214,7 +236,7 @@ def _rasterised(annotations: dict[str, Any], image_ids: Collection[int] | None) 
             info = infos[ann["image_id"]]
             mask = polygons_to_mask(ann["segmentation"], info["height"], info["width"])
             ann = {**ann, "segmentation": encode_rle(mask)}
-        kept.append(ann)
+        kept.append({**ann, "id": len(kept) + 1})
     return {**annotations, "annotations": kept}
 
 
