@@ -17,6 +17,7 @@ from ovsam.clip.region_classifier import classify_regions
 from ovsam.clip.text_bank import TextBank
 from ovsam.errors import InputError, NotReadyError
 from ovsam.image_io import load_image
+from ovsam.image_state import PIXELS, ImageState
 from ovsam.ov.baselines import CropBaselinePredictor
 from ovsam.ov.roi_align import roi_align
 
@@ -269,3 +270,14 @@ def test_feature_crop_states_carry_the_clip_that_made_their_feature_map(
     CropBaselinePredictor(mobilesam_model, other, "image-crop").load_state(state)  # no CLIP map
     with pytest.raises(InputError, match="computed by another clip visual"):
         CropBaselinePredictor(mobilesam_model, other, "feature-crop").load_state(state)
+
+
+def test_the_image_kept_for_crops_stays_on_the_cpu_when_a_state_moves() -> None:
+    """load_state moves a state to the predictor's device: the image-crop baseline's pixels
+    went along and its crops then failed (``.numpy()`` of a GPU tensor; meta stands in)."""
+    pixels = torch.zeros(4, 6, 3, dtype=torch.uint8)
+    extras = {PIXELS: pixels, "clip_last": torch.zeros(1, 8, 2, 2)}
+    state = ImageState(torch.zeros(1, 256, 64, 64), (4, 6), (683, 1024), extras)
+    moved = state.to(torch.device("meta"))
+    assert moved.features.is_meta and moved.extras["clip_last"].is_meta
+    assert moved.extras[PIXELS] is pixels

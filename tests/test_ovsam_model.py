@@ -3,6 +3,7 @@ layouts: ``test_ovsam_checkpoints``)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -21,6 +22,7 @@ from ovsam.ov.classifier import (
     reaches_clip_map,
     top_labels,
 )
+from ovsam.ov.label_settings import check_label_settings
 from ovsam.ov.predictor import OVSamPredictor
 from ovsam_fixtures import small_ovsam
 
@@ -135,6 +137,11 @@ def test_seen_classes_are_matched_by_name_key() -> None:
         predictor.bank = TextBank(("a",), torch.ones(1, 8), torch.arange(1), "k3")
     predictor.bank = None
     assert predictor.bank is None and predictor._bank_and_seen is None
+    # class names a run recorded are whole names: "bag, handbag" is one class, not "bag"
+    trained = ("bag, handbag", "person")
+    predictor.model.config = replace(predictor.model.config, seen_vocabulary=trained)
+    predictor.set_text_bank(TextBank(trained + ("bag",), bank[:3], torch.arange(3), "k4"))
+    assert predictor._bank_and_seen[1].tolist() == [True, True, False]
 
 
 def test_a_plain_sam_state_cannot_be_labelled() -> None:
@@ -215,6 +222,8 @@ def test_region_equal_to_a_class_embedding_ranks_that_class_first() -> None:
     solid[0, y0:y1, x0:x1] = 5.0
     top = predictor.recognize_logits(solid, box[None])[0].top
     assert top[0][0] == "cat" and top[0][1] > 0.5
+    flipped = np.flip(np.flip(solid, 2).copy(), 2)  # negative strides: was a ValueError
+    assert predictor.recognize_logits(flipped, box[None])[0].top == top
 
 
 def test_fusion_formula_and_background() -> None:
@@ -231,6 +240,22 @@ def test_fusion_formula_and_background() -> None:
     labels = top_labels(probs, ("a", "b", "c"), top_k=2, unknown_threshold=0.99)
     assert labels[0].label == "unknown" and len(labels[0].top) == 2
     assert labels[0].background == pytest.approx(float(probs[0, -1]))
+
+
+def test_fusion_keeps_out_a_class_whose_probability_underflows() -> None:
+    """x100 cosines underflow the softmax: clamping at 1e-30 revived the class the head rules
+    out (B won with 0.89); the official product gives it 0, and log space agrees."""
+    head = torch.tensor([[0.80, -0.70, 0.0]]) * 100  # classes A, B + background
+    clip = torch.tensor([[0.10, 0.20, 0.0]]) * 100
+    unseen = torch.tensor([False, False])
+    probs = fused_probabilities(head, clip, unseen, 0.1, 0.9)
+    exact = (0.1 * head.double().log_softmax(-1) + 0.9 * clip.double().log_softmax(-1)).softmax(-1)
+    torch.testing.assert_close(probs, exact.float())
+    assert top_labels(probs, ("A", "B"), 1)[0].label == "A"
+    masked = torch.tensor([[0.0, float("-inf"), 0.0]])  # a class ruled out in one branch
+    for alpha in (0.0, 1.0):  # weight 0 on a -inf log is 0, not NaN
+        fused = fused_probabilities(masked, masked.flip(-1), unseen, alpha, alpha)
+        assert torch.isfinite(fused).all() and fused[0, 1] == 0
 
 
 def test_a_mask_too_small_for_the_clip_map_is_named_by_the_head_alone() -> None:
@@ -262,7 +287,12 @@ def test_unknown_threshold_calibration_known_answer() -> None:
     correct = [True, True, True, False, True, False]
     assert calibrate_unknown_threshold(scores, correct, 1.0) == pytest.approx(0.7)
     assert calibrate_unknown_threshold(scores, correct, 0.8) == pytest.approx(0.5)
-    assert calibrate_unknown_threshold(scores, [False] * 6, 0.5) == 1.0
+    never = calibrate_unknown_threshold(scores, [False] * 6, 0.5)
+    assert never == math.inf  # 1.0 kept predictions of probability 1 (float32 rounds to it)
+    certain = torch.tensor([[1.0, 0.0, 0.0]])
+    assert top_labels(certain, ("a", "b"), 1, 1.0)[0].label == "a"
+    assert top_labels(certain, ("a", "b"), 1, never)[0].label == "unknown"
+    assert check_label_settings("none", 1, never).unknown_threshold == math.inf
     # a threshold keeps every region of its score: 0.5 would keep a wrong one at 0.5 too
     tied = calibrate_unknown_threshold([0.9, 0.5, 0.5], [True, True, False], 0.9)
     assert tied == pytest.approx(0.9)

@@ -13,6 +13,8 @@ import torch
 from ovsam.modeling.common import tensors_nbytes
 from ovsam.modeling.image_token_cache import ImageTokenCache
 
+PIXELS = "pixels"  # extras key of the image itself (HxWx3 uint8 RGB), kept on the CPU for crops
+
 
 @dataclass
 class ImageState:
@@ -20,7 +22,8 @@ class ImageState:
 
     ``features``: ``1x256x64x64`` image embedding. ``original_size``: ``(H, W)`` of the image
     the user gave. ``input_size``: ``(h, w)`` after resizing the longest side to 1024.
-    ``extras``: model-specific tensors (e.g. CLIP feature maps for recognition).
+    ``extras``: model-specific tensors (e.g. CLIP feature maps for recognition; the image
+    itself under :data:`PIXELS`, which stays on the CPU).
     ``decoder_cache``: the mask decoder's per-image precomputation, filled by the predictor
     on the first prompt (kept with the state, so a restored state decodes fast at once).
     ``encoder``: the :func:`~ovsam.modeling.common.weights_key` of each module that made
@@ -43,9 +46,9 @@ class ImageState:
         return cache + tensors_nbytes([self.features, *self.extras.values()])
 
     def to(self, device: torch.device) -> ImageState:
-        """This state with its tensors on ``device``: itself when they are there; else a copy
-        without the decoder cache (rebuilt there on the first prompt)."""
+        """This state with its tensors on ``device`` (but :data:`PIXELS`): itself when they are
+        there; else a copy without the decoder cache (rebuilt there on the first prompt)."""
         if self.features.device == device:
             return self
-        extras = {name: t.to(device) for name, t in self.extras.items()}
+        extras = {name: t if name == PIXELS else t.to(device) for name, t in self.extras.items()}
         return replace(self, features=self.features.to(device), extras=extras, decoder_cache=None)

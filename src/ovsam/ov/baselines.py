@@ -28,7 +28,7 @@ from ovsam.clip.model import CLIP, CLIP_MEAN, CLIP_STD
 from ovsam.clip.region_classifier import classify_regions, mask_boxes_xyxy
 from ovsam.clip.text_bank import TextBank, build_text_bank
 from ovsam.errors import InputError
-from ovsam.image_state import ImageState
+from ovsam.image_state import PIXELS, ImageState
 from ovsam.ov.classifier import Labels, check_random_weights, top_labels
 from ovsam.ov.label_settings import check_label_settings, require_bank, require_extras
 from ovsam.ov.roi_align import roi_align
@@ -37,7 +37,6 @@ from ovsam.prompt_arrays import check_masks, rgb_image
 from ovsam.vocab import Vocabulary, load_vocabulary
 
 BaselineKind = Literal["image-crop", "feature-crop"]
-PIXELS = "pixels"  # ImageState.extras key of the image (HxWx3 uint8 RGB, on the CPU)
 
 
 def pixels_tensor(image: np.ndarray) -> torch.Tensor:

@@ -10,11 +10,13 @@ best non-background class.
 
 **Unknown.** A prediction is reported as ``"unknown"`` when its best probability is below
 ``unknown_threshold``. :func:`calibrate_unknown_threshold` sets it from a labelled validation set:
-the lowest score at which the top-1 precision of the predictions kept reaches a target.
+the lowest score at which the top-1 precision of the predictions kept reaches a target
+(``math.inf`` when none does: everything is unknown).
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,14 +64,18 @@ def fused_probabilities(
 
     ``seen``: ``C`` booleans; ``valid``: ``B`` booleans (False → the head alone decides).
     """
-    p_head, p_clip = head_logits.softmax(-1), clip_logits.softmax(-1)
-    seen = seen.to(p_head.device, torch.bool)  # a bank's flags may live on another device
+    # In log space: a class whose probability underflows in one branch stays out (the
+    # official product gives it 0), where clamping that probability would revive it.
+    # Clamped to the dtype's lowest so that a weight of 0 times a -inf log is 0, not NaN.
+    lowest = torch.finfo(head_logits.dtype).min
+    log_head = head_logits.log_softmax(-1).clamp_min(lowest)
+    log_clip = clip_logits.log_softmax(-1).clamp_min(lowest)
+    seen = seen.to(log_head.device, torch.bool)  # a bank's flags may live on another device
     seen_bg = torch.cat([seen, seen.new_ones(1)])
-    alpha = torch.where(seen_bg, alpha_seen, alpha_unseen).to(p_head.dtype).expand_as(p_head)
+    alpha = torch.where(seen_bg, alpha_seen, alpha_unseen).to(log_head.dtype).expand_as(log_head)
     if valid is not None:
         alpha = alpha * valid.to(alpha.dtype)[:, None]
-    log_fused = (1 - alpha) * p_head.clamp_min(1e-30).log() + alpha * p_clip.clamp_min(1e-30).log()
-    return log_fused.softmax(-1)
+    return ((1 - alpha) * log_head + alpha * log_clip).softmax(-1)
 
 
 def check_random_weights(*models: nn.Module | None, allow: bool = False) -> bool:
@@ -124,8 +130,9 @@ def calibrate_unknown_threshold(
     """Lowest top-1 score whose kept predictions (score >= it) reach ``target_precision``.
 
     ``scores``: best probability per validation region; ``correct``: whether its top-1 label
-    was right. Returns 1.0 (everything unknown) if no threshold reaches the target. Equal
-    scores are kept or dropped together, so precision is counted over whole groups of them.
+    was right. Returns ``math.inf`` (everything unknown) if no threshold reaches the target:
+    1.0 would keep the predictions of probability 1 (as rounded), which can be wrong ones.
+    Equal scores are kept or dropped together, so precision is counted over whole groups.
     """
     s, c = np.asarray(scores, dtype=np.float64), np.asarray(correct, dtype=bool)
     if s.shape != c.shape or s.size == 0:
@@ -135,4 +142,4 @@ def calibrate_unknown_threshold(
     precision = np.cumsum(c[order]) / np.arange(1, s.size + 1)
     group_end = np.append(ranked[1:] != ranked[:-1], True)  # last of each equal score
     ok = np.nonzero((precision >= target_precision) & group_end)[0]
-    return float(ranked[ok[-1]]) if ok.size else 1.0
+    return float(ranked[ok[-1]]) if ok.size else math.inf

@@ -6,6 +6,7 @@ after the first image has been embedded and its masks decoded.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from numbers import Integral, Real
@@ -22,7 +23,8 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class LabelSettings:
     """``templates``: prompt templates, each with one ``{}``; ``top_k`` (>= 1) labels per mask;
-    a best probability below ``unknown_threshold`` (in [0, 1]) is reported as unknown."""
+    a best probability below ``unknown_threshold`` (in [0, 1], or ``math.inf``: always) is
+    reported as unknown."""
 
     templates: tuple[str, ...]
     top_k: int
@@ -39,10 +41,11 @@ def check_label_settings(
     if (
         isinstance(unknown_threshold, bool)
         or not isinstance(unknown_threshold, Real)
-        or not 0.0 <= unknown_threshold <= 1.0
+        or not (0.0 <= unknown_threshold <= 1.0 or unknown_threshold == math.inf)
     ):
         raise InputError(
-            f"unknown_threshold must be a probability in [0, 1], got {unknown_threshold!r}"
+            f"unknown_threshold must be a probability in [0, 1] (or inf: every label unknown),"
+            f" got {unknown_threshold!r}"
         )
     if isinstance(templates, str):
         names = prompt_templates(templates)

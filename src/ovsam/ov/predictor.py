@@ -114,12 +114,16 @@ class OVSamPredictor(SamPredictor):
 
     def set_text_bank(self, bank: TextBank) -> TextBank:
         """Use a prebuilt bank; classes named like the model's training classes count as seen
-        (compared by :func:`~ovsam.vocab.name_key`: ``aerosol_can`` is LVIS's ``aerosol can``).
+        (compared by :func:`~ovsam.vocab.name_key`: ``aerosol_can`` is LVIS's ``aerosol can``;
+        class names recorded by training are whole names, commas included).
         Assigning ``predictor.bank`` does the same."""
         dim = self.model.mask_decoder.roi_conv[0].conv.out_channels
         if bank.dim != dim:
             raise InputError(f"text bank has {bank.dim} dims; this OV-SAM embeds regions in {dim}")
-        seen = {name_key(n) for n in load_vocabulary(self.model.config.seen_vocabulary).classes}
+        seen_names = self.model.config.seen_vocabulary  # a built-in's name, or class names
+        if isinstance(seen_names, str):
+            seen_names = load_vocabulary(seen_names).classes
+        seen = {name_key(n) for n in seen_names}  # whole: "bag, handbag" is one class
         # one assignment: a prediction running meanwhile reads the old pair or the new one
         self._bank_and_seen = (bank, torch.tensor([name_key(n) in seen for n in bank.names]))
         return bank
@@ -192,7 +196,7 @@ class OVSamPredictor(SamPredictor):
             raise InputError(
                 f"low-res logits must be Nx{LOW_RES}x{LOW_RES}, got shape {logits.shape}"
             )
-        tensor = torch.from_numpy(logits)
+        tensor = torch.from_numpy(np.ascontiguousarray(logits))  # e.g. np.flip's view
         head_boxes = self.model.mask_decoder.mask_boxes(tensor[:, None])
         clip_boxes = head_boxes
         if prompt_boxes is not None:

@@ -125,7 +125,8 @@ class SegmentationEngine:
             state = self.predictor.export_state()
             self.predictor.reset_image()
         if getattr(self.recognizer, "needs_pixels", False):
-            from ovsam.ov.baselines import PIXELS, pixels_tensor
+            from ovsam.image_state import PIXELS
+            from ovsam.ov.baselines import pixels_tensor
 
             state.extras[PIXELS] = pixels_tensor(image)
         return state, (time.perf_counter() - start) * 1000

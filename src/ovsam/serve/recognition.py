@@ -19,8 +19,7 @@ from typing import cast
 from ovsam.clip.model import CLIP
 from ovsam.clip.region_classifier import classify_regions
 from ovsam.clip.text_bank import TextBank, build_text_bank, check_context
-from ovsam.image_state import ImageState
-from ovsam.ov.baselines import PIXELS
+from ovsam.image_state import PIXELS, ImageState
 from ovsam.ov.predictor import OVSamPredictor
 from ovsam.serve.engine import DecodedMask
 from ovsam.vocab import BUILTIN_VOCABULARIES, Vocabulary, prompt_templates
