@@ -219,7 +219,8 @@ def evaluate_rank(
 ) -> list[InstanceRecord]:
     """Evaluate this rank's share of the images ``indices`` of ``dataset`` (all by default, else
     :attr:`Selection.indices <ovsam.evaluation.accounting.Selection.indices>`); returns its
-    records (resuming from disk). An image left without usable instances (all empty masks) is
+    records (resuming from disk: an image found in any rank's file, also one of an earlier run
+    with another number of processes, is not evaluated again). An image left without usable instances (all empty masks) is
     logged with no records and not prompted; one that cannot be read or prompted (an
     :class:`InputError` from its image file, an annotation or a prompt made from one) is logged
     with the reason, also printed to stderr."""
@@ -227,6 +228,9 @@ def evaluate_rank(
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"records.rank{rank}.jsonl"
     done = _done_images(path, repair=True)
+    for other in sorted(out.glob("records.rank*.jsonl")):  # a run of another world size
+        if other != path:  # its images are done too (read only: their rank may be writing)
+            done.update(_done_images(other))
     share = list(range(len(dataset)) if indices is None else indices)[rank::world]
     records: list[InstanceRecord] = []
     with path.open("a", encoding="utf-8") as log:
