@@ -340,9 +340,16 @@ def test_eval_command_end_to_end(
 
 
 def test_an_rle_of_another_size_than_its_image_is_a_one_line_error(
-    annotations: dict, tmp_path: Path
+    annotations: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Found before the RLE is decoded: one of a huge size built that mask first."""
+    from ovsam.data import instances
     from ovsam.masks import encode_rle
+
+    def not_decoded(rle: dict) -> np.ndarray:
+        raise AssertionError(f"decoded an RLE of size {rle['size']}")
+
+    monkeypatch.setattr(instances, "decode_rle", not_decoded)
 
     ann = annotations["annotations"][0]
     ann["segmentation"] = encode_rle(np.ones((10, 10), bool))

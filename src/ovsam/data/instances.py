@@ -27,7 +27,7 @@ import numpy as np
 from ovsam.data.polygons import polygons_to_mask
 from ovsam.errors import InputError
 from ovsam.image_io import APPLE_DOUBLE, load_image
-from ovsam.masks import decode_rle
+from ovsam.masks import decode_rle, rle_runs
 
 
 @dataclass
@@ -43,10 +43,17 @@ class Instances:
 
 
 def annotation_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
-    """The mask of a COCO ``segmentation`` field: polygons, RLE or uncompressed RLE."""
+    """The ``height x width`` mask of a COCO ``segmentation`` field: polygons, RLE or
+    uncompressed RLE. An RLE of another size is an :class:`InputError`, found before it is
+    decoded (a huge one cannot exhaust memory)."""
     if isinstance(segmentation, list):
         return polygons_to_mask(segmentation, height, width)
     if isinstance(segmentation, Mapping):
+        rle_height, rle_width, _ = rle_runs(segmentation)
+        if (rle_height, rle_width) != (height, width):
+            raise InputError(
+                f"its mask is {rle_height}x{rle_width} but the image is {height}x{width} (HxW)"
+            )
         return decode_rle(dict(segmentation))
     raise InputError(f"unsupported segmentation of type {type(segmentation).__name__}")
 
@@ -153,11 +160,6 @@ class InstanceDataset(ListedImages):
                 mask = annotation_mask(ann["segmentation"], height, width)
             except (InputError, ValueError, TypeError) as exc:
                 raise InputError(f"{where}: cannot decode its segmentation: {exc}") from exc
-            if mask.shape != (height, width):
-                raise InputError(
-                    f"{where}: its mask is {mask.shape[0]}x{mask.shape[1]} but the image is "
-                    f"{height}x{width} (HxW)"
-                )
             ys, xs = np.nonzero(mask)
             if xs.size == 0:
                 continue
