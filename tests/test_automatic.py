@@ -289,6 +289,19 @@ def test_numpy_numbers_are_settings_like_python_ones(mobilesam_model: torch.nn.M
         stability_score_thresh=np.float64(0.95),
     ).generate()
     assert plain and [r["rle"] for r in numpy_settings] == [r["rle"] for r in plain]
+    # small numpy integers wrapped in the grid's and the batches' arithmetic (np.uint8(130)
+    # put the grid in [0.25, 0.75], np.uint8(200) decoded 200 of 256 clicks)
+    np.testing.assert_array_equal(point_grid(np.uint8(130)), point_grid(130))
+    batches: list[int] = []
+    generator = AutomaticMaskGenerator(
+        predictor, points_per_side=np.uint8(16), points_per_batch=np.uint8(200)
+    )
+    candidates = generator._candidates
+    generator._candidates = lambda points, stride: (
+        batches.append(len(points)) or candidates(points, stride)
+    )
+    generator.generate()
+    assert batches == [200, 56]
 
 
 def test_settings_above_every_score_or_area_keep_nothing(mobilesam_model: torch.nn.Module) -> None:

@@ -76,6 +76,45 @@ def test_cell_counts_count_the_pixels_of_each_cell(stride: int, dtype: torch.dty
     assert counts[1].sum() == 37 * 70
 
 
+def test_cell_counts_of_a_strip_allocate_no_more_than_its_masks() -> None:
+    """A strip much thinner than a cell was padded to whole cells: ``stride`` times its
+    memory (a 1x1,000,000 image asked for 125 GB)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Largest(TorchDispatchMode):
+        elements = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, tuple | list) else (out,):
+                if isinstance(t, torch.Tensor):
+                    Largest.elements = max(Largest.elements, t.numel())
+            return out
+
+    masks = torch.rand(3, 1, 10_000, generator=torch.Generator().manual_seed(0)) > 0.5
+    with Largest():
+        counts = cell_counts(masks, 40)
+    assert (
+        counts.shape == (3, 1, 250) and counts.sum(2)[:, 0].tolist() == masks.sum((1, 2)).tolist()
+    )
+    assert Largest.elements <= masks.numel()
+
+
+def test_mask_nms_bounds_hold_for_cells_over_46341_pixels_a_side() -> None:
+    """A cell's pixel count (stride**2, images over ~11.9 M pixels long) overflowed int32 in
+    the lower bound on shared pixels: two masks sharing none were dropped as duplicates."""
+    from ovsam.mask_nms import mask_nms
+
+    stride = 50_000
+    cells = torch.zeros(2, 1, 4, dtype=module.cell_dtype(stride))
+    cells[0, 0, 1], cells[1, 0, 1] = 30_000, 25_000  # one cell, disjoint pixels
+
+    def disjoint(i: int, rows: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
+        return torch.zeros(len(rows), dtype=torch.long)
+
+    assert mask_nms(cells, torch.tensor([0.9, 0.8]), 0.7, stride, disjoint).tolist() == [0, 1]
+
+
 @pytest.mark.parametrize(
     ("stride", "dtype"),
     [(15, torch.uint8), (16, torch.int16), (181, torch.int16), (182, torch.int32)],

@@ -142,6 +142,16 @@ def test_failed_rename_names_the_target_not_the_temporary_file(tmp_path: Path) -
     assert [p.name for p in target.iterdir()] == ["keep.txt"]
 
 
+def test_a_file_name_of_255_bytes_is_written_atomically(tmp_path: Path) -> None:
+    """The temporary file's name is the target's plus 14 characters: a legal 242-255 byte name
+    gave "File name too long". Multi-byte characters are cut whole or not at all."""
+    for name in ("x" * 250 + ".json", "é" * 127 + "x"):
+        assert len(name.encode()) == 255
+        atomic_write_bytes(tmp_path / name, b"{}")
+        assert (tmp_path / name).read_bytes() == b"{}"
+    assert len(list(tmp_path.iterdir())) == 2  # no temporary file left
+
+
 def test_an_error_without_errno_keeps_its_own_message(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

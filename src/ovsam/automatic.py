@@ -33,6 +33,7 @@ from ovsam.predictor import SamPredictor
 
 def point_grid(points_per_side: int) -> np.ndarray:
     """``(n*n)x2`` XY points in [0, 1], centred in the cells of an n x n grid."""
+    points_per_side = int(points_per_side)  # a numpy integer's arithmetic can wrap
     offset = 1.0 / (2 * points_per_side)
     side = np.linspace(offset, 1 - offset, points_per_side)
     xs, ys = np.meshgrid(side, side)
@@ -163,11 +164,12 @@ class AutomaticMaskGenerator:
         if image is not None:
             self.predictor.set_image(image)
         size = self.predictor.original_size
-        points = point_grid(self.points_per_side) * np.array([size[1], size[0]])
+        side, batch = int(self.points_per_side), int(self.points_per_batch)  # np.uint8 wraps
+        points = point_grid(side) * np.array([size[1], size[0]])
         stride = nms_stride(size)
         parts = [
-            self._candidates(points[start : start + self.points_per_batch], stride)
-            for start in range(0, len(points), self.points_per_batch)
+            self._candidates(points[start : start + batch], stride)
+            for start in range(0, len(points), batch)
         ]
         found = Candidates.cat(parts)
         if len(found.iou) == 0:

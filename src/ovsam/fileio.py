@@ -47,6 +47,17 @@ def _naming_target(exc: OSError, target: Path) -> OSError:
     return OSError(exc.errno, exc.strerror, str(target))
 
 
+# File names take at most 255 bytes on most file systems: the temporary name (".NAME." + 8
+# random characters + ".tmp") shortens NAME to this many bytes.
+_TEMPORARY_NAME_BYTES = 200
+
+
+def _short_name(name: str) -> str:
+    """``name``, cut to :data:`_TEMPORARY_NAME_BYTES` bytes when longer."""
+    raw = os.fsencode(name)
+    return name if len(raw) <= _TEMPORARY_NAME_BYTES else os.fsdecode(raw[:_TEMPORARY_NAME_BYTES])
+
+
 @contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success rename it over ``target``.
@@ -62,7 +73,9 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{_short_name(target.name)}.", suffix=".tmp", dir=target.parent
+        )
     except OSError as exc:
         raise _naming_target(exc, target) from exc
     mode = _new_file_mode(target)

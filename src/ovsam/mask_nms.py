@@ -75,8 +75,8 @@ def mask_nms(
             close = _iou(most, total) > iou_threshold  # the others stay for sure
             if cell_size > 1 and close.any():
                 rows, total = rows[close], total[close]
-                both = region[close].to(torch.int32) + own.to(torch.int32)
-                least = (both - cell_size**2).clamp_(min=0).sum((1, 2), dtype=torch.int64)
+                both = region[close].to(torch.int64) + own.to(torch.int64)  # cell_size**2
+                least = (both - cell_size**2).clamp_(min=0).sum((1, 2))  # overflows int32
                 drop = _iou(least, total) > iou_threshold
                 unsure = ~drop
                 if unsure.any():

@@ -70,15 +70,27 @@ def cell_dtype(stride: int) -> torch.dtype:
 def cell_counts(masks: torch.Tensor, stride: int) -> torch.Tensor:
     """``KxHxW`` bool -> ``Kx ceil(H/stride) x ceil(W/stride)``: how many pixels of each
     ``stride x stride`` cell are True, in :func:`cell_dtype` (cells of 182 pixels or more a
-    side, from images over 46,336 pixels long, need int32)."""
+    side, from images over 46,336 pixels long, need int32). Cells at the bottom and right
+    edges may be partial; nothing is padded (a 1-pixel-high strip padded to a whole cell
+    took ``stride`` times its memory)."""
     dtype = cell_dtype(stride)
     if stride == 1:
         return masks.to(dtype)
-    k, h, w = masks.shape
-    rows, cols = -(-h // stride), -(-w // stride)
-    padded = masks.new_zeros((k, rows * stride, cols * stride))
-    padded[:, :h, :w] = masks
-    return padded.view(k, rows, stride, cols, stride).sum((2, 4), dtype=dtype)
+    return _block_sums(_block_sums(masks, stride, 1, dtype), stride, 2, dtype)
+
+
+def _block_sums(x: Tensor, stride: int, dim: int, dtype: torch.dtype) -> Tensor:
+    """Sums of ``x`` over consecutive blocks of ``stride`` along ``dim`` (the last block
+    partial when ``stride`` does not divide its size), in ``dtype``."""
+    size = x.shape[dim]
+    whole = size // stride * stride
+    parts = []
+    if whole:
+        blocks = x.narrow(dim, 0, whole).unflatten(dim, (whole // stride, stride))
+        parts.append(blocks.sum(dim + 1, dtype=dtype))
+    if size > whole:
+        parts.append(x.narrow(dim, whole, size - whole).sum(dim, keepdim=True, dtype=dtype))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim)
 
 
 def mask_boxes(masks: Tensor) -> Tensor:
