@@ -346,10 +346,7 @@ def test_an_rle_of_another_size_than_its_image_is_a_one_line_error(
     from ovsam.data import instances
     from ovsam.masks import encode_rle
 
-    def not_decoded(rle: dict) -> np.ndarray:
-        raise AssertionError(f"decoded an RLE of size {rle['size']}")
-
-    monkeypatch.setattr(instances, "decode_rle", not_decoded)
+    monkeypatch.setattr(instances, "decode_rle", lambda rle: pytest.fail(f"decoded {rle['size']}"))
 
     ann = annotations["annotations"][0]
     ann["segmentation"] = encode_rle(np.ones((10, 10), bool))

@@ -65,21 +65,28 @@ def test_malformed_multipart(client: TestClient) -> None:
     assert (status, code) == (400, "bad_request") and "multipart" in message
 
 
-def test_unexpected_exception_is_a_500_envelope_without_traceback(
-    engine: SegmentationEngine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
+def upload_failing_with(
+    error: Exception, engine: SegmentationEngine, monkeypatch: pytest.MonkeyPatch
+) -> object:
+    """The response to an upload whose embedding raises ``error``."""
     broken = SegmentationEngine(engine.predictor, engine.model_name)
 
     def crash(image: np.ndarray) -> None:
-        raise RuntimeError("secret detail")
+        raise error
 
     monkeypatch.setattr(broken, "embed", crash)
     client = TestClient(create_app(ServeSettings(), lambda _: broken))
+    return client.post("/v1/images", files={"file": ("a.png", tiny_png(), "image/png")})
+
+
+def test_unexpected_exception_is_a_500_envelope_without_traceback(
+    engine: SegmentationEngine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.ERROR, logger="ovsam.serve"):
-        r = client.post("/v1/images", files={"file": ("a.png", tiny_png(), "image/png")})
+        r = upload_failing_with(RuntimeError("secret detail"), engine, monkeypatch)
     status, code, message = envelope(r)
     assert (status, code) == (500, "internal_error")
-    assert "secret" not in message and "Traceback" not in r.text
+    assert "secret" not in message and "Traceback" not in r.text  # type: ignore[attr-defined]
     logged = [rec for rec in caplog.records if rec.name == "ovsam.serve"]
     assert logged and logged[0].exc_info is not None
     assert "secret detail" in str(logged[0].exc_info[1])
@@ -88,16 +95,9 @@ def test_unexpected_exception_is_a_500_envelope_without_traceback(
 def test_running_out_of_memory_is_a_503_envelope(
     engine: SegmentationEngine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    broken = SegmentationEngine(engine.predictor, engine.model_name)
-
-    def out_of_memory(image: np.ndarray) -> None:
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 ...")
-
-    monkeypatch.setattr(broken, "embed", out_of_memory)
-    client = TestClient(create_app(ServeSettings(), lambda _: broken))
+    error = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 ...")
     with caplog.at_level(logging.WARNING, logger="ovsam.serve"):
-        r = client.post("/v1/images", files={"file": ("a.png", tiny_png(), "image/png")})
-    status, code, message = envelope(r)
+        status, code, message = envelope(upload_failing_with(error, engine, monkeypatch))
     assert (status, code) == (503, "out_of_memory")
     assert message.startswith("ran out of GPU memory (asked for 2.00 GiB more): use smaller")
     assert [rec.levelname for rec in caplog.records if rec.name == "ovsam.serve"] == ["WARNING"]
