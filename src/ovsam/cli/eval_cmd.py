@@ -66,6 +66,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
     from ovsam.data.instances import InstanceDataset, read_annotations
     from ovsam.distributed import barrier, init_distributed, shutdown
     from ovsam.evaluation.accounting import select_images, summary_line
@@ -78,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         lvis_splits,
         write_report,
     )
+    from ovsam.output_lock import output_lock
     from ovsam.recognizers import build_labeled_predictor
 
     data = read_annotations(args.annotations)
@@ -107,46 +110,47 @@ def run(args: argparse.Namespace) -> int:
     options = _label_options(args, dataset)
     info = init_distributed(args.device)
     settings = _settings(args, options)
-    legacy = check_settings(args.out, settings, write=info.is_main)
-    barrier()  # every rank has checked before any writes records
-    if legacy and info.is_main:
-        print(
-            f"warning: {args.out} has records but no settings.json (an older ovsam): "
-            "assuming they were made with these settings",
-            file=sys.stderr,
+    with output_lock(args.out, "eval") if info.is_main else nullcontext():  # rank 0's
+        legacy = check_settings(args.out, settings, write=info.is_main)
+        barrier()  # every rank has checked before any writes records
+        if legacy and info.is_main:
+            print(
+                f"warning: {args.out} has records but no settings.json (an older ovsam): "
+                "assuming they were made with these settings",
+                file=sys.stderr,
+            )
+        if info.is_main:
+            _warn_ignored(args, dataset, selection.orphan_annotations)
+        predictor = build_labeled_predictor(options, args.model, args.checkpoint, str(info.device))
+        evaluate_rank(
+            LabeledPredictorAdapter(predictor),
+            dataset,
+            splits,
+            args.out,
+            args.prompt,
+            info.rank,
+            info.world,
+            selection.indices,
         )
-    if info.is_main:
-        _warn_ignored(args, dataset, selection.orphan_annotations)
-    predictor = build_labeled_predictor(options, args.model, args.checkpoint, str(info.device))
-    evaluate_rank(
-        LabeledPredictorAdapter(predictor),
-        dataset,
-        splits,
-        args.out,
-        args.prompt,
-        info.rank,
-        info.world,
-        selection.indices,
-    )
-    barrier()
-    if info.is_main:
-        from ovsam import __version__
+        barrier()
+        if info.is_main:
+            from ovsam import __version__
 
-        model, checkpoint = settings["model"], settings["checkpoint"]
-        method = args.method or (
-            f"{args.recognizer} ({_model_label(model, checkpoint)}, {options.describe_weights()})"
-        )
-        about = {"prompt": args.prompt, "split": args.split, "model": model}
-        about |= {"checkpoint": checkpoint, "ovsam": __version__}
-        metrics = write_report(args.out, method, selection, about)
-        print((args.out / "table.md").read_text(encoding="utf-8"), end="")
-        print(f"{summary_line(metrics)} -> {args.out / 'metrics.json'}")
-        if detections is not None:
-            unreadable = {row["image_id"] for row in metrics["unreadable_images"]}
-            _report_mask_ap(
-                args, LabeledPredictorAdapter(predictor), data, selection.image_ids,
-                list(dataset.categories), detections, unreadable,
-            )  # fmt: skip
+            model, checkpoint = settings["model"], settings["checkpoint"]
+            method = args.method or (
+                f"{args.recognizer} ({_model_label(model, checkpoint)}, {options.describe_weights()})"
+            )
+            about = {"prompt": args.prompt, "split": args.split, "model": model}
+            about |= {"checkpoint": checkpoint, "ovsam": __version__}
+            metrics = write_report(args.out, method, selection, about)
+            print((args.out / "table.md").read_text(encoding="utf-8"), end="")
+            print(f"{summary_line(metrics)} -> {args.out / 'metrics.json'}")
+            if detections is not None:
+                unreadable = {row["image_id"] for row in metrics["unreadable_images"]}
+                _report_mask_ap(
+                    args, LabeledPredictorAdapter(predictor), data, selection.image_ids,
+                    list(dataset.categories), detections, unreadable,
+                )  # fmt: skip
     shutdown()
     return 0
 

@@ -144,28 +144,14 @@ def segment_everything(
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from ovsam.automatic import AutomaticMaskGenerator, check_generator_settings
-    from ovsam.build import build_model
+    from ovsam.automatic import check_generator_settings
     from ovsam.cli.everything_jobs import (
-        OVERLAY_FILE,
-        RESULT_FILE,
-        SETTINGS_FILE,
-        file_sha256,
         finished_jobs,
-        forget_results,
         list_jobs,
         ovsam_outputs,
         subfolder_count,
     )
-    from ovsam.errors import InputError
-    from ovsam.fileio import atomic_write_bytes, atomic_write_json
-    from ovsam.image_io import load_image
-    from ovsam.outputs import png_bytes
-    from ovsam.predictor import SamPredictor
-    from ovsam.recognizers import build_labeled_predictor, recognition_record
-    from ovsam.visualize import overlay
+    from ovsam.output_lock import output_lock
 
     settings_given, flags = generator_settings(args)
     check_generator_settings(settings_given, flags)  # before any model is built
@@ -191,6 +177,38 @@ def run(args: argparse.Namespace) -> int:
     todo = [job for job in jobs if job not in done]
     if not todo:
         return 0
+    with output_lock(args.out, "everything"):  # from here on it writes
+        return _segment(args, todo, options, settings_given, settings)
+
+
+def _segment(
+    args: argparse.Namespace,
+    todo: list[tuple[Path, Path]],
+    options: LabelOptions | None,
+    settings_given: dict[str, Any],
+    settings: dict[str, Any],
+) -> int:
+    """Segment the images of ``todo`` (``(image, output folder)`` pairs) and write their
+    results; exit status 1 when some of a folder's images could not be read."""
+    from tqdm import tqdm
+
+    from ovsam.automatic import AutomaticMaskGenerator
+    from ovsam.build import build_model
+    from ovsam.cli.everything_jobs import (
+        OVERLAY_FILE,
+        RESULT_FILE,
+        SETTINGS_FILE,
+        file_sha256,
+        forget_results,
+    )
+    from ovsam.errors import InputError
+    from ovsam.fileio import atomic_write_bytes, atomic_write_json
+    from ovsam.image_io import load_image
+    from ovsam.outputs import png_bytes
+    from ovsam.predictor import SamPredictor
+    from ovsam.recognizers import build_labeled_predictor, recognition_record
+    from ovsam.visualize import overlay
+
     if options is None:
         predictor = SamPredictor(
             build_model(args.model, checkpoint=args.checkpoint).to(args.device)

@@ -125,7 +125,10 @@ def _config(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
     from ovsam.distributed import init_distributed, shutdown
+    from ovsam.output_lock import output_lock
     from ovsam.train.clip2sam_task import Clip2SamTask, startup_notice
     from ovsam.train.engine import Trainer
     from ovsam.train.sam2clip_task import Sam2ClipTask
@@ -137,8 +140,9 @@ def run(args: argparse.Namespace) -> int:
         print(notice, file=sys.stderr)
     try:
         task = (Sam2ClipTask if config.task == "sam2clip" else Clip2SamTask)(config, info.device)
-        trainer = Trainer(config, task, info)
-        rows = trainer.train(stop_after=args.stop_after)
+        with output_lock(args.out, "train") if info.is_main else nullcontext():  # rank 0's
+            trainer = Trainer(config, task, info)
+            rows = trainer.train(stop_after=args.stop_after)
     finally:
         shutdown()
     if info.is_main and rows:
