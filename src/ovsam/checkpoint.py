@@ -99,12 +99,12 @@ def checkpoint_file(path: str | Path, what: str = "checkpoint") -> Path:
 def is_torchscript_archive(path: str | Path) -> bool:
     """True when ``path`` is a zip archive laid out as a TorchScript module (such as OpenAI's
     CLIP releases), which ``torch.load(weights_only=True)`` refuses."""
-    if not zipfile.is_zipfile(path):
-        return False
     try:
+        if not zipfile.is_zipfile(path):
+            return False
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError):
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError):
         return False  # a damaged archive (a member name not UTF-8...): its reader names it
     return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
 
