@@ -113,6 +113,12 @@ def test_registry_names_aliases_and_unknown_name() -> None:
     assert get_model_entry("mobilesam").default_weights == "mobile_sam"
     with pytest.raises(InputError, match=r"unknown model 'vit_x'; available models: mobilesam, "):
         build_model("vit_x")
+    # a Path is a name too (it was an AttributeError), and a missing model file is named so
+    with pytest.raises(InputError, match=r"unknown model 'vit_x'; available models: mobilesam, "):
+        build_model(Path("vit_x"))
+    assert type(build_model(Path("vit_t"), pretrained=False)).__name__ == "Sam"
+    with pytest.raises(InputError, match=r"^model file gone\.safetensors not found$"):
+        build_model(Path("gone.safetensors"))
 
 
 def test_register_model_extends_build_and_rejects_taken_names() -> None:

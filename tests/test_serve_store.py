@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ovsam.serve.store import ImageStore
+from ovsam.serve.store import LOW_RES_BYTES, ImageStore
 
 
 class FakeState:
@@ -35,6 +35,18 @@ def fast_switching() -> Iterator[None]:
     sys.setswitchinterval(1e-6)
     yield
     sys.setswitchinterval(interval)
+
+
+def test_a_kept_mask_holds_the_memory_the_store_counts() -> None:
+    """A one-click prompt's best mask is one of three candidates: kept as a view, it held all
+    three (768 KiB) while the store counted 256 KiB."""
+    store = ImageStore(4, 10**9, 4)
+    item = store.add("x", FakeState())  # type: ignore[arg-type]
+    candidates = np.zeros((3, 256, 256), np.float32)
+    store.remember_mask(item, candidates[2][None])
+    (kept,) = item.masks.values()
+    assert kept.base is None and kept.nbytes == LOW_RES_BYTES
+    assert store.total_bytes() == 10 + LOW_RES_BYTES
 
 
 @pytest.mark.usefixtures("fast_switching")

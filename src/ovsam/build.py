@@ -135,7 +135,9 @@ def build_model(
                 f"model file {name} carries its own weights: give no checkpoint (got {checkpoint})"
             )
         return load_ovsam(name)
-    entry = get_model_entry(name)
+    if Path(name).suffix == ".safetensors":
+        raise InputError(f"model file {name} not found")
+    entry = get_model_entry(str(name))
     if checkpoint is not None:
         from ovsam.ov.checkpoints import is_ovsam_checkpoint, load_ovsam
 

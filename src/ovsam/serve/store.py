@@ -69,8 +69,12 @@ class ImageStore:
             return item
 
     def remember_mask(self, item: StoredImage, low_res: np.ndarray) -> str:
-        """Keep ``low_res`` (1x256x256 logits) for refinement; returns its mask id."""
+        """Keep ``low_res`` (1x256x256 logits) for refinement; returns its mask id. A view
+        (one of a prompt's three candidates) is copied: it would keep all three alive while
+        :meth:`StoredImage.nbytes` counts one."""
         mask_id = uuid.uuid4().hex[:16]
+        if low_res.base is not None:
+            low_res = low_res.copy()
         with self._lock:
             item.masks[mask_id] = low_res
             while len(item.masks) > self.masks_per_image:
