@@ -139,6 +139,7 @@ def test_lvis_vocabulary_read_from_annotation_categories(tmp_path: Path) -> None
         ([good, {**good, "id": 3, "name": 5}], r"category 1 \(id 3\): expected an integer id"),
         ([good, {**good, "id": 3, "synonyms": None}], r"a list of string synonyms"),
         ([good, {**good, "id": "3"}], r"category 1 \(id '3'\): expected an integer id"),
+        ([good, {**good, "id": 3, "name": " _ "}], r"\(id 3\): name ' _ ' has no visible"),
     ]:  # later categories are checked too, each one named
         for read in (lvis_vocabulary_from_annotations, lvis_frequencies_from_annotations):
             with pytest.raises(InputError, match=message):

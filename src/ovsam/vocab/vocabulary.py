@@ -267,6 +267,8 @@ def _lvis_categories(annotations: str | Path | Mapping[str, Any]) -> list[Mappin
             raise InputError(
                 f"{where}: expected an integer id, a string name and a list of string synonyms"
             )
+        if not category["name"].replace("_", " ").strip():  # was an IndexError
+            raise InputError(f"{where}: name {category['name']!r} has no visible character")
     return sorted(categories, key=lambda c: c["id"])
 
 
