@@ -75,3 +75,30 @@ def test_a_full_disk_loses_the_cache_file_not_the_bank(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("('cat', 'dog') ['text bank not cached (")
     assert "File too large" in done.stdout and list(tmp_path.iterdir()) == []
+
+
+def test_a_damaged_cache_file_is_rebuilt_and_dtype_is_part_of_the_key(
+    model: CLIP, tmp_path: Path
+) -> None:
+    """safetensors keeps no checksum: a file whose header survived but whose rows did not
+    (NaN, not unit) was served as the bank. An fp16 text tower embeds otherwise than an fp32
+    one with the same fp16-exact weights (the same fingerprint): they shared a file."""
+    from safetensors.torch import load_file, save_file
+
+    first = build_text_bank(model, ["cat", "dog"], cache=tmp_path, progress=False)
+    (path,) = tmp_path.glob("*.safetensors")
+    metadata = {"key": first.key}
+    for damage in (float("nan"), 0.5):
+        tensors = load_file(path)
+        tensors["embeddings"][1] *= damage
+        save_file(tensors, path, metadata=metadata)
+        again = build_text_bank(model, ["cat", "dog"], cache=tmp_path, progress=False)
+        torch.testing.assert_close(again.embeddings, first.embeddings)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.half().float())
+    fp32 = build_text_bank(model, ["cat", "dog"], cache=tmp_path, progress=False, weights_id="w")
+    fp16 = build_text_bank(
+        model.half(), ["cat", "dog"], cache=tmp_path, progress=False, weights_id="w"
+    )
+    assert fp16.key != fp32.key

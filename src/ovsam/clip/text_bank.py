@@ -208,10 +208,14 @@ def text_tower_fingerprint(model: CLIP) -> str:
 def bank_key(
     model: CLIP, weights_id: str, synonyms: Sequence[Sequence[str]], templates: Sequence[str]
 ) -> str:
-    """Cache key: sha256 of (format, architecture, weights id, names, templates)."""
+    """Cache key: sha256 of (format, architecture, text tower dtype, weights id, names,
+    templates). The dtype counts: an fp16 tower embeds otherwise than an fp32 one with the
+    same (fp16-exact) weights, which have the same fingerprint."""
+    dtype = next(p.dtype for n, p in model.named_parameters() if not n.startswith("visual."))
     payload = json.dumps(
-        [BANK_FORMAT, repr(model.config), weights_id, [list(s) for s in synonyms], list(templates)]
-    )
+        [BANK_FORMAT, repr(model.config), str(dtype), weights_id, [list(s) for s in synonyms],
+         list(templates)]
+    )  # fmt: skip
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -244,16 +248,20 @@ def _embed_synonyms(
 def _read_cached(path: Path, key: str, names: tuple[str, ...]) -> TextBank | None:
     """The bank cached under ``key``, its classes named ``names`` (the key covers what is
     embedded, not the display names: a vocabulary with other display names but the same
-    synonyms shares the file); None when missing or unreadable."""
+    synonyms shares the file); None when missing, unreadable or damaged (safetensors keeps
+    no checksum: rows that are not finite unit vectors, or a class without one, are damage)."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as fh:
             if (fh.metadata() or {}).get("key") != key:
                 return None
-            return TextBank(names, fh.get_tensor("embeddings"), fh.get_tensor("class_index"), key)
+            bank = TextBank(names, fh.get_tensor("embeddings"), fh.get_tensor("class_index"), key)
     except Exception:  # noqa: BLE001 - an unreadable cache file is rebuilt, not fatal
         return None
+    norms = torch.linalg.vector_norm(bank.embeddings.float(), dim=1)
+    unit = bool(((norms - 1).abs() < 1e-3).all())  # False for NaN too
+    return bank if unit and len(bank.class_index.unique()) == len(names) else None
 
 
 def build_text_bank(
