@@ -56,6 +56,10 @@ def test_orientation_from_exif_or_xmp_is_applied_and_reported() -> None:
     assert xmp.shape == (20, 40, 3) and (xmp[:, 30:] == (255, 0, 0)).all()  # turned 180
     stored, applied = load_image_and_orientation(files["webp-exif"][0], exif_orientation=False)
     assert stored.shape == (20, 40, 3) and applied == 1
+    # TIFF: the orientation was read after Pillow had turned the pixels and dropped it
+    assert np.array_equal(load_image(files["tiff-exif"][0]), webp)
+    raw = load_image(files["tiff-exif"][0], exif_orientation=False)
+    assert np.array_equal(raw, stored)
 
 
 @pytest.mark.parametrize("mode", ["RGB", "L", "P", "1", "I;16"])

@@ -32,8 +32,11 @@ def turned_image_files() -> dict[str, tuple[bytes, int]]:
         '22-rdf-syntax-ns#"><rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" '
         'tiff:Orientation="3"/></rdf:RDF></x:xmpmeta>',
     )
+    tiff = io.BytesIO()  # Pillow's TIFF loader turns these pixels itself
+    image.save(tiff, format="TIFF", exif=exif)
     return {
         "webp-exif": (webp.getvalue(), 6),
+        "tiff-exif": (tiff.getvalue(), 6),
         "png-xmp": (png_file(image, pnginfo=xmp), 3),
         "png": (png_file(image), 1),
     }

@@ -198,14 +198,29 @@ def _decode(
                 f"{what} is {width}x{height} = {width * height} pixels, "
                 f"more than the limit of {max_pixels}"
             )
-        img.load()
-        if not exif_orientation:
-            return np.ascontiguousarray(_to_uint8_rgb(img)), 1
-        # what exif_transpose reads (getexif() adds an XMP tiff:Orientation); others: none
+        # what exif_transpose reads (getexif() adds an XMP tiff:Orientation); others: none.
+        # Read before load(): Pillow's TIFF loader turns the pixels itself and drops the tag.
         orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
-        upright = ImageOps.exif_transpose(img)
-        applied = orientation if orientation in range(2, 9) else 1
-        return np.ascontiguousarray(_to_uint8_rgb(upright)), applied
+        orientation = orientation if orientation in range(2, 9) else 1
+        img.load()
+        turned = orientation != 1 and ExifTags.Base.Orientation not in img.getexif()
+        if not exif_orientation:
+            stored = img.transpose(_UNDO[orientation]) if turned else img
+            return np.ascontiguousarray(_to_uint8_rgb(stored)), 1
+        upright = img if turned else ImageOps.exif_transpose(img)
+        return np.ascontiguousarray(_to_uint8_rgb(upright)), orientation
+
+
+# The transpose that undoes each orientation's (``ImageOps.exif_transpose``'s) turn.
+_UNDO = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
 
 
 def _opened_formats() -> list[str]:
