@@ -82,9 +82,9 @@ def test_health_reports_model_and_missing_recognition(client: TestClient) -> Non
 
 def test_openapi_schema_lists_versioned_routes(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
-    assert {"/v1/images", "/v1/images/{image_id}/predict", "/v1/vocabularies", "/v1/health"} <= set(
-        paths
-    )
+    routes = {"/v1/images", "/v1/images/{image_id}/predict", "/v1/vocabularies", "/v1/health"}
+    picture = paths["/v1/images/{image_id}/picture"]["get"]["responses"]["200"]["content"]
+    assert routes <= set(paths) and list(picture) == ["image/jpeg"]  # was documented as JSON
 
 
 def test_box_and_point_prompts(client: TestClient, scene: tuple[str, list]) -> None:

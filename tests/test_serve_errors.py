@@ -208,3 +208,18 @@ def test_an_upload_without_a_file_part_says_how_to_send_one(client: TestClient) 
     r = client.post("/v1/images", files={"image": ("a.png", b"x", "image/png")})
     assert envelope(r) == (422, "invalid_request", NO_FILE_PART)
     assert "curl -F 'file=@photo.jpg'" in NO_FILE_PART
+
+
+def test_a_body_that_is_not_utf8_or_holds_a_huge_number_is_named(client: TestClient) -> None:
+    """FastAPI answered both with a bare 400 "There was an error parsing the body"."""
+    headers = {"content-type": "application/json"}
+    latin1 = '{"names": ["café"]}'.encode("latin-1")  # PowerShell 5.1's default body encoding
+    status, code, message = envelope(
+        client.post("/v1/vocabularies", content=latin1, headers=headers)
+    )
+    assert (status, code) == (422, "invalid_request")
+    assert message == "request body must be UTF-8 JSON (byte 0xe9 at 15)"
+    huge = b'{"names": ["a"], "x": ' + b"9" * 5000 + b"}"
+    status, code, message = envelope(client.post("/v1/vocabularies", content=huge, headers=headers))
+    assert (status, code) == (422, "invalid_request")
+    assert message.startswith("request body is not valid JSON (Exceeds the limit (4300 digits)")

@@ -212,7 +212,11 @@ def create_app(
             picture=picture_url(item),
         )  # fmt: skip
 
-    @app.get("/v1/images/{image_id}/picture", responses=ERRORS)
+    @app.get(
+        "/v1/images/{image_id}/picture",
+        response_class=Response,
+        responses={**ERRORS, 200: {"content": {"image/jpeg": {}}, "description": "JPEG"}},
+    )
     def image_picture(image_id: str) -> Response:
         """The upright picture of an upload its orientation metadata turned (JPEG)."""
         item = stored(image_id)

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ovsam.errors import InputError, NotReadyError, out_of_memory_line
+from ovsam.errors import InputError, NotReadyError, first_line, out_of_memory_line
 from ovsam.serve.schemas import COORDINATE_SHAPES
 
 LOG = logging.getLogger("ovsam.serve")
@@ -110,6 +110,15 @@ def validation_error(exc: RequestValidationError, limits: dict[str, TooLong]) ->
     return ApiError(422, "invalid_request", "; ".join(dict.fromkeys(parts)))
 
 
+def _unparsed_body(cause: ValueError) -> str:
+    """Why a JSON body could not be parsed, where FastAPI says only "There was an error
+    parsing the body" (text not UTF-8, e.g. a Latin-1 vocabulary; a number of thousands of
+    digits)."""
+    if isinstance(cause, UnicodeDecodeError):
+        return f"request body must be UTF-8 JSON (byte {cause.object[cause.start]:#04x} at {cause.start})"
+    return f"request body is not valid JSON ({first_line(cause)})"
+
+
 def install_error_handlers(app: FastAPI, limits: dict[str, TooLong]) -> None:
     """Answer every error raised inside ``app`` with the JSON envelope."""
 
@@ -117,6 +126,14 @@ def install_error_handlers(app: FastAPI, limits: dict[str, TooLong]) -> None:
     def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = getattr(exc, "code", None) or STATUS_CODES.get(exc.status_code, "http_error")
         message = str(exc.detail)
+        cause = exc.__cause__  # FastAPI's own 400 for a body it could not parse:
+        if (
+            not isinstance(exc, ApiError)
+            and exc.status_code == 400
+            and isinstance(cause, ValueError)
+        ):
+            code, message = "invalid_request", _unparsed_body(cause)
+            return error_response(422, code, message)
         if exc.status_code in (404, 405) and not isinstance(exc, ApiError):
             message = f"{message}: {request.method} {request.url.path}"
         return error_response(exc.status_code, code, message, exc.headers)
