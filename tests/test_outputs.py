@@ -232,3 +232,23 @@ def test_overlay_takes_greyscale_and_rgba_as_set_image_does(form: str) -> None:
         assert np.array_equal(picture, overlay(image, masks, labels=["cup"]))
     with pytest.raises(InputError, match=r"image must be HxWx3 RGB .* got shape \(40, 60, 2\)"):
         overlay(np.zeros((40, 60, 2), np.uint8), [mask])
+
+
+def test_overlay_names_marks_that_do_not_fit_the_image() -> None:
+    """They failed deep in numpy or zip (IndexError, "zip() argument 2 is shorter")."""
+    from ovsam.errors import InputError
+
+    image = np.zeros((40, 50, 3), np.uint8)
+    mask = np.zeros((40, 50), bool)
+    mask[5:9, 5:9] = True
+    for kwargs, message in [
+        ({"masks": [np.ones((10, 10), bool)]}, r"mask 0 is \(10, 10\), the image is \(40, 50\)"),
+        ({"masks": [mask, mask], "labels": ["a"]}, "1 labels for 2 masks: give one per mask"),
+        ({"masks": [], "points": [[1, 2]], "point_labels": [1, 0]}, "one label per point"),
+        ({"masks": [], "boxes": [1, 2, 3]}, r"boxes must be Mx4 XYXY pixels, got shape \(3,\)"),
+        ({"masks": [], "points": [[1, float("nan")]]}, "points contains NaN or infinite"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            overlay(image, **kwargs)
+    one = overlay(image, mask)  # one HxW array is one mask
+    assert np.array_equal(one, overlay(image, [mask])) and one[6, 6].any()

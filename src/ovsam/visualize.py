@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ovsam.boxes import finite_array
+from ovsam.errors import InputError
 from ovsam.image_io import check_image_array
 
 PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -68,11 +70,25 @@ def overlay(
 
     ``image``: HxWx3 uint8 RGB, or HxW / HxWx1 greyscale or HxWx4 RGBA uint8, converted as
     :meth:`~ovsam.predictor.SamPredictor.set_image` does (:func:`check_image_array`; other
-    arrays raise :class:`~ovsam.errors.InputError`). ``masks``: K masks of HxW bool.
-    ``labels``: K captions (or None). ``points``: Nx2 XY pixels with ``point_labels`` N (1
-    green ring, 0 red cross). ``boxes``: Mx4 XYXY pixels. Returns an HxWx3 uint8 RGB picture.
+    arrays raise :class:`~ovsam.errors.InputError`). ``masks``: K masks of HxW bool (one HxW
+    array is one mask). ``labels``: K captions (or None). ``points``: Nx2 XY pixels with
+    ``point_labels`` N (1 green ring, 0 red cross). ``boxes``: Mx4 XYXY pixels. Marks that do
+    not fit the image or each other raise :class:`~ovsam.errors.InputError`. Returns an HxWx3
+    uint8 RGB picture.
     """
     image = check_image_array(image)
+    masks = _checked_masks(masks, image.shape[:2], labels)
+    if points is not None:
+        points = finite_array("points", points, "Nx2 XY pixels").reshape(-1, 2)
+        if point_labels is not None and np.shape(point_labels) != (len(points),):
+            raise InputError(
+                f"point_labels must hold one label per point ({len(points)}), got shape "
+                f"{np.shape(point_labels)}"
+            )
+    if boxes is not None:
+        boxes = finite_array("boxes", boxes, "Mx4 XYXY pixels")
+        if boxes.size % 4:
+            raise InputError(f"boxes must be Mx4 XYXY pixels, got shape {boxes.shape}")
     canvas = image.astype(np.float32)
     for index, mask in enumerate(masks):
         mask = np.asarray(mask, dtype=bool)
@@ -85,12 +101,12 @@ def overlay(
     radius = max(3, size // 120)
     line = max(2, size // 400)
     if boxes is not None:
-        for x0, y0, x1, y1 in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
+        for x0, y0, x1, y1 in boxes.reshape(-1, 4):
             draw.rectangle((x0, y0, x1, y1), outline=(255, 255, 255), width=line + 1)
             draw.rectangle((x0, y0, x1, y1), outline=(20, 20, 20), width=max(1, line - 1))
     if points is not None:
         kinds = np.ones(len(points)) if point_labels is None else np.asarray(point_labels)
-        for (x, y), kind in zip(np.asarray(points, dtype=np.float64), kinds, strict=True):
+        for (x, y), kind in zip(points, kinds, strict=True):
             ring = (x - radius, y - radius, x + radius, y + radius)
             if kind == 1:
                 draw.ellipse(ring, fill=POSITIVE, outline=(255, 255, 255), width=line)
@@ -117,3 +133,21 @@ def overlay(
             )
             draw.text(anchor, text, fill=(255, 255, 255), font=font)
     return np.asarray(picture)
+
+
+def _checked_masks(
+    masks: Sequence[np.ndarray] | np.ndarray,
+    size: tuple[int, int],
+    labels: Sequence[str | None] | None,
+) -> list[np.ndarray]:
+    """``masks`` as a list of HxW bool arrays of the image's ``size``, one per label when
+    ``labels`` (:class:`InputError` naming the first that does not fit)."""
+    if isinstance(masks, np.ndarray) and masks.ndim == 2:
+        masks = [masks]
+    checked = [np.asarray(mask, dtype=bool) for mask in masks]
+    for index, mask in enumerate(checked):
+        if mask.shape != size:
+            raise InputError(f"mask {index} is {mask.shape}, the image is {size} (HxW)")
+    if labels is not None and len(labels) != len(checked):
+        raise InputError(f"{len(labels)} labels for {len(checked)} masks: give one per mask")
+    return checked
