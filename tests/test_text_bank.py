@@ -359,6 +359,9 @@ def test_region_input_errors(model: CLIP) -> None:
     other = text_bank.TextBank(("x",), torch.ones(1, 8), torch.zeros(1, dtype=torch.long), "k")
     with pytest.raises(InputError, match="text bank has 8 dims but the CLIP model embeds 32"):
         classify_regions(model, image, other, boxes=boxes)
+    for bad in ({"batch_size": 0}, {"top_k": True}):  # range() / topk errors before
+        with pytest.raises(InputError, match=f"{next(iter(bad))} must be an integer >= 1"):
+            classify_regions(model, image, bank, boxes=boxes, **bad)
 
 
 @pytest.mark.parametrize(

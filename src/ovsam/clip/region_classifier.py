@@ -144,8 +144,9 @@ def classify_regions(
     boxes = clip_boxes_to_image(boxes, height, width, allow_empty=True)
     if masks is not None and len(masks) != len(boxes):
         raise InputError(f"{len(boxes)} boxes but {len(masks)} masks")
-    if top_k < 1:
-        raise InputError(f"top_k must be >= 1, got {top_k}")
+    for name, value in (("top_k", top_k), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise InputError(f"{name} must be an integer >= 1, got {value!r}")
     check_expand(expand)  # also when there are no regions to crop
     size = model.visual.image_size
     device = next(model.parameters()).device
