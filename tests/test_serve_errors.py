@@ -223,3 +223,15 @@ def test_a_body_that_is_not_utf8_or_holds_a_huge_number_is_named(client: TestCli
     status, code, message = envelope(client.post("/v1/vocabularies", content=huge, headers=headers))
     assert (status, code) == (422, "invalid_request")
     assert message.startswith("request body is not valid JSON (Exceeds the limit (4300 digits)")
+
+
+def test_the_schema_gives_this_servers_limits(engine: SegmentationEngine) -> None:
+    """It gave the largest limits any server allows (1024 points, 100,000 names): a request
+    within the schema got a 400 from a server with lower ones."""
+    settings = ServeSettings(max_points=8, max_vocabulary=300)
+    client = TestClient(create_app(settings, lambda _: engine))
+    models = client.get("/openapi.json").json()["components"]["schemas"]
+    prompt = models["PredictRequest"]["properties"]
+    assert prompt["points"]["maxItems"] == prompt["labels"]["maxItems"] == 8
+    assert models["VocabularyIn"]["properties"]["names"]["maxItems"] == 300
+    assert client.get("/openapi.json").json()["components"]["schemas"] == models

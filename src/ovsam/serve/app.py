@@ -42,6 +42,7 @@ from ovsam.serve.schemas import (
     Recognition,
     VocabularyIn,
     VocabularyInfo,
+    with_server_limits,
 )
 from ovsam.serve.settings import ServeSettings
 from ovsam.serve.store import ImageStore, StoredImage
@@ -97,6 +98,9 @@ def create_app(
     app = FastAPI(
         title="ovsam", version="1", description="Segment and name any object you point at."
     )
+    schema = app.openapi  # generated once, then kept; this server's limits are written in
+    limits = (settings.max_points, settings.max_vocabulary)
+    app.openapi = lambda: with_server_limits(schema(), *limits)  # type: ignore[method-assign]
     engine = engine_factory(settings)
     store = ImageStore(settings.cache_images, settings.cache_bytes, settings.masks_per_image)
     vocabularies = Vocabularies(settings, engine.recognizer.check)

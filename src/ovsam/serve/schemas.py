@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
@@ -101,7 +101,7 @@ class VocabularyIn(BaseModel):
     names: list[str] = Field(
         max_length=MAX_NAMES,
         description="one class per entry; commas separate synonyms ('cup, mug'), the first "
-        "is the label (as in the CLI)",
+        "is the label (as in the CLI); at most maxItems names, synonyms included",
     )
 
 
@@ -119,3 +119,16 @@ class Health(BaseModel):
     cached_images: int
     cache_capacity: int
     cache_bytes: int
+
+
+def with_server_limits(
+    schema: dict[str, Any], max_points: int, max_vocabulary: int
+) -> dict[str, Any]:
+    """The app's OpenAPI ``schema`` with a server's own limits (``ServeSettings``) as
+    ``maxItems``, where the models hold the largest any server allows (:data:`MAX_POINTS`,
+    :data:`MAX_NAMES`): a request within the schema then passes those checks."""
+    models = schema["components"]["schemas"]
+    for field in ("points", "labels"):
+        models["PredictRequest"]["properties"][field]["maxItems"] = max_points
+    models["VocabularyIn"]["properties"]["names"]["maxItems"] = max_vocabulary
+    return schema
