@@ -47,6 +47,12 @@ def test_a_kept_mask_holds_the_memory_the_store_counts() -> None:
     (kept,) = item.masks.values()
     assert kept.base is None and kept.nbytes == LOW_RES_BYTES
     assert store.total_bytes() == 10 + LOW_RES_BYTES
+    # another image used while this one's mask was decoded: the mask's image is kept
+    full = ImageStore(4, 10 + LOW_RES_BYTES + 5, 4)  # room for one image with its mask
+    first, second = (full.add(n, FakeState()) for n in "ab")  # type: ignore[arg-type]
+    mask_id = full.remember_mask(first, candidates[:1])
+    assert full.get(first.image_id) is first and mask_id in first.masks
+    assert full.get(second.image_id) is None and full.evictions == 1
 
 
 @pytest.mark.usefixtures("fast_switching")

@@ -71,11 +71,15 @@ class ImageStore:
     def remember_mask(self, item: StoredImage, low_res: np.ndarray) -> str:
         """Keep ``low_res`` (1x256x256 logits) for refinement; returns its mask id. A view
         (one of a prompt's three candidates) is copied: it would keep all three alive while
-        :meth:`StoredImage.nbytes` counts one."""
+        :meth:`StoredImage.nbytes` counts one. The image becomes the most recently used: the
+        one other requests used while it was decoded would otherwise evict it now, and the
+        mask id just returned would refine nothing."""
         mask_id = uuid.uuid4().hex[:16]
         if low_res.base is not None:
             low_res = low_res.copy()
         with self._lock:
+            if item.image_id in self._items:
+                self._items.move_to_end(item.image_id)
             item.masks[mask_id] = low_res
             while len(item.masks) > self.masks_per_image:
                 item.masks.popitem(last=False)
