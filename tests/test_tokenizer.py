@@ -80,3 +80,15 @@ def test_count_includes_start_and_end_and_sees_past_the_context() -> None:
     assert tok.count("a photo of a cat.") == len(tok.encode("a photo of a cat.")) + 2 == 8
     assert tok.count("") == 2
     assert tok.count("word " * 200) == 202  # what tokenize() would cut to 77
+
+
+def test_the_piece_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """It kept every pre-token ever seen: a server's posted vocabularies only added up."""
+    from ovsam.clip import tokenizer
+
+    monkeypatch.setattr(tokenizer, "CACHE_PIECES", 50)
+    tok = tokenizer.Tokenizer()
+    words = [f"word{i}" for i in range(200)]
+    ids = [tok.encode(w) for w in words]
+    assert 0 < len(tok._cache) <= 50
+    assert [tok.encode(w) for w in words] == ids == [get_tokenizer().encode(w) for w in words]

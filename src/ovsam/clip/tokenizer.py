@@ -40,6 +40,10 @@ _SPLIT = regex.compile(
 _SPACES = regex.compile(r"\s+")
 
 
+CACHE_PIECES = 100_000
+"""Pre-tokens whose ids a tokenizer keeps (a few MB; OpenAI's keeps every one it has seen)."""
+
+
 @lru_cache(maxsize=1)
 def byte_alphabet() -> dict[int, str]:
     """Reversible map of the 256 byte values onto printable unicode characters (GPT-2's).
@@ -136,6 +140,8 @@ class Tokenizer:
             else:
                 mapped = "".join(self.byte_to_char[b] for b in piece.encode("utf-8"))
                 cached = tuple(self.encoder[p] for p in self._merge(mapped))
+            if len(self._cache) >= CACHE_PIECES:  # a server's posted vocabularies add up
+                self._cache.clear()
             self._cache[piece] = cached
         return cached
 
