@@ -184,6 +184,9 @@ def test_batches_are_bounded_and_concurrent_writers_are_safe(
     for t in threads:
         t.join()
     assert len(banks) == 3 and max(sizes) <= 16
+    sizes.clear()  # more templates than a batch holds: each name's are split
+    build_text_bank(model, names[:2], TEMPLATES, batch_texts=1, cache=False, progress=False)
+    assert sizes == [1] * 2 * len(TEMPLATES)
     assert [p.name for p in tmp_path.iterdir()] == [f"{banks[0].key}.safetensors"]
     reread = build_text_bank(model, names, TEMPLATES, cache=tmp_path, progress=False)
     torch.testing.assert_close(reread.embeddings, banks[0].embeddings)

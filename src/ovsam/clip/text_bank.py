@@ -238,7 +238,9 @@ def _embed_synonyms(
     for start in range(0, len(names), per_batch):
         chunk = names[start : start + per_batch]
         texts = [template.format(name) for name in chunk for template in templates]
-        emb = encode_prompts(model, texts).view(len(chunk), len(templates), -1)
+        parts = range(0, len(texts), batch_texts)  # one name's templates may be more than that
+        emb = torch.cat([encode_prompts(model, texts[i : i + batch_texts]) for i in parts])
+        emb = emb.view(len(chunk), len(templates), -1)
         out[start : start + len(chunk)] = F.normalize(emb.mean(dim=1), dim=-1)
         bar.update(len(chunk))
     bar.close()
