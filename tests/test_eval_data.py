@@ -29,6 +29,8 @@ def test_prompt_helpers() -> None:
     square = np.zeros((1, 1024, 1024), dtype=bool)
     square[0, 10:13, 20:23] = True  # SAM's convention, as the official get_center_coords: the
     assert center_points(square).tolist() == [[21, 11]]  # centre pixel's index (encoder adds 0.5)
+    for dtype in (np.uint8, np.int64, np.float32):  # pycocotools' 0/1 uint8 gave a corner
+        assert center_points(square.astype(dtype)).tolist() == [[21, 11]]
     image = np.full((20, 30, 3), 200, dtype=np.uint8)
     out_img, out_mask = large_scale_jitter(image, mask, rng, size=64, scale_range=(1.0, 1.0))
     assert out_img.shape == (43, 64, 3) and out_mask.shape == (1, 43, 64)  # unpadded

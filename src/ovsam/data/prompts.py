@@ -50,6 +50,7 @@ def center_points(masks: np.ndarray) -> np.ndarray:
     """
     points = np.zeros((len(masks), 2), dtype=np.float32)
     for i, mask in enumerate(masks):
+        mask = np.asarray(mask, dtype=bool)  # a 0/1 uint8 mask inverted bitwise is all True
         ys, xs = np.nonzero(mask)
         if not xs.size:
             continue
