@@ -69,6 +69,7 @@ def test_bad_rle_is_rejected() -> None:
         ({"size": [2, 2, 1], "counts": [4]}, r"size must be \[height, width\]"),
         ({"size": [2.5, 2], "counts": [5]}, "size must be"),
         (["size", "counts"], "not a COCO RLE dict"),
+        ({"size": [2, 2], "counts": "o" * 200_000 + "0"}, "a count of more than 64 bits"),
     ]
     for rle, message in bad:
         with pytest.raises(InputError, match=message):

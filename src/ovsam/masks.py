@@ -54,6 +54,8 @@ def _string_to_counts(text: str) -> list[int]:
             more = bool(c & 0x20)
             pos += 1
             shift += 5
+            if shift > 65:  # a count beyond 64 bits: each longer one took quadratic time
+                raise InputError("RLE counts string holds a count of more than 64 bits")
             if not more and c & 0x10:
                 x |= -1 << shift
         if len(counts) > 2:
