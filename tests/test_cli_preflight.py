@@ -253,3 +253,34 @@ def test_other_runtime_errors_are_not_called_out_of_memory(
     monkeypatch.setattr(segment_cmd, "run", broken)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         main(_segment(tmp_path))
+
+
+def test_device_auto_is_resolved_for_every_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """segment, demo, everything and serve passed "auto" to torch: a traceback."""
+    seen: list[str] = []
+    monkeypatch.setattr(segment_cmd, "run", lambda args: seen.append(args.device) or 0)
+    assert main([*_segment(tmp_path), "--device", "auto"]) == 0
+    assert seen == ["cuda" if torch.cuda.is_available() else "cpu"]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"WORLD_SIZE": "abc"}, "WORLD_SIZE='abc' is not a process count or index"),
+        ({"WORLD_SIZE": "2"}, "WORLD_SIZE=2 but MASTER_ADDR and MASTER_PORT not set: start"),
+        ({"WORLD_SIZE": "1", "LOCAL_RANK": "-1"}, "LOCAL_RANK='-1' is not a process count"),
+    ],
+)
+def test_a_broken_torchrun_environment_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, env: dict, message: str
+) -> None:
+    from ovsam.distributed import init_distributed
+
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(InputError, match=message):
+        init_distributed("cpu")

@@ -71,12 +71,28 @@ def process_device(device: str, world: int, local_rank: int) -> torch.device:
     return torch.device("cuda", 0 if chosen.index is None else chosen.index)
 
 
+def _env_count(name: str) -> int:
+    """The non-negative integer in environment variable ``name`` (0 when unset)."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return 0
+    if not value.isdigit():
+        raise InputError(f"{name}={value!r} is not a process count or index (torchrun sets it)")
+    return int(value)
+
+
 def init_distributed(device: str = "auto") -> DistInfo:
     """Join the ``torchrun`` process group if there is one; pick this rank's device
     (:func:`process_device`)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    world, rank, local_rank = (_env_count(n) for n in ("WORLD_SIZE", "RANK", "LOCAL_RANK"))
+    world = max(world, 1)
+    if world > 1:
+        missing = [n for n in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(n)]
+        if missing:
+            raise InputError(
+                f"WORLD_SIZE={world} but {' and '.join(missing)} not set: start the processes "
+                "with torchrun (or unset WORLD_SIZE for one process)"
+            )
     chosen = process_device(device, world, local_rank)
     if chosen.type == "cuda":
         torch.cuda.set_device(chosen)

@@ -95,10 +95,16 @@ def check_input_kept(image: Path, out: Path, names: tuple[str, ...]) -> None:
 
 def preflight(args: argparse.Namespace) -> None:
     """Check the parsed ``--device`` and ``--out`` of any command that has them (and that an
-    input image is not among the files written to ``--out``)."""
+    input image is not among the files written to ``--out``). ``--device auto`` becomes
+    ``cuda`` when a GPU is there, else ``cpu`` (``train`` and ``eval`` place each ``torchrun``
+    process themselves)."""
     device = getattr(args, "device", None)
     if isinstance(device, str):
         check_device(device)
+        if device == "auto" and args.command not in ("train", "eval"):
+            import torch
+
+            args.device = "cuda" if torch.cuda.is_available() else "cpu"
     out = getattr(args, "out", None)
     if isinstance(out, Path):
         check_output(out, args.command in FILE_OUTPUT_COMMANDS)
