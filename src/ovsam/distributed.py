@@ -86,6 +86,7 @@ def init_distributed(device: str = "auto") -> DistInfo:
     (:func:`process_device`)."""
     world, rank, local_rank = (_env_count(n) for n in ("WORLD_SIZE", "RANK", "LOCAL_RANK"))
     world = max(world, 1)
+    chosen = process_device(device, world, local_rank)
     if world > 1:
         missing = [n for n in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(n)]
         if missing:
@@ -93,7 +94,6 @@ def init_distributed(device: str = "auto") -> DistInfo:
                 f"WORLD_SIZE={world} but {' and '.join(missing)} not set: start the processes "
                 "with torchrun (or unset WORLD_SIZE for one process)"
             )
-    chosen = process_device(device, world, local_rank)
     if chosen.type == "cuda":
         torch.cuda.set_device(chosen)
     if world > 1 and not dist.is_initialized():
