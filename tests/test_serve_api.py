@@ -378,23 +378,3 @@ def test_labels_from_a_clip_recognizer(engine: SegmentationEngine) -> None:
     labels = answer["labels"]
     assert len(labels) == 2 and {lab["name"] for lab in labels} <= {"disc", "square", "triangle"}
     assert labels[0]["score"] >= labels[1]["score"] > 0
-
-
-def test_default_recognizer_says_how_to_get_labels(monkeypatch: pytest.MonkeyPatch) -> None:
-    import ovsam.clip.factory as clip_factory
-    from ovsam.errors import WeightsUnavailableError
-    from ovsam.serve.app import default_recognizer
-    from ovsam.serve.recognition import ClipRecognizer
-
-    off = default_recognizer(ServeSettings())
-    assert not off.available and "start with 'ovsam serve --labels'" in off.message
-
-    def offline(name: str, **_: object) -> None:
-        raise WeightsUnavailableError(f"could not obtain weights {name!r} from any source")
-
-    monkeypatch.setattr(clip_factory, "resolve_weights", offline)
-    missing = default_recognizer(ServeSettings(labels=True))
-    assert not missing.available and "ovsam download clip_RN50x16_openai" in missing.message
-    random = default_recognizer(ServeSettings(random_recognition=True, clip_model="RN50"))
-    assert isinstance(random, ClipRecognizer) and "labels are meaningless" in random.message
-    assert random.random_weights and not off.random_weights and not missing.random_weights

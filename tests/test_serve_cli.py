@@ -113,6 +113,8 @@ def test_the_terminal_says_whether_masks_get_labels(
 def test_defaults_are_the_settings_defaults() -> None:
     args = build_parser().parse_args(["serve"])
     assert build_settings(args) == ServeSettings()
+    for flags in (["--clip", "RN50"], ["--clip-weights", "mine.pt"]):  # were ignored
+        assert build_settings(build_parser().parse_args(["serve", *flags])).labels
 
 
 @pytest.mark.parametrize(
@@ -323,3 +325,30 @@ def test_an_ipv6_host_is_printed_in_brackets(
 ) -> None:
     assert main(["serve", "--host", "::1", "--port", "0"]) == 0
     assert f"on http://[::1]:{captured.port}/ " in capsys.readouterr().out
+
+
+def test_default_recognizer_says_how_to_get_labels(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ovsam.clip.factory as clip_factory
+    from ovsam.errors import WeightsUnavailableError
+    from ovsam.serve.app import default_recognizer
+    from ovsam.serve.recognition import ClipRecognizer
+
+    off = default_recognizer(ServeSettings())
+    assert not off.available and off.message.startswith("labels are off: masks come without")
+
+    def offline(name: str, **_: object) -> None:
+        raise WeightsUnavailableError(f"could not obtain weights {name!r} from any source")
+
+    monkeypatch.setattr(clip_factory, "resolve_weights", offline)
+    missing = default_recognizer(ServeSettings(labels=True))
+    assert not missing.available and "ovsam download clip_RN50x16_openai" in missing.message
+    laion = ServeSettings(
+        labels=True, clip_model="convnext_base_w", clip_weights="laion2b_s13b_b82k_augreg"
+    )
+    assert (
+        "download clip_convnext_base_w_laion2b_s13b_b82k_augreg'"  # was clip_..._openai
+        in default_recognizer(laion).message
+    )
+    random = default_recognizer(ServeSettings(random_recognition=True, clip_model="RN50"))
+    assert isinstance(random, ClipRecognizer) and "labels are meaningless" in random.message
+    assert random.random_weights and not off.random_weights and not missing.random_weights

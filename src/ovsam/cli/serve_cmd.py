@@ -89,7 +89,9 @@ def build_settings(args: argparse.Namespace) -> ServeSettings:
             model=args.model,
             checkpoint=args.checkpoint,
             device=args.device,
-            labels=args.labels or args.recognizer is not None,
+            # any recognition option turns labels on, as for segment (they were ignored)
+            labels=args.labels
+            or any(v is not None for v in (args.recognizer, args.clip, args.clip_weights)),
             recognizer=recognizer,
             random_recognition=args.random_recognition,
             clip_model=args.clip or default_clip_model(*chosen),

@@ -340,10 +340,14 @@ def default_recognizer(settings: ServeSettings) -> Recognizer:
     otherwise a :class:`MissingRecognizer` whose message says exactly what to do (the
     ``ovsam`` recognizer is built by :func:`default_engine`, as its model also segments)."""
     from ovsam.clip.factory import create_model
-    from ovsam.errors import WeightsUnavailableError
+    from ovsam.clip.pretrained import pretrained_weights_name
+    from ovsam.errors import InputError, WeightsUnavailableError
     from ovsam.serve.recognition import ClipRecognizer
 
-    weights = f"clip_{settings.clip_model}_openai"
+    try:  # what 'ovsam download' calls these weights (none for a file of one's own)
+        weights = pretrained_weights_name(settings.clip_model, settings.clip_weights)
+    except InputError:
+        weights = None
     if settings.random_recognition:
         torch.manual_seed(0)
         clip = create_model(settings.clip_model, device=settings.device)
@@ -358,16 +362,15 @@ def default_recognizer(settings: ServeSettings) -> Recognizer:
         )
     if not settings.labels:
         return MissingRecognizer(
-            f"{NO_RECOGNITION}; start with 'ovsam serve --labels' to load CLIP {settings.clip_model} "
-            f"({weights}, downloaded on first use)"
+            "labels are off: masks come without class labels; start with 'ovsam serve "
+            f"--labels' to load CLIP {settings.clip_model}"
+            + (f" ({weights}, downloaded on first use)" if weights else "")
         )
     try:
         clip = create_model(
             settings.clip_model, pretrained=settings.clip_weights, device=settings.device
         )
     except WeightsUnavailableError as exc:
-        return MissingRecognizer(
-            f"{NO_RECOGNITION}: {exc}".splitlines()[0]
-            + f" (get it with 'ovsam download {weights}')"
-        )
+        hint = f" (get it with 'ovsam download {weights}')" if weights else ""
+        return MissingRecognizer(f"{NO_RECOGNITION}: {exc}".splitlines()[0] + hint)
     return ClipRecognizer(clip, f"CLIP {settings.clip_model} ({settings.clip_weights})")
