@@ -69,6 +69,18 @@ def test_segment_box_writes_mask_overlay_and_json(
     assert record["checkpoint"] == {"path": str(mobilesam_checkpoint.resolve()), "sha256": sha256}
 
 
+def test_segment_records_the_default_weights_named_as_everything_does(
+    scene_file: tuple[Path, list], tmp_path: Path
+) -> None:
+    """--checkpoint mobile_sam (the model's default weights) was recorded by name, where
+    everything and eval record None: the same run looked like two settings."""
+    path, shapes = scene_file
+    box = [str(v) for v in shapes[0].box]
+    argv = ["segment", str(path), "--box", *box, "--out", str(tmp_path)]
+    assert main([*argv, "--checkpoint", "mobile_sam"]) == 0
+    assert json.loads((tmp_path / "result.json").read_text())["checkpoint"] is None
+
+
 def test_segment_single_point_uses_best_of_three(
     scene_file: tuple[Path, list],
     tmp_path: Path,

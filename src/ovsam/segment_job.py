@@ -77,7 +77,7 @@ def segment_image(
     best = int(np.argmax(scores))
     extra: dict[str, object] = {
         "model": model_record(label_options, model_name),
-        "checkpoint": checkpoint_record(checkpoint),
+        "checkpoint": checkpoint_record(checkpoint, model_name),
         "image": str(image_path),
     }
     score_name = predictor.score_name
