@@ -284,3 +284,27 @@ def test_a_broken_torchrun_environment_is_one_line(
         monkeypatch.setenv(name, value)
     with pytest.raises(InputError, match=message):
         init_distributed("cpu")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--labels", "--model", "bogus"], "unknown model 'bogus'; available models: "),
+        (["--recognizer", "ovsam", "--model", "bogus"], "unknown model 'bogus'; available"),
+        (["--labels", "--checkpoint", "/no/such.pt"], "checkpoint file not found: /no/such.pt"),
+    ],
+)
+def test_model_and_checkpoint_are_named_before_recognition_weights_download(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    extra: list[str],
+    message: str,
+) -> None:
+    """They were checked after CLIP (630 MB) was fetched; with --recognizer ovsam a typo was
+    silently replaced by ovsam_coco."""
+    monkeypatch.setattr(
+        "ovsam.ov.checkpoints.resolve_all", lambda names: pytest.fail("weights fetched")
+    )
+    assert main([*_segment(tmp_path), *extra]) == 2
+    assert f"ovsam segment: error: {message}" in _error(capsys)

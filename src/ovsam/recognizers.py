@@ -130,12 +130,28 @@ def checkpoint_given(sam_model: str, checkpoint: str | Path | None) -> bool:
     return checkpoint is not None or is_ovsam_checkpoint(sam_model)
 
 
+def _check_model_and_checkpoint(name: str, checkpoint: str | Path | None) -> None:
+    """Name an unknown model or a missing checkpoint file at once, as ``build_model`` would
+    after the (hundreds of MB of) recognition weights were fetched."""
+    from ovsam.build import get_model_entry, is_model_file
+    from ovsam.checkpoint import checkpoint_file, looks_like_path
+    from ovsam.weights import find_weights_spec
+
+    if not is_model_file(name):
+        get_model_entry(name)
+    if checkpoint is None or (isinstance(checkpoint, str) and find_weights_spec(checkpoint)):
+        return
+    if not isinstance(checkpoint, str) or looks_like_path(checkpoint):
+        checkpoint_file(checkpoint)
+
+
 def segmentation_model_name(options: LabelOptions | None, sam_model: str) -> str:
     """The model that segments: ``sam_model``, except that the ``ovsam`` recognizer needs an
     OV-SAM model (``ovsam_coco`` unless ``sam_model`` is one: a registered name or a file
     written by :func:`~ovsam.ov.save_ovsam`)."""
     if options is None or options.recognizer != "ovsam" or is_ovsam_model(sam_model):
         return sam_model
+    from ovsam.build import get_model_entry
     from ovsam.errors import InputError
 
     if sam_model.endswith(".safetensors"):  # meant as a model file: never the official one
@@ -143,6 +159,7 @@ def segmentation_model_name(options: LabelOptions | None, sam_model: str) -> str
             f"--model {sam_model} is not an OV-SAM model file (missing, or not written by "
             "'ovsam train export' / save_ovsam)"
         )
+    get_model_entry(sam_model)  # a typo is named, not silently replaced
     return "ovsam_coco"
 
 
@@ -203,6 +220,7 @@ def build_labeled_predictor(
             f"unknown recognizer {options.recognizer!r}; choose one of {', '.join(RECOGNIZERS)}"
         )
     name = segmentation_model_name(options, sam_model)
+    _check_model_and_checkpoint(name, checkpoint)  # before recognition weights download
     random = options.random_weights
     if options.recognizer == "ovsam":  # checked before any download: a mismatch needs none
         config, model_name = ovsam_config(name, checkpoint), checkpoint or name
