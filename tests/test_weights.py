@@ -248,6 +248,9 @@ def test_cache_status_checks_size_and_stamp_without_hashing(tmp_path: Path) -> N
     assert cache_status(spec, cache) == "cached (unverified)"
     download_weights(spec, cache_dir_override=cache, progress=False)
     assert cache_status(spec, cache) == "cached"
+    unsized = replace(spec, size=None)  # the CLIP archives publish no size
+    (cache / "weights" / "toy.bin").write_bytes(b"")  # was "cached (unverified)"
+    assert cache_status(unsized, cache) == "wrong size"
 
 
 def test_registered_name_wins_over_a_file_of_that_name(

@@ -145,11 +145,13 @@ def weights_file(spec: WeightsSpec, cache_dir_override: Path | None = None) -> P
 def cache_status(spec: WeightsSpec, cache_dir_override: Path | None = None) -> str:
     """How ``spec``'s file stands in the cache, without hashing it: ``"cached"`` (right size
     and a valid stamp), ``"cached (unverified)"`` (right size where one is published, no valid
-    stamp: checked on first use), ``"wrong size"`` (re-fetched on use) or ``"not downloaded"``."""
+    stamp: checked on first use), ``"wrong size"`` (re-fetched on use; also an empty file
+    where no size is published) or ``"not downloaded"``."""
     path = weights_file(spec, cache_dir_override)
     if not path.is_file():
         return "not downloaded"
-    if spec.size is not None and path.stat().st_size != spec.size:
+    size = path.stat().st_size
+    if size == 0 or (spec.size is not None and size != spec.size):
         return "wrong size"
     return "cached" if has_valid_stamp(path) else "cached (unverified)"
 
