@@ -308,3 +308,17 @@ def test_model_and_checkpoint_are_named_before_recognition_weights_download(
     )
     assert main([*_segment(tmp_path), *extra]) == 2
     assert f"ovsam segment: error: {message}" in _error(capsys)
+
+
+def test_clip_names_are_checked_and_aliases_find_their_weights(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """--clip ViT-B/32 worked with random weights only ("no pretrained weights 'openai' for
+    CLIP ViT-B/32"), and a typo read as missing weights."""
+    from ovsam.recognizers import LabelOptions, required_weights
+
+    options = LabelOptions(clip_model="ViT-B/32")
+    assert options.clip_model == "ViT-B-32"
+    assert required_weights(options) == ["clip_ViT-B-32_openai"]
+    assert main([*_segment(tmp_path), "--clip", "rn50x16"]) == 2
+    assert "error: unknown CLIP model 'rn50x16'; registered: RN50, " in _error(capsys)

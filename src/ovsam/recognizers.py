@@ -53,6 +53,15 @@ class LabelOptions:
     templates: str = "vild"
     checkpoint_given: bool = False
 
+    def __post_init__(self) -> None:
+        """An unknown CLIP architecture is named here (it read as missing weights), and an
+        alias is written as registered (``ViT-B/32`` is ``ViT-B-32``: its weights are found)."""
+        from ovsam.clip.config import canonical_name, get_clip_config
+
+        get_clip_config(self.clip_model)
+        suffix = "-quickgelu" if self.clip_model.endswith("-quickgelu") else ""
+        object.__setattr__(self, "clip_model", canonical_name(self.clip_model) + suffix)
+
     @property
     def random_masks(self) -> bool:
         """Whether the masks, too, come from random weights (a random OV-SAM model)."""
