@@ -252,3 +252,14 @@ def test_overlay_names_marks_that_do_not_fit_the_image() -> None:
             overlay(image, **kwargs)
     one = overlay(image, mask)  # one HxW array is one mask
     assert np.array_equal(one, overlay(image, [mask])) and one[6, 6].any()
+
+
+def test_a_link_is_written_through_and_kept(tmp_path: Path) -> None:
+    """os.replace put a plain file in the link's place and left its target stale."""
+    (tmp_path / "models").mkdir()
+    real = tmp_path / "models" / "decoder.onnx"
+    real.write_bytes(b"old")
+    link = tmp_path / "decoder.onnx"
+    link.symlink_to(real)
+    atomic_write_bytes(link, b"new")
+    assert link.is_symlink() and real.read_bytes() == b"new"

@@ -68,9 +68,12 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     names ``target``, not the temporary file (or no file).
     ``target`` gets the umask's permissions (an old file's, when it replaces one), also when
     the caller's writer replaced the temporary file (safetensors' ``save_file`` makes a new
-    0600 one).
+    0600 one). A ``target`` that is a symbolic link is written through, as ``open`` would:
+    the file it points to is replaced, the link stays.
     """
     target = Path(target)
+    if target.is_symlink():
+        target = Path(os.path.realpath(target))
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd, tmp_name = tempfile.mkstemp(
