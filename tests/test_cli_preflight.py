@@ -322,3 +322,8 @@ def test_clip_names_are_checked_and_aliases_find_their_weights(
     assert required_weights(options) == ["clip_ViT-B-32_openai"]
     assert main([*_segment(tmp_path), "--clip", "rn50x16"]) == 2
     assert "error: unknown CLIP model 'rn50x16'; registered: RN50, " in _error(capsys)
+    for flag in ("--clip", "--clip-weights"):  # an empty value silently meant the default
+        with pytest.raises(SystemExit) as usage:
+            main([*_segment(tmp_path), flag, " "])
+        assert usage.value.code == 2
+        assert f"argument {flag}: an empty value: give a name" in _error(capsys)

@@ -61,6 +61,13 @@ def output_path(text: str) -> Path:
     return Path(text)
 
 
+def nonempty_text(text: str) -> str:
+    """An argparse type: a name that is not blank (an empty one silently meant the default)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty value: give a name (or leave the option out)")
+    return text
+
+
 class StoreOnce(argparse.Action):
     """Like ``store``, but giving the option twice is a usage error (the second would silently
     replace the first)."""

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ovsam.cli.arg_types import StoreOnce, output_path
+from ovsam.cli.arg_types import StoreOnce, nonempty_text, output_path
 
 if TYPE_CHECKING:  # the parser must import nothing heavy (see ovsam.cli.main)
     from ovsam.recognizers import LabelOptions
@@ -65,13 +65,13 @@ def add_clip_arguments(group: argparse._ArgumentGroup | argparse.ArgumentParser)
     ``--random-recognition``, which exclude each other: random weights load no file (segment,
     everything, eval and serve)."""
     group.add_argument(
-        "--clip", default=None,
+        "--clip", default=None, type=nonempty_text,
         help="CLIP architecture for recognition (default: with --recognizer ovsam the one its "
         "model was trained with, else RN50x16)",
     )  # fmt: skip
     weights = group.add_mutually_exclusive_group()
     weights.add_argument(
-        "--clip-weights", default=None,
+        "--clip-weights", default=None, type=nonempty_text,
         help="pretrained tag (openai, ...) or checkpoint file (default: with --recognizer ovsam "
         "the tag its model records, else openai; a model trained on a CLIP file asks for it)",
     )  # fmt: skip
