@@ -50,6 +50,9 @@ class SamPredictor:
     :mod:`ovsam.modeling.image_token_cache`); every later prompt costs less on the CPU. The
     default (None) uses it on the CPU only: on a GPU, where a decode is kernel-launch bound,
     it made single prompts slower. Results equal the plain decoder's up to fp32 rounding.
+    Like segment-anything's, a predictor holds one current image: a prompt running while
+    another thread calls ``set_image`` or ``load_state`` may mix the two. Give each thread
+    its own predictor (they may share the model) or a lock, as the server does.
     """
 
     def __init__(self, model: nn.Module, cache_image_tokens: bool | None = None) -> None:
