@@ -333,6 +333,8 @@ def test_copy_into_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         copy_into_cache(spec, tmp_path / "nothing.bin", cache_dir_override=tmp_path / "cache")
     with pytest.raises(InputError, match="is a folder"):
         copy_into_cache(spec, tmp_path, cache_dir_override=tmp_path / "cache")
+    with pytest.raises(InputError, match="^/dev/null is not a regular file$"):  # was "not found"
+        copy_into_cache(spec, "/dev/null", cache_dir_override=tmp_path / "cache")
     mine.write_bytes(PAYLOAD[:-1] + b"!")
     with pytest.raises(WeightsUnavailableError, match=r"mine\.bin is not toy: sha256"):
         copy_into_cache(spec, mine, cache_dir_override=tmp_path / "cache")

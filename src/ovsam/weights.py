@@ -274,7 +274,8 @@ def copy_into_cache(
     """
     src = Path(src).expanduser()
     if not src.is_file():
-        raise InputError(f"{src} is {'a folder' if src.is_dir() else 'not found'}")
+        kind = "a folder" if src.is_dir() else "not a regular file" if src.exists() else "not found"
+        raise InputError(f"{src} is {kind}")
     checked = _checked(spec)
     if spec.sha256 is None:  # nothing to hash it against: its content is checked instead
         checked = f"{_content_check(src, spec)}, {checked}"
