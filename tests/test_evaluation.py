@@ -346,7 +346,7 @@ def test_an_rle_of_another_size_than_its_image_is_a_one_line_error(
     from ovsam.data import instances
     from ovsam.masks import encode_rle
 
-    monkeypatch.setattr(instances, "decode_rle", lambda rle: pytest.fail(f"decoded {rle['size']}"))
+    monkeypatch.setattr(instances, "runs_to_mask", lambda h, w, _: pytest.fail(f"decoded {h}x{w}"))
 
     ann = annotations["annotations"][0]
     ann["segmentation"] = encode_rle(np.ones((10, 10), bool))

@@ -8,7 +8,7 @@ XYXY where the name says so.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -125,7 +125,11 @@ def decode_rle(rle: Mapping[str, object]) -> np.ndarray:
     ``rle["size"]`` is ``[H, W]``; anything else (a missing field, text where numbers belong,
     negative or fractional numbers, counts that do not cover ``H*W``) raises InputError.
     """
-    height, width, counts = rle_runs(rle)
+    return runs_to_mask(*rle_runs(rle))
+
+
+def runs_to_mask(height: int, width: int, counts: Sequence[int]) -> np.ndarray:
+    """The ``HxW`` bool mask of checked column-major run lengths (:func:`rle_runs`)."""
     values = np.zeros(len(counts), dtype=bool)
     values[1::2] = True
     flat = np.repeat(values, counts)

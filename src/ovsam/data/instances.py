@@ -27,7 +27,7 @@ import numpy as np
 from ovsam.data.polygons import polygons_to_mask
 from ovsam.errors import InputError
 from ovsam.image_io import APPLE_DOUBLE, load_image
-from ovsam.masks import decode_rle, rle_runs
+from ovsam.masks import rle_runs, runs_to_mask
 
 
 @dataclass
@@ -49,12 +49,12 @@ def annotation_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
     if isinstance(segmentation, list):
         return polygons_to_mask(segmentation, height, width)
     if isinstance(segmentation, Mapping):
-        rle_height, rle_width, _ = rle_runs(segmentation)
+        rle_height, rle_width, counts = rle_runs(segmentation)
         if (rle_height, rle_width) != (height, width):
             raise InputError(
                 f"its mask is {rle_height}x{rle_width} but the image is {height}x{width} (HxW)"
             )
-        return decode_rle(dict(segmentation))
+        return runs_to_mask(height, width, counts)
     raise InputError(f"unsupported segmentation of type {type(segmentation).__name__}")
 
 
