@@ -164,8 +164,8 @@ class AutomaticMaskGenerator:
         if image is not None:
             self.predictor.set_image(image)
         size = self.predictor.original_size
-        side, batch = int(self.points_per_side), int(self.points_per_batch)  # np.uint8 wraps
-        points = point_grid(side) * np.array([size[1], size[0]])
+        batch = int(self.points_per_batch)  # a numpy integer's arithmetic can wrap
+        points = point_grid(self.points_per_side) * np.array([size[1], size[0]])
         stride = nms_stride(size)
         parts = [
             self._candidates(points[start : start + batch], stride)

@@ -1,10 +1,12 @@
-"""Checks of plain values that both predictor tiers take: flags and mask-prompt logits.
+"""Checks of plain values that both predictor tiers take: flags, counts and mask-prompt logits.
 
 Each raises :class:`~ovsam.errors.InputError` naming the value; the numpy tier's prompts are
 checked in :mod:`ovsam.prompt_arrays`, the tensor tier's in :mod:`ovsam.prompt_tensors`.
 """
 
 from __future__ import annotations
+
+from numbers import Integral
 
 import numpy as np
 
@@ -21,6 +23,13 @@ def check_flag(name: str, value: object) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise InputError(f"{name} must be True or False, got {value!r}")
     return bool(value)
+
+
+def check_count(name: str, value: object) -> int:
+    """``value`` as an int >= 1 (numpy's integers too; a bool, a float or text is refused)."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        raise InputError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
 
 
 def check_mask_logits(name: str, dtype_name: str, integer: bool, largest: float) -> None:

@@ -23,6 +23,7 @@ from ovsam.clip.model import CLIP, CLIP_MEAN, CLIP_STD
 from ovsam.clip.text_bank import TextBank
 from ovsam.errors import InputError
 from ovsam.image_io import check_image_array
+from ovsam.input_values import check_count
 from ovsam.mask_statistics import mask_boxes
 from ovsam.prompt_arrays import check_masks
 
@@ -144,9 +145,7 @@ def classify_regions(
     boxes = clip_boxes_to_image(boxes, height, width, allow_empty=True)
     if masks is not None and len(masks) != len(boxes):
         raise InputError(f"{len(boxes)} boxes but {len(masks)} masks")
-    for name, value in (("top_k", top_k), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-            raise InputError(f"{name} must be an integer >= 1, got {value!r}")
+    top_k, batch_size = check_count("top_k", top_k), check_count("batch_size", batch_size)
     check_expand(expand)  # also when there are no regions to crop
     size = model.visual.image_size
     device = next(model.parameters()).device

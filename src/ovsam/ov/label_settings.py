@@ -9,11 +9,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from numbers import Integral, Real
+from numbers import Real
 from typing import TYPE_CHECKING
 
 from ovsam.clip.text_bank import TextBank, check_templates
 from ovsam.errors import InputError, NotReadyError
+from ovsam.input_values import check_count
 from ovsam.vocab import prompt_templates
 
 if TYPE_CHECKING:
@@ -36,8 +37,7 @@ def check_label_settings(
 ) -> LabelSettings:
     """The settings with a named template set (``"vild"``...) expanded, as plain Python values;
     :class:`InputError` naming the first one no prediction can use."""
-    if isinstance(top_k, bool) or not isinstance(top_k, Integral) or top_k < 1:
-        raise InputError(f"top_k must be an integer >= 1, got {top_k!r}")
+    top_k = check_count("top_k", top_k)
     if (
         isinstance(unknown_threshold, bool)
         or not isinstance(unknown_threshold, Real)
