@@ -30,8 +30,8 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     os.environ["OMP_NUM_THREADS"] = str(_share)  # the processes tests start
     torch.set_num_threads(_share)
 
-# A fixture plugin that test modules also import helpers from: rewritten before either.
-pytest.register_assert_rewrite("eval_stand_in")
+# Fixture plugins that test modules also import helpers from: rewritten before either.
+pytest.register_assert_rewrite("eval_stand_in", "train_harness")
 encoder_memo.install()
 
 

@@ -16,16 +16,11 @@ from ovsam.data.instances import ImageFolder
 from ovsam.train.config import TrainConfig
 from ovsam.train.sam2clip_task import Sam2ClipTask
 from ovsam.transforms import ResizeLongestSide
-from train_harness import TINY, Train, make_train
+from train_harness import TINY, Train
+
+pytest_plugins = ("train_harness",)
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads /proc/self/fd")
-
-
-@pytest.fixture()
-def train(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> Train:
-    return make_train(tmp_path, monkeypatch, capsys)
 
 
 @pytest.fixture()

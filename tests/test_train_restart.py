@@ -9,14 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from train_harness import TINY, TinyTask, Train, log_rows, make_train, one_line_error
+from train_harness import TINY, TinyTask, Train, log_rows, one_line_error
 
-
-@pytest.fixture()
-def train(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> Train:
-    return make_train(tmp_path, monkeypatch, capsys)
+pytest_plugins = ("train_harness",)
 
 
 def test_a_run_stopped_before_its_first_checkpoint_starts_afresh_with_new_settings(

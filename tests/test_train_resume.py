@@ -22,7 +22,9 @@ from torch import nn
 from ovsam.cli.main import main
 from ovsam.errors import InputError
 from ovsam.train.config import TrainConfig, absolute_paths, check_resume
-from train_harness import TINY, TinyTask, Train, log_rows, make_train, one_line_error
+from train_harness import TINY, TinyTask, Train, log_rows, one_line_error
+
+pytest_plugins = ("train_harness",)
 
 
 class EventFile:
@@ -64,13 +66,6 @@ def event_files(monkeypatch: pytest.MonkeyPatch) -> list[EventFile]:
     module.SummaryWriter = summary_writer  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", module)
     return files
-
-
-@pytest.fixture()
-def train(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> Train:
-    return make_train(tmp_path, monkeypatch, capsys)
 
 
 @pytest.mark.parametrize(

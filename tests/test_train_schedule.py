@@ -16,14 +16,9 @@ from torch import nn
 
 from ovsam.train.config import TrainConfig, load_config, task_config
 from ovsam.train.schedule import lr_factor, param_groups
-from train_harness import TINY, TinyTask, Train, log_rows, make_train, one_line_error
+from train_harness import TINY, TinyTask, Train, log_rows, one_line_error
 
-
-@pytest.fixture()
-def train(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> Train:
-    return make_train(tmp_path, monkeypatch, capsys)
+pytest_plugins = ("train_harness",)
 
 
 def test_each_task_starts_from_its_official_schedule() -> None:

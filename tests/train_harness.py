@@ -75,6 +75,15 @@ def make_train(
     return run
 
 
+@pytest.fixture()
+def train(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Train:
+    """:func:`make_train` on the test's ``tmp_path`` (a test module that lists this one in
+    ``pytest_plugins`` gets it)."""
+    return make_train(tmp_path, monkeypatch, capsys)
+
+
 def one_line_error(err: str) -> str:
     assert err.count("\n") == 1 and err.startswith("ovsam train: error: "), err
     return err
