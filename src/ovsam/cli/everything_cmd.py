@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from ovsam.automatic import AutomaticMaskGenerator
+    from ovsam.cli.everything_jobs import Job
     from ovsam.recognizers import LabelOptions
 
 
@@ -183,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _segment(
     args: argparse.Namespace,
-    todo: list[tuple[Path, Path]],
+    todo: list[Job],
     options: LabelOptions | None,
     settings_given: dict[str, Any],
     settings: dict[str, Any],
