@@ -207,6 +207,15 @@ def _done_images(path: Path, repair: bool = False) -> RecordLog:
     return log
 
 
+def _logged_images(out: Path, but: Path | None = None) -> RecordLog:
+    """What every rank's records file in ``out`` (but ``but``) logs, files in name order."""
+    log = RecordLog()
+    for path in sorted(out.glob("records.rank*.jsonl")):
+        if path != but:
+            log.update(_done_images(path))
+    return log
+
+
 def evaluate_rank(
     predictor: InstancePredictor,
     dataset: InstanceDataset,
@@ -228,9 +237,9 @@ def evaluate_rank(
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"records.rank{rank}.jsonl"
     done = _done_images(path, repair=True)
-    for other in sorted(out.glob("records.rank*.jsonl")):  # a run of another world size
-        if other != path:  # its images are done too (read only: their rank may be writing)
-            done.update(_done_images(other))
+    # those of the other ranks' files too (a run of another world size); read only, as their
+    # ranks may be writing
+    done.update(_logged_images(out, but=path))
     share = list(range(len(dataset)) if indices is None else indices)[rank::world]
     records: list[InstanceRecord] = []
     with path.open("a", encoding="utf-8") as log:
@@ -284,9 +293,7 @@ def write_report(
     run (prompt, split, model, checkpoint, ovsam version, ...: fields of ``metrics.json`` and a
     line under the table, a file named there by its path and sha256, a None not shown)."""
     out = Path(out_dir)
-    log = RecordLog()
-    for path in sorted(out.glob("records.rank*.jsonl")):  # also those of an earlier, larger world
-        log.update(_done_images(path))
+    log = _logged_images(out)  # also those of an earlier, larger world
     done = {i: log.records[i] for i in selection.usable if i in log.records}
     metrics = {
         **summarize(r for records in done.values() for r in records),
