@@ -6,7 +6,8 @@ independent prompts scale almost linearly. :func:`map_prompt_chunks` therefore r
 chunks of a batch on ``torch.get_num_threads()`` worker threads with one intra-op thread each
 (about 1.6x the throughput of one two-thread loop there; ``benchmarks/bench_mobilesam.py``).
 Each chunk's arithmetic is unchanged, so results equal a serial loop bit for bit. Set
-``torch.set_num_threads(1)`` to decode serially.
+``torch.set_num_threads(1)`` to decode serially. The first parallel map also keeps freed
+memory mapped for the next chunk (:func:`ovsam.cpu_allocator.keep_freed_memory`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import torch
+
+from ovsam.cpu_allocator import keep_freed_memory
 
 Result = TypeVar("Result")
 
@@ -80,6 +83,7 @@ def map_prompt_chunks(
     """
     if workers < 2 or len(chunks) < 2:
         return [fn(rows) for rows in chunks]
+    keep_freed_memory()
     inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
 
     def run(rows: slice) -> Result:
