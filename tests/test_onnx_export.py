@@ -20,7 +20,22 @@ pytest.importorskip("onnx")
 
 @pytest.fixture(scope="module")
 def onnx_path(mobilesam_model: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The export of a model that has decoded before (its positional encoding is cached)."""
+    with torch.no_grad():
+        mobilesam_model.prompt_encoder.get_dense_pe()
     return export_decoder_onnx(mobilesam_model, tmp_path_factory.mktemp("onnx") / "decoder.onnx")
+
+
+def test_the_graph_computes_the_positional_encoding_and_declares_its_output_shapes(
+    onnx_path: Path,
+) -> None:
+    """A model that had decoded before exported its cached dense positional encoding as
+    constants (16.5 -> 29 MB); the outputs' fixed shapes were left symbolic."""
+    assert onnx_path.stat().st_size < 20e6
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    shapes = {o.name: o.shape for o in session.get_outputs()}
+    assert shapes == {"low_res_masks": [1, 4, 256, 256], "iou_predictions": [1, 4]}
+    assert session.get_inputs()[1].shape == [1, "num_points", 2]
 
 
 @pytest.mark.parametrize("points", [1, 2, 6])
@@ -150,3 +165,46 @@ def test_a_model_that_cannot_be_exported_is_refused_before_any_download(
     assert main(argv) == 2
     assert "CLIP2SAMHead (OV-SAM's CLIP2SAM head) is not exported" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("opset", ["13", "21"])
+def test_an_opset_it_cannot_write_is_refused_before_any_download(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, opset: str
+) -> None:
+    from ovsam.cli.main import main
+
+    def no_download(*args: object, **kwargs: object) -> None:
+        raise AssertionError("weights were fetched")
+
+    monkeypatch.setattr("ovsam.weights.download_weights", no_download)
+    monkeypatch.setenv("OVSAM_CACHE_DIR", str(tmp_path / "empty cache"))
+    argv = ["export-onnx", "--out", str(tmp_path / "d.onnx"), "--model", "sam_vit_h"]
+    assert main([*argv, "--opset", opset]) == 2
+    assert f"ONNX opset {opset} is" in capsys.readouterr().err
+
+
+def test_the_export_replaces_out_as_atomic_writes_do(
+    tmp_path: Path, mobilesam_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command moved a fixed '.NAME.unchecked' file over --out: the file's mode and a
+    symbolic link were lost, a 251-byte name failed, and two runs into one --out shared the
+    staging file (one installed the other's export and the other failed)."""
+    from ovsam.cli.main import main
+
+    monkeypatch.setattr("ovsam.export_onnx.onnx_parity", lambda *args: 1e-5)
+    target = tmp_path / "models" / "decoder-v1.onnx"
+    target.parent.mkdir()
+    target.write_bytes(b"v1")
+    target.chmod(0o600)
+    link = tmp_path / "decoder.onnx"
+    link.symlink_to(target)
+    argv = ["--checkpoint", str(mobilesam_checkpoint)]
+    assert main(["export-onnx", "--out", str(link), *argv]) == 0
+    assert link.is_symlink() and target.stat().st_size > 1e6
+    assert target.stat().st_mode & 0o777 == 0o600
+    long = tmp_path / ("d" * 246 + ".onnx")
+    assert main(["export-onnx", "--out", str(long), *argv]) == 0
+    assert long.stat().st_size > 1e6
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["decoder.onnx", "models", long.name]
+    )

@@ -140,10 +140,14 @@ def test_lvis_vocabulary_read_from_annotation_categories(tmp_path: Path) -> None
         ([good, {**good, "id": 3, "synonyms": None}], r"a list of string synonyms"),
         ([good, {**good, "id": "3"}], r"category 1 \(id '3'\): expected an integer id"),
         ([good, {**good, "id": 3, "name": " _ "}], r"\(id 3\): name ' _ ' has no visible"),
+        ([good, {**good, "id": 3, "frequency": "rare"}], r"\(id 3\): frequency 'rare' is not"),
     ]:  # later categories are checked too, each one named
         for read in (lvis_vocabulary_from_annotations, lvis_frequencies_from_annotations):
             with pytest.raises(InputError, match=message):
                 read({"categories": bad})
+    saved = tmp_path / "lvis_v1_val.json"  # a UTF-8 BOM, as vocabulary text files allow
+    saved.write_text("\ufeff" + json.dumps(annotations), encoding="utf-8")
+    assert lvis_vocabulary_from_annotations(saved).classes == vocab.classes
     twins = {"categories": [*annotations["categories"], {**annotations["categories"][0], "id": 9,
                                                          "name": "zebra crossing"}]}  # fmt: skip
     with pytest.raises(

@@ -82,13 +82,8 @@ def example_inputs(points: int = 3) -> tuple[Tensor, ...]:
     return torch.randn(1, 256, 64, 64), coords, labels, torch.zeros(1, 1, 256, 256), torch.zeros(1)
 
 
-@torch.no_grad()
-def export_decoder_onnx(model: nn.Module, path: str | Path, opset: int = 17) -> Path:
-    """Write ``model``'s prompt decoder to ``path`` (atomically); the point axis is dynamic.
-
-    Raises :class:`InputError` for an opset outside :data:`MIN_OPSET`..:data:`MAX_OPSET` and
-    :class:`OVSamError` when torch's export fails.
-    """
+def check_opset(opset: int) -> None:
+    """Raise :class:`InputError` for an opset outside :data:`MIN_OPSET`..:data:`MAX_OPSET`."""
     if opset < MIN_OPSET:
         raise InputError(f"ONNX opset {opset} is too old: the decoder needs {MIN_OPSET} or newer")
     if opset > MAX_OPSET:
@@ -96,7 +91,33 @@ def export_decoder_onnx(model: nn.Module, path: str | Path, opset: int = 17) -> 
             f"ONNX opset {opset} is newer than torch {torch.__version__} exports "
             f"(opsets {MIN_OPSET} to {MAX_OPSET})"
         )
+
+
+def _declare_output_shapes(path: Path, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Write the outputs' fixed ``shapes`` into the graph at ``path`` (the tracer leaves
+    them symbolic, which tools that size buffers from the model cannot use)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    for output in proto.graph.output:
+        for dim, size in zip(output.type.tensor_type.shape.dim, shapes[output.name], strict=True):
+            dim.Clear()
+            dim.dim_value = size
+    onnx.save(proto, str(path))
+
+
+@torch.no_grad()
+def export_decoder_onnx(model: nn.Module, path: str | Path, opset: int = 17) -> Path:
+    """Write ``model``'s prompt decoder to ``path`` (atomically); the point axis is dynamic,
+    the outputs' shapes are fixed (``1x4x256x256`` and ``1x4`` for SAM).
+
+    Raises :class:`InputError` for an opset outside :data:`MIN_OPSET`..:data:`MAX_OPSET` and
+    :class:`OVSamError` when torch's export fails.
+    """
+    check_opset(opset)
     module = PromptDecoderForOnnx(model).eval()
+    inputs = example_inputs()
+    shapes = dict(zip(OUTPUT_NAMES, (tuple(t.shape) for t in module(*inputs)), strict=True))
     path = Path(path)
     with atomic_path(path) as tmp, warnings.catch_warnings():
         # tracing notes that shape-dependent Python branches become constants: intended here
@@ -105,7 +126,7 @@ def export_decoder_onnx(model: nn.Module, path: str | Path, opset: int = 17) -> 
         try:
             torch.onnx.export(
                 module,
-                example_inputs(),
+                inputs,
                 str(tmp),
                 input_names=list(INPUT_NAMES),
                 output_names=list(OUTPUT_NAMES),
@@ -116,6 +137,7 @@ def export_decoder_onnx(model: nn.Module, path: str | Path, opset: int = 17) -> 
         except RuntimeError as exc:  # torch.onnx's errors, e.g. an opset it does not know
             reason = first_line(exc) or type(exc).__name__
             raise OVSamError(f"ONNX export at opset {opset} failed: {reason}") from exc
+        _declare_output_shapes(tmp, shapes)
     return path
 
 

@@ -34,52 +34,62 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
+class _Rejected(Exception):
+    """The export failed its parity check (its difference from torch in ``args[0]``)."""
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from ovsam.build import build_model, get_model_entry, is_model_file
     from ovsam.errors import OVSamError
+    from ovsam.fileio import atomic_path
 
     try:
         import onnx  # noqa: F401
     except ImportError as exc:
         raise OVSamError("ONNX export needs the [onnx] extra: pip install 'ovsam[onnx]'") from exc
-    from ovsam.export_onnx import PromptDecoderForOnnx, export_decoder_onnx, onnx_parity
+    from ovsam.export_onnx import PromptDecoderForOnnx, check_opset, export_decoder_onnx
 
-    if not is_model_file(args.model):  # refuse a model it cannot export before any download
+    check_opset(args.opset)  # refused, like a model it cannot export, before any download
+    if not is_model_file(args.model):
         with torch.device("meta"):
             PromptDecoderForOnnx(get_model_entry(args.model).builder())
     model = build_model(args.model, checkpoint=args.checkpoint)
-    # checked before it takes --out's place: a rejected export must not replace a good one
     out: Path = args.out
-    candidate = export_decoder_onnx(model, out.with_name(f".{out.name}.unchecked"), args.opset)
-    unchecked = ""
+    rejected = out.with_name(f"{out.stem}.rejected{out.suffix}")
     try:
-        difference = onnx_parity(model, candidate)
-    except ImportError as exc:  # not installed, or installed but failing to import
-        difference = None
-        unchecked = (
-            "onnxruntime is not installed"
-            if isinstance(exc, ModuleNotFoundError) and exc.name == "onnxruntime"
-            else f"onnxruntime cannot be imported ({exc})"
-        )
-    except BaseException:
-        candidate.unlink(missing_ok=True)
-        raise
-    if difference is not None and not difference <= PARITY_TOLERANCE:  # NaN too
-        rejected = out.with_name(f"{out.stem}.rejected{out.suffix}")
-        os.replace(candidate, rejected)
+        # staged under a name of its own (atomic_path) and checked before it takes --out's
+        # place: a rejected export must not replace a good one
+        with atomic_path(out) as staged:
+            export_decoder_onnx(model, staged, args.opset)
+            difference, unchecked = _parity(model, staged)
+            if difference is not None and not difference <= PARITY_TOLERANCE:  # NaN too
+                os.replace(staged, rejected)
+                raise _Rejected(difference)
+    except _Rejected as rejection:
         print(
-            f"ovsam export-onnx: error: the export disagrees with torch by {difference:.2e} "
+            f"ovsam export-onnx: error: the export disagrees with torch by {rejection.args[0]:.2e} "
             f"(more than {PARITY_TOLERANCE:g}): {out} is left as it was; the export is kept "
             f"as {rejected} for a look (do not use it); try another --opset",
             file=sys.stderr,
         )
         return 1
-    os.replace(candidate, out)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     if difference is None:
         print(f"{unchecked}: parity not checked")
     else:
         print(f"ONNX Runtime vs torch: max abs difference {difference:.2e}")
     return 0
+
+
+def _parity(model: object, path: Path) -> tuple[float | None, str]:
+    """``(difference from torch, "")``, or ``(None, why)`` when onnxruntime cannot run."""
+    from ovsam.export_onnx import onnx_parity
+
+    try:
+        return onnx_parity(model, path), ""
+    except ImportError as exc:  # not installed, or installed but failing to import
+        if isinstance(exc, ModuleNotFoundError) and exc.name == "onnxruntime":
+            return None, "onnxruntime is not installed"
+        return None, f"onnxruntime cannot be imported ({exc})"

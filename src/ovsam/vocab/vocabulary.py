@@ -242,7 +242,7 @@ def vocabulary_from_names(
 def _lvis_categories(annotations: str | Path | Mapping[str, Any]) -> list[Mapping[str, Any]]:
     if not isinstance(annotations, Mapping):
         try:
-            annotations = json.loads(Path(annotations).read_text(encoding="utf-8"))
+            annotations = json.loads(Path(annotations).read_text(encoding="utf-8-sig"))
         except (OSError, ValueError) as exc:
             raise InputError(f"cannot read LVIS annotations {annotations}: {exc}") from exc
     categories = annotations.get("categories") if isinstance(annotations, Mapping) else None
@@ -269,6 +269,11 @@ def _lvis_categories(annotations: str | Path | Mapping[str, Any]) -> list[Mappin
             )
         if not category["name"].replace("_", " ").strip():  # was an IndexError
             raise InputError(f"{where}: name {category['name']!r} has no visible character")
+        if category["frequency"] not in ("r", "c", "f"):
+            raise InputError(
+                f"{where}: frequency {category['frequency']!r} is not 'r', 'c' or 'f' "
+                "(rare, common, frequent)"
+            )
     return sorted(categories, key=lambda c: c["id"])
 
 
