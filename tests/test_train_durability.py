@@ -14,7 +14,7 @@ from PIL import Image
 
 from ovsam.data.instances import ImageFolder
 from ovsam.train.config import TrainConfig
-from ovsam.train.sam2clip_task import Sam2ClipTask
+from ovsam.train.sam2clip_task import Sam2ClipTask, teacher_fingerprint
 from ovsam.transforms import ResizeLongestSide
 from train_harness import TINY, Train
 
@@ -89,6 +89,7 @@ def test_a_damaged_teacher_cache_file_is_recomputed_and_rewritten(
     task.config, task.device = TrainConfig(cache_teacher=True), torch.device("cpu")
     task.images, task.teacher = ImageFolder(tmp_path / "images"), CountingTeacher()
     task.transform, task.cache = ResizeLongestSide(16), tmp_path / "cache"
+    task.teacher_key = b"teacher"
     expected = torch.arange(32.0).reshape(1, 2, 4, 4)
     path = task._cached_target(0)
     assert torch.equal(task.inputs(0)[1], expected) and task.teacher.calls == 1
@@ -102,3 +103,34 @@ def test_a_damaged_teacher_cache_file_is_recomputed_and_rewritten(
         assert torch.equal(torch.load(path, weights_only=True), expected)  # rewritten
     assert torch.equal(task.inputs(0)[1], expected) and task.teacher.calls == 4  # read back
     assert capsys.readouterr().err == ""
+
+
+def test_teacher_targets_are_cached_per_teacher_and_for_any_file_name(tmp_path: Path) -> None:
+    """The cache was keyed on the image alone: a run restarted with another teacher (allowed
+    before its first checkpoint) distilled the old teacher's targets; a file name that is
+    not UTF-8 stopped the run with a raw UnicodeEncodeError."""
+    (tmp_path / "images").mkdir()
+    name = os.fsdecode(b"caf\xe9.png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "images" / name)
+    task = Sam2ClipTask.__new__(Sam2ClipTask)
+    task.images, task.cache = ImageFolder(tmp_path / "images"), tmp_path / "cache"
+    first, second = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    paths = []
+    for teacher in (first, second, first):
+        task.teacher_key = teacher_fingerprint(teacher)
+        paths.append(task._cached_target(0))
+    assert paths[0] == paths[2] != paths[1]
+
+
+def test_a_checkpoint_write_that_a_kill_cut_short_leaves_no_file_behind(
+    train: Train, tmp_path: Path
+) -> None:
+    """atomic_path removes its temporary file in a ``finally`` that SIGKILL never reaches: each
+    kill while saving left a checkpoint-sized ``.step_N.pt.XXXXXXXX.tmp`` for good."""
+    assert train(*TINY, "steps=6", extra=("--stop-after", "2"))[0] == 0
+    folder = tmp_path / "run" / "checkpoints"
+    (folder / ".step_4.pt.c0142uug.tmp").write_bytes(b"half a checkpoint")
+    (folder / ".latest.json.x1y2z3w4.tmp").write_bytes(b"{")
+    assert train(*TINY, "steps=6")[0] == 0
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["latest.json", "step_2.pt", "step_4.pt", "step_6.pt"]

@@ -290,3 +290,17 @@ def test_seen_classes_of_a_dataset_vocabulary_are_named_as_training_names_them(
     annotations.write_text(json.dumps({"categories": categories}))
     config = TrainConfig(vocabulary="dataset", annotations=str(annotations))
     assert seen_vocabulary(config) == ("cup, mug", "traffic_light")
+
+
+def test_a_bare_checkpoint_name_is_found_in_its_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ovsam train export step_2.pt` inside RUN/checkpoints took '.' (the checkpoints
+    folder) for the run folder and refused it."""
+    from ovsam.train.export import run_checkpoint
+
+    checkpoint = tmp_path / "run" / "checkpoints" / "step_2.pt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"")
+    monkeypatch.chdir(checkpoint.parent)
+    assert run_checkpoint("step_2.pt") == (tmp_path / "run", Path("step_2.pt"))

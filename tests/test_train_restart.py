@@ -5,10 +5,12 @@ task under the real CLI, engine and checkpoints)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
+from ovsam.train.config import TrainConfig, check_resume, load_config, save_config
 from train_harness import TINY, TinyTask, Train, log_rows, one_line_error
 
 pytest_plugins = ("train_harness",)
@@ -106,3 +108,30 @@ def test_a_run_whose_every_step_was_skipped_says_its_weights_did_not_change(
         "warning: all 2 steps of this run were skipped (no image kept an instance to learn "
         "from: see min_mask_area and the data), so its weights are the ones it started from"
     )
+
+
+def test_a_restart_that_sets_vocabulary_alone_trains_on_all_of_it(
+    tmp_path: Path, train: Train
+) -> None:
+    """A fresh --out dropped clip2sam's default supervised classes (coco_base) for a run that
+    sets vocabulary alone; an --out holding a run stopped before its first checkpoint kept
+    them, and the head trained on 48 COCO classes only."""
+    annotations = tmp_path / "instances.json"
+    annotations.write_text('{"images": [], "annotations": [], "categories": []}')
+    clip2sam = {"task": "clip2sam", "extra": ("--annotations", str(annotations))}
+    later = (*TINY, "steps=10", "checkpoint_every=5")
+    code, _, err = train(*later, **clip2sam | {"extra": (*clip2sam["extra"], "--stop-after", "2")})
+    assert code == 0, err
+    assert train(*later, "vocabulary=dataset", **clip2sam)[0] == 0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (saved["vocabulary"], saved["supervised_vocabulary"]) == ("dataset", "")
+
+
+def test_a_run_on_a_folder_whose_name_is_not_utf8_resumes(tmp_path: Path) -> None:
+    """config.json spelt the path's undecodable bytes as the text '\\xe9': every resume was
+    refused as a run with other settings."""
+    data = str(tmp_path / os.fsdecode(b"d\xe9j\xe0"))
+    config = TrainConfig(task="sam2clip", data=data, out=str(tmp_path / "run"))
+    save_config(config, tmp_path)
+    assert load_config(tmp_path) == config
+    check_resume(load_config(tmp_path), config, tmp_path)  # raises for other settings

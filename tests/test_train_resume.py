@@ -184,8 +184,19 @@ def test_a_checkpoint_that_does_not_fit_is_a_checkpoint_error(train: Train, tmp_
             lambda ckpt: torch.save({"step": 2}, ckpt / "step_2.pt"),
             "step_2.pt: not a training checkpoint (KeyError: 'model')",
         ),
+        (  # e.g. a teacher_features file copied by mistake: was a raw IndexError
+            lambda ckpt: torch.save(torch.zeros(2, 4, 4), ckpt / "step_2.pt"),
+            "step_2.pt: not a training checkpoint (TypeError: it holds a Tensor, not a dict)",
+        ),
     ],
-    ids=["corrupt-pointer", "missing-checkpoint", "truncated", "pickled-object", "no-weights"],
+    ids=[
+        "corrupt-pointer",
+        "missing-checkpoint",
+        "truncated",
+        "pickled-object",
+        "no-weights",
+        "a-tensor",
+    ],  # fmt: skip
 )
 def test_damaged_run_state_is_a_one_line_error(
     train: Train, tmp_path: Path, damage: Callable[[Path], object], message: str

@@ -166,7 +166,9 @@ def test_teacher_targets_are_cached_by_image_file_not_by_position(tmp_path: Path
         Image.new("RGB", (8, 8)).save(tmp_path / name)
 
     def targets() -> dict[str, Path]:
-        task = SimpleNamespace(images=ImageFolder(tmp_path), cache=tmp_path / "cache")
+        task = SimpleNamespace(
+            images=ImageFolder(tmp_path), cache=tmp_path / "cache", teacher_key=b"teacher"
+        )
         return {
             task.images.image_path(i).name: Sam2ClipTask._cached_target(task, i)
             for i in range(len(task.images))

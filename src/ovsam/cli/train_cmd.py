@@ -107,8 +107,9 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         if field in given:
             raise InputError(f"--set {field}=...: give the run's {field} with {flag}")
     config = absolute_paths(apply_overrides(config, args.set))
-    if saved is None and "vocabulary" in given and "supervised_vocabulary" not in given:
-        # the default supervised classes (coco_base) belong to the default vocabulary (coco)
+    if not trained and "vocabulary" in given and "supervised_vocabulary" not in given:
+        # the default supervised classes (coco_base) belong to the default vocabulary (coco);
+        # a run stopped before its first checkpoint starts afresh too
         config = replace(config, supervised_vocabulary="")
     if config.task != args.task:
         raise InputError(

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ovsam.errors import InputError
-from ovsam.fileio import atomic_write_json
+from ovsam.fileio import atomic_write_bytes
 
 TASKS = ("sam2clip", "clip2sam")
 # fields that may differ when a run is resumed: they change neither the model, the data nor
@@ -181,13 +181,15 @@ def absolute_paths(config: TrainConfig) -> TrainConfig:
 def save_config(config: TrainConfig, run_dir: Path, world_size: int = 1) -> None:
     """Write ``run_dir/config.json``: the config, plus under :data:`ENVIRONMENT` the ovsam and
     torch versions and the world size of the process writing it (informational: not read back,
-    so not part of the resume comparison)."""
+    so not part of the resume comparison). Written as ASCII JSON: a path that is not UTF-8
+    keeps its undecodable bytes as ``\\udcXX`` escapes, which read back as the same path."""
     import torch
 
     from ovsam import __version__
 
     environment = {"ovsam": __version__, "torch": torch.__version__, "world_size": world_size}
-    atomic_write_json(run_dir / "config.json", {**config.to_json(), ENVIRONMENT: environment})
+    text = json.dumps({**config.to_json(), ENVIRONMENT: environment}, indent=2, allow_nan=False)
+    atomic_write_bytes(run_dir / "config.json", (text + "\n").encode("ascii"))
 
 
 def load_config(run_dir: Path) -> TrainConfig:

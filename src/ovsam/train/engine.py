@@ -185,7 +185,10 @@ class Trainer:
         return path
 
     def _prune(self, newest: Path) -> None:
-        """Delete all but the newest ``keep_checkpoints`` checkpoints (0 keeps all)."""
+        """Delete all but the newest ``keep_checkpoints`` checkpoints (0 keeps all), and the
+        temporary files of writes that a killed process left (rank 0 alone writes here)."""
+        for stale in newest.parent.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
         keep = self.config.keep_checkpoints
         if keep < 1:
             return
@@ -204,6 +207,8 @@ class Trainer:
         except Exception as exc:  # noqa: BLE001 - any reader failure means a damaged file
             raise CheckpointError(f"{read_failure(path, exc)}; {remedy}") from exc
         try:
+            if not isinstance(state, dict):  # e.g. a tensor: indexing it is no KeyError
+                raise TypeError(f"it holds a {type(state).__name__}, not a dict")
             model, step, rng = state["model"], int(state["step"]), state["torch_rng"].cpu()
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CheckpointError(

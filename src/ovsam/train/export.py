@@ -52,7 +52,7 @@ def run_checkpoint(run: str | Path, step: int | None = None) -> tuple[Path, Path
     if run.is_file():
         if step is not None:
             raise InputError(f"--step {step} goes with a run folder, not the file {run}")
-        return run.parent.parent, run
+        return run.absolute().parent.parent, run  # also for a bare step_N.pt
     if not run.is_dir():
         raise InputError(f"{run} does not exist (expected a clip2sam run folder)")
     folder = run / "checkpoints"

@@ -2,9 +2,9 @@
 
 Images (an SA-1B-style folder, or every image a COCO/LVIS file lists) are resized so the long side
 is 1024 and padded, SAM-normalised, and fed to both sides: the teacher's ``256x64x64``
-embedding (cached on disk under ``RUN/teacher_features`` on first use, each file written
-atomically and fsynced; a damaged one is recomputed and rewritten, with a warning naming it) is
-the target of the
+embedding (cached on disk under ``RUN/teacher_features`` on first use, named by the image
+file and a checksum of the teacher's weights, each file written atomically and fsynced; a
+damaged one is recomputed and rewritten, with a warning naming it) is the target of the
 student = CLIP tower stages → :class:`~ovsam.ov.sam2clip.SAM2CLIPAdapter`; the loss is the MSE.
 The adapter's ``pos_embed`` buffer stays zero unless the teacher is a SAM ViT (then it is copied
 from the teacher, as the official code copies SAM ViT-H's).
@@ -13,6 +13,7 @@ from the teacher, as the official code copies SAM ViT-H's).
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 from pathlib import Path
 
@@ -27,9 +28,16 @@ from ovsam.checkpoint import read_failure
 from ovsam.clip.factory import create_model
 from ovsam.data.instances import AnnotatedImages, ImageFolder
 from ovsam.fileio import atomic_write
+from ovsam.modeling.common import weights_checksum
 from ovsam.ov.sam2clip import SAM2CLIPAdapter
 from ovsam.train.config import TrainConfig
 from ovsam.transforms import ResizeLongestSide
+
+
+def teacher_fingerprint(image_encoder: nn.Module) -> bytes:
+    """Names the teacher's weights in the cache keys: a run restarted with another teacher
+    (allowed before its first checkpoint) must not reuse the old one's targets."""
+    return repr(weights_checksum(image_encoder)).encode()
 
 
 class Sam2ClipTask:
@@ -50,6 +58,7 @@ class Sam2ClipTask:
         )
         for p in self.teacher.parameters():
             p.requires_grad_(False)
+        self.teacher_key = teacher_fingerprint(self.teacher.image_encoder)
         if config.random_clip:
             torch.manual_seed(config.seed)
         clip = create_model(
@@ -77,11 +86,18 @@ class Sam2ClipTask:
 
     def _cached_target(self, index: int) -> Path:
         """Where the teacher embedding of item ``index`` is kept: named by the image file's
-        path, size and modification time, so adding, removing or replacing images in
-        ``data`` never pairs an image with another one's target."""
+        path (its bytes: any file name), size and modification time and by the teacher's
+        weights, so adding, removing or replacing images in ``data``, or another teacher, never
+        pairs an image with another target."""
         path = self.images.image_path(index)
         stat = path.stat()
-        key = f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()
+        key = b"\0".join(
+            [
+                os.fsencode(path.resolve()),
+                b"%d\0%d" % (stat.st_size, stat.st_mtime_ns),
+                self.teacher_key,
+            ]
+        )
         return self.cache / f"{hashlib.sha256(key).hexdigest()[:32]}.pt"
 
     def _read_cached(self, path: Path) -> torch.Tensor | None:
