@@ -62,23 +62,25 @@ def test_a_box_reaching_past_the_image_is_recorded_as_given_and_clipped(tmp_path
 def test_an_interrupted_write_never_leaves_result_json_beside_other_pictures(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """result.json goes first and comes back last: stopped between the PNGs, the folder holds
-    no result.json that would describe the old pictures (or the new mask with an old overlay)."""
+    """All three files are written first; then result.json goes and the files are renamed in
+    place, result.json last: stopped between the renames, the folder holds no result.json
+    that would describe the old pictures (or the new mask with an old overlay)."""
     image, mask = _scene()
     write_result(tmp_path, image, mask, 0.9, Prompt(box=(20, 10, 50, 30)))
-    written = []
+    renamed, replace = [], os.replace
 
-    def stopped_at_overlay(path: Path, data: bytes) -> None:
-        if Path(path).name == "overlay.png":
+    def stopped_at_overlay(source: str, target: str) -> None:
+        if Path(target).name == "overlay.png":
             raise KeyboardInterrupt
-        written.append(Path(path).name)
-        atomic_write_bytes(path, data)
+        renamed.append(Path(target).name)
+        replace(source, target)
 
-    monkeypatch.setattr("ovsam.outputs.atomic_write_bytes", stopped_at_overlay)
+    monkeypatch.setattr("os.replace", stopped_at_overlay)
     with pytest.raises(KeyboardInterrupt):
         write_result(tmp_path, image, ~mask, 0.5, Prompt(points=[(5.0, 5.0)], point_labels=[1]))
-    assert written == ["mask.png"] and not (tmp_path / "result.json").exists()
+    assert renamed == ["mask.png"] and not (tmp_path / "result.json").exists()
     assert np.array_equal(np.asarray(Image.open(tmp_path / "mask.png")) == 255, ~mask)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.png", "overlay.png"]  # no tmp
 
 
 def test_json_is_standard_with_non_finite_numbers_as_null(tmp_path: Path) -> None:
@@ -263,3 +265,47 @@ def test_a_link_is_written_through_and_kept(tmp_path: Path) -> None:
     link.symlink_to(real)
     atomic_write_bytes(link, b"new")
     assert link.is_symlink() and real.read_bytes() == b"new"
+
+
+# Writes one result set, then a second one under a file-size limit that its overlay exceeds
+# (as a full disk would stop it); prints the error and every file's bytes afterwards.
+_SECOND_RUN_TOO_BIG = """
+import json, resource, sys
+from pathlib import Path
+import numpy as np
+from ovsam.outputs import Prompt, write_result
+out = Path(sys.argv[1])
+mask = np.zeros((120, 160), bool)
+mask[30:90, 40:120] = True
+write_result(out, np.full((120, 160, 3), 90, np.uint8), mask, 0.9, Prompt(box=(40, 30, 120, 90)))
+before = {p.name: p.read_bytes().hex() for p in sorted(out.iterdir())}
+noise = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, resource.RLIM_INFINITY))
+try:
+    write_result(out, noise, ~mask, 0.5, Prompt(points=[(5.0, 5.0)], point_labels=[1]))
+except OSError as exc:
+    error = str(exc)
+after = {p.name: p.read_bytes().hex() for p in sorted(out.iterdir())}
+print(json.dumps({"error": error, "unchanged": before == after, "files": sorted(after)}))
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="RLIMIT_FSIZE")
+def test_a_result_set_that_cannot_be_written_leaves_the_previous_one_whole(
+    tmp_path: Path,
+) -> None:
+    """The old result.json was deleted first and each file replaced in turn: a run stopped by
+    a full disk at overlay.png left its new mask.png beside the old overlay, and no JSON."""
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-c", _SECOND_RUN_TOO_BIG, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout)
+    assert result["error"] == f"[Errno {errno.EFBIG}] File too large: '{tmp_path / 'overlay.png'}'"
+    assert result["unchanged"] and result["files"] == ["mask.png", "overlay.png", "result.json"]

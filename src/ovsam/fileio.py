@@ -14,7 +14,7 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -158,17 +158,42 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
-def atomic_write_json(target: str | Path, obj: Any) -> Path:
-    """Serialise ``obj`` as indented UTF-8 JSON and write it to ``target`` atomically.
-
-    NaN and infinite floats are written as ``null`` (standard JSON has no such numbers, and
-    strict parsers refuse Python's ``NaN`` / ``Infinity``), and strings UTF-8 cannot hold,
-    such as a file name that is not UTF-8, :func:`printable`."""
+def json_bytes(obj: Any) -> bytes:
+    """``obj`` as indented UTF-8 JSON. NaN and infinite floats are written as ``null``
+    (standard JSON has no such numbers, and strict parsers refuse Python's ``NaN`` /
+    ``Infinity``), and strings UTF-8 cannot hold, such as a file name that is not UTF-8,
+    :func:`printable`."""
     dumps = {"indent": 2, "ensure_ascii": False, "allow_nan": False}
     try:
-        data = (json.dumps(obj, **dumps) + "\n").encode("utf-8")
+        return (json.dumps(obj, **dumps) + "\n").encode("utf-8")
     except ValueError as exc:  # UnicodeEncodeError is one too
         if not isinstance(exc, UnicodeEncodeError) and "Out of range float" not in str(exc):
             raise  # e.g. a circular reference
-        data = (json.dumps(json_safe(obj), **dumps) + "\n").encode("utf-8")
-    return atomic_write_bytes(target, data)
+        return (json.dumps(json_safe(obj), **dumps) + "\n").encode("utf-8")
+
+
+def atomic_write_json(target: str | Path, obj: Any) -> Path:
+    """Write ``obj`` to ``target`` atomically, as :func:`json_bytes` spells it."""
+    return atomic_write_bytes(target, json_bytes(obj))
+
+
+def atomic_write_set(files: dict[Path, bytes]) -> None:
+    """Write several files as one set; the last one marks it complete (e.g. ``result.json``).
+
+    Every file is first written to a temporary file beside it and flushed to disk. Only when
+    all are written is the old marker removed and are the temporary files renamed over their
+    targets, in order, the marker last. A failed write (a full disk) leaves every target as it
+    was, and its ``OSError`` names the file that failed; a crash during the renames leaves no
+    marker beside files of another set."""
+    targets = list(files)
+    with ExitStack() as stack:  # exits in reverse: the first target is renamed first
+        staged = {t: stack.enter_context(atomic_path(t)) for t in reversed(targets)}
+        for target, tmp in staged.items():
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(files[target])
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except OSError as exc:
+                raise _naming_target(exc, target) from exc
+        Path(os.path.realpath(targets[-1])).unlink(missing_ok=True)

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ovsam.boxes import clip_to_image
-from ovsam.fileio import atomic_write_bytes, atomic_write_json
+from ovsam.fileio import atomic_write_set, json_bytes
 from ovsam.masks import encode_rle, mask_to_bbox_xywh
 from ovsam.visualize import overlay
 
@@ -83,9 +83,10 @@ def write_result(
     ``image`` HxWx3 uint8 RGB; ``mask`` HxW bool. ``extra`` entries (model name, labels...)
     are merged into the JSON; ``caption`` is drawn on the overlay. Returns the paths.
 
-    The three files form one set: everything is encoded first, then an old ``result.json``
-    is removed, the PNGs are written (each atomically) and ``result.json`` comes last, so
-    that an interrupted run never leaves a ``result.json`` beside pictures of another run.
+    The three files form one set (:func:`~ovsam.fileio.atomic_write_set`): all are written
+    before any replaces an old one, so a run that fails (a full disk) leaves the previous
+    set whole, and an interrupted one never leaves a ``result.json`` beside pictures of
+    another run.
     """
     out = Path(out_dir)
     paths = {key: out / name for key, name in RESULT_FILES.items()}
@@ -108,8 +109,6 @@ def write_result(
         **mask_record(mask, score),
         **(extra or {}),
     }
-    paths["json"].unlink(missing_ok=True)
-    atomic_write_bytes(paths["mask"], mask_png)
-    atomic_write_bytes(paths["overlay"], overlay_png)
-    atomic_write_json(paths["json"], record)
+    files = {paths["mask"]: mask_png, paths["overlay"]: overlay_png}
+    atomic_write_set(files | {paths["json"]: json_bytes(record)})  # result.json last
     return paths
