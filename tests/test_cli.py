@@ -230,3 +230,23 @@ def test_building_the_parser_imports_no_torch() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_a_library_warning_is_one_line_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture, mobilesam_checkpoint: Path
+) -> None:
+    """Pillow's "Corrupt EXIF data" warning printed two lines naming Pillow's source file,
+    also before a one-line error."""
+    import io
+    import struct
+
+    picture = io.BytesIO()
+    Image.fromarray(np.full((60, 80, 3), 200, np.uint8)).save(picture, format="JPEG")
+    jpeg = picture.getvalue()
+    exif = b"Exif\x00\x00II\x2a\x00\xff\xff\x00\x00"  # its IFD offset points past its end
+    damaged = tmp_path / "damaged_exif.jpg"
+    damaged.write_bytes(jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(exif) + 2) + exif + jpeg[2:])
+    argv = ["segment", str(damaged), "--box", "10", "10", "50", "40", "--out", str(tmp_path)]
+    assert main([*argv, "--checkpoint", str(mobilesam_checkpoint)]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("ovsam segment: warning: Corrupt EXIF data.") and err.count("\n") == 1

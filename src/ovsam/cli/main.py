@@ -4,7 +4,7 @@ Each sub-command lives in its own module exposing ``add_parser(subparsers)`` (wh
 import nothing heavy) and ``run(args) -> int``. Errors that ovsam raises on purpose
 (:class:`~ovsam.errors.OVSamError`), a bad ``--device`` or ``--out`` (checked before the
 command runs, :mod:`ovsam.cli.preflight`), file-system errors and running out of memory
-(CPU or GPU) are printed as one line and exit with status 2.
+(CPU or GPU) are printed as one line and exit with status 2; warnings are one line each too.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
+from typing import TextIO
 
 from ovsam import __version__
 from ovsam.cli.arg_types import ArgumentParser
@@ -48,6 +50,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     if hasattr(sys.stdout, "reconfigure"):  # print a file name that is not UTF-8 as stderr
         sys.stdout.reconfigure(errors="backslashreplace")  # does (\udcNN), not fail on it
     args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():  # put back as they were when main returns
+        warnings.showwarning = _one_line_warning(args.command)
+        return _run(args)
+
+
+def _one_line_warning(command: str) -> Callable[..., None]:
+    """``warnings.showwarning`` for the CLI: ``ovsam CMD: warning: MESSAGE`` on one line, not
+    Python's two lines naming a library's source file (e.g. Pillow's "Corrupt EXIF data")."""
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        text = " ".join(str(message).split())
+        print(f"ovsam {command}: warning: {text}", file=file or sys.stderr)
+
+    return show
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         preflight(args)
         return int(args.run(args) or 0)
