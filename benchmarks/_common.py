@@ -20,6 +20,14 @@ from ovsam.cli.arg_types import int_in_range
 from ovsam.errors import OVSamError
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity: ``taskset``, a container's cpuset), which
+    torch's default thread count follows; ``os.cpu_count()`` counts the host's."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def load_average() -> str:
     """The 1-minute load average (other processes share these cores)."""
     return f"{os.getloadavg()[0]:.2f}"

@@ -14,14 +14,13 @@ interleaved runs after one warm-up each; ratios are skip / random in the same ru
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from _common import load_average, positive_int, run_main, timed
+from _common import load_average, positive_int, run_main, timed, usable_cpus
 
 from ovsam.build import build_model, get_model_entry
 from ovsam.checkpoint import load_state_dict_strict, read_state_dict
@@ -45,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         help="timed runs per model and path, after one warm-up (default %(default)s)",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(usable_cpus())
     mobilesam = resolve_weights("mobile_sam")
     with tempfile.TemporaryDirectory() as folder:
         clip_file, ovsam_file = Path(folder) / "rn50x16.pt", Path(folder) / "ovsam.safetensors"
@@ -74,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
         }
         print(
-            f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads, {usable_cpus()} usable "
             f"CPUs, load average at start {load_average()}"
         )
         print(f"{'model':28s} {'skip init s':>12s} {'random init s':>14s} {'ratio':>7s}")

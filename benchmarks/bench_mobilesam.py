@@ -17,7 +17,6 @@ timed call ends with a CUDA synchronize. Usage::
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 from collections.abc import Callable
@@ -25,7 +24,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import load_average, median_seconds, positive_int, run_main, synced, timed
+from _common import (
+    load_average,
+    median_seconds,
+    positive_int,
+    run_main,
+    synced,
+    timed,
+    usable_cpus,
+)
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -90,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     check_device(args.device)
     device = torch.device(args.device)
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(usable_cpus())
     checkpoint = resolve_weights(args.checkpoint)
     try:
         upstream = build_upstream_mobilesam(checkpoint).to(device)
@@ -111,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(
         f"torch {torch.__version__}, device {device} ({where}), {torch.get_num_threads()} "
-        f"threads, {os.cpu_count()} CPUs, load average at start {load_average()}"
+        f"threads, {usable_cpus()} usable CPUs, load average at start {load_average()}"
     )
     print(f"{'stage':43s} {'ours ms':>9s} {'upstream ms':>12s} {'ratio':>7s}")
     with torch.inference_mode():

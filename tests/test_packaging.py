@@ -19,7 +19,8 @@ pytest.importorskip("setuptools", minversion="77")  # the version pyproject.toml
 ROOT = Path(__file__).resolve().parents[1]
 # the package folders holding data files, and what the sdist carries besides the package
 DATA_DIRS = ("src/ovsam/assets", "src/ovsam/vocab/data", "src/ovsam/serve/static")
-COPIED = ("pyproject.toml", "README.md", "LICENSE", "MANIFEST.in", ".ci", "src", "tests", "scripts")
+COPIED = ("pyproject.toml", "README.md", "LICENSE", "MANIFEST.in", ".ci", "src", "tests", "scripts",
+          "benchmarks", "docs")  # fmt: skip
 NOT_COPIED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
 
 
@@ -84,9 +85,12 @@ def test_licence_is_an_spdx_expression_with_the_apache_text(
 
 
 def test_sdist_holds_the_tests_and_scripts_but_no_bytecode(built: tuple[Path, Path, str]) -> None:
+    """scripts/test.sh lints benchmarks/ too: an sdist without it failed at its first step."""
     with tarfile.open(built[0]) as sdist:
         names = [name.split("/", 1)[1] for name in sdist.getnames() if "/" in name]
-    expected = _files(ROOT, "tests") | _files(ROOT, "scripts") | {"LICENSE", "README.md"}
+    expected = {"LICENSE", "README.md"}.union(
+        *(_files(ROOT, folder) for folder in ("tests", "scripts", "benchmarks", "docs"))
+    )
     if (ROOT / ".ci" / "run").exists():
         expected.add(".ci/run")
     assert expected <= set(names), sorted(expected - set(names))
