@@ -22,8 +22,8 @@ GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 DECODES = """
 import json, resource, sys
 import torch
+from ovsam import cpu_allocator
 from ovsam.build import build_model
-from ovsam.cpu_allocator import keep_freed_memory
 torch.set_num_threads(2)
 model = build_model("mobilesam", checkpoint=sys.argv[1])
 generator = torch.Generator().manual_seed(0)
@@ -39,13 +39,14 @@ with torch.inference_mode():
     for _ in range(5):
         model.mask_decoder.forward_cached(cache, sparse, False)
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start
-print(json.dumps({"faults_per_prompt": faults / 80, "kept": keep_freed_memory()}))
+print(json.dumps({"faults_per_prompt": faults / 80, "kept": cpu_allocator._applied is True}))
 """
 
 
 def _decode_faults(checkpoint: Path, **env: str) -> dict:
     environ = {k: v for k, v in os.environ.items() if k not in ("THP_MEM_ALLOC_ENABLE",)}
-    environ.pop("GLIBC_TUNABLES", None)
+    for name in ("GLIBC_TUNABLES", *cpu_allocator._MALLOC_VARIABLES):
+        environ.pop(name, None)
     result = subprocess.run(
         [sys.executable, "-c", DECODES, str(checkpoint)],
         env=environ | env,
@@ -76,12 +77,13 @@ def test_a_batched_cpu_decode_reuses_the_memory_it_freed(mobilesam_checkpoint: P
         {"OVSAM_KEEP_FREED_MEMORY": "0"},
         {"OVSAM_KEEP_FREED_MEMORY": " Off "},
         {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1000000"},
+        {"MALLOC_MMAP_THRESHOLD_": "131072"},
     ],
 )
 def test_the_user_can_keep_malloc_as_it_is(
     env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for key in ("OVSAM_KEEP_FREED_MEMORY", "GLIBC_TUNABLES"):
+    for key in ("OVSAM_KEEP_FREED_MEMORY", "GLIBC_TUNABLES", *cpu_allocator._MALLOC_VARIABLES):
         monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -89,8 +91,8 @@ def test_the_user_can_keep_malloc_as_it_is(
 
 
 def test_only_glibc_is_tuned(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("OVSAM_KEEP_FREED_MEMORY", raising=False)
-    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    for key in ("OVSAM_KEEP_FREED_MEMORY", "GLIBC_TUNABLES", *cpu_allocator._MALLOC_VARIABLES):
+        monkeypatch.delenv(key, raising=False)
     assert cpu_allocator._wanted() is GLIBC
     monkeypatch.setattr(platform, "libc_ver", lambda: ("musl", "1.2"))
     assert not cpu_allocator._wanted()

@@ -208,3 +208,27 @@ def test_the_export_replaces_out_as_atomic_writes_do(
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["decoder.onnx", "models", long.name]
     )
+
+
+def test_a_rejected_export_is_kept_beside_a_linked_out_on_another_file_system(
+    tmp_path: Path, mobilesam_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The export is staged beside the link's file; moving it to NAME.rejected.onnx beside
+    the link failed across file systems (EXDEV, exit 2) and the rejected export was lost."""
+    import os
+    import tempfile
+
+    from ovsam.cli.main import main
+
+    if not Path("/dev/shm").is_dir() or os.stat("/dev/shm").st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs a second file system (/dev/shm)")
+    monkeypatch.setattr("ovsam.export_onnx.onnx_parity", lambda *args: 1.0)
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as other:
+        target = Path(other) / "decoder-v1.onnx"
+        target.write_bytes(b"a good export")
+        link = tmp_path / "decoder.onnx"
+        link.symlink_to(target)
+        argv = ["export-onnx", "--out", str(link), "--checkpoint", str(mobilesam_checkpoint)]
+        assert main(argv) == 1
+        assert target.read_bytes() == b"a good export" and link.is_symlink()
+        assert (Path(other) / "decoder-v1.rejected.onnx").stat().st_size > 1e6

@@ -110,21 +110,25 @@ def test_a_run_whose_every_step_was_skipped_says_its_weights_did_not_change(
     )
 
 
+@pytest.mark.parametrize(
+    ("first", "expected"),
+    [((), ("dataset", "")), (("supervised_vocabulary=lvis_base",), ("dataset", "lvis_base"))],
+)
 def test_a_restart_that_sets_vocabulary_alone_trains_on_all_of_it(
-    tmp_path: Path, train: Train
+    tmp_path: Path, train: Train, first: tuple[str, ...], expected: tuple[str, str]
 ) -> None:
     """A fresh --out dropped clip2sam's default supervised classes (coco_base) for a run that
     sets vocabulary alone; an --out holding a run stopped before its first checkpoint kept
-    them, and the head trained on 48 COCO classes only."""
+    them, and the head trained on 48 COCO classes only. Classes chosen on purpose stay."""
     annotations = tmp_path / "instances.json"
     annotations.write_text('{"images": [], "annotations": [], "categories": []}')
-    clip2sam = {"task": "clip2sam", "extra": ("--annotations", str(annotations))}
+    extra = ("--annotations", str(annotations))
     later = (*TINY, "steps=10", "checkpoint_every=5")
-    code, _, err = train(*later, **clip2sam | {"extra": (*clip2sam["extra"], "--stop-after", "2")})
+    code, _, err = train(*later, *first, task="clip2sam", extra=(*extra, "--stop-after", "2"))
     assert code == 0, err
-    assert train(*later, "vocabulary=dataset", **clip2sam)[0] == 0
+    assert train(*later, "vocabulary=dataset", task="clip2sam", extra=extra)[0] == 0
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert (saved["vocabulary"], saved["supervised_vocabulary"]) == ("dataset", "")
+    assert (saved["vocabulary"], saved["supervised_vocabulary"]) == expected
 
 
 def test_a_run_on_a_folder_whose_name_is_not_utf8_resumes(tmp_path: Path) -> None:

@@ -13,8 +13,8 @@ glibc allows) come from the heap, and up to 64 MiB of free memory stays mapped p
 encoder's, are still mapped and unmapped each time. The setting is process-wide:
 :func:`~ovsam.modeling.prompt_workers.map_prompt_chunks` applies it once, before the first
 batch that it decodes on parallel CPU workers.
-``OVSAM_KEEP_FREED_MEMORY=0``, or glibc malloc tunables of your own in ``GLIBC_TUNABLES``,
-leave malloc as it is; other C libraries (macOS, Windows, musl) are left alone too.
+``OVSAM_KEEP_FREED_MEMORY=0``, or malloc settings of your own (``glibc.malloc.*`` in
+``GLIBC_TUNABLES``, or ``MALLOC_MMAP_THRESHOLD_`` and its siblings), leave malloc as it is; other C libraries (macOS, Windows, musl) are left alone too.
 """
 
 from __future__ import annotations
@@ -33,16 +33,21 @@ MMAP_THRESHOLD = 32 << 20
 #: Free memory at the top of a heap beyond this goes back to the kernel.
 TRIM_THRESHOLD = 64 << 20
 OPT_OUT = "OVSAM_KEEP_FREED_MEMORY"
+#: glibc's older environment settings of the same thresholds (mallopt(3)): a user's own wins.
+_MALLOC_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_",
+                     "MALLOC_MMAP_MAX_")  # fmt: skip
 
 _lock = threading.Lock()
 _applied: bool | None = None
 
 
 def _wanted() -> bool:
-    """False when the user opted out, set glibc malloc tunables, or the C library is not glibc."""
+    """False when the user opted out, set malloc's thresholds, or the C library is not glibc."""
     if os.environ.get(OPT_OUT, "1").strip().lower() in ("0", "false", "no", "off"):
         return False
     if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
+    if any(os.environ.get(name) for name in _MALLOC_VARIABLES):
         return False
     return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 

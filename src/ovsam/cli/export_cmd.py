@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
             PromptDecoderForOnnx(get_model_entry(args.model).builder())
     model = build_model(args.model, checkpoint=args.checkpoint)
     out: Path = args.out
-    rejected = out.with_name(f"{out.stem}.rejected{out.suffix}")
+    real = Path(os.path.realpath(out))  # where atomic_path stages: a link's file
+    rejected = real.with_name(f"{real.stem}.rejected{real.suffix}")
     try:
         # staged under a name of its own (atomic_path) and checked before it takes --out's
         # place: a rejected export must not replace a good one

@@ -107,9 +107,14 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         if field in given:
             raise InputError(f"--set {field}=...: give the run's {field} with {flag}")
     config = absolute_paths(apply_overrides(config, args.set))
-    if not trained and "vocabulary" in given and "supervised_vocabulary" not in given:
-        # the default supervised classes (coco_base) belong to the default vocabulary (coco);
-        # a run stopped before its first checkpoint starts afresh too
+    default = task_config(args.task).supervised_vocabulary
+    if (
+        (saved is None or (not trained and saved.supervised_vocabulary == default))
+        and "vocabulary" in given
+        and "supervised_vocabulary" not in given
+    ):
+        # the default supervised classes (coco_base) belong to the default vocabulary (coco),
+        # also in a run stopped before its first checkpoint (one set on purpose is kept)
         config = replace(config, supervised_vocabulary="")
     if config.task != args.task:
         raise InputError(
