@@ -9,6 +9,7 @@ const SLOW_ANSWER_MS = 1500;  // then the status says why a named mask may take 
 const MIN_SIDE = 32;  // CSS pixels a canvas side has at least: a small image is enlarged, a thin one stretched
 const ARROWS = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] };
 const clamp = (v, hi) => Math.max(0, Math.min(hi, v));
+const MAX_KEPT_RESULTS = 20;
 // Typed names are saved under a name of this page's own, so two users do not overwrite each other.
 const CUSTOM_VOCABULARY = `custom-${Math.random().toString(36).slice(2, 10)}`;
 
@@ -18,11 +19,13 @@ const state = {
   cursor: null,       // {x, y}: where Enter places a point (the arrow keys move it)
   uploads: 0,         // images chosen so far: an older one's late answer is dropped
   file: null,         // the uploaded file (null: the sample photo), to upload again if dropped
-  prompts: [],        // history of {kind: "point", x, y, label} | {kind: "box", box}
+  prompts: [],        // history of {kind: "point", x, y, label} | {kind: "box", box}: the last box counts
   result: null,       // last PredictResponse (+ maskImage, and the prompts it answers)
+  results: [],        // the latest answers (at most MAX_KEPT_RESULTS): Undo shows one again
   drag: null,         // {x0, y0, x1, y1, id, background} while a pointer (mouse, pen, touch) drags
   background: false,  // the Background toggle: clicks and taps place background points
-  busy: false, pending: false,
+  busy: null,         // the {imageId, generation} of the request in flight; Clear or a new image frees the page
+  pending: false,
   generation: 0,      // bumped by Clear and by a new image: older answers are dropped
   customNames: null,  // the names last saved as CUSTOM_VOCABULARY (re-posted if evicted)
   namedWith: new Set(),  // vocabularies the server has named a mask with (text bank built)
@@ -49,7 +52,7 @@ async function api(path, options = {}) {
 
 function newGeneration() {
   state.generation += 1;
-  state.prompts = []; state.result = null;
+  state.prompts = []; state.result = null; state.results = [];
 }
 
 function toImageCoords(event) {
@@ -80,7 +83,6 @@ function layout() {
     canvas.height = Math.max(MIN_SIDE, Math.round(state.height * scale));
   }
   state.scale = [imageCanvas.width / state.width, imageCanvas.height / state.height];
-  state.cursor = { x: state.width / 2, y: state.height / 2 };
   stage.style.height = `${imageCanvas.height}px`;
   imageCanvas.getContext("2d").drawImage(state.picture, 0, 0, imageCanvas.width, imageCanvas.height);
   $("hint").hidden = true;
@@ -115,6 +117,7 @@ async function startImage(file) {
     if (info.picture && !superseded()) picture = await loadPicture(null, info.picture);
     if (superseded()) return;
     Object.assign(state, { file, picture, imageId: info.image_id, width: info.width, height: info.height });
+    state.cursor = { x: state.width / 2, y: state.height / 2 };
     layout();
     draw();
     setStatus(`Ready: ${info.width}×${info.height}, embedded in ${Math.round(info.embedding_ms)} ms`);
@@ -159,20 +162,21 @@ function clearPicture() {
 
 async function predict(retried = false) {
   if (!state.imageId) return;
-  if (state.busy) { state.pending = true; return; }
+  const isStale = (t) => t.imageId !== state.imageId || t.generation !== state.generation;
+  // one request at a time per image and Clear: an older one's late answer is dropped anyway
+  if (state.busy && !isStale(state.busy)) { state.pending = true; return; }
   const ticket = { imageId: state.imageId, generation: state.generation };
-  const isStale = () => ticket.imageId !== state.imageId || ticket.generation !== state.generation;
   const prompts = state.prompts.slice();
   const { points, labels, box } = promptOf(prompts);
   if (!points.length && !box) { state.result = null; draw(); showResult(); return; }
-  state.busy = true;
+  state.busy = ticket;
   let stale = false, retry = false;
   const vocabulary = $("vocabulary").value;
   // A vocabulary's first use embeds every one of its names: minutes on a CPU for a large one.
   const named = $("vocabulary").selectedOptions[0]?.textContent;  // e.g. "lvis (1203)"
   const firstUse = vocabulary && !state.namedWith.has(vocabulary);
   const slow = setTimeout(() => {
-    if (isStale()) return;
+    if (isStale(ticket)) return;
     setStatus(firstUse
       ? `Still working: the first mask named with ${named} embeds all its class names ` +
         "once, which can take minutes on a CPU for a large vocabulary…"
@@ -189,22 +193,23 @@ async function predict(retried = false) {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
     });
     result.maskImage = await maskToImage(result.mask_png);
-    stale = isStale();  // Clear or a new image meanwhile: this answer is for prompts now gone
+    stale = isStale(ticket);  // Clear or a new image meanwhile: this answer is for prompts now gone
     if (vocabulary) state.namedWith.add(vocabulary);
     if (!stale) {
       result.prompts = prompts;
       state.result = result;
+      state.results = [...state.results.slice(1 - MAX_KEPT_RESULTS), result];
       setStatus(`Mask in ${Math.round(result.elapsed_ms)} ms`);
     }
   } catch (err) {
-    stale = isStale();
+    stale = isStale(ticket);
     if (!stale && !retried && err.code === "unknown_vocabulary") retry = await restoreVocabulary(vocabulary);
     if (!stale && !retried && err.code === "unknown_image") {
       setStatus("The server had dropped this image: uploading it again…");
       retry = await restoreImage(ticket.imageId);
       if (retry) ticket.imageId = state.imageId;  // the same picture, uploaded again
     }
-    stale = isStale();  // again: Clear or another image during a restore (an upload: seconds)
+    stale = isStale(ticket);  // again: Clear or another image during a restore (an upload: seconds)
     if (stale) retry = false;
     if (!stale && !retry) {
       // Back to exactly the prompts of the mask on screen: the failed change (and any change
@@ -215,7 +220,7 @@ async function predict(retried = false) {
     }
   } finally {
     clearTimeout(slow);
-    state.busy = false;
+    if (state.busy === ticket) state.busy = null;
   }
   if (retry) { predict(true); return; }
   if (!stale) { draw(); showResult(); }
@@ -266,7 +271,8 @@ function draw() {
   ctx.clearRect(0, 0, overlayCanvas.width, overlayCanvas.height);
   if (state.result?.maskImage) ctx.drawImage(state.result.maskImage, 0, 0, overlayCanvas.width, overlayCanvas.height);
   const [sx, sy] = state.scale;
-  const boxes = state.prompts.filter((p) => p.kind === "box").map((p) => p.box);
+  const box = state.prompts.findLast((p) => p.kind === "box")?.box;  // the one that counts
+  const boxes = box ? [box] : [];
   if (state.drag) boxes.push([state.drag.x0, state.drag.y0, state.drag.x1, state.drag.y1]);
   ctx.lineWidth = 2;
   ctx.strokeStyle = "#fff";
@@ -310,12 +316,18 @@ function showResult() {
   const item = (label) => Object.assign(document.createElement("li"), { textContent: `${label.name} — ${label.score.toFixed(3)}` });
   $("labels").append(...r.labels.map(item));
   $("download-png").href = `data:image/png;base64,${r.mask_png}`;
-  const record = { image_id: state.imageId, prompt: promptOf(r.prompts), score: r.score, area: r.area, bbox: r.bbox, labels: r.labels };
+  // named after the image, and the record says which image and size it belongs to
+  const stem = (state.file?.name ?? "sample.jpg").replace(/\.[^.]*$/, "") || "image";
+  $("download-png").download = `${stem}.mask.png`;
+  $("download-json").download = `${stem}.json`;
+  const record = {
+    image: state.file?.name ?? "sample.jpg", width: state.width, height: state.height, image_id: state.imageId,
+    prompt: promptOf(r.prompts), score: r.score, area: r.area, bbox: r.bbox, labels: r.labels,
+  };
   $("download-json").href = URL.createObjectURL(new Blob([JSON.stringify(record, null, 2)], { type: "application/json" }));
 }
 
-function addPrompt(prompt) {  // drawn at once and sent; a box replaces the previous box
-  if (prompt.kind === "box") state.prompts = state.prompts.filter((p) => p.kind !== "box");
+function addPrompt(prompt) {  // drawn at once and sent; a box replaces the previous box (Undo brings it back)
   state.prompts.push(prompt);
   draw();
   predict();
@@ -327,8 +339,23 @@ $("file").addEventListener("change", (e) => {
   if (file) startImage(file);
 });
 $("sample").addEventListener("click", () => startImage(null));
+// The image follows the window's width (a narrower window, a turned phone): the canvases were
+// sized once and, wider than their stage, covered the panel beside it.
+let relayout = 0;
+window.addEventListener("resize", () => {
+  cancelAnimationFrame(relayout);
+  relayout = requestAnimationFrame(() => { if (state.picture && state.width) { layout(); draw(); } });
+});
 $("background").addEventListener("click", (e) => { state.background = !state.background; e.currentTarget.setAttribute("aria-pressed", state.background); });
-$("undo").addEventListener("click", () => { state.prompts.pop(); predict(); draw(); showResult(); });
+$("undo").addEventListener("click", () => {
+  state.prompts.pop();
+  // the mask these prompts had, if it is still kept: asked again, a mask that refined an
+  // earlier one would come back different
+  const same = (r) => r.prompts.length === state.prompts.length && r.prompts.every((p, i) => p === state.prompts[i]);
+  const kept = state.results.findLast(same);
+  if (kept && !state.busy) state.result = kept; else predict();
+  draw(); showResult();
+});
 $("clear").addEventListener("click", () => { newGeneration(); draw(); showResult(); });
 $("vocabulary").addEventListener("change", () => predict());
 $("add-vocabulary").addEventListener("click", async () => {
@@ -348,8 +375,10 @@ async function refreshVocabularies(selected) {
   const list = await api("/v1/vocabularies");
   const select = $("vocabulary");
   select.replaceChildren(new Option("(none)", ""));
-  for (const v of list) select.append(new Option(`${v.name} (${v.size})`, v.name));
-  select.value = selected && list.some((v) => v.name === selected) ? selected : "";
+  // the built-in ones and this page's own names: other users' typed names are theirs
+  const shown = list.filter((v) => v.builtin || v.name === CUSTOM_VOCABULARY);
+  for (const v of shown) select.append(new Option(`${v.name} (${v.size})`, v.name));
+  select.value = selected && shown.some((v) => v.name === selected) ? selected : "";
 }
 
 async function init() {

@@ -11,7 +11,7 @@ overlayCanvas.addEventListener("pointerdown", (e) => {
   if (!state.imageId || !e.isPrimary) return;  // a second finger does not start another
   overlayCanvas.setPointerCapture(e.pointerId);  // its release is seen outside the window too
   const [x, y] = toImageCoords(e);
-  state.drag = { x0: x, y0: y, x1: x, y1: y, id: e.pointerId, background: asBackground(e) };
+  state.drag = { x0: x, y0: y, x1: x, y1: y, id: e.pointerId, background: asBackground(e), touch: e.pointerType === "touch" };
 });
 window.addEventListener("pointermove", (e) => {
   if (state.drag?.id !== e.pointerId) return;
@@ -25,7 +25,8 @@ window.addEventListener("pointerup", (e) => {
   state.drag = null;
   const [x0, x1] = [d.x0, d.x1].map((v) => clamp(v, state.width)).sort((a, b) => a - b);
   const [y0, y1] = [d.y0, d.y1].map((v) => clamp(v, state.height)).sort((a, b) => a - b);
-  const moved = Math.hypot((x1 - x0) * state.scale[0], (y1 - y0) * state.scale[1]) > 5;
+  // A finger rolls a few pixels in a tap (Android counts 8 dp as one): a box needs more.
+  const moved = Math.hypot((x1 - x0) * state.scale[0], (y1 - y0) * state.scale[1]) > (d.touch ? 12 : 5);
   // A box is at least an image pixel wide and high: a straight drag is a click where it began.
   addPrompt(moved && x1 - x0 >= 1 && y1 - y0 >= 1 ? { kind: "box", box: [x0, y0, x1, y1] }
     : { kind: "point", x: clamp(d.x0, state.width), y: clamp(d.y0, state.height), label: d.background ? 0 : 1 });
