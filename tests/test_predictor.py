@@ -216,7 +216,7 @@ def test_bgr_input_equals_rgb(predictor: SamPredictor) -> None:
     predictor.set_image(image)
     rgb = predictor.get_image_embedding().clone()
     predictor.set_image(np.ascontiguousarray(image[:, :, ::-1]), image_format="BGR")
-    assert torch.equal(rgb, predictor.get_image_embedding())
+    assert torch.equal(rgb, predictor.features)  # segment-anything's name for the embedding
     opaque = np.full((120, 160, 1), 255, np.uint8)  # OpenCV's BGRA (IMREAD_UNCHANGED)
     predictor.set_image(np.concatenate([image[:, :, ::-1], opaque], axis=2), image_format="BGR")
     assert torch.equal(rgb, predictor.get_image_embedding())

@@ -151,8 +151,10 @@ class SamPredictor:
         return ImageState(features, (int(original_size[0]), int(original_size[1])), input_size)
 
     def get_image_embedding(self) -> torch.Tensor:
-        """The current ``1x256x64x64`` image embedding."""
+        """The current ``1x256x64x64`` image embedding (also :attr:`features`, as in SAM)."""
         return self._require_state().features
+
+    features = property(get_image_embedding)
 
     def export_state(self) -> ImageState:
         """The current image's state, to keep in a cache and restore with ``load_state``.
@@ -362,8 +364,7 @@ class SamPredictor:
         )
 
     def _weights_dtype(self) -> torch.dtype:
-        """The floating dtype of the prompt encoder's weights (float32 unless the model was
-        converted, e.g. with ``model.double()``)."""
+        """The prompt encoder's weights' dtype (float32 unless converted, e.g. ``.double()``)."""
         return self.model.prompt_encoder.no_mask_embed.weight.dtype
 
     @torch.inference_mode()
@@ -379,9 +380,8 @@ class SamPredictor:
         return self.model.masks_in_input_frame(low_res, self._require_state().input_size)
 
     def masks_per_upscale(self) -> int:
-        """How many masks :meth:`upscale_masks` may take at once within ``UPSCALE_BUDGET``
-        (each holds a square intermediate of the model's input size and its original-size
-        logits)."""
+        """How many masks :meth:`upscale_masks` may take at once within ``UPSCALE_BUDGET`` (each
+        holds a square intermediate of the model's input size and its original-size logits)."""
         height, width = self._require_state().original_size
         return max(1, UPSCALE_BUDGET // (self.transform.target_length**2 + height * width))
 
