@@ -11,8 +11,6 @@ real task on the tiny stand-ins of ``train_clip2sam_stubs``.
 from __future__ import annotations
 
 import json
-import os
-import socket
 from datetime import timedelta
 from pathlib import Path
 
@@ -38,7 +36,7 @@ def _trained_on(config: TrainConfig, step: int) -> list[bool]:
     return [batch_items(config, step, 0, rank, 2, 3) == [0] for rank in range(2)]
 
 
-def _rank(rank: int, port: int, root: str) -> None:
+def _rank(rank: int, store: str, root: str) -> None:
     """One of two gloo ranks: trains both runs, and saves its final weights of each."""
     import torch.distributed as dist
 
@@ -48,8 +46,10 @@ def _rank(rank: int, port: int, root: str) -> None:
 
     torch.set_num_threads(1)  # two ranks on a small machine
     install_tiny_clip2sam(setattr)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=timedelta(seconds=60))
+    # a file rendezvous: a port picked free beforehand can be taken by another test meanwhile
+    dist.init_process_group(
+        "gloo", f"file://{store}", rank=rank, world_size=2, timeout=timedelta(seconds=60)
+    )
     try:
         for name, fields in (
             ("levels", {"batch_size": 2, "steps": 2}),
@@ -73,10 +73,7 @@ def test_clip2sam_trains_under_ddp_with_mixed_levels_and_empty_micro_batches(
     trained = [_trained_on(config, step) for step in range(3)]
     assert all(sum(ranks) <= 1 for ranks in trained) and trained[1] == [False, False]
     assert sum(map(sum, trained)) == 2  # steps 1 and 3: one rank empty, the other trains
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    mp.spawn(_rank, args=(port, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_rank, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
     for name, steps in (("levels", 2), ("empty", 3)):
         run = tmp_path / name
         rows = [json.loads(line) for line in (run / "run" / "log.jsonl").read_text().splitlines()]

@@ -251,7 +251,7 @@ class AlternatingTask:
         return {"loss": module(x, items[0] % 2).pow(2).mean()}
 
 
-def _alternating_rank(rank: int, port: int, outs: tuple[str, str], steps: int) -> None:
+def _alternating_rank(rank: int, store: str, outs: tuple[str, str], steps: int) -> None:
     """One of two gloo ranks training :class:`AlternatingTask` to ``steps`` in ``outs[rank]``
     (checkpoints every 2 steps)."""
     import torch.distributed as dist
@@ -259,8 +259,7 @@ def _alternating_rank(rank: int, port: int, outs: tuple[str, str], steps: int) -
     from ovsam.distributed import DistInfo
     from ovsam.train.engine import Trainer
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+    dist.init_process_group("gloo", f"file://{store}", rank=rank, world_size=2)
     try:
         config = TrainConfig(out=outs[rank], steps=steps, log_every=1, checkpoint_every=2)
         rows = Trainer(
@@ -273,14 +272,14 @@ def _alternating_rank(rank: int, port: int, outs: tuple[str, str], steps: int) -
 
 def _spawn_alternating(outs: tuple[str, str], steps: int) -> None:
     """Run :func:`_alternating_rank` on two spawned processes."""
-    import socket
+    import tempfile
 
     import torch.multiprocessing as mp
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    mp.spawn(_alternating_rank, args=(port, outs, steps), nprocs=2, join=True)
+    # a file rendezvous: a port picked free beforehand can be taken by another test meanwhile
+    with tempfile.TemporaryDirectory() as folder:
+        store = str(Path(folder) / "store")
+        mp.spawn(_alternating_rank, args=(store, outs, steps), nprocs=2, join=True)
 
 
 def test_ddp_trains_a_task_that_leaves_parameters_unused(tmp_path: Path) -> None:
