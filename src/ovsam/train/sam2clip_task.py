@@ -4,7 +4,8 @@ Images (an SA-1B-style folder, or every image a COCO/LVIS file lists) are resize
 is 1024 and padded, SAM-normalised, and fed to both sides: the teacher's ``256x64x64``
 embedding (cached on disk under ``RUN/teacher_features`` on first use, named by the image
 file and a checksum of the teacher's weights, each file written atomically and fsynced; a
-damaged one is recomputed and rewritten, with a warning naming it) is the target of the
+damaged one is recomputed and rewritten, with a warning naming it; files named by an older ovsam
+without the teacher are not read again: delete them to free the space) is the target of the
 student = CLIP tower stages → :class:`~ovsam.ov.sam2clip.SAM2CLIPAdapter`; the loss is the MSE.
 The adapter's ``pos_embed`` buffer stays zero unless the teacher is a SAM ViT (then it is copied
 from the teacher, as the official code copies SAM ViT-H's).
