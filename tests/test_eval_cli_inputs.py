@@ -37,6 +37,9 @@ def bad_annotations(tiny: Path, case: str) -> Path:
     elif case == "duplicate":
         data["images"].append(dict(data["images"][1]))
         path.write_text(json.dumps(data))
+    elif case == "copied_annotation":  # e.g. merged shards: it was scored twice, silently
+        data["annotations"].append(dict(data["annotations"][0]))
+        path.write_text(json.dumps(data))
     elif case == "no_file_name":
         del data["images"][0]["file_name"]
         path.write_text(json.dumps(data))
@@ -65,6 +68,11 @@ def bad_annotations(tiny: Path, case: str) -> Path:
         ("category_id", (), "annotation file {path}: annotation id 3 has no 'category_id'"),
         ("list_id", (), "annotation file {path}: category id [1] is not an integer"),
         ("duplicate", (), "annotation file {path}: image id 2 appears more than once"),
+        (
+            "copied_annotation",
+            (),
+            "annotation file {path}: annotation id 1 is listed twice with the same contents",
+        ),
         ("str_image_id", (), "annotation file {path}: image id 'abc' is not an integer"),
         ("no_file_name", (), "image id 1 has no 'file_name' (nor an LVIS 'coco_url')"),
         (

@@ -364,6 +364,14 @@ def check_annotations(data: Mapping[str, Any], source: str) -> None:
                     f"{source}: {_FIELDS[key][0]} id {entry['id']} appears more than once"
                 )
             seen.add(entry["id"])
+    first: dict[int, Mapping[str, Any]] = {}  # a repeated id is another annotation, unless equal
+    for entry in data["annotations"]:
+        if "id" in entry and first.setdefault(entry["id"], entry) is not entry:
+            if first[entry["id"]] == entry:  # e.g. merged shards: it would be scored twice
+                raise InputError(
+                    f"{source}: annotation id {entry['id']} is listed twice with the same "
+                    "contents: remove the copy"
+                )
 
 
 def _check_category_names(categories: list[Mapping[str, Any]], source: str) -> None:
