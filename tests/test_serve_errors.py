@@ -223,6 +223,22 @@ def test_a_body_that_is_not_utf8_or_holds_a_huge_number_is_named(client: TestCli
     status, code, message = envelope(client.post("/v1/vocabularies", content=huge, headers=headers))
     assert (status, code) == (422, "invalid_request")
     assert message.startswith("request body is not valid JSON (Exceeds the limit (4300 digits)")
+    nested = b"[" * 100_000 + b"]" * 100_000  # json.loads: a RecursionError, no ValueError
+    status, code, message = envelope(
+        client.post("/v1/vocabularies", content=nested, headers=headers)
+    )
+    assert (status, code) == (422, "invalid_request")
+    assert message.startswith("request body is not valid JSON (maximum recursion depth")
+
+
+def test_an_empty_vocabulary_name_is_refused_not_read_as_none(client: TestClient) -> None:
+    """'"vocabulary": ""' (an unset dropdown) answered 200 with no labels while recognition
+    was available: every label lost, silently."""
+    image_id = client.post("/v1/images", files={"file": ("a.png", tiny_png(), "image/png")})
+    body = {"points": [[5, 5]], "labels": [1], "vocabulary": ""}
+    r = client.post(f"/v1/images/{image_id.json()['image_id']}/predict", json=body)
+    status, code, message = envelope(r)
+    assert (status, code) == (422, "invalid_request") and message.startswith("vocabulary: ")
 
 
 def test_the_schema_gives_this_servers_limits(engine: SegmentationEngine) -> None:

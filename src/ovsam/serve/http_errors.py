@@ -110,7 +110,7 @@ def validation_error(exc: RequestValidationError, limits: dict[str, TooLong]) ->
     return ApiError(422, "invalid_request", "; ".join(dict.fromkeys(parts)))
 
 
-def _unparsed_body(cause: ValueError) -> str:
+def _unparsed_body(cause: ValueError | RecursionError) -> str:
     """Why a JSON body could not be parsed, where FastAPI says only "There was an error
     parsing the body" (text not UTF-8, e.g. a Latin-1 vocabulary; a number of thousands of
     digits)."""
@@ -130,7 +130,7 @@ def install_error_handlers(app: FastAPI, limits: dict[str, TooLong]) -> None:
         if (
             not isinstance(exc, ApiError)
             and exc.status_code == 400
-            and isinstance(cause, ValueError)
+            and isinstance(cause, (ValueError, RecursionError))  # nested too deeply
         ):
             code, message = "invalid_request", _unparsed_body(cause)
             return error_response(422, code, message)

@@ -53,7 +53,9 @@ class PredictRequest(BaseModel):
         None, description="XYXY pixels"
     )
     mask_id: str | None = Field(None, description="refine the mask returned under this id")
-    vocabulary: str | None = Field(None, description="vocabulary name for labels")
+    vocabulary: str | None = Field(
+        None, min_length=1, description="vocabulary name for labels (leave it out for none)"
+    )
     top_k: StrictInt = Field(5, ge=1, le=50)
     format: Literal["png", "rle"] = "png"
 
