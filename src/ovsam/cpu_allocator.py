@@ -14,7 +14,8 @@ encoder's, are still mapped and unmapped each time. The setting is process-wide:
 :func:`~ovsam.modeling.prompt_workers.map_prompt_chunks` applies it once, before the first
 batch that it decodes on parallel CPU workers.
 ``OVSAM_KEEP_FREED_MEMORY=0``, or malloc settings of your own (``glibc.malloc.*`` in
-``GLIBC_TUNABLES``, or ``MALLOC_MMAP_THRESHOLD_`` and its siblings), leave malloc as it is; other C libraries (macOS, Windows, musl) are left alone too.
+``GLIBC_TUNABLES``, or ``MALLOC_MMAP_THRESHOLD_`` and its siblings), leave malloc as it is;
+other C libraries (macOS, Windows, musl) are left alone too.
 """
 
 from __future__ import annotations
