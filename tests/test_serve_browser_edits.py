@@ -87,15 +87,14 @@ def test_the_image_follows_the_window_and_never_covers_the_panel(server_url: str
         open_page(page, server_url)
         upload_sample(page)
         page.set_viewport_size({"width": 800, "height": 800})
-        page.wait_for_timeout(300)
+        page.wait_for_function("overlay.width < 600")  # laid out again (next animation frame)
         overlay = page.locator("#overlay").bounding_box()
         panel = page.locator("aside").bounding_box()
         assert overlay["x"] + overlay["width"] <= panel["x"] + 1
         page.click("#vocabulary")
         assert page.evaluate("state.prompts.length") == 0
         page.set_viewport_size({"width": 390, "height": 844})  # a phone: the panel goes below
-        page.wait_for_timeout(300)
-        assert page.locator("#overlay").bounding_box()["width"] > 300
+        page.wait_for_function("overlay.getBoundingClientRect().width > 300")
 
 
 def test_a_tap_that_rolls_a_few_pixels_is_a_point(server_url: str) -> None:
