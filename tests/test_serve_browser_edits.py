@@ -74,7 +74,8 @@ def test_a_new_image_is_not_held_up_by_the_old_ones_slow_answer(
         drag_box(page)
         while not held:
             page.wait_for_timeout(20)
-        upload_sample(page, other)
+        upload_sample(page, other)  # the sample's "Ready" status may still be showing:
+        page.wait_for_function("state.imageId && state.width === 300")  # the new one's
         click(page, 150, 100)  # answered while the sample's request is still held
         assert page.evaluate("state.result.prompts.length") == 1
         held[0].continue_()
