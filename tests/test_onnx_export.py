@@ -151,32 +151,36 @@ def test_an_unchecked_export_says_why_onnxruntime_could_not_check_it(
     assert [p.name for p in tmp_path.iterdir()] == ["decoder.onnx"]
 
 
-def test_a_model_that_cannot_be_exported_is_refused_before_any_download(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
-) -> None:
-    """export-onnx --model ovsam_coco fetched about 3.5 GB of weights before refusing it."""
-    from ovsam.cli.main import main
+@pytest.fixture()
+def no_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any weights download fails the test."""
 
     def no_download(*args: object, **kwargs: object) -> None:
         raise AssertionError("weights were fetched")
 
     monkeypatch.setattr("ovsam.weights.download_weights", no_download)
+
+
+@pytest.mark.usefixtures("no_downloads")
+def test_a_model_that_cannot_be_exported_is_refused_before_any_download(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """export-onnx --model ovsam_coco fetched about 3.5 GB of weights before refusing it."""
+    from ovsam.cli.main import main
+
     argv = ["export-onnx", "--out", str(tmp_path / "d.onnx"), "--model", "ovsam_coco"]
     assert main(argv) == 2
     assert "CLIP2SAMHead (OV-SAM's CLIP2SAM head) is not exported" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.usefixtures("no_downloads")
 @pytest.mark.parametrize("opset", ["13", "21"])
 def test_an_opset_it_cannot_write_is_refused_before_any_download(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, opset: str
 ) -> None:
     from ovsam.cli.main import main
 
-    def no_download(*args: object, **kwargs: object) -> None:
-        raise AssertionError("weights were fetched")
-
-    monkeypatch.setattr("ovsam.weights.download_weights", no_download)
     monkeypatch.setenv("OVSAM_CACHE_DIR", str(tmp_path / "empty cache"))
     argv = ["export-onnx", "--out", str(tmp_path / "d.onnx"), "--model", "sam_vit_h"]
     assert main([*argv, "--opset", opset]) == 2
