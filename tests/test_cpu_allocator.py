@@ -15,6 +15,8 @@ import pytest
 from ovsam import cpu_allocator
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+#: the environment settings keep_freed_memory reads
+MALLOC_SETTINGS = (cpu_allocator.OPT_OUT, "GLIBC_TUNABLES", *cpu_allocator._MALLOC_VARIABLES)
 
 # 16 boxes decoded 6 times on two prompt workers (the real MobileSAM decoder, cached image
 # tokens); prints the page faults per prompt of the last 5 decodes and whether the
@@ -44,9 +46,8 @@ print(json.dumps({"faults_per_prompt": faults / 80, "kept": cpu_allocator._appli
 
 
 def _decode_faults(checkpoint: Path, **env: str) -> dict:
-    environ = {k: v for k, v in os.environ.items() if k not in ("THP_MEM_ALLOC_ENABLE",)}
-    for name in ("GLIBC_TUNABLES", *cpu_allocator._MALLOC_VARIABLES):
-        environ.pop(name, None)
+    unset = ("THP_MEM_ALLOC_ENABLE", *MALLOC_SETTINGS)
+    environ = {k: v for k, v in os.environ.items() if k not in unset}
     result = subprocess.run(
         [sys.executable, "-c", DECODES, str(checkpoint)],
         env=environ | env,
@@ -83,7 +84,7 @@ def test_a_batched_cpu_decode_reuses_the_memory_it_freed(mobilesam_checkpoint: P
 def test_the_user_can_keep_malloc_as_it_is(
     env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for key in ("OVSAM_KEEP_FREED_MEMORY", "GLIBC_TUNABLES", *cpu_allocator._MALLOC_VARIABLES):
+    for key in MALLOC_SETTINGS:
         monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -91,7 +92,7 @@ def test_the_user_can_keep_malloc_as_it_is(
 
 
 def test_only_glibc_is_tuned(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in ("OVSAM_KEEP_FREED_MEMORY", "GLIBC_TUNABLES", *cpu_allocator._MALLOC_VARIABLES):
+    for key in MALLOC_SETTINGS:
         monkeypatch.delenv(key, raising=False)
     assert cpu_allocator._wanted() is GLIBC
     monkeypatch.setattr(platform, "libc_ver", lambda: ("musl", "1.2"))
