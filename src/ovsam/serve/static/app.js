@@ -247,9 +247,9 @@ async function saveNames(names) {
   return info;
 }
 
-function extendsPrompts(base, prompts) {
-  return base.length < prompts.length && base.every((p, i) => p === prompts[i]);
-}
+// Whether `prompts` begins with the very prompt objects of `base`.
+const startsWith = (prompts, base) => base.every((p, i) => p === prompts[i]);
+const extendsPrompts = (base, prompts) => base.length < prompts.length && startsWith(prompts, base);
 
 async function maskToImage(pngBase64) {
   const img = await loadPicture(null, `data:image/png;base64,${pngBase64}`);
@@ -351,7 +351,7 @@ $("undo").addEventListener("click", () => {
   state.prompts.pop();
   // the mask these prompts had, if it is still kept: asked again, a mask that refined an
   // earlier one would come back different
-  const same = (r) => r.prompts.length === state.prompts.length && r.prompts.every((p, i) => p === state.prompts[i]);
+  const same = (r) => r.prompts.length === state.prompts.length && startsWith(state.prompts, r.prompts);
   const kept = state.results.findLast(same);
   if (kept && !state.busy) state.result = kept; else predict();
   draw(); showResult();
