@@ -40,6 +40,8 @@ def test_a_second_holder_is_refused_and_the_lock_leaves_no_trace(tmp_path: Path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "result.json"]
     with output_lock(tmp_path, "eval"):  # free again once released
         pass
+    with output_lock(out, "train"), output_lock(out, "train", holder=False):  # rank 1 of a job
+        assert (out / LOCK_FILE).read_text().startswith("ovsam train (pid ")
 
 
 def test_everything_refuses_a_folder_in_use_before_building_a_model(

@@ -21,13 +21,16 @@ LOCK_FILE = ".ovsam.lock"
 
 
 @contextlib.contextmanager
-def output_lock(folder: str | Path, command: str) -> Iterator[None]:
+def output_lock(folder: str | Path, command: str, holder: bool = True) -> Iterator[None]:
     """Hold ``folder``'s lock while ``ovsam command`` writes into it (made if missing, and
     removed again at the end when it is still empty then). :class:`InputError` naming the
-    holder when another process holds it."""
+    holder when another process holds it. With ``holder`` False (a ``torchrun`` rank other
+    than 0: rank 0 holds it for the job) nothing is held."""
     try:
         import fcntl
     except ImportError:  # no flock (Windows)
+        fcntl = None
+    if fcntl is None or not holder:
         yield
         return
     folder = Path(folder)

@@ -66,8 +66,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from contextlib import nullcontext
-
     from ovsam.data.instances import InstanceDataset, read_annotations
     from ovsam.distributed import barrier, init_distributed, shutdown
     from ovsam.evaluation.accounting import select_images, summary_line
@@ -110,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     options = _label_options(args, dataset)
     info = init_distributed(args.device)
     settings = _settings(args, options)
-    with output_lock(args.out, "eval") if info.is_main else nullcontext():  # rank 0's
+    with output_lock(args.out, "eval", holder=info.is_main):
         legacy = check_settings(args.out, settings, write=info.is_main)
         barrier()  # every rank has checked before any writes records
         if legacy and info.is_main:

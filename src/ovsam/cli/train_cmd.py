@@ -131,8 +131,6 @@ def _config(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from contextlib import nullcontext
-
     from ovsam.distributed import init_distributed, shutdown
     from ovsam.output_lock import output_lock
     from ovsam.train.clip2sam_task import Clip2SamTask, startup_notice
@@ -146,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         print(notice, file=sys.stderr)
     try:
         task = (Sam2ClipTask if config.task == "sam2clip" else Clip2SamTask)(config, info.device)
-        with output_lock(args.out, "train") if info.is_main else nullcontext():  # rank 0's
+        with output_lock(args.out, "train", holder=info.is_main):
             trainer = Trainer(config, task, info)
             rows = trainer.train(stop_after=args.stop_after)
     finally:
