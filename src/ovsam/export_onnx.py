@@ -23,6 +23,7 @@ multimask candidates) and ``iou_predictions`` 1x4. Upscale as ``Sam.postprocess_
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -93,17 +94,17 @@ def check_opset(opset: int) -> None:
         )
 
 
-def _declare_output_shapes(path: Path, shapes: dict[str, tuple[int, ...]]) -> None:
-    """Write the outputs' fixed ``shapes`` into the graph at ``path`` (the tracer leaves
-    them symbolic, which tools that size buffers from the model cannot use)."""
+def _declare_output_shapes(model: bytes, shapes: dict[str, tuple[int, ...]]) -> bytes:
+    """The serialised ONNX ``model`` with its outputs' fixed ``shapes`` written in (the tracer
+    leaves them symbolic, which tools that size buffers from the model cannot use)."""
     import onnx
 
-    proto = onnx.load(str(path))
+    proto = onnx.load_from_string(model)
     for output in proto.graph.output:
         for dim, size in zip(output.type.tensor_type.shape.dim, shapes[output.name], strict=True):
             dim.Clear()
             dim.dim_value = size
-    onnx.save(proto, str(path))
+    return proto.SerializeToString()
 
 
 @torch.no_grad()
@@ -119,6 +120,7 @@ def export_decoder_onnx(model: nn.Module, path: str | Path, opset: int = 17) -> 
     inputs = example_inputs()
     shapes = dict(zip(OUTPUT_NAMES, (tuple(t.shape) for t in module(*inputs)), strict=True))
     path = Path(path)
+    traced = io.BytesIO()  # finished in memory, written once
     with atomic_path(path) as tmp, warnings.catch_warnings():
         # tracing notes that shape-dependent Python branches become constants: intended here
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -127,7 +129,7 @@ def export_decoder_onnx(model: nn.Module, path: str | Path, opset: int = 17) -> 
             torch.onnx.export(
                 module,
                 inputs,
-                str(tmp),
+                traced,
                 input_names=list(INPUT_NAMES),
                 output_names=list(OUTPUT_NAMES),
                 dynamic_axes={"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
@@ -137,7 +139,7 @@ def export_decoder_onnx(model: nn.Module, path: str | Path, opset: int = 17) -> 
         except RuntimeError as exc:  # torch.onnx's errors, e.g. an opset it does not know
             reason = first_line(exc) or type(exc).__name__
             raise OVSamError(f"ONNX export at opset {opset} failed: {reason}") from exc
-        _declare_output_shapes(tmp, shapes)
+        tmp.write_bytes(_declare_output_shapes(traced.getvalue(), shapes))
     return path
 
 
