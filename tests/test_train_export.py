@@ -287,7 +287,8 @@ def test_seen_classes_of_a_dataset_vocabulary_are_named_as_training_names_them(
 
     annotations = tmp_path / "instances.json"
     categories = [{"id": 1, "name": "cup, mug"}, {"id": 2, "name": "traffic_light"}]
-    annotations.write_text(json.dumps({"categories": categories}))
+    # with a UTF-8 BOM, which training's reader (read_annotations) accepts too
+    annotations.write_text(json.dumps({"categories": categories}), encoding="utf-8-sig")
     config = TrainConfig(vocabulary="dataset", annotations=str(annotations))
     assert seen_vocabulary(config) == ("cup, mug", "traffic_light")
 

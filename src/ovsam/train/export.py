@@ -92,7 +92,7 @@ def seen_vocabulary(config: TrainConfig) -> str | tuple[str, ...]:
     if name != "dataset":
         return load_vocabulary(name).classes
     try:
-        categories = json.loads(Path(config.annotations).read_text(encoding="utf-8"))["categories"]
+        categories = json.loads(Path(config.annotations).read_bytes())["categories"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InputError(
             f"{setting}=dataset: cannot read the class names of {config.annotations} ({exc})"
