@@ -8,9 +8,15 @@ import numpy as np
 import pytest
 
 from ovsam.data.polygons import fill_polygons, polygons_to_mask
-from ovsam.data.prompts import center_points, large_scale_jitter, random_points
+from ovsam.data.prompts import (
+    center_points,
+    frame_center_points,
+    large_scale_jitter,
+    random_points,
+)
 from ovsam.errors import InputError
 from ovsam.evaluation.runner import lvis_splits
+from ovsam.transforms import ResizeLongestSide
 
 
 def test_lvis_novel_classes_are_the_rare_ones() -> None:
@@ -74,6 +80,26 @@ def test_centre_points_are_the_official_ones(kind: str, point: tuple[int, int]) 
     assert center_points(mask[None]).tolist() == [list(point)]
     assert mask[point[1], point[0]]
     assert center_points(np.zeros((2, 5, 5), bool)).tolist() == [[0, 0], [0, 0]]  # empty
+
+
+def test_evaluation_centre_points_are_picked_in_the_1024_frame() -> None:
+    """The official evaluation resizes each mask (nearest) to the model's input frame and picks
+    its centre there (``get_center_coords(..., rescale_shape=img_shape)``); the predictor must
+    receive exactly that frame pixel. The original-size centre, scaled, was 25 frame pixels
+    off for this L."""
+    height, width = 30, 40  # frame 768 x 1024
+    masks = np.zeros((2, height, width), bool)
+    masks[0, 5:25, 3:9] = masks[0, 19:25, 3:35] = True  # an L
+    masks[1, 4:10, 5:37] = True  # a bar
+    rows = np.arange(768) * height // 768  # mmcv's (cv2's) nearest: floor(i * old / new)
+    cols = np.arange(1024) * width // 1024
+    official = center_points(masks[:, rows][:, :, cols])
+    assert official.tolist() == [[154, 562], [205, 179]]
+    frame = ResizeLongestSide(1024)
+    given = frame.apply_coords(frame_center_points(masks), (height, width))
+    np.testing.assert_allclose(given, official, rtol=0, atol=1e-9)
+    scaled = frame.apply_coords(center_points(masks).astype(np.float64), (height, width))
+    assert np.abs(scaled - official).max() > 20
 
 
 def test_deepest_pixels_match_repeated_erosion() -> None:

@@ -13,6 +13,7 @@ from ovsam.data.instances import (
     InstanceDataset,
     read_annotations,
 )
+from ovsam.data.prompts import frame_center_points
 from ovsam.errors import InputError
 from ovsam.evaluation.accounting import select_images, summary_line
 from ovsam.evaluation.metrics import InstanceRecord, summarize
@@ -42,7 +43,8 @@ class Oracle:
         names = list(item.names)
         if self.wrong is not None and self.wrong[0] == item.image_id:
             names[0] = self.wrong[1]
-        if points is not None:  # the centre point must fall inside its own mask
+        if points is not None:  # the official (1024-frame) centre, inside its own mask
+            np.testing.assert_array_equal(points, frame_center_points(item.masks))
             assert all(item.masks[i, int(y), int(x)] for i, (x, y) in enumerate(points))
         return item.masks, names
 

@@ -2,7 +2,8 @@
 
 - :func:`box_prompts`: the ground-truth boxes (XYXY pixels);
 - :func:`center_points`: per mask the pixel farthest from the mask boundary by the official
-  "point" configs' distance transform (kornia's);
+  "point" configs' distance transform (kornia's); :func:`frame_center_points` picks it as the
+  official evaluation does, on the mask resized to the model's 1024 input frame;
 - :func:`random_points`: points drawn uniformly inside each mask (training);
 - :func:`large_scale_jitter`: flip, resize by a random factor of the 1024 frame, then crop to
   it (the official ``coco_ov_instance_lsj`` pipeline).
@@ -13,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ovsam.transforms import preprocess_shape
 
 # The official LSJ pipeline's RandomFlip prob and RandomResize ratio_range (of the 1024 frame).
 LSJ_FLIP_PROB = 0.5
@@ -64,6 +67,27 @@ def center_points(masks: np.ndarray) -> np.ndarray:
         row, col = divmod(int(value.flatten().argmax()), value.shape[1])  # first of equals
         points[i] = (left + col, top + row)
     return points
+
+
+def frame_center_points(masks: np.ndarray, long_side: int = 1024) -> np.ndarray:
+    """The official evaluation's centre points of ``NxHxW`` masks (``Nx2`` XY, original pixels).
+
+    As ``get_center_coords(..., rescale_shape=img_shape)`` at test time: each mask is resized
+    (nearest) to the model's input frame (long side ``long_side``, the size
+    :class:`~ovsam.transforms.ResizeLongestSide` gives) and :func:`center_points` picks the
+    pixel there. That pixel index is returned divided by the resize's scale of each axis, so
+    that the predictor, which scales points into that frame, gives the model exactly the
+    official point. The centre of the original-size mask, scaled, may be another pixel, even
+    one outside the resized mask.
+    """
+    masks = np.asarray(masks)
+    height, width = masks.shape[1:]
+    new_h, new_w = preprocess_shape(height, width, long_side)
+    rows, cols = nearest_indices(height, new_h), nearest_indices(width, new_w)
+    points = np.zeros((len(masks), 2), dtype=np.float64)
+    for i, mask in enumerate(masks):
+        points[i] = center_points(mask[rows[:, None], cols[None, :]][None])[0]
+    return points * (width / new_w, height / new_h)
 
 
 def _deepest(mask: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ovsam.data.instances import InstanceDataset, Instances
-from ovsam.data.prompts import box_prompts, center_points
+from ovsam.data.prompts import box_prompts, frame_center_points
 from ovsam.errors import InputError
 from ovsam.evaluation.accounting import Selection, account
 from ovsam.evaluation.metrics import InstanceRecord, markdown_table, records_for_image, summarize
@@ -112,7 +112,8 @@ def lvis_splits(categories: list[Mapping[str, Any]]) -> dict[int, str]:
 #: records made under earlier rules (before this entry) are not resumed into.
 PROTOCOL_RULES = (
     "instances: mmdet's CocoDataset filter; points: pixel indices (SAM's convention) of the "
-    "argmax of kornia 0.7's distance transform, first of equals"
+    "argmax of kornia 0.7's distance transform, first of equals, of the mask resized (nearest) "
+    "to the 1024 input frame"
 )
 
 
@@ -268,7 +269,7 @@ def _evaluate_image(
     if not item.category_ids:
         return []
     boxes = box_prompts(item.boxes) if prompt == "box" else None
-    points = center_points(item.masks) if prompt == "point" else None
+    points = frame_center_points(item.masks) if prompt == "point" else None
     masks, names = predictor.predict_instances(item.image, boxes, points)
     return records_for_image(
         item.image_id,
