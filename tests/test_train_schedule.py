@@ -59,11 +59,17 @@ def test_setting_the_vocabulary_alone_trains_on_all_of_it(train: Train, tmp_path
     assert train(*TINY, "steps=2", "vocabulary=dataset", **clip2sam)[0] == 0
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert (saved["vocabulary"], saved["supervised_vocabulary"]) == ("dataset", "")
+    assert saved["lsj_min_scale"] == 0.9  # COCO's jitter
     run = tmp_path / "run"
     shutil.rmtree(run)
     sets = ("vocabulary=lvis", "supervised_vocabulary=lvis_base")
     assert train(*TINY, "steps=2", *sets, **clip2sam)[0] == 0
-    assert json.loads((run / "config.json").read_text())["supervised_vocabulary"] == "lvis_base"
+    saved = json.loads((run / "config.json").read_text())
+    # and the official LVIS jitter, x0.1-2.0 (lvis_norare.py), unless set
+    assert (saved["supervised_vocabulary"], saved["lsj_min_scale"]) == ("lvis_base", 0.1)
+    shutil.rmtree(run)
+    assert train(*TINY, "steps=2", *sets, "lsj_min_scale=0.5", **clip2sam)[0] == 0
+    assert json.loads((run / "config.json").read_text())["lsj_min_scale"] == 0.5
 
 
 def test_warmup_is_linear_from_a_thousandth_and_multiplies_the_decay() -> None:

@@ -81,9 +81,11 @@ def _config(args: argparse.Namespace) -> TrainConfig:
     from dataclasses import replace
 
     from ovsam.train.config import (
+        LVIS_LSJ_MIN_SCALE,
         absolute_paths,
         apply_overrides,
         check_resume,
+        dataset_lsj_min_scale,
         load_config,
         task_config,
         validate_config,
@@ -116,6 +118,13 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         # the default supervised classes (coco_base) belong to the default vocabulary (coco),
         # also in a run stopped before its first checkpoint (one set on purpose is kept)
         config = replace(config, supervised_vocabulary="")
+    official_scales = (task_config(args.task).lsj_min_scale, LVIS_LSJ_MIN_SCALE)
+    if (
+        config.task == "clip2sam"
+        and "lsj_min_scale" not in given
+        and (saved is None or (not trained and saved.lsj_min_scale in official_scales))
+    ):  # the official jitter of the dataset (LVIS's reaches x0.1), unless set on purpose
+        config = replace(config, lsj_min_scale=dataset_lsj_min_scale(config))
     if config.task != args.task:
         raise InputError(
             f"--set task={config.task} contradicts `train {args.task}`: the subcommand is the task"

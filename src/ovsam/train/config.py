@@ -105,6 +105,17 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
                  "lsj_min_scale": 0.9, "lsj_flip": True, "min_mask_area": 32},
 }  # fmt: skip
 LR_SCHEDULES = ("cosine", "step", "cosine_after_warmup")
+# The official LVIS pipeline (lvis_norare.py) jitters over x0.1-2.0; COCO's over x0.9-2.0.
+LVIS_LSJ_MIN_SCALE = 0.1
+LVIS_VOCABULARIES = ("lvis", "lvis_base", "lvis_rare")
+
+
+def dataset_lsj_min_scale(config: TrainConfig) -> float:
+    """The official ``lsj_min_scale`` of a clip2sam run on ``config``'s vocabulary: LVIS's when
+    ``vocabulary`` or ``supervised_vocabulary`` is a built-in LVIS vocabulary, else COCO's."""
+    if {config.vocabulary, config.supervised_vocabulary} & set(LVIS_VOCABULARIES):
+        return LVIS_LSJ_MIN_SCALE
+    return TASK_DEFAULTS["clip2sam"]["lsj_min_scale"]
 
 
 def supervised_field(config: TrainConfig) -> str:
