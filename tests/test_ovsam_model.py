@@ -316,6 +316,11 @@ def test_predictor_errors() -> None:
         predictor.predict(box=np.array([0, 0, 32, 32]))
     with pytest.raises(InputError, match="text bank has no classes"):
         predictor.set_text_bank(TextBank((), torch.zeros(0, 1024), torch.zeros(0).long(), "k"))
+    nan = torch.full((1, 1024), math.nan)  # labelled every region nan, label 'unknown'
+    with pytest.raises(InputError, match="^text bank embeddings hold NaN or infinite values$"):
+        TextBank(("a",), nan, torch.zeros(1, dtype=torch.long), "k")
+    with pytest.raises(InputError, match="^set_text_bank takes a TextBank .*not a Tensor$"):
+        predictor.set_text_bank(torch.ones(1, 1024))  # type: ignore[arg-type]
 
 
 def test_segment_everything_with_ovsam_single_mask_token() -> None:

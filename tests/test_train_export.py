@@ -21,7 +21,7 @@ from ovsam.build import build_model
 from ovsam.checkpoint import read_state_dict
 from ovsam.cli.main import main
 from ovsam.clip.factory import create_model
-from ovsam.errors import CheckpointError, InputError, WeightsUnavailableError
+from ovsam.errors import CheckpointError, InputError, NotReadyError, WeightsUnavailableError
 from ovsam.ov.model import OVSam, OVSamConfig
 from ovsam.ov.predictor import OVSamPredictor
 from ovsam.recognizers import LabelOptions, build_labeled_predictor, default_clip_weights
@@ -107,6 +107,16 @@ def test_export_loads_with_the_trained_weights_and_predicts(
         replace(options, clip_weights=str(runs["clip"])), str(out), set_vocabulary=False
     )
     assert not labeled.text_model.random_weights
+    # its text model embeds names only: the image tower is freed, the bank is the same
+    assert labeled.text_model.visual is None
+    with pytest.raises(NotReadyError, match="image tower was freed"):
+        labeled.text_model.encode_image(torch.zeros(1, 3, 224, 224))
+    reference = OVSamPredictor(model, text_model=clip, templates="none")
+    names = ["person", "car"]
+    torch.testing.assert_close(
+        labeled.set_vocabulary(names, progress=False).embeddings,
+        reference.set_vocabulary(names, progress=False).embeddings,
+    )
     # a checkpoint file names its run as well
     assert export_model(runs["clip2sam"] / "checkpoints" / "step_1.pt").config == config
 

@@ -255,7 +255,7 @@ def build_labeled_predictor(
             model = build_model(name, checkpoint, pretrained=not random).to(device)
             predictor = OVSamPredictor(
                 model,
-                text_model=_text_model(options, device),
+                text_model=_text_model(options, device).without_image_tower(),
                 templates=options.templates,
                 top_k=options.top_k,
                 allow_random_weights=random,

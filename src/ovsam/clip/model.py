@@ -21,6 +21,7 @@ from ovsam.clip.convnext import ConvNeXtTower
 from ovsam.clip.layers import LayerNorm, Transformer
 from ovsam.clip.resnet import ModifiedResNet
 from ovsam.clip.vit import VisionTransformer
+from ovsam.errors import NotReadyError
 
 # CLIP's image normalisation (RGB in [0, 1])
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -103,14 +104,26 @@ class CLIP(RandomWeightsFlag):
     def embed_dim(self) -> int:
         return self.config.embed_dim
 
+    def without_image_tower(self) -> CLIP:
+        """Free the image tower, for a model that only embeds class names (OV-SAM's text model:
+        its own backbone sees the images; RN50x16's tower holds 167M parameters). Returns the
+        model; :meth:`encode_image` and :meth:`image_features` then raise."""
+        self.visual = None
+        return self
+
+    def _image_tower(self) -> nn.Module:
+        if self.visual is None:
+            raise NotReadyError("this CLIP's image tower was freed (without_image_tower)")
+        return self.visual
+
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """``Bx3xHxW`` → ``BxD`` image embeddings (L2-normalised if ``normalize``)."""
-        features = self.visual(images)
+        features = self._image_tower()(images)
         return F.normalize(features, dim=-1) if normalize else features
 
     def image_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Per-stage dense maps of the image tower (see each tower's ``forward_features``)."""
-        return self.visual.forward_features(images)
+        return self._image_tower().forward_features(images)
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """``BxL`` token ids → ``BxD`` text embeddings taken at each row's EOT token."""

@@ -52,8 +52,8 @@ class TextBank:
     key: str
 
     def __post_init__(self) -> None:
-        """Refuse a bank that could not label anything: no classes, or rows that do not pair
-        up with class ids in ``range(len(names))``."""
+        """Refuse a bank that could not label anything: no classes, rows that do not pair
+        up with class ids in ``range(len(names))``, or NaN / infinite embeddings."""
         if not self.names:
             raise InputError("text bank has no classes: give at least one class name")
         rows = self.embeddings.shape[0] if self.embeddings.dim() == 2 else -1
@@ -62,6 +62,8 @@ class TextBank:
                 f"text bank embeddings must be TxD with one class id each; got embeddings "
                 f"{tuple(self.embeddings.shape)} and class ids {tuple(self.class_index.shape)}"
             )
+        if not bool(torch.isfinite(self.embeddings).all()):
+            raise InputError("text bank embeddings hold NaN or infinite values")
         ids = self.class_index
         integer = ids.dtype in (torch.int32, torch.int64)
         if not integer or int(ids.min()) < 0 or int(ids.max()) >= len(self.names):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from numbers import Real
 from typing import TYPE_CHECKING
 
+from ovsam.clip.config import CLIPConfig, canonical_name, registered_names_of
 from ovsam.clip.text_bank import TextBank, check_templates
 from ovsam.errors import InputError, NotReadyError
 from ovsam.input_values import check_count
@@ -76,4 +77,26 @@ def require_extras(state: ImageState, names: Sequence[str], user: str, makers: s
         raise NotReadyError(
             f"the {user} needs the image's {', '.join(map(repr, missing))}: call set_image on "
             f"this predictor ({makers} lack it)"
+        )
+
+
+def check_text_model(trained_with: str, text_model: object | None) -> None:
+    """An OV-SAM trained with CLIP ``trained_with`` names regions only against class names its
+    architecture's text tower embedded: another CLIP, even one of the same width (RN101 and
+    ViT-B-32 are both 512-d), gives meaningless labels, so it is an :class:`InputError` naming
+    the one to pass. None (no text model: banks are given directly) and a CLIP of no registered
+    architecture (one's own, e.g. a tiny test model: nothing to compare) pass."""
+    if text_model is None:
+        return
+    config = getattr(text_model, "config", None)
+    if not isinstance(config, CLIPConfig):
+        raise InputError(
+            f"text_model must be a CLIP of ovsam.clip.create_model, not a {type(text_model).__name__}"
+        )
+    names = registered_names_of(config)
+    if names and canonical_name(trained_with) not in names:
+        raise InputError(
+            f"this OV-SAM was trained with CLIP {trained_with}, but text_model is CLIP "
+            f"{names[0]}: pass "
+            f"text_model=ovsam.clip.create_model({trained_with!r}, pretrained=...)"
         )

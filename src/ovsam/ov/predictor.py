@@ -38,13 +38,20 @@ from ovsam.ov.classifier import (
     reaches_clip_map,
     top_labels,
 )
-from ovsam.ov.label_settings import check_label_settings, require_bank, require_extras
+from ovsam.ov.label_settings import (
+    check_label_settings,
+    check_text_model,
+    require_bank,
+    require_extras,
+)
 from ovsam.ov.model import OVSam
 from ovsam.predictor import LOW_RES, SamPredictor
 from ovsam.prompt_arrays import check_masks
 from ovsam.vocab import Vocabulary, load_vocabulary, name_key
 
 FPN_KEYS = ("fpn0", "fpn1", "fpn2", "fpn3")
+# Regions labelled together by ``classify_boxes`` (each pools about 9 MiB of RN50x16 features).
+REGIONS_PER_BATCH = 64
 
 
 class OVSamPredictor(SamPredictor):
@@ -67,6 +74,13 @@ class OVSamPredictor(SamPredictor):
         unknown_threshold: float = 0.0,
         allow_random_weights: bool = False,
     ) -> None:
+        if not isinstance(model, OVSam):
+            raise InputError(
+                f"OVSamPredictor needs an OV-SAM model (build_model('ovsam_coco')), not a "
+                f"{type(model).__name__}; name a SAM model's masks with "
+                "ovsam.ov.baselines.CropBaselinePredictor"
+            )
+        check_text_model(model.config.clip_model, text_model)
         settings = check_label_settings(templates, top_k, unknown_threshold)
         super().__init__(model)
         self.model: OVSam = model
@@ -117,6 +131,11 @@ class OVSamPredictor(SamPredictor):
         (compared by :func:`~ovsam.vocab.name_key`: ``aerosol_can`` is LVIS's ``aerosol can``;
         class names recorded by training are whole names, commas included).
         Assigning ``predictor.bank`` does the same."""
+        if not isinstance(bank, TextBank):
+            raise InputError(
+                f"set_text_bank takes a TextBank (ovsam.clip.text_bank.build_text_bank), not a "
+                f"{type(bank).__name__}"
+            )
         dim = self.model.mask_decoder.roi_conv[0].conv.out_channels
         if bank.dim != dim:
             raise InputError(f"text bank has {bank.dim} dims; this OV-SAM embeds regions in {dim}")
@@ -162,24 +181,29 @@ class OVSamPredictor(SamPredictor):
             return []
         config = self.model.config
         fpn = [state.extras[k] for k in FPN_KEYS]
-        head = self.model.head_region_embeddings(fpn, head_boxes.to(self.device))
-        clip = self.model.clip_region_embeddings(
-            state.extras["clip_last"], clip_boxes.to(self.device)
-        )
-        if logits is not None:
-            valid = reaches_clip_map(logits.to(self.device), state.extras["clip_last"].shape[-2:])
-        else:
-            valid = (head_boxes[:, 2] > head_boxes[:, 0]) & (head_boxes[:, 3] > head_boxes[:, 1])
-        probs = fused_probabilities(
-            bank_logits(head, bank, config.logit_scale),
-            bank_logits(clip, bank, config.logit_scale),
-            labelled[1],
-            config.alpha_seen,
-            config.alpha_unseen,
-            valid.to(self.device),
-        )
+        clip_map = state.extras["clip_last"]
+        probs = []
+        # a region's pooled features take megabytes: a few regions at a time bound the memory
+        for start in range(0, len(head_boxes), REGIONS_PER_BATCH):
+            rows = slice(start, start + REGIONS_PER_BATCH)
+            head = self.model.head_region_embeddings(fpn, head_boxes[rows].to(self.device))
+            clip = self.model.clip_region_embeddings(clip_map, clip_boxes[rows].to(self.device))
+            if logits is not None:
+                valid = reaches_clip_map(logits[rows].to(self.device), clip_map.shape[-2:])
+            else:
+                box = head_boxes[rows]
+                valid = (box[:, 2] > box[:, 0]) & (box[:, 3] > box[:, 1])
+            fused = fused_probabilities(
+                bank_logits(head, bank, config.logit_scale),
+                bank_logits(clip, bank, config.logit_scale),
+                labelled[1],
+                config.alpha_seen,
+                config.alpha_unseen,
+                valid.to(self.device),
+            )
+            probs.append(fused.cpu())
         return top_labels(
-            probs.cpu(), bank.names, self.top_k, self.unknown_threshold, self.random_weights
+            torch.cat(probs), bank.names, self.top_k, self.unknown_threshold, self.random_weights
         )
 
     def recognize_logits(
