@@ -44,7 +44,7 @@ from ovsam.ov.label_settings import (
     require_bank,
     require_extras,
 )
-from ovsam.ov.model import OVSam
+from ovsam.ov.model import OVSam, OVSamConfig
 from ovsam.predictor import LOW_RES, SamPredictor
 from ovsam.prompt_arrays import check_masks
 from ovsam.vocab import Vocabulary, load_vocabulary, name_key
@@ -74,7 +74,7 @@ class OVSamPredictor(SamPredictor):
         unknown_threshold: float = 0.0,
         allow_random_weights: bool = False,
     ) -> None:
-        if not isinstance(model, OVSam):
+        if not isinstance(getattr(model, "config", None), OVSamConfig):  # e.g. a plain SAM
             raise InputError(
                 f"OVSamPredictor needs an OV-SAM model (build_model('ovsam_coco')), not a "
                 f"{type(model).__name__}; name a SAM model's masks with "
