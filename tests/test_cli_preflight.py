@@ -125,6 +125,8 @@ def test_an_empty_out_and_a_second_box_are_usage_errors(
         (["segment", "x.png", "--point", "5", "5", "--random-recognition", "--clip-weights",
           "w.pt"], "argument --clip-weights: not allowed with argument --random-recognition"),
         ([], "the following arguments are required: COMMAND"),
+        # named by the sub-command, not "ovsam: error: ... (ovsam --help ...)"
+        (["segment", "x.png", "--bogus", "--out", "o"], "unrecognized arguments: --bogus"),
     ],
 )  # fmt: skip
 def test_a_usage_error_is_one_line(
@@ -138,6 +140,18 @@ def test_a_usage_error_is_one_line(
     assert exit_info.value.code == 2
     assert (
         capsys.readouterr().err == f"{prog}: error: {message} ({prog} --help lists the options)\n"
+    )
+
+
+def test_an_unknown_option_of_a_nested_command_names_that_command(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "sam2clip", "--data", "d", "--out", "o", "--bogus", "1"])
+    prog = "ovsam train sam2clip"
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        f"{prog}: error: unrecognized arguments: --bogus 1 ({prog} --help lists the options)\n"
     )
 
 

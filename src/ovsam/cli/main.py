@@ -49,10 +49,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen sub-command; return the process exit status."""
     if hasattr(sys.stdout, "reconfigure"):  # print a file name that is not UTF-8 as stderr
         sys.stdout.reconfigure(errors="backslashreplace")  # does (\udcNN), not fail on it
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(build_parser(), argv)
     with warnings.catch_warnings():  # put back as they were when main returns
         warnings.showwarning = _one_line_warning(args.command)
         return _run(args)
+
+
+def parse_arguments(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, an unknown option named by the sub-command it was given to
+    (``ovsam segment: error: unrecognized arguments: --bogus``), as every other usage error
+    is; argparse reports those at the top level (``ovsam: error: ...``)."""
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        _chosen_parser(parser, args).error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
+
+
+def _chosen_parser(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> argparse.ArgumentParser:
+    """The innermost (sub-)parser that ``args`` went through (``ovsam train sam2clip``)."""
+    for action in parser._actions:  # noqa: SLF001 - argparse keeps sub-parsers only here
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            chosen = action.choices.get(getattr(args, action.dest, None))
+            if chosen is not None:
+                return _chosen_parser(chosen, args)
+    return parser
 
 
 def _one_line_warning(command: str) -> Callable[..., None]:
