@@ -370,6 +370,9 @@ def test_a_registered_tag_wins_over_a_file_of_the_same_name(
         create_model("RN50", pretrained="laion")
     with pytest.raises(CheckpointError, match="^CLIP weights file not found: dl/clip.pt$"):
         create_model("RN50", pretrained="dl/clip.pt")
+    # a file that is no checkpoint is named as CLIP weights too, not as "checkpoint mine"
+    with pytest.raises(CheckpointError, match="^CLIP weights mine is not a PyTorch checkpoint "):
+        create_model("RN50", pretrained="mine")
 
 
 def test_weights_digests_for_tags_files_and_uncached_laion_weights(

@@ -41,18 +41,21 @@ _PATCHES: dict[tuple[str, str], Callable[..., torch.Tensor]] = {}  # (module, na
 _OPEN = [0]  # weights_to_be_loaded contexts open in any thread
 
 
-def read_state_dict(path: str | Path, *, mmap: bool = False) -> dict[str, torch.Tensor]:
+def read_state_dict(
+    path: str | Path, *, mmap: bool = False, what: str = "checkpoint"
+) -> dict[str, torch.Tensor]:
     """Read a tensor state dict from ``path`` (``.pt``/``.pth``/``.bin`` or ``.safetensors``).
 
     A dict wrapping the weights under ``state_dict``, ``model`` or ``module`` is unwrapped.
     With ``mmap`` a zip-format file (what ``torch.save`` writes since torch 1.6) is memory-mapped
     rather than read, so that looking at its keys and shapes costs little even for a large
     file; an older pickle-format file is read as usual. Raises :class:`CheckpointError` when
-    the file is missing, a folder, empty, unreadable or not a state dict (:func:`checkpoint_file`).
+    the file is missing, a folder, empty, unreadable or not a state dict (:func:`checkpoint_file`),
+    naming it as ``what`` (e.g. ``"CLIP weights"``).
     """
-    path = checkpoint_file(path)
+    path = checkpoint_file(path, what)
     if is_torchscript_archive(path):  # before torch.load, which warns that it would run it
-        raise _torchscript_given(path)
+        raise _torchscript_given(path, what)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -62,12 +65,12 @@ def read_state_dict(path: str | Path, *, mmap: bool = False) -> dict[str, torch.
             mmap = mmap and _head(path).startswith(_ZIP_MAGIC)
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001 - any reader failure means a bad file
-        raise read_failure(path, exc) from exc
+        raise read_failure(path, exc, what) from exc
     for key in _NESTED_KEYS:
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path} does not hold a state dict of tensors")
+        raise CheckpointError(f"{what} {path} does not hold a state dict of tensors")
     return dict(obj)
 
 
@@ -109,9 +112,9 @@ def is_torchscript_archive(path: str | Path) -> bool:
     return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
 
 
-def _torchscript_given(path: Path) -> CheckpointError:
+def _torchscript_given(path: Path, what: str = "checkpoint") -> CheckpointError:
     return CheckpointError(
-        f"checkpoint {path} is a TorchScript archive (a whole scripted model, such as an "
+        f"{what} {path} is a TorchScript archive (a whole scripted model, such as an "
         "OpenAI CLIP release), not a state dict of weights"
     )
 
@@ -122,8 +125,9 @@ def _head(path: Path) -> bytes:
         return fh.read(16)
 
 
-def read_failure(path: Path, exc: Exception) -> CheckpointError:
-    """Why reading ``path`` failed with ``exc``, as a one-line :class:`CheckpointError`.
+def read_failure(path: Path, exc: Exception, what: str = "checkpoint") -> CheckpointError:
+    """Why reading ``path`` (named as ``what``) failed with ``exc``, as a one-line
+    :class:`CheckpointError`.
 
     torch's own text advises ``weights_only=False``, which would run the file's pickled code;
     that advice is dropped and the reason kept. A ``.pt``-style file that is neither a zip
@@ -133,15 +137,15 @@ def read_failure(path: Path, exc: Exception) -> CheckpointError:
     detail = str(exc).partition(_WEIGHTS_ONLY_MARKER)[2].strip()
     if not detail:
         if is_torchscript_archive(path):
-            return _torchscript_given(path)
+            return _torchscript_given(path, what)
         head = _head(path)
         if path.suffix != ".safetensors" and not head.startswith(_TORCH_MAGIC):
             return CheckpointError(
-                f"checkpoint {path} is not a PyTorch checkpoint (neither a zip archive nor a "
+                f"{what} {path} is not a PyTorch checkpoint (neither a zip archive nor a "
                 f"pickle: it starts with {head!r})"
             )
         return CheckpointError(
-            f"cannot read checkpoint {path}: {type(exc).__name__}: {first_line(exc)}"
+            f"cannot read {what} {path}: {type(exc).__name__}: {first_line(exc)}"
         )
     reason = detail.splitlines()[0].split(" was not an allowed global")[0].strip()
     if reason.startswith("Unsupported global"):
@@ -152,7 +156,7 @@ def read_failure(path: Path, exc: Exception) -> CheckpointError:
         )
     else:
         why = f"not a PyTorch checkpoint, or a corrupt one ({reason})"
-    return CheckpointError(f"cannot read checkpoint {path}: {why}")
+    return CheckpointError(f"cannot read {what} {path}: {why}")
 
 
 def _format_keys(keys: list[str]) -> str:

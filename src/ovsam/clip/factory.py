@@ -52,7 +52,7 @@ def read_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if is_torchscript_archive(path):
         state = read_torchscript_tensors(path)
     else:
-        state = read_state_dict(path)
+        state = read_state_dict(path, what="CLIP weights")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     return {
         k: v.float() if v.is_floating_point() else v
