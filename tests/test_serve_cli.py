@@ -349,6 +349,13 @@ def test_default_recognizer_says_how_to_get_labels(monkeypatch: pytest.MonkeyPat
         "download clip_convnext_base_w_laion2b_s13b_b82k_augreg'"  # was clip_..._openai
         in default_recognizer(laion).message
     )
+
+    def no_source(name: str, **_: object) -> None:  # the resolver's own advice, kept alone
+        raise WeightsUnavailableError(f"... add it with 'ovsam download {name} --from FILE'")
+
+    monkeypatch.setattr(clip_factory, "resolve_weights", no_source)
+    told = default_recognizer(ServeSettings(labels=True)).message
+    assert told.endswith("add it with 'ovsam download clip_RN50x16_openai --from FILE'")
     random = default_recognizer(ServeSettings(random_recognition=True, clip_model="RN50"))
     assert isinstance(random, ClipRecognizer) and "labels are meaningless" in random.message
     assert random.random_weights and not off.random_weights and not missing.random_weights

@@ -371,6 +371,8 @@ def default_recognizer(settings: ServeSettings) -> Recognizer:
             settings.clip_model, pretrained=settings.clip_weights, device=settings.device
         )
     except WeightsUnavailableError as exc:
-        hint = f" (get it with 'ovsam download {weights}')" if weights else ""
-        return MissingRecognizer(f"{NO_RECOGNITION}: {exc}".splitlines()[0] + hint)
+        reason = f"{NO_RECOGNITION}: {exc}".splitlines()[0]
+        if weights and "ovsam download" not in reason:  # not when it says how already
+            reason += f" (get it with 'ovsam download {weights}')"
+        return MissingRecognizer(reason)
     return ClipRecognizer(clip, f"CLIP {settings.clip_model} ({settings.clip_weights})")
