@@ -218,6 +218,19 @@ def test_download_list_and_models(
     assert "unknown weights 'no_such_weights'" in capsys.readouterr().err
 
 
+def test_models_with_a_bad_cache_folder_print_only_the_error(
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The list's header was printed to stdout before the error."""
+    monkeypatch.setenv("OVSAM_CACHE_DIR", "relative")
+    assert main(["models"]) == 2
+    printed = capsys.readouterr()
+    assert printed.out == ""
+    assert printed.err == (
+        "ovsam models: error: OVSAM_CACHE_DIR must be an absolute path, got 'relative'\n"
+    )
+
+
 def test_building_the_parser_imports_no_torch() -> None:
     """``ovsam --help`` stays fast: registering the sub-commands imports neither torch nor the
     models (checked in a fresh interpreter, as this one has imported torch already)."""

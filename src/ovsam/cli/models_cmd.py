@@ -20,10 +20,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ovsam.registry_info import describe_models, describe_weights
 
+    # both lists first: a bad cache folder (a relative OVSAM_CACHE_DIR) is then one error line,
+    # not an error after a printed header
+    models, weights = describe_models(), describe_weights()
     print("models (aliases), each with the weights it loads:")
-    for line in describe_models():
+    for line in models:
         print(f"  {line}")
     print("weights:")
-    for line in describe_weights():
+    for line in weights:
         print(f"  {line}")
     return 0
