@@ -37,13 +37,54 @@ def test_missing_weights_keep_the_first_source_failure(
     assert message.endswith("; get them with 'ovsam download toy'")
 
 
-def test_the_first_failure_is_shortened_to_its_host() -> None:
+def test_the_first_failure_names_its_host() -> None:
     from ovsam.weights import SourcesFailed
 
-    failures = [("https://example.org/a/b/c.pt", "URLError: " + "x " * 100), ("b", "c")]
-    short = SourcesFailed("all failed", failures).first_failure(width=60)
-    assert short == "example.org: URLError: x x x x x x x x x x x x x x x x x ..."
-    assert SourcesFailed("none", []).first_failure() == ""
+    failures = [("https://example.org/a/b/c.pt", "URLError: x"), ("b", "c")]
+    assert SourcesFailed("all failed", failures).first_source_failure() == (
+        "example.org",
+        "URLError: x",
+    )
+    assert SourcesFailed("local", [("file:///x/y.pt", "gone")]).first_source_failure() == (
+        "file",
+        "gone",
+    )
+    assert SourcesFailed("none", []).first_source_failure() is None
+
+
+def test_each_distinct_reason_is_said_once_with_every_host_it_came_from() -> None:
+    from ovsam.ov.checkpoints import source_failures_text
+
+    offline = "URLError: <urlopen error [Errno -2] Name or service not known>"
+    failures = [("a.org", offline), ("b.org", offline), ("a.org", offline),
+                ("c.org", "HTTP Error 404: Not Found"), ("d.org", "URLError: " + "x " * 100)]  # fmt: skip
+    assert source_failures_text(failures, width=64) == (  # reasons shortened, hosts not
+        f"a.org, b.org: {offline}; c.org: HTTP Error 404: Not Found; "
+        "d.org: URLError: " + "x " * 25 + "..."
+    )
+    assert source_failures_text([]) == ""
+
+
+def test_missing_weights_from_several_hosts_name_them_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Offline, the four official OV-SAM files fail at three hosts for one reason: the error
+    names all three, not only the first file's host."""
+    from ovsam.weights import SourcesFailed
+
+    hosts = {"a": "https://one.org/a.pt", "b": "https://two.org/b.pt", "c": "https://one.org/c",
+             "d": "http://three.net/d"}  # fmt: skip
+
+    def offline(name: str, progress: bool = True) -> Path:
+        raise SourcesFailed(f"could not obtain weights {name!r}", [(hosts[name], "no network")])
+
+    monkeypatch.setattr("ovsam.ov.checkpoints.resolve_weights", offline)
+    with pytest.raises(WeightsUnavailableError) as info:
+        resolve_all(list(hosts), "OV-SAM weights missing", progress=False)
+    assert str(info.value) == (
+        "OV-SAM weights missing: a, b, c, d could not be obtained (one.org, two.org, three.net: "
+        "no network); get them with 'ovsam download a b c d'"
+    )
 
 
 def test_segment_says_why_recognition_weights_are_missing(

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import importlib
 import shutil
-import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -67,16 +66,15 @@ class SourcesFailed(WeightsUnavailableError):
         super().__init__(message)
         self.failures = tuple(failures)
 
-    def first_failure(self, width: int = 120) -> str:
-        """Why the first source failed, shortened to ``width`` characters and naming its host
-        (``example.org: URLError: <urlopen error timed out>``; ``file: ...`` for a local URL);
-        '' when none was tried."""
+    def first_source_failure(self) -> tuple[str, str] | None:
+        """``(host, reason)`` of the first source tried (``("example.org", "URLError: ...")``;
+        host ``file`` for a local URL), or None when none was tried."""
         if not self.failures:
-            return ""
+            return None
         source, reason = self.failures[0]
         url = urlsplit(source)
         where = url.netloc or (url.scheme if " " not in source else "") or source.split()[0]
-        return textwrap.shorten(f"{where}: {reason}", width, placeholder=" ...")
+        return where, reason
 
 
 _REGISTRY: dict[str, WeightsSpec] = {}

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import textwrap
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
@@ -96,8 +97,8 @@ _ALL_SOURCES_FAILED = "could not obtain weights"
 class WeightsMissing(WeightsUnavailableError):
     """Registered weights that could not be obtained; ``missing`` names every one, ``reason``
     is the first line of the first failure that was more than "every source failed" (e.g.
-    an unwritable cache folder), else why the first source of the first one failed
-    (:meth:`~ovsam.weights.SourcesFailed.first_failure`, e.g. a ``URLError``), or ''."""
+    an unwritable cache folder), else why the first source of each failed, one entry per
+    distinct reason naming its hosts (:func:`source_failures_text`), or ''."""
 
     def __init__(self, what: str, missing: Sequence[str], reason: str = "") -> None:
         self.missing = tuple(missing)
@@ -118,7 +119,7 @@ def resolve_all(names: Sequence[str], what: str = "weights", progress: bool = Tr
     files: list[Path] = []
     missing: list[str] = []
     reasons: list[str] = []
-    source_failures: list[str] = []
+    source_failures: list[tuple[str, str]] = []
     for name in names:
         try:
             files.append(resolve_weights(name, progress=progress))
@@ -126,12 +127,27 @@ def resolve_all(names: Sequence[str], what: str = "weights", progress: bool = Tr
             missing.append(name)
             line = first_line(exc)
             if isinstance(exc, SourcesFailed):
-                source_failures.append(exc.first_failure())
+                source_failures += filter(None, [exc.first_source_failure()])
             elif line and not line.startswith(_ALL_SOURCES_FAILED):
                 reasons.append(line)
     if missing:
-        raise WeightsMissing(what, missing, next(filter(None, reasons + source_failures), ""))
+        reason = reasons[0] if reasons else source_failures_text(source_failures)
+        raise WeightsMissing(what, missing, reason)
     return files
+
+
+def source_failures_text(failures: Sequence[tuple[str, str]], width: int = 120) -> str:
+    """``(host, reason)`` pairs as one text, one entry per distinct reason (shortened to
+    ``width`` characters) after the hosts it came from, in order: ``a.org, b.org: URLError:
+    ...; c.org: HTTP Error 404``."""
+    hosts: dict[str, list[str]] = {}
+    for host, reason in failures:
+        if host not in hosts.setdefault(reason, []):
+            hosts[reason].append(host)
+    return "; ".join(
+        f"{', '.join(where)}: {textwrap.shorten(reason, width, placeholder=' ...')}"
+        for reason, where in hosts.items()
+    )
 
 
 def official_weights_names(dataset: str = "coco", clip_model: str = "RN50x16") -> list[str]:
