@@ -341,3 +341,26 @@ def test_clip_names_are_checked_and_aliases_find_their_weights(
             main([*_segment(tmp_path), flag, " "])
         assert usage.value.code == 2
         assert f"argument {flag}: an empty value: give a name" in _error(capsys)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "message"),
+    [
+        ({"points": [(10, 20), (30,)]}, "point_coords must be numeric (Nx2 XY pixels): "),
+        ({"negatives": [(10, 20, 5)]}, "point_coords must have shape Nx2 (XY pixels), got (1, 3)"),
+        ({"box": [10, 20, "x", 40]}, "box must be numeric (XYXY pixels), got text"),
+        ({"box": [10, 20, [30], 40]}, "box must be numeric (XYXY pixels): "),
+    ],
+)
+def test_segment_image_refuses_malformed_prompts_by_name(
+    tmp_path: Path, prompt: dict, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The library call behind ``ovsam segment`` checks its prompt lists before building a
+    model: a ragged point list or a box holding text is an InputError, not numpy's ValueError."""
+    from ovsam import segment_job
+
+    monkeypatch.setattr(segment_job, "build_model", None)  # never reached
+    with pytest.raises(InputError) as info:
+        segment_job.segment_image(SAMPLE_PHOTO, out_dir=tmp_path / "out", **prompt)
+    assert str(info.value).startswith(message)
+    assert not (tmp_path / "out").exists()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ovsam.boxes import clip_boxes_to_image
+from ovsam.boxes import clip_boxes_to_image, finite_array
 from ovsam.build import build_model
 from ovsam.image_io import load_image
 from ovsam.outputs import Prompt, write_result
@@ -53,15 +53,14 @@ def segment_image(
     image = load_image(image_path)
     all_points = [*points, *negatives]
     labels = [1] * len(points) + [0] * len(negatives)
-    point_coords = np.asarray(all_points, dtype=np.float64) if all_points else None
-    point_labels = np.asarray(labels) if all_points else None
-    box_array = None if box is None else np.asarray(box, dtype=np.float64)
     # the prompt is checked against the image before any model is built (a text bank can
     # take minutes); predict checks it again, in the model's terms
     size = image.shape[:2]
-    if point_coords is not None:
-        check_points(point_coords, point_labels, size)
-    if box_array is not None:
+    point_coords = point_labels = box_array = None
+    if all_points:
+        point_coords, point_labels = check_points(all_points, labels, size)
+    if box is not None:
+        box_array = finite_array("box", box, "XYXY pixels")
         clip_boxes_to_image(box_array, *size, allow_empty=False)
     if label_options is None:
         predictor = SamPredictor(build_model(model_name, checkpoint=checkpoint).to(device))
