@@ -251,3 +251,54 @@ def test_the_schema_gives_this_servers_limits(engine: SegmentationEngine) -> Non
     assert prompt["points"]["maxItems"] == prompt["labels"]["maxItems"] == 8
     assert models["VocabularyIn"]["properties"]["names"]["maxItems"] == 300
     assert client.get("/openapi.json").json()["components"]["schemas"] == models
+
+
+def multipart_upload(boundary: str = "XyZb") -> tuple[bytes, dict[str, str]]:
+    """A whole ``file`` upload of :func:`tiny_png` as multipart form data, and its headers."""
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    )
+    body = head.encode() + tiny_png() + f"\r\n--{boundary}--\r\n".encode()
+    return body, {"content-type": f'multipart/form-data; boundary="{boundary}"'}
+
+
+def test_an_upload_cut_short_is_named_not_called_a_missing_file_part(client: TestClient) -> None:
+    """A multipart body without its closing boundary line was answered "no file part"."""
+    body, headers = multipart_upload()
+    assert client.post("/v1/images", content=body, headers=headers).status_code == 201
+    for cut in (len(body) - 8, len(body) - 30, 60, 0):
+        r = client.post("/v1/images", content=body[:cut], headers=headers)
+        assert envelope(r) == (
+            400, "bad_request",
+            "multipart body ends before its closing boundary line '--XyZb--': the upload was "
+            "cut short (send the whole file again)",
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("epilogue", [b"", b"trailing epilogue text"])
+def test_the_closing_boundary_is_found_across_body_chunks(epilogue: bytes) -> None:
+    """The body arrives in pieces: the closing line split between any two of them is seen."""
+    from ovsam.serve.http_errors import ApiError, GuardMiddleware
+
+    body, headers = multipart_upload()
+    body += epilogue
+    scope = {"type": "http", "method": "POST", "path": "/v1/images",
+             "headers": [(k.encode(), v.encode()) for k, v in headers.items()]}  # fmt: skip
+
+    async def read_all(scope: dict, receive: object, send: object) -> None:
+        while (await receive())["more_body"]:  # type: ignore[operator]
+            pass
+
+    async def fail(message: dict) -> None:
+        raise AssertionError(f"answered {message}")
+
+    guard = GuardMiddleware(read_all, lambda _: (10**6, ApiError(413, "x", "y")))  # type: ignore[arg-type]
+    for split in range(len(body) - len(epilogue) - 12, len(body) + 1):
+        pieces = [body[:split], body[split:]]
+
+        async def receive(pieces: list[bytes] = pieces) -> dict:
+            chunk = pieces.pop(0)
+            return {"type": "http.request", "body": chunk, "more_body": bool(pieces)}
+
+        asyncio.run(guard(scope, receive, fail))  # type: ignore[arg-type]

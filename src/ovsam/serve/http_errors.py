@@ -152,12 +152,35 @@ def install_error_handlers(app: FastAPI, limits: dict[str, TooLong]) -> None:
         return error_response(error.status, error.code, error.message)
 
 
+def _closing_delimiter(scope: Scope) -> bytes:
+    """``--BOUNDARY--``, the line that ends a ``multipart/form-data`` body (RFC 2046), for such
+    a request with a boundary; else b""."""
+    kind, *params = dict(scope["headers"]).get(b"content-type", b"").split(b";")
+    if kind.strip().lower() != b"multipart/form-data":
+        return b""
+    for param in params:
+        key, _, value = param.partition(b"=")
+        if key.strip().lower() == b"boundary" and value.strip().strip(b'"'):
+            return b"--" + value.strip().strip(b'"') + b"--"
+    return b""
+
+
+def _cut_short(closing: bytes) -> str:
+    """The message for a multipart body without its closing delimiter ``closing``."""
+    return (
+        f"multipart body ends before its closing boundary line "
+        f"{closing.decode('latin-1')!r}: the upload was cut short (send the whole file again)"
+    )
+
+
 class GuardMiddleware:
     """Rejects bodies over ``limit_for(scope)`` early and turns crashes into ``internal_error``.
 
     ``limit_for`` gives ``(max_bytes, error)`` for a request. A declared ``Content-Length``
     over the limit is answered at once, without reading the body; a body without one is
-    counted as it arrives and stopped when it passes the limit.
+    counted as it arrives and stopped when it passes the limit. A ``multipart/form-data`` body
+    that ends without its closing boundary line (an upload cut short) is a 400 saying so, where
+    the form parser found no ``file`` part.
     """
 
     def __init__(self, app: ASGIApp, limit_for: Callable[[Scope], tuple[int, ApiError]]) -> None:
@@ -175,13 +198,24 @@ class GuardMiddleware:
             return
         received = 0
         started = False
+        closing = _closing_delimiter(scope)
+        seen = b""  # the body's last len(closing) - 1 bytes, then b"" once closing was seen
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, seen, closing
             message = await receive()
-            received += len(message.get("body", b""))
+            chunk = message.get("body", b"")
+            received += len(chunk)
             if received > limit:
                 raise ApiError(error.status, error.code, error.message)
+            if closing and message["type"] == "http.request":
+                seen = seen + chunk
+                if closing in seen:
+                    closing = seen = b""
+                elif not message.get("more_body", False):
+                    raise ApiError(400, "bad_request", _cut_short(closing))
+                else:
+                    seen = seen[-(len(closing) - 1) :]
             return message
 
         async def tracked_send(message: Message) -> None:
