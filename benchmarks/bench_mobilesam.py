@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from ovsam.build import build_model  # noqa: E402
 from ovsam.cli.preflight import check_device  # noqa: E402
+from ovsam.errors import OVSamError  # noqa: E402
 from ovsam.modeling.image_token_cache import ImageTokenCache  # noqa: E402
 from ovsam.transforms import ResizeLongestSide  # noqa: E402
 from ovsam.weights import resolve_weights  # noqa: E402
@@ -99,12 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     torch.set_num_threads(usable_cpus())
     checkpoint = resolve_weights(args.checkpoint)
+    # ours first: it checks the file (a clear CheckpointError), upstream would only unpickle it
+    ours = build_model("mobilesam", checkpoint).to(device)
     try:
         upstream = build_upstream_mobilesam(checkpoint).to(device)
-    except ImportError:
-        print(f"upstream MobileSAM is not installed: {INSTALL_HINT}")
-        return 1
-    ours = build_model("mobilesam", checkpoint).to(device)
+    except ImportError as exc:
+        raise OVSamError(f"upstream MobileSAM is not installed: {INSTALL_HINT}") from exc
 
     image = np.asarray(Image.open(ASSET).convert("RGB"))
     resized = ResizeLongestSide(1024).apply_image(image)

@@ -8,11 +8,22 @@
 #      log.jsonl and config.json are copied to OUT_DIR.
 # Each step's output goes to OUT_DIR/<step>.log; the exit status is 1 if any step failed.
 # Usage: scripts/gpu_checks.sh OUT_DIR [IMAGES_DIR]   (PYTHON=python3 to use another interpreter;
-# STEPS=N sets the length of run 4, default 200)
+# STEPS=N sets the length of run 4, default 200). The interpreter needs a CUDA build of torch:
+# scripts/setup.sh installs the CPU one (README, "GPU checks"); it is refused before any step.
 set -uo pipefail
-out=${1:?usage: scripts/gpu_checks.sh OUT_DIR [IMAGES_DIR]}
-images=${2:-}
-py=${PYTHON:-.venv/bin/python}
+out=$(realpath -m "${1:?usage: scripts/gpu_checks.sh OUT_DIR [IMAGES_DIR]}")
+images=${2:+$(realpath -m "$2")}
+py=${PYTHON:-}
+[[ "$py" == */* ]] && py=$(realpath -m "$py")
+cd "$(dirname "$0")/.."
+py=${py:-$PWD/.venv/bin/python}
+torch_cuda=$("$py" -c 'import torch; print(torch.__version__, "cuda", torch.version.cuda,
+  "available" if torch.cuda.is_available() else "unavailable")' 2>&1 | tail -n 1)
+if [[ "$torch_cuda" != *" available" ]]; then
+    echo "gpu_checks.sh: error: $py cannot run CUDA ($torch_cuda): make an environment" \
+        "with a CUDA torch and pass PYTHON=its/python (README, GPU checks)" >&2
+    exit 2
+fi
 mkdir -p "$out"
 status=0
 

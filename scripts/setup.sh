@@ -7,17 +7,28 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
-# The CPU build: from pip's own sources when they offer one (a "+cpu" wheel, as here), else
-# from PyTorch's CPU index too (PyPI's Linux torch is the CUDA build, with GBs of nvidia-*).
-TORCH=("torch==2.13.0")
-chosen=$(.venv/bin/python -m pip install --dry-run --quiet --report - --no-deps \
-  --ignore-installed "${TORCH[@]}" | .venv/bin/python -c \
-  'import json, sys; print(json.load(sys.stdin)["install"][0]["metadata"]["version"])')
-[[ "$chosen" == *+cpu ]] || TORCH+=(--extra-index-url https://download.pytorch.org/whl/cpu)
-"${PIP[@]}" "${TORCH[@]}"
-"${PIP[@]}" -e ".[dev,serve,coco,onnx]"
-# test-only reference implementations (tokenizer parity); their torchvision requirement is ignored
-"${PIP[@]}" --no-deps "clip-anytorch==2.6.0"
+# What was installed is recorded (.venv/.ovsam-setup: a hash of pyproject.toml and this
+# script); while it holds and ovsam imports from this checkout, a rerun installs nothing and
+# needs no network (scripts/test.sh runs this first, every time; delete the file to reinstall).
+stamp=.venv/.ovsam-setup
+wanted=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ] || ! .venv/bin/python -c \
+  'import sys, ovsam; sys.exit(not ovsam.__file__.startswith(sys.argv[1]))' "$PWD/src/" 2>/dev/null
+then
+  rm -f "$stamp"
+  # The CPU build: from pip's own sources when they offer one (a "+cpu" wheel, as here), else
+  # from PyTorch's CPU index too (PyPI's Linux torch is the CUDA build, with GBs of nvidia-*).
+  TORCH=("torch==2.13.0")
+  chosen=$(.venv/bin/python -m pip install --dry-run --quiet --report - --no-deps \
+    --ignore-installed "${TORCH[@]}" | .venv/bin/python -c \
+    'import json, sys; print(json.load(sys.stdin)["install"][0]["metadata"]["version"])')
+  [[ "$chosen" == *+cpu ]] || TORCH+=(--extra-index-url https://download.pytorch.org/whl/cpu)
+  "${PIP[@]}" "${TORCH[@]}"
+  "${PIP[@]}" -e ".[dev,serve,coco,onnx]"
+  # test-only reference implementations (tokenizer parity); their torchvision requirement is
+  # ignored
+  "${PIP[@]}" --no-deps "clip-anytorch==2.6.0"
+fi
 .venv/bin/python - <<'PY'
 import importlib.metadata as md
 import torch
@@ -26,3 +37,4 @@ assert torch.__version__.startswith("2.13.0"), f"unexpected torch {torch.__versi
 assert not bad, f"CUDA packages were pulled in: {bad}"
 print(f"ovsam environment ready: torch {torch.__version__}, python .venv/bin/python")
 PY
+echo "$wanted" > "$stamp"
