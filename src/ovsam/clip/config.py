@@ -145,11 +145,17 @@ def registered_names_of(config: CLIPConfig) -> tuple[str, ...]:
 
 
 def get_clip_config(name: str, quick_gelu: bool | None = None) -> CLIPConfig:
-    """The config registered as ``name`` (a ``-quickgelu`` suffix forces QuickGELU)."""
+    """The config registered as ``name`` (a ``-quickgelu`` suffix means QuickGELU: with
+    ``quick_gelu=False`` an :class:`InputError`), with ``quick_gelu`` when given."""
     config = CLIP_CONFIGS.get(canonical_name(name))
     if config is None:
         known = ", ".join(CLIP_CONFIGS)
         raise InputError(f"unknown CLIP model {name!r}; registered: {known}")
     if name.endswith("-quickgelu"):
+        if quick_gelu is False:
+            raise InputError(
+                f"CLIP model {name!r} uses QuickGELU but quick_gelu=False was asked: drop the "
+                "'-quickgelu' suffix for exact GELU"
+            )
         quick_gelu = True
     return config if quick_gelu is None else replace(config, quick_gelu=quick_gelu)

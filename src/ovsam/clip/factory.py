@@ -219,6 +219,7 @@ def create_model(
     ``quick_gelu`` overrides it."""
     if pretrained is None:
         return CLIP(get_clip_config(name, quick_gelu)).to(device).eval()
+    get_clip_config(name, quick_gelu)  # an unknown name is named as such, before its weights
     arch = canonical_name(name)
     path = clip_weights_file(arch, pretrained)
     if path is not None:  # a missing, empty or folder path is named as CLIP's weights

@@ -21,7 +21,7 @@ from ovsam.clip.convnext import ConvNeXtTower
 from ovsam.clip.layers import LayerNorm, Transformer
 from ovsam.clip.resnet import ModifiedResNet
 from ovsam.clip.vit import VisionTransformer
-from ovsam.errors import NotReadyError
+from ovsam.errors import InputError, NotReadyError
 
 # CLIP's image normalisation (RGB in [0, 1])
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -116,6 +116,11 @@ class CLIP(RandomWeightsFlag):
             raise NotReadyError("this CLIP's image tower was freed (without_image_tower)")
         return self.visual
 
+    @property
+    def image_size(self) -> int:
+        """Side of the square images the image tower takes (pixels)."""
+        return self._image_tower().image_size
+
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """``Bx3xHxW`` → ``BxD`` image embeddings (L2-normalised if ``normalize``)."""
         features = self._image_tower()(images)
@@ -126,7 +131,14 @@ class CLIP(RandomWeightsFlag):
         return self._image_tower().forward_features(images)
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """``BxL`` token ids → ``BxD`` text embeddings taken at each row's EOT token."""
+        """``BxL`` token ids (``L`` at most the text tower's context length, 77 for every
+        registered model) → ``BxD`` text embeddings taken at each row's EOT token."""
+        context = self.positional_embedding.shape[0]
+        if tokens.ndim != 2 or tokens.shape[1] > context:
+            raise InputError(
+                f"tokens must be BxL with L <= {context} (this CLIP's context length), got shape "
+                f"{tuple(tokens.shape)}: tokenize with context_length={context}"
+            )
         length = tokens.shape[1]
         x = self.token_embedding(tokens) + self.positional_embedding[:length]
         x, _ = self.transformer(x, attn_mask=self.attn_mask[:length, :length].to(x.dtype))

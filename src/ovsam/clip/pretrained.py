@@ -3,8 +3,10 @@
 Each (architecture, tag) pair maps to a registered :class:`ovsam.weights.WeightsSpec`, so
 ``create_model("RN50x16", pretrained="openai")`` resolves, downloads into the cache and
 verifies exactly like the SAM weights. OpenAI's URLs carry the file's sha256 in their path,
-which is checked after download; Hugging Face's open_clip files publish none (they are loaded
-strictly, which rejects a truncated or wrong file).
+which is checked after download. The open_clip files on Hugging Face are not pinned: their
+sha256 is published there (in each file's Git LFS pointer) but could not be read from where
+this registry was written, so a download is only checked by loading it strictly, which
+rejects a truncated or wrong file, not a changed one.
 """
 
 from __future__ import annotations

@@ -147,7 +147,7 @@ def classify_regions(
         raise InputError(f"{len(boxes)} boxes but {len(masks)} masks")
     top_k, batch_size = check_count("top_k", top_k), check_count("batch_size", batch_size)
     check_expand(expand)  # also when there are no regions to crop
-    size = model.visual.image_size
+    size = model.image_size  # NotReadyError for a text-only model
     device = next(model.parameters()).device
     blank = masks if mask_background else None
     embeddings = [torch.zeros((0, model.embed_dim))]  # no regions: no labels

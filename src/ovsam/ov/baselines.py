@@ -139,7 +139,7 @@ class CropBaselinePredictor(SamPredictor):
             ).float()
             rois = torch.cat([boxes.new_zeros((len(boxes), 1)), boxes], dim=1).to(self.device)
             stride = self.clip.visual.stage_strides[-1]
-            side = self.clip.visual.image_size // stride
+            side = self.clip.image_size // stride
             pooled = roi_align(state.extras["clip_last"], rois, side, 1 / stride)
             emb = self.clip.visual.pool(pooled).float().cpu()
             probs = (self.clip.logit_scale.exp().float().cpu() * bank.similarity(emb)).softmax(-1)
