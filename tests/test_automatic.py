@@ -270,10 +270,12 @@ def test_masks_smaller_than_a_cell_are_deduplicated_and_min_area_is_inclusive(
         ({"min_mask_area": 2.5}, "min_mask_area=2.5: expected an integer >= 0"),  # pixel count
     ],
 )
-def test_meaningless_settings_are_refused(setting: dict, message: str) -> None:
-    generator = AutomaticMaskGenerator(object(), **setting)  # type: ignore[arg-type]
+def test_meaningless_settings_are_refused(
+    setting: dict, message: str, mobilesam_model: torch.nn.Module
+) -> None:
+    generator = AutomaticMaskGenerator(SamPredictor(mobilesam_model), **setting)
     with pytest.raises(InputError, match=message):
-        generator.generate()  # refused before the predictor is touched
+        generator.generate()  # refused before the predictor is asked for its (missing) image
 
 
 def test_numpy_numbers_are_settings_like_python_ones(mobilesam_model: torch.nn.Module) -> None:

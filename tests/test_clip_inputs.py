@@ -54,7 +54,10 @@ def test_regions_cannot_be_classified_by_a_text_only_model() -> None:
     model = CLIP(TINY).eval()
     bank = build_text_bank(model, ["cat", "dog"])
     image = np.zeros((32, 32, 3), np.uint8)
-    assert classify_regions(model, image, bank, boxes=[[0, 0, 16, 16]]).probs.shape == (1, 2)
+    labels = classify_regions(model, image, bank, boxes=[[0, 0, 16, 16]])
+    assert labels.probs.shape == (1, 2)
+    # ordinary tensors, not inference ones (usable in autograd, changeable in place)
+    assert not labels.probs.is_inference() and not bank.embeddings.is_inference()
     model.without_image_tower()
     with pytest.raises(NotReadyError, match="image tower was freed"):
         classify_regions(model, image, bank, boxes=[[0, 0, 16, 16]])

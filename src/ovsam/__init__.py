@@ -2,6 +2,7 @@
 
 Quick start::
 
+    import numpy as np
     import ovsam
     model = ovsam.build_model("mobilesam")          # downloads + verifies weights once
     predictor = ovsam.SamPredictor(model)
@@ -38,3 +39,8 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'ovsam' has no attribute {name!r}")
     return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    """The module's names and the lazily imported ones (for ``dir()`` and tab completion)."""
+    return sorted(set(globals()) | set(_EXPORTS))

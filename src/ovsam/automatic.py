@@ -149,6 +149,17 @@ class AutomaticMaskGenerator:
     nms_thresh: float = 0.7
     min_mask_area: int = 0
 
+    def __post_init__(self) -> None:
+        """A SAM model itself (what segment-anything's ``SamAutomaticMaskGenerator`` takes) is
+        wrapped in a :class:`SamPredictor`; anything else but a predictor is refused."""
+        if isinstance(self.predictor, torch.nn.Module):
+            self.predictor = SamPredictor(self.predictor)
+        elif not isinstance(self.predictor, SamPredictor):
+            raise InputError(
+                "AutomaticMaskGenerator takes a SamPredictor (or a SAM model), got "
+                f"{type(self.predictor).__name__}"
+            )
+
     def generate(self, image: np.ndarray | None = None) -> list[dict[str, Any]]:
         """Masks for the whole image (``HxWx3`` uint8 RGB, or the predictor's current image).
 

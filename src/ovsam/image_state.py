@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import torch
+from torch import nn
 
-from ovsam.modeling.common import tensors_nbytes
+from ovsam.modeling.common import tensors_nbytes, weights_key
 from ovsam.modeling.image_token_cache import ImageTokenCache
 
 PIXELS = "pixels"  # extras key of the image itself (HxWx3 uint8 RGB), kept on the CPU for crops
@@ -44,6 +45,22 @@ class ImageState:
         """Memory held by the state's tensors, in bytes."""
         cache = 0 if self.decoder_cache is None else self.decoder_cache.nbytes()
         return cache + tensors_nbytes([self.features, *self.extras.values()])
+
+    def token_cache(self, model: nn.Module, use: bool) -> ImageTokenCache | None:
+        """``decoder_cache`` for SAM-family ``model`` (built now if missing or made by other
+        prompt encoder or decoder weights); None when not ``use`` or the decoder has none."""
+        decoder, prompt_encoder = model.mask_decoder, model.prompt_encoder
+        if not use or not hasattr(decoder, "forward_cached"):
+            return None
+        source = weights_key(prompt_encoder, decoder)
+        if self.decoder_cache is None or self.decoder_cache.source != source:
+            self.decoder_cache = None  # built for other weights: free it first
+            cache = decoder.build_image_cache(
+                self.features, prompt_encoder.get_dense_pe(), prompt_encoder.no_mask_dense()
+            )
+            cache.source = source
+            self.decoder_cache = cache
+        return self.decoder_cache
 
     def to(self, device: torch.device) -> ImageState:
         """This state with its tensors on ``device`` (but :data:`PIXELS`): itself when they are

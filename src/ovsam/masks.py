@@ -65,10 +65,16 @@ def _string_to_counts(text: str) -> list[int]:
 
 
 def encode_rle(mask: np.ndarray) -> dict[str, object]:
-    """COCO compressed RLE ``{"size": [H, W], "counts": str}`` of an ``HxW`` boolean mask."""
+    """COCO compressed RLE ``{"size": [H, W], "counts": str}`` of an ``HxW`` boolean mask
+    (integers: nonzero is inside; float logits are refused, as pycocotools' ``encode`` does)."""
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise InputError(f"mask must be HxW, got shape {tuple(mask.shape)}")
+    if mask.dtype.kind not in "biu":
+        raise InputError(
+            f"mask must be boolean (or 0/1 integers), got {mask.dtype} values: threshold mask "
+            "logits first (logits > model.mask_threshold)"
+        )
     return {
         "size": [int(mask.shape[0]), int(mask.shape[1])],
         "counts": _counts_to_string(rle_counts(mask)),

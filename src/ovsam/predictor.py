@@ -8,7 +8,8 @@ Two tiers, as in segment-anything:
   low-res logit mask from an earlier call). Inputs are validated; bad ones raise
   :class:`~ovsam.errors.InputError` naming the problem.
 * tensor tier — :meth:`SamPredictor.predict_torch` takes batched prompts already mapped into
-  the model's 1024-pixel input frame (``self.transform``) and returns tensors.
+  the model's 1024-pixel input frame (``self.transform``) and returns tensors (ordinary ones,
+  as segment-anything's: :mod:`ovsam.inference`).
 
 The embedding of the current image can be exported and re-loaded (:class:`ImageState`), so
 a server can keep many embedded images in a cache and switch between them for free.
@@ -25,6 +26,7 @@ from torch import nn
 from ovsam.boxes import clip_boxes_to_image
 from ovsam.errors import InputError, NotReadyError
 from ovsam.image_state import ImageState
+from ovsam.inference import inference_api
 from ovsam.input_values import check_flag
 from ovsam.modeling.common import weights_checksum, weights_key
 from ovsam.modeling.image_token_cache import ImageTokenCache
@@ -93,7 +95,8 @@ class SamPredictor:
 
     @property
     def original_size(self) -> tuple[int, int]:
-        """``(H, W)`` of the current image."""
+        """``(H, W)`` of the current image (:class:`NotReadyError` before one is set, where
+        SAM's attribute is None)."""
         return self._require_state().original_size
 
     @property
@@ -113,12 +116,13 @@ class SamPredictor:
 
     @torch.inference_mode()
     def set_torch_image(
-        self, transformed_image: torch.Tensor, original_size: tuple[int, int]
+        self, transformed_image: torch.Tensor, original_image_size: tuple[int, int]
     ) -> None:
         """Embed a ``1x3xhxw`` image (real values 0..255) already resized by ``self.transform``
-        from an ``original_size`` ``(H, W)`` image; a refused input keeps the current image."""
+        from an ``original_image_size`` ``(H, W)`` image; a refused input keeps the current
+        image."""
         original_size, input_size = check_image_tensor(
-            transformed_image, original_size, self.transform.target_length
+            transformed_image, original_image_size, self.transform.target_length
         )
         dtype = next(self.model.image_encoder.parameters()).dtype
         image = transformed_image.to(self.device, dtype)
@@ -150,11 +154,16 @@ class SamPredictor:
         features = self.model.image_encoder(input_image)
         return ImageState(features, (int(original_size[0]), int(original_size[1])), input_size)
 
+    @inference_api
     def get_image_embedding(self) -> torch.Tensor:
-        """The current ``1x256x64x64`` image embedding (also :attr:`features`, as in SAM)."""
+        """The current ``1x256x64x64`` image embedding; :class:`NotReadyError` before an image
+        is set (where :attr:`features` is None, as in SAM)."""
         return self._require_state().features
 
-    features = property(get_image_embedding)
+    @property
+    def features(self) -> torch.Tensor | None:
+        """The current image embedding, None before ``set_image`` / after ``reset_image``."""
+        return None if self._state is None else self.get_image_embedding()
 
     def export_state(self) -> ImageState:
         """The current image's state, to keep in a cache and restore with ``load_state``.
@@ -195,22 +204,10 @@ class SamPredictor:
 
     def _image_token_cache(self, state: ImageState) -> ImageTokenCache | None:
         """The decoder's per-image cache for ``state``, built on first use (None: not used)."""
-        decoder = self.model.mask_decoder
         use = self.cache_image_tokens
-        if use is None:
-            use = state.features.device.type == "cpu"
-        if not use or not hasattr(decoder, "forward_cached"):
-            return None
-        prompt_encoder = self.model.prompt_encoder
-        source = weights_key(prompt_encoder, decoder)
-        if state.decoder_cache is None or state.decoder_cache.source != source:
-            state.decoder_cache = None  # built for other weights: free it first
-            cache = decoder.build_image_cache(
-                state.features, prompt_encoder.get_dense_pe(), prompt_encoder.no_mask_dense()
-            )
-            cache.source = source
-            state.decoder_cache = cache
-        return state.decoder_cache
+        return state.token_cache(
+            self.model, state.features.device.type == "cpu" if use is None else use
+        )
 
     # ---------------------------------------------------------------- validation
     def clip_boxes(self, boxes: object, allow_empty: bool = False) -> np.ndarray:
@@ -224,6 +221,7 @@ class SamPredictor:
         return clip_boxes_to_image(boxes, height, width, allow_empty)
 
     # ---------------------------------------------------------------- prediction
+    @torch.inference_mode()
     def predict(
         self,
         point_coords: np.ndarray | None = None,
@@ -271,6 +269,7 @@ class SamPredictor:
             low_res[0].float().cpu().numpy(),
         )
 
+    @torch.inference_mode()
     def predict_boxes(
         self, boxes: np.ndarray, multimask_output: bool = False, batch_size: int = 64
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -294,7 +293,7 @@ class SamPredictor:
         masks = self.binary_masks(low_res)
         return masks.cpu().numpy(), scores.float().cpu().numpy(), low_res.float().cpu().numpy()
 
-    @torch.inference_mode()
+    @inference_api
     def predict_torch(
         self,
         point_coords: torch.Tensor | None,
@@ -323,7 +322,7 @@ class SamPredictor:
         masks = self.upscale_masks(low_res) if return_logits else self.binary_masks(low_res)
         return masks, iou, low_res
 
-    @torch.inference_mode()
+    @inference_api
     def decode_low_res(
         self,
         point_coords: torch.Tensor | None,
@@ -367,13 +366,13 @@ class SamPredictor:
         """The prompt encoder's weights' dtype (float32 unless converted, e.g. ``.double()``)."""
         return self.model.prompt_encoder.no_mask_embed.weight.dtype
 
-    @torch.inference_mode()
+    @inference_api
     def upscale_masks(self, low_res: torch.Tensor) -> torch.Tensor:
         """``BxCx256x256`` low-res logits -> ``BxCxHxW`` logits at the original image size."""
         state = self._require_state()
         return self.model.postprocess_masks(low_res, state.input_size, state.original_size)
 
-    @torch.inference_mode()
+    @inference_api
     def frame_logits(self, low_res: torch.Tensor) -> torch.Tensor:
         """``BxCx256x256`` low-res logits -> ``BxCxhxw`` logits on the resized image in the
         model's input frame (:meth:`upscale_masks` before its last upscale)."""
@@ -385,7 +384,7 @@ class SamPredictor:
         height, width = self._require_state().original_size
         return max(1, UPSCALE_BUDGET // (self.transform.target_length**2 + height * width))
 
-    @torch.inference_mode()
+    @inference_api
     def binary_masks(self, low_res: torch.Tensor) -> torch.Tensor:
         """``BxCx256x256`` low-res logits -> ``BxCxHxW`` bool masks at the original size
         (logits above ``mask_threshold``), upscaled :meth:`masks_per_upscale` at a time."""

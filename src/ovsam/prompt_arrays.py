@@ -70,8 +70,16 @@ def check_mask_input(mask_input: object, low_res: int) -> np.ndarray:
 
 
 def check_masks(masks: object, size: tuple[int, int]) -> np.ndarray:
-    """``NxHxW`` masks of an ``(H, W)`` image as booleans (nonzero = inside; N may be 0)."""
-    arr = np.asarray(masks, dtype=bool)
+    """``NxHxW`` masks of an ``(H, W)`` image as booleans: bool, or integers where nonzero is
+    inside (0/1, 0/255); N may be 0. Float masks are refused: logits (``return_logits``) are
+    inside above the model's ``mask_threshold``, not wherever they are nonzero."""
+    raw = np.asarray(masks)
+    if raw.dtype.kind not in "biu":
+        raise InputError(
+            f"masks must be boolean (or 0/1 integers), got {raw.dtype} values: threshold "
+            "mask logits first (logits > model.mask_threshold)"
+        )
+    arr = raw.astype(bool, copy=False)
     if arr.ndim != 3 or arr.shape[1:] != tuple(size):
         raise InputError(f"masks must be NxHxW with HxW = {tuple(size)}, got {arr.shape}")
     return arr

@@ -23,6 +23,7 @@ from ovsam.clip.model import CLIP, CLIP_MEAN, CLIP_STD
 from ovsam.clip.text_bank import TextBank
 from ovsam.errors import InputError
 from ovsam.image_io import check_image_array
+from ovsam.inference import inference_api
 from ovsam.input_values import check_count
 from ovsam.mask_statistics import mask_boxes
 from ovsam.prompt_arrays import check_masks
@@ -113,7 +114,7 @@ def crop_regions(
     return torch.stack(crops)
 
 
-@torch.inference_mode()
+@inference_api
 def classify_regions(
     model: CLIP,
     image: np.ndarray,

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import regex
 
 from ovsam.assets import ASSETS_DIR
+from ovsam.clip.config import get_clip_config
 
 if TYPE_CHECKING:
     import torch
@@ -183,9 +184,17 @@ class Tokenizer:
         return out
 
 
+def get_tokenizer(model_name: str | None = None) -> Tokenizer:
+    """The shared tokenizer built from the shipped BPE file (built once, ~1 s). As in open_clip,
+    ``model_name`` may name the CLIP it is for: every registered model uses this one (their
+    context length is 77); an unregistered name is an :class:`~ovsam.errors.InputError`."""
+    if model_name is not None:
+        get_clip_config(model_name)
+    return _shared_tokenizer()
+
+
 @lru_cache(maxsize=1)
-def get_tokenizer() -> Tokenizer:
-    """The shared tokenizer built from the shipped BPE file (built once, ~1 s)."""
+def _shared_tokenizer() -> Tokenizer:
     return Tokenizer()
 
 

@@ -240,7 +240,9 @@ class OVSamPredictor(SamPredictor):
         multimask_output: bool = False,
         return_logits: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Labels]]:
-        """SAM's ``predict`` (``1xHxW`` masks, ``1`` score, ``1x256x256`` logits) + ``[Labels]``."""
+        """SAM's ``predict`` (``1xHxW`` masks, ``1`` score, ``1x256x256`` logits) + ``[Labels]``:
+        always one mask (the official decoder has a single mask token; ``multimask_output`` is
+        ignored, and its default is False where :class:`SamPredictor`'s is True)."""
         require_bank(self.bank)
         masks, scores, low_res = super().predict(
             point_coords, point_labels, box, mask_input, False, return_logits
