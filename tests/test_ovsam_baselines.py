@@ -157,7 +157,7 @@ def test_failed_set_image_keeps_the_previous_image(mobilesam_model, clip: CLIP) 
     predictor.set_vocabulary(NAMES, progress=False)
     image = load_image(SAMPLE_PHOTO)
     predictor.set_image(image)
-    embedding = predictor.get_image_embedding()
+    state = predictor.export_state()
     before = predictor.predict(box=np.array(SAMPLE_BOX), multimask_output=False)
     for bad, message in (
         (image.astype(np.float32), "image must be uint8"),
@@ -166,7 +166,7 @@ def test_failed_set_image_keeps_the_previous_image(mobilesam_model, clip: CLIP) 
     ):
         with pytest.raises(InputError, match=message):
             predictor.set_image(bad, "BGR")
-        assert predictor.get_image_embedding() is embedding
+        assert predictor.export_state() is state
         after = predictor.predict(box=np.array(SAMPLE_BOX), multimask_output=False)
         assert after[3][0].top == before[3][0].top
 

@@ -136,7 +136,7 @@ def test_a_refused_torch_image_keeps_the_current_one(mobilesam_model: torch.nn.M
 
     predictor = SamPredictor(mobilesam_model)
     predictor.set_image(np.zeros((60, 80, 3), dtype=np.uint8))
-    before = predictor.get_image_embedding()
+    before = predictor.export_state()
     with pytest.raises(InputError, match="is 768x1024, got a 1024x1024 tensor"):
         predictor.set_torch_image(torch.zeros(1, 3, 1024, 1024), (60, 80))
-    assert predictor.get_image_embedding() is before and predictor.original_size == (60, 80)
+    assert predictor.export_state() is before and predictor.original_size == (60, 80)
