@@ -163,8 +163,10 @@ class AutomaticMaskGenerator:
     def generate(self, image: np.ndarray | None = None) -> list[dict[str, Any]]:
         """Masks for the whole image (``HxWx3`` uint8 RGB, or the predictor's current image).
 
-        Returns one dict per mask, sorted by area (largest first), with SAM's fields:
-        ``segmentation`` (HxW bool), ``rle`` (COCO RLE), ``area``, ``bbox`` (XYWH),
+        Returns one dict per mask, sorted by area (largest first), with SAM's fields but
+        ``crop_box`` (no crop layers): ``segmentation`` (HxW bool), ``rle`` (COCO RLE),
+        ``area``, ``bbox`` (XYWH tight around the pixels, as pycocotools' ``toBbox``: SAM's
+        width and height are 1 less),
         ``predicted_iou``, ``stability_score`` and ``point_coords`` (``[[x, y]]``: the click in
         XY pixels, nested as in SAM so that ``np.array(record["point_coords"])`` is a ``1x2``
         ``point_coords`` for :meth:`SamPredictor.predict`). For a decoder without an IoU head,
