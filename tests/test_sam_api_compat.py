@@ -83,3 +83,22 @@ def test_get_tokenizer_takes_a_model_name_as_open_clip_does() -> None:
 
 def test_lazy_exports_are_listed_by_dir() -> None:
     assert {"build_model", "SamPredictor", "load_image", "__version__"} <= set(dir(ovsam))
+
+
+def test_ovsam_own_calls_of_the_tensor_tier_copy_nothing(
+    predictor: SamPredictor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copies are for callers outside inference mode only: ``predict``, ``predict_boxes``
+    and the mask generator run inside it (``generate`` copied 553 MB of frame logits and
+    masks for an 8x8 grid on the sample photo before it did)."""
+    import ovsam.inference
+
+    copied: list[object] = []
+    monkeypatch.setattr(ovsam.inference, "ordinary_tensors", lambda value: copied.append(value))
+    box = np.array([16, 12, 48, 36])
+    predictor.predict(box=box)
+    predictor.predict_boxes(box[None])
+    AutomaticMaskGenerator(predictor, points_per_side=3, pred_iou_thresh=0.0).generate()
+    assert copied == []
+    assert predictor.decode_low_res(None, None, torch.tensor([[256.0, 192, 768, 576]])) is None
+    assert len(copied) == 1  # a call from outside is handed its results through the copier

@@ -160,6 +160,7 @@ class AutomaticMaskGenerator:
                 f"{type(self.predictor).__name__}"
             )
 
+    @torch.inference_mode()  # the predictor's tensor tier then hands over no copies
     def generate(self, image: np.ndarray | None = None) -> list[dict[str, Any]]:
         """Masks for the whole image (``HxWx3`` uint8 RGB, or the predictor's current image).
 
