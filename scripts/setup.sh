@@ -12,10 +12,16 @@ PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # needs no network (scripts/test.sh runs this first, every time; delete the file to reinstall).
 stamp=.venv/.ovsam-setup
 wanted=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ] || ! .venv/bin/python -c \
-  'import sys, ovsam; sys.exit(not ovsam.__file__.startswith(sys.argv[1]))' "$PWD/src/" 2>/dev/null
-then
-  rm -f "$stamp"
+# the skip also needs what the installs give: this checkout's ovsam, torch 2.13.0 and the
+# extras' and tests' modules (a removed or replaced one is installed again)
+installed() {
+  .venv/bin/python - "$PWD/src/" <<'PY' 2>/dev/null
+import importlib.util, sys, torch, ovsam, fastapi, onnx, onnxruntime, pycocotools, pytest, xdist
+here = ovsam.__file__.startswith(sys.argv[1]) and importlib.util.find_spec("clip") is not None
+sys.exit(not (here and torch.__version__ == "2.13.0+cpu"))  # clip: only its files are used
+PY
+}
+if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ] || ! installed; then
   # The CPU build: from pip's own sources when they offer one (a "+cpu" wheel, as here), else
   # from PyTorch's CPU index too (PyPI's Linux torch is the CUDA build, with GBs of nvidia-*).
   TORCH=("torch==2.13.0")
@@ -29,6 +35,7 @@ then
   # ignored
   "${PIP[@]}" --no-deps "clip-anytorch==2.6.0"
 fi
+rm -f "$stamp"  # written again only when the check below passes
 .venv/bin/python - <<'PY'
 import importlib.metadata as md
 import torch

@@ -66,9 +66,13 @@ def test_a_sam_model_may_be_given_to_the_mask_generator(mobilesam_model: torch.n
 def test_float_masks_are_refused_not_read_as_nonzero() -> None:
     """Logits (``return_logits=True``) were taken as masks wherever nonzero: the whole image."""
     logits = np.full((1, 4, 5), -3.0, np.float32)
-    with pytest.raises(InputError, match="masks must be boolean .or 0/1 integers., got float32"):
+    with pytest.raises(
+        InputError, match="masks must be boolean .or integers, nonzero inside., got float32"
+    ):
         check_masks(logits, (4, 5))
-    with pytest.raises(InputError, match="mask must be boolean .or 0/1 integers., got float32"):
+    with pytest.raises(
+        InputError, match="mask must be boolean .or integers, nonzero inside., got float32"
+    ):
         encode_rle(logits[0])
     assert check_masks(np.eye(4, 5, dtype=np.uint8)[None] * 255, (4, 5)).sum() == 4
     assert encode_rle(np.eye(4, 5, dtype=bool)) == encode_rle(np.eye(4, 5, dtype=np.int64))

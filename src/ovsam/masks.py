@@ -66,13 +66,14 @@ def _string_to_counts(text: str) -> list[int]:
 
 def encode_rle(mask: np.ndarray) -> dict[str, object]:
     """COCO compressed RLE ``{"size": [H, W], "counts": str}`` of an ``HxW`` boolean mask
-    (integers: nonzero is inside; float logits are refused, as pycocotools' ``encode`` does)."""
+    (integers: nonzero is inside; float logits are refused, which pycocotools' ``encode`` (uint8
+    or bool only) refuses too)."""
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise InputError(f"mask must be HxW, got shape {tuple(mask.shape)}")
     if mask.dtype.kind not in "biu":
         raise InputError(
-            f"mask must be boolean (or 0/1 integers), got {mask.dtype} values: threshold mask "
+            f"mask must be boolean (or integers, nonzero inside), got {mask.dtype} values: threshold mask "
             "logits first (logits > model.mask_threshold)"
         )
     return {

@@ -76,7 +76,7 @@ def check_masks(masks: object, size: tuple[int, int]) -> np.ndarray:
     raw = np.asarray(masks)
     if raw.dtype.kind not in "biu":
         raise InputError(
-            f"masks must be boolean (or 0/1 integers), got {raw.dtype} values: threshold "
+            f"masks must be boolean (or integers, nonzero inside), got {raw.dtype} values: threshold "
             "mask logits first (logits > model.mask_threshold)"
         )
     arr = raw.astype(bool, copy=False)
