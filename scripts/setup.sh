@@ -12,13 +12,14 @@ PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # needs no network (scripts/test.sh runs this first, every time; delete the file to reinstall).
 stamp=.venv/.ovsam-setup
 wanted=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
-# the skip also needs what the installs give: this checkout's ovsam, torch 2.13.0 and the
+# the skip also needs what the installs give: this checkout's ovsam, CPU torch 2.13.0 and the
 # extras' and tests' modules (a removed or replaced one is installed again)
 installed() {
   .venv/bin/python - "$PWD/src/" <<'PY' 2>/dev/null
 import importlib.util, sys, torch, ovsam, fastapi, onnx, onnxruntime, pycocotools, pytest, xdist
 here = ovsam.__file__.startswith(sys.argv[1]) and importlib.util.find_spec("clip") is not None
-sys.exit(not (here and torch.__version__ == "2.13.0+cpu"))  # clip: only its files are used
+cpu_torch = torch.__version__.split("+")[0] == "2.13.0" and torch.version.cuda is None
+sys.exit(not (here and cpu_torch))  # clip-anytorch: only its files are used, not imported
 PY
 }
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ] || ! installed; then
