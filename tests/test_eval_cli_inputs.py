@@ -145,6 +145,12 @@ def test_mask_ap_without_large_objects_reports_n_a(tiny: Path, tmp_path: Path, b
     stats = strict_json(tmp_path / "out" / "mask_ap.json")
     assert status == 0 and stats["APl"] is None and stats["AP50"] > 50
     assert "APl n/a" in stdout and "-100.0" not in stdout
+    status, stdout, stderr = run_eval(tiny, tmp_path / "out")  # no --detections: AP is stale
+    assert status == 0 and "mask AP" not in stdout
+    assert stderr.strip().endswith(
+        "mask_ap.json is from an earlier run with --detections, not updated by this one (pass "
+        "--detections again to update it)"
+    )
 
 
 def test_an_unreadable_image_is_skipped_reported_and_not_retried(

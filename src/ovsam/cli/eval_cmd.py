@@ -143,6 +143,12 @@ def run(args: argparse.Namespace) -> int:
             metrics = write_report(args.out, method, selection, about)
             print((args.out / "table.md").read_text(encoding="utf-8"), end="")
             print(f"{summary_line(metrics)} -> {args.out / 'metrics.json'}")
+            if detections is None and (args.out / "mask_ap.json").is_file():
+                print(
+                    f"warning: {args.out / 'mask_ap.json'} is from an earlier run with "
+                    "--detections, not updated by this one (pass --detections again to update it)",
+                    file=sys.stderr,
+                )
             if detections is not None:
                 unreadable = {row["image_id"] for row in metrics["unreadable_images"]}
                 _report_mask_ap(
