@@ -9,10 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ovsam.data.instances import (
-    InstanceDataset,
-    read_annotations,
-)
+from ovsam.data.instances import InstanceDataset, read_annotations
 from ovsam.data.prompts import frame_center_points
 from ovsam.errors import InputError
 from ovsam.evaluation.accounting import select_images, summary_line
