@@ -11,10 +11,10 @@
 # STEPS=N sets the length of run 4, default 200). The interpreter needs a CUDA build of torch:
 # scripts/setup.sh installs the CPU one (README, "GPU checks"); it is refused before any step.
 set -uo pipefail
-out=$(realpath -m "${1:?usage: scripts/gpu_checks.sh OUT_DIR [IMAGES_DIR]}")
-images=${2:+$(realpath -m "$2")}
+out=$(realpath -m -s "${1:?usage: scripts/gpu_checks.sh OUT_DIR [IMAGES_DIR]}")
+images=${2:+$(realpath -m -s "$2")}
 py=${PYTHON:-}
-[[ "$py" == */* ]] && py=$(realpath -m "$py")
+[[ "$py" == */* ]] && py=$(realpath -m -s "$py")
 cd "$(dirname "$0")/.."
 py=${py:-$PWD/.venv/bin/python}
 torch_cuda=$("$py" -c 'import torch; print(torch.__version__, "cuda", torch.version.cuda,

@@ -1,5 +1,5 @@
-"""The benchmark scripts' own errors: one ``SCRIPT: error: ...`` line on stderr, exit 2, no
-traceback, before anything is timed."""
+"""The benchmark and GPU-check scripts' own errors: one ``SCRIPT: error: ...`` line on
+stderr, exit 2, no traceback, before anything is timed."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks" / "bench_mobilesam.py"
@@ -55,3 +57,19 @@ def test_missing_upstream_code_is_an_error_line_with_the_install_command(
         "bench_mobilesam.py: error: upstream MobileSAM is not installed: "
         ".venv/bin/pip install --no-deps mobilesam-mirror==1.0.0"
     )
+
+
+def test_gpu_checks_refuse_a_torch_without_cuda_before_any_step(tmp_path: Path) -> None:
+    """Run from another folder with the CPU venv, every GPU test was skipped and the script
+    still exited 0; relative paths broke outside the checkout."""
+    if _run("-c", "import torch, sys; sys.exit(torch.cuda.is_available())").returncode:
+        pytest.skip("this machine has CUDA: the refusal cannot be shown")
+    script = ROOT / "scripts" / "gpu_checks.sh"
+    env = {**os.environ, "PYTHON": sys.executable}
+    result = subprocess.run(
+        ["bash", str(script), "out"], capture_output=True, text=True, cwd=tmp_path, env=env,
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2 and not (tmp_path / "out").exists(), result
+    assert result.stderr.startswith(f"gpu_checks.sh: error: {sys.executable} cannot run CUDA (")
+    assert "make an environment with a CUDA torch and pass PYTHON=its/python" in result.stderr
