@@ -64,6 +64,17 @@ def _string_to_counts(text: str) -> list[int]:
     return counts
 
 
+def check_mask_dtype(name: str, mask: np.ndarray) -> None:
+    """:class:`InputError` unless ``mask`` (called ``name``) holds booleans or integers
+    (nonzero: inside): float logits are inside above the model's ``mask_threshold``, not
+    wherever they are nonzero."""
+    if mask.dtype.kind not in "biu":
+        raise InputError(
+            f"{name} must be boolean (or integers, nonzero inside), got {mask.dtype} values: "
+            "threshold mask logits first (logits > model.mask_threshold)"
+        )
+
+
 def encode_rle(mask: np.ndarray) -> dict[str, object]:
     """COCO compressed RLE ``{"size": [H, W], "counts": str}`` of an ``HxW`` boolean mask
     (integers: nonzero is inside; float logits are refused, which pycocotools' ``encode`` (uint8
@@ -71,11 +82,7 @@ def encode_rle(mask: np.ndarray) -> dict[str, object]:
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise InputError(f"mask must be HxW, got shape {tuple(mask.shape)}")
-    if mask.dtype.kind not in "biu":
-        raise InputError(
-            f"mask must be boolean (or integers, nonzero inside), got {mask.dtype} values: threshold mask "
-            "logits first (logits > model.mask_threshold)"
-        )
+    check_mask_dtype("mask", mask)
     return {
         "size": [int(mask.shape[0]), int(mask.shape[1])],
         "counts": _counts_to_string(rle_counts(mask)),

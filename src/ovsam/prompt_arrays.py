@@ -13,6 +13,7 @@ from ovsam.boxes import finite_array
 from ovsam.errors import InputError
 from ovsam.image_io import check_image_array
 from ovsam.input_values import check_mask_logits
+from ovsam.masks import check_mask_dtype
 
 
 def rgb_image(image: np.ndarray, image_format: str = "RGB") -> np.ndarray:
@@ -74,11 +75,7 @@ def check_masks(masks: object, size: tuple[int, int]) -> np.ndarray:
     inside (0/1, 0/255); N may be 0. Float masks are refused: logits (``return_logits``) are
     inside above the model's ``mask_threshold``, not wherever they are nonzero."""
     raw = np.asarray(masks)
-    if raw.dtype.kind not in "biu":
-        raise InputError(
-            f"masks must be boolean (or integers, nonzero inside), got {raw.dtype} values: threshold "
-            "mask logits first (logits > model.mask_threshold)"
-        )
+    check_mask_dtype("masks", raw)
     arr = raw.astype(bool, copy=False)
     if arr.ndim != 3 or arr.shape[1:] != tuple(size):
         raise InputError(f"masks must be NxHxW with HxW = {tuple(size)}, got {arr.shape}")
