@@ -21,14 +21,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def ordinary_tensors(value: Any) -> Any:
-    """``value`` with every inference tensor in it (in tuples, lists, dicts and dataclasses)
-    replaced by a clone made outside inference mode, an ordinary tensor."""
+    """``value`` with every inference tensor in it (in tuples, lists and dataclasses: what the
+    decorated methods return) replaced by a clone made outside inference mode, an ordinary
+    tensor."""
     if isinstance(value, torch.Tensor):
         return value.clone() if value.is_inference() else value
     if isinstance(value, (tuple, list)):
         return type(value)(ordinary_tensors(v) for v in value)
-    if isinstance(value, dict):
-        return {k: ordinary_tensors(v) for k, v in value.items()}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         changes = {
             f.name: ordinary_tensors(getattr(value, f.name))

@@ -127,7 +127,8 @@ def resolve_all(names: Sequence[str], what: str = "weights", progress: bool = Tr
             missing.append(name)
             line = first_line(exc)
             if isinstance(exc, SourcesFailed):
-                source_failures += filter(None, [exc.first_source_failure()])
+                if (failure := exc.first_source_failure()) is not None:
+                    source_failures.append(failure)
             elif line and not line.startswith(_ALL_SOURCES_FAILED):
                 reasons.append(line)
     if missing:

@@ -160,8 +160,9 @@ def _closing_delimiter(scope: Scope) -> bytes:
         return b""
     for param in params:
         key, _, value = param.partition(b"=")
-        if key.strip().lower() == b"boundary" and value.strip().strip(b'"'):
-            return b"--" + value.strip().strip(b'"') + b"--"
+        boundary = value.strip().strip(b'"')
+        if key.strip().lower() == b"boundary" and boundary:
+            return b"--" + boundary + b"--"
     return b""
 
 
