@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 import torch
 
-from ovsam.clip.config import CLIPConfig, VisionConfig, get_clip_config
+from ovsam.clip.config import get_clip_config
 from ovsam.clip.factory import create_model
 from ovsam.clip.model import CLIP
 from ovsam.clip.region_classifier import classify_regions
 from ovsam.clip.text_bank import build_text_bank
 from ovsam.clip.tokenizer import tokenize
 from ovsam.errors import InputError, NotReadyError
-
-TEXT = replace(get_clip_config("RN50").text, width=64, heads=1, layers=1)
-TINY = CLIPConfig(64, VisionConfig("resnet", 64, (1, 1, 1, 1), 16), TEXT, True)
+from tiny_clip import TINY_CLIP
 
 
 @pytest.mark.parametrize("name", ["ViT-H-14", "vit-b-32"])
@@ -38,7 +34,7 @@ def test_a_quickgelu_name_with_quick_gelu_false_is_a_contradiction() -> None:
 
 def test_tokens_longer_than_the_context_are_named() -> None:
     """torch said "The size of tensor a (100) must match the size of tensor b (77)"."""
-    model = CLIP(TINY).eval()
+    model = CLIP(TINY_CLIP).eval()
     with torch.inference_mode():
         assert model.encode_text(tokenize(["a cat"])).shape == (1, 64)
         assert model.encode_text(tokenize(["a cat"], context_length=20)).shape == (1, 64)
@@ -51,7 +47,7 @@ def test_tokens_longer_than_the_context_are_named() -> None:
 def test_regions_cannot_be_classified_by_a_text_only_model() -> None:
     """``classify_regions`` read ``model.visual.image_size`` first: an AttributeError about
     None, not the NotReadyError that says the tower was freed."""
-    model = CLIP(TINY).eval()
+    model = CLIP(TINY_CLIP).eval()
     bank = build_text_bank(model, ["cat", "dog"])
     image = np.zeros((32, 32, 3), np.uint8)
     labels = classify_regions(model, image, bank, boxes=[[0, 0, 16, 16]])
