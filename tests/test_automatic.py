@@ -268,6 +268,7 @@ def test_masks_smaller_than_a_cell_are_deduplicated_and_min_area_is_inclusive(
         ({"stability_score_offset": -5.0}, "stability_score_offset=-5.0: .* >= 0.0"),
         ({"min_mask_area": -1}, "min_mask_area=-1: expected an integer >= 0"),
         ({"min_mask_area": 2.5}, "min_mask_area=2.5: expected an integer >= 0"),  # pixel count
+        ({"min_mask_region_area": 1.5}, "min_mask_region_area=1.5: expected an integer >= 0"),
     ],
 )
 def test_meaningless_settings_are_refused(

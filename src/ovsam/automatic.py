@@ -29,6 +29,7 @@ from ovsam.mask_nms import PixelIntersections, mask_nms
 from ovsam.mask_statistics import cell_counts, mask_statistics, window_masks
 from ovsam.masks import encode_rle, mask_to_bbox_xywh
 from ovsam.predictor import SamPredictor
+from ovsam.small_regions import clean_small_regions
 
 
 def point_grid(points_per_side: int) -> np.ndarray:
@@ -87,15 +88,16 @@ def check_generator_settings(
     field name, any subset) no run can use, before any model is built or image embedded.
     ``labels`` names settings in the message as their caller knows them (e.g. a CLI flag).
 
-    Counts (``min_mask_area`` is a pixel count) must be integers (``points_per_side`` at most
-    :data:`MAX_POINTS_PER_SIDE`), thresholds real numbers (Python's or numpy's; booleans are
+    Counts (``min_mask_area`` and ``min_mask_region_area`` are pixel counts) must be integers
+    (``points_per_side`` at most :data:`MAX_POINTS_PER_SIDE`), thresholds real numbers (Python's or numpy's; booleans are
     refused)."""
 
     def label(name: str) -> str:
         return (labels or {}).get(name, name)
 
     counts = (("points_per_side", 1, MAX_POINTS_PER_SIDE), ("points_per_batch", 1, None))
-    for name, least, most in (*counts, ("min_mask_area", 0, None)):
+    areas = (("min_mask_area", 0, None), ("min_mask_region_area", 0, None))
+    for name, least, most in (*counts, *areas):
         if name not in settings:
             continue
         value = settings[name]
@@ -132,6 +134,9 @@ class AutomaticMaskGenerator:
     (0.7): the IoU of their pixels, bounded from pixel counts on cells of :func:`nms_stride`
     pixels and counted exactly where that leaves it undecided. ``min_mask_area`` (an
     integer) drops masks smaller than that many pixels (empty masks are always dropped).
+    ``min_mask_region_area`` (SAM's; 0: off) then fills the holes and removes the islands of
+    fewer pixels from each kept mask and removes duplicates again, the changed masks ranked
+    below the unchanged (:func:`~ovsam.small_regions.clean_small_regions`).
     Memory grows with the number of candidates, not with the image or that number's square:
     until duplicate removal (which compares overlapping candidates only,
     :mod:`ovsam.mask_nms`) a candidate is its low-res logits cut to its mask
@@ -148,6 +153,7 @@ class AutomaticMaskGenerator:
     stability_score_offset: float = 1.0
     nms_thresh: float = 0.7
     min_mask_area: int = 0
+    min_mask_region_area: int = 0
 
     def __post_init__(self) -> None:
         """A SAM model itself (what segment-anything's ``SamAutomaticMaskGenerator`` takes) is
@@ -190,15 +196,27 @@ class AutomaticMaskGenerator:
             return []
         intersections = self._pixel_intersections(found, stride)
         keep = mask_nms(found.cells, found.iou, self.nms_thresh, stride, intersections)
-        records = []
+        rows, arrays = keep.tolist(), self._full_masks(found.low_res, keep)
+        order = list(range(len(rows)))
+        if self.min_mask_region_area > 0:
+            area, threshold = self.min_mask_region_area, self.nms_thresh
+            order, changed = clean_small_regions(arrays, area, threshold, stride)
+            arrays = [changed.get(k, array) for k, array in enumerate(arrays)]
         score_name = self.predictor.score_name
-        for rows in keep.split(self.predictor.masks_per_upscale()):
-            masks = self.predictor.binary_masks(found.low_res.full(rows.tolist())[:, None])[:, 0]
-            records += [
-                self._record(mask, found.iou[i], found.stability[i], found.clicks[i], score_name)
-                for mask, i in zip(masks, rows.tolist(), strict=True)
-            ]
+        records = [
+            self._record(arrays[k], found.iou[i], found.stability[i], found.clicks[i], score_name)
+            for k, i in ((k, rows[k]) for k in order)
+        ]
         return sorted(records, key=lambda r: -r["area"])
+
+    def _full_masks(self, low_res: CroppedLogits, rows: torch.Tensor) -> list[np.ndarray]:
+        """The ``HxW`` bool masks of the candidates ``rows``, upscaled
+        :meth:`SamPredictor.masks_per_upscale` at a time."""
+        return [
+            mask.cpu().numpy()
+            for part in rows.split(self.predictor.masks_per_upscale())
+            for mask in self.predictor.binary_masks(low_res.full(part.tolist())[:, None])[:, 0]
+        ]
 
     def _check_settings(self) -> None:
         """:func:`check_generator_settings` of this generator's settings."""
@@ -281,14 +299,14 @@ class AutomaticMaskGenerator:
 
     @staticmethod
     def _record(
-        mask: torch.Tensor,
+        array: np.ndarray,
         score: torch.Tensor,
         stability: torch.Tensor,
         click: torch.Tensor,
         score_name: str,
     ) -> dict[str, Any]:
-        """One mask's record; ``score`` is the decoder's, named ``score_name``."""
-        array = mask.cpu().numpy()
+        """One mask's record (``array`` ``HxW`` bool); ``score`` is the decoder's, named
+        ``score_name``."""
         scores: dict[str, float | None] = {"predicted_iou": None, score_name: float(score)}
         return {
             "segmentation": array,

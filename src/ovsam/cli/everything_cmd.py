@@ -41,6 +41,11 @@ GENERATOR_OPTIONS: tuple[tuple[str, str, type, object, str], ...] = (
         "min_mask_area", "--min-area", int, 0,
         "drop masks smaller than this many pixels (default 0)",
     ),
+    (
+        "min_mask_region_area", "--min-region-area", int, 0,
+        "in each kept mask, fill holes and remove islands smaller than this many pixels, then "
+        "remove duplicates again, as SAM's min_mask_region_area (default 0: off)",
+    ),
 )  # fmt: skip
 
 
@@ -108,6 +113,8 @@ def run_settings(args: argparse.Namespace, options: LabelOptions | None) -> dict
         "pred_iou_thresh": args.pred_iou_thresh,
         "stability_thresh": args.stability_thresh,
         "min_area": args.min_area,
+        # left out at its default (off), so folders written before it existed still resume
+        **({"min_region_area": args.min_region_area} if args.min_region_area else {}),
         "vocabulary": vocabulary_record,
         "top_k": None if options is None else options.top_k,
         "recognizer": None if options is None else options.recognizer,
