@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,35 @@ def test_onnx_runtime_equals_torch(
 ) -> None:
     """points=1 (a lone click) gave two labels for one point: ONNX Runtime refused it."""
     assert onnx_parity(mobilesam_model, onnx_path, points) < 1e-3
+
+
+@pytest.mark.parametrize(
+    "part", ["prompt_encoder.mask_downscaling", "prompt_encoder.point_embeddings.2"]
+)
+def test_the_parity_check_covers_mask_inputs_and_box_corners(
+    mobilesam_model: torch.nn.Module, onnx_path: Path, part: str
+) -> None:
+    """The check that lets an export take --out's place fed clicks only, with no mask input:
+    an export whose mask-input or box-corner weights were wrong passed it (6.9e-5)."""
+    other = copy.deepcopy(mobilesam_model)
+    with torch.no_grad():
+        for parameter in other.get_submodule(part).parameters():
+            parameter.neg_()
+    assert onnx_parity(other, onnx_path) > 0.1
+
+
+def test_export_keeps_the_modules_training_flags_and_refuses_half_precision(
+    mobilesam_model: torch.nn.Module, tmp_path: Path
+) -> None:
+    model = copy.deepcopy(mobilesam_model).train()
+    model.image_encoder.eval()
+    flags = {name: m.training for name, m in model.named_modules()}
+    export_decoder_onnx(model, tmp_path / "a.onnx")
+    onnx_parity(model, tmp_path / "a.onnx", 2)
+    assert {name: m.training for name, m in model.named_modules()} == flags
+    with pytest.raises(InputError, match="ONNX export needs float32 weights .* torch.float16"):
+        export_decoder_onnx(model.half(), tmp_path / "b.onnx")
+    assert not (tmp_path / "b.onnx").exists()
 
 
 def test_example_inputs_give_a_label_per_point_and_refuse_none() -> None:

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -42,7 +44,10 @@ OUTPUT_NAMES = ("low_res_masks", "iou_predictions")
 
 
 class PromptDecoderForOnnx(nn.Module):
-    """The exported graph: SAM-family ``model``'s prompt encoder + mask decoder (all tokens)."""
+    """The exported graph: SAM-family ``model``'s prompt encoder + mask decoder (all tokens).
+
+    Raises :class:`InputError` for a decoder without SAM's IoU head and for weights other
+    than float32 (the graph's inputs are float32)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -50,6 +55,17 @@ class PromptDecoderForOnnx(nn.Module):
             raise InputError(
                 f"ONNX export covers SAM's mask decoder (masks + IoU head); this model's "
                 f"{type(model.mask_decoder).__name__} (OV-SAM's CLIP2SAM head) is not exported"
+            )
+        dtypes = {
+            p.dtype
+            for part in (model.prompt_encoder, model.mask_decoder)
+            for p in part.parameters()
+        }
+        if dtypes - {torch.float32}:
+            raise InputError(
+                f"ONNX export needs float32 weights (its inputs are float32); this model's "
+                f"decoder holds {', '.join(sorted(str(d) for d in dtypes))}: export it before "
+                "casting (model.float())"
             )
         self.prompt_encoder = model.prompt_encoder
         self.mask_decoder = model.mask_decoder
@@ -81,6 +97,28 @@ def example_inputs(points: int = 3) -> tuple[Tensor, ...]:
     rest = [0.0] * (points - 2) + [-1.0] if points > 1 else []
     labels = torch.tensor([[1.0, *rest]])
     return torch.randn(1, 256, 64, 64), coords, labels, torch.zeros(1, 1, 256, 256), torch.zeros(1)
+
+
+def parity_inputs(points: int) -> list[tuple[Tensor, ...]]:
+    """Inputs that exercise every branch of the graph: :func:`example_inputs` with
+    ``points`` clicks, and a click with a box (labels 1, 2, 3) refining a random earlier
+    answer (``has_mask_input`` 1)."""
+    clicks = example_inputs(points)
+    box = torch.sort(torch.rand(1, 2, 2) * 1024, dim=1).values  # top-left, bottom-right
+    coords = torch.cat([torch.rand(1, 1, 2) * 1024, box], dim=1)
+    refine = (clicks[0], coords, torch.tensor([[1.0, 2.0, 3.0]]), torch.randn(1, 1, 256, 256) * 8)
+    return [clicks, (*refine, torch.ones(1))]
+
+
+@contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in eval mode, every submodule's ``training`` flag restored afterwards."""
+    flags = {m: m.training for m in module.modules()}
+    try:
+        yield module.eval()
+    finally:
+        for m, training in flags.items():
+            m.training = training
 
 
 def check_opset(opset: int) -> None:
@@ -116,12 +154,15 @@ def export_decoder_onnx(model: nn.Module, path: str | Path, opset: int = 17) -> 
     :class:`OVSamError` when torch's export fails.
     """
     check_opset(opset)
-    module = PromptDecoderForOnnx(model).eval()
     inputs = example_inputs()
-    shapes = dict(zip(OUTPUT_NAMES, (tuple(t.shape) for t in module(*inputs)), strict=True))
     path = Path(path)
     traced = io.BytesIO()  # finished in memory, written once
-    with atomic_path(path) as tmp, warnings.catch_warnings():
+    with (
+        _eval_mode(PromptDecoderForOnnx(model)) as module,
+        atomic_path(path) as tmp,
+        warnings.catch_warnings(),
+    ):
+        shapes = dict(zip(OUTPUT_NAMES, (tuple(t.shape) for t in module(*inputs)), strict=True))
         # tracing notes that shape-dependent Python branches become constants: intended here
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -145,14 +186,15 @@ def export_decoder_onnx(model: nn.Module, path: str | Path, opset: int = 17) -> 
 
 @torch.no_grad()
 def onnx_parity(model: nn.Module, path: str | Path, points: int = 5) -> float:
-    """Largest absolute difference between ONNX Runtime and torch on random inputs with
-    ``points`` clicks (:func:`example_inputs`)."""
+    """Largest absolute difference between ONNX Runtime and torch over the outputs of
+    :func:`parity_inputs` (``points`` clicks; a click, a box and a mask input)."""
     import onnxruntime
 
-    inputs = example_inputs(points)
-    expected = PromptDecoderForOnnx(model).eval()(*inputs)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {k: v.numpy() for k, v in zip(INPUT_NAMES, inputs, strict=True)})
-    return max(
-        float(abs(torch.from_numpy(g) - e).max()) for g, e in zip(got, expected, strict=True)
-    )
+    worst = 0.0
+    with _eval_mode(PromptDecoderForOnnx(model)) as module:
+        for inputs in parity_inputs(points):
+            feed = {k: v.numpy() for k, v in zip(INPUT_NAMES, inputs, strict=True)}
+            for got, expected in zip(session.run(None, feed), module(*inputs), strict=True):
+                worst = max(worst, float(abs(torch.from_numpy(got) - expected).max()))
+    return worst
