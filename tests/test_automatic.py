@@ -300,8 +300,8 @@ def test_numpy_numbers_are_settings_like_python_ones(mobilesam_model: torch.nn.M
         predictor, points_per_side=np.uint8(16), points_per_batch=np.uint8(200)
     )
     candidates = generator._candidates
-    generator._candidates = lambda points, stride: (
-        batches.append(len(points)) or candidates(points, stride)
+    generator._candidates = lambda points, *rest: (
+        batches.append(len(points)) or candidates(points, *rest)
     )
     generator.generate()
     assert batches == [200, 56]

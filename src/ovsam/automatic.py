@@ -1,10 +1,13 @@
 """ "Segment everything": prompt a grid of points and keep the good, distinct masks.
 
-The procedure follows SAM's automatic mask generator on the whole image (no crop layers):
-a ``points_per_side`` x ``points_per_side`` grid of foreground clicks is decoded in batches
+The procedure follows SAM's automatic mask generator: a ``points_per_side`` x
+``points_per_side`` grid of foreground clicks is decoded in batches
 (three candidates per click), candidates are filtered by predicted IoU and by stability
 (IoU between the mask thresholded at ``+offset`` and at ``-offset`` logits), and duplicates
-are removed with non-maximum suppression on mask IoU ranked by predicted IoU.
+are removed with non-maximum suppression on mask IoU ranked by predicted IoU. With crop
+layers (``crop_n_layers``, :mod:`ovsam.crop_layers`) the same is done on overlapping crops
+too, and duplicates across crops removed; ``min_mask_region_area`` then cleans each mask
+(:mod:`ovsam.small_regions`).
 
 A decoder without an IoU head (OV-SAM's, :attr:`~ovsam.predictor.SamPredictor.score_name`)
 scores its masks by the stability of their low-res logits: that score then takes the predicted
@@ -14,17 +17,18 @@ IoU's place (``pred_iou_thresh`` and the ranking), and the records hold it as
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from numbers import Integral, Real
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 
+from ovsam.crop_layers import Box, PlacedMasks, crop_boxes, merge_crops, near_crop_edge
 from ovsam.cropped_logits import CroppedLogits
 from ovsam.errors import InputError
+from ovsam.generator_settings import check_generator_settings
 from ovsam.mask_nms import PixelIntersections, mask_nms
 from ovsam.mask_statistics import cell_counts, mask_statistics, window_masks
 from ovsam.masks import encode_rle, mask_to_bbox_xywh
@@ -74,57 +78,6 @@ class Candidates:
         )
 
 
-# Largest pred_iou_thresh: above every predicted IoU (MobileSAM's reach 1.01), below a slip
-# such as 88 for 0.88.
-PRED_IOU_THRESH_MAX = 2.0
-# Largest grid: 256 x 256 = 65,536 clicks, minutes per image on a GPU and hours on a CPU.
-MAX_POINTS_PER_SIDE = 256
-
-
-def check_generator_settings(
-    settings: dict[str, Any], labels: Mapping[str, str] | None = None
-) -> None:
-    """Raise :class:`InputError` naming the first :class:`AutomaticMaskGenerator` setting (by
-    field name, any subset) no run can use, before any model is built or image embedded.
-    ``labels`` names settings in the message as their caller knows them (e.g. a CLI flag).
-
-    Counts (``min_mask_area`` and ``min_mask_region_area`` are pixel counts) must be integers
-    (``points_per_side`` at most :data:`MAX_POINTS_PER_SIDE`), thresholds real numbers (Python's or numpy's; booleans are
-    refused)."""
-
-    def label(name: str) -> str:
-        return (labels or {}).get(name, name)
-
-    counts = (("points_per_side", 1, MAX_POINTS_PER_SIDE), ("points_per_batch", 1, None))
-    areas = (("min_mask_area", 0, None), ("min_mask_region_area", 0, None))
-    for name, least, most in (*counts, *areas):
-        if name not in settings:
-            continue
-        value = settings[name]
-        if isinstance(value, bool) or not isinstance(value, Integral) or value < least:
-            raise InputError(f"{label(name)}={value!r}: expected an integer >= {least}")
-        if most is not None and value > most:
-            raise InputError(f"{label(name)}={value!r}: expected at most {most}")
-    for name, low, high in (
-        # predicted IoUs lie in about [0, 1], a little above 1 at times; 88 means 0.88
-        ("pred_iou_thresh", -math.inf, PRED_IOU_THRESH_MAX),
-        ("stability_score_thresh", 0.0, 1.0),
-        ("stability_score_offset", 0.0, math.inf),
-        ("nms_thresh", 0.0, 1.0),
-    ):
-        if name not in settings:
-            continue
-        value = settings[name]
-        if isinstance(value, bool) or not (
-            isinstance(value, Real) and math.isfinite(value) and low <= value <= high
-        ):
-            if high == math.inf:
-                bounds = f" >= {low}" * (low > -math.inf)
-            else:
-                bounds = f" <= {high}" if low == -math.inf else f" in [{low}, {high}]"
-            raise InputError(f"{label(name)}={value!r}: expected a finite number{bounds}")
-
-
 @dataclass
 class AutomaticMaskGenerator:
     """Generate masks for every object in an image with a :class:`SamPredictor`.
@@ -136,13 +89,18 @@ class AutomaticMaskGenerator:
     integer) drops masks smaller than that many pixels (empty masks are always dropped).
     ``min_mask_region_area`` (SAM's; 0: off) then fills the holes and removes the islands of
     fewer pixels from each kept mask and removes duplicates again, the changed masks ranked
-    below the unchanged (:func:`~ovsam.small_regions.clean_small_regions`).
+    below the unchanged (:func:`~ovsam.small_regions.clean_small_regions`; duplicates by
+    ``max(nms_thresh, crop_nms_thresh)``, as SAM). ``crop_n_layers`` (SAM's; 0: off) also
+    segments ``4**i`` crops per layer ``i``, overlapping by ``crop_overlap_ratio`` of the
+    short side, each with ``points_per_side / crop_n_points_downscale_factor**i`` points a
+    side, and removes duplicates across crops by mask IoU > ``crop_nms_thresh``, smaller
+    crops first (:mod:`ovsam.crop_layers`).
     Memory grows with the number of candidates, not with the image or that number's square:
     until duplicate removal (which compares overlapping candidates only,
     :mod:`ovsam.mask_nms`) a candidate is its low-res logits cut to its mask
-    (:mod:`ovsam.cropped_logits`) and its pixel counts per cell. ``pred_iou_thresh`` is at
-    most :data:`PRED_IOU_THRESH_MAX` (predicted IoUs lie in about [0, 1], slightly above 1
-    at times; a negative one keeps every candidate); the other thresholds lie in [0, 1].
+    (:mod:`ovsam.cropped_logits`) and its pixel counts per cell (with crop layers, the masks
+    each crop keeps are held at the crop's size until the merge). Settings are checked by
+    :func:`~ovsam.generator_settings.check_generator_settings`.
     """
 
     predictor: SamPredictor
@@ -154,6 +112,10 @@ class AutomaticMaskGenerator:
     nms_thresh: float = 0.7
     min_mask_area: int = 0
     min_mask_region_area: int = 0
+    crop_n_layers: int = 0
+    crop_nms_thresh: float = 0.7
+    crop_overlap_ratio: float = 512 / 1500
+    crop_n_points_downscale_factor: int = 1
 
     def __post_init__(self) -> None:
         """A SAM model itself (what segment-anything's ``SamAutomaticMaskGenerator`` takes) is
@@ -168,46 +130,92 @@ class AutomaticMaskGenerator:
 
     @torch.inference_mode()  # the predictor's tensor tier then hands over no copies
     def generate(self, image: np.ndarray | None = None) -> list[dict[str, Any]]:
-        """Masks for the whole image (``HxWx3`` uint8 RGB, or the predictor's current image).
+        """Masks for the whole image (``HxWx3`` uint8 RGB, or the predictor's current image;
+        crop layers need ``image``, and leave the predictor on it).
 
-        Returns one dict per mask, sorted by area (largest first), with SAM's fields but
-        ``crop_box`` (no crop layers): ``segmentation`` (HxW bool), ``rle`` (COCO RLE),
+        Returns one dict per mask, sorted by area (largest first), with SAM's fields:
+        ``segmentation`` (HxW bool), ``rle`` (COCO RLE),
         ``area``, ``bbox`` (XYWH tight around the pixels, as pycocotools' ``toBbox``: SAM's
         width and height are 1 less),
-        ``predicted_iou``, ``stability_score`` and ``point_coords`` (``[[x, y]]``: the click in
+        ``predicted_iou``, ``stability_score``, ``point_coords`` (``[[x, y]]``: the click in
         XY pixels, nested as in SAM so that ``np.array(record["point_coords"])`` is a ``1x2``
-        ``point_coords`` for :meth:`SamPredictor.predict`). For a decoder without an IoU head,
+        ``point_coords`` for :meth:`SamPredictor.predict`) and ``crop_box`` (XYWH: the crop
+        it was found in). For a decoder without an IoU head,
         ``predicted_iou`` is None and ``low_res_stability_score`` holds its score (see the
         module docstring).
         """
         self._check_settings()
+        if image is None and self.crop_n_layers:
+            raise InputError(
+                f"crop_n_layers={self.crop_n_layers} crops the image: pass it, generate(image)"
+            )
         if image is not None:
             self.predictor.set_image(image)
         size = self.predictor.original_size
-        batch = int(self.points_per_batch)  # a numpy integer's arithmetic can wrap
-        points = point_grid(self.points_per_side) * np.array([size[1], size[0]])
+        # numpy integers' arithmetic can wrap
+        factor, layers = int(self.crop_n_points_downscale_factor), int(self.crop_n_layers)
+        crops = crop_boxes(size, layers, float(self.crop_overlap_ratio))
+        found = [self._crop_masks(self.points_per_side, crops[0][0], size)]  # current image
+        if len(crops) > 1:
+            state = self.predictor.export_state()
+            try:
+                for (x0, y0, x1, y1), layer in crops[1:]:
+                    self.predictor.set_image(image[y0:y1, x0:x1])  # type: ignore[index]
+                    side = int(int(self.points_per_side) / factor**layer)
+                    found.append(self._crop_masks(side, (x0, y0, x1, y1), size))
+            finally:
+                self.predictor.load_state(state)  # back on the whole image
+        placed = PlacedMasks(size)
+        for (crop, _), (arrays, *_) in zip(crops, found, strict=True):
+            placed.arrays += arrays
+            placed.crops += [crop] * len(arrays)
+        iou, stability, clicks = (torch.cat([part[n] for part in found]) for n in (1, 2, 3))
         stride = nms_stride(size)
+        keep = list(range(len(iou)))
+        if len(crops) > 1:
+            keep = merge_crops(placed, self.crop_nms_thresh, stride)
+        arrays = [placed.full(i) for i in keep]
+        order = list(range(len(keep)))
+        if self.min_mask_region_area > 0:
+            threshold = max(self.nms_thresh, self.crop_nms_thresh)  # as SAM
+            order, changed = clean_small_regions(
+                arrays, self.min_mask_region_area, threshold, stride
+            )
+            arrays = [changed.get(k, array) for k, array in enumerate(arrays)]
+        score_name = self.predictor.score_name
+        records = []
+        for k in order:
+            i = keep[k]
+            records.append(
+                self._record(
+                    arrays[k], (iou[i], stability[i]), clicks[i], placed.crops[i], score_name
+                )
+            )
+        return sorted(records, key=lambda r: -r["area"])
+
+    def _crop_masks(
+        self, points_per_side: int, crop: Box, size: tuple[int, int]
+    ) -> tuple[list[np.ndarray], torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The distinct masks of the predictor's image, the crop ``crop`` of an ``(H, W)``
+        image, prompted by a ``points_per_side`` grid: ``(masks, iou, stability, clicks)``,
+        best first; masks ``hxw`` bool at the crop's size, clicks ``Kx2`` XY image pixels.
+        Masks cut by an inner edge of the crop are dropped (:func:`near_crop_edge`)."""
+        crop_size = self.predictor.original_size
+        batch = int(self.points_per_batch)  # a numpy integer's arithmetic can wrap
+        points = point_grid(points_per_side) * np.array([crop_size[1], crop_size[0]])
+        stride = nms_stride(crop_size)
+        cut = None if crop_size == size else partial(near_crop_edge, crop=crop, size=size)
         parts = [
-            self._candidates(points[start : start + batch], stride)
+            self._candidates(points[start : start + batch], stride, cut)
             for start in range(0, len(points), batch)
         ]
         found = Candidates.cat(parts)
         if len(found.iou) == 0:
-            return []
+            return [], found.iou, found.stability, found.clicks
         intersections = self._pixel_intersections(found, stride)
         keep = mask_nms(found.cells, found.iou, self.nms_thresh, stride, intersections)
-        rows, arrays = keep.tolist(), self._full_masks(found.low_res, keep)
-        order = list(range(len(rows)))
-        if self.min_mask_region_area > 0:
-            area, threshold = self.min_mask_region_area, self.nms_thresh
-            order, changed = clean_small_regions(arrays, area, threshold, stride)
-            arrays = [changed.get(k, array) for k, array in enumerate(arrays)]
-        score_name = self.predictor.score_name
-        records = [
-            self._record(arrays[k], found.iou[i], found.stability[i], found.clicks[i], score_name)
-            for k, i in ((k, rows[k]) for k in order)
-        ]
-        return sorted(records, key=lambda r: -r["area"])
+        clicks = found.clicks[keep] + torch.tensor(crop[:2], dtype=found.clicks.dtype)
+        return self._full_masks(found.low_res, keep), found.iou[keep], found.stability[keep], clicks
 
     def _full_masks(self, low_res: CroppedLogits, rows: torch.Tensor) -> list[np.ndarray]:
         """The ``HxW`` bool masks of the candidates ``rows``, upscaled
@@ -224,9 +232,14 @@ class AutomaticMaskGenerator:
             {f.name: getattr(self, f.name) for f in fields(self) if f.name != "predictor"}
         )
 
-    def _candidates(self, points: np.ndarray, stride: int) -> Candidates:
+    def _candidates(
+        self,
+        points: np.ndarray,
+        stride: int,
+        cut: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> Candidates:
         """Decode ``Nx2`` XY pixel clicks (each gives the model's multimask candidates) and
-        filter them.
+        filter them; ``cut`` (mask boxes -> bool, see :func:`near_crop_edge`) drops more.
 
         Candidates under ``pred_iou_thresh`` are dropped at low resolution, before the
         costly upscaling; the rest are measured at full size (:mod:`ovsam.mask_statistics`,
@@ -257,10 +270,13 @@ class AutomaticMaskGenerator:
                 predictor.model.mask_threshold,
                 self.stability_score_offset,
                 stride,
+                boxes=cut is not None,
             )
             stability[rows] = measured.stability.cpu()
             kept = stability[rows] >= self.stability_score_thresh
             kept &= measured.area.cpu() >= min(max(self.min_mask_area, 1), height * width + 1)
+            if cut is not None and measured.boxes is not None:
+                kept &= ~cut(measured.boxes.cpu())
             keep[rows] = kept
             cells.append(measured.cells[kept.to(measured.cells.device)].cpu())
         return Candidates(
@@ -300,13 +316,14 @@ class AutomaticMaskGenerator:
     @staticmethod
     def _record(
         array: np.ndarray,
-        score: torch.Tensor,
-        stability: torch.Tensor,
+        scores: tuple[torch.Tensor, torch.Tensor],
         click: torch.Tensor,
+        crop: Box,
         score_name: str,
     ) -> dict[str, Any]:
-        """One mask's record (``array`` ``HxW`` bool); ``score`` is the decoder's, named
-        ``score_name``."""
+        """One mask's record (``array`` ``HxW`` bool, found in ``crop``, XYXY); ``scores``
+        the decoder's, named ``score_name``, and the stability."""
+        score, stability = scores
         scores: dict[str, float | None] = {"predicted_iou": None, score_name: float(score)}
         return {
             "segmentation": array,
@@ -316,4 +333,5 @@ class AutomaticMaskGenerator:
             **scores,
             "stability_score": float(stability),
             "point_coords": [[float(click[0]), float(click[1])]],
+            "crop_box": [crop[0], crop[1], crop[2] - crop[0], crop[3] - crop[1]],
         }

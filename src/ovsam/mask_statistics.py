@@ -35,11 +35,14 @@ class MaskStatistics:
     """Per candidate of a batch of K: ``stability`` (float32: IoU of the masks at threshold
     + offset and threshold - offset, 0 where both are empty), ``area`` (int64: pixels above
     the threshold) and ``cells`` (``KxH'xW'``, H' = ceil(H / stride): pixels above the
-    threshold in each ``stride x stride`` cell, see :func:`cell_counts`)."""
+    threshold in each ``stride x stride`` cell, see :func:`cell_counts`); ``boxes``, when
+    asked for, ``Kx4`` ``(y0, x0, y1, x1)`` (ends exclusive) around those pixels, as
+    :func:`mask_boxes`."""
 
     stability: Tensor
     area: Tensor
     cells: Tensor
+    boxes: Tensor | None = None
 
 
 def stability_from_counts(inter: Tensor, union: Tensor) -> Tensor:
@@ -96,8 +99,13 @@ def _block_sums(x: Tensor, stride: int, dim: int, dtype: torch.dtype) -> Tensor:
 def mask_boxes(masks: Tensor) -> Tensor:
     """Bounding boxes of ``KxHxW`` boolean masks as ``Kx4`` ``(y0, x0, y1, x1)`` (ends
     exclusive), on the masks' device; an empty mask gets ``(0, 0, 0, 0)``."""
-    _, h, w = masks.shape
-    rows, cols = masks.any(2), masks.any(1)
+    return profile_boxes(masks.any(2), masks.any(1))
+
+
+def profile_boxes(rows: Tensor, cols: Tensor) -> Tensor:
+    """:func:`mask_boxes` from ``KxH`` ``rows`` and ``KxW`` ``cols``: whether each row and
+    column of each mask holds a True pixel."""
+    h, w = rows.shape[1], cols.shape[1]
     boxes = torch.stack(
         [
             rows.byte().argmax(1),  # the first True (argmax returns the first maximum)
@@ -200,7 +208,12 @@ def window_masks(
 
 
 def mask_statistics(
-    frame_logits: Tensor, size: tuple[int, int], threshold: float, offset: float, stride: int
+    frame_logits: Tensor,
+    size: tuple[int, int],
+    threshold: float,
+    offset: float,
+    stride: int,
+    boxes: bool = False,
 ) -> MaskStatistics:
     """Statistics of the masks that ``Kxhxw`` logits give at the original size ``(H, W)``.
 
@@ -208,7 +221,7 @@ def mask_statistics(
     to the resized image (``Sam.masks_in_input_frame``); the statistics are those of
     ``logits > threshold`` (and of ``threshold +/- offset`` for stability) after the last
     bilinear upscale to ``size``. Bands are ``stride``-row aligned, so each cell lies in one
-    (off the CPU the whole image is one band).
+    (off the CPU the whole image is one band). ``boxes``: measure the masks' boxes too.
     """
     k = frame_logits.shape[0]
     height, width = size
@@ -218,7 +231,8 @@ def mask_statistics(
     band = min(rows, height)  # off the CPU: one band
     band_logits = _band_logits(frame_logits, size, band)
     counts = torch.zeros((3, k), dtype=torch.int32, device=device)
-    cells = []
+    cells, rows_used = [], []
+    cols_used = torch.zeros((k, width), dtype=torch.bool, device=device)
     for start in range(0, height, band):
         logits = band_logits(start)
         for i, level in enumerate((threshold + offset, threshold - offset)):
@@ -226,5 +240,11 @@ def mask_statistics(
         above = logits > threshold
         counts[2] += above.sum((1, 2), dtype=torch.int32)
         cells.append(cell_counts(above, stride))
+        if boxes:
+            rows_used.append(above.any(2))
+            cols_used |= above.any(1)
     inter, union, area = counts.long()
-    return MaskStatistics(stability_from_counts(inter, union), area, torch.cat(cells, dim=1))
+    measured = MaskStatistics(stability_from_counts(inter, union), area, torch.cat(cells, dim=1))
+    if boxes:
+        measured.boxes = profile_boxes(torch.cat(rows_used, dim=1), cols_used)
+    return measured

@@ -46,12 +46,37 @@ GENERATOR_OPTIONS: tuple[tuple[str, str, type, object, str], ...] = (
         "in each kept mask, fill holes and remove islands smaller than this many pixels, then "
         "remove duplicates again, as SAM's min_mask_region_area (default 0: off)",
     ),
+    (
+        "crop_n_layers", "--crop-layers", int, 0,
+        "also segment overlapping crops, 4**i of them in layer i, each embedded anew (small "
+        "objects get more pixels), as SAM's crop_n_layers; up to 4 (default 0: off)",
+    ),
+    (
+        "crop_overlap_ratio", "--crop-overlap", float, 512 / 1500,
+        "crops overlap by this fraction of the image's short side (default 0.341)",
+    ),
+    (
+        "crop_nms_thresh", "--crop-nms-thresh", float, 0.7,
+        "drop a mask whose IoU with one of a smaller crop is above this (default 0.7)",
+    ),
+    (
+        "crop_n_points_downscale_factor", "--crop-points-downscale", int, 1,
+        "layer i's crops get --points-per-side / this**i points a side (default 1)",
+    ),
 )  # fmt: skip
+# Settings added after the first four: recorded in settings.json only when not at their
+# default (which is what earlier versions did), so folders written before them still resume.
+LATER_SETTINGS = {field for field, *_ in GENERATOR_OPTIONS[4:]}
+
+
+def _flag_value(args: argparse.Namespace, flag: str) -> Any:
+    """The value ``args`` holds for ``flag`` (``--min-area`` -> ``args.min_area``)."""
+    return getattr(args, flag[2:].replace("-", "_"))
 
 
 def generator_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
     """The generator's settings from ``args`` and the flag that sets each (for messages)."""
-    settings = {f: getattr(args, flag[2:].replace("-", "_")) for f, flag, *_ in GENERATOR_OPTIONS}
+    settings = {f: _flag_value(args, flag) for f, flag, *_ in GENERATOR_OPTIONS}
     return settings, {field: flag for field, flag, *_ in GENERATOR_OPTIONS}
 
 
@@ -113,8 +138,11 @@ def run_settings(args: argparse.Namespace, options: LabelOptions | None) -> dict
         "pred_iou_thresh": args.pred_iou_thresh,
         "stability_thresh": args.stability_thresh,
         "min_area": args.min_area,
-        # left out at its default (off), so folders written before it existed still resume
-        **({"min_region_area": args.min_region_area} if args.min_region_area else {}),
+        **{
+            flag[2:].replace("-", "_"): _flag_value(args, flag)
+            for field, flag, _, default, _ in GENERATOR_OPTIONS
+            if field in LATER_SETTINGS and _flag_value(args, flag) != default
+        },
         "vocabulary": vocabulary_record,
         "top_k": None if options is None else options.top_k,
         "recognizer": None if options is None else options.recognizer,
@@ -152,13 +180,13 @@ def segment_everything(
 
 
 def run(args: argparse.Namespace) -> int:
-    from ovsam.automatic import check_generator_settings
     from ovsam.cli.everything_jobs import (
         finished_jobs,
         list_jobs,
         ovsam_outputs,
         subfolder_count,
     )
+    from ovsam.generator_settings import check_generator_settings
     from ovsam.output_lock import output_lock
 
     settings_given, flags = generator_settings(args)
