@@ -141,6 +141,27 @@ def _adapter_run(runs: dict[str, Path], name: str, **changes: object) -> Path:
     return checkpoint
 
 
+def test_a_clip2sam_run_keeps_its_adapter_after_its_sam2clip_step_is_deleted(
+    runs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The sam2clip run's keep_checkpoints deleted the step a clip2sam run had learnt on: the
+    clip2sam run could neither resume nor export."""
+    adapter = read_state_dict(runs["sam2clip"] / "checkpoints" / "step_1.pt")
+    kept = read_state_dict(runs["clip2sam"] / "adapter.pt")
+    assert kept.keys() == adapter.keys()
+    assert all(torch.equal(kept[k], adapter[k]) for k in adapter)
+    gone = _adapter_run(runs, "pruned_sam2clip")
+    run = _copy_run(runs, "kept_adapter", adapter_checkpoint=str(gone))
+    gone.unlink()
+    expected = export_model(runs["clip2sam"]).state_dict()
+    exported = export_model(run).state_dict()  # from the run's copy, found in the moved folder
+    assert all(torch.equal(exported[k], v) for k, v in expected.items())
+    argv = ["train", "clip2sam", "--data", str(runs["root"] / "data" / "images"), "--out", str(run)]
+    argv += ["--annotations", str(runs["root"] / "data" / "instances.json"), "--set=steps=2"]
+    assert main([*argv, "--device", "cpu"]) == 0, capsys.readouterr().err  # resumes on
+    assert (run / "checkpoints" / "step_2.pt").is_file()
+
+
 def test_export_says_which_step_it_holds_and_gets_the_umask_mode(
     runs: dict[str, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

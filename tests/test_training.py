@@ -341,8 +341,9 @@ def test_clip2sam_says_when_its_adapter_is_not_trained() -> None:
 def test_clip2sam_refuses_an_adapter_distilled_with_another_clip_or_teacher(
     tmp_path: Path,
 ) -> None:
+    from ovsam.train.adapter_run import check_adapter_run
     from ovsam.train.clip2sam_task import Clip2SamTask
-    from ovsam.train.config import check_adapter_run, save_config
+    from ovsam.train.config import save_config
 
     weights = {name: tmp_path / name / "clip.pt" for name in ("rn50", "copy", "other")}
     for name, path in weights.items():

@@ -95,6 +95,11 @@ def _config(args: argparse.Namespace) -> TrainConfig:
     checkpoints = args.out / "checkpoints"
     trained = (checkpoints / "latest.json").is_file() or bool(checkpoint_files(checkpoints))
     saved = load_config(args.out) if (args.out / "config.json").is_file() else None
+    if saved is None and trained:  # another config.json would describe them wrongly
+        raise InputError(
+            f"{args.out} holds checkpoints but no config.json, so the settings they were "
+            "trained with are unknown: put the run's config.json back, or use a new --out"
+        )
     if saved is not None and not trained and saved.task != args.task:
         saved = None  # another task, nothing trained: it starts from its own defaults
     config = replace(

@@ -4,7 +4,7 @@ Frozen: the CLIP tower and SAM2CLIP adapter (``adapter_checkpoint`` = a ``sam2cl
 checkpoint) and SAM's prompt encoder (taken from ``teacher``, whose mask decoder also initialises
 the head's, as the official code starts from SAM's). Trained: the CLIP2SAM head + FPN. An adapter
 distilled with another ``clip_model``, CLIP weights or ``teacher`` than the run's is refused
-(:func:`~ovsam.train.config.check_adapter_run`: read from the sam2clip run's ``config.json``, so
+(:func:`~ovsam.train.adapter_run.check_adapter_run`: read from the sam2clip run's ``config.json``, so
 a bare adapter file, outside its run folder, cannot be checked).
 
 Per image (large-scale jitter to 1024² when ``lsj``, from ``lsj_min_scale`` to 2x, flipped at
@@ -49,7 +49,8 @@ from ovsam.ov.classifier import bank_logits
 from ovsam.ov.clip2sam import FPN, CLIP2SAMHead
 from ovsam.ov.model import OVSamConfig
 from ovsam.ov.sam2clip import SAM2CLIPAdapter
-from ovsam.train.config import TrainConfig, check_adapter_run, supervised_field
+from ovsam.train.adapter_run import adapter_source, check_adapter_run, keep_adapter_copy
+from ovsam.train.config import TrainConfig, supervised_field
 from ovsam.train.engine import USED_ITEMS
 from ovsam.transforms import ResizeLongestSide
 from ovsam.vocab import (
@@ -192,7 +193,7 @@ class Clip2SamTask:
             embed_dim=config.adapter_dim, depth=config.adapter_depth, num_heads=config.adapter_heads,
         ).to(device).eval()  # fmt: skip
         if config.adapter_checkpoint:
-            path = config.adapter_checkpoint
+            path = adapter_source(config)  # the run's own copy once it has trained
             load_state_dict_strict(self.adapter, read_adapter_state(path), source=str(path))
         sam = build_model(config.teacher, config.teacher_checkpoint or None).to(device).eval()
         self.prompt_encoder = sam.prompt_encoder
@@ -254,6 +255,11 @@ class Clip2SamTask:
         pixels = (pixels - self.pixel_mean) / self.pixel_std
         pixels = F.pad(pixels, (0, 1024 - pixels.shape[2], 0, 1024 - pixels.shape[1]))
         return pixels[None], frame, labels
+
+    def start_run(self, resumed: bool) -> None:
+        """Keep the run's copy of its adapter (:mod:`ovsam.train.adapter_run`)."""
+        if self.config.adapter_checkpoint:
+            keep_adapter_copy(self.config, self.adapter.state_dict(), resumed)
 
     def loss(
         self, module: nn.Module, items: list[int], rng: np.random.Generator

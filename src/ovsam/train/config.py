@@ -22,8 +22,11 @@ from ovsam.fileio import atomic_write_bytes
 TASKS = ("sam2clip", "clip2sam")
 # fields that may differ when a run is resumed: they change neither the model, the data nor
 # the optimisation already done (learning-rate and optimizer settings are restored from the
-# checkpoint, so changing them would be silently ignored)
-RESUMABLE = frozenset({"out", "steps", "log_every", "checkpoint_every", "keep_checkpoints"})
+# checkpoint, so changing them would be silently ignored); a moved ``data`` folder is checked
+# by the checkpoint's fingerprint of its images (:mod:`ovsam.train.run_data`)
+RESUMABLE = frozenset(
+    {"out", "data", "cache_teacher", "steps", "log_every", "checkpoint_every", "keep_checkpoints"}
+)
 #: key of ``config.json`` holding the versions and world size of the run's last process
 ENVIRONMENT = "environment"
 MAX_SEED = 2**64 - 1
@@ -224,88 +227,6 @@ def load_config(run_dir: Path) -> TrainConfig:
     return config
 
 
-def _clip_used(config: TrainConfig) -> str:
-    """The CLIP weights a run ran on: ``clip_weights``, or ``random`` for ``random_clip``."""
-    return "random (random_clip=true)" if config.random_clip else config.clip_weights
-
-
-def _same_clip_weights(config: TrainConfig, other: TrainConfig) -> bool:
-    """Whether two runs of the same ``clip_model`` used the same CLIP weights: the same tag, or
-    files at the same place or with the same contents (size, then sha256)."""
-    from ovsam.clip.pretrained import clip_weights_file
-
-    if _clip_used(config) == _clip_used(other):
-        return True
-    if config.random_clip or other.random_clip:
-        return False
-    mine = clip_weights_file(config.clip_model, config.clip_weights)
-    theirs = clip_weights_file(other.clip_model, other.clip_weights)
-    return mine is not None and theirs is not None and _same_file(mine, theirs)
-
-
-def _same_file(mine: Path, theirs: Path) -> bool:
-    """Whether two existing files are one: the same place, or the same contents (size, then
-    sha256, remembered per version of a large file: every rank checks at every start)."""
-    from ovsam.weights_cache import remembered_sha256
-
-    if not (mine.is_file() and theirs.is_file()):
-        return False
-    return mine.resolve() == theirs.resolve() or (
-        mine.stat().st_size == theirs.stat().st_size
-        and remembered_sha256(mine) == remembered_sha256(theirs)
-    )
-
-
-def _teacher_model(name: str) -> str:
-    """The registered teacher model ``name`` means (aliases resolved; unknown names as given)."""
-    from ovsam.build import get_model_entry
-
-    try:
-        return get_model_entry(name).name
-    except InputError:
-        return name
-
-
-def _same_checkpoint(mine: str, theirs: str) -> bool:
-    """Whether two ``teacher_checkpoint`` values name the same weights: equal (the model's
-    defaults, or one registered name), or files that are one."""
-    return mine == theirs or (bool(mine) and bool(theirs) and _same_file(Path(mine), Path(theirs)))
-
-
-def check_adapter_run(config: TrainConfig) -> None:
-    """Refuse (:class:`InputError`) a clip2sam ``config`` whose ``adapter_checkpoint`` was
-    distilled with another ``clip_model``, CLIP weights (``clip_weights`` / ``random_clip``) or
-    ``teacher`` (model, aliases resolved, and ``teacher_checkpoint``): its head would learn
-    from, and its export carry, features the adapter was not trained to make. They are read
-    from the sam2clip run's ``RUN/config.json`` when the adapter is
-    ``RUN/checkpoints/step_N.pt``; a bare adapter file (no such config) cannot be checked."""
-    from ovsam.clip.config import canonical_name
-
-    if not config.adapter_checkpoint:
-        return
-    checkpoint = Path(config.adapter_checkpoint)
-    recorded = checkpoint.parent.parent / "config.json"
-    if checkpoint.parent.name != "checkpoints" or not recorded.is_file():
-        return
-    adapter = load_config(recorded.parent)
-    checks = (  # (name, ours, the adapter run's, same?) in order: files are hashed last
-        ("clip_model", config.clip_model, adapter.clip_model,
-         lambda: canonical_name(config.clip_model) == canonical_name(adapter.clip_model)),
-        ("teacher", config.teacher, adapter.teacher,
-         lambda: _teacher_model(config.teacher) == _teacher_model(adapter.teacher)),
-        ("teacher_checkpoint", config.teacher_checkpoint, adapter.teacher_checkpoint,
-         lambda: _same_checkpoint(config.teacher_checkpoint, adapter.teacher_checkpoint)),
-        ("clip_weights", _clip_used(config), _clip_used(adapter),
-         lambda: _same_clip_weights(config, adapter)),
-    )  # fmt: skip
-    for name, mine, theirs, same in checks:
-        if not same():
-            raise InputError(
-                f"{name}={mine} but adapter_checkpoint {checkpoint} was distilled with "
-                f"{name}={theirs} (its run's {recorded})"
-            )
-
-
 def validate_config(config: TrainConfig, resumed: bool = False) -> None:
     """Raise :class:`InputError` naming the first setting no run can use (``resumed``: of a
     run continued from a checkpoint, whose ``warmup_steps`` may not change)."""
@@ -337,8 +258,8 @@ def validate_config(config: TrainConfig, resumed: bool = False) -> None:
         raise InputError(f"lsj_min_scale={config.lsj_min_scale}: expected a number in (0, 2]")
     if not 0 <= config.min_lr_ratio <= 1:
         raise InputError(f"min_lr_ratio={config.min_lr_ratio}: expected a number in [0, 1]")
-    if not (math.isfinite(config.lr) and config.lr > 0):
-        raise InputError(f"lr={config.lr}: expected a finite number > 0")
+    if not (math.isfinite(config.lr) and 0 < config.lr <= 3.4028234663852886e38):  # float32
+        raise InputError(f"lr={config.lr}: expected a finite number > 0 that float32 holds")
     for name in ("weight_decay", "grad_clip"):
         if not (math.isfinite(getattr(config, name)) and getattr(config, name) >= 0):
             raise InputError(f"{name}={getattr(config, name)}: expected a finite number >= 0")
@@ -368,11 +289,9 @@ def _check_weights_settings(config: TrainConfig) -> None:
         raise InputError(
             f"teacher_checkpoint={checkpoint}: no such file, nor the name of registered weights"
         )
-    if config.adapter_checkpoint and not Path(config.adapter_checkpoint).is_file():
-        raise InputError(
-            f"adapter_checkpoint={config.adapter_checkpoint}: no such file (expected a sam2clip "
-            "run's RUN/checkpoints/step_N.pt)"
-        )
+    from ovsam.train.adapter_run import check_adapter_file
+
+    check_adapter_file(config)
 
 
 def _same(name: str, saved: Any, new: Any) -> bool:

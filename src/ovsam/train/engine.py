@@ -28,6 +28,7 @@ the values of the process whose state the run kept. A damaged or unfitting check
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -49,7 +50,7 @@ from ovsam.distributed import DistInfo, barrier
 from ovsam.errors import CheckpointError, InputError, TrainingDivergedError, first_line
 from ovsam.fileio import atomic_write, atomic_write_json, fsync_directory
 from ovsam.train.config import TrainConfig, save_config
-from ovsam.train.run_data import check_same_data, data_record
+from ovsam.train.run_data import check_same_data, data_record, require_items
 from ovsam.train.run_log import RunLog
 from ovsam.train.schedule import lr_factor, param_groups
 
@@ -66,7 +67,9 @@ class Task(Protocol):
     ``find_unused_parameters = True``: DDP then looks for them after each backward instead of
     waiting forever for their reduction (CLIP2SAM, whose regions each pool from one FPN level,
     instead ties every parameter into its loss with a zero term). Optional: ``data_rule`` and
-    ``item_keys()``, which checkpoints record (:mod:`ovsam.train.run_data`)."""
+    ``item_keys()``, which checkpoints record (:mod:`ovsam.train.run_data`), and
+    ``start_run(resumed)``, called on rank 0 once the run's folder is the run's (its config
+    saved) before the first step."""
 
     trainable: nn.Module
     num_items: int
@@ -89,9 +92,17 @@ def batch_items(
     out = []
     for position in range(start, start + config.batch_size):
         epoch, offset = divmod(position, num_items)
-        order = np.random.default_rng([config.seed, epoch]).permutation(num_items)
-        out.append(int(order[offset]))
+        out.append(int(epoch_order(config.seed, epoch, num_items)[offset]))
     return out
+
+
+@functools.lru_cache(maxsize=2)  # a micro-batch spans at most two epochs
+def epoch_order(seed: int, epoch: int, num_items: int) -> np.ndarray:
+    """The order of the ``num_items`` dataset indices in ``epoch`` (read-only; computed once
+    per epoch: seconds for SA-1B's 11M images, which every micro-batch had paid)."""
+    order = np.random.default_rng([seed, epoch]).permutation(num_items)
+    order.flags.writeable = False
+    return order
 
 
 def latest_checkpoint(run_dir: Path, damaged_hint: str) -> Path | None:
@@ -126,9 +137,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, task: Task, info: DistInfo) -> None:
         self.config, self.task, self.info = config, task, info
-        if task.num_items < 1:
-            where = config.annotations or config.data
-            raise InputError(f"nothing to train on: {where} holds no training items")
+        require_items(config, task.num_items)
         self.run_dir = Path(config.out)
         self.module = task.trainable.to(info.device)
         self.wrapped: nn.Module = self.module
@@ -344,7 +353,8 @@ class Trainer:
         """Train to ``config.steps`` (resuming if possible); ``stop_after`` ends the process's
         work after that global step, as an interruption would. Returns the logged rows."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.resume()  # before saving the config: a checkpoint that does not fit changes nothing
+        resumed = self.resume()  # before saving the config: a checkpoint that does not fit
+        # changes nothing
         self._check_ranks_resumed_alike()
         if stop_after is not None and stop_after <= self.step < self.config.steps:
             raise InputError(
@@ -356,8 +366,13 @@ class Trainer:
                 f"{self.run_dir} is already at step {self.step}: steps={self.config.steps} would "
                 f"end it before that; use --set steps={self.step} or more, or a new --out"
             )
+        start_run = getattr(self.task, "start_run", None)
         if self.info.is_main:
             save_config(self.config, self.run_dir, world_size=self.info.world)
+            if start_run is not None:
+                start_run(resumed)
+            if resumed:  # a lowered keep_checkpoints applies now, not at the next save
+                self._prune(self.run_dir / "checkpoints" / f"step_{self.step}.pt")
         self.log.rewind(self.step)  # this step's successors are trained again
         config, rows = self.config, []
         use_bf16 = config.bf16 and self.info.device.type == "cuda"

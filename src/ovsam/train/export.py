@@ -20,7 +20,7 @@ weights (a registered tag, or the file's name and sha256: recognition then embed
 with the text tower of the same weights, :func:`~ovsam.recognizers.build_labeled_predictor`).
 A ``random_clip`` run is refused (its CLIP weights are not saved), as is a run without
 ``adapter_checkpoint`` (its random adapter is not saved either) and one whose adapter was
-distilled with another CLIP or teacher (:func:`~ovsam.train.config.check_adapter_run`; a bare
+distilled with another CLIP or teacher (:func:`~ovsam.train.adapter_run.check_adapter_run`; a bare
 adapter file, outside its sam2clip run folder, cannot be checked). :func:`export_ovsam`
 reports the step it exported and the run's ``steps``: the newest checkpoint may be that of an
 unfinished run.
@@ -29,7 +29,7 @@ unfinished run.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -38,7 +38,8 @@ from ovsam.checkpoint import load_state_dict_strict, read_state_dict
 from ovsam.errors import CheckpointError, InputError, first_line
 from ovsam.ov.checkpoints import read_adapter_state, save_ovsam, take_prefix
 from ovsam.ov.model import OVSam, OVSamConfig, build_ovsam
-from ovsam.train.config import TrainConfig, check_adapter_run, load_config, supervised_field
+from ovsam.train.adapter_run import adapter_source, check_adapter_run
+from ovsam.train.config import TrainConfig, load_config, supervised_field
 from ovsam.train.engine import checkpoint_files, latest_checkpoint
 from ovsam.vocab import BUILTIN_VOCABULARIES, category_vocabulary, load_vocabulary
 
@@ -103,9 +104,9 @@ def seen_vocabulary(config: TrainConfig) -> str | tuple[str, ...]:
 def _adapter(config: TrainConfig) -> tuple[dict[str, torch.Tensor], tuple[int, int, int]]:
     """The run's adapter weights (``image_encoder.neck.*``) and their size, checked: the size
     against the run's, and the CLIP and teacher against those its sam2clip run's config.json
-    records, when there is one (:func:`~ovsam.train.config.check_adapter_run`)."""
+    records, when there is one (:func:`~ovsam.train.adapter_run.check_adapter_run`)."""
     check_adapter_run(config)
-    state = read_adapter_state(config.adapter_checkpoint)
+    state = read_adapter_state(adapter_source(config))  # the run's own copy, when it has one
     if any(k.startswith(_HEAD) for k in state):
         raise InputError(
             f"adapter_checkpoint {config.adapter_checkpoint} is a clip2sam checkpoint, not a "
@@ -159,7 +160,7 @@ def _export(run_dir: Path, checkpoint: Path) -> tuple[OVSam, TrainConfig]:
     """:func:`export_model` of ``checkpoint`` of the run in ``run_dir``, and that run's config."""
     if not (run_dir / "config.json").is_file():
         raise InputError(f"{run_dir} has no config.json: not a training run folder")
-    config = load_config(run_dir)
+    config = replace(load_config(run_dir), out=str(run_dir))  # the folder, wherever it went
     if config.task != "clip2sam":
         raise InputError(
             f"{run_dir} is a {config.task} run: export the clip2sam run trained with "

@@ -66,3 +66,10 @@ def check_same_data(recorded: object, task: Any, world: int, path: Path) -> None
             "or in another order): resuming would draw other batches; train on the data it "
             "was trained on, or use a new --out"
         )
+
+
+def require_items(config: Any, num_items: int) -> None:
+    """Refuse (:class:`InputError`) a run whose data hold no training item, naming them."""
+    if num_items < 1:
+        where = config.annotations or config.data
+        raise InputError(f"nothing to train on: {where} holds no training items")

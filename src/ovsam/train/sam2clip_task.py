@@ -32,6 +32,7 @@ from ovsam.fileio import atomic_write
 from ovsam.modeling.common import weights_checksum
 from ovsam.ov.sam2clip import SAM2CLIPAdapter
 from ovsam.train.config import TrainConfig
+from ovsam.train.run_data import require_items
 from ovsam.transforms import ResizeLongestSide
 
 
@@ -53,6 +54,7 @@ class Sam2ClipTask:
         else:
             self.images = ImageFolder(config.data)
         self.num_items = len(self.images)
+        require_items(config, self.num_items)  # before the teacher is built (or downloaded)
         self.item_keys = self.images.item_keys  # fingerprinted by checkpoints
         self.teacher = (
             build_model(config.teacher, config.teacher_checkpoint or None).to(device).eval()
