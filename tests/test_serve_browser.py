@@ -229,7 +229,9 @@ def test_the_page_works_from_the_keyboard(server_url: str) -> None:
         page.focus("#sample")
         page.keyboard.press("Tab")  # Undo and Clear are disabled
         assert page.evaluate("document.activeElement.id") == "background"
-        page.keyboard.press("Tab")  # and so are the download links
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.id") == "everything"
+        page.keyboard.press("Tab")  # the download links are disabled
         assert page.evaluate("document.activeElement.id") == "overlay"
         assert page.get_attribute("#overlay", "aria-label")
         for key in ["Shift+ArrowLeft", "ArrowUp", "ArrowUp"]:  # from the centre, (300, 200)

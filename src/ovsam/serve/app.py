@@ -30,11 +30,14 @@ from ovsam.errors import InputError
 from ovsam.image_io import ImageTooLargeError, load_image_and_orientation
 from ovsam.recognizers import LabelOptions
 from ovsam.serve.engine import NO_RECOGNITION, MissingRecognizer, Recognizer, SegmentationEngine
+from ovsam.serve.everything import EverythingAnswers
 from ovsam.serve.http_errors import ApiError, GuardMiddleware, install_error_handlers
 from ovsam.serve.model_threads import ModelThreads
 from ovsam.serve.prompts import PromptAnswers
 from ovsam.serve.schemas import (
     ErrorResponse,
+    EverythingRequest,
+    EverythingResponse,
     Health,
     ImageInfo,
     PredictRequest,
@@ -245,6 +248,18 @@ def create_app(
     async def predict(image_id: str, body: PredictRequest) -> PredictResponse:
         """Segment the object at points (+/-) and/or a box; optionally refine a previous mask."""
         return await prompts.predict(image_id, body)
+
+    everything = EverythingAnswers(
+        engine, vocabularies, (model_threads, prompts.bank_threads), stored, recognition
+    )
+
+    @app.post(
+        "/v1/images/{image_id}/everything", response_model=EverythingResponse, responses=ERRORS
+    )
+    async def segment_everything(image_id: str, body: EverythingRequest) -> EverythingResponse:
+        """Segment every object (a grid of clicks, SAM's automatic mask generator); optionally
+        name each mask from a vocabulary. Holds the model for the whole grid."""
+        return await everything.answer(image_id, body)
 
     @app.get("/v1/vocabularies", response_model=list[VocabularyInfo])
     def list_vocabularies() -> list[VocabularyInfo]:

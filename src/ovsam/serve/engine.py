@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -60,6 +60,12 @@ class Recognizer(Protocol):
         vocabulary ``prepared`` by :meth:`prepare`. Called under the engine's lock, with
         ``state`` loaded in its predictor."""
 
+    def label_masks(
+        self, state: ImageState, masks: np.ndarray, prepared: object, top_k: int
+    ) -> list[list[tuple[str, float]]]:
+        """:meth:`label` of each of ``masks`` (``KxHxW`` bool at the image's size, no logits
+        or prompt: "segment everything"), under the same conditions."""
+
 
 class MissingRecognizer:
     """The recognizer used when no recognition weights are present: it says so (``message``)."""
@@ -83,6 +89,11 @@ class MissingRecognizer:
         self, state: ImageState, decoded: DecodedMask, prepared: object, top_k: int
     ) -> list[tuple[str, float]]:
         return []
+
+    def label_masks(
+        self, state: ImageState, masks: np.ndarray, prepared: object, top_k: int
+    ) -> list[list[tuple[str, float]]]:
+        return [[] for _ in masks]
 
 
 @dataclass
@@ -184,3 +195,24 @@ class SegmentationEngine:
         decoded = DecodedMask(prediction.mask, prediction.low_res[0], box)
         with self._image_loaded(state):  # a recognizer may read the image's features
             return self.recognizer.label(state, decoded, prepared, top_k)
+
+    def everything(
+        self, state: ImageState, settings: dict[str, Any]
+    ) -> tuple[list[dict[str, Any]], float]:
+        """Segment everything on ``state``'s image with
+        :class:`~ovsam.automatic.AutomaticMaskGenerator` ``settings`` (checked by the
+        caller); its records, not named, and the time taken (ms). Holds the model throughout."""
+        from ovsam.automatic import AutomaticMaskGenerator
+
+        start = time.perf_counter()
+        with self._image_loaded(state):
+            records = AutomaticMaskGenerator(self.predictor, **settings).generate()
+        return records, (time.perf_counter() - start) * 1000
+
+    def name_masks(
+        self, state: ImageState, masks: np.ndarray, prepared: object, top_k: int
+    ) -> list[list[tuple[str, float]]]:
+        """The top-k names of each of ``masks`` (``KxHxW`` bool) on ``state``'s image, from
+        the vocabulary ``prepared`` by the recognizer (see :meth:`name`)."""
+        with self._image_loaded(state):
+            return self.recognizer.label_masks(state, masks, prepared, top_k)

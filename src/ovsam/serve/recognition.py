@@ -16,6 +16,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import cast
 
+import numpy as np
+
 from ovsam.clip.model import CLIP
 from ovsam.clip.region_classifier import classify_regions
 from ovsam.clip.text_bank import TextBank, build_text_bank, check_context
@@ -148,6 +150,14 @@ class ClipRecognizer(BankRecognizer):
         )
         return labels.top_k()[0]
 
+    def label_masks(
+        self, state: ImageState, masks: np.ndarray, prepared: object, top_k: int
+    ) -> list[list[tuple[str, float]]]:
+        pixels = state.extras[PIXELS].numpy()
+        return classify_regions(
+            self.clip, pixels, cast(TextBank, prepared), masks=masks, top_k=top_k
+        ).top_k()
+
 
 class OVSamRecognizer(BankRecognizer):
     """Names masks with Open-Vocabulary SAM: the CLIP2SAM head fused with frozen CLIP, on the
@@ -174,9 +184,19 @@ class OVSamRecognizer(BankRecognizer):
     def label(
         self, state: ImageState, decoded: DecodedMask, prepared: object, top_k: int
     ) -> list[tuple[str, float]]:
-        predictor, bank = self.predictor, cast(TextBank, prepared)
-        if predictor.bank is not bank:
-            predictor.set_text_bank(bank)
-        predictor.top_k = top_k
+        predictor = self._naming(prepared, top_k)
         (labels,) = predictor.recognize_logits(decoded.logits[None], decoded.box)
         return labels.top
+
+    def label_masks(
+        self, state: ImageState, masks: np.ndarray, prepared: object, top_k: int
+    ) -> list[list[tuple[str, float]]]:
+        return [labels.top for labels in self._naming(prepared, top_k).recognize_masks(masks)]
+
+    def _naming(self, prepared: object, top_k: int) -> OVSamPredictor:
+        """The predictor, set to name ``top_k`` classes of the bank ``prepared``."""
+        bank = cast(TextBank, prepared)
+        if self.predictor.bank is not bank:
+            self.predictor.set_text_bank(bank)
+        self.predictor.top_k = top_k
+        return self.predictor

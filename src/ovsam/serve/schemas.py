@@ -10,6 +10,8 @@ MAX_POINTS = 1024
 """Schema bound on points and labels of one prompt (``ServeSettings.max_points`` is lower)."""
 MAX_NAMES = 100_000
 """Schema bound on the names of a posted vocabulary (``ServeSettings.max_vocabulary`` is lower)."""
+MAX_POINTS_PER_SIDE = 64
+"""Largest "segment everything" grid a request may ask for (4,096 clicks, holding the model)."""
 COORDINATE_SHAPES = {"points": "2 values (X, Y)", "box": "4 values (X0, Y0, X1, Y1)"}
 """What one point / the box of a prompt must hold (named in the error of a wrong shape)."""
 VOCABULARY_NAME = r"^[A-Za-z0-9_.-]*[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
@@ -92,6 +94,44 @@ class PredictResponse(BaseModel):
     mask_png: str | None = Field(None, description="base64 PNG, 0/255, image size")
     mask_rle: dict | None = Field(None, description="COCO compressed RLE")
     labels: list[Label] = Field(description="top-k; random when recognition.random_weights")
+    recognition: Recognition
+    elapsed_ms: float
+
+
+class EverythingRequest(BaseModel):
+    """Settings of "segment everything" (SAM's automatic mask generator; defaults of the CLI
+    but a coarser grid: the model is held for the whole run)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    points_per_side: StrictInt = Field(16, ge=1, le=MAX_POINTS_PER_SIDE)
+    pred_iou_thresh: StrictFloat = Field(
+        0.88, le=2.0, description="keep masks scored above this (see score_name)"
+    )
+    stability_score_thresh: StrictFloat = Field(0.95, ge=0, le=1)
+    min_mask_area: StrictInt = Field(0, ge=0, description="drop masks of fewer pixels")
+    min_mask_region_area: StrictInt = Field(
+        0, ge=0, description="fill holes and remove islands of fewer pixels in each mask"
+    )
+    vocabulary: str | None = Field(None, min_length=1, description="name the masks from it")
+    top_k: StrictInt = Field(3, ge=1, le=50)
+
+
+class EverythingMask(BaseModel):
+    rle: dict = Field(description="COCO compressed RLE, image size")
+    area: int
+    bbox: list[int] = Field(description="XYWH pixels")
+    score: float
+    stability_score: float
+    point: list[float] = Field(description="the grid click (XY pixels) that found it")
+    labels: list[Label] = Field(description="top-k; random when recognition.random_weights")
+
+
+class EverythingResponse(BaseModel):
+    masks: list[EverythingMask] = Field(description="largest first")
+    score_name: Literal["predicted_iou", "low_res_stability_score"]
+    width: int
+    height: int
     recognition: Recognition
     elapsed_ms: float
 

@@ -29,6 +29,7 @@ const state = {
   generation: 0,      // bumped by Clear and by a new image: older answers are dropped
   customNames: null,  // the names last saved as CUSTOM_VOCABULARY (re-posted if evicted)
   namedWith: new Set(),  // vocabularies the server has named a mask with (text bank built)
+  everything: null,   // {answer, image}: "segment everything" on screen (everything.js)
 };
 
 function setStatus(text, isError = false) {
@@ -52,7 +53,7 @@ async function api(path, options = {}) {
 
 function newGeneration() {
   state.generation += 1;
-  state.prompts = []; state.result = null; state.results = [];
+  state.prompts = []; state.result = null; state.results = []; state.everything = null;
 }
 
 function toImageCoords(event) {
@@ -270,6 +271,7 @@ function draw() {
   const ctx = overlayCanvas.getContext("2d");
   ctx.clearRect(0, 0, overlayCanvas.width, overlayCanvas.height);
   if (state.result?.maskImage) ctx.drawImage(state.result.maskImage, 0, 0, overlayCanvas.width, overlayCanvas.height);
+  drawEverything(ctx);
   const [sx, sy] = state.scale;
   const box = state.prompts.findLast((p) => p.kind === "box")?.box;  // the one that counts
   const boxes = box ? [box] : [];
@@ -302,14 +304,15 @@ function draw() {
 
 function showResult() {
   const r = state.result;
-  for (const id of ["undo", "clear"]) $(id).disabled = !state.prompts.length;
+  $("undo").disabled = !state.prompts.length;
+  $("clear").disabled = !state.prompts.length && !state.everything;
   $("labels").replaceChildren();
   for (const link of [$("download-png"), $("download-json")]) {
     link.classList.toggle("disabled", !r);
     if (link.href.startsWith("blob:")) URL.revokeObjectURL(link.href);  // the old JSON's memory
     if (!r) link.removeAttribute("href");  // without one a link is neither focused nor followed
   }
-  if (!r) { $("score").textContent = "No mask yet."; return; }
+  if (!r) { showEverything(); return; }
   const scoreWord = r.score_name === "low_res_stability_score" ? "stability" : "predicted IoU";
   $("score").textContent = `${scoreWord} ${r.score.toFixed(3)} · area ${r.area} px · box ${r.bbox.join(", ")}`;
   $("recognition").textContent = r.recognition.message;
