@@ -15,7 +15,8 @@ encoder's, are still mapped and unmapped each time. The setting is process-wide:
 batch that it decodes on parallel CPU workers.
 ``OVSAM_KEEP_FREED_MEMORY=0``, or malloc settings of your own (``glibc.malloc.*`` in
 ``GLIBC_TUNABLES``, or ``MALLOC_MMAP_THRESHOLD_`` and its siblings), leave malloc as it is;
-other C libraries (macOS, Windows, musl) are left alone too.
+other C libraries (macOS, Windows, musl) are left alone too. :func:`release_freed_memory`
+does the opposite, once, when a burst of large allocations is over (the server's uploads).
 """
 
 from __future__ import annotations
@@ -78,3 +79,18 @@ def _set_thresholds() -> bool:
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
         mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     )
+
+
+def release_freed_memory() -> bool:
+    """Hand memory freed inside glibc's heaps back to the kernel (``malloc_trim(0)``, every
+    thread's heap): a server's worker threads each keep one, and large decodes left most of
+    a gigabyte free but mapped in each. Returns whether memory was released (False: not
+    glibc, or nothing to release). Safe from any thread; costs milliseconds."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return bool(trim(0))

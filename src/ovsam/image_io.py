@@ -4,10 +4,11 @@ Grayscale, palette, RGBA (alpha, or a transparent-colour key, composited on whit
 16-bit and float images are converted (16-bit by a fixed scale, 65535 -> 255; see
 :func:`_gray_to_uint8`); EXIF orientation is applied. Corrupt or non-image data raises
 :class:`InputError`, and so does PostScript (EPS), which PIL would hand to Ghostscript. Size is
-ovsam's call (``max_pixels``, :class:`ImageTooLargeError`): PIL's DecompressionBombWarning is
-silenced while an image file is opened (the one place PIL checks it; under a lock, as
-``warnings.catch_warnings`` is process-wide and the server reads uploads in several
-threads), and only PIL's refusal of twice its own limit is kept.
+ovsam's call (``max_pixels``, :class:`ImageTooLargeError`, checked on the header before any
+pixel is decoded): PIL's own decompression-bomb check is off while an image file is opened
+(the one place PIL makes it; under a lock, as it is process-wide and the server reads uploads
+in several threads), so neither its warning nor its refusal of twice its own 89 Mpx limit
+overrules ``max_pixels``.
 """
 
 from __future__ import annotations
@@ -188,7 +189,11 @@ def _decode(
     when ``exif_orientation``; with the orientation applied (1 = none)."""
     with _WARNINGS_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        opened = Image.open(fh, formats=_opened_formats())
+        pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # max_pixels decides
+        try:
+            opened = Image.open(fh, formats=_opened_formats())
+        finally:
+            Image.MAX_IMAGE_PIXELS = pil_limit
     with opened as img:
         width, height = img.size
         if width < 1 or height < 1:

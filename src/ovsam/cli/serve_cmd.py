@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import argparse
 import socket
+from typing import TYPE_CHECKING
 
 from ovsam.cli.arg_types import int_in_range
 from ovsam.cli.segment_cmd import DEFAULT_MODEL, add_clip_arguments
 from ovsam.errors import InputError, OVSamError, first_line
 from ovsam.serve.settings import MIB, SERVE_RECOGNIZERS, LimitError, ServeSettings
+
+if TYPE_CHECKING:
+    import uvicorn
+
+SHUTDOWN_GRACE_S = 10
+"""Seconds requests in progress may take to finish once the server is told to stop."""
 
 # ServeSettings limit -> (option, bytes per unit of the option or 1, help). The option's
 # default is the field's default; ServeSettings checks the value (LimitError).
@@ -133,12 +140,23 @@ def run(args: argparse.Namespace) -> int:
         print(f"ovsam: serving {engine.model_name} on {url} (API docs at /docs)")
         recognizer = engine.recognizer
         print(f"ovsam: {'labels' if recognizer.available else 'no labels'}: {recognizer.message}")
-        config = uvicorn.Config(app, host=args.host, port=port, log_level="warning")
-        uvicorn.Server(config).run(sockets=sockets)
+        uvicorn.Server(uvicorn_config(app, args.host, port)).run(sockets=sockets)
     finally:
         for sock in sockets:
             sock.close()
     return 0
+
+
+def uvicorn_config(app: object, host: str, port: int) -> uvicorn.Config:
+    """uvicorn's settings for ``app``: on SIGTERM or Ctrl-C, requests in progress get
+    :data:`SHUTDOWN_GRACE_S` seconds to finish (a client that never sends the rest of its
+    body kept the server from exiting at all)."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app, host=host, port=port, log_level="warning",
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+    )  # fmt: skip
 
 
 def listen_sockets(host: str, port: int) -> list[socket.socket]:

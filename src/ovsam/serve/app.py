@@ -26,6 +26,7 @@ from PIL import Image
 from starlette.types import Scope
 
 from ovsam.assets import SAMPLE_PHOTO
+from ovsam.cpu_allocator import release_freed_memory
 from ovsam.errors import InputError
 from ovsam.image_io import ImageTooLargeError, load_image_and_orientation
 from ovsam.recognizers import LabelOptions
@@ -166,6 +167,8 @@ def create_app(
                 raise ApiError(400, "bad_image", str(exc)) from exc
             state, elapsed = engine.embed(image)
             picture = None if orientation == 1 else upright_jpeg(image)
+            del image
+            release_freed_memory()  # or each model thread's heap keeps its decodes' memory
         item = store.add(name, state, picture)
         return ImageInfo(image_id=item.image_id, name=name, width=item.width, height=item.height,
                          embedding_ms=round(elapsed, 1), picture=picture_url(item))  # fmt: skip

@@ -1,0 +1,77 @@
+"""The server under stalled clients and large uploads: it stops, and gives memory back."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import socket
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from browser_helpers import free_port
+from ovsam.cpu_allocator import release_freed_memory
+
+uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("fastapi")
+
+from ovsam.cli import serve_cmd  # noqa: E402
+from ovsam.serve.app import create_app  # noqa: E402
+from ovsam.serve.engine import MissingRecognizer  # noqa: E402
+from ovsam.serve.settings import ServeSettings  # noqa: E402
+
+
+def test_a_client_that_stops_mid_body_does_not_keep_the_server_running(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """uvicorn waited without end for a body's rest: SIGTERM left the server up for good."""
+    monkeypatch.setattr(serve_cmd, "SHUTDOWN_GRACE_S", 1)
+    engine = SimpleNamespace(
+        recognizer=MissingRecognizer(), model_name="stub", score_name="predicted_iou"
+    )
+    app = create_app(ServeSettings(), lambda _: engine)
+    port = free_port()
+    server = uvicorn.Server(serve_cmd.uvicorn_config(app, "127.0.0.1", port))
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # a thread
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with socket.create_connection(("127.0.0.1", port)) as client:
+        client.sendall(
+            b"POST /v1/vocabularies HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 1000\r\n\r\n{"name": "a'
+        )
+        time.sleep(0.5)  # the request is in progress, waiting for the rest of its body
+        start = time.monotonic()
+        server.should_exit = True  # what SIGTERM sets
+        thread.join(timeout=20)
+        assert not thread.is_alive() and time.monotonic() - start < 10
+
+
+@pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's malloc"
+)
+def test_memory_freed_in_a_worker_threads_heap_goes_back_to_the_kernel() -> None:
+    """Each model thread's heap kept about 0.75 GB of a large upload's freed decode memory."""
+
+    def resident_mib() -> int:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") >> 20
+
+    kept: list = []
+
+    def allocate() -> None:  # 190 MiB in 64 KiB blocks (from this thread's heap), 1 in 64 kept
+        blocks = [ctypes.create_string_buffer(64 << 10) for _ in range(3000)]
+        kept.extend(blocks[::64])
+
+    worker = threading.Thread(target=allocate)
+    worker.start()
+    worker.join()
+    before = resident_mib()
+    assert release_freed_memory()
+    assert resident_mib() < before - 100, before
