@@ -61,10 +61,12 @@ FALLBACK_MODEL = "mobilesam"
 UNTYPED = ("", "application/octet-stream")
 """Declared content types that say nothing about the file (curl, ``requests``, browsers)."""
 DECODES_AT_ONCE = 2
-"""Uploads decoded and embedded at once: a decode of a ``max_pixels`` image peaks at ~10 bytes
-a pixel, and uploads run on up to ``MODEL_THREADS`` threads. A decoded image is held until the
-model (one image at a time) has embedded it, so this also bounds the decoded images in memory:
-one embedding, one waiting."""
+"""Uploads decoded and embedded at once: a decode of a ``max_pixels`` image peaks at about
+26 bytes a pixel (an RGBA PNG; about 1 GB at the 40 Mpx default), and uploads run on up to
+``MODEL_THREADS`` threads. A decoded image is held until the model (one image at a time) has
+embedded it, so this also bounds the decoded images in memory: one embedding, one waiting;
+the memory is then handed back (:func:`~ovsam.cpu_allocator.release_freed_memory`), or each
+thread's heap would keep its own share."""
 
 
 PICTURE_SIDE = 4096
