@@ -1,4 +1,4 @@
-"""The server under stalled clients and large uploads: it stops, and gives memory back."""
+"""Stalled or vanished clients, large uploads: the server stops, drops their work, frees memory."""
 
 from __future__ import annotations
 
@@ -75,3 +75,46 @@ def test_memory_freed_in_a_worker_threads_heap_goes_back_to_the_kernel() -> None
     before = resident_mib()
     assert release_freed_memory()
     assert resident_mib() < before - 100, before
+
+
+def test_uploads_whose_clients_hung_up_are_not_embedded(
+    mobilesam_model: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An abandoned burst of uploads was embedded and cached for nobody, one after another,
+    while live clients got 503 and then waited minutes."""
+    from functools import partial
+
+    from browser_helpers import running_server
+    from ovsam.assets import SAMPLE_PHOTO
+    from ovsam.predictor import SamPredictor
+    from ovsam.serve import app as serve_app
+    from ovsam.serve.engine import SegmentationEngine
+
+    monkeypatch.setattr(serve_app, "ModelThreads", partial(serve_app.ModelThreads, threads=1))
+    engine = SegmentationEngine(SamPredictor(mobilesam_model), "mobilesam")
+    embedded: list[int] = []
+    embed = engine.embed
+    monkeypatch.setattr(engine, "embed", lambda image: embedded.append(1) or embed(image))
+    photo = SAMPLE_PHOTO.read_bytes()
+    body = (
+        b'--B\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
+        b"Content-Type: image/jpeg\r\n\r\n" + photo + b"\r\n--B--\r\n"
+    )
+    head = (
+        "POST /v1/images HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=B"
+        f"\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with running_server(engine) as url:
+        port = int(url.rsplit(":", 1)[1])
+        live = socket.create_connection(("127.0.0.1", port))
+        live.sendall(head + body)  # its embedding holds the only model thread for a while
+        time.sleep(0.2)
+        for _ in range(3):  # sent whole, then gone before their turn
+            with socket.create_connection(("127.0.0.1", port)) as gone:
+                gone.sendall(head + body)
+            time.sleep(0.05)
+        live.settimeout(60)
+        assert live.recv(64).startswith(b"HTTP/1.1 201")
+        live.close()
+        time.sleep(1.0)
+    assert embedded == [1]  # the live upload alone

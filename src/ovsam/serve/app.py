@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fastapi import FastAPI, UploadFile
+from fastapi import FastAPI, Request, UploadFile
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
@@ -194,7 +194,7 @@ def create_app(
         return register(data, file.filename or "upload")
 
     @app.post("/v1/images", response_model=ImageInfo, status_code=201, responses=ERRORS)
-    async def upload_image(file: UploadFile) -> ImageInfo:
+    async def upload_image(file: UploadFile, request: Request) -> ImageInfo:
         """Upload an image (multipart field ``file``); it is embedded once and cached.
 
         The file's bytes decide whether it is an image: a part declared as a raster image
@@ -207,7 +207,7 @@ def create_app(
                 f"content type {content_type!r} is not accepted: send a raster image "
                 "(PNG, JPEG, WebP, BMP, TIFF or GIF)",
             )  # fmt: skip
-        return await model_threads.run(read_and_register, file)
+        return await model_threads.run(read_and_register, file, gone=request.is_disconnected)
 
     @app.post("/v1/images/sample", response_model=ImageInfo, status_code=201, responses=ERRORS)
     async def upload_sample() -> ImageInfo:
@@ -250,9 +250,9 @@ def create_app(
     )  # fmt: skip
 
     @app.post("/v1/images/{image_id}/predict", response_model=PredictResponse, responses=ERRORS)
-    async def predict(image_id: str, body: PredictRequest) -> PredictResponse:
+    async def predict(image_id: str, body: PredictRequest, request: Request) -> PredictResponse:
         """Segment the object at points (+/-) and/or a box; optionally refine a previous mask."""
-        return await prompts.predict(image_id, body)
+        return await prompts.predict(image_id, body, request.is_disconnected)
 
     everything = EverythingAnswers(
         engine, vocabularies, (model_threads, prompts.bank_threads), stored, recognition
@@ -261,10 +261,12 @@ def create_app(
     @app.post(
         "/v1/images/{image_id}/everything", response_model=EverythingResponse, responses=ERRORS
     )
-    async def segment_everything(image_id: str, body: EverythingRequest) -> EverythingResponse:
+    async def segment_everything(
+        image_id: str, body: EverythingRequest, request: Request
+    ) -> EverythingResponse:
         """Segment every object (a grid of clicks, SAM's automatic mask generator); optionally
         name each mask from a vocabulary. Holds the model for the whole grid."""
-        return await everything.answer(image_id, body)
+        return await everything.answer(image_id, body, request.is_disconnected)
 
     @app.get("/v1/vocabularies", response_model=list[VocabularyInfo])
     def list_vocabularies() -> list[VocabularyInfo]:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ovsam.serve.engine import SegmentationEngine
-from ovsam.serve.model_threads import ModelThreads
+from ovsam.serve.model_threads import Gone, ModelThreads
 from ovsam.serve.schemas import (
     EverythingMask,
     EverythingRequest,
@@ -49,9 +49,13 @@ class EverythingAnswers:
         self.model_threads, self.bank_threads = threads
         self.stored, self.recognition = stored, recognition
 
-    async def answer(self, image_id: str, body: EverythingRequest) -> EverythingResponse:
-        """The masks of upload ``image_id``, named from ``body.vocabulary`` when given."""
-        item, records, elapsed = await self.model_threads.run(self._find, image_id, body)
+    async def answer(
+        self, image_id: str, body: EverythingRequest, gone: Gone | None = None
+    ) -> EverythingResponse:
+        """The masks of upload ``image_id``, named from ``body.vocabulary`` when given;
+        dropped when ``gone()`` says its client hung up before its turn."""
+        run = self.model_threads.run
+        item, records, elapsed = await run(self._find, image_id, body, gone=gone)
         named: list[list[tuple[str, float]]] = [[] for _ in records]
         if body.vocabulary and records:
             start = time.perf_counter()

@@ -11,7 +11,7 @@ once with 503 ``busy`` and a ``Retry-After`` header rather than queued for minut
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import anyio.to_thread
@@ -20,6 +20,8 @@ from anyio import CapacityLimiter
 from ovsam.serve.http_errors import ApiError
 
 Result = TypeVar("Result")
+Gone = Callable[[], Awaitable[bool]]
+"""Whether a request's client has hung up (``Request.is_disconnected``)."""
 
 MODEL_THREADS = 8
 """Uploads and prompts in progress at once (most of them wait for the model's lock)."""
@@ -46,16 +48,27 @@ class ModelThreads:
     ) -> None:
         self.threads, self.queue_limit, self.what = threads, queue_limit, what
         self._limiter: CapacityLimiter | None = None  # made on the server's event loop
+        self._threads: CapacityLimiter | None = None  # never waited on: turns are _limiter's
         self._admitted = 0  # calls in progress or waiting; counted on the event loop
 
     def limiter(self) -> CapacityLimiter:
         """The limiter (made on first use, inside the running event loop)."""
         if self._limiter is None:
             self._limiter = CapacityLimiter(self.threads)
+            self._threads = CapacityLimiter(self.threads)
         return self._limiter
 
-    async def run(self, fn: Callable[..., Result], *args: object) -> Result:
-        """``fn(*args)`` on a model thread; :class:`ApiError` 503 ``busy`` if the queue is full."""
+    async def run(
+        self,
+        fn: Callable[..., Result],
+        *args: object,
+        gone: Gone | None = None,
+    ) -> Result:
+        """``fn(*args)`` on a model thread; :class:`ApiError` 503 ``busy`` if the queue is full.
+
+        ``gone`` (e.g. ``Request.is_disconnected``) is asked when the call's turn comes: work
+        for a client that has hung up meanwhile is dropped (499 ``client_gone``, which no one
+        reads), not done for nobody while others wait behind it."""
         limiter = self.limiter()
         # Counted before the first await: the limiter's own statistics see a call only once it
         # waits for a token, so a burst arriving at once all passed a check on them.
@@ -68,6 +81,9 @@ class ModelThreads:
             )  # fmt: skip
         self._admitted += 1
         try:
-            return await anyio.to_thread.run_sync(fn, *args, limiter=limiter)
+            async with limiter:  # this call's turn
+                if gone is not None and await gone():
+                    raise ApiError(499, "client_gone", "the client hung up before its turn")
+                return await anyio.to_thread.run_sync(fn, *args, limiter=self._threads)
         finally:
             self._admitted -= 1

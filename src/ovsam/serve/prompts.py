@@ -20,7 +20,7 @@ from ovsam.masks import encode_rle, mask_to_bbox_xywh
 from ovsam.outputs import png_bytes
 from ovsam.serve.engine import Prediction, SegmentationEngine
 from ovsam.serve.http_errors import ApiError
-from ovsam.serve.model_threads import BANK_THREADS, ModelThreads
+from ovsam.serve.model_threads import BANK_THREADS, Gone, ModelThreads
 from ovsam.serve.schemas import Label, PredictRequest, PredictResponse, Recognition
 from ovsam.serve.settings import ServeSettings
 from ovsam.serve.store import ImageStore, StoredImage
@@ -59,9 +59,12 @@ class PromptAnswers:
         self.too_many_points = too_many_points
         self.bank_threads = ModelThreads(BANK_THREADS, what="text-bank builds")
 
-    async def predict(self, image_id: str, body: PredictRequest) -> PredictResponse:
-        """The answer to ``body`` on upload ``image_id`` (see the module docstring)."""
-        answer = await self.model_threads.run(self._decode, image_id, body)
+    async def predict(
+        self, image_id: str, body: PredictRequest, gone: Gone | None = None
+    ) -> PredictResponse:
+        """The answer to ``body`` on upload ``image_id`` (see the module docstring); dropped
+        when ``gone()`` says its client hung up before its turn."""
+        answer = await self.model_threads.run(self._decode, image_id, body, gone=gone)
         if isinstance(answer, PredictResponse):
             return answer
         item, result, vocabulary = answer
