@@ -142,6 +142,23 @@ def test_a_crop_layer_finds_an_object_the_whole_image_grid_misses(
     assert np.array_equal(before, after)
 
 
+@pytest.mark.parametrize(("size", "layers"), [((1, 300), 1), ((5, 7), 2)])
+def test_empty_crops_of_thin_images_are_skipped(
+    mobilesam_model: torch.nn.Module, size: tuple[int, int], layers: int
+) -> None:
+    """SAM's crop boxes of a short side under ~135 px include empty ones: 'image is empty'."""
+    boxes = [box for box, _ in crop_boxes(size, layers, 512 / 1500)]
+    assert any(x0 >= x1 or y0 >= y1 for x0, y0, x1, y1 in boxes)  # as SAM's
+    image = np.random.default_rng(0).integers(0, 255, (*size, 3), dtype=np.uint8)
+    generator = AutomaticMaskGenerator(
+        SamPredictor(mobilesam_model), points_per_side=2, crop_n_layers=layers,
+        pred_iou_thresh=-1.0, stability_score_thresh=0.0,
+    )  # fmt: skip
+    for record in generator.generate(image):
+        x, y, w, h = record["crop_box"]
+        assert w > 0 and h > 0 and [x, y, x + w, y + h] in [list(b) for b in boxes]
+
+
 def test_crop_layers_need_the_image_and_sane_settings(mobilesam_model: torch.nn.Module) -> None:
     predictor = SamPredictor(mobilesam_model)
     with pytest.raises(InputError, match=r"crop_n_layers=1 crops the image: pass it"):
@@ -177,5 +194,9 @@ def test_everything_cli_crop_flags_are_checked_and_recorded(
     assert main([*argv, str(tmp_path / "out"), "--crop-layers", "1"]) == 0
     settings = json.loads((tmp_path / "out" / "settings.json").read_text())
     assert settings["crop_layers"] == 1 and "crop_overlap" not in settings
+    plain = [*argv, str(tmp_path / "plain")]
+    assert main(plain) == 0  # without crop layers, crop-only flags change nothing: resumes
+    assert main([*plain, "--crop-overlap", "0.5", "--crop-points-downscale", "2"]) == 0
+    assert "already done" in capsys.readouterr().out
     masks = json.loads((tmp_path / "out" / "masks.json").read_text())["masks"]
     assert [0, 0, 402, 322] in [m["crop_box"] for m in masks]

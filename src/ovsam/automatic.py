@@ -154,7 +154,11 @@ class AutomaticMaskGenerator:
         size = self.predictor.original_size
         # numpy integers' arithmetic can wrap
         factor, layers = int(self.crop_n_points_downscale_factor), int(self.crop_n_layers)
-        crops = crop_boxes(size, layers, float(self.crop_overlap_ratio))
+        crops = [  # SAM's boxes of a short side under ~135 px include empty ones: no pixels
+            (box, layer)
+            for box, layer in crop_boxes(size, layers, float(self.crop_overlap_ratio))
+            if box[0] < box[2] and box[1] < box[3]
+        ]
         found = [self._crop_masks(self.points_per_side, crops[0][0], size)]  # current image
         if len(crops) > 1:
             state = self.predictor.export_state()

@@ -67,6 +67,8 @@ GENERATOR_OPTIONS: tuple[tuple[str, str, type, object, str], ...] = (
 # Settings added after the first four: recorded in settings.json only when not at their
 # default (which is what earlier versions did), so folders written before them still resume.
 LATER_SETTINGS = {field for field, *_ in GENERATOR_OPTIONS[4:]}
+# Settings that change nothing without crop layers: not recorded then (nor refused on resume).
+CROP_ONLY_SETTINGS = {"crop_overlap_ratio", "crop_n_points_downscale_factor"}
 
 
 def _flag_value(args: argparse.Namespace, flag: str) -> Any:
@@ -141,7 +143,9 @@ def run_settings(args: argparse.Namespace, options: LabelOptions | None) -> dict
         **{
             flag[2:].replace("-", "_"): _flag_value(args, flag)
             for field, flag, _, default, _ in GENERATOR_OPTIONS
-            if field in LATER_SETTINGS and _flag_value(args, flag) != default
+            if field in LATER_SETTINGS
+            and _flag_value(args, flag) != default
+            and (field not in CROP_ONLY_SETTINGS or args.crop_layers)
         },
         "vocabulary": vocabulary_record,
         "top_k": None if options is None else options.top_k,
@@ -260,13 +264,13 @@ def _segment(
         try:
             digest = file_sha256(image_path)
             image = load_image(image_path)
+            records, captions = segment_everything(image, generator, predictor, options)
         except InputError as exc:
             if not args.image.is_dir():  # one image file: its error is the command's
                 raise
             tqdm.write(f"failed: {exc}", file=sys.stderr)  # on a line of its own, not the bar's
             failures += 1
             continue
-        records, captions = segment_everything(image, generator, predictor, options)
         if not settings_written:  # first result: from now on --out holds these settings' work
             atomic_write_json(args.out / SETTINGS_FILE, settings)
             settings_written = True
