@@ -108,7 +108,9 @@ def test_uploads_whose_clients_hung_up_are_not_embedded(
         port = int(url.rsplit(":", 1)[1])
         live = socket.create_connection(("127.0.0.1", port))
         live.sendall(head + body)  # its embedding holds the only model thread for a while
-        time.sleep(0.2)
+        deadline = time.monotonic() + 30
+        while not embedded and time.monotonic() < deadline:  # the live upload's turn came
+            time.sleep(0.01)
         for _ in range(3):  # sent whole, then gone before their turn
             with socket.create_connection(("127.0.0.1", port)) as gone:
                 gone.sendall(head + body)
