@@ -94,7 +94,13 @@ def test_uploads_whose_clients_hung_up_are_not_embedded(
     engine = SegmentationEngine(SamPredictor(mobilesam_model), "mobilesam")
     embedded: list[int] = []
     embed = engine.embed
-    monkeypatch.setattr(engine, "embed", lambda image: embedded.append(1) or embed(image))
+
+    def slow_embed(image: object) -> object:  # a real embedding's time (tests may memoize it)
+        embedded.append(1)
+        time.sleep(1.0)
+        return embed(image)
+
+    monkeypatch.setattr(engine, "embed", slow_embed)
     photo = SAMPLE_PHOTO.read_bytes()
     body = (
         b'--B\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
