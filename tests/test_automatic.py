@@ -197,7 +197,7 @@ def test_everything_cli_on_a_folder_resumes_and_reports_bad_files(
     err = capsys.readouterr().err  # each failure named on a line of its own, then a count
     failed = [line for line in err.splitlines() if line.startswith("failed: ")]
     assert len(failed) == 1 and "b.jpg is not a readable image" in failed[0]
-    assert err.endswith("1 image of 2 could not be read (listed above); exit status 1\n")
+    assert err.endswith(" of 2 could not be read or segmented (listed above); exit status 1\n")
     record = json.loads((tmp_path / "out" / "a.png" / "masks.json").read_text())
     assert record["image_size"] == {"height": 120, "width": 160} and record["masks"]
     stamp = (tmp_path / "out" / "a.png" / "masks.json").stat().st_mtime_ns

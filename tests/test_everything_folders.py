@@ -104,8 +104,37 @@ def test_a_link_to_a_missing_file_is_named_as_failed(
     assert main([*argv, *FAST]) == 1
     err = capsys.readouterr().err
     assert f"failed: image file {folder / 'gone.png'} is a link to a missing file (" in err
-    assert "1 image of 2 could not be read" in err
+    assert "1 image of 2 could not be read or segmented" in err
     assert (out / "a.png" / "masks.json").is_file()
+
+
+def test_an_image_that_cannot_be_segmented_is_named_and_the_folder_goes_on(
+    tmp_path: Path,
+    mobilesam_checkpoint: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A read image whose segmentation failed stopped the whole folder (exit 2)."""
+    from ovsam.cli import everything_cmd
+
+    segment = everything_cmd.segment_everything
+
+    def fails_on_b(image: np.ndarray, *args: object) -> object:
+        if image.shape[0] == 20:
+            raise InputError("no masks for this one")
+        return segment(image, *args)
+
+    monkeypatch.setattr(everything_cmd, "segment_everything", fails_on_b)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    _image(folder / "a.png")
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(folder / "b.png")
+    argv = ["everything", str(folder), "--out", str(tmp_path / "out")]
+    assert main([*argv, "--checkpoint", str(mobilesam_checkpoint), *FAST]) == 1
+    err = capsys.readouterr().err
+    assert "failed: no masks for this one" in err
+    assert "1 image of 2 could not be read or segmented (listed above)" in err
+    assert (tmp_path / "out" / "a.png" / "masks.json").is_file()
 
 
 def test_pictures_an_earlier_run_wrote_into_the_folder_are_not_segmented(

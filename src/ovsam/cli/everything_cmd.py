@@ -91,7 +91,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "into --out/<image file name>/ per image (subfolders are not searched; their number is "
         "printed). --out/settings.json records the settings: a re-run with the same settings "
         "skips the images already done, one with other settings is refused unless --overwrite. "
-        "Exit status 1 when some images of a folder could not be read (each is named).",
+        "Exit status 1 when some images of a folder could not be read or segmented (each is "
+        "named).",
     )
     parser.add_argument("image", type=Path, help="image file or folder of images")
     parser.add_argument("--out", type=output_path, required=True, help="output folder")
@@ -229,7 +230,7 @@ def _segment(
     settings: dict[str, Any],
 ) -> int:
     """Segment the images of ``todo`` (``(image, output folder)`` pairs) and write their
-    results; exit status 1 when some of a folder's images could not be read."""
+    results; exit status 1 when some of a folder's images could not be read or segmented."""
     from tqdm import tqdm
 
     from ovsam.automatic import AutomaticMaskGenerator
@@ -290,8 +291,8 @@ def _segment(
         print(f"{image_path}: {len(records)} masks -> {out}")
     if failures:
         print(
-            f"{_plural(failures, 'image')} of {len(todo)} could not be read (listed above); "
-            "exit status 1",
+            f"{_plural(failures, 'image')} of {len(todo)} could not be read or segmented "
+            "(listed above); exit status 1",
             file=sys.stderr,
         )
     return 1 if failures else 0
