@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import product
 
 import numpy as np
@@ -117,17 +118,19 @@ class PlacedMasks:
             counts.append(int(np.count_nonzero(a & b)))
         return torch.tensor(counts, dtype=torch.int64)
 
+    def nms(self, scores: torch.Tensor, iou_threshold: float, stride: int) -> list[int]:
+        """:func:`~ovsam.mask_nms.mask_nms` of these masks ranked by ``scores`` (mask IoU >
+        ``iou_threshold``, on ``stride`` cells, the pixels counted exactly where undecided):
+        the indices kept, in rank."""
+        if not self.arrays:
+            return []
+        shared = partial(self.shared, stride)
+        return mask_nms(self.cells(stride), scores, iou_threshold, stride, shared).tolist()
+
 
 def merge_crops(placed: PlacedMasks, nms_thresh: float, stride: int) -> list[int]:
     """Indices of the masks kept when duplicates across crops (mask IoU > ``nms_thresh``)
     are removed, the masks of smaller crops first (SAM's score ``1 / crop area``), then in
     the given order; in that rank."""
-    if not placed.arrays:
-        return []
     areas = torch.tensor([(x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in placed.crops])
-    scores = 1.0 / areas.double()
-
-    def shared(i: int, rows: torch.Tensor, cells: Box) -> torch.Tensor:
-        return placed.shared(stride, i, rows, cells)
-
-    return mask_nms(placed.cells(stride), scores, nms_thresh, stride, shared).tolist()
+    return placed.nms(1.0 / areas.double(), nms_thresh, stride)

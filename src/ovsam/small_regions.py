@@ -21,9 +21,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from ovsam.crop_layers import PlacedMasks
 from ovsam.errors import InputError
-from ovsam.mask_nms import mask_nms
-from ovsam.mask_statistics import cell_counts
 
 
 @dataclass(frozen=True)
@@ -139,8 +138,8 @@ def clean_small_regions(
     """SAM's ``postprocess_small_regions`` on ``masks`` (``HxW`` bool each, best first).
 
     Each mask loses its holes, then its islands, of fewer than ``min_area`` pixels; duplicates
-    are removed again by mask IoU > ``nms_thresh`` (:func:`~ovsam.mask_nms.mask_nms` on
-    ``stride`` cells, the pixels counted exactly where undecided), the unchanged masks ranked
+    are removed again by mask IoU > ``nms_thresh`` (:meth:`~ovsam.crop_layers.PlacedMasks.nms`
+    on ``stride`` cells, the pixels counted exactly where undecided), the unchanged masks ranked
     first, then the given order. Returns the indices kept, in that rank, and the changed masks
     among them by index."""
     cleaned, unchanged = [], []
@@ -151,14 +150,7 @@ def clean_small_regions(
         unchanged.append(not (filled or cut))
     if not cleaned:
         return [], {}
-    cells = torch.cat([cell_counts(torch.from_numpy(m)[None], stride) for m in cleaned])
-
-    def shared(i: int, rows: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
-        y0, x0, y1, x1 = (v * stride for v in box)
-        window = cleaned[i][y0:y1, x0:x1]
-        counts = [np.count_nonzero(cleaned[j][y0:y1, x0:x1] & window) for j in rows.tolist()]
-        return torch.tensor(counts, dtype=torch.int64)
-
-    scores = torch.tensor(unchanged, dtype=torch.float32)
-    keep = mask_nms(cells, scores, nms_thresh, stride, shared).tolist()
+    height, width = cleaned[0].shape
+    whole = PlacedMasks((height, width), cleaned, [(0, 0, width, height)] * len(cleaned))
+    keep = whole.nms(torch.tensor(unchanged, dtype=torch.float32), nms_thresh, stride)
     return keep, {i: cleaned[i] for i in keep if not unchanged[i]}
