@@ -205,11 +205,11 @@ class Trainer:
         for path in older[: max(0, len(older) - (keep - 1))]:
             path.unlink(missing_ok=True)
 
-    def resume(self) -> bool:
-        """Load the newest checkpoint of the run, if any; returns whether one was found."""
+    def resume(self) -> Path | None:
+        """Load the newest checkpoint of the run, if any; returns its path (None: none)."""
         path = self._latest()
         if path is None:
-            return False
+            return None
         remedy = "delete it and point latest.json at an older step_N.pt, or use a new --out"
         try:
             state = torch.load(path, map_location=self.info.device, weights_only=True)
@@ -236,7 +236,7 @@ class Trainer:
         torch.set_rng_state(rng)
         self.step = self.saved_step = step
         self._apply_schedule()
-        return True
+        return path
 
     def _check_ranks_resumed_alike(self) -> None:
         """Raise :class:`CheckpointError` on every rank when the ranks resumed from different
@@ -370,9 +370,9 @@ class Trainer:
         if self.info.is_main:
             save_config(self.config, self.run_dir, world_size=self.info.world)
             if start_run is not None:
-                start_run(resumed)
-            if resumed:  # a lowered keep_checkpoints applies now, not at the next save
-                self._prune(self.run_dir / "checkpoints" / f"step_{self.step}.pt")
+                start_run(resumed is not None)
+            if resumed is not None:  # a lowered keep_checkpoints applies now, not at a save
+                self._prune(resumed)
         self.log.rewind(self.step)  # this step's successors are trained again
         config, rows = self.config, []
         use_bf16 = config.bf16 and self.info.device.type == "cuda"
