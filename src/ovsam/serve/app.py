@@ -255,7 +255,7 @@ def create_app(
         return await prompts.predict(image_id, body, request.is_disconnected)
 
     everything = EverythingAnswers(
-        engine, vocabularies, (model_threads, prompts.bank_threads), stored, recognition
+        engine, vocabularies, model_threads, prompts.prepared, stored, recognition
     )
 
     @app.post(

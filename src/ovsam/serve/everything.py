@@ -8,7 +8,7 @@ not built yet is built on a bank thread, and the masks are then named on a model
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ from ovsam.serve.schemas import (
 )
 from ovsam.serve.store import StoredImage
 from ovsam.serve.vocabularies import Vocabularies
+from ovsam.vocab import Vocabulary
 
 SETTINGS = (
     "points_per_side", "pred_iou_thresh", "stability_score_thresh", "min_mask_area",
@@ -33,20 +34,22 @@ SETTINGS = (
 
 
 class EverythingAnswers:
-    """Answers "segment everything" on ``engine``'s model, on ``model_threads`` and
-    ``bank_threads``; ``stored(image_id)`` gives an upload or raises the 404,
-    ``recognition()`` describes the recognizer."""
+    """Answers "segment everything" on ``engine``'s model, on ``model_threads``;
+    ``prepared(vocabulary)`` gives the recognizer's text bank (as for a prompt,
+    :meth:`~ovsam.serve.prompts.PromptAnswers.prepared`), ``stored(image_id)`` an upload or
+    the 404, ``recognition()`` describes the recognizer."""
 
     def __init__(
         self,
         engine: SegmentationEngine,
         vocabularies: Vocabularies,
-        threads: tuple[ModelThreads, ModelThreads],
+        model_threads: ModelThreads,
+        prepared: Callable[[Vocabulary], Awaitable[object]],
         stored: Callable[[str], StoredImage],
         recognition: Callable[[], Recognition],
     ) -> None:
         self.engine, self.vocabularies = engine, vocabularies
-        self.model_threads, self.bank_threads = threads
+        self.model_threads, self.prepared = model_threads, prepared
         self.stored, self.recognition = stored, recognition
 
     async def answer(
@@ -59,11 +62,7 @@ class EverythingAnswers:
         named: list[list[tuple[str, float]]] = [[] for _ in records]
         if body.vocabulary and records:
             start = time.perf_counter()
-            vocabulary = self.vocabularies.get(body.vocabulary)
-            recognizer = self.engine.recognizer
-            found, prepared = recognizer.kept(vocabulary)
-            if not found:
-                prepared = await self.bank_threads.run(recognizer.prepare, vocabulary)
+            prepared = await self.prepared(self.vocabularies.get(body.vocabulary))
             masks = np.stack([r["segmentation"] for r in records])
             named = await self.model_threads.run(
                 self.engine.name_masks, item.state, masks, prepared, body.top_k

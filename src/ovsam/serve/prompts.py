@@ -69,10 +69,7 @@ class PromptAnswers:
             return answer
         item, result, vocabulary = answer
         start = time.perf_counter()
-        recognizer = self.engine.recognizer
-        found, prepared = recognizer.kept(vocabulary)  # held by the request, whatever the LRU
-        if not found:  # drops meanwhile
-            prepared = await self.bank_threads.run(recognizer.prepare, vocabulary)
+        prepared = await self.prepared(vocabulary)
 
         def name_and_respond() -> PredictResponse:
             result.labels = self.engine.name(item.state, result, _box(body), prepared, body.top_k)
@@ -80,6 +77,15 @@ class PromptAnswers:
             return self._respond(item, result, body)
 
         return await self.model_threads.run(name_and_respond)
+
+    async def prepared(self, vocabulary: Vocabulary) -> object:
+        """What the recognizer names masks from with ``vocabulary`` (its text bank), held by
+        the request whatever the LRU drops meanwhile; built on a bank thread when new."""
+        recognizer = self.engine.recognizer
+        found, prepared = recognizer.kept(vocabulary)
+        if not found:
+            prepared = await self.bank_threads.run(recognizer.prepare, vocabulary)
+        return prepared
 
     def _decode(self, image_id: str, body: PredictRequest) -> PredictResponse | ToName:
         """The answer to a prompt, or its decoded mask still to name."""

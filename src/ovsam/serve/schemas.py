@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
+from ovsam.generator_settings import PRED_IOU_THRESH_MAX
+
 MAX_POINTS = 1024
 """Schema bound on points and labels of one prompt (``ServeSettings.max_points`` is lower)."""
 MAX_NAMES = 100_000
@@ -106,7 +108,7 @@ class EverythingRequest(BaseModel):
 
     points_per_side: StrictInt = Field(16, ge=1, le=MAX_POINTS_PER_SIDE)
     pred_iou_thresh: StrictFloat = Field(
-        0.88, le=2.0, description="keep masks scored above this (see score_name)"
+        0.88, le=PRED_IOU_THRESH_MAX, description="keep masks scored above this (see score_name)"
     )
     stability_score_thresh: StrictFloat = Field(0.95, ge=0, le=1)
     min_mask_area: StrictInt = Field(0, ge=0, description="drop masks of fewer pixels")
