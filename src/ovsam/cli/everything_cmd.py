@@ -71,9 +71,14 @@ LATER_SETTINGS = {field for field, *_ in GENERATOR_OPTIONS[4:]}
 CROP_ONLY_SETTINGS = {"crop_overlap_ratio", "crop_n_points_downscale_factor"}
 
 
+def _dest(flag: str) -> str:
+    """The name argparse stores ``flag`` under (``--min-area`` -> ``min_area``)."""
+    return flag[2:].replace("-", "_")
+
+
 def _flag_value(args: argparse.Namespace, flag: str) -> Any:
     """The value ``args`` holds for ``flag`` (``--min-area`` -> ``args.min_area``)."""
-    return getattr(args, flag[2:].replace("-", "_"))
+    return getattr(args, _dest(flag))
 
 
 def generator_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
@@ -142,7 +147,7 @@ def run_settings(args: argparse.Namespace, options: LabelOptions | None) -> dict
         "stability_thresh": args.stability_thresh,
         "min_area": args.min_area,
         **{
-            flag[2:].replace("-", "_"): _flag_value(args, flag)
+            _dest(flag): _flag_value(args, flag)
             for field, flag, _, default, _ in GENERATOR_OPTIONS
             if field in LATER_SETTINGS
             and _flag_value(args, flag) != default
