@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import anyio
 import pytest
@@ -10,7 +11,7 @@ import pytest
 pytest.importorskip("fastapi")
 
 from ovsam.serve.http_errors import ApiError  # noqa: E402
-from ovsam.serve.model_threads import ModelThreads  # noqa: E402
+from ovsam.serve.model_threads import WATCH_S, ModelThreads  # noqa: E402
 
 
 def test_queued_work_of_a_client_that_hung_up_is_dropped_at_its_turn() -> None:
@@ -50,3 +51,29 @@ def test_queued_work_of_a_client_that_hung_up_is_dropped_at_its_turn() -> None:
     answers = anyio.run(main)
     assert ran == ["first", "waiting"]
     assert sorted(map(str, answers)) == sorted(["first", "(499, 'client_gone')", "waiting"])
+
+
+def test_watched_work_learns_that_its_client_hung_up_while_it_runs() -> None:
+    """A text-bank build for a client that had hung up could not know it and ran to the end."""
+    threads, hung_up_at = ModelThreads(threads=1), [float("inf")]
+
+    def work(seconds: float, wanted: object) -> str:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if not wanted():  # type: ignore[operator]
+                return "stopped"
+            time.sleep(0.01)
+        return "done"
+
+    async def gone() -> bool:
+        return time.monotonic() >= hung_up_at[0]
+
+    async def main() -> tuple[str, str, str]:
+        unwatched = await threads.run_watched(work, 0.2)  # no gone(): always wanted
+        kept = await threads.run_watched(work, 0.2, gone=gone)
+        hung_up_at[0] = time.monotonic() + 0.3
+        return unwatched, kept, await threads.run_watched(work, 30.0, gone=gone)
+
+    start = time.monotonic()
+    assert anyio.run(main) == ("done", "done", "stopped")
+    assert time.monotonic() - start < 0.4 + 0.3 + WATCH_S + 2

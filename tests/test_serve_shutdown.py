@@ -126,3 +126,80 @@ def test_uploads_whose_clients_hung_up_are_not_embedded(
         live.close()
         time.sleep(1.0)
     assert embedded == [1]  # the live upload alone
+
+
+def test_a_text_bank_build_stops_when_its_client_hangs_up(
+    mobilesam_model: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A prompt naming its mask from a large new vocabulary, then gone: the bank was built to
+    the end for nobody, and two such clients held both bank threads from everyone else."""
+    import json
+    import urllib.request
+    from functools import partial
+
+    import torch
+
+    import ovsam.clip.text_bank as text_bank
+    from browser_helpers import running_server
+    from ovsam.assets import SAMPLE_PHOTO
+    from ovsam.clip.model import CLIP
+    from ovsam.predictor import SamPredictor
+    from ovsam.serve import recognition
+    from ovsam.serve.engine import SegmentationEngine
+    from ovsam.serve.model_threads import WATCH_S
+    from tiny_clip import TINY_CLIP
+
+    batches: list[int] = []
+    real = text_bank.encode_prompts
+
+    def slow_encode(model: object, texts: list[str]) -> torch.Tensor:
+        batches.append(len(texts))
+        time.sleep(0.2)
+        return real(model, texts)
+
+    monkeypatch.setattr(text_bank, "encode_prompts", slow_encode)
+    monkeypatch.setattr(
+        recognition, "build_text_bank", partial(recognition.build_text_bank, batch_texts=2)
+    )
+    torch.manual_seed(0)
+    recognizer = recognition.ClipRecognizer(CLIP(TINY_CLIP), "tiny", templates="none")
+    engine = SegmentationEngine(SamPredictor(mobilesam_model), "mobilesam", recognizer)
+
+    def post(url: str, data: bytes, kind: str) -> dict[str, object]:
+        request = urllib.request.Request(url, data, {"Content-Type": kind})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read())
+
+    with running_server(engine) as url:
+        names = [f"thing {i}" for i in range(100)]  # 50 batches, 10 s
+        vocabulary = json.dumps({"name": "big", "names": names}).encode()
+        post(f"{url}/v1/vocabularies", vocabulary, "application/json")
+        photo = SAMPLE_PHOTO.read_bytes()
+        form = (
+            b'--B\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
+            b"Content-Type: image/jpeg\r\n\r\n" + photo + b"\r\n--B--\r\n"
+        )
+        image_id = post(f"{url}/v1/images", form, "multipart/form-data; boundary=B")["image_id"]
+        prompt = json.dumps({"box": [170.0, 15.0, 255.0, 310.0], "vocabulary": "big"}).encode()
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            client.sendall(
+                f"POST /v1/images/{image_id}/predict HTTP/1.1\r\nHost: x\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(prompt)}\r\n\r\n".encode()
+                + prompt
+            )
+            deadline = time.monotonic() + 60
+            while not batches and time.monotonic() < deadline:  # the build began
+                time.sleep(0.01)
+        time.sleep(WATCH_S + 1.0)  # noticed within WATCH_S; the batch under way ends
+        stopped_at = len(batches)
+        time.sleep(1.0)
+        assert len(batches) == stopped_at < 20
+        assert recognizer.banks.built(engine_vocabulary(names)) is None
+
+
+def engine_vocabulary(names: list[str]) -> object:
+    """The vocabulary the server made of ``names`` (for its text-bank key)."""
+    from ovsam.vocab import vocabulary_from_names
+
+    return vocabulary_from_names(names, "big")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import ovsam.serve.recognition as recognition
-from ovsam.clip.text_bank import TextBank
+from ovsam.clip.text_bank import BuildStopped, TextBank
 from ovsam.vocab import Vocabulary, vocabulary_from_names
 
 
@@ -69,11 +69,11 @@ def test_after_a_failed_build_requests_build_one_at_a_time(
     threads = [ask("A")]
     _until(lambda: calls == ["A"])
     threads.append(ask("B"))
-    _until(lambda: key in banks._building and banks._building[key].users == 2)
+    _until(lambda: key in banks._building and len(banks._building[key].wants) == 2)
     releases[0].set()  # A fails; B builds again
     _until(lambda: calls == ["A", "B"])
     threads.append(ask("C"))  # arrives while B builds: waits for B
-    _until(lambda: len(calls) == 3 or banks._building[key].users == 2)
+    _until(lambda: len(calls) == 3 or len(banks._building[key].wants) == 2)
     releases[1].set()
     releases[2].set()
     for thread in threads:
@@ -96,3 +96,61 @@ def test_vocabularies_with_the_same_synonyms_keep_their_own_display_names(
     assert banks.get(shown).names == ("Bible",)
     assert banks.get(posted).names == ("bible",)
     assert banks.get(shown).names == ("Bible",)
+
+
+def test_a_build_no_request_wants_stops_and_its_waiters_do_not_build_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Builds went on for requests whose clients had hung up, holding both bank threads."""
+    batches: list[str] = []
+
+    def build(clip: object, vocabulary: Vocabulary, *args: object, **kwargs: object) -> TextBank:
+        stop = kwargs["stop"]
+        for _ in range(300):  # 3 s at most
+            if stop is not None and stop():  # type: ignore[operator]
+                raise BuildStopped("stopped")
+            batches.append(threading.current_thread().name)
+            time.sleep(0.01)
+        return _bank(vocabulary)
+
+    monkeypatch.setattr(recognition, "build_text_bank", build)
+    banks = recognition.TextBanks(clip=None, templates=["a {}."])  # type: ignore[arg-type]
+    vocabulary = vocabulary_from_names(["cup"], "mine")
+    want = {"A": threading.Event(), "B": threading.Event()}
+    answers: dict[str, object] = {}
+
+    def ask(name: str, asked: Vocabulary = vocabulary) -> threading.Thread:
+        want[name].set()
+
+        def run() -> None:
+            try:
+                answers[name] = banks.get(asked, want[name].is_set)
+            except BuildStopped as exc:
+                answers[name] = exc
+
+        thread = threading.Thread(target=run, name=name)
+        thread.start()
+        return thread
+
+    threads = [ask("A")]
+    _until(lambda: len(batches) > 0)
+    threads.append(ask("B"))  # waits for A's build
+    _until(lambda: len(banks._building[(vocabulary.classes, vocabulary.synonyms)].wants) == 2)
+    want["A"].clear()  # A's client hung up: B still wants the bank, so the build goes on
+    time.sleep(0.1)
+    assert threads[0].is_alive()
+    want["B"].clear()
+    for thread in threads:
+        thread.join(30)
+    assert set(batches) == {"A"} and len(batches) < 300  # stopped; B did not build again
+    assert all(isinstance(answers[n], BuildStopped) for n in "AB")
+    assert not banks._building and banks.built(vocabulary) is None
+    # a built-in vocabulary's bank, cached on disk, is built to the end (hours for
+    # ImageNet-21k: a stopped build would keep nothing and start again from zero)
+    batches.clear()
+    builtin = Vocabulary("coco", ("cup",), (("cup",),), ({},))
+    thread = ask("A", builtin)
+    _until(lambda: len(batches) > 0)
+    want["A"].clear()
+    thread.join(60)
+    assert len(batches) == 300 and banks.built(builtin) is not None

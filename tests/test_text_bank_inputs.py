@@ -102,3 +102,28 @@ def test_a_damaged_cache_file_is_rebuilt_and_dtype_is_part_of_the_key(
         model.half(), ["cat", "dog"], cache=tmp_path, progress=False, weights_id="w"
     )
     assert fp16.key != fp32.key
+
+
+def test_a_build_asked_to_stop_ends_between_batches_and_caches_nothing(
+    model: CLIP, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server's build for a client that hung up ran to the end (minutes for a large
+    vocabulary), holding a build thread for nobody."""
+    import ovsam.clip.text_bank as text_bank
+
+    batches: list[int] = []
+    real = text_bank.encode_prompts
+    monkeypatch.setattr(
+        text_bank, "encode_prompts", lambda m, t: (batches.append(len(t)), real(m, t))[1]
+    )
+    names = [f"thing {i}" for i in range(10)]
+    with pytest.raises(text_bank.BuildStopped, match="stopped after 4 of 10 names"):
+        build_text_bank(
+            model, names, ["{}"], batch_texts=2, cache=tmp_path, progress=False,
+            stop=lambda: len(batches) == 2,
+        )  # fmt: skip
+    assert batches == [2, 2] and not list(tmp_path.iterdir())
+    bank = build_text_bank(
+        model, names, ["{}"], batch_texts=2, cache=False, progress=False, stop=lambda: False
+    )
+    assert len(batches) == 2 + 5 and bank.embeddings.shape[0] == 10

@@ -21,7 +21,7 @@ import functools
 import hashlib
 import json
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from string import Formatter
@@ -231,13 +231,25 @@ def encode_prompts(model: CLIP, texts: Sequence[str]) -> torch.Tensor:
     return model.encode_text(tokens[:, :length].to(device), normalize=True).float().cpu()
 
 
+class BuildStopped(Exception):
+    """A text bank's build was stopped between batches: its ``stop()`` said so."""
+
+
 def _embed_synonyms(
-    model: CLIP, names: Sequence[str], templates: Sequence[str], batch_texts: int, progress: bool
+    model: CLIP,
+    names: Sequence[str],
+    templates: Sequence[str],
+    batch_texts: int,
+    progress: bool,
+    stop: Callable[[], bool] | None,
 ) -> torch.Tensor:
     per_batch = max(1, batch_texts // len(templates))
     out = torch.empty(len(names), model.embed_dim)
     bar = tqdm(total=len(names), unit="name", desc="text bank", disable=not progress)
     for start in range(0, len(names), per_batch):
+        if stop is not None and stop():
+            bar.close()
+            raise BuildStopped(f"text bank build stopped after {start} of {len(names)} names")
         chunk = names[start : start + per_batch]
         texts = [template.format(name) for name in chunk for template in templates]
         parts = range(0, len(texts), batch_texts)  # one name's templates may be more than that
@@ -277,6 +289,7 @@ def build_text_bank(
     batch_texts: int = 512,
     cache: bool | Path = True,
     progress: bool = True,
+    stop: Callable[[], bool] | None = None,
 ) -> TextBank:
     """Embed ``classes`` (a list of names or synonym lists, or a vocabulary with ``.classes``
     and ``.synonyms``; a bare string is refused).
@@ -285,7 +298,8 @@ def build_text_bank(
     default the text tower's parameters are hashed. ``cache``: True for the default cache
     directory, a directory path, or False to skip the cache (a cache that cannot be written
     is skipped with a warning: the bank is built again next time). ``batch_texts`` bounds the
-    number of prompts encoded at once.
+    number of prompts encoded at once. ``stop`` is asked before each batch: when it answers
+    True the build ends with :class:`BuildStopped` (nothing is cached).
     """
     display, synonyms = _class_lists(classes)
     templates = check_templates(templates)
@@ -301,7 +315,7 @@ def build_text_bank(
     flat = [name.strip() for names in synonyms for name in names]
     check_context(flat, templates, model.config.text.context_length)
     class_index = torch.tensor([i for i, names in enumerate(synonyms) for _ in names])
-    embeddings = _embed_synonyms(model, flat, templates, batch_texts, progress)
+    embeddings = _embed_synonyms(model, flat, templates, batch_texts, progress, stop)
     bank = TextBank(display, embeddings, class_index, key)
     if path is not None:
         _save_bank(path, key, embeddings, class_index)

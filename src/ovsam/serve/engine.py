@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -20,6 +20,11 @@ NO_RECOGNITION = (
     "recognition weights are missing: no CLIP / Open-Vocabulary SAM checkpoint is loaded, so "
     "masks come without class labels"
 )
+
+
+def always() -> bool:
+    """A request that never stops wanting what it asked for (the default ``wanted``)."""
+    return True
 
 
 @dataclass(frozen=True)
@@ -49,9 +54,11 @@ class Recognizer(Protocol):
         """``(True, prepared)`` when :meth:`prepare` would answer ``prepared`` at once (nothing
         to build or wait for), else ``(False, None)``."""
 
-    def prepare(self, vocabulary: Vocabulary) -> object:
+    def prepare(self, vocabulary: Vocabulary, wanted: Callable[[], bool] = always) -> object:
         """What :meth:`label` needs to name masks from ``vocabulary`` (e.g. its text bank),
-        built outside the model lock; handed back to :meth:`label` as ``prepared``."""
+        built outside the model lock; handed back to :meth:`label` as ``prepared``. Once
+        ``wanted()`` is False (the client hung up) it may end early with
+        :class:`~ovsam.clip.text_bank.BuildStopped`."""
 
     def label(
         self, state: ImageState, decoded: DecodedMask, prepared: object, top_k: int
@@ -82,7 +89,7 @@ class MissingRecognizer:
     def kept(self, vocabulary: Vocabulary) -> tuple[bool, object]:
         return True, None
 
-    def prepare(self, vocabulary: Vocabulary) -> object:
+    def prepare(self, vocabulary: Vocabulary, wanted: Callable[[], bool] = always) -> object:
         return None
 
     def label(

@@ -44,7 +44,7 @@ class EverythingAnswers:
         engine: SegmentationEngine,
         vocabularies: Vocabularies,
         model_threads: ModelThreads,
-        prepared: Callable[[Vocabulary], Awaitable[object]],
+        prepared: Callable[[Vocabulary, Gone | None], Awaitable[object]],
         stored: Callable[[str], StoredImage],
         recognition: Callable[[], Recognition],
     ) -> None:
@@ -62,7 +62,7 @@ class EverythingAnswers:
         named: list[list[tuple[str, float]]] = [[] for _ in records]
         if body.vocabulary and records:
             start = time.perf_counter()
-            prepared = await self.prepared(self.vocabularies.get(body.vocabulary))
+            prepared = await self.prepared(self.vocabularies.get(body.vocabulary), gone)
             masks = np.stack([r["segmentation"] for r in records])
             named = await self.model_threads.run(
                 self.engine.name_masks, item.state, masks, prepared, body.top_k

@@ -11,9 +11,11 @@ once with 503 ``busy`` and a ``Retry-After`` header rather than queued for minut
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import anyio
 import anyio.to_thread
 from anyio import CapacityLimiter
 
@@ -33,6 +35,8 @@ QUEUE_LIMIT = 64
 """Requests that may wait for a model thread; one more is refused with 503 ``busy``."""
 RETRY_AFTER_S = 2
 """What the ``Retry-After`` header of a 503 ``busy`` asks a client to wait, in seconds."""
+WATCH_S = 0.5
+"""How often :meth:`ModelThreads.run_watched` asks whether a waiting client has hung up."""
 
 
 class ModelThreads:
@@ -87,3 +91,29 @@ class ModelThreads:
                 return await anyio.to_thread.run_sync(fn, *args, limiter=self._threads)
         finally:
             self._admitted -= 1
+
+    async def run_watched(
+        self, fn: Callable[..., Result], *args: object, gone: Gone | None = None
+    ) -> Result:
+        """:meth:`run` of ``fn(*args, wanted)`` for long work that can stop part-way:
+        ``wanted()`` turns False once ``gone()``, asked every :data:`WATCH_S` seconds while
+        the work waits or runs, says the client has hung up."""
+        abandoned = threading.Event()
+
+        def wanted() -> bool:
+            return not abandoned.is_set()
+
+        if gone is None:
+            return await self.run(fn, *args, wanted)
+
+        async def watch() -> None:
+            while not await gone():
+                await anyio.sleep(WATCH_S)
+            abandoned.set()
+
+        async with anyio.create_task_group() as watching:
+            watching.start_soon(watch)
+            try:
+                return await self.run(fn, *args, wanted, gone=gone)
+            finally:
+                watching.cancel_scope.cancel()

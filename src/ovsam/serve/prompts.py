@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ovsam.clip.text_bank import BuildStopped
 from ovsam.masks import encode_rle, mask_to_bbox_xywh
 from ovsam.outputs import png_bytes
 from ovsam.serve.engine import Prediction, SegmentationEngine
@@ -69,7 +70,7 @@ class PromptAnswers:
             return answer
         item, result, vocabulary = answer
         start = time.perf_counter()
-        prepared = await self.prepared(vocabulary)
+        prepared = await self.prepared(vocabulary, gone)
 
         def name_and_respond() -> PredictResponse:
             result.labels = self.engine.name(item.state, result, _box(body), prepared, body.top_k)
@@ -78,14 +79,21 @@ class PromptAnswers:
 
         return await self.model_threads.run(name_and_respond)
 
-    async def prepared(self, vocabulary: Vocabulary) -> object:
+    async def prepared(self, vocabulary: Vocabulary, gone: Gone | None = None) -> object:
         """What the recognizer names masks from with ``vocabulary`` (its text bank), held by
-        the request whatever the LRU drops meanwhile; built on a bank thread when new."""
+        the request whatever the LRU drops meanwhile; built on a bank thread when new. Once
+        ``gone()`` says the client hung up, the build stops at its next batch unless another
+        request still waits for it, and this request ends with 499 ``client_gone``."""
         recognizer = self.engine.recognizer
         found, prepared = recognizer.kept(vocabulary)
-        if not found:
-            prepared = await self.bank_threads.run(recognizer.prepare, vocabulary)
-        return prepared
+        if found:
+            return prepared
+        try:
+            return await self.bank_threads.run_watched(recognizer.prepare, vocabulary, gone=gone)
+        except BuildStopped as exc:
+            raise ApiError(
+                499, "client_gone", "the client hung up during a text-bank build"
+            ) from exc
 
     def _decode(self, image_id: str, body: PredictRequest) -> PredictResponse | ToName:
         """The answer to a prompt, or its decoded mask still to name."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import cast
 
 import numpy as np
@@ -23,7 +23,7 @@ from ovsam.clip.region_classifier import classify_regions
 from ovsam.clip.text_bank import TextBank, build_text_bank, check_context
 from ovsam.image_state import PIXELS, ImageState
 from ovsam.ov.predictor import OVSamPredictor
-from ovsam.serve.engine import DecodedMask
+from ovsam.serve.engine import DecodedMask, always
 from ovsam.vocab import BUILTIN_VOCABULARIES, Vocabulary, prompt_templates
 
 BankKey = tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]
@@ -36,11 +36,12 @@ def _key(vocabulary: Vocabulary) -> BankKey:
 
 
 class _Build:
-    """One vocabulary's build: its lock, and the requests holding or waiting for it."""
+    """One vocabulary's build: its lock, and whether each request holding or waiting for it
+    still wants the bank (``wants``)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.users = 0
+        self.wants: list[Callable[[], bool]] = []
 
 
 class TextBanks:
@@ -71,27 +72,41 @@ class TextBanks:
             self._banks.move_to_end(key)
         return bank
 
-    def get(self, vocabulary: Vocabulary) -> TextBank:
+    def get(self, vocabulary: Vocabulary, wanted: Callable[[], bool] = always) -> TextBank:
         """The bank of ``vocabulary`` (every synonym of every class). Requests for a
         vocabulary being built wait for that build; after a failed one they try again one at
-        a time, and the build's lock is shared until its last request is done."""
+        a time, and the build's lock is shared until its last request is done.
+
+        ``wanted()`` says whether the request still wants the bank (False once its client
+        hung up): a posted vocabulary's build that no request wants any more stops at its
+        next batch (:class:`~ovsam.clip.text_bank.BuildStopped` for the requests waiting for
+        it, none of which builds again); a built-in's runs to the end, for its disk cache."""
         key = _key(vocabulary)
         with self._lock:
             bank = self._built(key)
             if bank is not None:
                 return bank
             build = self._building.setdefault(key, _Build())
-            build.users += 1
+            build.wants.append(wanted)
+
+        def stop() -> bool:
+            with self._lock:
+                wants = list(build.wants)
+            return not any(want() for want in wants)
+
         try:
             with build.lock:
                 with self._lock:
                     bank = self._built(key)  # by the request this one waited for
                 if bank is not None:
                     return bank
-                on_disk = vocabulary.name in BUILTIN_VOCABULARIES  # posted names are not
+                # a built-in's bank is cached on disk (posted ones are not) and is built to the
+                # end: stopped builds keep nothing, and ImageNet-21k's takes hours on a CPU
+                on_disk = vocabulary.name in BUILTIN_VOCABULARIES
                 bank = build_text_bank(
-                    self.clip, vocabulary, self.templates, cache=on_disk, progress=False
-                )
+                    self.clip, vocabulary, self.templates, cache=on_disk, progress=False,
+                    stop=None if on_disk else stop,
+                )  # fmt: skip
                 with self._lock:
                     self._banks[key] = bank
                     while len(self._banks) > self.kept:
@@ -99,8 +114,8 @@ class TextBanks:
                 return bank
         finally:
             with self._lock:
-                build.users -= 1
-                if not build.users:
+                build.wants.remove(wanted)
+                if not build.wants:
                     del self._building[key]
 
 
@@ -117,9 +132,10 @@ class BankRecognizer:
         bank = self.banks.built(vocabulary)
         return bank is not None, bank
 
-    def prepare(self, vocabulary: Vocabulary) -> TextBank:
-        """``vocabulary``'s text bank (held by the request, whatever the LRU drops meanwhile)."""
-        return self.banks.get(vocabulary)
+    def prepare(self, vocabulary: Vocabulary, wanted: Callable[[], bool] = always) -> TextBank:
+        """``vocabulary``'s text bank (held by the request, whatever the LRU drops meanwhile);
+        see :meth:`TextBanks.get` for ``wanted``."""
+        return self.banks.get(vocabulary, wanted)
 
 
 class ClipRecognizer(BankRecognizer):
