@@ -264,3 +264,29 @@ def test_cache_is_rebuilt_when_a_prompt_encoder_buffer_changes(
     ours, reference = cached.predict(**click)[2], plain.predict(**click)[2]
     assert np.abs(reference - before).max() > 1.0  # the change matters
     np.testing.assert_allclose(ours, reference, atol=2e-3 * np.abs(reference).max())
+
+
+def test_prompts_of_many_points_take_the_plain_decoder(
+    mobilesam_model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache's cost grows with the square of a prompt's tokens: 2,000 points took 65 s
+    and 2.3 GB (the plain decoder 0.4 s), 10,000 ended in a 25 GB allocation failure."""
+    from ovsam.modeling.image_token_cache import MAX_CACHED_PROMPT_TOKENS
+
+    cached, plain = SamPredictor(mobilesam_model), SamPredictor(mobilesam_model, False)
+    image = np.asarray(Image.open(ASSET).convert("RGB"))
+    cached.set_image(image)
+    plain.load_state(cached.export_state())
+    decoder, calls = mobilesam_model.mask_decoder, []
+    forward_cached = decoder.forward_cached
+    monkeypatch.setattr(
+        decoder, "forward_cached", lambda *a: (calls.append(a[1].shape[1]), forward_cached(*a))[1]
+    )
+    rng = np.random.default_rng(0)
+    for n in (MAX_CACHED_PROMPT_TOKENS - 1, MAX_CACHED_PROMPT_TOKENS, 3000):  # + 1 pad token
+        points = rng.random((n, 2)) * [image.shape[1] - 1, image.shape[0] - 1]
+        labels = np.ones(n)
+        got = cached.predict(point_coords=points, point_labels=labels, multimask_output=False)
+        ref = plain.predict(point_coords=points, point_labels=labels, multimask_output=False)
+        assert np.abs(got[2] - ref[2]).max() < 1e-3
+    assert calls == [MAX_CACHED_PROMPT_TOKENS]  # 15 points + the pad: cached; more: plain

@@ -29,7 +29,7 @@ from ovsam.image_state import ImageState
 from ovsam.inference import inference_api
 from ovsam.input_values import check_flag
 from ovsam.modeling.common import weights_checksum, weights_key
-from ovsam.modeling.image_token_cache import ImageTokenCache
+from ovsam.modeling.image_token_cache import MAX_CACHED_PROMPT_TOKENS, ImageTokenCache
 from ovsam.prompt_arrays import check_mask_input, check_points, rgb_image
 from ovsam.prompt_tensors import check_image_tensor, check_prompt_tensors
 from ovsam.transforms import ResizeLongestSide
@@ -52,6 +52,7 @@ class SamPredictor:
     :mod:`ovsam.modeling.image_token_cache`); every later prompt costs less on the CPU. The
     default (None) uses it on the CPU only: on a GPU, where a decode is kernel-launch bound,
     it made single prompts slower. Results equal the plain decoder's up to fp32 rounding.
+    Prompts of over ``MAX_CACHED_PROMPT_TOKENS`` tokens take the plain decoder (see there).
     Like segment-anything's, a predictor holds one current image: a prompt running while
     another thread calls ``set_image`` or ``load_state`` may mix the two. Give each thread
     its own predictor (they may share the model) or a lock, as the server does.
@@ -351,7 +352,8 @@ class SamPredictor:
             boxes=None if boxes is None else boxes.to(device, torch.float32),
             masks=mask_input,
         )
-        cache = None if mask_input is not None else self._image_token_cache(state)
+        cached = mask_input is None and sparse.shape[1] <= MAX_CACHED_PROMPT_TOKENS
+        cache = self._image_token_cache(state) if cached else None
         if cache is not None:
             return self.model.mask_decoder.forward_cached(cache, sparse, multimask_output)
         return self.model.mask_decoder(

@@ -29,6 +29,12 @@ from torch import Tensor, nn
 
 from ovsam.modeling.common import tensors_nbytes
 
+MAX_CACHED_PROMPT_TOKENS = 16
+"""Prompt tokens (points, plus 2 per box) beyond which the plain decoder is faster: the rank
+of the factored image tokens grows with the tokens T, and its cost with T squared (MobileSAM
+on a 2-core CPU: 26 vs 35 ms at 4 points, 41 vs 42 at 16, 124 vs 49 at 64; 65 s vs 0.4 s and
+2.3 GB at 2,000 points)."""
+
 
 @dataclass
 class Projection:
