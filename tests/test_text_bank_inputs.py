@@ -127,3 +127,27 @@ def test_a_build_asked_to_stop_ends_between_batches_and_caches_nothing(
         model, names, ["{}"], batch_texts=2, cache=False, progress=False, stop=lambda: False
     )
     assert len(batches) == 2 + 5 and bank.embeddings.shape[0] == 10
+
+
+def test_a_cached_file_whose_rows_do_not_fit_the_vocabulary_is_rebuilt(
+    model: CLIP, tmp_path: Path
+) -> None:
+    """A file under the right key with 3 rows for 4 synonyms (or rows given to the wrong
+    classes) was served as it was: only unit norms and one row per class were checked."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    classes = [["cat", "kitty"], ["dog", "puppy"]]
+    first = build_text_bank(model, classes, cache=tmp_path, progress=False)
+    (path,) = tmp_path.iterdir()
+    tensors = load_file(str(path))
+    with safe_open(str(path), framework="pt") as fh:
+        metadata = fh.metadata()
+    for embeddings, class_index in (
+        (tensors["embeddings"][:3], torch.tensor([0, 0, 1])),  # a synonym's row missing
+        (tensors["embeddings"], torch.tensor([0, 1, 1, 0])),  # rows given to other classes
+    ):
+        save_file({"embeddings": embeddings, "class_index": class_index}, str(path), metadata)
+        again = build_text_bank(model, classes, cache=tmp_path, progress=False)
+        assert again.class_index.tolist() == [0, 0, 1, 1]
+        torch.testing.assert_close(again.embeddings, first.embeddings)

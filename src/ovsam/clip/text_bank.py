@@ -261,11 +261,14 @@ def _embed_synonyms(
     return out
 
 
-def _read_cached(path: Path, key: str, names: tuple[str, ...]) -> TextBank | None:
+def _read_cached(
+    path: Path, key: str, names: tuple[str, ...], class_index: torch.Tensor
+) -> TextBank | None:
     """The bank cached under ``key``, its classes named ``names`` (the key covers what is
     embedded, not the display names: a vocabulary with other display names but the same
     synonyms shares the file); None when missing, unreadable or damaged (safetensors keeps
-    no checksum: rows that are not finite unit vectors, or a class without one, are damage)."""
+    no checksum: rows that are not finite unit vectors, or class ids other than
+    ``class_index``, one per synonym, are damage)."""
     from safetensors import safe_open
 
     try:
@@ -277,7 +280,7 @@ def _read_cached(path: Path, key: str, names: tuple[str, ...]) -> TextBank | Non
         return None
     norms = torch.linalg.vector_norm(bank.embeddings.float(), dim=1)
     unit = bool(((norms - 1).abs() < 1e-3).all())  # False for NaN too
-    return bank if unit and len(bank.class_index.unique()) == len(names) else None
+    return bank if unit and torch.equal(bank.class_index, class_index) else None
 
 
 def build_text_bank(
@@ -306,15 +309,15 @@ def build_text_bank(
     if isinstance(batch_texts, bool) or not isinstance(batch_texts, int) or batch_texts < 1:
         raise InputError(f"batch_texts must be a positive integer, got {batch_texts!r}")
     key = bank_key(model, weights_id or text_tower_fingerprint(model), synonyms, templates)
+    class_index = torch.tensor([i for i, names in enumerate(synonyms) for _ in names])
     path = None
     if cache:
         folder = cache_dir() / "text_banks" if cache is True else Path(cache)
         path = folder / f"{key}.safetensors"
-        if path.is_file() and (hit := _read_cached(path, key, display)) is not None:
+        if path.is_file() and (hit := _read_cached(path, key, display, class_index)) is not None:
             return hit
     flat = [name.strip() for names in synonyms for name in names]
     check_context(flat, templates, model.config.text.context_length)
-    class_index = torch.tensor([i for i, names in enumerate(synonyms) for _ in names])
     embeddings = _embed_synonyms(model, flat, templates, batch_texts, progress, stop)
     bank = TextBank(display, embeddings, class_index, key)
     if path is not None:
