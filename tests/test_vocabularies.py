@@ -295,6 +295,12 @@ def test_vocabulary_file_with_byte_order_mark(tmp_path: Path) -> None:
     path = tmp_path / "bom.txt"
     path.write_text("cup\nsaucer\n", encoding="utf-8-sig")  # as Windows Notepad saves it
     assert load_vocabulary(path).classes == ("cup", "saucer")
+    joined = tmp_path / "joined.txt"  # two such files joined with cat: a BOM starts line 3
+    joined.write_bytes(path.read_bytes() * 2)
+    with pytest.raises(InputError, match=r"duplicate class name 'cup' \(line 1 and line 3\)"):
+        load_vocabulary(joined)  # the second 'cup' is no other class ('\ufeffcup')
+    joined.write_bytes(path.read_bytes() + "\ufeffdog\n".encode())
+    assert load_vocabulary(joined).classes == ("cup", "saucer", "dog")
 
 
 def test_command_line_vocabulary_argument() -> None:

@@ -70,7 +70,8 @@ def vocabulary_from_file(path: str | Path, max_classes: int = MAX_CLASSES) -> Vo
     lines = _file_text(path).replace("\r\n", "\n").replace("\r", "\n").split("\n")
     numbered: list[tuple[int, str]] = []
     for number, line in enumerate(lines, start=1):
-        entry = _COMMENT.sub("", line)
+        # a byte-order mark starting a line (files joined with cat) is not part of the name
+        entry = _COMMENT.sub("", line.lstrip("\ufeff"))
         if ";" in entry:
             raise InputError(
                 f"vocabulary file {path} line {number}: ';' separates classes only on the "
