@@ -77,3 +77,17 @@ def test_watched_work_learns_that_its_client_hung_up_while_it_runs() -> None:
     start = time.monotonic()
     assert anyio.run(main) == ("done", "done", "stopped")
     assert time.monotonic() - start < 0.4 + 0.3 + WATCH_S + 2
+
+
+def test_an_error_of_watched_work_is_raised_as_itself() -> None:
+    """Raised inside the watcher's task group, it came out as an ExceptionGroup: a 500."""
+    threads = ModelThreads(threads=1)
+
+    def work(wanted: object) -> None:
+        raise ApiError(400, "invalid_input", "a bad name")
+
+    async def still_here() -> bool:
+        return False
+
+    with pytest.raises(ApiError, match="a bad name"):
+        anyio.run(lambda: threads.run_watched(work, gone=still_here))

@@ -64,7 +64,9 @@ def test_a_bad_prompt_is_refused_before_its_vocabulary_is_embedded(
     prepared: list[str] = []
     real = labelled.recognizer.prepare
     monkeypatch.setattr(
-        labelled.recognizer, "prepare", lambda v: prepared.append(v.name) or real(v)
+        labelled.recognizer,
+        "prepare",
+        lambda v, *wanted: prepared.append(v.name) or real(v, *wanted),
     )
     client = TestClient(create_app(ServeSettings(), lambda _: labelled))
     image_id, box = upload_scene(client)
@@ -230,8 +232,8 @@ def test_only_builtin_text_banks_go_to_disk_and_a_request_keeps_its_bank(
 
     real_prepare = recognizer.prepare
 
-    def prepare_then_drop(vocabulary: object) -> object:
-        prepared = real_prepare(vocabulary)  # type: ignore[arg-type]
+    def prepare_then_drop(vocabulary: object, *wanted: object) -> object:
+        prepared = real_prepare(vocabulary, *wanted)  # type: ignore[arg-type]
         recognizer.banks._banks.clear()  # another request's bank pushed it out
 
         def no_rebuild(*args: object, **kwargs: object) -> None:

@@ -111,9 +111,14 @@ class ModelThreads:
                 await anyio.sleep(WATCH_S)
             abandoned.set()
 
+        failed: Exception | None = None  # raised as itself, not in the task group's group
         async with anyio.create_task_group() as watching:
             watching.start_soon(watch)
             try:
-                return await self.run(fn, *args, wanted, gone=gone)
-            finally:
-                watching.cancel_scope.cancel()
+                result = await self.run(fn, *args, wanted, gone=gone)
+            except Exception as exc:  # noqa: BLE001 - re-raised below
+                failed = exc
+            watching.cancel_scope.cancel()
+        if failed is not None:
+            raise failed
+        return result
