@@ -53,6 +53,51 @@ def test_a_client_that_stops_mid_body_does_not_keep_the_server_running(
         assert not thread.is_alive() and time.monotonic() - start < 10
 
 
+def test_a_body_that_does_not_arrive_in_time_is_a_408_and_the_connection_closes() -> None:
+    """A client that sent part of a body and then nothing (or trickled it) held its
+    connection and handler for as long as it liked (slow-loris)."""
+    engine = SimpleNamespace(
+        recognizer=MissingRecognizer(), model_name="stub", score_name="predicted_iou"
+    )
+    app = create_app(ServeSettings(body_timeout_s=1), lambda _: engine)
+    port = free_port()
+    server = uvicorn.Server(serve_cmd.uvicorn_config(app, "127.0.0.1", port))
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # a thread
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        for content_type, part in (
+            (b"application/json", b'{"name": "a'),
+            (b"multipart/form-data; boundary=B", b"--B\r\nContent-Disposition: form-data; na"),
+        ):
+            path = b"/v1/vocabularies" if b"json" in content_type else b"/v1/images"
+            with socket.create_connection(("127.0.0.1", port)) as client:
+                client.settimeout(20)
+                start = time.monotonic()
+                client.sendall(
+                    b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Type: " + content_type
+                    + b"\r\nContent-Length: 1000\r\n\r\n" + part
+                )  # fmt: skip
+                time.sleep(0.5)
+                client.sendall(b"x")  # a trickle does not reset the clock
+                answer = b""
+                while b"}}" not in answer:
+                    chunk = client.recv(4096)
+                    assert chunk, answer
+                    answer += chunk
+                assert answer.startswith(b"HTTP/1.1 408") and b'"code":"body_timeout"' in answer
+                assert b"did not arrive within 1 s" in answer and time.monotonic() - start < 5
+                while client.recv(4096):  # then closed by the server
+                    pass
+                assert time.monotonic() - start < 15
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+
+
 @pytest.mark.skipif(
     platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's malloc"
 )

@@ -34,6 +34,9 @@ LIMIT_OPTIONS: dict[str, tuple[str, int, str]] = {
     "cache_images": ("--cache-size", 1, "embedded images kept (LRU)"),
     "cache_bytes": ("--cache-mb", MIB, "memory for embedded images (LRU), in MiB"),
     "masks_per_image": ("--masks-per-image", 1, "previous masks kept per image for refinement"),
+    "body_timeout_s": (
+        "--body-timeout", 1, "seconds a request body may take to arrive whole (else 408)"
+    ),
 }  # fmt: skip
 
 

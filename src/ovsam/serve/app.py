@@ -139,7 +139,7 @@ def create_app(
             f"request body is larger than the limit of {settings.max_body_bytes} bytes",
         )  # fmt: skip
 
-    app.add_middleware(GuardMiddleware, limit_for=body_limit)
+    app.add_middleware(GuardMiddleware, limit_for=body_limit, timeout_s=settings.body_timeout_s)
 
     def recognition() -> Recognition:
         recognizer = engine.recognizer

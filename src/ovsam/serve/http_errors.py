@@ -11,8 +11,10 @@ smaller).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
+import anyio
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -177,6 +179,10 @@ def _cut_short(closing: bytes) -> str:
 class GuardMiddleware:
     """Rejects bodies over ``limit_for(scope)`` early and turns crashes into ``internal_error``.
 
+    A body that has not arrived whole ``timeout_s`` seconds after its request began is a 408
+    ``body_timeout`` (the connection then closes): a client sending a body slowly, or part of
+    one and then nothing, held its connection and handler for as long as it liked.
+
     ``limit_for`` gives ``(max_bytes, error)`` for a request. A declared ``Content-Length``
     over the limit is answered at once, without reading the body; a body without one is
     counted as it arrives and stopped when it passes the limit. A ``multipart/form-data`` body
@@ -184,9 +190,14 @@ class GuardMiddleware:
     the form parser found no ``file`` part.
     """
 
-    def __init__(self, app: ASGIApp, limit_for: Callable[[Scope], tuple[int, ApiError]]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        limit_for: Callable[[Scope], tuple[int, ApiError]],
+        timeout_s: float = 120.0,
+    ) -> None:
         self.app = app
-        self.limit_for = limit_for
+        self.limit_for, self.timeout_s = limit_for, timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -201,10 +212,21 @@ class GuardMiddleware:
         started = False
         closing = _closing_delimiter(scope)
         seen = b""  # the body's last len(closing) - 1 bytes, then b"" once closing was seen
+        deadline, whole = time.monotonic() + self.timeout_s, False
 
         async def limited_receive() -> Message:
-            nonlocal received, seen, closing
-            message = await receive()
+            nonlocal received, seen, closing, whole
+            if whole:  # e.g. Request.is_disconnected, waiting for the client to hang up
+                return await receive()
+            try:
+                with anyio.fail_after(max(0.0, deadline - time.monotonic())):
+                    message = await receive()
+            except TimeoutError:
+                raise ApiError(
+                    408, "body_timeout",
+                    f"the request body did not arrive within {self.timeout_s:g} s",
+                ) from None  # fmt: skip
+            whole = message["type"] != "http.request" or not message.get("more_body", False)
             chunk = message.get("body", b"")
             received += len(chunk)
             if received > limit:

@@ -47,6 +47,7 @@ def limit_ranges() -> dict[str, tuple[int, int]]:
         "cache_images": (1, 10_000),
         "cache_bytes": (1, 1024 * 1024 * MIB),
         "masks_per_image": (1, 1_000),
+        "body_timeout_s": (1, 3_600),
     }
 
 
@@ -61,7 +62,8 @@ class ServeSettings:
     vocabulary, synonyms included (at most :data:`~ovsam.serve.schemas.MAX_NAMES`) and
     ``max_custom_vocabularies`` how many are kept (least recently used evicted first).
     ``max_body_bytes`` bounds a JSON request body, ``max_upload_bytes`` an uploaded file; both
-    are checked before the body is read. ``device`` is the torch device the models run on.
+    are checked before the body is read, and a body must arrive whole within
+    ``body_timeout_s`` seconds (else 408). ``device`` is the torch device the models run on.
     ``labels`` loads the ``recognizer`` (see :data:`SERVE_RECOGNIZERS`) with CLIP
     ``clip_model`` / ``clip_weights``; ``random_recognition`` uses random weights (testing
     only; with ``ovsam`` the masks too come from random weights unless ``checkpoint`` or an
@@ -84,6 +86,7 @@ class ServeSettings:
     cache_images: int = 16
     cache_bytes: int = 1024 * MIB
     masks_per_image: int = 32
+    body_timeout_s: int = 120
     labels: bool = False
     recognizer: str = "image-crop"
     random_recognition: bool = False
