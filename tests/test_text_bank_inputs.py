@@ -150,4 +150,7 @@ def test_a_cached_file_whose_rows_do_not_fit_the_vocabulary_is_rebuilt(
         save_file({"embeddings": embeddings, "class_index": class_index}, str(path), metadata)
         again = build_text_bank(model, classes, cache=tmp_path, progress=False)
         assert again.class_index.tolist() == [0, 0, 1, 1]
+        assert again.synonyms == first.synonyms == (("cat", "kitty"), ("dog", "puppy"))
         torch.testing.assert_close(again.embeddings, first.embeddings)
+    hit = build_text_bank(model, classes, cache=tmp_path, progress=False)  # read, not built
+    assert hit.synonyms == first.synonyms

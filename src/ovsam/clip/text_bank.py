@@ -44,12 +44,14 @@ BANK_FORMAT = "ovsam-text-bank-2"
 
 @dataclass(frozen=True)
 class TextBank:
-    """``embeddings``: ``TxD`` unit vectors, one per synonym; ``class_index``: ``T`` class ids."""
+    """``embeddings``: ``TxD`` unit vectors, one per synonym; ``class_index``: ``T`` class ids;
+    ``synonyms``: each class's embedded names, when known (:func:`build_text_bank` sets them)."""
 
     names: tuple[str, ...]
     embeddings: torch.Tensor
     class_index: torch.Tensor
     key: str
+    synonyms: tuple[tuple[str, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         """Refuse a bank that could not label anything: no classes, rows that do not pair
@@ -262,7 +264,7 @@ def _embed_synonyms(
 
 
 def _read_cached(
-    path: Path, key: str, names: tuple[str, ...], class_index: torch.Tensor
+    path: Path, key: str, names: tuple[str, ...], synonyms: list[tuple[str, ...]]
 ) -> TextBank | None:
     """The bank cached under ``key``, its classes named ``names`` (the key covers what is
     embedded, not the display names: a vocabulary with other display names but the same
@@ -275,12 +277,18 @@ def _read_cached(
         with safe_open(str(path), framework="pt") as fh:
             if (fh.metadata() or {}).get("key") != key:
                 return None
-            bank = TextBank(names, fh.get_tensor("embeddings"), fh.get_tensor("class_index"), key)
+            embeddings, class_index = fh.get_tensor("embeddings"), fh.get_tensor("class_index")
+            bank = TextBank(names, embeddings, class_index, key, tuple(synonyms))
     except Exception:  # noqa: BLE001 - an unreadable cache file is rebuilt, not fatal
         return None
     norms = torch.linalg.vector_norm(bank.embeddings.float(), dim=1)
     unit = bool(((norms - 1).abs() < 1e-3).all())  # False for NaN too
-    return bank if unit and torch.equal(bank.class_index, class_index) else None
+    return bank if unit and torch.equal(bank.class_index, _class_index(synonyms)) else None
+
+
+def _class_index(synonyms: Sequence[Sequence[str]]) -> torch.Tensor:
+    """The class id of each synonym's row."""
+    return torch.tensor([i for i, names in enumerate(synonyms) for _ in names])
 
 
 def build_text_bank(
@@ -309,17 +317,17 @@ def build_text_bank(
     if isinstance(batch_texts, bool) or not isinstance(batch_texts, int) or batch_texts < 1:
         raise InputError(f"batch_texts must be a positive integer, got {batch_texts!r}")
     key = bank_key(model, weights_id or text_tower_fingerprint(model), synonyms, templates)
-    class_index = torch.tensor([i for i, names in enumerate(synonyms) for _ in names])
     path = None
     if cache:
         folder = cache_dir() / "text_banks" if cache is True else Path(cache)
         path = folder / f"{key}.safetensors"
-        if path.is_file() and (hit := _read_cached(path, key, display, class_index)) is not None:
+        if path.is_file() and (hit := _read_cached(path, key, display, synonyms)) is not None:
             return hit
     flat = [name.strip() for names in synonyms for name in names]
     check_context(flat, templates, model.config.text.context_length)
     embeddings = _embed_synonyms(model, flat, templates, batch_texts, progress, stop)
-    bank = TextBank(display, embeddings, class_index, key)
+    class_index = _class_index(synonyms)
+    bank = TextBank(display, embeddings, class_index, key, tuple(synonyms))
     if path is not None:
         _save_bank(path, key, embeddings, class_index)
     return bank

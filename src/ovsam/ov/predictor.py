@@ -127,9 +127,11 @@ class OVSamPredictor(SamPredictor):
         return self.set_text_bank(bank)
 
     def set_text_bank(self, bank: TextBank) -> TextBank:
-        """Use a prebuilt bank; classes named like the model's training classes count as seen
-        (compared by :func:`~ovsam.vocab.name_key`: ``aerosol_can`` is LVIS's ``aerosol can``;
-        class names recorded by training are whole names, commas included).
+        """Use a prebuilt bank; classes named like the model's training classes count as seen:
+        the display name or any synonym of the bank's (``["human", "person"]`` is COCO's seen
+        ``person``), compared by :func:`~ovsam.vocab.name_key` (``aerosol_can`` is LVIS's
+        ``aerosol can``; class names recorded by training are whole names, commas included).
+        Names alone decide: ImageNet-21k's bird ``kite`` counts as COCO's seen ``kite``.
         Assigning ``predictor.bank`` does the same."""
         if not isinstance(bank, TextBank):
             raise InputError(
@@ -144,7 +146,7 @@ class OVSamPredictor(SamPredictor):
             seen_names = load_vocabulary(seen_names).classes
         seen = {name_key(n) for n in seen_names}  # whole: "bag, handbag" is one class
         # one assignment: a prediction running meanwhile reads the old pair or the new one
-        self._bank_and_seen = (bank, torch.tensor([name_key(n) in seen for n in bank.names]))
+        self._bank_and_seen = (bank, _seen_flags(bank, seen))
         return bank
 
     @property
@@ -266,3 +268,14 @@ class OVSamPredictor(SamPredictor):
         boxes = mask_boxes_xyxy(check_masks(masks, self.original_size)).reshape(-1, 4)
         frame = torch.as_tensor(self.transform.apply_boxes(boxes, self.original_size)).float()
         return self.classify_boxes(frame, frame)
+
+
+def _seen_flags(bank: TextBank, seen: set[str]) -> torch.Tensor:
+    """``C`` bools: whether each class of ``bank`` is in ``seen`` (``name_key`` strings) by its
+    display name, any synonym, or its synonyms written whole (``"bag, handbag"``)."""
+    flags = []
+    for i, display in enumerate(bank.names):
+        synonyms = bank.synonyms[i] if bank.synonyms else ()
+        names = (display, *synonyms, ", ".join(synonyms))
+        flags.append(any(name_key(n) in seen for n in names))
+    return torch.tensor(flags)
