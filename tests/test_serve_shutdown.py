@@ -24,15 +24,12 @@ from ovsam.serve.engine import MissingRecognizer  # noqa: E402
 from ovsam.serve.settings import ServeSettings  # noqa: E402
 
 
-def test_a_client_that_stops_mid_body_does_not_keep_the_server_running(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """uvicorn waited without end for a body's rest: SIGTERM left the server up for good."""
-    monkeypatch.setattr(serve_cmd, "SHUTDOWN_GRACE_S", 1)
+def _stub_server(settings: ServeSettings) -> tuple[object, threading.Thread, int]:
+    """A started server with ``settings`` and no model (in a thread): server, thread, port."""
     engine = SimpleNamespace(
         recognizer=MissingRecognizer(), model_name="stub", score_name="predicted_iou"
     )
-    app = create_app(ServeSettings(), lambda _: engine)
+    app = create_app(settings, lambda _: engine)
     port = free_port()
     server = uvicorn.Server(serve_cmd.uvicorn_config(app, "127.0.0.1", port))
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # a thread
@@ -41,6 +38,15 @@ def test_a_client_that_stops_mid_body_does_not_keep_the_server_running(
     deadline = time.monotonic() + 30
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
+    return server, thread, port
+
+
+def test_a_client_that_stops_mid_body_does_not_keep_the_server_running(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """uvicorn waited without end for a body's rest: SIGTERM left the server up for good."""
+    monkeypatch.setattr(serve_cmd, "SHUTDOWN_GRACE_S", 1)
+    server, thread, port = _stub_server(ServeSettings())
     with socket.create_connection(("127.0.0.1", port)) as client:
         client.sendall(
             b"POST /v1/vocabularies HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -56,18 +62,7 @@ def test_a_client_that_stops_mid_body_does_not_keep_the_server_running(
 def test_a_body_that_does_not_arrive_in_time_is_a_408_and_the_connection_closes() -> None:
     """A client that sent part of a body and then nothing (or trickled it) held its
     connection and handler for as long as it liked (slow-loris)."""
-    engine = SimpleNamespace(
-        recognizer=MissingRecognizer(), model_name="stub", score_name="predicted_iou"
-    )
-    app = create_app(ServeSettings(body_timeout_s=1), lambda _: engine)
-    port = free_port()
-    server = uvicorn.Server(serve_cmd.uvicorn_config(app, "127.0.0.1", port))
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # a thread
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
+    server, thread, port = _stub_server(ServeSettings(body_timeout_s=1))
     try:
         for content_type, part in (
             (b"application/json", b'{"name": "a'),
