@@ -129,9 +129,13 @@ class AutomaticMaskGenerator:
             )
 
     @torch.inference_mode()  # the predictor's tensor tier then hands over no copies
-    def generate(self, image: np.ndarray | None = None) -> list[dict[str, Any]]:
+    def generate(
+        self, image: np.ndarray | None = None, pause: Callable[[], None] | None = None
+    ) -> list[dict[str, Any]]:
         """Masks for the whole image (``HxWx3`` uint8 RGB, or the predictor's current image;
-        crop layers need ``image``, and leave the predictor on it).
+        crop layers need ``image``, and leave the predictor on it). ``pause()`` is called
+        between batches of grid points (e.g. to let others use the model; it must leave the
+        predictor on the image it found).
 
         Returns one dict per mask, sorted by area (largest first), with SAM's fields:
         ``segmentation`` (HxW bool), ``rle`` (COCO RLE),
@@ -159,14 +163,14 @@ class AutomaticMaskGenerator:
             for box, layer in crop_boxes(size, layers, float(self.crop_overlap_ratio))
             if box[0] < box[2] and box[1] < box[3]
         ]
-        found = [self._crop_masks(self.points_per_side, crops[0][0], size)]  # current image
+        found = [self._crop_masks(self.points_per_side, crops[0][0], size, pause)]  # the image
         if len(crops) > 1:
             state = self.predictor.export_state()
             try:
                 for (x0, y0, x1, y1), layer in crops[1:]:
                     self.predictor.set_image(image[y0:y1, x0:x1])  # type: ignore[index]
                     side = int(int(self.points_per_side) / factor**layer)
-                    found.append(self._crop_masks(side, (x0, y0, x1, y1), size))
+                    found.append(self._crop_masks(side, (x0, y0, x1, y1), size, pause))
             finally:
                 self.predictor.load_state(state)  # back on the whole image
         placed = PlacedMasks(size)
@@ -198,7 +202,11 @@ class AutomaticMaskGenerator:
         return sorted(records, key=lambda r: -r["area"])
 
     def _crop_masks(
-        self, points_per_side: int, crop: Box, size: tuple[int, int]
+        self,
+        points_per_side: int,
+        crop: Box,
+        size: tuple[int, int],
+        pause: Callable[[], None] | None,
     ) -> tuple[list[np.ndarray], torch.Tensor, torch.Tensor, torch.Tensor]:
         """The distinct masks of the predictor's image, the crop ``crop`` of an ``(H, W)``
         image, prompted by a ``points_per_side`` grid: ``(masks, iou, stability, clicks)``,
@@ -209,10 +217,11 @@ class AutomaticMaskGenerator:
         points = point_grid(points_per_side) * np.array([crop_size[1], crop_size[0]])
         stride = nms_stride(crop_size)
         cut = None if crop_size == size else partial(near_crop_edge, crop=crop, size=size)
-        parts = [
-            self._candidates(points[start : start + batch], stride, cut)
-            for start in range(0, len(points), batch)
-        ]
+        parts = []
+        for start in range(0, len(points), batch):
+            if start and pause is not None:
+                pause()
+            parts.append(self._candidates(points[start : start + batch], stride, cut))
         found = Candidates.cat(parts)
         if len(found.iou) == 0:
             return [], found.iou, found.stability, found.clicks

@@ -265,7 +265,7 @@ def create_app(
         image_id: str, body: EverythingRequest, request: Request
     ) -> EverythingResponse:
         """Segment every object (a grid of clicks, SAM's automatic mask generator); optionally
-        name each mask from a vocabulary. Holds the model for the whole grid."""
+        name each mask from a vocabulary. Others' requests go between batches of the grid."""
         return await everything.answer(image_id, body, request.is_disconnected)
 
     @app.get("/v1/vocabularies", response_model=list[VocabularyInfo])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,6 +13,7 @@ import numpy as np
 from ovsam.image_state import ImageState
 from ovsam.predictor import SamPredictor
 from ovsam.segment_job import choose_multimask
+from ovsam.serve.fair_lock import FairLock
 from ovsam.vocab import Vocabulary
 
 NO_RECOGNITION = (
@@ -128,7 +128,7 @@ class SegmentationEngine:
         self.model_name = model_name
         self.weights = weights  # what segments: "default", "random" or a checkpoint
         self.recognizer: Recognizer = recognizer or MissingRecognizer()
-        self._lock = threading.Lock()
+        self._lock = FairLock()  # requests take the model in the order they asked
 
     @property
     def score_name(self) -> str:
@@ -138,7 +138,7 @@ class SegmentationEngine:
     def embed(self, image: np.ndarray) -> tuple[ImageState, float]:
         """Embed an ``HxWx3`` uint8 image; returns its state and the time taken (ms)."""
         start = time.perf_counter()
-        with self._lock:
+        with self._lock.held():
             self.predictor.set_image(image)
             state = self.predictor.export_state()
             self.predictor.reset_image()
@@ -152,7 +152,7 @@ class SegmentationEngine:
     @contextmanager
     def _image_loaded(self, state: ImageState) -> Iterator[None]:
         """The model, to this thread alone, with ``state``'s image set (and unset after)."""
-        with self._lock:
+        with self._lock.held():
             self.predictor.load_state(state)
             try:
                 yield
@@ -208,12 +208,20 @@ class SegmentationEngine:
     ) -> tuple[list[dict[str, Any]], float]:
         """Segment everything on ``state``'s image with
         :class:`~ovsam.automatic.AutomaticMaskGenerator` ``settings`` (checked by the
-        caller); its records, not named, and the time taken (ms). Holds the model throughout."""
+        caller); its records, not named, and the time taken (ms). Between batches of grid
+        points it lets the requests that queued for the model meanwhile go first (seconds on
+        a CPU: clicks waited for the whole grid)."""
         from ovsam.automatic import AutomaticMaskGenerator
+
+        def let_others_go() -> None:
+            current = self.predictor.export_state()
+            if self._lock.step_aside():  # others had the model: back on this image
+                self.predictor.load_state(current)
 
         start = time.perf_counter()
         with self._image_loaded(state):
-            records = AutomaticMaskGenerator(self.predictor, **settings).generate()
+            generator = AutomaticMaskGenerator(self.predictor, **settings)
+            records = generator.generate(pause=let_others_go)
         return records, (time.perf_counter() - start) * 1000
 
     def name_masks(

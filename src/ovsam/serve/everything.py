@@ -1,8 +1,9 @@
 """Answers to "segment everything" (``POST /v1/images/{id}/everything``).
 
-As a prompt's (:mod:`ovsam.serve.prompts`): the masks are found on a model thread, holding
-the model for the whole grid (seconds on a CPU; other requests wait), a vocabulary's text bank
-not built yet is built on a bank thread, and the masks are then named on a model thread.
+As a prompt's (:mod:`ovsam.serve.prompts`): the masks are found on a model thread (seconds on
+a CPU; between batches of grid points the requests that queued for the model go first), a
+vocabulary's text bank not built yet is built on a bank thread, and the masks are then named
+on a model thread.
 """
 
 from __future__ import annotations
