@@ -364,3 +364,25 @@ def test_segment_image_refuses_malformed_prompts_by_name(
         segment_job.segment_image(SAMPLE_PHOTO, out_dir=tmp_path / "out", **prompt)
     assert str(info.value).startswith(message)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_class_name_too_long_for_clip_is_refused_before_any_model_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """It was refused only when the text bank was built, after the models had loaded."""
+    import ovsam.build
+    import ovsam.segment_job
+
+    def never_called(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(ovsam.build, "build_model", never_called)  # everything's import
+    monkeypatch.setattr(ovsam.segment_job, "build_model", never_called)
+    long_name = " ".join(["word"] * 80)
+    for command in ("segment", "everything"):
+        argv = [command, str(SAMPLE_PHOTO), "--out", str(tmp_path / command)]
+        argv += ["--box", "1", "1", "30", "30"] if command == "segment" else []
+        assert main([*argv, "--random-recognition", "--vocab", f"cup; {long_name}"]) == 2
+        err = capsys.readouterr().err
+        assert "class name 'word word word word word word word wo...' is too long" in err, err
+        assert "CLIP's text context holds 77" in err and "a model was loaded" not in err

@@ -150,7 +150,7 @@ def recognition_options(
 
     chosen = (args.recognizer, args.model, args.checkpoint)
     clip = args.clip or default_clip_model(*chosen)
-    return LabelOptions(
+    options = LabelOptions(
         vocabulary=vocabulary,
         top_k=top_k,
         recognizer=args.recognizer,
@@ -160,6 +160,24 @@ def recognition_options(
         templates=args.templates,
         checkpoint_given=checkpoint_given(args.model, args.checkpoint),
     )
+    _check_names_fit(options)
+    return options
+
+
+def _check_names_fit(options: LabelOptions) -> None:
+    """Refuse now, before any model is loaded, a typed or file vocabulary with a name too long
+    for CLIP's text context in some template (the built-ins all fit); the text bank's own
+    check then repeats nothing (:func:`~ovsam.clip.text_bank.check_context`)."""
+    from ovsam.clip.config import get_clip_config
+    from ovsam.clip.text_bank import check_context
+    from ovsam.vocab import BUILTIN_VOCABULARIES, load_vocabulary, prompt_templates
+
+    if isinstance(options.vocabulary, str) and options.vocabulary in BUILTIN_VOCABULARIES:
+        return
+    vocabulary = load_vocabulary(options.vocabulary)
+    names = [name.strip() for synonyms in vocabulary.synonyms for name in synonyms]
+    context = get_clip_config(options.clip_model).text.context_length
+    check_context(names, prompt_templates(options.templates), context)
 
 
 def run(args: argparse.Namespace) -> int:
