@@ -169,15 +169,14 @@ def _check_names_fit(options: LabelOptions) -> None:
     for CLIP's text context in some template (the built-ins all fit); the text bank's own
     check then repeats nothing (:func:`~ovsam.clip.text_bank.check_context`)."""
     from ovsam.clip.config import get_clip_config
-    from ovsam.clip.text_bank import check_context
+    from ovsam.clip.text_bank import check_vocabulary_context
     from ovsam.vocab import BUILTIN_VOCABULARIES, load_vocabulary, prompt_templates
 
     if isinstance(options.vocabulary, str) and options.vocabulary in BUILTIN_VOCABULARIES:
         return
-    vocabulary = load_vocabulary(options.vocabulary)
-    names = [name.strip() for synonyms in vocabulary.synonyms for name in synonyms]
     context = get_clip_config(options.clip_model).text.context_length
-    check_context(names, prompt_templates(options.templates), context)
+    vocabulary = load_vocabulary(options.vocabulary)
+    check_vocabulary_context(vocabulary, prompt_templates(options.templates), context)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -171,6 +171,19 @@ def check_context(names: Sequence[str], templates: Sequence[str], context_length
     _check_context(tuple(names), tuple(templates), context_length)
 
 
+def check_vocabulary_context(
+    classes: ClassNames, templates: Sequence[str], context_length: int
+) -> None:
+    """:func:`check_context` of every synonym of ``classes`` (as for :func:`build_text_bank`),
+    e.g. when a vocabulary is given, before any model is loaded or bank built."""
+    check_context(_embedded_names(_class_lists(classes)[1]), templates, context_length)
+
+
+def _embedded_names(synonyms: Sequence[Sequence[str]]) -> list[str]:
+    """Every synonym of every class, in the order of the bank's rows."""
+    return [name.strip() for names in synonyms for name in names]
+
+
 @functools.lru_cache(maxsize=16)
 def _check_context(names: tuple[str, ...], templates: tuple[str, ...], context_length: int) -> None:
     tokenizer = get_tokenizer()
@@ -275,8 +288,8 @@ def _read_cached(
     """The bank cached under ``key``, its classes named ``names`` (the key covers what is
     embedded, not the display names: a vocabulary with other display names but the same
     synonyms shares the file); None when missing, unreadable or damaged (safetensors keeps
-    no checksum: rows that are not finite unit vectors, or class ids other than
-    ``class_index``, one per synonym, are damage)."""
+    no checksum: rows that are not finite unit vectors, or class ids other than one per
+    synonym of ``synonyms``, are damage)."""
     from safetensors import safe_open
 
     try:
@@ -329,7 +342,7 @@ def build_text_bank(
         path = folder / f"{key}.safetensors"
         if path.is_file() and (hit := _read_cached(path, key, display, synonyms)) is not None:
             return hit
-    flat = [name.strip() for names in synonyms for name in names]
+    flat = _embedded_names(synonyms)
     check_context(flat, templates, model.config.text.context_length)
     embeddings = _embed_synonyms(model, flat, templates, batch_texts, progress, stop)
     class_index = _class_index(synonyms)

@@ -20,7 +20,7 @@ import numpy as np
 
 from ovsam.clip.model import CLIP
 from ovsam.clip.region_classifier import classify_regions
-from ovsam.clip.text_bank import TextBank, build_text_bank, check_context
+from ovsam.clip.text_bank import TextBank, build_text_bank, check_vocabulary_context
 from ovsam.image_state import PIXELS, ImageState
 from ovsam.ov.predictor import OVSamPredictor
 from ovsam.serve.engine import DecodedMask, always
@@ -57,8 +57,7 @@ class TextBanks:
     def check(self, vocabulary: Vocabulary) -> None:
         """Refuse (:class:`~ovsam.errors.InputError`) a name whose prompts do not fit CLIP's
         text context, before any bank is built (the check :func:`build_text_bank` makes)."""
-        names = [name for synonyms in vocabulary.synonyms for name in synonyms]
-        check_context(names, self.templates, self.clip.config.text.context_length)
+        check_vocabulary_context(vocabulary, self.templates, self.clip.config.text.context_length)
 
     def built(self, vocabulary: Vocabulary) -> TextBank | None:
         """The bank of ``vocabulary`` if it is built and kept (a use, for the LRU), else None."""
